@@ -1,0 +1,249 @@
+"""Command line: arguments + environment (.env) -> RunConfig -> run -> exit code.
+
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from dotenv import dotenv_values
+
+from . import __version__
+from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+from .errors import ConfigError, FatalAPIError
+from .progress import Reporter, make_reporter
+from .runner import run
+from .simulator import SimConfig, serve
+
+EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+EPILOG = """\
+input formats (detected line by line):
+  Batch API lines  {"custom_id": "a1", "method": "POST", "url": "/chat/completions", "body": {...}}
+  chat lines       {"custom_id": "a1", "messages": [...], "temperature": 0}
+  records          {"id": 7, "company": "Acme"}   rendered with --template "Tell me about {company}"
+
+configuration (environment or .env; real environment variables win):
+  AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, AZURE_OPENAI_DEPLOYMENT_NAME,
+  AZURE_OPENAI_API_VERSION (default %(version)s)
+  or, for OpenAI and OpenAI-compatible servers: OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
+
+exit codes:
+  0 every input succeeded; 1 some inputs failed (see the errors file);
+  2 usage, configuration or fatal error (e.g. wrong key); 130 interrupted
+
+examples:
+  asyncbatch examples/companies.jsonl --simulate --template "Tell me about {company}" \\
+      --tools examples/get_company_info.json
+  asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200
+""" % {"version": DEFAULT_API_VERSION}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncbatch",
+        description="Run a JSONL file of chat-completion requests against Azure OpenAI (or any "
+        "OpenAI-compatible endpoint) as fast as the quota allows. Results stream to JSONL.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, help="JSONL file, one request or record per line")
+    p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
+    out = p.add_argument_group("output")
+    out.add_argument("-o", "--output", type=Path, help="results file (default: <input stem>.results.jsonl beside the input)")
+    out.add_argument("--errors", type=Path, help="failures file (default: <output stem>.errors.jsonl)")
+    rate = p.add_argument_group("speed and quota")
+    rate.add_argument("-c", "--concurrency", type=int, default=20, help="requests in flight at most (default 20)")
+    rate.add_argument("--tpm", type=int, help="tokens per minute the deployment allows (client-side limit)")
+    rate.add_argument("--rpm", type=int, help="requests per minute the deployment allows (client-side limit)")
+    rate.add_argument("--max-attempts", type=int, default=6, help="attempts per input, first included (default 6)")
+    rate.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
+    req = p.add_argument_group("requests")
+    req.add_argument("--deployment", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME")
+    req.add_argument("--api-version", help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION})")
+    req.add_argument("--tools", type=Path, help="JSON file: one function schema {name, description, parameters} or a list of tools; a single function is forced with tool_choice")
+    req.add_argument("--max-tokens", type=int, help="max_tokens for lines that do not set it")
+    req.add_argument("--temperature", type=float, help="temperature for lines that do not set it")
+    req.add_argument("--template", help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"')
+    req.add_argument("--template-file", type=Path, help="read --template from a file")
+    req.add_argument("--system", help="for record lines: the system message")
+    req.add_argument("--system-file", type=Path, help="read --system from a file")
+    env = p.add_argument_group("environment")
+    env.add_argument("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default ./.env)")
+    sim = p.add_argument_group("simulator (no credentials needed)")
+    sim.add_argument("--simulate", action="store_true", help="run against the built-in local simulator instead of Azure")
+    sim.add_argument("--sim-latency-ms", type=float, default=200.0, help="simulated latency per request (default 200)")
+    sim.add_argument("--sim-tpm", type=int, help="simulated server TPM quota (default: none)")
+    sim.add_argument("--sim-rpm", type=int, help="simulated server RPM quota (default: none)")
+    show = p.add_argument_group("display")
+    show.add_argument("--no-progress", action="store_true", help="no progress display (the summary still prints)")
+    show.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    return p
+
+
+def load_env(env_file: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The .env file's values under the real environment's (real variables win)."""
+    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+    return {**values, **environ}
+
+
+def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpoint:
+    azure_vars = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
+    use_azure = any(env.get(v) for v in azure_vars) or not env.get("OPENAI_API_KEY")
+    if use_azure:
+        deployment = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME")
+        needed = {**{v: env.get(v) for v in azure_vars}, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment}
+        _require(needed)
+        return Endpoint(
+            kind="azure",
+            base_url=env["AZURE_OPENAI_ENDPOINT"],
+            api_key=env["AZURE_OPENAI_API_KEY"],
+            deployment=str(deployment),
+            api_version=args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
+        )
+    model = args.deployment or env.get("OPENAI_MODEL") or env.get("AZURE_OPENAI_DEPLOYMENT_NAME")
+    _require({"OPENAI_MODEL (or --deployment)": model})
+    return Endpoint(
+        kind="openai",
+        base_url=env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL,
+        api_key=env["OPENAI_API_KEY"],
+        deployment=str(model),
+    )
+
+
+def _require(values: Mapping[str, str | None]) -> None:
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise ConfigError(
+            f"missing configuration: {', '.join(missing)}. "
+            "HINT: set it in the environment or in .env (see .env.example), "
+            "or try the tool with --simulate, which needs no credentials"
+        )
+
+
+def load_tools(path: Path) -> list[dict[str, Any]]:
+    """A function schema, a tool, or a list of either -> a list of tools."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read --tools file {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"--tools file {path} is not valid JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    tools = []
+    for i, item in enumerate(items):
+        function = item.get("function", item) if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ConfigError(f"--tools file {path}: item {i} needs a function with a 'name' ({{name, description, parameters}})")
+        tools.append({"type": "function", "function": function})
+    return tools
+
+
+def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
+    if path is None:
+        return value
+    if value is not None:
+        raise ConfigError(f"give --{name} or --{name}-file, not both")
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read --{name}-file {path}: {exc.strerror}") from None
+
+
+def request_defaults(args: argparse.Namespace) -> RequestDefaults:
+    return RequestDefaults(
+        tools=load_tools(args.tools) if args.tools else None,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        template=_text_option(args.template, args.template_file, "template"),
+        system=_text_option(args.system, args.system_file, "system"),
+    )
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    output = args.output or args.input.with_name(f"{args.input.stem}.results.jsonl")
+    errors = args.errors or output.with_name(f"{output.stem}.errors.jsonl")
+    return output, errors
+
+
+def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
+    output, errors = output_paths(args)
+    return RunConfig(
+        input_path=args.input,
+        output_path=output,
+        errors_path=errors,
+        endpoint=endpoint,
+        limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
+        retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout),
+        request=request_defaults(args),
+    )
+
+
+def check_input(path: Path) -> None:
+    if not path.exists():
+        raise ConfigError(f"input file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"input {path} is not a file")
+
+
+async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter) -> int:
+    if args.simulate:
+        key = "sim-" + os.urandom(8).hex()
+        sim = SimConfig(api_key=key, latency=args.sim_latency_ms / 1000, tpm=args.sim_tpm, rpm=args.sim_rpm)
+        async with serve(sim) as (url, _):
+            deployment = args.deployment or "simulated-deployment"
+            endpoint = Endpoint(kind="azure", base_url=url, api_key=key, deployment=deployment, simulated=True)
+            reporter.info(f"SIMULATED run: local simulator at {url}, nothing is sent to Azure")
+            return await _run(build_config(args, endpoint), reporter)
+    return await _run(build_config(args, endpoint_from_env(env, args)), reporter)
+
+
+async def _run(config: RunConfig, reporter: Reporter) -> int:
+    stats = await run(config, reporter=reporter)
+    reporter.summary(stats)
+    reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
+    return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = load_env(args.env_file, os.environ)
+    secrets = [env.get("AZURE_OPENAI_API_KEY", ""), env.get("OPENAI_API_KEY", "")]
+
+    def fail(message: str) -> int:
+        print(f"asyncbatch: error: {redact(message, secrets)}", file=sys.stderr)
+        return EXIT_FATAL
+
+    try:
+        check_input(args.input)
+        if args.input.stat().st_size == 0:
+            print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
+            return EXIT_OK
+        reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress)
+        return asyncio.run(execute(args, env, reporter))
+    except (ConfigError, FatalAPIError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print("asyncbatch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        return fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+    except Exception:
+        return fail("internal error\n" + traceback.format_exc())

@@ -1,0 +1,56 @@
+"""Exceptions, grouped by how a caller reacts to them.
+
+    AsyncBatchError
+    ├── ConfigError        bad options or environment: fix and re-run (exit 2)
+    ├── FatalAPIError      the endpoint refuses every request (auth, deployment): exit 2
+    └── AttemptError       one HTTP attempt failed; ``retryable`` says whether to try again
+
+Input problems are not exceptions: a bad line becomes an error *line* and the
+run carries on (see ``inputs.BadLine``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AsyncBatchError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(AsyncBatchError):
+    """The run cannot start as configured."""
+
+
+class FatalAPIError(AsyncBatchError):
+    """The endpoint rejects the run as a whole (wrong key, wrong deployment)."""
+
+
+class AttemptError(AsyncBatchError):
+    """One attempt failed.
+
+    :param code: a short machine-readable reason (``http_429``, ``timeout``...).
+    :param status: the HTTP status, when a response arrived.
+    :param body: the decoded response body, when there was one.
+    :param retry_after: seconds the server asked us to wait, if it said.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+        self.retryable = retryable
+        self.request_id = request_id

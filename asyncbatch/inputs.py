@@ -1,0 +1,138 @@
+"""Lazy JSONL reader: bytes on disk -> ParsedLine | BadLine, one line at a time.
+
+The format is detected line by line (see README "Input formats"). Nothing here
+builds requests; that is ``requests.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import orjson
+
+MAX_LINE_BYTES = 32 * 1024 * 1024
+BATCH_URLS = frozenset({"/chat/completions", "/v1/chat/completions"})
+Kind = Literal["batch", "chat", "record"]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLine:
+    line_no: int
+    custom_id: str
+    kind: Kind
+    obj: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    line_no: int
+    custom_id: str
+    reason: str
+
+
+def count_lines(path: Path, chunk: int = 1 << 20) -> int:
+    """Count lines fast (newline bytes, plus a final unterminated line)."""
+    count, last = 0, b"\n"
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def read_lines(path: Path) -> Iterator[ParsedLine | BadLine]:
+    """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine."""
+    seen: set[str] = set()
+    with path.open("rb") as f:
+        for line_no, raw in _raw_lines(f):
+            item = parse_line(line_no, raw)
+            if isinstance(item, ParsedLine):
+                if item.custom_id in seen:
+                    item = BadLine(line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}")
+                else:
+                    seen.add(item.custom_id)
+            if item is not None:
+                yield item
+
+
+def _raw_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """Yield (line number, bytes); None stands for a line longer than MAX_LINE_BYTES."""
+    line_no = 0
+    while raw := f.readline(MAX_LINE_BYTES + 1):
+        line_no += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield line_no, None
+            continue
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 BOM is harmless; accept it
+        yield line_no, raw
+
+
+def parse_line(line_no: int, raw: bytes | None) -> ParsedLine | BadLine | None:
+    """Parse one line; None for a blank line."""
+    fallback_id = f"line-{line_no}"
+    if raw is None:
+        return BadLine(line_no, fallback_id, f"line is longer than {MAX_LINE_BYTES} bytes")
+    if not raw.strip():
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return BadLine(line_no, fallback_id, f"not valid JSON (or not UTF-8): {exc}")
+    if not isinstance(obj, dict):
+        return BadLine(line_no, fallback_id, f"expected a JSON object, got {type(obj).__name__}")
+    kind = detect_kind(obj)
+    custom_id = _custom_id(obj, kind)
+    if custom_id is None:
+        return BadLine(line_no, fallback_id, "custom_id must be a non-empty string")
+    problem = _shape_problem(obj, kind)
+    if problem:
+        return BadLine(line_no, custom_id or fallback_id, problem)
+    return ParsedLine(line_no, custom_id or fallback_id, kind, obj)
+
+
+def detect_kind(obj: dict[str, Any]) -> Kind:
+    if "body" in obj and ("url" in obj or "method" in obj):
+        return "batch"
+    if "messages" in obj:
+        return "chat"
+    return "record"
+
+
+def _custom_id(obj: dict[str, Any], kind: Kind) -> str | None:
+    """The line's id; "" when it has none; None when it has one that is unusable."""
+    value = obj.get("custom_id")
+    if value is None and kind != "batch":
+        value = obj.get("id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) and value else None
+
+
+def _shape_problem(obj: dict[str, Any], kind: Kind) -> str | None:
+    if kind == "batch":
+        if obj.get("method", "POST") != "POST":
+            return f"batch line method must be POST, got {obj.get('method')!r}"
+        if obj.get("url") not in BATCH_URLS:
+            return f"batch line url must be /chat/completions or /v1/chat/completions, got {obj.get('url')!r}"
+        if not isinstance(obj["body"], dict):
+            return "batch line 'body' must be an object"
+        return _messages_problem(obj["body"].get("messages"), "body.messages")
+    if kind == "chat":
+        return _messages_problem(obj["messages"], "messages")
+    return None
+
+
+def _messages_problem(messages: object, where: str) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return f"'{where}' must be a non-empty list of message objects"
+    if not all(isinstance(m, dict) for m in messages):
+        return f"every item of '{where}' must be an object"
+    return None

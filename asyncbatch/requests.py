@@ -1,0 +1,91 @@
+"""ParsedLine -> Job: the request body to send, and its token estimate.
+
+Pure functions; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .config import RequestDefaults
+from .inputs import BadLine, ParsedLine
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    line_no: int
+    custom_id: str
+    body: dict[str, Any]
+    payload: bytes  # body serialised once, reused by every attempt
+    estimate: int  # Azure's admission estimate, in tokens
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """Azure's admission estimate: prompt characters / 4, plus max_tokens x n (x best_of).
+
+    Azure charges this when a request arrives, before it knows the real usage.
+    Without ``max_tokens`` only the prompt is counted.
+    """
+    chars = sum(_content_chars(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict))
+    if body.get("tools"):
+        chars += len(orjson.dumps(body["tools"]))
+    max_out = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    n = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
+    return -(-chars // 4) + int(max_out) * n
+
+
+def _content_chars(content: object) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):  # content parts: count the text ones
+        return sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
+    return 0
+
+
+def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | BadLine:
+    """Build the body for one parsed line, or say why it cannot be built."""
+    try:
+        body = _base_body(line, defaults)
+    except ValueError as exc:
+        return BadLine(line.line_no, line.custom_id, str(exc))
+    body["model"] = model
+    _apply_defaults(body, defaults)
+    return Job(line.line_no, line.custom_id, body, orjson.dumps(body), estimate_tokens(body))
+
+
+def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:
+    if line.kind == "batch":
+        return dict(line.obj["body"])
+    if line.kind == "chat":
+        return {k: v for k, v in line.obj.items() if k not in ("custom_id", "id")}
+    if defaults.template is None:
+        raise ValueError("a record line (no 'messages' or 'body') needs --template to become a prompt")
+    messages = [{"role": "user", "content": render(defaults.template, line.obj)}]
+    if defaults.system:
+        messages.insert(0, {"role": "system", "content": defaults.system})
+    return {"messages": messages}
+
+
+def render(template: str, record: dict[str, Any]) -> str:
+    """str.format over the record's fields; a missing field is a ValueError naming it."""
+    try:
+        return template.format_map(record)
+    except KeyError as exc:
+        raise ValueError(f"template field {exc.args[0]!r} is missing from this record") from None
+    except (IndexError, ValueError, AttributeError) as exc:
+        raise ValueError(f"cannot render template on this record: {exc}") from None
+
+
+def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:
+    if defaults.max_tokens is not None and not ("max_tokens" in body or "max_completion_tokens" in body):
+        body["max_tokens"] = defaults.max_tokens
+    if defaults.temperature is not None:
+        body.setdefault("temperature", defaults.temperature)
+    if defaults.tools:
+        body["tools"] = defaults.tools
+        if len(defaults.tools) == 1:
+            name = defaults.tools[0]["function"]["name"]
+            body["tool_choice"] = {"type": "function", "function": {"name": name}}

@@ -1,0 +1,5 @@
+"""A local Azure-compatible chat-completions server for --simulate, tests and benchmarks."""
+
+from .server import FAULTS, SimConfig, Simulator, serve
+
+__all__ = ["FAULTS", "SimConfig", "Simulator", "serve"]

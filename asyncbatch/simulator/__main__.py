@@ -1,0 +1,56 @@
+"""python -m asyncbatch.simulator: serve the simulator on its own until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+from .server import FAULTS, SimConfig, serve
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
+    p = argparse.ArgumentParser(
+        prog="python -m asyncbatch.simulator",
+        description="Serve a local Azure-compatible chat-completions endpoint on 127.0.0.1.",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0 picks a free one; default 8000)")
+    p.add_argument("--key", default="sim-key", help="the API key it accepts (default: sim-key)")
+    p.add_argument("--deployment", help="serve only this deployment name (others get 404)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
+    p.add_argument("--tpm", type=int, help="tokens-per-minute quota, enforced like Azure (10 s window)")
+    p.add_argument("--rpm", type=int, help="requests-per-minute quota, enforced per second like Azure")
+    for fault in FAULTS:
+        p.add_argument(f"--fail-{fault}", type=float, default=0.0, metavar="P", help=f"probability of a {fault} fault")
+    p.add_argument("--retry-after-503", type=float, help="seconds advertised in retry-after on 503s")
+    p.add_argument("--hang-seconds", type=float, default=20.0, help="how long a hang fault hangs (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    rates = {f: getattr(a, f"fail_{f}") for f in FAULTS if getattr(a, f"fail_{f}")}
+    return SimConfig(
+        api_key=a.key,
+        deployment=a.deployment,
+        latency=a.latency_ms / 1000,
+        tpm=a.tpm,
+        rpm=a.rpm,
+        fault_rates=rates,
+        retry_after_503=a.retry_after_503,
+        hang_seconds=a.hang_seconds,
+        seed=a.seed,
+    ), a.port
+
+
+async def _main(config: SimConfig, port: int) -> None:
+    async with serve(config, port=port) as (url, _):
+        print(f"simulator listening on {url}  (Azure: AZURE_OPENAI_ENDPOINT={url}; OpenAI: OPENAI_BASE_URL={url}/v1)", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, port = parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(config, port))
+
+
+if __name__ == "__main__":
+    main()

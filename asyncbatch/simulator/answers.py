@@ -1,0 +1,82 @@
+"""What the simulated model says: text, or tool arguments that fit the requested schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..requests import estimate_tokens
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The last user message's text: the simulator echoes it so results can be matched to inputs."""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role", "user") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def forced_function(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The function a request forces through tool_choice (or its only tool with 'required')."""
+    tools = [t.get("function", {}) for t in body.get("tools") or [] if isinstance(t, dict)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((f for f in tools if f.get("name") == name), None)
+    if choice == "required" and tools:
+        return tools[0]
+    return None
+
+
+def sample(schema: dict[str, Any], text: str, name: str = "value") -> Any:
+    """A small instance of a JSON schema; string fields carry the prompt so answers are traceable."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {key: sample(sub, text, key) for key, sub in props.items()}
+    if kind == "array":
+        return [sample(schema.get("items") or {"type": "string"}, text, name)]
+    return {"integer": 42, "number": 4.2, "boolean": True, "null": None}.get(kind, f"{name}: {text[:80]}")
+
+
+def completion(body: dict[str, Any], *, number: int, malformed: bool = False) -> dict[str, Any]:
+    """A chat.completion for ``body``, with realistic usage."""
+    text = prompt_text(body)
+    function = forced_function(body)
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    if function is not None:
+        arguments = orjson.dumps(sample(function.get("parameters") or {}, text)).decode()
+        if malformed:
+            arguments = arguments[: max(1, len(arguments) // 2)]  # cut off mid-object: invalid JSON
+        message["tool_calls"] = [
+            {"id": f"call_{number}", "type": "function", "function": {"name": function.get("name"), "arguments": arguments}}
+        ]
+        produced, finish = arguments, "tool_calls"
+    else:
+        produced = message["content"] = f"Simulated answer to: {text}"
+        finish = "stop"
+    prompt_tokens = estimate_tokens({"messages": body.get("messages") or [], "tools": body.get("tools")})
+    completion_tokens = max(1, len(produced) // 4)
+    return {
+        "id": f"chatcmpl-sim-{number}",
+        "object": "chat.completion",
+        "created": 1_700_000_000 + number,
+        "model": body.get("model", "simulated"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }

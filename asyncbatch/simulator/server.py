@@ -1,0 +1,179 @@
+"""A local Azure-compatible chat-completions server (aiohttp.web) on 127.0.0.1.
+
+Routes:
+    POST /openai/deployments/{deployment}/chat/completions?api-version=...   (Azure; ``api-key`` header)
+    POST /v1/chat/completions                                                 (OpenAI; ``Authorization: Bearer``)
+    GET  /_stats                                                              counters, for tests and benchmarks
+
+Faults are drawn per request from a seeded RNG, or forced per prompt with
+``SimConfig.script`` (prompt text -> list of outcomes, consumed in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..requests import estimate_tokens
+from .answers import completion, prompt_text
+from .quota import Quota
+
+FAULTS = ("500", "503", "reset", "hang", "malformed", "garbage")
+
+
+@dataclass(kw_only=True)
+class SimConfig:
+    api_key: str = "sim-key"
+    deployment: str | None = None  # None: any deployment name is served
+    latency: float = 0.0  # seconds before answering
+    tpm: int | None = None
+    rpm: int | None = None
+    fault_rates: dict[str, float] = field(default_factory=dict)  # fault name -> probability
+    retry_after_503: float | None = None  # seconds advertised on 503s, if any
+    hang_seconds: float = 20.0
+    seed: int = 0
+    script: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Simulator:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.quota = Quota(config.tpm, config.rpm)
+        self.rng = random.Random(config.seed)
+        self.statuses: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()  # prompt text -> 200 answers (to count double billing)
+        self.requests = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
+        app.router.add_post("/v1/chat/completions", self.openai_chat)
+        app.router.add_get("/_stats", self.stats)
+        return app
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(200, {"requests": self.requests, "statuses": dict(self.statuses), "billed_twice": self.billed_twice()})
+
+    def billed_twice(self) -> int:
+        return sum(n - 1 for n in self.answered.values() if n > 1)
+
+    async def azure_chat(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("api-key") != self.config.api_key and not self._bearer_ok(request):
+            return self._error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+        if "api-version" not in request.query:
+            return self._error(404, "404", "Resource not found (missing api-version).")
+        wanted = self.config.deployment
+        if wanted is not None and request.match_info["deployment"] != wanted:
+            return self._error(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        return await self.chat(request)
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        if not self._bearer_ok(request):
+            return self._error(401, "invalid_api_key", "Incorrect API key provided.")
+        return await self.chat(request)
+
+    def _bearer_ok(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.config.api_key}"
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self._error(400, "invalid_request_error", "'messages' is a required property.")
+        verdict = self.quota.admit(estimate_tokens(body))
+        limit_headers = {
+            "x-ratelimit-remaining-requests": str(verdict.remaining_requests),
+            "x-ratelimit-remaining-tokens": str(verdict.remaining_tokens),
+        }
+        if not verdict.allowed:
+            return self._throttled(verdict.retry_after, limit_headers)
+        text = prompt_text(body)
+        fault = self._fault(text)
+        if self.config.latency:
+            await asyncio.sleep(self.config.latency)
+        return await self._answer(request, body, text, fault, limit_headers)
+
+    def _fault(self, text: str) -> str:
+        script = self.config.script.get(text)
+        if script:
+            return script.pop(0)
+        roll = self.rng.random()
+        for name in FAULTS:
+            rate = self.config.fault_rates.get(name, 0.0)
+            if roll < rate:
+                return name
+            roll -= rate
+        return "ok"
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], text: str, fault: str, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        if fault in ("400", "401", "403", "404", "500", "503"):
+            retry = self.config.retry_after_503 if fault == "503" else None
+            extra = {"retry-after": f"{retry:g}"} if retry is not None else {}
+            return self._error(int(fault), fault, f"Simulated {fault}.", extra)
+        if fault == "429":
+            return self._throttled(1.234, headers)
+        if fault == "hang":
+            await asyncio.sleep(self.config.hang_seconds)
+        if fault == "reset":
+            return await self._reset(request)
+        if fault == "garbage":
+            self.statuses["200-garbage"] += 1
+            return web.Response(status=200, body=b'{"id": "chatcmpl-trunc", "choices": [{"index', content_type="application/json")
+        answer = completion(body, number=self.requests, malformed=fault == "malformed")
+        self.statuses["200"] += 1
+        self.answered[text] += 1
+        return _json(200, answer, {**headers, "x-request-id": f"req-sim-{self.requests}"})
+
+    async def _reset(self, request: web.Request) -> web.StreamResponse:
+        """Start a 200 answer, then drop the connection mid-body."""
+        self.statuses["reset"] += 1
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Content-Length": "4096"})
+        await response.prepare(request)
+        await response.write(b'{"id": "chatcmpl-reset", "choi')
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    def _throttled(self, retry_after: float, headers: dict[str, str]) -> web.Response:
+        seconds = max(1, round(retry_after + 0.4999))
+        extra = {**headers, "retry-after-ms": str(int(retry_after * 1000)), "retry-after": str(seconds)}
+        message = f"Requests to the ChatCompletions_Create Operation have exceeded rate limit. Please retry after {seconds} seconds."
+        return self._error(429, "429", message, extra)
+
+    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+        self.statuses[str(status)] += 1
+        return _json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
+
+
+@asynccontextmanager
+async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[tuple[str, Simulator]]:
+    """Run the simulator in this event loop; yields (base URL, simulator)."""
+    simulator = Simulator(config)
+    runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets
+    bound = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}", simulator
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,60 @@
+"""Counters for one run. Updated by the runner, read by the progress display.
+
+Plain attribute increments: nothing here costs more than an add per request.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
+
+
+@dataclass
+class RunStats:
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    input_errors: int = 0
+    attempts: int = 0
+    retries: int = 0
+    throttled: int = 0  # 429 answers
+    in_flight: int = 0
+    estimated_tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    simulated: bool = False
+    aborted: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    _latencies: list[float] = field(default_factory=list, repr=False)
+    _seen: int = field(default=0, repr=False)
+    _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def add_latency(self, ms: float) -> None:
+        """Reservoir sampling keeps percentiles honest in bounded memory."""
+        self._seen += 1
+        if len(self._latencies) < RESERVOIR:
+            self._latencies.append(ms)
+        elif (slot := self._rng.randrange(self._seen)) < RESERVOIR:
+            self._latencies[slot] = ms
+
+    def latency_percentile(self, q: float) -> float | None:
+        if not self._latencies:
+            return None
+        ordered = sorted(self._latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
