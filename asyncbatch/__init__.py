@@ -8,10 +8,10 @@ Library use::
 
 __version__ = "0.1.0"
 
-from .config import Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig  # noqa: E402
-from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError  # noqa: E402
-from .runner import run  # noqa: E402
-from .stats import RunStats  # noqa: E402
+from .config import Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError
+from .runner import run
+from .stats import RunStats
 
 __all__ = [
     "AsyncBatchError",

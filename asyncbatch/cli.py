@@ -35,7 +35,7 @@ input formats (detected line by line):
 
 configuration (environment or .env; real environment variables win):
   AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, AZURE_OPENAI_DEPLOYMENT_NAME,
-  AZURE_OPENAI_API_VERSION (default %(version)s)
+  AZURE_OPENAI_API_VERSION (default @API_VERSION@)
   or, for OpenAI and OpenAI-compatible servers: OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
 
 exit codes:
@@ -46,7 +46,7 @@ examples:
   asyncbatch examples/companies.jsonl --simulate --template "Tell me about {company}" \\
       --tools examples/get_company_info.json
   asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200
-""" % {"version": DEFAULT_API_VERSION}
+""".replace("@API_VERSION@", DEFAULT_API_VERSION)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path, help="JSONL file, one request or record per line")
     p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
     out = p.add_argument_group("output")
-    out.add_argument("-o", "--output", type=Path, help="results file (default: <input stem>.results.jsonl beside the input)")
+    out.add_argument(
+        "-o", "--output", type=Path, help="results file (default: <input stem>.results.jsonl beside the input)"
+    )
     out.add_argument("--errors", type=Path, help="failures file (default: <output stem>.errors.jsonl)")
     rate = p.add_argument_group("speed and quota")
     rate.add_argument("-c", "--concurrency", type=int, default=20, help="requests in flight at most (default 20)")
@@ -70,18 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
     req = p.add_argument_group("requests")
     req.add_argument("--deployment", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME")
-    req.add_argument("--api-version", help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION})")
-    req.add_argument("--tools", type=Path, help="JSON file: one function schema {name, description, parameters} or a list of tools; a single function is forced with tool_choice")
+    req.add_argument(
+        "--api-version", help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION})"
+    )
+    req.add_argument(
+        "--tools",
+        type=Path,
+        help="JSON file: one function schema {name, description, parameters} or a list of tools; "
+        "a single function is forced with tool_choice",
+    )
     req.add_argument("--max-tokens", type=int, help="max_tokens for lines that do not set it")
     req.add_argument("--temperature", type=float, help="temperature for lines that do not set it")
-    req.add_argument("--template", help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"')
+    req.add_argument(
+        "--template", help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"'
+    )
     req.add_argument("--template-file", type=Path, help="read --template from a file")
     req.add_argument("--system", help="for record lines: the system message")
     req.add_argument("--system-file", type=Path, help="read --system from a file")
     env = p.add_argument_group("environment")
     env.add_argument("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default ./.env)")
     sim = p.add_argument_group("simulator (no credentials needed)")
-    sim.add_argument("--simulate", action="store_true", help="run against the built-in local simulator instead of Azure")
+    sim.add_argument(
+        "--simulate", action="store_true", help="run against the built-in local simulator instead of Azure"
+    )
     sim.add_argument("--sim-latency-ms", type=float, default=200.0, help="simulated latency per request (default 200)")
     sim.add_argument("--sim-tpm", type=int, help="simulated server TPM quota (default: none)")
     sim.add_argument("--sim-rpm", type=int, help="simulated server RPM quota (default: none)")
@@ -144,7 +157,9 @@ def load_tools(path: Path) -> list[dict[str, Any]]:
     for i, item in enumerate(items):
         function = item.get("function", item) if isinstance(item, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ConfigError(f"--tools file {path}: item {i} needs a function with a 'name' ({{name, description, parameters}})")
+            raise ConfigError(
+                f"--tools file {path}: item {i} needs a function with a 'name' ({{name, description, parameters}})"
+            )
         tools.append({"type": "function", "function": function})
     return tools
 

@@ -34,6 +34,7 @@ class JsonlWriter:
         self.lines_written = 0
         self._queue: asyncio.Queue[bytes | object] = asyncio.Queue(maxsize)
         self._last_sync = time.monotonic()
+        self.opened = asyncio.Event()
 
     async def put(self, record: dict[str, Any]) -> None:
         await self._queue.put(orjson.dumps(record) + b"\n")
@@ -44,6 +45,7 @@ class JsonlWriter:
 
     async def run(self) -> None:
         with self.path.open("ab") as f:
+            self.opened.set()
             try:
                 while True:
                     first = await self._queue.get()

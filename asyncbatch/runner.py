@@ -117,7 +117,11 @@ class _Batch:
         self.stats.input_errors += 1
         self.stats.failed += 1
         record = error_record(
-            custom_id=bad.custom_id, line_no=bad.line_no, code="invalid_input", message=f"{where}: {bad.reason}", attempts=0
+            custom_id=bad.custom_id,
+            line_no=bad.line_no,
+            code="invalid_input",
+            message=f"{where}: {bad.reason}",
+            attempts=0,
         )
         await self.errors.put(record)
 

@@ -42,7 +42,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
 
 async def _main(config: SimConfig, port: int) -> None:
     async with serve(config, port=port) as (url, _):
-        print(f"simulator listening on {url}  (Azure: AZURE_OPENAI_ENDPOINT={url}; OpenAI: OPENAI_BASE_URL={url}/v1)", flush=True)
+        print(
+            f"simulator listening on {url}  (Azure: AZURE_OPENAI_ENDPOINT={url}; OpenAI: OPENAI_BASE_URL={url}/v1)",
+            flush=True,
+        )
         await asyncio.Event().wait()
 
 

@@ -60,7 +60,11 @@ def completion(body: dict[str, Any], *, number: int, malformed: bool = False) ->
         if malformed:
             arguments = arguments[: max(1, len(arguments) // 2)]  # cut off mid-object: invalid JSON
         message["tool_calls"] = [
-            {"id": f"call_{number}", "type": "function", "function": {"name": function.get("name"), "arguments": arguments}}
+            {
+                "id": f"call_{number}",
+                "type": "function",
+                "function": {"name": function.get("name"), "arguments": arguments},
+            }
         ]
         produced, finish = arguments, "tool_calls"
     else:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +61,9 @@ class Simulator:
         return app
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json(200, {"requests": self.requests, "statuses": dict(self.statuses), "billed_twice": self.billed_twice()})
+        return _json(
+            200, {"requests": self.requests, "statuses": dict(self.statuses), "billed_twice": self.billed_twice()}
+        )
 
     def billed_twice(self) -> int:
         return sum(n - 1 for n in self.answered.values() if n > 1)
@@ -131,7 +134,9 @@ class Simulator:
             return await self._reset(request)
         if fault == "garbage":
             self.statuses["200-garbage"] += 1
-            return web.Response(status=200, body=b'{"id": "chatcmpl-trunc", "choices": [{"index', content_type="application/json")
+            return web.Response(
+                status=200, body=b'{"id": "chatcmpl-trunc", "choices": [{"index', content_type="application/json"
+            )
         answer = completion(body, number=self.requests, malformed=fault == "malformed")
         self.statuses["200"] += 1
         self.answered[text] += 1
@@ -140,7 +145,9 @@ class Simulator:
     async def _reset(self, request: web.Request) -> web.StreamResponse:
         """Start a 200 answer, then drop the connection mid-body."""
         self.statuses["reset"] += 1
-        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Content-Length": "4096"})
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "application/json", "Content-Length": "4096"}
+        )
         await response.prepare(request)
         await response.write(b'{"id": "chatcmpl-reset", "choi')
         assert request.transport is not None
@@ -150,7 +157,10 @@ class Simulator:
     def _throttled(self, retry_after: float, headers: dict[str, str]) -> web.Response:
         seconds = max(1, round(retry_after + 0.4999))
         extra = {**headers, "retry-after-ms": str(int(retry_after * 1000)), "retry-after": str(seconds)}
-        message = f"Requests to the ChatCompletions_Create Operation have exceeded rate limit. Please retry after {seconds} seconds."
+        message = (
+            "Requests to the ChatCompletions_Create Operation have exceeded rate limit. "
+            f"Please retry after {seconds} seconds."
+        )
         return self._error(429, "429", message, extra)
 
     def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -177,3 +187,28 @@ async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> As
         yield f"http://{host}:{bound}", simulator
     finally:
         await runner.cleanup()
+
+
+@contextmanager
+def serve_in_thread(config: SimConfig, port: int = 0) -> Iterator[tuple[str, Simulator]]:
+    """Run the simulator on its own event loop in a thread (for sync callers: tests, benchmarks)."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        box["stop"], box["loop"] = stop, asyncio.get_running_loop()
+        async with serve(config, port=port) as (url, simulator):
+            box["url"], box["sim"] = url, simulator
+            ready.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    if not ready.wait(timeout=30):
+        raise RuntimeError("the simulator did not start")
+    try:
+        yield box["url"], box["sim"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(timeout=30)

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asyncbatch import inputs
+from asyncbatch.inputs import BadLine, ParsedLine, count_lines, read_lines
+
+from tests.helpers import batch_line
+
+
+def _read(path: Path) -> list[ParsedLine | BadLine]:
+    return list(read_lines(path))
+
+
+def test_formats_are_detected_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    rows = [
+        batch_line("b1", "hello"),
+        {"custom_id": "c1", "messages": [{"role": "user", "content": "hi"}]},
+        {"id": 7, "company": "Acme"},
+        {"company": "NoId"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = _read(path)
+    assert [(i.line_no, i.custom_id, i.kind) for i in items if isinstance(i, ParsedLine)] == [
+        (1, "b1", "batch"),
+        (2, "c1", "chat"),
+        (3, "7", "record"),
+        (4, "line-4", "record"),
+    ]
+
+
+def test_bad_lines_name_their_line_and_reason(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    good = json.dumps({"custom_id": "ok", "messages": [{"role": "user", "content": "x"}]})
+    path.write_bytes(
+        b"\n".join(
+            [
+                b"{not json",
+                b"[1, 2]",
+                b'{"messages": "hello"}',
+                b'{"messages": [1]}',
+                b'{"custom_id": 5, "messages": [{"role": "user"}]}',
+                b'{"custom_id": "x", "method": "GET", "url": "/chat/completions", "body": {}}',
+                b'{"custom_id": "y", "url": "/embeddings", "body": {"messages": []}}',
+                b'{"a": "\xff\xfe"}',
+                good.encode(),
+                good.encode(),
+                b"",
+            ]
+        )
+    )
+    items = _read(path)
+    bad = {i.line_no: i.reason for i in items if isinstance(i, BadLine)}
+    assert sorted(bad) == [1, 2, 3, 4, 5, 6, 7, 8, 10]
+    assert "not valid JSON" in bad[1]
+    assert "expected a JSON object, got list" in bad[2]
+    assert "'messages' must be a non-empty list" in bad[3]
+    assert "every item of 'messages'" in bad[4]
+    assert "custom_id" in bad[5]
+    assert "POST" in bad[6]
+    assert "url" in bad[7]
+    assert "UTF-8" in bad[8]
+    assert "duplicate custom_id 'ok'" in bad[10]
+    assert [i.line_no for i in items if isinstance(i, ParsedLine)] == [9]
+
+
+def test_blank_lines_are_skipped_and_bom_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a", "x": 1}\n\n   \r\n{"id": "b", "x": 2}')
+    items = _read(path)
+    assert [(i.line_no, i.custom_id) for i in items] == [(1, "a"), (4, "b")]
+
+
+def test_overlong_line_is_reported_and_the_next_line_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inputs, "MAX_LINE_BYTES", 100)
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"id": "big", "x": "y" * 5000}) + "\n" + json.dumps({"id": "small"}) + "\n")
+    items = _read(path)
+    assert isinstance(items[0], BadLine) and "longer than 100 bytes" in items[0].reason
+    assert isinstance(items[1], ParsedLine) and (items[1].line_no, items[1].custom_id) == (2, "small")
+
+
+@pytest.mark.parametrize(("data", "expected"), [(b"", 0), (b"a", 1), (b"a\n", 1), (b"a\nb", 2), (b"\n\n", 2)])
+def test_count_lines(tmp_path: Path, data: bytes, expected: int) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert count_lines(path, chunk=2) == expected
+
+
+garbage = st.binary(max_size=60).map(lambda b: b.replace(b"\n", b" "))
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.one_of(st.integers(0, 10_000).map(lambda n: ("good", n)), garbage.map(lambda g: ("junk", g)))))
+def test_reader_never_crashes_and_keeps_every_good_line(tmp_path: Path, lines: list) -> None:
+    """Random junk between good lines never crashes the reader, loses or duplicates a good line."""
+    path = tmp_path / "fuzz.jsonl"
+    expected = {}
+    raw = []
+    for number, (kind, value) in enumerate(lines, 1):
+        if kind == "good":
+            cid = f"g{number}"
+            expected[number] = cid
+            raw.append(json.dumps({"custom_id": cid, "messages": [{"role": "user", "content": str(value)}]}).encode())
+        else:
+            raw.append(value)
+    path.write_bytes(b"\n".join(raw))
+    parsed = [(i.line_no, i.custom_id) for i in read_lines(path) if isinstance(i, ParsedLine) and i.custom_id.startswith("g")]
+    assert sorted(parsed) == sorted(expected.items())

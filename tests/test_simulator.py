@@ -1,0 +1,93 @@
+"""The simulator's own policy: Azure-style quota windows and schema-shaped answers."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from asyncbatch.simulator.answers import completion, forced_function, sample
+from asyncbatch.simulator.quota import Quota
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rpm_is_enforced_per_second() -> None:
+    clock = Clock(1000.2)
+    quota = Quota(tpm=None, rpm=600, clock=clock)  # 10 per second
+    verdicts = [quota.admit(1) for _ in range(11)]
+    assert [v.allowed for v in verdicts] == [True] * 10 + [False]
+    assert verdicts[-1].retry_after == pytest.approx(0.8)
+    clock.now = 1001.0
+    assert quota.admit(1).allowed
+
+
+def test_tpm_bucket_holds_a_sixth_of_a_minute_and_refills() -> None:
+    clock = Clock()
+    quota = Quota(tpm=6000, rpm=None, clock=clock)  # 1000 per 10 s window, refill 100/s
+    assert quota.admit(600).allowed
+    denied = quota.admit(600)
+    assert not denied.allowed and denied.retry_after == pytest.approx(2.0) and denied.remaining_tokens == 400
+    clock.now += 2.0
+    assert quota.admit(600).allowed
+
+
+def test_request_bigger_than_the_window_is_admitted_when_the_bucket_is_full() -> None:
+    quota = Quota(tpm=600, rpm=None, clock=Clock())
+    assert quota.admit(10_000).allowed
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["a", "b"]},
+        "count": {"type": "integer"},
+        "score": {"type": "number"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "where": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "maybe": {"type": ["null", "boolean"]},
+    },
+    "required": ["name", "kind", "count", "tags", "where"],
+    "additionalProperties": False,
+}
+
+
+def test_sample_fits_the_schema_and_carries_the_prompt() -> None:
+    value = sample(SCHEMA, "Acme prompt")
+    jsonschema.validate(value, SCHEMA)
+    assert "Acme prompt" in value["name"]
+
+
+def _body(**extra: object) -> dict:
+    tool = {"type": "function", "function": {"name": "f", "parameters": SCHEMA}}
+    return {"messages": [{"role": "user", "content": "hi"}], "tools": [tool], **extra}
+
+
+def test_forced_function_by_choice_or_required() -> None:
+    assert forced_function(_body(tool_choice={"type": "function", "function": {"name": "f"}}))["name"] == "f"
+    assert forced_function(_body(tool_choice="required"))["name"] == "f"
+    assert forced_function(_body()) is None
+
+
+def test_completion_with_tool_and_malformed_fault() -> None:
+    body = _body(tool_choice="required")
+    good = completion(body, number=1)
+    args = good["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    jsonschema.validate(json.loads(args), SCHEMA)
+    assert good["usage"]["total_tokens"] == good["usage"]["prompt_tokens"] + good["usage"]["completion_tokens"]
+    bad = completion(body, number=2, malformed=True)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(bad["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+
+
+def test_text_completion_echoes_the_prompt() -> None:
+    reply = completion({"messages": [{"role": "user", "content": "ping 7"}]}, number=3)
+    assert reply["choices"][0]["message"]["content"] == "Simulated answer to: ping 7"
