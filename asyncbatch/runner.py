@@ -98,10 +98,13 @@ class _Batch:
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         seen = 0
-        for item in read_lines(self.config.input_path):
+        for line in read_lines(self.config.input_path):
             seen += 1
-            if isinstance(item, ParsedLine):
-                item = prepare(item, self.config.request, self.config.endpoint.deployment)
+            item = (
+                prepare(line, self.config.request, self.config.endpoint.deployment)
+                if isinstance(line, ParsedLine)
+                else line
+            )
             if isinstance(item, BadLine):
                 await self.reject(item)
             else:

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from asyncbatch import inputs
 from asyncbatch.inputs import BadLine, ParsedLine, count_lines, read_lines
-
 from tests.helpers import batch_line
 
 
@@ -77,7 +76,9 @@ def test_blank_lines_are_skipped_and_bom_is_accepted(tmp_path: Path) -> None:
     assert [(i.line_no, i.custom_id) for i in items] == [(1, "a"), (4, "b")]
 
 
-def test_overlong_line_is_reported_and_the_next_line_still_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overlong_line_is_reported_and_the_next_line_still_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(inputs, "MAX_LINE_BYTES", 100)
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"id": "big", "x": "y" * 5000}) + "\n" + json.dumps({"id": "small"}) + "\n")
@@ -111,5 +112,7 @@ def test_reader_never_crashes_and_keeps_every_good_line(tmp_path: Path, lines: l
         else:
             raw.append(value)
     path.write_bytes(b"\n".join(raw))
-    parsed = [(i.line_no, i.custom_id) for i in read_lines(path) if isinstance(i, ParsedLine) and i.custom_id.startswith("g")]
+    parsed = [
+        (i.line_no, i.custom_id) for i in read_lines(path) if isinstance(i, ParsedLine) and i.custom_id.startswith("g")
+    ]
     assert sorted(parsed) == sorted(expected.items())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -36,10 +37,8 @@ def test_cancelled_writer_still_writes_what_it_was_given(tmp_path: Path) -> None
         for i in range(10):
             await writer.put({"n": i})
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(go())
     assert [json.loads(x)["n"] for x in path.read_text().splitlines()] == list(range(10))
@@ -63,8 +62,14 @@ def test_writer_appends_to_an_existing_file(tmp_path: Path) -> None:
 def test_body_is_embedded_byte_for_byte_unless_it_has_newlines() -> None:
     raw = b'{"b":1.0,"a":[1e2]}'
     record = result_record(
-        custom_id="c", line_no=1, request_id="r", raw_body=raw, body=orjson.loads(raw),
-        output=None, attempts=1, latency_ms=1.0,
+        custom_id="c",
+        line_no=1,
+        request_id="r",
+        raw_body=raw,
+        body=orjson.loads(raw),
+        output=None,
+        attempts=1,
+        latency_ms=1.0,
     )
     assert b'"body":{"b":1.0,"a":[1e2]}' in orjson.dumps(record)
     pretty = b'{\n "a": 1\n}'

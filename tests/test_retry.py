@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import pytest
 
@@ -27,8 +27,8 @@ def test_retry_after_ms_wins_over_seconds() -> None:
 
 def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after({"retry-after": "7"}) == 7.0
-    when = datetime(2030, 1, 1, 0, 0, 10, tzinfo=timezone.utc)
-    now = datetime(2030, 1, 1, 0, 0, 0, tzinfo=timezone.utc).timestamp()
+    when = datetime(2030, 1, 1, 0, 0, 10, tzinfo=UTC)
+    now = datetime(2030, 1, 1, 0, 0, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after({"retry-after": format_datetime(when, usegmt=True)}, now=now) == 10.0
 
 

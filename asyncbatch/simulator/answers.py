@@ -23,7 +23,7 @@ def prompt_text(body: dict[str, Any]) -> str:
 
 def forced_function(body: dict[str, Any]) -> dict[str, Any] | None:
     """The function a request forces through tool_choice (or its only tool with 'required')."""
-    tools = [t.get("function", {}) for t in body.get("tools") or [] if isinstance(t, dict)]
+    tools: list[dict[str, Any]] = [t.get("function", {}) for t in body.get("tools") or [] if isinstance(t, dict)]
     choice = body.get("tool_choice")
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name")

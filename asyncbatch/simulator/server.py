@@ -180,9 +180,7 @@ async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> As
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None and server.sockets
-    bound = server.sockets[0].getsockname()[1]
+    bound = runner.addresses[0][1]
     try:
         yield f"http://{host}:{bound}", simulator
     finally:
