@@ -1,0 +1,72 @@
+"""Shared benchmark plumbing: a simulator in its own process, input files, timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+KEY = "bench-key"
+
+
+@contextmanager
+def simulator_process(*args: str) -> Iterator[str]:
+    """Run ``python -m asyncbatch.simulator`` on a free loopback port; yield its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asyncbatch.simulator", "--port", "0", "--key", KEY, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split()[3]
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def write_batch_lines(path: Path, n: int, content_chars: int = 100, max_tokens: int = 50) -> Path:
+    with path.open("w") as f:
+        for i in range(n):
+            content = f"request {i}: " + "x" * max(0, content_chars - 16)
+            body = {"model": "m", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens}
+            f.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/chat/completions", "body": body}))
+            f.write("\n")
+    return path
+
+
+def azure_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
+    env.update(AZURE_OPENAI_ENDPOINT=url, AZURE_OPENAI_API_KEY=KEY, AZURE_OPENAI_DEPLOYMENT_NAME="bench")
+    return env
+
+
+def timed_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "asyncbatch", *args], env=env, cwd=cwd, capture_output=True)
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(proc.stderr.decode())
+    return time.perf_counter() - started, proc.returncode
+
+
+def count_lines(path: Path) -> int:
+    return sum(1 for _ in path.open()) if path.exists() else 0
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {sys.version.split()[0]}"
