@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -18,14 +20,16 @@ import orjson
 from dotenv import dotenv_values
 
 from . import __version__
+from .checkpoint import move_aside
 from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
 from .errors import ConfigError, FatalAPIError
 from .progress import Reporter, make_reporter
-from .runner import run
+from .runner import Interrupt, run
 from .simulator import SimConfig, serve
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+FSYNC: dict[str, float | None] = {"always": 0.0, "periodic": 1.0, "never": None}
 
 EPILOG = """\
 input formats (detected line by line):
@@ -64,6 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, help="results file (default: <input stem>.results.jsonl beside the input)"
     )
     out.add_argument("--errors", type=Path, help="failures file (default: <output stem>.errors.jsonl)")
+    out.add_argument("--checkpoint", type=Path, help="resume checkpoint (default: <output>.checkpoint)")
+    out.add_argument(
+        "--fsync",
+        choices=("always", "periodic", "never"),
+        default="periodic",
+        help="when outputs reach the disk: after every write batch, at least once a second (default), "
+        "or only at exit; see README 'Durability'",
+    )
+    resume = p.add_argument_group("resume (re-run the same command to resume an interrupted run)")
+    resume.add_argument(
+        "--restart", action="store_true", help="start over; the old outputs are moved aside, not deleted"
+    )
+    resume.add_argument("--retry-failed", action="store_true", help="run again the inputs whose requests failed")
+    resume.add_argument(
+        "--grace", type=float, default=5.0, help="seconds in-flight requests get to finish after Ctrl-C (default 5)"
+    )
     rate = p.add_argument_group("speed and quota")
     rate.add_argument("-c", "--concurrency", type=int, default=20, help="requests in flight at most (default 20)")
     rate.add_argument("--tpm", type=int, help="tokens per minute the deployment allows (client-side limit)")
@@ -201,6 +221,10 @@ def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
         limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
         retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout),
         request=request_defaults(args),
+        checkpoint_path=args.checkpoint,
+        fsync_interval=FSYNC[args.fsync],
+        retry_failed=args.retry_failed,
+        grace=args.grace,
     )
 
 
@@ -224,10 +248,37 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
 
 
 async def _run(config: RunConfig, reporter: Reporter) -> int:
-    stats = await run(config, reporter=reporter)
+    interrupt = Interrupt()
+
+    def on_signal() -> None:
+        interrupt.request()
+        if interrupt.count == 1:
+            reporter.info(
+                f"stopping: no new requests; those in flight get {config.grace:g} s to finish "
+                "(press Ctrl-C again to stop now)"
+            )
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        stats = await run(config, reporter=reporter, interrupt=interrupt)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
+    if stats.interrupted:
+        reporter.info(f"interrupted. To resume, run the same command again:\n  {shlex.join([*_prog(), *sys.argv[1:]])}")
+        return EXIT_INTERRUPTED
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
+
+
+def _prog() -> list[str]:
+    """How this process was started, for the resume hint."""
+    if sys.argv[0].endswith("__main__.py"):
+        return ["python", "-m", "asyncbatch"]
+    return ["asyncbatch"]
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
@@ -251,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.input.stat().st_size == 0:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
             return EXIT_OK
+        if args.restart:
+            output, errors = output_paths(args)
+            checkpoint = args.checkpoint or output.with_name(output.name + ".checkpoint")
+            for old, new in move_aside([output, errors, checkpoint]):
+                print(f"asyncbatch: --restart: moved {old} to {new}", file=sys.stderr)
         reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress)
         return asyncio.run(execute(args, env, reporter))
     except (ConfigError, FatalAPIError) as exc:

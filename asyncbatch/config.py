@@ -83,7 +83,14 @@ class RunConfig:
     limits: Limits = Limits()
     retry: RetryPolicy = RetryPolicy()
     request: RequestDefaults = RequestDefaults()
-    fsync_interval: float = 1.0
+    checkpoint_path: Path | None = None  # default: <output>.checkpoint
+    fsync_interval: float | None = 1.0  # 0: every batch; None: never (only at exit)
+    retry_failed: bool = False
+    grace: float = 5.0  # seconds in-flight requests get to finish after an interrupt
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoint_path or self.output_path.with_name(self.output_path.name + ".checkpoint")
 
     def __post_init__(self) -> None:
         paths = {self.input_path.resolve(), self.output_path.resolve(), self.errors_path.resolve()}

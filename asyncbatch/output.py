@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from .checkpoint import DoneSet
 from .errors import AttemptError
 
 _CLOSE = object()
@@ -24,24 +25,32 @@ _CLOSE = object()
 class JsonlWriter:
     """Owns one output file. ``put`` from any task; ``run`` in exactly one.
 
+    After each batch reaches the file, its input lines are marked in ``done``
+    and ``offset`` moves past it, so (done, offset) is always a consistent
+    snapshot for the checkpoint.
+
     :param fsync_interval: seconds between fsyncs (0 = after every batch,
         None = never); the file is always fsynced when the writer closes.
     """
 
-    def __init__(self, path: Path, *, fsync_interval: float | None = 1.0, maxsize: int = 4096) -> None:
+    def __init__(self, path: Path, done: DoneSet, *, fsync_interval: float | None = 1.0) -> None:
         self.path = path
+        self.done = done
         self.fsync_interval = fsync_interval
         self.lines_written = 0
-        self._queue: asyncio.Queue[bytes | object] = asyncio.Queue(maxsize)
+        self.offset = path.stat().st_size if path.exists() else 0
+        # Unbounded on purpose: putting a finished record must never block (or be
+        # cancelled) between receiving a paid-for answer and queueing it for disk.
+        self._queue: asyncio.Queue[tuple[int, bytes] | object] = asyncio.Queue()
         self._last_sync = time.monotonic()
         self.opened = asyncio.Event()
 
-    async def put(self, record: dict[str, Any]) -> None:
-        await self._queue.put(orjson.dumps(record) + b"\n")
+    def put(self, line_no: int, record: dict[str, Any]) -> None:
+        self._queue.put_nowait((line_no, orjson.dumps(record) + b"\n"))
 
-    async def close(self) -> None:
+    def close(self) -> None:
         """Ask the writer to finish once everything queued before this is written."""
-        await self._queue.put(_CLOSE)
+        self._queue.put_nowait(_CLOSE)
 
     async def run(self) -> None:
         with self.path.open("ab") as f:
@@ -58,19 +67,23 @@ class JsonlWriter:
                 self._write(f, self._drain(None)[0])
                 _sync(f)
 
-    def _drain(self, first: bytes | object | None) -> tuple[list[bytes], bool]:
+    def _drain(self, first: object) -> tuple[list[tuple[int, bytes]], bool]:
         items = [] if first is None else [first]
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
-        lines = [i for i in items if isinstance(i, bytes)]
+        lines = [i for i in items if isinstance(i, tuple)]
         return lines, any(i is _CLOSE for i in items)
 
-    def _write(self, f: BinaryIO, lines: list[bytes]) -> None:
+    def _write(self, f: BinaryIO, lines: list[tuple[int, bytes]]) -> None:
         if not lines:
             return
-        f.write(b"".join(lines))
+        data = b"".join(raw for _, raw in lines)
+        f.write(data)
         f.flush()
+        self.offset += len(data)
         self.lines_written += len(lines)
+        for line_no, _ in lines:
+            self.done.add(line_no)
         now = time.monotonic()
         if self.fsync_interval is not None and now - self._last_sync >= self.fsync_interval:
             _sync(f)

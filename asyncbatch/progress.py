@@ -137,6 +137,12 @@ def summary_table(stats: RunStats) -> Table:
         ("throughput", f"{stats.requests_per_second:.1f} req/s"),
         ("latency p50 / p95", "-" if p50 is None else f"{p50:.0f} ms / {p95:.0f} ms"),
     ]
+    if stats.resumed:
+        rows.insert(0, ("resumed", f"{stats.resumed:,} inputs were already recorded and were skipped"))
+    if stats.resent:
+        rows.insert(1, ("re-sent", f"{stats.resent:,} requests in flight when the last run stopped were sent again"))
+    if stats.interrupted:
+        rows.append(("interrupted", "yes: run the same command again to resume"))
     if stats.aborted:
         rows.append(("aborted", stats.aborted))
     for name, value in rows:

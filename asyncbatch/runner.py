@@ -1,20 +1,27 @@
 """The orchestrator: read -> build -> admit -> send (with retries) -> write -> report.
 
-One TaskGroup owns the writers and the ticker; a nested one owns the reader and
-the workers, so when the work is done (or fails) everything below it is
-finished before the writers close. Work flows through a bounded queue, so
-memory does not grow with the input.
+One TaskGroup owns the writers, the ticker and the checkpoint saver; a nested
+one owns the reader and the workers, so when the work is done (or stopped)
+everything below it has finished before the writers close. Work flows through a
+bounded queue, so memory does not grow with the input.
+
+Interrupts (``Interrupt.request``, wired to SIGINT/SIGTERM by the CLI): the
+first stops new requests and gives those in flight ``config.grace`` seconds;
+the second cancels them at once. Either way, what finished is written and
+the checkpoint saved; the unfinished inputs run on the next resume.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tenacity import RetryCallState
 
+from .checkpoint import ResumeState, drop_failures, fingerprint, recover, save_checkpoint
 from .client import Reply, build_client, chat_path, extract_output, send
 from .config import RunConfig
 from .errors import AttemptError, FatalAPIError
@@ -29,44 +36,83 @@ from .stats import RunStats
 Sleep = Callable[[float], Awaitable[None]]
 FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "deployment or endpoint"}
 DEFAULT_429_PAUSE = 1.0  # when a 429 carries no retry-after
+CHECKPOINT_EVERY = 1.0  # seconds
+
+
+class Interrupt:
+    """Ask a run to stop: the first request is graceful, the second immediate."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._listener: Callable[[int], None] | None = None
+
+    def request(self) -> None:
+        self.count += 1
+        if self._listener is not None:
+            self._listener(self.count)
+
+
+class _Stopped(Exception):
+    """Raised inside a worker to abandon its job because the run is stopping."""
 
 
 async def run(
     config: RunConfig,
     *,
     reporter: Reporter | None = None,
+    interrupt: Interrupt | None = None,
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> RunStats:
-    """Run every input of ``config`` once; return the counters.
+    """Run every input of ``config`` not already recorded; return the counters.
 
     :param sleep: used for every retry wait and cool-down; tests inject a recorder.
     :raises FatalAPIError: the endpoint rejected the first requests (key, deployment).
+    :raises ConfigError: the outputs belong to a different input or options.
     """
     reporter = reporter or Reporter()
-    stats = RunStats(simulated=config.endpoint.simulated, total=count_lines(config.input_path))
-    results = JsonlWriter(config.output_path, fsync_interval=config.fsync_interval)
-    errors = JsonlWriter(config.errors_path, fsync_interval=config.fsync_interval)
+    expected = run_fingerprint(config)
+    state = recover(config.output_path, config.errors_path, config.checkpoint, expected)
+    if config.retry_failed and (dropped := drop_failures(config.errors_path, config.checkpoint, state)):
+        state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
+    for note in state.notes:
+        reporter.info(note)
+    stats = _initial_stats(config, state)
     client = build_client(config.endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout)
-    batch = _Batch(config, stats, reporter, results, errors, client, sleep, clock)
+    batch = _Batch(config, stats, state, reporter, client, sleep, clock)
+    if interrupt is not None:
+        interrupt._listener = batch.on_interrupt
     try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(results.run())
-            tg.create_task(errors.run())
-            ticker = tg.create_task(reporter.run(stats))
-            try:
-                await batch.work()
-            finally:
-                await results.close()
-                await errors.close()
-                ticker.cancel()
+        await batch.run_all(expected)
     except* FatalAPIError as group:
-        stats.aborted = str(group.exceptions[0])
-        raise group.exceptions[0] from None
+        fatal = _first_leaf(group)
+        stats.aborted = str(fatal)
+        raise fatal from None
     finally:
         stats.finished = clock()
         await client.close()
     return stats
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def run_fingerprint(config: RunConfig) -> dict[str, str]:
+    options = {"deployment": config.endpoint.deployment, **dataclasses.asdict(config.request)}
+    return fingerprint(config.input_path, options)
+
+
+def _initial_stats(config: RunConfig, state: ResumeState) -> RunStats:
+    return RunStats(
+        simulated=config.endpoint.simulated,
+        total=count_lines(config.input_path),
+        succeeded=state.results_lines,
+        failed=state.errors_lines,
+        resumed=len(state.done),
+        resent=state.resent,
+    )
 
 
 class _Batch:
@@ -74,39 +120,105 @@ class _Batch:
         self,
         config: RunConfig,
         stats: RunStats,
+        state: ResumeState,
         reporter: Reporter,
-        results: JsonlWriter,
-        errors: JsonlWriter,
         client: Any,
         sleep: Sleep,
         clock: Callable[[], float],
     ) -> None:
-        self.config, self.stats, self.reporter = config, stats, reporter
-        self.results, self.errors = results, errors
+        self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
+        self.results = JsonlWriter(config.output_path, state.done, fsync_interval=config.fsync_interval)
+        self.errors = JsonlWriter(config.errors_path, state.done, fsync_interval=config.fsync_interval)
         self.client, self.path = client, chat_path(config.endpoint)
         self.sleep, self.clock = sleep, clock
         self.gate = CooldownGate(clock=clock, sleep=sleep)
         self.admission = Admission(config.limits.tpm, config.limits.rpm, self.gate)
         self.uses_tools = bool(config.request.tools)
+        self.in_flight: set[int] = set()  # line numbers with a request on the wire
+        self.any_success = False
+        self.stopping = False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.sending: set[asyncio.Task[Any]] = set()
+        self.hard_stop: asyncio.TimerHandle | None = None
+
+    async def run_all(self, expected: dict[str, str]) -> None:
+        try:
+            await self._run_all(expected)
+        finally:
+            self.save(expected)  # the writers have finished: this is the final, exact state
+
+    async def _run_all(self, expected: dict[str, str]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.results.run())
+            tg.create_task(self.errors.run())
+            ticker = tg.create_task(self.reporter.run(self.stats))
+            saver = tg.create_task(self.save_periodically(expected))
+            try:
+                await self.work()
+            finally:
+                self.results.close()
+                self.errors.close()
+                ticker.cancel()
+                saver.cancel()
+                if self.hard_stop is not None:
+                    self.hard_stop.cancel()
 
     async def work(self) -> None:
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.limits.concurrency)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.produce(queue))
+            self.tasks.append(tg.create_task(self.produce(queue)))
             for _ in range(self.config.limits.concurrency):
-                tg.create_task(self.consume(queue))
+                self.tasks.append(tg.create_task(self.consume(queue)))
+
+    def on_interrupt(self, count: int) -> None:
+        if count == 1:
+            self.stopping = True
+            self.stats.interrupted = True
+            for task in self.tasks:
+                if task not in self.sending:  # idle or waiting: nothing paid for is lost
+                    task.cancel()
+            loop = asyncio.get_running_loop()
+            self.hard_stop = loop.call_later(self.config.grace, self._cancel_all)
+        else:
+            self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+    async def save_periodically(self, expected: dict[str, str]) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY)
+            self.save(expected)
+
+    def save(self, expected: dict[str, str]) -> None:
+        """Snapshot (done, offsets) between writer batches: always consistent with the files."""
+        save_checkpoint(
+            self.config.checkpoint,
+            {
+                "fingerprint": expected,
+                "done": self.state.done.encode(),
+                "results_offset": self.results.offset,
+                "errors_offset": self.errors.offset,
+                "results_lines": self.state.results_lines + self.results.lines_written,
+                "errors_lines": self.state.errors_lines + self.errors.lines_written,
+                "in_flight": sorted(self.in_flight),
+            },
+        )
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         seen = 0
         for line in read_lines(self.config.input_path):
             seen += 1
+            if line.line_no in self.state.done:
+                continue
             item = (
                 prepare(line, self.config.request, self.config.endpoint.deployment)
                 if isinstance(line, ParsedLine)
                 else line
             )
             if isinstance(item, BadLine):
-                await self.reject(item)
+                self.reject(item)
             else:
                 self.stats.estimated_tokens += item.estimate
                 await queue.put(item)
@@ -114,28 +226,31 @@ class _Batch:
         for _ in range(self.config.limits.concurrency):
             await queue.put(None)
 
-    async def reject(self, bad: BadLine) -> None:
+    def reject(self, bad: BadLine) -> None:
         where = f"{self.config.input_path}:{bad.line_no}"
         self.reporter.warn(f"{where}: {bad.reason} (written to the errors file; the run goes on)")
         self.stats.input_errors += 1
         self.stats.failed += 1
-        record = error_record(
-            custom_id=bad.custom_id,
-            line_no=bad.line_no,
-            code="invalid_input",
-            message=f"{where}: {bad.reason}",
-            attempts=0,
+        message = f"{where}: {bad.reason}"
+        self.errors.put(
+            bad.line_no,
+            error_record(
+                custom_id=bad.custom_id, line_no=bad.line_no, code="invalid_input", message=message, attempts=0
+            ),
         )
-        await self.errors.put(record)
 
     async def consume(self, queue: asyncio.Queue[Job | None]) -> None:
-        while (job := await queue.get()) is not None:
-            ok, record = await self.process(job)
+        while not self.stopping and (job := await queue.get()) is not None:
+            try:
+                ok, record = await self.process(job)
+            except _Stopped:
+                return
             if ok:
-                await self.results.put(record)
+                self.results.put(job.line_no, record)
                 self.stats.succeeded += 1
+                self.any_success = True
             else:
-                await self.errors.put(record)
+                self.errors.put(job.line_no, record)
                 self.stats.failed += 1
 
     async def process(self, job: Job) -> tuple[bool, dict[str, Any]]:
@@ -164,8 +279,14 @@ class _Batch:
 
     async def attempt(self, job: Job) -> tuple[Reply, float]:
         await self.admission.acquire(job.estimate)
+        if self.stopping:
+            raise _Stopped  # no new attempt once a stop was asked for (retries included)
+        task = asyncio.current_task()
+        assert task is not None
         self.stats.attempts += 1
         self.stats.in_flight += 1
+        self.in_flight.add(job.line_no)
+        self.sending.add(task)
         started = self.clock()
         try:
             reply = await send(self.client, self.path, job.payload, self.config.retry.timeout)
@@ -176,15 +297,19 @@ class _Batch:
             raise
         finally:
             self.stats.in_flight -= 1
+            self.in_flight.discard(job.line_no)
+            self.sending.discard(task)
         return reply, (self.clock() - started) * 1000
 
     def _on_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
+        if self.stopping:
+            raise _Stopped
 
     def _check_fatal(self, exc: AttemptError) -> None:
         """A wrong key or deployment fails every line: stop at once instead of burning retries."""
         what = FATAL_STATUSES.get(exc.status or 0)
-        if what is None or self.stats.succeeded:
+        if what is None or self.any_success:
             return
         hint = {
             "authentication": "check AZURE_OPENAI_API_KEY (or OPENAI_API_KEY) and that it belongs to this endpoint",

@@ -25,7 +25,10 @@ class RunStats:
     estimated_tokens: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    resumed: int = 0  # inputs already recorded when this run started
+    resent: int = 0  # inputs that were in flight when the last run stopped
     simulated: bool = False
+    interrupted: bool = False
     aborted: str | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None

@@ -7,35 +7,40 @@ from pathlib import Path
 
 import orjson
 
+from asyncbatch.checkpoint import DoneSet
 from asyncbatch.output import JsonlWriter, body_fragment, result_record
 
 
-def test_writer_writes_every_queued_record_whole_and_in_order(tmp_path: Path) -> None:
+def test_writer_writes_every_queued_record_whole_in_order_and_marks_it_done(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
+    done = DoneSet()
 
-    async def go() -> None:
-        writer = JsonlWriter(path, fsync_interval=0)
+    async def go() -> JsonlWriter:
+        writer = JsonlWriter(path, done, fsync_interval=0)
         task = asyncio.create_task(writer.run())
         for i in range(500):
-            await writer.put({"n": i, "text": "é\nline"})
-        await writer.close()
+            writer.put(i + 1, {"n": i, "text": "é\nline"})
+        writer.close()
         await task
+        return writer
 
-    asyncio.run(go())
+    writer = asyncio.run(go())
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [r["n"] for r in rows] == list(range(500))
     assert rows[0]["text"] == "é\nline"
+    assert writer.offset == path.stat().st_size and writer.lines_written == 500
+    assert len(done) == 500 and 1 in done and 500 in done and 501 not in done
 
 
 def test_cancelled_writer_still_writes_what_it_was_given(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
 
     async def go() -> None:
-        writer = JsonlWriter(path, fsync_interval=None)
+        writer = JsonlWriter(path, DoneSet(), fsync_interval=None)
         task = asyncio.create_task(writer.run())
         await writer.opened.wait()
         for i in range(10):
-            await writer.put({"n": i})
+            writer.put(i, {"n": i})
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -44,18 +49,20 @@ def test_cancelled_writer_still_writes_what_it_was_given(tmp_path: Path) -> None
     assert [json.loads(x)["n"] for x in path.read_text().splitlines()] == list(range(10))
 
 
-def test_writer_appends_to_an_existing_file(tmp_path: Path) -> None:
+def test_writer_appends_to_an_existing_file_and_starts_at_its_end(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     path.write_text('{"n": -1}\n')
 
-    async def go() -> None:
-        writer = JsonlWriter(path)
+    async def go() -> int:
+        writer = JsonlWriter(path, DoneSet())
+        start = writer.offset
         task = asyncio.create_task(writer.run())
-        await writer.put({"n": 0})
-        await writer.close()
+        writer.put(1, {"n": 0})
+        writer.close()
         await task
+        return start
 
-    asyncio.run(go())
+    assert asyncio.run(go()) == 10
     assert path.read_text().splitlines() == ['{"n": -1}', '{"n":0}']
 
 
