@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asyncbatch.checkpoint import (
+    DoneSet,
+    cut_torn_tail,
+    drop_failures,
+    fingerprint,
+    move_aside,
+    recover,
+    save_checkpoint,
+)
+from asyncbatch.errors import ConfigError
+
+FP = {"input": "x", "template": "t"}
+
+
+def _records(path: Path, lines: list[int], code: str | None = None) -> bytes:
+    data = b"".join(
+        json.dumps({"custom_id": f"c{n}", "line": n, "error": {"code": code} if code else None}).encode() + b"\n"
+        for n in lines
+    )
+    with path.open("ab") as f:
+        f.write(data)
+    return data
+
+
+def test_doneset_add_discard_and_roundtrip() -> None:
+    done = DoneSet()
+    for n in (1, 7, 8, 1_000_000, 7):
+        done.add(n)
+    done.discard(8)
+    done.discard(99)  # absent: nothing happens
+    assert len(done) == 3 and 7 in done and 8 not in done and 1_000_000 in done and 2_000_000 not in done
+    copy = DoneSet.decode(done.encode())
+    assert len(copy) == 3 and all(n in copy for n in (1, 7, 1_000_000))
+
+
+def test_doneset_for_a_million_lines_is_small() -> None:
+    done = DoneSet()
+    for n in range(1, 1_000_001):
+        done.add(n)
+    assert len(done) == 1_000_000
+    assert len(done._bits) < 250_000  # bytes; geometric growth at most doubles the 125 kB needed
+    assert len(done.encode()) < 2_000  # a full bitmap compresses to almost nothing
+
+
+@pytest.mark.parametrize(
+    ("content", "kept"), [(b"", b""), (b"a\nb", b"a\n"), (b"a\nb\n", b"a\nb\n"), (b"torn", b""), (b"\n", b"\n")]
+)
+def test_cut_torn_tail(tmp_path: Path, content: bytes, kept: bytes) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    assert cut_torn_tail(path) == len(content) - len(kept)
+    assert path.read_bytes() == kept
+
+
+def test_fingerprint_tracks_input_bytes_and_options(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"a": 1}\n')
+    first = fingerprint(path, {"template": "A {x}"})
+    assert fingerprint(path, {"template": "A {x}"}) == first
+    assert fingerprint(path, {"template": "B {x}"})["template"] != first["template"]
+    path.write_text('{"a": 2}\n')  # same size, other bytes
+    assert fingerprint(path, {"template": "A {x}"})["input"] != first["input"]
+
+
+def test_recover_fresh(tmp_path: Path) -> None:
+    state = recover(tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
+    assert (state.source, len(state.done), state.notes) == ("fresh", 0, [])
+
+
+def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> None:
+    results, errors, ckpt = tmp_path / "r", tmp_path / "e", tmp_path / "c"
+    done = DoneSet()
+    first = _records(results, [1, 2, 3])
+    for n in (1, 2, 3):
+        done.add(n)
+    save_checkpoint(
+        ckpt,
+        {
+            "fingerprint": FP,
+            "done": done.encode(),
+            "results_offset": len(first),
+            "errors_offset": 0,
+            "results_lines": 3,
+            "errors_lines": 0,
+            "in_flight": [4, 5, 9],
+        },
+    )
+    _records(results, [4])
+    _records(errors, [5], code="http_500")
+    state = recover(results, errors, ckpt, FP)
+    assert state.source == "checkpoint"
+    assert sorted(n for n in range(12) if n in state.done) == [1, 2, 3, 4, 5]
+    assert (state.results_lines, state.errors_lines) == (4, 1)
+    assert state.resent == 1  # line 9 was in flight and never recorded
+
+
+def test_checkpoint_ahead_of_a_damaged_output_is_not_trusted(tmp_path: Path) -> None:
+    results, errors, ckpt = tmp_path / "r", tmp_path / "e", tmp_path / "c"
+    data = _records(results, [1, 2, 3])
+    bogus = DoneSet()
+    for n in range(1, 50):
+        bogus.add(n)
+    save_checkpoint(
+        ckpt,
+        {
+            "fingerprint": FP,
+            "done": bogus.encode(),
+            "results_offset": len(data) + 500,
+            "errors_offset": 0,
+            "results_lines": 49,
+            "errors_lines": 0,
+        },
+    )
+    state = recover(results, errors, ckpt, FP)
+    assert state.source == "rebuilt" and len(state.done) == 3 and state.results_lines == 3
+
+
+def test_garbage_checkpoint_means_rebuild(tmp_path: Path) -> None:
+    results, ckpt = tmp_path / "r", tmp_path / "c"
+    _records(results, [4, 6])
+    ckpt.write_bytes(b"\x00garbage")
+    state = recover(results, tmp_path / "e", ckpt, FP)
+    assert state.source == "rebuilt" and sorted(n for n in range(10) if n in state.done) == [4, 6]
+
+
+def test_changed_fingerprint_is_refused_naming_what_changed(tmp_path: Path) -> None:
+    ckpt = tmp_path / "c"
+    save_checkpoint(ckpt, {"fingerprint": FP, "done": DoneSet().encode(), "results_offset": 0, "errors_offset": 0})
+    with pytest.raises(ConfigError, match=r"template changed.*--restart"):
+        recover(tmp_path / "r", tmp_path / "e", ckpt, {**FP, "template": "other"})
+
+
+def test_foreign_line_in_an_output_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "r").write_text('{"not": "ours"}\n')
+    with pytest.raises(ConfigError, match="not an asyncbatch record"):
+        recover(tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
+
+
+def test_drop_failures_keeps_bad_input_lines_and_removes_the_checkpoint(tmp_path: Path) -> None:
+    results, errors, ckpt = tmp_path / "r", tmp_path / "e", tmp_path / "c"
+    _records(errors, [2], code="invalid_input")
+    _records(errors, [3, 4], code="http_500")
+    ckpt.write_text("{}")
+    state = recover(results, errors, ckpt, FP)
+    assert drop_failures(errors, ckpt, state) == 2
+    assert [json.loads(x)["line"] for x in errors.read_text().splitlines()] == [2]
+    assert 2 in state.done and 3 not in state.done and 4 not in state.done
+    assert not ckpt.exists() and state.errors_lines == 1
+
+
+def test_move_aside_renames_and_never_overwrites(tmp_path: Path) -> None:
+    a = tmp_path / "a.jsonl"
+    a.write_text("1")
+    ((_, first),) = move_aside([a, tmp_path / "missing"])
+    a.write_text("2")
+    ((_, second),) = move_aside([a])
+    assert not a.exists() and first != second
+    assert {first.read_text(), second.read_text()} == {"1", "2"}
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n_results=st.integers(0, 30),
+    n_errors=st.integers(0, 10),
+    cut_r=st.floats(0, 1),
+    cut_e=st.floats(0, 1),
+    stale_at=st.floats(0, 1),
+)
+def test_cut_at_any_byte_then_recover(
+    tmp_path_factory: pytest.TempPathFactory, n_results: int, n_errors: int, cut_r: float, cut_e: float, stale_at: float
+) -> None:
+    """kill -9 can stop a write at any byte: recovery keeps exactly the whole lines, with or without a checkpoint."""
+    d = tmp_path_factory.mktemp("cut")
+    results, errors, ckpt = d / "r", d / "e", d / "c"
+    r_lines, e_lines = list(range(1, n_results + 1)), list(range(100, 100 + n_errors))
+    r_data = _records(results, r_lines)
+    e_data = _records(errors, e_lines, code="http_500")
+    # a checkpoint taken earlier, at a line boundary
+    r_ck = int(stale_at * n_results)
+    done = DoneSet()
+    for n in r_lines[:r_ck]:
+        done.add(n)
+    r_off = sum(len(x) + 1 for x in r_data.split(b"\n")[:r_ck])
+    save_checkpoint(
+        ckpt,
+        {
+            "fingerprint": FP,
+            "done": done.encode(),
+            "results_offset": r_off,
+            "errors_offset": 0,
+            "results_lines": r_ck,
+            "errors_lines": 0,
+        },
+    )
+    for path, data, frac in ((results, r_data, cut_r), (errors, e_data, cut_e)):
+        path.write_bytes(data[: int(len(data) * frac)])
+    state = recover(results, errors, ckpt, FP)
+    whole_r = [json.loads(x)["line"] for x in results.read_bytes().splitlines()]
+    whole_e = [json.loads(x)["line"] for x in errors.read_bytes().splitlines()]
+    assert whole_r == r_lines[: len(whole_r)] and whole_e == e_lines[: len(whole_e)]  # only torn tails were cut
+    assert sorted(n for n in range(200) if n in state.done) == sorted(whole_r + whole_e)
+    assert (state.results_lines, state.errors_lines) == (len(whole_r), len(whole_e))

@@ -1,0 +1,154 @@
+"""Interrupt anything, resume exactly once: real CLI subprocesses killed against the simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asyncbatch.cli import main
+from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
+from tests.helpers import batch_line, read_jsonl, write_jsonl
+
+KEY = "resume-key-42424242"
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[dict[str, str], Simulator]]:
+    with serve_in_thread(SimConfig(api_key=KEY, latency=0.03)) as (url, simulator):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
+        env.update(AZURE_OPENAI_ENDPOINT=url, AZURE_OPENAI_API_KEY=KEY, AZURE_OPENAI_DEPLOYMENT_NAME="dep")
+        for key, value in env.items():
+            if key.startswith("AZURE_"):
+                monkeypatch.setenv(key, value)
+        yield env, simulator
+
+
+def _start(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "asyncbatch", "in.jsonl", "--no-progress", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _wait_for_progress(path: Path, at_least: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Poll the results file until it has grown enough (a condition, not a guess at timing)."""
+    deadline = time.monotonic() + timeout
+    while _lines(path) < at_least:
+        if proc.poll() is not None:
+            return  # finished before we could interrupt it; the test still checks the outcome
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.01)
+
+
+def _assert_exactly_once(tmp_path: Path, n: int) -> None:
+    results = read_jsonl(tmp_path / "in.results.jsonl")  # json.loads fails on any torn or corrupt line
+    errors = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    ids = [r["custom_id"] for r in results + errors]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n))
+    assert errors == []
+    for r in results:
+        assert r["output"] == f"Simulated answer to: prompt {r['custom_id']}"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: tuple[dict[str, str], Simulator], seed: int) -> None:
+    env, simulator = sim
+    n, concurrency, kills = 600, 40, 3
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"prompt r{i}") for i in range(n)])
+    rng = random.Random(seed)
+    results = tmp_path / "in.results.jsonl"
+    for k in range(kills):
+        proc = _start(tmp_path, env, "-c", str(concurrency))
+        _wait_for_progress(results, _lines(results) + rng.randint(1, n // (kills + 1)), proc)
+        proc.kill()
+        proc.wait()
+    final = _start(tmp_path, env, "-c", str(concurrency))
+    _, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err.decode()
+    _assert_exactly_once(tmp_path, n)
+    assert simulator.billed_twice() <= kills * concurrency  # only requests in flight at a kill were paid twice
+
+
+def test_sigint_exits_130_quickly_and_the_next_run_resumes(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    env, simulator = sim
+    n = 800
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"prompt r{i}") for i in range(n)])
+    proc = _start(tmp_path, env, "-c", "20")
+    _wait_for_progress(tmp_path / "in.results.jsonl", 100, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert "To resume, run the same command again" in err.decode()
+    done_before = _lines(tmp_path / "in.results.jsonl")
+    assert 100 <= done_before < n
+    assert simulator.billed_twice() == 0  # graceful: in-flight requests finished and were recorded
+    code = main([str(tmp_path / "in.jsonl"), "-q", "-c", "20"])
+    assert code == 0
+    _assert_exactly_once(tmp_path, n)
+    assert simulator.billed_twice() == 0
+
+
+def test_changed_input_or_options_are_refused_and_restart_moves_outputs_aside(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(5)])
+    assert main([str(path), "-q", "--template", "About {company}"]) == 0
+    assert main([str(path), "-q", "--template", "Tell me about {company}"]) == 2
+    assert "template changed" in capsys.readouterr().err
+    write_jsonl(path, [{"id": i, "company": f"D{i}"} for i in range(5)])
+    assert main([str(path), "-q", "--template", "About {company}"]) == 2
+    err = capsys.readouterr().err
+    assert "input changed" in err and "--restart" in err
+    assert main([str(path), "-q", "--template", "About {company}", "--restart"]) == 0
+    assert "moved" in capsys.readouterr().err
+    olds = sorted(p.name for p in tmp_path.glob("*.old"))
+    assert len(olds) == 3  # results, errors and checkpoint kept beside the new ones
+    assert [r["output"] for r in read_jsonl(tmp_path / "in.results.jsonl")][0].endswith("About D0")
+
+
+def test_rerun_of_a_finished_run_sends_nothing(tmp_path: Path, sim: tuple[dict[str, str], Simulator]) -> None:
+    _, simulator = sim
+    path = write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"prompt r{i}") for i in range(30)])
+    assert main([str(path), "-q"]) == 0
+    sent = simulator.requests
+    assert main([str(path), "-q"]) == 0
+    assert simulator.requests == sent
+    _assert_exactly_once(tmp_path, 30)
+
+
+def test_retry_failed_runs_only_the_failed_requests_again(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    simulator.config.script.update({"prompt r3": ["400"], "prompt r7": ["500", "500"]})
+    rows = [batch_line(f"r{i}", f"prompt r{i}") for i in range(10)] + ["{bad json"]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main([str(path), "-q", "--max-attempts", "2"]) == 1
+    errors = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert sorted(e["custom_id"] for e in errors) == ["line-11", "r3", "r7"]
+    sent = simulator.requests
+    assert main([str(path), "-q", "--retry-failed"]) == 1  # the bad line still fails
+    assert simulator.requests == sent + 2  # only r3 and r7 were sent again
+    errors = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert [e["custom_id"] for e in errors] == ["line-11"]
+    results = read_jsonl(tmp_path / "in.results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(10))
+    assert json.loads((tmp_path / "in.results.jsonl.checkpoint").read_text())["errors_lines"] == 1
