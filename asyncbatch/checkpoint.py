@@ -52,7 +52,9 @@ class DoneSet:
             self._bits[byte] &= ~(1 << bit) & 0xFF
             self.count -= 1
 
-    def __contains__(self, line_no: int) -> bool:
+    def __contains__(self, line_no: object) -> bool:
+        if not isinstance(line_no, int):
+            return False
         byte, bit = divmod(line_no, 8)
         return byte < len(self._bits) and bool(self._bits[byte] & (1 << bit))
 

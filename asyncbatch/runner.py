@@ -207,11 +207,9 @@ class _Batch:
         )
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
-        seen = 0
-        for line in read_lines(self.config.input_path):
+        seen = len(self.state.done)
+        for line in read_lines(self.config.input_path, skip=self.state.done):
             seen += 1
-            if line.line_no in self.state.done:
-                continue
             item = (
                 prepare(line, self.config.request, self.config.endpoint.deployment)
                 if isinstance(line, ParsedLine)

@@ -116,3 +116,11 @@ def test_reader_never_crashes_and_keeps_every_good_line(tmp_path: Path, lines: l
         (i.line_no, i.custom_id) for i in read_lines(path) if isinstance(i, ParsedLine) and i.custom_id.startswith("g")
     ]
     assert sorted(parsed) == sorted(expected.items())
+
+
+def test_skipped_done_lines_still_count_for_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    rows = [{"custom_id": "a", "messages": [{"role": "user", "content": "x"}]}, {"id": 5, "t": 1}, {"id": "a"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = list(read_lines(path, skip={1, 2}))
+    assert items == [BadLine(3, "a", "duplicate custom_id 'a'")]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -52,6 +53,8 @@ class Simulator:
         self.statuses: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()  # prompt text -> 200 answers (to count double billing)
         self.requests = 0
+        self.first_request_at: float | None = None  # time.monotonic() of the first chat request
+        self.active = 0  # requests received and not yet answered
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -88,6 +91,8 @@ class Simulator:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        if self.first_request_at is None:
+            self.first_request_at = time.monotonic()
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -103,9 +108,13 @@ class Simulator:
             return self._throttled(verdict.retry_after, limit_headers)
         text = prompt_text(body)
         fault = self._fault(text)
-        if self.config.latency:
-            await asyncio.sleep(self.config.latency)
-        return await self._answer(request, body, text, fault, limit_headers)
+        self.active += 1
+        try:
+            if self.config.latency:
+                await asyncio.sleep(self.config.latency)
+            return await self._answer(request, body, text, fault, limit_headers)
+        finally:
+            self.active -= 1
 
     def _fault(self, text: str) -> str:
         script = self.config.script.get(text)
