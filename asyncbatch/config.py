@@ -52,6 +52,7 @@ class Limits:
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     max_attempts: int = 6
+    max_throttled: int = 30  # 429s do not use up max_attempts; this many end an input
     timeout: float = 60.0
     backoff_initial: float = 1.0
     backoff_max: float = 60.0

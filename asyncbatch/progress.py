@@ -64,9 +64,10 @@ class Reporter:
 
 def status_text(stats: RunStats) -> str:
     tpm = (stats.prompt_tokens + stats.completion_tokens) / stats.elapsed * 60 if stats.elapsed else 0
+    learned = f" · learned limit {stats.learned_tpm:,.0f} TPM" if stats.learned_tpm else ""
     return (
         f"{stats.requests_per_second:.1f} req/s · {tpm:,.0f} tok/min · {stats.in_flight} in flight · "
-        f"{stats.retries} retries · {stats.throttled} 429s · {stats.failed} failed"
+        f"{stats.retries} retries · {stats.throttled} 429s · {stats.failed} failed{learned}"
     )
 
 
@@ -130,13 +131,15 @@ def summary_table(stats: RunStats) -> Table:
         ("failed", f"{stats.failed:,}" + (f" ({stats.input_errors:,} bad input lines)" if stats.input_errors else "")),
         ("attempts", f"{stats.attempts:,} ({stats.retries:,} retries)"),
         ("429 answers", f"{stats.throttled:,}"),
-        ("tokens estimated", f"{stats.estimated_tokens:,}"),
         ("prompt tokens", f"{stats.prompt_tokens:,}"),
         ("completion tokens", f"{stats.completion_tokens:,}"),
+        ("tokens: estimated / used", _estimate_vs_used(stats)),
         ("wall time", f"{stats.elapsed:.1f} s"),
         ("throughput", f"{stats.requests_per_second:.1f} req/s"),
         ("latency p50 / p95", "-" if p50 is None else f"{p50:.0f} ms / {p95:.0f} ms"),
     ]
+    if stats.learned_tpm:
+        rows.append(("learned limit", f"{stats.learned_tpm:,.0f} tokens/min (adaptive: no --tpm/--rpm given)"))
     if stats.resumed:
         rows.insert(0, ("resumed", f"{stats.resumed:,} inputs were already recorded and were skipped"))
     if stats.resent:
@@ -148,6 +151,13 @@ def summary_table(stats: RunStats) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _estimate_vs_used(stats: RunStats) -> str:
+    """Admission charges the estimate; billing counts usage. Showing both explains the quota."""
+    used = stats.prompt_tokens + stats.completion_tokens
+    ratio = f" (estimate is {stats.estimated_tokens / used:.2f}x usage)" if used else ""
+    return f"{stats.estimated_tokens:,} / {used:,}{ratio}"
 
 
 def make_reporter(*, quiet: bool, progress: bool, stream: TextIO | None = None) -> Reporter:

@@ -14,7 +14,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
     wait_exponential_jitter,
 )
 
@@ -66,6 +65,27 @@ class wait_retry_after_or:
         return self.fallback(state)
 
 
+class stop_after_failures:
+    """Give up after ``max_attempts`` failed attempts, or ``max_throttled`` 429s.
+
+    A 429 is the server saying "not yet", not a failure of the request, so it
+    does not use up the attempt budget; it has a larger budget of its own so a
+    quota that is gone for the day still ends the run. One instance per input.
+    """
+
+    def __init__(self, max_attempts: int, max_throttled: int) -> None:
+        self.max_attempts, self.max_throttled = max_attempts, max_throttled
+        self.failures = self.throttled = 0
+
+    def __call__(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, AttemptError) and exc.status == 429:
+            self.throttled += 1
+        else:
+            self.failures += 1
+        return self.failures >= self.max_attempts or self.throttled >= self.max_throttled
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, AttemptError) and exc.retryable
 
@@ -78,7 +98,7 @@ def retrying(
 ) -> AsyncRetrying:
     """The tenacity policy for one input: up to ``max_attempts`` tries, then re-raise."""
     return AsyncRetrying(
-        stop=stop_after_attempt(policy.max_attempts),
+        stop=stop_after_failures(policy.max_attempts, policy.max_throttled),
         wait=wait_retry_after_or(wait_exponential_jitter(policy.backoff_initial, policy.backoff_max)),
         retry=retry_if_exception(_is_retryable),
         sleep=sleep,

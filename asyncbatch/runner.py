@@ -132,7 +132,7 @@ class _Batch:
         self.client, self.path = client, chat_path(config.endpoint)
         self.sleep, self.clock = sleep, clock
         self.gate = CooldownGate(clock=clock, sleep=sleep)
-        self.admission = Admission(config.limits.tpm, config.limits.rpm, self.gate)
+        self.admission = Admission(config.limits.tpm, config.limits.rpm, self.gate, clock)
         self.uses_tools = bool(config.request.tools)
         self.in_flight: set[int] = set()  # line numbers with a request on the wire
         self.any_success = False
@@ -277,6 +277,7 @@ class _Batch:
 
     async def attempt(self, job: Job) -> tuple[Reply, float]:
         await self.admission.acquire(job.estimate)
+        self.stats.learned_tpm = self.admission.learned_tpm
         if self.stopping:
             raise _Stopped  # no new attempt once a stop was asked for (retries included)
         task = asyncio.current_task()
@@ -291,12 +292,13 @@ class _Batch:
         except AttemptError as exc:
             if exc.status == 429:
                 self.stats.throttled += 1
-                self.gate.close_for(exc.retry_after if exc.retry_after is not None else DEFAULT_429_PAUSE)
+                self.admission.on_throttle(exc.retry_after if exc.retry_after is not None else DEFAULT_429_PAUSE)
             raise
         finally:
             self.stats.in_flight -= 1
             self.in_flight.discard(job.line_no)
             self.sending.discard(task)
+        self.admission.on_reply(reply.headers, job.estimate)
         return reply, (self.clock() - started) * 1000
 
     def _on_retry(self, state: RetryCallState) -> None:

@@ -27,6 +27,7 @@ class RunStats:
     completion_tokens: int = 0
     resumed: int = 0  # inputs already recorded when this run started
     resent: int = 0  # inputs that were in flight when the last run stopped
+    learned_tpm: float | None = None  # adaptive mode: the rate learned so far
     simulated: bool = False
     interrupted: bool = False
     aborted: str | None = None

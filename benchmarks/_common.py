@@ -7,11 +7,19 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 KEY = "bench-key"
+
+
+def simulator_stats(url: str) -> dict[str, Any]:
+    """The simulator's counters (requests, statuses, billed twice)."""
+    with urllib.request.urlopen(f"{url}/_stats", timeout=10) as response:
+        return dict(json.loads(response.read()))
 
 
 @contextmanager

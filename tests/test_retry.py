@@ -91,8 +91,21 @@ def test_non_retryable_error_is_raised_after_one_attempt() -> None:
 
 
 def test_gives_up_after_max_attempts_with_the_last_error() -> None:
-    errors = [_err(0.0) for _ in range(5)]
+    errors = [_err(0.0, status=503) for _ in range(5)]
     fn = Flaky(*errors)
     with pytest.raises(AttemptError) as caught:
         asyncio.run(_drive(RetryPolicy(max_attempts=3), fn))
     assert fn.calls == 3 and caught.value is errors[2]
+
+
+def test_429s_do_not_use_up_the_attempt_budget() -> None:
+    fn = Flaky(*[_err(0.1) for _ in range(10)], _err(0.1, status=500))
+    result, waits = asyncio.run(_drive(RetryPolicy(max_attempts=2), fn))
+    assert result == "ok" and fn.calls == 12 and len(waits) == 11
+
+
+def test_429s_have_a_budget_of_their_own() -> None:
+    fn = Flaky(*[_err(0.0) for _ in range(50)])
+    with pytest.raises(AttemptError):
+        asyncio.run(_drive(RetryPolicy(max_attempts=2, max_throttled=7), fn))
+    assert fn.calls == 7
