@@ -19,7 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import KEY, azure_env, count_lines, machine, simulator_process, simulator_stats, timed_cli, write_batch_lines
+from _common import (
+    KEY,
+    azure_env,
+    count_lines,
+    machine,
+    simulator_process,
+    simulator_stats,
+    timed_cli,
+    write_batch_lines,
+)
 
 from asyncbatch.requests import estimate_tokens
 
