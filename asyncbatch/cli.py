@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("-c", "--concurrency", type=int, default=20, help="requests in flight at most (default 20)")
     rate.add_argument("--tpm", type=int, help="tokens per minute the deployment allows (client-side limit)")
     rate.add_argument("--rpm", type=int, help="requests per minute the deployment allows (client-side limit)")
-    rate.add_argument("--max-attempts", type=int, default=6, help="attempts per input, first included (default 6)")
+    rate.add_argument(
+        "--max-attempts",
+        type=int,
+        default=6,
+        help="attempts per input, first included (default 6); 429s do not count: they have a budget of 30",
+    )
     rate.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
     req = p.add_argument_group("requests")
     req.add_argument("--deployment", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME")
