@@ -22,7 +22,7 @@ from typing import Any
 from tenacity import RetryCallState
 
 from .checkpoint import ResumeState, drop_failures, fingerprint, recover, save_checkpoint
-from .client import Reply, build_client, chat_path, extract_output, send
+from .client import Connection, Reply, extract_output
 from .config import RunConfig
 from .errors import AttemptError, FatalAPIError
 from .inputs import BadLine, ParsedLine, count_lines, read_lines
@@ -78,8 +78,8 @@ async def run(
     for note in state.notes:
         reporter.info(note)
     stats = _initial_stats(config, state)
-    client = build_client(config.endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout)
-    batch = _Batch(config, stats, state, reporter, client, sleep, clock)
+    connection = Connection(config.endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout)
+    batch = _Batch(config, stats, state, reporter, connection, sleep, clock)
     if interrupt is not None:
         interrupt._listener = batch.on_interrupt
     try:
@@ -90,7 +90,7 @@ async def run(
         raise fatal from None
     finally:
         stats.finished = clock()
-        await client.close()
+        await connection.close()
     return stats
 
 
@@ -122,14 +122,14 @@ class _Batch:
         stats: RunStats,
         state: ResumeState,
         reporter: Reporter,
-        client: Any,
+        connection: Connection,
         sleep: Sleep,
         clock: Callable[[], float],
     ) -> None:
         self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
         self.results = JsonlWriter(config.output_path, state.done, fsync_interval=config.fsync_interval)
         self.errors = JsonlWriter(config.errors_path, state.done, fsync_interval=config.fsync_interval)
-        self.client, self.path = client, chat_path(config.endpoint)
+        self.connection = connection
         self.sleep, self.clock = sleep, clock
         self.gate = CooldownGate(clock=clock, sleep=sleep)
         self.admission = Admission(config.limits.tpm, config.limits.rpm, self.gate, clock)
@@ -252,16 +252,19 @@ class _Batch:
                 self.stats.failed += 1
 
     async def process(self, job: Job) -> tuple[bool, dict[str, Any]]:
-        attempts = 0
+        # Most requests succeed first time: try once before building a tenacity loop,
+        # whose per-attempt bookkeeping costs more CPU than the HTTP exchange itself.
+        tries = [1]  # attempts made for this job, shared with retry()
         try:
-            async for attempt in retrying(self.config.retry, sleep=self.sleep, before_sleep=self._on_retry):
-                with attempt:
-                    attempts += 1
-                    reply, latency_ms = await self.attempt(job)
-                    output = extract_output(reply.body, self.uses_tools)
+            try:
+                reply, latency_ms, output = await self.attempt_and_extract(job)
+            except AttemptError as exc:
+                if not exc.retryable:
+                    raise
+                reply, latency_ms, output = await self.retry(job, exc, tries)
         except AttemptError as exc:
             self._check_fatal(exc)
-            return False, failure_record(custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=attempts)
+            return False, failure_record(custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tries[0])
         self._count_usage(reply.body, latency_ms)
         record = result_record(
             custom_id=job.custom_id,
@@ -270,10 +273,25 @@ class _Batch:
             raw_body=reply.raw,
             body=reply.body,
             output=output,
-            attempts=attempts,
+            attempts=tries[0],
             latency_ms=latency_ms,
         )
         return True, record
+
+    async def retry(self, job: Job, first: AttemptError, tries: list[int]) -> tuple[Reply, float, Any]:
+        """The tenacity loop, entered with the first attempt's failure replayed as its attempt 1."""
+        replay = [first]
+        async for attempt in retrying(self.config.retry, sleep=self.sleep, before_sleep=self._on_retry):
+            with attempt:
+                if replay:
+                    raise replay.pop()
+                tries[0] = attempt.retry_state.attempt_number
+                reply, latency_ms, output = await self.attempt_and_extract(job)
+        return reply, latency_ms, output
+
+    async def attempt_and_extract(self, job: Job) -> tuple[Reply, float, Any]:
+        reply, latency_ms = await self.attempt(job)
+        return reply, latency_ms, extract_output(reply.body, self.uses_tools)
 
     async def attempt(self, job: Job) -> tuple[Reply, float]:
         await self.admission.acquire(job.estimate)
@@ -288,7 +306,7 @@ class _Batch:
         self.sending.add(task)
         started = self.clock()
         try:
-            reply = await send(self.client, self.path, job.payload, self.config.retry.timeout)
+            reply = await self.connection.send(job.payload)
         except AttemptError as exc:
             if exc.status == 429:
                 self.stats.throttled += 1

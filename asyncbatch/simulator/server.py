@@ -100,10 +100,11 @@ class Simulator:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return self._error(400, "invalid_request_error", "'messages' is a required property.")
         verdict = self.quota.admit(estimate_tokens(body))
-        limit_headers = {
-            "x-ratelimit-remaining-requests": str(verdict.remaining_requests),
-            "x-ratelimit-remaining-tokens": str(verdict.remaining_tokens),
-        }
+        limit_headers = {}  # like Azure: only for a quota that is enforced
+        if self.config.rpm:
+            limit_headers["x-ratelimit-remaining-requests"] = str(verdict.remaining_requests)
+        if self.config.tpm:
+            limit_headers["x-ratelimit-remaining-tokens"] = str(verdict.remaining_tokens)
         if not verdict.allowed:
             return self._throttled(verdict.retry_after, limit_headers)
         text = prompt_text(body)
