@@ -22,6 +22,7 @@ from dotenv import dotenv_values
 from . import __version__
 from .checkpoint import move_aside
 from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+from .dryrun import dry_run, format_report
 from .errors import ConfigError, FatalAPIError
 from .progress import Reporter, make_reporter
 from .runner import Interrupt, run
@@ -114,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--template-file", type=Path, help="read --template from a file")
     req.add_argument("--system", help="for record lines: the system message")
     req.add_argument("--system-file", type=Path, help="read --system from a file")
+    dry = p.add_argument_group("planning")
+    dry.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and check the whole input; print counts, the token estimate, the time the quota implies "
+        "and (with prices) the cost; send nothing, need no credentials",
+    )
+    dry.add_argument("--price-in", type=float, metavar="PRICE", help="with --dry-run: price per 1M prompt tokens")
+    dry.add_argument("--price-out", type=float, metavar="PRICE", help="with --dry-run: price per 1M completion tokens")
     env = p.add_argument_group("environment")
     env.add_argument("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default ./.env)")
     sim = p.add_argument_group("simulator (no credentials needed)")
@@ -279,6 +289,14 @@ async def _run(config: RunConfig, reporter: Reporter) -> int:
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
 
+def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
+    model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
+    report = dry_run(args.input, request_defaults(args), model)
+    print(format_report(report, args.input, limits, args.price_in, args.price_out))
+    return EXIT_OK if report.bad_count == 0 else EXIT_FAILURES
+
+
 def _prog() -> list[str]:
     """How this process was started, for the resume hint."""
     if sys.argv[0].endswith("__main__.py"):
@@ -307,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.input.stat().st_size == 0:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
             return EXIT_OK
+        if args.dry_run:
+            return _dry_run(args, env)
         if args.restart:
             output, errors = output_paths(args)
             checkpoint = args.checkpoint or output.with_name(output.name + ".checkpoint")

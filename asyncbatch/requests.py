@@ -21,6 +21,7 @@ class Job:
     body: dict[str, Any]
     payload: bytes  # body serialised once, reused by every attempt
     estimate: int  # Azure's admission estimate, in tokens
+    prompt_estimate: int  # its prompt part (the rest is max_tokens x n)
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -29,12 +30,17 @@ def estimate_tokens(body: dict[str, Any]) -> int:
     Azure charges this when a request arrives, before it knows the real usage.
     Without ``max_tokens`` only the prompt is counted.
     """
+    return sum(split_estimate(body))
+
+
+def split_estimate(body: dict[str, Any]) -> tuple[int, int]:
+    """The estimate's two parts: (prompt tokens, completion tokens at most)."""
     chars = sum(_content_chars(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict))
     if body.get("tools"):
         chars += len(orjson.dumps(body["tools"]))
     max_out = body.get("max_tokens") or body.get("max_completion_tokens") or 0
     n = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
-    return -(-chars // 4) + int(max_out) * n
+    return -(-chars // 4), int(max_out) * n
 
 
 def _content_chars(content: object) -> int:
@@ -53,7 +59,8 @@ def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | Ba
         return BadLine(line.line_no, line.custom_id, str(exc))
     body["model"] = model
     _apply_defaults(body, defaults)
-    return Job(line.line_no, line.custom_id, body, orjson.dumps(body), estimate_tokens(body))
+    prompt, completion = split_estimate(body)
+    return Job(line.line_no, line.custom_id, body, orjson.dumps(body), prompt + completion, prompt)
 
 
 def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""--dry-run: read and check the whole input, estimate tokens, time and cost; call nothing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Limits, RequestDefaults
+from .inputs import BadLine, read_lines
+from .requests import prepare
+
+
+@dataclass
+class DryRunReport:
+    lines: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    bad: list[BadLine] = field(default_factory=list)  # the first few, for the report
+    bad_count: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # at most: max_tokens x n
+
+    @property
+    def requests(self) -> int:
+        return self.lines - self.bad_count
+
+
+def dry_run(path: Path, defaults: RequestDefaults, model: str, keep_bad: int = 20) -> DryRunReport:
+    report = DryRunReport()
+    for line in read_lines(path):
+        report.lines += 1
+        job = line if isinstance(line, BadLine) else prepare(line, defaults, model)
+        if isinstance(job, BadLine):
+            report.bad_count += 1
+            if len(report.bad) < keep_bad:
+                report.bad.append(job)
+            continue
+        assert not isinstance(line, BadLine)
+        report.kinds[line.kind] += 1
+        report.prompt_tokens += job.prompt_estimate
+        report.completion_tokens += job.estimate - job.prompt_estimate
+    return report
+
+
+def implied_seconds(report: DryRunReport, limits: Limits) -> float | None:
+    """The time the quota implies: TPM after the first 10 s burst, or RPM, whichever binds."""
+    bounds = []
+    if limits.tpm:
+        total = report.prompt_tokens + report.completion_tokens
+        bounds.append(max(0.0, total - limits.tpm / 6) / (limits.tpm / 60))
+    if limits.rpm:
+        bounds.append(report.requests / (limits.rpm / 60))
+    return max(bounds) if bounds else None
+
+
+def format_report(
+    report: DryRunReport, path: Path, limits: Limits, price_in: float | None, price_out: float | None
+) -> str:
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(report.kinds.items())) or "none"
+    lines = [
+        f"dry run of {path}: nothing was sent",
+        f"  lines            {report.lines:,} ({kinds}; {report.bad_count:,} bad)",
+        f"  requests         {report.requests:,}",
+        f"  tokens estimated {report.prompt_tokens:,} prompt + {report.completion_tokens:,} completion at most "
+        f"(Azure's admission estimate: prompt characters / 4 + max_tokens x n)",
+    ]
+    seconds = implied_seconds(report, limits)
+    if seconds is None:
+        lines.append("  time             give --tpm and/or --rpm to see the time the quota implies")
+    else:
+        lines.append(f"  time             about {_duration(seconds)} at the quota given")
+    if price_in is not None or price_out is not None:
+        cost = report.prompt_tokens / 1e6 * (price_in or 0) + report.completion_tokens / 1e6 * (price_out or 0)
+        prices = f"prompt at {price_in or 0:g}, completion at {price_out or 0:g} per 1M tokens"
+        lines.append(f"  cost             at most {cost:,.2f} ({prices})")
+    for bad in report.bad:
+        lines.append(f"  {path}:{bad.line_no}: {bad.reason}")
+    if report.bad_count > len(report.bad):
+        lines.append(f"  ... and {report.bad_count - len(report.bad):,} more bad lines")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

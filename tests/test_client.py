@@ -1,0 +1,71 @@
+"""The connection's URL and headers are the SDK's own, and responses are classified right."""
+
+from __future__ import annotations
+
+import pytest
+from openai._models import FinalRequestOptions
+
+from asyncbatch.client import decode_reply, extract_output, request_target, sdk_client, status_error
+from asyncbatch.config import Endpoint
+from asyncbatch.errors import AttemptError
+
+# Each SDK-generated header we send, and the ones the SDK adds per request that we do not.
+PER_REQUEST = {
+    "host",
+    "accept-encoding",
+    "connection",
+    "content-length",
+    "x-stainless-retry-count",
+    "x-stainless-read-timeout",
+}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "sdk_path"),
+    [
+        (
+            Endpoint(kind="azure", base_url="https://res.openai.azure.com/", api_key="K1", deployment="my dep"),
+            "/chat/completions",
+        ),
+        (Endpoint(kind="openai", base_url="http://127.0.0.1:9/v1", api_key="K2", deployment="m"), "/chat/completions"),
+    ],
+)
+def test_request_target_matches_what_the_sdk_itself_sends(endpoint: Endpoint, sdk_path: str) -> None:
+    """A drift guard: if a new SDK changes URL, auth or headers, this fails."""
+    sdk = sdk_client(endpoint)
+    built = sdk._build_request(
+        FinalRequestOptions.construct(method="post", url=sdk_path, json_data={"model": endpoint.deployment})
+    )
+    url, headers = request_target(sdk, endpoint)
+    assert url == str(built.url)
+    expected = {k: v for k, v in built.headers.items() if k not in PER_REQUEST}
+    assert {k.lower(): v for k, v in headers.items()} == expected
+    assert sdk.max_retries == 0
+
+
+def test_status_error_reads_the_server_code_and_retry_after() -> None:
+    raw = b'{"error": {"code": "429", "message": "slow down"}}'
+    err = status_error(429, {"retry-after-ms": "250", "x-request-id": "rid"}, raw)
+    assert (err.code, err.status, err.retryable, err.retry_after, err.request_id) == ("429", 429, True, 0.25, "rid")
+    assert err.message == "HTTP 429: slow down" and err.body == {"error": {"code": "429", "message": "slow down"}}
+
+
+def test_status_error_with_a_non_json_body_and_no_retry() -> None:
+    err = status_error(400, {"retry-after": "9"}, b"<html>bad</html>")
+    assert (err.code, err.retryable, err.retry_after, err.body) == ("http_400", False, None, "<html>bad</html>")
+
+
+@pytest.mark.parametrize("raw", [b'{"id": "x", "choi', b"[]", b'{"choices": []}', b'{"object": "chat.completion"}'])
+def test_a_body_that_is_not_a_completion_is_a_retryable_malformed_response(raw: bytes) -> None:
+    with pytest.raises(AttemptError) as caught:
+        decode_reply(200, {}, raw)
+    assert caught.value.code == "malformed_response" and caught.value.retryable
+
+
+def test_extract_output_text_and_tool_arguments() -> None:
+    text = {"choices": [{"message": {"content": "hi"}}]}
+    assert extract_output(text, tools=False) == "hi"
+    call = {"choices": [{"message": {"tool_calls": [{"function": {"arguments": '{"a": [1]}'}}]}}]}
+    assert extract_output(call, tools=True) == {"a": [1]}
+    with pytest.raises(AttemptError, match="without calling the tool"):
+        extract_output(text, tools=True)
