@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,15 @@ async def _run(config: RunConfig, reporter: Reporter) -> int:
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
 
+def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
+    """uvloop when it is installed (pip install "asyncbatch[fast]"): less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
     model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
@@ -333,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for old, new in move_aside([output, errors, checkpoint]):
                 print(f"asyncbatch: --restart: moved {old} to {new}", file=sys.stderr)
         reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress)
-        return asyncio.run(execute(args, env, reporter))
+        return _event_loop_run(execute(args, env, reporter))
     except (ConfigError, FatalAPIError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asyncbatch.cli import main
+from asyncbatch.config import Limits, RequestDefaults
+from asyncbatch.dryrun import dry_run, implied_seconds
+from tests.helpers import batch_line, write_jsonl
+
+
+def test_dry_run_counts_formats_tokens_and_bad_lines(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            batch_line("a", "x" * 400, max_tokens=10),
+            {"custom_id": "b", "messages": [{"role": "user", "content": "y" * 40}], "n": 2, "max_tokens": 5},
+            {"id": 3, "name": "Zed"},
+            {"id": 4},  # the template needs {name}
+            "not json",
+        ],
+    )
+    report = dry_run(path, RequestDefaults(template="Hi {name}", max_tokens=7), "m")
+    assert report.lines == 5 and report.requests == 3 and report.bad_count == 2
+    assert dict(report.kinds) == {"batch": 1, "chat": 1, "record": 1}
+    assert report.prompt_tokens == 100 + 10 + 2  # "Hi Zed" is 6 characters: ceil(6/4)
+    assert report.completion_tokens == 10 + 5 * 2 + 7
+    assert [b.line_no for b in report.bad] == [4, 5]
+
+
+def test_implied_time_takes_the_binding_quota() -> None:
+    from asyncbatch.dryrun import DryRunReport
+
+    report = DryRunReport(lines=1200, prompt_tokens=500_000, completion_tokens=100_000)
+    # TPM 600k: the first 100k go in the 10 s burst, the other 500k at 10k/s = 50 s; RPM 600: 1200 / 10/s = 120 s
+    assert implied_seconds(report, Limits(tpm=600_000)) == pytest.approx(50.0)
+    assert implied_seconds(report, Limits(tpm=600_000, rpm=600)) == pytest.approx(120.0)
+    assert implied_seconds(report, Limits()) is None
+
+
+def test_dry_run_cli_needs_no_credentials_sends_nothing_and_prices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "t": "z" * 396} for i in range(1000)])
+    code = main(
+        [str(path), "--dry-run", "--template", "{t}", "--max-tokens", "100", "--price-in", "2", "--price-out", "8"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "requests         1,000" in out
+    assert "99,000 prompt + 100,000 completion" in out
+    assert "at most 1.00" in out  # 0.099M x 2 + 0.1M x 8 = 0.198 + 0.8
+    assert not (tmp_path / "in.results.jsonl").exists()
+
+
+def test_dry_run_with_bad_lines_exits_1_and_names_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x"), "{", batch_line("a", "dup")])
+    assert main([str(path), "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "in.jsonl:2: not valid JSON" in out and "in.jsonl:3: duplicate custom_id 'a'" in out
