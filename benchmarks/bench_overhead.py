@@ -1,0 +1,152 @@
+"""Client overhead and memory: asyncbatch against a bare aiohttp loop and a naive SDK loop.
+
+    python benchmarks/bench_overhead.py [--n 3000] [--concurrency 100] [--skip-memory]
+
+Throughput: every client runs in its own fresh process against the same
+zero-latency simulator (its own process, 127.0.0.1), so the client's CPU per
+request is the ceiling. asyncbatch runs as a user runs it (the CLI); its req/s
+is the run's own figure and its CPU excludes start-up (measured with --version).
+
+Memory: peak RSS of a 1M-line --dry-run on records with --template, and of a
+2k-line against a 20k-line run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import KEY, azure_env, machine, simulator_process, write_batch_lines
+
+CHILD = """
+import asyncio, json, sys, time
+url, path, c, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+lines = [json.loads(x) for x in open(path)]
+
+async def bare():
+    import aiohttp, orjson
+    target = f"{url}/openai/deployments/bench/chat/completions?api-version=2024-10-21"
+    headers = {"api-key": "%(key)s", "Content-Type": "application/json"}
+    payloads = [orjson.dumps(line["body"]) for line in lines]
+    sem = asyncio.Semaphore(c)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
+        async def one(p):
+            async with sem:
+                async with session.post(target, data=p, headers=headers) as r:
+                    orjson.loads(await r.read())
+        t, cpu = time.perf_counter(), time.process_time()
+        async with asyncio.TaskGroup() as tg:
+            for p in payloads:
+                tg.create_task(one(p))
+        return time.perf_counter() - t, time.process_time() - cpu
+
+async def naive():
+    from openai import AsyncAzureOpenAI
+    client = AsyncAzureOpenAI(azure_endpoint=url, api_key="%(key)s", api_version="2024-10-21", max_retries=0)
+    sem = asyncio.Semaphore(c)
+    async def one(body):
+        async with sem:
+            await client.chat.completions.create(model="bench", messages=body["messages"], max_tokens=body["max_tokens"])
+    t, cpu = time.perf_counter(), time.process_time()
+    async with asyncio.TaskGroup() as tg:
+        for line in lines:
+            tg.create_task(one(line["body"]))
+    return time.perf_counter() - t, time.process_time() - cpu
+
+span, cpu = asyncio.run({"bare": bare, "naive": naive}[kind]())
+print(json.dumps({"rps": len(lines) / span, "cpu_ms": cpu / len(lines) * 1000}))
+""" % {"key": KEY}
+
+RSS = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+
+
+def child(kind: str, url: str, path: Path, c: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", CHILD, url, str(path), str(c), kind], capture_output=True, text=True)
+    return dict(json.loads(out.stdout))
+
+
+def cli_cpu(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-m", "asyncbatch", *args], env=env, cwd=cwd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc.stderr
+
+
+def asyncbatch_run(url: str, work: Path, c: int, n: int) -> dict[str, float]:
+    env = azure_env(url)
+    startup_cpu, _ = cli_cpu(["--version"], env, work)
+    for f in work.glob("in.results*"):
+        f.unlink()
+    cpu, stderr = cli_cpu(["in.jsonl", "-c", str(c), "--no-progress"], env, work)
+    match = re.search(r"throughput\s*│\s*([\d.]+) req/s", stderr)
+    assert match, stderr
+    return {"rps": float(match.group(1)), "cpu_ms": (cpu - startup_cpu) / n * 1000}
+
+
+def peak_rss_mb(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
+    cmd = [sys.executable, "-c", RSS, sys.executable, "-m", "asyncbatch", *args]
+    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    return int(out.stdout.strip()) / 1024
+
+
+def throughput(n: int, c: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, simulator_process() as url:
+        work = Path(tmp)
+        write_batch_lines(work / "in.jsonl", n, content_chars=60, max_tokens=5)
+        rows = {
+            "bare aiohttp loop": child("bare", url, work / "in.jsonl", c),
+            "naive SDK loop": child("naive", url, work / "in.jsonl", c),
+            "asyncbatch CLI": asyncbatch_run(url, work, c, n),
+        }
+    bare, naive, ours = (rows[k]["rps"] for k in ("bare aiohttp loop", "naive SDK loop", "asyncbatch CLI"))
+    print(f"throughput: {n} requests, concurrency {c}, zero-latency simulator")
+    print(f"  {'client':<22}{'req/s':>9}{'CPU ms/req':>12}")
+    for name, row in rows.items():
+        print(f"  {name:<22}{row['rps']:>9.0f}{row['cpu_ms']:>12.2f}")
+    print(f"  asyncbatch / bare aiohttp = {ours / bare:.2f}x   asyncbatch / naive SDK = {ours / naive:.1f}x")
+
+
+def memory() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with (work / "big.jsonl").open("w") as f:
+            for i in range(1_000_000):
+                f.write(json.dumps({"id": i, "company": f"Company {i}", "notes": "public sources only"}) + "\n")
+        dry = peak_rss_mb(["big.jsonl", "--dry-run", "--template", "Tell me about {company}. Notes: {notes}"], cwd=work)
+        with simulator_process() as url:
+            env = azure_env(url)
+            sizes = {}
+            for n in (2_000, 20_000):
+                write_batch_lines(work / "in.jsonl", n, content_chars=60, max_tokens=5)
+                for f in work.glob("in.results*"):
+                    f.unlink()
+                sizes[n] = peak_rss_mb(["in.jsonl", "-c", "100", "-q"], env=env, cwd=work)
+    print("memory (peak RSS):")
+    print(f"  1M-line --dry-run with --template   {dry:7.0f} MB")
+    print(f"  2k-line run                         {sizes[2_000]:7.0f} MB")
+    print(f"  20k-line run                        {sizes[20_000]:7.0f} MB   ({sizes[20_000] / sizes[2_000]:.2f}x the 2k run)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=3000)
+    p.add_argument("--concurrency", type=int, default=100)
+    p.add_argument("--skip-memory", action="store_true")
+    a = p.parse_args()
+    print(f"machine: {machine()}")
+    started = time.perf_counter()
+    throughput(a.n, a.concurrency)
+    if not a.skip_memory:
+        memory()
+    print(f"(benchmark took {time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
