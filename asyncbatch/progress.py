@@ -134,7 +134,7 @@ def summary_table(stats: RunStats) -> Table:
         ("prompt tokens", f"{stats.prompt_tokens:,}"),
         ("completion tokens", f"{stats.completion_tokens:,}"),
         ("tokens: estimated / used", _estimate_vs_used(stats)),
-        ("wall time", f"{stats.elapsed:.1f} s"),
+        ("wall time", f"{stats.elapsed:.2f} s"),
         ("throughput", f"{stats.requests_per_second:.1f} req/s"),
         ("latency p50 / p95", "-" if p50 is None else f"{p50:.0f} ms / {p95:.0f} ms"),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -56,12 +57,25 @@ def azure_env(url: str) -> dict[str, str]:
     return env
 
 
-def timed_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, dict[str, str]]:
+    """Run the CLI as a user does; return (total seconds, exit code, its summary table as a dict).
+
+    The summary's "wall time" is the run itself, without the interpreter's start-up.
+    """
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "asyncbatch", *args], env=env, cwd=cwd, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "asyncbatch", *args, "--no-progress"], env=env, cwd=cwd, capture_output=True
+    )
+    total = time.perf_counter() - started
+    stderr = proc.stderr.decode()
     if proc.returncode not in (0, 1):
-        sys.stderr.write(proc.stderr.decode())
-    return time.perf_counter() - started, proc.returncode
+        sys.stderr.write(stderr)
+    rows = dict(re.findall(r"│ (.+?)\s+│ (.+?)\s+│", stderr))
+    return total, proc.returncode, rows
+
+
+def wall_seconds(rows: dict[str, str]) -> float:
+    return float(rows["wall time"].split()[0])
 
 
 def count_lines(path: Path) -> int:

@@ -23,53 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import KEY, azure_env, machine, simulator_process, write_batch_lines
+from _common import azure_env, machine, simulator_process, write_batch_lines
+from competitors import in_fresh_process
 
-CHILD = """
-import asyncio, json, sys, time
-url, path, c, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-lines = [json.loads(x) for x in open(path)]
-
-async def bare():
-    import aiohttp, orjson
-    target = f"{url}/openai/deployments/bench/chat/completions?api-version=2024-10-21"
-    headers = {"api-key": "%(key)s", "Content-Type": "application/json"}
-    payloads = [orjson.dumps(line["body"]) for line in lines]
-    sem = asyncio.Semaphore(c)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c)) as session:
-        async def one(p):
-            async with sem:
-                async with session.post(target, data=p, headers=headers) as r:
-                    orjson.loads(await r.read())
-        t, cpu = time.perf_counter(), time.process_time()
-        async with asyncio.TaskGroup() as tg:
-            for p in payloads:
-                tg.create_task(one(p))
-        return time.perf_counter() - t, time.process_time() - cpu
-
-async def naive():
-    from openai import AsyncAzureOpenAI
-    client = AsyncAzureOpenAI(azure_endpoint=url, api_key="%(key)s", api_version="2024-10-21", max_retries=0)
-    sem = asyncio.Semaphore(c)
-    async def one(body):
-        async with sem:
-            await client.chat.completions.create(model="bench", messages=body["messages"], max_tokens=body["max_tokens"])
-    t, cpu = time.perf_counter(), time.process_time()
-    async with asyncio.TaskGroup() as tg:
-        for line in lines:
-            tg.create_task(one(line["body"]))
-    return time.perf_counter() - t, time.process_time() - cpu
-
-span, cpu = asyncio.run({"bare": bare, "naive": naive}[kind]())
-print(json.dumps({"rps": len(lines) / span, "cpu_ms": cpu / len(lines) * 1000}))
-""" % {"key": KEY}
-
-RSS = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-
-
-def child(kind: str, url: str, path: Path, c: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, url, str(path), str(c), kind], capture_output=True, text=True)
-    return dict(json.loads(out.stdout))
+# A fresh parent per measurement, so RUSAGE_CHILDREN's peak is that one run's.
+RSS = (
+    "import resource, subprocess, sys; "
+    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def cli_cpu(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
@@ -101,8 +63,8 @@ def throughput(n: int, c: int) -> None:
         work = Path(tmp)
         write_batch_lines(work / "in.jsonl", n, content_chars=60, max_tokens=5)
         rows = {
-            "bare aiohttp loop": child("bare", url, work / "in.jsonl", c),
-            "naive SDK loop": child("naive", url, work / "in.jsonl", c),
+            "bare aiohttp loop": in_fresh_process("bare", url, work / "in.jsonl", c),
+            "naive SDK loop": in_fresh_process("naive", url, work / "in.jsonl", c),
             "asyncbatch CLI": asyncbatch_run(url, work, c, n),
         }
     bare, naive, ours = (rows[k]["rps"] for k in ("bare aiohttp loop", "naive SDK loop", "asyncbatch CLI"))
@@ -131,7 +93,8 @@ def memory() -> None:
     print("memory (peak RSS):")
     print(f"  1M-line --dry-run with --template   {dry:7.0f} MB")
     print(f"  2k-line run                         {sizes[2_000]:7.0f} MB")
-    print(f"  20k-line run                        {sizes[20_000]:7.0f} MB   ({sizes[20_000] / sizes[2_000]:.2f}x the 2k run)")
+    ratio = sizes[20_000] / sizes[2_000]
+    print(f"  20k-line run                        {sizes[20_000]:7.0f} MB   ({ratio:.2f}x the 2k run)")
 
 
 def main() -> None:

@@ -12,54 +12,24 @@ ideal = max(max(0, total_estimate - TPM/6) / (TPM/60),  N / (RPM/60),  N x laten
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _common import (
-    KEY,
     azure_env,
     count_lines,
     machine,
+    run_cli,
     simulator_process,
     simulator_stats,
-    timed_cli,
+    wall_seconds,
     write_batch_lines,
 )
+from competitors import in_fresh_process
 
 from asyncbatch.requests import estimate_tokens
-
-
-async def naive_sdk_loop(url: str, path: Path, concurrency: int) -> float:
-    """chat.completions.create under a semaphore, with the SDK's own retries (2, its default)."""
-    from openai import AsyncAzureOpenAI, RateLimitError
-
-    client = AsyncAzureOpenAI(azure_endpoint=url, api_key=KEY, api_version="2024-10-21")
-    semaphore = asyncio.Semaphore(concurrency)
-    lines = [json.loads(line) for line in path.open()]
-
-    async def one(line: dict) -> None:
-        body = line["body"]
-        while True:  # keep going until it succeeds, as a user would have to
-            async with semaphore:
-                try:
-                    await client.chat.completions.create(
-                        model="bench", messages=body["messages"], max_tokens=body["max_tokens"]
-                    )
-                    return
-                except RateLimitError:
-                    pass
-
-    started = time.perf_counter()
-    async with asyncio.TaskGroup() as tg:
-        for line in lines:
-            tg.create_task(one(line))
-    span = time.perf_counter() - started
-    await client.close()
-    return span
 
 
 def main() -> None:
@@ -88,15 +58,13 @@ def main() -> None:
             for f in work.glob("in.results*"):
                 f.unlink()
             with simulator_process(*sim_args) as url:
-                env = azure_env(url)
-                startup, _ = timed_cli(["--version"], env, work)
-                span, code = timed_cli(["in.jsonl", "-c", str(a.concurrency), "-q", *extra], env, work)
+                _, code, summary = run_cli(["in.jsonl", "-c", str(a.concurrency), *extra], azure_env(url), work)
                 stats = simulator_stats(url)
             ok = count_lines(work / "in.results.jsonl")
-            rows.append((name, span - startup, stats, f"exit {code}, {ok} ok"))
+            rows.append((name, wall_seconds(summary), stats, f"exit {code}, {ok} ok"))
         if not a.skip_naive:
             with simulator_process(*sim_args) as url:
-                span = asyncio.run(naive_sdk_loop(url, inputs, a.concurrency))
+                span = in_fresh_process("naive-retry", url, inputs, a.concurrency)["span"]
                 rows.append(("naive SDK loop (retry 429s)", span, simulator_stats(url), ""))
     print(f"machine: {machine()}")
     print(f"{a.n} requests, {total / a.n:.0f} estimated tokens each; TPM {a.tpm:,}, RPM {a.rpm:,}, ", end="")
@@ -107,7 +75,7 @@ def main() -> None:
         throttled = stats["statuses"].get("429", 0)
         share = 100 * throttled / stats["requests"]
         print(f"{name:<30}{span:>8.1f}{span / ideal:>9.2f}{throttled:>7}{share:>14.1f}%   {note}")
-    print("(asyncbatch spans exclude the CLI's start-up, measured separately with --version)")
+    print("(asyncbatch spans are the run's own wall time, from its summary: no interpreter start-up)")
     sys.exit(0)
 
 

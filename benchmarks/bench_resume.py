@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,15 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import KEY, machine, write_batch_lines
+from _common import KEY, azure_env, machine, write_batch_lines
 
 from asyncbatch.simulator import SimConfig, serve_in_thread
-
-
-def _env(url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
-    env.update(AZURE_OPENAI_ENDPOINT=url, AZURE_OPENAI_API_KEY=KEY, AZURE_OPENAI_DEPLOYMENT_NAME="bench")
-    return env
 
 
 def _start(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -51,7 +44,7 @@ def part_a(seed: int = 7) -> bool:
     with tempfile.TemporaryDirectory() as tmp, serve_in_thread(SimConfig(api_key=KEY, latency=0.1)) as (url, sim):
         work = Path(tmp)
         write_batch_lines(work / "in.jsonl", n)
-        env, results = _env(url), work / "in.results.jsonl"
+        env, results = azure_env(url), work / "in.results.jsonl"
         in_flight_at_stops = 0
         for kind in ["kill", "kill", "sigint", "kill", "kill"]:
             proc = _start(work, env, "-c", str(c))
@@ -116,7 +109,7 @@ def part_b() -> bool:
         with (work / "in.results.jsonl").open("w") as f:
             for i in range(done):
                 f.write(json.dumps({"id": f"batch_req_{i}", "custom_id": str(i), "error": None, "line": i + 1}) + "\n")
-        env = _env("unused")
+        env = azure_env("unused")
         sim = SimConfig(api_key=KEY, latency=0.05)
         rebuild, rss_rebuild = _time_to_first_request(work, env, sim)
         from_ckpt, rss_ckpt = _time_to_first_request(work, env, sim)
