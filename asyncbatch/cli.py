@@ -27,6 +27,7 @@ from .errors import ConfigError, FatalAPIError
 from .progress import Reporter, make_reporter
 from .runner import Interrupt, run
 from .simulator import SimConfig, serve
+from .validate import OutputCheck, strict_problems
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -107,6 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file: one function schema {name, description, parameters} or a list of tools; "
         "a single function is forced with tool_choice",
     )
+    req.add_argument(
+        "--response-format",
+        type=Path,
+        metavar="FILE",
+        help="JSON file: a JSON Schema (or {name, schema}) sent as a json_schema response_format; "
+        "the reply's content is parsed and validated like tool arguments",
+    )
+    req.add_argument(
+        "--strict",
+        action="store_true",
+        help="send strict: true structured outputs; the schema is checked first and every reason it does "
+        "not qualify is listed before anything is sent",
+    )
+    req.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="when output breaks the schema, ask again without telling the model what was wrong",
+    )
     req.add_argument("--max-tokens", type=int, help="max_tokens for lines that do not set it")
     req.add_argument("--temperature", type=float, help="temperature for lines that do not set it")
     req.add_argument(
@@ -179,14 +198,18 @@ def _require(values: Mapping[str, str | None]) -> None:
         )
 
 
-def load_tools(path: Path) -> list[dict[str, Any]]:
-    """A function schema, a tool, or a list of either -> a list of tools."""
+def _read_json(path: Path, option: str) -> Any:
     try:
-        data = orjson.loads(path.read_bytes())
+        return orjson.loads(path.read_bytes())
     except OSError as exc:
-        raise ConfigError(f"cannot read --tools file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {option} file {path}: {exc.strerror}") from None
     except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"--tools file {path} is not valid JSON: {exc}") from None
+        raise ConfigError(f"{option} file {path} is not valid JSON: {exc}") from None
+
+
+def load_tools(path: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """A function schema, a tool, or a list of either -> a list of tools (strict if asked)."""
+    data = _read_json(path, "--tools")
     items = data if isinstance(data, list) else [data]
     tools = []
     for i, item in enumerate(items):
@@ -195,8 +218,32 @@ def load_tools(path: Path) -> list[dict[str, Any]]:
             raise ConfigError(
                 f"--tools file {path}: item {i} needs a function with a 'name' ({{name, description, parameters}})"
             )
+        if strict:
+            _require_strict(function.get("parameters") or {}, f"tool {function['name']!r} in {path}")
+            function = {**function, "strict": True}
         tools.append({"type": "function", "function": function})
     return tools
+
+
+def load_response_format(path: Path, strict: bool = False) -> dict[str, Any]:
+    """{name, schema, strict?}, a full response_format, or a bare JSON Schema -> a json_schema response_format."""
+    data = _read_json(path, "--response-format")
+    if not isinstance(data, dict):
+        raise ConfigError(f"--response-format file {path} must hold a JSON object")
+    if data.get("type") == "json_schema":
+        data = data.get("json_schema") or {}
+    spec = dict(data) if "schema" in data else {"name": path.stem, "schema": data}
+    spec.setdefault("name", path.stem)
+    if strict:
+        _require_strict(spec["schema"], f"the --response-format schema in {path}")
+        spec["strict"] = True
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def _require_strict(schema: Any, what: str) -> None:
+    if problems := strict_problems(schema):
+        listed = "\n  ".join(problems)
+        raise ConfigError(f"--strict: {what} does not qualify for strict structured outputs:\n  {listed}")
 
 
 def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
@@ -211,8 +258,16 @@ def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
 
 
 def request_defaults(args: argparse.Namespace) -> RequestDefaults:
+    if args.strict and not (args.tools or args.response_format):
+        raise ConfigError("--strict needs --tools or --response-format")
+    tools = load_tools(args.tools, args.strict) if args.tools else None
+    response_format = load_response_format(args.response_format, args.strict) if args.response_format else None
+    OutputCheck(tools, response_format)  # every schema compiles, before anything is sent
     return RequestDefaults(
-        tools=load_tools(args.tools) if args.tools else None,
+        tools=tools,
+        response_format=response_format,
+        strict=args.strict,
+        feedback=not args.no_feedback,
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         template=_text_option(args.template, args.template_file, "template"),

@@ -25,6 +25,12 @@ from .config import Endpoint
 from .errors import AttemptError
 from .retry import is_retryable_status, parse_retry_after
 
+HINTS = {  # codes Azure sends with a 400 that no retry will fix
+    "context_length_exceeded": "HINT: this input plus max_tokens is longer than the model's context window; "
+    "shorten it or lower --max-tokens",
+    "content_filter": "The prompt was refused by the content filter; asking again will not help.",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -128,6 +134,8 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
     err = err if isinstance(err, dict) else {}
     message = str(err.get("message") or f"HTTP {status}")
     code = str(err.get("code") or f"http_{status}")
+    if hint := HINTS.get(code):
+        message = f"{message} {hint}"
     retryable = is_retryable_status(status)
     return AttemptError(
         code,
@@ -138,23 +146,3 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
         retryable=retryable,
         request_id=_request_id(headers),
     )
-
-
-def extract_output(body: dict[str, Any], tools: bool) -> Any:
-    """The useful part of a completion: tool-call arguments (parsed) or the message text."""
-    message = body["choices"][0].get("message") or {}
-    if not tools:
-        return message.get("content")
-    calls = message.get("tool_calls") or []
-    if not calls:
-        raise AttemptError("no_tool_call", "the model answered without calling the tool", status=200, body=body)
-    raw_args = (calls[0].get("function") or {}).get("arguments", "")
-    try:
-        return orjson.loads(raw_args)
-    except orjson.JSONDecodeError as exc:
-        raise AttemptError(
-            "invalid_tool_arguments",
-            f"tool arguments are not valid JSON ({exc}); raw arguments: {raw_args!r}",
-            status=200,
-            body=body,
-        ) from None

@@ -69,10 +69,17 @@ class RequestDefaults:
     """How an input line becomes a request body."""
 
     tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None  # {"type": "json_schema", "json_schema": {...}}
+    strict: bool = False
+    feedback: bool = True  # on invalid output, tell the model what was wrong when asking again
     max_tokens: int | None = None
     temperature: float | None = None
     template: str | None = None
     system: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tools and self.response_format:
+            raise ConfigError("give --tools or --response-format, not both")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,6 +33,9 @@ class AttemptError(AsyncBatchError):
     :param status: the HTTP status, when a response arrived.
     :param body: the decoded response body, when there was one.
     :param retry_after: seconds the server asked us to wait, if it said.
+
+    ``feedback`` holds messages to append to the conversation on the next
+    attempt (the model's invalid answer and what was wrong with it).
     """
 
     def __init__(
@@ -54,3 +57,4 @@ class AttemptError(AsyncBatchError):
         self.retry_after = retry_after
         self.retryable = retryable
         self.request_id = request_id
+        self.feedback: list[dict[str, Any]] | None = None

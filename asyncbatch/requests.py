@@ -96,3 +96,10 @@ def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:
         if len(defaults.tools) == 1:
             name = defaults.tools[0]["function"]["name"]
             body["tool_choice"] = {"type": "function", "function": {"name": name}}
+    if defaults.response_format:
+        body.setdefault("response_format", defaults.response_format)
+
+
+def with_feedback(body: dict[str, Any], feedback: list[dict[str, Any]]) -> bytes:
+    """The request again, with the model's invalid answer and what was wrong with it appended."""
+    return orjson.dumps({**body, "messages": [*body["messages"], *feedback]})

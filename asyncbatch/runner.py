@@ -22,16 +22,17 @@ from typing import Any
 from tenacity import RetryCallState
 
 from .checkpoint import ResumeState, drop_failures, fingerprint, recover, save_checkpoint
-from .client import Connection, Reply, extract_output
+from .client import Connection, Reply
 from .config import RunConfig
 from .errors import AttemptError, FatalAPIError
 from .inputs import BadLine, ParsedLine, count_lines, read_lines
 from .limits import Admission, CooldownGate
 from .output import JsonlWriter, error_record, failure_record, result_record
 from .progress import Reporter
-from .requests import Job, prepare
+from .requests import Job, prepare, with_feedback
 from .retry import retrying
 from .stats import RunStats
+from .validate import OutputCheck
 
 Sleep = Callable[[float], Awaitable[None]]
 FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "deployment or endpoint"}
@@ -133,7 +134,7 @@ class _Batch:
         self.sleep, self.clock = sleep, clock
         self.gate = CooldownGate(clock=clock, sleep=sleep)
         self.admission = Admission(config.limits.tpm, config.limits.rpm, self.gate, clock)
-        self.uses_tools = bool(config.request.tools)
+        self.check = OutputCheck(config.request.tools, config.request.response_format)
         self.in_flight: set[int] = set()  # line numbers with a request on the wire
         self.any_success = False
         self.stopping = False
@@ -281,19 +282,30 @@ class _Batch:
     async def retry(self, job: Job, first: AttemptError, tries: list[int]) -> tuple[Reply, float, Any]:
         """The tenacity loop, entered with the first attempt's failure replayed as its attempt 1."""
         replay = [first]
+        payload = self._next_payload(job, first, job.payload)
         async for attempt in retrying(self.config.retry, sleep=self.sleep, before_sleep=self._on_retry):
             with attempt:
                 if replay:
                     raise replay.pop()
                 tries[0] = attempt.retry_state.attempt_number
-                reply, latency_ms, output = await self.attempt_and_extract(job)
+                try:
+                    reply, latency_ms, output = await self.attempt_and_extract(job, payload)
+                except AttemptError as exc:
+                    payload = self._next_payload(job, exc, payload)
+                    raise
         return reply, latency_ms, output
 
-    async def attempt_and_extract(self, job: Job) -> tuple[Reply, float, Any]:
-        reply, latency_ms = await self.attempt(job)
-        return reply, latency_ms, extract_output(reply.body, self.uses_tools)
+    def _next_payload(self, job: Job, exc: AttemptError, current: bytes) -> bytes:
+        """After invalid output, the next attempt tells the model what was wrong (unless --no-feedback)."""
+        if exc.feedback and self.config.request.feedback:
+            return with_feedback(job.body, exc.feedback)
+        return current
 
-    async def attempt(self, job: Job) -> tuple[Reply, float]:
+    async def attempt_and_extract(self, job: Job, payload: bytes | None = None) -> tuple[Reply, float, Any]:
+        reply, latency_ms = await self.attempt(job, payload or job.payload)
+        return reply, latency_ms, self.check.extract(reply.body)
+
+    async def attempt(self, job: Job, payload: bytes) -> tuple[Reply, float]:
         await self.admission.acquire(job.estimate)
         self.stats.learned_tpm = self.admission.learned_tpm
         if self.stopping:
@@ -306,7 +318,7 @@ class _Batch:
         self.sending.add(task)
         started = self.clock()
         try:
-            reply = await self.connection.send(job.payload)
+            reply = await self.connection.send(payload)
         except AttemptError as exc:
             if exc.status == 429:
                 self.stats.throttled += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from openai._models import FinalRequestOptions
 
-from asyncbatch.client import decode_reply, extract_output, request_target, sdk_client, status_error
+from asyncbatch.client import decode_reply, request_target, sdk_client, status_error
 from asyncbatch.config import Endpoint
 from asyncbatch.errors import AttemptError
 
@@ -62,10 +62,7 @@ def test_a_body_that_is_not_a_completion_is_a_retryable_malformed_response(raw: 
     assert caught.value.code == "malformed_response" and caught.value.retryable
 
 
-def test_extract_output_text_and_tool_arguments() -> None:
-    text = {"choices": [{"message": {"content": "hi"}}]}
-    assert extract_output(text, tools=False) == "hi"
-    call = {"choices": [{"message": {"tool_calls": [{"function": {"arguments": '{"a": [1]}'}}]}}]}
-    assert extract_output(call, tools=True) == {"a": [1]}
-    with pytest.raises(AttemptError, match="without calling the tool"):
-        extract_output(text, tools=True)
+def test_unfixable_400s_carry_a_hint() -> None:
+    raw = b'{"error": {"code": "context_length_exceeded", "message": "too long."}}'
+    err = status_error(400, {}, raw)
+    assert err.code == "context_length_exceeded" and not err.retryable and "--max-tokens" in err.message

@@ -50,26 +50,49 @@ def sample(schema: dict[str, Any], text: str, name: str = "value") -> Any:
     return {"integer": 42, "number": 4.2, "boolean": True, "null": None}.get(kind, f"{name}: {text[:80]}")
 
 
-def completion(body: dict[str, Any], *, number: int, malformed: bool = False) -> dict[str, Any]:
-    """A chat.completion for ``body``, with realistic usage."""
+def response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema of a json_schema response_format, if the request has one."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else {}
+    return None
+
+
+def break_schema(value: Any) -> Any:
+    """Valid JSON that breaks the schema: drop the first property, or give a string the wrong type."""
+    if isinstance(value, dict) and value:
+        return {k: v for i, (k, v) in enumerate(value.items()) if i > 0}
+    return 12345 if isinstance(value, str) else "wrong type"
+
+
+def completion(body: dict[str, Any], *, number: int, fault: str = "ok") -> dict[str, Any]:
+    """A chat.completion for ``body``, with realistic usage.
+
+    ``fault``: ``malformed`` (invalid JSON), ``schema`` (valid JSON breaking the schema),
+    ``length`` (cut off at max_tokens), ``filtered`` (withheld by the content filter).
+    """
     text = prompt_text(body)
-    function = forced_function(body)
-    message: dict[str, Any] = {"role": "assistant", "content": None}
-    if function is not None:
-        arguments = orjson.dumps(sample(function.get("parameters") or {}, text)).decode()
-        if malformed:
-            arguments = arguments[: max(1, len(arguments) // 2)]  # cut off mid-object: invalid JSON
-        message["tool_calls"] = [
-            {
-                "id": f"call_{number}",
-                "type": "function",
-                "function": {"name": function.get("name"), "arguments": arguments},
-            }
-        ]
-        produced, finish = arguments, "tool_calls"
+    function, schema = forced_function(body), response_schema(body)
+    structured = function is not None or schema is not None
+    if structured:
+        value = sample((function.get("parameters") if function else schema) or {}, text)
+        produced = orjson.dumps(break_schema(value) if fault == "schema" else value).decode()
     else:
-        produced = message["content"] = f"Simulated answer to: {text}"
-        finish = "stop"
+        produced = f"Simulated answer to: {text}"
+    if fault in ("malformed", "length") and structured:
+        produced = produced[: max(1, len(produced) // 2)]  # cut off mid-object: invalid JSON
+    message: dict[str, Any] = {"role": "assistant", "content": None if function else produced}
+    finish = {"length": "length", "filtered": "content_filter"}.get(fault, "tool_calls" if function else "stop")
+    if fault == "filtered":
+        message["content"], produced = None, ""
+    elif function is not None:
+        call = {
+            "id": f"call_{number}",
+            "type": "function",
+            "function": {"name": function.get("name"), "arguments": produced},
+        }
+        message["tool_calls"] = [call]
     prompt_tokens = estimate_tokens({"messages": body.get("messages") or [], "tools": body.get("tools")})
     completion_tokens = max(1, len(produced) // 4)
     return {

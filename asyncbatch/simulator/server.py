@@ -15,7 +15,7 @@ import asyncio
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +28,18 @@ from ..requests import estimate_tokens
 from .answers import completion, prompt_text
 from .quota import Quota
 
-FAULTS = ("500", "503", "reset", "hang", "malformed", "garbage")
+FAULTS = ("500", "503", "reset", "hang", "malformed", "schema", "garbage")
+# Azure's 400s that retrying cannot fix
+REFUSALS = {
+    "content-filter-400": (
+        "content_filter",
+        "The response was filtered due to the prompt triggering the content management policy.",
+    ),
+    "context": (
+        "context_length_exceeded",
+        "This model's maximum context length is 128000 tokens. Please reduce the length of the messages.",
+    ),
+}
 
 
 @dataclass(kw_only=True)
@@ -55,6 +66,7 @@ class Simulator:
         self.requests = 0
         self.first_request_at: float | None = None  # time.monotonic() of the first chat request
         self.active = 0  # requests received and not yet answered
+        self.bodies: deque[dict[str, Any]] = deque(maxlen=200)  # the latest request bodies, for inspection
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -99,6 +111,7 @@ class Simulator:
             return self._error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return self._error(400, "invalid_request_error", "'messages' is a required property.")
+        self.bodies.append(body)
         verdict = self.quota.admit(estimate_tokens(body))
         limit_headers = {}  # like Azure: only for a quota that is enforced
         if self.config.rpm:
@@ -138,6 +151,8 @@ class Simulator:
             return self._error(int(fault), fault, f"Simulated {fault}.", extra)
         if fault == "429":
             return self._throttled(1.234, headers)
+        if fault in REFUSALS:
+            return self._error(400, *REFUSALS[fault])
         if fault == "hang":
             await asyncio.sleep(self.config.hang_seconds)
         if fault == "reset":
@@ -147,7 +162,7 @@ class Simulator:
             return web.Response(
                 status=200, body=b'{"id": "chatcmpl-trunc", "choices": [{"index', content_type="application/json"
             )
-        answer = completion(body, number=self.requests, malformed=fault == "malformed")
+        answer = completion(body, number=self.requests, fault=fault)
         self.statuses["200"] += 1
         self.answered[text] += 1
         return _json(200, answer, {**headers, "x-request-id": f"req-sim-{self.requests}"})

@@ -1,0 +1,181 @@
+"""Structured output you can trust: check what the model returned before it reaches the results.
+
+* ``OutputCheck.extract`` turns a chat completion into the row's ``output``:
+  tool-call arguments (or, with ``--response-format``, the message content)
+  parsed and validated against their JSON Schema with ``jsonschema``. Invalid
+  output raises a *retryable* AttemptError carrying feedback messages, so the
+  next attempt can tell the model what was wrong.
+* ``finish_reason`` is checked first: ``length`` (truncated) and
+  ``content_filter`` are errors that asking again will not fix.
+* ``strict_problems`` says why a schema cannot be sent with ``strict: true``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
+
+from .errors import AttemptError, ConfigError
+
+MAX_DEPTH = 10  # OpenAI/Azure structured-output limits
+MAX_PROPERTIES = 5000
+MAX_ENUM_VALUES = 1000
+UNSUPPORTED = ("allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "patternProperties")
+
+
+def compile_schema(schema: Any, where: str) -> Draft202012Validator:
+    """A validator for ``schema``; a schema that is not valid JSON Schema is a ConfigError naming ``where``."""
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ConfigError(f"{where} is not a valid JSON Schema: {exc.message}") from None
+    return Draft202012Validator(schema)
+
+
+def strict_problems(schema: Any, path: str = "$") -> list[str]:
+    """Every reason ``schema`` does not qualify for strict structured outputs (empty if it does)."""
+    problems: list[str] = []
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        problems.append(f"{path}: the root must be an object schema")
+    properties = 0
+    for node, at, depth in _walk(schema, path, 0):
+        problems += [f"{at}: '{k}' is not supported in strict mode" for k in UNSUPPORTED if k in node]
+        if depth > MAX_DEPTH:
+            problems.append(f"{at}: nested {depth} levels deep; strict mode allows {MAX_DEPTH}")
+        if len(node.get("enum", ())) > MAX_ENUM_VALUES:
+            problems.append(f"{at}: enum has more than {MAX_ENUM_VALUES} values")
+        if _is_object(node):
+            props = node.get("properties") or {}
+            properties += len(props)
+            if node.get("additionalProperties") is not False:
+                problems.append(f'{at}: needs "additionalProperties": false')
+            missing = sorted(set(props) - set(node.get("required") or ()))
+            if missing:
+                problems.append(f"{at}: every property must be required; not required: {', '.join(missing)}")
+    if properties > MAX_PROPERTIES:
+        problems.append(f"{path}: {properties} properties in all; strict mode allows {MAX_PROPERTIES}")
+    return problems
+
+
+def _is_object(node: dict[str, Any]) -> bool:
+    kind = node.get("type")
+    return kind == "object" or (isinstance(kind, list) and "object" in kind) or "properties" in node
+
+
+def _walk(node: Any, path: str, depth: int) -> Iterator[tuple[dict[str, Any], str, int]]:
+    if not isinstance(node, dict):
+        return
+    yield node, path, depth
+    for key, child in (node.get("properties") or {}).items():
+        yield from _walk(child, f"{path}.{key}", depth + 1)
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]", depth + 1)
+    for keyword in ("anyOf", "oneOf"):
+        for i, child in enumerate(node.get(keyword) or ()):
+            yield from _walk(child, f"{path}.{keyword}[{i}]", depth)
+    for name, child in (node.get("$defs") or node.get("definitions") or {}).items():
+        yield from _walk(child, f"{path}.$defs.{name}", depth)
+
+
+class OutputCheck:
+    """How a completion becomes a row's ``output``, and whether to trust it.
+
+    :param tools: the tools sent with every request (validated by function name).
+    :param response_format: a json_schema response format; its content is validated.
+    """
+
+    def __init__(self, tools: list[dict[str, Any]] | None, response_format: dict[str, Any] | None) -> None:
+        self.tools = {
+            t["function"]["name"]: compile_schema(t["function"].get("parameters") or {}, f"the schema of tool {name!r}")
+            for t in tools or ()
+            for name in [t["function"]["name"]]
+        }
+        self.content: Draft202012Validator | None = None
+        if response_format is not None:
+            schema = response_format["json_schema"].get("schema") or {}
+            self.content = compile_schema(schema, "the --response-format schema")
+
+    def extract(self, body: dict[str, Any]) -> Any:
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+        _check_finish(choice.get("finish_reason"), body)
+        if self.tools:
+            return self._tool_arguments(message, body)
+        if self.content is not None:
+            return self._content(message, body)
+        return message.get("content")
+
+    def _tool_arguments(self, message: dict[str, Any], body: dict[str, Any]) -> Any:
+        calls = message.get("tool_calls") or []
+        if not calls:
+            raise _invalid("no_tool_call", "the model answered without calling a tool", body, message, None)
+        call = calls[0]
+        function = call.get("function") or {}
+        name, raw = function.get("name"), function.get("arguments", "")
+        validator = self.tools.get(name)
+        if validator is None:
+            raise _invalid("invalid_tool_arguments", f"the model called an unknown tool {name!r}", body, message, call)
+        return _parse_and_validate(raw, validator, f"the arguments for tool {name!r}", body, message, call)
+
+    def _content(self, message: dict[str, Any], body: dict[str, Any]) -> Any:
+        assert self.content is not None
+        raw = message.get("content") or ""
+        return _parse_and_validate(raw, self.content, "the JSON content", body, message, None)
+
+
+def _check_finish(reason: Any, body: dict[str, Any]) -> None:
+    if reason == "length":
+        raise AttemptError(
+            "output_truncated",
+            "the output was cut off at max_tokens (finish_reason: length). HINT: raise --max-tokens",
+            status=200,
+            body=body,
+        )
+    if reason == "content_filter":
+        raise AttemptError(
+            "content_filter",
+            "the answer was withheld by the content filter (finish_reason: content_filter); asking again will not help",
+            status=200,
+            body=body,
+        )
+
+
+def _parse_and_validate(
+    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], message: dict[str, Any], call: Any
+) -> Any:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = f"{what}: not valid JSON ({exc})"
+        raise _invalid("invalid_tool_arguments", reason, body, message, call, raw) from None
+    error = best_match(validator.iter_errors(value))
+    if error is not None:
+        reason = f"{what}: schema violation at {_json_path(error)}: {error.message}"
+        raise _invalid("invalid_tool_arguments", reason, body, message, call, raw)
+    return value
+
+
+def _json_path(error: ValidationError) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+
+
+def _invalid(
+    code: str, reason: str, body: dict[str, Any], message: dict[str, Any], call: Any, raw: str | None = None
+) -> AttemptError:
+    """A retryable error whose feedback shows the model its answer and what was wrong with it."""
+    text = f"{reason}; raw output: {raw!r}" if raw is not None else reason
+    # retry_after=0: the server is fine, the answer was not; backing off would only waste time.
+    error = AttemptError(code, text, status=200, body=body, retryable=True, retry_after=0.0)
+    instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
+    if call is not None and call.get("id"):
+        # Only the call we answer: the API wants a tool reply for every call id in the message.
+        assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": [call]}
+        error.feedback = [assistant, {"role": "tool", "tool_call_id": call["id"], "content": instruction}]
+    else:
+        assistant = {"role": "assistant", "content": message.get("content") or ""}
+        error.feedback = [assistant, {"role": "user", "content": instruction}]
+    return error
