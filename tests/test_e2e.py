@@ -136,7 +136,8 @@ def test_invalid_tool_arguments_are_an_error_line_with_the_raw_arguments(
 ) -> None:
     sim[1].config.script.update({"About Bad": ["malformed"]})
     write_jsonl(tmp_path / "in.jsonl", [{"id": "good", "company": "Good"}, {"id": "bad", "company": "Bad"}])
-    code, results, errors = _cli(tmp_path, "--template", "About {company}", "--tools", str(TOOL_FILE))
+    args = ("--template", "About {company}", "--tools", str(TOOL_FILE), "--max-attempts", "1")
+    code, results, errors = _cli(tmp_path, *args)  # one attempt: no chance to ask again
     assert code == 1 and [r["custom_id"] for r in results] == ["good"]
     (error,) = errors
     assert error["error"]["code"] == "invalid_tool_arguments"

@@ -83,7 +83,7 @@ def test_completion_with_tool_and_malformed_fault() -> None:
     args = good["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
     jsonschema.validate(json.loads(args), SCHEMA)
     assert good["usage"]["total_tokens"] == good["usage"]["prompt_tokens"] + good["usage"]["completion_tokens"]
-    bad = completion(body, number=2, malformed=True)
+    bad = completion(body, number=2, fault="malformed")
     with pytest.raises(json.JSONDecodeError):
         json.loads(bad["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
 
