@@ -23,8 +23,9 @@ from . import __version__
 from .checkpoint import move_aside
 from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
 from .dryrun import dry_run, format_report
-from .errors import ConfigError, FatalAPIError
+from .errors import ConfigError, FatalAPIError, OutputError
 from .progress import Reporter, make_reporter
+from .redact import Redactor
 from .runner import Interrupt, run
 from .simulator import SimConfig, serve
 from .validate import OutputCheck, strict_problems
@@ -368,20 +369,13 @@ def _prog() -> list[str]:
     return ["asyncbatch"]
 
 
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = load_env(args.env_file, os.environ)
-    secrets = [env.get("AZURE_OPENAI_API_KEY", ""), env.get("OPENAI_API_KEY", "")]
+    redactor = Redactor([env.get("AZURE_OPENAI_API_KEY"), env.get("OPENAI_API_KEY")])
 
     def fail(message: str) -> int:
-        print(f"asyncbatch: error: {redact(message, secrets)}", file=sys.stderr)
+        print(f"asyncbatch: error: {redactor.text(message)}", file=sys.stderr)
         return EXIT_FATAL
 
     try:
@@ -398,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"asyncbatch: --restart: moved {old} to {new}", file=sys.stderr)
         reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress)
         return _event_loop_run(execute(args, env, reporter))
-    except (ConfigError, FatalAPIError) as exc:
+    except (ConfigError, FatalAPIError, OutputError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
         print("asyncbatch: interrupted", file=sys.stderr)

@@ -2,7 +2,8 @@
 
     AsyncBatchError
     ├── ConfigError        bad options or environment: fix and re-run (exit 2)
-    ├── FatalAPIError      the endpoint refuses every request (auth, deployment): exit 2
+    ├── FatalAPIError      the endpoint refuses every request (auth, deployment, unreachable): exit 2
+    ├── OutputError        an output file cannot be written (permissions, disk full): exit 2
     └── AttemptError       one HTTP attempt failed; ``retryable`` says whether to try again
 
 Input problems are not exceptions: a bad line becomes an error *line* and the
@@ -24,6 +25,10 @@ class ConfigError(AsyncBatchError):
 
 class FatalAPIError(AsyncBatchError):
     """The endpoint rejects the run as a whole (wrong key, wrong deployment)."""
+
+
+class OutputError(AsyncBatchError):
+    """An output file cannot be written; what was written before stays, and a re-run resumes."""
 
 
 class AttemptError(AsyncBatchError):

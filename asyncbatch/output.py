@@ -17,7 +17,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from .checkpoint import DoneSet
-from .errors import AttemptError
+from .errors import AttemptError, OutputError
+from .redact import Redactor
 
 _CLOSE = object()
 
@@ -33,8 +34,11 @@ class JsonlWriter:
         None = never); the file is always fsynced when the writer closes.
     """
 
-    def __init__(self, path: Path, done: DoneSet, *, fsync_interval: float | None = 1.0) -> None:
+    def __init__(
+        self, path: Path, done: DoneSet, *, fsync_interval: float | None = 1.0, redactor: Redactor | None = None
+    ) -> None:
         self.path = path
+        self.redactor = redactor or Redactor(())
         self.done = done
         self.fsync_interval = fsync_interval
         self.lines_written = 0
@@ -46,13 +50,22 @@ class JsonlWriter:
         self.opened = asyncio.Event()
 
     def put(self, line_no: int, record: dict[str, Any]) -> None:
-        self._queue.put_nowait((line_no, orjson.dumps(record) + b"\n"))
+        self._queue.put_nowait((line_no, self.redactor.bytes(orjson.dumps(record)) + b"\n"))
 
     def close(self) -> None:
         """Ask the writer to finish once everything queued before this is written."""
         self._queue.put_nowait(_CLOSE)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {self.path}: {exc.strerror or exc}. Every line written before this is kept; "
+                "HINT: fix the cause (space, permissions) and run the same command again to resume"
+            ) from None
+
+    async def _run(self) -> None:
         with self.path.open("ab") as f:
             self.opened.set()
             try:

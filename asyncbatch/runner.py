@@ -14,9 +14,11 @@ the checkpoint saved; the unfinished inputs run on the next resume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from tenacity import RetryCallState
@@ -24,11 +26,12 @@ from tenacity import RetryCallState
 from .checkpoint import ResumeState, drop_failures, fingerprint, recover, save_checkpoint
 from .client import Connection, Reply
 from .config import RunConfig
-from .errors import AttemptError, FatalAPIError
+from .errors import AttemptError, FatalAPIError, OutputError
 from .inputs import BadLine, ParsedLine, count_lines, read_lines
 from .limits import Admission, CooldownGate
 from .output import JsonlWriter, error_record, failure_record, result_record
 from .progress import Reporter
+from .redact import Redactor
 from .requests import Job, prepare, with_feedback
 from .retry import retrying
 from .stats import RunStats
@@ -72,6 +75,8 @@ async def run(
     :raises ConfigError: the outputs belong to a different input or options.
     """
     reporter = reporter or Reporter()
+    for path in (config.output_path, config.errors_path):
+        _check_writable(path)
     expected = run_fingerprint(config)
     state = recover(config.output_path, config.errors_path, config.checkpoint, expected)
     if config.retry_failed and (dropped := drop_failures(config.errors_path, config.checkpoint, state)):
@@ -85,14 +90,22 @@ async def run(
         interrupt._listener = batch.on_interrupt
     try:
         await batch.run_all(expected)
-    except* FatalAPIError as group:
+    except* (FatalAPIError, OutputError) as group:
         fatal = _first_leaf(group)
-        stats.aborted = str(fatal)
+        stats.aborted = batch.redactor.text(str(fatal))
         raise fatal from None
     finally:
         stats.finished = clock()
         await connection.close()
     return stats
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before the first request, not after paying for it, if an output cannot be opened."""
+    try:
+        path.open("ab").close()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -128,8 +141,13 @@ class _Batch:
         clock: Callable[[], float],
     ) -> None:
         self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
-        self.results = JsonlWriter(config.output_path, state.done, fsync_interval=config.fsync_interval)
-        self.errors = JsonlWriter(config.errors_path, state.done, fsync_interval=config.fsync_interval)
+        self.redactor = Redactor([config.endpoint.api_key])
+        self.results = JsonlWriter(
+            config.output_path, state.done, fsync_interval=config.fsync_interval, redactor=self.redactor
+        )
+        self.errors = JsonlWriter(
+            config.errors_path, state.done, fsync_interval=config.fsync_interval, redactor=self.redactor
+        )
         self.connection = connection
         self.sleep, self.clock = sleep, clock
         self.gate = CooldownGate(clock=clock, sleep=sleep)
@@ -193,7 +211,15 @@ class _Batch:
             self.save(expected)
 
     def save(self, expected: dict[str, str]) -> None:
-        """Snapshot (done, offsets) between writer batches: always consistent with the files."""
+        """Snapshot (done, offsets) between writer batches: always consistent with the files.
+
+        If it cannot be written (disk full), the previous checkpoint stays: the outputs
+        only grow, so it is still true, and resuming reads whatever came after it.
+        """
+        with contextlib.suppress(OSError):
+            self._save(expected)
+
+    def _save(self, expected: dict[str, str]) -> None:
         save_checkpoint(
             self.config.checkpoint,
             {
@@ -337,9 +363,17 @@ class _Batch:
             raise _Stopped
 
     def _check_fatal(self, exc: AttemptError) -> None:
-        """A wrong key or deployment fails every line: stop at once instead of burning retries."""
+        """A wrong key, deployment or endpoint fails every line: stop at once instead of burning retries."""
+        if self.any_success:
+            return
+        if exc.code in ("connection_error", "timeout"):
+            raise FatalAPIError(
+                f"cannot reach {self.connection.url.split('?')[0]}: {exc.message}, on every attempt "
+                f"(--max-attempts {self.config.retry.max_attempts}). "
+                "HINT: check AZURE_OPENAI_ENDPOINT (or OPENAI_BASE_URL) and the network"
+            )
         what = FATAL_STATUSES.get(exc.status or 0)
-        if what is None or self.any_success:
+        if what is None:
             return
         hint = {
             "authentication": "check AZURE_OPENAI_API_KEY (or OPENAI_API_KEY) and that it belongs to this endpoint",

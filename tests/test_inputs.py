@@ -124,3 +124,21 @@ def test_skipped_done_lines_still_count_for_duplicates(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = list(read_lines(path, skip={1, 2}))
     assert items == [BadLine(3, "a", "duplicate custom_id 'a'")]
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 40), cut=st.floats(0, 1), noise=st.binary(max_size=30))
+def test_a_file_cut_at_any_byte_keeps_every_whole_line(tmp_path: Path, n: int, cut: float, noise: bytes) -> None:
+    """A truncated (or garbage-tailed) input never crashes the reader or loses a complete line."""
+    path = tmp_path / "cut.jsonl"
+    lines = [
+        json.dumps({"custom_id": f"c{i}", "messages": [{"role": "user", "content": "é" * i}]}).encode()
+        for i in range(n)
+    ]
+    data = b"\n".join(lines) + b"\n"
+    end = int(len(data) * cut)
+    path.write_bytes(data[:end] + noise.replace(b"\n", b""))
+    complete = data[:end].count(b"\n")
+    parsed = [i for i in read_lines(path) if isinstance(i, ParsedLine)]
+    assert [p.custom_id for p in parsed][:complete] == [f"c{i}" for i in range(complete)]
+    assert len({p.custom_id for p in parsed}) == len(parsed)

@@ -153,6 +153,9 @@ class Simulator:
             return self._throttled(1.234, headers)
         if fault in REFUSALS:
             return self._error(400, *REFUSALS[fault])
+        if fault == "echo-key":  # some servers quote the key they were given back in the error
+            key = request.headers.get("api-key", "")
+            return self._error(400, "invalid_request_error", f"Request with key {key} was rejected.")
         if fault == "hang":
             await asyncio.sleep(self.config.hang_seconds)
         if fault == "reset":
@@ -201,7 +204,8 @@ def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> w
 async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[tuple[str, Simulator]]:
     """Run the simulator in this event loop; yields (base URL, simulator)."""
     simulator = Simulator(config)
-    runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False)
+    # A short shutdown: a handler still "hanging" must not hold up whoever stops the simulator.
+    runner = web.AppRunner(simulator.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

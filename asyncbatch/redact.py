@@ -1,0 +1,26 @@
+"""Keep secrets out of everything asyncbatch writes or prints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+MASK = "***"
+
+
+class Redactor:
+    """Replaces each secret (4 characters or longer) with ``***`` in text and in bytes."""
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        self._text = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self._bytes = [s.encode() for s in self._text]
+
+    def text(self, value: str) -> str:
+        for secret in self._text:
+            value = value.replace(secret, MASK)
+        return value
+
+    def bytes(self, value: bytes) -> bytes:
+        for secret in self._bytes:
+            if secret in value:
+                value = value.replace(secret, MASK.encode())
+        return value
