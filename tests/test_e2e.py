@@ -13,8 +13,8 @@ import pytest
 
 from asyncbatch import Endpoint, Limits, RetryPolicy, RunConfig, run
 from asyncbatch.cli import main
-from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
-from tests.helpers import batch_line, read_jsonl, write_jsonl
+from asyncbatch.simulator import SimConfig, Simulator
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "test-key-0123456789abcdef"
 REPO = Path(__file__).resolve().parent.parent
@@ -24,11 +24,8 @@ TOOL_FILE = REPO / "examples" / "get_company_info.json"
 @pytest.fixture
 def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Simulator]]:
     """A simulator on 127.0.0.1 and the Azure variables pointing at it (tests script faults per prompt)."""
-    with serve_in_thread(SimConfig(api_key=KEY, deployment="dep")) as (url, simulator):
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", url)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
-        yield url, simulator
+    with simulator_env(SimConfig(api_key=KEY, deployment="dep"), monkeypatch) as (env, simulator):
+        yield env["AZURE_OPENAI_ENDPOINT"], simulator
 
 
 def _cli(tmp_path: Path, *args: str) -> tuple[int, list[dict], list[dict]]:

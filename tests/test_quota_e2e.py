@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from asyncbatch.cli import main
-from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
-from tests.helpers import batch_line, read_jsonl, write_jsonl
+from asyncbatch.simulator import SimConfig, Simulator
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "quota-key-0000"
 TPM, RPM, N = 600_000, 6_000, 300  # a 100k-token burst, then 10k tokens/s; 100 requests/s
@@ -17,10 +17,7 @@ TPM, RPM, N = 600_000, 6_000, 300  # a 100k-token burst, then 10k tokens/s; 100 
 
 @pytest.fixture
 def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
-    with serve_in_thread(SimConfig(api_key=KEY, tpm=TPM, rpm=RPM)) as (url, simulator):
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", url)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
+    with simulator_env(SimConfig(api_key=KEY, tpm=TPM, rpm=RPM), monkeypatch) as (_, simulator):
         yield simulator
 
 

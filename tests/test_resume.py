@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -15,21 +14,16 @@ from pathlib import Path
 import pytest
 
 from asyncbatch.cli import main
-from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
-from tests.helpers import batch_line, read_jsonl, write_jsonl
+from asyncbatch.simulator import SimConfig, Simulator
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "resume-key-42424242"
 
 
 @pytest.fixture
 def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[dict[str, str], Simulator]]:
-    with serve_in_thread(SimConfig(api_key=KEY, latency=0.03)) as (url, simulator):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
-        env.update(AZURE_OPENAI_ENDPOINT=url, AZURE_OPENAI_API_KEY=KEY, AZURE_OPENAI_DEPLOYMENT_NAME="dep")
-        for key, value in env.items():
-            if key.startswith("AZURE_"):
-                monkeypatch.setenv(key, value)
-        yield env, simulator
+    with simulator_env(SimConfig(api_key=KEY, latency=0.03), monkeypatch) as env_and_simulator:
+        yield env_and_simulator
 
 
 def _start(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:

@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 
 from asyncbatch.cli import main
-from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
-from tests.helpers import read_jsonl, write_jsonl
+from asyncbatch.simulator import SimConfig, Simulator
+from tests.helpers import read_jsonl, simulator_env, write_jsonl
 
 KEY = "structured-key-1"
 TOOL_FILE = Path(__file__).resolve().parent.parent / "examples" / "get_company_info.json"
@@ -22,10 +22,7 @@ TEMPLATE = "Tell me about {company}. Notes: {notes}"
 
 @pytest.fixture
 def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
-    with serve_in_thread(SimConfig(api_key=KEY, seed=6)) as (url, simulator):
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", url)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
+    with simulator_env(SimConfig(api_key=KEY, seed=6), monkeypatch) as (_, simulator):
         yield simulator
 
 
