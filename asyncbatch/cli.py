@@ -314,11 +314,14 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
             deployment = args.deployment or "simulated-deployment"
             endpoint = Endpoint(kind="azure", base_url=url, api_key=key, deployment=deployment, simulated=True)
             reporter.info(f"SIMULATED run: local simulator at {url}, nothing is sent to Azure")
-            return await _run(build_config(args, endpoint), reporter)
-    return await _run(build_config(args, endpoint_from_env(env, args)), reporter)
+            return await _run(build_config(args, endpoint), reporter, args.restart)
+    return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args.restart)
 
 
-async def _run(config: RunConfig, reporter: Reporter) -> int:
+async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
+    if restart:  # only now that the configuration is known to be good
+        for old, new in move_aside([config.output_path, config.errors_path, config.checkpoint]):
+            reporter.warn(f"--restart: moved {old} to {new}")
     interrupt = Interrupt()
 
     def on_signal() -> None:
@@ -339,8 +342,8 @@ async def _run(config: RunConfig, reporter: Reporter) -> int:
             loop.remove_signal_handler(sig)
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
-    if stats.interrupted:
-        reporter.info(f"interrupted. To resume, run the same command again:\n  {shlex.join([*_prog(), *sys.argv[1:]])}")
+    if stats.interrupted:  # warn: shown even with -q, since the user needs it
+        reporter.warn(f"interrupted. To resume, run the same command again:\n  {shlex.join([*_prog(), *sys.argv[1:]])}")
         return EXIT_INTERRUPTED
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
@@ -385,11 +388,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.dry_run:
             return _dry_run(args, env)
-        if args.restart:
-            output, errors = output_paths(args)
-            checkpoint = args.checkpoint or output.with_name(output.name + ".checkpoint")
-            for old, new in move_aside([output, errors, checkpoint]):
-                print(f"asyncbatch: --restart: moved {old} to {new}", file=sys.stderr)
         reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress)
         return _event_loop_run(execute(args, env, reporter))
     except (ConfigError, FatalAPIError, OutputError) as exc:

@@ -20,9 +20,10 @@ MAX_WARNINGS = 20
 
 
 class Reporter:
-    """Silent reporter; the base of the others. ``warn`` still prints: problems are never hidden."""
+    """Quiet reporter (-q); the base of the others. ``warn`` still prints: problems are never hidden."""
 
     interval = 0.5
+    verbose = False  # whether ``info`` prints
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
@@ -36,7 +37,8 @@ class Reporter:
             self.console.print("... more problems not shown; every one is in the errors file", markup=False)
 
     def info(self, message: str) -> None:
-        self.console.print(message, markup=False)
+        if self.verbose:
+            self.console.print(message, markup=False)
 
     async def run(self, stats: RunStats) -> None:
         """Refresh until cancelled."""
@@ -75,6 +77,7 @@ class PlainReporter(Reporter):
     """A status line every few seconds: for logs and pipes, where a bar would be noise."""
 
     interval = 5.0
+    verbose = True
 
     def tick(self, stats: RunStats) -> None:
         label = "[SIMULATED] " if stats.simulated else ""
@@ -172,5 +175,7 @@ def make_reporter(*, quiet: bool, progress: bool, stream: TextIO | None = None) 
 
 
 class _SummaryOnly(Reporter):
+    verbose = True
+
     def summary(self, stats: RunStats) -> None:
         self.console.print(summary_table(stats))

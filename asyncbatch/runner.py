@@ -50,6 +50,10 @@ class Interrupt:
         self.count = 0
         self._listener: Callable[[int], None] | None = None
 
+    def listen(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(count)`` on every request from now on."""
+        self._listener = listener
+
     def request(self) -> None:
         self.count += 1
         if self._listener is not None:
@@ -85,14 +89,14 @@ async def run(
         reporter.info(note)
     stats = _initial_stats(config, state)
     connection = Connection(config.endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout)
-    batch = _Batch(config, stats, state, reporter, connection, sleep, clock)
-    if interrupt is not None:
-        interrupt._listener = batch.on_interrupt
     try:
+        batch = _Batch(config, stats, state, reporter, connection, sleep, clock)
+        if interrupt is not None:
+            interrupt.listen(batch.on_interrupt)
         await batch.run_all(expected)
     except* (FatalAPIError, OutputError) as group:
         fatal = _first_leaf(group)
-        stats.aborted = batch.redactor.text(str(fatal))
+        stats.aborted = Redactor([config.endpoint.api_key]).text(str(fatal))
         raise fatal from None
     finally:
         stats.finished = clock()
@@ -367,10 +371,11 @@ class _Batch:
         if self.any_success:
             return
         if exc.code in ("connection_error", "timeout"):
+            slow = " (or raise --timeout, if the model is just slow)" if exc.code == "timeout" else ""
             raise FatalAPIError(
                 f"cannot reach {self.connection.url.split('?')[0]}: {exc.message}, on every attempt "
                 f"(--max-attempts {self.config.retry.max_attempts}). "
-                "HINT: check AZURE_OPENAI_ENDPOINT (or OPENAI_BASE_URL) and the network"
+                f"HINT: check AZURE_OPENAI_ENDPOINT (or OPENAI_BASE_URL) and the network{slow}"
             )
         what = FATAL_STATUSES.get(exc.status or 0)
         if what is None:

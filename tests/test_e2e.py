@@ -242,3 +242,13 @@ def test_api_key_never_appears_in_any_output(
     for text in [captured.out, captured.err, *files]:
         assert KEY not in text
     assert "succeeded" in captured.err  # the summary did print, so there was output to search
+
+
+def test_quiet_prints_nothing_when_all_is_well(
+    tmp_path: Path, sim: tuple[str, Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--simulate"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 1

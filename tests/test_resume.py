@@ -147,3 +147,13 @@ def test_retry_failed_runs_only_the_failed_requests_again(
     results = read_jsonl(tmp_path / "in.results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(10))
     assert json.loads((tmp_path / "in.results.jsonl.checkpoint").read_text())["errors_lines"] == 1
+
+
+def test_restart_with_a_broken_configuration_moves_nothing(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    assert main([str(path), "-q"]) == 0
+    monkeypatch.delenv("AZURE_OPENAI_DEPLOYMENT_NAME")
+    assert main([str(path), "-q", "--restart"]) == 2
+    assert list(tmp_path.glob("*.old")) == [] and len(read_jsonl(tmp_path / "in.results.jsonl")) == 1
