@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
-from openai import AsyncAzureOpenAI, AsyncOpenAI
 
 from .config import Endpoint
 from .errors import AttemptError
 from .retry import is_retryable_status, parse_retry_after
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
 
 HINTS = {  # codes Azure sends with a 400 that no retry will fix
     "context_length_exceeded": "HINT: this input plus max_tokens is longer than the model's context window; "
@@ -42,6 +44,9 @@ class Reply:
 
 def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
     """The SDK client that defines URL, auth and headers; its own retries are off."""
+    # Imported here: the SDK takes over a second to import, and --help or --dry-run never need it.
+    from openai import AsyncAzureOpenAI, AsyncOpenAI
+
     if endpoint.kind == "azure":
         return AsyncAzureOpenAI(
             azure_endpoint=endpoint.base_url,

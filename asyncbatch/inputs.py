@@ -49,8 +49,8 @@ def read_lines(path: Path, skip: Container[int] = ()) -> Iterator[ParsedLine | B
     seen: set[str] = set()
     with path.open("rb") as f:
         for line_no, raw in _raw_lines(f):
-            if line_no in skip:
-                if (done_id := _quick_id(raw)) is not None:
+            if line_no in skip:  # the hot loop when resuming a long run: keep it lean
+                if raw and (done_id := _quick_id(raw)) is not None:
                     seen.add(done_id)
                 continue
             item = parse_line(line_no, raw)
@@ -78,16 +78,16 @@ def _raw_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
         yield line_no, raw
 
 
-def _quick_id(raw: bytes | None) -> str | None:
+def _quick_id(raw: bytes) -> str | None:
     """Just the custom_id of a line (the same rules as parse_line, without the checks)."""
     try:
-        obj = orjson.loads(raw) if raw else None
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
     if type(obj) is not dict:
         return None
     cid = obj.get("custom_id")
-    if cid is None and not ("body" in obj and ("url" in obj or "method" in obj)):
+    if cid is None and detect_kind(obj) != "batch":
         cid = obj.get("id")
         if type(cid) is int:
             cid = str(cid)

@@ -142,3 +142,10 @@ def test_a_file_cut_at_any_byte_keeps_every_whole_line(tmp_path: Path, n: int, c
     parsed = [i for i in read_lines(path) if isinstance(i, ParsedLine)]
     assert [p.custom_id for p in parsed][:complete] == [f"c{i}" for i in range(complete)]
     assert len({p.custom_id for p in parsed}) == len(parsed)
+
+
+def test_skipped_record_with_a_body_field_still_counts_its_id(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    rows = [{"id": "a", "body": "a record whose field is called body"}, {"id": "a", "x": 1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert list(read_lines(path, skip={1})) == [BadLine(2, "a", "duplicate custom_id 'a'")]
