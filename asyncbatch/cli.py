@@ -52,7 +52,9 @@ exit codes:
 examples:
   asyncbatch examples/companies.jsonl --simulate --template "Tell me about {company}" \\
       --tools examples/get_company_info.json
-  asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200
+  asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200 --max-tokens 200
+  asyncbatch prompts.jsonl --dry-run --tpm 1200000 --price-in 2.5 --price-out 10
+  asyncbatch prompts.jsonl ...     # the same command again resumes an interrupted run
 """.replace("@API_VERSION@", DEFAULT_API_VERSION)
 
 
@@ -68,10 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
     out = p.add_argument_group("output")
     out.add_argument(
-        "-o", "--output", type=Path, help="results file (default: <input stem>.results.jsonl beside the input)"
+        "-o",
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="results file (default: <input stem>.results.jsonl beside the input)",
     )
-    out.add_argument("--errors", type=Path, help="failures file (default: <output stem>.errors.jsonl)")
-    out.add_argument("--checkpoint", type=Path, help="resume checkpoint (default: <output>.checkpoint)")
+    out.add_argument("--errors", type=Path, metavar="PATH", help="failures file (default: <output stem>.errors.jsonl)")
+    out.add_argument("--checkpoint", type=Path, metavar="PATH", help="resume checkpoint (default: <output>.checkpoint)")
     out.add_argument(
         "--fsync",
         choices=("always", "periodic", "never"),
@@ -85,27 +91,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("--retry-failed", action="store_true", help="run again the inputs whose requests failed")
     resume.add_argument(
-        "--grace", type=float, default=5.0, help="seconds in-flight requests get to finish after Ctrl-C (default 5)"
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds in-flight requests get to finish after Ctrl-C (default 5)",
     )
     rate = p.add_argument_group("speed and quota")
-    rate.add_argument("-c", "--concurrency", type=int, default=20, help="requests in flight at most (default 20)")
-    rate.add_argument("--tpm", type=int, help="tokens per minute the deployment allows (client-side limit)")
-    rate.add_argument("--rpm", type=int, help="requests per minute the deployment allows (client-side limit)")
+    rate.add_argument(
+        "-c", "--concurrency", type=int, default=20, metavar="N", help="requests in flight at most (default 20)"
+    )
+    rate.add_argument(
+        "--tpm", type=int, metavar="N", help="tokens per minute the deployment allows (client-side limit)"
+    )
+    rate.add_argument(
+        "--rpm", type=int, metavar="N", help="requests per minute the deployment allows (client-side limit)"
+    )
     rate.add_argument(
         "--max-attempts",
         type=int,
         default=6,
+        metavar="N",
         help="attempts per input, first included (default 6); 429s do not count: they have a budget of 30",
     )
-    rate.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt (default 60)")
+    rate.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="seconds per attempt (default 60)")
     req = p.add_argument_group("requests")
-    req.add_argument("--deployment", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME")
     req.add_argument(
-        "--api-version", help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION})"
+        "--deployment", metavar="NAME", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME"
+    )
+    req.add_argument(
+        "--api-version",
+        metavar="VERSION",
+        help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION})",
     )
     req.add_argument(
         "--tools",
         type=Path,
+        metavar="FILE",
         help="JSON file: one function schema {name, description, parameters} or a list of tools; "
         "a single function is forced with tool_choice",
     )
@@ -127,14 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when output breaks the schema, ask again without telling the model what was wrong",
     )
-    req.add_argument("--max-tokens", type=int, help="max_tokens for lines that do not set it")
-    req.add_argument("--temperature", type=float, help="temperature for lines that do not set it")
+    req.add_argument("--max-tokens", type=int, metavar="N", help="max_tokens for lines that do not set it")
+    req.add_argument("--temperature", type=float, metavar="X", help="temperature for lines that do not set it")
     req.add_argument(
-        "--template", help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"'
+        "--template",
+        metavar="STR",
+        help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"',
     )
-    req.add_argument("--template-file", type=Path, help="read --template from a file")
-    req.add_argument("--system", help="for record lines: the system message")
-    req.add_argument("--system-file", type=Path, help="read --system from a file")
+    req.add_argument("--template-file", type=Path, metavar="FILE", help="read --template from a file")
+    req.add_argument("--system", metavar="STR", help="for record lines: the system message")
+    req.add_argument("--system-file", type=Path, metavar="FILE", help="read --system from a file")
     dry = p.add_argument_group("planning")
     dry.add_argument(
         "--dry-run",
@@ -145,14 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     dry.add_argument("--price-in", type=float, metavar="PRICE", help="with --dry-run: price per 1M prompt tokens")
     dry.add_argument("--price-out", type=float, metavar="PRICE", help="with --dry-run: price per 1M completion tokens")
     env = p.add_argument_group("environment")
-    env.add_argument("--env-file", type=Path, default=Path(".env"), help="dotenv file to read (default ./.env)")
+    env.add_argument(
+        "--env-file", type=Path, default=Path(".env"), metavar="PATH", help="dotenv file to read (default ./.env)"
+    )
     sim = p.add_argument_group("simulator (no credentials needed)")
     sim.add_argument(
         "--simulate", action="store_true", help="run against the built-in local simulator instead of Azure"
     )
-    sim.add_argument("--sim-latency-ms", type=float, default=200.0, help="simulated latency per request (default 200)")
-    sim.add_argument("--sim-tpm", type=int, help="simulated server TPM quota (default: none)")
-    sim.add_argument("--sim-rpm", type=int, help="simulated server RPM quota (default: none)")
+    sim.add_argument(
+        "--sim-latency-ms", type=float, default=200.0, metavar="MS", help="simulated latency per request (default 200)"
+    )
+    sim.add_argument("--sim-tpm", type=int, metavar="N", help="simulated server TPM quota (default: none)")
+    sim.add_argument("--sim-rpm", type=int, metavar="N", help="simulated server RPM quota (default: none)")
     show = p.add_argument_group("display")
     show.add_argument("--no-progress", action="store_true", help="no progress display (the summary still prints)")
     show.add_argument("-q", "--quiet", action="store_true", help="print only problems")
