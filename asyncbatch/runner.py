@@ -87,8 +87,9 @@ async def run(
         state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
     for note in state.notes:
         reporter.info(note)
-    stats = _initial_stats(config, state)
+    # Before the clock starts: building the connection imports the SDK, which is start-up, not run time.
     connection = Connection(config.endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout)
+    stats = _initial_stats(config, state)
     try:
         batch = _Batch(config, stats, state, reporter, connection, sleep, clock)
         if interrupt is not None:
