@@ -100,7 +100,8 @@ class AdaptiveRate:
     fewer than two requests' worth of tokens left cuts it by ``ease``, so the
     rate settles before the server has to refuse. One burst yields many 429s,
     so cuts happen at most once per ``hold`` seconds. After two quiet seconds,
-    the rate grows by ``increase`` per second.
+    the rate grows by ``increase`` per second, or four times that while the
+    remaining-budget headers say at least half of the budget is unused.
 
     :param clock: monotonic seconds; injected so the policy is tested without sleeping.
     """
@@ -121,6 +122,8 @@ class AdaptiveRate:
         self._admitted: deque[tuple[float, int]] = deque()
         self._admitted_sum = 0
         self._last_cut = self._last_grow = self._last_trouble = clock()
+        self._most_left: dict[str, int] = {}  # highest remaining-budget header seen, per header
+        self._plenty = False  # the last response said at least half the budget was left
 
     def on_admit(self, tokens: int) -> None:
         now = self.clock()
@@ -146,6 +149,12 @@ class AdaptiveRate:
         tokens = _int_header(headers, "x-ratelimit-remaining-tokens")
         if tokens is not None and tokens < 2 * estimate and self.rate is not None:
             self._cut(self.ease)
+        plenty = None
+        for name in ("x-ratelimit-remaining-tokens", "x-ratelimit-remaining-requests"):
+            if (left := _int_header(headers, name)) is not None:
+                most = self._most_left[name] = max(left, self._most_left.get(name, 0))
+                plenty = (plenty is not False) and left * 2 >= most
+        self._plenty = bool(plenty)
 
     def _cut(self, factor: float) -> None:
         now = self.clock()
@@ -161,7 +170,8 @@ class AdaptiveRate:
         """Apply the additive increase due since the last growth; return the rate."""
         now = self.clock()
         if self.rate is not None and now - self._last_trouble >= 2.0 and now - self._last_grow >= 1.0:
-            self.rate *= 1 + self.increase * (now - self._last_grow)
+            boost = 4 if self._plenty else 1  # the server says half its budget is unused: catch up faster
+            self.rate *= 1 + boost * self.increase * (now - self._last_grow)
             self._last_grow = now
         return self.rate
 

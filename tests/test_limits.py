@@ -220,3 +220,21 @@ def test_admission_feeds_throttles_into_the_gate_and_the_adaptive_rate() -> None
     fixed.on_reply({"x-ratelimit-remaining-tokens": "0"}, 98)
     assert fixed.gate.remaining() == pytest.approx(98 / (0.98 * 1000))
     assert fixed.learned_tpm is None
+
+
+def test_adaptive_grows_faster_while_the_headers_show_plenty_of_budget() -> None:
+    def grown(remaining: str) -> float:
+        t = FakeTime()
+        rate = AdaptiveRate(t.clock, increase=0.05)
+        rate.on_admit(2000)
+        t.now += 1.0
+        rate.on_throttle()
+        start = rate.rate
+        assert start == 1000
+        rate.on_headers({"x-ratelimit-remaining-tokens": "10000", "x-ratelimit-remaining-requests": "100"}, 10)
+        rate.on_headers({"x-ratelimit-remaining-tokens": remaining, "x-ratelimit-remaining-requests": "90"}, 10)
+        t.now += 3.0
+        return (rate.tick() or 0) / start
+
+    assert grown("9000") == pytest.approx(1 + 4 * 0.05 * 3.0)  # 90% of the budget left: catch up fast
+    assert grown("1000") == pytest.approx(1 + 0.05 * 3.0)  # 10% left: the ordinary pace
