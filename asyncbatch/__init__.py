@@ -1,17 +1,39 @@
-"""asyncbatch: run large batches of chat completions against Azure OpenAI at the quota's speed.
+"""asyncbatch: run large batches of chat completions against Azure OpenAI at the quota's speed, exactly once.
 
-Library use::
+Library use (from a script; in a notebook, ``await asyncbatch.run(config)`` directly)::
 
-    from asyncbatch import RunConfig, run
-    stats = asyncio.run(run(config))
+    import asyncio, asyncbatch
+
+    async def main() -> None:
+        async with asyncbatch.simulated(latency=0.05) as endpoint:
+            stats = await asyncbatch.run(asyncbatch.RunConfig(input_path="in.jsonl", endpoint=endpoint))
+
+    asyncio.run(main())
+
+Exceptions ``run`` raises (see ``errors``): ConfigError, FatalAPIError, OutputError,
+all AsyncBatchError.
 """
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 __version__ = "0.1.0"
 
 from .config import Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
-from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError
-from .runner import run
+from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
+from .progress import Reporter
+from .runner import Interrupt, restart, run
+from .schemas import load_response_format, load_tools, strict_problems
+from .simulator import SimConfig, simulated
 from .stats import RunStats
+
+
+def run_sync(config: RunConfig, **options: Any) -> RunStats:
+    """``run`` for scripts without an event loop of their own (in a notebook, ``await run(...)`` instead)."""
+    return asyncio.run(run(config, **options))
+
 
 __all__ = [
     "AsyncBatchError",
@@ -19,11 +41,21 @@ __all__ = [
     "ConfigError",
     "Endpoint",
     "FatalAPIError",
+    "Interrupt",
     "Limits",
+    "OutputError",
+    "Reporter",
     "RequestDefaults",
     "RetryPolicy",
     "RunConfig",
     "RunStats",
+    "SimConfig",
     "__version__",
+    "load_response_format",
+    "load_tools",
+    "restart",
     "run",
+    "run_sync",
+    "simulated",
+    "strict_problems",
 ]

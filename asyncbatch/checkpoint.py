@@ -14,6 +14,7 @@ the run), replaced atomically. On resume:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 import time
@@ -26,8 +27,9 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError
+from .records import INVALID_INPUT, LINE
 
-VERSION = 1
+VERSION = 2
 _PROBE = 1 << 20  # bytes hashed at each end of the input for its fingerprint
 
 
@@ -86,14 +88,98 @@ def fingerprint(input_path: Path, options: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass
 class ResumeState:
-    """Where a run starts from."""
+    """Where a run starts from, kept up to date by the writers as lines reach the files."""
 
     done: DoneSet = field(default_factory=DoneSet)
+    results_offset: int = 0  # bytes of the results file that are accounted for in ``done``
+    errors_offset: int = 0
     results_lines: int = 0
     errors_lines: int = 0
     resent: int = 0  # lines in flight when the last run stopped, to be sent again
     source: str = "fresh"  # fresh | checkpoint | rebuilt
     notes: list[str] = field(default_factory=list)
+
+    def on_results(self, lines: list[int], nbytes: int) -> None:
+        """A results batch reached the file (the writer's callback)."""
+        for line_no in lines:
+            self.done.add(line_no)
+        self.results_offset += nbytes
+        self.results_lines += len(lines)
+
+    def on_errors(self, lines: list[int], nbytes: int) -> None:
+        for line_no in lines:
+            self.done.add(line_no)
+        self.errors_offset += nbytes
+        self.errors_lines += len(lines)
+
+    def snapshot(self, fingerprint: dict[str, str], in_flight: list[int]) -> Checkpoint:
+        return Checkpoint(
+            fingerprint=fingerprint,
+            done=self.done,
+            results_offset=self.results_offset,
+            errors_offset=self.errors_offset,
+            results_lines=self.results_lines,
+            errors_lines=self.errors_lines,
+            in_flight=in_flight,
+        )
+
+
+class CheckpointUnreadable(Exception):
+    """The checkpoint cannot be used; the state is rebuilt from the outputs."""
+
+
+@dataclass
+class Checkpoint:
+    """The checkpoint file's contents. Any field missing, unknown or of the wrong type makes it unreadable."""
+
+    fingerprint: dict[str, str]
+    done: DoneSet
+    results_offset: int
+    errors_offset: int
+    results_lines: int
+    errors_lines: int
+    in_flight: list[int]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "version": VERSION,
+                "fingerprint": self.fingerprint,
+                "done": self.done.encode(),
+                "results_offset": self.results_offset,
+                "errors_offset": self.errors_offset,
+                "results_lines": self.results_lines,
+                "errors_lines": self.errors_lines,
+                "in_flight": self.in_flight,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Checkpoint:
+        """:raises CheckpointUnreadable: with the reason."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise CheckpointUnreadable("it is not JSON") from None
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            raise CheckpointUnreadable("it was written by another version of asyncbatch")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if problems := sorted(fields ^ (set(data) - {"version"})):
+            raise CheckpointUnreadable(f"fields missing or unknown: {', '.join(problems)}")
+        ints = ("results_offset", "errors_offset", "results_lines", "errors_lines")
+        if not all(type(data[k]) is int and data[k] >= 0 for k in ints) or not _is_fingerprint(data["fingerprint"]):
+            raise CheckpointUnreadable("a field has the wrong type")
+        if not isinstance(data["in_flight"], list) or not all(type(n) is int for n in data["in_flight"]):
+            raise CheckpointUnreadable("a field has the wrong type")
+        try:
+            done = DoneSet.decode(data["done"])
+        except (TypeError, ValueError, zlib.error):
+            raise CheckpointUnreadable("its done-set is damaged") from None
+        return cls(**{**{k: data[k] for k in fields}, "done": done})
+
+
+def _is_fingerprint(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
 
 
 def cut_torn_tail(path: Path) -> int:
@@ -130,7 +216,7 @@ def scan(path: Path, offset: int, done: DoneSet) -> Iterator[tuple[int, dict[str
         for raw in f:
             try:
                 record = orjson.loads(raw)
-                line_no = int(record["line"])
+                line_no = int(record[LINE])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise ConfigError(
                     f"{path} holds a line that is not an asyncbatch record near byte {f.tell()}. "
@@ -140,21 +226,22 @@ def scan(path: Path, offset: int, done: DoneSet) -> Iterator[tuple[int, dict[str
             yield line_no, record
 
 
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
+def load_checkpoint(path: Path) -> Checkpoint:
+    """:raises CheckpointUnreadable: no file, or one that cannot be used."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    if not isinstance(data, dict) or data.get("version") != VERSION:
-        return None
-    return data
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointUnreadable("there is none") from None
+    except OSError as exc:
+        raise CheckpointUnreadable(f"it cannot be read ({exc.strerror})") from None
+    return Checkpoint.from_bytes(raw)
 
 
-def save_checkpoint(path: Path, data: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Atomic replace: a reader sees the old checkpoint or the new one, never half of one."""
     tmp = path.with_name(f"{path.name}.tmp")
     with tmp.open("wb") as f:
-        f.write(orjson.dumps({"version": VERSION, **data}))
+        f.write(checkpoint.to_bytes())
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -170,28 +257,33 @@ def recover(results: Path, errors: Path, checkpoint: Path, expected: Mapping[str
     for path in (results, errors):
         if cut := cut_torn_tail(path):
             state.notes.append(f"cut a torn last line ({cut} bytes) from {path}")
-    data = load_checkpoint(checkpoint)
-    if data is not None and (changed := changed_parts(data.get("fingerprint", {}), expected)):
+    sizes = [p.stat().st_size if p.exists() else 0 for p in (results, errors)]
+    try:
+        saved: Checkpoint | None = load_checkpoint(checkpoint)
+    except CheckpointUnreadable as exc:
+        saved = None
+        if sizes != [0, 0]:
+            state.notes.append(f"checkpoint {checkpoint} not used ({exc}): rebuilding the state from the outputs")
+    if saved is not None and (changed := changed_parts(saved.fingerprint, expected)):
         raise ConfigError(
             f"cannot resume: {', '.join(changed)} changed since the checkpoint {checkpoint} was written. "
             "HINT: run the original input and options again, or pass --restart to start over "
             "(the old outputs are kept beside it)"
         )
-    sizes = [p.stat().st_size if p.exists() else 0 for p in (results, errors)]
-    offsets = [0, 0]
-    if data is not None and sizes[0] >= data["results_offset"] and sizes[1] >= data["errors_offset"]:
-        state.done = DoneSet.decode(data["done"])
-        offsets = [data["results_offset"], data["errors_offset"]]
-        state.results_lines, state.errors_lines = data["results_lines"], data["errors_lines"]
+    if saved is not None and sizes[0] >= saved.results_offset and sizes[1] >= saved.errors_offset:
+        state.done = saved.done
+        state.results_offset, state.errors_offset = saved.results_offset, saved.errors_offset
+        state.results_lines, state.errors_lines = saved.results_lines, saved.errors_lines
         state.source = "checkpoint"
     elif sizes != [0, 0]:
         state.source = "rebuilt"
-        reason = "no checkpoint" if data is None else "the checkpoint is behind a damaged output"
-        state.notes.append(f"{reason}: rebuilding the state from {results.name} and {errors.name}")
-    state.results_lines += sum(1 for _ in scan(results, offsets[0], state.done))
-    state.errors_lines += sum(1 for _ in scan(errors, offsets[1], state.done))
-    if data is not None:
-        state.resent = sum(1 for n in data.get("in_flight", []) if n not in state.done)
+        if saved is not None:
+            state.notes.append("the checkpoint is behind a damaged output: rebuilding the state from the outputs")
+    state.results_lines += sum(1 for _ in scan(results, state.results_offset, state.done))
+    state.errors_lines += sum(1 for _ in scan(errors, state.errors_offset, state.done))
+    state.results_offset, state.errors_offset = sizes
+    if saved is not None:
+        state.resent = sum(1 for n in saved.in_flight if n not in state.done)
     return state
 
 
@@ -211,15 +303,16 @@ def drop_failures(errors: Path, checkpoint: Path, state: ResumeState) -> int:
     with errors.open("rb") as src, tmp.open("wb") as dst:
         for raw in src:
             record = orjson.loads(raw)
-            if (record.get("error") or {}).get("code") == "invalid_input":
+            if (record.get("error") or {}).get("code") == INVALID_INPUT:
                 dst.write(raw)
             else:
-                state.done.discard(int(record["line"]))
+                state.done.discard(int(record[LINE]))
                 dropped += 1
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, errors)
     state.errors_lines -= dropped
+    state.errors_offset = errors.stat().st_size
     return dropped
 
 

@@ -1,12 +1,14 @@
 """Command line: arguments + environment (.env) -> RunConfig -> run -> exit code.
 
-This is the only module that reads the environment.
+This is the only module that reads the environment, and the only one that
+knows about exit codes and environment-variable hints.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shlex
 import signal
@@ -16,23 +18,22 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from dotenv import dotenv_values
 
 from . import __version__
-from .checkpoint import move_aside
 from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
 from .dryrun import dry_run, format_report
+from .endpoints import check_base_url
 from .errors import ConfigError, FatalAPIError, OutputError
 from .progress import Reporter, make_reporter
 from .redact import Redactor
-from .runner import Interrupt, run
-from .simulator import SimConfig, serve
-from .validate import OutputCheck, strict_problems
+from .runner import Interrupt, restart, run
+from .schemas import load_response_format, load_tools
+from .simulator import SimConfig, simulated
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-FSYNC: dict[str, float | None] = {"always": 0.0, "periodic": 1.0, "never": None}
+DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
 
 EPILOG = """\
 input formats (detected line by line):
@@ -50,12 +51,17 @@ exit codes:
   2 usage, configuration or fatal error (e.g. wrong key); 130 interrupted
 
 examples:
-  asyncbatch examples/companies.jsonl --simulate --template "Tell me about {company}" \\
+  asyncbatch examples/companies.jsonl --simulate --template "@DEMO@" \\
       --tools examples/get_company_info.json
   asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200 --max-tokens 200
   asyncbatch prompts.jsonl --dry-run --tpm 1200000 --price-in 2.5 --price-out 10
   asyncbatch prompts.jsonl ...     # the same command again resumes an interrupted run
-""".replace("@API_VERSION@", DEFAULT_API_VERSION)
+""".replace("@API_VERSION@", DEFAULT_API_VERSION).replace("@DEMO@", DEMO_TEMPLATE)
+
+
+def _default(cls: Any, name: str) -> Any:
+    """A config dataclass's default: defined once there, shown here with %(default)s."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="JSONL file, one request or record per line")
     p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
+    _output_options(p)
+    _resume_options(p)
+    _rate_options(p)
+    _request_options(p)
+    _other_options(p)
+    return p
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument(
         "-o",
@@ -81,10 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--fsync",
         choices=("always", "periodic", "never"),
-        default="periodic",
-        help="when outputs reach the disk: after every write batch, at least once a second (default), "
-        "or only at exit; see README 'Durability'",
+        default=_default(RunConfig, "fsync"),
+        help="when outputs reach the disk: after every write batch, at least once a second, "
+        "or only at exit (default %(default)s); see README 'Durability'",
     )
+
+
+def _resume_options(p: argparse.ArgumentParser) -> None:
     resume = p.add_argument_group("resume (re-run the same command to resume an interrupted run)")
     resume.add_argument(
         "--restart", action="store_true", help="start over; the old outputs are moved aside, not deleted"
@@ -93,28 +111,41 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument(
         "--grace",
         type=float,
-        default=5.0,
+        default=_default(RunConfig, "grace"),
         metavar="SECONDS",
-        help="seconds in-flight requests get to finish after Ctrl-C (default 5)",
+        help="seconds in-flight requests get to finish after Ctrl-C (default %(default)s)",
     )
+
+
+def _rate_options(p: argparse.ArgumentParser) -> None:
     rate = p.add_argument_group("speed and quota")
     rate.add_argument(
-        "-c", "--concurrency", type=int, default=20, metavar="N", help="requests in flight at most (default 20)"
+        "-c",
+        "--concurrency",
+        type=int,
+        default=_default(Limits, "concurrency"),
+        metavar="N",
+        help="requests in flight at most (default %(default)s)",
     )
-    rate.add_argument(
-        "--tpm", type=int, metavar="N", help="tokens per minute the deployment allows (client-side limit)"
-    )
-    rate.add_argument(
-        "--rpm", type=int, metavar="N", help="requests per minute the deployment allows (client-side limit)"
-    )
+    rate.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the deployment allows")
+    rate.add_argument("--rpm", type=int, metavar="N", help="requests per minute the deployment allows")
     rate.add_argument(
         "--max-attempts",
         type=int,
-        default=6,
+        default=_default(RetryPolicy, "max_attempts"),
         metavar="N",
-        help="attempts per input, first included (default 6); 429s do not count: they have a budget of 30",
+        help="attempts per input, first included (default %(default)s); 429s do not count",
     )
-    rate.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="seconds per attempt (default 60)")
+    rate.add_argument(
+        "--timeout",
+        type=float,
+        default=_default(RetryPolicy, "timeout"),
+        metavar="SECONDS",
+        help="seconds per attempt (default %(default)s)",
+    )
+
+
+def _request_options(p: argparse.ArgumentParser) -> None:
     req = p.add_argument_group("requests")
     req.add_argument(
         "--deployment", metavar="NAME", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME"
@@ -149,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when output breaks the schema, ask again without telling the model what was wrong",
     )
-    req.add_argument("--max-tokens", type=int, metavar="N", help="max_tokens for lines that do not set it")
-    req.add_argument("--temperature", type=float, metavar="X", help="temperature for lines that do not set it")
+    req.add_argument("--max-tokens", type=int, metavar="N", help="max_tokens for lines that do not set it (>= 1)")
+    req.add_argument("--temperature", type=float, metavar="X", help="temperature for lines that do not set it (0-2)")
     req.add_argument(
         "--template",
         metavar="STR",
@@ -159,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--template-file", type=Path, metavar="FILE", help="read --template from a file")
     req.add_argument("--system", metavar="STR", help="for record lines: the system message")
     req.add_argument("--system-file", type=Path, metavar="FILE", help="read --system from a file")
+
+
+def _other_options(p: argparse.ArgumentParser) -> None:
     dry = p.add_argument_group("planning")
     dry.add_argument(
         "--dry-run",
@@ -169,52 +203,59 @@ def build_parser() -> argparse.ArgumentParser:
     dry.add_argument("--price-in", type=float, metavar="PRICE", help="with --dry-run: price per 1M prompt tokens")
     dry.add_argument("--price-out", type=float, metavar="PRICE", help="with --dry-run: price per 1M completion tokens")
     env = p.add_argument_group("environment")
-    env.add_argument(
-        "--env-file", type=Path, default=Path(".env"), metavar="PATH", help="dotenv file to read (default ./.env)"
-    )
+    env.add_argument("--env-file", type=Path, metavar="PATH", help="dotenv file to read (default: ./.env if it exists)")
     sim = p.add_argument_group("simulator (no credentials needed)")
     sim.add_argument(
         "--simulate", action="store_true", help="run against the built-in local simulator instead of Azure"
     )
     sim.add_argument(
-        "--sim-latency-ms", type=float, default=200.0, metavar="MS", help="simulated latency per request (default 200)"
+        "--sim-latency-ms", type=float, default=200.0, metavar="MS", help="simulated latency (default %(default)s)"
     )
     sim.add_argument("--sim-tpm", type=int, metavar="N", help="simulated server TPM quota (default: none)")
     sim.add_argument("--sim-rpm", type=int, metavar="N", help="simulated server RPM quota (default: none)")
+    sim.add_argument(
+        "--sim-window",
+        choices=("azure", "minute"),
+        default="azure",
+        help="azure: RPM per second, TPM over 10 s, with rate-limit headers; minute: fixed wall-clock minutes "
+        "and 429s without any hint, like some gateways (default %(default)s)",
+    )
     show = p.add_argument_group("display")
     show.add_argument("--no-progress", action="store_true", help="no progress display (the summary still prints)")
     show.add_argument("-q", "--quiet", action="store_true", help="print only problems")
-    return p
 
 
-def load_env(env_file: Path, environ: Mapping[str, str]) -> dict[str, str]:
-    """The .env file's values under the real environment's (real variables win)."""
-    values = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file.is_file() else {}
+def load_env(env_file: Path | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The .env file's values under the real environment's (real variables win).
+
+    A file named with --env-file must exist; the default ./.env is read only if it does.
+    """
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"--env-file {env_file} does not exist")
+    path = env_file or Path(".env")
+    values = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
     return {**values, **environ}
 
 
 def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpoint:
     azure_vars = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
-    use_azure = any(env.get(v) for v in azure_vars) or not env.get("OPENAI_API_KEY")
+    use_azure = any(env.get(v) for v in azure_vars) or not (env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL"))
     if use_azure:
         deployment = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME")
         needed = {**{v: env.get(v) for v in azure_vars}, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment}
         _require(needed)
+        base_url = check_base_url(env["AZURE_OPENAI_ENDPOINT"], "azure", "AZURE_OPENAI_ENDPOINT")
         return Endpoint(
             kind="azure",
-            base_url=env["AZURE_OPENAI_ENDPOINT"],
+            base_url=base_url,
             api_key=env["AZURE_OPENAI_API_KEY"],
             deployment=str(deployment),
             api_version=args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
         )
-    model = args.deployment or env.get("OPENAI_MODEL") or env.get("AZURE_OPENAI_DEPLOYMENT_NAME")
-    _require({"OPENAI_MODEL (or --deployment)": model})
-    return Endpoint(
-        kind="openai",
-        base_url=env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL,
-        api_key=env["OPENAI_API_KEY"],
-        deployment=str(model),
-    )
+    model = args.deployment or env.get("OPENAI_MODEL")
+    _require({"OPENAI_API_KEY": env.get("OPENAI_API_KEY"), "OPENAI_MODEL (or --deployment)": model})
+    base_url = check_base_url(env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL, "openai", "OPENAI_BASE_URL")
+    return Endpoint(kind="openai", base_url=base_url, api_key=env["OPENAI_API_KEY"], deployment=str(model))
 
 
 def _require(values: Mapping[str, str | None]) -> None:
@@ -225,54 +266,6 @@ def _require(values: Mapping[str, str | None]) -> None:
             "HINT: set it in the environment or in .env (see .env.example), "
             "or try the tool with --simulate, which needs no credentials"
         )
-
-
-def _read_json(path: Path, option: str) -> Any:
-    try:
-        return orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {option} file {path}: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{option} file {path} is not valid JSON: {exc}") from None
-
-
-def load_tools(path: Path, strict: bool = False) -> list[dict[str, Any]]:
-    """A function schema, a tool, or a list of either -> a list of tools (strict if asked)."""
-    data = _read_json(path, "--tools")
-    items = data if isinstance(data, list) else [data]
-    tools = []
-    for i, item in enumerate(items):
-        function = item.get("function", item) if isinstance(item, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise ConfigError(
-                f"--tools file {path}: item {i} needs a function with a 'name' ({{name, description, parameters}})"
-            )
-        if strict:
-            _require_strict(function.get("parameters") or {}, f"tool {function['name']!r} in {path}")
-            function = {**function, "strict": True}
-        tools.append({"type": "function", "function": function})
-    return tools
-
-
-def load_response_format(path: Path, strict: bool = False) -> dict[str, Any]:
-    """{name, schema, strict?}, a full response_format, or a bare JSON Schema -> a json_schema response_format."""
-    data = _read_json(path, "--response-format")
-    if not isinstance(data, dict):
-        raise ConfigError(f"--response-format file {path} must hold a JSON object")
-    if data.get("type") == "json_schema":
-        data = data.get("json_schema") or {}
-    spec = dict(data) if "schema" in data else {"name": path.stem, "schema": data}
-    spec.setdefault("name", path.stem)
-    if strict:
-        _require_strict(spec["schema"], f"the --response-format schema in {path}")
-        spec["strict"] = True
-    return {"type": "json_schema", "json_schema": spec}
-
-
-def _require_strict(schema: Any, what: str) -> None:
-    if problems := strict_problems(schema):
-        listed = "\n  ".join(problems)
-        raise ConfigError(f"--strict: {what} does not qualify for strict structured outputs:\n  {listed}")
 
 
 def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
@@ -287,14 +280,9 @@ def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
 
 
 def request_defaults(args: argparse.Namespace) -> RequestDefaults:
-    if args.strict and not (args.tools or args.response_format):
-        raise ConfigError("--strict needs --tools or --response-format")
-    tools = load_tools(args.tools, args.strict) if args.tools else None
-    response_format = load_response_format(args.response_format, args.strict) if args.response_format else None
-    OutputCheck(tools, response_format)  # every schema compiles, before anything is sent
     return RequestDefaults(
-        tools=tools,
-        response_format=response_format,
+        tools=load_tools(args.tools) if args.tools else None,
+        response_format=load_response_format(args.response_format) if args.response_format else None,
         strict=args.strict,
         feedback=not args.no_feedback,
         max_tokens=args.max_tokens,
@@ -304,24 +292,17 @@ def request_defaults(args: argparse.Namespace) -> RequestDefaults:
     )
 
 
-def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    output = args.output or args.input.with_name(f"{args.input.stem}.results.jsonl")
-    errors = args.errors or output.with_name(f"{output.stem}.errors.jsonl")
-    return output, errors
-
-
 def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
-    output, errors = output_paths(args)
     return RunConfig(
         input_path=args.input,
-        output_path=output,
-        errors_path=errors,
+        output_path=args.output,
+        errors_path=args.errors,
         endpoint=endpoint,
         limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
         retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout),
         request=request_defaults(args),
         checkpoint_path=args.checkpoint,
-        fsync_interval=FSYNC[args.fsync],
+        fsync=args.fsync,
         retry_failed=args.retry_failed,
         grace=args.grace,
     )
@@ -334,21 +315,34 @@ def check_input(path: Path) -> None:
         raise ConfigError(f"input {path} is not a file")
 
 
+def sim_config(args: argparse.Namespace) -> SimConfig:
+    for name in ("sim_latency_ms", "sim_tpm", "sim_rpm"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more (got {value:g})")
+    return SimConfig(
+        latency=args.sim_latency_ms / 1000,
+        tpm=args.sim_tpm or None,
+        rpm=args.sim_rpm or None,
+        window=args.sim_window,
+        deployment=None,
+    )
+
+
 async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter) -> int:
     if args.simulate:
-        key = "sim-" + os.urandom(8).hex()
-        sim = SimConfig(api_key=key, latency=args.sim_latency_ms / 1000, tpm=args.sim_tpm, rpm=args.sim_rpm)
-        async with serve(sim) as (url, _):
-            deployment = args.deployment or "simulated-deployment"
-            endpoint = Endpoint(kind="azure", base_url=url, api_key=key, deployment=deployment, simulated=True)
-            reporter.info(f"SIMULATED run: local simulator at {url}, nothing is sent to Azure")
+        sim = sim_config(args)
+        async with simulated(sim) as endpoint:
+            if args.deployment:
+                endpoint = dataclasses.replace(endpoint, deployment=args.deployment)
+            reporter.info(f"SIMULATED run: local simulator at {endpoint.base_url}, nothing is sent to Azure")
             return await _run(build_config(args, endpoint), reporter, args.restart)
     return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args.restart)
 
 
-async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
-    if restart:  # only now that the configuration is known to be good
-        for old, new in move_aside([config.output_path, config.errors_path, config.checkpoint]):
+async def _run(config: RunConfig, reporter: Reporter, restart_first: bool) -> int:
+    if restart_first:  # only now that the configuration is known to be good
+        for old, new in restart(config):
             reporter.warn(f"--restart: moved {old} to {new}")
     interrupt = Interrupt()
 
@@ -365,6 +359,8 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         stats = await run(config, reporter=reporter, interrupt=interrupt)
+    except FatalAPIError as exc:
+        raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.endpoint)}") from None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -374,6 +370,20 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
         reporter.warn(f"interrupted. To resume, run the same command again:\n  {shlex.join([*_prog(), *sys.argv[1:]])}")
         return EXIT_INTERRUPTED
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
+
+
+def fatal_hint(kind: str, endpoint: Endpoint) -> str:
+    """What to check, in the words of the variables this mode reads."""
+    azure = endpoint.kind == "azure"
+    key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+    model = "AZURE_OPENAI_DEPLOYMENT_NAME / --deployment" if azure else "OPENAI_MODEL / --deployment"
+    if kind == "authentication":
+        return f"check {key} and that it belongs to this endpoint"
+    if kind == "not_found":
+        return f"check {model} and {url}"
+    if kind == "unreachable":
+        return f"check {url} and the network (or raise --timeout, if the model is just slow)"
+    return "the server refuses these requests; fix the cause it names, then run the same command again"
 
 
 def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
@@ -402,14 +412,15 @@ def _prog() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    env = load_env(args.env_file, os.environ)
-    redactor = Redactor([env.get("AZURE_OPENAI_API_KEY"), env.get("OPENAI_API_KEY")])
+    redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY")])
 
     def fail(message: str) -> int:
         print(f"asyncbatch: error: {redactor.text(message)}", file=sys.stderr)
         return EXIT_FATAL
 
     try:
+        env = load_env(args.env_file, os.environ)
+        redactor = Redactor([env.get("AZURE_OPENAI_API_KEY"), env.get("OPENAI_API_KEY")])
         check_input(args.input)
         if args.input.stat().st_size == 0:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)

@@ -22,7 +22,8 @@ import orjson
 
 from .config import Endpoint
 from .errors import AttemptError
-from .retry import is_retryable_status, parse_retry_after
+from .limits import parse_retry_after
+from .retry import is_retryable_status
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -75,16 +76,27 @@ def request_target(sdk: AsyncOpenAI, endpoint: Endpoint) -> tuple[str, dict[str,
 
 
 class Connection:
-    """One pooled aiohttp session posting pre-serialised chat requests. Create inside the event loop."""
+    """One pooled aiohttp session posting pre-serialised chat requests. Build with ``open`` in the event loop."""
 
-    def __init__(self, endpoint: Endpoint, *, concurrency: int, timeout: float) -> None:
-        self.url, self.headers = request_target(sdk_client(endpoint), endpoint)
+    def __init__(self, url: str, headers: dict[str, str], *, concurrency: int, timeout: float) -> None:
+        self.url, self.headers = url, headers
+        self.where = url.split("?")[0]  # for messages: the URL without its query
         self.timeout = timeout
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0)),
             auto_decompress=True,
         )
+
+    @classmethod
+    async def open(cls, endpoint: Endpoint, *, concurrency: int, timeout: float) -> Connection:
+        """Ask the SDK where and how to call, then close it: only the aiohttp session is kept."""
+        sdk = sdk_client(endpoint)
+        try:
+            url, headers = request_target(sdk, endpoint)
+        finally:
+            await sdk.close()
+        return cls(url, headers, concurrency=concurrency, timeout=timeout)
 
     async def send(self, payload: bytes) -> Reply:
         """One attempt with a hard deadline. Raises AttemptError, never an aiohttp exception."""

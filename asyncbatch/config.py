@@ -1,23 +1,34 @@
-"""Frozen run configuration, validated when built.
+"""Frozen run configuration, validated when built. The defaults are defined here once; the CLI reads them.
 
 The CLI is the only code that reads the environment; it builds these objects
-and everything below it takes them as plain arguments.
+and everything below it takes them as plain arguments. A library caller builds
+them the same way::
+
+    RunConfig(input_path="prompts.jsonl", endpoint=Endpoint(...), limits=Limits(tpm=1_200_000))
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .schemas import check_request_schemas, mark_strict
 
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
+FSYNC_INTERVALS: dict[str, float | None] = {"always": 0.0, "periodic": 1.0, "never": None}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
-    """Where requests go and how they authenticate."""
+    """Where requests go and how they authenticate.
+
+    :param kind: ``azure`` (AsyncAzureOpenAI: ``base_url`` is the resource endpoint) or
+        ``openai`` (AsyncOpenAI: ``base_url`` ends in ``/v1`` for OpenAI itself).
+    :param deployment: the Azure deployment, or the model for OpenAI-compatible servers.
+    """
 
     kind: Literal["azure", "openai"]
     base_url: str
@@ -35,7 +46,7 @@ class Endpoint:
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """Client-side quota; None means unlimited."""
+    """Client-side quota; None means "learn it from the server" (adaptive)."""
 
     concurrency: int = 20
     tpm: int | None = None
@@ -51,25 +62,33 @@ class Limits:
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
+    """Per-input retries. 429s never use up ``max_attempts`` (see ``limits.py``)."""
+
     max_attempts: int = 6
-    max_throttled: int = 30  # 429s do not use up max_attempts; this many end an input
-    timeout: float = 60.0
-    backoff_initial: float = 1.0
+    timeout: float = 60.0  # seconds per attempt
+    backoff_initial: float = 1.0  # exponential backoff with jitter, when the server says nothing
     backoff_max: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigError("--max-attempts must be at least 1")
-        if self.timeout <= 0:
+        if not self.timeout > 0:
             raise ConfigError("--timeout must be positive")
+        if not 0 <= self.backoff_initial <= self.backoff_max:
+            raise ConfigError("backoff_initial must be between 0 and backoff_max")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RequestDefaults:
-    """How an input line becomes a request body."""
+    """How an input line becomes a request body. Checked when built: nothing invalid is ever sent.
+
+    :param tools: tools in the chat-completions shape (``asyncbatch.load_tools`` reads a file).
+    :param response_format: a ``json_schema`` response format (``asyncbatch.load_response_format``).
+    :param strict: send ``strict: true``; the schemas must qualify, or ConfigError lists why not.
+    """
 
     tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None  # {"type": "json_schema", "json_schema": {...}}
+    response_format: dict[str, Any] | None = None
     strict: bool = False
     feedback: bool = True  # on invalid output, tell the model what was wrong when asking again
     max_tokens: int | None = None
@@ -80,27 +99,68 @@ class RequestDefaults:
     def __post_init__(self) -> None:
         if self.tools and self.response_format:
             raise ConfigError("give --tools or --response-format, not both")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
+        if self.temperature is not None and not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
+            raise ConfigError(f"--temperature must be between 0 and 2 (got {self.temperature:g})")
+        check_request_schemas(self.tools, self.response_format, self.strict)
+        if self.strict:
+            tools, response_format = mark_strict(self.tools, self.response_format)
+            object.__setattr__(self, "tools", tools)
+            object.__setattr__(self, "response_format", response_format)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
+    """One run. Paths may be str or Path; the outputs default to names beside the input, as on the CLI.
+
+    :param output_path: results (default ``<input stem>.results.jsonl`` beside the input).
+    :param errors_path: failures (default ``<output stem>.errors.jsonl``).
+    :param checkpoint_path: resume state (default ``<output>.checkpoint``).
+    :param fsync: ``always``, ``periodic`` (at least once a second) or ``never`` (only at exit).
+    :param grace: seconds in-flight requests get to finish after an interrupt.
+    """
+
     input_path: Path
-    output_path: Path
-    errors_path: Path
     endpoint: Endpoint
+    output_path: Path = None  # type: ignore[assignment]  # filled in by __post_init__
+    errors_path: Path = None  # type: ignore[assignment]
+    checkpoint_path: Path | None = None
     limits: Limits = Limits()
     retry: RetryPolicy = RetryPolicy()
     request: RequestDefaults = RequestDefaults()
-    checkpoint_path: Path | None = None  # default: <output>.checkpoint
-    fsync_interval: float | None = 1.0  # 0: every batch; None: never (only at exit)
+    fsync: Literal["always", "periodic", "never"] = "periodic"
     retry_failed: bool = False
-    grace: float = 5.0  # seconds in-flight requests get to finish after an interrupt
+    grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "input_path", Path(self.input_path))
+        output = Path(self.output_path) if self.output_path else default_output(self.input_path)
+        set_(self, "output_path", output)
+        set_(self, "errors_path", Path(self.errors_path) if self.errors_path else default_errors(output))
+        if self.checkpoint_path is not None:
+            set_(self, "checkpoint_path", Path(self.checkpoint_path))
+        if self.fsync not in FSYNC_INTERVALS:
+            raise ConfigError(f"fsync must be one of {', '.join(FSYNC_INTERVALS)} (got {self.fsync!r})")
+        if not self.grace >= 0:
+            raise ConfigError(f"--grace must be 0 or more seconds (got {self.grace:g})")
+        paths = {self.input_path.resolve(), self.output_path.resolve(), self.errors_path.resolve()}
+        if len(paths) != 3:
+            raise ConfigError("the input, output and errors files must be three different files")
 
     @property
     def checkpoint(self) -> Path:
         return self.checkpoint_path or self.output_path.with_name(self.output_path.name + ".checkpoint")
 
-    def __post_init__(self) -> None:
-        paths = {self.input_path.resolve(), self.output_path.resolve(), self.errors_path.resolve()}
-        if len(paths) != 3:
-            raise ConfigError("the input, output and errors files must be three different files")
+    @property
+    def fsync_interval(self) -> float | None:
+        return FSYNC_INTERVALS[self.fsync]
+
+
+def default_output(input_path: Path) -> Path:
+    return input_path.with_name(f"{input_path.stem}.results.jsonl")
+
+
+def default_errors(output_path: Path) -> Path:
+    return output_path.with_name(f"{output_path.stem}.errors.jsonl")

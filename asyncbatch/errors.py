@@ -24,7 +24,16 @@ class ConfigError(AsyncBatchError):
 
 
 class FatalAPIError(AsyncBatchError):
-    """The endpoint rejects the run as a whole (wrong key, wrong deployment)."""
+    """The endpoint rejects the run as a whole.
+
+    :param kind: ``authentication`` (401/403), ``not_found`` (404: deployment or URL),
+        ``unreachable`` (connection errors or timeouts on every attempt), or
+        ``rejected`` (the same 4xx on every one of the first requests).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class OutputError(AsyncBatchError):

@@ -1,13 +1,23 @@
-"""Client-side admission: TPM and RPM meters, a shared cool-down, and an adaptive rate.
+"""Admission: when the next request may be sent. Every reaction to the server's rate limiting lives here.
 
 Azure checks RPM over 1 s windows and TPM over about 10 s, so the meters are
 shaped like that instead of releasing a whole minute's quota at start-up:
 
-* requests: one at a time, spread evenly at just under RPM/60 per second;
+* requests: a bucket of one, refilled at just under RPM/60 per second;
 * tokens:   a bucket of TPM/6 (the 10 s window) refilled at just under TPM/60 per second.
 
 With no quota given, ``AdaptiveRate`` learns the token rate from 429s and the
-``x-ratelimit-remaining-*`` headers (AIMD), and ``AdaptiveLimiter`` enforces it.
+``x-ratelimit-remaining-*`` headers (AIMD), and a bucket of one second's worth
+enforces it.
+
+After a 429 (or a response saying the budget is about to run out) the shared
+``CooldownGate`` closes. ``Admission.acquire`` admits requests one at a time, in
+arrival order, and checks the gate and every meter at the moment of admission,
+so nothing is admitted while the gate is closed, not even a request that was
+already waiting in a meter when it closed.
+
+Everything here is pure apart from the injected clock and sleep, so the policy
+is tested without sleeping.
 """
 
 from __future__ import annotations
@@ -16,40 +26,103 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-
-from aiolimiter import AsyncLimiter
+from email.utils import parsedate_to_datetime
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 MARGIN = 0.98  # stay just under the quota: client and server clocks never agree exactly
 WINDOW = 10.0  # seconds over which Azure checks TPM
+DEFAULT_429_PAUSE = 1.0  # a 429 that does not say how long to wait
+NAP = 0.25  # the longest a waiting admission sleeps before looking again (rates and the gate change)
 
 
-def token_meter(tpm: int) -> AsyncLimiter:
+class Bucket:
+    """A token bucket: holds at most ``capacity``, refills at ``rate`` per second; starts full.
+
+    A request larger than the bucket waits for a full bucket instead of failing.
+
+    :param clock: monotonic seconds; injected so tests need no sleeping.
+    """
+
+    def __init__(self, capacity: float, rate: float, clock: Clock = time.monotonic) -> None:
+        self.capacity, self.rate, self.clock = capacity, rate, clock
+        self.level = capacity
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.level = min(self.capacity, self.level + (now - self._at) * self.rate)
+        self._at = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` can be taken (0 if now)."""
+        self._refill()
+        deficit = min(amount, self.capacity) - self.level
+        return deficit / self.rate if deficit > 1e-6 else 0.0  # below that: rounding, not a shortfall
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self.level -= min(amount, self.capacity)
+
+    def set_rate(self, rate: float, capacity: float) -> None:
+        """Refill at the old rate up to now, then switch; a fuller bucket than the new capacity is just full."""
+        self._refill()
+        self.rate, self.capacity = rate, capacity
+        self.level = min(self.level, capacity)
+
+
+def token_bucket(tpm: float, clock: Clock = time.monotonic) -> Bucket:
     """At most a sixth of a minute's tokens at once, refilled at just under TPM/60 per second."""
-    return AsyncLimiter(tpm / 6, tpm / 6 / (MARGIN * tpm / 60))
+    return Bucket(tpm / 6, MARGIN * tpm / 60, clock)
 
 
-def request_meter(rpm: int) -> AsyncLimiter:
+def request_bucket(rpm: float, clock: Clock = time.monotonic) -> Bucket:
     """One request at a time, evenly spaced, so no 1 s window sees more than RPM/60."""
     per_second = MARGIN * rpm / 60 - 1  # a bucket of 1 admits up to 1 + rate in any second
-    return AsyncLimiter(1, 1 / max(per_second, rpm / 120))
+    return Bucket(1, max(per_second, rpm / 120), clock)
 
 
-def clamp_amount(amount: float, meter: AsyncLimiter) -> float:
-    """aiolimiter raises for amount > max_rate; a larger request waits for a full bucket."""
-    return min(max(amount, 0.0), meter.max_rate)
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
 
 
-def header_pause(headers: Mapping[str, str], estimate: int, token_rate: float | None) -> float:
+def int_header(headers: Mapping[str, str], name: str) -> int | None:
+    """A rate-limit header as an int; missing, unreadable or negative (``-1`` is reported) means unknown."""
+    value = headers.get(name)
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= 0 else None
+
+
+def header_pause(headers: Mapping[str, str], estimate: float, token_rate: float | None) -> float:
     """Seconds to hold admission when the server says its budget is about to run out.
 
     Only an imminent 429 pauses: fewer tokens left than the next request needs,
     or no requests left in the current second.
     """
-    tokens = _int_header(headers, "x-ratelimit-remaining-tokens")
-    requests = _int_header(headers, "x-ratelimit-remaining-requests")
+    tokens = int_header(headers, "x-ratelimit-remaining-tokens")
+    requests = int_header(headers, "x-ratelimit-remaining-requests")
     pause = 0.0
     if tokens is not None and tokens < estimate:
         pause = (estimate - tokens) / token_rate if token_rate else 0.25
@@ -58,24 +131,14 @@ def header_pause(headers: Mapping[str, str], estimate: int, token_rate: float | 
     return min(pause, 5.0)
 
 
-def _int_header(headers: Mapping[str, str], name: str) -> int | None:
-    value = headers.get(name)
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 class CooldownGate:
-    """After a 429, every worker waits until the server's reset before sending again.
+    """After a 429, nobody is admitted until the server's reset.
 
     :param clock: monotonic seconds; injected so tests need no sleeping.
-    :param sleep: how to wait; injected likewise.
     """
 
-    def __init__(self, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._sleep = sleep
         self._until = 0.0
 
     def close_for(self, seconds: float) -> None:
@@ -84,11 +147,6 @@ class CooldownGate:
 
     def remaining(self) -> float:
         return max(0.0, self._until - self._clock())
-
-    async def wait(self) -> None:
-        # Re-check after each sleep: another 429 may have pushed the reset further out.
-        while (left := self.remaining()) > 0:
-            await self._sleep(left)
 
 
 class AdaptiveRate:
@@ -119,13 +177,13 @@ class AdaptiveRate:
         self.clock = clock
         self.decrease, self.ease, self.increase, self.hold, self.floor = decrease, ease, increase, hold, floor
         self.rate: float | None = None  # tokens per second; None = not learned yet
-        self._admitted: deque[tuple[float, int]] = deque()
-        self._admitted_sum = 0
+        self._admitted: deque[tuple[float, float]] = deque()
+        self._admitted_sum = 0.0
         self._last_cut = self._last_grow = self._last_trouble = clock()
         self._most_left: dict[str, int] = {}  # highest remaining-budget header seen, per header
         self._plenty = False  # the last response said at least half the budget was left
 
-    def on_admit(self, tokens: int) -> None:
+    def on_admit(self, tokens: float) -> None:
         now = self.clock()
         self._admitted.append((now, tokens))
         self._admitted_sum += tokens
@@ -145,13 +203,13 @@ class AdaptiveRate:
         else:
             self._cut(self.decrease)
 
-    def on_headers(self, headers: Mapping[str, str], estimate: int) -> None:
-        tokens = _int_header(headers, "x-ratelimit-remaining-tokens")
+    def on_headers(self, headers: Mapping[str, str], estimate: float) -> None:
+        tokens = int_header(headers, "x-ratelimit-remaining-tokens")
         if tokens is not None and tokens < 2 * estimate and self.rate is not None:
             self._cut(self.ease)
         plenty = None
         for name in ("x-ratelimit-remaining-tokens", "x-ratelimit-remaining-requests"):
-            if (left := _int_header(headers, name)) is not None:
+            if (left := int_header(headers, name)) is not None:
                 most = self._most_left[name] = max(left, self._most_left.get(name, 0))
                 plenty = (plenty is not False) and left * 2 >= most
         self._plenty = bool(plenty)
@@ -176,64 +234,79 @@ class AdaptiveRate:
         return self.rate
 
 
-class AdaptiveLimiter(AsyncLimiter):
-    """An aiolimiter bucket whose rate can change while it runs (one second's burst)."""
-
-    def set_rate(self, per_second: float) -> None:
-        # aiolimiter has no public setter: leak at the old rate up to now, then switch.
-        # A bucket fuller than the new capacity is just "full": otherwise a cut would
-        # stall admission until the old level drained at the new, slower rate.
-        self._leak()
-        self.max_rate = max(per_second, 1.0)
-        self.time_period = 1.0
-        self._rate_per_sec = self.max_rate
-        self._level = min(self._level, self.max_rate)
-        self._wake_next()
-
-
 class Admission:
-    """What every attempt passes before it is sent."""
+    """What every attempt passes before it is sent, and what every answer tells it.
 
-    def __init__(self, tpm: int | None, rpm: int | None, gate: CooldownGate, clock: Clock = time.monotonic) -> None:
-        self.tokens = token_meter(tpm) if tpm else None
-        self.requests = request_meter(rpm) if rpm else None
-        self.gate = gate
+    :param tpm: tokens per minute, or None.
+    :param rpm: requests per minute, or None. With neither, the rate is learned (``AdaptiveRate``).
+    :param clock: monotonic seconds; injected with ``sleep`` so tests drive time themselves.
+    """
+
+    def __init__(
+        self,
+        tpm: int | None,
+        rpm: int | None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.clock, self.sleep = clock, sleep
+        self.gate = CooldownGate(clock)
+        self.tokens = token_bucket(tpm, clock) if tpm else None
+        self.requests = request_bucket(rpm, clock) if rpm else None
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
-        self.learned: AdaptiveLimiter | None = None
+        self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.token_rate = MARGIN * tpm / 60 if tpm else None
+        self.throttled = 0  # 429 answers seen
+        self._turn = asyncio.Lock()  # one admission at a time, first come first served
 
-    async def acquire(self, estimate: int) -> None:
-        await self.gate.wait()
+    async def acquire(self, estimate: float) -> None:
+        """Wait until the gate is open and every meter has room, then take the room, in one step."""
+        async with self._turn:
+            while (wait := self._wait(estimate)) > 0:
+                await self.sleep(wait)
+            for meter, amount in self._meters(estimate):
+                meter.take(amount)
+            if self.adaptive is not None:
+                self.adaptive.on_admit(estimate)
+
+    def _meters(self, estimate: float) -> list[tuple[Bucket, float]]:
+        meters: list[tuple[Bucket, float]] = []
         if self.requests is not None:
-            await self.requests.acquire(1)
+            meters.append((self.requests, 1))
         if self.tokens is not None:
-            await self.tokens.acquire(clamp_amount(estimate, self.tokens))
-        if self.adaptive is not None:
-            await self._acquire_adaptive(estimate)
-
-    async def _acquire_adaptive(self, estimate: int) -> None:
-        assert self.adaptive is not None
-        rate = self.adaptive.tick()
-        if rate is not None:
+            meters.append((self.tokens, estimate))
+        if self.adaptive is not None and (rate := self.adaptive.tick()) is not None:
             if self.learned is None:
-                self.learned = AdaptiveLimiter(rate, 1.0)
-            elif abs(self.learned.max_rate - rate) > 0.01 * rate:
-                self.learned.set_rate(rate)
-            await self.learned.acquire(clamp_amount(estimate, self.learned))
-        self.adaptive.on_admit(estimate)
+                self.learned = Bucket(rate, rate, self.clock)
+            elif abs(self.learned.rate - rate) > 0.01 * rate:
+                self.learned.set_rate(rate, rate)
+            meters.append((self.learned, estimate))
+        return meters
 
-    def on_reply(self, headers: Mapping[str, str], estimate: int) -> None:
-        """Feed a response's rate-limit headers back into admission."""
+    def _wait(self, estimate: float) -> float:
+        """How long to sleep before looking again: the whole pause while the gate is closed
+        (it only ever grows), else the meters' wait in naps, since a rate can change meanwhile."""
+        if closed := self.gate.remaining():
+            return closed
+        return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in self._meters(estimate))]))
+
+    def on_reply(self, headers: Mapping[str, str], estimate: float) -> None:
+        """A success: pause before the server has to refuse, and feed the adaptive rate."""
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
         if pause := header_pause(headers, estimate, rate):
             self.gate.close_for(pause)
         if self.adaptive is not None:
             self.adaptive.on_headers(headers, estimate)
 
-    def on_throttle(self, retry_after: float) -> None:
-        self.gate.close_for(retry_after)
+    def on_throttle(self, retry_after: float | None) -> float:
+        """A 429: close the gate for everyone until the server's reset; return the pause."""
+        self.throttled += 1
+        pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
+        self.gate.close_for(pause)
         if self.adaptive is not None:
             self.adaptive.on_throttle()
+        return pause
 
     @property
     def learned_tpm(self) -> float | None:

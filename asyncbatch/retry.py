@@ -1,21 +1,18 @@
-"""Which failures are retried, and how long to wait before the next attempt.
+"""Which failures are retried, and how long one input waits before its next attempt.
 
 The classification and the wait are pure; ``retrying()`` composes them into a
 tenacity policy with an injectable ``sleep`` so tests can record the waits.
+
+A 429 is not this module's business beyond "try again": it does not use up
+``max_attempts``, and its wait is the shared cool-down in ``limits.py``, which
+every attempt passes before it is sent.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import Awaitable, Callable
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from .config import RetryPolicy
 from .errors import AttemptError
@@ -30,60 +27,36 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
+def is_throttle(exc: BaseException | None) -> bool:
+    return isinstance(exc, AttemptError) and exc.status == 429
 
 
-class wait_retry_after_or:
-    """Wait what the server asked for; otherwise fall back to ``fallback``."""
+class wait_server_or:
+    """No wait after a 429 (admission holds it); what the server asked for; else ``fallback``."""
 
     def __init__(self, fallback: Callable[[RetryCallState], float]) -> None:
         self.fallback = fallback
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if is_throttle(exc):
+            return 0.0
         if isinstance(exc, AttemptError) and exc.retry_after is not None:
             return exc.retry_after
         return self.fallback(state)
 
 
 class stop_after_failures:
-    """Give up after ``max_attempts`` failed attempts, or ``max_throttled`` 429s.
+    """Give up after ``max_attempts`` failed attempts; 429s are "not yet", not failures. One per input."""
 
-    A 429 is the server saying "not yet", not a failure of the request, so it
-    does not use up the attempt budget; it has a larger budget of its own so a
-    quota that is gone for the day still ends the run. One instance per input.
-    """
-
-    def __init__(self, max_attempts: int, max_throttled: int) -> None:
-        self.max_attempts, self.max_throttled = max_attempts, max_throttled
-        self.failures = self.throttled = 0
+    def __init__(self, max_attempts: int) -> None:
+        self.max_attempts = max_attempts
+        self.failures = 0
 
     def __call__(self, state: RetryCallState) -> bool:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, AttemptError) and exc.status == 429:
-            self.throttled += 1
-        else:
+        if not is_throttle(state.outcome.exception() if state.outcome else None):
             self.failures += 1
-        return self.failures >= self.max_attempts or self.throttled >= self.max_throttled
+        return self.failures >= self.max_attempts
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -96,10 +69,10 @@ def retrying(
     sleep: Sleep,
     before_sleep: Callable[[RetryCallState], None] | None = None,
 ) -> AsyncRetrying:
-    """The tenacity policy for one input: up to ``max_attempts`` tries, then re-raise."""
+    """The tenacity policy for one input: up to ``max_attempts`` failed tries, then re-raise."""
     return AsyncRetrying(
-        stop=stop_after_failures(policy.max_attempts, policy.max_throttled),
-        wait=wait_retry_after_or(wait_exponential_jitter(policy.backoff_initial, policy.backoff_max)),
+        stop=stop_after_failures(policy.max_attempts),
+        wait=wait_server_or(wait_exponential_jitter(policy.backoff_initial, policy.backoff_max)),
         retry=retry_if_exception(_is_retryable),
         sleep=sleep,
         before_sleep=before_sleep,

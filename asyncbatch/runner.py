@@ -1,9 +1,10 @@
-"""The orchestrator: read -> build -> admit -> send (with retries) -> write -> report.
+"""The orchestrator: read -> queue -> workers -> writers -> checkpoint, and interrupts.
 
 One TaskGroup owns the writers, the ticker and the checkpoint saver; a nested
 one owns the reader and the workers, so when the work is done (or stopped)
 everything below it has finished before the writers close. Work flows through a
-bounded queue, so memory does not grow with the input.
+bounded queue, so memory does not grow with the input. What happens to one job
+(admission, retries, validation) is ``attempts.py``.
 
 Interrupts (``Interrupt.request``, wired to SIGINT/SIGTERM by the CLI): the
 first stops new requests and gives those in flight ``config.grace`` seconds;
@@ -21,25 +22,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tenacity import RetryCallState
-
-from .checkpoint import ResumeState, drop_failures, fingerprint, recover, save_checkpoint
-from .client import Connection, Reply
+from .attempts import Attempts, Stopped, Success
+from .checkpoint import ResumeState, drop_failures, fingerprint, move_aside, recover, save_checkpoint
+from .client import Connection
 from .config import RunConfig
-from .errors import AttemptError, FatalAPIError, OutputError
+from .errors import FatalAPIError, OutputError
 from .inputs import BadLine, ParsedLine, count_lines, read_lines
-from .limits import Admission, CooldownGate
-from .output import JsonlWriter, error_record, failure_record, result_record
+from .limits import Admission
 from .progress import Reporter
+from .records import INVALID_INPUT, error_record
 from .redact import Redactor
-from .requests import Job, prepare, with_feedback
-from .retry import retrying
+from .requests import Job, prepare
 from .stats import RunStats
 from .validate import OutputCheck
+from .writer import JsonlWriter
 
 Sleep = Callable[[float], Awaitable[None]]
-FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "deployment or endpoint"}
-DEFAULT_429_PAUSE = 1.0  # when a 429 carries no retry-after
 CHECKPOINT_EVERY = 1.0  # seconds
 
 
@@ -60,10 +58,6 @@ class Interrupt:
             self._listener(self.count)
 
 
-class _Stopped(Exception):
-    """Raised inside a worker to abandon its job because the run is stopping."""
-
-
 async def run(
     config: RunConfig,
     *,
@@ -74,9 +68,14 @@ async def run(
 ) -> RunStats:
     """Run every input of ``config`` not already recorded; return the counters.
 
-    :param sleep: used for every retry wait and cool-down; tests inject a recorder.
-    :raises FatalAPIError: the endpoint rejected the first requests (key, deployment).
+    Await it from any event loop (a script's ``asyncio.run``, or a notebook's running loop).
+
+    :param reporter: progress and messages (default: messages only, on stderr).
+    :param interrupt: call ``interrupt.request()`` to stop gracefully (twice: at once).
+    :param sleep: used for every retry wait and cool-down; ``clock`` for every time. Tests inject both.
+    :raises FatalAPIError: the endpoint rejected the first requests (key, deployment, URL).
     :raises ConfigError: the outputs belong to a different input or options.
+    :raises OutputError: an output file cannot be written.
     """
     reporter = reporter or Reporter()
     for path in (config.output_path, config.errors_path):
@@ -87,9 +86,10 @@ async def run(
         state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
     for note in state.notes:
         reporter.info(note)
-    # Before the clock starts: building the connection imports the SDK, which is start-up, not run time.
-    connection = Connection(config.endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout)
-    stats = _initial_stats(config, state)
+    # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
+    limits = config.limits
+    connection = await Connection.open(config.endpoint, concurrency=limits.concurrency, timeout=config.retry.timeout)
+    stats = _initial_stats(config, state, clock)
     try:
         batch = _Batch(config, stats, state, reporter, connection, sleep, clock)
         if interrupt is not None:
@@ -103,6 +103,11 @@ async def run(
         stats.finished = clock()
         await connection.close()
     return stats
+
+
+def restart(config: RunConfig) -> list[tuple[Path, Path]]:
+    """Start over: move the run's outputs and checkpoint aside (never deleted); return (old, new) names."""
+    return move_aside([config.output_path, config.errors_path, config.checkpoint])
 
 
 def _check_writable(path: Path) -> None:
@@ -123,7 +128,7 @@ def run_fingerprint(config: RunConfig) -> dict[str, str]:
     return fingerprint(config.input_path, options)
 
 
-def _initial_stats(config: RunConfig, state: ResumeState) -> RunStats:
+def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], float]) -> RunStats:
     return RunStats(
         simulated=config.endpoint.simulated,
         total=count_lines(config.input_path),
@@ -131,10 +136,13 @@ def _initial_stats(config: RunConfig, state: ResumeState) -> RunStats:
         failed=state.errors_lines,
         resumed=len(state.done),
         resent=state.resent,
+        clock=clock,
     )
 
 
 class _Batch:
+    """One run's tasks: the reader, the workers, the writers and the checkpoint saver."""
+
     def __init__(
         self,
         config: RunConfig,
@@ -146,23 +154,24 @@ class _Batch:
         clock: Callable[[], float],
     ) -> None:
         self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
-        self.redactor = Redactor([config.endpoint.api_key])
-        self.results = JsonlWriter(
-            config.output_path, state.done, fsync_interval=config.fsync_interval, redactor=self.redactor
+        redactor = Redactor([config.endpoint.api_key])
+        fsync = config.fsync_interval
+        self.results = JsonlWriter(config.output_path, state.on_results, fsync_interval=fsync, redactor=redactor)
+        self.errors = JsonlWriter(config.errors_path, state.on_errors, fsync_interval=fsync, redactor=redactor)
+        self.admission = Admission(config.limits.tpm, config.limits.rpm, clock=clock, sleep=sleep)
+        self.attempts = Attempts(
+            connection=connection,
+            admission=self.admission,
+            check=OutputCheck(config.request.tools, config.request.response_format),
+            retry=config.retry,
+            feedback=config.request.feedback,
+            stats=stats,
+            stopping=lambda: self.stopping,
+            sleep=sleep,
+            clock=clock,
         )
-        self.errors = JsonlWriter(
-            config.errors_path, state.done, fsync_interval=config.fsync_interval, redactor=self.redactor
-        )
-        self.connection = connection
-        self.sleep, self.clock = sleep, clock
-        self.gate = CooldownGate(clock=clock, sleep=sleep)
-        self.admission = Admission(config.limits.tpm, config.limits.rpm, self.gate, clock)
-        self.check = OutputCheck(config.request.tools, config.request.response_format)
-        self.in_flight: set[int] = set()  # line numbers with a request on the wire
-        self.any_success = False
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
-        self.sending: set[asyncio.Task[Any]] = set()
         self.hard_stop: asyncio.TimerHandle | None = None
 
     async def run_all(self, expected: dict[str, str]) -> None:
@@ -199,7 +208,7 @@ class _Batch:
             self.stopping = True
             self.stats.interrupted = True
             for task in self.tasks:
-                if task not in self.sending:  # idle or waiting: nothing paid for is lost
+                if task not in self.attempts.sending:  # idle or waiting: nothing paid for is lost
                     task.cancel()
             loop = asyncio.get_running_loop()
             self.hard_stop = loop.call_later(self.config.grace, self._cancel_all)
@@ -216,37 +225,21 @@ class _Batch:
             self.save(expected)
 
     def save(self, expected: dict[str, str]) -> None:
-        """Snapshot (done, offsets) between writer batches: always consistent with the files.
+        """Snapshot the resume state between writer batches: always consistent with the files.
 
         If it cannot be written (disk full), the previous checkpoint stays: the outputs
         only grow, so it is still true, and resuming reads whatever came after it.
         """
         with contextlib.suppress(OSError):
-            self._save(expected)
-
-    def _save(self, expected: dict[str, str]) -> None:
-        save_checkpoint(
-            self.config.checkpoint,
-            {
-                "fingerprint": expected,
-                "done": self.state.done.encode(),
-                "results_offset": self.results.offset,
-                "errors_offset": self.errors.offset,
-                "results_lines": self.state.results_lines + self.results.lines_written,
-                "errors_lines": self.state.errors_lines + self.errors.lines_written,
-                "in_flight": sorted(self.in_flight),
-            },
-        )
+            checkpoint = self.state.snapshot(expected, sorted(self.attempts.in_flight))
+            save_checkpoint(self.config.checkpoint, checkpoint)
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         seen = len(self.state.done)
+        request, model = self.config.request, self.config.endpoint.deployment
         for line in read_lines(self.config.input_path, skip=self.state.done):
             seen += 1
-            item = (
-                prepare(line, self.config.request, self.config.endpoint.deployment)
-                if isinstance(line, ParsedLine)
-                else line
-            )
+            item = prepare(line, request, model) if isinstance(line, ParsedLine) else line
             if isinstance(item, BadLine):
                 self.reject(item)
             else:
@@ -261,135 +254,24 @@ class _Batch:
         self.reporter.warn(f"{where}: {bad.reason} (written to the errors file; the run goes on)")
         self.stats.input_errors += 1
         self.stats.failed += 1
-        message = f"{where}: {bad.reason}"
-        self.errors.put(
-            bad.line_no,
-            error_record(
-                custom_id=bad.custom_id, line_no=bad.line_no, code="invalid_input", message=message, attempts=0
-            ),
+        record = error_record(
+            custom_id=bad.custom_id,
+            line_no=bad.line_no,
+            code=INVALID_INPUT,
+            message=f"{where}: {bad.reason}",
+            attempts=0,
         )
+        self.errors.put(bad.line_no, record)
 
     async def consume(self, queue: asyncio.Queue[Job | None]) -> None:
         while not self.stopping and (job := await queue.get()) is not None:
             try:
-                ok, record = await self.process(job)
-            except _Stopped:
+                outcome = await self.attempts.carry(job)
+            except Stopped:
                 return
-            if ok:
-                self.results.put(job.line_no, record)
+            if isinstance(outcome, Success):
+                self.results.put(outcome.line_no, outcome.record)
                 self.stats.succeeded += 1
-                self.any_success = True
             else:
-                self.errors.put(job.line_no, record)
+                self.errors.put(outcome.line_no, outcome.record)
                 self.stats.failed += 1
-
-    async def process(self, job: Job) -> tuple[bool, dict[str, Any]]:
-        # Most requests succeed first time: try once before building a tenacity loop,
-        # whose per-attempt bookkeeping costs more CPU than the HTTP exchange itself.
-        tries = [1]  # attempts made for this job, shared with retry()
-        try:
-            try:
-                reply, latency_ms, output = await self.attempt_and_extract(job)
-            except AttemptError as exc:
-                if not exc.retryable:
-                    raise
-                reply, latency_ms, output = await self.retry(job, exc, tries)
-        except AttemptError as exc:
-            self._check_fatal(exc)
-            return False, failure_record(custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tries[0])
-        self._count_usage(reply.body, latency_ms)
-        record = result_record(
-            custom_id=job.custom_id,
-            line_no=job.line_no,
-            request_id=reply.request_id,
-            raw_body=reply.raw,
-            body=reply.body,
-            output=output,
-            attempts=tries[0],
-            latency_ms=latency_ms,
-        )
-        return True, record
-
-    async def retry(self, job: Job, first: AttemptError, tries: list[int]) -> tuple[Reply, float, Any]:
-        """The tenacity loop, entered with the first attempt's failure replayed as its attempt 1."""
-        replay = [first]
-        payload = self._next_payload(job, first, job.payload)
-        async for attempt in retrying(self.config.retry, sleep=self.sleep, before_sleep=self._on_retry):
-            with attempt:
-                if replay:
-                    raise replay.pop()
-                tries[0] = attempt.retry_state.attempt_number
-                try:
-                    reply, latency_ms, output = await self.attempt_and_extract(job, payload)
-                except AttemptError as exc:
-                    payload = self._next_payload(job, exc, payload)
-                    raise
-        return reply, latency_ms, output
-
-    def _next_payload(self, job: Job, exc: AttemptError, current: bytes) -> bytes:
-        """After invalid output, the next attempt tells the model what was wrong (unless --no-feedback)."""
-        if exc.feedback and self.config.request.feedback:
-            return with_feedback(job.body, exc.feedback)
-        return current
-
-    async def attempt_and_extract(self, job: Job, payload: bytes | None = None) -> tuple[Reply, float, Any]:
-        reply, latency_ms = await self.attempt(job, payload or job.payload)
-        return reply, latency_ms, self.check.extract(reply.body)
-
-    async def attempt(self, job: Job, payload: bytes) -> tuple[Reply, float]:
-        await self.admission.acquire(job.estimate)
-        self.stats.learned_tpm = self.admission.learned_tpm
-        if self.stopping:
-            raise _Stopped  # no new attempt once a stop was asked for (retries included)
-        task = asyncio.current_task()
-        assert task is not None
-        self.stats.attempts += 1
-        self.stats.in_flight += 1
-        self.in_flight.add(job.line_no)
-        self.sending.add(task)
-        started = self.clock()
-        try:
-            reply = await self.connection.send(payload)
-        except AttemptError as exc:
-            if exc.status == 429:
-                self.stats.throttled += 1
-                self.admission.on_throttle(exc.retry_after if exc.retry_after is not None else DEFAULT_429_PAUSE)
-            raise
-        finally:
-            self.stats.in_flight -= 1
-            self.in_flight.discard(job.line_no)
-            self.sending.discard(task)
-        self.admission.on_reply(reply.headers, job.estimate)
-        return reply, (self.clock() - started) * 1000
-
-    def _on_retry(self, state: RetryCallState) -> None:
-        self.stats.retries += 1
-        if self.stopping:
-            raise _Stopped
-
-    def _check_fatal(self, exc: AttemptError) -> None:
-        """A wrong key, deployment or endpoint fails every line: stop at once instead of burning retries."""
-        if self.any_success:
-            return
-        if exc.code in ("connection_error", "timeout"):
-            slow = " (or raise --timeout, if the model is just slow)" if exc.code == "timeout" else ""
-            raise FatalAPIError(
-                f"cannot reach {self.connection.url.split('?')[0]}: {exc.message}, on every attempt "
-                f"(--max-attempts {self.config.retry.max_attempts}). "
-                f"HINT: check AZURE_OPENAI_ENDPOINT (or OPENAI_BASE_URL) and the network{slow}"
-            )
-        what = FATAL_STATUSES.get(exc.status or 0)
-        if what is None:
-            return
-        hint = {
-            "authentication": "check AZURE_OPENAI_API_KEY (or OPENAI_API_KEY) and that it belongs to this endpoint",
-            "deployment or endpoint": "check AZURE_OPENAI_DEPLOYMENT_NAME / --deployment and AZURE_OPENAI_ENDPOINT",
-        }[what]
-        raise FatalAPIError(f"{what} failed: {exc.message}. HINT: {hint}")
-
-    def _count_usage(self, body: dict[str, Any], latency_ms: float) -> None:
-        usage = body.get("usage")
-        if isinstance(usage, dict):
-            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
-        self.stats.add_latency(latency_ms)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
@@ -31,11 +32,15 @@ class RunStats:
     simulated: bool = False
     interrupted: bool = False
     aborted: str | None = None
-    started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
+    started: float = field(init=False)
     finished: float | None = None
     _latencies: list[float] = field(default_factory=list, repr=False)
     _seen: int = field(default=0, repr=False)
     _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
 
     @property
     def done(self) -> int:
@@ -43,7 +48,7 @@ class RunStats:
 
     @property
     def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
+        return (self.clock() if self.finished is None else self.finished) - self.started
 
     @property
     def requests_per_second(self) -> float:

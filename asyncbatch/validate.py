@@ -7,12 +7,10 @@
   next attempt can tell the model what was wrong.
 * ``finish_reason`` is checked first: ``length`` (truncated) and
   ``content_filter`` are errors that asking again will not fix.
-* ``strict_problems`` says why a schema cannot be sent with ``strict: true``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -20,11 +18,6 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
 from .errors import AttemptError, ConfigError
-
-MAX_DEPTH = 10  # OpenAI/Azure structured-output limits
-MAX_PROPERTIES = 5000
-MAX_ENUM_VALUES = 1000
-UNSUPPORTED = ("allOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "patternProperties")
 
 
 def compile_schema(schema: Any, where: str) -> Draft202012Validator:
@@ -34,51 +27,6 @@ def compile_schema(schema: Any, where: str) -> Draft202012Validator:
     except SchemaError as exc:
         raise ConfigError(f"{where} is not a valid JSON Schema: {exc.message}") from None
     return Draft202012Validator(schema)
-
-
-def strict_problems(schema: Any, path: str = "$") -> list[str]:
-    """Every reason ``schema`` does not qualify for strict structured outputs (empty if it does)."""
-    problems: list[str] = []
-    if not isinstance(schema, dict) or schema.get("type") != "object":
-        problems.append(f"{path}: the root must be an object schema")
-    properties = 0
-    for node, at, depth in _walk(schema, path, 0):
-        problems += [f"{at}: '{k}' is not supported in strict mode" for k in UNSUPPORTED if k in node]
-        if depth > MAX_DEPTH:
-            problems.append(f"{at}: nested {depth} levels deep; strict mode allows {MAX_DEPTH}")
-        if len(node.get("enum", ())) > MAX_ENUM_VALUES:
-            problems.append(f"{at}: enum has more than {MAX_ENUM_VALUES} values")
-        if _is_object(node):
-            props = node.get("properties") or {}
-            properties += len(props)
-            if node.get("additionalProperties") is not False:
-                problems.append(f'{at}: needs "additionalProperties": false')
-            missing = sorted(set(props) - set(node.get("required") or ()))
-            if missing:
-                problems.append(f"{at}: every property must be required; not required: {', '.join(missing)}")
-    if properties > MAX_PROPERTIES:
-        problems.append(f"{path}: {properties} properties in all; strict mode allows {MAX_PROPERTIES}")
-    return problems
-
-
-def _is_object(node: dict[str, Any]) -> bool:
-    kind = node.get("type")
-    return kind == "object" or (isinstance(kind, list) and "object" in kind) or "properties" in node
-
-
-def _walk(node: Any, path: str, depth: int) -> Iterator[tuple[dict[str, Any], str, int]]:
-    if not isinstance(node, dict):
-        return
-    yield node, path, depth
-    for key, child in (node.get("properties") or {}).items():
-        yield from _walk(child, f"{path}.{key}", depth + 1)
-    if isinstance(node.get("items"), dict):
-        yield from _walk(node["items"], f"{path}[]", depth + 1)
-    for keyword in ("anyOf", "oneOf"):
-        for i, child in enumerate(node.get(keyword) or ()):
-            yield from _walk(child, f"{path}.{keyword}[{i}]", depth)
-    for name, child in (node.get("$defs") or node.get("definitions") or {}).items():
-        yield from _walk(child, f"{path}.$defs.{name}", depth)
 
 
 class OutputCheck:

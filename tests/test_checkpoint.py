@@ -8,6 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncbatch.checkpoint import (
+    Checkpoint,
+    CheckpointUnreadable,
     DoneSet,
     cut_torn_tail,
     drop_failures,
@@ -19,6 +21,19 @@ from asyncbatch.checkpoint import (
 from asyncbatch.errors import ConfigError
 
 FP = {"input": "x", "template": "t"}
+
+
+def _ckpt(done: DoneSet | None = None, **fields: object) -> Checkpoint:
+    values: dict[str, object] = {
+        "fingerprint": FP,
+        "done": done or DoneSet(),
+        "results_offset": 0,
+        "errors_offset": 0,
+        "results_lines": 0,
+        "errors_lines": 0,
+        "in_flight": [],
+    }
+    return Checkpoint(**{**values, **fields})  # type: ignore[arg-type]
 
 
 def _records(path: Path, lines: list[int], code: str | None = None) -> bytes:
@@ -82,18 +97,7 @@ def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> N
     first = _records(results, [1, 2, 3])
     for n in (1, 2, 3):
         done.add(n)
-    save_checkpoint(
-        ckpt,
-        {
-            "fingerprint": FP,
-            "done": done.encode(),
-            "results_offset": len(first),
-            "errors_offset": 0,
-            "results_lines": 3,
-            "errors_lines": 0,
-            "in_flight": [4, 5, 9],
-        },
-    )
+    save_checkpoint(ckpt, _ckpt(done, results_offset=len(first), results_lines=3, in_flight=[4, 5, 9]))
     _records(results, [4])
     _records(errors, [5], code="http_500")
     state = recover(results, errors, ckpt, FP)
@@ -109,17 +113,7 @@ def test_checkpoint_ahead_of_a_damaged_output_is_not_trusted(tmp_path: Path) -> 
     bogus = DoneSet()
     for n in range(1, 50):
         bogus.add(n)
-    save_checkpoint(
-        ckpt,
-        {
-            "fingerprint": FP,
-            "done": bogus.encode(),
-            "results_offset": len(data) + 500,
-            "errors_offset": 0,
-            "results_lines": 49,
-            "errors_lines": 0,
-        },
-    )
+    save_checkpoint(ckpt, _ckpt(bogus, results_offset=len(data) + 500, results_lines=49))
     state = recover(results, errors, ckpt, FP)
     assert state.source == "rebuilt" and len(state.done) == 3 and state.results_lines == 3
 
@@ -132,9 +126,31 @@ def test_garbage_checkpoint_means_rebuild(tmp_path: Path) -> None:
     assert state.source == "rebuilt" and sorted(n for n in range(10) if n in state.done) == [4, 6]
 
 
+def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tmp_path: Path) -> None:
+    done = DoneSet()
+    done.add(3)
+    original = _ckpt(done, results_offset=10, in_flight=[4])
+    copy = Checkpoint.from_bytes(original.to_bytes())
+    assert copy.results_offset == 10 and copy.in_flight == [4] and 3 in copy.done
+    data = json.loads(original.to_bytes())
+    for broken in (
+        {k: v for k, v in data.items() if k != "errors_lines"},
+        {**data, "extra": 1},
+        {**data, "version": 1},
+    ):
+        with pytest.raises(CheckpointUnreadable):
+            Checkpoint.from_bytes(json.dumps(broken).encode())
+    results, ckpt = tmp_path / "r", tmp_path / "c"
+    _records(results, [3, 5])
+    ckpt.write_text(json.dumps({k: v for k, v in data.items() if k != "errors_lines"}))
+    state = recover(results, tmp_path / "e", ckpt, FP)
+    assert state.source == "rebuilt" and len(state.done) == 2
+    assert any("errors_lines" in note and "rebuilding" in note for note in state.notes)
+
+
 def test_changed_fingerprint_is_refused_naming_what_changed(tmp_path: Path) -> None:
     ckpt = tmp_path / "c"
-    save_checkpoint(ckpt, {"fingerprint": FP, "done": DoneSet().encode(), "results_offset": 0, "errors_offset": 0})
+    save_checkpoint(ckpt, _ckpt())
     with pytest.raises(ConfigError, match=r"template changed.*--restart"):
         recover(tmp_path / "r", tmp_path / "e", ckpt, {**FP, "template": "other"})
 
@@ -190,17 +206,7 @@ def test_cut_at_any_byte_then_recover(
     for n in r_lines[:r_ck]:
         done.add(n)
     r_off = sum(len(x) + 1 for x in r_data.split(b"\n")[:r_ck])
-    save_checkpoint(
-        ckpt,
-        {
-            "fingerprint": FP,
-            "done": done.encode(),
-            "results_offset": r_off,
-            "errors_offset": 0,
-            "results_lines": r_ck,
-            "errors_lines": 0,
-        },
-    )
+    save_checkpoint(ckpt, _ckpt(done, results_offset=r_off, results_lines=r_ck))
     for path, data, frac in ((results, r_data, cut_r), (errors, e_data, cut_e)):
         path.write_bytes(data[: int(len(data) * frac)])
     state = recover(results, errors, ckpt, FP)

@@ -153,7 +153,7 @@ def test_disk_full_keeps_what_was_written_and_the_next_run_resumes(
     kept = [json.loads(line)["custom_id"] for line in whole.splitlines()]  # every whole line is a valid record
     assert 10 < len(kept) < n
     checkpoint = load_checkpoint(tmp_path / "in.results.jsonl.checkpoint")
-    assert checkpoint is not None and checkpoint["results_offset"] <= results.stat().st_size
+    assert checkpoint.results_offset <= results.stat().st_size
     again = _cli(tmp_path, env, "-c", "20")
     assert again.returncode == 0, again.stderr
     final = [r["custom_id"] for r in read_jsonl(results)]

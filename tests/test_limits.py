@@ -1,69 +1,68 @@
+"""Admission policy under a fake clock: meters, the cool-down gate, the adaptive rate. Nothing sleeps."""
+
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
 import pytest
-from aiolimiter import AsyncLimiter
 
 from asyncbatch.limits import (
-    AdaptiveLimiter,
     AdaptiveRate,
     Admission,
+    Bucket,
     CooldownGate,
-    clamp_amount,
     header_pause,
-    request_meter,
-    token_meter,
+    int_header,
+    parse_retry_after,
+    request_bucket,
+    token_bucket,
 )
 
 
 class FakeTime:
-    """A clock that only moves when someone sleeps on it."""
+    """A clock that only moves when someone sleeps on it; ``at`` schedules a callback at a virtual time."""
 
     def __init__(self) -> None:
         self.now = 100.0
         self.sleeps: list[float] = []
+        self.events: list[tuple[float, Callable[[], None]]] = []
 
     def clock(self) -> float:
         return self.now
 
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        self.events.append((when, action))
+        self.events.sort(key=lambda e: e[0])
+
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now += seconds
+        target = self.now + seconds
+        while self.events and self.events[0][0] <= target:  # fire what falls inside this sleep, in order
+            when, action = self.events.pop(0)
+            self.now = max(self.now, when)
+            action()
+        self.now = target
+        await asyncio.sleep(0)
 
 
-def admissions(make: Callable[[], AsyncLimiter], amount: float, seconds: float, step: float = 0.002) -> list[float]:
-    """Virtual times at which 50 greedy workers get through a meter, on an event loop whose clock we drive.
+def admissions(t: FakeTime, admission: Admission, amount: float, until: float, workers: int = 50) -> list[float]:
+    """Virtual times at which greedy workers get through ``admission`` before ``until``."""
+    times: list[float] = []
 
-    aiolimiter reads ``loop.time()`` and wakes waiters with ``loop.call_at``, so
-    patching the loop's clock tests the real meter, not a model of it.
-    """
-    loop = asyncio.new_event_loop()
-    now = [0.0]
-    loop.time = lambda: now[0]  # type: ignore[method-assign]
+    async def worker() -> None:
+        while t.now < until:
+            await admission.acquire(amount)
+            if t.now < until:
+                times.append(t.now)
 
-    async def body() -> list[float]:
-        meter, times = make(), []
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(workers):
+                tg.create_task(worker())
 
-        async def worker() -> None:
-            while True:
-                await meter.acquire(amount)
-                times.append(now[0])
-
-        tasks = [asyncio.create_task(worker()) for _ in range(50)]
-        while now[0] < seconds:
-            now[0] += step
-            for _ in range(3):
-                await asyncio.sleep(0)
-        for task in tasks:
-            task.cancel()
-        return times
-
-    try:
-        return loop.run_until_complete(body())
-    finally:
-        loop.close()
+    asyncio.run(main())
+    return times
 
 
 def most_in_any_window(times: list[float], width: float) -> int:
@@ -77,73 +76,103 @@ def most_in_any_window(times: list[float], width: float) -> int:
 
 
 def test_request_meter_never_exceeds_rpm_per_second_and_stays_close_to_it() -> None:
-    times = admissions(lambda: request_meter(7200), 1, seconds=5, step=0.0001)
+    t = FakeTime()
+    admission = Admission(None, 7200, clock=t.clock, sleep=t.sleep)
+    times = admissions(t, admission, 1, until=t.now + 5)
     assert most_in_any_window(times, 1.0) <= 120  # Azure's check: RPM/60 in any one second
     assert len(times) >= 0.95 * 120 * 5
 
 
 def test_token_meter_bursts_a_sixth_of_a_minute_then_paces_at_the_quota() -> None:
-    tpm, amount = 1_200_000, 325
-    times = admissions(lambda: token_meter(tpm), amount, seconds=20, step=0.01)
-    first_instant = sum(1 for t in times if t <= 0.01)
+    t = FakeTime()
+    tpm, amount, start = 1_200_000, 325, t.now
+    times = admissions(t, Admission(tpm, None, clock=t.clock, sleep=t.sleep), amount, until=start + 20)
+    first_instant = sum(1 for x in times if x <= start + 0.01)
     assert first_instant * amount <= tpm / 6  # the burst is a 10 s window's worth, not a minute's
     assert first_instant * amount >= 0.95 * tpm / 6
-    steady = [t for t in times if 10 <= t < 20]
+    steady = [x for x in times if start + 10 <= x < start + 20]
     assert 0.95 * tpm / 60 * 10 <= len(steady) * amount <= tpm / 60 * 10  # then just under TPM/60 per second
 
 
-def test_oversized_request_is_clamped_not_refused() -> None:
-    meter = token_meter(600)  # capacity 100
-    assert clamp_amount(10_000, meter) == 100
-    assert clamp_amount(-5, meter) == 0
-
-    async def go() -> None:
-        await Admission(tpm=600, rpm=None, gate=CooldownGate()).acquire(10_000)
-
-    asyncio.run(asyncio.wait_for(go(), timeout=5))  # aiolimiter alone would raise ValueError
-
-
-def test_adaptive_limiter_changes_rate_while_running() -> None:
-    def make() -> AsyncLimiter:
-        limiter = AdaptiveLimiter(100, 1.0)
-        asyncio.get_running_loop().call_at(2.0, limiter.set_rate, 10)
-        return limiter
-
-    times = admissions(make, 1, seconds=6)
-    assert 190 <= sum(1 for t in times if t < 2.0) <= 310  # ~100/s plus the first second's burst
-    assert 35 <= sum(1 for t in times if 2.0 <= t < 6.0) <= 55  # ~10/s after the change, no new burst
-
-
-def test_gate_is_open_until_closed() -> None:
+def test_oversized_request_waits_for_a_full_bucket_instead_of_failing() -> None:
     t = FakeTime()
-    gate = CooldownGate(clock=t.clock, sleep=t.sleep)
-    asyncio.run(gate.wait())
-    assert t.sleeps == [] and gate.remaining() == 0
+    admission = Admission(600, None, clock=t.clock, sleep=t.sleep)  # capacity 100
+    asyncio.run(admission.acquire(10_000))
+    assert t.sleeps == []  # full at the start
+    asyncio.run(admission.acquire(10_000))
+    assert t.now == pytest.approx(100 + 100 / (0.98 * 10))  # waited for a full bucket, then went
 
 
-def test_gate_waits_until_reset_and_never_shortens() -> None:
+def test_bucket_rate_change_applies_to_what_is_already_waiting() -> None:
     t = FakeTime()
-    gate = CooldownGate(clock=t.clock, sleep=t.sleep)
+    bucket = Bucket(1000, 1000, t.clock)
+    bucket.take(1000)
+    assert bucket.wait_for(322) == pytest.approx(0.322)
+    bucket.set_rate(50, 50)  # a cut below what the waiter asked for: it waits for a full (smaller) bucket
+    assert bucket.wait_for(322) == pytest.approx(1.0)
+
+
+def test_a_rate_cut_below_a_queued_request_never_stalls_it() -> None:
+    """The defect of the aiolimiter-based limiter: a waiter larger than the new bucket waited forever."""
+    t = FakeTime()
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
+    asyncio.run(admission.acquire(2000))
+    t.now += 1.0
+    admission.on_throttle(0.0)  # learn a rate: half of 2000 tokens/s = 1000
+    admission.adaptive.rate = 1000.0  # type: ignore[union-attr]
+    asyncio.run(admission.acquire(1000))  # drain the learned bucket
+    t.at(t.now + 0.1, lambda: setattr(admission.adaptive, "rate", 50.0))
+    asyncio.run(asyncio.wait_for(admission.acquire(322), timeout=5))
+    assert t.now - 100 < 10  # admitted after about a second at 50/s, not never
+
+
+def test_nothing_is_admitted_while_the_gate_is_closed_even_a_request_already_waiting_in_a_meter() -> None:
+    t = FakeTime()
+    admission = Admission(6000, None, clock=t.clock, sleep=t.sleep)  # 1000 tokens, refilled at 98/s
+    asyncio.run(admission.acquire(1000))  # the bucket is empty now
+    start = t.now
+    t.at(start + 1.0, lambda: admission.on_throttle(10.0))  # a 429 while the next request waits for tokens
+    asyncio.run(admission.acquire(500))  # would have been admitted at start + 5.1 s
+    assert t.now >= start + 11.0
+    assert admission.gate.remaining() == 0
+
+
+def test_gate_is_open_until_closed_and_never_shortens() -> None:
+    t = FakeTime()
+    gate = CooldownGate(t.clock)
+    assert gate.remaining() == 0
     gate.close_for(3.0)
     gate.close_for(1.0)  # a shorter pause must not cut the longer one
     assert gate.remaining() == 3.0
-    asyncio.run(gate.wait())
-    assert t.sleeps == [3.0] and t.now == 103.0
+    t.now += 3.0
+    assert gate.remaining() == 0
 
 
-def test_gate_rechecks_when_pushed_further_while_waiting() -> None:
+def test_a_429_without_retry_after_pauses_a_default_second() -> None:
     t = FakeTime()
-    gate = CooldownGate(clock=t.clock, sleep=t.sleep)
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
+    assert admission.on_throttle(None) == 1.0 and admission.gate.remaining() == 1.0
 
-    async def sleep_and_push(seconds: float) -> None:
-        await t.sleep(seconds)
-        if len(t.sleeps) == 1:
-            gate.close_for(2.0)  # another 429 arrived meanwhile
 
-    gate._sleep = sleep_and_push
-    gate.close_for(1.0)
-    asyncio.run(gate.wait())
-    assert t.sleeps == [1.0, 2.0]
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [({"x": "5"}, 5), ({"x": "-1"}, None), ({"x": "lots"}, None), ({}, None), ({"x": "0"}, 0)],
+)
+def test_header_values_of_minus_one_are_unknown(headers: dict[str, str], expected: int | None) -> None:
+    assert int_header(headers, "x") == expected
+
+
+def test_retry_after_ms_wins_over_seconds_and_dates_work() -> None:
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480.0) == 10.0
+    assert parse_retry_after({"retry-after": "soon"}) is None and parse_retry_after({}) is None
+
+
+def test_meters_are_shaped_like_azure() -> None:
+    assert token_bucket(1_200_000).capacity == 200_000
+    assert request_bucket(7200).capacity == 1
+    assert request_bucket(30).rate == pytest.approx(0.25)  # below 60 RPM: one every 4 s, never refused
 
 
 @pytest.mark.parametrize(
@@ -210,13 +239,13 @@ def test_adaptive_eases_off_when_headers_say_the_budget_is_nearly_gone() -> None
 
 def test_admission_feeds_throttles_into_the_gate_and_the_adaptive_rate() -> None:
     t = FakeTime()
-    admission = Admission(None, None, CooldownGate(t.clock, t.sleep), t.clock)
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
     asyncio.run(admission.acquire(500))
     t.now += 1.0
     admission.on_throttle(1.5)
     assert admission.gate.remaining() == 1.5
     assert admission.learned_tpm == pytest.approx(500 / 1.0 / 2 * 60)
-    fixed = Admission(60_000, None, CooldownGate(t.clock, t.sleep), t.clock)
+    fixed = Admission(60_000, None, clock=t.clock, sleep=t.sleep)
     fixed.on_reply({"x-ratelimit-remaining-tokens": "0"}, 98)
     assert fixed.gate.remaining() == pytest.approx(98 / (0.98 * 1000))
     assert fixed.learned_tpm is None

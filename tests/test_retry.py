@@ -8,7 +8,7 @@ import pytest
 
 from asyncbatch.config import RetryPolicy
 from asyncbatch.errors import AttemptError
-from asyncbatch.retry import is_retryable_status, parse_retry_after, retrying
+from asyncbatch.retry import is_retryable_status, retrying
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
@@ -19,22 +19,6 @@ def test_retryable_statuses(status: int) -> None:
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 def test_never_retried_statuses(status: int) -> None:
     assert not is_retryable_status(status)
-
-
-def test_retry_after_ms_wins_over_seconds() -> None:
-    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-
-
-def test_retry_after_seconds_and_http_date() -> None:
-    assert parse_retry_after({"retry-after": "7"}) == 7.0
-    when = datetime(2030, 1, 1, 0, 0, 10, tzinfo=UTC)
-    now = datetime(2030, 1, 1, 0, 0, 0, tzinfo=UTC).timestamp()
-    assert parse_retry_after({"retry-after": format_datetime(when, usegmt=True)}, now=now) == 10.0
-
-
-@pytest.mark.parametrize("headers", [{}, {"retry-after": "soon"}, {"retry-after-ms": "x"}])
-def test_unusable_retry_after_is_none(headers: dict[str, str]) -> None:
-    assert parse_retry_after(headers) is None
 
 
 class Flaky:
@@ -68,9 +52,15 @@ def _err(retry_after: float | None = None, retryable: bool = True, status: int =
 
 
 def test_waits_exactly_what_the_server_asks() -> None:
-    fn = Flaky(_err(2.5), _err(0.25))
+    fn = Flaky(_err(2.5, status=503), _err(0.25, status=503))
     result, waits = asyncio.run(_drive(RetryPolicy(max_attempts=6), fn))
     assert (result, waits, fn.calls) == ("ok", [2.5, 0.25], 3)
+
+
+def test_a_429_is_not_waited_here_admission_holds_it() -> None:
+    fn = Flaky(_err(2.5), _err(None))
+    result, waits = asyncio.run(_drive(RetryPolicy(max_attempts=6), fn))
+    assert (result, waits, fn.calls) == ("ok", [0.0, 0.0], 3)
 
 
 def test_without_retry_after_backoff_grows_with_jitter_and_is_capped() -> None:
@@ -102,10 +92,3 @@ def test_429s_do_not_use_up_the_attempt_budget() -> None:
     fn = Flaky(*[_err(0.1) for _ in range(10)], _err(0.1, status=500))
     result, waits = asyncio.run(_drive(RetryPolicy(max_attempts=2), fn))
     assert result == "ok" and fn.calls == 12 and len(waits) == 11
-
-
-def test_429s_have_a_budget_of_their_own() -> None:
-    fn = Flaky(*[_err(0.0) for _ in range(50)])
-    with pytest.raises(AttemptError):
-        asyncio.run(_drive(RetryPolicy(max_attempts=2, max_throttled=7), fn))
-    assert fn.calls == 7

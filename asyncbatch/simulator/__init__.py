@@ -1,5 +1,12 @@
-"""A local Azure-compatible chat-completions server for --simulate, tests and benchmarks."""
+"""A local Azure-compatible chat-completions server for --simulate, tests and benchmarks.
 
+It is a witness, not a mirror: its charge per request, its windows and its
+headers are its own model of the server (``charge.py``, ``quota.py``), never the
+client's policy.
+"""
+
+from .charge import Charging
+from .helper import simulated
 from .server import FAULTS, SimConfig, Simulator, serve, serve_in_thread
 
-__all__ = ["FAULTS", "SimConfig", "Simulator", "serve", "serve_in_thread"]
+__all__ = ["FAULTS", "Charging", "SimConfig", "Simulator", "serve", "serve_in_thread", "simulated"]

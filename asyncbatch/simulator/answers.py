@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from ..requests import estimate_tokens
+from .charge import prompt_tokens as count_prompt_tokens
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -93,7 +93,7 @@ def completion(body: dict[str, Any], *, number: int, fault: str = "ok") -> dict[
             "function": {"name": function.get("name"), "arguments": produced},
         }
         message["tool_calls"] = [call]
-    prompt_tokens = estimate_tokens({"messages": body.get("messages") or [], "tools": body.get("tools")})
+    prompt_tokens = count_prompt_tokens(body)
     completion_tokens = max(1, len(produced) // 4)
     return {
         "id": f"chatcmpl-sim-{number}",

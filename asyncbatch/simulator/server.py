@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..requests import estimate_tokens
 from .answers import completion, prompt_text
-from .quota import Quota
+from .charge import Charging, charge
+from .quota import Quota, Shape
 
 FAULTS = ("500", "503", "reset", "hang", "malformed", "schema", "garbage")
 # Azure's 400s that retrying cannot fix
@@ -49,6 +49,9 @@ class SimConfig:
     latency: float = 0.0  # seconds before answering
     tpm: int | None = None
     rpm: int | None = None
+    window: Shape = "azure"  # or "minute": fixed wall-clock windows, 429s with no hints (see quota.py)
+    window_seconds: float = 60.0  # the fixed window's length ("minute" shape)
+    charging: Charging = field(default_factory=Charging)  # what a request costs against TPM
     fault_rates: dict[str, float] = field(default_factory=dict)  # fault name -> probability
     retry_after_503: float | None = None  # seconds advertised on 503s, if any
     hang_seconds: float = 20.0
@@ -59,7 +62,8 @@ class SimConfig:
 class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.quota = Quota(config.tpm, config.rpm)
+        self.quota = Quota(config.tpm, config.rpm, shape=config.window, window=config.window_seconds)
+        self.charged = 0  # tokens charged to admitted requests
         self.rng = random.Random(config.seed)
         self.statuses: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()  # prompt text -> 200 answers (to count double billing)
@@ -77,7 +81,13 @@ class Simulator:
 
     async def stats(self, request: web.Request) -> web.Response:
         return _json(
-            200, {"requests": self.requests, "statuses": dict(self.statuses), "billed_twice": self.billed_twice()}
+            200,
+            {
+                "requests": self.requests,
+                "statuses": dict(self.statuses),
+                "billed_twice": self.billed_twice(),
+                "charged": self.charged,
+            },
         )
 
     def billed_twice(self) -> int:
@@ -112,14 +122,16 @@ class Simulator:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return self._error(400, "invalid_request_error", "'messages' is a required property.")
         self.bodies.append(body)
-        verdict = self.quota.admit(estimate_tokens(body))
-        limit_headers = {}  # like Azure: only for a quota that is enforced
-        if self.config.rpm:
+        cost = charge(body, self.config.charging)
+        verdict = self.quota.admit(cost)
+        limit_headers = {}
+        if verdict.remaining_requests is not None:
             limit_headers["x-ratelimit-remaining-requests"] = str(verdict.remaining_requests)
-        if self.config.tpm:
+        if verdict.remaining_tokens is not None:
             limit_headers["x-ratelimit-remaining-tokens"] = str(verdict.remaining_tokens)
         if not verdict.allowed:
             return self._throttled(verdict.retry_after, limit_headers)
+        self.charged += cost
         text = prompt_text(body)
         fault = self._fault(text)
         self.active += 1
@@ -182,7 +194,9 @@ class Simulator:
         request.transport.abort()
         return response
 
-    def _throttled(self, retry_after: float, headers: dict[str, str]) -> web.Response:
+    def _throttled(self, retry_after: float | None, headers: dict[str, str]) -> web.Response:
+        if retry_after is None:  # a gateway that gives no hint
+            return self._error(429, "429", "Too many requests.", headers)
         seconds = max(1, round(retry_after + 0.4999))
         extra = {**headers, "retry-after-ms": str(int(retry_after * 1000)), "retry-after": str(seconds)}
         message = (

@@ -1,4 +1,4 @@
-"""The one writer of each JSONL output file, and the shapes of the lines it writes.
+"""The one writer of each JSONL output file.
 
 Each record is serialised to a complete line (ending in a newline) before any
 byte of it reaches the file. The writer takes whatever has queued up, writes it
@@ -10,44 +10,47 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
-from .checkpoint import DoneSet
-from .errors import AttemptError, OutputError
+from .errors import OutputError
 from .redact import Redactor
 
 _CLOSE = object()
+OnWritten = Callable[[list[int], int], None]  # (input line numbers, bytes) of a batch now in the file
 
 
 class JsonlWriter:
     """Owns one output file. ``put`` from any task; ``run`` in exactly one.
 
-    After each batch reaches the file, its input lines are marked in ``done``
-    and ``offset`` moves past it, so (done, offset) is always a consistent
-    snapshot for the checkpoint.
+    After each batch reaches the file, ``on_written`` is told its input line
+    numbers and its size, so whoever keeps the resume state sees the file and
+    the state move together.
 
     :param fsync_interval: seconds between fsyncs (0 = after every batch,
         None = never); the file is always fsynced when the writer closes.
     """
 
     def __init__(
-        self, path: Path, done: DoneSet, *, fsync_interval: float | None = 1.0, redactor: Redactor | None = None
+        self,
+        path: Path,
+        on_written: OnWritten,
+        *,
+        fsync_interval: float | None = 1.0,
+        redactor: Redactor | None = None,
     ) -> None:
         self.path = path
+        self.on_written = on_written
         self.redactor = redactor or Redactor(())
-        self.done = done
         self.fsync_interval = fsync_interval
-        self.lines_written = 0
-        self.offset = path.stat().st_size if path.exists() else 0
         # Unbounded on purpose: putting a finished record must never block (or be
         # cancelled) between receiving a paid-for answer and queueing it for disk.
         self._queue: asyncio.Queue[tuple[int, bytes] | object] = asyncio.Queue()
         self._last_sync = time.monotonic()
-        self.opened = asyncio.Event()
+        self.opened = asyncio.Event()  # set once the file is open: anything put from then on is written
 
     def put(self, line_no: int, record: dict[str, Any]) -> None:
         self._queue.put_nowait((line_no, self.redactor.bytes(orjson.dumps(record)) + b"\n"))
@@ -93,10 +96,7 @@ class JsonlWriter:
         data = b"".join(raw for _, raw in lines)
         f.write(data)
         f.flush()
-        self.offset += len(data)
-        self.lines_written += len(lines)
-        for line_no, _ in lines:
-            self.done.add(line_no)
+        self.on_written([line_no for line_no, _ in lines], len(data))
         now = time.monotonic()
         if self.fsync_interval is not None and now - self._last_sync >= self.fsync_interval:
             _sync(f)
@@ -106,55 +106,3 @@ class JsonlWriter:
 def _sync(f: BinaryIO) -> None:
     f.flush()
     os.fsync(f.fileno())
-
-
-def new_id() -> str:
-    return f"batch_req_{uuid.uuid4().hex}"
-
-
-def body_fragment(raw: bytes, parsed: dict[str, Any]) -> Any:
-    """The server's body byte for byte, unless it holds a newline that would break JSONL."""
-    if b"\n" in raw or b"\r" in raw:
-        return parsed
-    return orjson.Fragment(raw)
-
-
-def result_record(
-    *,
-    custom_id: str,
-    line_no: int,
-    request_id: str | None,
-    raw_body: bytes,
-    body: dict[str, Any],
-    output: Any,
-    attempts: int,
-    latency_ms: float,
-) -> dict[str, Any]:
-    return {
-        "id": new_id(),
-        "custom_id": custom_id,
-        "response": {"status_code": 200, "request_id": request_id, "body": body_fragment(raw_body, body)},
-        "error": None,
-        "output": output,
-        "attempts": attempts,
-        "latency_ms": round(latency_ms, 1),
-        "line": line_no,
-    }
-
-
-def error_record(*, custom_id: str, line_no: int, code: str, message: str, attempts: int) -> dict[str, Any]:
-    return {
-        "id": new_id(),
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-        "attempts": attempts,
-        "line": line_no,
-    }
-
-
-def failure_record(*, custom_id: str, line_no: int, exc: AttemptError, attempts: int) -> dict[str, Any]:
-    record = error_record(custom_id=custom_id, line_no=line_no, code=exc.code, message=exc.message, attempts=attempts)
-    if exc.status is not None:
-        record["response"] = {"status_code": exc.status, "request_id": exc.request_id, "body": exc.body}
-    return record

@@ -1,0 +1,195 @@
+"""One job's life: admission, send, extract and validate, re-ask with feedback, retry; a typed outcome.
+
+``Attempts.carry(job)`` returns ``Success`` or ``Failure`` (each with the line to
+write), or raises:
+
+* ``Stopped``: the run is stopping and this job was not finished; it is not
+  recorded, and runs again on resume;
+* ``FatalAPIError``: the endpoint refuses the run as a whole (see ``fatal_error``).
+
+What is retried and how long to wait is ``retry.py``; every reaction to 429s
+and rate-limit headers is ``admission`` (``limits.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import RetryCallState
+
+from .client import Connection, Reply
+from .config import RetryPolicy
+from .errors import AttemptError, FatalAPIError
+from .limits import Admission
+from .records import failure_record, result_record
+from .requests import Job, with_feedback
+from .retry import retrying
+from .stats import RunStats
+from .validate import OutputCheck
+
+Sleep = Callable[[float], Awaitable[None]]
+FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    line_no: int
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    line_no: int
+    record: dict[str, Any]
+    error: AttemptError
+
+
+Outcome = Success | Failure
+
+
+class Stopped(Exception):
+    """The run is stopping: this job is abandoned before its next attempt, and runs again on resume."""
+
+
+@dataclass
+class _Tally:
+    attempts: int = 0
+
+
+def fatal_error(exc: AttemptError, url: str, max_attempts: int) -> FatalAPIError | None:
+    """A failure that every line would share (wrong key, deployment or endpoint), or None.
+
+    Only meaningful before the run's first success: afterwards, the endpoint is known to work.
+    """
+    if exc.code in ("connection_error", "timeout"):
+        return FatalAPIError(
+            "unreachable",
+            f"cannot reach {url}: {exc.message}, on every attempt (--max-attempts {max_attempts})",
+        )
+    kind = FATAL_STATUSES.get(exc.status or 0)
+    if kind == "not_found":
+        return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
+    if kind is not None:
+        return FatalAPIError(kind, f"authentication failed: {exc.message}")
+    return None
+
+
+class Attempts:
+    """Carries jobs to an answer. One instance per run, shared by every worker.
+
+    :param stopping: asked before every attempt; True abandons the job (``Stopped``).
+    :param sleep: every retry wait; tests inject a recorder. ``clock`` times latency.
+    """
+
+    def __init__(
+        self,
+        *,
+        connection: Connection,
+        admission: Admission,
+        check: OutputCheck,
+        retry: RetryPolicy,
+        feedback: bool,
+        stats: RunStats,
+        stopping: Callable[[], bool],
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connection, self.admission, self.check = connection, admission, check
+        self.retry, self.feedback, self.stats = retry, feedback, stats
+        self.stopping, self.sleep, self.clock = stopping, sleep, clock
+        self.in_flight: set[int] = set()  # line numbers with a request on the wire
+        self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
+        self.any_success = False
+
+    async def carry(self, job: Job) -> Outcome:
+        tally = _Tally()
+        try:
+            reply, latency_ms, output = await self._until_done(job, tally)
+        except AttemptError as exc:
+            if not self.any_success and (fatal := fatal_error(exc, self.connection.where, self.retry.max_attempts)):
+                raise fatal from None
+            record = failure_record(custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tally.attempts)
+            return Failure(job.line_no, record, exc)
+        self.any_success = True
+        self._count_usage(reply.body, latency_ms)
+        record = result_record(
+            custom_id=job.custom_id,
+            line_no=job.line_no,
+            request_id=reply.request_id,
+            raw_body=reply.raw,
+            body=reply.body,
+            output=output,
+            attempts=tally.attempts,
+            latency_ms=latency_ms,
+        )
+        return Success(job.line_no, record)
+
+    async def _until_done(self, job: Job, tally: _Tally) -> tuple[Reply, float, Any]:
+        # Most requests succeed first time: try once before building a tenacity loop,
+        # whose per-attempt bookkeeping costs more CPU than the HTTP exchange itself.
+        try:
+            return await self._attempt(job, job.payload, tally)
+        except AttemptError as exc:
+            if not exc.retryable:
+                raise
+            first = exc
+        payload = self._next_payload(job, first, job.payload)
+        replay = [first]  # tenacity's attempt 1 is the one just made: replayed, so tenacity decides its wait
+        async for attempt in retrying(self.retry, sleep=self.sleep, before_sleep=self._before_retry):
+            with attempt:
+                if replay:
+                    raise replay.pop()
+                try:
+                    return await self._attempt(job, payload, tally)
+                except AttemptError as exc:
+                    payload = self._next_payload(job, exc, payload)
+                    raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _next_payload(self, job: Job, exc: AttemptError, current: bytes) -> bytes:
+        """After invalid output, the next attempt tells the model what was wrong (unless feedback is off)."""
+        if exc.feedback and self.feedback:
+            return with_feedback(job.body, exc.feedback)
+        return current
+
+    async def _attempt(self, job: Job, payload: bytes, tally: _Tally) -> tuple[Reply, float, Any]:
+        await self.admission.acquire(job.estimate)
+        if self.stopping():
+            raise Stopped  # no new attempt once a stop was asked for (retries included)
+        task = asyncio.current_task()
+        assert task is not None
+        tally.attempts += 1
+        self.stats.attempts += 1
+        self.stats.in_flight += 1
+        self.in_flight.add(job.line_no)
+        self.sending.add(task)
+        started = self.clock()
+        try:
+            reply = await self.connection.send(payload)
+        except AttemptError as exc:
+            if exc.status == 429:
+                self.stats.throttled += 1
+                self.admission.on_throttle(exc.retry_after)
+            raise
+        finally:
+            self.stats.in_flight -= 1
+            self.in_flight.discard(job.line_no)
+            self.sending.discard(task)
+        self.admission.on_reply(reply.headers, job.estimate)
+        return reply, (self.clock() - started) * 1000, self.check.extract(reply.body)
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+        if self.stopping():
+            raise Stopped
+
+    def _count_usage(self, body: dict[str, Any], latency_ms: float) -> None:
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
+        self.stats.add_latency(latency_ms)

@@ -1,0 +1,48 @@
+"""What the simulated server charges a request against its TPM quota when it arrives.
+
+Written from Azure's documentation, not from the client: the charge is "based
+in part on the character count" of the prompt (text and count), plus
+``max_tokens`` times ``best_of``. The divisor of 4 characters a token is the
+common reading; whether tool definitions count is not documented, so it is an
+option, and ``factor`` scales the prompt part so a test can make the server
+disagree with any client estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Charging:
+    factor: float = 1.0  # times the prompt's characters / 4
+    count_tools: bool = True  # tool definitions count as prompt text
+
+
+def prompt_chars(body: dict[str, Any], count_tools: bool = True) -> int:
+    chars = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    if count_tools and body.get("tools"):
+        chars += len(json.dumps(body["tools"], separators=(",", ":"), ensure_ascii=False))
+    return chars
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The prompt's token count as the simulator reports it in ``usage``."""
+    return math.ceil(prompt_chars(body) / 4)
+
+
+def charge(body: dict[str, Any], charging: Charging) -> int:
+    """Tokens charged on arrival: the prompt estimate (scaled), plus max_tokens x best_of."""
+    prompt = math.ceil(prompt_chars(body, charging.count_tools) / 4 * charging.factor)
+    most_out = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    best_of = body.get("best_of") or 1
+    return prompt + int(most_out) * int(best_of)
