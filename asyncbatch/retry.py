@@ -59,6 +59,13 @@ class stop_after_failures:
         return self.failures >= self.max_attempts
 
 
+def backoff(policy: RetryPolicy) -> wait_exponential_jitter:
+    """initial x 2^(n-1), plus up to ``initial`` of jitter, capped at ``backoff_max``."""
+    return wait_exponential_jitter(
+        multiplier=policy.backoff_initial, jitter=policy.backoff_initial, max=policy.backoff_max
+    )
+
+
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, AttemptError) and exc.retryable
 
@@ -72,7 +79,7 @@ def retrying(
     """The tenacity policy for one input: up to ``max_attempts`` failed tries, then re-raise."""
     return AsyncRetrying(
         stop=stop_after_failures(policy.max_attempts),
-        wait=wait_server_or(wait_exponential_jitter(policy.backoff_initial, policy.backoff_max)),
+        wait=wait_server_or(backoff(policy)),
         retry=retry_if_exception(_is_retryable),
         sleep=sleep,
         before_sleep=before_sleep,

@@ -63,12 +63,24 @@ def test_result_and_error_line_shapes(tmp_path: Path, sim: tuple[str, Simulator]
     assert error["error"] == {"code": "400", "message": "HTTP 400: Simulated 400."}
 
 
+FAST_RETRY = RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.05)  # no real backoff to sit through
+
+
 def test_5xx_is_retried_then_succeeds(tmp_path: Path, sim: tuple[str, Simulator]) -> None:
-    sim[1].config.script.update({"flaky": ["500", "503"]})
+    url, simulator = sim
+    simulator.config.script.update({"flaky": ["500", "503"]})
     write_jsonl(tmp_path / "in.jsonl", [batch_line("f", "flaky")])
-    code, results, _ = _cli(tmp_path, "--max-attempts", "3")
-    assert code == 0 and results[0]["attempts"] == 3
-    assert sim[1].statuses["500"] == 1 and sim[1].statuses["503"] == 1
+    endpoint = Endpoint(kind="azure", base_url=url, api_key=KEY, deployment="dep")
+    stats = asyncio.run(run(RunConfig(input_path=tmp_path / "in.jsonl", endpoint=endpoint, retry=FAST_RETRY)))
+    assert (stats.succeeded, stats.retries) == (1, 2)
+    assert read_jsonl(tmp_path / "in.results.jsonl")[0]["attempts"] == 3
+    assert simulator.statuses["500"] == 1 and simulator.statuses["503"] == 1
+
+
+def test_a_server_below_60_rpm_admits_every_line(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "three.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(3)])
+    code = main([str(tmp_path / "three.jsonl"), "-q", "--simulate", "--sim-rpm", "30", "--sim-latency-ms", "0"])
+    assert code == 0 and len(read_jsonl(tmp_path / "three.results.jsonl")) == 3
 
 
 def test_429_retry_after_is_honoured_exactly(tmp_path: Path, sim: tuple[str, Simulator]) -> None:

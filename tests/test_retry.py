@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 import pytest
 

@@ -25,7 +25,7 @@ def test_writer_writes_every_queued_record_whole_in_order_and_reports_it(tmp_pat
         await task
         return writer
 
-    writer = asyncio.run(go())
+    asyncio.run(go())
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [r["n"] for r in rows] == list(range(500))
     assert rows[0]["text"] == "é\nline"
