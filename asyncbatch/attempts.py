@@ -5,7 +5,12 @@ write), or raises:
 
 * ``Stopped``: the run is stopping and this job was not finished; it is not
   recorded, and runs again on resume;
-* ``FatalAPIError``: the endpoint refuses the run as a whole (see ``fatal_error``).
+* ``FatalAPIError``: the endpoint refuses the run as a whole (see ``fatal_error``);
+* ``StopRun``: admission will not wait that long (see ``limits.py``).
+
+Before the run's first success, failures with a 4xx are held back (``settle``):
+if the first ``SYSTEMATIC`` all fail the same way, the run stops with the
+server's message and records none of them, as for a wrong key.
 
 What is retried and how long to wait is ``retry.py``; every reaction to 429s
 and rate-limit headers is ``admission`` (``limits.py``).
@@ -33,6 +38,7 @@ from .validate import OutputCheck
 
 Sleep = Callable[[float], Awaitable[None]]
 FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}
+SYSTEMATIC = 20  # the first this many requests failing with the same 4xx stop the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +66,13 @@ class _Tally:
     attempts: int = 0
 
 
-def fatal_error(exc: AttemptError, url: str, max_attempts: int) -> FatalAPIError | None:
+def fatal_error(exc: AttemptError, url: str) -> FatalAPIError | None:
     """A failure that every line would share (wrong key, deployment or endpoint), or None.
 
     Only meaningful before the run's first success: afterwards, the endpoint is known to work.
     """
     if exc.code in ("connection_error", "timeout"):
-        return FatalAPIError(
-            "unreachable",
-            f"cannot reach {url}: {exc.message}, on every attempt (--max-attempts {max_attempts})",
-        )
+        return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded")
     kind = FATAL_STATUSES.get(exc.status or 0)
     if kind == "not_found":
         return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
@@ -104,13 +107,38 @@ class Attempts:
         self.in_flight: set[int] = set()  # line numbers with a request on the wire
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
         self.any_success = False
+        self.held: list[Failure] = []  # 4xx failures before the first success (see ``settle``)
+
+    def settle(self, outcome: Outcome) -> list[Outcome]:
+        """The outcomes to record now. Holds 4xx failures until the first success shows the endpoint works.
+
+        :raises FatalAPIError: the first ``SYSTEMATIC`` requests all failed with the same 4xx.
+        """
+        status = outcome.error.status if isinstance(outcome, Failure) else None
+        if self.any_success or status is None or not 400 <= status < 500:
+            return [*self.release_held(), outcome]
+        assert isinstance(outcome, Failure)
+        self.held.append(outcome)
+        if len(self.held) < SYSTEMATIC:
+            return []
+        if len({(f.error.status, f.error.code) for f in self.held}) == 1:
+            raise FatalAPIError(
+                "rejected",
+                f"the first {len(self.held)} requests were all refused the same way, so every one would be: "
+                f"{outcome.error.message}",
+            )
+        return list(self.release_held())
+
+    def release_held(self) -> list[Failure]:
+        released, self.held = self.held, []
+        return released
 
     async def carry(self, job: Job) -> Outcome:
         tally = _Tally()
         try:
             reply, latency_ms, output = await self._until_done(job, tally)
         except AttemptError as exc:
-            if not self.any_success and (fatal := fatal_error(exc, self.connection.where, self.retry.max_attempts)):
+            if not self.any_success and (fatal := fatal_error(exc, self.connection.where)):
                 raise fatal from None
             record = failure_record(custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tally.attempts)
             return Failure(job.line_no, record, exc)
@@ -171,16 +199,25 @@ class Attempts:
         try:
             reply = await self.connection.send(payload)
         except AttemptError as exc:
-            if exc.status == 429:
-                self.stats.throttled += 1
-                self.admission.on_throttle(exc.retry_after)
+            self._on_failure(exc)
             raise
         finally:
             self.stats.in_flight -= 1
             self.in_flight.discard(job.line_no)
             self.sending.discard(task)
         self.admission.on_reply(reply.headers, job.estimate)
+        self.stats.notice = self.admission.status()
         return reply, (self.clock() - started) * 1000, self.check.extract(reply.body)
+
+    def _on_failure(self, exc: AttemptError) -> None:
+        self.stats.throttled += exc.status == 429
+        self.admission.on_failure(exc)
+        self.stats.notice = self.admission.status()
+        if self.admission.breaker.is_open and not self.any_success:
+            # Down from the start: most likely a wrong URL, not an outage to ride out.
+            raise fatal_error(exc, self.connection.where) or FatalAPIError(
+                "unreachable", f"{self.connection.where} failed on every request: {exc.message}"
+            )
 
     def _before_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1

@@ -27,11 +27,11 @@ from .endpoints import check_base_url
 from .errors import ConfigError, FatalAPIError, OutputError
 from .progress import Reporter, make_reporter
 from .redact import Redactor
-from .runner import Interrupt, restart, run
+from .runner import Interrupt, run
 from .schemas import load_response_format, load_tools
 from .simulator import SimConfig, simulated
 
-EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
 
@@ -48,7 +48,9 @@ configuration (environment or .env; real environment variables win):
 
 exit codes:
   0 every input succeeded; 1 some inputs failed (see the errors file);
-  2 usage, configuration or fatal error (e.g. wrong key); 130 interrupted
+  2 usage, configuration or fatal error (e.g. wrong key, another run on the same outputs);
+  75 stopped early, resumable: an outage past --max-outage, or an exhausted quota (--max-wait);
+  130 interrupted (Ctrl-C). After 75 or 130, run the same command again to resume.
 
 examples:
   asyncbatch examples/companies.jsonl --simulate --template "@DEMO@" \\
@@ -108,6 +110,22 @@ def _resume_options(p: argparse.ArgumentParser) -> None:
         "--restart", action="store_true", help="start over; the old outputs are moved aside, not deleted"
     )
     resume.add_argument("--retry-failed", action="store_true", help="run again the inputs whose requests failed")
+    resume.add_argument(
+        "--max-wait",
+        type=float,
+        default=_default(RunConfig, "max_wait"),
+        metavar="SECONDS",
+        help="a 429 asking to wait longer than this (an exhausted quota), or 429s with no success for this "
+        "long, stop the run; run the same command later to resume (default %(default)s)",
+    )
+    resume.add_argument(
+        "--max-outage",
+        type=float,
+        default=_default(RunConfig, "max_outage"),
+        metavar="SECONDS",
+        help="ride out an unreachable endpoint (connection errors, timeouts, 5xx on every request) this long, "
+        "probing it, then stop; run the same command later to resume (default %(default)s)",
+    )
     resume.add_argument(
         "--grace",
         type=float,
@@ -305,6 +323,8 @@ def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
         fsync=args.fsync,
         retry_failed=args.retry_failed,
         grace=args.grace,
+        max_wait=args.max_wait,
+        max_outage=args.max_outage,
     )
 
 
@@ -340,10 +360,7 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
     return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args.restart)
 
 
-async def _run(config: RunConfig, reporter: Reporter, restart_first: bool) -> int:
-    if restart_first:  # only now that the configuration is known to be good
-        for old, new in restart(config):
-            reporter.warn(f"--restart: moved {old} to {new}")
+async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
     interrupt = Interrupt()
 
     def on_signal() -> None:
@@ -358,7 +375,8 @@ async def _run(config: RunConfig, reporter: Reporter, restart_first: bool) -> in
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        stats = await run(config, reporter=reporter, interrupt=interrupt)
+        # --restart happens inside run, under the lock, once the configuration is known to be good
+        stats = await run(config, restart=restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
         raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.endpoint)}") from None
     finally:
@@ -366,8 +384,12 @@ async def _run(config: RunConfig, reporter: Reporter, restart_first: bool) -> in
             loop.remove_signal_handler(sig)
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
-    if stats.interrupted:  # warn: shown even with -q, since the user needs it
-        reporter.warn(f"interrupted. To resume, run the same command again:\n  {shlex.join([*_prog(), *sys.argv[1:]])}")
+    again = f"run the same command again:\n  {shlex.join([*_prog(), *sys.argv[1:]])}"
+    if stats.stopped:  # warn: shown even with -q, since the user needs it
+        reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; to resume, {again}")
+        return EXIT_STOPPED
+    if stats.interrupted:
+        reporter.warn(f"interrupted. To resume, {again}")
         return EXIT_INTERRUPTED
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 

@@ -119,6 +119,9 @@ class RunConfig:
     :param checkpoint_path: resume state (default ``<output>.checkpoint``).
     :param fsync: ``always``, ``periodic`` (at least once a second) or ``never`` (only at exit).
     :param grace: seconds in-flight requests get to finish after an interrupt.
+    :param max_wait: seconds; a 429 asking to wait longer (Azure's answer when a quota is used up
+        for the day), or 429s with no success for that long, stop the run (``stats.stopped``).
+    :param max_outage: seconds the endpoint may be unreachable before the run stops (``stats.stopped``).
     """
 
     input_path: Path
@@ -132,6 +135,8 @@ class RunConfig:
     fsync: Literal["always", "periodic", "never"] = "periodic"
     retry_failed: bool = False
     grace: float = 5.0
+    max_wait: float = 300.0  # a 429 asking to wait longer (an exhausted quota) stops the run, resumably
+    max_outage: float = 1800.0  # an outage longer than this stops the run, resumably
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -143,8 +148,9 @@ class RunConfig:
             set_(self, "checkpoint_path", Path(self.checkpoint_path))
         if self.fsync not in FSYNC_INTERVALS:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_INTERVALS)} (got {self.fsync!r})")
-        if not self.grace >= 0:
-            raise ConfigError(f"--grace must be 0 or more seconds (got {self.grace:g})")
+        for name in ("grace", "max_wait", "max_outage"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds (got {getattr(self, name):g})")
         paths = {self.input_path.resolve(), self.output_path.resolve(), self.errors_path.resolve()}
         if len(paths) != 3:
             raise ConfigError("the input, output and errors files must be three different files")

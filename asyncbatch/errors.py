@@ -2,6 +2,7 @@
 
     AsyncBatchError
     ├── ConfigError        bad options or environment: fix and re-run (exit 2)
+    │   └── AlreadyRunning another run is writing the same outputs (exit 2)
     ├── FatalAPIError      the endpoint refuses every request (auth, deployment, unreachable): exit 2
     ├── OutputError        an output file cannot be written (permissions, disk full): exit 2
     └── AttemptError       one HTTP attempt failed; ``retryable`` says whether to try again
@@ -34,6 +35,12 @@ class FatalAPIError(AsyncBatchError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class StopRun(AsyncBatchError):
+    """Raised inside a run when it must stop early but resumably (the endpoint has been down longer
+    than --max-outage, the quota is exhausted). ``run`` catches it, stops like an interrupt and
+    returns its stats with ``stopped`` set to this message; it never reaches the caller."""
 
 
 class OutputError(AsyncBatchError):
@@ -72,3 +79,4 @@ class AttemptError(AsyncBatchError):
         self.retryable = retryable
         self.request_id = request_id
         self.feedback: list[dict[str, Any]] | None = None
+        self.held = False  # admission holds the next attempt (429, outage): this one does not count

@@ -16,7 +16,14 @@ arrival order, and checks the gate and every meter at the moment of admission,
 so nothing is admitted while the gate is closed, not even a request that was
 already waiting in a meter when it closed.
 
-Everything here is pure apart from the injected clock and sleep, so the policy
+When requests across the run fail with connection errors, timeouts or 5xx,
+the ``Breaker`` stops admission and lets one probe through at growing
+intervals until the endpoint answers again. A pause longer than the run is
+willing to wait (an outage past ``max_outage``, a 429 asking for more than
+``max_wait``, as Azure does when a quota is used up for the day) raises
+``StopRun``: the run stops like an interrupt, resumable.
+
+Everything here is pure apart from the injected clocks and sleep, so the policy
 is tested without sleeping.
 """
 
@@ -27,6 +34,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
+
+from .errors import AttemptError, StopRun
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -149,6 +158,68 @@ class CooldownGate:
         return max(0.0, self._until - self._clock())
 
 
+def wall_time(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+
+def is_outage(exc: AttemptError) -> bool:
+    """A failure of the endpoint rather than of one input: no answer, or a 5xx."""
+    return exc.code in ("connection_error", "timeout") or (exc.status is not None and exc.status >= 500)
+
+
+class Breaker:
+    """Stops admission while the endpoint is down, probing with one request at growing intervals.
+
+    It opens after ``threshold`` outage failures in a row across the run with no
+    success between them. While open, one probe at a time is admitted, the first
+    ``first_probe`` seconds after opening, each later one twice as long after
+    the last failed probe, up to ``max_interval``. A success closes it: full
+    speed at once.
+    """
+
+    def __init__(
+        self, clock: Clock = time.monotonic, *, threshold: int = 8, first_probe: float = 1.0, max_interval: float = 30.0
+    ) -> None:
+        self.clock, self.threshold, self.first_probe, self.max_interval = clock, threshold, first_probe, max_interval
+        self.streak = 0
+        self.open_since: float | None = None
+        self.probing = False
+        self._interval = first_probe
+        self._next_probe = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_since is not None
+
+    def on_success(self) -> None:
+        self.streak = 0
+        self.open_since, self.probing, self._interval = None, False, self.first_probe
+
+    def on_outage(self) -> None:
+        now = self.clock()
+        self.streak += 1
+        if self.open_since is None and self.streak >= self.threshold:
+            self.open_since, self._next_probe = now, now + self.first_probe
+        elif self.open_since is not None and self.probing:  # the probe failed: wait longer for the next one
+            self.probing = False
+            self._interval = min(self._interval * 2, self.max_interval)
+            self._next_probe = now + self._interval
+
+    def on_other_failure(self) -> None:
+        """An answer that is not an outage (a 4xx): the endpoint is up, whatever that request's fault."""
+        self.on_success()
+
+    def wait(self) -> float:
+        """Seconds before the next request may go: 0 when closed; NAP while a probe is out."""
+        if self.open_since is None:
+            return 0.0
+        return NAP if self.probing else max(0.0, self._next_probe - self.clock())
+
+    def on_admit(self) -> None:
+        if self.open_since is not None:
+            self.probing = True
+
+
 class AdaptiveRate:
     """AIMD on the admitted token rate, for when the quota is not given.
 
@@ -239,7 +310,10 @@ class Admission:
 
     :param tpm: tokens per minute, or None.
     :param rpm: requests per minute, or None. With neither, the rate is learned (``AdaptiveRate``).
-    :param clock: monotonic seconds; injected with ``sleep`` so tests drive time themselves.
+    :param max_wait: the longest 429 pause (or run of 429s with no success) to wait out; longer stops the run.
+    :param max_outage: the longest outage to ride out; longer stops the run.
+    :param concurrency: requests in flight at most; the outage threshold scales down with it.
+    :param clock: monotonic seconds; injected with ``sleep`` (and ``wall`` for messages) so tests drive time.
     """
 
     def __init__(
@@ -247,26 +321,36 @@ class Admission:
         tpm: int | None,
         rpm: int | None,
         *,
+        max_wait: float = 300.0,
+        max_outage: float = 1800.0,
+        concurrency: int = 20,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        wall: Clock = time.time,
     ) -> None:
-        self.clock, self.sleep = clock, sleep
+        self.clock, self.sleep, self.wall = clock, sleep, wall
+        self.max_wait, self.max_outage = max_wait, max_outage
         self.gate = CooldownGate(clock)
+        self.breaker = Breaker(clock, threshold=min(8, concurrency + 1))
         self.tokens = token_bucket(tpm, clock) if tpm else None
         self.requests = request_bucket(rpm, clock) if rpm else None
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.token_rate = MARGIN * tpm / 60 if tpm else None
-        self.throttled = 0  # 429 answers seen
+        self._last_ok = clock()
         self._turn = asyncio.Lock()  # one admission at a time, first come first served
 
     async def acquire(self, estimate: float) -> None:
-        """Wait until the gate is open and every meter has room, then take the room, in one step."""
+        """Wait until the endpoint is up, the gate open and every meter has room; take the room, in one step.
+
+        :raises StopRun: the endpoint has been down for longer than ``max_outage``.
+        """
         async with self._turn:
             while (wait := self._wait(estimate)) > 0:
                 await self.sleep(wait)
             for meter, amount in self._meters(estimate):
                 meter.take(amount)
+            self.breaker.on_admit()
             if self.adaptive is not None:
                 self.adaptive.on_admit(estimate)
 
@@ -287,26 +371,76 @@ class Admission:
     def _wait(self, estimate: float) -> float:
         """How long to sleep before looking again: the whole pause while the gate is closed
         (it only ever grows), else the meters' wait in naps, since a rate can change meanwhile."""
+        if self.breaker.is_open:
+            self._check_outage()
+            if down := self.breaker.wait():
+                return min(down, NAP * 4)
         if closed := self.gate.remaining():
             return closed
         return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in self._meters(estimate))]))
 
+    def _check_outage(self) -> None:
+        since = self.breaker.open_since
+        if since is not None and self.clock() - since > self.max_outage:
+            raise StopRun(
+                f"the endpoint has been unreachable since {self._wall_at(since)}, longer than --max-outage "
+                f"({self.max_outage:g} s)"
+            )
+
+    def _wall_at(self, monotonic: float) -> str:
+        return wall_time(self.wall() - (self.clock() - monotonic))
+
     def on_reply(self, headers: Mapping[str, str], estimate: float) -> None:
         """A success: pause before the server has to refuse, and feed the adaptive rate."""
+        self._last_ok = self.clock()
+        self.breaker.on_success()
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
         if pause := header_pause(headers, estimate, rate):
             self.gate.close_for(pause)
         if self.adaptive is not None:
             self.adaptive.on_headers(headers, estimate)
 
+    def on_failure(self, exc: AttemptError) -> None:
+        """A failed attempt: a 429 closes the gate, an outage feeds the breaker.
+
+        Sets ``exc.held`` when admission will hold the next attempt (a 429, or the
+        endpoint is down): then the failure uses up none of the input's attempts.
+
+        :raises StopRun: a wait longer than the run is willing to sit through.
+        """
+        if exc.status == 429:
+            exc.held = True
+            self.on_throttle(exc.retry_after)
+        elif is_outage(exc):
+            self.breaker.on_outage()
+            exc.held = self.breaker.is_open
+        else:
+            self.breaker.on_other_failure()
+
     def on_throttle(self, retry_after: float | None) -> float:
         """A 429: close the gate for everyone until the server's reset; return the pause."""
-        self.throttled += 1
         pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
+        if pause > self.max_wait:
+            reset = wall_time(self.wall() + pause)
+            raise StopRun(
+                f"the quota is exhausted: the server asks to wait {pause:,.0f} s, longer than --max-wait "
+                f"({self.max_wait:g} s); it resets at about {reset}"
+            )
+        if (throttled := self.clock() - self._last_ok) > self.max_wait:
+            raise StopRun(
+                f"every request for {throttled:,.0f} s was refused with 429, longer than --max-wait "
+                f"({self.max_wait:g} s): the quota looks exhausted"
+            )
         self.gate.close_for(pause)
         if self.adaptive is not None:
             self.adaptive.on_throttle()
         return pause
+
+    def status(self) -> str | None:
+        """What the user should know about admission right now, if anything."""
+        if (since := self.breaker.open_since) is not None:
+            return f"endpoint unreachable since {self._wall_at(since)}, retrying"
+        return None
 
     @property
     def learned_tpm(self) -> float | None:

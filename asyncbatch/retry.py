@@ -3,9 +3,10 @@
 The classification and the wait are pure; ``retrying()`` composes them into a
 tenacity policy with an injectable ``sleep`` so tests can record the waits.
 
-A 429 is not this module's business beyond "try again": it does not use up
-``max_attempts``, and its wait is the shared cool-down in ``limits.py``, which
-every attempt passes before it is sent.
+A failure that admission holds (a 429, or any failure while the endpoint is
+down: ``AttemptError.held``, set in ``limits.py``) is not this module's business
+beyond "try again": it does not use up ``max_attempts``, and its wait is
+admission's, which every attempt passes before it is sent.
 """
 
 from __future__ import annotations
@@ -27,19 +28,19 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
-def is_throttle(exc: BaseException | None) -> bool:
-    return isinstance(exc, AttemptError) and exc.status == 429
+def is_held(exc: BaseException | None) -> bool:
+    return isinstance(exc, AttemptError) and exc.held
 
 
 class wait_server_or:
-    """No wait after a 429 (admission holds it); what the server asked for; else ``fallback``."""
+    """No wait when admission holds the next attempt; what the server asked for; else ``fallback``."""
 
     def __init__(self, fallback: Callable[[RetryCallState], float]) -> None:
         self.fallback = fallback
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if is_throttle(exc):
+        if is_held(exc):
             return 0.0
         if isinstance(exc, AttemptError) and exc.retry_after is not None:
             return exc.retry_after
@@ -47,14 +48,14 @@ class wait_server_or:
 
 
 class stop_after_failures:
-    """Give up after ``max_attempts`` failed attempts; 429s are "not yet", not failures. One per input."""
+    """Give up after ``max_attempts`` failed attempts; held ones (429s, outages) are "not yet". One per input."""
 
     def __init__(self, max_attempts: int) -> None:
         self.max_attempts = max_attempts
         self.failures = 0
 
     def __call__(self, state: RetryCallState) -> bool:
-        if not is_throttle(state.outcome.exception() if state.outcome else None):
+        if not is_held(state.outcome.exception() if state.outcome else None):
             self.failures += 1
         return self.failures >= self.max_attempts
 

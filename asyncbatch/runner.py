@@ -22,13 +22,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .attempts import Attempts, Stopped, Success
+from .attempts import Attempts, Outcome, Stopped, Success
 from .checkpoint import ResumeState, drop_failures, fingerprint, move_aside, recover, save_checkpoint
 from .client import Connection
 from .config import RunConfig
-from .errors import FatalAPIError, OutputError
+from .errors import FatalAPIError, OutputError, StopRun
 from .inputs import BadLine, ParsedLine, count_lines, read_lines
 from .limits import Admission
+from .lock import hold, lock_path
 from .progress import Reporter
 from .records import INVALID_INPUT, error_record
 from .redact import Redactor
@@ -61,6 +62,7 @@ class Interrupt:
 async def run(
     config: RunConfig,
     *,
+    restart: bool = False,
     reporter: Reporter | None = None,
     interrupt: Interrupt | None = None,
     sleep: Sleep = asyncio.sleep,
@@ -69,17 +71,30 @@ async def run(
     """Run every input of ``config`` not already recorded; return the counters.
 
     Await it from any event loop (a script's ``asyncio.run``, or a notebook's running loop).
+    The run holds an exclusive lock on its outputs for its whole life: a second run on the
+    same outputs raises ``AlreadyRunning`` (a ConfigError) at once.
 
+    :param restart: first move the old outputs and checkpoint aside (never deleted), under the lock.
     :param reporter: progress and messages (default: messages only, on stderr).
     :param interrupt: call ``interrupt.request()`` to stop gracefully (twice: at once).
     :param sleep: used for every retry wait and cool-down; ``clock`` for every time. Tests inject both.
     :raises FatalAPIError: the endpoint rejected the first requests (key, deployment, URL).
-    :raises ConfigError: the outputs belong to a different input or options.
+    :raises ConfigError: the outputs belong to a different input or options, or another run holds them.
     :raises OutputError: an output file cannot be written.
     """
     reporter = reporter or Reporter()
     for path in (config.output_path, config.errors_path):
         _check_writable(path)
+    with hold(lock_path(config.checkpoint), config.output_path):
+        if restart:
+            for old, new in move_aside([config.output_path, config.errors_path, config.checkpoint]):
+                reporter.warn(f"--restart: moved {old} to {new}")
+        return await _locked_run(config, reporter, interrupt, sleep, clock)
+
+
+async def _locked_run(
+    config: RunConfig, reporter: Reporter, interrupt: Interrupt | None, sleep: Sleep, clock: Callable[[], float]
+) -> RunStats:
     expected = run_fingerprint(config)
     state = recover(config.output_path, config.errors_path, config.checkpoint, expected)
     if config.retry_failed and (dropped := drop_failures(config.errors_path, config.checkpoint, state)):
@@ -106,8 +121,12 @@ async def run(
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
-    """Start over: move the run's outputs and checkpoint aside (never deleted); return (old, new) names."""
-    return move_aside([config.output_path, config.errors_path, config.checkpoint])
+    """Start over: move the run's outputs and checkpoint aside (never deleted); return (old, new) names.
+
+    :raises AlreadyRunning: another run is writing them.
+    """
+    with hold(lock_path(config.checkpoint), config.output_path):
+        return move_aside([config.output_path, config.errors_path, config.checkpoint])
 
 
 def _check_writable(path: Path) -> None:
@@ -158,7 +177,16 @@ class _Batch:
         fsync = config.fsync_interval
         self.results = JsonlWriter(config.output_path, state.on_results, fsync_interval=fsync, redactor=redactor)
         self.errors = JsonlWriter(config.errors_path, state.on_errors, fsync_interval=fsync, redactor=redactor)
-        self.admission = Admission(config.limits.tpm, config.limits.rpm, clock=clock, sleep=sleep)
+        limits = config.limits
+        self.admission = Admission(
+            limits.tpm,
+            limits.rpm,
+            max_wait=config.max_wait,
+            max_outage=config.max_outage,
+            concurrency=limits.concurrency,
+            clock=clock,
+            sleep=sleep,
+        )
         self.attempts = Attempts(
             connection=connection,
             admission=self.admission,
@@ -202,18 +230,28 @@ class _Batch:
             self.tasks.append(tg.create_task(self.produce(queue)))
             for _ in range(self.config.limits.concurrency):
                 self.tasks.append(tg.create_task(self.consume(queue)))
+        for outcome in self.attempts.release_held():  # failures held back while nothing had succeeded yet
+            self.record(outcome)
 
     def on_interrupt(self, count: int) -> None:
         if count == 1:
-            self.stopping = True
             self.stats.interrupted = True
-            for task in self.tasks:
-                if task not in self.attempts.sending:  # idle or waiting: nothing paid for is lost
-                    task.cancel()
-            loop = asyncio.get_running_loop()
-            self.hard_stop = loop.call_later(self.config.grace, self._cancel_all)
+            self.stop()
         else:
             self._cancel_all()
+
+    def stop(self, reason: str | None = None) -> None:
+        """No new requests; those in flight get ``grace`` seconds to finish."""
+        if reason is not None and self.stats.stopped is None:
+            self.stats.stopped = reason
+            self.reporter.warn(f"stopping: {reason}")
+        if not self.stopping:
+            self.stopping = True
+            for task in self.tasks:
+                if task not in self.attempts.sending and task is not asyncio.current_task():
+                    task.cancel()  # idle or waiting: nothing paid for is lost
+            loop = asyncio.get_running_loop()
+            self.hard_stop = loop.call_later(self.config.grace, self._cancel_all)
 
     def _cancel_all(self) -> None:
         for task in self.tasks:
@@ -269,9 +307,16 @@ class _Batch:
                 outcome = await self.attempts.carry(job)
             except Stopped:
                 return
-            if isinstance(outcome, Success):
-                self.results.put(outcome.line_no, outcome.record)
-                self.stats.succeeded += 1
-            else:
-                self.errors.put(outcome.line_no, outcome.record)
-                self.stats.failed += 1
+            except StopRun as stop:
+                self.stop(str(stop))
+                return
+            for settled in self.attempts.settle(outcome):
+                self.record(settled)
+
+    def record(self, outcome: Outcome) -> None:
+        if isinstance(outcome, Success):
+            self.results.put(outcome.line_no, outcome.record)
+            self.stats.succeeded += 1
+        else:
+            self.errors.put(outcome.line_no, outcome.record)
+            self.stats.failed += 1

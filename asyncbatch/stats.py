@@ -31,7 +31,9 @@ class RunStats:
     learned_tpm: float | None = None  # adaptive mode: the rate learned so far
     simulated: bool = False
     interrupted: bool = False
+    stopped: str | None = None  # why the run stopped early, resumably (outage, quota)
     aborted: str | None = None
+    notice: str | None = None  # a state the user should see now ("endpoint unreachable since ...")
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
     started: float = field(init=False)
     finished: float | None = None
