@@ -95,6 +95,7 @@ class ResumeState:
     errors_offset: int = 0
     results_lines: int = 0
     errors_lines: int = 0
+    ids_lines: int = 0  # input lines whose id digests the side file holds (see ids.py)
     resent: int = 0  # lines in flight when the last run stopped, to be sent again
     source: str = "fresh"  # fresh | checkpoint | rebuilt
     notes: list[str] = field(default_factory=list)
@@ -112,7 +113,7 @@ class ResumeState:
         self.errors_offset += nbytes
         self.errors_lines += len(lines)
 
-    def snapshot(self, fingerprint: dict[str, str], in_flight: list[int]) -> Checkpoint:
+    def snapshot(self, fingerprint: dict[str, str], in_flight: list[int], ids_lines: int) -> Checkpoint:
         return Checkpoint(
             fingerprint=fingerprint,
             done=self.done,
@@ -120,6 +121,7 @@ class ResumeState:
             errors_offset=self.errors_offset,
             results_lines=self.results_lines,
             errors_lines=self.errors_lines,
+            ids_lines=ids_lines,
             in_flight=in_flight,
         )
 
@@ -138,6 +140,7 @@ class Checkpoint:
     errors_offset: int
     results_lines: int
     errors_lines: int
+    ids_lines: int
     in_flight: list[int]
 
     def to_bytes(self) -> bytes:
@@ -150,6 +153,7 @@ class Checkpoint:
                 "errors_offset": self.errors_offset,
                 "results_lines": self.results_lines,
                 "errors_lines": self.errors_lines,
+                "ids_lines": self.ids_lines,
                 "in_flight": self.in_flight,
             }
         )
@@ -166,7 +170,7 @@ class Checkpoint:
         fields = {f.name for f in dataclasses.fields(cls)}
         if problems := sorted(fields ^ (set(data) - {"version"})):
             raise CheckpointUnreadable(f"fields missing or unknown: {', '.join(problems)}")
-        ints = ("results_offset", "errors_offset", "results_lines", "errors_lines")
+        ints = ("results_offset", "errors_offset", "results_lines", "errors_lines", "ids_lines")
         if not all(type(data[k]) is int and data[k] >= 0 for k in ints) or not _is_fingerprint(data["fingerprint"]):
             raise CheckpointUnreadable("a field has the wrong type")
         if not isinstance(data["in_flight"], list) or not all(type(n) is int for n in data["in_flight"]):
@@ -274,6 +278,7 @@ def recover(results: Path, errors: Path, checkpoint: Path, expected: Mapping[str
         state.done = saved.done
         state.results_offset, state.errors_offset = saved.results_offset, saved.errors_offset
         state.results_lines, state.errors_lines = saved.results_lines, saved.errors_lines
+        state.ids_lines = saved.ids_lines
         state.source = "checkpoint"
     elif sizes != [0, 0]:
         state.source = "rebuilt"

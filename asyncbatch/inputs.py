@@ -12,6 +12,8 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 
 import orjson
 
+from .ids import IdLog, IdSet, digest
+
 MAX_LINE_BYTES = 32 * 1024 * 1024
 BATCH_URLS = frozenset({"/chat/completions", "/v1/chat/completions"})
 Kind = Literal["batch", "chat", "record"]
@@ -40,27 +42,44 @@ def count_lines(path: Path, chunk: int = 1 << 20) -> int:
     return count + (last != b"\n")
 
 
-def read_lines(path: Path, skip: Container[int] = ()) -> Iterator[ParsedLine | BadLine]:
-    """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine.
+def read_lines(path: Path, skip: Container[int] = (), ids: IdLog | None = None) -> Iterator[ParsedLine | BadLine]:
+    """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine; a repeated custom_id is a BadLine.
 
-    Lines in ``skip`` (already done) are not yielded; only their id is read, so
-    that a later line repeating it is still reported as a duplicate.
+    Lines in ``skip`` (already done) are not yielded. ``ids`` records each line's
+    id digest as it is read; the lines it already recorded (a resumed run) are
+    not even parsed when done, and the others know from it whether they repeat
+    an earlier id.
     """
-    seen: set[str] = set()
+    ids = ids or IdLog(None)
+    seen = IdSet()
+    recorded = ids.recorded()
     with path.open("rb") as f:
         for line_no, raw in _raw_lines(f):
-            if line_no in skip:  # the hot loop when resuming a long run: keep it lean
-                if raw and (done_id := _quick_id(raw)) is not None:
-                    seen.add(done_id)
+            if line_no <= ids.known:
+                if value := next(recorded):
+                    seen.add_new(value)  # a first occurrence, by construction
+                if line_no in skip:  # the hot loop when resuming a long run: keep it lean
+                    continue
+                item = parse_line(line_no, raw)
+                if isinstance(item, ParsedLine) and not value:
+                    item = _duplicate(item)
+            elif line_no in skip:  # done, but not in the log (it was lost): only the id is read
+                done_id = _quick_id(raw) if raw else None
+                ids.append(value if done_id and seen.add(value := digest(done_id)) else 0)
                 continue
-            item = parse_line(line_no, raw)
-            if isinstance(item, ParsedLine):
-                if item.custom_id in seen:
-                    item = BadLine(line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}")
-                else:
-                    seen.add(item.custom_id)
+            else:
+                item, value = parse_line(line_no, raw), 0
+                if isinstance(item, ParsedLine):
+                    value = digest(item.custom_id)
+                    if not seen.add(value):
+                        item, value = _duplicate(item), 0
+                ids.append(value)
             if item is not None:
                 yield item
+
+
+def _duplicate(item: ParsedLine) -> BadLine:
+    return BadLine(item.line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}")
 
 
 def _raw_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:

@@ -27,6 +27,7 @@ from .checkpoint import ResumeState, drop_failures, fingerprint, move_aside, rec
 from .client import Connection
 from .config import RunConfig
 from .errors import FatalAPIError, OutputError, StopRun
+from .ids import IdLog, ids_path
 from .inputs import BadLine, ParsedLine, count_lines, read_lines
 from .limits import Admission
 from .lock import hold, lock_path
@@ -87,7 +88,7 @@ async def run(
         _check_writable(path)
     with hold(lock_path(config.checkpoint), config.output_path):
         if restart:
-            for old, new in move_aside([config.output_path, config.errors_path, config.checkpoint]):
+            for old, new in _move_outputs_aside(config):
                 reporter.warn(f"--restart: moved {old} to {new}")
         return await _locked_run(config, reporter, interrupt, sleep, clock)
 
@@ -126,7 +127,12 @@ def restart(config: RunConfig) -> list[tuple[Path, Path]]:
     :raises AlreadyRunning: another run is writing them.
     """
     with hold(lock_path(config.checkpoint), config.output_path):
-        return move_aside([config.output_path, config.errors_path, config.checkpoint])
+        return _move_outputs_aside(config)
+
+
+def _move_outputs_aside(config: RunConfig) -> list[tuple[Path, Path]]:
+    ids_path(config.checkpoint).unlink(missing_ok=True)  # a cache of the input: rebuilt as it is read
+    return move_aside([config.output_path, config.errors_path, config.checkpoint])
 
 
 def _check_writable(path: Path) -> None:
@@ -198,6 +204,7 @@ class _Batch:
             sleep=sleep,
             clock=clock,
         )
+        self.ids = IdLog(ids_path(config.checkpoint), known=state.ids_lines)
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
@@ -207,6 +214,7 @@ class _Batch:
             await self._run_all(expected)
         finally:
             self.save(expected)  # the writers have finished: this is the final, exact state
+            self.ids.close()
 
     async def _run_all(self, expected: dict[str, str]) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -269,13 +277,13 @@ class _Batch:
         only grow, so it is still true, and resuming reads whatever came after it.
         """
         with contextlib.suppress(OSError):
-            checkpoint = self.state.snapshot(expected, sorted(self.attempts.in_flight))
+            checkpoint = self.state.snapshot(expected, sorted(self.attempts.in_flight), self.ids.flush())
             save_checkpoint(self.config.checkpoint, checkpoint)
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         seen = len(self.state.done)
         request, model = self.config.request, self.config.endpoint.deployment
-        for line in read_lines(self.config.input_path, skip=self.state.done):
+        for line in read_lines(self.config.input_path, skip=self.state.done, ids=self.ids):
             seen += 1
             item = prepare(line, request, model) if isinstance(line, ParsedLine) else line
             if isinstance(item, BadLine):

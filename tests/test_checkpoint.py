@@ -31,6 +31,7 @@ def _ckpt(done: DoneSet | None = None, **fields: object) -> Checkpoint:
         "errors_offset": 0,
         "results_lines": 0,
         "errors_lines": 0,
+        "ids_lines": 0,
         "in_flight": [],
     }
     return Checkpoint(**{**values, **fields})  # type: ignore[arg-type]

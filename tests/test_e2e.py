@@ -250,7 +250,7 @@ def test_api_key_never_appears_in_any_output(
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(10)] + ["{broken"])
     main([str(tmp_path / "in.jsonl"), "--no-progress", "--max-attempts", "2"])
     captured = capsys.readouterr()
-    files = [p.read_text() for p in tmp_path.iterdir() if p.is_file() and p.name != ".env"]
+    files = [p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file() and p.name != ".env"]
     for text in [captured.out, captured.err, *files]:
         assert KEY not in text
     assert "succeeded" in captured.err  # the summary did print, so there was output to search

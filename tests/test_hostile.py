@@ -120,7 +120,7 @@ def test_a_planted_key_appears_in_no_output(tmp_path: Path, sim: tuple[dict[str,
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(8)] + ["{broken"])
     proc = _cli(tmp_path, env, "--max-attempts", "2")
     assert proc.returncode == 1
-    files = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
+    files = {p.name: p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file()}
     assert "in.results.jsonl.checkpoint" in files and "in.results.errors.jsonl" in files
     for text in [proc.stdout, proc.stderr, *files.values()]:
         assert KEY not in text

@@ -149,3 +149,39 @@ def test_skipped_record_with_a_body_field_still_counts_its_id(tmp_path: Path) ->
     rows = [{"id": "a", "body": "a record whose field is called body"}, {"id": "a", "x": 1}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert list(read_lines(path, skip={1})) == [BadLine(2, "a", "duplicate custom_id 'a'")]
+
+
+def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) -> None:
+    from asyncbatch.ids import IdLog
+
+    path = tmp_path / "in.jsonl"
+    rows = [{"id": "a", "t": 1}, {"id": "b", "t": 2}, {"id": "a", "t": 3}, {"id": "c", "t": 4}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log_path = tmp_path / "ids"
+    first = IdLog(log_path)
+    items = read_lines(path, ids=first)
+    assert [next(items).custom_id, next(items).custom_id] == ["a", "b"]  # a run reads two lines, then dies
+    known = first.flush()
+    first.close()
+    path.write_text(path.read_text() + json.dumps({"id": "b", "t": 5}) + "\n")  # appended meanwhile
+    path.write_bytes(path.read_bytes().replace(b'{"id": "a", "t": 1}', b'not json, never read'))
+    resumed = list(read_lines(path, skip={1}, ids=IdLog(log_path, known=known)))
+    # line 1 is done and recorded: skipped unread (its bytes no longer even parse); its id still counts
+    assert [(i.line_no, type(i).__name__) for i in resumed] == [
+        (2, "ParsedLine"),
+        (3, "BadLine"),
+        (4, "ParsedLine"),
+        (5, "BadLine"),
+    ]
+    assert resumed[1].reason == "duplicate custom_id 'a'" and resumed[3].reason == "duplicate custom_id 'b'"
+
+
+def test_the_id_set_is_compact_and_exact_on_what_it_holds() -> None:
+    from asyncbatch.ids import IdSet, digest
+
+    ids = IdSet()
+    values = [digest(f"id-{i}") for i in range(50_000)]
+    assert all(ids.add(v) for v in values)
+    assert not any(ids.add(v) for v in values[::97])
+    assert ids.count == 50_000
+    assert digest("x") == digest("x") != digest("y")

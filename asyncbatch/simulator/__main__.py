@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 
+from .charge import Charging
 from .server import FAULTS, SimConfig, serve
 
 
@@ -24,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
         p.add_argument(f"--fail-{fault}", type=float, default=0.0, metavar="P", help=f"probability of a {fault} fault")
     p.add_argument("--retry-after-503", type=float, help="seconds advertised in retry-after on 503s")
     p.add_argument("--hang-seconds", type=float, default=20.0, help="how long a hang fault hangs (default 20)")
+    p.add_argument("--window", choices=("azure", "minute"), default="azure", help="quota windows (see quota.py)")
+    p.add_argument("--charge-factor", type=float, default=1.0, help="times the prompt's characters / 4 it charges")
+    p.add_argument("--no-tool-charge", action="store_true", help="do not count tool definitions in the charge")
+    p.add_argument("--outage-after", type=int, help="after this many requests, drop every connection ...")
+    p.add_argument("--outage-seconds", type=float, default=60.0, help="... for this long (default 60)")
+    p.add_argument("--exhaust-after", type=int, help="after this many answers, 429 with retry-after 86400")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     rates = {f: getattr(a, f"fail_{f}") for f in FAULTS if getattr(a, f"fail_{f}")}
@@ -36,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
         fault_rates=rates,
         retry_after_503=a.retry_after_503,
         hang_seconds=a.hang_seconds,
+        window=a.window,
+        charging=Charging(factor=a.charge_factor, count_tools=not a.no_tool_charge),
+        outage_after=a.outage_after,
+        outage_seconds=a.outage_seconds,
+        exhaust_after=a.exhaust_after,
         seed=a.seed,
     ), a.port
 

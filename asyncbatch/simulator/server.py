@@ -28,7 +28,7 @@ from .answers import completion, prompt_text
 from .charge import Charging, charge
 from .quota import Quota, Shape
 
-FAULTS = ("500", "503", "reset", "hang", "malformed", "schema", "garbage")
+FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage")
 # Azure's 400s that retrying cannot fix
 REFUSALS = {
     "content-filter-400": (
@@ -57,6 +57,9 @@ class SimConfig:
     hang_seconds: float = 20.0
     seed: int = 0
     script: dict[str, list[str]] = field(default_factory=dict)
+    outage_after: int | None = None  # after this many requests, the endpoint is down (connections dropped) ...
+    outage_seconds: float = 60.0  # ... for this long
+    exhaust_after: int | None = None  # after this many answers, 429 "retry after 86400 s": the day's quota is gone
 
 
 class Simulator:
@@ -71,6 +74,8 @@ class Simulator:
         self.first_request_at: float | None = None  # time.monotonic() of the first chat request
         self.active = 0  # requests received and not yet answered
         self.bodies: deque[dict[str, Any]] = deque(maxlen=200)  # the latest request bodies, for inspection
+        self.first_request = threading.Event()  # set at the first chat request (tests wait on it)
+        self.down_until = 0.0  # time.monotonic() until which the endpoint is down
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -115,6 +120,14 @@ class Simulator:
         self.requests += 1
         if self.first_request_at is None:
             self.first_request_at = time.monotonic()
+            self.first_request.set()
+        if self._down():
+            self.statuses["down"] += 1
+            assert request.transport is not None
+            request.transport.abort()  # like a host that is gone: the connection drops, no answer
+            return web.Response(status=503)
+        if self.config.exhaust_after is not None and self.statuses["200"] >= self.config.exhaust_after:
+            return self._throttled(86400.0, {})
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -141,6 +154,12 @@ class Simulator:
             return await self._answer(request, body, text, fault, limit_headers)
         finally:
             self.active -= 1
+
+    def _down(self) -> bool:
+        now = time.monotonic()
+        if self.config.outage_after is not None and self.requests == self.config.outage_after:
+            self.down_until = now + self.config.outage_seconds
+        return now < self.down_until
 
     def _fault(self, text: str) -> str:
         script = self.config.script.get(text)
