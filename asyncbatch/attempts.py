@@ -108,6 +108,7 @@ class Attempts:
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
         self.any_success = False
         self.held: list[Failure] = []  # 4xx failures before the first success (see ``settle``)
+        self.on_send: Callable[[int], None] = lambda line_no: None  # told each line as its request goes out
 
     def settle(self, outcome: Outcome) -> list[Outcome]:
         """The outcomes to record now. Holds 4xx failures until the first success shows the endpoint works.
@@ -194,6 +195,7 @@ class Attempts:
         self.stats.attempts += 1
         self.stats.in_flight += 1
         self.in_flight.add(job.line_no)
+        self.on_send(job.line_no)
         self.sending.add(task)
         started = self.clock()
         try:

@@ -19,6 +19,7 @@ import hashlib
 import os
 import time
 import zlib
+from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,7 @@ class ResumeState:
     results_lines: int = 0
     errors_lines: int = 0
     ids_lines: int = 0  # input lines whose id digests the side file holds (see ids.py)
-    resent: int = 0  # lines in flight when the last run stopped, to be sent again
+    resent: int = 0  # lines sent but not recorded when the last run stopped: sent again now
     source: str = "fresh"  # fresh | checkpoint | rebuilt
     notes: list[str] = field(default_factory=list)
 
@@ -113,7 +114,7 @@ class ResumeState:
         self.errors_offset += nbytes
         self.errors_lines += len(lines)
 
-    def snapshot(self, fingerprint: dict[str, str], in_flight: list[int], ids_lines: int) -> Checkpoint:
+    def snapshot(self, fingerprint: dict[str, str], ids_lines: int) -> Checkpoint:
         return Checkpoint(
             fingerprint=fingerprint,
             done=self.done,
@@ -122,7 +123,6 @@ class ResumeState:
             results_lines=self.results_lines,
             errors_lines=self.errors_lines,
             ids_lines=ids_lines,
-            in_flight=in_flight,
         )
 
 
@@ -141,7 +141,6 @@ class Checkpoint:
     results_lines: int
     errors_lines: int
     ids_lines: int
-    in_flight: list[int]
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -154,7 +153,6 @@ class Checkpoint:
                 "results_lines": self.results_lines,
                 "errors_lines": self.errors_lines,
                 "ids_lines": self.ids_lines,
-                "in_flight": self.in_flight,
             }
         )
 
@@ -173,8 +171,6 @@ class Checkpoint:
         ints = ("results_offset", "errors_offset", "results_lines", "errors_lines", "ids_lines")
         if not all(type(data[k]) is int and data[k] >= 0 for k in ints) or not _is_fingerprint(data["fingerprint"]):
             raise CheckpointUnreadable("a field has the wrong type")
-        if not isinstance(data["in_flight"], list) or not all(type(n) is int for n in data["in_flight"]):
-            raise CheckpointUnreadable("a field has the wrong type")
         try:
             done = DoneSet.decode(data["done"])
         except (TypeError, ValueError, zlib.error):
@@ -184,6 +180,48 @@ class Checkpoint:
 
 def _is_fingerprint(value: object) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+class SentJournal:
+    """Which input lines have a request out, so a resumed run can say how many it sends again.
+
+    An append-only file of 4-byte line numbers beside the checkpoint: one is
+    appended (a single ``write``, so it survives ``kill -9``) whenever a request
+    goes out, and at every checkpoint the file is cut back to the lines still
+    in flight. On resume, the lines in it that no output records were sent
+    but never recorded: they are sent again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    @staticmethod
+    def unrecorded(path: Path, done: DoneSet) -> int:
+        """Lines the journal at ``path`` holds that ``done`` does not: requests that were lost."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        lines = array("I")
+        lines.frombytes(raw[: len(raw) - len(raw) % 4])
+        return sum(1 for n in set(lines) if n not in done)
+
+    def sent(self, line_no: int) -> None:
+        os.write(self._fd, line_no.to_bytes(4, "little"))
+
+    def reset(self, in_flight: set[int]) -> None:
+        """At a checkpoint: only what is still in flight."""
+        os.ftruncate(self._fd, 0)
+        if in_flight:
+            os.write(self._fd, array("I", sorted(in_flight)).tobytes())
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def journal_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".sent")
 
 
 def cut_torn_tail(path: Path) -> int:
@@ -256,7 +294,10 @@ def changed_parts(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
 
 
 def recover(results: Path, errors: Path, checkpoint: Path, expected: Mapping[str, str]) -> ResumeState:
-    """Rebuild the resume state from the outputs, using the checkpoint when it can be trusted."""
+    """Rebuild the resume state from the outputs, using the checkpoint when it can be trusted.
+
+    ``resent`` counts the lines the sent-journal holds that no output records.
+    """
     state = ResumeState()
     for path in (results, errors):
         if cut := cut_torn_tail(path):
@@ -287,8 +328,7 @@ def recover(results: Path, errors: Path, checkpoint: Path, expected: Mapping[str
     state.results_lines += sum(1 for _ in scan(results, state.results_offset, state.done))
     state.errors_lines += sum(1 for _ in scan(errors, state.errors_offset, state.done))
     state.results_offset, state.errors_offset = sizes
-    if saved is not None:
-        state.resent = sum(1 for n in saved.in_flight if n not in state.done)
+    state.resent = SentJournal.unrecorded(journal_path(checkpoint), state.done)
     return state
 
 

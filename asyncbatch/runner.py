@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from .attempts import Attempts, Outcome, Stopped, Success
-from .checkpoint import ResumeState, drop_failures, fingerprint, move_aside, recover, save_checkpoint
+from .checkpoint import (
+    ResumeState,
+    SentJournal,
+    drop_failures,
+    fingerprint,
+    journal_path,
+    move_aside,
+    recover,
+    save_checkpoint,
+)
 from .client import Connection
 from .config import RunConfig
 from .errors import FatalAPIError, OutputError, StopRun
@@ -132,6 +141,7 @@ def restart(config: RunConfig) -> list[tuple[Path, Path]]:
 
 def _move_outputs_aside(config: RunConfig) -> list[tuple[Path, Path]]:
     ids_path(config.checkpoint).unlink(missing_ok=True)  # a cache of the input: rebuilt as it is read
+    journal_path(config.checkpoint).unlink(missing_ok=True)
     return move_aside([config.output_path, config.errors_path, config.checkpoint])
 
 
@@ -205,6 +215,8 @@ class _Batch:
             clock=clock,
         )
         self.ids = IdLog(ids_path(config.checkpoint), known=state.ids_lines)
+        self.journal = SentJournal(journal_path(config.checkpoint))
+        self.attempts.on_send = self.journal.sent
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
@@ -215,6 +227,7 @@ class _Batch:
         finally:
             self.save(expected)  # the writers have finished: this is the final, exact state
             self.ids.close()
+            self.journal.close()
 
     async def _run_all(self, expected: dict[str, str]) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -277,8 +290,8 @@ class _Batch:
         only grow, so it is still true, and resuming reads whatever came after it.
         """
         with contextlib.suppress(OSError):
-            checkpoint = self.state.snapshot(expected, sorted(self.attempts.in_flight), self.ids.flush())
-            save_checkpoint(self.config.checkpoint, checkpoint)
+            save_checkpoint(self.config.checkpoint, self.state.snapshot(expected, self.ids.flush()))
+            self.journal.reset(self.attempts.in_flight)
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         seen = len(self.state.done)

@@ -11,9 +11,11 @@ from asyncbatch.checkpoint import (
     Checkpoint,
     CheckpointUnreadable,
     DoneSet,
+    SentJournal,
     cut_torn_tail,
     drop_failures,
     fingerprint,
+    journal_path,
     move_aside,
     recover,
     save_checkpoint,
@@ -32,7 +34,6 @@ def _ckpt(done: DoneSet | None = None, **fields: object) -> Checkpoint:
         "results_lines": 0,
         "errors_lines": 0,
         "ids_lines": 0,
-        "in_flight": [],
     }
     return Checkpoint(**{**values, **fields})  # type: ignore[arg-type]
 
@@ -98,7 +99,11 @@ def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> N
     first = _records(results, [1, 2, 3])
     for n in (1, 2, 3):
         done.add(n)
-    save_checkpoint(ckpt, _ckpt(done, results_offset=len(first), results_lines=3, in_flight=[4, 5, 9]))
+    save_checkpoint(ckpt, _ckpt(done, results_offset=len(first), results_lines=3))
+    journal = SentJournal(journal_path(ckpt))
+    for n in (4, 5, 9):
+        journal.sent(n)
+    journal.close()
     _records(results, [4])
     _records(errors, [5], code="http_500")
     state = recover(results, errors, ckpt, FP)
@@ -130,9 +135,9 @@ def test_garbage_checkpoint_means_rebuild(tmp_path: Path) -> None:
 def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tmp_path: Path) -> None:
     done = DoneSet()
     done.add(3)
-    original = _ckpt(done, results_offset=10, in_flight=[4])
+    original = _ckpt(done, results_offset=10, ids_lines=4)
     copy = Checkpoint.from_bytes(original.to_bytes())
-    assert copy.results_offset == 10 and copy.in_flight == [4] and 3 in copy.done
+    assert copy.results_offset == 10 and copy.ids_lines == 4 and 3 in copy.done
     data = json.loads(original.to_bytes())
     for broken in (
         {k: v for k, v in data.items() if k != "errors_lines"},

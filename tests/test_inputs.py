@@ -164,7 +164,7 @@ def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) ->
     known = first.flush()
     first.close()
     path.write_text(path.read_text() + json.dumps({"id": "b", "t": 5}) + "\n")  # appended meanwhile
-    path.write_bytes(path.read_bytes().replace(b'{"id": "a", "t": 1}', b'not json, never read'))
+    path.write_bytes(path.read_bytes().replace(b'{"id": "a", "t": 1}', b"not json, never read"))
     resumed = list(read_lines(path, skip={1}, ids=IdLog(log_path, known=known)))
     # line 1 is done and recorded: skipped unread (its bytes no longer even parse); its id still counts
     assert [(i.line_no, type(i).__name__) for i in resumed] == [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -72,10 +73,15 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: tuple[dict[st
         _wait_for_progress(results, _lines(results) + rng.randint(1, n // (kills + 1)), proc)
         proc.kill()
         proc.wait()
+    billed_twice_before = simulator.billed_twice()
     final = _start(tmp_path, env, "-c", str(concurrency))
     _, err = final.communicate(timeout=120)
     assert final.returncode == 0, err.decode()
     _assert_exactly_once(tmp_path, n)
+    resent = re.search(r"re-sent\s*│\s*(\d+) requests", err.decode())
+    assert resent is not None, err.decode()  # the summary says how many were sent again
+    # every request paid twice by this resume was one the journal knew was out at the kill
+    assert simulator.billed_twice() - billed_twice_before <= int(resent[1]) <= concurrency
     assert simulator.billed_twice() <= kills * concurrency  # only requests in flight at a kill were paid twice
 
 

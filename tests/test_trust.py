@@ -113,7 +113,7 @@ def test_an_outage_mid_run_is_ridden_out_without_using_attempts_or_writing_error
 def test_an_outage_longer_than_max_outage_stops_resumably(
     tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env, simulator = sim
+    _, simulator = sim
     simulator.config.outage_after, simulator.config.outage_seconds = 50, 3600.0
     _lines(tmp_path, 300)
     code = main([str(tmp_path / "in.jsonl"), "-q", "-c", "10", "--max-outage", "2"])
