@@ -20,7 +20,7 @@ import os
 import time
 import zlib
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from .errors import ConfigError
 from .records import INVALID_INPUT, LINE
 
 VERSION = 2
-_PROBE = 1 << 20  # bytes hashed at each end of the input for its fingerprint
 
 
 class DoneSet:
@@ -72,19 +71,45 @@ class DoneSet:
         return cls(zlib.decompress(base64.b64decode(text)))
 
 
-def fingerprint(input_path: Path, options: Mapping[str, Any]) -> dict[str, str]:
-    """The input's identity (size, and a hash of its first and last MiB) and the request-shaping options."""
-    size = input_path.stat().st_size
-    digest = hashlib.blake2b(digest_size=16)
-    with input_path.open("rb") as f:
-        digest.update(f.read(_PROBE))
-        if size > _PROBE:
-            f.seek(max(_PROBE, size - _PROBE))
-            digest.update(f.read(_PROBE))
-    parts = {"input": f"{size} bytes, {digest.hexdigest()}"}
-    for name, value in sorted(options.items()):
-        parts[name] = hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
-    return parts
+def fingerprint(options: Mapping[str, Any]) -> dict[str, str]:
+    """A short hash of each request-shaping option, so a changed one can be named."""
+    return {
+        name: hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+        for name, value in sorted(options.items())
+    }
+
+
+class PrefixHash:
+    """A running hash of the input's first ``offset`` bytes: the part a run has read.
+
+    The checkpoint keeps it, so a resume can tell an appended input (the prefix is
+    the same: allowed) from a changed one. It advances by reading the input file
+    itself from where it stopped, so the reader pays nothing per line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self._hash = hashlib.blake2b(digest_size=16)
+
+    def advance_to(self, offset: int) -> str:
+        if offset > self.offset:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                left = offset - self.offset
+                while left > 0 and (block := f.read(min(left, 1 << 20))):
+                    self._hash.update(block)
+                    left -= len(block)
+            self.offset = offset
+        return self._hash.hexdigest()
+
+    @classmethod
+    def matching(cls, path: Path, offset: int, expected: str) -> PrefixHash | None:
+        """The hash at ``offset`` if the input's first ``offset`` bytes still hash to ``expected``."""
+        prefix = cls(path)
+        if path.stat().st_size < offset or prefix.advance_to(offset) != expected:
+            return None
+        return prefix
 
 
 @dataclass
@@ -96,8 +121,11 @@ class ResumeState:
     errors_offset: int = 0
     results_lines: int = 0
     errors_lines: int = 0
-    ids_lines: int = 0  # input lines whose id digests the side file holds (see ids.py)
+    ids_lines: int = 0  # input lines whose id digests the side file holds (see ids.py) ...
+    input_offset: int = 0  # ... and the input bytes they take
+    prefix: PrefixHash | None = None  # the hash of those bytes, verified
     resent: int = 0  # lines sent but not recorded when the last run stopped: sent again now
+    changed: list[str] = field(default_factory=list)  # options changed since the last run, and accepted
     source: str = "fresh"  # fresh | checkpoint | rebuilt
     notes: list[str] = field(default_factory=list)
 
@@ -114,7 +142,8 @@ class ResumeState:
         self.errors_offset += nbytes
         self.errors_lines += len(lines)
 
-    def snapshot(self, fingerprint: dict[str, str], ids_lines: int) -> Checkpoint:
+    def snapshot(self, fingerprint: dict[str, str], ids: tuple[int, int], prefix: PrefixHash) -> Checkpoint:
+        """The checkpoint now; ``ids`` is (input lines read, their bytes), from the id log."""
         return Checkpoint(
             fingerprint=fingerprint,
             done=self.done,
@@ -122,7 +151,9 @@ class ResumeState:
             errors_offset=self.errors_offset,
             results_lines=self.results_lines,
             errors_lines=self.errors_lines,
-            ids_lines=ids_lines,
+            ids_lines=ids[0],
+            input_offset=ids[1],
+            input_hash=prefix.advance_to(ids[1]),
         )
 
 
@@ -141,6 +172,8 @@ class Checkpoint:
     results_lines: int
     errors_lines: int
     ids_lines: int
+    input_offset: int
+    input_hash: str
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -153,6 +186,8 @@ class Checkpoint:
                 "results_lines": self.results_lines,
                 "errors_lines": self.errors_lines,
                 "ids_lines": self.ids_lines,
+                "input_offset": self.input_offset,
+                "input_hash": self.input_hash,
             }
         )
 
@@ -168,8 +203,10 @@ class Checkpoint:
         fields = {f.name for f in dataclasses.fields(cls)}
         if problems := sorted(fields ^ (set(data) - {"version"})):
             raise CheckpointUnreadable(f"fields missing or unknown: {', '.join(problems)}")
-        ints = ("results_offset", "errors_offset", "results_lines", "errors_lines", "ids_lines")
+        ints = ("results_offset", "errors_offset", "results_lines", "errors_lines", "ids_lines", "input_offset")
         if not all(type(data[k]) is int and data[k] >= 0 for k in ints) or not _is_fingerprint(data["fingerprint"]):
+            raise CheckpointUnreadable("a field has the wrong type")
+        if not isinstance(data["input_hash"], str):
             raise CheckpointUnreadable("a field has the wrong type")
         try:
             done = DoneSet.decode(data["done"])
@@ -293,9 +330,22 @@ def changed_parts(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def recover(results: Path, errors: Path, checkpoint: Path, expected: Mapping[str, str]) -> ResumeState:
+def recover(
+    input_path: Path,
+    results: Path,
+    errors: Path,
+    checkpoint: Path,
+    expected: Mapping[str, str],
+    *,
+    accept_changes: bool = False,
+) -> ResumeState:
     """Rebuild the resume state from the outputs, using the checkpoint when it can be trusted.
 
+    The input may have grown (lines appended) but what was read of it must be
+    unchanged. Changed options (``expected`` against the checkpoint's) proceed
+    with a note while nothing has succeeded, or with ``accept_changes``; otherwise
+    ConfigError names them. Either way, lines recorded only as bad input are
+    looked at again, since the options may be what made them bad.
     ``resent`` counts the lines the sent-journal holds that no output records.
     """
     state = ResumeState()
@@ -303,23 +353,14 @@ def recover(results: Path, errors: Path, checkpoint: Path, expected: Mapping[str
         if cut := cut_torn_tail(path):
             state.notes.append(f"cut a torn last line ({cut} bytes) from {path}")
     sizes = [p.stat().st_size if p.exists() else 0 for p in (results, errors)]
-    try:
-        saved: Checkpoint | None = load_checkpoint(checkpoint)
-    except CheckpointUnreadable as exc:
-        saved = None
-        if sizes != [0, 0]:
-            state.notes.append(f"checkpoint {checkpoint} not used ({exc}): rebuilding the state from the outputs")
-    if saved is not None and (changed := changed_parts(saved.fingerprint, expected)):
-        raise ConfigError(
-            f"cannot resume: {', '.join(changed)} changed since the checkpoint {checkpoint} was written. "
-            "HINT: run the original input and options again, or pass --restart to start over "
-            "(the old outputs are kept beside it)"
-        )
+    saved = _usable_checkpoint(checkpoint, state, sizes)
+    if saved is not None:
+        _check_input(input_path, saved, state)
     if saved is not None and sizes[0] >= saved.results_offset and sizes[1] >= saved.errors_offset:
         state.done = saved.done
         state.results_offset, state.errors_offset = saved.results_offset, saved.errors_offset
         state.results_lines, state.errors_lines = saved.results_lines, saved.errors_lines
-        state.ids_lines = saved.ids_lines
+        state.ids_lines, state.input_offset = saved.ids_lines, saved.input_offset
         state.source = "checkpoint"
     elif sizes != [0, 0]:
         state.source = "rebuilt"
@@ -328,17 +369,59 @@ def recover(results: Path, errors: Path, checkpoint: Path, expected: Mapping[str
     state.results_lines += sum(1 for _ in scan(results, state.results_offset, state.done))
     state.errors_lines += sum(1 for _ in scan(errors, state.errors_offset, state.done))
     state.results_offset, state.errors_offset = sizes
+    if saved is not None and (changed := changed_parts(saved.fingerprint, expected)):
+        _accept_changes(changed, state, checkpoint, accept_changes)
+        if dropped := drop_errors(errors, checkpoint, state, lambda code: code == INVALID_INPUT):
+            state.notes.append(f"{dropped} lines recorded as bad input are looked at again with the new options")
     state.resent = SentJournal.unrecorded(journal_path(checkpoint), state.done)
     return state
 
 
-def drop_failures(errors: Path, checkpoint: Path, state: ResumeState) -> int:
-    """For --retry-failed: remove the failed requests' lines from the errors file, crash-safely.
+def _usable_checkpoint(checkpoint: Path, state: ResumeState, sizes: list[int]) -> Checkpoint | None:
+    try:
+        return load_checkpoint(checkpoint)
+    except CheckpointUnreadable as exc:
+        if sizes != [0, 0]:
+            state.notes.append(f"checkpoint {checkpoint} not used ({exc}): rebuilding the state from the outputs")
+        return None
+
+
+def _check_input(input_path: Path, saved: Checkpoint, state: ResumeState) -> None:
+    """What was read of the input must be byte for byte the same; lines may have been appended."""
+    prefix = PrefixHash.matching(input_path, saved.input_offset, saved.input_hash)
+    if prefix is None:
+        raise ConfigError(
+            f"cannot resume: {input_path} changed: its first {saved.input_offset:,} bytes, which the last run "
+            "already read, are not the same (appending lines is fine; editing or reordering them is not). "
+            "HINT: restore the original input, or pass --restart to start over (the old outputs are kept beside it)"
+        )
+    state.prefix = prefix
+
+
+def _accept_changes(changed: list[str], state: ResumeState, checkpoint: Path, accept: bool) -> None:
+    names = ", ".join(changed)
+    if state.results_lines == 0:
+        state.notes.append(f"{names} changed since the last run, which had no successes: going on with the new options")
+        return
+    if not accept:
+        raise ConfigError(
+            f"cannot resume: {names} changed since the checkpoint {checkpoint} was written, and "
+            f"{state.results_lines:,} results were made with the old options. HINT: run the original options "
+            "again; or pass --accept-changes to run the remaining lines with the new ones (the results file "
+            "will mix the two); or --restart to start over (the old outputs are kept beside it)"
+        )
+    state.changed = changed
+    state.notes.append(
+        f"--accept-changes: the remaining lines run with the new {names}; the results file mixes the two"
+    )
+
+
+def drop_errors(errors: Path, checkpoint: Path, state: ResumeState, drop: Callable[[str], bool]) -> int:
+    """Remove the error lines whose code ``drop`` picks, crash-safely, so those inputs run again.
 
     The checkpoint goes first, so a crash at any point leaves the outputs as the
     only truth: either the old errors file (the failures stay recorded) or the
-    new one (they are not done, and run again). Bad input lines stay: they
-    would fail the same way again.
+    new one (they are not done, and run again).
     """
     if not errors.exists():
         return 0
@@ -348,11 +431,11 @@ def drop_failures(errors: Path, checkpoint: Path, state: ResumeState) -> int:
     with errors.open("rb") as src, tmp.open("wb") as dst:
         for raw in src:
             record = orjson.loads(raw)
-            if (record.get("error") or {}).get("code") == INVALID_INPUT:
-                dst.write(raw)
-            else:
+            if drop(str((record.get("error") or {}).get("code"))):
                 state.done.discard(int(record[LINE]))
                 dropped += 1
+            else:
+                dst.write(raw)
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, errors)

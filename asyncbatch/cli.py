@@ -25,6 +25,7 @@ from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, Retr
 from .dryrun import dry_run, format_report
 from .endpoints import check_base_url
 from .errors import ConfigError, FatalAPIError, OutputError
+from .inputs import sniff
 from .progress import Reporter, make_reporter
 from .redact import Redactor
 from .runner import Interrupt, run
@@ -109,7 +110,15 @@ def _resume_options(p: argparse.ArgumentParser) -> None:
     resume.add_argument(
         "--restart", action="store_true", help="start over; the old outputs are moved aside, not deleted"
     )
-    resume.add_argument("--retry-failed", action="store_true", help="run again the inputs whose requests failed")
+    resume.add_argument(
+        "--retry-failed", action="store_true", help="run again the inputs that failed (bad lines are checked again)"
+    )
+    resume.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="resume although request options changed after results were written; the remaining lines run "
+        "with the new options (the summary says the results mix the two)",
+    )
     resume.add_argument(
         "--max-wait",
         type=float,
@@ -322,6 +331,7 @@ def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
         checkpoint_path=args.checkpoint,
         fsync=args.fsync,
         retry_failed=args.retry_failed,
+        accept_changes=args.accept_changes,
         grace=args.grace,
         max_wait=args.max_wait,
         max_outage=args.max_outage,
@@ -447,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.input.stat().st_size == 0:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
             return EXIT_OK
+        sniff(args.input)
         if args.dry_run:
             return _dry_run(args, env)
         reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress)

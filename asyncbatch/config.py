@@ -118,6 +118,9 @@ class RunConfig:
     :param errors_path: failures (default ``<output stem>.errors.jsonl``).
     :param checkpoint_path: resume state (default ``<output>.checkpoint``).
     :param fsync: ``always``, ``periodic`` (at least once a second) or ``never`` (only at exit).
+    :param retry_failed: run again the inputs recorded as failed (bad input lines are looked at again).
+    :param accept_changes: resume although request options changed since results were written;
+        the remaining lines run with the new options.
     :param grace: seconds in-flight requests get to finish after an interrupt.
     :param max_wait: seconds; a 429 asking to wait longer (Azure's answer when a quota is used up
         for the day), or 429s with no success for that long, stop the run (``stats.stopped``).
@@ -134,6 +137,7 @@ class RunConfig:
     request: RequestDefaults = RequestDefaults()
     fsync: Literal["always", "periodic", "never"] = "periodic"
     retry_failed: bool = False
+    accept_changes: bool = False
     grace: float = 5.0
     max_wait: float = 300.0  # a 429 asking to wait longer (an exhausted quota) stops the run, resumably
     max_outage: float = 1800.0  # an outage longer than this stops the run, resumably

@@ -62,15 +62,19 @@ class IdSet:
 
 
 class IdLog:
-    """The side file of digests, one per input line read. ``known`` lines of it are trusted.
+    """The side file of digests, one per input line read, and how many input bytes those lines are.
 
     :param path: the file; None keeps nothing on disk (``--dry-run``).
     :param known: how many lines the checkpoint says are recorded; the rest is cut off.
+    :param offset: the input bytes those ``known`` lines take.
+    If the file holds fewer than ``known`` digests, none is trusted (``known`` and ``offset`` are 0).
     """
 
-    def __init__(self, path: Path | None, known: int = 0) -> None:
+    def __init__(self, path: Path | None, known: int = 0, offset: int = 0) -> None:
         self.path = path
-        self.known = known if path is not None and path.exists() and path.stat().st_size >= 8 * known else 0
+        trusted = path is not None and path.exists() and path.stat().st_size >= 8 * known
+        self.known = known if trusted else 0
+        self.offset = offset if trusted else 0  # input bytes covered by the lines written so far
         self.written = self.known
         self._file: BinaryIO | None = None
         if path is not None:
@@ -91,19 +95,21 @@ class IdLog:
                 left -= len(chunk)
                 yield from chunk
 
-    def append(self, value: int) -> None:
+    def append(self, value: int, size: int) -> None:
+        """The next input line's digest (0: no id, or a duplicate) and its size in bytes."""
+        self.offset += size
         self._pending.append(value)
         if len(self._pending) >= _CHUNK:
             self.flush()
 
-    def flush(self) -> int:
-        """Hand what is pending to the OS; return the lines recorded (for the checkpoint)."""
+    def flush(self) -> tuple[int, int]:
+        """Hand what is pending to the OS; return (lines recorded, input bytes they cover) for the checkpoint."""
         if self._file is not None and self._pending:
             self._file.write(self._pending.tobytes())
             self._file.flush()
         self.written += len(self._pending)
         self._pending = array("Q")
-        return self.written
+        return self.written, self.offset
 
     def close(self) -> None:
         self.flush()

@@ -12,6 +12,7 @@ from typing import Any, BinaryIO, Literal, NamedTuple
 
 import orjson
 
+from .errors import ConfigError
 from .ids import IdLog, IdSet, digest
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -30,6 +31,56 @@ class BadLine(NamedTuple):
     line_no: int
     custom_id: str
     reason: str
+
+
+_SNIFF = 64 * 1024
+_WIDE_BOMS = {
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\xfe\xff": "UTF-16",
+    b"\xff\xfe": "UTF-16",
+}
+
+
+def sniff(path: Path) -> None:
+    """Refuse a whole file that is not JSONL (UTF-16, a JSON array, CSV) before anything is recorded.
+
+    A bad line is an error line and the run goes on; a bad file would make every
+    line an error line, so it is a ConfigError naming the fix.
+    """
+    with path.open("rb") as f:
+        head = f.read(_SNIFF)
+    for bom, encoding in _WIDE_BOMS.items():
+        if head.startswith(bom):
+            raise ConfigError(
+                f"{path} is {encoding} text (PowerShell's default); asyncbatch reads UTF-8. HINT: convert it with "
+                f"`iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.jsonl`, or in PowerShell "
+                f"`Get-Content {path} | Set-Content -Encoding utf8 {path.stem}.utf8.jsonl`"
+            )
+    if b"\x00" in head:
+        raise ConfigError(f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark, not JSONL")
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if text.startswith(b"["):
+        raise ConfigError(
+            f"{path} is a JSON array, not JSONL (one object per line). HINT: `jq -c '.[]' {path} > {path.stem}.jsonl`"
+        )
+    first = text.split(b"\n", 1)[0]
+    if first and not first.startswith(b"{") and (b"," in first or b"\t" in first) and not _is_json(first):
+        kind = "TSV" if b"\t" in first and b"," not in first else "CSV"
+        raise ConfigError(
+            f"{path} looks like {kind} (its first line is {first[:80].decode(errors='replace')!r}), not JSONL. "
+            'HINT: convert it with `python -c "import csv,json,sys; [print(json.dumps(r)) for r in '
+            f'csv.DictReader(open(sys.argv[1]){", delimiter=chr(9)" if kind == "TSV" else ""})]" '
+            f"{path} > {path.stem}.jsonl`, then use --template over the columns"
+        )
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def count_lines(path: Path, chunk: int = 1 << 20) -> int:
@@ -54,7 +105,7 @@ def read_lines(path: Path, skip: Container[int] = (), ids: IdLog | None = None) 
     seen = IdSet()
     recorded = ids.recorded()
     with path.open("rb") as f:
-        for line_no, raw in _raw_lines(f):
+        for line_no, raw, size in _raw_lines(f):
             if line_no <= ids.known:
                 if value := next(recorded):
                     seen.add_new(value)  # a first occurrence, by construction
@@ -65,7 +116,7 @@ def read_lines(path: Path, skip: Container[int] = (), ids: IdLog | None = None) 
                     item = _duplicate(item)
             elif line_no in skip:  # done, but not in the log (it was lost): only the id is read
                 done_id = _quick_id(raw) if raw else None
-                ids.append(value if done_id and seen.add(value := digest(done_id)) else 0)
+                ids.append(value if done_id and seen.add(value := digest(done_id)) else 0, size)
                 continue
             else:
                 item, value = parse_line(line_no, raw), 0
@@ -73,7 +124,7 @@ def read_lines(path: Path, skip: Container[int] = (), ids: IdLog | None = None) 
                     value = digest(item.custom_id)
                     if not seen.add(value):
                         item, value = _duplicate(item), 0
-                ids.append(value)
+                ids.append(value, size)
             if item is not None:
                 yield item
 
@@ -82,19 +133,21 @@ def _duplicate(item: ParsedLine) -> BadLine:
     return BadLine(item.line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}")
 
 
-def _raw_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
-    """Yield (line number, bytes); None stands for a line longer than MAX_LINE_BYTES."""
+def _raw_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None, int]]:
+    """Yield (line number, bytes, size on disk); None stands for a line longer than MAX_LINE_BYTES."""
     line_no = 0
     while raw := f.readline(MAX_LINE_BYTES + 1):
         line_no += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            size = len(raw)
             while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
-                pass
-            yield line_no, None
+                size += len(rest)
+            yield line_no, None, size + len(rest)
             continue
+        size = len(raw)
         if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 BOM is harmless; accept it
-        yield line_no, raw
+        yield line_no, raw, size
 
 
 def _quick_id(raw: bytes) -> str | None:

@@ -421,7 +421,7 @@ class Admission:
         """A 429: close the gate for everyone until the server's reset; return the pause."""
         pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
         if pause > self.max_wait:
-            reset = wall_time(self.wall() + pause)
+            reset = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.wall() + pause))
             raise StopRun(
                 f"the quota is exhausted: the server asks to wait {pause:,.0f} s, longer than --max-wait "
                 f"({self.max_wait:g} s); it resets at about {reset}"

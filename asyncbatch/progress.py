@@ -67,9 +67,10 @@ class Reporter:
 def status_text(stats: RunStats) -> str:
     tpm = (stats.prompt_tokens + stats.completion_tokens) / stats.elapsed * 60 if stats.elapsed else 0
     learned = f" · learned limit {stats.learned_tpm:,.0f} TPM" if stats.learned_tpm else ""
+    notice = f" · {stats.notice}" if stats.notice else ""
     return (
         f"{stats.requests_per_second:.1f} req/s · {tpm:,.0f} tok/min · {stats.in_flight} in flight · "
-        f"{stats.retries} retries · {stats.throttled} 429s · {stats.failed} failed{learned}"
+        f"{stats.retries} retries · {stats.throttled} 429s · {stats.failed} failed{learned}{notice}"
     )
 
 
@@ -147,8 +148,15 @@ def summary_table(stats: RunStats) -> Table:
         rows.insert(0, ("resumed", f"{stats.resumed:,} inputs were already recorded and were skipped"))
     if stats.resent:
         rows.insert(1, ("re-sent", f"{stats.resent:,} requests in flight when the last run stopped were sent again"))
+    if stats.changed:
+        rows.append(("results mix options", f"{', '.join(stats.changed)} changed at this resume (--accept-changes)"))
+    if stats.failure_reasons:
+        top = stats.failure_reasons.most_common(5)
+        rows.append(("top failure reasons", ", ".join(f"{code}: {n:,}" for code, n in top)))
     if stats.interrupted:
         rows.append(("interrupted", "yes: run the same command again to resume"))
+    if stats.stopped:
+        rows.append(("stopped early", f"{stats.stopped}; run the same command again to resume"))
     if stats.aborted:
         rows.append(("aborted", stats.aborted))
     for name, value in rows:

@@ -12,6 +12,7 @@ import orjson
 
 from .config import RequestDefaults
 from .inputs import BadLine, ParsedLine
+from .schemas import FUNCTION_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +60,35 @@ def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | Ba
         return BadLine(line.line_no, line.custom_id, str(exc))
     body["model"] = model
     _apply_defaults(body, defaults)
+    if problem := body_problem(body):
+        return BadLine(line.line_no, line.custom_id, problem)
     prompt, completion = split_estimate(body)
     return Job(line.line_no, line.custom_id, body, orjson.dumps(body), prompt + completion, prompt)
+
+
+_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
+_AT_LEAST_ONE = ("max_tokens", "max_completion_tokens", "n", "best_of")
+
+
+def body_problem(body: dict[str, Any]) -> str | None:
+    """What Azure would refuse in this body, said the way the user can fix it; None if nothing."""
+    for name, (low, high) in _RANGES.items():
+        value = body.get(name)
+        if value is not None and (type(value) not in (int, float) or not low <= value <= high):
+            return f"{name} must be a number from {low:g} to {high:g}, got {value!r}"
+    for name in _AT_LEAST_ONE:
+        value = body.get(name)
+        if value is not None and (type(value) is not int or value < 1):
+            return f"{name} must be a whole number of at least 1, got {value!r}"
+    for tool in body.get("tools") or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        tool_name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(tool_name, str) or not FUNCTION_NAME.match(tool_name):
+            return f"tool name {tool_name!r} is not allowed: use 1-64 letters, digits, '_' or '-' (no spaces)"
+        parameters = function.get("parameters") if isinstance(function, dict) else None
+        if parameters is not None and (not isinstance(parameters, dict) or parameters.get("type") != "object"):
+            return f"tool {tool_name!r}: 'parameters' must be an object schema"
+    return None
 
 
 def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:

@@ -24,9 +24,10 @@ from typing import Any
 
 from .attempts import Attempts, Outcome, Stopped, Success
 from .checkpoint import (
+    PrefixHash,
     ResumeState,
     SentJournal,
-    drop_failures,
+    drop_errors,
     fingerprint,
     journal_path,
     move_aside,
@@ -37,7 +38,7 @@ from .client import Connection
 from .config import RunConfig
 from .errors import FatalAPIError, OutputError, StopRun
 from .ids import IdLog, ids_path
-from .inputs import BadLine, ParsedLine, count_lines, read_lines
+from .inputs import BadLine, ParsedLine, count_lines, read_lines, sniff
 from .limits import Admission
 from .lock import hold, lock_path
 from .progress import Reporter
@@ -93,6 +94,7 @@ async def run(
     :raises OutputError: an output file cannot be written.
     """
     reporter = reporter or Reporter()
+    sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
     for path in (config.output_path, config.errors_path):
         _check_writable(path)
     with hold(lock_path(config.checkpoint), config.output_path):
@@ -106,8 +108,15 @@ async def _locked_run(
     config: RunConfig, reporter: Reporter, interrupt: Interrupt | None, sleep: Sleep, clock: Callable[[], float]
 ) -> RunStats:
     expected = run_fingerprint(config)
-    state = recover(config.output_path, config.errors_path, config.checkpoint, expected)
-    if config.retry_failed and (dropped := drop_failures(config.errors_path, config.checkpoint, state)):
+    state = recover(
+        config.input_path,
+        config.output_path,
+        config.errors_path,
+        config.checkpoint,
+        expected,
+        accept_changes=config.accept_changes,
+    )
+    if config.retry_failed and (dropped := drop_errors(config.errors_path, config.checkpoint, state, bool)):
         state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
     for note in state.notes:
         reporter.info(note)
@@ -159,8 +168,7 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 def run_fingerprint(config: RunConfig) -> dict[str, str]:
-    options = {"deployment": config.endpoint.deployment, **dataclasses.asdict(config.request)}
-    return fingerprint(config.input_path, options)
+    return fingerprint({"deployment": config.endpoint.deployment, **dataclasses.asdict(config.request)})
 
 
 def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], float]) -> RunStats:
@@ -171,6 +179,7 @@ def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], fl
         failed=state.errors_lines,
         resumed=len(state.done),
         resent=state.resent,
+        changed=state.changed,
         clock=clock,
     )
 
@@ -214,7 +223,9 @@ class _Batch:
             sleep=sleep,
             clock=clock,
         )
-        self.ids = IdLog(ids_path(config.checkpoint), known=state.ids_lines)
+        self.ids = IdLog(ids_path(config.checkpoint), known=state.ids_lines, offset=state.input_offset)
+        trusted = state.prefix is not None and self.ids.known == state.ids_lines
+        self.prefix = state.prefix if trusted and state.prefix is not None else PrefixHash(config.input_path)
         self.journal = SentJournal(journal_path(config.checkpoint))
         self.attempts.on_send = self.journal.sent
         self.stopping = False
@@ -290,7 +301,7 @@ class _Batch:
         only grow, so it is still true, and resuming reads whatever came after it.
         """
         with contextlib.suppress(OSError):
-            save_checkpoint(self.config.checkpoint, self.state.snapshot(expected, self.ids.flush()))
+            save_checkpoint(self.config.checkpoint, self.state.snapshot(expected, self.ids.flush(), self.prefix))
             self.journal.reset(self.attempts.in_flight)
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
@@ -313,6 +324,7 @@ class _Batch:
         self.reporter.warn(f"{where}: {bad.reason} (written to the errors file; the run goes on)")
         self.stats.input_errors += 1
         self.stats.failed += 1
+        self.stats.failure_reasons[INVALID_INPUT] += 1
         record = error_record(
             custom_id=bad.custom_id,
             line_no=bad.line_no,
@@ -341,3 +353,4 @@ class _Batch:
         else:
             self.errors.put(outcome.line_no, outcome.record)
             self.stats.failed += 1
+            self.stats.failure_reasons[outcome.error.code] += 1

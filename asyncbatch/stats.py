@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,12 +29,14 @@ class RunStats:
     completion_tokens: int = 0
     resumed: int = 0  # inputs already recorded when this run started
     resent: int = 0  # inputs that were in flight when the last run stopped
+    changed: list[str] = field(default_factory=list)  # options changed at this resume (--accept-changes)
     learned_tpm: float | None = None  # adaptive mode: the rate learned so far
     simulated: bool = False
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped early, resumably (outage, quota)
     aborted: str | None = None
     notice: str | None = None  # a state the user should see now ("endpoint unreachable since ...")
+    failure_reasons: Counter[str] = field(default_factory=Counter)  # error code -> inputs failed with it
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
     started: float = field(init=False)
     finished: float | None = None

@@ -11,9 +11,11 @@ from asyncbatch.checkpoint import (
     Checkpoint,
     CheckpointUnreadable,
     DoneSet,
+    PrefixHash,
     SentJournal,
+    changed_parts,
     cut_torn_tail,
-    drop_failures,
+    drop_errors,
     fingerprint,
     journal_path,
     move_aside,
@@ -22,7 +24,8 @@ from asyncbatch.checkpoint import (
 )
 from asyncbatch.errors import ConfigError
 
-FP = {"input": "x", "template": "t"}
+FP = {"deployment": "x", "template": "t"}
+INPUT = Path(__file__)  # an input that exists; the checkpoints here have read none of it
 
 
 def _ckpt(done: DoneSet | None = None, **fields: object) -> Checkpoint:
@@ -34,6 +37,8 @@ def _ckpt(done: DoneSet | None = None, **fields: object) -> Checkpoint:
         "results_lines": 0,
         "errors_lines": 0,
         "ids_lines": 0,
+        "input_offset": 0,
+        "input_hash": PrefixHash(Path("unused")).advance_to(0),
     }
     return Checkpoint(**{**values, **fields})  # type: ignore[arg-type]
 
@@ -78,18 +83,26 @@ def test_cut_torn_tail(tmp_path: Path, content: bytes, kept: bytes) -> None:
     assert path.read_bytes() == kept
 
 
-def test_fingerprint_tracks_input_bytes_and_options(tmp_path: Path) -> None:
+def test_fingerprint_names_each_option() -> None:
+    first = fingerprint({"template": "A {x}", "deployment": "d"})
+    assert fingerprint({"template": "A {x}", "deployment": "d"}) == first
+    assert changed_parts(first, fingerprint({"template": "B {x}", "deployment": "d"})) == ["template"]
+
+
+def test_the_read_prefix_of_the_input_may_grow_but_not_change(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
-    path.write_text('{"a": 1}\n')
-    first = fingerprint(path, {"template": "A {x}"})
-    assert fingerprint(path, {"template": "A {x}"}) == first
-    assert fingerprint(path, {"template": "B {x}"})["template"] != first["template"]
-    path.write_text('{"a": 2}\n')  # same size, other bytes
-    assert fingerprint(path, {"template": "A {x}"})["input"] != first["input"]
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    saved = PrefixHash(path).advance_to(9)
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n')  # appended: the first 9 bytes are the same
+    assert PrefixHash.matching(path, 9, saved) is not None
+    path.write_text('{"a": 7}\n{"a": 2}\n')  # same size, other bytes
+    assert PrefixHash.matching(path, 9, saved) is None
+    path.write_text('{"a"')  # shorter than what was read
+    assert PrefixHash.matching(path, 9, saved) is None
 
 
 def test_recover_fresh(tmp_path: Path) -> None:
-    state = recover(tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
+    state = recover(INPUT, tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
     assert (state.source, len(state.done), state.notes) == ("fresh", 0, [])
 
 
@@ -106,7 +119,7 @@ def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> N
     journal.close()
     _records(results, [4])
     _records(errors, [5], code="http_500")
-    state = recover(results, errors, ckpt, FP)
+    state = recover(INPUT, results, errors, ckpt, FP)
     assert state.source == "checkpoint"
     assert sorted(n for n in range(12) if n in state.done) == [1, 2, 3, 4, 5]
     assert (state.results_lines, state.errors_lines) == (4, 1)
@@ -120,7 +133,7 @@ def test_checkpoint_ahead_of_a_damaged_output_is_not_trusted(tmp_path: Path) -> 
     for n in range(1, 50):
         bogus.add(n)
     save_checkpoint(ckpt, _ckpt(bogus, results_offset=len(data) + 500, results_lines=49))
-    state = recover(results, errors, ckpt, FP)
+    state = recover(INPUT, results, errors, ckpt, FP)
     assert state.source == "rebuilt" and len(state.done) == 3 and state.results_lines == 3
 
 
@@ -128,7 +141,7 @@ def test_garbage_checkpoint_means_rebuild(tmp_path: Path) -> None:
     results, ckpt = tmp_path / "r", tmp_path / "c"
     _records(results, [4, 6])
     ckpt.write_bytes(b"\x00garbage")
-    state = recover(results, tmp_path / "e", ckpt, FP)
+    state = recover(INPUT, results, tmp_path / "e", ckpt, FP)
     assert state.source == "rebuilt" and sorted(n for n in range(10) if n in state.done) == [4, 6]
 
 
@@ -149,7 +162,7 @@ def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tm
     results, ckpt = tmp_path / "r", tmp_path / "c"
     _records(results, [3, 5])
     ckpt.write_text(json.dumps({k: v for k, v in data.items() if k != "errors_lines"}))
-    state = recover(results, tmp_path / "e", ckpt, FP)
+    state = recover(INPUT, results, tmp_path / "e", ckpt, FP)
     assert state.source == "rebuilt" and len(state.done) == 2
     assert any("errors_lines" in note and "rebuilding" in note for note in state.notes)
 
@@ -157,23 +170,42 @@ def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tm
 def test_changed_fingerprint_is_refused_naming_what_changed(tmp_path: Path) -> None:
     ckpt = tmp_path / "c"
     save_checkpoint(ckpt, _ckpt())
-    with pytest.raises(ConfigError, match=r"template changed.*--restart"):
-        recover(tmp_path / "r", tmp_path / "e", ckpt, {**FP, "template": "other"})
+    other = {**FP, "template": "other"}
+    state = recover(INPUT, tmp_path / "r", tmp_path / "e", ckpt, other)  # nothing succeeded: go on, with a note
+    assert any("template changed" in note for note in state.notes)
+    results = tmp_path / "r"
+    _records(results, [1])
+    save_checkpoint(ckpt, _ckpt(results_offset=results.stat().st_size, results_lines=1))
+    with pytest.raises(ConfigError, match=r"template changed.*1 results.*--accept-changes.*--restart"):
+        recover(INPUT, results, tmp_path / "e", ckpt, other)
+    state = recover(INPUT, results, tmp_path / "e", ckpt, other, accept_changes=True)
+    assert state.changed == ["template"]
+
+
+def test_a_changed_input_is_refused_but_an_appended_one_is_not(tmp_path: Path) -> None:
+    path, ckpt = tmp_path / "in.jsonl", tmp_path / "c"
+    path.write_text("line one\n")
+    save_checkpoint(ckpt, _ckpt(input_offset=9, input_hash=PrefixHash(path).advance_to(9)))
+    path.write_text("line one\nline two\n")
+    assert recover(path, tmp_path / "r", tmp_path / "e", ckpt, FP).prefix is not None
+    path.write_text("line 1!!\nline two\n")
+    with pytest.raises(ConfigError, match=r"in.jsonl changed: its first 9 bytes"):
+        recover(path, tmp_path / "r", tmp_path / "e", ckpt, FP)
 
 
 def test_foreign_line_in_an_output_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "r").write_text('{"not": "ours"}\n')
     with pytest.raises(ConfigError, match="not an asyncbatch record"):
-        recover(tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
+        recover(INPUT, tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
 
 
-def test_drop_failures_keeps_bad_input_lines_and_removes_the_checkpoint(tmp_path: Path) -> None:
+def test_drop_errors_removes_the_picked_lines_and_the_checkpoint(tmp_path: Path) -> None:
     results, errors, ckpt = tmp_path / "r", tmp_path / "e", tmp_path / "c"
     _records(errors, [2], code="invalid_input")
     _records(errors, [3, 4], code="http_500")
     ckpt.write_text("{}")
-    state = recover(results, errors, ckpt, FP)
-    assert drop_failures(errors, ckpt, state) == 2
+    state = recover(INPUT, results, errors, ckpt, FP)
+    assert drop_errors(errors, ckpt, state, lambda code: code != "invalid_input") == 2
     assert [json.loads(x)["line"] for x in errors.read_text().splitlines()] == [2]
     assert 2 in state.done and 3 not in state.done and 4 not in state.done
     assert not ckpt.exists() and state.errors_lines == 1
@@ -198,7 +230,12 @@ def test_move_aside_renames_and_never_overwrites(tmp_path: Path) -> None:
     stale_at=st.floats(0, 1),
 )
 def test_cut_at_any_byte_then_recover(
-    tmp_path_factory: pytest.TempPathFactory, n_results: int, n_errors: int, cut_r: float, cut_e: float, stale_at: float
+    tmp_path_factory: pytest.TempPathFactory,
+    n_results: int,
+    n_errors: int,
+    cut_r: float,
+    cut_e: float,
+    stale_at: float,
 ) -> None:
     """kill -9 can stop a write at any byte: recovery keeps exactly the whole lines, with or without a checkpoint."""
     d = tmp_path_factory.mktemp("cut")
@@ -215,7 +252,7 @@ def test_cut_at_any_byte_then_recover(
     save_checkpoint(ckpt, _ckpt(done, results_offset=r_off, results_lines=r_ck))
     for path, data, frac in ((results, r_data, cut_r), (errors, e_data, cut_e)):
         path.write_bytes(data[: int(len(data) * frac)])
-    state = recover(results, errors, ckpt, FP)
+    state = recover(INPUT, results, errors, ckpt, FP)
     whole_r = [json.loads(x)["line"] for x in results.read_bytes().splitlines()]
     whole_e = [json.loads(x)["line"] for x in errors.read_bytes().splitlines()]
     assert whole_r == r_lines[: len(whole_r)] and whole_e == e_lines[: len(whole_e)]  # only torn tails were cut

@@ -254,6 +254,7 @@ def test_api_key_never_appears_in_any_output(
     for text in [captured.out, captured.err, *files]:
         assert KEY not in text
     assert "succeeded" in captured.err  # the summary did print, so there was output to search
+    assert "top failure reasons" in captured.err and "invalid_input: 1" in captured.err
 
 
 def test_quiet_prints_nothing_when_all_is_well(

@@ -161,11 +161,12 @@ def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) ->
     first = IdLog(log_path)
     items = read_lines(path, ids=first)
     assert [next(items).custom_id, next(items).custom_id] == ["a", "b"]  # a run reads two lines, then dies
-    known = first.flush()
+    known, offset = first.flush()
     first.close()
+    assert offset == len(b"".join(json.dumps(r).encode() + b"\n" for r in rows[:2]))
     path.write_text(path.read_text() + json.dumps({"id": "b", "t": 5}) + "\n")  # appended meanwhile
     path.write_bytes(path.read_bytes().replace(b'{"id": "a", "t": 1}', b"not json, never read"))
-    resumed = list(read_lines(path, skip={1}, ids=IdLog(log_path, known=known)))
+    resumed = list(read_lines(path, skip={1}, ids=IdLog(log_path, known=known, offset=offset)))
     # line 1 is done and recorded: skipped unread (its bytes no longer even parse); its id still counts
     assert [(i.line_no, type(i).__name__) for i in resumed] == [
         (2, "ParsedLine"),

@@ -116,7 +116,7 @@ def test_changed_input_or_options_are_refused_and_restart_moves_outputs_aside(
     write_jsonl(path, [{"id": i, "company": f"D{i}"} for i in range(5)])
     assert main([str(path), "-q", "--template", "About {company}"]) == 2
     err = capsys.readouterr().err
-    assert "input changed" in err and "--restart" in err
+    assert "in.jsonl changed" in err and "--restart" in err
     assert main([str(path), "-q", "--template", "About {company}", "--restart"]) == 0
     assert "moved" in capsys.readouterr().err
     olds = sorted(p.name for p in tmp_path.glob("*.old"))
