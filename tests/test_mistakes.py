@@ -1,0 +1,164 @@
+"""The user's mistakes: refused before anything is sent or written, and a fix resumes without --restart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asyncbatch.cli import main
+from asyncbatch.simulator import SimConfig, Simulator
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+
+KEY = "mistake-key-0123456789"
+TOOL = {"name": "my func", "parameters": {"type": "object", "properties": {}}}
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
+    with simulator_env(SimConfig(api_key=KEY, deployment="dep"), monkeypatch) as (_, simulator):
+        yield simulator
+
+
+def _outputs(tmp_path: Path, stem: str = "in") -> list[Path]:
+    return sorted(p for p in tmp_path.iterdir() if p.name.startswith(f"{stem}.results"))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"id,company\n1,Contoso\n", "looks like CSV"),
+        (b"id\tcompany\n1\tContoso\n", "looks like TSV"),
+        (b'[{"id": 1}, {"id": 2}]\n', "jq -c '.[]'"),
+        ('{"id": 1}\n'.encode("utf-16"), "UTF-16 text (PowerShell's default)"),
+        (b'{"id": 1}\x00\n', "NUL bytes"),
+    ],
+)
+def test_a_whole_file_that_is_not_jsonl_exits_2_with_a_hint_and_writes_nothing(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    (tmp_path / "in.jsonl").write_bytes(content)
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", "x"]) == 2
+    assert expected in capsys.readouterr().err
+    assert _outputs(tmp_path) == [] and sim.requests == 0
+    assert main([str(tmp_path / "in.jsonl"), "--dry-run"]) == 2  # the dry run says the same
+
+
+def test_after_a_404_on_a_wrong_deployment_the_fixed_command_runs_without_restart(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(30)])
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--deployment", "wrong"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "/openai/deployments/wrong/chat/completions" in err  # the URL tried
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--deployment", "dep"]) == 0
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 30
+
+
+def test_a_records_file_run_without_template_then_with_it_ends_all_succeeded(tmp_path: Path, sim: Simulator) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(20)])
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 1
+    assert len(read_jsonl(tmp_path / "in.results.errors.jsonl")) == 20 and sim.requests == 0
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", "About {company}"]) == 0
+    assert sorted(r["line"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == list(range(1, 21))
+    assert read_jsonl(tmp_path / "in.results.errors.jsonl") == []
+
+
+def test_lines_appended_to_a_finished_input_are_the_only_ones_sent(tmp_path: Path, sim: Simulator) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(300)])
+    assert main([str(path), "-q"]) == 0
+    before = sim.requests
+    with path.open("a") as f:
+        for i in range(300, 400):
+            f.write(json.dumps(batch_line(f"r{i}", f"p{i}")) + "\n")
+    assert main([str(path), "-q"]) == 0
+    assert sim.requests - before == 100
+    assert sorted(r["line"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == list(range(1, 401))
+
+
+def test_changed_options_after_successes_are_refused_unless_accepted(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(10)])
+    assert main([str(path), "-q", "--template", "A {company}"]) == 0
+    with path.open("a") as f:
+        f.write(json.dumps({"id": 10, "company": "C10"}) + "\n")
+    assert main([str(path), "-q", "--template", "B {company}"]) == 2
+    assert "template changed" in capsys.readouterr().err
+    assert main([str(path), "--no-progress", "--template", "B {company}", "--accept-changes"]) == 0
+    assert "results mix options" in capsys.readouterr().err
+    rows = {r["line"]: r for r in read_jsonl(tmp_path / "in.results.jsonl")}
+    assert len(rows) == 11 and rows[11]["response"]["body"]["choices"][0]["message"]["content"].endswith("B C10")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--tools", "TOOL"], "tool name 'my func' is not allowed"),
+        (["--temperature", "7"], "--temperature must be between 0 and 2"),
+        (["--max-tokens", "-5"], "--max-tokens must be at least 1"),
+        (["--grace", "-1"], "--grace must be 0 or more"),
+        (["--max-outage", "-1"], "--max-outage must be 0 or more"),
+    ],
+)
+def test_options_azure_would_refuse_are_refused_before_any_request(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    (tmp_path / "tool.json").write_text(json.dumps(TOOL))
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
+    args = [str(tmp_path / "tool.json") if a == "TOOL" else a for a in args]
+    assert main([str(tmp_path / "in.jsonl"), "-q", *args]) == 2
+    assert expected in capsys.readouterr().err
+    assert sim.requests == 0 and _outputs(tmp_path) == []
+
+
+def test_a_line_azure_would_refuse_is_an_error_line_naming_the_field(tmp_path: Path, sim: Simulator) -> None:
+    rows = [batch_line("hot", "x", temperature=7), batch_line("odd", "x", n=0), batch_line("ok", "x")]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 1
+    errors = {e["custom_id"]: e["error"]["message"] for e in read_jsonl(tmp_path / "in.results.errors.jsonl")}
+    assert "temperature must be a number from 0 to 2, got 7" in errors["hot"]
+    assert "n must be a whole number of at least 1, got 0" in errors["odd"]
+    assert sim.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AZURE_OPENAI_ENDPOINT": "myres.openai.azure.com"}, "did you mean 'https://myres.openai.azure.com'"),
+        (
+            {
+                "AZURE_OPENAI_ENDPOINT": "https://myres.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+                "?api-version=2024-10-21"
+            },
+            "AZURE_OPENAI_ENDPOINT=https://myres.openai.azure.com and pass --deployment gpt-4o",
+        ),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "", "AZURE_OPENAI_API_KEY": "", "OPENAI_BASE_URL": "http://127.0.0.1:1/v1"},
+            "missing configuration: OPENAI_API_KEY",
+        ),
+    ],
+)
+def test_endpoint_mistakes_are_refused_at_once_naming_the_value_to_use(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k-123456")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "d")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "AZURE_OPENAI_ENDPOINT ," not in err
+
+
+def test_a_named_env_file_that_does_not_exist_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
+    assert main([str(tmp_path / "in.jsonl"), "--simulate", "--env-file", "nosuch.env"]) == 2
+    assert "--env-file nosuch.env does not exist" in capsys.readouterr().err
