@@ -104,7 +104,6 @@ class Attempts:
         self.connection, self.admission, self.check = connection, admission, check
         self.retry, self.feedback, self.stats = retry, feedback, stats
         self.stopping, self.sleep, self.clock = stopping, sleep, clock
-        self.in_flight: set[int] = set()  # line numbers with a request on the wire
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
         self.any_success = False
         self.held: list[Failure] = []  # 4xx failures before the first success (see ``settle``)
@@ -194,7 +193,6 @@ class Attempts:
         tally.attempts += 1
         self.stats.attempts += 1
         self.stats.in_flight += 1
-        self.in_flight.add(job.line_no)
         self.on_send(job.line_no)
         self.sending.add(task)
         started = self.clock()
@@ -205,7 +203,6 @@ class Attempts:
             raise
         finally:
             self.stats.in_flight -= 1
-            self.in_flight.discard(job.line_no)
             self.sending.discard(task)
         self.admission.on_reply(reply.headers, job.estimate)
         self.stats.notice = self.admission.status()

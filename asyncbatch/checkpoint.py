@@ -220,21 +220,23 @@ def _is_fingerprint(value: object) -> bool:
 
 
 class SentJournal:
-    """Which input lines have a request out, so a resumed run can say how many it sends again.
+    """Which input lines were sent and are not yet recorded, so a resumed run can say how many it sends again.
 
     An append-only file of 4-byte line numbers beside the checkpoint: one is
     appended (a single ``write``, so it survives ``kill -9``) whenever a request
     goes out, and at every checkpoint the file is cut back to the lines still
-    in flight. On resume, the lines in it that no output records were sent
-    but never recorded: they are sent again.
+    unrecorded (in flight, or answered and waiting for the writer). On resume,
+    the lines in it that no output records were sent but never recorded: they
+    are sent again.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.unrecorded: set[int] = set()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     @staticmethod
-    def unrecorded(path: Path, done: DoneSet) -> int:
+    def unrecorded_in(path: Path, done: DoneSet) -> int:
         """Lines the journal at ``path`` holds that ``done`` does not: requests that were lost."""
         try:
             raw = path.read_bytes()
@@ -245,13 +247,18 @@ class SentJournal:
         return sum(1 for n in set(lines) if n not in done)
 
     def sent(self, line_no: int) -> None:
-        os.write(self._fd, line_no.to_bytes(4, "little"))
+        if line_no not in self.unrecorded:
+            self.unrecorded.add(line_no)
+            os.write(self._fd, line_no.to_bytes(4, "little"))
 
-    def reset(self, in_flight: set[int]) -> None:
-        """At a checkpoint: only what is still in flight."""
+    def recorded(self, lines: list[int]) -> None:
+        self.unrecorded.difference_update(lines)
+
+    def reset(self) -> None:
+        """At a checkpoint: only what is still unrecorded."""
         os.ftruncate(self._fd, 0)
-        if in_flight:
-            os.write(self._fd, array("I", sorted(in_flight)).tobytes())
+        if self.unrecorded:
+            os.write(self._fd, array("I", sorted(self.unrecorded)).tobytes())
 
     def close(self) -> None:
         os.close(self._fd)
@@ -373,7 +380,7 @@ def recover(
         _accept_changes(changed, state, checkpoint, accept_changes)
         if dropped := drop_errors(errors, checkpoint, state, lambda code: code == INVALID_INPUT):
             state.notes.append(f"{dropped} lines recorded as bad input are looked at again with the new options")
-    state.resent = SentJournal.unrecorded(journal_path(checkpoint), state.done)
+    state.resent = SentJournal.unrecorded_in(journal_path(checkpoint), state.done)
     return state
 
 

@@ -200,8 +200,9 @@ class _Batch:
         self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
         redactor = Redactor([config.endpoint.api_key])
         fsync = config.fsync_interval
-        self.results = JsonlWriter(config.output_path, state.on_results, fsync_interval=fsync, redactor=redactor)
-        self.errors = JsonlWriter(config.errors_path, state.on_errors, fsync_interval=fsync, redactor=redactor)
+        self.journal = SentJournal(journal_path(config.checkpoint))
+        self.results = JsonlWriter(config.output_path, self._on_results, fsync_interval=fsync, redactor=redactor)
+        self.errors = JsonlWriter(config.errors_path, self._on_errors, fsync_interval=fsync, redactor=redactor)
         limits = config.limits
         self.admission = Admission(
             limits.tpm,
@@ -226,11 +227,18 @@ class _Batch:
         self.ids = IdLog(ids_path(config.checkpoint), known=state.ids_lines, offset=state.input_offset)
         trusted = state.prefix is not None and self.ids.known == state.ids_lines
         self.prefix = state.prefix if trusted and state.prefix is not None else PrefixHash(config.input_path)
-        self.journal = SentJournal(journal_path(config.checkpoint))
         self.attempts.on_send = self.journal.sent
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
+
+    def _on_results(self, lines: list[int], size: int) -> None:
+        self.state.on_results(lines, size)
+        self.journal.recorded(lines)
+
+    def _on_errors(self, lines: list[int], size: int) -> None:
+        self.state.on_errors(lines, size)
+        self.journal.recorded(lines)
 
     async def run_all(self, expected: dict[str, str]) -> None:
         try:
@@ -302,7 +310,7 @@ class _Batch:
         """
         with contextlib.suppress(OSError):
             save_checkpoint(self.config.checkpoint, self.state.snapshot(expected, self.ids.flush(), self.prefix))
-            self.journal.reset(self.attempts.in_flight)
+            self.journal.reset()
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         seen = len(self.state.done)

@@ -114,8 +114,10 @@ def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> N
         done.add(n)
     save_checkpoint(ckpt, _ckpt(done, results_offset=len(first), results_lines=3))
     journal = SentJournal(journal_path(ckpt))
-    for n in (4, 5, 9):
+    for n in (4, 5, 9, 10):
         journal.sent(n)
+    journal.recorded([10])
+    journal.reset()  # a checkpoint: 10 was recorded, the others are still out
     journal.close()
     _records(results, [4])
     _records(errors, [5], code="http_500")

@@ -80,8 +80,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: tuple[dict[st
     _assert_exactly_once(tmp_path, n)
     resent = re.search(r"re-sent\s*│\s*(\d+) requests", err.decode())
     assert resent is not None, err.decode()  # the summary says how many were sent again
-    # every request paid twice by this resume was one the journal knew was out at the kill
-    assert simulator.billed_twice() - billed_twice_before <= int(resent[1]) <= concurrency
+    # every request paid twice by this resume was one the journal knew was out and unrecorded at the kill
+    assert simulator.billed_twice() - billed_twice_before <= int(resent[1]) <= 2 * concurrency
     assert simulator.billed_twice() <= kills * concurrency  # only requests in flight at a kill were paid twice
 
 
