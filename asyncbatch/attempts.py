@@ -185,7 +185,8 @@ class Attempts:
         return current
 
     async def _attempt(self, job: Job, payload: bytes, tally: _Tally) -> tuple[Reply, float, Any]:
-        await self.admission.acquire(job.estimate)
+        ticket = await self.admission.acquire(job.estimate)
+        self.stats.charged_tokens += self.admission.calibration.charge(job.estimate)
         if self.stopping():
             raise Stopped  # no new attempt once a stop was asked for (retries included)
         task = asyncio.current_task()
@@ -204,19 +205,25 @@ class Attempts:
         finally:
             self.stats.in_flight -= 1
             self.sending.discard(task)
-        self.admission.on_reply(reply.headers, job.estimate)
-        self.stats.notice = self.admission.status()
+        self.admission.on_reply(reply.headers, ticket)
+        self._observe()
         return reply, (self.clock() - started) * 1000, self.check.extract(reply.body)
 
     def _on_failure(self, exc: AttemptError) -> None:
         self.stats.throttled += exc.status == 429
         self.admission.on_failure(exc)
-        self.stats.notice = self.admission.status()
+        self._observe()
         if self.admission.breaker.is_open and not self.any_success:
             # Down from the start: most likely a wrong URL, not an outage to ride out.
             raise fatal_error(exc, self.connection.where) or FatalAPIError(
                 "unreachable", f"{self.connection.where} failed on every request: {exc.message}"
             )
+
+    def _observe(self) -> None:
+        """What admission has learned, for the display: a few attribute copies per answer."""
+        self.stats.notice = self.admission.status()
+        self.stats.learned_tpm = self.admission.learned_tpm
+        self.stats.charge_ratio = self.admission.ratio
 
     def _before_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1

@@ -16,6 +16,15 @@ arrival order, and checks the gate and every meter at the moment of admission,
 so nothing is admitted while the gate is closed, not even a request that was
 already waiting in a meter when it closed.
 
+Servers do not charge what the client estimates (Azure's admission estimate is
+documented only loosely; gateways count their own way). ``Calibration`` learns
+the ratio from ``x-ratelimit-remaining-tokens`` and admission charges every
+request ``ratio x estimate``: the meters, the adaptive rate and the limit shown
+are all in the server's units. A 429 with no hint at all (no ``retry-after``, no
+headers) closes the gate for a jittered pause that doubles while the server
+keeps saying nothing; ``FixedWindows`` notices when such 429s clear on the
+wall-clock minute, and from then on waits for the minute instead of probing.
+
 When requests across the run fail with connection errors, timeouts or 5xx,
 the ``Breaker`` stops admission and lets one probe through at growing
 intervals until the endpoint answers again. A pause longer than the run is
@@ -30,9 +39,12 @@ is tested without sleeping.
 from __future__ import annotations
 
 import asyncio
+import random
+import statistics
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 from .errors import AttemptError, StopRun
@@ -42,8 +54,9 @@ Sleep = Callable[[float], Awaitable[None]]
 
 MARGIN = 0.98  # stay just under the quota: client and server clocks never agree exactly
 WINDOW = 10.0  # seconds over which Azure checks TPM
-DEFAULT_429_PAUSE = 1.0  # a 429 that does not say how long to wait
 NAP = 0.25  # the longest a waiting admission sleeps before looking again (rates and the gate change)
+NO_HINT_FIRST, NO_HINT_CAP = 0.5, 8.0  # a 429 with no hint: the first pause, doubling up to this
+MINUTE = 60.0
 
 
 class Bucket:
@@ -220,6 +233,110 @@ class Breaker:
             self.probing = True
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One admitted request, as calibration needs it."""
+
+    seq: int
+    sent_at: float
+    cum: float  # the estimates of every request admitted up to and including this one
+    estimate: float
+
+
+class Calibration:
+    """The server's charge per unit of the client's estimate, learned from ``x-ratelimit-remaining-tokens``.
+
+    Between two answers ``i`` and ``j`` (``j`` admitted ``span`` or more requests
+    later), the server's remaining budget fell by what it charged the requests
+    admitted in between, less what it refilled meanwhile::
+
+        ratio = (remaining_i - remaining_j + refill x (t_j - t_i)) / (estimates admitted in (i, j])
+
+    Samples are taken only while no 429 muddles the count and the budget is well
+    below its top (a full bucket wastes its refill). ``ratio`` is the median of the
+    recent samples: one reordered answer cannot move it.
+
+    :param refill: the server's refill in its tokens per second (TPM/60) when the quota
+        is given; None: assume Azure's 10-second bucket, whose top is the most ever seen remaining.
+    """
+
+    def __init__(self, clock: Clock, refill: float | None, *, span: int = 16, keep: int = 48) -> None:
+        self.clock, self.refill, self.span = clock, refill, span
+        self.ratio = 1.0
+        self.samples: deque[float] = deque(maxlen=keep)
+        self._seq = 0
+        self._cum = 0.0
+        self._seen: deque[tuple[int, float, float, int]] = deque(maxlen=4 * span)  # seq, sent_at, cum, remaining
+        self._most = 0
+        self._last_throttle = -1e18
+
+    def admit(self, estimate: float) -> Ticket:
+        self._seq += 1
+        self._cum += estimate
+        return Ticket(self._seq, self.clock(), self._cum, estimate)
+
+    def charge(self, estimate: float) -> float:
+        return estimate * self.ratio
+
+    def on_throttle(self) -> None:
+        self._last_throttle = self.clock()
+
+    def on_remaining(self, ticket: Ticket, remaining: int) -> None:
+        self._most = max(self._most, remaining)
+        earlier = next((o for o in reversed(self._seen) if o[0] <= ticket.seq - self.span), None)
+        self._seen.append((ticket.seq, ticket.sent_at, ticket.cum, remaining))
+        if earlier is None:
+            return
+        seq, sent_at, cum, was = earlier
+        refill = self.refill if self.refill is not None else self._most / 10
+        refilled = refill * max(0.0, ticket.sent_at - sent_at)
+        estimated = ticket.cum - cum
+        # a budget at 0 may be floored (the server refused), one near the top may have spilled its refill
+        clean = self._last_throttle < sent_at - 1.0 and 0 < remaining and was + refilled < 0.9 * self._most
+        if clean and estimated > 0 and (charged := was - remaining + refilled) > 0:
+            self.samples.append(charged / estimated)
+            if len(self.samples) >= 3:
+                self.ratio = min(10.0, max(0.1, statistics.median(self.samples)))
+
+    def in_flight(self, ticket: Ticket) -> float:
+        """The estimates admitted after ``ticket``: sent, not yet counted in its answer."""
+        return self._cum - ticket.cum
+
+
+class FixedWindows:
+    """Notices a server whose 429s clear on the wall-clock minute (fixed windows, no hints).
+
+    After a run of hint-less 429s that lasted ``min_streak`` seconds or more, the
+    first success tells where the window turned: within ``tolerance`` plus the
+    last pause after a minute boundary means fixed minutes (until a later
+    recovery says otherwise). Then a hint-less 429 waits for the next boundary.
+
+    :param wall: wall-clock seconds (time.time); injected for tests.
+    """
+
+    def __init__(self, wall: Clock = time.time, *, period: float = MINUTE, min_streak: float = 3.0) -> None:
+        self.wall, self.period, self.min_streak = wall, period, min_streak
+        self.detected = False
+        self._streak_since: float | None = None
+        self._last_pause = 0.0
+
+    def on_no_hint(self, pause: float) -> None:
+        if self._streak_since is None:
+            self._streak_since = self.wall()
+        self._last_pause = pause
+
+    def on_success(self) -> None:
+        if self._streak_since is None:
+            return
+        now = self.wall()
+        if now - self._streak_since >= self.min_streak:
+            self.detected = now % self.period <= self._last_pause + 1.0
+        self._streak_since = None
+
+    def until_boundary(self) -> float:
+        return self.period - self.wall() % self.period + 0.2
+
+
 class AdaptiveRate:
     """AIMD on the admitted token rate, for when the quota is not given.
 
@@ -253,8 +370,10 @@ class AdaptiveRate:
         self._last_cut = self._last_grow = self._last_trouble = clock()
         self._most_left: dict[str, int] = {}  # highest remaining-budget header seen, per header
         self._plenty = False  # the last response said at least half the budget was left
+        self._admitted_since_cut = False  # a 429 is news about the current rate only if it was used
 
     def on_admit(self, tokens: float) -> None:
+        self._admitted_since_cut = True
         now = self.clock()
         self._admitted.append((now, tokens))
         self._admitted_sum += tokens
@@ -288,10 +407,11 @@ class AdaptiveRate:
     def _cut(self, factor: float) -> None:
         now = self.clock()
         self._last_trouble = now
-        if self.rate is not None and now - self._last_cut >= self.hold:
+        if self.rate is not None and now - self._last_cut >= self.hold and self._admitted_since_cut:
             self._set(max(self.floor, self.rate * factor))
 
     def _set(self, rate: float) -> None:
+        self._admitted_since_cut = False
         self.rate = rate
         self._last_cut = self._last_grow = self._last_trouble = self.clock()
 
@@ -308,12 +428,12 @@ class AdaptiveRate:
 class Admission:
     """What every attempt passes before it is sent, and what every answer tells it.
 
-    :param tpm: tokens per minute, or None.
+    :param tpm: tokens per minute in the server's units, or None.
     :param rpm: requests per minute, or None. With neither, the rate is learned (``AdaptiveRate``).
     :param max_wait: the longest 429 pause (or run of 429s with no success) to wait out; longer stops the run.
     :param max_outage: the longest outage to ride out; longer stops the run.
     :param concurrency: requests in flight at most; the outage threshold scales down with it.
-    :param clock: monotonic seconds; injected with ``sleep`` (and ``wall`` for messages) so tests drive time.
+    :param clock: monotonic seconds; injected with ``sleep`` (and ``wall``, ``rng``) so tests drive time.
     """
 
     def __init__(
@@ -327,45 +447,54 @@ class Admission:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         wall: Clock = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self.clock, self.sleep, self.wall = clock, sleep, wall
+        self.rng = rng or random.Random()
         self.max_wait, self.max_outage = max_wait, max_outage
         self.gate = CooldownGate(clock)
         self.breaker = Breaker(clock, threshold=min(8, concurrency + 1))
+        self.calibration = Calibration(clock, tpm / 60 if tpm else None)
+        self.windows = FixedWindows(wall)
         self.tokens = token_bucket(tpm, clock) if tpm else None
         self.requests = request_bucket(rpm, clock) if rpm else None
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.token_rate = MARGIN * tpm / 60 if tpm else None
+        self.no_hint_streak = 0
         self._last_ok = clock()
         self._turn = asyncio.Lock()  # one admission at a time, first come first served
 
-    async def acquire(self, estimate: float) -> None:
+    async def acquire(self, estimate: float) -> Ticket:
         """Wait until the endpoint is up, the gate open and every meter has room; take the room, in one step.
+
+        Meters are charged in the server's units (``estimate`` x the learned ratio).
 
         :raises StopRun: the endpoint has been down for longer than ``max_outage``.
         """
         async with self._turn:
             while (wait := self._wait(estimate)) > 0:
                 await self.sleep(wait)
-            for meter, amount in self._meters(estimate):
+            charge = self.calibration.charge(estimate)
+            for meter, amount in self._meters(charge):
                 meter.take(amount)
             self.breaker.on_admit()
             if self.adaptive is not None:
-                self.adaptive.on_admit(estimate)
+                self.adaptive.on_admit(charge)
+            return self.calibration.admit(estimate)
 
-    def _meters(self, estimate: float) -> list[tuple[Bucket, float]]:
+    def _meters(self, charge: float) -> list[tuple[Bucket, float]]:
         meters: list[tuple[Bucket, float]] = []
         if self.requests is not None:
             meters.append((self.requests, 1))
         if self.tokens is not None:
-            meters.append((self.tokens, estimate))
+            meters.append((self.tokens, charge))
         if self.adaptive is not None and (rate := self.adaptive.tick()) is not None:
             if self.learned is None:
                 self.learned = Bucket(rate, rate, self.clock)
             elif abs(self.learned.rate - rate) > 0.01 * rate:
                 self.learned.set_rate(rate, rate)
-            meters.append((self.learned, estimate))
+            meters.append((self.learned, charge))
         return meters
 
     def _wait(self, estimate: float) -> float:
@@ -377,7 +506,8 @@ class Admission:
                 return min(down, NAP * 4)
         if closed := self.gate.remaining():
             return closed
-        return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in self._meters(estimate))]))
+        charge = self.calibration.charge(estimate)
+        return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in self._meters(charge))]))
 
     def _check_outage(self) -> None:
         since = self.breaker.open_since
@@ -390,15 +520,32 @@ class Admission:
     def _wall_at(self, monotonic: float) -> str:
         return wall_time(self.wall() - (self.clock() - monotonic))
 
-    def on_reply(self, headers: Mapping[str, str], estimate: float) -> None:
-        """A success: pause before the server has to refuse, and feed the adaptive rate."""
+    def on_reply(self, headers: Mapping[str, str], ticket: Ticket) -> None:
+        """A success: learn the server's charge, follow its budget, pause before it has to refuse."""
         self._last_ok = self.clock()
         self.breaker.on_success()
+        self.windows.on_success()
+        self.no_hint_streak = 0
+        remaining = int_header(headers, "x-ratelimit-remaining-tokens")
+        if remaining is not None:
+            self.calibration.on_remaining(ticket, remaining)
+            self._follow_server(ticket, remaining)
+        charge = self.calibration.charge(ticket.estimate)
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
-        if pause := header_pause(headers, estimate, rate):
+        if pause := header_pause(headers, charge, rate):
             self.gate.close_for(pause)
         if self.adaptive is not None:
-            self.adaptive.on_headers(headers, estimate)
+            self.adaptive.on_headers(headers, charge)
+
+    def _follow_server(self, ticket: Ticket, remaining: int) -> None:
+        """Never believe in more budget than the server reported, less what was sent since (quota given)."""
+        if self.tokens is None or self.token_rate is None:
+            return
+        since = max(0.0, self.clock() - ticket.sent_at)
+        server_left = remaining + self.token_rate / MARGIN * since
+        in_flight = self.calibration.charge(self.calibration.in_flight(ticket))
+        self.tokens.take(0)  # refill up to now first
+        self.tokens.level = min(self.tokens.level, server_left - in_flight)
 
     def on_failure(self, exc: AttemptError) -> None:
         """A failed attempt: a 429 closes the gate, an outage feeds the breaker.
@@ -418,8 +565,28 @@ class Admission:
             self.breaker.on_other_failure()
 
     def on_throttle(self, retry_after: float | None) -> float:
-        """A 429: close the gate for everyone until the server's reset; return the pause."""
-        pause = DEFAULT_429_PAUSE if retry_after is None else retry_after
+        """A 429: close the gate for everyone until the server's reset; return the pause.
+
+        With no hint, the pause is jittered and doubles while the server keeps
+        saying nothing, or lasts until the next minute once fixed windows are detected.
+        """
+        self.calibration.on_throttle()
+        if retry_after is not None:
+            pause = retry_after
+        elif self.windows.detected:
+            pause = self.windows.until_boundary()
+        else:
+            pause = min(NO_HINT_CAP, NO_HINT_FIRST * 2**self.no_hint_streak) * self.rng.uniform(0.75, 1.25)
+            self.no_hint_streak += 1
+        if retry_after is None:
+            self.windows.on_no_hint(pause)
+        self._check_wait(pause)
+        self.gate.close_for(pause)
+        if self.adaptive is not None and not self.windows.detected:  # a window's limit is not a rate
+            self.adaptive.on_throttle()
+        return pause
+
+    def _check_wait(self, pause: float) -> None:
         if pause > self.max_wait:
             reset = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.wall() + pause))
             raise StopRun(
@@ -431,19 +598,22 @@ class Admission:
                 f"every request for {throttled:,.0f} s was refused with 429, longer than --max-wait "
                 f"({self.max_wait:g} s): the quota looks exhausted"
             )
-        self.gate.close_for(pause)
-        if self.adaptive is not None:
-            self.adaptive.on_throttle()
-        return pause
 
     def status(self) -> str | None:
         """What the user should know about admission right now, if anything."""
         if (since := self.breaker.open_since) is not None:
             return f"endpoint unreachable since {self._wall_at(since)}, retrying"
+        if self.windows.detected and self.gate.remaining() > 1:
+            return "the server's per-minute window is used up: waiting for the next minute"
         return None
 
     @property
+    def ratio(self) -> float | None:
+        """The server's charge per unit of the client's estimate, once learned."""
+        return self.calibration.ratio if len(self.calibration.samples) >= 3 else None
+
+    @property
     def learned_tpm(self) -> float | None:
-        """The adaptive rate in tokens per minute, for the progress display."""
+        """The adaptive rate in the server's tokens per minute, for the progress display."""
         rate = self.adaptive.rate if self.adaptive is not None else None
         return rate * 60 if rate is not None else None

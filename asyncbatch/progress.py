@@ -66,7 +66,8 @@ class Reporter:
 
 def status_text(stats: RunStats) -> str:
     tpm = (stats.prompt_tokens + stats.completion_tokens) / stats.elapsed * 60 if stats.elapsed else 0
-    learned = f" · learned limit {stats.learned_tpm:,.0f} TPM" if stats.learned_tpm else ""
+    charged = stats.charged_tokens / stats.elapsed * 60 if stats.elapsed else 0
+    learned = f" · quota use {charged:,.0f} of learned {stats.learned_tpm:,.0f} TPM" if stats.learned_tpm else ""
     notice = f" · {stats.notice}" if stats.notice else ""
     return (
         f"{stats.requests_per_second:.1f} req/s · {tpm:,.0f} tok/min · {stats.in_flight} in flight · "
@@ -144,6 +145,8 @@ def summary_table(stats: RunStats) -> Table:
     ]
     if stats.learned_tpm:
         rows.append(("learned limit", f"{stats.learned_tpm:,.0f} tokens/min (adaptive: no --tpm/--rpm given)"))
+    if stats.charge_ratio is not None:
+        rows.append(("server charge", f"{stats.charge_ratio:.2f} x the client's estimate (learned from its headers)"))
     if stats.resumed:
         rows.insert(0, ("resumed", f"{stats.resumed:,} inputs were already recorded and were skipped"))
     if stats.resent:

@@ -30,7 +30,9 @@ class RunStats:
     resumed: int = 0  # inputs already recorded when this run started
     resent: int = 0  # inputs that were in flight when the last run stopped
     changed: list[str] = field(default_factory=list)  # options changed at this resume (--accept-changes)
-    learned_tpm: float | None = None  # adaptive mode: the rate learned so far
+    learned_tpm: float | None = None  # adaptive mode: the rate learned so far, in the server's tokens
+    charge_ratio: float | None = None  # the server's charge per unit of the client's estimate, once learned
+    charged_tokens: float = 0.0  # admitted, in the server's units (estimate x ratio): what the quota counts
     simulated: bool = False
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped early, resumably (outage, quota)

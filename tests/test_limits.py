@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
 import pytest
@@ -148,10 +149,90 @@ def test_gate_is_open_until_closed_and_never_shortens() -> None:
     assert gate.remaining() == 0
 
 
-def test_a_429_without_retry_after_pauses_a_default_second() -> None:
+def test_429s_without_any_hint_pause_with_jitter_doubling_until_a_success() -> None:
     t = FakeTime()
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
-    assert admission.on_throttle(None) == 1.0 and admission.gate.remaining() == 1.0
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, rng=random.Random(1))
+    pauses = [admission.on_throttle(None) for _ in range(6)]
+    for n, pause in enumerate(pauses):
+        base = min(8.0, 0.5 * 2**n)
+        assert 0.75 * base <= pause <= 1.25 * base
+    assert len(set(pauses)) == 6  # jittered: workers do not all come back at once
+    admission.on_reply({}, admission.calibration.admit(10))
+    assert 0.375 <= admission.on_throttle(None) <= 0.625  # the server answered: start small again
+
+
+def test_fixed_minute_windows_are_noticed_and_then_waited_out_instead_of_probed() -> None:
+    t = FakeTime()
+    wall = [1_000_000 * 60 + 40.0]  # 40 s into a wall-clock minute
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=lambda: wall[0], rng=random.Random(2))
+    for _ in range(5):  # hint-less 429s until the minute turns
+        pause = admission.on_throttle(None)
+        wall[0] += pause
+        t.now += pause
+    wall[0] = 1_000_001 * 60 + 0.6  # the next success comes just after the minute boundary
+    admission.on_reply({}, admission.calibration.admit(10))
+    assert admission.windows.detected
+    wall[0] = 1_000_001 * 60 + 30.0  # the next window used up half-way through
+    assert admission.on_throttle(None) == pytest.approx(30.2)  # wait for the minute, do not probe
+    assert admission.status() is not None and "minute" in admission.status()  # type: ignore[operator]
+
+
+def test_recoveries_away_from_the_minute_are_not_taken_for_fixed_windows() -> None:
+    t = FakeTime()
+    wall = [1_000_000 * 60 + 10.0]
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=lambda: wall[0], rng=random.Random(3))
+    for _ in range(5):
+        pause = admission.on_throttle(None)
+        wall[0] += pause
+    wall[0] += 0.1  # recovered mid-minute: an ordinary limit, not a window
+    admission.on_reply({}, admission.calibration.admit(10))
+    assert not admission.windows.detected
+
+
+class FakeServer:
+    """A token bucket that charges ``factor`` x the estimate: the server's own count, not the client's."""
+
+    def __init__(self, t: FakeTime, tpm: int, factor: float) -> None:
+        self.bucket = Bucket(tpm / 6, tpm / 60, t.clock)
+        self.factor = factor
+
+    def answer(self, estimate: float) -> dict[str, str] | float:
+        """The headers of a success, or the retry-after of a 429."""
+        charge = estimate * self.factor
+        if (wait := self.bucket.wait_for(charge)) > 0:
+            return wait
+        self.bucket.take(charge)
+        return {"x-ratelimit-remaining-tokens": str(int(self.bucket.level))}
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
+def test_the_servers_charge_ratio_is_learned_from_its_remaining_tokens(factor: float) -> None:
+    t = FakeTime()
+    tpm = 600_000
+    server = FakeServer(t, tpm, factor)
+    admission = Admission(tpm, None, clock=t.clock, sleep=t.sleep)
+    in_flight: list[tuple[float, object, dict[str, str] | float]] = []
+    throttled = 0
+
+    async def main() -> None:
+        nonlocal throttled
+        for _ in range(3000):
+            if len(in_flight) >= 100:  # concurrency 100: wait for the oldest answer
+                t.now = max(t.now, in_flight[0][0] + 0.3)
+            ticket = await admission.acquire(300)
+            in_flight.append((t.now, ticket, server.answer(300)))  # the server counts it now; answers 0.3 s later
+            while in_flight and in_flight[0][0] <= t.now - 0.3:
+                _, done, answer = in_flight.pop(0)
+                if isinstance(answer, float):
+                    throttled += 1
+                    admission.on_throttle(answer)
+                else:
+                    admission.on_reply(answer, done)  # type: ignore[arg-type]
+            await t.sleep(0.001)
+
+    asyncio.run(main())
+    assert admission.ratio == pytest.approx(factor, rel=0.05)
+    assert throttled <= 0.02 * 3000
 
 
 @pytest.mark.parametrize(
@@ -214,6 +295,9 @@ def test_adaptive_cuts_at_most_once_per_hold_then_grows_after_quiet() -> None:
     rate.on_throttle()  # same burst: ignored
     assert rate.rate == 2000
     t.now += 0.5
+    rate.on_throttle()  # nothing was admitted at the new rate: no news about it
+    assert rate.rate == 2000
+    rate.on_admit(100)
     rate.on_throttle()
     assert rate.rate == 1000
     t.now += 1.9
@@ -233,6 +317,7 @@ def test_adaptive_eases_off_when_headers_say_the_budget_is_nearly_gone() -> None
     t.now += 0.5
     rate.on_headers({"x-ratelimit-remaining-tokens": "5000"}, 300)
     assert rate.rate == start
+    rate.on_admit(300)
     rate.on_headers({"x-ratelimit-remaining-tokens": "400"}, 300)
     assert rate.rate == pytest.approx(start * 0.9)
 
@@ -246,7 +331,7 @@ def test_admission_feeds_throttles_into_the_gate_and_the_adaptive_rate() -> None
     assert admission.gate.remaining() == 1.5
     assert admission.learned_tpm == pytest.approx(500 / 1.0 / 2 * 60)
     fixed = Admission(60_000, None, clock=t.clock, sleep=t.sleep)
-    fixed.on_reply({"x-ratelimit-remaining-tokens": "0"}, 98)
+    fixed.on_reply({"x-ratelimit-remaining-tokens": "0"}, fixed.calibration.admit(98))
     assert fixed.gate.remaining() == pytest.approx(98 / (0.98 * 1000))
     assert fixed.learned_tpm is None
 
