@@ -29,7 +29,7 @@ from tenacity import RetryCallState
 from .client import Connection, Reply
 from .config import RetryPolicy
 from .errors import AttemptError, FatalAPIError
-from .limits import Admission
+from .limits import Admission, Ticket
 from .records import failure_record, result_record
 from .requests import Job, with_feedback
 from .retry import retrying
@@ -200,7 +200,7 @@ class Attempts:
         try:
             reply = await self.connection.send(payload)
         except AttemptError as exc:
-            self._on_failure(exc)
+            self._on_failure(exc, ticket)
             raise
         finally:
             self.stats.in_flight -= 1
@@ -209,9 +209,9 @@ class Attempts:
         self._observe()
         return reply, (self.clock() - started) * 1000, self.check.extract(reply.body)
 
-    def _on_failure(self, exc: AttemptError) -> None:
+    def _on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
         self.stats.throttled += exc.status == 429
-        self.admission.on_failure(exc)
+        self.admission.on_failure(exc, ticket)
         self._observe()
         if self.admission.breaker.is_open and not self.any_success:
             # Down from the start: most likely a wrong URL, not an outage to ride out.

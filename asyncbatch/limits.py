@@ -252,15 +252,16 @@ class Calibration:
 
         ratio = (remaining_i - remaining_j + refill x (t_j - t_i)) / (estimates admitted in (i, j])
 
-    Samples are taken only while no 429 muddles the count and the budget is well
-    below its top (a full bucket wastes its refill). ``ratio`` is the median of the
-    recent samples: one reordered answer cannot move it.
+    A request refused with a 429 was not charged: its estimate is left out of the
+    sum once its answer is known. Samples are taken only while the budget is below
+    its top (a full bucket wastes its refill) and above zero (a server may floor it).
+    ``ratio`` is the median of the recent samples: one reordered answer cannot move it.
 
     :param refill: the server's refill in its tokens per second (TPM/60) when the quota
         is given; None: assume Azure's 10-second bucket, whose top is the most ever seen remaining.
     """
 
-    def __init__(self, clock: Clock, refill: float | None, *, span: int = 16, keep: int = 48) -> None:
+    def __init__(self, clock: Clock, refill: float | None, *, span: int = 8, keep: int = 48) -> None:
         self.clock, self.refill, self.span = clock, refill, span
         self.ratio = 1.0
         self.samples: deque[float] = deque(maxlen=keep)
@@ -268,7 +269,7 @@ class Calibration:
         self._cum = 0.0
         self._seen: deque[tuple[int, float, float, int]] = deque(maxlen=4 * span)  # seq, sent_at, cum, remaining
         self._most = 0
-        self._last_throttle = -1e18
+        self._refused: deque[tuple[int, float]] = deque(maxlen=256)  # (seq, estimate) answered 429
 
     def admit(self, estimate: float) -> Ticket:
         self._seq += 1
@@ -278,8 +279,8 @@ class Calibration:
     def charge(self, estimate: float) -> float:
         return estimate * self.ratio
 
-    def on_throttle(self) -> None:
-        self._last_throttle = self.clock()
+    def on_refused(self, ticket: Ticket) -> None:
+        self._refused.append((ticket.seq, ticket.estimate))
 
     def on_remaining(self, ticket: Ticket, remaining: int) -> None:
         self._most = max(self._most, remaining)
@@ -288,15 +289,22 @@ class Calibration:
         if earlier is None:
             return
         seq, sent_at, cum, was = earlier
-        refill = self.refill if self.refill is not None else self._most / 10
-        refilled = refill * max(0.0, ticket.sent_at - sent_at)
-        estimated = ticket.cum - cum
-        # a budget at 0 may be floored (the server refused), one near the top may have spilled its refill
-        clean = self._last_throttle < sent_at - 1.0 and 0 < remaining and was + refilled < 0.9 * self._most
+        refilled = self.refill_rate() * max(0.0, ticket.sent_at - sent_at)
+        estimated = ticket.cum - cum - sum(e for s, e in self._refused if seq < s <= ticket.seq)
+        # a budget at 0 may be floored (the server refused), one at the top may have spilled its refill
+        clean = 0 < remaining and was + refilled < self._most
         if clean and estimated > 0 and (charged := was - remaining + refilled) > 0:
             self.samples.append(charged / estimated)
             if len(self.samples) >= 3:
                 self.ratio = min(10.0, max(0.1, statistics.median(self.samples)))
+
+    @property
+    def learned(self) -> bool:
+        return len(self.samples) >= 3
+
+    def refill_rate(self) -> float:
+        """The server's refill per second: TPM/60 when given, else a tenth of the most it ever had left."""
+        return self.refill if self.refill is not None else self._most / 10
 
     def in_flight(self, ticket: Ticket) -> float:
         """The estimates admitted after ``ticket``: sent, not yet counted in its answer."""
@@ -462,6 +470,8 @@ class Admission:
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.token_rate = MARGIN * tpm / 60 if tpm else None
         self.no_hint_streak = 0
+        self.learned_rpm: int | None = None  # adaptive mode, from x-ratelimit-remaining-requests
+        self._most_requests = 0
         self._last_ok = clock()
         self._turn = asyncio.Lock()  # one admission at a time, first come first served
 
@@ -536,18 +546,42 @@ class Admission:
             self.gate.close_for(pause)
         if self.adaptive is not None:
             self.adaptive.on_headers(headers, charge)
+            self._learn_rpm(headers)
+
+    def _learn_rpm(self, headers: Mapping[str, str]) -> None:
+        """Adaptive: the most requests the server ever had left in its 1-second slice, plus the one just
+        admitted, is its per-second allowance; pace requests like a given RPM of 60 times that."""
+        left = int_header(headers, "x-ratelimit-remaining-requests")
+        if left is None or left + 1 <= self._most_requests:
+            return
+        self._most_requests = left + 1
+        self.learned_rpm = 60 * self._most_requests
+        self.requests = request_bucket(self.learned_rpm, self.clock)
 
     def _follow_server(self, ticket: Ticket, remaining: int) -> None:
-        """Never believe in more budget than the server reported, less what was sent since (quota given)."""
-        if self.tokens is None or self.token_rate is None:
-            return
-        since = max(0.0, self.clock() - ticket.sent_at)
-        server_left = remaining + self.token_rate / MARGIN * since
-        in_flight = self.calibration.charge(self.calibration.in_flight(ticket))
-        self.tokens.take(0)  # refill up to now first
-        self.tokens.level = min(self.tokens.level, server_left - in_flight)
+        """Track the server's own budget: what it reported, plus its refill since, less what was sent since.
 
-    def on_failure(self, exc: AttemptError) -> None:
+        With the quota given, the token meter is set to that (once the charge is
+        learned; before, it is only ever lowered). Adaptive, the gate closes while
+        it is short of the next request.
+        """
+        refill = self.calibration.refill_rate()
+        server_left = remaining + refill * max(0.0, self.clock() - ticket.sent_at)
+        budget = server_left - self.calibration.charge(self.calibration.in_flight(ticket))
+        if self.tokens is not None:
+            self.tokens.take(0)  # refill up to now first
+            if self.calibration.learned:
+                self.tokens.level = min(self.tokens.capacity, budget)
+            else:
+                self.tokens.level = min(self.tokens.level, budget)
+        elif (
+            self.adaptive is not None
+            and refill > 0
+            and (short := self.calibration.charge(ticket.estimate) - budget) > 0
+        ):
+            self.gate.close_for(min(short / refill, 5.0))
+
+    def on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
         """A failed attempt: a 429 closes the gate, an outage feeds the breaker.
 
         Sets ``exc.held`` when admission will hold the next attempt (a 429, or the
@@ -557,6 +591,7 @@ class Admission:
         """
         if exc.status == 429:
             exc.held = True
+            self.calibration.on_refused(ticket)
             self.on_throttle(exc.retry_after)
         elif is_outage(exc):
             self.breaker.on_outage()
@@ -570,13 +605,13 @@ class Admission:
         With no hint, the pause is jittered and doubles while the server keeps
         saying nothing, or lasts until the next minute once fixed windows are detected.
         """
-        self.calibration.on_throttle()
         if retry_after is not None:
             pause = retry_after
         elif self.windows.detected:
             pause = self.windows.until_boundary()
         else:
             pause = min(NO_HINT_CAP, NO_HINT_FIRST * 2**self.no_hint_streak) * self.rng.uniform(0.75, 1.25)
+            pause = min(pause, self.windows.until_boundary())  # a minute's turn is always worth a try
             self.no_hint_streak += 1
         if retry_after is None:
             self.windows.on_no_hint(pause)
@@ -610,7 +645,7 @@ class Admission:
     @property
     def ratio(self) -> float | None:
         """The server's charge per unit of the client's estimate, once learned."""
-        return self.calibration.ratio if len(self.calibration.samples) >= 3 else None
+        return self.calibration.ratio if self.calibration.learned else None
 
     @property
     def learned_tpm(self) -> float | None:

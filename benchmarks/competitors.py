@@ -54,8 +54,9 @@ async def naive_sdk_loop(url: str, bodies: list[dict[str, Any]], concurrency: in
         while True:
             async with semaphore:
                 try:
+                    tools = {"tools": body["tools"], "tool_choice": body["tool_choice"]} if "tools" in body else {}
                     await client.chat.completions.create(
-                        model="bench", messages=body["messages"], max_tokens=body["max_tokens"]
+                        model="bench", messages=body["messages"], max_tokens=body["max_tokens"], **tools
                     )
                     return
                 except RateLimitError:

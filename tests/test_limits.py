@@ -151,7 +151,8 @@ def test_gate_is_open_until_closed_and_never_shortens() -> None:
 
 def test_429s_without_any_hint_pause_with_jitter_doubling_until_a_success() -> None:
     t = FakeTime()
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, rng=random.Random(1))
+    wall = 1_000_000 * 60 + 5.0  # 5 s into a minute: the next boundary is far
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=lambda: wall, rng=random.Random(1))
     pauses = [admission.on_throttle(None) for _ in range(6)]
     for n, pause in enumerate(pauses):
         base = min(8.0, 0.5 * 2**n)
@@ -159,6 +160,8 @@ def test_429s_without_any_hint_pause_with_jitter_doubling_until_a_success() -> N
     assert len(set(pauses)) == 6  # jittered: workers do not all come back at once
     admission.on_reply({}, admission.calibration.admit(10))
     assert 0.375 <= admission.on_throttle(None) <= 0.625  # the server answered: start small again
+    wall = 1_000_000 * 60 + 59.5
+    assert admission.on_throttle(None) == pytest.approx(0.7)  # never past a minute's turn: always worth a try
 
 
 def test_fixed_minute_windows_are_noticed_and_then_waited_out_instead_of_probed() -> None:
