@@ -605,10 +605,13 @@ class Admission:
         With no hint, the pause is jittered and doubles while the server keeps
         saying nothing, or lasts until the next minute once fixed windows are detected.
         """
+        first_of_streak = retry_after is not None or self.no_hint_streak == 0
         if retry_after is not None:
             pause = retry_after
         elif self.windows.detected:
             pause = self.windows.until_boundary()
+        elif self.gate.remaining() > 0:  # sent before this round's pause began: the same news, told again
+            return self.gate.remaining()
         else:
             pause = min(NO_HINT_CAP, NO_HINT_FIRST * 2**self.no_hint_streak) * self.rng.uniform(0.75, 1.25)
             pause = min(pause, self.windows.until_boundary())  # a minute's turn is always worth a try
@@ -617,7 +620,9 @@ class Admission:
             self.windows.on_no_hint(pause)
         self._check_wait(pause)
         self.gate.close_for(pause)
-        if self.adaptive is not None and not self.windows.detected:  # a window's limit is not a rate
+        # A window's limit is not a rate; and while the server keeps refusing without a word,
+        # each probe's 429 says nothing new about the rate: cut once per streak.
+        if self.adaptive is not None and not self.windows.detected and first_of_streak:
             self.adaptive.on_throttle()
         return pause
 

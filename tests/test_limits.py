@@ -153,13 +153,21 @@ def test_429s_without_any_hint_pause_with_jitter_doubling_until_a_success() -> N
     t = FakeTime()
     wall = 1_000_000 * 60 + 5.0  # 5 s into a minute: the next boundary is far
     admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=lambda: wall, rng=random.Random(1))
-    pauses = [admission.on_throttle(None) for _ in range(6)]
+    pauses = []
+    for _ in range(6):
+        pauses.append(admission.on_throttle(None))
+        assert admission.on_throttle(None) == pytest.approx(
+            pauses[-1]
+        )  # sent before the pause: the same round, no escalation
+        t.now += pauses[-1]
     for n, pause in enumerate(pauses):
         base = min(8.0, 0.5 * 2**n)
         assert 0.75 * base <= pause <= 1.25 * base
     assert len(set(pauses)) == 6  # jittered: workers do not all come back at once
     admission.on_reply({}, admission.calibration.admit(10))
-    assert 0.375 <= admission.on_throttle(None) <= 0.625  # the server answered: start small again
+    small = admission.on_throttle(None)
+    assert 0.375 <= small <= 0.625  # the server answered: start small again
+    t.now += small
     wall = 1_000_000 * 60 + 59.5
     assert admission.on_throttle(None) == pytest.approx(0.7)  # never past a minute's turn: always worth a try
 

@@ -1,45 +1,92 @@
-"""The CLI against a simulator that enforces a quota the way Azure does."""
+"""The CLI against simulated servers that count differently from the client, and say less."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from asyncbatch.cli import main
-from asyncbatch.simulator import SimConfig, Simulator
+from asyncbatch.simulator import Charging, SimConfig, Simulator
+from asyncbatch.simulator.charge import charge
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "quota-key-0000"
-TPM, RPM, N = 600_000, 6_000, 300  # a 100k-token burst, then 10k tokens/s; 100 requests/s
+TOOL = json.loads((Path(__file__).resolve().parent.parent / "examples" / "get_company_info.json").read_text())
 
 
 @pytest.fixture
 def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
-    with simulator_env(SimConfig(api_key=KEY, tpm=TPM, rpm=RPM), monkeypatch) as (_, simulator):
+    with simulator_env(SimConfig(api_key=KEY, latency=0.05), monkeypatch) as (_, simulator):
         yield simulator
 
 
-def _inputs(tmp_path: Path) -> Path:
-    # 1800 prompt characters / 4 + max_tokens 50 = 500 estimated tokens each: 150k in all
-    return write_jsonl(
-        tmp_path / "in.jsonl", [batch_line(f"r{i}", f"{i:04d}" + "x" * 1796, max_tokens=50) for i in range(N)]
+def _inputs(tmp_path: Path, n: int) -> list[dict]:
+    forced = {"type": "function", "function": {"name": TOOL["name"]}}
+    tools = [{"type": "function", "function": TOOL}]
+    rows = [
+        batch_line(f"r{i}", f"{i:04d}" + "x" * 1196, max_tokens=50, tools=tools, tool_choice=forced) for i in range(n)
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    return [r["body"] for r in rows]
+
+
+def _all_once(tmp_path: Path, n: int) -> bool:
+    results = read_jsonl(tmp_path / "in.results.jsonl")
+    return sorted(r["line"] for r in results) == list(range(1, n + 1)) and not read_jsonl(
+        tmp_path / "in.results.errors.jsonl"
     )
 
 
-def _all_once(tmp_path: Path) -> bool:
-    results = read_jsonl(tmp_path / "in.results.jsonl")
-    return sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(N))
+def _learned_ratio(err: str) -> float:
+    found = re.search(r"server charge\s*│\s*([\d.]+) x", err)
+    assert found is not None, err
+    return float(found[1])
 
 
-def test_with_the_quota_given_the_server_almost_never_refuses(tmp_path: Path, sim: Simulator) -> None:
-    code = main([str(_inputs(tmp_path)), "-q", "-c", "50", "--tpm", str(TPM), "--rpm", str(RPM)])
-    assert code == 0 and _all_once(tmp_path)
-    assert sim.statuses["429"] <= 0.02 * N
+def test_quota_given_against_a_server_charging_twice_the_estimate_draws_almost_no_429s(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tpm, n = 1_200_000, 240
+    sim.config.charging = Charging(factor=2.0)
+    sim.quota.__init__(tpm, 7200)  # type: ignore[misc]  # the server's quota, counted its own way
+    bodies = _inputs(tmp_path, n)
+    server_total = sum(charge(b, Charging(factor=2.0)) for b in bodies)
+    assert server_total > 1.1 * tpm / 6  # more than one 10-second window: the limit is reached
+    assert main([str(tmp_path / "in.jsonl"), "--no-progress", "-c", "50", "--tpm", str(tpm), "--rpm", "7200"]) == 0
+    assert _all_once(tmp_path, n)
+    assert sim.statuses["429"] <= 0.02 * n
+    assert _learned_ratio(capsys.readouterr().err) == pytest.approx(
+        server_total / sum(charge(b, Charging()) for b in bodies), rel=0.1
+    )
 
 
-def test_adaptive_mode_learns_the_quota_and_loses_nothing(tmp_path: Path, sim: Simulator) -> None:
-    code = main([str(_inputs(tmp_path)), "-q", "-c", "50"])
-    assert code == 0 and _all_once(tmp_path)
-    assert sim.statuses["429"] > 0  # it had to discover the quota: the server did push back
+def test_adaptive_against_a_server_charging_half_learns_its_ratio_and_loses_nothing(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 300
+    sim.config.charging = Charging(factor=0.5, count_tools=False)
+    sim.quota.__init__(300_000, 6000)  # type: ignore[misc]
+    bodies = _inputs(tmp_path, n)
+    server_total = sum(charge(b, sim.config.charging) for b in bodies)
+    assert server_total > 1.1 * 300_000 / 6  # more than one 10-second window: the limit is reached
+    assert main([str(tmp_path / "in.jsonl"), "--no-progress", "-c", "50"]) == 0
+    assert _all_once(tmp_path, n)
+    expected = server_total / sum(charge(b, Charging()) for b in bodies)
+    assert _learned_ratio(capsys.readouterr().err) == pytest.approx(expected, rel=0.1)
+    assert sim.statuses["429"] <= 0.08 * n  # it followed the server's own budget, found in its headers
+
+
+def test_a_gateway_with_fixed_windows_and_no_hints_at_all_still_gets_every_line_through(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    n = 60
+    sim.quota.__init__(20_000, None, shape="minute", window=1.0)  # type: ignore[misc]  # 1 s windows, for speed
+    bodies = _inputs(tmp_path, n)
+    assert sum(charge(b, Charging()) for b in bodies) > 20_000  # needs two windows or more
+    assert main([str(tmp_path / "in.jsonl"), "-q", "-c", "20"]) == 0
+    assert _all_once(tmp_path, n)
+    assert sim.statuses["429"] > 0  # refused without retry-after or rate-limit headers, and ridden out

@@ -101,7 +101,9 @@ def test_an_outage_mid_run_is_ridden_out_without_using_attempts_or_writing_error
         input_path=tmp_path / "in.jsonl",
         endpoint=Endpoint(kind="azure", base_url=env["AZURE_OPENAI_ENDPOINT"], api_key=KEY, deployment="d"),
         limits=Limits(concurrency=50),
-        retry=RetryPolicy(max_attempts=2, backoff_initial=0.05, backoff_max=0.2),  # 2 attempts cannot outlast the outage
+        retry=RetryPolicy(
+            max_attempts=2, backoff_initial=0.05, backoff_max=0.2
+        ),  # 2 attempts cannot outlast the outage
     )
     stats = asyncio.run(run(config))
     assert simulator.statuses["down"] > 0  # the outage did happen, mid-run
