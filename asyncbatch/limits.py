@@ -292,7 +292,7 @@ class Calibration:
         refilled = self.refill_rate() * max(0.0, ticket.sent_at - sent_at)
         estimated = ticket.cum - cum - sum(e for s, e in self._refused if seq < s <= ticket.seq)
         # a budget at 0 may be floored (the server refused), one at the top may have spilled its refill
-        clean = 0 < remaining and was + refilled < self._most
+        clean = remaining > 0 and was + refilled < self._most
         if clean and estimated > 0 and (charged := was - remaining + refilled) > 0:
             self.samples.append(charged / estimated)
             if len(self.samples) >= 3:
