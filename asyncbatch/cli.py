@@ -183,6 +183,14 @@ def _request_options(p: argparse.ArgumentParser) -> None:
         help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION})",
     )
     req.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header for every request, repeatable: e.g. 'Ocp-Apim-Subscription-Key: ...' for API Management "
+        "(values are kept out of every output, like keys)",
+    )
+    req.add_argument(
         "--tools",
         type=Path,
         metavar="FILE",
@@ -278,11 +286,29 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
             api_key=env["AZURE_OPENAI_API_KEY"],
             deployment=str(deployment),
             api_version=args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
+            headers=parse_headers(args.header),
         )
     model = args.deployment or env.get("OPENAI_MODEL")
     _require({"OPENAI_API_KEY": env.get("OPENAI_API_KEY"), "OPENAI_MODEL (or --deployment)": model})
     base_url = check_base_url(env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL, "openai", "OPENAI_BASE_URL")
-    return Endpoint(kind="openai", base_url=base_url, api_key=env["OPENAI_API_KEY"], deployment=str(model))
+    return Endpoint(
+        kind="openai",
+        base_url=base_url,
+        api_key=env["OPENAI_API_KEY"],
+        deployment=str(model),
+        headers=parse_headers(args.header),
+    )
+
+
+def parse_headers(values: Sequence[str]) -> dict[str, str]:
+    """``--header 'Name: value'`` options -> a dict (the value is a secret: it is never echoed)."""
+    headers = {}
+    for value in values:
+        name, colon, content = value.partition(":")
+        if not colon or not name.strip() or not content.strip():
+            raise ConfigError(f"--header takes 'Name: value' (got a value without a name, or a name alone: {name!r})")
+        headers[name.strip()] = content.strip()
+    return headers
 
 
 def _require(values: Mapping[str, str | None]) -> None:
@@ -363,8 +389,9 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
     if args.simulate:
         sim = sim_config(args)
         async with simulated(sim) as endpoint:
-            if args.deployment:
-                endpoint = dataclasses.replace(endpoint, deployment=args.deployment)
+            endpoint = dataclasses.replace(
+                endpoint, deployment=args.deployment or endpoint.deployment, headers=parse_headers(args.header)
+            )
             reporter.info(f"SIMULATED run: local simulator at {endpoint.base_url}, nothing is sent to Azure")
             return await _run(build_config(args, endpoint), reporter, args.restart)
     return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args.restart)
@@ -444,7 +471,8 @@ def _prog() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY")])
+    secrets = [value.partition(":")[2].strip() for value in args.header]
+    redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY"), *secrets])
 
     def fail(message: str) -> int:
         print(f"asyncbatch: error: {redactor.text(message)}", file=sys.stderr)
@@ -452,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         env = load_env(args.env_file, os.environ)
-        redactor = Redactor([env.get("AZURE_OPENAI_API_KEY"), env.get("OPENAI_API_KEY")])
+        redactor = Redactor([env.get("AZURE_OPENAI_API_KEY"), env.get("OPENAI_API_KEY"), *secrets])
         check_input(args.input)
         if args.input.stat().st_size == 0:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)

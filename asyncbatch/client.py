@@ -53,9 +53,12 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
             azure_endpoint=endpoint.base_url,
             api_key=endpoint.api_key,
             api_version=endpoint.api_version,
+            default_headers=dict(endpoint.headers),
             max_retries=0,
         )
-    return AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0)
+    return AsyncOpenAI(
+        base_url=endpoint.base_url, api_key=endpoint.api_key, default_headers=dict(endpoint.headers), max_retries=0
+    )
 
 
 def chat_path(endpoint: Endpoint) -> str:

@@ -10,6 +10,7 @@ them the same way::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,9 +36,18 @@ class Endpoint:
     api_key: str = field(repr=False)
     deployment: str
     api_version: str = DEFAULT_API_VERSION
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # sent with every request (a gateway's key)
     simulated: bool = False
 
+    @property
+    def secrets(self) -> list[str]:
+        """Everything that must never appear in an output, a message or a traceback."""
+        return [self.api_key, *self.headers.values()]
+
     def __post_init__(self) -> None:
+        for name in self.headers:
+            if not name or any(c in name for c in " :\r\n"):
+                raise ConfigError(f"--header name {name!r} is not a valid HTTP header name")
         if not self.base_url:
             raise ConfigError("the endpoint URL is empty")
         if not self.deployment:

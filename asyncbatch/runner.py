@@ -131,7 +131,7 @@ async def _locked_run(
         await batch.run_all(expected)
     except* (FatalAPIError, OutputError) as group:
         fatal = _first_leaf(group)
-        stats.aborted = Redactor([config.endpoint.api_key]).text(str(fatal))
+        stats.aborted = Redactor(config.endpoint.secrets).text(str(fatal))
         raise fatal from None
     finally:
         stats.finished = clock()
@@ -198,7 +198,7 @@ class _Batch:
         clock: Callable[[], float],
     ) -> None:
         self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
-        redactor = Redactor([config.endpoint.api_key])
+        redactor = Redactor(config.endpoint.secrets)
         fsync = config.fsync_interval
         self.journal = SentJournal(journal_path(config.checkpoint))
         self.results = JsonlWriter(config.output_path, self._on_results, fsync_interval=fsync, redactor=redactor)

@@ -28,6 +28,16 @@ PER_REQUEST = {
             "/chat/completions",
         ),
         (Endpoint(kind="openai", base_url="http://127.0.0.1:9/v1", api_key="K2", deployment="m"), "/chat/completions"),
+        (
+            Endpoint(
+                kind="azure",
+                base_url="https://apim.example/",
+                api_key="K3",
+                deployment="d",
+                headers={"Ocp-Apim-Subscription-Key": "S3"},
+            ),
+            "/chat/completions",
+        ),
     ],
 )
 def test_request_target_matches_what_the_sdk_itself_sends(endpoint: Endpoint, sdk_path: str) -> None:

@@ -265,3 +265,28 @@ def test_quiet_prints_nothing_when_all_is_well(
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", "")
     assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 1
+
+
+def test_a_gateway_header_is_sent_with_every_request_and_never_appears_in_any_output(
+    tmp_path: Path, sim: tuple[str, Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, simulator = sim
+    secret = "apim-subscription-9f9f9f9f"
+    simulator.config.gateway_key = secret  # like API Management in front of Azure OpenAI
+    simulator.config.script.update({"p3": ["echo-key"]})  # a server that quotes what it was given
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(10)])
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 2  # without it, the gateway refuses everything
+    assert "authentication failed" in capsys.readouterr().err
+    code = main([str(tmp_path / "in.jsonl"), "--no-progress", "--header", f"Ocp-Apim-Subscription-Key: {secret}"])
+    captured = capsys.readouterr()
+    assert code == 1 and len(read_jsonl(tmp_path / "in.results.jsonl")) == 9  # one line was the echo
+    files = [p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file()]
+    assert any("***" in text for text in files)  # the echoed value was there to redact
+    for text in [captured.out, captured.err, *files]:
+        assert secret not in text
+
+
+def test_a_header_without_a_value_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    assert main([str(tmp_path / "in.jsonl"), "--simulate", "--header", "Ocp-Apim-Subscription-Key"]) == 2
+    assert "--header takes 'Name: value'" in capsys.readouterr().err

@@ -59,6 +59,7 @@ class SimConfig:
     script: dict[str, list[str]] = field(default_factory=dict)
     outage_after: int | None = None  # after this many requests, the endpoint is down (connections dropped) ...
     outage_seconds: float = 60.0  # ... for this long
+    gateway_key: str | None = None  # like API Management in front: Ocp-Apim-Subscription-Key must be this
     exhaust_after: int | None = None  # after this many answers, 429 "retry after 86400 s": the day's quota is gone
 
 
@@ -99,6 +100,8 @@ class Simulator:
         return sum(n - 1 for n in self.answered.values() if n > 1)
 
     async def azure_chat(self, request: web.Request) -> web.StreamResponse:
+        if (gateway := self.config.gateway_key) and request.headers.get("Ocp-Apim-Subscription-Key") != gateway:
+            return self._error(401, "401", "Access denied due to missing subscription key.")  # like API Management
         if request.headers.get("api-key") != self.config.api_key and not self._bearer_ok(request):
             return self._error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         if "api-version" not in request.query:
@@ -184,9 +187,11 @@ class Simulator:
             return self._throttled(1.234, headers)
         if fault in REFUSALS:
             return self._error(400, *REFUSALS[fault])
-        if fault == "echo-key":  # some servers quote the key they were given back in the error
+        if fault == "echo-key":  # some servers quote the keys they were given back in the error
             key = request.headers.get("api-key", "")
-            return self._error(400, "invalid_request_error", f"Request with key {key} was rejected.")
+            apim = request.headers.get("Ocp-Apim-Subscription-Key", "")
+            quoted = f"Request with key {key} was rejected." + (f" Subscription key: {apim}." if apim else "")
+            return self._error(400, "invalid_request_error", quoted)
         if fault == "hang":
             await asyncio.sleep(self.config.hang_seconds)
         if fault == "reset":
