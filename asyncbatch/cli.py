@@ -180,7 +180,8 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     req.add_argument(
         "--api-version",
         metavar="VERSION",
-        help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION})",
+        help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION}); 'v1' uses "
+        "the v1 API ({endpoint}/openai/v1, no api-version), as does an endpoint ending in /openai/v1",
     )
     req.add_argument(
         "--header",
@@ -280,12 +281,15 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
         needed = {**{v: env.get(v) for v in azure_vars}, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment}
         _require(needed)
         base_url = check_base_url(env["AZURE_OPENAI_ENDPOINT"], "azure", "AZURE_OPENAI_ENDPOINT")
+        api_version = args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION
+        if base_url.endswith("/openai/v1"):  # the v1 API's base URL, as the portal shows it
+            base_url, api_version = base_url.removesuffix("/openai/v1"), "v1"
         return Endpoint(
             kind="azure",
             base_url=base_url,
             api_key=env["AZURE_OPENAI_API_KEY"],
             deployment=str(deployment),
-            api_version=args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION,
+            api_version=api_version,
             headers=parse_headers(args.header),
         )
     model = args.deployment or env.get("OPENAI_MODEL")

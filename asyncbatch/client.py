@@ -48,6 +48,13 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
     # Imported here: the SDK takes over a second to import, and --help or --dry-run never need it.
     from openai import AsyncAzureOpenAI, AsyncOpenAI
 
+    if endpoint.is_azure_v1:  # the v1 API: OpenAI's routes under /openai/v1, no api-version, model in the body
+        return AsyncOpenAI(
+            base_url=f"{endpoint.base_url}/openai/v1/",
+            api_key=endpoint.api_key,
+            default_headers=dict(endpoint.headers),
+            max_retries=0,
+        )
     if endpoint.kind == "azure":
         return AsyncAzureOpenAI(
             azure_endpoint=endpoint.base_url,
@@ -62,7 +69,7 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
 
 
 def chat_path(endpoint: Endpoint) -> str:
-    if endpoint.kind == "azure":
+    if endpoint.kind == "azure" and not endpoint.is_azure_v1:
         return f"deployments/{quote(endpoint.deployment, safe='')}/chat/completions"
     return "chat/completions"
 

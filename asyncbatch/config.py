@@ -40,6 +40,11 @@ class Endpoint:
     simulated: bool = False
 
     @property
+    def is_azure_v1(self) -> bool:
+        """Azure's v1 API (``--api-version v1``): ``{endpoint}/openai/v1/...`` routes, no api-version."""
+        return self.kind == "azure" and self.api_version == "v1"
+
+    @property
     def secrets(self) -> list[str]:
         """Everything that must never appear in an output, a message or a traceback."""
         return [self.api_key, *self.headers.values()]

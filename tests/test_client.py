@@ -30,6 +30,12 @@ PER_REQUEST = {
         (Endpoint(kind="openai", base_url="http://127.0.0.1:9/v1", api_key="K2", deployment="m"), "/chat/completions"),
         (
             Endpoint(
+                kind="azure", base_url="https://res.openai.azure.com", api_key="K4", deployment="d", api_version="v1"
+            ),
+            "/chat/completions",
+        ),
+        (
+            Endpoint(
                 kind="azure",
                 base_url="https://apim.example/",
                 api_key="K3",

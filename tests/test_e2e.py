@@ -290,3 +290,22 @@ def test_a_header_without_a_value_is_refused(tmp_path: Path, capsys: pytest.Capt
     write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
     assert main([str(tmp_path / "in.jsonl"), "--simulate", "--header", "Ocp-Apim-Subscription-Key"]) == 2
     assert "--header takes 'Name: value'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["openai", "azure"])
+def test_the_v1_api_base_url_works_in_both_modes(
+    tmp_path: Path, sim: tuple[str, Simulator], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    url, simulator = sim
+    if mode == "openai":  # OpenAI mode with the v1 base URL
+        for name in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"):
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{url}/openai/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("OPENAI_MODEL", "dep")
+    else:  # Azure mode, the endpoint as the portal shows it for the v1 API
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", f"{url}/openai/v1")
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(5)])
+    code, results, errors = _cli(tmp_path)
+    assert code == 0 and len(results) == 5 and errors == []
+    assert all(body["model"] == "dep" for body in simulator.bodies)  # v1: the deployment goes in the body

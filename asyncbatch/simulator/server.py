@@ -82,6 +82,7 @@ class Simulator:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
         app.router.add_post("/v1/chat/completions", self.openai_chat)
+        app.router.add_post("/openai/v1/chat/completions", self.azure_v1_chat)
         app.router.add_get("/_stats", self.stats)
         return app
 
@@ -109,6 +110,14 @@ class Simulator:
         wanted = self.config.deployment
         if wanted is not None and request.match_info["deployment"] != wanted:
             return self._error(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+        return await self.chat(request)
+
+    async def azure_v1_chat(self, request: web.Request) -> web.StreamResponse:
+        """Azure's v1 API: OpenAI's route, no api-version; the key as ``api-key`` or ``Authorization: Bearer``."""
+        if request.headers.get("api-key") != self.config.api_key and not self._bearer_ok(request):
+            return self._error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+        if "api-version" in request.query:
+            return self._error(400, "BadRequest", "api-version query parameter is not allowed with the v1 API.")
         return await self.chat(request)
 
     async def openai_chat(self, request: web.Request) -> web.StreamResponse:
