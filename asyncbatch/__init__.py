@@ -10,8 +10,9 @@ Library use (from a script; in a notebook, ``await asyncbatch.run(config)`` dire
 
     asyncio.run(main())
 
-Exceptions ``run`` raises (see ``errors``): ConfigError, FatalAPIError, OutputError,
-all AsyncBatchError.
+Exceptions ``run`` raises (see ``errors``): ConfigError (AlreadyRunning: another run holds
+the outputs), FatalAPIError, OutputError, all AsyncBatchError. A run that stops early but
+resumably (an outage past max_outage, an exhausted quota) returns its stats with ``stopped`` set.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 from .config import Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
 from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
+from .lock import AlreadyRunning
 from .progress import Reporter
 from .runner import Interrupt, restart, run
 from .schemas import load_response_format, load_tools, strict_problems
@@ -36,6 +38,7 @@ def run_sync(config: RunConfig, **options: Any) -> RunStats:
 
 
 __all__ = [
+    "AlreadyRunning",
     "AsyncBatchError",
     "AttemptError",
     "ConfigError",

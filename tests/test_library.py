@@ -31,7 +31,7 @@ def test_all_names_what_is_exported_and_nothing_else() -> None:
     modules = {name for name in public if type(getattr(asyncbatch, name)).__name__ == "module"}
     assert sorted(asyncbatch.__all__) == asyncbatch.__all__
     assert set(asyncbatch.__all__) == (public - modules) | {"__version__"}
-    for name in ("run", "RunConfig", "Interrupt", "ConfigError", "FatalAPIError", "OutputError", "simulated"):
+    for name in ("run", "RunConfig", "Interrupt", "ConfigError", "FatalAPIError", "OutputError", "AlreadyRunning"):
         assert name in asyncbatch.__all__
 
 
