@@ -200,7 +200,7 @@ class Attempts:
         try:
             reply = await self.connection.send(payload)
         except AttemptError as exc:
-            self._on_failure(exc, ticket)
+            await self._on_failure(exc, ticket)
             raise
         finally:
             self.stats.in_flight -= 1
@@ -209,7 +209,11 @@ class Attempts:
         self._observe()
         return reply, (self.clock() - started) * 1000, self.check.extract(reply.body)
 
-    def _on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
+    async def _on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
+        tokens = self.connection.tokens
+        if exc.status == 401 and self.any_success and tokens and await tokens.refresh_after_401(exc.token):
+            exc.retryable = exc.held = True  # the token expired early: a new one, and the same request again
+            return
         self.stats.throttled += exc.status == 429
         self.admission.on_failure(exc, ticket)
         self._observe()

@@ -21,6 +21,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from . import __version__
+from .auth import TokenProvider, command_provider, default_credential_provider
 from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
 from .dryrun import dry_run, format_report
 from .endpoints import check_base_url
@@ -184,6 +185,19 @@ def _request_options(p: argparse.ArgumentParser) -> None:
         "the v1 API ({endpoint}/openai/v1, no api-version), as does an endpoint ending in /openai/v1",
     )
     req.add_argument(
+        "--auth",
+        choices=("key", "entra"),
+        help="key: AZURE_OPENAI_API_KEY; entra: Entra ID bearer tokens, refreshed before they expire (default: "
+        "the key if one is set, else Entra ID: --token-command, or DefaultAzureCredential from "
+        'pip install "asyncbatch[entra]")',
+    )
+    req.add_argument(
+        "--token-command",
+        metavar="CMD",
+        help="Entra ID: run CMD for each new token and use what it prints (also ASYNCBATCH_TOKEN_COMMAND), e.g. "
+        "'az account get-access-token --resource https://cognitiveservices.azure.com --query accessToken -o tsv'",
+    )
+    req.add_argument(
         "--header",
         action="append",
         default=[],
@@ -278,8 +292,9 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
     use_azure = any(env.get(v) for v in azure_vars) or not (env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL"))
     if use_azure:
         deployment = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME")
-        needed = {**{v: env.get(v) for v in azure_vars}, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment}
-        _require(needed)
+        needed = {"AZURE_OPENAI_ENDPOINT": env.get("AZURE_OPENAI_ENDPOINT")}
+        _require({**needed, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment})
+        key, provider = azure_auth(env, args)
         base_url = check_base_url(env["AZURE_OPENAI_ENDPOINT"], "azure", "AZURE_OPENAI_ENDPOINT")
         api_version = args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION
         if base_url.endswith("/openai/v1"):  # the v1 API's base URL, as the portal shows it
@@ -287,7 +302,8 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
         return Endpoint(
             kind="azure",
             base_url=base_url,
-            api_key=env["AZURE_OPENAI_API_KEY"],
+            api_key=key,
+            token_provider=provider,
             deployment=str(deployment),
             api_version=api_version,
             headers=parse_headers(args.header),
@@ -302,6 +318,20 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
         deployment=str(model),
         headers=parse_headers(args.header),
     )
+
+
+def azure_auth(env: Mapping[str, str], args: argparse.Namespace) -> tuple[str, TokenProvider | None]:
+    """An API key, or Entra ID: --token-command (or ASYNCBATCH_TOKEN_COMMAND), else DefaultAzureCredential."""
+    command = args.token_command or env.get("ASYNCBATCH_TOKEN_COMMAND")
+    key = env.get("AZURE_OPENAI_API_KEY") or ""
+    if args.auth == "key":
+        _require({"AZURE_OPENAI_API_KEY": key})
+        return key, None
+    if command:
+        return "", command_provider(command)
+    if key and args.auth != "entra":
+        return key, None
+    return "", default_credential_provider()
 
 
 def parse_headers(values: Sequence[str]) -> dict[str, str]:
@@ -440,6 +470,8 @@ def fatal_hint(kind: str, endpoint: Endpoint) -> str:
     azure = endpoint.kind == "azure"
     key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
     model = "AZURE_OPENAI_DEPLOYMENT_NAME / --deployment" if azure else "OPENAI_MODEL / --deployment"
+    if kind == "authentication" and endpoint.token_provider is not None:
+        return "check that the Entra ID identity has the 'Cognitive Services OpenAI User' role on this resource"
     if kind == "authentication":
         return f"check {key} and that it belongs to this endpoint"
     if kind == "not_found":

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import orjson
 
+from .auth import Tokens
 from .config import Endpoint
 from .errors import AttemptError
 from .limits import parse_retry_after
@@ -52,6 +53,14 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
         return AsyncOpenAI(
             base_url=f"{endpoint.base_url}/openai/v1/",
             api_key=endpoint.api_key,
+            default_headers=dict(endpoint.headers),
+            max_retries=0,
+        )
+    if endpoint.kind == "azure" and endpoint.token_provider is not None:
+        return AsyncAzureOpenAI(  # the token itself is set per request, as the SDK does (Connection.send)
+            azure_endpoint=endpoint.base_url,
+            azure_ad_token_provider=endpoint.token_provider,
+            api_version=endpoint.api_version,
             default_headers=dict(endpoint.headers),
             max_retries=0,
         )
@@ -88,8 +97,10 @@ def request_target(sdk: AsyncOpenAI, endpoint: Endpoint) -> tuple[str, dict[str,
 class Connection:
     """One pooled aiohttp session posting pre-serialised chat requests. Build with ``open`` in the event loop."""
 
-    def __init__(self, url: str, headers: dict[str, str], *, concurrency: int, timeout: float) -> None:
-        self.url, self.headers = url, headers
+    def __init__(
+        self, url: str, headers: dict[str, str], *, concurrency: int, timeout: float, tokens: Tokens | None = None
+    ) -> None:
+        self.url, self.headers, self.tokens = url, headers, tokens
         self.where = url.split("?")[0]  # for messages: the URL without its query
         self.timeout = timeout
         self.session = aiohttp.ClientSession(
@@ -99,20 +110,29 @@ class Connection:
         )
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, *, concurrency: int, timeout: float) -> Connection:
-        """Ask the SDK where and how to call, then close it: only the aiohttp session is kept."""
+    async def open(
+        cls, endpoint: Endpoint, *, concurrency: int, timeout: float, tokens: Tokens | None = None
+    ) -> Connection:
+        """Ask the SDK where and how to call, then close it: only the aiohttp session is kept.
+
+        :param tokens: Entra ID: the bearer token is set on every request, as the SDK's provider is.
+        """
         sdk = sdk_client(endpoint)
         try:
             url, headers = request_target(sdk, endpoint)
         finally:
             await sdk.close()
-        return cls(url, headers, concurrency=concurrency, timeout=timeout)
+        return cls(url, headers, concurrency=concurrency, timeout=timeout, tokens=tokens)
 
     async def send(self, payload: bytes) -> Reply:
         """One attempt with a hard deadline. Raises AttemptError, never an aiohttp exception."""
         try:
             async with asyncio.timeout(self.timeout):
-                async with self.session.post(self.url, data=payload, headers=self.headers) as response:
+                sent, token = self.headers, None
+                if self.tokens is not None:
+                    token = await self.tokens.get()
+                    sent = {**sent, "Authorization": f"Bearer {token}"}
+                async with self.session.post(self.url, data=payload, headers=sent) as response:
                     raw = await response.read()
                     status, headers = response.status, response.headers
         except TimeoutError:
@@ -120,7 +140,11 @@ class Connection:
         except aiohttp.ClientError as exc:
             raise AttemptError("connection_error", f"connection failed: {_describe(exc)}", retryable=True) from None
         if status >= 400:
-            raise status_error(status, headers, raw)
+            error = status_error(status, headers, raw)
+            error.token = token
+            raise error
+        if self.tokens is not None:
+            self.tokens.worked()
         return decode_reply(status, headers, raw)
 
     async def close(self) -> None:

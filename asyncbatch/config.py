@@ -10,7 +10,7 @@ them the same way::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,8 +33,10 @@ class Endpoint:
 
     kind: Literal["azure", "openai"]
     base_url: str
-    api_key: str = field(repr=False)
     deployment: str
+    api_key: str = field(default="", repr=False)
+    # Entra ID instead of a key: a callable returning a bearer token, sync or async (see ``auth.py``)
+    token_provider: Callable[[], str | Awaitable[str]] | None = field(default=None, repr=False, compare=False)
     api_version: str = DEFAULT_API_VERSION
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # sent with every request (a gateway's key)
     simulated: bool = False
@@ -57,6 +59,8 @@ class Endpoint:
             raise ConfigError("the endpoint URL is empty")
         if not self.deployment:
             raise ConfigError("the deployment (model) name is empty")
+        if bool(self.api_key) == (self.token_provider is not None):
+            raise ConfigError("give the endpoint an api_key or a token_provider (Entra ID), exactly one")
 
 
 @dataclass(frozen=True, kw_only=True)

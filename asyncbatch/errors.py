@@ -80,3 +80,4 @@ class AttemptError(AsyncBatchError):
         self.request_id = request_id
         self.feedback: list[dict[str, Any]] | None = None
         self.held = False  # admission holds the next attempt (429, outage): this one does not count
+        self.token: str | None = None  # Entra ID: the bearer token the request was sent with

@@ -14,6 +14,12 @@ class Redactor:
         self._text = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
         self._bytes = [s.encode() for s in self._text]
 
+    def add(self, secret: str) -> None:
+        """A secret learned during the run (a new bearer token); the latest few are kept."""
+        if len(secret) >= 4 and secret not in self._text:
+            self._text = sorted([*self._text[-16:], secret], key=len, reverse=True)
+            self._bytes = [s.encode() for s in self._text]
+
     def text(self, value: str) -> str:
         for secret in self._text:
             value = value.replace(secret, MASK)

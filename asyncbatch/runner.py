@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .attempts import Attempts, Outcome, Stopped, Success
+from .auth import Tokens
 from .checkpoint import (
     PrefixHash,
     ResumeState,
@@ -121,17 +122,21 @@ async def _locked_run(
     for note in state.notes:
         reporter.info(note)
     # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
-    limits = config.limits
-    connection = await Connection.open(config.endpoint, concurrency=limits.concurrency, timeout=config.retry.timeout)
+    limits, endpoint = config.limits, config.endpoint
+    redactor = Redactor(endpoint.secrets)
+    tokens = Tokens(endpoint.token_provider, on_new=redactor.add) if endpoint.token_provider else None
+    connection = await Connection.open(
+        endpoint, concurrency=limits.concurrency, timeout=config.retry.timeout, tokens=tokens
+    )
     stats = _initial_stats(config, state, clock)
     try:
-        batch = _Batch(config, stats, state, reporter, connection, sleep, clock)
+        batch = _Batch(config, stats, state, reporter, connection, redactor, sleep, clock)
         if interrupt is not None:
             interrupt.listen(batch.on_interrupt)
         await batch.run_all(expected)
     except* (FatalAPIError, OutputError) as group:
         fatal = _first_leaf(group)
-        stats.aborted = Redactor(config.endpoint.secrets).text(str(fatal))
+        stats.aborted = redactor.text(str(fatal))
         raise fatal from None
     finally:
         stats.finished = clock()
@@ -194,11 +199,11 @@ class _Batch:
         state: ResumeState,
         reporter: Reporter,
         connection: Connection,
+        redactor: Redactor,
         sleep: Sleep,
         clock: Callable[[], float],
     ) -> None:
         self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
-        redactor = Redactor(config.endpoint.secrets)
         fsync = config.fsync_interval
         self.journal = SentJournal(journal_path(config.checkpoint))
         self.results = JsonlWriter(config.output_path, self._on_results, fsync_interval=fsync, redactor=redactor)

@@ -27,6 +27,7 @@ from aiohttp import web
 from .answers import completion, prompt_text
 from .charge import Charging, charge
 from .quota import Quota, Shape
+from .tokens import token_problem
 
 FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage")
 # Azure's 400s that retrying cannot fix
@@ -59,6 +60,8 @@ class SimConfig:
     script: dict[str, list[str]] = field(default_factory=dict)
     outage_after: int | None = None  # after this many requests, the endpoint is down (connections dropped) ...
     outage_seconds: float = 60.0  # ... for this long
+    entra_only: bool = False  # key authentication off: only live bearer JWTs are accepted (see tokens.py)
+    token_max_age: float | None = None  # entra_only: a token is refused this long after its first use (revoked)
     gateway_key: str | None = None  # like API Management in front: Ocp-Apim-Subscription-Key must be this
     exhaust_after: int | None = None  # after this many answers, 429 "retry after 86400 s": the day's quota is gone
 
@@ -77,6 +80,7 @@ class Simulator:
         self.bodies: deque[dict[str, Any]] = deque(maxlen=200)  # the latest request bodies, for inspection
         self.first_request = threading.Event()  # set at the first chat request (tests wait on it)
         self.down_until = 0.0  # time.monotonic() until which the endpoint is down
+        self.tokens_seen: dict[str, float] = {}  # bearer tokens accepted (entra_only) -> first use
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -103,7 +107,12 @@ class Simulator:
     async def azure_chat(self, request: web.Request) -> web.StreamResponse:
         if (gateway := self.config.gateway_key) and request.headers.get("Ocp-Apim-Subscription-Key") != gateway:
             return self._error(401, "401", "Access denied due to missing subscription key.")  # like API Management
-        if request.headers.get("api-key") != self.config.api_key and not self._bearer_ok(request):
+        if self.config.entra_only:
+            bearer = request.headers.get("Authorization")
+            if problem := token_problem(bearer) or self._revoked(str(bearer)):
+                return self._error(401, "401", f"Access denied: {problem}.")
+            self.tokens_seen.setdefault(str(bearer), time.monotonic())
+        elif request.headers.get("api-key") != self.config.api_key and not self._bearer_ok(request):
             return self._error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         if "api-version" not in request.query:
             return self._error(404, "404", "Resource not found (missing api-version).")
@@ -166,6 +175,13 @@ class Simulator:
             return await self._answer(request, body, text, fault, limit_headers)
         finally:
             self.active -= 1
+
+    def _revoked(self, bearer: str) -> str | None:
+        first = self.tokens_seen.get(bearer)
+        max_age = self.config.token_max_age
+        if first is not None and max_age is not None and time.monotonic() - first > max_age:
+            return "the access token has been revoked"
+        return None
 
     def _down(self) -> bool:
         now = time.monotonic()

@@ -1,0 +1,132 @@
+"""Entra ID: bearer tokens from a command, a provider or a credential, refreshed before expiry and after a 401."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncbatch
+from asyncbatch.auth import SCOPE, Tokens, credential_provider, jwt_expiry
+from asyncbatch.cli import main
+from asyncbatch.simulator import SimConfig, Simulator
+from asyncbatch.simulator.tokens import make_token
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Simulator]]:
+    config = SimConfig(api_key="unused-key", entra_only=True, latency=0.05)
+    with simulator_env(config, monkeypatch) as (env, simulator):
+        monkeypatch.delenv("AZURE_OPENAI_API_KEY")  # key authentication is off on this resource
+        yield env["AZURE_OPENAI_ENDPOINT"], simulator
+
+
+def _exactly_once(tmp_path: Path, n: int) -> list[dict[str, Any]]:
+    results = read_jsonl(tmp_path / "in.results.jsonl")
+    assert sorted(r["line"] for r in results) == list(range(1, n + 1))
+    assert read_jsonl(tmp_path / "in.results.errors.jsonl") == []
+    return results
+
+
+def test_tokens_are_refreshed_before_they_expire() -> None:
+    now = [1000.0]
+    issued: list[str] = []
+
+    def provider() -> str:
+        issued.append(make_token(8, now=now[0]))
+        return issued[-1]
+
+    tokens = Tokens(provider, clock=lambda: now[0])
+    first = asyncio.run(tokens.get())
+    assert jwt_expiry(first) == 1008.0
+    now[0] = 1005.9  # more than a quarter of its life left: kept
+    assert asyncio.run(tokens.get()) == first
+    now[0] = 1006.1  # a quarter left: a new one
+    assert asyncio.run(tokens.get()) != first and len(issued) == 2
+
+
+def test_a_token_command_keeps_a_run_going_across_token_lifetimes(
+    tmp_path: Path, sim: tuple[str, Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, simulator = sim
+    n = 200
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(n)])
+    command = f"{sys.executable} -m asyncbatch.simulator.tokens 0.8"  # each token lives 0.8 s
+    code = main([str(tmp_path / "in.jsonl"), "--no-progress", "-c", "5", "--token-command", command])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    _exactly_once(tmp_path, n)
+    assert len(simulator.tokens_seen) >= 3 and simulator.statuses["401"] == 0  # refreshed in time, every time
+    files = [p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file()]
+    for token in simulator.tokens_seen:
+        for text in [captured.out, captured.err, *files]:
+            assert token.removeprefix("Bearer ") not in text
+
+
+def test_a_401_after_successes_refreshes_the_token_and_sends_again_without_using_an_attempt(
+    tmp_path: Path, sim: tuple[str, Simulator]
+) -> None:
+    url, simulator = sim
+    simulator.config.token_max_age = 0.3  # the server revokes tokens long before their claimed expiry
+    n = 200
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(n)])
+    endpoint = asyncbatch.Endpoint(
+        kind="azure", base_url=url, deployment="dep", token_provider=lambda: make_token(3600)
+    )
+    retry = asyncbatch.RetryPolicy(max_attempts=1)  # a 401 that used an attempt would fail its line
+    config = asyncbatch.RunConfig(input_path=tmp_path / "in.jsonl", endpoint=endpoint, retry=retry)
+    stats = asyncbatch.run_sync(config)
+    assert stats.succeeded == n and simulator.statuses["401"] > 0  # the server did refuse, and it was ridden out
+    _exactly_once(tmp_path, n)
+    assert len(simulator.tokens_seen) >= 2
+
+
+def test_a_credential_is_asked_for_azure_openais_scope(tmp_path: Path, sim: tuple[str, Simulator]) -> None:
+    url, _ = sim
+
+    class FakeCredential:  # azure-identity's shape: get_token(scope) -> AccessToken(token, expires_on)
+        def __init__(self) -> None:
+            self.scopes: list[str] = []
+
+        async def get_token(self, scope: str) -> Any:
+            self.scopes.append(scope)
+            return type("AccessToken", (), {"token": make_token(3600), "expires_on": 0})()
+
+    credential = FakeCredential()
+    endpoint = asyncbatch.Endpoint(
+        kind="azure", base_url=url, deployment="dep", token_provider=credential_provider(credential)
+    )
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(5)])
+    stats = asyncbatch.run_sync(asyncbatch.RunConfig(input_path=tmp_path / "in.jsonl", endpoint=endpoint))
+    assert stats.succeeded == 5 and credential.scopes == [SCOPE]
+
+
+def test_with_no_key_the_cli_signs_in_with_default_azure_credential(
+    tmp_path: Path, sim: tuple[str, Simulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncbatch import auth
+
+    used: list[str] = []
+
+    def default_credential() -> auth.TokenProvider:  # stands in for DefaultAzureCredential
+        used.append("DefaultAzureCredential")
+        return lambda: make_token(3600)
+
+    monkeypatch.setattr("asyncbatch.cli.default_credential_provider", default_credential)
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 0
+    assert used == ["DefaultAzureCredential"]
+
+
+def test_without_azure_identity_the_message_says_what_to_install(
+    tmp_path: Path, sim: tuple[str, Simulator], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "azure.identity.aio", None)  # as if azure-identity were not installed
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 2
+    assert 'pip install "asyncbatch[entra]"' in capsys.readouterr().err
