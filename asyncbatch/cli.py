@@ -45,7 +45,8 @@ input formats (detected line by line):
 
 configuration (environment or .env; real environment variables win):
   AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, AZURE_OPENAI_DEPLOYMENT_NAME,
-  AZURE_OPENAI_API_VERSION (default @API_VERSION@)
+  AZURE_OPENAI_API_VERSION (default @API_VERSION@); without a key: Entra ID
+  (ASYNCBATCH_TOKEN_COMMAND, or DefaultAzureCredential with pip install "asyncbatch[entra]")
   or, for OpenAI and OpenAI-compatible servers: OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
 
 exit codes:

@@ -110,14 +110,71 @@ def quota() -> None:
     )
 
 
+def entra(seconds: float) -> None:
+    """Bearer JWTs that live 8 s, a run of ``seconds`` or more: through the CLI, then the library."""
+    n = int(seconds * 20 / 0.2)  # concurrency 20, 200 ms latency
+    with tempfile.TemporaryDirectory() as tmp, simulator_process("--latency-ms", "200", "--entra-only") as url:
+        work = Path(tmp)
+        write_batch_lines(work / "in.jsonl", n)
+        env = {k: v for k, v in azure_env(url).items() if k != "AZURE_OPENAI_API_KEY"}
+        started = time.monotonic()
+        token_command = f"{sys.executable} -m asyncbatch.simulator.tokens 8"
+        proc = cli(work, env, "-c", "20", "--token-command", token_command)
+        proc.communicate(timeout=600)
+        took = time.monotonic() - started
+        once, errors = check(work, n)
+        statuses = simulator_stats(url)["statuses"]
+    print(f"4. Entra ID only, tokens live 8 s, {n:,} requests through the CLI with --token-command:")
+    print(
+        f"   exit {proc.returncode} after {took:.1f} s, exactly once: {once}, error lines: {errors}, "
+        f"401s: {statuses.get('401', 0)}"
+    )
+    print(f"   the same through the library with a token provider: {library_entra(n)}")
+
+
+def library_entra(n: int) -> str:
+    import asyncio
+
+    import asyncbatch
+    from asyncbatch.simulator import SimConfig
+    from asyncbatch.simulator.tokens import make_token
+
+    async def go(work: Path) -> str:
+        config = SimConfig(latency=0.2, entra_only=True)
+        async with asyncbatch.simulated(config) as endpoint:
+            endpoint = asyncbatch.Endpoint(
+                kind="azure", base_url=endpoint.base_url, deployment="d", token_provider=lambda: make_token(8)
+            )
+            run = asyncbatch.RunConfig(input_path=work / "in.jsonl", endpoint=endpoint)
+            started = time.monotonic()
+            stats = await asyncbatch.run(run)
+        once, errors = check(work, n)
+        return (
+            f"{stats.succeeded:,} succeeded in {time.monotonic() - started:.1f} s, exactly once: {once}, "
+            f"error lines: {errors}"
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_batch_lines(work / "in.jsonl", n)
+        return asyncio.run(go(work))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--outage-seconds", type=float, default=60.0)
+    p.add_argument("--entra-seconds", type=float, default=20.0)
+    p.add_argument("--only", choices=["outage", "two-runs", "quota", "entra"])
     a = p.parse_args()
     print(f"machine: {machine()}")
-    outage(a.outage_seconds)
-    two_runs()
-    quota()
+    if a.only in (None, "outage"):
+        outage(a.outage_seconds)
+    if a.only in (None, "two-runs"):
+        two_runs()
+    if a.only in (None, "quota"):
+        quota()
+    if a.only in (None, "entra"):
+        entra(a.entra_seconds)
 
 
 if __name__ == "__main__":

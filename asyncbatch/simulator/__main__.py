@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
     p.add_argument("--outage-after", type=int, help="after this many requests, drop every connection ...")
     p.add_argument("--outage-seconds", type=float, default=60.0, help="... for this long (default 60)")
     p.add_argument("--exhaust-after", type=int, help="after this many answers, 429 with retry-after 86400")
+    p.add_argument("--entra-only", action="store_true", help="accept only live bearer JWTs (key auth off)")
+    p.add_argument("--gateway-key", help="require this Ocp-Apim-Subscription-Key, as API Management does")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     rates = {f: getattr(a, f"fail_{f}") for f in FAULTS if getattr(a, f"fail_{f}")}
@@ -48,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
         outage_after=a.outage_after,
         outage_seconds=a.outage_seconds,
         exhaust_after=a.exhaust_after,
+        entra_only=a.entra_only,
+        gateway_key=a.gateway_key,
         seed=a.seed,
     ), a.port
 
