@@ -137,6 +137,7 @@ async def _locked_run(
     except* (FatalAPIError, OutputError) as group:
         fatal = _first_leaf(group)
         stats.aborted = redactor.text(str(fatal))
+        fatal.args = (stats.aborted,)  # a server may quote a token back: only the run knows every one
         raise fatal from None
     finally:
         stats.finished = clock()
