@@ -186,9 +186,9 @@ class Attempts:
 
     async def _attempt(self, job: Job, payload: bytes, tally: _Tally) -> tuple[Reply, float, Any]:
         ticket = await self.admission.acquire(job.estimate)
-        self.stats.charged_tokens += self.admission.calibration.charge(job.estimate)
         if self.stopping():
             raise Stopped  # no new attempt once a stop was asked for (retries included)
+        self.stats.charged_tokens += self.admission.calibration.charge(job.estimate)
         task = asyncio.current_task()
         assert task is not None
         tally.attempts += 1
