@@ -198,7 +198,7 @@ class Attempts:
         self.sending.add(task)
         started = self.clock()
         try:
-            reply = await self.connection.send(payload)
+            reply = await self.connection.send(payload, job.api)
         except AttemptError as exc:
             await self._on_failure(exc, ticket)
             raise
@@ -207,7 +207,7 @@ class Attempts:
             self.sending.discard(task)
         self.admission.on_reply(reply.headers, ticket)
         self._observe()
-        return reply, (self.clock() - started) * 1000, self.check.extract(reply.body)
+        return reply, (self.clock() - started) * 1000, self.check.extract_for(job.api, reply.body, job.body)
 
     async def _on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
         tokens = self.connection.tokens
@@ -236,7 +236,7 @@ class Attempts:
 
     def _count_usage(self, body: dict[str, Any], latency_ms: float) -> None:
         usage = body.get("usage")
-        if isinstance(usage, dict):
-            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
+        if isinstance(usage, dict):  # chat and embeddings say prompt/completion; the Responses API input/output
+            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            self.stats.completion_tokens += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         self.stats.add_latency(latency_ms)

@@ -40,6 +40,7 @@ DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
 EPILOG = """\
 input formats (detected line by line):
   Batch API lines  {"custom_id": "a1", "method": "POST", "url": "/chat/completions", "body": {...}}
+                   (url may also be /embeddings or /responses, with or without /v1; a file may mix them)
   chat lines       {"custom_id": "a1", "messages": [...], "temperature": 0}
   records          {"id": 7, "company": "Acme"}   rendered with --template "Tell me about {company}"
 
@@ -239,7 +240,14 @@ def _request_options(p: argparse.ArgumentParser) -> None:
         help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"',
     )
     req.add_argument("--template-file", type=Path, metavar="FILE", help="read --template from a file")
-    req.add_argument("--system", metavar="STR", help="for record lines: the system message")
+    req.add_argument("--system", metavar="STR", help="for record lines: the system message (instructions)")
+    req.add_argument(
+        "--api",
+        choices=("chat", "embeddings", "responses"),
+        default=_default(RequestDefaults, "api"),
+        help="what record lines become: chat completions, embeddings of the rendered --template, or Responses API "
+        "requests (tools in its format, --response-format as text.format) (default %(default)s)",
+    )
     req.add_argument("--system-file", type=Path, metavar="FILE", help="read --system from a file")
 
 
@@ -377,6 +385,7 @@ def request_defaults(args: argparse.Namespace) -> RequestDefaults:
         temperature=args.temperature,
         template=_text_option(args.template, args.template_file, "template"),
         system=_text_option(args.system, args.system_file, "system"),
+        api=args.api,
     )
 
 

@@ -23,6 +23,7 @@ import orjson
 from .auth import Tokens
 from .config import Endpoint
 from .errors import AttemptError
+from .inputs import Api
 from .limits import parse_retry_after
 from .retry import is_retryable_status
 
@@ -77,15 +78,19 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
     )
 
 
-def chat_path(endpoint: Endpoint) -> str:
-    if endpoint.kind == "azure" and not endpoint.is_azure_v1:
-        return f"deployments/{quote(endpoint.deployment, safe='')}/chat/completions"
-    return "chat/completions"
+ROUTES: dict[Api, str] = {"chat": "chat/completions", "embeddings": "embeddings", "responses": "responses"}
 
 
-def request_target(sdk: AsyncOpenAI, endpoint: Endpoint) -> tuple[str, dict[str, str]]:
-    """The chat-completions URL and headers, exactly as the SDK would send them."""
-    url = f"{str(sdk.base_url).rstrip('/')}/{chat_path(endpoint)}"
+def api_path(endpoint: Endpoint, api: Api = "chat") -> str:
+    """The route as the SDK builds it: Azure's classic API puts chat and embeddings under the deployment."""
+    if endpoint.kind == "azure" and not endpoint.is_azure_v1 and api != "responses":
+        return f"deployments/{quote(endpoint.deployment, safe='')}/{ROUTES[api]}"
+    return ROUTES[api]
+
+
+def request_target(sdk: AsyncOpenAI, endpoint: Endpoint, api: Api = "chat") -> tuple[str, dict[str, str]]:
+    """The URL and headers of ``api``'s requests, exactly as the SDK would send them."""
+    url = f"{str(sdk.base_url).rstrip('/')}/{api_path(endpoint, api)}"
     if query := {k: str(v) for k, v in sdk.default_query.items()}:
         url += "?" + urlencode(query)
     headers = {k: v for k, v in sdk.default_headers.items() if isinstance(v, str)}
@@ -98,10 +103,16 @@ class Connection:
     """One pooled aiohttp session posting pre-serialised chat requests. Build with ``open`` in the event loop."""
 
     def __init__(
-        self, url: str, headers: dict[str, str], *, concurrency: int, timeout: float, tokens: Tokens | None = None
+        self,
+        urls: dict[Api, str],
+        headers: dict[str, str],
+        *,
+        concurrency: int,
+        timeout: float,
+        tokens: Tokens | None = None,
     ) -> None:
-        self.url, self.headers, self.tokens = url, headers, tokens
-        self.where = url.split("?")[0]  # for messages: the URL without its query
+        self.urls, self.headers, self.tokens = urls, headers, tokens
+        self.where = urls["chat"].split("?")[0]  # for messages: the URL without its query
         self.timeout = timeout
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
@@ -119,12 +130,13 @@ class Connection:
         """
         sdk = sdk_client(endpoint)
         try:
-            url, headers = request_target(sdk, endpoint)
+            urls = {api: request_target(sdk, endpoint, api)[0] for api in ROUTES}
+            headers = request_target(sdk, endpoint)[1]
         finally:
             await sdk.close()
-        return cls(url, headers, concurrency=concurrency, timeout=timeout, tokens=tokens)
+        return cls(urls, headers, concurrency=concurrency, timeout=timeout, tokens=tokens)
 
-    async def send(self, payload: bytes) -> Reply:
+    async def send(self, payload: bytes, api: Api = "chat") -> Reply:
         """One attempt with a hard deadline. Raises AttemptError, never an aiohttp exception."""
         try:
             async with asyncio.timeout(self.timeout):
@@ -132,7 +144,7 @@ class Connection:
                 if self.tokens is not None:
                     token = await self.tokens.get()
                     sent = {**sent, "Authorization": f"Bearer {token}"}
-                async with self.session.post(self.url, data=payload, headers=sent) as response:
+                async with self.session.post(self.urls[api], data=payload, headers=sent) as response:
                     raw = await response.read()
                     status, headers = response.status, response.headers
         except TimeoutError:
@@ -145,7 +157,7 @@ class Connection:
             raise error
         if self.tokens is not None:
             self.tokens.worked()
-        return decode_reply(status, headers, raw)
+        return decode_reply(status, headers, raw, api)
 
     async def close(self) -> None:
         await self.session.close()
@@ -159,15 +171,23 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("apim-request-id")
 
 
-def decode_reply(status: int, headers: Mapping[str, str], raw: bytes) -> Reply:
+ANSWERS: dict[Api, tuple[str, str]] = {  # the list every answer of the api has, and what it is called
+    "chat": ("choices", "a chat completion"),
+    "embeddings": ("data", "an embeddings list"),
+    "responses": ("output", "a response"),
+}
+
+
+def decode_reply(status: int, headers: Mapping[str, str], raw: bytes, api: Api = "chat") -> Reply:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         body = None
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+    key, what = ANSWERS[api]
+    if not isinstance(body, dict) or not isinstance(body.get(key), list) or not body[key]:
         raise AttemptError(
             "malformed_response",
-            f"HTTP {status} with a body that is not a chat completion: {raw[:200]!r}",
+            f"HTTP {status} with a body that is not {what}: {raw[:200]!r}",
             status=status,
             retryable=True,
             request_id=_request_id(headers),

@@ -114,8 +114,11 @@ class RequestDefaults:
     temperature: float | None = None
     template: str | None = None
     system: str | None = None
+    api: Literal["chat", "embeddings", "responses"] = "chat"  # what record lines become
 
     def __post_init__(self) -> None:
+        if self.api not in ("chat", "embeddings", "responses"):
+            raise ConfigError(f"--api must be chat, embeddings or responses (got {self.api!r})")
         if self.tools and self.response_format:
             raise ConfigError("give --tools or --response-format, not both")
         if self.max_tokens is not None and self.max_tokens < 1:

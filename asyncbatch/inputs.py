@@ -16,7 +16,15 @@ from .errors import ConfigError
 from .ids import IdLog, IdSet, digest
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
-BATCH_URLS = frozenset({"/chat/completions", "/v1/chat/completions"})
+Api = Literal["chat", "embeddings", "responses"]
+BATCH_URLS: dict[str, Api] = {
+    "/chat/completions": "chat",
+    "/v1/chat/completions": "chat",
+    "/embeddings": "embeddings",
+    "/v1/embeddings": "embeddings",
+    "/responses": "responses",
+    "/v1/responses": "responses",
+}
 Kind = Literal["batch", "chat", "record"]
 
 
@@ -213,10 +221,14 @@ def _shape_problem(obj: dict[str, Any], kind: Kind) -> str | None:
     if kind == "batch":
         if obj.get("method", "POST") != "POST":
             return f"batch line method must be POST, got {obj.get('method')!r}"
-        if obj.get("url") not in BATCH_URLS:
-            return f"batch line url must be /chat/completions or /v1/chat/completions, got {obj.get('url')!r}"
+        api = BATCH_URLS.get(obj.get("url"))  # type: ignore[arg-type]
+        if api is None:
+            urls = ", ".join(sorted(BATCH_URLS))
+            return f"batch line url must be one of {urls}; got {obj.get('url')!r}"
         if not isinstance(obj["body"], dict):
             return "batch line 'body' must be an object"
+        if api != "chat":
+            return None if obj["body"].get("input") else f"'body.input' is required for {api} lines"
         return _messages_problem(obj["body"].get("messages"), "body.messages")
     if kind == "chat":
         return _messages_problem(obj["messages"], "messages")

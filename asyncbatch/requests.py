@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from .config import RequestDefaults
-from .inputs import BadLine, ParsedLine
+from .inputs import BATCH_URLS, Api, BadLine, ParsedLine
 from .schemas import FUNCTION_NAME
 
 
@@ -23,6 +23,7 @@ class Job:
     payload: bytes  # body serialised once, reused by every attempt
     estimate: int  # Azure's admission estimate, in tokens
     prompt_estimate: int  # its prompt part (the rest is max_tokens x n)
+    api: Api = "chat"
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -34,14 +35,32 @@ def estimate_tokens(body: dict[str, Any]) -> int:
     return sum(split_estimate(body))
 
 
-def split_estimate(body: dict[str, Any]) -> tuple[int, int]:
-    """The estimate's two parts: (prompt tokens, completion tokens at most)."""
-    chars = sum(_content_chars(m.get("content")) for m in body.get("messages", ()) if isinstance(m, dict))
+def split_estimate(body: dict[str, Any], api: Api = "chat") -> tuple[int, int]:
+    """The estimate's two parts: (prompt tokens, completion tokens at most).
+
+    Embeddings: the input's characters / 4. Responses: the input's (a string or
+    messages) and the tools' characters / 4, plus ``max_output_tokens``.
+    """
+    if api == "embeddings":
+        inputs = body.get("input")
+        texts = inputs if isinstance(inputs, list) else [inputs]
+        return -(-sum(len(t) for t in texts if isinstance(t, str)) // 4), 0
+    if api == "responses":
+        given = body.get("input")
+        chars = len(given) if isinstance(given, str) else _messages_chars(given if isinstance(given, list) else [])
+        if body.get("tools"):
+            chars += len(orjson.dumps(body["tools"]))
+        return -(-chars // 4), int(body.get("max_output_tokens") or 0)
+    chars = _messages_chars(body.get("messages", ()))
     if body.get("tools"):
         chars += len(orjson.dumps(body["tools"]))
     max_out = body.get("max_tokens") or body.get("max_completion_tokens") or 0
     n = max(int(body.get("n") or 1), int(body.get("best_of") or 1))
     return -(-chars // 4), int(max_out) * n
+
+
+def _messages_chars(messages: Any) -> int:
+    return sum(_content_chars(m.get("content")) for m in messages if isinstance(m, dict))
 
 
 def _content_chars(content: object) -> int:
@@ -58,12 +77,22 @@ def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | Ba
         body = _base_body(line, defaults)
     except ValueError as exc:
         return BadLine(line.line_no, line.custom_id, str(exc))
+    api = line_api(line, defaults)
     body["model"] = model
-    _apply_defaults(body, defaults)
+    if api == "chat":
+        _apply_defaults(body, defaults)
+    elif api == "responses":
+        _apply_responses_defaults(body, defaults)
     if problem := body_problem(body):
         return BadLine(line.line_no, line.custom_id, problem)
-    prompt, completion = split_estimate(body)
-    return Job(line.line_no, line.custom_id, body, orjson.dumps(body), prompt + completion, prompt)
+    prompt, completion = split_estimate(body, api)
+    return Job(line.line_no, line.custom_id, body, orjson.dumps(body), prompt + completion, prompt, api)
+
+
+def line_api(line: ParsedLine, defaults: RequestDefaults) -> Api:
+    if line.kind == "batch":
+        return BATCH_URLS.get(line.obj.get("url", ""), "chat")
+    return "chat" if line.kind == "chat" else defaults.api
 
 
 _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
@@ -81,7 +110,7 @@ def body_problem(body: dict[str, Any]) -> str | None:
         if value is not None and (type(value) is not int or value < 1):
             return f"{name} must be a whole number of at least 1, got {value!r}"
     for tool in body.get("tools") or ():
-        function = tool.get("function") if isinstance(tool, dict) else None
+        function = tool.get("function", tool) if isinstance(tool, dict) else None  # chat's nested, or flat
         tool_name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(tool_name, str) or not FUNCTION_NAME.match(tool_name):
             return f"tool name {tool_name!r} is not allowed: use 1-64 letters, digits, '_' or '-' (no spaces)"
@@ -98,6 +127,11 @@ def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:
         return {k: v for k, v in line.obj.items() if k not in ("custom_id", "id")}
     if defaults.template is None:
         raise ValueError("a record line (no 'messages' or 'body') needs --template to become a prompt")
+    if defaults.api != "chat":
+        body: dict[str, Any] = {"input": render(defaults.template, line.obj)}
+        if defaults.system and defaults.api == "responses":
+            body["instructions"] = defaults.system
+        return body
     messages = [{"role": "user", "content": render(defaults.template, line.obj)}]
     if defaults.system:
         messages.insert(0, {"role": "system", "content": defaults.system})
@@ -128,6 +162,24 @@ def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:
         body.setdefault("response_format", defaults.response_format)
 
 
+def _apply_responses_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:
+    """The Responses API's shapes: flat function tools, ``text.format``, ``max_output_tokens``."""
+    if defaults.max_tokens is not None:
+        body.setdefault("max_output_tokens", defaults.max_tokens)
+    if defaults.temperature is not None:
+        body.setdefault("temperature", defaults.temperature)
+    if defaults.tools:
+        body["tools"] = [{"type": "function", **t["function"]} for t in defaults.tools]
+        if len(defaults.tools) == 1:
+            body["tool_choice"] = {"type": "function", "name": defaults.tools[0]["function"]["name"]}
+    if defaults.response_format:
+        body.setdefault("text", {"format": {"type": "json_schema", **defaults.response_format["json_schema"]}})
+
+
 def with_feedback(body: dict[str, Any], feedback: list[dict[str, Any]]) -> bytes:
     """The request again, with the model's invalid answer and what was wrong with it appended."""
-    return orjson.dumps({**body, "messages": [*body["messages"], *feedback]})
+    if "messages" in body:
+        return orjson.dumps({**body, "messages": [*body["messages"], *feedback]})
+    given = body.get("input")
+    items = given if isinstance(given, list) else [{"role": "user", "content": given}]
+    return orjson.dumps({**body, "input": [*items, *feedback]})  # the Responses API

@@ -42,10 +42,63 @@ class OutputCheck:
             for t in tools or ()
             for name in [t["function"]["name"]]
         }
+        self._cache: dict[bytes, Draft202012Validator] = {}
         self.content: Draft202012Validator | None = None
         if response_format is not None:
             schema = response_format["json_schema"].get("schema") or {}
             self.content = compile_schema(schema, "the --response-format schema")
+
+    def extract_for(self, api: str, body: dict[str, Any], request: dict[str, Any]) -> Any:
+        """The row's ``output`` for an answer of ``api`` to ``request``."""
+        if api == "embeddings":
+            vectors = [item.get("embedding") for item in body["data"] if isinstance(item, dict)]
+            return vectors[0] if len(vectors) == 1 and not isinstance(request.get("input"), list) else vectors
+        if api == "responses":
+            return self._response(body, request)
+        return self.extract(body)
+
+    def _response(self, body: dict[str, Any], request: dict[str, Any]) -> Any:
+        """The Responses API: a function call's validated arguments, validated JSON text, or the text."""
+        items = [i for i in body["output"] if isinstance(i, dict)]
+        text = "".join(
+            part.get("text") or ""
+            for item in items
+            if item.get("type") == "message"
+            for part in item.get("content") or ()
+            if isinstance(part, dict) and part.get("type") == "output_text"
+        )
+        tools = self._request_tools(request)
+        if tools:
+            call = next((i for i in items if i.get("type") == "function_call"), None)
+            if call is None:
+                raise _invalid_response("no_tool_call", "the model answered without calling a tool", body, text, None)
+            name, raw = str(call.get("name")), str(call.get("arguments", ""))
+            validator = tools.get(name)
+            if validator is None:
+                raise _invalid_response(
+                    "invalid_tool_arguments", f"the model called an unknown tool {name!r}", body, text, call
+                )
+            return _parse_response(raw, validator, f"the arguments for tool {name!r}", body, text, call)
+        schema = ((request.get("text") or {}).get("format") or {}).get("schema")
+        if isinstance(schema, dict):
+            validator = self._compiled(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS), schema, "text.format")
+            return _parse_response(text, validator, "the JSON text", body, text, None)
+        return text
+
+    def _request_tools(self, request: dict[str, Any]) -> dict[str, Draft202012Validator]:
+        """Validators for the function tools a Responses request carries (compiled once per schema)."""
+        found = {}
+        for tool in request.get("tools") or ():
+            if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str):
+                schema = tool.get("parameters") or {}
+                key = orjson.dumps([tool["name"], schema], option=orjson.OPT_SORT_KEYS)
+                found[tool["name"]] = self._compiled(key, schema, f"the schema of tool {tool['name']!r}")
+        return found
+
+    def _compiled(self, key: bytes, schema: Any, where: str) -> Draft202012Validator:
+        if (validator := self._cache.get(key)) is None:
+            validator = self._cache[key] = compile_schema(schema, where)
+        return validator
 
     def extract(self, body: dict[str, Any]) -> Any:
         choice = body["choices"][0]
@@ -73,6 +126,37 @@ class OutputCheck:
         assert self.content is not None
         raw = message.get("content") or ""
         return _parse_and_validate(raw, self.content, "the JSON content", body, message, None)
+
+
+def _parse_response(
+    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], text: str, call: Any
+) -> Any:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid_response(
+            "invalid_tool_arguments", f"{what}: not valid JSON ({exc})", body, text, call, raw
+        ) from None
+    error = best_match(validator.iter_errors(value))
+    if error is not None:
+        reason = f"{what}: schema violation at {_json_path(error)}: {error.message}"
+        raise _invalid_response("invalid_tool_arguments", reason, body, text, call, raw)
+    return value
+
+
+def _invalid_response(
+    code: str, reason: str, body: dict[str, Any], text: str, call: Any, raw: str | None = None
+) -> AttemptError:
+    """As ``_invalid``, in the Responses API's input items: the call and its output, or the text and a user turn."""
+    shown = f"{reason}; raw output: {raw!r}" if raw is not None else reason
+    error = AttemptError(code, shown, status=200, body=body, retryable=True, retry_after=0.0)
+    instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
+    if call is not None and call.get("call_id"):
+        echoed = {k: call[k] for k in ("type", "call_id", "name", "arguments") if k in call}
+        error.feedback = [echoed, {"type": "function_call_output", "call_id": call["call_id"], "output": instruction}]
+    else:
+        error.feedback = [{"role": "assistant", "content": text}, {"role": "user", "content": instruction}]
+    return error
 
 
 def _check_finish(reason: Any, body: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ def test_bad_lines_name_their_line_and_reason(tmp_path: Path) -> None:
                 b'{"messages": [1]}',
                 b'{"custom_id": 5, "messages": [{"role": "user"}]}',
                 b'{"custom_id": "x", "method": "GET", "url": "/chat/completions", "body": {}}',
-                b'{"custom_id": "y", "url": "/embeddings", "body": {"messages": []}}',
+                b'{"custom_id": "y", "url": "/images/generations", "body": {"prompt": "a cat"}}',
                 b'{"a": "\xff\xfe"}',
                 good.encode(),
                 good.encode(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -11,7 +12,12 @@ from .charge import prompt_tokens as count_prompt_tokens
 
 def prompt_text(body: dict[str, Any]) -> str:
     """The last user message's text: the simulator echoes it so results can be matched to inputs."""
-    for message in reversed(body.get("messages") or []):
+    given = body.get("input")
+    if isinstance(given, str):
+        return given
+    if isinstance(given, list) and given and all(isinstance(i, str) for i in given):
+        return " | ".join(given)
+    for message in reversed(body.get("messages") or (given if isinstance(given, list) else [])):
         if isinstance(message, dict) and message.get("role", "user") == "user":
             content = message.get("content")
             if isinstance(content, str):
@@ -64,6 +70,64 @@ def break_schema(value: Any) -> Any:
     if isinstance(value, dict) and value:
         return {k: v for i, (k, v) in enumerate(value.items()) if i > 0}
     return 12345 if isinstance(value, str) else "wrong type"
+
+
+def embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """One small vector per input, a function of its text (the same text, the same vector)."""
+    given = body.get("input")
+    texts = given if isinstance(given, list) else [given]
+    data = []
+    for index, text in enumerate(texts):
+        digest = hashlib.sha256(str(text).encode()).digest()
+        data.append({"object": "embedding", "index": index, "embedding": [round(b / 255 - 0.5, 4) for b in digest[:8]]})
+    tokens = max(1, sum(len(str(t)) for t in texts) // 4)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def response(body: dict[str, Any], *, number: int, fault: str = "ok") -> dict[str, Any]:
+    """A Responses API answer: a function call with arguments that fit the forced tool, or text."""
+    text = prompt_text(body)
+    tools = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+    choice = body.get("tool_choice")
+    forced = next((t for t in tools if isinstance(choice, dict) and t.get("name") == choice.get("name")), None)
+    if forced is not None:
+        value = sample(forced.get("parameters") or {}, text)
+        produced = orjson.dumps(break_schema(value) if fault == "schema" else value).decode()
+        if fault == "malformed":
+            produced = produced[: max(1, len(produced) // 2)]
+        item: dict[str, Any] = {
+            "type": "function_call",
+            "id": f"fc_{number}",
+            "call_id": f"call_{number}",
+            "name": forced.get("name"),
+            "arguments": produced,
+            "status": "completed",
+        }
+    else:
+        produced = f"Simulated answer to: {text}"
+        content = [{"type": "output_text", "text": produced, "annotations": []}]
+        item = {
+            "type": "message",
+            "id": f"msg_{number}",
+            "role": "assistant",
+            "status": "completed",
+            "content": content,
+        }
+    usage = {"input_tokens": max(1, len(text) // 4), "output_tokens": max(1, len(produced) // 4)}
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    return {
+        "id": f"resp_sim_{number}",
+        "object": "response",
+        "status": "completed",
+        "model": body.get("model"),
+        "output": [item],
+        "usage": usage,
+    }
 
 
 def completion(body: dict[str, Any], *, number: int, fault: str = "ok") -> dict[str, Any]:

@@ -24,7 +24,12 @@ class Charging:
 
 def prompt_chars(body: dict[str, Any], count_tools: bool = True) -> int:
     chars = 0
-    for message in body.get("messages") or ():
+    given = body.get("input")  # embeddings and the Responses API: a string, strings, or messages
+    if isinstance(given, str):
+        chars += len(given)
+    elif isinstance(given, list):
+        chars += sum(len(i) for i in given if isinstance(i, str))
+    for message in body.get("messages") or (given if isinstance(given, list) else ()):
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             chars += len(content)
@@ -43,6 +48,6 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 def charge(body: dict[str, Any], charging: Charging) -> int:
     """Tokens charged on arrival: the prompt estimate (scaled), plus max_tokens x best_of."""
     prompt = math.ceil(prompt_chars(body, charging.count_tools) / 4 * charging.factor)
-    most_out = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    most_out = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens") or 0
     best_of = body.get("best_of") or 1
     return prompt + int(most_out) * int(best_of)

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answers import completion, prompt_text
+from .answers import completion, embeddings, prompt_text, response
 from .charge import Charging, charge
 from .quota import Quota, Shape
 from .tokens import token_problem
@@ -84,9 +84,11 @@ class Simulator:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat)
-        app.router.add_post("/v1/chat/completions", self.openai_chat)
-        app.router.add_post("/openai/v1/chat/completions", self.azure_v1_chat)
+        for route in ("chat/completions", "embeddings", "responses"):
+            classic = "/openai/responses" if route == "responses" else f"/openai/deployments/{{deployment}}/{route}"
+            app.router.add_post(classic, self.azure_chat)
+            app.router.add_post(f"/v1/{route}", self.openai_chat)
+            app.router.add_post(f"/openai/v1/{route}", self.azure_v1_chat)
         app.router.add_get("/_stats", self.stats)
         return app
 
@@ -117,7 +119,7 @@ class Simulator:
         if "api-version" not in request.query:
             return self._error(404, "404", "Resource not found (missing api-version).")
         wanted = self.config.deployment
-        if wanted is not None and request.match_info["deployment"] != wanted:
+        if wanted is not None and request.match_info.get("deployment", wanted) != wanted:
             return self._error(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
         return await self.chat(request)
 
@@ -153,8 +155,11 @@ class Simulator:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             return self._error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        api = request.path.rsplit("/", 1)[-1]  # completions, embeddings or responses
+        if not isinstance(body, dict) or (api == "completions" and not isinstance(body.get("messages"), list)):
             return self._error(400, "invalid_request_error", "'messages' is a required property.")
+        if api != "completions" and not body.get("input"):
+            return self._error(400, "invalid_request_error", "'input' is a required property.")
         self.bodies.append(body)
         cost = charge(body, self.config.charging)
         verdict = self.quota.admit(cost)
@@ -172,7 +177,7 @@ class Simulator:
         try:
             if self.config.latency:
                 await asyncio.sleep(self.config.latency)
-            return await self._answer(request, body, text, fault, limit_headers)
+            return await self._answer(request, body, text, fault, limit_headers, api)
         finally:
             self.active -= 1
 
@@ -202,7 +207,7 @@ class Simulator:
         return "ok"
 
     async def _answer(
-        self, request: web.Request, body: dict[str, Any], text: str, fault: str, headers: dict[str, str]
+        self, request: web.Request, body: dict[str, Any], text: str, fault: str, headers: dict[str, str], api: str
     ) -> web.StreamResponse:
         if fault in ("400", "401", "403", "404", "500", "503"):
             retry = self.config.retry_after_503 if fault == "503" else None
@@ -226,7 +231,12 @@ class Simulator:
             return web.Response(
                 status=200, body=b'{"id": "chatcmpl-trunc", "choices": [{"index', content_type="application/json"
             )
-        answer = completion(body, number=self.requests, fault=fault)
+        if api == "embeddings":
+            answer = embeddings(body)
+        elif api == "responses":
+            answer = response(body, number=self.requests, fault=fault)
+        else:
+            answer = completion(body, number=self.requests, fault=fault)
         self.statuses["200"] += 1
         self.answered[text] += 1
         return _json(200, answer, {**headers, "x-request-id": f"req-sim-{self.requests}"})

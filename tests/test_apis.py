@@ -1,0 +1,78 @@
+"""Embeddings and the Responses API beside chat: routes, outputs, validation and re-asking, estimates."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from asyncbatch.cli import main
+from asyncbatch.requests import split_estimate
+from asyncbatch.simulator import SimConfig, Simulator
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+
+KEY = "apis-key-0123456789"
+TOOL = json.loads((Path(__file__).resolve().parent.parent / "examples" / "get_company_info.json").read_text())
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
+    with simulator_env(SimConfig(api_key=KEY, deployment="dep"), monkeypatch) as (_, simulator):
+        yield simulator
+
+
+def _embedding(i: int) -> dict:
+    url = "/v1/embeddings" if i % 2 else "/embeddings"
+    return {"custom_id": f"e{i}", "method": "POST", "url": url, "body": {"model": "x", "input": f"text {i}"}}
+
+
+def _response(i: int) -> dict:
+    tool = {"type": "function", "name": TOOL["name"], "parameters": TOOL["parameters"]}
+    body = {
+        "model": "x",
+        "input": f"company {i}",
+        "tools": [tool],
+        "tool_choice": {"type": "function", "name": TOOL["name"]},
+    }
+    return {"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses", "body": body}
+
+
+def test_one_file_mixing_embeddings_responses_and_chat_succeeds_exactly_once(tmp_path: Path, sim: Simulator) -> None:
+    sim.config.fault_rates["malformed"] = 0.1  # some function-call arguments come back broken: asked again
+    rows = [_embedding(i) for i in range(1000)] + [_response(i) for i in range(500)]
+    rows += [batch_line(f"c{i}", f"chat {i}") for i in range(200)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main([str(tmp_path / "in.jsonl"), "-q", "-c", "50", "--max-attempts", "10"]) == 0
+    results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "in.results.jsonl")}
+    assert len(results) == 1700 and sorted(r["line"] for r in results.values()) == list(range(1, 1701))
+    assert all(len(results[f"e{i}"]["output"]) == 8 for i in range(1000))  # a vector each
+    for i in range(500):
+        output = results[f"r{i}"]["output"]
+        jsonschema.validate(output, TOOL["parameters"])  # validated arguments
+        assert output["name"] == f"name: company {i}"
+    assert sum(results[f"r{i}"]["attempts"] > 1 for i in range(500)) > 10  # broken ones were asked again
+    assert results["c3"]["output"] == "Simulated answer to: chat 3"
+
+
+def test_records_become_embeddings_or_responses_with_api(tmp_path: Path, sim: Simulator) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(5)])
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--api", "embeddings", "--template", "{company}"]) == 0
+    assert all(len(r["output"]) == 8 for r in read_jsonl(tmp_path / "in.results.jsonl"))
+    tools = tmp_path / "tool.json"
+    tools.write_text(json.dumps(TOOL))
+    out = tmp_path / "resp.jsonl"
+    args = ["--api", "responses", "--template", "About {company}", "--tools", str(tools), "-o", str(out)]
+    assert main([str(tmp_path / "in.jsonl"), "-q", *args]) == 0
+    rows = read_jsonl(out)
+    assert sorted(r["output"]["name"] for r in rows) == [f"name: About C{i}" for i in range(5)]
+    sent = sim.bodies[-1]
+    assert sent["tools"][0]["name"] == TOOL["name"] and "function" not in sent["tools"][0]  # the Responses format
+
+
+def test_each_api_has_its_own_estimate() -> None:
+    assert split_estimate({"input": "x" * 400}, "embeddings") == (100, 0)
+    assert split_estimate({"input": ["x" * 40, "y" * 40]}, "embeddings") == (20, 0)
+    assert split_estimate({"input": "x" * 400, "max_output_tokens": 50}, "responses") == (100, 50)
