@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError
+from .errors import ConfigError, FatalAPIError
 
 TokenProvider = Callable[[], "str | Awaitable[str]"]
 SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -88,9 +88,14 @@ class Tokens:
         self._after_401 = False
 
     async def _fetch(self) -> None:
-        value: Any = self.provider()
-        if inspect.isawaitable(value):
-            value = await value
+        try:
+            value: Any = self.provider()
+            if inspect.isawaitable(value):
+                value = await value
+        except ConfigError:
+            raise
+        except Exception as exc:  # azure-identity's CredentialUnavailableError and the like: a message to show
+            raise FatalAPIError("authentication", f"could not get an Entra ID token: {exc}") from None
         if not isinstance(value, str) or not value.strip():
             raise ConfigError("the token provider returned no token")
         token = value.strip()

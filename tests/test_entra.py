@@ -130,3 +130,19 @@ def test_without_azure_identity_the_message_says_what_to_install(
     write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
     assert main([str(tmp_path / "in.jsonl"), "-q"]) == 2
     assert 'pip install "asyncbatch[entra]"' in capsys.readouterr().err
+
+
+def test_a_credential_that_cannot_sign_in_stops_the_run_with_its_message(
+    tmp_path: Path, sim: tuple[str, Simulator]
+) -> None:
+    url, _ = sim
+
+    def provider() -> str:
+        raise RuntimeError("DefaultAzureCredential failed to retrieve a token from the included credentials.")
+
+    endpoint = asyncbatch.Endpoint(kind="azure", base_url=url, deployment="dep", token_provider=provider)
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    with pytest.raises(
+        asyncbatch.FatalAPIError, match="could not get an Entra ID token: DefaultAzureCredential failed"
+    ):
+        asyncbatch.run_sync(asyncbatch.RunConfig(input_path=tmp_path / "in.jsonl", endpoint=endpoint))
