@@ -211,7 +211,9 @@ class Attempts:
 
     async def _on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
         tokens = self.connection.tokens
-        if exc.status == 401 and self.any_success and tokens and await tokens.refresh_after_401(exc.token):
+        if exc.status == 401 and self.any_success and tokens:
+            if not await tokens.refresh_after_401(exc.token):  # a fresh token refused: the identity is wrong
+                raise FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
             exc.retryable = exc.held = True  # the token expired early: a new one, and the same request again
             return
         self.stats.throttled += exc.status == 429

@@ -82,3 +82,23 @@ def test_unfixable_400s_carry_a_hint() -> None:
     raw = b'{"error": {"code": "context_length_exceeded", "message": "too long."}}'
     err = status_error(400, {}, raw)
     assert err.code == "context_length_exceeded" and not err.retryable and "--max-tokens" in err.message
+
+
+def test_entra_requests_carry_the_bearer_token_exactly_as_the_sdk_sends_it() -> None:
+    """The drift guard for Entra ID: the SDK's own provider path against our per-request header."""
+    import asyncio
+
+    endpoint = Endpoint(
+        kind="azure", base_url="https://res.openai.azure.com", deployment="d", token_provider=lambda: "tok-123"
+    )
+    sdk = sdk_client(endpoint)
+
+    async def both() -> tuple[str, dict[str, str], tuple[str, dict[str, str]]]:  # in a loop, as a run is
+        options = FinalRequestOptions.construct(method="post", url="/chat/completions", json_data={"model": "d"})
+        built = sdk._build_request(await sdk._prepare_options(options))
+        theirs = {k: v for k, v in built.headers.items() if k not in PER_REQUEST}
+        return str(built.url), theirs, request_target(sdk, endpoint)
+
+    url, expected, (ours_url, ours) = asyncio.run(both())
+    ours = {k.lower(): v for k, v in {**ours, "Authorization": "Bearer tok-123"}.items()}  # what Connection.send adds
+    assert ours_url == url and ours == expected
