@@ -54,9 +54,9 @@ def test_a_token_command_keeps_a_run_going_across_token_lifetimes(
     tmp_path: Path, sim: tuple[str, Simulator], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, simulator = sim
-    n = 200
+    n = 120
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(n)])
-    command = f"{sys.executable} -m asyncbatch.simulator.tokens 0.8"  # each token lives 0.8 s
+    command = f"{sys.executable} -m asyncbatch.simulator.tokens 0.6"  # each token lives 0.6 s
     code = main([str(tmp_path / "in.jsonl"), "--no-progress", "-c", "5", "--token-command", command])
     captured = capsys.readouterr()
     assert code == 0, captured.err
