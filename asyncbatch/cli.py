@@ -167,6 +167,14 @@ def _rate_options(p: argparse.ArgumentParser) -> None:
         help="attempts per input, first included (default %(default)s); 429s do not count",
     )
     rate.add_argument(
+        "--backoff",
+        type=float,
+        default=_default(RetryPolicy, "backoff_initial"),
+        metavar="SECONDS",
+        help="first wait before retrying a failure the server gave no retry-after for; it doubles, with jitter, "
+        "up to 60 s (default %(default)s)",
+    )
+    rate.add_argument(
         "--timeout",
         type=float,
         default=_default(RetryPolicy, "timeout"),
@@ -396,7 +404,7 @@ def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
         errors_path=args.errors,
         endpoint=endpoint,
         limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
-        retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout),
+        retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout, backoff_initial=args.backoff),
         request=request_defaults(args),
         checkpoint_path=args.checkpoint,
         fsync=args.fsync,

@@ -94,7 +94,7 @@ class RetryPolicy:
         if not self.timeout > 0:
             raise ConfigError("--timeout must be positive")
         if not 0 <= self.backoff_initial <= self.backoff_max:
-            raise ConfigError("backoff_initial must be between 0 and backoff_max")
+            raise ConfigError(f"--backoff must be between 0 and {self.backoff_max:g} seconds")
 
 
 @dataclass(frozen=True, kw_only=True)

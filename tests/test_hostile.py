@@ -46,7 +46,7 @@ def test_server_faults_are_survived_every_input_exactly_once(
     simulator.config.retry_after_503 = 0.2
     simulator.config.hang_seconds = 20
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"prompt {i}") for i in range(1000)])
-    proc = _cli(tmp_path, env, "--timeout", "3", "--max-attempts", "8", "-c", "50")
+    proc = _cli(tmp_path, env, "--timeout", "3", "--max-attempts", "8", "-c", "50", "--backoff", "0.1")
     assert proc.returncode == 0, proc.stderr
     results = read_jsonl(tmp_path / "in.results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(1000))

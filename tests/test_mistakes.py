@@ -162,3 +162,9 @@ def test_a_named_env_file_that_does_not_exist_is_an_error(tmp_path: Path, capsys
     write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
     assert main([str(tmp_path / "in.jsonl"), "--simulate", "--env-file", "nosuch.env"]) == 2
     assert "--env-file nosuch.env does not exist" in capsys.readouterr().err
+
+
+def test_a_negative_backoff_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
+    assert main([str(tmp_path / "in.jsonl"), "--simulate", "--backoff", "-1"]) == 2
+    assert "--backoff must be between 0 and 60 seconds" in capsys.readouterr().err
