@@ -128,22 +128,6 @@ class OutputCheck:
         return _parse_and_validate(raw, self.content, "the JSON content", body, message, None)
 
 
-def _parse_response(
-    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], text: str, call: Any
-) -> Any:
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _invalid_response(
-            "invalid_tool_arguments", f"{what}: not valid JSON ({exc})", body, text, call, raw
-        ) from None
-    error = best_match(validator.iter_errors(value))
-    if error is not None:
-        reason = f"{what}: schema violation at {_json_path(error)}: {error.message}"
-        raise _invalid_response("invalid_tool_arguments", reason, body, text, call, raw)
-    return value
-
-
 def _invalid_response(
     code: str, reason: str, body: dict[str, Any], text: str, call: Any, raw: str | None = None
 ) -> AttemptError:
@@ -176,18 +160,33 @@ def _check_finish(reason: Any, body: dict[str, Any]) -> None:
         )
 
 
-def _parse_and_validate(
-    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], message: dict[str, Any], call: Any
-) -> Any:
+def _problem(raw: str, validator: Draft202012Validator, what: str) -> tuple[Any, str | None]:
+    """(the parsed value, None), or (None, why it is not valid JSON matching the schema)."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        reason = f"{what}: not valid JSON ({exc})"
-        raise _invalid("invalid_tool_arguments", reason, body, message, call, raw) from None
+        return None, f"{what}: not valid JSON ({exc})"
     error = best_match(validator.iter_errors(value))
     if error is not None:
-        reason = f"{what}: schema violation at {_json_path(error)}: {error.message}"
+        return None, f"{what}: schema violation at {_json_path(error)}: {error.message}"
+    return value, None
+
+
+def _parse_and_validate(
+    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], message: dict[str, Any], call: Any
+) -> Any:
+    value, reason = _problem(raw, validator, what)
+    if reason is not None:
         raise _invalid("invalid_tool_arguments", reason, body, message, call, raw)
+    return value
+
+
+def _parse_response(
+    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], text: str, call: Any
+) -> Any:
+    value, reason = _problem(raw, validator, what)
+    if reason is not None:
+        raise _invalid_response("invalid_tool_arguments", reason, body, text, call, raw)
     return value
 
 
