@@ -59,7 +59,8 @@ class RunStats:
 
     @property
     def requests_per_second(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+        """This run's inputs per second: lines already recorded when it started are not its work."""
+        return (self.done - self.resumed) / self.elapsed if self.elapsed > 0 else 0.0
 
     def add_latency(self, ms: float) -> None:
         """Reservoir sampling keeps percentiles honest in bounded memory."""

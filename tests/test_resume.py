@@ -163,3 +163,14 @@ def test_restart_with_a_broken_configuration_moves_nothing(
     monkeypatch.delenv("AZURE_OPENAI_DEPLOYMENT_NAME")
     assert main([str(path), "-q", "--restart"]) == 2
     assert list(tmp_path.glob("*.old")) == [] and len(read_jsonl(tmp_path / "in.results.jsonl")) == 1
+
+
+def test_a_resumed_run_counts_only_its_own_work_in_its_rate(tmp_path: Path) -> None:
+    from asyncbatch.stats import RunStats
+
+    now = [0.0]
+    stats = RunStats(succeeded=1000, resumed=1000, clock=lambda: now[0])
+    now[0] = 2.0
+    assert stats.requests_per_second == 0.0  # nothing was sent: 1,000 skipped lines are not 500 req/s
+    stats.succeeded += 10
+    assert stats.requests_per_second == 5.0
