@@ -87,6 +87,11 @@ class Bucket:
         self._refill()
         self.level -= min(amount, self.capacity)
 
+    def set_level(self, level: float, *, lower_only: bool = False) -> None:
+        """What is in the bucket now, as someone who knows better says (at most full)."""
+        self._refill()
+        self.level = min(self.level if lower_only else self.capacity, level)
+
     def set_rate(self, rate: float, capacity: float) -> None:
         """Refill at the old rate up to now, then switch; a fuller bucket than the new capacity is just full."""
         self._refill()
@@ -483,10 +488,13 @@ class Admission:
         :raises StopRun: the endpoint has been down for longer than ``max_outage``.
         """
         async with self._turn:
-            while (wait := self._wait(estimate)) > 0:
+            while True:
+                charge = self.calibration.charge(estimate)
+                meters = self._meters(charge)
+                if (wait := self._wait(meters)) <= 0:
+                    break
                 await self.sleep(wait)
-            charge = self.calibration.charge(estimate)
-            for meter, amount in self._meters(charge):
+            for meter, amount in meters:
                 meter.take(amount)
             self.breaker.on_admit()
             if self.adaptive is not None:
@@ -507,7 +515,7 @@ class Admission:
             meters.append((self.learned, charge))
         return meters
 
-    def _wait(self, estimate: float) -> float:
+    def _wait(self, meters: list[tuple[Bucket, float]]) -> float:
         """How long to sleep before looking again: the whole pause while the gate is closed
         (it only ever grows), else the meters' wait in naps, since a rate can change meanwhile."""
         if self.breaker.is_open:
@@ -516,8 +524,7 @@ class Admission:
                 return min(down, NAP * 4)
         if closed := self.gate.remaining():
             return closed
-        charge = self.calibration.charge(estimate)
-        return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in self._meters(charge))]))
+        return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in meters)]))
 
     def _check_outage(self) -> None:
         since = self.breaker.open_since
@@ -569,11 +576,7 @@ class Admission:
         server_left = remaining + refill * max(0.0, self.clock() - ticket.sent_at)
         budget = server_left - self.calibration.charge(self.calibration.in_flight(ticket))
         if self.tokens is not None:
-            self.tokens.take(0)  # refill up to now first
-            if self.calibration.learned:
-                self.tokens.level = min(self.tokens.capacity, budget)
-            else:
-                self.tokens.level = min(self.tokens.level, budget)
+            self.tokens.set_level(budget, lower_only=not self.calibration.learned)
         elif (
             self.adaptive is not None
             and refill > 0

@@ -117,7 +117,8 @@ async def _locked_run(
         expected,
         accept_changes=config.accept_changes,
     )
-    if config.retry_failed and (dropped := drop_errors(config.errors_path, config.checkpoint, state, bool)):
+    # --retry-failed drops every failure; bad input lines are looked at again too
+    if config.retry_failed and (dropped := drop_errors(config.errors_path, config.checkpoint, state, lambda _: True)):
         state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
     for note in state.notes:
         reporter.info(note)
