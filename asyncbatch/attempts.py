@@ -28,7 +28,8 @@ from tenacity import RetryCallState
 
 from .client import Connection, Reply
 from .config import RetryPolicy
-from .errors import AttemptError, FatalAPIError
+from .cost import Budget, Prices
+from .errors import AttemptError, FatalAPIError, StopRun
 from .limits import Admission, Ticket
 from .records import failure_record, result_record
 from .requests import Job, with_feedback
@@ -98,10 +99,13 @@ class Attempts:
         feedback: bool,
         stats: RunStats,
         stopping: Callable[[], bool],
+        prices: Prices | None = None,
+        budget: Budget | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.connection, self.admission, self.check = connection, admission, check
+        self.prices, self.budget = prices, budget or Budget(None)
         self.retry, self.feedback, self.stats = retry, feedback, stats
         self.stopping, self.sleep, self.clock = stopping, sleep, clock
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
@@ -143,7 +147,7 @@ class Attempts:
             record = failure_record(custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tally.attempts)
             return Failure(job.line_no, record, exc)
         self.any_success = True
-        self._count_usage(reply.body, latency_ms)
+        self.stats.add_latency(latency_ms)
         record = result_record(
             custom_id=job.custom_id,
             line_no=job.line_no,
@@ -185,6 +189,23 @@ class Attempts:
         return current
 
     async def _attempt(self, job: Job, payload: bytes, tally: _Tally) -> tuple[Reply, float, Any]:
+        estimate = self._estimated_cost(job)
+        if not self.budget.admit(estimate):
+            raise StopRun(
+                f"--max-cost {self.budget.limit:g} USD reached ({self.budget.spent:.4f} USD spent, "
+                f"{self.budget.reserved:.4f} USD more may be billed for requests in flight)"
+            )
+        spent = 0.0
+        try:
+            sent = await self._send(job, payload, tally)
+            spent = self._count_usage(sent.reply.body)
+        finally:
+            self.budget.settle(estimate, spent)
+        self.admission.on_reply(sent.reply.headers, sent.ticket)
+        self._observe()
+        return sent.reply, sent.latency_ms, self.check.extract_for(job.api, sent.reply.body, job.body)
+
+    async def _send(self, job: Job, payload: bytes, tally: _Tally) -> _Sent:
         ticket = await self.admission.acquire(job.estimate)
         if self.stopping():
             raise Stopped  # no new attempt once a stop was asked for (retries included)
@@ -205,9 +226,13 @@ class Attempts:
         finally:
             self.stats.in_flight -= 1
             self.sending.discard(task)
-        self.admission.on_reply(reply.headers, ticket)
-        self._observe()
-        return reply, (self.clock() - started) * 1000, self.check.extract_for(job.api, reply.body, job.body)
+        return _Sent(reply, ticket, (self.clock() - started) * 1000)
+
+    def _estimated_cost(self, job: Job) -> float:
+        """What admission would let this attempt cost at most: the estimate's prompt and completion parts."""
+        if self.prices is None:
+            return 0.0
+        return self.prices.cost(job.prompt_estimate, job.estimate - job.prompt_estimate)
 
     async def _on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
         tokens = self.connection.tokens
@@ -236,9 +261,30 @@ class Attempts:
         if self.stopping():
             raise Stopped
 
-    def _count_usage(self, body: dict[str, Any], latency_ms: float) -> None:
+    def _count_usage(self, body: dict[str, Any]) -> float:
+        """Count a 200 answer's tokens (every one is billed, valid output or not); return its cost."""
         usage = body.get("usage")
-        if isinstance(usage, dict):  # chat and embeddings say prompt/completion; the Responses API input/output
-            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-            self.stats.completion_tokens += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        self.stats.add_latency(latency_ms)
+        if not isinstance(usage, dict):
+            return 0.0
+        # chat and embeddings say prompt/completion; the Responses API input/output
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        self.stats.prompt_tokens += prompt
+        self.stats.completion_tokens += completion
+        self.stats.cached_tokens += cached
+        if self.prices is None:
+            return 0.0
+        spent = self.prices.cost(prompt, completion, cached)
+        self.stats.cost += spent
+        return spent
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An answer, with the admission ticket it was sent under and how long it took."""
+
+    reply: Reply
+    ticket: Ticket
+    latency_ms: float

@@ -18,14 +18,17 @@ from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from dotenv import dotenv_values
 
 from . import __version__
 from .auth import TokenProvider, command_provider, default_credential_provider
-from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig, default_errors
+from .cost import resolve
 from .dryrun import dry_run, format_report
 from .endpoints import check_base_url
 from .errors import ConfigError, FatalAPIError, OutputError
+from .export import FORMATS, ExportReport, Rows, export, format_for
 from .inputs import sniff
 from .progress import Reporter, make_reporter
 from .redact import Redactor
@@ -53,15 +56,19 @@ configuration (environment or .env; real environment variables win):
 exit codes:
   0 every input succeeded; 1 some inputs failed (see the errors file);
   2 usage, configuration or fatal error (e.g. wrong key, another run on the same outputs);
-  75 stopped early, resumable: an outage past --max-outage, or an exhausted quota (--max-wait);
+  75 stopped early, resumable: an outage past --max-outage, an exhausted quota (--max-wait),
+     or --max-cost reached;
   130 interrupted (Ctrl-C). After 75 or 130, run the same command again to resume.
 
 examples:
-  asyncbatch examples/companies.jsonl --simulate --template "@DEMO@" \\
+  asyncbatch examples/companies.jsonl --simulate --deployment gpt-4o-mini --template "@DEMO@" \\
       --tools examples/get_company_info.json
+  asyncbatch export examples/companies.results.jsonl --input examples/companies.jsonl -o companies.csv
   asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200 --max-tokens 200
   asyncbatch prompts.jsonl --dry-run --tpm 1200000 --price-in 2.5 --price-out 10
+  asyncbatch prompts.jsonl --max-cost 20 ...   # stops (exit 75) before spending more than 20 USD
   asyncbatch prompts.jsonl ...     # the same command again resumes an interrupted run
+  asyncbatch export --help         # results in input order, joined with the input: JSONL, CSV, Parquet
 """.replace("@API_VERSION@", DEFAULT_API_VERSION).replace("@DEMO@", DEMO_TEMPLATE)
 
 
@@ -267,8 +274,21 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         help="read and check the whole input; print counts, the token estimate, the time the quota implies "
         "and (with prices) the cost; send nothing, need no credentials",
     )
-    dry.add_argument("--price-in", type=float, metavar="PRICE", help="with --dry-run: price per 1M prompt tokens")
-    dry.add_argument("--price-out", type=float, metavar="PRICE", help="with --dry-run: price per 1M completion tokens")
+    cost = p.add_argument_group(
+        "cost (USD per 1M tokens; default: the price table's, when the deployment is named after a model there)"
+    )
+    cost.add_argument("--price-in", type=float, metavar="USD", help="price per 1M prompt (input) tokens")
+    cost.add_argument("--price-out", type=float, metavar="USD", help="price per 1M completion (output) tokens")
+    cost.add_argument(
+        "--price-cached", type=float, metavar="USD", help="price per 1M cached prompt tokens (default: --price-in's)"
+    )
+    cost.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop (exit 75) before this run's spend, plus what requests in flight may cost, would pass USD; "
+        "the same command resumes, with a new budget of USD",
+    )
     env = p.add_argument_group("environment")
     env.add_argument("--env-file", type=Path, metavar="PATH", help="dotenv file to read (default: ./.env if it exists)")
     sim = p.add_argument_group("simulator (no credentials needed)")
@@ -290,6 +310,13 @@ def _other_options(p: argparse.ArgumentParser) -> None:
     show = p.add_argument_group("display")
     show.add_argument("--no-progress", action="store_true", help="no progress display (the summary still prints)")
     show.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    show.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: a live display on a terminal, else a status line every 5 s; json: each status line, "
+        "message and the summary one JSON object on stderr, for CI logs and dashboards (default %(default)s)",
+    )
 
 
 def load_env(env_file: Path | None, environ: Mapping[str, str]) -> dict[str, str]:
@@ -413,6 +440,8 @@ def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
         grace=args.grace,
         max_wait=args.max_wait,
         max_outage=args.max_outage,
+        prices=resolve(endpoint.deployment, args.price_in, args.price_out, args.price_cached),
+        max_cost=args.max_cost,
     )
 
 
@@ -512,7 +541,8 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
     model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
     report = dry_run(args.input, request_defaults(args), model)
-    print(format_report(report, args.input, limits, args.price_in, args.price_out))
+    prices = resolve(model, args.price_in, args.price_out, args.price_cached)
+    print(format_report(report, args.input, limits, prices))
     return EXIT_OK if report.bad_count == 0 else EXIT_FAILURES
 
 
@@ -524,12 +554,19 @@ def _prog() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     secrets = [value.partition(":")[2].strip() for value in args.header]
     redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY"), *secrets])
 
     def fail(message: str) -> int:
-        print(f"asyncbatch: error: {redactor.text(message)}", file=sys.stderr)
+        text = redactor.text(message)
+        if args.log_format == "json":
+            print(orjson.dumps({"event": "error", "message": text}).decode(), file=sys.stderr)
+        else:
+            print(f"asyncbatch: error: {text}", file=sys.stderr)
         return EXIT_FATAL
 
     try:
@@ -542,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sniff(args.input)
         if args.dry_run:
             return _dry_run(args, env)
-        reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress)
+        reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format)
         return _event_loop_run(execute(args, env, reporter))
     except (ConfigError, FatalAPIError, OutputError) as exc:
         return fail(str(exc))
@@ -553,3 +590,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{exc.filename or ''}: {exc.strerror or exc}")
     except Exception:
         return fail("internal error\n" + traceback.format_exc())
+
+
+EXPORT_EPILOG = """\
+rows: line, status (succeeded or failed), custom_id, the input record's fields (with --input),
+output, error_code, error_message, attempts, prompt_tokens, completion_tokens. In CSV and
+Parquet an object output becomes one output.<key> column per key.
+
+examples:
+  asyncbatch export prompts.results.jsonl --ordered > ordered.jsonl
+  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o table.csv
+  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o table.parquet   # pip install "asyncbatch[parquet]"
+
+exit codes: 0 written; 2 usage error or a file that cannot be read or written.
+"""
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncbatch export",
+        description="Write a run's results and failures as one table: in input order (on disk, in bounded "
+        "memory, for any number of lines), joined with the input, as JSONL, CSV or Parquet.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", type=Path, help="the results file of a run (e.g. prompts.results.jsonl)")
+    p.add_argument(
+        "--errors", type=Path, metavar="PATH", help="its failures file (default: <results stem>.errors.jsonl, if any)"
+    )
+    p.add_argument(
+        "--input",
+        type=Path,
+        metavar="PATH",
+        help="the run's input: each row gets its input record's fields, with their JSON types (implies --ordered)",
+    )
+    p.add_argument("--ordered", action="store_true", help="rows in input order (default: the order they finished)")
+    p.add_argument("--format", choices=FORMATS, help="jsonl, csv or parquet (default: from -o's suffix, else jsonl)")
+    p.add_argument("-o", "--output", type=Path, metavar="PATH", help="where to write (default: standard output)")
+    return p
+
+
+def export_main(argv: Sequence[str]) -> int:
+    args = build_export_parser().parse_args(argv)
+    try:
+        for path in (args.results, args.errors, args.input):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{path} does not exist or is not a file")
+        errors = args.errors or default_errors(args.results)
+        rows = Rows(args.results, errors if errors.is_file() else None, args.input, args.ordered)
+        report = export(rows, format_for(args.output, args.format), args.output, sys.stdout.buffer)
+    except ConfigError as exc:
+        print(f"asyncbatch export: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except OSError as exc:
+        print(f"asyncbatch export: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(export_summary(report, args.output), file=sys.stderr)
+    return EXIT_OK
+
+
+def export_summary(report: ExportReport, out: Path | None) -> str:
+    where = f" to {out}" if out else ""
+    text = f"exported {report.rows:,} rows{where} ({report.succeeded:,} succeeded, {report.failed:,} failed)"
+    if report.missing:
+        text += f"; {report.missing:,} input lines have no result yet (run the same command again to finish)"
+    if report.duplicates:
+        text += f"; {report.duplicates:,} repeated line numbers left out (the outputs were edited or joined)"
+    if report.unreadable:
+        text += f"; {report.unreadable:,} unreadable output lines skipped"
+    return text

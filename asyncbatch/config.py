@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .cost import Budget, Prices, lookup
 from .errors import ConfigError
 from .schemas import check_request_schemas, mark_strict
 
@@ -147,6 +148,10 @@ class RunConfig:
     :param max_wait: seconds; a 429 asking to wait longer (Azure's answer when a quota is used up
         for the day), or 429s with no success for that long, stop the run (``stats.stopped``).
     :param max_outage: seconds the endpoint may be unreachable before the run stops (``stats.stopped``).
+    :param prices: USD per 1M tokens (``asyncbatch.Prices``); default: the price table's for the deployment
+        name, if it names a model there (``asyncbatch.cost.lookup``), else no cost is counted.
+    :param max_cost: USD; stop (resumably, ``stats.stopped``) before this run's spend, plus what the
+        requests in flight may cost, would pass it. Needs prices.
     """
 
     input_path: Path
@@ -163,9 +168,19 @@ class RunConfig:
     grace: float = 5.0
     max_wait: float = 300.0  # a 429 asking to wait longer (an exhausted quota) stops the run, resumably
     max_outage: float = 1800.0  # an outage longer than this stops the run, resumably
+    prices: Prices | None = None
+    max_cost: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.prices is None:
+            set_(self, "prices", lookup(self.endpoint.deployment))
+        Budget(self.max_cost)  # checks the value
+        if self.max_cost is not None and self.prices is None:
+            raise ConfigError(
+                f"--max-cost needs prices: the deployment name {self.endpoint.deployment!r} is not in the price "
+                "table, so give --price-in and --price-out (USD per 1M tokens)"
+            )
         set_(self, "input_path", Path(self.input_path))
         output = Path(self.output_path) if self.output_path else default_output(self.input_path)
         set_(self, "output_path", output)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Limits, RequestDefaults
+from .cost import Prices
 from .inputs import BadLine, read_lines
 from .requests import prepare
 
@@ -53,9 +54,7 @@ def implied_seconds(report: DryRunReport, limits: Limits) -> float | None:
     return max(bounds) if bounds else None
 
 
-def format_report(
-    report: DryRunReport, path: Path, limits: Limits, price_in: float | None, price_out: float | None
-) -> str:
+def format_report(report: DryRunReport, path: Path, limits: Limits, prices: Prices | None) -> str:
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(report.kinds.items())) or "none"
     lines = [
         f"dry run of {path}: nothing was sent",
@@ -69,10 +68,14 @@ def format_report(
         lines.append("  time             give --tpm and/or --rpm to see the time the quota implies")
     else:
         lines.append(f"  time             about {_duration(seconds)} at the quota given")
-    if price_in is not None or price_out is not None:
-        cost = report.prompt_tokens / 1e6 * (price_in or 0) + report.completion_tokens / 1e6 * (price_out or 0)
-        prices = f"prompt at {price_in or 0:g}, completion at {price_out or 0:g} per 1M tokens"
-        lines.append(f"  cost             at most {cost:,.2f} ({prices})")
+    if prices is None:
+        lines.append("  cost             give --price-in and --price-out (USD per 1M tokens) to see it")
+    else:
+        live = prices.cost(report.prompt_tokens, report.completion_tokens)
+        batch = prices.batch().cost(report.prompt_tokens, report.completion_tokens)
+        rates = f"prompt {prices.input:g}, completion {prices.output:g} USD per 1M tokens; {prices.source}"
+        lines.append(f"  cost             at most {live:,.2f} USD live ({rates})")
+        lines.append(f"                   at most {batch:,.2f} USD through the Batch API (half price)")
     for bad in report.bad:
         lines.append(f"  {path}:{bad.line_no}: {bad.reason}")
     if report.bad_count > len(report.bad):

@@ -37,6 +37,7 @@ from .checkpoint import (
 )
 from .client import Connection
 from .config import RunConfig
+from .cost import Budget
 from .errors import FatalAPIError, OutputError, StopRun
 from .ids import IdLog, ids_path
 from .inputs import BadLine, ParsedLine, count_lines, read_lines, sniff
@@ -187,6 +188,9 @@ def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], fl
         resumed=len(state.done),
         resent=state.resent,
         changed=state.changed,
+        prices=config.prices,
+        tpm_limit=config.limits.tpm,
+        rpm_limit=config.limits.rpm,
         clock=clock,
     )
 
@@ -228,6 +232,8 @@ class _Batch:
             feedback=config.request.feedback,
             stats=stats,
             stopping=lambda: self.stopping,
+            prices=config.prices,
+            budget=Budget(config.max_cost),
             sleep=sleep,
             clock=clock,
         )

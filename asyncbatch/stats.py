@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from .cost import Prices
 
 RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
 
@@ -27,6 +29,11 @@ class RunStats:
     estimated_tokens: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the prompt cache
+    cost: float = 0.0  # USD billed for this run's answers, when prices are known
+    prices: Prices | None = None  # what ``cost`` was counted at
+    tpm_limit: float | None = None  # --tpm, in the server's tokens (the unit of ``charged_tokens``)
+    rpm_limit: float | None = None
     resumed: int = 0  # inputs already recorded when this run started
     resent: int = 0  # inputs that were in flight when the last run stopped
     changed: list[str] = field(default_factory=list)  # options changed at this resume (--accept-changes)
@@ -75,3 +82,72 @@ class RunStats:
             return None
         ordered = sorted(self._latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+TREND_WINDOW = 30.0  # seconds of recent work the smoothed rate looks at
+
+
+class Trend:
+    """This run's recent rates: requests done and tokens charged, per second, over the last ``TREND_WINDOW``.
+
+    Sampled by the display's ticker (never per request). Until a sample is older than the
+    window, the rates are taken from the run's start, so an early figure includes the
+    first answers' latency and is not a burst's.
+    """
+
+    def __init__(self, stats: RunStats) -> None:
+        self.stats = stats
+        self._samples: deque[tuple[float, int, float]] = deque([(stats.started, stats.done, 0.0)])
+
+    def sample(self) -> None:
+        now = self.clock()
+        self._samples.append((now, self.stats.done, self.stats.charged_tokens))
+        while len(self._samples) > 2 and self._samples[1][0] <= now - TREND_WINDOW:
+            self._samples.popleft()
+
+    def clock(self) -> float:
+        return self.stats.clock()
+
+    def _rates(self) -> tuple[float, float] | None:
+        (t0, done0, charged0), (t1, done1, charged1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < 0.2 or done1 == done0:
+            return None
+        return (done1 - done0) / (t1 - t0), (charged1 - charged0) / (t1 - t0)
+
+    @property
+    def per_second(self) -> float | None:
+        """Inputs finished per second, recently; None until there is something to go on."""
+        rates = self._rates()
+        return rates[0] if rates else None
+
+    @property
+    def charged_per_minute(self) -> float | None:
+        """Tokens charged against the quota per minute, recently (the server's units, like --tpm)."""
+        rates = self._rates()
+        return rates[1] * 60 if rates else None
+
+    def eta(self) -> float | None:
+        """Seconds to finish: the quota's bound when it is known, or the recent rate if that is slower."""
+        stats = self.stats
+        remaining = stats.total - stats.done
+        if stats.total <= 0:
+            return None
+        if remaining <= 0:
+            return 0.0
+        bounds = []
+        tpm = stats.tpm_limit or stats.learned_tpm
+        if tpm and stats.attempts:
+            bounds.append(remaining * (stats.charged_tokens / stats.attempts) / (tpm / 60))
+        if stats.rpm_limit:
+            bounds.append(remaining / (stats.rpm_limit / 60))
+        if rate := self.per_second:
+            bounds.append(remaining / rate)
+        return max(bounds) if bounds else None
+
+    def projected_cost(self) -> float | None:
+        """This run's cost once every remaining input is done, at the cost per input so far."""
+        stats = self.stats
+        work = stats.done - stats.resumed
+        if stats.prices is None or work <= 0 or stats.total <= 0:
+            return None
+        return stats.cost + max(0, stats.total - stats.done) * stats.cost / work

@@ -1,0 +1,127 @@
+"""What a run costs: a price table, the cost of tokens, and the --max-cost budget.
+
+Prices are USD per 1M tokens. The table holds Azure OpenAI's Global Standard
+list prices as published on ``PRICES_TAKEN``; the Batch API costs half
+(``batch``). Contracts, regions and Data Zone deployments differ: ``--price-in``,
+``--price-out`` and ``--price-cached`` override the table.
+
+Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+PRICES_TAKEN = "2026-11-25"  # when the table below was copied from the Azure OpenAI pricing page
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """USD per 1M tokens: prompt (input), cached prompt, and completion (output)."""
+
+    input: float
+    output: float
+    cached_input: float | None = None  # None: cached tokens cost the same as other input
+    source: str = "given"  # where these came from, for the summary
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--price-{name.replace('_input', '')} must be 0 or more (got {value:g})")
+
+    def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
+        """USD for tokens as usage reports them (``prompt`` includes ``cached``)."""
+        cached = min(cached, prompt)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        return ((prompt - cached) * self.input + cached * cached_price + completion * self.output) / 1e6
+
+    def batch(self) -> Prices:
+        """The Batch API's prices: half of Global Standard's."""
+        half = None if self.cached_input is None else self.cached_input / 2
+        return Prices(self.input / 2, self.output / 2, half, f"{self.source}, Batch API (50%)")
+
+
+def _p(i: float, cached: float | None, o: float) -> Prices:
+    return Prices(i, o, cached, f"price table of {PRICES_TAKEN}")
+
+
+# Global Standard, USD per 1M tokens: input, cached input, output.
+TABLE: dict[str, Prices] = {
+    "gpt-5": _p(1.25, 0.125, 10.0),
+    "gpt-5-mini": _p(0.25, 0.025, 2.0),
+    "gpt-5-nano": _p(0.05, 0.005, 0.40),
+    "gpt-4.1": _p(2.0, 0.50, 8.0),
+    "gpt-4.1-mini": _p(0.40, 0.10, 1.60),
+    "gpt-4.1-nano": _p(0.10, 0.025, 0.40),
+    "gpt-4o": _p(2.50, 1.25, 10.0),
+    "gpt-4o-mini": _p(0.15, 0.075, 0.60),
+    "o3": _p(2.0, 0.50, 8.0),
+    "o4-mini": _p(1.10, 0.275, 4.40),
+    "o3-mini": _p(1.10, 0.55, 4.40),
+    "text-embedding-3-small": _p(0.02, None, 0.0),
+    "text-embedding-3-large": _p(0.13, None, 0.0),
+    "text-embedding-ada-002": _p(0.10, None, 0.0),
+}
+
+
+def lookup(model: str) -> Prices | None:
+    """The table's prices for a model or deployment name: exact, else the longest name it starts with.
+
+    ``gpt-4o-2024-08-06`` and ``gpt-4o-batch`` find ``gpt-4o``; ``gpt-4o-mini-x`` finds ``gpt-4o-mini``.
+    A deployment named otherwise (``prod-chat``) finds nothing: give the prices.
+    """
+    name = model.lower()
+    if name in TABLE:
+        return TABLE[name]
+    matches = [key for key in TABLE if name.startswith(key + "-")]
+    return TABLE[max(matches, key=len)] if matches else None
+
+
+def resolve(model: str, price_in: float | None, price_out: float | None, price_cached: float | None) -> Prices | None:
+    """The prices to use: the table's for ``model``, with any given price overriding it.
+
+    :raises ConfigError: some prices were given, the model is not in the table, and input or output is missing.
+    """
+    given = {"input": price_in, "output": price_out, "cached_input": price_cached}
+    known = lookup(model)
+    if known is None:
+        if price_in is None and price_out is None and price_cached is None:
+            return None
+        if price_in is None or price_out is None:
+            raise ConfigError(
+                f"{model!r} is not in the price table (see README 'Cost'): give both --price-in and --price-out"
+            )
+        return Prices(price_in, price_out, price_cached)
+    overrides = {k: v for k, v in given.items() if v is not None}
+    return dataclasses.replace(known, **overrides, source="given") if overrides else known
+
+
+class Budget:
+    """--max-cost: spend so far, plus what admitted requests may still cost, never passes the limit.
+
+    ``admit(estimate)`` reserves a request's estimated cost before it is sent, and
+    says no if that would pass the limit; ``settle`` replaces the reservation
+    with what the answer actually cost.
+    """
+
+    def __init__(self, limit: float | None) -> None:
+        if limit is not None and not (math.isfinite(limit) and limit > 0):
+            raise ConfigError(f"--max-cost must be more than 0 (got {limit:g})")
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+
+    def admit(self, estimate: float) -> bool:
+        if self.limit is not None and self.spent + self.reserved + estimate > self.limit:
+            return False
+        self.reserved += estimate
+        return True
+
+    def settle(self, estimate: float, actual: float) -> None:
+        self.reserved = max(0.0, self.reserved - estimate)
+        self.spent += actual

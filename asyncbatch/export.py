@@ -1,0 +1,315 @@
+"""``asyncbatch export``: results and failures as one table, in input order, joined with the input.
+
+Results are written in the order answers came back. Export puts them back in
+input order with an external merge sort: lines are read in chunks of at most
+``chunk_bytes``, each chunk sorted by its ``line`` and spilled to a temporary
+file, and the files merged. Memory is bounded by the chunk size whatever the
+number of lines. Joining with ``--input`` is then a merge of two sorted
+streams.
+
+Each row is: ``line``, ``status`` (``succeeded`` or ``failed``), ``custom_id``,
+the input record's fields (with ``--input``, each keeping its JSON type),
+``output``, ``error_code``, ``error_message``, ``attempts``, ``prompt_tokens``
+and ``completion_tokens``. For CSV and Parquet an object ``output`` becomes one
+``output.<key>`` column per key.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
+
+from .errors import ConfigError
+
+Format = Literal["jsonl", "csv", "parquet"]
+FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet")
+CHUNK_BYTES = 32 * 1024 * 1024
+_KEY = 12  # digits of the zero-padded line number that prefixes each spilled line, so bytes sort by line
+STATUS = {b"r": "succeeded", b"e": "failed"}
+RESULT_FIELDS = ("output", "error_code", "error_message", "attempts", "prompt_tokens", "completion_tokens")
+
+
+@dataclass
+class ExportReport:
+    rows: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    duplicates: int = 0  # a line number seen twice (never written by asyncbatch): the later ones are left out
+    unreadable: int = 0  # output lines that are not JSON objects with a ``line`` (a torn last line)
+    missing: int = 0  # with --input: input lines with no result or failure yet (an unfinished run)
+    notes: list[str] = field(default_factory=list)
+
+
+def format_for(path: Path | None, given: str | None) -> Format:
+    if given is not None:
+        if given not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {given!r})")
+        return given
+    suffix = path.suffix.lstrip(".").lower() if path else ""
+    return suffix if suffix in ("csv", "parquet") else "jsonl"  # type: ignore[return-value]
+
+
+def _tagged(path: Path, tag: bytes, report: ExportReport) -> Iterator[bytes]:
+    """Each line of an output file, prefixed with its zero-padded input line number and ``tag``."""
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                obj = orjson.loads(raw)
+                line_no = obj["line"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                report.unreadable += 1
+                continue
+            if type(line_no) is not int or line_no < 0:
+                report.unreadable += 1
+                continue
+            yield b"%0*d" % (_KEY, line_no) + tag + raw.rstrip(b"\r\n") + b"\n"
+
+
+def _in_order(sources: Iterable[Iterator[bytes]], workdir: Path, chunk_bytes: int, stack: ExitStack) -> Iterator[bytes]:
+    """The tagged lines of every source, sorted by line number, holding at most ``chunk_bytes`` in memory."""
+    runs: list[Path] = []
+    chunk: list[bytes] = []
+    size = 0
+    for source in sources:
+        for item in source:
+            chunk.append(item)
+            size += len(item)
+            if size >= chunk_bytes:
+                runs.append(_spill(chunk, workdir, len(runs)))
+                chunk, size = [], 0
+    chunk.sort()
+    if not runs:
+        return iter(chunk)
+    runs.append(_spill(chunk, workdir, len(runs)))
+    files = [stack.enter_context(run.open("rb")) for run in runs]
+    return heapq.merge(*files)
+
+
+def _spill(chunk: list[bytes], workdir: Path, index: int) -> Path:
+    chunk.sort()
+    path = workdir / f"run-{index}.jsonl"
+    with path.open("wb") as f:
+        f.writelines(chunk)
+    chunk.clear()
+    return path
+
+
+def _input_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, the record's fields) for every input line; a line that is not an object has none."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                obj = orjson.loads(raw) if raw.strip() else None
+            except orjson.JSONDecodeError:
+                obj = None
+            yield line_no, obj if isinstance(obj, dict) else {}
+
+
+def row_of(tag: bytes, record: dict[str, Any], fields: dict[str, Any] | None) -> dict[str, Any]:
+    error = record.get("error") or {}
+    response = record.get("response") or {}
+    body = response.get("body") if isinstance(response, dict) else None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+    row: dict[str, Any] = {"line": record["line"], "status": STATUS[tag], "custom_id": record.get("custom_id")}
+    for name, value in (fields or {}).items():
+        row[name if name not in row and name not in RESULT_FIELDS else f"input_{name}"] = value
+    row.update(
+        output=record.get("output"),
+        error_code=error.get("code") if isinstance(error, dict) else None,
+        error_message=error.get("message") if isinstance(error, dict) else None,
+        attempts=record.get("attempts"),
+        prompt_tokens=usage.get("prompt_tokens", usage.get("input_tokens")),
+        completion_tokens=usage.get("completion_tokens", usage.get("output_tokens")),
+    )
+    return row
+
+
+class Rows:
+    """The export's rows, which can be read more than once (CSV and Parquet read them twice: columns, then rows)."""
+
+    def __init__(
+        self,
+        results: Path,
+        errors: Path | None,
+        input_path: Path | None,
+        ordered: bool,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        self.results, self.errors, self.input_path = results, errors, input_path
+        self.ordered = ordered or input_path is not None  # a join walks both files in line order
+        self.chunk_bytes = chunk_bytes
+        self.report = ExportReport()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.report = report = ExportReport()
+        with ExitStack() as stack:
+            sources = [_tagged(self.results, b"r", report)]
+            if self.errors is not None:
+                sources.append(_tagged(self.errors, b"e", report))
+            if self.ordered:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asyncbatch-export-")))
+                lines: Iterable[bytes] = _in_order(sources, workdir, self.chunk_bytes, stack)
+            else:
+                lines = (item for source in sources for item in source)
+            yield from self._rows(lines, report)
+
+    def _rows(self, lines: Iterable[bytes], report: ExportReport) -> Iterator[dict[str, Any]]:
+        inputs = _input_records(self.input_path) if self.input_path is not None else None
+        previous = -1
+        for item in lines:
+            line_no = int(item[:_KEY])
+            if self.ordered and line_no == previous:
+                report.duplicates += 1
+                continue
+            previous = line_no
+            fields = None
+            if inputs is not None:
+                fields = {}
+                for input_no, record in inputs:
+                    if input_no == line_no:
+                        fields = record
+                        break
+                    report.missing += bool(record)
+            tag = item[_KEY : _KEY + 1]
+            report.rows += 1
+            report.succeeded += tag == b"r"
+            report.failed += tag == b"e"
+            yield row_of(tag, orjson.loads(item[_KEY + 1 :]), fields)
+        if inputs is not None:
+            report.missing += sum(1 for _, record in inputs if record)
+
+
+def export(rows: Rows, fmt: Format, out: Path | None, stdout: IO[bytes]) -> ExportReport:
+    """Write ``rows`` as ``fmt`` to ``out`` (whole or not at all: a temporary file renamed) or to ``stdout``."""
+    write = {"jsonl": _write_jsonl, "csv": _write_csv, "parquet": _write_parquet}[fmt]
+    if out is None:
+        if fmt == "parquet":
+            raise ConfigError("--format parquet needs -o PATH (it is not a text format for a terminal or pipe)")
+        write(rows, stdout)
+        return rows.report
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            write(rows, f)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows.report
+
+
+def _write_jsonl(rows: Rows, f: IO[bytes]) -> None:
+    for row in rows:
+        f.write(orjson.dumps(row) + b"\n")
+
+
+def flat(row: dict[str, Any]) -> dict[str, Any]:
+    """``output`` spread over columns when it is an object (one level: deeper values stay whole)."""
+    output = row.get("output")
+    if not isinstance(output, dict):
+        return row
+    spread = {k: v for k, v in row.items() if k != "output"}
+    for key, value in output.items():
+        spread[f"output.{key}"] = value
+    return spread
+
+
+def _columns(rows: Rows, kinds: dict[str, set[str]] | None = None) -> list[str]:
+    """Every column, in first-seen order, with the JSON kinds of its values (for Parquet's types)."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        for name, value in flat(row).items():
+            columns.setdefault(name)
+            if kinds is not None and value is not None:
+                kinds.setdefault(name, set()).add(_kind(value))
+    return list(columns)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return type(value).__name__
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        return "vector"
+    return "json"
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: objects and lists as JSON text."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _text(value: Any) -> str:
+    """A Parquet text cell: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _write_csv(rows: Rows, f: IO[bytes]) -> None:
+    import csv
+    import io
+
+    columns = _columns(rows)
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
+    try:
+        writer = csv.DictWriter(text, fieldnames=columns, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else _cell(v) for k, v in flat(row).items()})
+    finally:
+        text.detach()
+
+
+def _write_parquet(rows: Rows, f: IO[bytes], batch: int = 10_000) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError('--format parquet needs pyarrow: pip install "asyncbatch[parquet]"') from None
+    kinds: dict[str, set[str]] = {}
+    columns = _columns(rows, kinds)
+    types = {name: _arrow_type(pa, kinds.get(name, set())) for name in columns}
+    schema = pa.schema([(name, types[name]) for name in columns])
+    convert: dict[str, Callable[[Any], Any]] = {
+        name: (_text if types[name] == pa.string() else _same) for name in columns
+    }
+    with pq.ParquetWriter(f, schema) as writer:
+        pending: list[dict[str, Any]] = []
+        for row in rows:
+            pending.append({k: None if v is None else convert[k](v) for k, v in flat(row).items()})
+            if len(pending) >= batch:
+                writer.write_batch(pa.RecordBatch.from_pylist(pending, schema=schema))
+                pending = []
+        if pending or rows.report.rows == 0:
+            writer.write_batch(pa.RecordBatch.from_pylist(pending, schema=schema))
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _arrow_type(pa: Any, kinds: set[str]) -> Any:
+    """One column type for the kinds of values seen: numbers widen to float, anything mixed is JSON text."""
+    if kinds == {"bool"}:
+        return pa.bool_()
+    if kinds == {"int"}:
+        return pa.int64()
+    if kinds and kinds <= {"int", "float"}:
+        return pa.float64()
+    if kinds == {"vector"}:
+        return pa.list_(pa.float64())
+    return pa.string()
