@@ -190,17 +190,18 @@ class Attempts:
 
     async def _attempt(self, job: Job, payload: bytes, tally: _Tally) -> tuple[Reply, float, Any]:
         estimate = self._estimated_cost(job)
-        if not self.budget.admit(estimate):
+        reserved = self.budget.reserve(estimate)
+        if reserved is None:
             raise StopRun(
                 f"--max-cost {self.budget.limit:g} USD reached ({self.budget.spent:.4f} USD spent, "
                 f"{self.budget.reserved:.4f} USD more may be billed for requests in flight)"
             )
-        spent = 0.0
+        spent = None
         try:
             sent = await self._send(job, payload, tally)
             spent = self._count_usage(sent.reply.body)
         finally:
-            self.budget.settle(estimate, spent)
+            self.budget.settle(reserved, estimate, spent)
         self.admission.on_reply(sent.reply.headers, sent.ticket)
         self._observe()
         return sent.reply, sent.latency_ms, self.check.extract_for(job.api, sent.reply.body, job.body)

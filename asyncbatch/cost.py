@@ -29,10 +29,10 @@ class Prices:
     source: str = "given"  # where these came from, for the summary
 
     def __post_init__(self) -> None:
-        for name in ("input", "output", "cached_input"):
+        for name, option in (("input", "in"), ("output", "out"), ("cached_input", "cached")):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--price-{name.replace('_input', '')} must be 0 or more (got {value:g})")
+                raise ConfigError(f"--price-{option} must be 0 or more (got {value:g})")
 
     def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
         """USD for tokens as usage reports them (``prompt`` includes ``cached``)."""
@@ -104,9 +104,12 @@ def resolve(model: str, price_in: float | None, price_out: float | None, price_c
 class Budget:
     """--max-cost: spend so far, plus what admitted requests may still cost, never passes the limit.
 
-    ``admit(estimate)`` reserves a request's estimated cost before it is sent, and
-    says no if that would pass the limit; ``settle`` replaces the reservation
-    with what the answer actually cost.
+    ``reserve(estimate)`` sets aside a request's estimated cost before it is sent,
+    or returns None if that would pass the limit; ``settle`` replaces the
+    reservation with what the answer actually cost. Estimates are scaled by how
+    much answers have cost against their estimates so far, when that is more
+    than 1: a server that counts more tokens than the estimate does not
+    overrun the budget for long.
     """
 
     def __init__(self, limit: float | None) -> None:
@@ -115,13 +118,22 @@ class Budget:
         self.limit = limit
         self.spent = 0.0
         self.reserved = 0.0
+        self._estimated = 0.0  # the estimates of the answers in ``spent``
 
-    def admit(self, estimate: float) -> bool:
-        if self.limit is not None and self.spent + self.reserved + estimate > self.limit:
-            return False
-        self.reserved += estimate
-        return True
+    @property
+    def scale(self) -> float:
+        return max(1.0, self.spent / self._estimated) if self._estimated > 0 else 1.0
 
-    def settle(self, estimate: float, actual: float) -> None:
-        self.reserved = max(0.0, self.reserved - estimate)
-        self.spent += actual
+    def reserve(self, estimate: float) -> float | None:
+        amount = estimate * self.scale
+        if self.limit is not None and self.spent + self.reserved + amount > self.limit:
+            return None
+        self.reserved += amount
+        return amount
+
+    def settle(self, reserved: float, estimate: float, actual: float | None) -> None:
+        """``actual``: what the answer cost; None when nothing was billed (no answer, a 429, a 5xx)."""
+        self.reserved = max(0.0, self.reserved - reserved)
+        if actual is not None:
+            self.spent += actual
+            self._estimated += estimate

@@ -159,6 +159,9 @@ def completion(body: dict[str, Any], *, number: int, fault: str = "ok") -> dict[
         message["tool_calls"] = [call]
     prompt_tokens = count_prompt_tokens(body)
     completion_tokens = max(1, len(produced) // 4)
+    cap = body.get("max_tokens") or body.get("max_completion_tokens")
+    if isinstance(cap, int) and cap > 0:
+        completion_tokens = min(completion_tokens, cap)  # Azure never bills past max_tokens
     return {
         "id": f"chatcmpl-sim-{number}",
         "object": "chat.completion",
