@@ -27,9 +27,8 @@ def _outputs(tmp_path: Path, n: int, failed: set[int]) -> tuple[Path, Path]:
             errors.append({"custom_id": str(line - 1), "error": {"code": "server_error", "message": "m"}, "line": line})
         else:
             body = {"usage": {"prompt_tokens": line, "completion_tokens": 2}}
-            results.append(
-                {"custom_id": str(line - 1), "response": {"body": body}, "output": {"n": line, "tag": "x"}, "line": line}
-            )
+            output = {"n": line, "tag": "x"}
+            results.append({"custom_id": str(line - 1), "response": {"body": body}, "output": output, "line": line})
     return (
         write_jsonl(tmp_path / "in.results.jsonl", results),
         write_jsonl(tmp_path / "in.results.errors.jsonl", errors),
@@ -63,7 +62,7 @@ def test_join_keeps_the_input_fields_and_an_integer_id_keeps_its_type(tmp_path: 
 
 
 def test_csv_and_parquet_open_in_pandas_with_one_row_per_input(tmp_path: Path) -> None:
-    results, errors = _outputs(tmp_path, 200, failed={10, 20})
+    results, _ = _outputs(tmp_path, 200, failed={10, 20})
     write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"Co{i}"} for i in range(200)])
     for fmt in ("csv", "parquet"):
         path = tmp_path / f"table.{fmt}"
