@@ -290,6 +290,7 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
         "completion_tokens": stats.completion_tokens,
         "estimated_tokens": stats.estimated_tokens,
         "cost_usd": round(stats.cost, 6) if stats.prices is not None else None,
+        "projected_cost_usd": stats.projected_cost,
         "wall_seconds": round(stats.elapsed, 3),
         "requests_per_second": round(stats.requests_per_second, 2),
         "latency_p50_ms": stats.latency_percentile(0.5),
@@ -356,10 +357,14 @@ def _cost(stats: RunStats) -> str:
     prices = stats.prices
     assert prices is not None
     cached = f", cached {prices.cached_input:g}" if prices.cached_input is not None else ""
-    return (
+    text = (
         f"{stats.cost:.4f} USD this run (per 1M tokens: prompt {prices.input:g}{cached}, "
         f"completion {prices.output:g}; {prices.source})"
     )
+    projected = stats.projected_cost
+    if projected is not None and stats.done < stats.total:
+        text += f"; about {projected:.4f} USD with the {stats.total - stats.done:,} inputs still to run"
+    return text
 
 
 def _estimate_vs_used(stats: RunStats) -> str:

@@ -69,6 +69,14 @@ class RunStats:
         """This run's inputs per second: lines already recorded when it started are not its work."""
         return (self.done - self.resumed) / self.elapsed if self.elapsed > 0 else 0.0
 
+    @property
+    def projected_cost(self) -> float | None:
+        """This run's cost once every remaining input is done, at the cost per input so far."""
+        work = self.done - self.resumed
+        if self.prices is None or work <= 0 or self.total <= 0:
+            return None
+        return self.cost + max(0, self.total - self.done) * self.cost / work
+
     def add_latency(self, ms: float) -> None:
         """Reservoir sampling keeps percentiles honest in bounded memory."""
         self._seen += 1
@@ -145,9 +153,4 @@ class Trend:
         return max(bounds) if bounds else None
 
     def projected_cost(self) -> float | None:
-        """This run's cost once every remaining input is done, at the cost per input so far."""
-        stats = self.stats
-        work = stats.done - stats.resumed
-        if stats.prices is None or work <= 0 or stats.total <= 0:
-            return None
-        return stats.cost + max(0, stats.total - stats.done) * stats.cost / work
+        return self.stats.projected_cost

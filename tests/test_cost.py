@@ -110,6 +110,7 @@ def test_max_cost_stops_well_short_of_the_full_cost_and_the_same_command_resumes
     assert summary["cost_usd"] <= 0.25
     done = read_jsonl(tmp_path / "in.results.jsonl")
     assert 60 < len(done) < 200  # well short of 400, and not stopped at once
+    assert summary["projected_cost_usd"] == pytest.approx(summary["cost_usd"] * 400 / len(done), rel=0.01)
     assert not (tmp_path / "in.results.errors.jsonl").exists() or not read_jsonl(tmp_path / "in.results.errors.jsonl")
     full = [*argv[:-5], "--no-progress", "--log-format", "json"]  # the same command, without the budget
     second = subprocess.run(full, cwd=tmp_path, capture_output=True, text=True, timeout=120)
