@@ -24,16 +24,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from tenacity import RetryCallState
 
-from .client import Connection, Reply
+from .client import Reply
 from .config import RetryPolicy
 from .cost import Budget, Prices
 from .errors import AttemptError, FatalAPIError, StopRun
-from .limits import Admission, Ticket
+from .limits import Ticket
 from .records import failure_record, result_record
 from .requests import Job, with_feedback
 from .retry import retrying
+from .router import Route, Router
 from .stats import RunStats
 from .validate import OutputCheck
 
@@ -65,6 +67,8 @@ class Stopped(Exception):
 @dataclass
 class _Tally:
     attempts: int = 0
+    route: Route | None = None  # where the last attempt went
+    avoid: Route | None = None  # a pool: where the next attempt should not go (it just failed there)
 
 
 def fatal_error(exc: AttemptError, url: str) -> FatalAPIError | None:
@@ -92,8 +96,7 @@ class Attempts:
     def __init__(
         self,
         *,
-        connection: Connection,
-        admission: Admission,
+        router: Router,
         check: OutputCheck,
         retry: RetryPolicy,
         feedback: bool,
@@ -104,7 +107,7 @@ class Attempts:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.connection, self.admission, self.check = connection, admission, check
+        self.router, self.check = router, check
         self.prices, self.budget = prices, budget or Budget(None)
         self.retry, self.feedback, self.stats = retry, feedback, stats
         self.stopping, self.sleep, self.clock = stopping, sleep, clock
@@ -142,9 +145,13 @@ class Attempts:
         try:
             reply, latency_ms, output = await self._until_done(job, tally)
         except AttemptError as exc:
-            if not self.any_success and (fatal := fatal_error(exc, self.connection.where)):
+            where = self.router.routes[0].connection.where
+            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, where)):
                 raise fatal from None
-            record = failure_record(custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tally.attempts)
+            name = tally.route.name if tally.route else None
+            record = failure_record(
+                custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tally.attempts, deployment=name
+            )
             return Failure(job.line_no, record, exc)
         self.any_success = True
         self.stats.add_latency(latency_ms)
@@ -157,6 +164,7 @@ class Attempts:
             output=output,
             attempts=tally.attempts,
             latency_ms=latency_ms,
+            deployment=tally.route.name if tally.route else None,
         )
         return Success(job.line_no, record)
 
@@ -202,32 +210,46 @@ class Attempts:
             spent = self._count_usage(sent.reply.body)
         finally:
             self.budget.settle(reserved, estimate, spent)
-        self.admission.on_reply(sent.reply.headers, sent.ticket)
-        self._observe()
+        route = sent.route
+        route.any_success = True
+        route.succeeded += 1
+        route.admission.on_reply(sent.reply.headers, sent.ticket)
+        self._observe(route)
         return sent.reply, sent.latency_ms, self.check.extract_for(job.api, sent.reply.body, job.body)
 
     async def _send(self, job: Job, payload: bytes, tally: _Tally) -> _Sent:
-        ticket = await self.admission.acquire(job.estimate)
+        route, ticket = await self.router.acquire(job.estimate, tally.avoid)
         if self.stopping():
             raise Stopped  # no new attempt once a stop was asked for (retries included)
-        self.stats.charged_tokens += self.admission.calibration.charge(job.estimate)
+        self.stats.charged_tokens += route.admission.calibration.charge(job.estimate)
         task = asyncio.current_task()
         assert task is not None
         tally.attempts += 1
+        tally.route, tally.avoid = route, None
         self.stats.attempts += 1
         self.stats.in_flight += 1
+        route.in_flight += 1
         self.on_send(job.line_no)
         self.sending.add(task)
         started = self.clock()
         try:
-            reply = await self.connection.send(payload, job.api)
+            reply = await route.connection.send(self._payload_for(route, job, payload), job.api)
         except AttemptError as exc:
-            await self._on_failure(exc, ticket)
+            route.failed += 1
+            await self._on_failure(route, exc, ticket, tally)
             raise
         finally:
             self.stats.in_flight -= 1
+            route.in_flight -= 1
             self.sending.discard(task)
-        return _Sent(reply, ticket, (self.clock() - started) * 1000)
+        return _Sent(reply, ticket, (self.clock() - started) * 1000, route)
+
+    def _payload_for(self, route: Route, job: Job, payload: bytes) -> bytes:
+        """A pool's deployments may have different names: where the body names the model, it names this one."""
+        name = route.deployment.endpoint.deployment
+        if not self.router.pooled or not route.names_model or job.body.get("model") == name:
+            return payload
+        return orjson.dumps({**orjson.loads(payload), "model": name})
 
     def _estimated_cost(self, job: Job) -> float:
         """What admission would let this attempt cost at most: the estimate's prompt and completion parts."""
@@ -235,27 +257,62 @@ class Attempts:
             return 0.0
         return self.prices.cost(job.prompt_estimate, job.estimate - job.prompt_estimate)
 
-    async def _on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
-        tokens = self.connection.tokens
-        if exc.status == 401 and self.any_success and tokens:
-            if not await tokens.refresh_after_401(exc.token):  # a fresh token refused: the identity is wrong
-                raise FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
-            exc.retryable = exc.held = True  # the token expired early: a new one, and the same request again
+    async def _on_failure(self, route: Route, exc: AttemptError, ticket: Ticket, tally: _Tally) -> None:
+        tokens = route.connection.tokens
+        if exc.status == 401 and route.any_success and tokens:
+            if await tokens.refresh_after_401(exc.token):
+                exc.retryable = exc.held = True  # the token expired early: a new one, and the same request again
+                return
+            # a fresh token refused: the identity is wrong
+            self._refused(
+                route, exc, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
+            )
             return
         self.stats.throttled += exc.status == 429
-        self.admission.on_failure(exc, ticket)
-        self._observe()
-        if self.admission.breaker.is_open and not self.any_success:
-            # Down from the start: most likely a wrong URL, not an outage to ride out.
-            raise fatal_error(exc, self.connection.where) or FatalAPIError(
-                "unreachable", f"{self.connection.where} failed on every request: {exc.message}"
-            )
+        route.throttled += exc.status == 429
+        try:
+            route.admission.on_failure(exc, ticket)
+        except StopRun as stop:  # this deployment's quota is exhausted
+            if not self.router.pooled:
+                raise
+            self.router.set_aside(route, str(stop), resumable=True)
+            exc.retryable = exc.held = True
+            return
+        self._observe(route)
+        if not route.any_success and (fatal := self._fatal_before_success(route, exc)):
+            self._refused(route, exc, fatal)
+            return
+        if self.router.pooled and (exc.status == 429 or exc.retryable) and len(self.router.live) > 1:
+            tally.avoid = route  # the retry goes to another deployment, at once
+            if not exc.held:
+                exc.retry_after = 0.0
 
-    def _observe(self) -> None:
+    def _fatal_before_success(self, route: Route, exc: AttemptError) -> FatalAPIError | None:
+        """A failure that says this deployment will never work: a wrong key or name, or down from the start."""
+        where = route.connection.where
+        if route.admission.breaker.is_open:  # most likely a wrong URL, not an outage to ride out
+            return fatal_error(exc, where) or FatalAPIError(
+                "unreachable", f"{where} failed on every request: {exc.message}"
+            )
+        if self.router.pooled and exc.status in FATAL_STATUSES:
+            return fatal_error(exc, where)
+        return None
+
+    def _refused(self, route: Route, exc: AttemptError, fatal: FatalAPIError) -> None:
+        """One endpoint stops the run; a pool sets the deployment aside and the job tries another."""
+        if not self.router.pooled:
+            raise fatal
+        self.router.set_aside(route, str(fatal), resumable=fatal.kind == "unreachable")
+        exc.retryable = exc.held = True
+
+    def _observe(self, route: Route) -> None:
         """What admission has learned, for the display: a few attribute copies per answer."""
-        self.stats.notice = self.admission.status()
-        self.stats.learned_tpm = self.admission.learned_tpm
-        self.stats.charge_ratio = self.admission.ratio
+        if self.router.pooled:
+            return  # each deployment's state is shown on its own line (``RunStats.routes``)
+        admission = route.admission
+        self.stats.notice = admission.status()
+        self.stats.learned_tpm = admission.learned_tpm
+        self.stats.charge_ratio = admission.ratio
 
     def _before_retry(self, state: RetryCallState) -> None:
         self.stats.retries += 1
@@ -289,3 +346,4 @@ class _Sent:
     reply: Reply
     ticket: Ticket
     latency_ms: float
+    route: Route

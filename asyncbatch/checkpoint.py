@@ -333,8 +333,12 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     os.replace(tmp, path)
 
 
+ROUTING = frozenset({"deployment"})  # a pool leaves it out: compared only when both runs name one
+
+
 def changed_parts(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    names = (set(old) | set(new)) - (ROUTING - (set(old) & set(new)))
+    return sorted(k for k in names if old.get(k) != new.get(k))
 
 
 def recover(

@@ -496,7 +496,7 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
         # --restart happens inside run, under the lock, once the configuration is known to be good
         stats = await run(config, restart=restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
-        raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.endpoint)}") from None
+        raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.routes[0].endpoint)}") from None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -81,6 +81,27 @@ class Limits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Deployment:
+    """One deployment of a pool (``--deployments``): its endpoint, its own quota, and its priority.
+
+    :param name: its label in the display and in each result's ``deployment`` field.
+    :param tpm: tokens per minute, and ``rpm`` requests per minute; with neither, its rate is learned.
+    :param priority: lower is used first (provisioned before standard); equal priorities share the load.
+    """
+
+    name: str
+    endpoint: Endpoint
+    tpm: int | None = None
+    rpm: int | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("a deployment needs a name")
+        Limits(tpm=self.tpm, rpm=self.rpm)  # the same checks as --tpm / --rpm
+
+
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Per-input retries. 429s never use up ``max_attempts`` (see ``limits.py``)."""
 
@@ -152,10 +173,12 @@ class RunConfig:
         name, if it names a model there (``asyncbatch.cost.lookup``), else no cost is counted.
     :param max_cost: USD; stop (resumably, ``stats.stopped``) before this run's spend, plus what the
         requests in flight may cost, would pass it. Needs prices.
+    :param deployments: a pool instead of ``endpoint``: each ``Deployment`` with its own quota; requests go
+        to whichever can take them soonest, and fail over. ``limits.tpm``/``rpm`` must then be None.
     """
 
     input_path: Path
-    endpoint: Endpoint
+    endpoint: Endpoint | None = None
     output_path: Path = None  # type: ignore[assignment]  # filled in by __post_init__
     errors_path: Path = None  # type: ignore[assignment]
     checkpoint_path: Path | None = None
@@ -170,16 +193,19 @@ class RunConfig:
     max_outage: float = 1800.0  # an outage longer than this stops the run, resumably
     prices: Prices | None = None
     max_cost: float | None = None
+    deployments: tuple[Deployment, ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        set_(self, "deployments", tuple(self.deployments))
+        self._check_routes()
         if self.prices is None:
-            set_(self, "prices", lookup(self.endpoint.deployment))
+            set_(self, "prices", lookup(self.routes[0].endpoint.deployment))
         Budget(self.max_cost)  # checks the value
         if self.max_cost is not None and self.prices is None:
             raise ConfigError(
-                f"--max-cost needs prices: the deployment name {self.endpoint.deployment!r} is not in the price "
-                "table, so give --price-in and --price-out (USD per 1M tokens)"
+                f"--max-cost needs prices: the deployment name {self.routes[0].endpoint.deployment!r} is not in the "
+                "price table, so give --price-in and --price-out (USD per 1M tokens)"
             )
         set_(self, "input_path", Path(self.input_path))
         output = Path(self.output_path) if self.output_path else default_output(self.input_path)
@@ -195,6 +221,28 @@ class RunConfig:
         paths = {self.input_path.resolve(), self.output_path.resolve(), self.errors_path.resolve()}
         if len(paths) != 3:
             raise ConfigError("the input, output and errors files must be three different files")
+
+    def _check_routes(self) -> None:
+        if (self.endpoint is None) == (not self.deployments):
+            raise ConfigError("give a RunConfig an endpoint or deployments (a pool), exactly one")
+        if self.deployments and (self.limits.tpm or self.limits.rpm):
+            raise ConfigError("with --deployments, give tpm and rpm per deployment in the file, not --tpm/--rpm")
+        names = [d.name for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"each deployment needs its own name (got {names})")
+
+    @property
+    def routes(self) -> tuple[Deployment, ...]:
+        """The deployments requests go to: the pool, or the one endpoint with --tpm/--rpm."""
+        if self.deployments:
+            return self.deployments
+        assert self.endpoint is not None
+        endpoint = self.endpoint
+        return (Deployment(name=endpoint.deployment, endpoint=endpoint, tpm=self.limits.tpm, rpm=self.limits.rpm),)
+
+    @property
+    def pooled(self) -> bool:
+        return bool(self.deployments)
 
     @property
     def checkpoint(self) -> Path:

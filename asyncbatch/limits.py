@@ -494,12 +494,44 @@ class Admission:
                 if (wait := self._wait(meters)) <= 0:
                     break
                 await self.sleep(wait)
-            for meter, amount in meters:
-                meter.take(amount)
-            self.breaker.on_admit()
-            if self.adaptive is not None:
-                self.adaptive.on_admit(charge)
-            return self.calibration.admit(estimate)
+            return self._take(estimate, charge, meters)
+
+    def _take(self, estimate: float, charge: float, meters: list[tuple[Bucket, float]]) -> Ticket:
+        for meter, amount in meters:
+            meter.take(amount)
+        self.breaker.on_admit()
+        if self.adaptive is not None:
+            self.adaptive.on_admit(charge)
+        return self.calibration.admit(estimate)
+
+    # A pool's router asks each deployment's admission without waiting in it (see ``router.py``).
+
+    def ready_in(self, estimate: float) -> float:
+        """Seconds until ``acquire(estimate)`` could admit at once (0: now); never raises, never waits."""
+        if self.breaker.is_open and (down := self.breaker.wait()):
+            return down
+        if closed := self.gate.remaining():
+            return closed
+        charge = self.calibration.charge(estimate)
+        return max([0.0, *(meter.wait_for(amount) for meter, amount in self._meters(charge))])
+
+    def take(self, estimate: float) -> Ticket:
+        """Admit now, after ``ready_in`` said 0."""
+        charge = self.calibration.charge(estimate)
+        return self._take(estimate, charge, self._meters(charge))
+
+    def headroom(self) -> float:
+        """How full the fullest-drawn meter is, 0 to 1 (1: no meter, or all full): the pool's tie-break."""
+        meters = [m for m in (self.tokens, self.requests, self.learned) if m is not None]
+        return min((m.level / m.capacity for m in meters if m.capacity > 0), default=1.0)
+
+    def outage_over_limit(self) -> str | None:
+        """The --max-outage message, once the endpoint has been down longer than that; else None."""
+        try:
+            self._check_outage()
+        except StopRun as stop:
+            return str(stop)
+        return None
 
     def _meters(self, charge: float) -> list[tuple[Bucket, float]]:
         meters: list[tuple[Bucket, float]] = []

@@ -39,6 +39,7 @@ def result_record(
     output: Any,
     attempts: int,
     latency_ms: float,
+    deployment: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": new_id(),
@@ -48,6 +49,7 @@ def result_record(
         "output": output,
         "attempts": attempts,
         "latency_ms": round(latency_ms, 1),
+        "deployment": deployment,
         LINE: line_no,
     }
 
@@ -63,8 +65,11 @@ def error_record(*, custom_id: str, line_no: int, code: str, message: str, attem
     }
 
 
-def failure_record(*, custom_id: str, line_no: int, exc: AttemptError, attempts: int) -> dict[str, Any]:
+def failure_record(
+    *, custom_id: str, line_no: int, exc: AttemptError, attempts: int, deployment: str | None = None
+) -> dict[str, Any]:
     record = error_record(custom_id=custom_id, line_no=line_no, code=exc.code, message=exc.message, attempts=attempts)
+    record["deployment"] = deployment
     if exc.status is not None:
         record["response"] = {"status_code": exc.status, "request_id": exc.request_id, "body": exc.body}
     return record

@@ -36,7 +36,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .client import Connection
-from .config import RunConfig
+from .config import Deployment, Endpoint, RunConfig
 from .cost import Budget
 from .errors import FatalAPIError, OutputError, StopRun
 from .ids import IdLog, ids_path
@@ -47,6 +47,7 @@ from .progress import Reporter
 from .records import INVALID_INPUT, error_record
 from .redact import Redactor
 from .requests import Job, prepare
+from .router import Route, Router
 from .stats import RunStats
 from .validate import OutputCheck
 from .writer import JsonlWriter
@@ -124,15 +125,11 @@ async def _locked_run(
     for note in state.notes:
         reporter.info(note)
     # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
-    limits, endpoint = config.limits, config.endpoint
-    redactor = Redactor(endpoint.secrets)
-    tokens = Tokens(endpoint.token_provider, on_new=redactor.add) if endpoint.token_provider else None
-    connection = await Connection.open(
-        endpoint, concurrency=limits.concurrency, timeout=config.retry.timeout, tokens=tokens
-    )
+    redactor = Redactor([secret for d in config.routes for secret in d.endpoint.secrets])
+    connections = [await _connect(config, d.endpoint, redactor) for d in config.routes]
     stats = _initial_stats(config, state, clock)
     try:
-        batch = _Batch(config, stats, state, reporter, connection, redactor, sleep, clock)
+        batch = _Batch(config, stats, state, reporter, connections, redactor, sleep, clock)
         if interrupt is not None:
             interrupt.listen(batch.on_interrupt)
         await batch.run_all(expected)
@@ -143,8 +140,16 @@ async def _locked_run(
         raise fatal from None
     finally:
         stats.finished = clock()
-        await connection.close()
+        for connection in connections:
+            await connection.close()
     return stats
+
+
+async def _connect(config: RunConfig, endpoint: Endpoint, redactor: Redactor) -> Connection:
+    tokens = Tokens(endpoint.token_provider, on_new=redactor.add) if endpoint.token_provider else None
+    return await Connection.open(
+        endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout, tokens=tokens
+    )
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
@@ -176,12 +181,15 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 def run_fingerprint(config: RunConfig) -> dict[str, str]:
-    return fingerprint({"deployment": config.endpoint.deployment, **dataclasses.asdict(config.request)})
+    """The request options a resume must keep. A pool's routing is not one: deployments may come and go."""
+    routing = {} if config.pooled else {"deployment": config.routes[0].endpoint.deployment}
+    return fingerprint({**routing, **dataclasses.asdict(config.request)})
 
 
 def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], float]) -> RunStats:
+    tpms, rpms = [d.tpm for d in config.routes], [d.rpm for d in config.routes]
     return RunStats(
-        simulated=config.endpoint.simulated,
+        simulated=any(d.endpoint.simulated for d in config.routes),
         total=count_lines(config.input_path),
         succeeded=state.results_lines,
         failed=state.errors_lines,
@@ -189,8 +197,8 @@ def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], fl
         resent=state.resent,
         changed=state.changed,
         prices=config.prices,
-        tpm_limit=config.limits.tpm,
-        rpm_limit=config.limits.rpm,
+        tpm_limit=sum(t for t in tpms if t) if all(tpms) else None,  # a pool's limit: the sum, if all are known
+        rpm_limit=sum(r for r in rpms if r) if all(rpms) else None,
         clock=clock,
     )
 
@@ -204,7 +212,7 @@ class _Batch:
         stats: RunStats,
         state: ResumeState,
         reporter: Reporter,
-        connection: Connection,
+        connections: list[Connection],
         redactor: Redactor,
         sleep: Sleep,
         clock: Callable[[], float],
@@ -214,19 +222,14 @@ class _Batch:
         self.journal = SentJournal(journal_path(config.checkpoint))
         self.results = JsonlWriter(config.output_path, self._on_results, fsync_interval=fsync, redactor=redactor)
         self.errors = JsonlWriter(config.errors_path, self._on_errors, fsync_interval=fsync, redactor=redactor)
-        limits = config.limits
-        self.admission = Admission(
-            limits.tpm,
-            limits.rpm,
-            max_wait=config.max_wait,
-            max_outage=config.max_outage,
-            concurrency=limits.concurrency,
-            clock=clock,
-            sleep=sleep,
-        )
+        routes = [
+            Route(deployment, connection, self._admission(deployment, sleep, clock))
+            for deployment, connection in zip(config.routes, connections, strict=True)
+        ]
+        self.router = Router(routes, sleep=sleep, on_aside=reporter.warn)
+        stats.routes = routes if self.router.pooled else []
         self.attempts = Attempts(
-            connection=connection,
-            admission=self.admission,
+            router=self.router,
             check=OutputCheck(config.request.tools, config.request.response_format),
             retry=config.retry,
             feedback=config.request.feedback,
@@ -244,6 +247,18 @@ class _Batch:
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
+
+    def _admission(self, deployment: Deployment, sleep: Sleep, clock: Callable[[], float]) -> Admission:
+        config = self.config
+        return Admission(
+            deployment.tpm,
+            deployment.rpm,
+            max_wait=config.max_wait,
+            max_outage=config.max_outage,
+            concurrency=config.limits.concurrency,
+            clock=clock,
+            sleep=sleep,
+        )
 
     def _on_results(self, lines: list[int], size: int) -> None:
         self.state.on_results(lines, size)
@@ -327,7 +342,7 @@ class _Batch:
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         seen = len(self.state.done)
-        request, model = self.config.request, self.config.endpoint.deployment
+        request, model = self.config.request, self.config.routes[0].endpoint.deployment
         for line in read_lines(self.config.input_path, skip=self.state.done, ids=self.ids):
             seen += 1
             item = prepare(line, request, model) if isinstance(line, ParsedLine) else line

@@ -10,6 +10,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .cost import Prices
 
@@ -46,6 +47,7 @@ class RunStats:
     aborted: str | None = None
     notice: str | None = None  # a state the user should see now ("endpoint unreachable since ...")
     failure_reasons: Counter[str] = field(default_factory=Counter)  # error code -> inputs failed with it
+    routes: list[Any] = field(default_factory=list, repr=False)  # a pool's deployments (``router.Route``)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
     started: float = field(init=False)
     finished: float | None = None

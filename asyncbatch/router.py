@@ -1,0 +1,128 @@
+"""Where each attempt goes: the one deployment, or the best of a pool (``--deployments``).
+
+Each deployment is a ``Route`` with its own connection and its own admission:
+meters, cool-down, calibrated or adaptive rate, and outage breaker
+(``limits.py``). With one route, an attempt simply waits in its admission. With
+a pool, the router looks at every route at once, first come first served:
+
+* it sends the attempt to a route that can admit it now, preferring the best
+  (lowest) priority, and among equals the one with the most room left;
+* when none can, it waits for the soonest;
+* a retry after a 429, a 5xx or an outage avoids the route that failed while
+  another can take it;
+* a route that fails authentication (or is unreachable) before its first
+  success, or whose quota is exhausted, is set aside with a message; the run
+  stops only when every route is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .client import Connection
+from .config import Deployment
+from .errors import FatalAPIError, StopRun
+from .limits import NAP, Admission, Ticket
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Route:
+    """One deployment of a run, with what the display shows of it."""
+
+    deployment: Deployment
+    connection: Connection
+    admission: Admission
+    aside: str | None = None  # why it was set aside, if it was
+    resumable: bool = True  # whether what set it aside may pass (an exhausted quota, an outage)
+    succeeded: int = 0
+    in_flight: int = 0
+    throttled: int = 0
+    failed: int = 0  # failed attempts
+    any_success: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+    @property
+    def names_model(self) -> bool:
+        """Whether the request body must name this deployment (the v1 API and OpenAI-compatible servers)."""
+        endpoint = self.deployment.endpoint
+        return endpoint.kind == "openai" or endpoint.is_azure_v1
+
+    def state(self) -> str:
+        if self.aside is not None:
+            return f"set aside: {self.aside}"
+        return self.admission.status() or "ok"
+
+
+class Router:
+    """Chooses a route for each attempt. ``on_aside(message)`` is told when a route is set aside."""
+
+    def __init__(self, routes: list[Route], *, sleep: Sleep, on_aside: Callable[[str], None]) -> None:
+        if not routes:
+            raise ValueError("a router needs at least one route")
+        self.routes, self.sleep, self.on_aside = routes, sleep, on_aside
+        self._turn = asyncio.Lock()  # a pool's admissions, one at a time, first come first served
+
+    @property
+    def pooled(self) -> bool:
+        return len(self.routes) > 1
+
+    @property
+    def live(self) -> list[Route]:
+        return [r for r in self.routes if r.aside is None]
+
+    async def acquire(self, estimate: float, avoid: Route | None = None) -> tuple[Route, Ticket]:
+        """A route and its admission ticket for one attempt.
+
+        :raises StopRun: every live route has been down for longer than --max-outage (or admission's own).
+        """
+        if not self.pooled:
+            route = self.routes[0]
+            return route, await route.admission.acquire(estimate)
+        async with self._turn:
+            while True:
+                route, wait = self._choose(estimate, avoid)
+                if wait <= 0:
+                    return route, route.admission.take(estimate)
+                await self.sleep(min(wait, NAP))
+
+    def _choose(self, estimate: float, avoid: Route | None) -> tuple[Route, float]:
+        live = self.live
+        self._check_outages(live)
+        candidates = [r for r in live if r is not avoid] or live
+        waits = [(r, r.admission.ready_in(estimate)) for r in candidates]
+        ready = [r for r, wait in waits if wait <= 0]
+        if ready:
+            best = min(r.deployment.priority for r in ready)
+            pick = max((r for r in ready if r.deployment.priority == best), key=lambda r: r.admission.headroom())
+            return pick, 0.0
+        return min(waits, key=lambda rw: (rw[1], rw[0].deployment.priority))
+
+    def _check_outages(self, live: list[Route]) -> None:
+        messages = [r.admission.outage_over_limit() for r in live]
+        if live and all(messages):
+            raise StopRun("; ".join(f"{r.name}: {m}" for r, m in zip(live, messages, strict=True)))
+
+    def set_aside(self, route: Route, reason: str, *, resumable: bool) -> None:
+        """Stop sending to ``route`` for the rest of the run.
+
+        :raises FatalAPIError: it was the last route, and some route was refused for good (authentication).
+        :raises StopRun: it was the last route, and every one may come back (quota, outage).
+        """
+        if route.aside is not None:
+            return
+        route.aside, route.resumable = reason, resumable
+        others = len(self.live)
+        self.on_aside(f"deployment {route.name} set aside: {reason}" + (f"; {others} still working" if others else ""))
+        if others:
+            return
+        summary = "; ".join(f"{r.name}: {r.aside}" for r in self.routes)
+        if all(r.resumable for r in self.routes):
+            raise StopRun(f"every deployment was set aside ({summary})")
+        raise FatalAPIError("rejected", f"every deployment was set aside ({summary})")
