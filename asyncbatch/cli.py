@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -23,8 +24,18 @@ from dotenv import dotenv_values
 
 from . import __version__
 from .auth import TokenProvider, command_provider, default_credential_provider
-from .config import DEFAULT_API_VERSION, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig, default_errors
+from .config import (
+    DEFAULT_API_VERSION,
+    Deployment,
+    Endpoint,
+    Limits,
+    RequestDefaults,
+    RetryPolicy,
+    RunConfig,
+    default_errors,
+)
 from .cost import resolve
+from .deployments import DeploymentSpec, load_deployments
 from .dryrun import dry_run, format_report
 from .endpoints import check_base_url
 from .errors import ConfigError, FatalAPIError, OutputError
@@ -163,6 +174,14 @@ def _rate_options(p: argparse.ArgumentParser) -> None:
         default=_default(Limits, "concurrency"),
         metavar="N",
         help="requests in flight at most (default %(default)s)",
+    )
+    rate.add_argument(
+        "--deployments",
+        type=Path,
+        metavar="FILE",
+        help="TOML file listing several deployments to pool, each with its own quota (tpm, rpm), credentials "
+        "(api_key_env names the variable holding the key) and priority; requests go to whichever can take them "
+        "soonest and fail over (see README 'Pool deployments')",
     )
     rate.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the deployment allows")
     rate.add_argument("--rpm", type=int, metavar="N", help="requests per minute the deployment allows")
@@ -364,6 +383,53 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
     )
 
 
+def deployments_from_env(
+    specs: Sequence[DeploymentSpec], env: Mapping[str, str], args: argparse.Namespace
+) -> tuple[Deployment, ...]:
+    """A deployments file's entries, with the keys its ``api_key_env`` entries name read from ``env``."""
+    for option in ("deployment", "tpm", "rpm"):
+        if getattr(args, option) is not None:
+            raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
+    credential: list[TokenProvider] = []  # DefaultAzureCredential, built once for every entry that wants it
+
+    def auth(spec: DeploymentSpec) -> tuple[str, TokenProvider | None]:
+        if spec.token_command:
+            return "", command_provider(spec.token_command)
+        if spec.auth == "entra":
+            credential[:] = credential or [default_credential_provider()]
+            return "", credential[0]
+        if not spec.api_key_env:
+            raise ConfigError(f'deployment {spec.name!r}: give api_key_env, auth = "entra" or token_command')
+        key = env.get(spec.api_key_env)
+        if not key:
+            raise ConfigError(
+                f"deployment {spec.name!r}: api_key_env names {spec.api_key_env}, which is not set "
+                "(set it in the environment or in .env)"
+            )
+        return key, None
+
+    return tuple(_deployment(spec, auth(spec), env, args) for spec in specs)
+
+
+def _deployment(
+    spec: DeploymentSpec, auth: tuple[str, TokenProvider | None], env: Mapping[str, str], args: argparse.Namespace
+) -> Deployment:
+    base_url = check_base_url(spec.endpoint, "azure", f"the endpoint of deployment {spec.name!r}")
+    api_version = spec.api_version or args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION
+    if base_url.endswith("/openai/v1"):
+        base_url, api_version = base_url.removesuffix("/openai/v1"), "v1"
+    endpoint = Endpoint(
+        kind="azure",
+        base_url=base_url,
+        api_key=auth[0],
+        token_provider=auth[1],
+        deployment=spec.deployment,
+        api_version=api_version,
+        headers=parse_headers(args.header),
+    )
+    return Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
+
+
 def azure_auth(env: Mapping[str, str], args: argparse.Namespace) -> tuple[str, TokenProvider | None]:
     """An API key, or Entra ID: --token-command (or ASYNCBATCH_TOKEN_COMMAND), else DefaultAzureCredential."""
     command = args.token_command or env.get("ASYNCBATCH_TOKEN_COMMAND")
@@ -424,12 +490,16 @@ def request_defaults(args: argparse.Namespace) -> RequestDefaults:
     )
 
 
-def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
+def build_config(
+    args: argparse.Namespace, endpoint: Endpoint | None, deployments: tuple[Deployment, ...] = ()
+) -> RunConfig:
+    model = endpoint.deployment if endpoint is not None else deployments[0].endpoint.deployment
     return RunConfig(
         input_path=args.input,
         output_path=args.output,
         errors_path=args.errors,
         endpoint=endpoint,
+        deployments=deployments,
         limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
         retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout, backoff_initial=args.backoff),
         request=request_defaults(args),
@@ -440,7 +510,7 @@ def build_config(args: argparse.Namespace, endpoint: Endpoint) -> RunConfig:
         grace=args.grace,
         max_wait=args.max_wait,
         max_outage=args.max_outage,
-        prices=resolve(endpoint.deployment, args.price_in, args.price_out, args.price_cached),
+        prices=resolve(model, args.price_in, args.price_out, args.price_cached),
         max_cost=args.max_cost,
     )
 
@@ -467,6 +537,11 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
 
 
 async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter) -> int:
+    specs: list[DeploymentSpec] = args.deployment_specs
+    if specs and args.simulate:
+        return await _simulate_pool(args, specs, reporter)
+    if specs:
+        return await _run(build_config(args, None, deployments_from_env(specs, env, args)), reporter, args.restart)
     if args.simulate:
         sim = sim_config(args)
         async with simulated(sim) as endpoint:
@@ -476,6 +551,22 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
             reporter.info(f"SIMULATED run: local simulator at {endpoint.base_url}, nothing is sent to Azure")
             return await _run(build_config(args, endpoint), reporter, args.restart)
     return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args.restart)
+
+
+async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter) -> int:
+    """--simulate --deployments: each entry gets a simulator of its own, with the entry's quota."""
+    base = sim_config(args)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = []
+        for spec in specs:
+            sim = dataclasses.replace(base, tpm=spec.tpm or base.tpm, rpm=spec.rpm or base.rpm)
+            endpoint = await stack.enter_async_context(simulated(sim))
+            endpoint = dataclasses.replace(endpoint, deployment=spec.deployment, headers=parse_headers(args.header))
+            pool.append(
+                Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
+            )
+            reporter.info(f"SIMULATED deployment {spec.name}: local simulator at {endpoint.base_url}")
+        return await _run(build_config(args, None, tuple(pool)), reporter, args.restart)
 
 
 async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
@@ -540,6 +631,10 @@ def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
 def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
     model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
+    if specs := args.deployment_specs:  # a pool: its quota is the sum of its deployments'
+        tpm = sum(s.tpm or 0 for s in specs) if all(s.tpm for s in specs) else None
+        rpm = sum(s.rpm or 0 for s in specs) if all(s.rpm for s in specs) else None
+        limits, model = Limits(concurrency=args.concurrency, tpm=tpm, rpm=rpm), specs[0].deployment
     report = dry_run(args.input, request_defaults(args), model)
     prices = resolve(model, args.price_in, args.price_out, args.price_cached)
     print(format_report(report, args.input, limits, prices))
@@ -571,6 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         env = load_env(args.env_file, os.environ)
+        args.deployment_specs = load_deployments(args.deployments) if args.deployments else []
+        secrets += [env.get(spec.api_key_env) or "" for spec in args.deployment_specs if spec.api_key_env]
         redactor = Redactor([env.get("AZURE_OPENAI_API_KEY"), env.get("OPENAI_API_KEY"), *secrets])
         check_input(args.input)
         if args.input.stat().st_size == 0:

@@ -105,6 +105,7 @@ class Status:
     projected_cost_usd: float | None
     notice: str | None
     simulated: bool
+    deployments: list[dict[str, Any]]  # a pool's: name, answers, rate, in flight, 429s, state
 
     @property
     def percent(self) -> float | None:
@@ -131,6 +132,36 @@ def look(stats: RunStats, trend: Trend) -> Status:
         projected_cost_usd=trend.projected_cost(),
         notice=stats.notice,
         simulated=stats.simulated,
+        deployments=deployment_views(stats),
+    )
+
+
+def deployment_views(stats: RunStats) -> list[dict[str, Any]]:
+    """Each pooled deployment's figures (``router.Route``), for the display, the JSON lines and the summary."""
+    elapsed = stats.elapsed
+    return [
+        {
+            "name": route.name,
+            "answers": route.succeeded,
+            "requests_per_second": round(route.succeeded / elapsed, 2) if elapsed > 0 else 0.0,
+            "in_flight": route.in_flight,
+            "throttled": route.throttled,
+            "failed_attempts": route.failed,
+            "state": route.state(),
+        }
+        for route in stats.routes
+    ]
+
+
+def deployment_line(view: dict[str, Any]) -> str:
+    return SEP.join(
+        [
+            f"{view['name']}: {view['requests_per_second']:.1f} req/s",
+            f"{view['answers']:,} answers",
+            f"{view['in_flight']} in flight",
+            f"{view['throttled']:,} 429s",
+            view["state"],
+        ]
     )
 
 
@@ -212,12 +243,17 @@ def screen(s: Status, width: int) -> list[Text]:
     lines = [first, Text(fit(details(s), width))]
     if s.notice:
         lines.append(Text(s.notice[:width], style="yellow"))
+    for view in s.deployments:
+        lines.append(Text(fit(deployment_line(view).split(SEP), width)))
     return lines
 
 
 def text_line(s: Status) -> str:
     """One status line for a log: time, elapsed, counts, ETA, then the rest."""
-    return SEP.join([f"{s.time} +{duration(s.elapsed)}", *counts(s), *details(s), *([s.notice] if s.notice else [])])
+    pool = [f"[{deployment_line(view)}]" for view in s.deployments]
+    return SEP.join(
+        [f"{s.time} +{duration(s.elapsed)}", *counts(s), *details(s), *([s.notice] if s.notice else []), *pool]
+    )
 
 
 class PlainReporter(Reporter):
@@ -305,6 +341,7 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
         "stopped": stats.stopped,
         "aborted": stats.aborted,
         "simulated": stats.simulated,
+        "deployments": deployment_views(stats),
     }
 
 
@@ -329,6 +366,15 @@ def summary_table(stats: RunStats) -> Table:
     ]
     if stats.prices is not None:
         rows.append(("cost", _cost(stats)))
+    answers = sum(route.succeeded for route in stats.routes)
+    for view in deployment_views(stats):
+        share = f" ({view['answers'] / answers:.0%})" if answers else ""
+        rows.append(
+            (
+                f"deployment {view['name']}",
+                f"{view['answers']:,} answers{share}, {view['throttled']:,} 429s, {view['state']}",
+            )
+        )
     if stats.learned_tpm:
         rows.append(("learned limit", f"{stats.learned_tpm:,.0f} tokens/min (adaptive: no --tpm/--rpm given)"))
     if stats.charge_ratio is not None:

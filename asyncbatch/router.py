@@ -6,7 +6,8 @@ meters, cool-down, calibrated or adaptive rate, and outage breaker
 a pool, the router looks at every route at once, first come first served:
 
 * it sends the attempt to a route that can admit it now, preferring the best
-  (lowest) priority, and among equals the one with the most room left;
+  (lowest) priority, and among equals the one with the most room left (the
+  fullest meters, then the fewest requests in flight);
 * when none can, it waits for the soonest;
 * a retry after a 429, a 5xx or an outage avoids the route that failed while
   another can take it;
@@ -100,7 +101,10 @@ class Router:
         ready = [r for r, wait in waits if wait <= 0]
         if ready:
             best = min(r.deployment.priority for r in ready)
-            pick = max((r for r in ready if r.deployment.priority == best), key=lambda r: r.admission.headroom())
+            pick = max(
+                (r for r in ready if r.deployment.priority == best),
+                key=lambda r: (r.admission.headroom(), -r.in_flight),  # the most room, then the least busy
+            )
             return pick, 0.0
         return min(waits, key=lambda rw: (rw[1], rw[0].deployment.priority))
 

@@ -51,6 +51,7 @@ def status(**changes: object) -> Status:
         projected_cost_usd=99.87,
         notice=None,
         simulated=False,
+        deployments=[],
     )
     base.update(changes)
     return Status(**base)  # type: ignore[arg-type]
