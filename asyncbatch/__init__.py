@@ -22,7 +22,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+from .config import Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+from .cost import Prices
 from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
 from .lock import AlreadyRunning
 from .progress import Reporter
@@ -42,11 +43,13 @@ __all__ = [
     "AsyncBatchError",
     "AttemptError",
     "ConfigError",
+    "Deployment",
     "Endpoint",
     "FatalAPIError",
     "Interrupt",
     "Limits",
     "OutputError",
+    "Prices",
     "Reporter",
     "RequestDefaults",
     "RetryPolicy",

@@ -387,9 +387,6 @@ def deployments_from_env(
     specs: Sequence[DeploymentSpec], env: Mapping[str, str], args: argparse.Namespace
 ) -> tuple[Deployment, ...]:
     """A deployments file's entries, with the keys its ``api_key_env`` entries name read from ``env``."""
-    for option in ("deployment", "tpm", "rpm"):
-        if getattr(args, option) is not None:
-            raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
     credential: list[TokenProvider] = []  # DefaultAzureCredential, built once for every entry that wants it
 
     def auth(spec: DeploymentSpec) -> tuple[str, TokenProvider | None]:
@@ -538,6 +535,9 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
 
 async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter) -> int:
     specs: list[DeploymentSpec] = args.deployment_specs
+    for option in ("deployment", "tpm", "rpm"):
+        if specs and getattr(args, option) is not None:
+            raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
     if specs and args.simulate:
         return await _simulate_pool(args, specs, reporter)
     if specs:

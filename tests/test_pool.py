@@ -159,18 +159,15 @@ def test_the_deployments_file_is_checked_before_anything_is_sent(
 
 
 def test_simulate_gives_each_deployment_its_own_server_and_quota(tmp_path: Path) -> None:
+    """The README's demo of a pool: examples/pool.toml, simulated, with no keys set."""
     _lines(tmp_path / "in.jsonl", 200)
-    (tmp_path / "pool.toml").write_text(
-        '[[deployments]]\nname = "east"\nendpoint = "https://east.openai.azure.com"\ndeployment = "gpt-4o-mini"\n'
-        'api_key_env = "UNSET_EAST"\ntpm = 600000\nrpm = 3600\n\n'
-        '[[deployments]]\nname = "west"\nendpoint = "https://west.openai.azure.com"\ndeployment = "gpt-4o-mini"\n'
-        'api_key_env = "UNSET_WEST"\ntpm = 200000\nrpm = 1200\npriority = 1\n'
-    )
+    pool_file = Path(__file__).parents[1] / "examples" / "pool.toml"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
-    argv = [sys.executable, "-m", "asyncbatch", "in.jsonl", "--simulate", "--deployments", "pool.toml"]
+    argv = [sys.executable, "-m", "asyncbatch", "in.jsonl", "--simulate", "--deployments", str(pool_file)]
     done = subprocess.run([*argv, "--sim-latency-ms", "20", "--log-format", "json"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = next(e for e in map(json.loads, done.stderr.splitlines()) if e["event"] == "summary")
     assert [d["name"] for d in summary["deployments"]] == ["east", "west"]
-    assert {r["deployment"] for r in _exactly_once(tmp_path, 200)} <= {"east", "west"}
+    assert summary["cost_usd"] > 0  # gpt-4o-mini is in the price table
+    assert {r["deployment"] for r in _exactly_once(tmp_path, 200)} == {"east", "west"}
