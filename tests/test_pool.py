@@ -60,8 +60,8 @@ def test_unequal_quotas_share_the_requests_in_proportion_and_results_name_their_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _lines(tmp_path / "in.jsonl", 600)
-    big = SimConfig(api_key="k-big", tpm=900_000, rpm=5_400, latency=0.02)
-    small = SimConfig(api_key="k-small", tpm=300_000, rpm=1_800, latency=0.02)
+    big = SimConfig(api_key="k-big", tpm=900_000, rpm=10_800, latency=0.02)
+    small = SimConfig(api_key="k-small", tpm=300_000, rpm=3_600, latency=0.02)
     with pool(tmp_path, monkeypatch, big=big, small=small) as sims:
         code = main(["in.jsonl", "--deployments", "pool.toml", "-c", "50", "-q"])
     assert code == 0
@@ -171,3 +171,16 @@ def test_simulate_gives_each_deployment_its_own_server_and_quota(tmp_path: Path)
     assert [d["name"] for d in summary["deployments"]] == ["east", "west"]
     assert summary["cost_usd"] > 0  # gpt-4o-mini is in the price table
     assert {r["deployment"] for r in _exactly_once(tmp_path, 200)} == {"east", "west"}
+
+
+def test_a_pool_can_mix_a_key_and_an_entra_id_token_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _lines(tmp_path / "in.jsonl", 80)
+    with pool(tmp_path, monkeypatch, keyed=SimConfig(api_key="k-1"), entra=SimConfig(entra_only=True)) as sims:
+        text = (tmp_path / "pool.toml").read_text()
+        command = f"{sys.executable} -m asyncbatch.simulator.tokens 60"
+        text = text.replace('api_key_env = "KEY_ENTRA"', f"token_command = {json.dumps(command)}")
+        (tmp_path / "pool.toml").write_text(text)
+        code = main(["in.jsonl", "--deployments", "pool.toml", "-q"])
+    assert code == 0
+    assert {r["deployment"] for r in _exactly_once(tmp_path, 80)} == {"keyed", "entra"}
+    assert sims["entra"].tokens_seen and sims["entra"].statuses["401"] == 0
