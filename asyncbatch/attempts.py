@@ -320,23 +320,7 @@ class Attempts:
             raise Stopped
 
     def _count_usage(self, body: dict[str, Any]) -> float:
-        """Count a 200 answer's tokens (every one is billed, valid output or not); return its cost."""
-        usage = body.get("usage")
-        if not isinstance(usage, dict):
-            return 0.0
-        # chat and embeddings say prompt/completion; the Responses API input/output
-        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-        self.stats.prompt_tokens += prompt
-        self.stats.completion_tokens += completion
-        self.stats.cached_tokens += cached
-        if self.prices is None:
-            return 0.0
-        spent = self.prices.cost(prompt, completion, cached)
-        self.stats.cost += spent
-        return spent
+        return self.stats.count_usage(body, self.prices)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from . import __version__
 from .auth import TokenProvider, command_provider, default_credential_provider
 from .config import (
     DEFAULT_API_VERSION,
+    BatchOptions,
     Deployment,
     Endpoint,
     Limits,
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _resume_options(p)
     _rate_options(p)
     _request_options(p)
+    _batch_options(p)
     _other_options(p)
     return p
 
@@ -283,6 +285,36 @@ def _request_options(p: argparse.ArgumentParser) -> None:
         "requests (tools in its format, --response-format as text.format) (default %(default)s)",
     )
     req.add_argument("--system-file", type=Path, metavar="FILE", help="read --system from a file")
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    batch = p.add_argument_group("Batch API (half price, within 24 h; needs a Global Batch deployment)")
+    batch.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="send the inputs as Batch API jobs instead of live requests, then write their results like a live "
+        "run's; what the jobs did not answer well runs live (see README 'Batch API')",
+    )
+    batch.add_argument(
+        "--max-lines-per-file",
+        type=int,
+        default=_default(BatchOptions, "max_lines_per_file"),
+        metavar="N",
+        help="lines per Batch API file and job, at most 100000; files are also split at 190 MB (default %(default)s)",
+    )
+    batch.add_argument(
+        "--poll-interval",
+        type=float,
+        default=_default(BatchOptions, "poll_interval"),
+        metavar="SECONDS",
+        help="seconds between looks at the jobs (default %(default)s; Azure asks for no more than once a minute)",
+    )
+    batch.add_argument(
+        "--no-live-fallback",
+        action="store_true",
+        help="record as failed the lines a job did not answer well, instead of running them live",
+    )
+    batch.add_argument("--cancel", action="store_true", help="with --batch-api: cancel this run's open jobs, and stop")
 
 
 def _other_options(p: argparse.ArgumentParser) -> None:
@@ -497,6 +529,7 @@ def build_config(
         errors_path=args.errors,
         endpoint=endpoint,
         deployments=deployments,
+        batch=batch_options(args),
         limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
         retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout, backoff_initial=args.backoff),
         request=request_defaults(args),
@@ -510,6 +543,20 @@ def build_config(
         prices=resolve(model, args.price_in, args.price_out, args.price_cached),
         max_cost=args.max_cost,
     )
+
+
+def batch_options(args: argparse.Namespace) -> BatchOptions | None:
+    options = BatchOptions(
+        max_lines_per_file=args.max_lines_per_file,
+        poll_interval=args.poll_interval,
+        live_fallback=not args.no_live_fallback,
+        cancel=args.cancel,
+    )
+    if not args.batch_api:
+        if args.cancel or args.no_live_fallback:
+            raise ConfigError("--cancel and --no-live-fallback go with --batch-api")
+        return None
+    return options
 
 
 def check_input(path: Path) -> None:
@@ -635,9 +682,10 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         tpm = sum(s.tpm or 0 for s in specs) if all(s.tpm for s in specs) else None
         rpm = sum(s.rpm or 0 for s in specs) if all(s.rpm for s in specs) else None
         limits, model = Limits(concurrency=args.concurrency, tpm=tpm, rpm=rpm), specs[0].deployment
-    report = dry_run(args.input, request_defaults(args), model)
+    options = batch_options(args)
+    report = dry_run(args.input, request_defaults(args), model, max_lines_per_file=args.max_lines_per_file)
     prices = resolve(model, args.price_in, args.price_out, args.price_cached)
-    print(format_report(report, args.input, limits, prices))
+    print(format_report(report, args.input, limits, prices, batch=options is not None))
     return EXIT_OK if report.bad_count == 0 else EXIT_FAILURES
 
 

@@ -102,6 +102,27 @@ class Deployment:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BatchOptions:
+    """--batch-api: run the inputs as Azure Batch API jobs (half price; see ``batchapi.py``).
+
+    :param live_fallback: run live the lines a job did not answer well (failed server-side, expired,
+        cancelled, invalid output); False records them as failed.
+    :param cancel: cancel this run's open jobs and stop.
+    """
+
+    max_lines_per_file: int = 100_000
+    poll_interval: float = 60.0  # seconds between looks at the jobs; Azure asks for no more than once a minute
+    live_fallback: bool = True
+    cancel: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_lines_per_file <= 100_000:
+            raise ConfigError(f"--max-lines-per-file must be 1 to 100000 (got {self.max_lines_per_file})")
+        if not self.poll_interval > 0:
+            raise ConfigError(f"--poll-interval must be more than 0 seconds (got {self.poll_interval:g})")
+
+
+@dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Per-input retries. 429s never use up ``max_attempts`` (see ``limits.py``)."""
 
@@ -173,6 +194,7 @@ class RunConfig:
         name, if it names a model there (``asyncbatch.cost.lookup``), else no cost is counted.
     :param max_cost: USD; stop (resumably, ``stats.stopped``) before this run's spend, plus what the
         requests in flight may cost, would pass it. Needs prices.
+    :param batch: run the inputs as Batch API jobs (``BatchOptions``), then live what they left.
     :param deployments: a pool instead of ``endpoint``: each ``Deployment`` with its own quota; requests go
         to whichever can take them soonest, and fail over. ``limits.tpm``/``rpm`` must then be None.
     """
@@ -194,6 +216,7 @@ class RunConfig:
     prices: Prices | None = None
     max_cost: float | None = None
     deployments: tuple[Deployment, ...] = ()
+    batch: BatchOptions | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -227,6 +250,8 @@ class RunConfig:
             raise ConfigError("give a RunConfig an endpoint or deployments (a pool), exactly one")
         if self.deployments and (self.limits.tpm or self.limits.rpm):
             raise ConfigError("with --deployments, give tpm and rpm per deployment in the file, not --tpm/--rpm")
+        if self.deployments and self.batch is not None:
+            raise ConfigError("--batch-api runs on one Global Batch deployment: give it, not --deployments")
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
             raise ConfigError(f"each deployment needs its own name (got {names})")

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .batchapi import Splitter, batch_line
 from .config import Limits, RequestDefaults
 from .cost import Prices
 from .inputs import BadLine, read_lines
@@ -20,14 +21,18 @@ class DryRunReport:
     bad_count: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0  # at most: max_tokens x n
+    batch_files: Counter[str] = field(default_factory=Counter)  # --batch-api: files (and jobs) per API
 
     @property
     def requests(self) -> int:
         return self.lines - self.bad_count
 
 
-def dry_run(path: Path, defaults: RequestDefaults, model: str, keep_bad: int = 20) -> DryRunReport:
+def dry_run(
+    path: Path, defaults: RequestDefaults, model: str, keep_bad: int = 20, max_lines_per_file: int = 100_000
+) -> DryRunReport:
     report = DryRunReport()
+    splitter = Splitter(max_lines_per_file)
     for line in read_lines(path):
         report.lines += 1
         job = line if isinstance(line, BadLine) else prepare(line, defaults, model)
@@ -40,6 +45,8 @@ def dry_run(path: Path, defaults: RequestDefaults, model: str, keep_bad: int = 2
         report.kinds[line.kind] += 1
         report.prompt_tokens += job.prompt_estimate
         report.completion_tokens += job.estimate - job.prompt_estimate
+        splitter.place(job.api, job.line_no, len(batch_line(job)))
+    report.batch_files = Counter(part.api for part in splitter.parts)
     return report
 
 
@@ -54,7 +61,9 @@ def implied_seconds(report: DryRunReport, limits: Limits) -> float | None:
     return max(bounds) if bounds else None
 
 
-def format_report(report: DryRunReport, path: Path, limits: Limits, prices: Prices | None) -> str:
+def format_report(
+    report: DryRunReport, path: Path, limits: Limits, prices: Prices | None, *, batch: bool = False
+) -> str:
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(report.kinds.items())) or "none"
     lines = [
         f"dry run of {path}: nothing was sent",
@@ -72,10 +81,15 @@ def format_report(report: DryRunReport, path: Path, limits: Limits, prices: Pric
         lines.append("  cost             give --price-in and --price-out (USD per 1M tokens) to see it")
     else:
         live = prices.cost(report.prompt_tokens, report.completion_tokens)
-        batch = prices.batch().cost(report.prompt_tokens, report.completion_tokens)
+        halved = prices.batch().cost(report.prompt_tokens, report.completion_tokens)
         rates = f"prompt {prices.input:g}, completion {prices.output:g} USD per 1M tokens; {prices.source}"
         lines.append(f"  cost             at most {live:,.2f} USD live ({rates})")
-        lines.append(f"                   at most {batch:,.2f} USD through the Batch API (half price)")
+        saving = f"; {live - halved:,.2f} USD less" if batch else ""
+        lines.append(f"                   at most {halved:,.2f} USD through the Batch API (half price{saving})")
+    if batch:
+        files = sum(report.batch_files.values())
+        per_api = ", ".join(f"{n} {api}" for api, n in sorted(report.batch_files.items()))
+        lines.append(f"  Batch API        {files} file(s) and job(s) ({per_api or 'none'}); results within 24 h")
     for bad in report.bad:
         lines.append(f"  {path}:{bad.line_no}: {bad.reason}")
     if report.bad_count > len(report.bad):

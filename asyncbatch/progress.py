@@ -117,7 +117,7 @@ def look(stats: RunStats, trend: Trend) -> Status:
     return Status(
         time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         elapsed=round(stats.elapsed, 1),
-        done=stats.done,
+        done=stats.done + stats.remote_done,
         total=stats.total,
         failed=stats.failed,
         requests_per_second=trend.per_second,
@@ -342,6 +342,7 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
         "aborted": stats.aborted,
         "simulated": stats.simulated,
         "deployments": deployment_views(stats),
+        "batch_api": {"jobs": stats.batch_jobs, "answers": stats.batch_answers} if stats.batch_jobs else None,
     }
 
 
@@ -366,6 +367,12 @@ def summary_table(stats: RunStats) -> Table:
     ]
     if stats.prices is not None:
         rows.append(("cost", _cost(stats)))
+    if stats.batch_jobs:
+        live = stats.succeeded - stats.resumed - stats.batch_answers
+        rows.append(
+            ("Batch API", f"{stats.batch_answers:,} answered by {stats.batch_jobs} job(s), billed at half price; "
+             f"{max(0, live):,} run live")
+        )  # fmt: skip
     answers = sum(route.succeeded for route in stats.routes)
     for view in deployment_views(stats):
         share = f" ({view['answers'] / answers:.0%})" if answers else ""
@@ -405,7 +412,8 @@ def _cost(stats: RunStats) -> str:
     cached = f", cached {prices.cached_input:g}" if prices.cached_input is not None else ""
     text = (
         f"{stats.cost:.4f} USD this run (per 1M tokens: prompt {prices.input:g}{cached}, "
-        f"completion {prices.output:g}; {prices.source})"
+        f"completion {prices.output:g}; {prices.source}"
+        + ("; Batch API answers at half these)" if stats.batch_answers else ")")
     )
     projected = stats.projected_cost
     if projected is not None and stats.done < stats.total:

@@ -24,6 +24,7 @@ from typing import Any
 
 from .attempts import Attempts, Outcome, Stopped, Success
 from .auth import Tokens
+from .batchapi import BatchRunner, BatchState, state_path
 from .checkpoint import (
     PrefixHash,
     ResumeState,
@@ -38,7 +39,7 @@ from .checkpoint import (
 from .client import Connection
 from .config import Deployment, Endpoint, RunConfig
 from .cost import Budget
-from .errors import FatalAPIError, OutputError, StopRun
+from .errors import ConfigError, FatalAPIError, OutputError, StopRun
 from .ids import IdLog, ids_path
 from .inputs import BadLine, ParsedLine, count_lines, read_lines, sniff
 from .limits import Admission
@@ -124,6 +125,7 @@ async def _locked_run(
         state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
     for note in state.notes:
         reporter.info(note)
+    _check_batch_jobs(config)
     # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
     redactor = Redactor([secret for d in config.routes for secret in d.endpoint.secrets])
     connections = [await _connect(config, d.endpoint, redactor) for d in config.routes]
@@ -152,6 +154,20 @@ async def _connect(config: RunConfig, endpoint: Endpoint, redactor: Redactor) ->
     )
 
 
+def _check_batch_jobs(config: RunConfig) -> None:
+    """A live run while this run's Batch API jobs are open would pay twice for the lines they cover."""
+    if config.batch is not None:
+        return
+    saved = BatchState.load(state_path(config.checkpoint))
+    jobs = [p.batch_id for p in saved.open_parts() if p.batch_id] if saved else []
+    if jobs:
+        raise ConfigError(
+            f"{len(jobs)} Batch API job(s) of this run are still open ({', '.join(jobs[:3])}); running the same lines "
+            "live would pay for them twice. HINT: add --batch-api to collect their results (and run the rest "
+            "live), or --batch-api --cancel to cancel them"
+        )
+
+
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
     """Start over: move the run's outputs and checkpoint aside (never deleted); return (old, new) names.
 
@@ -164,7 +180,10 @@ def restart(config: RunConfig) -> list[tuple[Path, Path]]:
 def _move_outputs_aside(config: RunConfig) -> list[tuple[Path, Path]]:
     ids_path(config.checkpoint).unlink(missing_ok=True)  # a cache of the input: rebuilt as it is read
     journal_path(config.checkpoint).unlink(missing_ok=True)
-    return move_aside([config.output_path, config.errors_path, config.checkpoint])
+    for part in config.checkpoint.parent.glob(f"{config.checkpoint.name}.part-*.jsonl"):
+        part.unlink()  # Batch API files still to upload: planned again from the input
+    batches = state_path(config.checkpoint)  # Batch API jobs: kept, in case their results are wanted
+    return move_aside([config.output_path, config.errors_path, config.checkpoint, batches])
 
 
 def _check_writable(path: Path) -> None:
@@ -245,6 +264,7 @@ class _Batch:
         self.prefix = state.prefix if trusted and state.prefix is not None else PrefixHash(config.input_path)
         self.attempts.on_send = self.journal.sent
         self.stopping = False
+        self.sleep = sleep
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
 
@@ -293,6 +313,8 @@ class _Batch:
                     self.hard_stop.cancel()
 
     async def work(self) -> None:
+        if self.config.batch is not None and not await self.batch_phase():
+            return
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.limits.concurrency)
         async with asyncio.TaskGroup() as tg:
             self.tasks.append(tg.create_task(self.produce(queue)))
@@ -300,6 +322,53 @@ class _Batch:
                 self.tasks.append(tg.create_task(self.consume(queue)))
         for outcome in self.attempts.release_held():  # failures held back while nothing had succeeded yet
             self.record(outcome)
+
+    async def batch_phase(self) -> bool:
+        """--batch-api: jobs first; True when the live phase should run what they left."""
+        options = self.config.batch
+        assert options is not None
+        runner = BatchRunner(
+            options=options,
+            endpoint=self.config.routes[0].endpoint,
+            request=self.config.request,
+            input_path=self.config.input_path,
+            checkpoint=self.config.checkpoint,
+            stats=self.stats,
+            put_result=self.results.put,
+            put_error=self.errors.put,
+            written=self._written,
+            done=self.state.done,
+            info=self.reporter.info,
+            sleep=self.sleep,
+        )
+        if options.cancel:
+            cancelled = await runner.cancel()
+            self.stop(f"--cancel: cancelled {cancelled} Batch API job(s); run without --cancel to collect what they "
+                      "finished and run the rest")  # fmt: skip
+            return False
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(self._batch_jobs(runner))
+            self.tasks.append(task)
+        if task.cancelled() or self.stopping:
+            return False
+        self.stats.remote_done, self.stats.notice = 0, None
+        return options.live_fallback
+
+    async def _batch_jobs(self, runner: BatchRunner) -> None:
+        try:
+            await runner.run(self.reject)
+        except asyncio.CancelledError:
+            open_jobs = [p for p in runner.state.open_parts() if p.batch_id is not None]
+            if open_jobs:
+                self.reporter.warn(
+                    f"{len(open_jobs)} Batch API job(s) keep running on Azure; run the same command again to "
+                    "collect their results, or add --cancel to cancel them"
+                )
+            raise
+
+    async def _written(self) -> None:
+        await self.results.written()
+        await self.errors.written()
 
     def on_interrupt(self, count: int) -> None:
         if count == 1:

@@ -33,6 +33,9 @@ class RunStats:
     cached_tokens: int = 0  # of prompt_tokens, served from the prompt cache
     cost: float = 0.0  # USD billed for this run's answers, when prices are known
     prices: Prices | None = None  # what ``cost`` was counted at
+    remote_done: int = 0  # --batch-api: lines the server has finished in jobs not merged yet
+    batch_answers: int = 0  # --batch-api: inputs answered by Batch API jobs (billed at half price)
+    batch_jobs: int = 0
     tpm_limit: float | None = None  # --tpm, in the server's tokens (the unit of ``charged_tokens``)
     rpm_limit: float | None = None
     resumed: int = 0  # inputs already recorded when this run started
@@ -70,6 +73,25 @@ class RunStats:
     def requests_per_second(self) -> float:
         """This run's inputs per second: lines already recorded when it started are not its work."""
         return (self.done - self.resumed) / self.elapsed if self.elapsed > 0 else 0.0
+
+    def count_usage(self, body: dict[str, Any], prices: Prices | None) -> float:
+        """Count an answer's tokens (every 200 answer is billed, valid output or not); return its cost."""
+        usage = body.get("usage")
+        if not isinstance(usage, dict):
+            return 0.0
+        # chat and embeddings say prompt/completion; the Responses API input/output
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.cached_tokens += cached
+        if prices is None:
+            return 0.0
+        spent = prices.cost(prompt, completion, cached)
+        self.cost += spent
+        return spent
 
     @property
     def projected_cost(self) -> float | None:

@@ -51,9 +51,18 @@ class JsonlWriter:
         self._queue: asyncio.Queue[tuple[int, bytes] | object] = asyncio.Queue()
         self._last_sync = time.monotonic()
         self.opened = asyncio.Event()  # set once the file is open: anything put from then on is written
+        self._pending = 0  # lines put and not yet written
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def put(self, line_no: int, record: dict[str, Any]) -> None:
         self._queue.put_nowait((line_no, self.redactor.bytes(orjson.dumps(record)) + b"\n"))
+        self._pending += 1
+        self._idle.clear()
+
+    async def written(self) -> None:
+        """Return once every line put so far is in the file (and told to ``on_written``)."""
+        await self._idle.wait()
 
     def close(self) -> None:
         """Ask the writer to finish once everything queued before this is written."""
@@ -97,6 +106,9 @@ class JsonlWriter:
         f.write(data)
         f.flush()
         self.on_written([line_no for line_no, _ in lines], len(data))
+        self._pending -= len(lines)
+        if self._pending <= 0:
+            self._idle.set()
         now = time.monotonic()
         if self.fsync_interval is not None and now - self._last_sync >= self.fsync_interval:
             _sync(f)

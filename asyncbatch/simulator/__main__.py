@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
     p.add_argument("--exhaust-after", type=int, help="after this many answers, 429 with retry-after 86400")
     p.add_argument("--entra-only", action="store_true", help="accept only live bearer JWTs (key auth off)")
     p.add_argument("--gateway-key", help="require this Ocp-Apim-Subscription-Key, as API Management does")
+    p.add_argument("--batch-seconds", type=float, default=2.0, help="how long a Batch API job takes (default 2)")
+    p.add_argument("--batch-fail-rate", type=float, default=0.0, help="share of batch lines failing server-side")
+    p.add_argument("--batch-queue-tokens", type=int, help="enqueued-token limit (token_limit_exceeded over it)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     rates = {f: getattr(a, f"fail_{f}") for f in FAULTS if getattr(a, f"fail_{f}")}
@@ -52,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
         exhaust_after=a.exhaust_after,
         entra_only=a.entra_only,
         gateway_key=a.gateway_key,
+        batch_seconds=a.batch_seconds,
+        batch_fail_rate=a.batch_fail_rate,
+        batch_queue_tokens=a.batch_queue_tokens,
         seed=a.seed,
     ), a.port
 

@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from .answers import completion, embeddings, prompt_text, response
+from .batches import BatchService
 from .charge import Charging, charge
 from .quota import Quota, Shape
 from .tokens import token_problem
@@ -64,6 +65,12 @@ class SimConfig:
     token_max_age: float | None = None  # entra_only: a token is refused this long after its first use (revoked)
     gateway_key: str | None = None  # like API Management in front: Ocp-Apim-Subscription-Key must be this
     exhaust_after: int | None = None  # after this many answers, 429 "retry after 86400 s": the day's quota is gone
+    # The Batch API (see batches.py): a fast clock, lines failing server-side, bad output, jobs that expire
+    batch_seconds: float = 2.0  # how long a batch job takes, from created to completed
+    batch_fail_rate: float = 0.0  # share of batch lines that land in the error file (500)
+    batch_bad_output_rate: float = 0.0  # share of batch lines whose output breaks the schema
+    batch_expire_jobs: tuple[int, ...] = ()  # these jobs (1 = the first created) expire half done
+    batch_queue_tokens: int | None = None  # enqueued-token limit: a job over it fails with token_limit_exceeded
 
 
 class Simulator:
@@ -81,6 +88,7 @@ class Simulator:
         self.first_request = threading.Event()  # set at the first chat request (tests wait on it)
         self.down_until = 0.0  # time.monotonic() until which the endpoint is down
         self.tokens_seen: dict[str, float] = {}  # bearer tokens accepted (entra_only) -> first use
+        self.batches = BatchService(self)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -90,6 +98,7 @@ class Simulator:
             app.router.add_post(f"/v1/{route}", self.openai_chat)
             app.router.add_post(f"/openai/v1/{route}", self.azure_v1_chat)
         app.router.add_get("/_stats", self.stats)
+        self.batches.routes(app)
         return app
 
     async def stats(self, request: web.Request) -> web.Response:

@@ -1,0 +1,475 @@
+"""--batch-api: the inputs as Azure Batch API jobs (half price), under the same exactly-once record.
+
+The life of a run:
+
+1. **Plan.** Lines neither recorded nor already in a part are built into requests
+   exactly as a live run builds them (``requests.prepare``), and written to part
+   files beside the checkpoint: one API per file, at most ``max_lines_per_file``
+   lines and 190 MB, no BOM. Each line's ``custom_id`` is ``line-<N>``, its input
+   line number, so answers map back to inputs whatever their order.
+2. **Submit.** Each part is uploaded and a job created through the SDK, with
+   metadata naming the run, the part and the try. The job id is saved in
+   ``<checkpoint>.batches`` the moment it exists; a job created just before a
+   crash is found again by listing the jobs and matching that metadata.
+3. **Poll** every ``poll_interval`` seconds; the display shows ``request_counts``.
+4. **Merge** each finished job: answers are parsed and validated like live ones
+   and written to the results; refusals no retry will fix go to the errors. Lines
+   that failed server-side with a retryable error, lines of expired, cancelled or
+   failed jobs, and lines whose output is invalid are left unrecorded: the live
+   phase that follows runs them (or, with ``live_fallback`` off, they are recorded
+   as failures). A job refused for the queued-token limit (``token_limit_exceeded``)
+   is created again after a backoff.
+
+A part is marked merged only once its records are on disk, so a line answered by a
+batch is never sent live: a crash before that re-merges the part, skipping lines
+already recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Container, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from .config import BatchOptions, Endpoint, RequestDefaults
+from .errors import AttemptError, FatalAPIError
+from .inputs import Api, BadLine, ParsedLine, read_lines
+from .records import failure_record, result_record
+from .requests import Job, prepare
+from .stats import RunStats
+from .validate import OutputCheck
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the multipart envelope
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+URLS: dict[Api, str] = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses"}
+RETRYABLE_CODES = frozenset({"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"})
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def state_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".batches")
+
+
+@dataclass
+class Part:
+    """One Batch API file and its job: the input lines it covers, as [first, last] runs."""
+
+    index: int
+    api: Api
+    ranges: list[list[int]] = field(default_factory=list)
+    lines: int = 0
+    size: int = 0
+    batch_id: str | None = None
+    status: str | None = None
+    tries: int = 0  # jobs created for it (a job refused for the queued-token limit is created again)
+    retry_at: float = 0.0  # wall time before which it is not created again
+    merged: bool = False
+
+    def add(self, line_no: int, size: int) -> None:
+        if self.ranges and self.ranges[-1][1] == line_no - 1:
+            self.ranges[-1][1] = line_no
+        else:
+            self.ranges.append([line_no, line_no])
+        self.lines += 1
+        self.size += size
+
+    def __contains__(self, line_no: object) -> bool:
+        return isinstance(line_no, int) and any(a <= line_no <= b for a, b in self.ranges)
+
+    def line_numbers(self) -> Iterator[int]:
+        for first, last in self.ranges:
+            yield from range(first, last + 1)
+
+
+@dataclass
+class BatchState:
+    """``<checkpoint>.batches``: the run's id and its parts, replaced atomically whenever a job changes."""
+
+    run: str
+    parts: list[Part] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(f"{path.name}.tmp")
+        with tmp.open("wb") as f:
+            f.write(orjson.dumps({"run": self.run, "parts": [asdict(p) for p in self.parts]}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> BatchState | None:
+        try:
+            data = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        return cls(run=data["run"], parts=[Part(**p) for p in data["parts"]])
+
+    def open_parts(self) -> list[Part]:
+        return [p for p in self.parts if not p.merged]
+
+
+class Splitter:
+    """Where each request goes: one API per file, at most ``max_lines`` lines and ``max_bytes`` each."""
+
+    def __init__(self, max_lines: int, max_bytes: int = MAX_FILE_BYTES, first_index: int = 0) -> None:
+        self.max_lines, self.max_bytes = max_lines, max_bytes
+        self.current: dict[Api, Part] = {}
+        self.parts: list[Part] = []
+        self.next_index = first_index
+
+    def place(self, api: Api, line_no: int, size: int) -> Part:
+        part = self.current.get(api)
+        if part is None or part.lines >= self.max_lines or part.size + size > self.max_bytes:
+            part = Part(index=self.next_index, api=api)
+            self.next_index += 1
+            self.current[api] = part
+            self.parts.append(part)
+        part.add(line_no, size)
+        return part
+
+
+def batch_line(job: Job) -> bytes:
+    """A request as a Batch API input line; ``custom_id`` names the input line."""
+    line = {"custom_id": f"line-{job.line_no}", "method": "POST", "url": URLS[job.api], "body": job.body}
+    return orjson.dumps(line) + b"\n"
+
+
+def _transient(exc: BaseException) -> bool:
+    import openai
+
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError)
+
+
+@dataclass
+class Merge:
+    """What merging one finished job produced."""
+
+    results: int = 0
+    errors: int = 0
+    fallback: int = 0  # lines left for the live phase (or recorded as failed, without live fallback)
+
+
+class BatchRunner:
+    """One run's Batch API phase. ``put_result`` and ``put_error`` hand records to the run's writers."""
+
+    def __init__(
+        self,
+        *,
+        options: BatchOptions,
+        endpoint: Endpoint,
+        request: RequestDefaults,
+        input_path: Path,
+        checkpoint: Path,
+        stats: RunStats,
+        put_result: Callable[[int, dict[str, Any]], None],
+        put_error: Callable[[int, dict[str, Any]], None],
+        written: Callable[[], Awaitable[None]],
+        done: Container[int],
+        info: Callable[[str], None],
+        sleep: Sleep = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.options, self.endpoint, self.request = options, endpoint, request
+        self.input_path, self.checkpoint, self.stats = input_path, checkpoint, stats
+        self.put_result, self.put_error, self.written, self.done = put_result, put_error, written, done
+        self.info, self.sleep, self.wall = info, sleep, wall
+        self.path = state_path(checkpoint)
+        self.state = BatchState.load(self.path) or BatchState(run=uuid.uuid4().hex)
+        self.check = OutputCheck(request.tools, request.response_format)
+        self.sdk: AsyncOpenAI | None = None
+        self.remote: dict[int, int] = {}  # part -> lines the server has finished (request_counts)
+        self.prices = stats.prices.batch() if stats.prices is not None else None
+
+    # -- the phase ---------------------------------------------------------------------------
+
+    async def run(self, reject: Callable[[BadLine], None]) -> None:
+        """Plan, submit, poll and merge until every part is merged (or stopped by cancellation)."""
+        from .client import sdk_client
+
+        self.sdk = sdk_client(self.endpoint)
+        try:
+            self.plan(reject)
+            self.state.save(self.path)
+            await self._adopt_orphans()
+            while parts := self.state.open_parts():
+                await self._step(parts)
+                if self.state.open_parts():
+                    await self.sleep(self.options.poll_interval)
+        finally:
+            await self.sdk.close()
+
+    async def cancel(self) -> int:
+        """--cancel: cancel every open job of this run; return how many."""
+        from .client import sdk_client
+
+        self.sdk = sdk_client(self.endpoint)
+        cancelled = 0
+        try:
+            for part in self.state.open_parts():
+                if part.batch_id is not None and part.status not in TERMINAL:
+                    batch = await self._call(self.sdk.batches.cancel, part.batch_id)
+                    part.status = batch.status
+                    cancelled += 1
+            self.state.save(self.path)
+        finally:
+            await self.sdk.close()
+        return cancelled
+
+    def plan(self, reject: Callable[[BadLine], None]) -> None:
+        """Write part files for the lines no part covers and no output holds yet."""
+        covered = [p for p in self.state.parts]
+        splitter = Splitter(self.options.max_lines_per_file, first_index=len(self.state.parts))
+        files: dict[int, Any] = {}
+        model = self.endpoint.deployment
+        try:
+            for line in read_lines(self.input_path, skip=self.done):
+                if any(line.line_no in p for p in covered):
+                    continue
+                item = prepare(line, self.request, model) if isinstance(line, ParsedLine) else line
+                if isinstance(item, BadLine):
+                    reject(item)
+                    continue
+                raw = batch_line(item)
+                part = splitter.place(item.api, item.line_no, len(raw))
+                if part.index not in files:
+                    files[part.index] = self.part_file(part).open("wb")
+                files[part.index].write(raw)
+                self.stats.estimated_tokens += item.estimate
+        finally:
+            for f in files.values():
+                f.close()
+        self.state.parts.extend(splitter.parts)
+        if splitter.parts:
+            self.info(f"Batch API: {len(splitter.parts)} new job(s) for {sum(p.lines for p in splitter.parts):,} lines")
+
+    def part_file(self, part: Part) -> Path:
+        return self.checkpoint.with_name(f"{self.checkpoint.name}.part-{part.index}.jsonl")
+
+    async def _adopt_orphans(self) -> None:
+        """A job created just before a crash is not in the state file: find it by its metadata."""
+        waiting = {(p.index, p.tries): p for p in self.state.open_parts() if p.batch_id is None}
+        if not waiting:
+            return
+        assert self.sdk is not None
+        async for batch in self.sdk.batches.list(limit=100):
+            meta = batch.metadata or {}
+            if meta.get("asyncbatch_run") != self.state.run:
+                continue
+            key = (int(meta.get("asyncbatch_part", -1)), int(meta.get("asyncbatch_try", -1)))
+            if (part := waiting.pop(key, None)) is not None:
+                part.batch_id, part.status = batch.id, batch.status
+                self.info(f"Batch API: found job {batch.id} of part {part.index}, created before the last stop")
+            if not waiting:
+                break
+        self.state.save(self.path)
+
+    async def _step(self, parts: list[Part]) -> None:
+        for part in parts:
+            if part.batch_id is None:
+                if self.wall() >= part.retry_at:
+                    await self._submit(part)
+                continue
+            assert self.sdk is not None
+            batch = await self._call(self.sdk.batches.retrieve, part.batch_id)
+            part.status = batch.status
+            counts = batch.request_counts
+            self.remote[part.index] = (counts.completed + counts.failed) if counts is not None else 0
+            if batch.status in TERMINAL:
+                await self._finished(part, batch)
+        self._show()
+
+    async def _submit(self, part: Part) -> None:
+        assert self.sdk is not None
+        path = self.part_file(part)
+        if not path.exists() or any(n in self.done for n in part.line_numbers()):
+            self._rebuild(part)  # lost, or some of its lines were recorded since: never pay for a line twice
+        if part.lines == 0:
+            part.merged = True
+            self.state.save(self.path)
+            return
+        upload = await self._call(self.sdk.files.create, file=(path.name, path.read_bytes()), purpose="batch")
+        metadata = {
+            "asyncbatch_run": self.state.run,
+            "asyncbatch_part": str(part.index),
+            "asyncbatch_try": str(part.tries),
+            "asyncbatch_input": self.input_path.name[:500],
+        }
+        batch = await self._call(
+            self.sdk.batches.create,
+            input_file_id=upload.id,
+            endpoint=self._endpoint_url(part.api),
+            completion_window="24h",
+            metadata=metadata,
+        )
+        part.batch_id, part.status = batch.id, batch.status
+        self.state.save(self.path)  # at once: a crash from here on finds the job in the state file
+
+    def _endpoint_url(self, api: Api) -> str:
+        v1 = self.endpoint.kind == "openai" or self.endpoint.is_azure_v1
+        return ("/v1" if v1 else "") + URLS[api]
+
+    def _rebuild(self, part: Part) -> None:
+        """Write the part's file again from the input, for its lines not recorded yet."""
+        model, covered = self.endpoint.deployment, Part(index=part.index, api=part.api)
+        with self.part_file(part).open("wb") as f:
+            for line in read_lines(self.input_path, skip=self.done):
+                if line.line_no in part and isinstance(line, ParsedLine):
+                    job = prepare(line, self.request, model)
+                    if isinstance(job, Job):
+                        raw = batch_line(job)
+                        f.write(raw)
+                        covered.add(job.line_no, len(raw))
+        part.ranges, part.lines, part.size = covered.ranges, covered.lines, covered.size
+
+    async def _finished(self, part: Part, batch: Any) -> None:
+        codes = [e.code for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+        if batch.status == "failed" and "token_limit_exceeded" in codes:
+            part.tries += 1
+            backoff = min(3600.0, self.options.poll_interval * 2**part.tries)
+            part.batch_id, part.status, part.retry_at = None, None, self.wall() + backoff
+            self.info(
+                f"Batch API: part {part.index} was refused for the queued-token limit (token_limit_exceeded); "
+                f"creating it again in {backoff:g} s"
+            )
+            self.state.save(self.path)
+            return
+        if batch.status == "failed":
+            self.info(f"Batch API: job {batch.id} failed ({', '.join(codes) or 'no reason given'})")
+        merge = await self._merge(part, batch)
+        self.stats.batch_jobs += 1
+        await self.written()  # the records are on disk: only now may the part count as merged
+        part.merged = True
+        self.state.save(self.path)
+        self.part_file(part).unlink(missing_ok=True)
+        rest = "left to run live" if self.options.live_fallback else "recorded as failed (--no-live-fallback)"
+        self.info(
+            f"Batch API: job {batch.id} {batch.status}: {merge.results:,} results, {merge.errors:,} errors, "
+            f"{merge.fallback:,} lines {rest}"
+        )
+
+    def _show(self) -> None:
+        counts: dict[str, int] = {}
+        for part in self.state.open_parts():
+            counts[part.status or "waiting"] = counts.get(part.status or "waiting", 0) + 1
+        self.stats.remote_done = sum(self.remote.get(p.index, 0) for p in self.state.open_parts())
+        jobs = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        self.stats.notice = f"Batch API jobs: {jobs or 'all merged'}; next look in {self.options.poll_interval:g} s"
+
+    # -- merging -----------------------------------------------------------------------------
+
+    async def _merge(self, part: Part, batch: Any) -> Merge:
+        answers = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                answers.update(await self._download(file_id, part))
+        merge = Merge()
+        model = self.endpoint.deployment
+        for line in read_lines(self.input_path, skip=self.done):
+            if line.line_no not in part or not isinstance(line, ParsedLine):
+                continue
+            job = prepare(line, self.request, model)
+            if isinstance(job, BadLine):
+                continue
+            self._settle(job, answers.get(job.line_no), batch, merge)
+        return merge
+
+    async def _download(self, file_id: str, part: Part) -> dict[int, dict[str, Any]]:
+        assert self.sdk is not None
+        content = await self._call(self.sdk.files.content, file_id)
+        answers = {}
+        for raw in content.content.splitlines():
+            if not raw.strip():
+                continue
+            record = orjson.loads(raw)
+            cid = str(record.get("custom_id", ""))
+            if cid.startswith("line-") and cid[5:].isdigit() and int(cid[5:]) in part:
+                answers[int(cid[5:])] = record
+        return answers
+
+    def _settle(self, job: Job, answer: dict[str, Any] | None, batch: Any, merge: Merge) -> None:
+        response = (answer or {}).get("response") or {}
+        status = response.get("status_code")
+        given = response.get("body")
+        body: dict[str, Any] = given if isinstance(given, dict) else {}
+        if answer is None or status is None:
+            return self._fallback(job, f"batch_{batch.status}", f"no answer: the job was {batch.status}", merge)
+        if status != 200:
+            found = body.get("error") if isinstance(body.get("error"), dict) else answer.get("error")
+            error: dict[str, Any] = found if isinstance(found, dict) else {}
+            code, message = str(error.get("code") or status), str(error.get("message") or f"HTTP {status}")
+            if status in (408, 409, 429) or status >= 500 or code in RETRYABLE_CODES:
+                return self._fallback(job, code, message, merge)
+            exc = AttemptError(code, message, status=status, body=body, request_id=response.get("request_id"))
+            return self._record_failure(job, exc, merge)
+        self.stats.count_usage(body, self.prices)
+        try:
+            output = self.check.extract_for(job.api, body, job.body)
+        except AttemptError as exc:
+            if exc.retryable:  # invalid output: asked again live, with feedback, unless told not to
+                return self._fallback(job, exc.code, exc.message, merge)
+            return self._record_failure(job, exc, merge)
+        record = result_record(
+            custom_id=job.custom_id,
+            line_no=job.line_no,
+            request_id=response.get("request_id"),
+            raw_body=orjson.dumps(body),
+            body=body,
+            output=output,
+            attempts=1,
+            latency_ms=0.0,
+            deployment=self.endpoint.deployment,
+        )
+        record["batch_id"] = batch.id
+        self.put_result(job.line_no, record)
+        self.stats.succeeded += 1
+        self.stats.batch_answers += 1
+        merge.results += 1
+        return None
+
+    def _fallback(self, job: Job, code: str, message: str, merge: Merge) -> None:
+        merge.fallback += 1
+        if not self.options.live_fallback:
+            self._record_failure(job, AttemptError(code, f"Batch API: {message}"), merge, counted=False)
+
+    def _record_failure(self, job: Job, exc: AttemptError, merge: Merge, counted: bool = True) -> None:
+        record = failure_record(
+            custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=1, deployment=self.endpoint.deployment
+        )
+        self.put_error(job.line_no, record)
+        self.stats.failed += 1
+        self.stats.failure_reasons[exc.code] += 1
+        merge.errors += int(counted)
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """One SDK call, retried on connection failures, 429s and 5xx (the SDK's own retries are off)."""
+        import openai
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                stop=stop_after_attempt(8),
+                wait=wait_exponential_jitter(initial=1, max=60),
+                sleep=self.sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    return await method(*args, **kwargs)
+        except openai.APIStatusError as exc:
+            kind = {401: "authentication", 403: "authentication", 404: "not_found"}.get(exc.status_code, "rejected")
+            raise FatalAPIError(kind, f"the Batch API refused: HTTP {exc.status_code}: {exc.message}") from None
+        except openai.APIConnectionError as exc:
+            raise FatalAPIError("unreachable", f"cannot reach the Batch API: {exc}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
