@@ -245,6 +245,7 @@ class BatchService:
         else:
             answer = completion(body, number=self.sim.requests, fault=fault)
         self.sim.statuses["batch-200"] += 1
+        self.sim.statuses["batch-200-broken"] += fault == "schema"
         self.sim.answered[prompt_text(body)] += 1  # billed: a live answer to the same prompt is billed twice
         return _line(line, 200, request_id, answer)
 
