@@ -69,7 +69,7 @@ exit codes:
   0 every input succeeded; 1 some inputs failed (see the errors file);
   2 usage, configuration or fatal error (e.g. wrong key, another run on the same outputs);
   75 stopped early, resumable: an outage past --max-outage, an exhausted quota (--max-wait),
-     or --max-cost reached;
+     --max-cost reached, or --batch-api --cancel;
   130 interrupted (Ctrl-C). After 75 or 130, run the same command again to resume.
 
 examples:
@@ -79,6 +79,8 @@ examples:
   asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200 --max-tokens 200
   asyncbatch prompts.jsonl --dry-run --tpm 1200000 --price-in 2.5 --price-out 10
   asyncbatch prompts.jsonl --max-cost 20 ...   # stops (exit 75) before spending more than 20 USD
+  asyncbatch prompts.jsonl --deployments pool.toml ...   # pool several deployments' quota, with failover
+  asyncbatch prompts.jsonl --batch-api --deployment gpt-4o-batch ...   # Batch API jobs at half price
   asyncbatch prompts.jsonl ...     # the same command again resumes an interrupted run
   asyncbatch export --help         # results in input order, joined with the input: JSONL, CSV, Parquet
 """.replace("@API_VERSION@", DEFAULT_API_VERSION).replace("@DEMO@", DEMO_TEMPLATE)

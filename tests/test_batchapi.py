@@ -106,7 +106,7 @@ def _wait_created(sim: Simulator, n: int) -> None:
         assert sim.batches.created_signal.acquire(timeout=60), "the jobs were not created"
 
 
-@pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=3.0)], indirect=True)
+@pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=1.5)], indirect=True)
 def test_kill_9_while_polling_then_the_same_command_creates_no_job_twice(
     tmp_path: Path, records: Path, azure: tuple[dict[str, str], Simulator]
 ) -> None:
@@ -121,7 +121,7 @@ def test_kill_9_while_polling_then_the_same_command_creates_no_job_twice(
     assert sim.billed_twice() == 0
 
 
-@pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=3.0)], indirect=True)
+@pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=1.5)], indirect=True)
 def test_a_job_created_just_before_a_crash_is_found_by_its_metadata_not_created_again(
     tmp_path: Path, records: Path, azure: tuple[dict[str, str], Simulator]
 ) -> None:
@@ -140,7 +140,7 @@ def test_a_job_created_just_before_a_crash_is_found_by_its_metadata_not_created_
     _exactly_once(tmp_path, 5000)
 
 
-@pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=3.0)], indirect=True)
+@pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=1.5)], indirect=True)
 def test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes_exactly_once(
     tmp_path: Path, records: Path, azure: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
 ) -> None:
