@@ -187,7 +187,9 @@ class BatchRunner:
         self.put_result, self.put_error, self.written, self.done = put_result, put_error, written, done
         self.info, self.sleep, self.wall = info, sleep, wall
         self.path = state_path(checkpoint)
-        self.state = BatchState.load(self.path) or BatchState(run=uuid.uuid4().hex)
+        saved = BatchState.load(self.path)
+        self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
+        self.state = saved or BatchState(run=uuid.uuid4().hex)
         self.check = OutputCheck(request.tools, request.response_format)
         self.sdk: AsyncOpenAI | None = None
         self.remote: dict[int, int] = {}  # part -> lines the server has finished (request_counts)
@@ -261,19 +263,23 @@ class BatchRunner:
     async def _adopt_orphans(self) -> None:
         """A job created just before a crash is not in the state file: find it by its metadata."""
         waiting = {(p.index, p.tries): p for p in self.state.open_parts() if p.batch_id is None}
-        if not waiting:
+        if not waiting or not self.resumed:
             return
         assert self.sdk is not None
-        async for batch in self.sdk.batches.list(limit=100):
-            meta = batch.metadata or {}
-            if meta.get("asyncbatch_run") != self.state.run:
-                continue
-            key = (int(meta.get("asyncbatch_part", -1)), int(meta.get("asyncbatch_try", -1)))
-            if (part := waiting.pop(key, None)) is not None:
-                part.batch_id, part.status = batch.id, batch.status
-                self.info(f"Batch API: found job {batch.id} of part {part.index}, created before the last stop")
-            if not waiting:
+        after: str | None = None
+        while waiting:
+            page = await self._call(self.sdk.batches.list, limit=100, **({"after": after} if after else {}))
+            for batch in page.data:
+                meta = batch.metadata or {}
+                if meta.get("asyncbatch_run") != self.state.run:
+                    continue
+                key = (int(meta.get("asyncbatch_part", -1)), int(meta.get("asyncbatch_try", -1)))
+                if (part := waiting.pop(key, None)) is not None:
+                    part.batch_id, part.status = batch.id, batch.status
+                    self.info(f"Batch API: found job {batch.id} of part {part.index}, created before the last stop")
+            if not page.has_more or not page.data:
                 break
+            after = page.data[-1].id
         self.state.save(self.path)
 
     async def _step(self, parts: list[Part]) -> None:

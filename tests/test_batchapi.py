@@ -232,3 +232,16 @@ def test_a_file_mixing_chat_and_embeddings_makes_one_job_per_api(
     results = _exactly_once(tmp_path, 60)
     vectors = [r["output"] for r in results if r["custom_id"].startswith("e")]
     assert len(vectors) == 20 and all(isinstance(v, list) and v for v in vectors)
+
+
+def test_a_wrong_key_stops_at_once_with_exit_2_and_a_hint(
+    tmp_path: Path, azure: tuple[dict[str, str], Simulator], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"Co{i}"} for i in range(10)])
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "not-the-key-123")
+    assert main(_argv()) == 2
+    err = capsys.readouterr().err
+    assert "the Batch API refused: HTTP 401" in err and "HINT: check AZURE_OPENAI_API_KEY" in err
+    assert "not-the-key-123" not in err
+    assert not read_jsonl(tmp_path / "in.results.jsonl") and azure[1].batches.created == 0
