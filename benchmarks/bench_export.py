@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from _common import machine
+from bench_scale import peak_rss_mb
 
 NAIVE = """
 import json, sys
@@ -71,13 +71,9 @@ def write_files(work: Path, n: int) -> None:
 
 def measure(args: list[str], cwd: Path) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of a child process."""
-    code = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, check=True)
-    return time.perf_counter() - started, int(out.stdout) / 1024
+    rss = peak_rss_mb(args, cwd)
+    return time.perf_counter() - started, rss
 
 
 def check_order(path: Path, n: int) -> bool:

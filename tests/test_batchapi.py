@@ -101,9 +101,13 @@ def _spawn(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.Popen
     return subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_created(sim: Simulator, n: int) -> None:
-    for _ in range(n):
+def _killed_while_polling(tmp_path: Path, env: dict[str, str], sim: Simulator) -> None:
+    """Start the CLI, and kill -9 it once its 3 jobs exist (it is polling them)."""
+    first = _spawn(tmp_path, env)
+    for _ in range(3):
         assert sim.batches.created_signal.acquire(timeout=60), "the jobs were not created"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
 
 
 @pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=1.5)], indirect=True)
@@ -111,10 +115,7 @@ def test_kill_9_while_polling_then_the_same_command_creates_no_job_twice(
     tmp_path: Path, records: Path, azure: tuple[dict[str, str], Simulator]
 ) -> None:
     env, sim = azure
-    first = _spawn(tmp_path, env)
-    _wait_created(sim, 3)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    _killed_while_polling(tmp_path, env, sim)
     assert main(_argv("--max-lines-per-file", "2000")) == 0
     assert sim.batches.created == 3  # the same three jobs, polled again
     _exactly_once(tmp_path, 5000)
@@ -126,10 +127,7 @@ def test_a_job_created_just_before_a_crash_is_found_by_its_metadata_not_created_
     tmp_path: Path, records: Path, azure: tuple[dict[str, str], Simulator]
 ) -> None:
     env, sim = azure
-    first = _spawn(tmp_path, env)
-    _wait_created(sim, 3)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    _killed_while_polling(tmp_path, env, sim)
     path = state_path(tmp_path / "in.results.jsonl.checkpoint")
     saved = orjson.loads(path.read_bytes())
     for part in saved["parts"]:  # as if the process died between creating each job and saving its id
@@ -146,7 +144,8 @@ def test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes
 ) -> None:
     env, sim = azure
     first = _spawn(tmp_path, env)
-    _wait_created(sim, 3)
+    for _ in range(3):
+        assert sim.batches.created_signal.acquire(timeout=60), "the jobs were not created"
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=30)
     assert first.returncode == 130

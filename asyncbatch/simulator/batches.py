@@ -254,13 +254,20 @@ class BatchService:
         self.files[file_id] = ("batch_output", b"".join(orjson.dumps(r) + b"\n" for r in records))
         return file_id
 
-    async def retrieve(self, request: web.Request) -> web.Response:
+    def _job(self, request: web.Request) -> Job | web.Response:
+        """The job a request names, moved along the clock; or the answer refusing the request."""
         if refused := self._refused(request):
             return refused
         job = self.jobs.get(request.match_info["id"])
         if job is None:
             return self.sim._error(404, "404", "Batch not found.")
         self._look(job)
+        return job
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        job = self._job(request)
+        if isinstance(job, web.Response):
+            return job
         self.sim.statuses["batch-poll"] += 1
         return _json(200, job.public())
 
@@ -282,12 +289,9 @@ class BatchService:
         )
 
     async def cancel(self, request: web.Request) -> web.Response:
-        if refused := self._refused(request):
-            return refused
-        job = self.jobs.get(request.match_info["id"])
-        if job is None:
-            return self.sim._error(404, "404", "Batch not found.")
-        self._look(job)
+        job = self._job(request)
+        if isinstance(job, web.Response):
+            return job
         if not job.finished:
             job.cancel_at, job.status = time.monotonic(), "cancelling"
         self.sim.statuses["batch-cancel"] += 1
