@@ -22,7 +22,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+from .config import BatchOptions, Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
 from .cost import Prices
 from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
 from .lock import AlreadyRunning
@@ -42,6 +42,7 @@ __all__ = [
     "AlreadyRunning",
     "AsyncBatchError",
     "AttemptError",
+    "BatchOptions",
     "ConfigError",
     "Deployment",
     "Endpoint",

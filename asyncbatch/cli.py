@@ -94,8 +94,10 @@ def _default(cls: Any, name: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncbatch",
-        description="Run a JSONL file of chat-completion requests against Azure OpenAI (or any "
-        "OpenAI-compatible endpoint) as fast as the quota allows. Results stream to JSONL.",
+        description="Run a JSONL file of chat-completion, embeddings or Responses requests against Azure OpenAI "
+        "(or any OpenAI-compatible endpoint) as fast as the quota allows, exactly once, resumably; or as Batch "
+        "API jobs at half price. Results stream to JSONL. Also: 'asyncbatch export RESULTS' writes them in input "
+        "order as JSONL, CSV or Parquet (asyncbatch export --help).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
