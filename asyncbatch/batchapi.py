@@ -139,9 +139,12 @@ class Splitter:
         return part
 
 
-def batch_line(job: Job) -> bytes:
-    """A request as a Batch API input line; ``custom_id`` names the input line."""
-    line = {"custom_id": f"line-{job.line_no}", "method": "POST", "url": URLS[job.api], "body": job.body}
+def batch_line(job: Job, prefix: str = "") -> bytes:
+    """A request as a Batch API input line; ``custom_id`` names the input line.
+
+    :param prefix: ``/v1`` where the job's endpoint has it: a line's url must be the job's endpoint.
+    """
+    line = {"custom_id": f"line-{job.line_no}", "method": "POST", "url": prefix + URLS[job.api], "body": job.body}
     return orjson.dumps(line) + b"\n"
 
 
@@ -244,7 +247,7 @@ class BatchRunner:
                 if isinstance(item, BadLine):
                     reject(item)
                     continue
-                raw = batch_line(item)
+                raw = batch_line(item, self._prefix)
                 part = splitter.place(item.api, item.line_no, len(raw))
                 if part.index not in files:
                     files[part.index] = self.part_file(part).open("wb")
@@ -323,9 +326,13 @@ class BatchRunner:
         part.batch_id, part.status = batch.id, batch.status
         self.state.save(self.path)  # at once: a crash from here on finds the job in the state file
 
+    @property
+    def _prefix(self) -> str:
+        """OpenAI and Azure's v1 API name endpoints with /v1; Azure's classic API without."""
+        return "/v1" if self.endpoint.kind == "openai" or self.endpoint.is_azure_v1 else ""
+
     def _endpoint_url(self, api: Api) -> str:
-        v1 = self.endpoint.kind == "openai" or self.endpoint.is_azure_v1
-        return ("/v1" if v1 else "") + URLS[api]
+        return self._prefix + URLS[api]
 
     def _rebuild(self, part: Part) -> None:
         """Write the part's file again from the input, for its lines not recorded yet."""
@@ -335,7 +342,7 @@ class BatchRunner:
                 if line.line_no in part and isinstance(line, ParsedLine):
                     job = prepare(line, self.request, model)
                     if isinstance(job, Job):
-                        raw = batch_line(job)
+                        raw = batch_line(job, self._prefix)
                         f.write(raw)
                         covered.add(job.line_no, len(raw))
         part.ranges, part.lines, part.size = covered.ranges, covered.lines, covered.size

@@ -209,7 +209,8 @@ def test_the_v1_api_routes_work_too(tmp_path: Path, azure: tuple[dict[str, str],
     write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"Co{i}"} for i in range(50)])
     assert main([*_argv(), "--api-version", "v1"]) == 0
     assert sim.batches.created == 1
-    assert next(iter(sim.batches.jobs.values())).endpoint == "/v1/chat/completions"
+    job = next(iter(sim.batches.jobs.values()))
+    assert job.endpoint == "/v1/chat/completions" and job.lines[0]["url"] == "/v1/chat/completions"
     _exactly_once(tmp_path, 50)
 
 

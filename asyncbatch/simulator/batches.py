@@ -175,7 +175,7 @@ class BatchService:
                 cid, url, line_body = line["custom_id"], line["url"], line["body"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 return fail("invalid_json_line", f"Line {number} is not a valid request line.", number)
-            if str(url).removeprefix("/v1") != endpoint:
+            if url != job.endpoint:  # each line's url must be the job's endpoint, as given
                 return fail("url_mismatch", f"Line {number}: url {url} is not the job's endpoint.", number)
             if cid in ids:
                 return fail("duplicate_custom_id", f"Line {number}: custom_id {cid} is repeated.", number)
