@@ -41,7 +41,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from .config import BatchOptions, Endpoint, RequestDefaults
 from .errors import AttemptError, FatalAPIError
-from .inputs import Api, BadLine, ParsedLine, read_lines
+from .inputs import Api, BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from .records import failure_record, result_record
 from .requests import Job, prepare
 from .stats import RunStats
@@ -75,6 +75,7 @@ class Part:
     tries: int = 0  # jobs created for it (a job refused for the queued-token limit is created again)
     retry_at: float = 0.0  # wall time before which it is not created again
     merged: bool = False
+    offset: int = 0  # where its first line starts in the input: merging reads from there, not from the top
 
     def add(self, line_no: int, size: int) -> None:
         if self.ranges and self.ranges[-1][1] == line_no - 1:
@@ -239,6 +240,7 @@ class BatchRunner:
         splitter = Splitter(self.options.max_lines_per_file, first_index=len(self.state.parts))
         files: dict[int, Any] = {}
         model = self.endpoint.deployment
+        offsets = line_offsets(self.input_path)  # read in step with the lines, for each part's first offset
         try:
             for line in read_lines(self.input_path, skip=self.done):
                 if any(line.line_no in p for p in covered):
@@ -250,6 +252,7 @@ class BatchRunner:
                 raw = batch_line(item, self._prefix)
                 part = splitter.place(item.api, item.line_no, len(raw))
                 if part.index not in files:
+                    part.offset = next(offset for number, offset in offsets if number == item.line_no)
                     files[part.index] = self.part_file(part).open("wb")
                 files[part.index].write(raw)
                 self.stats.estimated_tokens += item.estimate
@@ -336,16 +339,26 @@ class BatchRunner:
 
     def _rebuild(self, part: Part) -> None:
         """Write the part's file again from the input, for its lines not recorded yet."""
-        model, covered = self.endpoint.deployment, Part(index=part.index, api=part.api)
+        covered = Part(index=part.index, api=part.api)
         with self.part_file(part).open("wb") as f:
-            for line in read_lines(self.input_path, skip=self.done):
-                if line.line_no in part and isinstance(line, ParsedLine):
-                    job = prepare(line, self.request, model)
-                    if isinstance(job, Job):
-                        raw = batch_line(job, self._prefix)
-                        f.write(raw)
-                        covered.add(job.line_no, len(raw))
+            for job in self._jobs(part):
+                raw = batch_line(job, self._prefix)
+                f.write(raw)
+                covered.add(job.line_no, len(raw))
         part.ranges, part.lines, part.size = covered.ranges, covered.lines, covered.size
+
+    def _jobs(self, part: Part) -> Iterator[Job]:
+        """The part's requests not recorded yet, built again from the input, read from the part's first line."""
+        if not part.ranges:
+            return
+        model, last = self.endpoint.deployment, part.ranges[-1][1]
+        for line in lines_from(self.input_path, part.offset, part.ranges[0][0]):
+            if line.line_no > last:
+                return
+            if line.line_no in part and line.line_no not in self.done and isinstance(line, ParsedLine):
+                job = prepare(line, self.request, model)
+                if isinstance(job, Job):
+                    yield job
 
     async def _finished(self, part: Part, batch: Any) -> None:
         codes = [e.code for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
@@ -389,13 +402,7 @@ class BatchRunner:
             if file_id:
                 answers.update(await self._download(file_id, part))
         merge = Merge()
-        model = self.endpoint.deployment
-        for line in read_lines(self.input_path, skip=self.done):
-            if line.line_no not in part or not isinstance(line, ParsedLine):
-                continue
-            job = prepare(line, self.request, model)
-            if isinstance(job, BadLine):
-                continue
+        for job in self._jobs(part):
             self._settle(job, answers.get(job.line_no), batch, merge)
         return merge
 

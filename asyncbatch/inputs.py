@@ -137,13 +137,35 @@ def read_lines(path: Path, skip: Container[int] = (), ids: IdLog | None = None) 
                 yield item
 
 
+def lines_from(path: Path, offset: int, line_no: int) -> Iterator[ParsedLine | BadLine]:
+    """Parse ``path`` from byte ``offset``, where line ``line_no`` starts, to the end (no duplicate check)."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        for number, raw, _ in _raw_lines(f, first=line_no):
+            item = parse_line(number, raw)
+            if item is not None:
+                yield item
+
+
+def line_offsets(path: Path) -> Iterator[tuple[int, int]]:
+    """(line number, byte offset where it starts) for every line of ``path``."""
+    offset = 0
+    with path.open("rb") as f:
+        for line_no, _, size in _raw_lines(f):
+            yield line_no, offset
+            offset += size
+
+
 def _duplicate(item: ParsedLine) -> BadLine:
     return BadLine(item.line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}")
 
 
-def _raw_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None, int]]:
-    """Yield (line number, bytes, size on disk); None stands for a line longer than MAX_LINE_BYTES."""
-    line_no = 0
+def _raw_lines(f: BinaryIO, first: int = 1) -> Iterator[tuple[int, bytes | None, int]]:
+    """Yield (line number, bytes, size on disk); None stands for a line longer than MAX_LINE_BYTES.
+
+    :param first: the number of the line ``f`` is at (1 at the start of the file).
+    """
+    line_no = first - 1
     while raw := f.readline(MAX_LINE_BYTES + 1):
         line_no += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
