@@ -189,10 +189,8 @@ def test_the_id_set_is_compact_and_exact_on_what_it_holds() -> None:
 
 
 def test_lines_from_an_offset_number_the_lines_as_the_whole_file_does(tmp_path: Path) -> None:
-    from asyncbatch.inputs import line_offsets, lines_from
-
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"id": 1}\n\n{"id": 2}\n{"id": 3}\n')
-    offsets = dict(line_offsets(path))
-    assert [line.line_no for line in lines_from(path, offsets[3], 3)] == [3, 4]
-    assert [line.custom_id for line in lines_from(path, 0, 1)] == ["1", "2", "3"]  # the BOM is dropped
+    offsets = dict(inputs.line_offsets(path))
+    assert [line.line_no for line in inputs.lines_from(path, offsets[3], 3)] == [3, 4]
+    assert [line.custom_id for line in inputs.lines_from(path, 0, 1)] == ["1", "2", "3"]  # the BOM is dropped
