@@ -15,6 +15,7 @@ import pytest
 
 from asyncbatch.cli import main
 from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
+from asyncbatch.simulator.charge import Charging
 
 from .helpers import batch_line, read_jsonl
 
@@ -184,3 +185,20 @@ def test_a_pool_can_mix_a_key_and_an_entra_id_token_command(tmp_path: Path, monk
     assert code == 0
     assert {r["deployment"] for r in _exactly_once(tmp_path, 80)} == {"keyed", "entra"}
     assert sims["entra"].tokens_seen and sims["entra"].statuses["401"] == 0
+
+
+def test_each_deployment_learns_its_own_servers_charge_and_the_pool_draws_few_429s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One server charges twice the client's estimate, the other its own estimate; both quotas are given."""
+    _lines(tmp_path / "in.jsonl", 500)
+    fair = SimConfig(api_key="k-fair", tpm=600_000, rpm=6_000, latency=0.02)
+    dear = SimConfig(api_key="k-dear", tpm=600_000, rpm=6_000, latency=0.02, charging=Charging(factor=2.0))
+    with pool(tmp_path, monkeypatch, fair=fair, dear=dear) as sims:
+        code = main(["in.jsonl", "--deployments", "pool.toml", "-c", "50", "-q"])
+        throttled = sum(sim.statuses["429"] for sim in sims.values())
+        served = _served(sims)
+    assert code == 0
+    _exactly_once(tmp_path, 500)
+    assert throttled <= 10  # at most 2% of 500
+    assert served["fair"] > served["dear"]  # the dearer server's quota holds fewer of these requests
