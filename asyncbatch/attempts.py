@@ -1,4 +1,4 @@
-"""One job's life: admission, send, extract and validate, re-ask with feedback, retry; a typed outcome.
+"""One job's life: budget, route and admission, send, extract and validate, re-ask, retry; a typed outcome.
 
 ``Attempts.carry(job)`` returns ``Success`` or ``Failure`` (each with the line to
 write), or raises:
@@ -6,7 +6,9 @@ write), or raises:
 * ``Stopped``: the run is stopping and this job was not finished; it is not
   recorded, and runs again on resume;
 * ``FatalAPIError``: the endpoint refuses the run as a whole (see ``fatal_error``);
-* ``StopRun``: admission will not wait that long (see ``limits.py``).
+  in a pool, only when every deployment was set aside (``router.py``);
+* ``StopRun``: admission will not wait that long (see ``limits.py``), or the next
+  attempt would pass ``--max-cost`` (``cost.Budget``).
 
 Before the run's first success, failures with a 4xx are held back (``settle``):
 if the first ``SYSTEMATIC`` all fail the same way, the run stops with the
@@ -207,7 +209,7 @@ class Attempts:
         spent = None
         try:
             sent = await self._send(job, payload, tally)
-            spent = self._count_usage(sent.reply.body)
+            spent = self.stats.count_usage(sent.reply.body, self.prices)
         finally:
             self.budget.settle(reserved, estimate, spent)
         route = sent.route
@@ -318,9 +320,6 @@ class Attempts:
         self.stats.retries += 1
         if self.stopping():
             raise Stopped
-
-    def _count_usage(self, body: dict[str, Any]) -> float:
-        return self.stats.count_usage(body, self.prices)
 
 
 @dataclass(frozen=True, slots=True)

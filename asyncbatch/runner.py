@@ -4,7 +4,10 @@ One TaskGroup owns the writers, the ticker and the checkpoint saver; a nested
 one owns the reader and the workers, so when the work is done (or stopped)
 everything below it has finished before the writers close. Work flows through a
 bounded queue, so memory does not grow with the input. What happens to one job
-(admission, retries, validation) is ``attempts.py``.
+(admission, retries, validation) is ``attempts.py``; which deployment it goes to,
+``router.py``. With ``--batch-api`` a Batch API phase (``batchapi.py``) comes
+first and hands its records to the same writers; the live phase then runs what
+it left.
 
 Interrupts (``Interrupt.request``, wired to SIGINT/SIGTERM by the CLI): the
 first stops new requests and gives those in flight ``config.grace`` seconds;
