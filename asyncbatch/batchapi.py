@@ -28,10 +28,11 @@ already recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Container, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from .client import sdk_client
 from .config import BatchOptions, Endpoint, RequestDefaults
 from .errors import AttemptError, FatalAPIError
 from .inputs import Api, BadLine, ParsedLine, line_offsets, lines_from, read_lines
@@ -203,10 +205,7 @@ class BatchRunner:
 
     async def run(self, reject: Callable[[BadLine], None]) -> None:
         """Plan, submit, poll and merge until every part is merged (or stopped by cancellation)."""
-        from .client import sdk_client
-
-        self.sdk = sdk_client(self.endpoint)
-        try:
+        async with self._connected():
             self.plan(reject)
             self.state.save(self.path)
             await self._adopt_orphans()
@@ -214,29 +213,31 @@ class BatchRunner:
                 await self._step(parts)
                 if self.state.open_parts():
                     await self.sleep(self.options.poll_interval)
-        finally:
-            await self.sdk.close()
 
     async def cancel(self) -> int:
         """--cancel: cancel every open job of this run; return how many."""
-        from .client import sdk_client
-
-        self.sdk = sdk_client(self.endpoint)
         cancelled = 0
-        try:
+        async with self._connected() as sdk:
             for part in self.state.open_parts():
                 if part.batch_id is not None and part.status not in TERMINAL:
-                    batch = await self._call(self.sdk.batches.cancel, part.batch_id)
+                    batch = await self._call(sdk.batches.cancel, part.batch_id)
                     part.status = batch.status
                     cancelled += 1
             self.state.save(self.path)
+        return cancelled
+
+    @contextlib.asynccontextmanager
+    async def _connected(self) -> AsyncIterator[AsyncOpenAI]:
+        """The SDK client (URL, api-version, auth and headers as for live requests; its retries off)."""
+        self.sdk = sdk_client(self.endpoint)
+        try:
+            yield self.sdk
         finally:
             await self.sdk.close()
-        return cancelled
 
     def plan(self, reject: Callable[[BadLine], None]) -> None:
         """Write part files for the lines no part covers and no output holds yet."""
-        covered = [p for p in self.state.parts]
+        covered = list(self.state.parts)
         splitter = Splitter(self.options.max_lines_per_file, first_index=len(self.state.parts))
         files: dict[int, Any] = {}
         model = self.endpoint.deployment

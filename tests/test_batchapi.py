@@ -144,8 +144,8 @@ def test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes
 ) -> None:
     env, sim = azure
     first = _spawn(tmp_path, env)
-    for _ in range(3):
-        assert sim.batches.created_signal.acquire(timeout=60), "the jobs were not created"
+    for _ in range(3):  # three looks at jobs: all three were created and saved (looks come after submitting)
+        assert sim.batches.polled_signal.acquire(timeout=60), "the jobs were not polled"
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=30)
     assert first.returncode == 130

@@ -90,6 +90,7 @@ class BatchService:
         self.rng = random.Random(self.config.seed + 1)
         self.created = 0
         self.created_signal = threading.Semaphore(0)  # released once per job created (tests wait on it)
+        self.polled_signal = threading.Semaphore(0)  # released once per look at a job
 
     def routes(self, app: web.Application) -> None:
         for prefix in ("/openai", "/openai/v1", "/v1"):
@@ -269,6 +270,7 @@ class BatchService:
         if isinstance(job, web.Response):
             return job
         self.sim.statuses["batch-poll"] += 1
+        self.polled_signal.release()
         return _json(200, job.public())
 
     async def list(self, request: web.Request) -> web.Response:
