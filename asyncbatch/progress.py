@@ -117,7 +117,7 @@ def look(stats: RunStats, trend: Trend) -> Status:
     return Status(
         time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         elapsed=round(stats.elapsed, 1),
-        done=stats.done + stats.remote_done,
+        done=stats.progress,
         total=stats.total,
         failed=stats.failed,
         requests_per_second=trend.per_second,
@@ -200,7 +200,7 @@ def details(s: Status) -> list[str]:
         parts.append(f"{money(s.cost_usd)}{projected}")
     if s.limit_tpm:
         parts.append(f"quota {si(s.charged_tpm or 0)}/{si(s.limit_tpm)} TPM")
-    elif s.charged_tpm is not None:
+    elif s.charged_tpm:
         parts.append(f"charged {si(s.charged_tpm)} TPM")
     parts.append(f"{s.throttled:,} 429s")
     parts.append(f"{s.retries:,} retries")

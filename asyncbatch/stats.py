@@ -66,6 +66,11 @@ class RunStats:
         return self.succeeded + self.failed
 
     @property
+    def progress(self) -> int:
+        """Inputs finished: recorded, plus those Batch API jobs have finished and are not merged yet."""
+        return self.done + self.remote_done
+
+    @property
     def elapsed(self) -> float:
         return (self.clock() if self.finished is None else self.finished) - self.started
 
@@ -129,11 +134,11 @@ class Trend:
 
     def __init__(self, stats: RunStats) -> None:
         self.stats = stats
-        self._samples: deque[tuple[float, int, float]] = deque([(stats.started, stats.done, 0.0)])
+        self._samples: deque[tuple[float, int, float]] = deque([(stats.started, stats.progress, 0.0)])
 
     def sample(self) -> None:
         now = self.clock()
-        self._samples.append((now, self.stats.done, self.stats.charged_tokens))
+        self._samples.append((now, self.stats.progress, self.stats.charged_tokens))
         while len(self._samples) > 2 and self._samples[1][0] <= now - TREND_WINDOW:
             self._samples.popleft()
 
@@ -161,7 +166,7 @@ class Trend:
     def eta(self) -> float | None:
         """Seconds to finish: the quota's bound when it is known, or the recent rate if that is slower."""
         stats = self.stats
-        remaining = stats.total - stats.done
+        remaining = stats.total - stats.progress
         if stats.total <= 0:
             return None
         if remaining <= 0:

@@ -209,3 +209,14 @@ def test_text_status_lines_in_a_log_carry_a_timestamp_and_the_json_format_is_one
     assert summary["cost_usd"] == pytest.approx(expected, abs=1e-6)
     status_line = next(e for e in events if e["event"] == "status")
     assert {"time", "done", "total", "percent", "eta_seconds", "cost_usd", "requests_per_second"} <= status_line.keys()
+
+
+def test_lines_batch_jobs_have_finished_count_toward_progress_and_eta_before_they_are_merged() -> None:
+    clock = FakeClock()
+    stats = RunStats(total=1000, clock=clock)
+    trend = Trend(stats)
+    clock.now += 10
+    stats.remote_done = 500  # request_counts of open jobs
+    trend.sample()
+    assert trend.eta() == pytest.approx(500 / 50)
+    assert look(stats, trend).done == 500
