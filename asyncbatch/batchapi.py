@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
@@ -57,6 +58,7 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 URLS: dict[Api, str] = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses"}
 RETRYABLE_CODES = frozenset({"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"})
 Sleep = Callable[[float], Awaitable[None]]
+CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"line-(\d+)"')  # found without parsing the whole answer
 
 
 def state_path(checkpoint: Path) -> Path:
@@ -398,26 +400,25 @@ class BatchRunner:
     # -- merging -----------------------------------------------------------------------------
 
     async def _merge(self, part: Part, batch: Any) -> Merge:
-        answers = {}
+        answers: dict[int, bytes] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 answers.update(await self._download(file_id, part))
         merge = Merge()
         for job in self._jobs(part):
-            self._settle(job, answers.get(job.line_no), batch, merge)
+            raw = answers.pop(job.line_no, None)
+            self._settle(job, orjson.loads(raw) if raw is not None else None, batch, merge)
         return merge
 
-    async def _download(self, file_id: str, part: Part) -> dict[int, dict[str, Any]]:
+    async def _download(self, file_id: str, part: Part) -> dict[int, bytes]:
+        """Each answer line of a file, by input line number; kept as bytes and parsed when merged."""
         assert self.sdk is not None
         content = await self._call(self.sdk.files.content, file_id)
         answers = {}
         for raw in content.content.splitlines():
-            if not raw.strip():
-                continue
-            record = orjson.loads(raw)
-            cid = str(record.get("custom_id", ""))
-            if cid.startswith("line-") and cid[5:].isdigit() and int(cid[5:]) in part:
-                answers[int(cid[5:])] = record
+            found = CUSTOM_ID.search(raw)
+            if found is not None and int(found[1]) in part:
+                answers[int(found[1])] = raw
         return answers
 
     def _settle(self, job: Job, answer: dict[str, Any] | None, batch: Any, merge: Merge) -> None:
