@@ -786,6 +786,9 @@ def export_main(argv: Sequence[str]) -> int:
             if path is not None and not path.is_file():
                 raise ConfigError(f"{path} does not exist or is not a file")
         errors = args.errors or default_errors(args.results)
+        sources = {path.resolve() for path in (args.results, errors, args.input) if path is not None}
+        if args.output is not None and args.output.resolve() in sources:
+            raise ConfigError(f"-o {args.output} would overwrite a file export reads; write to another file")
         rows = Rows(args.results, errors if errors.is_file() else None, args.input, args.ordered)
         report = export(rows, format_for(args.output, args.format), args.output, sys.stdout.buffer)
     except ConfigError as exc:

@@ -104,3 +104,7 @@ def test_export_refuses_parquet_to_a_terminal_and_a_missing_file(
     assert "needs -o PATH" in capsys.readouterr().err
     assert main(["export", "nope.jsonl"]) == 2
     assert "nope.jsonl does not exist" in capsys.readouterr().err
+    before = results.read_bytes()
+    assert main(["export", str(results), "-o", str(results)]) == 2
+    assert "would overwrite a file export reads" in capsys.readouterr().err
+    assert results.read_bytes() == before
