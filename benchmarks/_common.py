@@ -23,18 +23,22 @@ def simulator_stats(url: str) -> dict[str, Any]:
         return dict(json.loads(response.read()))
 
 
-@contextmanager
-def simulator_process(*args: str) -> Iterator[str]:
-    """Run ``python -m asyncbatch.simulator`` on a free loopback port; yield its base URL."""
+def start_simulator(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m asyncbatch.simulator`` on a free loopback port; return the process and its base URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "asyncbatch.simulator", "--port", "0", "--key", KEY, *args],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().split()[3]
+
+
+@contextmanager
+def simulator_process(*args: str) -> Iterator[str]:
+    """A simulator process for the block; yields its base URL."""
+    proc, url = start_simulator(*args)
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = line.split()[3]
         yield url
     finally:
         proc.terminate()

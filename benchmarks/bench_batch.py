@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import KEY, machine, simulator_stats
+from _common import KEY, machine, simulator_stats, start_simulator
 
 # Runs the CLI as a child and prints its exit code and peak RSS (kB); the CLI's stderr passes through.
 PEAK = (
@@ -39,16 +39,6 @@ def write_records(path: Path, n: int) -> None:
     with path.open("w") as f:
         for i in range(n):
             f.write(json.dumps({"id": i, "text": f"review {i}: the product arrived on time"}) + "\n")
-
-
-def start_simulator(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncbatch.simulator", "--port", "0", "--key", KEY, *args],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().split()[3]
 
 
 def run(work: Path, url: str, extra: list[str]) -> dict[str, Any]:
@@ -82,7 +72,7 @@ def main() -> None:
             work.mkdir()
             write_records(work / "in.jsonl", a.lines)
             sim_args = ["--batch-seconds", str(a.batch_seconds), "--batch-fail-rate", str(a.fail_rate)]
-            proc, url = start_simulator(sim_args)
+            proc, url = start_simulator(*sim_args)
             try:
                 result = run(work, url, extra)
                 result["billed_twice"] = simulator_stats(url)["billed_twice"]

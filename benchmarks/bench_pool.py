@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import KEY, machine, run_cli, simulator_stats, wall_seconds
+from _common import KEY, machine, run_cli, simulator_stats, start_simulator, wall_seconds
 from bench_quota import write_lines
 
 from asyncbatch.simulator.charge import Charging, charge
@@ -43,14 +41,6 @@ SETUPS: dict[str, list[Quota]] = {
 }
 
 
-def start_simulator(quota: Quota, latency_ms: float) -> tuple[subprocess.Popen[str], str]:
-    tpm, rpm = quota
-    args = ["--port", "0", "--key", KEY, "--tpm", str(tpm), "--rpm", str(rpm), "--latency-ms", str(latency_ms)]
-    proc = subprocess.Popen([sys.executable, "-m", "asyncbatch.simulator", *args], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().split()[3]
-
-
 def deployments_file(path: Path, urls: list[str], quotas: list[Quota]) -> None:
     entries = [
         f'[[deployments]]\nname = "d{i}"\nendpoint = "{url}"\ndeployment = "bench"\napi_key_env = "BENCH_KEY"\n'
@@ -63,7 +53,9 @@ def deployments_file(path: Path, urls: list[str], quotas: list[Quota]) -> None:
 def run_pool(a: argparse.Namespace, work: Path, quotas: list[Quota], kill_after: float | None) -> dict[str, Any]:
     for f in work.glob("in.results*"):
         f.unlink()
-    sims = [start_simulator(q, a.latency_ms) for q in quotas]
+    sims = [
+        start_simulator("--tpm", str(tpm), "--rpm", str(rpm), "--latency-ms", str(a.latency_ms)) for tpm, rpm in quotas
+    ]
     try:
         deployments_file(work / "pool.toml", [url for _, url in sims], quotas)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))} | {"BENCH_KEY": KEY}

@@ -101,11 +101,16 @@ def _spawn(tmp_path: Path, env: dict[str, str], *extra: str) -> subprocess.Popen
     return subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _killed_while_polling(tmp_path: Path, env: dict[str, str], sim: Simulator) -> None:
-    """Start the CLI, and kill -9 it once its 3 jobs exist (it is polling them)."""
+def _polling(tmp_path: Path, env: dict[str, str], sim: Simulator) -> subprocess.Popen[str]:
+    """Start the CLI and return once it polls its 3 jobs (looks come after every job is created and saved)."""
     first = _spawn(tmp_path, env)
     for _ in range(3):
-        assert sim.batches.created_signal.acquire(timeout=60), "the jobs were not created"
+        assert sim.batches.polled_signal.acquire(timeout=60), "the jobs were not polled"
+    return first
+
+
+def _killed_while_polling(tmp_path: Path, env: dict[str, str], sim: Simulator) -> None:
+    first = _polling(tmp_path, env, sim)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
 
@@ -143,9 +148,7 @@ def test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes
     tmp_path: Path, records: Path, azure: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
 ) -> None:
     env, sim = azure
-    first = _spawn(tmp_path, env)
-    for _ in range(3):  # three looks at jobs: all three were created and saved (looks come after submitting)
-        assert sim.batches.polled_signal.acquire(timeout=60), "the jobs were not polled"
+    first = _polling(tmp_path, env, sim)
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=30)
     assert first.returncode == 130

@@ -89,8 +89,7 @@ class BatchService:
         self.jobs: dict[str, Job] = {}
         self.rng = random.Random(self.config.seed + 1)
         self.created = 0
-        self.created_signal = threading.Semaphore(0)  # released once per job created (tests wait on it)
-        self.polled_signal = threading.Semaphore(0)  # released once per look at a job
+        self.polled_signal = threading.Semaphore(0)  # released once per look at a job (tests wait on it)
 
     def routes(self, app: web.Application) -> None:
         for prefix in ("/openai", "/openai/v1", "/v1"):
@@ -159,7 +158,6 @@ class BatchService:
         self._validate(job, stored[1], endpoint)
         self.jobs[job.id] = job
         self.sim.statuses["batch-create"] += 1
-        self.created_signal.release()
         return _json(200, job.public())
 
     def _validate(self, job: Job, content: bytes, endpoint: str) -> None:
