@@ -527,11 +527,13 @@ class Admission:
 
     def outage_over_limit(self) -> str | None:
         """The --max-outage message, once the endpoint has been down longer than that; else None."""
-        try:
-            self._check_outage()
-        except StopRun as stop:
-            return str(stop)
-        return None
+        since = self.breaker.open_since
+        if since is None or self.clock() - since <= self.max_outage:
+            return None
+        return (
+            f"the endpoint has been unreachable since {self._wall_at(since)}, longer than --max-outage "
+            f"({self.max_outage:g} s)"
+        )
 
     def _meters(self, charge: float) -> list[tuple[Bucket, float]]:
         meters: list[tuple[Bucket, float]] = []
@@ -559,12 +561,8 @@ class Admission:
         return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in meters)]))
 
     def _check_outage(self) -> None:
-        since = self.breaker.open_since
-        if since is not None and self.clock() - since > self.max_outage:
-            raise StopRun(
-                f"the endpoint has been unreachable since {self._wall_at(since)}, longer than --max-outage "
-                f"({self.max_outage:g} s)"
-            )
+        if message := self.outage_over_limit():
+            raise StopRun(message)
 
     def _wall_at(self, monotonic: float) -> str:
         return wall_time(self.wall() - (self.clock() - monotonic))
