@@ -29,11 +29,11 @@ from typing import Any
 import orjson
 from tenacity import RetryCallState
 
-from .client import Reply
+from .client import Connection, Reply
 from .config import RetryPolicy
 from .cost import Budget, Prices
 from .errors import AttemptError, FatalAPIError, StopRun
-from .limits import Ticket
+from .limits import Ticket, no_answer
 from .records import failure_record, result_record
 from .requests import Job, with_feedback
 from .retry import retrying
@@ -73,12 +73,16 @@ class _Tally:
     avoid: Route | None = None  # a pool: where the next attempt should not go (it just failed there)
 
 
-def fatal_error(exc: AttemptError, url: str) -> FatalAPIError | None:
+def fatal_error(exc: AttemptError, connection: Connection) -> FatalAPIError | None:
     """A failure that every line would share (wrong key, deployment or endpoint), or None.
 
     Only meaningful before the run's first success: afterwards, the endpoint is known to work.
+    "Unreachable" means no HTTP answer at all, ever: a 5xx (or any status) is an answer.
     """
-    if exc.code in ("connection_error", "timeout"):
+    url = connection.where
+    if no_answer(exc):
+        if connection.answered:
+            return None
         return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded")
     kind = FATAL_STATUSES.get(exc.status or 0)
     if kind == "not_found":
@@ -147,8 +151,8 @@ class Attempts:
         try:
             reply, latency_ms, output = await self._until_done(job, tally)
         except AttemptError as exc:
-            where = self.router.routes[0].connection.where
-            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, where)):
+            connection = self.router.routes[0].connection
+            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, connection)):
                 raise fatal from None
             name = tally.route.name if tally.route else None
             record = failure_record(
@@ -235,7 +239,7 @@ class Attempts:
         self.sending.add(task)
         started = self.clock()
         try:
-            reply = await route.connection.send(self._payload_for(route, job, payload), job.api)
+            reply = await route.connection.send(self._payload_for(route, job, payload), job.api, job.body)
         except AttemptError as exc:
             route.failed += 1
             await self._on_failure(route, exc, ticket, tally)
@@ -291,13 +295,10 @@ class Attempts:
 
     def _fatal_before_success(self, route: Route, exc: AttemptError) -> FatalAPIError | None:
         """A failure that says this deployment will never work: a wrong key or name, or down from the start."""
-        where = route.connection.where
-        if route.admission.breaker.is_open:  # most likely a wrong URL, not an outage to ride out
-            return fatal_error(exc, where) or FatalAPIError(
-                "unreachable", f"{where} failed on every request: {exc.message}"
-            )
+        if route.admission.breaker.is_open and no_answer(exc):  # most likely a wrong URL, not an outage
+            return fatal_error(exc, route.connection)
         if self.router.pooled and exc.status in FATAL_STATUSES:
-            return fatal_error(exc, where)
+            return fatal_error(exc, route.connection)
         return None
 
     def _refused(self, route: Route, exc: AttemptError, fatal: FatalAPIError) -> None:

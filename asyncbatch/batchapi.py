@@ -45,6 +45,7 @@ from .client import sdk_client
 from .config import BatchOptions, Endpoint, RequestDefaults
 from .errors import AttemptError, FatalAPIError
 from .inputs import Api, BadLine, ParsedLine, line_offsets, lines_from, read_lines
+from .protocol import answer_problem, batch_error_codes
 from .records import failure_record, result_record
 from .requests import Job, prepare
 from .stats import RunStats
@@ -364,7 +365,7 @@ class BatchRunner:
                     yield job
 
     async def _finished(self, part: Part, batch: Any) -> None:
-        codes = [e.code for e in (batch.errors.data if batch.errors and batch.errors.data else [])]
+        codes = batch_error_codes(batch.errors)
         if batch.status == "failed" and "token_limit_exceeded" in codes:
             part.tries += 1
             backoff = min(3600.0, self.options.poll_interval * 2**part.tries)
@@ -407,7 +408,7 @@ class BatchRunner:
         merge = Merge()
         for job in self._jobs(part):
             raw = answers.pop(job.line_no, None)
-            self._settle(job, orjson.loads(raw) if raw is not None else None, batch, merge)
+            self._settle(job, _answer_line(raw), batch, merge)
         return merge
 
     async def _download(self, file_id: str, part: Part) -> dict[int, bytes]:
@@ -422,11 +423,12 @@ class BatchRunner:
         return answers
 
     def _settle(self, job: Job, answer: dict[str, Any] | None, batch: Any, merge: Merge) -> None:
-        response = (answer or {}).get("response") or {}
+        given = (answer or {}).get("response")
+        response: dict[str, Any] = given if isinstance(given, dict) else {}
         status = response.get("status_code")
         given = response.get("body")
         body: dict[str, Any] = given if isinstance(given, dict) else {}
-        if answer is None or status is None:
+        if answer is None or type(status) is not int:
             return self._fallback(job, f"batch_{batch.status}", f"no answer: the job was {batch.status}", merge)
         if status != 200:
             found = body.get("error") if isinstance(body.get("error"), dict) else answer.get("error")
@@ -436,6 +438,8 @@ class BatchRunner:
                 return self._fallback(job, code, message, merge)
             exc = AttemptError(code, message, status=status, body=body, request_id=response.get("request_id"))
             return self._record_failure(job, exc, merge)
+        if problem := answer_problem(job.api, body, job.body):
+            return self._fallback(job, "malformed_response", f"the answer is not one: {problem}", merge)
         self.stats.count_usage(body, self.prices)
         try:
             output = self.check.extract_for(job.api, body, job.body)
@@ -495,3 +499,12 @@ class BatchRunner:
         except openai.APIConnectionError as exc:
             raise FatalAPIError("unreachable", f"cannot reach the Batch API: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _answer_line(raw: bytes | None) -> dict[str, Any] | None:
+    """One line of a job's output or error file; a line that is not a JSON object counts as no answer."""
+    try:
+        answer = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    return answer if isinstance(answer, dict) else None

@@ -213,6 +213,14 @@ def _rate_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds per attempt (default %(default)s)",
     )
+    rate.add_argument(
+        "--max-response-mb",
+        type=float,
+        default=_default(RetryPolicy, "max_response_mb"),
+        metavar="MB",
+        help="the largest answer read, in MiB; a larger one is not read and its line fails as response_too_large, "
+        "so memory stays bounded whatever the server sends (default %(default)s)",
+    )
 
 
 def _request_options(p: argparse.ArgumentParser) -> None:
@@ -535,7 +543,12 @@ def build_config(
         deployments=deployments,
         batch=batch_options(args),
         limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
-        retry=RetryPolicy(max_attempts=args.max_attempts, timeout=args.timeout, backoff_initial=args.backoff),
+        retry=RetryPolicy(
+            max_attempts=args.max_attempts,
+            timeout=args.timeout,
+            backoff_initial=args.backoff,
+            max_response_mb=args.max_response_mb,
+        ),
         request=request_defaults(args),
         checkpoint_path=args.checkpoint,
         fsync=args.fsync,

@@ -24,7 +24,7 @@ from .auth import Tokens
 from .config import Endpoint
 from .errors import AttemptError
 from .inputs import Api
-from .limits import parse_retry_after
+from .protocol import answer_problem, parse_retry_after
 from .retry import is_retryable_status
 
 if TYPE_CHECKING:
@@ -99,8 +99,16 @@ def request_target(sdk: AsyncOpenAI, endpoint: Endpoint, api: Api = "chat") -> t
     return url, headers
 
 
+MiB = 1024 * 1024
+ERROR_BODY_BYTES = 64 * 1024  # an error's body is read this far: enough for any message, never a flood
+
+
 class Connection:
-    """One pooled aiohttp session posting pre-serialised chat requests. Build with ``open`` in the event loop."""
+    """One pooled aiohttp session posting pre-serialised requests. Build with ``open`` in the event loop.
+
+    ``answered`` turns True at the first HTTP answer of any status: from then on the endpoint is
+    known to be reachable, whatever it answers (see ``attempts.fatal_error``).
+    """
 
     def __init__(
         self,
@@ -110,10 +118,12 @@ class Connection:
         concurrency: int,
         timeout: float,
         tokens: Tokens | None = None,
+        max_response_bytes: int = 16 * MiB,
     ) -> None:
         self.urls, self.headers, self.tokens = urls, headers, tokens
         self.where = urls["chat"].split("?")[0]  # for messages: the URL without its query
-        self.timeout = timeout
+        self.timeout, self.max_response_bytes = timeout, max_response_bytes
+        self.answered = False
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0)),
@@ -122,11 +132,18 @@ class Connection:
 
     @classmethod
     async def open(
-        cls, endpoint: Endpoint, *, concurrency: int, timeout: float, tokens: Tokens | None = None
+        cls,
+        endpoint: Endpoint,
+        *,
+        concurrency: int,
+        timeout: float,
+        tokens: Tokens | None = None,
+        max_response_bytes: int = 16 * MiB,
     ) -> Connection:
         """Ask the SDK where and how to call, then close it: only the aiohttp session is kept.
 
         :param tokens: Entra ID: the bearer token is set on every request, as the SDK's provider is.
+        :param max_response_bytes: a larger answer is not read (``response_too_large``): memory stays bounded.
         """
         sdk = sdk_client(endpoint)
         try:
@@ -134,10 +151,20 @@ class Connection:
             headers = request_target(sdk, endpoint)[1]
         finally:
             await sdk.close()
-        return cls(urls, headers, concurrency=concurrency, timeout=timeout, tokens=tokens)
+        return cls(
+            urls,
+            headers,
+            concurrency=concurrency,
+            timeout=timeout,
+            tokens=tokens,
+            max_response_bytes=max_response_bytes,
+        )
 
-    async def send(self, payload: bytes, api: Api = "chat") -> Reply:
-        """One attempt with a hard deadline. Raises AttemptError, never an aiohttp exception."""
+    async def send(self, payload: bytes, api: Api = "chat", request: Mapping[str, Any] | None = None) -> Reply:
+        """One attempt with a hard deadline. Raises AttemptError, never an aiohttp exception.
+
+        :param request: the body sent, which the answer is checked against (``protocol.answer_problem``).
+        """
         try:
             async with asyncio.timeout(self.timeout):
                 sent, token = self.headers, None
@@ -145,19 +172,39 @@ class Connection:
                     token = await self.tokens.get()
                     sent = {**sent, "Authorization": f"Bearer {token}"}
                 async with self.session.post(self.urls[api], data=payload, headers=sent) as response:
-                    raw = await response.read()
+                    self.answered = True
                     status, headers = response.status, response.headers
+                    raw = await self._body(response)
         except TimeoutError:
             raise AttemptError("timeout", f"no response within {self.timeout:g} s", retryable=True) from None
         except aiohttp.ClientError as exc:
             raise AttemptError("connection_error", f"connection failed: {_describe(exc)}", retryable=True) from None
         if status >= 400:
-            error = status_error(status, headers, raw)
+            error = status_error(status, headers, raw or b"")
             error.token = token
             raise error
+        if raw is None:
+            raise too_large(status, headers, self.max_response_bytes)
         if self.tokens is not None:
             self.tokens.worked()
-        return decode_reply(status, headers, raw, api)
+        return decode_reply(status, headers, raw, api, request)
+
+    async def _body(self, response: aiohttp.ClientResponse) -> bytes | None:
+        """The body, read at most to its limit (an error's: ``ERROR_BODY_BYTES``, cut); None if an answer is larger."""
+        limit = ERROR_BODY_BYTES if response.status >= 400 else self.max_response_bytes
+        length = response.content_length
+        if length is not None and length <= limit:
+            return await response.read()
+        if length is not None and response.status < 400:
+            response.close()  # not read at all: the connection is dropped instead
+            return None
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                response.close()
+                return bytes(body[:limit]) if response.status >= 400 else None
+        return bytes(body)
 
     async def close(self) -> None:
         await self.session.close()
@@ -171,28 +218,44 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("apim-request-id")
 
 
-ANSWERS: dict[Api, tuple[str, str]] = {  # the list every answer of the api has, and what it is called
-    "chat": ("choices", "a chat completion"),
-    "embeddings": ("data", "an embeddings list"),
-    "responses": ("output", "a response"),
-}
+ANSWERS: dict[Api, str] = {"chat": "a chat completion", "embeddings": "an embeddings list", "responses": "a response"}
 
 
-def decode_reply(status: int, headers: Mapping[str, str], raw: bytes, api: Api = "chat") -> Reply:
+def decode_reply(
+    status: int, headers: Mapping[str, str], raw: bytes, api: Api = "chat", request: Mapping[str, Any] | None = None
+) -> Reply:
+    """A 200 body -> Reply; any body that is not an answer of ``api`` to ``request`` is a retryable
+    ``malformed_response`` carrying the answer's request id (see ``protocol.answer_problem``)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        body = None
-    key, what = ANSWERS[api]
-    if not isinstance(body, dict) or not isinstance(body.get(key), list) or not body[key]:
+        body = _NOT_JSON
+    problem = "the body is not JSON" if body is _NOT_JSON else answer_problem(api, body, request or {})
+    if problem is not None:
         raise AttemptError(
             "malformed_response",
-            f"HTTP {status} with a body that is not {what}: {raw[:200]!r}",
+            f"HTTP {status} that is not {ANSWERS[api]}: {problem}; body: {raw[:200]!r}",
             status=status,
             retryable=True,
             request_id=_request_id(headers),
         )
     return Reply(body, raw, _request_id(headers), headers)
+
+
+_NOT_JSON = object()
+
+
+def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptError:
+    """An answer past the size limit: not read, and not asked again (it would be as large)."""
+    size = headers.get("content-length")
+    return AttemptError(
+        "response_too_large",
+        f"the answer is larger than --max-response-mb ({limit / MiB:g} MB)"
+        + (f": {int(size):,} bytes" if size and size.isdigit() else "")
+        + "; HINT: raise --max-response-mb, or ask for less per line (fewer embeddings inputs, a lower max_tokens)",
+        status=status,
+        request_id=_request_id(headers),
+    )
 
 
 def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> AttemptError:

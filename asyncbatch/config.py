@@ -130,8 +130,15 @@ class RetryPolicy:
     timeout: float = 60.0  # seconds per attempt
     backoff_initial: float = 1.0  # exponential backoff with jitter, when the server says nothing
     backoff_max: float = 60.0
+    max_response_mb: float = 16.0  # a larger answer is not read: response_too_large
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1024 * 1024)
 
     def __post_init__(self) -> None:
+        if not self.max_response_mb > 0:
+            raise ConfigError("--max-response-mb must be more than 0")
         if self.max_attempts < 1:
             raise ConfigError("--max-attempts must be at least 1")
         if not self.timeout > 0:

@@ -45,9 +45,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 
 from .errors import AttemptError, StopRun
+from .protocol import int_header
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -110,38 +110,6 @@ def request_bucket(rpm: float, clock: Clock = time.monotonic) -> Bucket:
     return Bucket(1, max(per_second, rpm / 120), clock)
 
 
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
-
-
-def int_header(headers: Mapping[str, str], name: str) -> int | None:
-    """A rate-limit header as an int; missing, unreadable or negative (``-1`` is reported) means unknown."""
-    value = headers.get(name)
-    try:
-        number = int(value) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and number >= 0 else None
-
-
 def header_pause(headers: Mapping[str, str], estimate: float, token_rate: float | None) -> float:
     """Seconds to hold admission when the server says its budget is about to run out.
 
@@ -182,7 +150,15 @@ def wall_time(seconds: float) -> str:
 
 def is_outage(exc: AttemptError) -> bool:
     """A failure of the endpoint rather than of one input: no answer, or a 5xx."""
-    return exc.code in ("connection_error", "timeout") or (exc.status is not None and exc.status >= 500)
+    return exc.status is None or exc.status >= 500
+
+
+def no_answer(exc: AttemptError) -> bool:
+    """No HTTP answer at all (refused, reset, DNS, TLS, a timeout): the only failure that can mean "unreachable".
+
+    A 5xx is an answer: the endpoint is up, and busy or failing.
+    """
+    return exc.status is None
 
 
 class Breaker:
@@ -202,6 +178,7 @@ class Breaker:
         self.streak = 0
         self.open_since: float | None = None
         self.probing = False
+        self.cause = "unreachable"  # or "failing with HTTP 503": what the last outage failure was
         self._interval = first_probe
         self._next_probe = 0.0
 
@@ -213,9 +190,10 @@ class Breaker:
         self.streak = 0
         self.open_since, self.probing, self._interval = None, False, self.first_probe
 
-    def on_outage(self) -> None:
+    def on_outage(self, status: int | None = None) -> None:
         now = self.clock()
         self.streak += 1
+        self.cause = "unreachable" if status is None else f"failing with HTTP {status}"
         if self.open_since is None and self.streak >= self.threshold:
             self.open_since, self._next_probe = now, now + self.first_probe
         elif self.open_since is not None and self.probing:  # the probe failed: wait longer for the next one
@@ -478,6 +456,7 @@ class Admission:
         self.learned_rpm: int | None = None  # adaptive mode, from x-ratelimit-remaining-requests
         self._most_requests = 0
         self._last_ok = clock()
+        self._wait_notice: tuple[float, str] | None = None  # (until, who asked): the longest wait now running
         self._turn = asyncio.Lock()  # one admission at a time, first come first served
 
     async def acquire(self, estimate: float) -> Ticket:
@@ -627,8 +606,12 @@ class Admission:
             self.calibration.on_refused(ticket)
             self.on_throttle(exc.retry_after)
         elif is_outage(exc):
-            self.breaker.on_outage()
+            self.breaker.on_outage(exc.status)
             exc.held = self.breaker.is_open
+            if exc.retry_after is not None:  # a 5xx that says when to come back: that job waits, if we may
+                source = f"the server answered HTTP {exc.status} asking to wait"
+                self._check_wait(exc.retry_after, source)
+                self._waiting(exc.retry_after, source)
         else:
             self.breaker.on_other_failure()
 
@@ -640,44 +623,53 @@ class Admission:
         """
         first_of_streak = retry_after is not None or self.no_hint_streak == 0
         if retry_after is not None:
-            pause = retry_after
+            pause, source = retry_after, "the server answered 429 asking to wait"
         elif self.windows.detected:
-            pause = self.windows.until_boundary()
+            pause, source = self.windows.until_boundary(), "the server's per-minute window is used up"
         elif self.gate.remaining() > 0:  # sent before this round's pause began: the same news, told again
             return self.gate.remaining()
         else:
             pause = min(NO_HINT_CAP, NO_HINT_FIRST * 2**self.no_hint_streak) * self.rng.uniform(0.75, 1.25)
             pause = min(pause, self.windows.until_boundary())  # a minute's turn is always worth a try
             self.no_hint_streak += 1
+            source = "429 with no hint from the server: our own backoff"
         if retry_after is None:
             self.windows.on_no_hint(pause)
-        self._check_wait(pause)
+        if retry_after is not None:
+            self._check_wait(pause, f"the quota is exhausted: {source}", reset=True)
+        else:
+            self._check_wait(pause, source)
+        if (throttled := self.clock() - self._last_ok) > self.max_wait:
+            raise StopRun(
+                f"every request for {throttled:,.0f} s was refused with 429, longer than --max-wait "
+                f"({self.max_wait:g} s): the quota looks exhausted"
+            )
         self.gate.close_for(pause)
+        self._waiting(pause, source)
         # A window's limit is not a rate; and while the server keeps refusing without a word,
         # each probe's 429 says nothing new about the rate: cut once per streak.
         if self.adaptive is not None and not self.windows.detected and first_of_streak:
             self.adaptive.on_throttle()
         return pause
 
-    def _check_wait(self, pause: float) -> None:
+    def _check_wait(self, pause: float, source: str, *, reset: bool = False) -> None:
+        """A wait past ``max_wait``, whatever asked for it, stops the run (resumably), naming who asked."""
         if pause > self.max_wait:
-            reset = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.wall() + pause))
-            raise StopRun(
-                f"the quota is exhausted: the server asks to wait {pause:,.0f} s, longer than --max-wait "
-                f"({self.max_wait:g} s); it resets at about {reset}"
-            )
-        if (throttled := self.clock() - self._last_ok) > self.max_wait:
-            raise StopRun(
-                f"every request for {throttled:,.0f} s was refused with 429, longer than --max-wait "
-                f"({self.max_wait:g} s): the quota looks exhausted"
-            )
+            at = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.wall() + pause)) if pause < 1e8 else None
+            when = f"; it {'resets' if reset else 'may answer again'} at about {at}" if at else ""
+            raise StopRun(f"{source}: a wait of {pause:,.0f} s, longer than --max-wait ({self.max_wait:g} s){when}")
+
+    def _waiting(self, pause: float, source: str) -> None:
+        until = self.clock() + pause
+        if self._wait_notice is None or until > self._wait_notice[0]:
+            self._wait_notice = (until, source)
 
     def status(self) -> str | None:
-        """What the user should know about admission right now, if anything."""
+        """What the user should know about admission right now, if anything: an outage, or a wait and its source."""
         if (since := self.breaker.open_since) is not None:
-            return f"endpoint unreachable since {self._wall_at(since)}, retrying"
-        if self.windows.detected and self.gate.remaining() > 1:
-            return "the server's per-minute window is used up: waiting for the next minute"
+            return f"endpoint {self.breaker.cause} since {self._wall_at(since)}, retrying"
+        if self._wait_notice is not None and (left := self._wait_notice[0] - self.clock()) >= 1:
+            return f"{self._wait_notice[1]}: waiting {left:,.0f} s"
         return None
 
     @property

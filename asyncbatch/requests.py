@@ -72,11 +72,17 @@ def _content_chars(content: object) -> int:
 
 
 def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | BadLine:
-    """Build the body for one parsed line, or say why it cannot be built."""
+    """Build the body for one parsed line, or say why it cannot be built. Never raises: no line stops a run."""
     try:
-        body = _base_body(line, defaults)
+        return _prepare(line, defaults, model)
     except ValueError as exc:
         return BadLine(line.line_no, line.custom_id, str(exc))
+    except Exception as exc:  # a line orjson reads but cannot write again (nested too deep), and any other surprise
+        return BadLine(line.line_no, line.custom_id, f"cannot build a request from this line: {exc}")
+
+
+def _prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | BadLine:
+    body = _base_body(line, defaults)
     api = line_api(line, defaults)
     body["model"] = model
     if api == "chat":
@@ -101,6 +107,8 @@ _AT_LEAST_ONE = ("max_tokens", "max_completion_tokens", "n", "best_of")
 
 def body_problem(body: dict[str, Any]) -> str | None:
     """What Azure would refuse in this body, said the way the user can fix it; None if nothing."""
+    if body.get("stream"):  # a streamed answer cannot be read here: refused before it is paid for
+        return "'stream': true is not supported (asyncbatch reads whole answers); remove it or set it to false"
     for name, (low, high) in _RANGES.items():
         value = body.get(name)
         if value is not None and (type(value) not in (int, float) or not low <= value <= high):

@@ -153,7 +153,11 @@ async def _locked_run(
 async def _connect(config: RunConfig, endpoint: Endpoint, redactor: Redactor) -> Connection:
     tokens = Tokens(endpoint.token_provider, on_new=redactor.add) if endpoint.token_provider else None
     return await Connection.open(
-        endpoint, concurrency=config.limits.concurrency, timeout=config.retry.timeout, tokens=tokens
+        endpoint,
+        concurrency=config.limits.concurrency,
+        timeout=config.retry.timeout,
+        tokens=tokens,
+        max_response_bytes=config.retry.max_response_bytes,
     )
 
 
@@ -267,6 +271,7 @@ class _Batch:
         self.prefix = state.prefix if trusted and state.prefix is not None else PrefixHash(config.input_path)
         self.attempts.on_send = self.journal.sent
         self.stopping = False
+        self.fatal: FatalAPIError | None = None
         self.sleep = sleep
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
@@ -323,6 +328,8 @@ class _Batch:
             self.tasks.append(tg.create_task(self.produce(queue)))
             for _ in range(self.config.limits.concurrency):
                 self.tasks.append(tg.create_task(self.consume(queue)))
+        if self.fatal is not None:  # raised once the answers already on their way were recorded
+            raise self.fatal
         for outcome in self.attempts.release_held():  # failures held back while nothing had succeeded yet
             self.record(outcome)
 
@@ -446,13 +453,18 @@ class _Batch:
         while not self.stopping and (job := await queue.get()) is not None:
             try:
                 outcome = await self.attempts.carry(job)
+                settled = self.attempts.settle(outcome)
             except Stopped:
                 return
             except StopRun as stop:
                 self.stop(str(stop))
                 return
-            for settled in self.attempts.settle(outcome):
-                self.record(settled)
+            except FatalAPIError as fatal:  # no new requests; those in flight are paid for: record them first
+                self.fatal = self.fatal or fatal
+                self.stop()
+                return
+            for outcome in settled:
+                self.record(outcome)
 
     def record(self, outcome: Outcome) -> None:
         if isinstance(outcome, Success):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cost import Prices
+from .protocol import read_usage
 
 RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
 
@@ -81,14 +82,7 @@ class RunStats:
 
     def count_usage(self, body: dict[str, Any], prices: Prices | None) -> float:
         """Count an answer's tokens (every 200 answer is billed, valid output or not); return its cost."""
-        usage = body.get("usage")
-        if not isinstance(usage, dict):
-            return 0.0
-        # chat and embeddings say prompt/completion; the Responses API input/output
-        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        prompt, completion, cached = read_usage(body)
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.cached_tokens += cached

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
 from .errors import AttemptError, ConfigError
+from .protocol import embedding_vectors
 
 
 def compile_schema(schema: Any, where: str) -> Draft202012Validator:
@@ -51,7 +52,7 @@ class OutputCheck:
     def extract_for(self, api: str, body: dict[str, Any], request: dict[str, Any]) -> Any:
         """The row's ``output`` for an answer of ``api`` to ``request``."""
         if api == "embeddings":
-            vectors = [item.get("embedding") for item in body["data"] if isinstance(item, dict)]
+            vectors = embedding_vectors(body)
             return vectors[0] if len(vectors) == 1 and not isinstance(request.get("input"), list) else vectors
         if api == "responses":
             return self._response(body, request)
@@ -59,6 +60,7 @@ class OutputCheck:
 
     def _response(self, body: dict[str, Any], request: dict[str, Any]) -> Any:
         """The Responses API: a function call's validated arguments, validated JSON text, or the text."""
+        _check_status(body)
         items = [i for i in body["output"] if isinstance(i, dict)]
         text = "".join(
             part.get("text") or ""
@@ -141,6 +143,40 @@ def _invalid_response(
     else:
         error.feedback = [{"role": "assistant", "content": text}, {"role": "user", "content": instruction}]
     return error
+
+
+def _check_status(body: dict[str, Any]) -> None:
+    """A Responses answer is a success only when ``completed`` with no ``error``: as ``finish_reason`` for chat."""
+    status, error = body.get("status", "completed"), body.get("error")
+    reason = (body.get("incomplete_details") or {}).get("reason")
+    if error or status == "failed":
+        detail = f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict) else "no reason given"
+        raise AttemptError("response_failed", f"the response failed ({detail})", status=200, body=body, retryable=True)
+    if status == "incomplete" or reason:
+        if reason == "max_output_tokens":
+            raise AttemptError(
+                "output_truncated",
+                "the output was cut off at max_output_tokens (status: incomplete). HINT: raise --max-tokens",
+                status=200,
+                body=body,
+            )
+        if reason == "content_filter":
+            raise AttemptError(
+                "content_filter",
+                "the answer was withheld by the content filter (status: incomplete); asking again will not help",
+                status=200,
+                body=body,
+            )
+        raise AttemptError("response_incomplete", f"the response is incomplete ({reason})", status=200, body=body)
+    if status == "cancelled":
+        raise AttemptError("response_cancelled", "the response was cancelled", status=200, body=body, retryable=True)
+    if status != "completed":
+        raise AttemptError(
+            "response_not_finished",
+            f"the response is {status!r}, not completed (a background response? asyncbatch waits for answers)",
+            status=200,
+            body=body,
+        )
 
 
 def _check_finish(reason: Any, body: dict[str, Any]) -> None:

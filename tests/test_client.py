@@ -74,7 +74,7 @@ def test_status_error_with_a_non_json_body_and_no_retry() -> None:
 @pytest.mark.parametrize("raw", [b'{"id": "x", "choi', b"[]", b'{"choices": []}', b'{"object": "chat.completion"}'])
 def test_a_body_that_is_not_a_completion_is_a_retryable_malformed_response(raw: bytes) -> None:
     with pytest.raises(AttemptError) as caught:
-        decode_reply(200, {}, raw)
+        decode_reply(200, {}, raw, "chat", {})
     assert caught.value.code == "malformed_response" and caught.value.retryable
 
 

@@ -14,11 +14,10 @@ from asyncbatch.limits import (
     Bucket,
     CooldownGate,
     header_pause,
-    int_header,
-    parse_retry_after,
     request_bucket,
     token_bucket,
 )
+from asyncbatch.protocol import int_header, parse_retry_after
 
 
 class FakeTime:

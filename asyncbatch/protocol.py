@@ -1,0 +1,231 @@
+"""The wire, read defensively: header values and answer bodies as a server may really send them.
+
+Nothing a server sends is trusted to have the documented shape. Every header
+value is parsed with bounds (``inf``, ``nan``, negative, 400 digits and
+unparseable dates mean "no hint"), and every 200 body is checked here, once,
+before anything reads it: ``answer_problem`` says what makes a body not an
+answer of its API (a stream chunk, ``choices: [null]``, a ``message`` that is a
+string, usage that is not a count, embeddings that do not match the inputs),
+and the engine turns that into a retried ``malformed_response``. The readers
+below it (``read_usage``, ``embedding_vectors``) may then assume the shape.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+MAX_COUNT = 10**12  # a header or usage count beyond this is not a count: "unknown"
+MAX_HINT_CHARS = 64  # a header value longer than this is not a number or a date anyone sends
+
+
+def seconds(value: str | None, scale: float = 1.0) -> float | None:
+    """A non-negative, finite number of seconds from a header value (``scale``: 0.001 for ms); else None."""
+    if value is None or len(value) > MAX_HINT_CHARS:
+        return None
+    try:
+        number = float(value) * scale
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None: no usable hint."""
+    if (ms := seconds(headers.get("retry-after-ms"), 0.001)) is not None:
+        return ms
+    value = headers.get("retry-after")
+    if value is None or (wait := seconds(value)) is not None:
+        return None if value is None else wait
+    if len(value) > MAX_HINT_CHARS:
+        return None
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def int_header(headers: Mapping[str, str], name: str) -> int | None:
+    """A rate-limit header as an int; missing, unreadable, negative (``-1`` is reported) or absurd is unknown."""
+    value = headers.get(name)
+    if value is None or not value.isascii() or not value.strip().isdigit() or len(value.strip()) > 13:
+        return None
+    number = int(value)
+    return number if number <= MAX_COUNT else None
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+def answer_problem(api: str, body: Any, request: Mapping[str, Any]) -> str | None:
+    """Why ``body`` is not an answer of ``api`` to ``request``; None when it is one."""
+    if not isinstance(body, dict):
+        return f"the body is {type(body).__name__}, not a JSON object"
+    problem = {"chat": _chat_problem, "embeddings": _embeddings_problem, "responses": _responses_problem}[api](
+        body, request
+    )
+    return problem or _usage_problem(body.get("usage"))
+
+
+def _chat_problem(body: dict[str, Any], request: Mapping[str, Any]) -> str | None:
+    if body.get("object") == "chat.completion.chunk":
+        return "a stream chunk (chat.completion.chunk), not a chat completion"
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "no 'choices' list: not a chat completion"
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        return f"choices[0] is {_kind(choice)}, not an object"
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        if "delta" in choice:
+            return "choices[0] has a 'delta' and no 'message': a stream chunk, not a chat completion"
+        return f"choices[0].message is {_kind(message)}, not an object"
+    if not _optional(message.get("content"), str) or not _optional(choice.get("finish_reason"), str):
+        return "choices[0]: 'content' and 'finish_reason' must be strings or null"
+    calls = message.get("tool_calls")
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        return f"choices[0].message.tool_calls is {_kind(calls)}, not a list"
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            return f"tool_calls[{i}] has no 'function' object"
+        if not isinstance(function.get("name"), str) or not isinstance(function.get("arguments", ""), str):
+            return f"tool_calls[{i}].function: 'name' and 'arguments' must be strings"
+    return None
+
+
+def embedding_inputs(request: Mapping[str, Any]) -> int:
+    """How many vectors a request asks for: one per string (or token list) of a list input, else one."""
+    given = request.get("input")
+    if isinstance(given, list) and given and not all(isinstance(t, int) for t in given):
+        return len(given)
+    return 1
+
+
+def _embeddings_problem(body: dict[str, Any], request: Mapping[str, Any]) -> str | None:
+    data = body.get("data")
+    if not isinstance(data, list) or not data:
+        return "no 'data' list: not an embeddings list"
+    indices = []
+    for item in data:
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        index = item.get("index", 0 if len(data) == 1 else None) if isinstance(item, dict) else None
+        if type(index) is not int:
+            return "an embedding without an integer 'index'"
+        if not (isinstance(vector, str) or (isinstance(vector, list) and all(_is_number(x) for x in vector))):
+            return f"embedding {index} is not a list of numbers (or a base64 string)"
+        indices.append(index)
+    expected = embedding_inputs(request)
+    if sorted(indices) != list(range(expected)):
+        return f"{len(data)} embeddings (indices {_span(indices)}) for {expected} input(s)"
+    return None
+
+
+def embedding_vectors(body: dict[str, Any]) -> list[Any]:
+    """The vectors of a checked embeddings answer, in input order (by ``index``, not by position)."""
+    data = body["data"]
+    return [item["embedding"] for item in sorted(data, key=lambda item: item.get("index", 0))]
+
+
+def _responses_problem(body: dict[str, Any], request: Mapping[str, Any]) -> str | None:
+    if not _optional(body.get("status"), str):
+        return "'status' must be a string"
+    for key in ("error", "incomplete_details"):
+        if not _optional(body.get(key), dict):
+            return f"'{key}' must be an object or null"
+    output = body.get("output")
+    if not isinstance(output, list) or (not output and body.get("status", "completed") == "completed"):
+        return "no 'output' items: not a response"
+    for i, item in enumerate(output):
+        if not isinstance(item, dict):
+            return f"output[{i}] is {_kind(item)}, not an object"
+        kind = item.get("type")
+        if kind == "message" and not all(isinstance(p, dict) for p in _list(item.get("content"))):
+            return f"output[{i}].content must be a list of objects"
+        if kind == "message" and not all(
+            isinstance(p.get("text", ""), str) for p in item.get("content") or () if isinstance(p, dict)
+        ):
+            return f"output[{i}]: a text part that is not a string"
+        if kind == "function_call" and not (
+            isinstance(item.get("name"), str) and isinstance(item.get("arguments"), str)
+        ):
+            return f"output[{i}]: a function call's 'name' and 'arguments' must be strings"
+    return None
+
+
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens")
+
+
+def _usage_problem(usage: Any) -> str | None:
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        return f"'usage' is {_kind(usage)}, not an object"
+    for key in USAGE_COUNTS:
+        if key in usage and usage[key] is not None and not _is_count(usage[key]):
+            return f"usage.{key} is {_short(usage[key])}, not a count of tokens"
+    for key in ("prompt_tokens_details", "input_tokens_details"):
+        details = usage.get(key)
+        if details is not None and not (isinstance(details, dict) and _is_count(details.get("cached_tokens") or 0)):
+            return f"usage.{key} is not an object with a count of cached tokens"
+    return None
+
+
+def read_usage(body: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(prompt, completion, cached) tokens of a checked answer: chat and embeddings, or the Responses API's names."""
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0, 0
+    prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+    completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    return prompt, completion, cached
+
+
+def batch_error_codes(errors: Any) -> list[str]:
+    """The codes of a Batch API job's ``errors``: OpenAI's list in ``data``, or 2024-10-21's single object."""
+    data = _get(errors, "data")
+    items = data if isinstance(data, list) else [data] if data is not None else []
+    return [str(code) for item in items if (code := _get(item, "code"))]
+
+
+def _get(obj: Any, key: str) -> Any:
+    """A field of a dict or of an SDK object (whose extra fields may be plain dicts)."""
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def _optional(value: Any, kind: type) -> bool:
+    return value is None or isinstance(value, kind)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [None] if value is not None else []
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _span(indices: list[int]) -> str:
+    return ", ".join(map(str, sorted(indices)[:5])) + (", ..." if len(indices) > 5 else "")
