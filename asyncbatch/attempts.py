@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from tenacity import RetryCallState
 
-from .client import Connection, Reply
+from .client import Reply
 from .config import RetryPolicy
 from .cost import Budget, Prices
 from .errors import AttemptError, FatalAPIError, StopRun
@@ -73,15 +73,16 @@ class _Tally:
     avoid: Route | None = None  # a pool: where the next attempt should not go (it just failed there)
 
 
-def fatal_error(exc: AttemptError, connection: Connection) -> FatalAPIError | None:
+def fatal_error(exc: AttemptError, route: Route) -> FatalAPIError | None:
     """A failure that every line would share (wrong key, deployment or endpoint), or None.
 
     Only meaningful before the run's first success: afterwards, the endpoint is known to work.
-    "Unreachable" means no HTTP answer at all, ever: a 5xx (or any status) is an answer.
+    "Unreachable" means no HTTP answer at all, ever, for a while (``Admission.never_reached``):
+    a 5xx (or any status) is an answer.
     """
-    url = connection.where
+    url = route.connection.where
     if no_answer(exc):
-        if connection.answered:
+        if not route.admission.never_reached(route.connection.answered):
             return None
         return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded")
     kind = FATAL_STATUSES.get(exc.status or 0)
@@ -151,8 +152,8 @@ class Attempts:
         try:
             reply, latency_ms, output = await self._until_done(job, tally)
         except AttemptError as exc:
-            connection = self.router.routes[0].connection
-            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, connection)):
+            first = self.router.routes[0]
+            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, first)):
                 raise fatal from None
             name = tally.route.name if tally.route else None
             record = failure_record(
@@ -296,9 +297,9 @@ class Attempts:
     def _fatal_before_success(self, route: Route, exc: AttemptError) -> FatalAPIError | None:
         """A failure that says this deployment will never work: a wrong key or name, or down from the start."""
         if route.admission.breaker.is_open and no_answer(exc):  # most likely a wrong URL, not an outage
-            return fatal_error(exc, route.connection)
+            return fatal_error(exc, route)
         if self.router.pooled and exc.status in FATAL_STATUSES:
-            return fatal_error(exc, route.connection)
+            return fatal_error(exc, route)
         return None
 
     def _refused(self, route: Route, exc: AttemptError, fatal: FatalAPIError) -> None:

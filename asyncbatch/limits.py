@@ -57,6 +57,7 @@ WINDOW = 10.0  # seconds over which Azure checks TPM
 NAP = 0.25  # the longest a waiting admission sleeps before looking again (rates and the gate change)
 NO_HINT_FIRST, NO_HINT_CAP = 0.5, 8.0  # a 429 with no hint: the first pause, doubling up to this
 MINUTE = 60.0
+UNREACHABLE_AFTER = 15.0  # seconds of no answer at all, from a start with no answer yet, before giving up
 
 
 class Bucket:
@@ -503,6 +504,14 @@ class Admission:
         """How full the fullest-drawn meter is, 0 to 1 (1: no meter, or all full): the pool's tie-break."""
         meters = [m for m in (self.tokens, self.requests, self.learned) if m is not None]
         return min((m.level / m.capacity for m in meters if m.capacity > 0), default=1.0)
+
+    def never_reached(self, answered: bool) -> bool:
+        """Whether to give up on an endpoint that has never answered: the breaker has been open, on failures
+        with no HTTP answer at all, for ``UNREACHABLE_AFTER`` seconds (or ``max_outage``, if shorter)."""
+        since = self.breaker.open_since
+        if answered or since is None or self.breaker.cause != "unreachable":
+            return False
+        return self.clock() - since >= min(self.max_outage, UNREACHABLE_AFTER)
 
     def outage_over_limit(self) -> str | None:
         """The --max-outage message, once the endpoint has been down longer than that; else None."""

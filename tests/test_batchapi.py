@@ -166,7 +166,17 @@ def test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes
 
 @pytest.mark.parametrize(
     "azure",
-    [SimConfig(api_key=KEY, batch_seconds=0.3, batch_queue_tokens=120_000, batch_expire_jobs=(1,))],
+    [
+        SimConfig(api_key=KEY, batch_seconds=0.3, batch_queue_tokens=120_000, batch_expire_jobs=(1,)),
+        # the 2024-10-21 spec's shape: errors.data is one object, not a list
+        SimConfig(
+            api_key=KEY,
+            batch_seconds=0.3,
+            batch_queue_tokens=120_000,
+            batch_expire_jobs=(1,),
+            batch_errors_shape="object",
+        ),
+    ],
     indirect=True,
 )
 def test_a_job_over_the_queued_token_limit_is_created_again_and_an_expired_job_runs_live(

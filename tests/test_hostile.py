@@ -107,7 +107,7 @@ def test_unreachable_endpoint_gives_a_clear_message_after_bounded_retries(
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", "x") for i in range(500)])
-    code = main([str(tmp_path / "in.jsonl"), "-q", "--max-attempts", "2"])
+    code = main([str(tmp_path / "in.jsonl"), "-q", "--max-attempts", "2", "--max-outage", "1"])
     err = capsys.readouterr().err
     assert code == 2 and f"cannot reach http://127.0.0.1:{port}/openai/deployments/dep/chat/completions" in err
     assert "connection failed" in err and "AZURE_OPENAI_ENDPOINT" in err and KEY not in err

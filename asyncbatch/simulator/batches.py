@@ -61,6 +61,13 @@ class Job:
     cancel_at: float | None = None
     finished: bool = False
 
+    errors_shape: str = "list"  # or "object": 2024-10-21's spec gives errors.data as one object, not a list
+
+    def _errors(self) -> dict[str, Any] | None:
+        if not self.errors:
+            return None
+        return {"object": "list", "data": self.errors[0] if self.errors_shape == "object" else self.errors}
+
     def public(self) -> dict[str, Any]:
         total = len(self.lines)
         return {
@@ -73,7 +80,7 @@ class Job:
             "created_at": int(self.created),
             "output_file_id": self.output_file_id,
             "error_file_id": self.error_file_id,
-            "errors": {"object": "list", "data": self.errors} if self.errors else None,
+            "errors": self._errors(),
             "request_counts": {"total": total, "completed": self.done - self.failed, "failed": self.failed},
             "metadata": self.metadata,
         }
@@ -154,6 +161,7 @@ class BatchService:
             created=time.monotonic(),
             lines=[],
             tokens=0,
+            errors_shape=self.config.batch_errors_shape,
         )
         self._validate(job, stored[1], endpoint)
         self.jobs[job.id] = job

@@ -12,6 +12,8 @@ Faults are drawn per request from a seeded RNG, or forced per prompt with
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import threading
 import time
@@ -26,11 +28,12 @@ from aiohttp import web
 
 from .answers import completion, embeddings, prompt_text, response
 from .batches import BatchService
+from .chaos import HOSTILE, RATE_HEADERS, WAIT_HEADERS, absurd_headers, broken_answer
 from .charge import Charging, charge
 from .quota import Quota, Shape
 from .tokens import token_problem
 
-FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage")
+FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage", *HOSTILE)
 # Azure's 400s that retrying cannot fix
 REFUSALS = {
     "content-filter-400": (
@@ -61,6 +64,9 @@ class SimConfig:
     script: dict[str, list[str]] = field(default_factory=dict)
     outage_after: int | None = None  # after this many requests, the endpoint is down (connections dropped) ...
     outage_seconds: float = 60.0  # ... for this long
+    outages: tuple[tuple[float, float], ...] = ()  # (start, seconds) after the first request: down meanwhile
+    huge_bytes: int = 50 * 1024 * 1024  # the size of a "huge" answer (see chaos.py)
+    slow_seconds: float = 1.0  # how long a "slow" answer takes to trickle out
     entra_only: bool = False  # key authentication off: only live bearer JWTs are accepted (see tokens.py)
     token_max_age: float | None = None  # entra_only: a token is refused this long after its first use (revoked)
     gateway_key: str | None = None  # like API Management in front: Ocp-Apim-Subscription-Key must be this
@@ -70,6 +76,7 @@ class SimConfig:
     batch_fail_rate: float = 0.0  # share of batch lines that land in the error file (500)
     batch_bad_output_rate: float = 0.0  # share of batch lines whose output breaks the schema
     batch_expire_jobs: tuple[int, ...] = ()  # these jobs (1 = the first created) expire half done
+    batch_errors_shape: str = "list"  # or "object", as the 2024-10-21 spec has errors.data
     batch_queue_tokens: int | None = None  # enqueued-token limit: a job over it fails with token_limit_exceeded
 
 
@@ -201,7 +208,8 @@ class Simulator:
         now = time.monotonic()
         if self.config.outage_after is not None and self.requests == self.config.outage_after:
             self.down_until = now + self.config.outage_seconds
-        return now < self.down_until
+        since = now - (self.first_request_at or now)
+        return now < self.down_until or any(start <= since < start + span for start, span in self.config.outages)
 
     def _fault(self, text: str) -> str:
         script = self.config.script.get(text)
@@ -224,6 +232,10 @@ class Simulator:
             return self._error(int(fault), fault, f"Simulated {fault}.", extra)
         if fault == "429":
             return self._throttled(1.234, headers)
+        if fault == "429-nohint":
+            return self._error(429, "429", "Too many requests.")
+        if fault in ("429-absurd", "503-absurd"):
+            return self._error(int(fault[:3]), fault[:3], "Simulated.", absurd_headers(self.rng, WAIT_HEADERS, True))
         if fault in REFUSALS:
             return self._error(400, *REFUSALS[fault])
         if fault == "echo-key":  # some servers quote the keys they were given back in the error
@@ -248,7 +260,43 @@ class Simulator:
             answer = completion(body, number=self.requests, fault=fault)
         self.statuses["200"] += 1
         self.answered[text] += 1
-        return _json(200, answer, {**headers, "x-request-id": f"req-sim-{self.requests}"})
+        headers = {**headers, "x-request-id": f"req-sim-{self.requests}"}
+        if fault == "headers":
+            headers.update(absurd_headers(self.rng, RATE_HEADERS))
+        if fault.startswith("shape"):
+            self.statuses["200-shape"] += 1
+            kind = "chat" if api == "completions" else api
+            broken = broken_answer(kind, answer, self.rng, fault.partition(":")[2] or None)
+            raw = broken if isinstance(broken, bytes) else json.dumps(broken).encode()  # big ints too
+            return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
+        if fault in ("huge", "slow"):
+            return await self._stream(request, answer, headers, fault)
+        return _json(200, answer, headers)
+
+    async def _stream(
+        self, request: web.Request, answer: dict[str, Any], headers: dict[str, str], fault: str
+    ) -> web.StreamResponse:
+        """A valid answer sent in chunks, with no length: ``huge`` pads it to ``huge_bytes``, ``slow`` trickles it."""
+        self.statuses[f"200-{fault}"] += 1
+        response = web.StreamResponse(status=200, headers={**headers, "Content-Type": "application/json"})
+        await response.prepare(request)
+        raw = orjson.dumps(answer)
+        with contextlib.suppress(ConnectionError):  # a client that stops reading a huge answer drops it
+            await self._trickle(response, raw, fault)
+        return response
+
+    async def _trickle(self, response: web.StreamResponse, raw: bytes, fault: str) -> None:
+        if fault == "slow":
+            for i in range(4):
+                await response.write(raw[i * len(raw) // 4 : (i + 1) * len(raw) // 4])
+                await asyncio.sleep(self.config.slow_seconds / 4)
+        else:
+            await response.write(raw[:-1] + b', "padding": "')
+            chunk = b"x" * (1 << 20)
+            for _ in range(self.config.huge_bytes // len(chunk)):
+                await response.write(chunk)
+            await response.write(b'"}')
+        await response.write_eof()
 
     async def _reset(self, request: web.Request) -> web.StreamResponse:
         """Start a 200 answer, then drop the connection mid-body."""
