@@ -199,6 +199,7 @@ class Schedule:
     dies_after: float | None = None  # ... the second of which is down for good from this many seconds
     kill_after: float | None = None  # kill -9 the first run this many seconds in, then resume
     huge_bytes: int = 8 * 1024 * 1024
+    args: tuple[str, ...] = ()  # CLI options after ``ARGS`` (the later wins)
 
     def sim(self, index: int = 0) -> SimConfig:
         outages = [self.outage] if self.outage and index == 0 else []
@@ -293,7 +294,7 @@ def play(schedule: Schedule, work: Path, *, max_rss_mb: float = 400.0) -> tuple[
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
     with ExitStack() as stack:
         urls = [stack.enter_context(serve_in_thread(schedule.sim(i)))[0] for i in range(2 if schedule.pool else 1)]
-        args = ["in.jsonl", *ARGS]
+        args = ["in.jsonl", *ARGS, *schedule.args]
         if schedule.pool:
             (work / "pool.toml").write_text(
                 "".join(
