@@ -82,7 +82,7 @@ def fatal_error(exc: AttemptError, route: Route) -> FatalAPIError | None:
     """
     url = route.connection.where
     if no_answer(exc):
-        if not route.admission.never_reached(route.connection.answered):
+        if not route.admission.never_reached():
             return None
         return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded")
     kind = FATAL_STATUSES.get(exc.status or 0)
@@ -249,6 +249,7 @@ class Attempts:
             self.stats.in_flight -= 1
             route.in_flight -= 1
             self.sending.discard(task)
+            route.admission.answered = route.connection.answered
         return _Sent(reply, ticket, (self.clock() - started) * 1000, route)
 
     def _payload_for(self, route: Route, job: Job, payload: bytes) -> bytes:

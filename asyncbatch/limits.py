@@ -458,6 +458,7 @@ class Admission:
         self._most_requests = 0
         self._last_ok = clock()
         self._wait_notice: tuple[float, str] | None = None  # (until, who asked): the longest wait now running
+        self.answered = False  # any HTTP answer yet, of any status (see ``never_reached``)
         self._turn = asyncio.Lock()  # one admission at a time, first come first served
 
     async def acquire(self, estimate: float) -> Ticket:
@@ -505,18 +506,24 @@ class Admission:
         meters = [m for m in (self.tokens, self.requests, self.learned) if m is not None]
         return min((m.level / m.capacity for m in meters if m.capacity > 0), default=1.0)
 
-    def never_reached(self, answered: bool) -> bool:
+    def never_reached(self) -> bool:
         """Whether to give up on an endpoint that has never answered: the breaker has been open, on failures
-        with no HTTP answer at all, for ``UNREACHABLE_AFTER`` seconds (or ``max_outage``, if shorter)."""
+        with no HTTP answer at all, for ``UNREACHABLE_AFTER`` seconds (or ``max_outage``, if shorter).
+
+        ``answered`` is set by whoever sends (``attempts.py``) at the first HTTP answer of any status.
+        """
         since = self.breaker.open_since
-        if answered or since is None or self.breaker.cause != "unreachable":
+        if self.answered or since is None or self.breaker.cause != "unreachable":
             return False
         return self.clock() - since >= min(self.max_outage, UNREACHABLE_AFTER)
 
     def outage_over_limit(self) -> str | None:
-        """The --max-outage message, once the endpoint has been down longer than that; else None."""
+        """The --max-outage message, once the endpoint has been down longer than that; else None.
+
+        An endpoint that never answered is not "down": ``never_reached`` gives up on it first.
+        """
         since = self.breaker.open_since
-        if since is None or self.clock() - since <= self.max_outage:
+        if since is None or not self.answered or self.clock() - since <= self.max_outage:
             return None
         return (
             f"the endpoint has been unreachable since {self._wall_at(since)}, longer than --max-outage "
