@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
     p.add_argument("--batch-queue-tokens", type=int, help="enqueued-token limit (token_limit_exceeded over it)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    rates = {f: getattr(a, f"fail_{f}") for f in FAULTS if getattr(a, f"fail_{f}")}
+    rates = {f: rate for f in FAULTS if (rate := getattr(a, "fail_" + f.replace("-", "_")))}
     return SimConfig(
         api_key=a.key,
         deployment=a.deployment,
