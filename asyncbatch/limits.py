@@ -149,17 +149,17 @@ def wall_time(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(seconds))
 
 
-def is_outage(exc: AttemptError) -> bool:
-    """A failure of the endpoint rather than of one input: no answer, or a 5xx."""
-    return exc.status is None or exc.status >= 500
-
-
 def no_answer(exc: AttemptError) -> bool:
     """No HTTP answer at all (refused, reset, DNS, TLS, a timeout): the only failure that can mean "unreachable".
 
     A 5xx is an answer: the endpoint is up, and busy or failing.
     """
     return exc.status is None
+
+
+def is_outage(exc: AttemptError) -> bool:
+    """A failure of the endpoint rather than of one input: no answer, or a 5xx."""
+    return no_answer(exc) or (exc.status is not None and exc.status >= 500)
 
 
 class Breaker:
@@ -513,7 +513,7 @@ class Admission:
         ``answered`` is set by whoever sends (``attempts.py``) at the first HTTP answer of any status.
         """
         since = self.breaker.open_since
-        if self.answered or since is None or self.breaker.cause != "unreachable":
+        if self.answered or since is None:
             return False
         return self.clock() - since >= min(self.max_outage, UNREACHABLE_AFTER)
 

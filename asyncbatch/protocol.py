@@ -38,10 +38,10 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     if (ms := seconds(headers.get("retry-after-ms"), 0.001)) is not None:
         return ms
     value = headers.get("retry-after")
-    if value is None or (wait := seconds(value)) is not None:
-        return None if value is None else wait
-    if len(value) > MAX_HINT_CHARS:
+    if value is None or len(value) > MAX_HINT_CHARS:
         return None
+    if (wait := seconds(value)) is not None:
+        return wait
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, OverflowError, IndexError):
