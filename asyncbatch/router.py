@@ -10,7 +10,7 @@ a pool, the router looks at every route at once, first come first served:
   fullest meters, then the fewest requests in flight);
 * when none can, it waits for the soonest;
 * a retry after a 429, a 5xx or an outage avoids the route that failed while
-  another can take it;
+  another can take it now, and never waits for another because of it;
 * a route that fails authentication (or is unreachable) before its first
   success, or whose quota is exhausted, is set aside with a message; the run
   stops only when every route is.
@@ -94,11 +94,17 @@ class Router:
                 await self.sleep(min(wait, NAP))
 
     def _choose(self, estimate: float, avoid: Route | None) -> tuple[Route, float]:
+        """The best route that can admit now, else the soonest; ``avoid`` only if no other can admit now.
+
+        Avoiding is a preference, never a wait: a retry that waited for the other routes while the
+        one it avoids could admit would hold up every attempt behind it (admission is first come,
+        first served), and a pool with one dead member would sit idle.
+        """
         live = self.live
         self._check_outages(live)
-        candidates = [r for r in live if r is not avoid] or live
-        waits = [(r, r.admission.ready_in(estimate)) for r in candidates]
+        waits = [(r, r.admission.ready_in(estimate)) for r in live]
         ready = [r for r, wait in waits if wait <= 0]
+        ready = [r for r in ready if r is not avoid] or ready
         if ready:
             best = min(r.deployment.priority for r in ready)
             pick = max(

@@ -223,6 +223,17 @@ schedules = st.builds(
 @example(Schedule(faults={"garbage": 0.1, "503-absurd": 0.1}, api="responses", outage=(0.0, 2.7), kill_after=2.0))
 @example(Schedule(faults={"shape": 0.1, "echo-key": 0.06}, outage=(0.6, 3.4), tpm=30_000, kill_after=1.0))
 @example(Schedule(faults={"500": 0.1}, pool=True, dies_after=0.5, lines=60))
+@example(  # a retry avoiding the live route waited for the dead one, and held every attempt behind it
+    Schedule(
+        seed=418302485,
+        faults={"headers": 0.013, "429-nohint": 0.099, "echo-key": 0.076, "reset": 0.079, "shape": 0.099},
+        api="responses",
+        lines=113,
+        outage=(0.56, 3.28),
+        pool=True,
+        dies_after=1.92,
+    )
+)
 def test_no_schedule_of_server_behaviour_breaks_an_invariant(
     tmp_path_factory: pytest.TempPathFactory, schedule: Schedule
 ) -> None:
