@@ -219,9 +219,15 @@ class Schedule:
         )
 
     def bound(self) -> float:
-        """How long one run may take at most, from the server's behaviour: a stall is past it."""
+        """How long one run may take at most, from the server's behaviour: a stall is past it.
+
+        Hint-less 429s say "too many requests" and nothing else: a client is right to slow down for
+        them (the adaptive rate settles at a few requests a second against 8% of them), so they
+        lengthen the bound.
+        """
         outage = self.outage[1] if self.outage else 0.0
-        return 45.0 + outage + (10.0 if self.window == "minute" else 0.0)
+        refusals = 60.0 if "429-nohint" in self.faults else 0.0
+        return 45.0 + outage + refusals + (10.0 if self.window == "minute" else 0.0)
 
 
 def draw(rng: random.Random) -> Schedule:
