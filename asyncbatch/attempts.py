@@ -157,7 +157,12 @@ class Attempts:
                 raise fatal from None
             name = tally.route.name if tally.route else None
             record = failure_record(
-                custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=tally.attempts, deployment=name
+                custom_id=job.custom_id,
+                line_no=job.line_no,
+                exc=exc,
+                attempts=tally.attempts,
+                deployment=name,
+                line_hash=job.line_hash,
             )
             return Failure(job.line_no, record, exc)
         self.any_success = True
@@ -172,6 +177,7 @@ class Attempts:
             attempts=tally.attempts,
             latency_ms=latency_ms,
             deployment=tally.route.name if tally.route else None,
+            line_hash=job.line_hash,
         )
         return Success(job.line_no, record)
 

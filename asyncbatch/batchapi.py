@@ -4,12 +4,12 @@ The life of a run:
 
 1. **Plan.** Lines neither recorded nor already in a part are built into requests
    exactly as a live run builds them (``requests.prepare``), and written to part
-   files beside the checkpoint: one API per file, at most ``max_lines_per_file``
+   files in the state directory (``part-N.jsonl``): one API per file, at most ``max_lines_per_file``
    lines and 190 MB, no BOM. Each line's ``custom_id`` is ``line-<N>``, its input
    line number, so answers map back to inputs whatever their order.
 2. **Submit.** Each part is uploaded and a job created through the SDK, with
    metadata naming the run, the part and the try. The job id is saved in
-   ``<checkpoint>.batches`` the moment it exists; a job created just before a
+   the state directory's ``batches`` the moment it exists; a job created just before a
    crash is found again by listing the jobs and matching that metadata.
 3. **Poll** every ``poll_interval`` seconds; the display shows ``request_counts``.
 4. **Merge** each finished job: answers are parsed and validated like live ones
@@ -33,7 +33,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from .client import sdk_client
 from .config import BatchOptions, Endpoint, RequestDefaults
 from .errors import AttemptError, FatalAPIError
+from .files import StatePaths, create_private, replace_atomically
 from .inputs import Api, BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from .protocol import answer_problem, batch_error_codes
 from .records import failure_record, result_record
@@ -54,16 +55,14 @@ from .validate import OutputCheck
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
+    from .checkpoint import DoneSet
+
 MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the multipart envelope
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 URLS: dict[Api, str] = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses"}
 RETRYABLE_CODES = frozenset({"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"})
 Sleep = Callable[[float], Awaitable[None]]
 CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"line-(\d+)"')  # found without parsing the whole answer
-
-
-def state_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".batches")
 
 
 @dataclass
@@ -100,23 +99,19 @@ class Part:
 
 @dataclass
 class BatchState:
-    """``<checkpoint>.batches``: the run's id and its parts, replaced atomically whenever a job changes."""
+    """The state directory's ``batches``: the run's id and its parts, replaced atomically whenever a job changes."""
 
     run: str
     parts: list[Part] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f"{path.name}.tmp")
-        with tmp.open("wb") as f:
-            f.write(orjson.dumps({"run": self.run, "parts": [asdict(p) for p in self.parts]}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_atomically(path, [orjson.dumps({"run": self.run, "parts": [asdict(p) for p in self.parts]})])
 
     @classmethod
     def load(cls, path: Path) -> BatchState | None:
         try:
-            data = orjson.loads(path.read_bytes())
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+                data = orjson.loads(f.read())
         except FileNotFoundError:
             return None
         return cls(run=data["run"], parts=[Part(**p) for p in data["parts"]])
@@ -181,21 +176,21 @@ class BatchRunner:
         endpoint: Endpoint,
         request: RequestDefaults,
         input_path: Path,
-        checkpoint: Path,
+        paths: StatePaths,
         stats: RunStats,
         put_result: Callable[[int, dict[str, Any]], None],
         put_error: Callable[[int, dict[str, Any]], None],
         written: Callable[[], Awaitable[None]],
-        done: Container[int],
+        done: DoneSet,
         info: Callable[[str], None],
         sleep: Sleep = asyncio.sleep,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.options, self.endpoint, self.request = options, endpoint, request
-        self.input_path, self.checkpoint, self.stats = input_path, checkpoint, stats
+        self.input_path, self.paths, self.stats = input_path, paths, stats
         self.put_result, self.put_error, self.written, self.done = put_result, put_error, written, done
         self.info, self.sleep, self.wall = info, sleep, wall
-        self.path = state_path(checkpoint)
+        self.path = paths.batches
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
         self.state = saved or BatchState(run=uuid.uuid4().hex)
@@ -246,7 +241,7 @@ class BatchRunner:
         model = self.endpoint.deployment
         offsets = line_offsets(self.input_path)  # read in step with the lines, for each part's first offset
         try:
-            for line in read_lines(self.input_path, skip=self.done):
+            for line in read_lines(self.input_path, done=self.done):
                 if any(line.line_no in p for p in covered):
                     continue
                 item = prepare(line, self.request, model) if isinstance(line, ParsedLine) else line
@@ -257,7 +252,7 @@ class BatchRunner:
                 part = splitter.place(item.api, item.line_no, len(raw))
                 if part.index not in files:
                     part.offset = next(offset for number, offset in offsets if number == item.line_no)
-                    files[part.index] = self.part_file(part).open("wb")
+                    files[part.index] = create_private(self.part_file(part))
                 files[part.index].write(raw)
                 self.stats.estimated_tokens += item.estimate
         finally:
@@ -268,7 +263,7 @@ class BatchRunner:
             self.info(f"Batch API: {len(splitter.parts)} new job(s) for {sum(p.lines for p in splitter.parts):,} lines")
 
     def part_file(self, part: Part) -> Path:
-        return self.checkpoint.with_name(f"{self.checkpoint.name}.part-{part.index}.jsonl")
+        return self.paths.part(part.index)
 
     async def _adopt_orphans(self) -> None:
         """A job created just before a crash is not in the state file: find it by its metadata."""
@@ -344,7 +339,7 @@ class BatchRunner:
     def _rebuild(self, part: Part) -> None:
         """Write the part's file again from the input, for its lines not recorded yet."""
         covered = Part(index=part.index, api=part.api)
-        with self.part_file(part).open("wb") as f:
+        with create_private(self.part_file(part)) as f:
             for job in self._jobs(part):
                 raw = batch_line(job, self._prefix)
                 f.write(raw)
@@ -457,6 +452,7 @@ class BatchRunner:
             attempts=1,
             latency_ms=0.0,
             deployment=self.endpoint.deployment,
+            line_hash=job.line_hash,
         )
         record["batch_id"] = batch.id
         self.put_result(job.line_no, record)
@@ -472,7 +468,12 @@ class BatchRunner:
 
     def _record_failure(self, job: Job, exc: AttemptError, merge: Merge, counted: bool = True) -> None:
         record = failure_record(
-            custom_id=job.custom_id, line_no=job.line_no, exc=exc, attempts=1, deployment=self.endpoint.deployment
+            custom_id=job.custom_id,
+            line_no=job.line_no,
+            exc=exc,
+            attempts=1,
+            deployment=self.endpoint.deployment,
+            line_hash=job.line_hash,
         )
         self.put_error(job.line_no, record)
         self.stats.failed += 1

@@ -1,14 +1,20 @@
 """Resume state: which input lines are done, and a checkpoint that makes resuming fast.
 
 The results and errors files are the source of truth: every line in them names
-its input ``line``. The checkpoint is a cache over them (a bitmap of done line
-numbers, the byte offsets up to which the files were read, and a fingerprint of
-the run), replaced atomically. On resume:
+its input ``line`` and carries a digest of that line's content (``line_hash``).
+The checkpoint is a cache over them (a bitmap of done line numbers, the byte
+offsets up to which the files were read, a fingerprint of the run, the hash of
+the input bytes read, and which outputs it describes), replaced atomically. On
+resume:
 
-1. a torn last line in either output (kill -9 mid-write) is cut off;
-2. if the checkpoint is usable (same fingerprint, both files at least as long as
-   it says), only the bytes written after it are scanned;
-3. otherwise the state is rebuilt by scanning both outputs from the start.
+1. if the checkpoint is usable (these outputs, both files at least as long as it
+   says, the input's first bytes as read), only the bytes written after it are
+   scanned; otherwise both outputs are scanned from the start;
+2. a record of a line the checkpoint vouches for counts by its line number; any
+   other is matched to an input line by content as the input is read, so lines
+   inserted or moved are neither lost nor sent twice;
+3. only once every scanned line proved to be a record is a torn last line
+   (kill -9 mid-write) cut off. A file that is not ours is refused untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import base64
 import dataclasses
 import hashlib
 import os
-import time
 import zlib
 from array import array
 from collections.abc import Callable, Iterator, Mapping
@@ -28,9 +33,12 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError
-from .records import INVALID_INPUT, LINE
+from .files import StatePaths, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
+from .ids import DigestBag
+from .records import INVALID_INPUT, LINE, LINE_HASH
 
-VERSION = 2
+VERSION = 3
+READABLE = frozenset({2, VERSION})  # version 2 (before state directories) has no ``outputs``
 
 
 class DoneSet:
@@ -39,6 +47,16 @@ class DoneSet:
     def __init__(self, bits: bytes = b"") -> None:
         self._bits = bytearray(bits)
         self.count = sum(b.bit_count() for b in self._bits)
+        self.unplaced = DigestBag()  # digests of recorded lines not known by number: matched by content
+
+    def claim(self, line_no: int, line_hash: int) -> bool:
+        """Whether line ``line_no`` (of content digest ``line_hash``) is done, matching it to an unplaced record."""
+        if line_no in self:
+            return True
+        if self.unplaced.count and self.unplaced.take(line_hash):
+            self.add(line_no)
+            return True
+        return False
 
     def add(self, line_no: int) -> None:
         byte, bit = divmod(line_no, 8)
@@ -80,36 +98,18 @@ def fingerprint(options: Mapping[str, Any]) -> dict[str, str]:
 
 
 class PrefixHash:
-    """A running hash of the input's first ``offset`` bytes: the part a run has read.
+    """The hash of the input's first ``offset`` bytes: the part a run read (the reader keeps it, ids.IdLog)."""
 
-    The checkpoint keeps it, so a resume can tell an appended input (the prefix is
-    the same: allowed) from a changed one. It advances by reading the input file
-    itself from where it stopped, so the reader pays nothing per line.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self._hash = hashlib.blake2b(digest_size=16)
-
-    def advance_to(self, offset: int) -> str:
-        if offset > self.offset:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                left = offset - self.offset
-                while left > 0 and (block := f.read(min(left, 1 << 20))):
-                    self._hash.update(block)
-                    left -= len(block)
-            self.offset = offset
-        return self._hash.hexdigest()
-
-    @classmethod
-    def matching(cls, path: Path, offset: int, expected: str) -> PrefixHash | None:
-        """The hash at ``offset`` if the input's first ``offset`` bytes still hash to ``expected``."""
-        prefix = cls(path)
-        if path.stat().st_size < offset or prefix.advance_to(offset) != expected:
-            return None
-        return prefix
+    @staticmethod
+    def matching(path: Path, offset: int, expected: str) -> Any:
+        """The running hash at ``offset`` if the input's first ``offset`` bytes still hash to ``expected``."""
+        prefix = hashlib.blake2b(digest_size=16)
+        with path.open("rb") as f:
+            left = offset
+            while left > 0 and (block := f.read(min(left, 1 << 20))):
+                prefix.update(block)
+                left -= len(block)
+        return prefix if left == 0 and prefix.hexdigest() == expected else None
 
 
 @dataclass
@@ -123,7 +123,8 @@ class ResumeState:
     errors_lines: int = 0
     ids_lines: int = 0  # input lines whose id digests the side file holds (see ids.py) ...
     input_offset: int = 0  # ... and the input bytes they take
-    prefix: PrefixHash | None = None  # the hash of those bytes, verified
+    prefix: Any = None  # the hash of those bytes, verified
+    trusted_lines: int = 0  # records of lines up to this one count by number; later ones by content
     resent: int = 0  # lines sent but not recorded when the last run stopped: sent again now
     changed: list[str] = field(default_factory=list)  # options changed since the last run, and accepted
     source: str = "fresh"  # fresh | checkpoint | rebuilt
@@ -142,8 +143,22 @@ class ResumeState:
         self.errors_offset += nbytes
         self.errors_lines += len(lines)
 
-    def snapshot(self, fingerprint: dict[str, str], ids: tuple[int, int], prefix: PrefixHash) -> Checkpoint:
-        """The checkpoint now; ``ids`` is (input lines read, their bytes), from the id log."""
+    def place(self, record: dict[str, Any]) -> None:
+        """A record found in an output: done by its line number, or by content once its line is read."""
+        line_no, line_hash = int(record[LINE]), _line_hash(record)
+        if line_no <= self.trusted_lines or line_hash is None:
+            self.done.add(line_no)  # vouched for by the checkpoint; or a record without a digest
+        else:
+            self.done.unplaced.add(line_hash)
+
+    def forget(self, record: dict[str, Any]) -> None:
+        """Undo ``place``: the record is being removed, its line is to run again."""
+        line_no, line_hash = int(record[LINE]), _line_hash(record)
+        if line_no <= self.trusted_lines or line_hash is None or not self.done.unplaced.take(line_hash):
+            self.done.discard(line_no)
+
+    def snapshot(self, fingerprint: dict[str, str], ids: tuple[int, int, str], outputs: list[str]) -> Checkpoint:
+        """The checkpoint now; ``ids`` is (input lines read, their bytes, their hash), from the id log."""
         return Checkpoint(
             fingerprint=fingerprint,
             done=self.done,
@@ -153,8 +168,17 @@ class ResumeState:
             errors_lines=self.errors_lines,
             ids_lines=ids[0],
             input_offset=ids[1],
-            input_hash=prefix.advance_to(ids[1]),
+            input_hash=ids[2],
+            outputs=outputs,
         )
+
+
+def _line_hash(record: dict[str, Any]) -> int | None:
+    value = record.get(LINE_HASH)
+    try:
+        return int(value, 16) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
 
 
 class CheckpointUnreadable(Exception):
@@ -174,6 +198,7 @@ class Checkpoint:
     ids_lines: int
     input_offset: int
     input_hash: str
+    outputs: list[str] | None = None  # the resolved results and errors paths it describes (None: version 2)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -188,6 +213,7 @@ class Checkpoint:
                 "ids_lines": self.ids_lines,
                 "input_offset": self.input_offset,
                 "input_hash": self.input_hash,
+                "outputs": self.outputs,
             }
         )
 
@@ -198,21 +224,28 @@ class Checkpoint:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise CheckpointUnreadable("it is not JSON") from None
-        if not isinstance(data, dict) or data.get("version") != VERSION:
+        if not isinstance(data, dict) or data.get("version") not in READABLE:
             raise CheckpointUnreadable("it was written by another version of asyncbatch")
         fields = {f.name for f in dataclasses.fields(cls)}
+        if data["version"] == 2:
+            data["outputs"] = None
         if problems := sorted(fields ^ (set(data) - {"version"})):
             raise CheckpointUnreadable(f"fields missing or unknown: {', '.join(problems)}")
         ints = ("results_offset", "errors_offset", "results_lines", "errors_lines", "ids_lines", "input_offset")
         if not all(type(data[k]) is int and data[k] >= 0 for k in ints) or not _is_fingerprint(data["fingerprint"]):
             raise CheckpointUnreadable("a field has the wrong type")
-        if not isinstance(data["input_hash"], str):
+        outputs = data["outputs"]
+        if not isinstance(data["input_hash"], str) or not (outputs is None or _is_strings(outputs)):
             raise CheckpointUnreadable("a field has the wrong type")
         try:
             done = DoneSet.decode(data["done"])
         except (TypeError, ValueError, zlib.error):
             raise CheckpointUnreadable("its done-set is damaged") from None
         return cls(**{**{k: data[k] for k in fields}, "done": done})
+
+
+def _is_strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _is_fingerprint(value: object) -> bool:
@@ -222,7 +255,7 @@ def _is_fingerprint(value: object) -> bool:
 class SentJournal:
     """Which input lines were sent and are not yet recorded, so a resumed run can say how many it sends again.
 
-    An append-only file of 4-byte line numbers beside the checkpoint: one is
+    An append-only file of 4-byte line numbers in the state directory: one is
     appended (a single ``write``, so it survives ``kill -9``) whenever a request
     goes out, and at every checkpoint the file is cut back to the lines still
     unrecorded (in flight, or answered and waiting for the writer). On resume,
@@ -233,23 +266,25 @@ class SentJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.unrecorded: set[int] = set()
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
     @staticmethod
     def unrecorded_in(path: Path, done: DoneSet) -> int:
         """Lines the journal at ``path`` holds that ``done`` does not: requests that were lost."""
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+            fd = open_private(path, os.O_RDONLY)
+        except (OSError, ConfigError):
             return 0
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read()
         lines = array("I")
         lines.frombytes(raw[: len(raw) - len(raw) % 4])
-        return sum(1 for n in set(lines) if n not in done)
+        return max(0, sum(1 for n in set(lines) if n not in done) - done.unplaced.count)
 
     def sent(self, line_no: int) -> None:
         if line_no not in self.unrecorded:
             self.unrecorded.add(line_no)
-            os.write(self._fd, line_no.to_bytes(4, "little"))
+            write_all(self._fd, line_no.to_bytes(4, "little"), self.path)
 
     def recorded(self, lines: list[int]) -> None:
         self.unrecorded.difference_update(lines)
@@ -258,64 +293,40 @@ class SentJournal:
         """At a checkpoint: only what is still unrecorded."""
         os.ftruncate(self._fd, 0)
         if self.unrecorded:
-            os.write(self._fd, array("I", sorted(self.unrecorded)).tobytes())
+            write_all(self._fd, array("I", sorted(self.unrecorded)).tobytes(), self.path)
 
     def close(self) -> None:
         os.close(self._fd)
 
 
-def journal_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".sent")
+def scan(path: Path, offset: int, end: int) -> Iterator[dict[str, Any]]:
+    """Every record of ``path`` between byte ``offset`` and ``end``.
 
-
-def cut_torn_tail(path: Path) -> int:
-    """Truncate ``path`` after its last newline; return the bytes cut (0 if none or no file)."""
-    if not path.exists():
-        return 0
-    with path.open("r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        end = size
-        while end > 0:
-            start = max(0, end - 65536)
-            f.seek(start)
-            block = f.read(end - start)
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            end = start
-        else:
-            keep = 0
-        if keep < size:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        return size - keep
-
-
-def scan(path: Path, offset: int, done: DoneSet) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Add the input line of every record after ``offset`` to ``done``; yield (line, record)."""
-    if not path.exists():
+    :raises ConfigError: a line is not an asyncbatch record (nothing has been changed).
+    """
+    if end <= offset:
         return
     with path.open("rb") as f:
         f.seek(offset)
-        for raw in f:
+        at = offset
+        while at < end and (raw := f.readline()):
+            at += len(raw)
             try:
                 record = orjson.loads(raw)
-                line_no = int(record[LINE])
+                int(record[LINE])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise ConfigError(
-                    f"{path} holds a line that is not an asyncbatch record near byte {f.tell()}. "
-                    "HINT: move the file aside or pass --restart"
+                    f"{path} holds a line that is not an asyncbatch record near byte {at}; it is left as it is. "
+                    "HINT: choose another output name, or move the file aside (or pass --restart)"
                 ) from None
-            done.add(line_no)
-            yield line_no, record
+            yield record
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """:raises CheckpointUnreadable: no file, or one that cannot be used."""
     try:
-        raw = path.read_bytes()
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise CheckpointUnreadable("there is none") from None
     except OSError as exc:
@@ -325,12 +336,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Atomic replace: a reader sees the old checkpoint or the new one, never half of one."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(checkpoint.to_bytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_atomically(path, [checkpoint.to_bytes()])
+
+
+def identity(results: Path, errors: Path) -> list[str]:
+    """The outputs a checkpoint describes, as resolved paths."""
+    return [str(results.resolve()), str(errors.resolve())]
 
 
 ROUTING = frozenset({"deployment"})  # a pool leaves it out: compared only when both runs name one
@@ -345,7 +356,7 @@ def recover(
     input_path: Path,
     results: Path,
     errors: Path,
-    checkpoint: Path,
+    paths: StatePaths,
     expected: Mapping[str, str],
     *,
     accept_changes: bool = False,
@@ -360,11 +371,9 @@ def recover(
     ``resent`` counts the lines the sent-journal holds that no output records.
     """
     state = ResumeState()
-    for path in (results, errors):
-        if cut := cut_torn_tail(path):
-            state.notes.append(f"cut a torn last line ({cut} bytes) from {path}")
-    sizes = [p.stat().st_size if p.exists() else 0 for p in (results, errors)]
-    saved = _usable_checkpoint(checkpoint, state, sizes)
+    tails = [_own_tail(path) for path in (results, errors)]
+    sizes = [_size(path) - tail for path, tail in zip((results, errors), tails, strict=True)]
+    saved = _usable_checkpoint(paths.checkpoint, state, sizes, identity(results, errors))
     if saved is not None:
         _check_input(input_path, saved, state)
     if saved is not None and sizes[0] >= saved.results_offset and sizes[1] >= saved.errors_offset:
@@ -372,29 +381,57 @@ def recover(
         state.results_offset, state.errors_offset = saved.results_offset, saved.errors_offset
         state.results_lines, state.errors_lines = saved.results_lines, saved.errors_lines
         state.ids_lines, state.input_offset = saved.ids_lines, saved.input_offset
+        state.trusted_lines = saved.ids_lines
         state.source = "checkpoint"
     elif sizes != [0, 0]:
         state.source = "rebuilt"
+        state.prefix = None
         if saved is not None:
             state.notes.append("the checkpoint is behind a damaged output: rebuilding the state from the outputs")
-    state.results_lines += sum(1 for _ in scan(results, state.results_offset, state.done))
-    state.errors_lines += sum(1 for _ in scan(errors, state.errors_offset, state.done))
+    for path, size, lines in ((results, sizes[0], "results_lines"), (errors, sizes[1], "errors_lines")):
+        offset = state.results_offset if path is results else state.errors_offset
+        for record in scan(path, offset, size):
+            state.place(record)
+            setattr(state, lines, getattr(state, lines) + 1)
     state.results_offset, state.errors_offset = sizes
+    for path, tail in zip((results, errors), tails, strict=True):  # every line before it is a record: ours
+        if tail:
+            cut(path, tail)
+            state.notes.append(f"cut a torn last line ({tail} bytes) from {path}")
     if saved is not None and (changed := changed_parts(saved.fingerprint, expected)):
-        _accept_changes(changed, state, checkpoint, accept_changes)
-        if dropped := drop_errors(errors, checkpoint, state, lambda code: code == INVALID_INPUT):
+        _accept_changes(changed, state, paths.checkpoint, accept_changes)
+        if dropped := drop_errors(errors, paths.checkpoint, state, lambda code: code == INVALID_INPUT):
             state.notes.append(f"{dropped} lines recorded as bad input are looked at again with the new options")
-    state.resent = SentJournal.unrecorded_in(journal_path(checkpoint), state.done)
+    state.resent = SentJournal.unrecorded_in(paths.sent, state.done)
     return state
 
 
-def _usable_checkpoint(checkpoint: Path, state: ResumeState, sizes: list[int]) -> Checkpoint | None:
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _own_tail(path: Path) -> int:
+    """The bytes after the last newline, if they could be a record of ours cut short; else ConfigError."""
+    tail = torn_tail(path)
+    if tail and not looks_like_record(path, tail):
+        raise ConfigError(
+            f"{path} is not an asyncbatch output (its last line is not a record); it is left as it is. "
+            "HINT: choose another output name, or move the file aside"
+        )
+    return tail
+
+
+def _usable_checkpoint(checkpoint: Path, state: ResumeState, sizes: list[int], outputs: list[str]) -> Checkpoint | None:
     try:
-        return load_checkpoint(checkpoint)
+        saved = load_checkpoint(checkpoint)
     except CheckpointUnreadable as exc:
         if sizes != [0, 0]:
             state.notes.append(f"checkpoint {checkpoint} not used ({exc}): rebuilding the state from the outputs")
         return None
+    if saved.outputs is not None and saved.outputs != outputs:
+        state.notes.append(f"checkpoint {checkpoint} describes other outputs: rebuilding the state from these")
+        return None
+    return saved
 
 
 def _check_input(input_path: Path, saved: Checkpoint, state: ResumeState) -> None:
@@ -437,35 +474,20 @@ def drop_errors(errors: Path, checkpoint: Path, state: ResumeState, drop: Callab
     if not errors.exists():
         return 0
     checkpoint.unlink(missing_ok=True)
-    tmp = errors.with_name(f"{errors.name}.tmp")
     dropped = 0
-    with errors.open("rb") as src, tmp.open("wb") as dst:
-        for raw in src:
-            record = orjson.loads(raw)
-            if drop(str((record.get("error") or {}).get("code"))):
-                state.done.discard(int(record[LINE]))
-                dropped += 1
-            else:
-                dst.write(raw)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, errors)
+
+    def kept() -> Iterator[bytes]:
+        nonlocal dropped
+        with errors.open("rb") as src:
+            for raw in src:
+                record = orjson.loads(raw)
+                if drop(str((record.get("error") or {}).get("code"))):
+                    state.forget(record)
+                    dropped += 1
+                else:
+                    yield raw
+
+    replace_atomically(errors, kept())
     state.errors_lines -= dropped
     state.errors_offset = errors.stat().st_size
     return dropped
-
-
-def move_aside(paths: list[Path]) -> list[tuple[Path, Path]]:
-    """Rename existing files to ``<name>.<timestamp>.old`` (for --restart); never delete."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    moved = []
-    for path in paths:
-        if path.exists():
-            target = path.with_name(f"{path.name}.{stamp}.old")
-            n = 1
-            while target.exists():
-                n += 1
-                target = path.with_name(f"{path.name}.{stamp}-{n}.old")
-            os.replace(path, target)
-            moved.append((path, target))
-    return moved

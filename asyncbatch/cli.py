@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ from .errors import ConfigError, FatalAPIError, OutputError
 from .export import FORMATS, ExportReport, Rows, export, format_for
 from .inputs import sniff
 from .progress import Reporter, make_reporter
-from .redact import Redactor
+from .redact import RedactingStream, Redactor
 from .runner import Interrupt, run
 from .schemas import load_response_format, load_tools
 from .simulator import SimConfig, simulated
@@ -382,16 +383,45 @@ def _other_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_env(env_file: Path | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """The .env file's values under the real environment's (real variables win).
+COMMANDS = ("ASYNCBATCH_TOKEN_COMMAND",)  # never taken from a .env file: cloning a repository must not run code
+
+
+@dataclasses.dataclass
+class Env:
+    """The variables asyncbatch reads: the real environment's, over a .env file's (which never sets a command)."""
+
+    values: dict[str, str]
+    loaded: list[str]  # names taken from the file
+    ignored: list[str]  # names in the file that only the real environment may set
+    path: Path | None = None
+
+    def notes(self) -> tuple[list[str], list[str]]:
+        """(info, warnings) to show: which file was read, and what in it was refused."""
+        where = self.path.resolve() if self.path else None
+        info = [f"read {', '.join(self.loaded)} from {where} (the real environment wins)"] if self.loaded else []
+        warnings = [
+            f"{where} sets {name}, which is ignored: a command is run only from the real environment or "
+            "--token-command, never from a .env file"
+            for name in self.ignored
+        ]
+        return info, warnings
+
+
+def load_env(env_file: Path | None, environ: Mapping[str, str]) -> Env:
+    """The .env file's values under the real environment's (real variables win); commands only from the latter.
 
     A file named with --env-file must exist; the default ./.env is read only if it does.
     """
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"--env-file {env_file} does not exist")
     path = env_file or Path(".env")
-    values = {k: v for k, v in dotenv_values(path).items() if v is not None} if path.is_file() else {}
-    return {**values, **environ}
+    if not path.is_file():
+        return Env(dict(environ), [], [])
+    values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    ignored = sorted(k for k in values if k in COMMANDS)
+    kept = {k: v for k, v in values.items() if k not in COMMANDS}
+    loaded = sorted(k for k in kept if k not in environ)
+    return Env({**kept, **environ}, loaded, ignored, path)
 
 
 def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpoint:
@@ -472,16 +502,17 @@ def _deployment(
 
 
 def azure_auth(env: Mapping[str, str], args: argparse.Namespace) -> tuple[str, TokenProvider | None]:
-    """An API key, or Entra ID: --token-command (or ASYNCBATCH_TOKEN_COMMAND), else DefaultAzureCredential."""
-    command = args.token_command or env.get("ASYNCBATCH_TOKEN_COMMAND")
+    """--token-command; else the API key; else Entra ID: ASYNCBATCH_TOKEN_COMMAND, else DefaultAzureCredential."""
     key = env.get("AZURE_OPENAI_API_KEY") or ""
     if args.auth == "key":
         _require({"AZURE_OPENAI_API_KEY": key})
         return key, None
-    if command:
-        return "", command_provider(command)
+    if args.token_command:
+        return "", command_provider(args.token_command)
     if key and args.auth != "entra":
         return key, None
+    if command := env.get("ASYNCBATCH_TOKEN_COMMAND"):
+        return "", command_provider(command)
     return "", default_credential_provider()
 
 
@@ -655,9 +686,11 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if threading.current_thread() is threading.main_thread():
+            _interrupt_on_signals()  # asyncio put the defaults back: a signal from here on still exits 130
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
-    again = f"run the same command again:\n  {shlex.join([*_prog(), *sys.argv[1:]])}"
+    again = f"run the same command again:\n  {resume_command(sys.argv[1:])}"
     if stats.stopped:  # warn: shown even with -q, since the user needs it
         reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; to resume, {again}")
         return EXIT_STOPPED
@@ -713,13 +746,69 @@ def _prog() -> list[str]:
     return ["asyncbatch"]
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command to run again, with every --header value left out (they are secrets): named, to pass again."""
+    shown, names, value_next = [], [], False
+    for arg in argv:
+        option, eq, value = arg.partition("=")
+        if value_next:
+            value_next = False
+            names.append(arg.partition(":")[0].strip())
+            shown.append(f"{names[-1]}: <your value>")
+        elif len(option) >= 5 and "--header".startswith(option):  # --header, or argparse's --head, --heade
+            value_next = not eq
+            if eq:
+                names.append(value.partition(":")[0].strip())
+                shown.append(f"{option}={names[-1]}: <your value>")
+            else:
+                shown.append(arg)
+        else:
+            shown.append(arg)
+    command = shlex.join([*_prog(), *shown])
+    if names:
+        command += f"\n  (the values of the {', '.join(names)} header(s) are not repeated here: give them again)"
+    return command
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_signals() -> None:
+    """SIGTERM as SIGINT: whenever one comes outside the run's own handlers, it ends the process with 130."""
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The command line. Everything it prints passes through one Redactor: no secret reaches a terminal."""
+    handlers = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        _interrupt_on_signals()
+    redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY")])
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = RedactingStream(stdout, redactor)
+    sys.stderr = RedactingStream(stderr, redactor)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv), redactor)
+    except KeyboardInterrupt:
+        print(
+            "asyncbatch: interrupted before the run began; nothing was sent. Run the same command again",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+        for sig, handler in handlers if in_main_thread else ():
+            signal.signal(sig, handler)
+
+
+def _main(argv: list[str], redactor: Redactor) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
-    secrets = [value.partition(":")[2].strip() for value in args.header]
-    redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY"), *secrets])
+    redactor.extend(value.partition(":")[2].strip() for value in args.header)
 
     def fail(message: str) -> int:
         text = redactor.text(message)
@@ -731,25 +820,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         env = load_env(args.env_file, os.environ)
+        redactor.extend([env.values.get("AZURE_OPENAI_API_KEY"), env.values.get("OPENAI_API_KEY")])
         args.deployment_specs = load_deployments(args.deployments) if args.deployments else []
-        secrets += [env.get(spec.api_key_env) or "" for spec in args.deployment_specs if spec.api_key_env]
-        redactor = Redactor([env.get("AZURE_OPENAI_API_KEY"), env.get("OPENAI_API_KEY"), *secrets])
+        redactor.extend(env.values.get(spec.api_key_env or "") for spec in args.deployment_specs)
         check_input(args.input)
         if args.input.stat().st_size == 0:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
             return EXIT_OK
         sniff(args.input)
         if args.dry_run:
-            return _dry_run(args, env)
-        reporter = make_reporter(quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format)
-        return _event_loop_run(execute(args, env, reporter))
+            return _dry_run(args, env.values)
+        reporter = make_reporter(
+            quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format, redactor=redactor
+        )
+        info, warnings = env.notes()
+        for note in info:
+            reporter.info(note)
+        for warning in warnings:
+            reporter.warn(warning)
+        return _event_loop_run(execute(args, env.values, reporter))
     except (ConfigError, FatalAPIError, OutputError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
-        print("asyncbatch: interrupted", file=sys.stderr)
+        print("asyncbatch: interrupted. Nothing is lost; to resume, run the same command again", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as exc:
-        return fail(f"{exc.filename or ''}: {exc.strerror or exc}")
+        return fail(f"{exc.filename or 'an I/O operation'}: {exc.strerror or exc}")
     except Exception:
         return fail("internal error\n" + traceback.format_exc())
 

@@ -25,6 +25,7 @@ from .config import Endpoint
 from .errors import AttemptError
 from .inputs import Api
 from .protocol import answer_problem, parse_retry_after
+from .redact import Redactor
 from .retry import is_retryable_status
 
 if TYPE_CHECKING:
@@ -119,8 +120,10 @@ class Connection:
         timeout: float,
         tokens: Tokens | None = None,
         max_response_bytes: int = 16 * MiB,
+        redactor: Redactor | None = None,
     ) -> None:
         self.urls, self.headers, self.tokens = urls, headers, tokens
+        self.redactor = redactor or Redactor()
         self.where = urls["chat"].split("?")[0]  # for messages: the URL without its query
         self.timeout, self.max_response_bytes = timeout, max_response_bytes
         self.answered = False
@@ -139,11 +142,13 @@ class Connection:
         timeout: float,
         tokens: Tokens | None = None,
         max_response_bytes: int = 16 * MiB,
+        redactor: Redactor | None = None,
     ) -> Connection:
         """Ask the SDK where and how to call, then close it: only the aiohttp session is kept.
 
         :param tokens: Entra ID: the bearer token is set on every request, as the SDK's provider is.
         :param max_response_bytes: a larger answer is not read (``response_too_large``): memory stays bounded.
+        :param redactor: an error's body passes through it before any of it is kept or cut.
         """
         sdk = sdk_client(endpoint)
         try:
@@ -158,6 +163,7 @@ class Connection:
             timeout=timeout,
             tokens=tokens,
             max_response_bytes=max_response_bytes,
+            redactor=redactor,
         )
 
     async def send(self, payload: bytes, api: Api = "chat", request: Mapping[str, Any] | None = None) -> Reply:
@@ -179,15 +185,15 @@ class Connection:
             raise AttemptError("timeout", f"no response within {self.timeout:g} s", retryable=True) from None
         except aiohttp.ClientError as exc:
             raise AttemptError("connection_error", f"connection failed: {_describe(exc)}", retryable=True) from None
-        if status >= 400:
-            error = status_error(status, headers, raw or b"")
+        if status >= 400:  # read only so far: a secret cut at the end is masked too
+            error = status_error(status, headers, self.redactor.cut_short(raw or b""))
             error.token = token
             raise error
         if raw is None:
             raise too_large(status, headers, self.max_response_bytes)
         if self.tokens is not None:
             self.tokens.worked()
-        return decode_reply(status, headers, raw, api, request)
+        return decode_reply(status, headers, raw, api, request, self.redactor)
 
     async def _body(self, response: aiohttp.ClientResponse) -> bytes | None:
         """The body, read at most to its limit (an error's: ``ERROR_BODY_BYTES``, cut); None if an answer is larger."""
@@ -222,7 +228,12 @@ ANSWERS: dict[Api, str] = {"chat": "a chat completion", "embeddings": "an embedd
 
 
 def decode_reply(
-    status: int, headers: Mapping[str, str], raw: bytes, api: Api = "chat", request: Mapping[str, Any] | None = None
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    api: Api = "chat",
+    request: Mapping[str, Any] | None = None,
+    redactor: Redactor | None = None,
 ) -> Reply:
     """A 200 body -> Reply; any body that is not an answer of ``api`` to ``request`` is a retryable
     ``malformed_response`` carrying the answer's request id (see ``protocol.answer_problem``)."""
@@ -234,7 +245,7 @@ def decode_reply(
     if problem is not None:
         raise AttemptError(
             "malformed_response",
-            f"HTTP {status} that is not {ANSWERS[api]}: {problem}; body: {raw[:200]!r}",
+            f"HTTP {status} that is not {ANSWERS[api]}: {problem}; body: {(redactor or Redactor()).clip(raw, 200)!r}",
             status=status,
             retryable=True,
             request_id=_request_id(headers),
@@ -259,7 +270,7 @@ def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptErr
 
 
 def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> AttemptError:
-    """An HTTP error response -> AttemptError with the server's code and message."""
+    """An HTTP error response (its body already redacted) -> AttemptError with the server's code and message."""
     try:
         body: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError
+from .files import StatePaths
 from .schemas import check_request_schemas, mark_strict
 
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
@@ -188,7 +189,8 @@ class RunConfig:
 
     :param output_path: results (default ``<input stem>.results.jsonl`` beside the input).
     :param errors_path: failures (default ``<output stem>.errors.jsonl``).
-    :param checkpoint_path: resume state (default ``<output>.checkpoint``).
+    :param checkpoint_path: the resume checkpoint (default ``<output>.state/checkpoint``; every other
+        state file is in ``<output>.state/`` whatever this says).
     :param fsync: ``always``, ``periodic`` (at least once a second) or ``never`` (only at exit).
     :param retry_failed: run again the inputs recorded as failed (bad input lines are looked at again).
     :param accept_changes: resume although request options changed since results were written;
@@ -277,8 +279,13 @@ class RunConfig:
         return bool(self.deployments)
 
     @property
+    def state(self) -> StatePaths:
+        """The run's state directory, ``<output>.state/``, and the checkpoint's place."""
+        return StatePaths.beside(self.output_path, self.checkpoint_path)
+
+    @property
     def checkpoint(self) -> Path:
-        return self.checkpoint_path or self.output_path.with_name(self.output_path.name + ".checkpoint")
+        return self.state.checkpoint
 
     @property
     def fsync_interval(self) -> float | None:

@@ -6,14 +6,17 @@ builds requests; that is ``requests.py``.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
 
 import orjson
 
 from .errors import ConfigError
-from .ids import IdLog, IdSet, digest
+from .ids import IdLog, IdSet, digest, line_digest
+
+if TYPE_CHECKING:
+    from .checkpoint import DoneSet
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
 Api = Literal["chat", "embeddings", "responses"]
@@ -33,12 +36,14 @@ class ParsedLine(NamedTuple):  # NamedTuple: built per line, several times cheap
     custom_id: str
     kind: Kind
     obj: dict[str, Any]
+    line_hash: str = ""  # the line's content digest (ids.line_digest), in hex
 
 
 class BadLine(NamedTuple):
     line_no: int
     custom_id: str
     reason: str
+    line_hash: str = ""
 
 
 _SNIFF = 64 * 1024
@@ -101,29 +106,30 @@ def count_lines(path: Path, chunk: int = 1 << 20) -> int:
     return count + (last != b"\n")
 
 
-def read_lines(path: Path, skip: Container[int] = (), ids: IdLog | None = None) -> Iterator[ParsedLine | BadLine]:
+def read_lines(path: Path, done: DoneSet | None = None, ids: IdLog | None = None) -> Iterator[ParsedLine | BadLine]:
     """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine; a repeated custom_id is a BadLine.
 
-    Lines in ``skip`` (already done) are not yielded. ``ids`` records each line's
-    id digest as it is read; the lines it already recorded (a resumed run) are
-    not even parsed when done, and the others know from it whether they repeat
-    an earlier id.
+    Lines ``done`` holds are not yielded: by number, or by content (``DoneSet.claim``) for
+    records recovered without their line number. ``ids`` records each line's id digest and
+    hashes the bytes read; the lines it already recorded (a resumed run) are not even parsed
+    when done, and the others know from it whether they repeat an earlier id.
     """
     ids = ids or IdLog(None)
     seen = IdSet()
     recorded = ids.recorded()
+    known = ids.known
     with path.open("rb") as f:
-        for line_no, raw, size in _raw_lines(f):
-            if line_no <= ids.known:
+        for line_no, raw, size in _raw_lines(f, feed=ids.feed, feed_after=known):
+            if line_no <= known:
                 if value := next(recorded):
                     seen.add_new(value)  # a first occurrence, by construction
-                if line_no in skip:  # the hot loop when resuming a long run: keep it lean
+                if done is not None and line_no in done:  # the hot loop when resuming a long run: keep it lean
                     continue
                 item = parse_line(line_no, raw)
                 if isinstance(item, ParsedLine) and not value:
                     item = _duplicate(item)
-            elif line_no in skip:  # done, but not in the log (it was lost): only the id is read
-                done_id = _quick_id(raw) if raw else None
+            elif done is not None and done.claim(line_no, line_digest(raw) if raw else 0):
+                done_id = _quick_id(raw) if raw else None  # done, but not in the log: only the id is read
                 ids.append(value if done_id and seen.add(value := digest(done_id)) else 0, size)
                 continue
             else:
@@ -157,21 +163,31 @@ def line_offsets(path: Path) -> Iterator[tuple[int, int]]:
 
 
 def _duplicate(item: ParsedLine) -> BadLine:
-    return BadLine(item.line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}")
+    return BadLine(item.line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}", item.line_hash)
 
 
-def _raw_lines(f: BinaryIO, first: int = 1) -> Iterator[tuple[int, bytes | None, int]]:
+def _raw_lines(
+    f: BinaryIO, first: int = 1, feed: Callable[[bytes], None] | None = None, feed_after: int = 0
+) -> Iterator[tuple[int, bytes | None, int]]:
     """Yield (line number, bytes, size on disk); None stands for a line longer than MAX_LINE_BYTES.
 
     :param first: the number of the line ``f`` is at (1 at the start of the file).
+    :param feed: given every byte read of the lines after ``feed_after``, before the line is yielded.
     """
     line_no = first - 1
     while raw := f.readline(MAX_LINE_BYTES + 1):
         line_no += 1
+        fed = feed if feed is not None and line_no > feed_after else None
+        if fed is not None:
+            fed(raw)
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
             size = len(raw)
             while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
                 size += len(rest)
+                if fed is not None:
+                    fed(rest)
+            if fed is not None:
+                fed(rest)
             yield line_no, None, size + len(rest)
             continue
         size = len(raw)
@@ -203,20 +219,21 @@ def parse_line(line_no: int, raw: bytes | None) -> ParsedLine | BadLine | None:
         return BadLine(line_no, fallback_id, f"line is longer than {MAX_LINE_BYTES} bytes")
     if not raw.strip():
         return None
+    line_hash = f"{line_digest(raw):016x}"
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return BadLine(line_no, fallback_id, f"not valid JSON (or not UTF-8): {exc}")
+        return BadLine(line_no, fallback_id, f"not valid JSON (or not UTF-8): {exc}", line_hash)
     if not isinstance(obj, dict):
-        return BadLine(line_no, fallback_id, f"expected a JSON object, got {type(obj).__name__}")
+        return BadLine(line_no, fallback_id, f"expected a JSON object, got {type(obj).__name__}", line_hash)
     kind = detect_kind(obj)
     custom_id = _custom_id(obj, kind)
     if custom_id is None:
-        return BadLine(line_no, fallback_id, "custom_id must be a non-empty string")
+        return BadLine(line_no, fallback_id, "custom_id must be a non-empty string", line_hash)
     problem = _shape_problem(obj, kind)
     if problem:
-        return BadLine(line_no, custom_id or fallback_id, problem)
-    return ParsedLine(line_no, custom_id or fallback_id, kind, obj)
+        return BadLine(line_no, custom_id or fallback_id, problem, line_hash)
+    return ParsedLine(line_no, custom_id or fallback_id, kind, obj, line_hash)
 
 
 def detect_kind(obj: dict[str, Any]) -> Kind:

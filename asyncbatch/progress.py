@@ -26,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .redact import RedactingStream, Redactor
 from .stats import RunStats, Trend
 
 MAX_WARNINGS = 20
@@ -38,21 +39,23 @@ class Reporter:
     interval = 0.5
     verbose = False  # whether ``info`` prints
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
+    def __init__(self, stream: TextIO | None = None, redactor: Redactor | None = None) -> None:
+        """:param redactor: every byte written passes through it (the run adds its secrets to it)."""
+        self.redactor = redactor or Redactor()
+        self.stream: TextIO = RedactingStream(stream or sys.stderr, self.redactor)  # type: ignore[assignment]
         self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
         self._warned = 0
 
     def warn(self, message: str) -> None:
         self._warned += 1
         if self._warned <= MAX_WARNINGS:
-            self.message("warning", message)
+            self.message("warning", self.redactor.text(message))
         elif self._warned == MAX_WARNINGS + 1:
             self.message("warning", "... more problems not shown; every one is in the errors file")
 
     def info(self, message: str) -> None:
         if self.verbose:
-            self.message("info", message)
+            self.message("info", self.redactor.text(message))
 
     def message(self, level: str, text: str) -> None:
         self.console.print(text, markup=False)
@@ -297,8 +300,8 @@ class RichReporter(PlainReporter):
 
     interval = 0.25
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: TextIO | None = None, redactor: Redactor | None = None) -> None:
+        super().__init__(stream, redactor)
         self.live = Live(Text(""), console=self.console, auto_refresh=False, transient=False)
 
     def tick(self, stats: RunStats, trend: Trend) -> None:
@@ -428,17 +431,24 @@ def _estimate_vs_used(stats: RunStats) -> str:
     return f"{stats.estimated_tokens:,} / {used:,}{ratio}"
 
 
-def make_reporter(*, quiet: bool, progress: bool, log_format: str = "text", stream: TextIO | None = None) -> Reporter:
+def make_reporter(
+    *,
+    quiet: bool,
+    progress: bool,
+    log_format: str = "text",
+    stream: TextIO | None = None,
+    redactor: Redactor | None = None,
+) -> Reporter:
     stream = stream or sys.stderr
     if log_format == "json":
-        return JsonReporter(stream) if progress and not quiet else _JsonSummaryOnly(stream, quiet)
+        return JsonReporter(stream, redactor) if progress and not quiet else _JsonSummaryOnly(stream, quiet, redactor)
     if quiet:
-        return Reporter(stream)
+        return Reporter(stream, redactor)
     if progress and stream.isatty():
-        return RichReporter(stream)
+        return RichReporter(stream, redactor)
     if progress:
-        return PlainReporter(stream)
-    return _SummaryOnly(stream)
+        return PlainReporter(stream, redactor)
+    return _SummaryOnly(stream, redactor)
 
 
 class _SummaryOnly(Reporter):
@@ -449,8 +459,8 @@ class _SummaryOnly(Reporter):
 
 
 class _JsonSummaryOnly(JsonReporter):
-    def __init__(self, stream: TextIO, quiet: bool) -> None:
-        super().__init__(stream)
+    def __init__(self, stream: TextIO, quiet: bool, redactor: Redactor | None = None) -> None:
+        super().__init__(stream, redactor)
         self.verbose, self.quiet = not quiet, quiet
 
     async def run(self, stats: RunStats) -> None:

@@ -1,8 +1,8 @@
 """The shape of every line asyncbatch writes: a result, or an error. The shared keys are defined here once.
 
 Both follow the Batch API's output line (``id``, ``custom_id``, ``response``,
-``error``) plus convenience fields; ``line`` names the input line, and is what
-resuming reads back.
+``error``) plus convenience fields; ``line`` names the input line and
+``line_hash`` is a digest of its content: resuming reads them back.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import orjson
 from .errors import AttemptError
 
 LINE = "line"  # the input line number, in every output line
+LINE_HASH = "line_hash"  # a digest of that line's content (ids.line_digest), in hex
 INVALID_INPUT = "invalid_input"  # the error code of a bad input line
 
 
@@ -40,6 +41,7 @@ def result_record(
     attempts: int,
     latency_ms: float,
     deployment: str | None = None,
+    line_hash: str = "",
 ) -> dict[str, Any]:
     return {
         "id": new_id(),
@@ -51,10 +53,13 @@ def result_record(
         "latency_ms": round(latency_ms, 1),
         "deployment": deployment,
         LINE: line_no,
+        LINE_HASH: line_hash,
     }
 
 
-def error_record(*, custom_id: str, line_no: int, code: str, message: str, attempts: int) -> dict[str, Any]:
+def error_record(
+    *, custom_id: str, line_no: int, code: str, message: str, attempts: int, line_hash: str = ""
+) -> dict[str, Any]:
     return {
         "id": new_id(),
         "custom_id": custom_id,
@@ -62,13 +67,22 @@ def error_record(*, custom_id: str, line_no: int, code: str, message: str, attem
         "error": {"code": code, "message": message},
         "attempts": attempts,
         LINE: line_no,
+        LINE_HASH: line_hash,
     }
 
 
 def failure_record(
-    *, custom_id: str, line_no: int, exc: AttemptError, attempts: int, deployment: str | None = None
+    *,
+    custom_id: str,
+    line_no: int,
+    exc: AttemptError,
+    attempts: int,
+    deployment: str | None = None,
+    line_hash: str = "",
 ) -> dict[str, Any]:
-    record = error_record(custom_id=custom_id, line_no=line_no, code=exc.code, message=exc.message, attempts=attempts)
+    record = error_record(
+        custom_id=custom_id, line_no=line_no, code=exc.code, message=exc.message, attempts=attempts, line_hash=line_hash
+    )
     record["deployment"] = deployment
     if exc.status is not None:
         record["response"] = {"status_code": exc.status, "request_id": exc.request_id, "body": exc.body}

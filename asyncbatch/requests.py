@@ -24,6 +24,7 @@ class Job:
     estimate: int  # Azure's admission estimate, in tokens
     prompt_estimate: int  # its prompt part (the rest is max_tokens x n)
     api: Api = "chat"
+    line_hash: str = ""  # the input line's content digest, written in its record
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:
@@ -76,9 +77,9 @@ def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | Ba
     try:
         return _prepare(line, defaults, model)
     except ValueError as exc:
-        return BadLine(line.line_no, line.custom_id, str(exc))
+        return BadLine(line.line_no, line.custom_id, str(exc), line.line_hash)
     except Exception as exc:  # a line orjson reads but cannot write again (nested too deep), and any other surprise
-        return BadLine(line.line_no, line.custom_id, f"cannot build a request from this line: {exc}")
+        return BadLine(line.line_no, line.custom_id, f"cannot build a request from this line: {exc}", line.line_hash)
 
 
 def _prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | BadLine:
@@ -90,9 +91,9 @@ def _prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | B
     elif api == "responses":
         _apply_responses_defaults(body, defaults)
     if problem := body_problem(body):
-        return BadLine(line.line_no, line.custom_id, problem)
+        return BadLine(line.line_no, line.custom_id, problem, line.line_hash)
     prompt, completion = split_estimate(body, api)
-    return Job(line.line_no, line.custom_id, body, orjson.dumps(body), prompt + completion, prompt, api)
+    return Job(line.line_no, line.custom_id, body, orjson.dumps(body), prompt + completion, prompt, api, line.line_hash)
 
 
 def line_api(line: ParsedLine, defaults: RequestDefaults) -> Api:

@@ -27,26 +27,17 @@ from typing import Any
 
 from .attempts import Attempts, Outcome, Stopped, Success
 from .auth import Tokens
-from .batchapi import BatchRunner, BatchState, state_path
-from .checkpoint import (
-    PrefixHash,
-    ResumeState,
-    SentJournal,
-    drop_errors,
-    fingerprint,
-    journal_path,
-    move_aside,
-    recover,
-    save_checkpoint,
-)
+from .batchapi import BatchRunner, BatchState
+from .checkpoint import ResumeState, SentJournal, drop_errors, fingerprint, identity, recover, save_checkpoint
 from .client import Connection
 from .config import Deployment, Endpoint, RunConfig
 from .cost import Budget
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
-from .ids import IdLog, ids_path
+from .files import check_paths, move_aside, prepare_state
+from .ids import IdLog
 from .inputs import BadLine, ParsedLine, count_lines, read_lines, sniff
 from .limits import Admission
-from .lock import hold, lock_path
+from .lock import OutputLock
 from .progress import Reporter
 from .records import INVALID_INPUT, error_record
 from .redact import Redactor
@@ -89,10 +80,10 @@ async def run(
     """Run every input of ``config`` not already recorded; return the counters.
 
     Await it from any event loop (a script's ``asyncio.run``, or a notebook's running loop).
-    The run holds an exclusive lock on its outputs for its whole life: a second run on the
-    same outputs raises ``AlreadyRunning`` (a ConfigError) at once.
+    The run holds an exclusive lock on its outputs for its whole life: a second run that would
+    write the same files, by any name, raises ``AlreadyRunning`` (a ConfigError) at once.
 
-    :param restart: first move the old outputs and checkpoint aside (never deleted), under the lock.
+    :param restart: first move the old outputs and state directory aside (never deleted), under the lock.
     :param reporter: progress and messages (default: messages only, on stderr).
     :param interrupt: call ``interrupt.request()`` to stop gracefully (twice: at once).
     :param sleep: used for every retry wait and cool-down; ``clock`` for every time. Tests inject both.
@@ -102,13 +93,18 @@ async def run(
     """
     reporter = reporter or Reporter()
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
-    for path in (config.output_path, config.errors_path):
-        _check_writable(path)
-    with hold(lock_path(config.checkpoint), config.output_path):
+    check_paths(config.output_path, config.errors_path, config.state, config.checkpoint_path)
+    with _locked(config) as lock:
         if restart:
-            for old, new in _move_outputs_aside(config):
+            for old, new in _move_outputs_aside(config, lock):
                 reporter.warn(f"--restart: moved {old} to {new}")
+        for note in prepare_state(config.output_path, config.state, config.checkpoint_path):
+            reporter.info(note)
         return await _locked_run(config, reporter, interrupt, sleep, clock)
+
+
+def _locked(config: RunConfig) -> OutputLock:
+    return OutputLock([config.output_path, config.errors_path], config.state.lock)
 
 
 async def _locked_run(
@@ -119,7 +115,7 @@ async def _locked_run(
         config.input_path,
         config.output_path,
         config.errors_path,
-        config.checkpoint,
+        config.state,
         expected,
         accept_changes=config.accept_changes,
     )
@@ -130,7 +126,8 @@ async def _locked_run(
         reporter.info(note)
     _check_batch_jobs(config)
     # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
-    redactor = Redactor([secret for d in config.routes for secret in d.endpoint.secrets])
+    redactor = reporter.redactor  # one redactor for every byte the run writes or prints
+    redactor.extend(secret for d in config.routes for secret in d.endpoint.secrets)
     connections = [await _connect(config, d.endpoint, redactor) for d in config.routes]
     stats = _initial_stats(config, state, clock)
     try:
@@ -158,6 +155,7 @@ async def _connect(config: RunConfig, endpoint: Endpoint, redactor: Redactor) ->
         timeout=config.retry.timeout,
         tokens=tokens,
         max_response_bytes=config.retry.max_response_bytes,
+        redactor=redactor,
     )
 
 
@@ -165,7 +163,7 @@ def _check_batch_jobs(config: RunConfig) -> None:
     """A live run while this run's Batch API jobs are open would pay twice for the lines they cover."""
     if config.batch is not None:
         return
-    saved = BatchState.load(state_path(config.checkpoint))
+    saved = BatchState.load(config.state.batches)
     jobs = [p.batch_id for p in saved.open_parts() if p.batch_id] if saved else []
     if jobs:
         raise ConfigError(
@@ -176,29 +174,23 @@ def _check_batch_jobs(config: RunConfig) -> None:
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
-    """Start over: move the run's outputs and checkpoint aside (never deleted); return (old, new) names.
+    """Start over: move the run's outputs and state directory aside (never deleted); return (old, new) names.
 
     :raises AlreadyRunning: another run is writing them.
     """
-    with hold(lock_path(config.checkpoint), config.output_path):
-        return _move_outputs_aside(config)
+    check_paths(config.output_path, config.errors_path, config.state, config.checkpoint_path)
+    with _locked(config) as lock:
+        return _move_outputs_aside(config, lock)
 
 
-def _move_outputs_aside(config: RunConfig) -> list[tuple[Path, Path]]:
-    ids_path(config.checkpoint).unlink(missing_ok=True)  # a cache of the input: rebuilt as it is read
-    journal_path(config.checkpoint).unlink(missing_ok=True)
-    for part in config.checkpoint.parent.glob(f"{config.checkpoint.name}.part-*.jsonl"):
-        part.unlink()  # Batch API files still to upload: planned again from the input
-    batches = state_path(config.checkpoint)  # Batch API jobs: kept, in case their results are wanted
-    return move_aside([config.output_path, config.errors_path, config.checkpoint, batches])
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before the first request, not after paying for it, if an output cannot be opened."""
-    try:
-        path.open("ab").close()
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+def _move_outputs_aside(config: RunConfig, lock: OutputLock) -> list[tuple[Path, Path]]:
+    """Under the lock: rename the outputs and the state directory (Batch API jobs kept in it), then lock anew."""
+    prepare_state(config.output_path, config.state, config.checkpoint_path)  # an older layout: moved in first
+    custom = [config.checkpoint_path] if config.checkpoint_path is not None else []
+    moved = move_aside([config.output_path, config.errors_path, config.state.dir, *custom])
+    lock.release()
+    lock.acquire()  # the new, empty outputs; a run that started in between holds them, and this one stops
+    return moved
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -219,7 +211,7 @@ def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], fl
         total=count_lines(config.input_path),
         succeeded=state.results_lines,
         failed=state.errors_lines,
-        resumed=len(state.done),
+        resumed=len(state.done) + state.done.unplaced.count,
         resent=state.resent,
         changed=state.changed,
         prices=config.prices,
@@ -245,7 +237,7 @@ class _Batch:
     ) -> None:
         self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
         fsync = config.fsync_interval
-        self.journal = SentJournal(journal_path(config.checkpoint))
+        self.journal = SentJournal(config.state.sent)
         self.results = JsonlWriter(config.output_path, self._on_results, fsync_interval=fsync, redactor=redactor)
         self.errors = JsonlWriter(config.errors_path, self._on_errors, fsync_interval=fsync, redactor=redactor)
         routes = [
@@ -266,9 +258,8 @@ class _Batch:
             sleep=sleep,
             clock=clock,
         )
-        self.ids = IdLog(ids_path(config.checkpoint), known=state.ids_lines, offset=state.input_offset)
-        trusted = state.prefix is not None and self.ids.known == state.ids_lines
-        self.prefix = state.prefix if trusted and state.prefix is not None else PrefixHash(config.input_path)
+        self.ids = IdLog(config.state.ids, known=state.ids_lines, offset=state.input_offset, prefix=state.prefix)
+        self.outputs = identity(config.output_path, config.errors_path)
         self.attempts.on_send = self.journal.sent
         self.stopping = False
         self.fatal: FatalAPIError | None = None
@@ -342,7 +333,7 @@ class _Batch:
             endpoint=self.config.routes[0].endpoint,
             request=self.config.request,
             input_path=self.config.input_path,
-            checkpoint=self.config.checkpoint,
+            paths=self.config.state,
             stats=self.stats,
             put_result=self.results.put,
             put_error=self.errors.put,
@@ -415,22 +406,23 @@ class _Batch:
         If it cannot be written (disk full), the previous checkpoint stays: the outputs
         only grow, so it is still true, and resuming reads whatever came after it.
         """
-        with contextlib.suppress(OSError):
-            save_checkpoint(self.config.checkpoint, self.state.snapshot(expected, self.ids.flush(), self.prefix))
+        with contextlib.suppress(OSError, OutputError):
+            save_checkpoint(self.config.checkpoint, self.state.snapshot(expected, self.ids.flush(), self.outputs))
             self.journal.reset()
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
-        seen = len(self.state.done)
         request, model = self.config.request, self.config.routes[0].endpoint.deployment
-        for line in read_lines(self.config.input_path, skip=self.state.done, ids=self.ids):
-            seen += 1
+        done, unplaced, yielded = len(self.state.done), self.state.done.unplaced.count, 0
+        for line in read_lines(self.config.input_path, done=self.state.done, ids=self.ids):
+            yielded += 1
             item = prepare(line, request, model) if isinstance(line, ParsedLine) else line
             if isinstance(item, BadLine):
                 self.reject(item)
             else:
                 self.stats.estimated_tokens += item.estimate
                 await queue.put(item)
-        self.stats.total = seen  # exact now: blank lines are not inputs
+        claimed = unplaced - self.state.done.unplaced.count  # recorded lines found by their content
+        self.stats.total = done + claimed + yielded  # exact now: blank lines are not inputs
         for _ in range(self.config.limits.concurrency):
             await queue.put(None)
 
@@ -446,6 +438,7 @@ class _Batch:
             code=INVALID_INPUT,
             message=f"{where}: {bad.reason}",
             attempts=0,
+            line_hash=bad.line_hash,
         )
         self.errors.put(bad.line_no, record)
 

@@ -1,8 +1,9 @@
 """The one writer of each JSONL output file.
 
 Each record is serialised to a complete line (ending in a newline) before any
-byte of it reaches the file. The writer takes whatever has queued up, writes it
-in one call and flushes, so output costs one syscall per batch, not per row.
+byte of it reaches the file. The writer takes whatever has queued up and writes
+it in one call, so output costs one syscall per batch, not per row. A write that
+fails part-way (disk full) is cut back at once: the file never keeps half a line.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
 from .errors import OutputError
+from .files import PRIVATE
 from .redact import Redactor
 
 _CLOSE = object()
@@ -73,24 +75,27 @@ class JsonlWriter:
             await self._run()
         except OSError as exc:
             raise OutputError(
-                f"cannot write {self.path}: {exc.strerror or exc}. Every line written before this is kept; "
+                f"cannot write {self.path}: {exc.strerror or exc}. Every line written before this is kept whole; "
                 "HINT: fix the cause (space, permissions) and run the same command again to resume"
             ) from None
 
     async def _run(self) -> None:
-        with self.path.open("ab") as f:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
+        try:
             self.opened.set()
             try:
                 while True:
                     first = await self._queue.get()
                     batch, closing = self._drain(first)
-                    self._write(f, batch)
+                    self._write(fd, batch)
                     if closing:
                         return
             finally:
                 # Cancelled or closing: whatever was handed to us still reaches the disk.
-                self._write(f, self._drain(None)[0])
-                _sync(f)
+                self._write(fd, self._drain(None)[0])
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _drain(self, first: object) -> tuple[list[tuple[int, bytes]], bool]:
         items = [] if first is None else [first]
@@ -99,22 +104,28 @@ class JsonlWriter:
         lines = [i for i in items if isinstance(i, tuple)]
         return lines, any(i is _CLOSE for i in items)
 
-    def _write(self, f: BinaryIO, lines: list[tuple[int, bytes]]) -> None:
+    def _write(self, fd: int, lines: list[tuple[int, bytes]]) -> None:
         if not lines:
             return
         data = b"".join(raw for _, raw in lines)
-        f.write(data)
-        f.flush()
+        _append(fd, data)
         self.on_written([line_no for line_no, _ in lines], len(data))
         self._pending -= len(lines)
         if self._pending <= 0:
             self._idle.set()
         now = time.monotonic()
         if self.fsync_interval is not None and now - self._last_sync >= self.fsync_interval:
-            _sync(f)
+            os.fsync(fd)
             self._last_sync = now
 
 
-def _sync(f: BinaryIO) -> None:
-    f.flush()
-    os.fsync(f.fileno())
+def _append(fd: int, data: bytes) -> None:
+    """Append all of ``data``, or nothing: a partial write is cut back before the error is raised."""
+    size = os.fstat(fd).st_size
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        os.ftruncate(fd, size)
+        raise

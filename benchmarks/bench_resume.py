@@ -90,7 +90,7 @@ def _time_to_first_request(work: Path, env: dict[str, str], sim_factory: SimConf
         while sim.first_request_at is None and proc.poll() is None:
             time.sleep(0.005)
         first = (sim.first_request_at or float("nan")) - started
-        ckpt = work / "in.results.jsonl.checkpoint"
+        ckpt = work / "in.results.jsonl.state" / "checkpoint"
         while not ckpt.exists() and proc.poll() is None:
             time.sleep(0.01)
         rss = _peak_rss_mb(proc.pid) if proc.poll() is None else float("nan")

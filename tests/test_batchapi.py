@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncbatch.batchapi import BatchState, Splitter, state_path
+from asyncbatch.batchapi import BatchState, Splitter
 from asyncbatch.cli import main
 from asyncbatch.simulator import SimConfig, Simulator
 
@@ -60,7 +60,7 @@ def test_5000_lines_at_2000_a_file_make_3_jobs_and_land_exactly_once(
     assert not read_jsonl(tmp_path / "in.results.errors.jsonl")
     assert results[0]["output"] and results[0]["batch_id"].startswith("batch_") and results[0]["deployment"] == "dep"
     assert sim.statuses["200"] == 0 and sim.billed_twice() == 0  # nothing live, nothing twice
-    assert BatchState.load(state_path(tmp_path / "in.results.jsonl.checkpoint")).open_parts() == []  # type: ignore[union-attr]
+    assert BatchState.load(tmp_path / "in.results.jsonl.state" / "batches").open_parts() == []  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_a_job_created_just_before_a_crash_is_found_by_its_metadata_not_created_
 ) -> None:
     env, sim = azure
     _killed_while_polling(tmp_path, env, sim)
-    path = state_path(tmp_path / "in.results.jsonl.checkpoint")
+    path = tmp_path / "in.results.jsonl.state" / "batches"
     saved = orjson.loads(path.read_bytes())
     for part in saved["parts"]:  # as if the process died between creating each job and saving its id
         part["batch_id"] = part["status"] = None

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,15 +16,13 @@ from asyncbatch.checkpoint import (
     PrefixHash,
     SentJournal,
     changed_parts,
-    cut_torn_tail,
     drop_errors,
     fingerprint,
-    journal_path,
-    move_aside,
     recover,
     save_checkpoint,
 )
 from asyncbatch.errors import ConfigError
+from asyncbatch.files import StatePaths, cut, move_aside, torn_tail
 
 FP = {"deployment": "x", "template": "t"}
 INPUT = Path(__file__)  # an input that exists; the checkpoints here have read none of it
@@ -38,14 +38,24 @@ def _ckpt(done: DoneSet | None = None, **fields: object) -> Checkpoint:
         "errors_lines": 0,
         "ids_lines": 0,
         "input_offset": 0,
-        "input_hash": PrefixHash(Path("unused")).advance_to(0),
+        "input_hash": _hash(b""),
     }
     return Checkpoint(**{**values, **fields})  # type: ignore[arg-type]
 
 
+def _hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _paths(d: Path) -> StatePaths:
+    """A state directory in ``d``, with the checkpoint at ``d / "c"``."""
+    (d / "s").mkdir(exist_ok=True)
+    return StatePaths(d / "s", d / "c")
+
+
 def _records(path: Path, lines: list[int], code: str | None = None) -> bytes:
     data = b"".join(
-        json.dumps({"custom_id": f"c{n}", "line": n, "error": {"code": code} if code else None}).encode() + b"\n"
+        orjson.dumps({"id": f"batch_req_{n}", "line": n, "error": {"code": code} if code else None}) + b"\n"
         for n in lines
     )
     with path.open("ab") as f:
@@ -76,10 +86,12 @@ def test_doneset_for_a_million_lines_is_small() -> None:
 @pytest.mark.parametrize(
     ("content", "kept"), [(b"", b""), (b"a\nb", b"a\n"), (b"a\nb\n", b"a\nb\n"), (b"torn", b""), (b"\n", b"\n")]
 )
-def test_cut_torn_tail(tmp_path: Path, content: bytes, kept: bytes) -> None:
+def test_torn_tail_measures_and_cut_removes_it(tmp_path: Path, content: bytes, kept: bytes) -> None:
     path = tmp_path / "f"
     path.write_bytes(content)
-    assert cut_torn_tail(path) == len(content) - len(kept)
+    tail = torn_tail(path)
+    assert tail == len(content) - len(kept) and path.read_bytes() == content  # measuring changes nothing
+    cut(path, tail)
     assert path.read_bytes() == kept
 
 
@@ -92,7 +104,7 @@ def test_fingerprint_names_each_option() -> None:
 def test_the_read_prefix_of_the_input_may_grow_but_not_change(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\n')
-    saved = PrefixHash(path).advance_to(9)
+    saved = _hash(b'{"a": 1}\n')
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n')  # appended: the first 9 bytes are the same
     assert PrefixHash.matching(path, 9, saved) is not None
     path.write_text('{"a": 7}\n{"a": 2}\n')  # same size, other bytes
@@ -102,7 +114,7 @@ def test_the_read_prefix_of_the_input_may_grow_but_not_change(tmp_path: Path) ->
 
 
 def test_recover_fresh(tmp_path: Path) -> None:
-    state = recover(INPUT, tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
+    state = recover(INPUT, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP)
     assert (state.source, len(state.done), state.notes) == ("fresh", 0, [])
 
 
@@ -113,7 +125,7 @@ def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> N
     for n in (1, 2, 3):
         done.add(n)
     save_checkpoint(ckpt, _ckpt(done, results_offset=len(first), results_lines=3))
-    journal = SentJournal(journal_path(ckpt))
+    journal = SentJournal(_paths(tmp_path).sent)
     for n in (4, 5, 9, 10):
         journal.sent(n)
     journal.recorded([10])
@@ -121,7 +133,7 @@ def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> N
     journal.close()
     _records(results, [4])
     _records(errors, [5], code="http_500")
-    state = recover(INPUT, results, errors, ckpt, FP)
+    state = recover(INPUT, results, errors, _paths(tmp_path), FP)
     assert state.source == "checkpoint"
     assert sorted(n for n in range(12) if n in state.done) == [1, 2, 3, 4, 5]
     assert (state.results_lines, state.errors_lines) == (4, 1)
@@ -135,7 +147,7 @@ def test_checkpoint_ahead_of_a_damaged_output_is_not_trusted(tmp_path: Path) -> 
     for n in range(1, 50):
         bogus.add(n)
     save_checkpoint(ckpt, _ckpt(bogus, results_offset=len(data) + 500, results_lines=49))
-    state = recover(INPUT, results, errors, ckpt, FP)
+    state = recover(INPUT, results, errors, _paths(tmp_path), FP)
     assert state.source == "rebuilt" and len(state.done) == 3 and state.results_lines == 3
 
 
@@ -143,7 +155,7 @@ def test_garbage_checkpoint_means_rebuild(tmp_path: Path) -> None:
     results, ckpt = tmp_path / "r", tmp_path / "c"
     _records(results, [4, 6])
     ckpt.write_bytes(b"\x00garbage")
-    state = recover(INPUT, results, tmp_path / "e", ckpt, FP)
+    state = recover(INPUT, results, tmp_path / "e", _paths(tmp_path), FP)
     assert state.source == "rebuilt" and sorted(n for n in range(10) if n in state.done) == [4, 6]
 
 
@@ -164,7 +176,7 @@ def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tm
     results, ckpt = tmp_path / "r", tmp_path / "c"
     _records(results, [3, 5])
     ckpt.write_text(json.dumps({k: v for k, v in data.items() if k != "errors_lines"}))
-    state = recover(INPUT, results, tmp_path / "e", ckpt, FP)
+    state = recover(INPUT, results, tmp_path / "e", _paths(tmp_path), FP)
     assert state.source == "rebuilt" and len(state.done) == 2
     assert any("errors_lines" in note and "rebuilding" in note for note in state.notes)
 
@@ -173,32 +185,32 @@ def test_changed_fingerprint_is_refused_naming_what_changed(tmp_path: Path) -> N
     ckpt = tmp_path / "c"
     save_checkpoint(ckpt, _ckpt())
     other = {**FP, "template": "other"}
-    state = recover(INPUT, tmp_path / "r", tmp_path / "e", ckpt, other)  # nothing succeeded: go on, with a note
+    state = recover(INPUT, tmp_path / "r", tmp_path / "e", _paths(tmp_path), other)  # nothing succeeded: go on
     assert any("template changed" in note for note in state.notes)
     results = tmp_path / "r"
     _records(results, [1])
     save_checkpoint(ckpt, _ckpt(results_offset=results.stat().st_size, results_lines=1))
     with pytest.raises(ConfigError, match=r"template changed.*1 results.*--accept-changes.*--restart"):
-        recover(INPUT, results, tmp_path / "e", ckpt, other)
-    state = recover(INPUT, results, tmp_path / "e", ckpt, other, accept_changes=True)
+        recover(INPUT, results, tmp_path / "e", _paths(tmp_path), other)
+    state = recover(INPUT, results, tmp_path / "e", _paths(tmp_path), other, accept_changes=True)
     assert state.changed == ["template"]
 
 
 def test_a_changed_input_is_refused_but_an_appended_one_is_not(tmp_path: Path) -> None:
     path, ckpt = tmp_path / "in.jsonl", tmp_path / "c"
     path.write_text("line one\n")
-    save_checkpoint(ckpt, _ckpt(input_offset=9, input_hash=PrefixHash(path).advance_to(9)))
+    save_checkpoint(ckpt, _ckpt(input_offset=9, input_hash=_hash(b"line one\n")))
     path.write_text("line one\nline two\n")
-    assert recover(path, tmp_path / "r", tmp_path / "e", ckpt, FP).prefix is not None
+    assert recover(path, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP).prefix is not None
     path.write_text("line 1!!\nline two\n")
     with pytest.raises(ConfigError, match=r"in.jsonl changed: its first 9 bytes"):
-        recover(path, tmp_path / "r", tmp_path / "e", ckpt, FP)
+        recover(path, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP)
 
 
 def test_foreign_line_in_an_output_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "r").write_text('{"not": "ours"}\n')
     with pytest.raises(ConfigError, match="not an asyncbatch record"):
-        recover(INPUT, tmp_path / "r", tmp_path / "e", tmp_path / "c", FP)
+        recover(INPUT, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP)
 
 
 def test_drop_errors_removes_the_picked_lines_and_the_checkpoint(tmp_path: Path) -> None:
@@ -206,7 +218,7 @@ def test_drop_errors_removes_the_picked_lines_and_the_checkpoint(tmp_path: Path)
     _records(errors, [2], code="invalid_input")
     _records(errors, [3, 4], code="http_500")
     ckpt.write_text("{}")
-    state = recover(INPUT, results, errors, ckpt, FP)
+    state = recover(INPUT, results, errors, _paths(tmp_path), FP)
     assert drop_errors(errors, ckpt, state, lambda code: code != "invalid_input") == 2
     assert [json.loads(x)["line"] for x in errors.read_text().splitlines()] == [2]
     assert 2 in state.done and 3 not in state.done and 4 not in state.done
@@ -241,7 +253,7 @@ def test_cut_at_any_byte_then_recover(
 ) -> None:
     """kill -9 can stop a write at any byte: recovery keeps exactly the whole lines, with or without a checkpoint."""
     d = tmp_path_factory.mktemp("cut")
-    results, errors, ckpt = d / "r", d / "e", d / "c"
+    results, errors, ckpt = d / "r", d / "e", _paths(d).checkpoint
     r_lines, e_lines = list(range(1, n_results + 1)), list(range(100, 100 + n_errors))
     r_data = _records(results, r_lines)
     e_data = _records(errors, e_lines, code="http_500")
@@ -254,7 +266,7 @@ def test_cut_at_any_byte_then_recover(
     save_checkpoint(ckpt, _ckpt(done, results_offset=r_off, results_lines=r_ck))
     for path, data, frac in ((results, r_data, cut_r), (errors, e_data, cut_e)):
         path.write_bytes(data[: int(len(data) * frac)])
-    state = recover(INPUT, results, errors, ckpt, FP)
+    state = recover(INPUT, results, errors, _paths(d), FP)
     whole_r = [json.loads(x)["line"] for x in results.read_bytes().splitlines()]
     whole_e = [json.loads(x)["line"] for x in errors.read_bytes().splitlines()]
     assert whole_r == r_lines[: len(whole_r)] and whole_e == e_lines[: len(whole_e)]  # only torn tails were cut

@@ -52,14 +52,15 @@ def test_result_and_error_line_shapes(tmp_path: Path, sim: tuple[str, Simulator]
     assert code == 1
     (result,) = results
     assert set(result) == {
-        "id", "custom_id", "response", "error", "output", "attempts", "latency_ms", "deployment", "line"
+        "id", "custom_id", "response", "error", "output", "attempts", "latency_ms", "deployment", "line", "line_hash"
     }  # fmt: skip
     assert result["id"].startswith("batch_req_") and result["error"] is None and result["deployment"] == "dep"
     assert result["response"]["status_code"] == 200 and result["response"]["request_id"].startswith("req-sim-")
     assert result["response"]["body"]["object"] == "chat.completion"
     assert result["attempts"] == 1 and result["latency_ms"] > 0
     (error,) = errors
-    assert set(error) == {"id", "custom_id", "response", "error", "attempts", "deployment", "line"}
+    assert set(error) == {"id", "custom_id", "response", "error", "attempts", "deployment", "line", "line_hash"}
+    assert result["line_hash"] != error["line_hash"] and len(result["line_hash"]) == 16
     assert error["custom_id"] == "bad" and error["line"] == 2 and error["attempts"] == 1  # 400: never retried
     assert error["response"]["status_code"] == 400
     assert error["error"] == {"code": "400", "message": "HTTP 400: Simulated 400."}

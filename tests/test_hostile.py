@@ -120,8 +120,8 @@ def test_a_planted_key_appears_in_no_output(tmp_path: Path, sim: tuple[dict[str,
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(8)] + ["{broken"])
     proc = _cli(tmp_path, env, "--max-attempts", "2")
     assert proc.returncode == 1
-    files = {p.name: p.read_text(errors="replace") for p in tmp_path.iterdir() if p.is_file()}
-    assert "in.results.jsonl.checkpoint" in files and "in.results.errors.jsonl" in files
+    files = {p.name: p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()}
+    assert "checkpoint" in files and "in.results.errors.jsonl" in files
     for text in [proc.stdout, proc.stderr, *files.values()]:
         assert KEY not in text
     echoed = next(e for e in read_jsonl(tmp_path / "in.results.errors.jsonl") if e["custom_id"] == "r1")
@@ -135,7 +135,7 @@ def test_an_output_that_cannot_be_opened_fails_before_any_request(
     write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
     code = main([str(tmp_path / "in.jsonl"), "-q", "-o", str(tmp_path / "no-such-dir" / "out.jsonl")])
     err = capsys.readouterr().err
-    assert code == 2 and "cannot write" in err and "No such file or directory" in err
+    assert code == 2 and "no-such-dir does not exist" in err
     assert simulator.requests == 0
 
 
@@ -152,7 +152,7 @@ def test_disk_full_keeps_what_was_written_and_the_next_run_resumes(
     whole = results.read_bytes()[: results.read_bytes().rfind(b"\n") + 1]
     kept = [json.loads(line)["custom_id"] for line in whole.splitlines()]  # every whole line is a valid record
     assert 10 < len(kept) < n
-    checkpoint = load_checkpoint(tmp_path / "in.results.jsonl.checkpoint")
+    checkpoint = load_checkpoint(tmp_path / "in.results.jsonl.state" / "checkpoint")
     assert checkpoint.results_offset <= results.stat().st_size
     again = _cli(tmp_path, env, "-c", "20")
     assert again.returncode == 0, again.stderr

@@ -8,12 +8,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncbatch import inputs
+from asyncbatch.checkpoint import DoneSet
 from asyncbatch.inputs import BadLine, ParsedLine, count_lines, read_lines
 from tests.helpers import batch_line
 
 
 def _read(path: Path) -> list[ParsedLine | BadLine]:
     return list(read_lines(path))
+
+
+def _done(*lines: int) -> DoneSet:
+    done = DoneSet()
+    for line in lines:
+        done.add(line)
+    return done
 
 
 def test_formats_are_detected_per_line(tmp_path: Path) -> None:
@@ -122,8 +130,8 @@ def test_skipped_done_lines_still_count_for_duplicates(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     rows = [{"custom_id": "a", "messages": [{"role": "user", "content": "x"}]}, {"id": 5, "t": 1}, {"id": "a"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    items = list(read_lines(path, skip={1, 2}))
-    assert items == [BadLine(3, "a", "duplicate custom_id 'a'")]
+    items = list(read_lines(path, done=_done(1, 2)))
+    assert [item[:3] for item in items] == [(3, "a", "duplicate custom_id 'a'")]
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -148,7 +156,7 @@ def test_skipped_record_with_a_body_field_still_counts_its_id(tmp_path: Path) ->
     path = tmp_path / "in.jsonl"
     rows = [{"id": "a", "body": "a record whose field is called body"}, {"id": "a", "x": 1}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert list(read_lines(path, skip={1})) == [BadLine(2, "a", "duplicate custom_id 'a'")]
+    assert [item[:3] for item in read_lines(path, done=_done(1))] == [(2, "a", "duplicate custom_id 'a'")]
 
 
 def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) -> None:
@@ -161,12 +169,13 @@ def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) ->
     first = IdLog(log_path)
     items = read_lines(path, ids=first)
     assert [next(items).custom_id, next(items).custom_id] == ["a", "b"]  # a run reads two lines, then dies
-    known, offset = first.flush()
+    known, offset, _ = first.flush()
+    prefix = first.hash
     first.close()
     assert offset == len(b"".join(json.dumps(r).encode() + b"\n" for r in rows[:2]))
     path.write_text(path.read_text() + json.dumps({"id": "b", "t": 5}) + "\n")  # appended meanwhile
     path.write_bytes(path.read_bytes().replace(b'{"id": "a", "t": 1}', b"not json, never read"))
-    resumed = list(read_lines(path, skip={1}, ids=IdLog(log_path, known=known, offset=offset)))
+    resumed = list(read_lines(path, done=_done(1), ids=IdLog(log_path, known=known, offset=offset, prefix=prefix)))
     # line 1 is done and recorded: skipped unread (its bytes no longer even parse); its id still counts
     assert [(i.line_no, type(i).__name__) for i in resumed] == [
         (2, "ParsedLine"),

@@ -120,7 +120,7 @@ def test_changed_input_or_options_are_refused_and_restart_moves_outputs_aside(
     assert main([str(path), "-q", "--template", "About {company}", "--restart"]) == 0
     assert "moved" in capsys.readouterr().err
     olds = sorted(p.name for p in tmp_path.glob("*.old"))
-    assert len(olds) == 3  # results, errors and checkpoint kept beside the new ones
+    assert len(olds) == 3  # results, errors and the state directory kept beside the new ones
     outputs = sorted(r["output"] for r in read_jsonl(tmp_path / "in.results.jsonl"))
     assert outputs == [f"Simulated answer to: About D{i}" for i in range(5)]
 
@@ -152,7 +152,7 @@ def test_retry_failed_runs_only_the_failed_requests_again(
     assert [e["custom_id"] for e in errors] == ["line-11"]
     results = read_jsonl(tmp_path / "in.results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(10))
-    assert json.loads((tmp_path / "in.results.jsonl.checkpoint").read_text())["errors_lines"] == 1
+    assert json.loads((tmp_path / "in.results.jsonl.state" / "checkpoint").read_text())["errors_lines"] == 1
 
 
 def test_restart_with_a_broken_configuration_moves_nothing(

@@ -14,7 +14,7 @@ import pytest
 
 from asyncbatch import ConfigError, Endpoint, Limits, RetryPolicy, RunConfig, run
 from asyncbatch.cli import EXIT_STOPPED, main
-from asyncbatch.lock import AlreadyRunning, hold
+from asyncbatch.lock import AlreadyRunning, OutputLock
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
@@ -68,24 +68,24 @@ def test_a_second_run_on_the_same_outputs_exits_2_at_once_and_the_first_finishes
 
 
 def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path: Path) -> None:
-    lock = tmp_path / "out.checkpoint.lock"
+    out, info = tmp_path / "out.jsonl", tmp_path / "out.jsonl.state" / "lock"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"from asyncbatch.lock import hold; from pathlib import Path\n"
-            f"with hold(Path({str(lock)!r}), Path('out')):\n    print('held', flush=True); input()",
+            f"from asyncbatch.lock import OutputLock; from pathlib import Path\n"
+            f"with OutputLock([Path({str(out)!r})], Path({str(info)!r})):\n    print('held', flush=True); input()",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    with pytest.raises(AlreadyRunning, match=f"pid {holder.pid}"), hold(lock, Path("out")):
+    with pytest.raises(AlreadyRunning, match=f"pid {holder.pid}"), OutputLock([out], info):
         pass
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    with hold(lock, Path("out")):  # the OS dropped the dead process's lock
+    with OutputLock([out], info):  # the OS dropped the dead process's lock
         pass
     assert issubclass(AlreadyRunning, ConfigError)
 

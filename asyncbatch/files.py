@@ -1,0 +1,252 @@
+"""Every file a run writes, and how: its two outputs, and one private state directory beside them.
+
+``<results>.state/`` holds everything a run keeps besides its outputs::
+
+    lock            who is running (pid, start time); the lock itself is held on the outputs
+    checkpoint      the resume cache (checkpoint.py), unless --checkpoint puts it elsewhere
+    ids             one digest per input line read (ids.py)
+    sent            the lines sent and not yet recorded (checkpoint.SentJournal)
+    batches         the Batch API jobs (batchapi.py); part-N.jsonl: their files to upload
+
+Files in it are opened without following symbolic links and created 0600, the
+directory 0700. Nothing is written before ``check_paths`` has looked at every
+path; nothing that is not proven to be a run's own file is changed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import ConfigError, OutputError
+
+PRIVATE = 0o600
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+RECORD_START = b'{"id":"batch_req_'  # how every line asyncbatch writes begins (records.py)
+CHECKPOINT_START = b'{"version":'
+STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches")
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """The names of a run's state files. ``checkpoint`` is in the directory unless given elsewhere."""
+
+    dir: Path
+    checkpoint: Path
+
+    @classmethod
+    def beside(cls, results: Path, checkpoint: Path | None = None) -> StatePaths:
+        directory = results.with_name(results.name + ".state")
+        return cls(directory, checkpoint or directory / "checkpoint")
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "lock"
+
+    @property
+    def ids(self) -> Path:
+        return self.dir / "ids"
+
+    @property
+    def sent(self) -> Path:
+        return self.dir / "sent"
+
+    @property
+    def batches(self) -> Path:
+        return self.dir / "batches"
+
+    def part(self, index: int) -> Path:
+        return self.dir / f"part-{index}.jsonl"
+
+    def parts(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.jsonl")) if self.dir.is_dir() else []
+
+    def files(self) -> list[Path]:
+        return [self.dir / name for name in STATE_FILES] + [self.checkpoint, *self.parts()]
+
+    def legacy(self, results: Path, custom_checkpoint: Path | None) -> dict[Path, Path | None]:
+        """The files of the layout before state directories, and where each goes now (None: removed)."""
+        old = custom_checkpoint or results.with_name(results.name + ".checkpoint")
+        moves: dict[Path, Path | None] = {
+            old.with_name(old.name + ".ids"): self.ids,
+            old.with_name(old.name + ".sent"): self.sent,
+            old.with_name(old.name + ".batches"): self.batches,
+            old.with_name(old.name + ".lock"): None,
+        }
+        if custom_checkpoint is None:
+            moves[old] = self.checkpoint
+        for part in old.parent.glob(f"{old.name}.part-*.jsonl"):
+            moves[part] = self.dir / part.name.removeprefix(f"{old.name}.")
+        return moves
+
+
+def check_paths(results: Path, errors: Path, state: StatePaths, custom_checkpoint: Path | None) -> None:
+    """Refuse, before anything is created, outputs and state files that cannot be this run's.
+
+    :raises ConfigError: naming the path and what to do.
+    """
+    for option, path in (("-o", results), ("--errors", errors)):
+        _check_output(option, path)
+    if custom_checkpoint is not None:
+        _check_own(custom_checkpoint, "--checkpoint", CHECKPOINT_START, "an asyncbatch checkpoint")
+    _check_not_link(state.dir)
+    if state.dir.exists() and not state.dir.is_dir():
+        raise ConfigError(f"{state.dir} is in the way: asyncbatch keeps a run's state in a directory of that name")
+    for path in [*state.files(), *state.legacy(results, custom_checkpoint)]:
+        _check_not_link(path)
+
+
+def _check_output(option: str, path: Path) -> None:
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: the directory {path.parent} does not exist")
+    _check_own(path, option, RECORD_START, "an asyncbatch output")
+
+
+def _check_own(path: Path, option: str, start: bytes, what: str) -> None:
+    """``path`` may not exist yet; if it does, it must be a regular file that begins as ours does."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{option} {path} is a directory; give a file name, e.g. {path / 'run.results.jsonl'}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{option} {path} is not a regular file")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"{option} {path}: no permission to read and write it")
+    with path.open("rb") as f:
+        head = f.read(len(start))
+    if head and not (head.startswith(start) or start.startswith(head)):
+        raise ConfigError(
+            f"{option} {path} is not {what} (it begins {head[:20]!r}); it is left as it is. "
+            "HINT: choose another file name, or move that file away"
+        )
+
+
+def _check_not_link(path: Path) -> None:
+    if path.is_symlink():
+        raise ConfigError(
+            f"{path} is a symbolic link; asyncbatch does not follow links for its own state files. "
+            "HINT: remove the link (its target is left alone)"
+        )
+
+
+def prepare_state(results: Path, state: StatePaths, custom_checkpoint: Path | None) -> list[str]:
+    """Create the state directory, moving an older layout's files into it; return notes for the user."""
+    try:
+        state.dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {state.dir}: {exc.strerror}") from None
+    moved = []
+    for old, new in state.legacy(results, custom_checkpoint).items():
+        if not old.is_file() or old.is_symlink():
+            continue
+        if new is None:
+            old.unlink()
+        elif not new.exists():
+            os.replace(old, new)
+            moved.append(old.name)
+    return [f"moved {', '.join(moved)} into {state.dir} (this version keeps a run's state there)"] if moved else []
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` for the run's own files: never through a symbolic link; created 0600.
+
+    :raises ConfigError: ``path`` is a symbolic link. Other errors are OSError, naming ``path``.
+    """
+    try:
+        return os.open(path, flags | NOFOLLOW, PRIVATE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"{path} is a symbolic link; asyncbatch does not follow links for its state") from None
+        raise
+
+
+def create_private(path: Path) -> BinaryIO:
+    """A state file, new or emptied, to write (never through a link; 0600)."""
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
+
+
+def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
+    """Write every byte (at offset ``at``, if given), or raise OutputError naming ``path``."""
+    view = memoryview(data)
+    try:
+        while view:
+            n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+            view = view[n:]
+            at = None if at is None else at + n
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``path`` anew through a temporary file beside it: a reader sees the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # a stale one (or a link planted there): removed, never followed
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        for chunk in chunks:
+            write_all(fd, chunk, tmp)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
+def torn_tail(path: Path) -> int:
+    """How many bytes follow the last newline of ``path`` (0 if none, or no file). Reads only."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # an output may be a link the user made: followed
+    except FileNotFoundError:
+        return 0
+    try:
+        size = end = os.fstat(fd).st_size
+        while end > 0:
+            start = max(0, end - 65536)
+            newline = os.pread(fd, end - start, start).rfind(b"\n")
+            if newline >= 0:
+                return size - (start + newline + 1)
+            end = start
+        return size
+    finally:
+        os.close(fd)
+
+
+def looks_like_record(path: Path, tail: int) -> bool:
+    """Whether the last ``tail`` bytes of ``path`` could be the start of a record asyncbatch was writing."""
+    with path.open("rb") as f:
+        f.seek(-tail, os.SEEK_END)
+        head = f.read(len(RECORD_START))
+    return head.startswith(RECORD_START) or RECORD_START.startswith(head)
+
+
+def cut(path: Path, nbytes: int) -> None:
+    """Remove the last ``nbytes`` of ``path`` (a torn line of ours), durably."""
+    with path.open("r+b") as f:
+        f.truncate(f.seek(0, os.SEEK_END) - nbytes)
+        os.fsync(f.fileno())
+
+
+def move_aside(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """Rename existing files (or the state directory) to ``<name>.<timestamp>.old``; never delete."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            target = path.with_name(f"{path.name}.{stamp}.old")
+            n = 1
+            while target.exists():
+                n += 1
+                target = path.with_name(f"{path.name}.{stamp}-{n}.old")
+            os.replace(path, target)
+            moved.append((path, target))
+    return moved
