@@ -93,6 +93,8 @@ def check_paths(results: Path, errors: Path, state: StatePaths, custom_checkpoin
     """
     for option, path in (("-o", results), ("--errors", errors)):
         _check_output(option, path)
+    if results.exists() and errors.exists() and os.path.samefile(results, errors):
+        raise ConfigError(f"-o {results} and --errors {errors} are the same file (a link): give two different files")
     if custom_checkpoint is not None:
         _check_own(custom_checkpoint, "--checkpoint", CHECKPOINT_START, "an asyncbatch checkpoint")
     _check_not_link(state.dir)
@@ -100,6 +102,7 @@ def check_paths(results: Path, errors: Path, state: StatePaths, custom_checkpoin
         raise ConfigError(f"{state.dir} is in the way: asyncbatch keeps a run's state in a directory of that name")
     for path in [*state.files(), *state.legacy(results, custom_checkpoint)]:
         _check_not_link(path)
+        _check_not_link(path.with_name(path.name + ".tmp"))
 
 
 def _check_output(option: str, path: Path) -> None:
@@ -121,7 +124,7 @@ def _check_own(path: Path, option: str, start: bytes, what: str) -> None:
     if not os.access(path, os.R_OK | os.W_OK):
         raise ConfigError(f"{option} {path}: no permission to read and write it")
     with path.open("rb") as f:
-        head = f.read(len(start))
+        head = f.read(2 * len(start)).replace(b" ", b"")[: len(start)]  # json.dumps's spacing is ours too
     if head and not (head.startswith(start) or start.startswith(head)):
         raise ConfigError(
             f"{option} {path} is not {what} (it begins {head[:20]!r}); it is left as it is. "

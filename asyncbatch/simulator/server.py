@@ -7,6 +7,10 @@ Routes:
 
 Faults are drawn per request from a seeded RNG, or forced per prompt with
 ``SimConfig.script`` (prompt text -> list of outcomes, consumed in order).
+Besides the HTTP errors and the hostile answers of ``chaos.py``, two faults quote
+the request's credentials back, as some servers and gateways do: ``401-echo``
+(its headers as JSON in a 401) and ``echo-at:<status>:<offset>`` (a body that is
+not JSON, with every credential from byte ``offset`` on: where a client may cut it).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .charge import Charging, charge
 from .quota import Quota, Shape
 from .tokens import token_problem
 
-FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage", *HOSTILE)
+FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage", "401-echo", *HOSTILE)
 # Azure's 400s that retrying cannot fix
 REFUSALS = {
     "content-filter-400": (
@@ -238,6 +242,11 @@ class Simulator:
             return self._error(int(fault[:3]), fault[:3], "Simulated.", absurd_headers(self.rng, WAIT_HEADERS, True))
         if fault in REFUSALS:
             return self._error(400, *REFUSALS[fault])
+        if fault.startswith("echo-at:"):  # echo-at:<status>:<offset>: the credentials quoted at a chosen byte
+            return _echo_at(request, fault)
+        if fault == "401-echo":  # a gateway that answers 401 with the request's headers quoted as JSON
+            quoted = {name: request.headers.get(name, "") for name in ("api-key", "Ocp-Apim-Subscription-Key")}
+            return self._error(401, "401", f"Access denied. Request headers: {json.dumps(quoted)}")
         if fault == "echo-key":  # some servers quote the keys they were given back in the error
             key = request.headers.get("api-key", "")
             apim = request.headers.get("Ocp-Apim-Subscription-Key", "")
@@ -324,6 +333,16 @@ class Simulator:
     def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
         self.statuses[str(status)] += 1
         return _json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+def _echo_at(request: web.Request, fault: str) -> web.Response:
+    """A body, not JSON, that quotes every credential of the request from byte ``offset`` on."""
+    _, status, offset = fault.split(":")
+    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    credentials = [request.headers.get("api-key", ""), bearer, request.headers.get("Ocp-Apim-Subscription-Key", "")]
+    quoted = " ".join(c for c in credentials if c)
+    body = b"x" * int(offset) + quoted.encode() + b" was rejected" + b"." * 3000
+    return web.Response(status=int(status), body=body, content_type="text/plain")
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
