@@ -245,8 +245,8 @@ class Simulator:
         if fault.startswith("echo-at:"):  # echo-at:<status>:<offset>: the credentials quoted at a chosen byte
             return _echo_at(request, fault)
         if fault == "401-echo":  # a gateway that answers 401 with the request's headers quoted as JSON
-            quoted = {name: request.headers.get(name, "") for name in ("api-key", "Ocp-Apim-Subscription-Key")}
-            return self._error(401, "401", f"Access denied. Request headers: {json.dumps(quoted)}")
+            sent = {name: request.headers.get(name, "") for name in ("api-key", "Ocp-Apim-Subscription-Key")}
+            return self._error(401, "401", f"Access denied. Request headers: {json.dumps(sent)}")
         if fault == "echo-key":  # some servers quote the keys they were given back in the error
             key = request.headers.get("api-key", "")
             apim = request.headers.get("Ocp-Apim-Subscription-Key", "")
