@@ -17,24 +17,65 @@ resumably (an outage past max_outage, an exhausted quota) returns its stats with
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .config import BatchOptions, Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
-from .cost import Prices
-from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
-from .lock import AlreadyRunning
-from .progress import Reporter
-from .runner import Interrupt, restart, run
-from .schemas import load_response_format, load_tools, strict_problems
-from .simulator import SimConfig, simulated
-from .stats import RunStats
+# Imported when first used, so ``python -m asyncbatch`` catches Ctrl-C and SIGTERM from its first instant.
+_EXPORTS = {
+    "BatchOptions": "config",
+    "Deployment": "config",
+    "Endpoint": "config",
+    "Limits": "config",
+    "RequestDefaults": "config",
+    "RetryPolicy": "config",
+    "RunConfig": "config",
+    "Prices": "cost",
+    "AsyncBatchError": "errors",
+    "AttemptError": "errors",
+    "ConfigError": "errors",
+    "FatalAPIError": "errors",
+    "OutputError": "errors",
+    "AlreadyRunning": "lock",
+    "Reporter": "progress",
+    "Interrupt": "runner",
+    "restart": "runner",
+    "run": "runner",
+    "load_response_format": "schemas",
+    "load_tools": "schemas",
+    "strict_problems": "schemas",
+    "SimConfig": "simulator",
+    "simulated": "simulator",
+    "RunStats": "stats",
+}
+
+if TYPE_CHECKING:
+    from .config import BatchOptions, Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+    from .cost import Prices
+    from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
+    from .lock import AlreadyRunning
+    from .progress import Reporter
+    from .runner import Interrupt, restart, run
+    from .schemas import load_response_format, load_tools, strict_problems
+    from .simulator import SimConfig, simulated
+    from .stats import RunStats
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'asyncbatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def run_sync(config: RunConfig, **options: Any) -> RunStats:
     """``run`` for scripts without an event loop of their own (in a notebook, ``await run(...)`` instead)."""
+    import asyncio
+
+    from .runner import run
+
     return asyncio.run(run(config, **options))
 
 

@@ -1,8 +1,31 @@
-"""python -m asyncbatch -> cli.main()."""
+"""``python -m asyncbatch`` and the ``asyncbatch`` command -> ``cli.main()``.
 
+Ctrl-C and SIGTERM are caught from the first instant. Outside a run (starting up, building
+the configuration, printing the summary) nothing is being written, so a signal there ends
+the process at once with exit code 130 and a message; during a run, the run's own handlers
+stop it gracefully (``cli._run``).
+"""
+
+import os
+import signal
 import sys
 
-from .cli import main
+EXIT_INTERRUPTED = 130
+MESSAGE = b"asyncbatch: interrupted outside the run; nothing is lost. Run the same command again\n"
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    os.write(2, MESSAGE)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def run() -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_at_once)
+    from .cli import main
+
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

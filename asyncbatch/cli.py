@@ -14,7 +14,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import traceback
 from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -123,7 +122,12 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         help="results file (default: <input stem>.results.jsonl beside the input)",
     )
     out.add_argument("--errors", type=Path, metavar="PATH", help="failures file (default: <output stem>.errors.jsonl)")
-    out.add_argument("--checkpoint", type=Path, metavar="PATH", help="resume checkpoint (default: <output>.checkpoint)")
+    out.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="resume checkpoint (default: <output>.state/checkpoint; the other state files stay in <output>.state/)",
+    )
     out.add_argument(
         "--fsync",
         choices=("always", "periodic", "never"),
@@ -676,7 +680,8 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
             )
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
         loop.add_signal_handler(sig, on_signal)
     try:
         # --restart happens inside run, under the lock, once the configuration is known to be good
@@ -684,10 +689,9 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
     except FatalAPIError as exc:
         raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.routes[0].endpoint)}") from None
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
-        if threading.current_thread() is threading.main_thread():
-            _interrupt_on_signals()  # asyncio put the defaults back: a signal from here on still exits 130
+            signal.signal(sig, handler)  # asyncio puts the defaults back; the caller's are wanted (exit 130)
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
     again = f"run the same command again:\n  {resume_command(sys.argv[1:])}"
@@ -770,38 +774,19 @@ def resume_command(argv: Sequence[str]) -> str:
     return command
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _interrupt_on_signals() -> None:
-    """SIGTERM as SIGINT: whenever one comes outside the run's own handlers, it ends the process with 130."""
-    signal.signal(signal.SIGTERM, _interrupted)
-    signal.signal(signal.SIGINT, _interrupted)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line. Everything it prints passes through one Redactor: no secret reaches a terminal."""
-    handlers = [(sig, signal.getsignal(sig)) for sig in (signal.SIGINT, signal.SIGTERM)]
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:
-        _interrupt_on_signals()
+    """The command line. Everything it prints passes through one Redactor: no secret reaches a terminal.
+
+    Signals: ``python -m asyncbatch`` (``__main__``) handles them outside the run; during it, ``_run``.
+    """
     redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY")])
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = RedactingStream(stdout, redactor)
     sys.stderr = RedactingStream(stderr, redactor)
     try:
         return _main(list(sys.argv[1:] if argv is None else argv), redactor)
-    except KeyboardInterrupt:
-        print(
-            "asyncbatch: interrupted before the run began; nothing was sent. Run the same command again",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
     finally:
         sys.stdout, sys.stderr = stdout, stderr
-        for sig, handler in handlers if in_main_thread else ():
-            signal.signal(sig, handler)
 
 
 def _main(argv: list[str], redactor: Redactor) -> int:
