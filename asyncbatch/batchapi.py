@@ -44,7 +44,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from .client import sdk_client
 from .config import BatchOptions, Endpoint, RequestDefaults
 from .errors import AttemptError, FatalAPIError
-from .files import StatePaths, create_private, replace_atomically
+from .files import StatePaths, create_private, naming, replace_atomically
 from .inputs import Api, BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from .protocol import answer_problem, batch_error_codes
 from .records import failure_record, result_record
@@ -253,7 +253,8 @@ class BatchRunner:
                 if part.index not in files:
                     part.offset = next(offset for number, offset in offsets if number == item.line_no)
                     files[part.index] = create_private(self.part_file(part))
-                files[part.index].write(raw)
+                with naming(self.part_file(part)):
+                    files[part.index].write(raw)
                 self.stats.estimated_tokens += item.estimate
         finally:
             for f in files.values():
@@ -339,7 +340,7 @@ class BatchRunner:
     def _rebuild(self, part: Part) -> None:
         """Write the part's file again from the input, for its lines not recorded yet."""
         covered = Part(index=part.index, api=part.api)
-        with create_private(self.part_file(part)) as f:
+        with naming(self.part_file(part)), create_private(self.part_file(part)) as f:
             for job in self._jobs(part):
                 raw = batch_line(job, self._prefix)
                 f.write(raw)

@@ -19,7 +19,8 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -188,6 +189,15 @@ def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An I/O error in the block becomes an OutputError that names ``path`` (the OS often does not)."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:
     """Write ``path`` anew through a temporary file beside it: a reader sees the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -196,13 +206,15 @@ def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:
     try:
         for chunk in chunks:
             write_all(fd, chunk, tmp)
-        os.fsync(fd)
+        with naming(tmp):
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    with naming(path):
+        os.replace(tmp, path)
 
 
 def torn_tail(path: Path) -> int:
