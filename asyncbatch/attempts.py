@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ import orjson
 from tenacity import RetryCallState
 
 from .client import Reply
+from .clock import Sleep
 from .config import RetryPolicy
 from .cost import Budget, Prices
 from .errors import AttemptError, FatalAPIError, StopRun
@@ -41,7 +42,6 @@ from .router import Route, Router
 from .stats import RunStats
 from .validate import OutputCheck
 
-Sleep = Callable[[float], Awaitable[None]]
 FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}
 SYSTEMATIC = 20  # the first this many requests failing with the same 4xx stop the run
 

@@ -42,6 +42,7 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .client import sdk_client
+from .clock import Sleep
 from .config import BatchOptions, Endpoint, RequestDefaults
 from .errors import AttemptError, FatalAPIError
 from .files import StatePaths, create_private, naming, replace_atomically
@@ -61,7 +62,6 @@ MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the mult
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 URLS: dict[Api, str] = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses"}
 RETRYABLE_CODES = frozenset({"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"})
-Sleep = Callable[[float], Awaitable[None]]
 CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"line-(\d+)"')  # found without parsing the whole answer
 
 

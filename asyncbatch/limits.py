@@ -43,18 +43,15 @@ import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .clock import NAP, Clock, Sleep
 from .errors import AttemptError, StopRun
 from .protocol import int_header
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-
 MARGIN = 0.98  # stay just under the quota: client and server clocks never agree exactly
 WINDOW = 10.0  # seconds over which Azure checks TPM
-NAP = 0.25  # the longest a waiting admission sleeps before looking again (rates and the gate change)
 NO_HINT_FIRST, NO_HINT_CAP = 0.5, 8.0  # a 429 with no hint: the first pause, doubling up to this
 MINUTE = 60.0
 UNREACHABLE_AFTER = 15.0  # seconds of no answer at all, from a start with no answer yet, before giving up

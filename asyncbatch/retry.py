@@ -11,14 +11,13 @@ admission's, which every attempt passes before it is sent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from .clock import Sleep
 from .config import RetryPolicy
 from .errors import AttemptError
-
-Sleep = Callable[[float], Awaitable[None]]
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 

@@ -19,15 +19,14 @@ a pool, the router looks at every route at once, first come first served:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .client import Connection
+from .clock import NAP, Sleep
 from .config import Deployment
 from .errors import FatalAPIError, StopRun
-from .limits import NAP, Admission, Ticket
-
-Sleep = Callable[[float], Awaitable[None]]
+from .limits import Admission, Ticket
 
 
 @dataclass(eq=False)

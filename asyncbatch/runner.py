@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .auth import Tokens
 from .batchapi import BatchRunner, BatchState
 from .checkpoint import ResumeState, SentJournal, drop_errors, fingerprint, identity, recover, save_checkpoint
 from .client import Connection
+from .clock import Sleep
 from .config import Deployment, Endpoint, RunConfig
 from .cost import Budget
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
@@ -47,7 +48,6 @@ from .stats import RunStats
 from .validate import OutputCheck
 from .writer import JsonlWriter
 
-Sleep = Callable[[float], Awaitable[None]]
 CHECKPOINT_EVERY = 1.0  # seconds
 
 
