@@ -177,18 +177,6 @@ def create_private(path: Path) -> BinaryIO:
     return os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
 
 
-def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
-    """Write every byte (at offset ``at``, if given), or raise OutputError naming ``path``."""
-    view = memoryview(data)
-    try:
-        while view:
-            n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
-            view = view[n:]
-            at = None if at is None else at + n
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
     """An I/O error in the block becomes an OutputError that names ``path`` (the OS often does not)."""
@@ -196,6 +184,16 @@ def naming(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
+    """Write every byte (at offset ``at``, if given), or raise OutputError naming ``path``."""
+    view = memoryview(data)
+    with naming(path):
+        while view:
+            n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+            view = view[n:]
+            at = None if at is None else at + n
 
 
 def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:

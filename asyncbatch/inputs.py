@@ -128,12 +128,13 @@ def read_lines(path: Path, done: DoneSet | None = None, ids: IdLog | None = None
                 item = parse_line(line_no, raw)
                 if isinstance(item, ParsedLine) and not value:
                     item = _duplicate(item)
-            elif done is not None and done.claim(line_no, line_digest(raw) if raw else 0):
-                done_id = _quick_id(raw) if raw else None  # done, but not in the log: only the id is read
-                ids.append(value if done_id and seen.add(value := digest(done_id)) else 0, size)
-                continue
             else:
-                item, value = parse_line(line_no, raw), 0
+                content = line_digest(raw) if raw else 0  # once: to match a recorded line, or for its record
+                if done is not None and done.claim(line_no, content):
+                    done_id = _quick_id(raw) if raw else None  # done, but not in the log: only the id is read
+                    ids.append(value if done_id and seen.add(value := digest(done_id)) else 0, size)
+                    continue
+                item, value = parse_line(line_no, raw, content), 0
                 if isinstance(item, ParsedLine):
                     value = digest(item.custom_id)
                     if not seen.add(value):
@@ -212,14 +213,14 @@ def _quick_id(raw: bytes) -> str | None:
     return cid if type(cid) is str and cid else None
 
 
-def parse_line(line_no: int, raw: bytes | None) -> ParsedLine | BadLine | None:
-    """Parse one line; None for a blank line."""
+def parse_line(line_no: int, raw: bytes | None, content: int | None = None) -> ParsedLine | BadLine | None:
+    """Parse one line; None for a blank line. ``content``: its ``line_digest``, if already known."""
     fallback_id = f"line-{line_no}"
     if raw is None:
         return BadLine(line_no, fallback_id, f"line is longer than {MAX_LINE_BYTES} bytes")
     if not raw.strip():
         return None
-    line_hash = f"{line_digest(raw):016x}"
+    line_hash = f"{line_digest(raw) if content is None else content:016x}"
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
