@@ -35,6 +35,7 @@ from .config import RetryPolicy
 from .cost import Budget, Prices
 from .errors import AttemptError, FatalAPIError, StopRun
 from .limits import Ticket, no_answer
+from .protocol import FATAL_STATUSES, THROTTLED
 from .records import failure_record, result_record
 from .requests import Job, with_feedback
 from .retry import retrying
@@ -42,7 +43,6 @@ from .router import Route, Router
 from .stats import RunStats
 from .validate import OutputCheck
 
-FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}
 SYSTEMATIC = 20  # the first this many requests failing with the same 4xx stop the run
 
 
@@ -282,8 +282,8 @@ class Attempts:
                 route, exc, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
             )
             return
-        self.stats.throttled += exc.status == 429
-        route.throttled += exc.status == 429
+        self.stats.throttled += exc.status == THROTTLED
+        route.throttled += exc.status == THROTTLED
         try:
             route.admission.on_failure(exc, ticket)
         except StopRun as stop:  # this deployment's quota is exhausted
@@ -296,7 +296,7 @@ class Attempts:
         if not route.any_success and (fatal := self._fatal_before_success(route, exc)):
             self._refused(route, exc, fatal)
             return
-        if self.router.pooled and (exc.status == 429 or exc.retryable) and len(self.router.live) > 1:
+        if self.router.pooled and (exc.status == THROTTLED or exc.retryable) and len(self.router.live) > 1:
             tally.avoid = route  # the retry goes to another deployment, at once
             if not exc.held:
                 exc.retry_after = 0.0

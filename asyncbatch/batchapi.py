@@ -46,8 +46,16 @@ from .clock import Sleep
 from .config import BatchOptions, Endpoint, RequestDefaults
 from .errors import AttemptError, FatalAPIError
 from .files import StatePaths, create_private, naming, replace_atomically
-from .inputs import Api, BadLine, ParsedLine, line_offsets, lines_from, read_lines
-from .protocol import answer_problem, batch_error_codes
+from .inputs import BadLine, ParsedLine, line_offsets, lines_from, read_lines
+from .protocol import (
+    RETRYABLE_BATCH_CODES,
+    Api,
+    answer_problem,
+    batch_error_codes,
+    batch_url,
+    is_retryable_status,
+    under_v1,
+)
 from .records import failure_record, result_record
 from .requests import Job, prepare
 from .stats import RunStats
@@ -60,8 +68,6 @@ if TYPE_CHECKING:
 
 MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the multipart envelope
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-URLS: dict[Api, str] = {"chat": "/chat/completions", "embeddings": "/embeddings", "responses": "/responses"}
-RETRYABLE_CODES = frozenset({"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"})
 CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"line-(\d+)"')  # found without parsing the whole answer
 
 
@@ -140,12 +146,12 @@ class Splitter:
         return part
 
 
-def batch_line(job: Job, prefix: str = "") -> bytes:
+def batch_line(job: Job, v1: bool = False) -> bytes:
     """A request as a Batch API input line; ``custom_id`` names the input line.
 
-    :param prefix: ``/v1`` where the job's endpoint has it: a line's url must be the job's endpoint.
+    :param v1: the job's endpoint is under ``/v1``: a line's url must be the job's endpoint.
     """
-    line = {"custom_id": f"line-{job.line_no}", "method": "POST", "url": prefix + URLS[job.api], "body": job.body}
+    line = {"custom_id": f"line-{job.line_no}", "method": "POST", "url": batch_url(job.api, v1), "body": job.body}
     return orjson.dumps(line) + b"\n"
 
 
@@ -153,7 +159,7 @@ def _transient(exc: BaseException) -> bool:
     import openai
 
     if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+        return is_retryable_status(exc.status_code)
     return isinstance(exc, openai.APIConnectionError)
 
 
@@ -248,7 +254,7 @@ class BatchRunner:
                 if isinstance(item, BadLine):
                     reject(item)
                     continue
-                raw = batch_line(item, self._prefix)
+                raw = batch_line(item, self._v1)
                 part = splitter.place(item.api, item.line_no, len(raw))
                 if part.index not in files:
                     part.offset = next(offset for number, offset in offsets if number == item.line_no)
@@ -330,19 +336,18 @@ class BatchRunner:
         self.state.save(self.path)  # at once: a crash from here on finds the job in the state file
 
     @property
-    def _prefix(self) -> str:
-        """OpenAI and Azure's v1 API name endpoints with /v1; Azure's classic API without."""
-        return "/v1" if self.endpoint.kind == "openai" or self.endpoint.is_azure_v1 else ""
+    def _v1(self) -> bool:
+        return under_v1(self.endpoint.kind, self.endpoint.api_version)
 
     def _endpoint_url(self, api: Api) -> str:
-        return self._prefix + URLS[api]
+        return batch_url(api, self._v1)
 
     def _rebuild(self, part: Part) -> None:
         """Write the part's file again from the input, for its lines not recorded yet."""
         covered = Part(index=part.index, api=part.api)
         with naming(self.part_file(part)), create_private(self.part_file(part)) as f:
             for job in self._jobs(part):
-                raw = batch_line(job, self._prefix)
+                raw = batch_line(job, self._v1)
                 f.write(raw)
                 covered.add(job.line_no, len(raw))
         part.ranges, part.lines, part.size = covered.ranges, covered.lines, covered.size
@@ -430,7 +435,7 @@ class BatchRunner:
             found = body.get("error") if isinstance(body.get("error"), dict) else answer.get("error")
             error: dict[str, Any] = found if isinstance(found, dict) else {}
             code, message = str(error.get("code") or status), str(error.get("message") or f"HTTP {status}")
-            if status in (408, 409, 429) or status >= 500 or code in RETRYABLE_CODES:
+            if is_retryable_status(status) or code in RETRYABLE_BATCH_CODES:
                 return self._fallback(job, code, message, merge)
             exc = AttemptError(code, message, status=status, body=body, request_id=response.get("request_id"))
             return self._record_failure(job, exc, merge)

@@ -43,6 +43,7 @@ from .errors import ConfigError, FatalAPIError, OutputError
 from .export import FORMATS, ExportReport, Rows, export, format_for
 from .inputs import sniff
 from .progress import Reporter, make_reporter
+from .protocol import APIS
 from .redact import RedactingStream, Redactor
 from .runner import Interrupt, run
 from .schemas import load_response_format, load_tools
@@ -296,7 +297,7 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     req.add_argument("--system", metavar="STR", help="for record lines: the system message (instructions)")
     req.add_argument(
         "--api",
-        choices=("chat", "embeddings", "responses"),
+        choices=APIS,
         default=_default(RequestDefaults, "api"),
         help="what record lines become: chat completions, embeddings of the rendered --template, or Responses API "
         "requests (tools in its format, --response-format as text.format) (default %(default)s)",

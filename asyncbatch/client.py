@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
@@ -23,10 +23,8 @@ import orjson
 from .auth import Tokens
 from .config import Endpoint
 from .errors import AttemptError
-from .inputs import Api
-from .protocol import answer_problem, parse_retry_after
+from .protocol import ANSWERS, APIS, Api, answer_problem, api_path, is_retryable_status, parse_retry_after, request_id
 from .redact import Redactor
-from .retry import is_retryable_status
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -79,19 +77,9 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
     )
 
 
-ROUTES: dict[Api, str] = {"chat": "chat/completions", "embeddings": "embeddings", "responses": "responses"}
-
-
-def api_path(endpoint: Endpoint, api: Api = "chat") -> str:
-    """The route as the SDK builds it: Azure's classic API puts chat and embeddings under the deployment."""
-    if endpoint.kind == "azure" and not endpoint.is_azure_v1 and api != "responses":
-        return f"deployments/{quote(endpoint.deployment, safe='')}/{ROUTES[api]}"
-    return ROUTES[api]
-
-
 def request_target(sdk: AsyncOpenAI, endpoint: Endpoint, api: Api = "chat") -> tuple[str, dict[str, str]]:
     """The URL and headers of ``api``'s requests, exactly as the SDK would send them."""
-    url = f"{str(sdk.base_url).rstrip('/')}/{api_path(endpoint, api)}"
+    url = f"{str(sdk.base_url).rstrip('/')}/{api_path(endpoint.kind, endpoint.api_version, endpoint.deployment, api)}"
     if query := {k: str(v) for k, v in sdk.default_query.items()}:
         url += "?" + urlencode(query)
     headers = {k: v for k, v in sdk.default_headers.items() if isinstance(v, str)}
@@ -152,7 +140,7 @@ class Connection:
         """
         sdk = sdk_client(endpoint)
         try:
-            urls = {api: request_target(sdk, endpoint, api)[0] for api in ROUTES}
+            urls = {api: request_target(sdk, endpoint, api)[0] for api in APIS}
             headers = request_target(sdk, endpoint)[1]
         finally:
             await sdk.close()
@@ -220,13 +208,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _request_id(headers: Mapping[str, str]) -> str | None:
-    return headers.get("x-request-id") or headers.get("apim-request-id")
-
-
-ANSWERS: dict[Api, str] = {"chat": "a chat completion", "embeddings": "an embeddings list", "responses": "a response"}
-
-
 def decode_reply(
     status: int,
     headers: Mapping[str, str],
@@ -248,9 +229,9 @@ def decode_reply(
             f"HTTP {status} that is not {ANSWERS[api]}: {problem}; body: {(redactor or Redactor()).clip(raw, 200)!r}",
             status=status,
             retryable=True,
-            request_id=_request_id(headers),
+            request_id=request_id(headers),
         )
-    return Reply(body, raw, _request_id(headers), headers)
+    return Reply(body, raw, request_id(headers), headers)
 
 
 _NOT_JSON = object()
@@ -265,7 +246,7 @@ def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptErr
         + (f": {int(size):,} bytes" if size and size.isdigit() else "")
         + "; HINT: raise --max-response-mb, or ask for less per line (fewer embeddings inputs, a lower max_tokens)",
         status=status,
-        request_id=_request_id(headers),
+        request_id=request_id(headers),
     )
 
 
@@ -289,5 +270,5 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
         body=body,
         retry_after=parse_retry_after(headers) if retryable else None,
         retryable=retryable,
-        request_id=_request_id(headers),
+        request_id=request_id(headers),
     )

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError
 from .files import StatePaths
+from .protocol import APIS, Api
 from .schemas import check_request_schemas, mark_strict
 
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
@@ -165,11 +166,11 @@ class RequestDefaults:
     temperature: float | None = None
     template: str | None = None
     system: str | None = None
-    api: Literal["chat", "embeddings", "responses"] = "chat"  # what record lines become
+    api: Api = "chat"  # what record lines become
 
     def __post_init__(self) -> None:
-        if self.api not in ("chat", "embeddings", "responses"):
-            raise ConfigError(f"--api must be chat, embeddings or responses (got {self.api!r})")
+        if self.api not in APIS:
+            raise ConfigError(f"--api must be one of {', '.join(APIS)} (got {self.api!r})")
         if self.tools and self.response_format:
             raise ConfigError("give --tools or --response-format, not both")
         if self.max_tokens is not None and self.max_tokens < 1:

@@ -7,6 +7,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .protocol import ROUTES
 
 _AZURE_FULL = re.compile(r"^(?P<base>.*?)/openai/deployments/(?P<deployment>[^/?]+)")
 
@@ -27,7 +28,7 @@ def check_base_url(value: str, kind: Literal["azure", "openai"], name: str) -> s
             f"HINT: set {name}={full['base']} and pass --deployment {full['deployment']}"
             + (" (and --api-version from the URL's api-version)" if "api-version=" in value else "")
         )
-    if kind == "openai" and (cut := value.find("/chat/completions")) >= 0:
+    if kind == "openai" and (cut := value.find("/" + ROUTES["chat"])) >= 0:
         raise ConfigError(f"{name} is a full request URL ({value!r}). HINT: set {name}={value[:cut]}")
     if parts.query:
         raise ConfigError(f"{name} must not carry a query string ({value!r}); api-version is set separately")

@@ -28,6 +28,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from .errors import ConfigError
+from .files import atomic_file
 
 Format = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet")
@@ -198,13 +199,8 @@ def export(rows: Rows, fmt: Format, out: Path | None, stdout: IO[bytes]) -> Expo
             raise ConfigError("--format parquet needs -o PATH (it is not a text format for a terminal or pipe)")
         write(rows, stdout)
         return rows.report
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            write(rows, f)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out, out.with_name(f".{out.name}.{os.getpid()}.tmp"), mode=0o666) as f:
+        write(rows, f)
     return rows.report
 
 

@@ -159,13 +159,13 @@ def prepare_state(results: Path, state: StatePaths, custom_checkpoint: Path | No
     return [f"moved {', '.join(moved)} into {state.dir} (this version keeps a run's state there)"] if moved else []
 
 
-def open_private(path: Path, flags: int) -> int:
-    """``os.open`` for the run's own files: never through a symbolic link; created 0600.
+def open_private(path: Path, flags: int, mode: int = PRIVATE) -> int:
+    """``os.open`` for the run's own files: never through a symbolic link; created 0600 (or ``mode``).
 
     :raises ConfigError: ``path`` is a symbolic link. Other errors are OSError, naming ``path``.
     """
     try:
-        return os.open(path, flags | NOFOLLOW, PRIVATE)
+        return os.open(path, flags | NOFOLLOW, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"{path} is a symbolic link; asyncbatch does not follow links for its state") from None
@@ -196,23 +196,35 @@ def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
             at = None if at is None else at + n
 
 
-def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``path`` anew through a temporary file beside it: a reader sees the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
+@contextmanager
+def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Iterator[BinaryIO]:
+    """``path`` written anew through a temporary file beside it: a reader sees the old file or the new one.
+
+    The temporary file (``tmp``, else ``<path>.tmp``) is created afresh, never through a link; a failure in
+    the block removes it and leaves ``path`` as it was.
+    """
+    tmp = tmp or path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a stale one (or a link planted there): removed, never followed
-    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    f = os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
     try:
-        for chunk in chunks:
-            write_all(fd, chunk, tmp)
         with naming(tmp):
-            os.fsync(fd)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException:
-        os.close(fd)
+        f.close()
         tmp.unlink(missing_ok=True)
         raise
-    os.close(fd)
+    f.close()
     with naming(path):
         os.replace(tmp, path)
+
+
+def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``path`` anew (see ``atomic_file``) from ``chunks``."""
+    with atomic_file(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 def torn_tail(path: Path) -> int:

@@ -14,20 +14,12 @@ import orjson
 
 from .errors import ConfigError
 from .ids import IdLog, IdSet, digest, line_digest
+from .protocol import BATCH_URLS
 
 if TYPE_CHECKING:
     from .checkpoint import DoneSet
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
-Api = Literal["chat", "embeddings", "responses"]
-BATCH_URLS: dict[str, Api] = {
-    "/chat/completions": "chat",
-    "/v1/chat/completions": "chat",
-    "/embeddings": "embeddings",
-    "/v1/embeddings": "embeddings",
-    "/responses": "responses",
-    "/v1/responses": "responses",
-}
 Kind = Literal["batch", "chat", "record"]
 
 

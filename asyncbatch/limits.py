@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from .clock import NAP, Clock, Sleep
 from .errors import AttemptError, StopRun
-from .protocol import int_header
+from .protocol import REMAINING_REQUESTS, REMAINING_TOKENS, THROTTLED, int_header
 
 MARGIN = 0.98  # stay just under the quota: client and server clocks never agree exactly
 WINDOW = 10.0  # seconds over which Azure checks TPM
@@ -114,8 +114,8 @@ def header_pause(headers: Mapping[str, str], estimate: float, token_rate: float 
     Only an imminent 429 pauses: fewer tokens left than the next request needs,
     or no requests left in the current second.
     """
-    tokens = int_header(headers, "x-ratelimit-remaining-tokens")
-    requests = int_header(headers, "x-ratelimit-remaining-requests")
+    tokens = int_header(headers, REMAINING_TOKENS)
+    requests = int_header(headers, REMAINING_REQUESTS)
     pause = 0.0
     if tokens is not None and tokens < estimate:
         pause = (estimate - tokens) / token_rate if token_rate else 0.25
@@ -383,11 +383,11 @@ class AdaptiveRate:
             self._cut(self.decrease)
 
     def on_headers(self, headers: Mapping[str, str], estimate: float) -> None:
-        tokens = int_header(headers, "x-ratelimit-remaining-tokens")
+        tokens = int_header(headers, REMAINING_TOKENS)
         if tokens is not None and tokens < 2 * estimate and self.rate is not None:
             self._cut(self.ease)
         plenty = None
-        for name in ("x-ratelimit-remaining-tokens", "x-ratelimit-remaining-requests"):
+        for name in (REMAINING_TOKENS, REMAINING_REQUESTS):
             if (left := int_header(headers, name)) is not None:
                 most = self._most_left[name] = max(left, self._most_left.get(name, 0))
                 plenty = (plenty is not False) and left * 2 >= most
@@ -565,7 +565,7 @@ class Admission:
         self.breaker.on_success()
         self.windows.on_success()
         self.no_hint_streak = 0
-        remaining = int_header(headers, "x-ratelimit-remaining-tokens")
+        remaining = int_header(headers, REMAINING_TOKENS)
         if remaining is not None:
             self.calibration.on_remaining(ticket, remaining)
             self._follow_server(ticket, remaining)
@@ -580,7 +580,7 @@ class Admission:
     def _learn_rpm(self, headers: Mapping[str, str]) -> None:
         """Adaptive: the most requests the server ever had left in its 1-second slice, plus the one just
         admitted, is its per-second allowance; pace requests like a given RPM of 60 times that."""
-        left = int_header(headers, "x-ratelimit-remaining-requests")
+        left = int_header(headers, REMAINING_REQUESTS)
         if left is None or left + 1 <= self._most_requests:
             return
         self._most_requests = left + 1
@@ -614,7 +614,7 @@ class Admission:
 
         :raises StopRun: a wait longer than the run is willing to sit through.
         """
-        if exc.status == 429:
+        if exc.status == THROTTLED:
             exc.held = True
             self.calibration.on_refused(ticket)
             self.on_throttle(exc.retry_after)

@@ -1,4 +1,9 @@
-"""The wire, read defensively: header values and answer bodies as a server may really send them.
+"""The wire, once: routes, status rules, header names, and what a server sends, read defensively.
+
+Every fact about the wire that the engine relies on is written here and only
+here: the APIs and their routes (classic Azure, v1), the statuses worth
+retrying and those that end a run, the header names, and the Batch API's
+retryable line codes.
 
 Nothing a server sends is trusted to have the documented shape. Every header
 value is parsed with bounds (``inf``, ``nan``, negative, 400 digits and
@@ -16,10 +21,65 @@ import math
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal, get_args
+from urllib.parse import quote
 
 MAX_COUNT = 10**12  # a header or usage count beyond this is not a count: "unknown"
 MAX_HINT_CHARS = 64  # a header value longer than this is not a number or a date anyone sends
+
+# -- APIs and routes ---------------------------------------------------------------------------
+
+Api = Literal["chat", "embeddings", "responses"]
+APIS: tuple[Api, ...] = get_args(Api)
+ROUTES: dict[Api, str] = {"chat": "chat/completions", "embeddings": "embeddings", "responses": "responses"}
+ANSWERS: dict[Api, str] = {"chat": "a chat completion", "embeddings": "an embeddings list", "responses": "a response"}
+V1 = "/v1"
+# A Batch API line's url, with or without /v1, and the API it names
+BATCH_URLS: dict[str, Api] = {f"{prefix}/{route}": api for api, route in ROUTES.items() for prefix in ("", V1)}
+
+
+def under_v1(kind: str, api_version: str) -> bool:
+    """OpenAI and Azure's v1 API: routes under /v1, no deployment in the path, the model named in the body."""
+    return kind == "openai" or api_version == "v1"
+
+
+def api_path(kind: str, api_version: str, deployment: str, api: Api = "chat") -> str:
+    """The route as the SDK builds it: Azure's classic API puts chat and embeddings under the deployment."""
+    if not under_v1(kind, api_version) and api != "responses":
+        return f"deployments/{quote(deployment, safe='')}/{ROUTES[api]}"
+    return ROUTES[api]
+
+
+def batch_url(api: Api, v1: bool) -> str:
+    """A Batch API line's (and job's) endpoint: the job's endpoint and its lines' urls must agree."""
+    return f"{V1 if v1 else ''}/{ROUTES[api]}"
+
+
+# -- statuses ----------------------------------------------------------------------------------
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+THROTTLED = 429
+FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}  # they end the run
+# A Batch API line's error codes worth sending again live
+RETRYABLE_BATCH_CODES = frozenset(
+    {"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"}
+)
+
+
+def is_retryable_status(status: int) -> bool:
+    """408, 409, 429 and every 5xx are worth another attempt; other 4xx never are."""
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
+# -- headers -----------------------------------------------------------------------------------
+
+RETRY_AFTER, RETRY_AFTER_MS = "retry-after", "retry-after-ms"
+REMAINING_TOKENS, REMAINING_REQUESTS = "x-ratelimit-remaining-tokens", "x-ratelimit-remaining-requests"
+REQUEST_IDS = ("x-request-id", "apim-request-id")  # the service's, then API Management's
+
+
+def request_id(headers: Mapping[str, str]) -> str | None:
+    return next((value for name in REQUEST_IDS if (value := headers.get(name))), None)
 
 
 def seconds(value: str | None, scale: float = 1.0) -> float | None:
@@ -35,9 +95,9 @@ def seconds(value: str | None, scale: float = 1.0) -> float | None:
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None: no usable hint."""
-    if (ms := seconds(headers.get("retry-after-ms"), 0.001)) is not None:
+    if (ms := seconds(headers.get(RETRY_AFTER_MS), 0.001)) is not None:
         return ms
-    value = headers.get("retry-after")
+    value = headers.get(RETRY_AFTER)
     if value is None or len(value) > MAX_HINT_CHARS:
         return None
     if (wait := seconds(value)) is not None:

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from .config import RequestDefaults
-from .inputs import BATCH_URLS, Api, BadLine, ParsedLine
+from .inputs import BadLine, ParsedLine
+from .protocol import BATCH_URLS, Api
 from .schemas import FUNCTION_NAME
 
 

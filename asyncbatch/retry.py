@@ -19,13 +19,6 @@ from .clock import Sleep
 from .config import RetryPolicy
 from .errors import AttemptError
 
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-
-
-def is_retryable_status(status: int) -> bool:
-    """408, 409, 429 and every 5xx are worth another attempt; other 4xx never are."""
-    return status in RETRYABLE_STATUSES or status >= 500
-
 
 def is_held(exc: BaseException | None) -> bool:
     return isinstance(exc, AttemptError) and exc.held

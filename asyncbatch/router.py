@@ -27,6 +27,7 @@ from .clock import NAP, Sleep
 from .config import Deployment
 from .errors import FatalAPIError, StopRun
 from .limits import Admission, Ticket
+from .protocol import under_v1
 
 
 @dataclass(eq=False)
@@ -52,7 +53,7 @@ class Route:
     def names_model(self) -> bool:
         """Whether the request body must name this deployment (the v1 API and OpenAI-compatible servers)."""
         endpoint = self.deployment.endpoint
-        return endpoint.kind == "openai" or endpoint.is_azure_v1
+        return under_v1(endpoint.kind, endpoint.api_version)
 
     def state(self) -> str:
         if self.aside is not None:

@@ -242,8 +242,8 @@ def test_no_schedule_of_server_behaviour_breaks_an_invariant(
 
 
 def test_every_fault_is_an_option_of_the_simulator_command() -> None:
+    from asyncbatch.simulator import FAULTS
     from asyncbatch.simulator.__main__ import parse_args
-    from asyncbatch.simulator.server import FAULTS
 
     config, _ = parse_args([arg for f in FAULTS for arg in (f"--fail-{f}", "0.01")])
     assert config.fault_rates == dict.fromkeys(FAULTS, 0.01)

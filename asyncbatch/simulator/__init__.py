@@ -7,6 +7,7 @@ client's policy.
 
 from .charge import Charging
 from .helper import simulated
-from .server import FAULTS, SimConfig, Simulator, serve, serve_in_thread
+from .server import Simulator, serve, serve_in_thread
+from .settings import FAULTS, SimConfig
 
 __all__ = ["FAULTS", "Charging", "SimConfig", "Simulator", "serve", "serve_in_thread", "simulated"]

@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 
 from .charge import Charging
-from .server import FAULTS, SimConfig, serve
+from .server import serve
+from .settings import FAULTS, SimConfig
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:

@@ -27,16 +27,15 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from .answers import completion, embeddings, prompt_text, response
 from .charge import Charging, charge
-
-if TYPE_CHECKING:
-    from .server import Simulator
+from .http import Books, bearer_ok, json_response
+from .settings import SimConfig
 
 MAX_LINES = 100_000
 ENDPOINTS = {"/chat/completions": "chat", "/embeddings": "embeddings", "/responses": "responses"}
@@ -89,9 +88,9 @@ class Job:
 class BatchService:
     """The files and batches of one simulated resource. Mounted by ``Simulator.app``."""
 
-    def __init__(self, simulator: Simulator) -> None:
-        self.sim = simulator
-        self.config = simulator.config
+    def __init__(self, books: Books, config: SimConfig) -> None:
+        self.sim = books
+        self.config = config
         self.files: dict[str, tuple[str, bytes]] = {}  # id -> (purpose, content)
         self.jobs: dict[str, Job] = {}
         self.rng = random.Random(self.config.seed + 1)
@@ -110,9 +109,9 @@ class BatchService:
     def _refused(self, request: web.Request) -> web.Response | None:
         classic = request.path.startswith("/openai/") and not request.path.startswith("/openai/v1/")
         if classic and "api-version" not in request.query:
-            return self.sim._error(404, "404", "Resource not found (missing api-version).")
-        if request.headers.get("api-key") != self.config.api_key and not self.sim._bearer_ok(request):
-            return self.sim._error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+            return self.sim.error(404, "404", "Resource not found (missing api-version).")
+        if request.headers.get("api-key") != self.config.api_key and not bearer_ok(request, self.config.api_key):
+            return self.sim.error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         return None
 
     async def upload(self, request: web.Request) -> web.Response:
@@ -121,21 +120,21 @@ class BatchService:
         form = await request.post()
         upload, purpose = form.get("file"), form.get("purpose")
         if purpose != "batch" or not isinstance(upload, web.FileField):
-            return self.sim._error(400, "invalid_request_error", "Upload a file with purpose=batch.")
+            return self.sim.error(400, "invalid_request_error", "Upload a file with purpose=batch.")
         content = upload.file.read()
         file_id = f"file-{uuid.uuid4().hex}"
         self.files[file_id] = ("batch", content)
         self.sim.statuses["file-upload"] += 1
         body = {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time())}
         body |= {"filename": upload.filename, "purpose": "batch", "status": "processed"}
-        return _json(200, body)
+        return json_response(200, body)
 
     async def content(self, request: web.Request) -> web.Response:
         if refused := self._refused(request):
             return refused
         stored = self.files.get(request.match_info["id"])
         if stored is None:
-            return self.sim._error(404, "404", "File not found.")
+            return self.sim.error(404, "404", "File not found.")
         return web.Response(status=200, body=stored[1], content_type="application/octet-stream")
 
     async def create(self, request: web.Request) -> web.Response:
@@ -144,13 +143,13 @@ class BatchService:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return self.sim._error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
+            return self.sim.error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
         stored = self.files.get(str(body.get("input_file_id")))
         if stored is None:
-            return self.sim._error(404, "invalid_request_error", "The input file was not found.")
+            return self.sim.error(404, "invalid_request_error", "The input file was not found.")
         endpoint = str(body.get("endpoint", "")).removeprefix("/v1")
         if endpoint not in ENDPOINTS:
-            return self.sim._error(400, "invalid_request_error", f"Unsupported endpoint {body.get('endpoint')!r}.")
+            return self.sim.error(400, "invalid_request_error", f"Unsupported endpoint {body.get('endpoint')!r}.")
         self.created += 1
         job = Job(
             id=f"batch_{uuid.uuid4().hex}",
@@ -166,7 +165,7 @@ class BatchService:
         self._validate(job, stored[1], endpoint)
         self.jobs[job.id] = job
         self.sim.statuses["batch-create"] += 1
-        return _json(200, job.public())
+        return json_response(200, job.public())
 
     def _validate(self, job: Job, content: bytes, endpoint: str) -> None:
         def fail(code: str, message: str, line: int | None = None) -> None:
@@ -267,7 +266,7 @@ class BatchService:
             return refused
         job = self.jobs.get(request.match_info["id"])
         if job is None:
-            return self.sim._error(404, "404", "Batch not found.")
+            return self.sim.error(404, "404", "Batch not found.")
         self._look(job)
         return job
 
@@ -277,7 +276,7 @@ class BatchService:
             return job
         self.sim.statuses["batch-poll"] += 1
         self.polled_signal.release()
-        return _json(200, job.public())
+        return json_response(200, job.public())
 
     async def list(self, request: web.Request) -> web.Response:
         if refused := self._refused(request):
@@ -292,7 +291,7 @@ class BatchService:
             self._look(job)
         data = [j.public() for j in page]
         first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-        return _json(
+        return json_response(
             200, {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": len(jobs) > limit}
         )
 
@@ -303,14 +302,10 @@ class BatchService:
         if not job.finished:
             job.cancel_at, job.status = time.monotonic(), "cancelling"
         self.sim.statuses["batch-cancel"] += 1
-        return _json(200, job.public())
+        return json_response(200, job.public())
 
 
 def _line(line: dict[str, Any], status: int, request_id: str, body: dict[str, Any]) -> dict[str, Any]:
     record_id = f"batch_req_{uuid.uuid4().hex}"
     response_part = {"status_code": status, "request_id": request_id, "body": body}
     return {"id": record_id, "custom_id": line["custom_id"], "response": response_part, "error": None}
-
-
-def _json(status: int, payload: Any) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")

@@ -9,7 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 from ..config import Endpoint
-from .server import SimConfig, serve
+from .server import serve
+from .settings import SimConfig
 
 
 @asynccontextmanager

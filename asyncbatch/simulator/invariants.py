@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from .chaos import HOSTILE
-from .server import SimConfig, serve_in_thread
+from .server import serve_in_thread
+from .settings import SimConfig
 
 DOCUMENTED_EXITS = {0, 1, 2, 75, 130}
 KEY = "chaos-secret-key-7d1c9a"  # planted: it must appear in no byte the run writes or prints

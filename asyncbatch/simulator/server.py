@@ -21,10 +21,9 @@ import json
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -32,74 +31,28 @@ from aiohttp import web
 
 from .answers import completion, embeddings, prompt_text, response
 from .batches import BatchService
-from .chaos import HOSTILE, RATE_HEADERS, WAIT_HEADERS, absurd_headers, broken_answer
-from .charge import Charging, charge
-from .quota import Quota, Shape
+from .chaos import RATE_HEADERS, WAIT_HEADERS, absurd_headers, broken_answer
+from .charge import charge
+from .http import Books, bearer_ok, json_response
+from .quota import Quota
+from .settings import FAULTS, REFUSALS, SimConfig
 from .tokens import token_problem
 
-FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage", "401-echo", *HOSTILE)
-# Azure's 400s that retrying cannot fix
-REFUSALS = {
-    "content-filter-400": (
-        "content_filter",
-        "The response was filtered due to the prompt triggering the content management policy.",
-    ),
-    "context": (
-        "context_length_exceeded",
-        "This model's maximum context length is 128000 tokens. Please reduce the length of the messages.",
-    ),
-}
 
-
-@dataclass(kw_only=True)
-class SimConfig:
-    api_key: str = "sim-key"
-    deployment: str | None = None  # None: any deployment name is served
-    latency: float = 0.0  # seconds before answering
-    tpm: int | None = None
-    rpm: int | None = None
-    window: Shape = "azure"  # or "minute": fixed wall-clock windows, 429s with no hints (see quota.py)
-    window_seconds: float = 60.0  # the fixed window's length ("minute" shape)
-    charging: Charging = field(default_factory=Charging)  # what a request costs against TPM
-    fault_rates: dict[str, float] = field(default_factory=dict)  # fault name -> probability
-    retry_after_503: float | None = None  # seconds advertised on 503s, if any
-    hang_seconds: float = 20.0
-    seed: int = 0
-    script: dict[str, list[str]] = field(default_factory=dict)
-    outage_after: int | None = None  # after this many requests, the endpoint is down (connections dropped) ...
-    outage_seconds: float = 60.0  # ... for this long
-    outages: tuple[tuple[float, float], ...] = ()  # (start, seconds) after the first request: down meanwhile
-    huge_bytes: int = 50 * 1024 * 1024  # the size of a "huge" answer (see chaos.py)
-    slow_seconds: float = 1.0  # how long a "slow" answer takes to trickle out
-    entra_only: bool = False  # key authentication off: only live bearer JWTs are accepted (see tokens.py)
-    token_max_age: float | None = None  # entra_only: a token is refused this long after its first use (revoked)
-    gateway_key: str | None = None  # like API Management in front: Ocp-Apim-Subscription-Key must be this
-    exhaust_after: int | None = None  # after this many answers, 429 "retry after 86400 s": the day's quota is gone
-    # The Batch API (see batches.py): a fast clock, lines failing server-side, bad output, jobs that expire
-    batch_seconds: float = 2.0  # how long a batch job takes, from created to completed
-    batch_fail_rate: float = 0.0  # share of batch lines that land in the error file (500)
-    batch_bad_output_rate: float = 0.0  # share of batch lines whose output breaks the schema
-    batch_expire_jobs: tuple[int, ...] = ()  # these jobs (1 = the first created) expire half done
-    batch_errors_shape: str = "list"  # or "object", as the 2024-10-21 spec has errors.data
-    batch_queue_tokens: int | None = None  # enqueued-token limit: a job over it fails with token_limit_exceeded
-
-
-class Simulator:
+class Simulator(Books):
     def __init__(self, config: SimConfig) -> None:
+        super().__init__()
         self.config = config
         self.quota = Quota(config.tpm, config.rpm, shape=config.window, window=config.window_seconds)
         self.charged = 0  # tokens charged to admitted requests
         self.rng = random.Random(config.seed)
-        self.statuses: Counter[str] = Counter()
-        self.answered: Counter[str] = Counter()  # prompt text -> 200 answers (to count double billing)
-        self.requests = 0
         self.first_request_at: float | None = None  # time.monotonic() of the first chat request
         self.active = 0  # requests received and not yet answered
         self.bodies: deque[dict[str, Any]] = deque(maxlen=200)  # the latest request bodies, for inspection
         self.first_request = threading.Event()  # set at the first chat request (tests wait on it)
         self.down_until = 0.0  # time.monotonic() until which the endpoint is down
         self.tokens_seen: dict[str, float] = {}  # bearer tokens accepted (entra_only) -> first use
-        self.batches = BatchService(self)
+        self.batches = BatchService(self, config)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -113,7 +66,7 @@ class Simulator:
         return app
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json(
+        return json_response(
             200,
             {
                 "requests": self.requests,
@@ -128,36 +81,33 @@ class Simulator:
 
     async def azure_chat(self, request: web.Request) -> web.StreamResponse:
         if (gateway := self.config.gateway_key) and request.headers.get("Ocp-Apim-Subscription-Key") != gateway:
-            return self._error(401, "401", "Access denied due to missing subscription key.")  # like API Management
+            return self.error(401, "401", "Access denied due to missing subscription key.")  # like API Management
         if self.config.entra_only:
             bearer = request.headers.get("Authorization")
             if problem := token_problem(bearer) or self._revoked(str(bearer)):
-                return self._error(401, "401", f"Access denied: {problem}.")
+                return self.error(401, "401", f"Access denied: {problem}.")
             self.tokens_seen.setdefault(str(bearer), time.monotonic())
-        elif request.headers.get("api-key") != self.config.api_key and not self._bearer_ok(request):
-            return self._error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+        elif request.headers.get("api-key") != self.config.api_key and not bearer_ok(request, self.config.api_key):
+            return self.error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         if "api-version" not in request.query:
-            return self._error(404, "404", "Resource not found (missing api-version).")
+            return self.error(404, "404", "Resource not found (missing api-version).")
         wanted = self.config.deployment
         if wanted is not None and request.match_info.get("deployment", wanted) != wanted:
-            return self._error(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
+            return self.error(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
         return await self.chat(request)
 
     async def azure_v1_chat(self, request: web.Request) -> web.StreamResponse:
         """Azure's v1 API: OpenAI's route, no api-version; the key as ``api-key`` or ``Authorization: Bearer``."""
-        if request.headers.get("api-key") != self.config.api_key and not self._bearer_ok(request):
-            return self._error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
+        if request.headers.get("api-key") != self.config.api_key and not bearer_ok(request, self.config.api_key):
+            return self.error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         if "api-version" in request.query:
-            return self._error(400, "BadRequest", "api-version query parameter is not allowed with the v1 API.")
+            return self.error(400, "BadRequest", "api-version query parameter is not allowed with the v1 API.")
         return await self.chat(request)
 
     async def openai_chat(self, request: web.Request) -> web.StreamResponse:
-        if not self._bearer_ok(request):
-            return self._error(401, "invalid_api_key", "Incorrect API key provided.")
+        if not bearer_ok(request, self.config.api_key):
+            return self.error(401, "invalid_api_key", "Incorrect API key provided.")
         return await self.chat(request)
-
-    def _bearer_ok(self, request: web.Request) -> bool:
-        return request.headers.get("Authorization") == f"Bearer {self.config.api_key}"
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -174,12 +124,12 @@ class Simulator:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return self._error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
+            return self.error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
         api = request.path.rsplit("/", 1)[-1]  # completions, embeddings or responses
         if not isinstance(body, dict) or (api == "completions" and not isinstance(body.get("messages"), list)):
-            return self._error(400, "invalid_request_error", "'messages' is a required property.")
+            return self.error(400, "invalid_request_error", "'messages' is a required property.")
         if api != "completions" and not body.get("input"):
-            return self._error(400, "invalid_request_error", "'input' is a required property.")
+            return self.error(400, "invalid_request_error", "'input' is a required property.")
         self.bodies.append(body)
         cost = charge(body, self.config.charging)
         verdict = self.quota.admit(cost)
@@ -233,25 +183,25 @@ class Simulator:
         if fault in ("400", "401", "403", "404", "500", "503"):
             retry = self.config.retry_after_503 if fault == "503" else None
             extra = {"retry-after": f"{retry:g}"} if retry is not None else {}
-            return self._error(int(fault), fault, f"Simulated {fault}.", extra)
+            return self.error(int(fault), fault, f"Simulated {fault}.", extra)
         if fault == "429":
             return self._throttled(1.234, headers)
         if fault == "429-nohint":
-            return self._error(429, "429", "Too many requests.")
+            return self.error(429, "429", "Too many requests.")
         if fault in ("429-absurd", "503-absurd"):
-            return self._error(int(fault[:3]), fault[:3], "Simulated.", absurd_headers(self.rng, WAIT_HEADERS, True))
+            return self.error(int(fault[:3]), fault[:3], "Simulated.", absurd_headers(self.rng, WAIT_HEADERS, True))
         if fault in REFUSALS:
-            return self._error(400, *REFUSALS[fault])
+            return self.error(400, *REFUSALS[fault])
         if fault.startswith("echo-at:"):  # echo-at:<status>:<offset>: the credentials quoted at a chosen byte
             return _echo_at(request, fault)
         if fault == "401-echo":  # a gateway that answers 401 with the request's headers quoted as JSON
             sent = {name: request.headers.get(name, "") for name in ("api-key", "Ocp-Apim-Subscription-Key")}
-            return self._error(401, "401", f"Access denied. Request headers: {json.dumps(sent)}")
+            return self.error(401, "401", f"Access denied. Request headers: {json.dumps(sent)}")
         if fault == "echo-key":  # some servers quote the keys they were given back in the error
             key = request.headers.get("api-key", "")
             apim = request.headers.get("Ocp-Apim-Subscription-Key", "")
             quoted = f"Request with key {key} was rejected." + (f" Subscription key: {apim}." if apim else "")
-            return self._error(400, "invalid_request_error", quoted)
+            return self.error(400, "invalid_request_error", quoted)
         if fault == "hang":
             await asyncio.sleep(self.config.hang_seconds)
         if fault == "reset":
@@ -280,7 +230,7 @@ class Simulator:
             return web.Response(status=200, body=raw, content_type="application/json", headers=headers)
         if fault in ("huge", "slow"):
             return await self._stream(request, answer, headers, fault)
-        return _json(200, answer, headers)
+        return json_response(200, answer, headers)
 
     async def _stream(
         self, request: web.Request, answer: dict[str, Any], headers: dict[str, str], fault: str
@@ -321,18 +271,14 @@ class Simulator:
 
     def _throttled(self, retry_after: float | None, headers: dict[str, str]) -> web.Response:
         if retry_after is None:  # a gateway that gives no hint
-            return self._error(429, "429", "Too many requests.", headers)
+            return self.error(429, "429", "Too many requests.", headers)
         seconds = max(1, round(retry_after + 0.4999))
         extra = {**headers, "retry-after-ms": str(int(retry_after * 1000)), "retry-after": str(seconds)}
         message = (
             "Requests to the ChatCompletions_Create Operation have exceeded rate limit. "
             f"Please retry after {seconds} seconds."
         )
-        return self._error(429, "429", message, extra)
-
-    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-        self.statuses[str(status)] += 1
-        return _json(status, {"error": {"code": code, "message": message}}, headers)
+        return self.error(429, "429", message, extra)
 
 
 def _echo_at(request: web.Request, fault: str) -> web.Response:
@@ -343,10 +289,6 @@ def _echo_at(request: web.Request, fault: str) -> web.Response:
     quoted = " ".join(c for c in credentials if c)
     body = b"x" * int(offset) + quoted.encode() + b" was rejected" + b"." * 3000
     return web.Response(status=int(status), body=body, content_type="text/plain")
-
-
-def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers)
 
 
 @asynccontextmanager
