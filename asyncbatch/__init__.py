@@ -37,14 +37,14 @@ _EXPORTS = {
     "ConfigError": "errors",
     "FatalAPIError": "errors",
     "OutputError": "errors",
-    "AlreadyRunning": "lock",
-    "Reporter": "progress",
+    "AlreadyRunning": "store.lock",
+    "Reporter": "display.reporters",
     "Interrupt": "runner",
     "restart": "runner",
     "run": "runner",
-    "load_response_format": "schemas",
-    "load_tools": "schemas",
-    "strict_problems": "schemas",
+    "load_response_format": "structured.schemas",
+    "load_tools": "structured.schemas",
+    "strict_problems": "structured.schemas",
     "SimConfig": "simulator",
     "simulated": "simulator",
     "RunStats": "stats",
@@ -53,13 +53,13 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .config import BatchOptions, Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
     from .cost import Prices
+    from .display.reporters import Reporter
     from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
-    from .lock import AlreadyRunning
-    from .progress import Reporter
     from .runner import Interrupt, restart, run
-    from .schemas import load_response_format, load_tools, strict_problems
     from .simulator import SimConfig, simulated
     from .stats import RunStats
+    from .store.lock import AlreadyRunning
+    from .structured.schemas import load_response_format, load_tools, strict_problems
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ def _exit_at_once(signum: int, frame: object) -> None:
 def run() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_at_once)
-    from .cli import main
+    from .cli.main import main
 
     return main()
 

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError
-from .files import StatePaths
 from .protocol import APIS, Api
-from .schemas import check_request_schemas, mark_strict
+from .store.files import StatePaths
+from .structured.schemas import check_request_schemas, mark_strict
 
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
 FSYNC_INTERVALS: dict[str, float | None] = {"always": 0.0, "periodic": 1.0, "never": None}

@@ -28,7 +28,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from .errors import ConfigError
-from .files import atomic_file
+from .store.files import atomic_file
 
 Format = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet")

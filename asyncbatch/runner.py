@@ -25,28 +25,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .attempts import Attempts, Outcome, Stopped, Success
-from .auth import Tokens
-from .batchapi import BatchRunner, BatchState
-from .checkpoint import ResumeState, SentJournal, drop_errors, fingerprint, identity, recover, save_checkpoint
-from .client import Connection
+from .admission.admission import Admission
+from .batch.jobs import BatchRunner, BatchState
 from .clock import Sleep
 from .config import Deployment, Endpoint, RunConfig
 from .cost import Budget
+from .display.reporters import Reporter
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
-from .files import check_paths, move_aside, prepare_state
-from .ids import IdLog
-from .inputs import BadLine, ParsedLine, count_lines, read_lines, sniff
-from .limits import Admission
-from .lock import OutputLock
-from .progress import Reporter
+from .input.ids import IdLog
+from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff
+from .input.requests import Job, prepare
+from .live.attempts import Attempts, Outcome, Stopped, Success
+from .live.auth import Tokens
+from .live.client import Connection
+from .live.router import Route, Router
 from .records import INVALID_INPUT, error_record
 from .redact import Redactor
-from .requests import Job, prepare
-from .router import Route, Router
 from .stats import RunStats
-from .validate import OutputCheck
-from .writer import JsonlWriter
+from .store.checkpoint import ResumeState, SentJournal, drop_errors, fingerprint, identity, recover, save_checkpoint
+from .store.files import check_paths, move_aside, prepare_state
+from .store.lock import OutputLock
+from .store.writer import JsonlWriter
+from .structured.validate import OutputCheck
 
 CHECKPOINT_EVERY = 1.0  # seconds
 

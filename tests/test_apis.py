@@ -9,8 +9,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from asyncbatch.cli import main
-from asyncbatch.requests import split_estimate
+from asyncbatch.cli.main import main
+from asyncbatch.input.requests import split_estimate
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncbatch.batchapi import BatchState, Splitter
-from asyncbatch.cli import main
+from asyncbatch.batch.jobs import BatchState, Splitter
+from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
 
 from .helpers import read_jsonl, simulator_env, write_jsonl

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
 from asyncbatch.protocol import answer_problem, int_header, parse_retry_after
 from asyncbatch.simulator import SimConfig
 from asyncbatch.simulator.answers import completion, embeddings, response

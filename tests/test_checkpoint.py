@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asyncbatch.checkpoint import (
+from asyncbatch.errors import ConfigError
+from asyncbatch.store.checkpoint import (
     Checkpoint,
     CheckpointUnreadable,
     DoneSet,
@@ -21,8 +22,7 @@ from asyncbatch.checkpoint import (
     recover,
     save_checkpoint,
 )
-from asyncbatch.errors import ConfigError
-from asyncbatch.files import StatePaths, cut, move_aside, torn_tail
+from asyncbatch.store.files import StatePaths, cut, move_aside, torn_tail
 
 FP = {"deployment": "x", "template": "t"}
 INPUT = Path(__file__)  # an input that exists; the checkpoints here have read none of it

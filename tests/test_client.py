@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from openai._models import FinalRequestOptions
 
-from asyncbatch.client import decode_reply, request_target, sdk_client, status_error
 from asyncbatch.config import Endpoint
 from asyncbatch.errors import AttemptError
+from asyncbatch.live.client import decode_reply, request_target, sdk_client, status_error
 
 # Each SDK-generated header we send, and the ones the SDK adds per request that we do not.
 PER_REQUEST = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import asyncbatch
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
 from asyncbatch.cost import TABLE, Budget, Prices, lookup, resolve
 from asyncbatch.simulator import SimConfig
 

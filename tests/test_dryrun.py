@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from asyncbatch.cli import main
+from asyncbatch.cli.dryrun import dry_run, implied_seconds
+from asyncbatch.cli.main import main
 from asyncbatch.config import Limits, RequestDefaults
-from asyncbatch.dryrun import dry_run, implied_seconds
 from tests.helpers import batch_line, write_jsonl
 
 
@@ -30,7 +30,7 @@ def test_dry_run_counts_formats_tokens_and_bad_lines(tmp_path: Path) -> None:
 
 
 def test_implied_time_takes_the_binding_quota() -> None:
-    from asyncbatch.dryrun import DryRunReport
+    from asyncbatch.cli.dryrun import DryRunReport
 
     report = DryRunReport(lines=1200, prompt_tokens=500_000, completion_tokens=100_000)
     # TPM 600k: the first 100k go in the 10 s burst, the other 500k at 10k/s = 50 s; RPM 600: 1200 / 10/s = 120 s

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 import asyncbatch
-from asyncbatch.auth import SCOPE, Tokens, credential_provider, jwt_expiry
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
+from asyncbatch.live.auth import SCOPE, Tokens, credential_provider, jwt_expiry
 from asyncbatch.simulator import SimConfig, Simulator
 from asyncbatch.simulator.tokens import make_token
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
@@ -109,7 +109,7 @@ def test_a_credential_is_asked_for_azure_openais_scope(tmp_path: Path, sim: tupl
 def test_with_no_key_the_cli_signs_in_with_default_azure_credential(
     tmp_path: Path, sim: tuple[str, Simulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncbatch import auth
+    from asyncbatch.live import auth
 
     used: list[str] = []
 
@@ -117,7 +117,7 @@ def test_with_no_key_the_cli_signs_in_with_default_azure_credential(
         used.append("DefaultAzureCredential")
         return lambda: make_token(3600)
 
-    monkeypatch.setattr("asyncbatch.cli.default_credential_provider", default_credential)
+    monkeypatch.setattr("asyncbatch.cli.env.default_credential_provider", default_credential)
     write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
     assert main([str(tmp_path / "in.jsonl"), "-q"]) == 0
     assert used == ["DefaultAzureCredential"]

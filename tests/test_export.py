@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
 from asyncbatch.export import Rows, export
 from asyncbatch.simulator import SimConfig
 

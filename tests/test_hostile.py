@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from asyncbatch import inputs
-from asyncbatch.checkpoint import load_checkpoint
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
+from asyncbatch.input import reader as inputs
 from asyncbatch.simulator import SimConfig, Simulator
+from asyncbatch.store.checkpoint import load_checkpoint
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "hostile-key-5f5f5f5f5f"

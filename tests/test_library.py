@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import asyncbatch
-from asyncbatch.cli import build_parser
+from asyncbatch.cli.parser import build_parser
 from asyncbatch.simulator import SimConfig, serve_in_thread
 from tests.helpers import batch_line, read_jsonl, write_jsonl
 

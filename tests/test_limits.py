@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from asyncbatch.limits import (
+from asyncbatch.admission.admission import (
     AdaptiveRate,
     Admission,
     Bucket,

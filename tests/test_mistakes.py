@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
 from asyncbatch.simulator.charge import Charging
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
 from asyncbatch.simulator import Charging, SimConfig, Simulator
 from asyncbatch.simulator.charge import charge
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from asyncbatch.cli import EPILOG, main
+from asyncbatch.cli.main import main
+from asyncbatch.cli.parser import EPILOG
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()

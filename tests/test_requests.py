@@ -4,8 +4,8 @@ import orjson
 import pytest
 
 from asyncbatch.config import RequestDefaults
-from asyncbatch.inputs import BadLine, ParsedLine
-from asyncbatch.requests import Job, estimate_tokens, prepare, render
+from asyncbatch.input.reader import BadLine, ParsedLine
+from asyncbatch.input.requests import Job, estimate_tokens, prepare, render
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 

@@ -6,8 +6,8 @@ import pytest
 
 from asyncbatch.config import RetryPolicy
 from asyncbatch.errors import AttemptError
+from asyncbatch.live.retry import retrying
 from asyncbatch.protocol import is_retryable_status
-from asyncbatch.retry import retrying
 
 
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])

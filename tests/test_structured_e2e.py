@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from asyncbatch.cli import main
+from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.helpers import read_jsonl, simulator_env, write_jsonl
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from asyncbatch import ConfigError, Endpoint, Limits, RetryPolicy, RunConfig, run
-from asyncbatch.cli import EXIT_STOPPED, main
-from asyncbatch.lock import AlreadyRunning, OutputLock
+from asyncbatch.cli.main import main
+from asyncbatch.cli.parser import EXIT_STOPPED
 from asyncbatch.simulator import SimConfig, Simulator
+from asyncbatch.store.lock import AlreadyRunning, OutputLock
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "trust-key-0123456789"
@@ -73,7 +74,7 @@ def test_a_lock_left_by_a_killed_process_never_blocks(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            f"from asyncbatch.lock import OutputLock; from pathlib import Path\n"
+            f"from asyncbatch.store.lock import OutputLock; from pathlib import Path\n"
             f"with OutputLock([Path({str(out)!r})], Path({str(info)!r})):\n    print('held', flush=True); input()",
         ],
         stdin=subprocess.PIPE,

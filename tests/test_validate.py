@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 
 from asyncbatch.errors import AttemptError, ConfigError
-from asyncbatch.schemas import strict_problems
-from asyncbatch.validate import OutputCheck, compile_schema
+from asyncbatch.structured.schemas import strict_problems
+from asyncbatch.structured.validate import OutputCheck, compile_schema
 
 SCHEMA: dict[str, Any] = {
     "type": "object",

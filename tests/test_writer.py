@@ -7,9 +7,9 @@ from pathlib import Path
 
 import orjson
 
-from asyncbatch.checkpoint import ResumeState
 from asyncbatch.records import body_fragment, result_record
-from asyncbatch.writer import JsonlWriter
+from asyncbatch.store.checkpoint import ResumeState
+from asyncbatch.store.writer import JsonlWriter
 
 
 def test_writer_writes_every_queued_record_whole_in_order_and_reports_it(tmp_path: Path) -> None:

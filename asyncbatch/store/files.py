@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ConfigError, OutputError
+from ..errors import ConfigError, OutputError
 
 PRIVATE = 0o600
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC

@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from .config import RequestDefaults
-from .inputs import BadLine, ParsedLine
-from .protocol import BATCH_URLS, Api
-from .schemas import FUNCTION_NAME
+from ..config import RequestDefaults
+from ..protocol import BATCH_URLS, Api
+from ..structured.schemas import FUNCTION_NAME
+from .reader import BadLine, ParsedLine
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from .errors import AttemptError, ConfigError
-from .protocol import embedding_vectors
+from ..errors import AttemptError, ConfigError
+from ..protocol import embedding_vectors
 
 
 def compile_schema(schema: Any, where: str) -> Draft202012Validator:

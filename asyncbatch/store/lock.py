@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .files import PRIVATE, open_private, write_all
 
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from .clock import Sleep
-from .config import RetryPolicy
-from .errors import AttemptError
+from ..clock import Sleep
+from ..config import RetryPolicy
+from ..errors import AttemptError
 
 
 def is_held(exc: BaseException | None) -> bool:

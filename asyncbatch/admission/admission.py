@@ -46,9 +46,9 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .clock import NAP, Clock, Sleep
-from .errors import AttemptError, StopRun
-from .protocol import REMAINING_REQUESTS, REMAINING_TOKENS, THROTTLED, int_header
+from ..clock import NAP, Clock, Sleep
+from ..errors import AttemptError, StopRun
+from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, THROTTLED, int_header
 
 MARGIN = 0.98  # stay just under the quota: client and server clocks never agree exactly
 WINDOW = 10.0  # seconds over which Azure checks TPM

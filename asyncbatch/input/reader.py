@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
 
 import orjson
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..protocol import BATCH_URLS
 from .ids import IdLog, IdSet, digest, line_digest
-from .protocol import BATCH_URLS
 
 if TYPE_CHECKING:
-    from .checkpoint import DoneSet
+    from ..store.checkpoint import DoneSet
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
 Kind = Literal["batch", "chat", "record"]

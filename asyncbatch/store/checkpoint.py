@@ -32,10 +32,10 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..input.ids import DigestBag
+from ..records import INVALID_INPUT, LINE, LINE_HASH
 from .files import StatePaths, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
-from .ids import DigestBag
-from .records import INVALID_INPUT, LINE, LINE_HASH
 
 VERSION = 3
 READABLE = frozenset({2, VERSION})  # version 2 (before state directories) has no ``outputs``

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from .errors import OutputError
+from ..errors import OutputError
+from ..redact import Redactor
 from .files import PRIVATE
-from .redact import Redactor
 
 _CLOSE = object()
 OnWritten = Callable[[list[int], int], None]  # (input line numbers, bytes) of a batch now in the file

@@ -6,11 +6,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batchapi import Splitter, batch_line
-from .config import Limits, RequestDefaults
-from .cost import Prices
-from .inputs import BadLine, read_lines
-from .requests import prepare
+from ..batch.jobs import Splitter, batch_line
+from ..config import Limits, RequestDefaults
+from ..cost import Prices
+from ..input.reader import BadLine, read_lines
+from ..input.requests import prepare
 
 
 @dataclass

@@ -29,19 +29,19 @@ from typing import Any
 import orjson
 from tenacity import RetryCallState
 
+from ..admission.admission import Ticket, no_answer
+from ..clock import Sleep
+from ..config import RetryPolicy
+from ..cost import Budget, Prices
+from ..errors import AttemptError, FatalAPIError, StopRun
+from ..input.requests import Job, with_feedback
+from ..protocol import FATAL_STATUSES, THROTTLED
+from ..records import failure_record, result_record
+from ..stats import RunStats
+from ..structured.validate import OutputCheck
 from .client import Reply
-from .clock import Sleep
-from .config import RetryPolicy
-from .cost import Budget, Prices
-from .errors import AttemptError, FatalAPIError, StopRun
-from .limits import Ticket, no_answer
-from .protocol import FATAL_STATUSES, THROTTLED
-from .records import failure_record, result_record
-from .requests import Job, with_feedback
 from .retry import retrying
 from .router import Route, Router
-from .stats import RunStats
-from .validate import OutputCheck
 
 SYSTEMATIC = 20  # the first this many requests failing with the same 4xx stop the run
 

@@ -6,8 +6,8 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .protocol import ROUTES
+from ..errors import ConfigError
+from ..protocol import ROUTES
 
 _AZURE_FULL = re.compile(r"^(?P<base>.*?)/openai/deployments/(?P<deployment>[^/?]+)")
 

@@ -22,12 +22,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..admission.admission import Admission, Ticket
+from ..clock import NAP, Sleep
+from ..config import Deployment
+from ..errors import FatalAPIError, StopRun
+from ..protocol import under_v1
 from .client import Connection
-from .clock import NAP, Sleep
-from .config import Deployment
-from .errors import FatalAPIError, StopRun
-from .limits import Admission, Ticket
-from .protocol import under_v1
 
 
 @dataclass(eq=False)

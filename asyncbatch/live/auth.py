@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError, FatalAPIError
+from ..errors import ConfigError, FatalAPIError
 
 TokenProvider = Callable[[], "str | Awaitable[str]"]
 SCOPE = "https://cognitiveservices.azure.com/.default"

@@ -20,11 +20,11 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
+from ..config import Endpoint
+from ..errors import AttemptError
+from ..protocol import ANSWERS, APIS, Api, answer_problem, api_path, is_retryable_status, parse_retry_after, request_id
+from ..redact import Redactor
 from .auth import Tokens
-from .config import Endpoint
-from .errors import AttemptError
-from .protocol import ANSWERS, APIS, Api, answer_problem, api_path, is_retryable_status, parse_retry_after, request_id
-from .redact import Redactor
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from .client import sdk_client
-from .clock import Sleep
-from .config import BatchOptions, Endpoint, RequestDefaults
-from .errors import AttemptError, FatalAPIError
-from .files import StatePaths, create_private, naming, replace_atomically
-from .inputs import BadLine, ParsedLine, line_offsets, lines_from, read_lines
-from .protocol import (
+from ..clock import Sleep
+from ..config import BatchOptions, Endpoint, RequestDefaults
+from ..errors import AttemptError, FatalAPIError
+from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
+from ..input.requests import Job, prepare
+from ..live.client import sdk_client
+from ..protocol import (
     RETRYABLE_BATCH_CODES,
     Api,
     answer_problem,
@@ -56,15 +56,15 @@ from .protocol import (
     is_retryable_status,
     under_v1,
 )
-from .records import failure_record, result_record
-from .requests import Job, prepare
-from .stats import RunStats
-from .validate import OutputCheck
+from ..records import failure_record, result_record
+from ..stats import RunStats
+from ..store.files import StatePaths, create_private, naming, replace_atomically
+from ..structured.validate import OutputCheck
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-    from .checkpoint import DoneSet
+    from ..store.checkpoint import DoneSet
 
 MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the multipart envelope
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})

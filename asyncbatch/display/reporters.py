@@ -26,8 +26,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .redact import RedactingStream, Redactor
-from .stats import RunStats, Trend
+from ..redact import RedactingStream, Redactor
+from ..stats import RunStats, Trend
 
 MAX_WARNINGS = 20
 SEP = " · "

@@ -1,0 +1,244 @@
+"""Command line: arguments + environment (.env) -> RunConfig -> run -> exit code.
+
+The ``cli`` package is the only reader of the environment (``env.py``) and the only
+place that knows exit codes (``parser.py``) and environment-variable hints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shlex
+import signal
+import sys
+import traceback
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ..config import (
+    Deployment,
+    Endpoint,
+    Limits,
+    RunConfig,
+)
+from ..cost import resolve
+from ..display.reporters import Reporter, make_reporter
+from ..errors import ConfigError, FatalAPIError, OutputError
+from ..input.reader import sniff
+from ..redact import RedactingStream, Redactor
+from ..runner import Interrupt, run
+from ..simulator import simulated
+from .build import batch_options, build_config, check_input, request_defaults, sim_config
+from .deployments import DeploymentSpec, load_deployments
+from .dryrun import dry_run, format_report
+from .env import deployments_from_env, endpoint_from_env, load_env, parse_headers
+from .export_cmd import export_main
+from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, build_parser
+
+
+async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter) -> int:
+    specs: list[DeploymentSpec] = args.deployment_specs
+    for option in ("deployment", "tpm", "rpm"):
+        if specs and getattr(args, option) is not None:
+            raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
+    if specs and args.simulate:
+        return await _simulate_pool(args, specs, reporter)
+    if specs:
+        return await _run(build_config(args, None, deployments_from_env(specs, env, args)), reporter, args.restart)
+    if args.simulate:
+        sim = sim_config(args)
+        async with simulated(sim) as endpoint:
+            endpoint = dataclasses.replace(
+                endpoint, deployment=args.deployment or endpoint.deployment, headers=parse_headers(args.header)
+            )
+            reporter.info(f"SIMULATED run: local simulator at {endpoint.base_url}, nothing is sent to Azure")
+            return await _run(build_config(args, endpoint), reporter, args.restart)
+    return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args.restart)
+
+
+async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter) -> int:
+    """--simulate --deployments: each entry gets a simulator of its own, with the entry's quota."""
+    base = sim_config(args)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = []
+        for spec in specs:
+            sim = dataclasses.replace(base, tpm=spec.tpm or base.tpm, rpm=spec.rpm or base.rpm)
+            endpoint = await stack.enter_async_context(simulated(sim))
+            endpoint = dataclasses.replace(endpoint, deployment=spec.deployment, headers=parse_headers(args.header))
+            pool.append(
+                Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
+            )
+            reporter.info(f"SIMULATED deployment {spec.name}: local simulator at {endpoint.base_url}")
+        return await _run(build_config(args, None, tuple(pool)), reporter, args.restart)
+
+
+async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
+    interrupt = Interrupt()
+
+    def on_signal() -> None:
+        interrupt.request()
+        if interrupt.count == 1:
+            reporter.info(
+                f"stopping: no new requests; those in flight get {config.grace:g} s to finish "
+                "(press Ctrl-C again to stop now)"
+            )
+
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        # --restart happens inside run, under the lock, once the configuration is known to be good
+        stats = await run(config, restart=restart, reporter=reporter, interrupt=interrupt)
+    except FatalAPIError as exc:
+        raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.routes[0].endpoint)}") from None
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)  # asyncio puts the defaults back; the caller's are wanted (exit 130)
+    reporter.summary(stats)
+    reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
+    again = f"run the same command again:\n  {resume_command(sys.argv[1:])}"
+    if stats.stopped:  # warn: shown even with -q, since the user needs it
+        reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; to resume, {again}")
+        return EXIT_STOPPED
+    if stats.interrupted:
+        reporter.warn(f"interrupted. To resume, {again}")
+        return EXIT_INTERRUPTED
+    return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
+
+
+def fatal_hint(kind: str, endpoint: Endpoint) -> str:
+    """What to check, in the words of the variables this mode reads."""
+    azure = endpoint.kind == "azure"
+    key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
+    model = "AZURE_OPENAI_DEPLOYMENT_NAME / --deployment" if azure else "OPENAI_MODEL / --deployment"
+    if kind == "authentication" and endpoint.token_provider is not None:
+        return "check that the Entra ID identity has the 'Cognitive Services OpenAI User' role on this resource"
+    if kind == "authentication":
+        return f"check {key} and that it belongs to this endpoint"
+    if kind == "not_found":
+        return f"check {model} and {url}"
+    if kind == "unreachable":
+        return f"check {url} and the network (or raise --timeout, if the model is just slow)"
+    return "the server refuses these requests; fix the cause it names, then run the same command again"
+
+
+def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
+    """uvloop when it is installed (pip install "asyncbatch[fast]"): less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
+    model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
+    if specs := args.deployment_specs:  # a pool: its quota is the sum of its deployments'
+        tpm = sum(s.tpm or 0 for s in specs) if all(s.tpm for s in specs) else None
+        rpm = sum(s.rpm or 0 for s in specs) if all(s.rpm for s in specs) else None
+        limits, model = Limits(concurrency=args.concurrency, tpm=tpm, rpm=rpm), specs[0].deployment
+    options = batch_options(args)
+    report = dry_run(args.input, request_defaults(args), model, max_lines_per_file=args.max_lines_per_file)
+    prices = resolve(model, args.price_in, args.price_out, args.price_cached)
+    print(format_report(report, args.input, limits, prices, batch=options is not None))
+    return EXIT_OK if report.bad_count == 0 else EXIT_FAILURES
+
+
+def _prog() -> list[str]:
+    """How this process was started, for the resume hint."""
+    if sys.argv[0].endswith("__main__.py"):
+        return ["python", "-m", "asyncbatch"]
+    return ["asyncbatch"]
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command to run again, with every --header value left out (they are secrets): named, to pass again."""
+    shown, names, value_next = [], [], False
+    for arg in argv:
+        option, eq, value = arg.partition("=")
+        if value_next:
+            value_next = False
+            names.append(arg.partition(":")[0].strip())
+            shown.append(f"{names[-1]}: <your value>")
+        elif len(option) >= 5 and "--header".startswith(option):  # --header, or argparse's --head, --heade
+            value_next = not eq
+            if eq:
+                names.append(value.partition(":")[0].strip())
+                shown.append(f"{option}={names[-1]}: <your value>")
+            else:
+                shown.append(arg)
+        else:
+            shown.append(arg)
+    command = shlex.join([*_prog(), *shown])
+    if names:
+        command += f"\n  (the values of the {', '.join(names)} header(s) are not repeated here: give them again)"
+    return command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. Everything it prints passes through one Redactor: no secret reaches a terminal.
+
+    Signals: ``python -m asyncbatch`` (``__main__``) handles them outside the run; during it, ``_run``.
+    """
+    redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY")])
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = RedactingStream(stdout, redactor)
+    sys.stderr = RedactingStream(stderr, redactor)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv), redactor)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: list[str], redactor: Redactor) -> int:
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    redactor.extend(value.partition(":")[2].strip() for value in args.header)
+
+    def fail(message: str) -> int:
+        text = redactor.text(message)
+        if args.log_format == "json":
+            print(orjson.dumps({"event": "error", "message": text}).decode(), file=sys.stderr)
+        else:
+            print(f"asyncbatch: error: {text}", file=sys.stderr)
+        return EXIT_FATAL
+
+    try:
+        env = load_env(args.env_file, os.environ)
+        redactor.extend([env.values.get("AZURE_OPENAI_API_KEY"), env.values.get("OPENAI_API_KEY")])
+        args.deployment_specs = load_deployments(args.deployments) if args.deployments else []
+        redactor.extend(env.values.get(spec.api_key_env or "") for spec in args.deployment_specs)
+        check_input(args.input)
+        if args.input.stat().st_size == 0:
+            print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
+            return EXIT_OK
+        sniff(args.input)
+        if args.dry_run:
+            return _dry_run(args, env.values)
+        reporter = make_reporter(
+            quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format, redactor=redactor
+        )
+        info, warnings = env.notes()
+        for note in info:
+            reporter.info(note)
+        for warning in warnings:
+            reporter.warn(warning)
+        return _event_loop_run(execute(args, env.values, reporter))
+    except (ConfigError, FatalAPIError, OutputError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        print("asyncbatch: interrupted. Nothing is lost; to resume, run the same command again", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        return fail(f"{exc.filename or 'an I/O operation'}: {exc.strerror or exc}")
+    except Exception:
+        return fail("internal error\n" + traceback.format_exc())

@@ -1,0 +1,356 @@
+"""The command line's arguments: groups, defaults (from the config dataclasses), help and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import (
+    DEFAULT_API_VERSION,
+    BatchOptions,
+    Limits,
+    RequestDefaults,
+    RetryPolicy,
+    RunConfig,
+)
+from ..protocol import APIS
+
+EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
+DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
+
+EPILOG = """\
+input formats (detected line by line):
+  Batch API lines  {"custom_id": "a1", "method": "POST", "url": "/chat/completions", "body": {...}}
+                   (url may also be /embeddings or /responses, with or without /v1; a file may mix them)
+  chat lines       {"custom_id": "a1", "messages": [...], "temperature": 0}
+  records          {"id": 7, "company": "Acme"}   rendered with --template "Tell me about {company}"
+
+configuration (environment or .env; real environment variables win):
+  AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, AZURE_OPENAI_DEPLOYMENT_NAME,
+  AZURE_OPENAI_API_VERSION (default @API_VERSION@); without a key: Entra ID
+  (ASYNCBATCH_TOKEN_COMMAND, or DefaultAzureCredential with pip install "asyncbatch[entra]")
+  or, for OpenAI and OpenAI-compatible servers: OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
+
+exit codes:
+  0 every input succeeded; 1 some inputs failed (see the errors file);
+  2 usage, configuration or fatal error (e.g. wrong key, another run on the same outputs);
+  75 stopped early, resumable: an outage past --max-outage, an exhausted quota (--max-wait),
+     --max-cost reached, or --batch-api --cancel;
+  130 interrupted (Ctrl-C). After 75 or 130, run the same command again to resume.
+
+examples:
+  asyncbatch examples/companies.jsonl --simulate --deployment gpt-4o-mini --template "@DEMO@" \\
+      --tools examples/get_company_info.json
+  asyncbatch export examples/companies.results.jsonl --input examples/companies.jsonl -o companies.csv
+  asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200 --max-tokens 200
+  asyncbatch prompts.jsonl --dry-run --tpm 1200000 --price-in 2.5 --price-out 10
+  asyncbatch prompts.jsonl --max-cost 20 ...   # stops (exit 75) before spending more than 20 USD
+  asyncbatch prompts.jsonl --deployments pool.toml ...   # pool several deployments' quota, with failover
+  asyncbatch prompts.jsonl --batch-api --deployment gpt-4o-batch ...   # Batch API jobs at half price
+  asyncbatch prompts.jsonl ...     # the same command again resumes an interrupted run
+  asyncbatch export --help         # results in input order, joined with the input: JSONL, CSV, Parquet
+""".replace("@API_VERSION@", DEFAULT_API_VERSION).replace("@DEMO@", DEMO_TEMPLATE)
+
+
+def _default(cls: Any, name: str) -> Any:
+    """A config dataclass's default: defined once there, shown here with %(default)s."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncbatch",
+        description="Run a JSONL file of chat-completion, embeddings or Responses requests against Azure OpenAI "
+        "(or any OpenAI-compatible endpoint) as fast as the quota allows, exactly once, resumably; or as Batch "
+        "API jobs at half price. Results stream to JSONL. Also: 'asyncbatch export RESULTS' writes them in input "
+        "order as JSONL, CSV or Parquet (asyncbatch export --help).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", type=Path, help="JSONL file, one request or record per line")
+    p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
+    _output_options(p)
+    _resume_options(p)
+    _rate_options(p)
+    _request_options(p)
+    _batch_options(p)
+    _other_options(p)
+    return p
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="results file (default: <input stem>.results.jsonl beside the input)",
+    )
+    out.add_argument("--errors", type=Path, metavar="PATH", help="failures file (default: <output stem>.errors.jsonl)")
+    out.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="resume checkpoint (default: <output>.state/checkpoint; the other state files stay in <output>.state/)",
+    )
+    out.add_argument(
+        "--fsync",
+        choices=("always", "periodic", "never"),
+        default=_default(RunConfig, "fsync"),
+        help="when outputs reach the disk: after every write batch, at least once a second, "
+        "or only at exit (default %(default)s); see README 'Durability'",
+    )
+
+
+def _resume_options(p: argparse.ArgumentParser) -> None:
+    resume = p.add_argument_group("resume (re-run the same command to resume an interrupted run)")
+    resume.add_argument(
+        "--restart", action="store_true", help="start over; the old outputs are moved aside, not deleted"
+    )
+    resume.add_argument(
+        "--retry-failed", action="store_true", help="run again the inputs that failed (bad lines are checked again)"
+    )
+    resume.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="resume although request options changed after results were written; the remaining lines run "
+        "with the new options (the summary says the results mix the two)",
+    )
+    resume.add_argument(
+        "--max-wait",
+        type=float,
+        default=_default(RunConfig, "max_wait"),
+        metavar="SECONDS",
+        help="a 429 asking to wait longer than this (an exhausted quota), or 429s with no success for this "
+        "long, stop the run; run the same command later to resume (default %(default)s)",
+    )
+    resume.add_argument(
+        "--max-outage",
+        type=float,
+        default=_default(RunConfig, "max_outage"),
+        metavar="SECONDS",
+        help="ride out an unreachable endpoint (connection errors, timeouts, 5xx on every request) this long, "
+        "probing it, then stop; run the same command later to resume (default %(default)s)",
+    )
+    resume.add_argument(
+        "--grace",
+        type=float,
+        default=_default(RunConfig, "grace"),
+        metavar="SECONDS",
+        help="seconds in-flight requests get to finish after Ctrl-C (default %(default)s)",
+    )
+
+
+def _rate_options(p: argparse.ArgumentParser) -> None:
+    rate = p.add_argument_group("speed and quota")
+    rate.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=_default(Limits, "concurrency"),
+        metavar="N",
+        help="requests in flight at most (default %(default)s)",
+    )
+    rate.add_argument(
+        "--deployments",
+        type=Path,
+        metavar="FILE",
+        help="TOML file listing several deployments to pool, each with its own quota (tpm, rpm), credentials "
+        "(api_key_env names the variable holding the key) and priority; requests go to whichever can take them "
+        "soonest and fail over (see README 'Pool deployments')",
+    )
+    rate.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the deployment allows")
+    rate.add_argument("--rpm", type=int, metavar="N", help="requests per minute the deployment allows")
+    rate.add_argument(
+        "--max-attempts",
+        type=int,
+        default=_default(RetryPolicy, "max_attempts"),
+        metavar="N",
+        help="attempts per input, first included (default %(default)s); 429s do not count",
+    )
+    rate.add_argument(
+        "--backoff",
+        type=float,
+        default=_default(RetryPolicy, "backoff_initial"),
+        metavar="SECONDS",
+        help="first wait before retrying a failure the server gave no retry-after for; it doubles, with jitter, "
+        "up to 60 s (default %(default)s)",
+    )
+    rate.add_argument(
+        "--timeout",
+        type=float,
+        default=_default(RetryPolicy, "timeout"),
+        metavar="SECONDS",
+        help="seconds per attempt (default %(default)s)",
+    )
+    rate.add_argument(
+        "--max-response-mb",
+        type=float,
+        default=_default(RetryPolicy, "max_response_mb"),
+        metavar="MB",
+        help="the largest answer read, in MiB; a larger one is not read and its line fails as response_too_large, "
+        "so memory stays bounded whatever the server sends (default %(default)s)",
+    )
+
+
+def _request_options(p: argparse.ArgumentParser) -> None:
+    req = p.add_argument_group("requests")
+    req.add_argument(
+        "--deployment", metavar="NAME", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME"
+    )
+    req.add_argument(
+        "--api-version",
+        metavar="VERSION",
+        help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION}); 'v1' uses "
+        "the v1 API ({endpoint}/openai/v1, no api-version), as does an endpoint ending in /openai/v1",
+    )
+    req.add_argument(
+        "--auth",
+        choices=("key", "entra"),
+        help="key: AZURE_OPENAI_API_KEY; entra: Entra ID bearer tokens, refreshed before they expire (default: "
+        "the key if one is set, else Entra ID: --token-command, or DefaultAzureCredential from "
+        'pip install "asyncbatch[entra]")',
+    )
+    req.add_argument(
+        "--token-command",
+        metavar="CMD",
+        help="Entra ID: run CMD for each new token and use what it prints (also ASYNCBATCH_TOKEN_COMMAND), e.g. "
+        "'az account get-access-token --resource https://cognitiveservices.azure.com --query accessToken -o tsv'",
+    )
+    req.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header for every request, repeatable: e.g. 'Ocp-Apim-Subscription-Key: ...' for API Management "
+        "(values are kept out of every output, like keys)",
+    )
+    req.add_argument(
+        "--tools",
+        type=Path,
+        metavar="FILE",
+        help="JSON file: one function schema {name, description, parameters} or a list of tools; "
+        "a single function is forced with tool_choice",
+    )
+    req.add_argument(
+        "--response-format",
+        type=Path,
+        metavar="FILE",
+        help="JSON file: a JSON Schema (or {name, schema}) sent as a json_schema response_format; "
+        "the reply's content is parsed and validated like tool arguments",
+    )
+    req.add_argument(
+        "--strict",
+        action="store_true",
+        help="send strict: true structured outputs; the schema is checked first and every reason it does "
+        "not qualify is listed before anything is sent",
+    )
+    req.add_argument(
+        "--no-feedback",
+        action="store_true",
+        help="when output breaks the schema, ask again without telling the model what was wrong",
+    )
+    req.add_argument("--max-tokens", type=int, metavar="N", help="max_tokens for lines that do not set it (>= 1)")
+    req.add_argument("--temperature", type=float, metavar="X", help="temperature for lines that do not set it (0-2)")
+    req.add_argument(
+        "--template",
+        metavar="STR",
+        help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"',
+    )
+    req.add_argument("--template-file", type=Path, metavar="FILE", help="read --template from a file")
+    req.add_argument("--system", metavar="STR", help="for record lines: the system message (instructions)")
+    req.add_argument(
+        "--api",
+        choices=APIS,
+        default=_default(RequestDefaults, "api"),
+        help="what record lines become: chat completions, embeddings of the rendered --template, or Responses API "
+        "requests (tools in its format, --response-format as text.format) (default %(default)s)",
+    )
+    req.add_argument("--system-file", type=Path, metavar="FILE", help="read --system from a file")
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    batch = p.add_argument_group("Batch API (half price, within 24 h; needs a Global Batch deployment)")
+    batch.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="send the inputs as Batch API jobs instead of live requests, then write their results like a live "
+        "run's; what the jobs did not answer well runs live (see README 'Batch API')",
+    )
+    batch.add_argument(
+        "--max-lines-per-file",
+        type=int,
+        default=_default(BatchOptions, "max_lines_per_file"),
+        metavar="N",
+        help="lines per Batch API file and job, at most 100000; files are also split at 190 MB (default %(default)s)",
+    )
+    batch.add_argument(
+        "--poll-interval",
+        type=float,
+        default=_default(BatchOptions, "poll_interval"),
+        metavar="SECONDS",
+        help="seconds between looks at the jobs (default %(default)s; Azure asks for no more than once a minute)",
+    )
+    batch.add_argument(
+        "--no-live-fallback",
+        action="store_true",
+        help="record as failed the lines a job did not answer well, instead of running them live",
+    )
+    batch.add_argument("--cancel", action="store_true", help="with --batch-api: cancel this run's open jobs, and stop")
+
+
+def _other_options(p: argparse.ArgumentParser) -> None:
+    dry = p.add_argument_group("planning")
+    dry.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read and check the whole input; print counts, the token estimate, the time the quota implies "
+        "and (with prices) the cost; send nothing, need no credentials",
+    )
+    cost = p.add_argument_group(
+        "cost (USD per 1M tokens; default: the price table's, when the deployment is named after a model there)"
+    )
+    cost.add_argument("--price-in", type=float, metavar="USD", help="price per 1M prompt (input) tokens")
+    cost.add_argument("--price-out", type=float, metavar="USD", help="price per 1M completion (output) tokens")
+    cost.add_argument(
+        "--price-cached", type=float, metavar="USD", help="price per 1M cached prompt tokens (default: --price-in's)"
+    )
+    cost.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop (exit 75) before this run's spend, plus what requests in flight may cost, would pass USD; "
+        "the same command resumes, with a new budget of USD",
+    )
+    env = p.add_argument_group("environment")
+    env.add_argument("--env-file", type=Path, metavar="PATH", help="dotenv file to read (default: ./.env if it exists)")
+    sim = p.add_argument_group("simulator (no credentials needed)")
+    sim.add_argument(
+        "--simulate", action="store_true", help="run against the built-in local simulator instead of Azure"
+    )
+    sim.add_argument(
+        "--sim-latency-ms", type=float, default=200.0, metavar="MS", help="simulated latency (default %(default)s)"
+    )
+    sim.add_argument("--sim-tpm", type=int, metavar="N", help="simulated server TPM quota (default: none)")
+    sim.add_argument("--sim-rpm", type=int, metavar="N", help="simulated server RPM quota (default: none)")
+    sim.add_argument(
+        "--sim-window",
+        choices=("azure", "minute"),
+        default="azure",
+        help="azure: RPM per second, TPM over 10 s, with rate-limit headers; minute: fixed wall-clock minutes "
+        "and 429s without any hint, like some gateways (default %(default)s)",
+    )
+    show = p.add_argument_group("display")
+    show.add_argument("--no-progress", action="store_true", help="no progress display (the summary still prints)")
+    show.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    show.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text: a live display on a terminal, else a status line every 5 s; json: each status line, "
+        "message and the summary one JSON object on stderr, for CI logs and dashboards (default %(default)s)",
+    )
