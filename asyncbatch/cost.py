@@ -94,7 +94,7 @@ def resolve(model: str, price_in: float | None, price_out: float | None, price_c
             return None
         if price_in is None or price_out is None:
             raise ConfigError(
-                f"{model!r} is not in the price table (see README 'Cost'): give both --price-in and --price-out"
+                f"{model!r} is not in the price table (see docs/usage.md 'Cost'): give both --price-in and --price-out"
             )
         return Prices(price_in, price_out, price_cached)
     overrides = {k: v for k, v in given.items() if v is not None}

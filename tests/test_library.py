@@ -1,4 +1,4 @@
-"""The library API: what a Python caller gets, and the README's Python examples run as written."""
+"""The library API: what a Python caller gets, and the Python examples of docs/python.md run as written."""
 
 from __future__ import annotations
 
@@ -17,13 +17,12 @@ from asyncbatch.simulator import SimConfig, serve_in_thread
 from tests.helpers import batch_line, read_jsonl, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+PYTHON_DOC = (ROOT / "docs" / "python.md").read_text()
 NOT_QUALIFYING = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
 
 
-def _python_blocks(section: str) -> list[str]:
-    body = README.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, re.S)
+def _python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", PYTHON_DOC, re.S)
 
 
 def test_all_names_what_is_exported_and_nothing_else() -> None:
@@ -87,7 +86,7 @@ def test_run_is_awaited_inside_a_running_loop_with_its_clock_injected(tmp_path: 
 
 
 def test_the_readme_script_runs_as_a_script(tmp_path: Path) -> None:
-    (script,) = _python_blocks("Use it from Python")[:1]
+    (script,) = _python_blocks()[:1]
     (tmp_path / "demo.py").write_text(script)
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     done = subprocess.run([sys.executable, "demo.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -100,7 +99,7 @@ def test_the_readme_script_runs_as_a_script(tmp_path: Path) -> None:
 def test_the_readme_notebook_cell_runs_inside_a_running_loop(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cell = _python_blocks("Use it from Python")[1]
+    cell = _python_blocks()[1]
     code = compile(cell, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
     async def notebook() -> None:  # like Jupyter: the loop is already running when the cell is run

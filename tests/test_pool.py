@@ -160,7 +160,7 @@ def test_the_deployments_file_is_checked_before_anything_is_sent(
 
 
 def test_simulate_gives_each_deployment_its_own_server_and_quota(tmp_path: Path) -> None:
-    """The README's demo of a pool: examples/pool.toml, simulated, with no keys set."""
+    """docs/pools.md's demo of a pool: examples/pool.toml, simulated, with no keys set."""
     _lines(tmp_path / "in.jsonl", 200)
     pool_file = Path(__file__).parents[1] / "examples" / "pool.toml"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}

@@ -1,8 +1,12 @@
-"""The README's demo and --help's example are one command; it runs, runs again, and its export works."""
+"""The README's demo and --help's example are one command; it runs, runs again, and its export works.
+
+And the documentation keeps up with the code: docs/options.md is what the parsers say, and every
+link between the README and docs/ leads to a file that exists."""
 
 from __future__ import annotations
 
 import csv
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from asyncbatch.cli.main import main
-from asyncbatch.cli.parser import EPILOG
+from asyncbatch.cli.parser import DESCRIPTION, reference
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
@@ -23,7 +27,7 @@ def _readme_command(start: str) -> list[str]:
 
 
 def _help_command(start: str) -> list[str]:
-    text = EPILOG.replace("\\\n", " ")
+    text = DESCRIPTION.replace("\\\n", " ")
     line = next(line.strip() for line in text.splitlines() if line.strip().startswith(start))
     return shlex.split(line)
 
@@ -47,3 +51,33 @@ def test_the_readme_demo_is_the_help_example_and_it_runs_twice_then_exports(
         rows = list(csv.DictReader(f))
     assert [int(r["line"]) for r in rows] == list(range(1, 25))
     assert all(r["status"] == "succeeded" and r["company"] for r in rows)
+
+
+def test_the_options_reference_is_generated_from_the_parsers() -> None:
+    written = (ROOT / "docs" / "options.md").read_text()
+    assert written == reference() + "\n", "docs/options.md is stale: python -m asyncbatch.cli.parser > docs/options.md"
+    for option in ("--concurrency", "--batch-api", "--max-cost", "--format", "--ordered"):
+        assert f"`{option}" in written or f", {option}" in written
+
+
+def test_the_readme_is_one_screenful_of_steps_and_its_links_lead_somewhere() -> None:
+    assert len(README.encode()) <= 15_000
+    links = re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)(?:#[\w-]+)?\)", README)
+    assert {"docs/usage.md", "docs/options.md", "docs/azure.md", "docs/design.md"} <= set(links)
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([\w./-]+\.md)(?:#[\w-]+)?\)", doc.read_text()):
+            assert (doc.parent / target).is_file(), f"{doc.name} links to {target}, which does not exist"
+
+
+def test_the_layout_section_names_every_module_and_nothing_that_is_not_there() -> None:
+    block = README.split("## Layout", 1)[1].split("```", 2)[1]
+    words = set(re.findall(r"[\w.]+/|[\w.]+\.py", block))
+    package = ROOT / "asyncbatch"
+    for word in words:
+        assert (package / word).exists() or (ROOT / word).exists(), f"the layout names {word}, which is not there"
+    for path in package.iterdir():
+        if path.suffix == ".py" or (path.is_dir() and path.name != "__pycache__"):
+            assert path.name + ("/" if path.is_dir() else "") in words, f"asyncbatch/{path.name} is not in the layout"
+    for module in package.glob("*/*.py"):
+        if module.stem != "__init__":
+            assert re.search(rf"\b{module.stem}\b", block), f"{module.parent.name}/{module.name} is not in the layout"

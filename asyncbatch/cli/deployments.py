@@ -68,7 +68,7 @@ def load_deployments(path: Path) -> list[DeploymentSpec]:
     if extra:
         raise ConfigError(f"--deployments {path}: unknown top-level key(s) {', '.join(extra)}; use [[deployments]]")
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"--deployments {path} lists no deployments: add [[deployments]] tables (see README)")
+        raise ConfigError(f"--deployments {path} lists no deployments: add [[deployments]] tables (see docs/pools.md)")
     specs = [_spec(path, i, entry) for i, entry in enumerate(entries, start=1)]
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

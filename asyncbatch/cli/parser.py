@@ -21,38 +21,41 @@ from ..protocol import APIS
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
 
+USAGE = "asyncbatch INPUT [options]\n       asyncbatch export RESULTS [options]"
+DESCRIPTION = """\
+Run a JSONL file of chat-completion, embeddings or Responses requests against Azure OpenAI (or any
+OpenAI-compatible endpoint) at the quota's speed, exactly once, resumably; or as Batch API jobs.
+
+the three most common commands:
+  asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200
+      every line, at the quota's speed (Azure from the environment or .env); again: resumes
+  asyncbatch prompts.jsonl --batch-api --deployment gpt-4o-batch
+      the same lines as Batch API jobs, at half the price
+  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o prompts.csv
+      the results in input order, joined with the input, as CSV, Parquet or JSONL
+
+try it with no credentials (the built-in simulator):
+  asyncbatch examples/companies.jsonl --simulate --deployment gpt-4o-mini --template "@DEMO@" \\
+      --tools examples/get_company_info.json
+  asyncbatch export examples/companies.results.jsonl --input examples/companies.jsonl -o companies.csv
+""".replace("@DEMO@", DEMO_TEMPLATE)
+
 EPILOG = """\
 input formats (detected line by line):
   Batch API lines  {"custom_id": "a1", "method": "POST", "url": "/chat/completions", "body": {...}}
-                   (url may also be /embeddings or /responses, with or without /v1; a file may mix them)
   chat lines       {"custom_id": "a1", "messages": [...], "temperature": 0}
   records          {"id": 7, "company": "Acme"}   rendered with --template "Tell me about {company}"
 
 configuration (environment or .env; real environment variables win):
-  AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, AZURE_OPENAI_DEPLOYMENT_NAME,
-  AZURE_OPENAI_API_VERSION (default @API_VERSION@); without a key: Entra ID
-  (ASYNCBATCH_TOKEN_COMMAND, or DefaultAzureCredential with pip install "asyncbatch[entra]")
-  or, for OpenAI and OpenAI-compatible servers: OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
+  AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY (without it: Entra ID), AZURE_OPENAI_DEPLOYMENT_NAME,
+  AZURE_OPENAI_API_VERSION (default @API_VERSION@); or OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
 
-exit codes:
-  0 every input succeeded; 1 some inputs failed (see the errors file);
-  2 usage, configuration or fatal error (e.g. wrong key, another run on the same outputs);
-  75 stopped early, resumable: an outage past --max-outage, an exhausted quota (--max-wait),
-     --max-cost reached, or --batch-api --cancel;
-  130 interrupted (Ctrl-C). After 75 or 130, run the same command again to resume.
+exit codes: 0 all succeeded; 1 some failed (see the errors file); 2 usage, configuration or fatal
+  error; 75 stopped early, resumable; 130 interrupted. After 75 or 130, run the same command again.
 
-examples:
-  asyncbatch examples/companies.jsonl --simulate --deployment gpt-4o-mini --template "@DEMO@" \\
-      --tools examples/get_company_info.json
-  asyncbatch export examples/companies.results.jsonl --input examples/companies.jsonl -o companies.csv
-  asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200 --max-tokens 200
-  asyncbatch prompts.jsonl --dry-run --tpm 1200000 --price-in 2.5 --price-out 10
-  asyncbatch prompts.jsonl --max-cost 20 ...   # stops (exit 75) before spending more than 20 USD
-  asyncbatch prompts.jsonl --deployments pool.toml ...   # pool several deployments' quota, with failover
-  asyncbatch prompts.jsonl --batch-api --deployment gpt-4o-batch ...   # Batch API jobs at half price
-  asyncbatch prompts.jsonl ...     # the same command again resumes an interrupted run
-  asyncbatch export --help         # results in input order, joined with the input: JSONL, CSV, Parquet
-""".replace("@API_VERSION@", DEFAULT_API_VERSION).replace("@DEMO@", DEMO_TEMPLATE)
+more: docs/usage.md (formats, outputs, resuming), docs/options.md (every option), docs/azure.md,
+  docs/pools.md, docs/batch-api.md, docs/python.md
+""".replace("@API_VERSION@", DEFAULT_API_VERSION)
 
 
 def _default(cls: Any, name: str) -> Any:
@@ -63,10 +66,8 @@ def _default(cls: Any, name: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncbatch",
-        description="Run a JSONL file of chat-completion, embeddings or Responses requests against Azure OpenAI "
-        "(or any OpenAI-compatible endpoint) as fast as the quota allows, exactly once, resumably; or as Batch "
-        "API jobs at half price. Results stream to JSONL. Also: 'asyncbatch export RESULTS' writes them in input "
-        "order as JSONL, CSV or Parquet (asyncbatch export --help).",
+        usage=USAGE,
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -102,7 +103,7 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         choices=("always", "periodic", "never"),
         default=_default(RunConfig, "fsync"),
         help="when outputs reach the disk: after every write batch, at least once a second, "
-        "or only at exit (default %(default)s); see README 'Durability'",
+        "or only at exit (default %(default)s); see docs/usage.md 'Durability'",
     )
 
 
@@ -161,7 +162,7 @@ def _rate_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="TOML file listing several deployments to pool, each with its own quota (tpm, rpm), credentials "
         "(api_key_env names the variable holding the key) and priority; requests go to whichever can take them "
-        "soonest and fail over (see README 'Pool deployments')",
+        "soonest and fail over (see docs/pools.md)",
     )
     rate.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the deployment allows")
     rate.add_argument("--rpm", type=int, metavar="N", help="requests per minute the deployment allows")
@@ -279,7 +280,7 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
         "--batch-api",
         action="store_true",
         help="send the inputs as Batch API jobs instead of live requests, then write their results like a live "
-        "run's; what the jobs did not answer well runs live (see README 'Batch API')",
+        "run's; what the jobs did not answer well runs live (see docs/batch-api.md)",
     )
     batch.add_argument(
         "--max-lines-per-file",
@@ -354,3 +355,32 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         help="text: a live display on a terminal, else a status line every 5 s; json: each status line, "
         "message and the summary one JSON object on stderr, for CI logs and dashboards (default %(default)s)",
     )
+
+
+def reference() -> str:
+    """docs/options.md, from the parsers themselves: every option, its default and its help."""
+    from .export_cmd import build_export_parser
+
+    parts = ["# Options", "", "Generated from the command's own parser (`python -m asyncbatch.cli.parser`).", ""]
+    for title, parser in (("asyncbatch INPUT", build_parser()), ("asyncbatch export RESULTS", build_export_parser())):
+        parts += [f"## `{title}`", ""]
+        for group in parser._action_groups:
+            rows = [_row(parser, a) for a in group._group_actions if a.option_strings and a.help != argparse.SUPPRESS]
+            if rows:
+                parts += [f"### {group.title}", "", "| option | meaning |", "|---|---|", *rows, ""]
+    return "\n".join(parts)
+
+
+def _row(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    metavar = action.metavar or (
+        "{" + ",".join(map(str, action.choices)) + "}" if action.choices else action.dest.upper()
+    )
+    names = ", ".join(f"{o} {metavar}" if action.nargs != 0 else o for o in action.option_strings)
+    params = {**vars(action), "prog": parser.prog, "default": action.default}
+    text = (action.help or "") % params
+    escaped = text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return f"| `{names}` | {escaped} |"
+
+
+if __name__ == "__main__":
+    print(reference())

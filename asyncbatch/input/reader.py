@@ -1,6 +1,6 @@
 """Lazy JSONL reader: bytes on disk -> ParsedLine | BadLine, one line at a time.
 
-The format is detected line by line (see README "Input formats"). Nothing here
+The format is detected line by line (see docs/usage.md "Input formats"). Nothing here
 builds requests; that is ``requests.py``.
 """
 

@@ -5,7 +5,7 @@ A run of the CLI (with its resumes) against any server behaviour must:
 * record every input line in exactly one whole line of the results or the errors;
 * end (exit 0 or 1), or stop resumably (exit 75), within a bound set by the caller from
   the server's behaviour: a run past it has stalled, whether idle or not;
-* never print a traceback or an internal error, nor exit with a code the README does not document;
+* never print a traceback or an internal error, nor exit with a code the documentation does not give;
 * never give up on a reachable server (exit 2) when nothing is misconfigured;
 * stay under a peak memory bound, whatever the server sends;
 * never write or print a secret.
@@ -137,7 +137,7 @@ def _run_violations(number: int, run: Run, max_rss_mb: float) -> list[str]:
     if run.timed_out:
         found.append(f"run {number} did not end within its bound ({run.seconds:.0f} s): {_tail(run.stderr)}")
     elif not run.killed and run.code not in DOCUMENTED_EXITS:
-        found.append(f"run {number} exited {run.code}, a code the README does not document: {_tail(run.stderr)}")
+        found.append(f"run {number} exited {run.code}, a code the documentation does not give: {_tail(run.stderr)}")
     for words in ("Traceback", "internal error"):
         if words in run.stderr or words in run.stdout:
             found.append(f"run {number} printed {words!r}: {_tail(run.stderr)}")
