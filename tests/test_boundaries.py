@@ -3,6 +3,8 @@ no file touched that is not ours, input changes that neither lose a line nor pay
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import resource
@@ -17,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
@@ -43,10 +46,23 @@ def _cmd(*args: str) -> list[str]:
 
 
 def _cli(cwd: Path, env: dict[str, str], *args: str, limit: int | None = None) -> subprocess.CompletedProcess[str]:
-    def preexec() -> None:
-        if limit is not None:  # a full disk, as the process sees it: writes past ``limit`` bytes fail
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    """The CLI, run to its end: in this process (the same ``main``), or in its own where the disk is "full"."""
+    if limit is None:
+        out, err = io.StringIO(), io.StringIO()
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(["in.jsonl", "--no-progress", *args])
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return subprocess.CompletedProcess(_cmd(*args), code, out.getvalue(), err.getvalue())
+
+    def preexec() -> None:  # a full disk, as the process sees it: writes past ``limit`` bytes fail
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return subprocess.run(
         _cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300, preexec_fn=preexec
@@ -401,16 +417,30 @@ def test_a_state_file_that_cannot_be_written_is_named(tmp_path: Path, sim: tuple
     ).stat().st_size
 
 
-@pytest.mark.parametrize("when", [0.1, 0.3, 0.6, "mid-run"])
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("when", [0.0, 0.3, "mid-run"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_at_any_moment_exits_130_with_a_message(
     tmp_path: Path, sim: tuple[dict[str, str], Simulator], when: float | str, sig: signal.Signals
 ) -> None:
-    """Seconds after the start: importing, building the configuration, opening the outputs; or sending."""
+    """Seconds after asyncbatch's handlers are in (the interpreter's own start-up is Python's): importing,
+    building the configuration, opening the outputs; or sending."""
     env, simulator = sim
     simulator.config.latency = 0.05
     _inputs(tmp_path, 300)
     running = _start(tmp_path, env, "-c", "5")
+    deadline = time.monotonic() + 60
+    while not _catches(running.pid, signal.SIGTERM):  # SIGTERM: Python itself never catches it
+        assert running.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)  # a poll of the process's state, not a wait for time to pass
     if isinstance(when, str):
         assert simulator.first_request.wait(timeout=60)
     else:

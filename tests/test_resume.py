@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -61,10 +62,10 @@ def _assert_exactly_once(tmp_path: Path, n: int) -> None:
         assert r["output"] == f"Simulated answer to: prompt {r['custom_id']}"
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [int(os.environ.get("ASYNCBATCH_KILL_SEED", "1"))])
 def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: tuple[dict[str, str], Simulator], seed: int) -> None:
     env, simulator = sim
-    n, concurrency, kills = 600, 40, 3
+    n, concurrency, kills = 400, 40, 3
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"prompt r{i}") for i in range(n)])
     rng = random.Random(seed)
     results = tmp_path / "in.results.jsonl"

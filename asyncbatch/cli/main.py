@@ -49,7 +49,7 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
     if specs and args.simulate:
         return await _simulate_pool(args, specs, reporter)
     if specs:
-        return await _run(build_config(args, None, deployments_from_env(specs, env, args)), reporter, args.restart)
+        return await _run(build_config(args, None, deployments_from_env(specs, env, args)), reporter, args)
     if args.simulate:
         sim = sim_config(args)
         async with simulated(sim) as endpoint:
@@ -57,8 +57,8 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
                 endpoint, deployment=args.deployment or endpoint.deployment, headers=parse_headers(args.header)
             )
             reporter.info(f"SIMULATED run: local simulator at {endpoint.base_url}, nothing is sent to Azure")
-            return await _run(build_config(args, endpoint), reporter, args.restart)
-    return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args.restart)
+            return await _run(build_config(args, endpoint), reporter, args)
+    return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args)
 
 
 async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter) -> int:
@@ -74,10 +74,10 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
                 Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
             )
             reporter.info(f"SIMULATED deployment {spec.name}: local simulator at {endpoint.base_url}")
-        return await _run(build_config(args, None, tuple(pool)), reporter, args.restart)
+        return await _run(build_config(args, None, tuple(pool)), reporter, args)
 
 
-async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
+async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) -> int:
     interrupt = Interrupt()
 
     def on_signal() -> None:
@@ -94,7 +94,7 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
         loop.add_signal_handler(sig, on_signal)
     try:
         # --restart happens inside run, under the lock, once the configuration is known to be good
-        stats = await run(config, restart=restart, reporter=reporter, interrupt=interrupt)
+        stats = await run(config, restart=args.restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
         raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.routes[0].endpoint)}") from None
     finally:
@@ -103,7 +103,7 @@ async def _run(config: RunConfig, reporter: Reporter, restart: bool) -> int:
             signal.signal(sig, handler)  # asyncio puts the defaults back; the caller's are wanted (exit 130)
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
-    again = f"run the same command again:\n  {resume_command(sys.argv[1:])}"
+    again = f"run the same command again:\n  {resume_command(args.argv)}"
     if stats.stopped:  # warn: shown even with -q, since the user needs it
         reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; to resume, {again}")
         return EXIT_STOPPED
@@ -202,6 +202,7 @@ def _main(argv: list[str], redactor: Redactor) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for the resume hint: the command as given, whoever called main
     redactor.extend(value.partition(":")[2].strip() for value in args.header)
 
     def fail(message: str) -> int:
