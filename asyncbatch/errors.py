@@ -13,7 +13,7 @@ run carries on (see ``inputs.BadLine``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class AsyncBatchError(Exception):
@@ -48,16 +48,39 @@ class OutputError(AsyncBatchError):
 
 
 class AttemptError(AsyncBatchError):
-    """One attempt failed.
+    """One attempt failed. Immutable: a changed reaction is a new error, made with ``but``.
+
+    The subclass says how the engine reacts: ``RateLimited`` (429: admission waits, no attempt is
+    used up), ``Outage`` (no answer, a timeout, a 5xx: retried, and the breaker counts it),
+    ``Refused`` (a 4xx retrying cannot fix: recorded at once), ``InvalidOutput`` (an answer that
+    breaks the schema: asked again with ``feedback``), ``Malformed`` (a 200 that is not an answer:
+    asked again). The base class is a failure of no particular kind.
 
     :param code: a short machine-readable reason (``http_429``, ``timeout``...).
     :param status: the HTTP status, when a response arrived.
     :param body: the decoded response body, when there was one.
-    :param retry_after: seconds the server asked us to wait, if it said.
-
-    ``feedback`` holds messages to append to the conversation on the next
-    attempt (the model's invalid answer and what was wrong with it).
+    :param retry_after: seconds the server asked us to wait, if it said (0: go again at once).
+    :param retryable: whether another attempt may help (default: the subclass's).
+    :param feedback: messages to append to the conversation on the next attempt.
+    :param held: admission holds the next attempt (429, outage): this one uses up no attempt.
+    :param token: Entra ID: the bearer token the request was sent with.
     """
+
+    RETRYABLE: ClassVar[bool] = False
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "status", "body", "retry_after", "retryable", "request_id", "feedback", "held", "token"
+    )  # fmt: skip
+
+    code: str
+    message: str
+    status: int | None
+    body: Any
+    retry_after: float | None
+    retryable: bool
+    request_id: str | None
+    feedback: list[dict[str, Any]] | None
+    held: bool
+    token: str | None
 
     def __init__(
         self,
@@ -67,17 +90,53 @@ class AttemptError(AsyncBatchError):
         status: int | None = None,
         body: Any = None,
         retry_after: float | None = None,
-        retryable: bool = False,
+        retryable: bool | None = None,
         request_id: str | None = None,
+        feedback: list[dict[str, Any]] | None = None,
+        held: bool = False,
+        token: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.body = body
-        self.retry_after = retry_after
-        self.retryable = retryable
-        self.request_id = request_id
-        self.feedback: list[dict[str, Any]] | None = None
-        self.held = False  # admission holds the next attempt (429, outage): this one does not count
-        self.token: str | None = None  # Entra ID: the bearer token the request was sent with
+        given = {"code": code, "message": message, "status": status, "body": body, "retry_after": retry_after}
+        given |= {"retryable": self.RETRYABLE if retryable is None else retryable, "request_id": request_id}
+        given |= {"feedback": feedback, "held": held, "token": token}
+        for name, value in given.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("code", "message", *self._FIELDS):
+            raise AttributeError(f"an AttemptError is immutable: make another with .but({name}=...)")
+        super().__setattr__(name, value)
+
+    def but(self, **changes: Any) -> AttemptError:
+        """The same failure, of the same kind, with ``changes`` (``held=True``, ``retry_after=0.0``...)."""
+        fields = {name: getattr(self, name) for name in self._FIELDS}
+        return type(self)(self.code, self.message, **(fields | changes))
+
+
+class RateLimited(AttemptError):
+    """A 429: admission closes the gate for everyone; the attempt is held, not counted."""
+
+    RETRYABLE = True
+
+
+class Outage(AttemptError):
+    """No answer, a timeout, a 408/409 or a 5xx: worth another attempt; a run of them opens the breaker."""
+
+    RETRYABLE = True
+
+
+class Refused(AttemptError):
+    """A 4xx (or an answer too large) that the same request would get again: recorded, not retried."""
+
+
+class InvalidOutput(AttemptError):
+    """An answer whose output breaks its schema: asked again, telling the model what was wrong."""
+
+    RETRYABLE = True
+
+
+class Malformed(AttemptError):
+    """A 200 whose body is not an answer of its API (a stream chunk, a broken shape): asked again."""
+
+    RETRYABLE = True

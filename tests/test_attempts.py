@@ -17,7 +17,7 @@ import pytest
 from asyncbatch.admission.admission import Admission
 from asyncbatch.config import Deployment, Endpoint, RequestDefaults, RetryPolicy
 from asyncbatch.cost import Budget, Prices
-from asyncbatch.errors import FatalAPIError, StopRun
+from asyncbatch.errors import FatalAPIError, Outage, RateLimited, Refused, StopRun
 from asyncbatch.input.reader import ParsedLine
 from asyncbatch.input.requests import Job, prepare
 from asyncbatch.live.attempts import SYSTEMATIC, Attempts, Failure, Stopped, Success
@@ -234,3 +234,16 @@ def test_the_budget_stops_the_run_before_an_attempt_that_could_pass_it() -> None
         assert only.connection.sent == []  # type: ignore[attr-defined]
 
     run(test)
+
+
+def test_a_failure_is_typed_by_how_the_engine_reacts_and_never_changes() -> None:
+    throttled = status_error(429, {"retry-after": "3"}, b'{"error": {"code": "429", "message": "slow down"}}')
+    busy = status_error(503, {}, b"")
+    refused = status_error(400, {}, b'{"error": {"code": "content_filter", "message": "no"}}')
+    assert (type(throttled), type(busy), type(refused)) == (RateLimited, Outage, Refused)
+    assert (throttled.retryable, busy.retryable, refused.retryable) == (True, True, False)
+    assert throttled.retry_after == 3.0 and refused.retry_after is None
+    with pytest.raises(AttributeError, match="immutable"):
+        throttled.held = True  # type: ignore[misc]
+    held = throttled.but(held=True)
+    assert type(held) is RateLimited and held.held and not throttled.held and held.message == throttled.message

@@ -47,9 +47,8 @@ async def _drive(policy: RetryPolicy, fn: Flaky) -> tuple[str, list[float]]:
 
 
 def _err(retry_after: float | None = None, retryable: bool = True, status: int = 429) -> AttemptError:
-    error = AttemptError("x", "x", status=status, retry_after=retry_after, retryable=retryable)
-    error.held = status == 429  # what admission (limits.py) marks
-    return error
+    held = status == 429  # what admission marks
+    return AttemptError("x", "x", status=status, retry_after=retry_after, retryable=retryable, held=held)
 
 
 def test_waits_exactly_what_the_server_asks() -> None:

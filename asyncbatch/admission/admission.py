@@ -606,27 +606,27 @@ class Admission:
         ):
             self.gate.close_for(min(short / refill, 5.0))
 
-    def on_failure(self, exc: AttemptError, ticket: Ticket) -> None:
+    def on_failure(self, exc: AttemptError, ticket: Ticket) -> bool:
         """A failed attempt: a 429 closes the gate, an outage feeds the breaker.
 
-        Sets ``exc.held`` when admission will hold the next attempt (a 429, or the
-        endpoint is down): then the failure uses up none of the input's attempts.
+        Returns whether admission will hold the next attempt (a 429, or the endpoint is
+        down): then the failure uses up none of the input's attempts.
 
         :raises StopRun: a wait longer than the run is willing to sit through.
         """
         if exc.status == THROTTLED:
-            exc.held = True
             self.calibration.on_refused(ticket)
             self.on_throttle(exc.retry_after)
-        elif is_outage(exc):
+            return True
+        if is_outage(exc):
             self.breaker.on_outage(exc.status)
-            exc.held = self.breaker.is_open
             if exc.retry_after is not None:  # a 5xx that says when to come back: that job waits, if we may
                 source = f"the server answered HTTP {exc.status} asking to wait"
                 self._check_wait(exc.retry_after, source)
                 self._waiting(exc.retry_after, source)
-        else:
-            self.breaker.on_other_failure()
+            return self.breaker.is_open
+        self.breaker.on_other_failure()
+        return False
 
     def on_throttle(self, retry_after: float | None) -> float:
         """A 429: close the gate for everyone until the server's reset; return the pause.

@@ -43,7 +43,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..clock import Sleep
 from ..config import BatchOptions, Endpoint, RequestDefaults
-from ..errors import AttemptError, FatalAPIError
+from ..errors import AttemptError, FatalAPIError, Refused
 from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from ..input.requests import Job, prepare
 from ..live.client import sdk_client
@@ -437,7 +437,7 @@ class BatchRunner:
             code, message = str(error.get("code") or status), str(error.get("message") or f"HTTP {status}")
             if is_retryable_status(status) or code in RETRYABLE_BATCH_CODES:
                 return self._fallback(job, code, message, merge)
-            exc = AttemptError(code, message, status=status, body=body, request_id=response.get("request_id"))
+            exc = Refused(code, message, status=status, body=body, request_id=response.get("request_id"))
             return self._record_failure(job, exc, merge)
         if problem := answer_problem(job.api, body, job.body):
             return self._fallback(job, "malformed_response", f"the answer is not one: {problem}", merge)

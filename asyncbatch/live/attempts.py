@@ -249,8 +249,7 @@ class Attempts:
             reply = await route.connection.send(self._payload_for(route, job, payload), job.api, job.body)
         except AttemptError as exc:
             route.failed += 1
-            await self._on_failure(route, exc, ticket, tally)
-            raise
+            raise await self._on_failure(route, exc, ticket, tally) from None
         finally:
             self.stats.in_flight -= 1
             route.in_flight -= 1
@@ -271,35 +270,35 @@ class Attempts:
             return 0.0
         return self.prices.cost(job.prompt_estimate, job.estimate - job.prompt_estimate)
 
-    async def _on_failure(self, route: Route, exc: AttemptError, ticket: Ticket, tally: _Tally) -> None:
+    async def _on_failure(self, route: Route, exc: AttemptError, ticket: Ticket, tally: _Tally) -> AttemptError:
+        """How the engine reacts to a failed attempt: the same failure, held, retried elsewhere or at once."""
+        again = exc.but(retryable=True, held=True)  # the same request again, using up no attempt
         tokens = route.connection.tokens
         if exc.status == 401 and route.any_success and tokens:
             if await tokens.refresh_after_401(exc.token):
-                exc.retryable = exc.held = True  # the token expired early: a new one, and the same request again
-                return
+                return again  # the token expired early: a new one, and the same request again
             # a fresh token refused: the identity is wrong
             self._refused(
-                route, exc, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
+                route, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
             )
-            return
+            return again
         self.stats.throttled += exc.status == THROTTLED
         route.throttled += exc.status == THROTTLED
         try:
-            route.admission.on_failure(exc, ticket)
+            held = route.admission.on_failure(exc, ticket)
         except StopRun as stop:  # this deployment's quota is exhausted
             if not self.router.pooled:
                 raise
             self.router.set_aside(route, str(stop), resumable=True)
-            exc.retryable = exc.held = True
-            return
+            return again
         self._observe(route)
         if not route.any_success and (fatal := self._fatal_before_success(route, exc)):
-            self._refused(route, exc, fatal)
-            return
+            self._refused(route, fatal)
+            return again
         if self.router.pooled and (exc.status == THROTTLED or exc.retryable) and len(self.router.live) > 1:
             tally.avoid = route  # the retry goes to another deployment, at once
-            if not exc.held:
-                exc.retry_after = 0.0
+            return exc.but(held=held) if held else exc.but(retry_after=0.0)
+        return exc.but(held=True) if held else exc
 
     def _fatal_before_success(self, route: Route, exc: AttemptError) -> FatalAPIError | None:
         """A failure that says this deployment will never work: a wrong key or name, or down from the start."""
@@ -309,12 +308,11 @@ class Attempts:
             return fatal_error(exc, route)
         return None
 
-    def _refused(self, route: Route, exc: AttemptError, fatal: FatalAPIError) -> None:
+    def _refused(self, route: Route, fatal: FatalAPIError) -> None:
         """One endpoint stops the run; a pool sets the deployment aside and the job tries another."""
         if not self.router.pooled:
             raise fatal
         self.router.set_aside(route, str(fatal), resumable=fatal.kind == "unreachable")
-        exc.retryable = exc.held = True
 
     def _observe(self, route: Route) -> None:
         """What admission has learned, for the display: a few attribute copies per answer."""

@@ -21,8 +21,18 @@ import aiohttp
 import orjson
 
 from ..config import Endpoint
-from ..errors import AttemptError
-from ..protocol import ANSWERS, APIS, Api, answer_problem, api_path, is_retryable_status, parse_retry_after, request_id
+from ..errors import AttemptError, Malformed, Outage, RateLimited, Refused
+from ..protocol import (
+    ANSWERS,
+    APIS,
+    THROTTLED,
+    Api,
+    answer_problem,
+    api_path,
+    is_retryable_status,
+    parse_retry_after,
+    request_id,
+)
 from ..redact import Redactor
 from .auth import Tokens
 
@@ -170,13 +180,12 @@ class Connection:
                     status, headers = response.status, response.headers
                     raw = await self._body(response)
         except TimeoutError:
-            raise AttemptError("timeout", f"no response within {self.timeout:g} s", retryable=True) from None
+            raise Outage("timeout", f"no response within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            raise AttemptError("connection_error", f"connection failed: {_describe(exc)}", retryable=True) from None
+            raise Outage("connection_error", f"connection failed: {_describe(exc)}") from None
         if status >= 400:  # read only so far: a secret cut at the end is masked too
             error = status_error(status, headers, self.redactor.cut_short(raw or b""))
-            error.token = token
-            raise error
+            raise error if token is None else error.but(token=token)
         if raw is None:
             raise too_large(status, headers, self.max_response_bytes)
         if self.tokens is not None:
@@ -224,11 +233,10 @@ def decode_reply(
         body = _NOT_JSON
     problem = "the body is not JSON" if body is _NOT_JSON else answer_problem(api, body, request or {})
     if problem is not None:
-        raise AttemptError(
+        raise Malformed(
             "malformed_response",
             f"HTTP {status} that is not {ANSWERS[api]}: {problem}; body: {(redactor or Redactor()).clip(raw, 200)!r}",
             status=status,
-            retryable=True,
             request_id=request_id(headers),
         )
     return Reply(body, raw, request_id(headers), headers)
@@ -240,7 +248,7 @@ _NOT_JSON = object()
 def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptError:
     """An answer past the size limit: not read, and not asked again (it would be as large)."""
     size = headers.get("content-length")
-    return AttemptError(
+    return Refused(
         "response_too_large",
         f"the answer is larger than --max-response-mb ({limit / MiB:g} MB)"
         + (f": {int(size):,} bytes" if size and size.isdigit() else "")
@@ -262,13 +270,12 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
     code = str(err.get("code") or f"http_{status}")
     if hint := HINTS.get(code):
         message = f"{message} {hint}"
-    retryable = is_retryable_status(status)
-    return AttemptError(
+    kind = RateLimited if status == THROTTLED else Outage if is_retryable_status(status) else Refused
+    return kind(
         code,
         f"HTTP {status}: {message}",
         status=status,
         body=body,
-        retry_after=parse_retry_after(headers) if retryable else None,
-        retryable=retryable,
+        retry_after=parse_retry_after(headers) if kind.RETRYABLE else None,
         request_id=request_id(headers),
     )

@@ -17,7 +17,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from ..errors import AttemptError, ConfigError
+from ..errors import AttemptError, ConfigError, InvalidOutput
 from ..protocol import embedding_vectors
 
 
@@ -135,14 +135,14 @@ def _invalid_response(
 ) -> AttemptError:
     """As ``_invalid``, in the Responses API's input items: the call and its output, or the text and a user turn."""
     shown = f"{reason}; raw output: {raw!r}" if raw is not None else reason
-    error = AttemptError(code, shown, status=200, body=body, retryable=True, retry_after=0.0)
     instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
+    feedback: list[dict[str, Any]]
     if call is not None and call.get("call_id"):
         echoed = {k: call[k] for k in ("type", "call_id", "name", "arguments") if k in call}
-        error.feedback = [echoed, {"type": "function_call_output", "call_id": call["call_id"], "output": instruction}]
+        feedback = [echoed, {"type": "function_call_output", "call_id": call["call_id"], "output": instruction}]
     else:
-        error.feedback = [{"role": "assistant", "content": text}, {"role": "user", "content": instruction}]
-    return error
+        feedback = [{"role": "assistant", "content": text}, {"role": "user", "content": instruction}]
+    return InvalidOutput(code, shown, status=200, body=body, retry_after=0.0, feedback=feedback)
 
 
 def _check_status(body: dict[str, Any]) -> None:
@@ -235,14 +235,13 @@ def _invalid(
 ) -> AttemptError:
     """A retryable error whose feedback shows the model its answer and what was wrong with it."""
     text = f"{reason}; raw output: {raw!r}" if raw is not None else reason
-    # retry_after=0: the server is fine, the answer was not; backing off would only waste time.
-    error = AttemptError(code, text, status=200, body=body, retryable=True, retry_after=0.0)
     instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
     if call is not None and call.get("id"):
         # Only the call we answer: the API wants a tool reply for every call id in the message.
         assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": [call]}
-        error.feedback = [assistant, {"role": "tool", "tool_call_id": call["id"], "content": instruction}]
+        feedback = [assistant, {"role": "tool", "tool_call_id": call["id"], "content": instruction}]
     else:
         assistant = {"role": "assistant", "content": message.get("content") or ""}
-        error.feedback = [assistant, {"role": "user", "content": instruction}]
-    return error
+        feedback = [assistant, {"role": "user", "content": instruction}]
+    # retry_after=0: the server is fine, the answer was not; backing off would only waste time.
+    return InvalidOutput(code, text, status=200, body=body, retry_after=0.0, feedback=feedback)
