@@ -429,9 +429,7 @@ class _Batch:
     def reject(self, bad: BadLine) -> None:
         where = f"{self.config.input_path}:{bad.line_no}"
         self.reporter.warn(f"{where}: {bad.reason} (written to the errors file; the run goes on)")
-        self.stats.input_errors += 1
-        self.stats.failed += 1
-        self.stats.failure_reasons[INVALID_INPUT] += 1
+        self.stats.count_failure(INVALID_INPUT, bad_input=True)
         record = error_record(
             custom_id=bad.custom_id,
             line_no=bad.line_no,
@@ -462,8 +460,7 @@ class _Batch:
     def record(self, outcome: Outcome) -> None:
         if isinstance(outcome, Success):
             self.results.put(outcome.line_no, outcome.record)
-            self.stats.succeeded += 1
+            self.stats.count_success()
         else:
             self.errors.put(outcome.line_no, outcome.record)
-            self.stats.failed += 1
-            self.stats.failure_reasons[outcome.error.code] += 1
+            self.stats.count_failure(outcome.error.code)

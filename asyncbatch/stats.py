@@ -1,6 +1,7 @@
-"""Counters for one run. Updated by the runner, read by the progress display.
+"""Counters for one run. Told of events by the runner, attempts and the Batch API; read by the display.
 
-Plain attribute increments: nothing here costs more than an add per request.
+Each event is a method (``count_sent``, ``count_success``, ``count_failure``...): nothing here
+costs more than a few adds per request.
 """
 
 from __future__ import annotations
@@ -8,14 +9,30 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .cost import Prices
 from .protocol import read_usage
 
 RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
+
+
+class RouteView(Protocol):
+    """What the display reads of one pooled deployment (``live.router.Route``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def succeeded(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def throttled(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    def state(self) -> str: ...
 
 
 @dataclass
@@ -51,7 +68,7 @@ class RunStats:
     aborted: str | None = None
     notice: str | None = None  # a state the user should see now ("endpoint unreachable since ...")
     failure_reasons: Counter[str] = field(default_factory=Counter)  # error code -> inputs failed with it
-    routes: list[Any] = field(default_factory=list, repr=False)  # a pool's deployments (``router.Route``)
+    routes: Sequence[RouteView] = field(default_factory=list, repr=False)  # a pool's deployments
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
     started: float = field(init=False)
     finished: float | None = None
@@ -79,6 +96,33 @@ class RunStats:
     def requests_per_second(self) -> float:
         """This run's inputs per second: lines already recorded when it started are not its work."""
         return (self.done - self.resumed) / self.elapsed if self.elapsed > 0 else 0.0
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def count_success(self, *, batch: bool = False) -> None:
+        """An input recorded in the results (``batch``: answered by a Batch API job)."""
+        self.succeeded += 1
+        self.batch_answers += batch
+
+    def count_failure(self, code: str, *, bad_input: bool = False) -> None:
+        """An input recorded in the errors file, with its error code (``bad_input``: a line that is no request)."""
+        self.failed += 1
+        self.input_errors += bad_input
+        self.failure_reasons[code] += 1
+
+    def count_sent(self, charge: float) -> None:
+        """An attempt on the wire, charged ``charge`` tokens of the quota (in the server's units)."""
+        self.attempts += 1
+        self.in_flight += 1
+        self.charged_tokens += charge
+
+    def count_returned(self, *, throttled: bool = False) -> None:
+        """An attempt back, answered or not (``throttled``: with a 429)."""
+        self.in_flight -= 1
+        self.throttled += throttled
+
+    def count_retry(self) -> None:
+        self.retries += 1
 
     def count_usage(self, body: dict[str, Any], prices: Prices | None) -> float:
         """Count an answer's tokens (every 200 answer is billed, valid output or not); return its cost."""

@@ -205,9 +205,12 @@ def test_in_a_pool_a_429_sends_the_retry_to_the_other_deployment_at_once() -> No
         b = route(time, "b", [answer()])
         a.deployment = Deployment(name="a", endpoint=a.deployment.endpoint, priority=0)
         b.deployment = Deployment(name="b", endpoint=b.deployment.endpoint, priority=1)  # used only when a cannot
-        outcome = await attempts(time, [a, b]).carry(job())
+        carrier = attempts(time, [a, b])
+        outcome = await carrier.carry(job())
         assert isinstance(outcome, Success) and outcome.record["deployment"] == "b"
-        assert a.throttled == 1 and b.succeeded == 1
+        assert a.throttled == 1 and b.succeeded == 1 and (a.failed, b.failed) == (1, 0)
+        assert (carrier.stats.attempts, carrier.stats.throttled, carrier.stats.in_flight) == (2, 1, 0)
+        assert a.in_flight == b.in_flight == 0
         assert time.now < 30  # nobody waited out a's 30 s
 
     run(test)

@@ -13,8 +13,7 @@ import pytest
 import asyncbatch
 from asyncbatch.cli.main import main
 from asyncbatch.live.auth import SCOPE, Tokens, credential_provider, jwt_expiry
-from asyncbatch.simulator import SimConfig, Simulator
-from asyncbatch.simulator import tokens
+from asyncbatch.simulator import SimConfig, Simulator, tokens
 from asyncbatch.simulator.tokens import make_token
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 

@@ -462,8 +462,7 @@ class BatchRunner:
         )
         record["batch_id"] = batch.id
         self.put_result(job.line_no, record)
-        self.stats.succeeded += 1
-        self.stats.batch_answers += 1
+        self.stats.count_success(batch=True)
         merge.results += 1
         return None
 
@@ -482,8 +481,7 @@ class BatchRunner:
             line_hash=job.line_hash,
         )
         self.put_error(job.line_no, record)
-        self.stats.failed += 1
-        self.stats.failure_reasons[exc.code] += 1
+        self.stats.count_failure(exc.code)
         merge.errors += int(counted)
 
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:

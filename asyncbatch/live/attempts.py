@@ -224,8 +224,7 @@ class Attempts:
         finally:
             self.budget.settle(reserved, estimate, spent)
         route = sent.route
-        route.any_success = True
-        route.succeeded += 1
+        route.on_answer()
         route.admission.on_reply(sent.reply.headers, sent.ticket)
         self._observe(route)
         return sent.reply, sent.latency_ms, self.check.extract_for(job.api, sent.reply.body, job.body)
@@ -234,25 +233,29 @@ class Attempts:
         route, ticket = await self.router.acquire(job.estimate, tally.avoid)
         if self.stopping():
             raise Stopped  # no new attempt once a stop was asked for (retries included)
-        self.stats.charged_tokens += route.admission.calibration.charge(job.estimate)
         task = asyncio.current_task()
         assert task is not None
         tally.attempts += 1
         tally.route, tally.avoid = route, None
-        self.stats.attempts += 1
-        self.stats.in_flight += 1
-        route.in_flight += 1
+        self.stats.count_sent(route.admission.calibration.charge(job.estimate))
+        route.on_sent()
         self.on_send(job.line_no)
         self.sending.add(task)
         started = self.clock()
         try:
             reply = await route.connection.send(self._payload_for(route, job, payload), job.api, job.body)
         except AttemptError as exc:
-            route.failed += 1
+            throttled = exc.status == THROTTLED
+            self.stats.count_returned(throttled=throttled)
+            route.on_failure(throttled=throttled)
             raise await self._on_failure(route, exc, ticket, tally) from None
+        except BaseException:  # cancelled (an immediate stop): back, unanswered
+            self.stats.count_returned()
+            raise
+        else:
+            self.stats.count_returned()
         finally:
-            self.stats.in_flight -= 1
-            route.in_flight -= 1
+            route.on_returned()
             self.sending.discard(task)
             route.admission.answered = route.connection.answered
         return _Sent(reply, ticket, (self.clock() - started) * 1000, route)
@@ -282,8 +285,6 @@ class Attempts:
                 route, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
             )
             return again
-        self.stats.throttled += exc.status == THROTTLED
-        route.throttled += exc.status == THROTTLED
         try:
             held = route.admission.on_failure(exc, ticket)
         except StopRun as stop:  # this deployment's quota is exhausted
@@ -324,7 +325,7 @@ class Attempts:
         self.stats.charge_ratio = admission.ratio
 
     def _before_retry(self, state: RetryCallState) -> None:
-        self.stats.retries += 1
+        self.stats.count_retry()
         if self.stopping():
             raise Stopped
 

@@ -55,6 +55,25 @@ class Route:
         endpoint = self.deployment.endpoint
         return under_v1(endpoint.kind, endpoint.api_version)
 
+    # -- events (from ``attempts``) ----------------------------------------------------------------
+
+    def on_sent(self) -> None:
+        self.in_flight += 1
+
+    def on_returned(self) -> None:
+        """An attempt is back, answered, failed or cancelled."""
+        self.in_flight -= 1
+
+    def on_answer(self) -> None:
+        """An answer from this deployment was accepted: it works."""
+        self.any_success = True
+        self.succeeded += 1
+
+    def on_failure(self, *, throttled: bool) -> None:
+        """An attempt failed here (``throttled``: with a 429)."""
+        self.failed += 1
+        self.throttled += throttled
+
     def state(self) -> str:
         if self.aside is not None:
             return f"set aside: {self.aside}"
