@@ -38,7 +38,7 @@ class Endpoint:
     base_url: str
     deployment: str
     api_key: str = field(default="", repr=False)
-    # Entra ID instead of a key: a callable returning a bearer token, sync or async (see ``auth.py``)
+    # Entra ID instead of a key: a callable returning a bearer token, sync or async (see ``live/auth.py``)
     token_provider: Callable[[], str | Awaitable[str]] | None = field(default=None, repr=False, compare=False)
     api_version: str = DEFAULT_API_VERSION
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # sent with every request (a gateway's key)
@@ -105,7 +105,7 @@ class Deployment:
 
 @dataclass(frozen=True, kw_only=True)
 class BatchOptions:
-    """--batch-api: run the inputs as Azure Batch API jobs (half price; see ``batchapi.py``).
+    """--batch-api: run the inputs as Azure Batch API jobs (half price; see ``batch/jobs.py``).
 
     :param live_fallback: run live the lines a job did not answer well (failed server-side, expired,
         cancelled, invalid output); False records them as failed.
@@ -126,7 +126,7 @@ class BatchOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Per-input retries. 429s never use up ``max_attempts`` (see ``limits.py``)."""
+    """Per-input retries. 429s never use up ``max_attempts`` (see ``admission/admission.py``)."""
 
     max_attempts: int = 6
     timeout: float = 60.0  # seconds per attempt

@@ -5,7 +5,7 @@ one owns the reader and the workers, so when the work is done (or stopped)
 everything below it has finished before the writers close. Work flows through a
 bounded queue, so memory does not grow with the input. What happens to one job
 (admission, retries, validation) is ``attempts.py``; which deployment it goes to,
-``router.py``. With ``--batch-api`` a Batch API phase (``batchapi.py``) comes
+``router.py``. With ``--batch-api`` a Batch API phase (``batch/jobs.py``) comes
 first and hands its records to the same writers; the live phase then runs what
 it left.
 

@@ -51,3 +51,18 @@ def simulator_env(config: SimConfig, monkeypatch: pytest.MonkeyPatch) -> Iterato
             monkeypatch.setenv(name, value)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
         yield {**env, **azure}, simulator
+
+
+class Time:
+    """An injected clock that moves only when someone sleeps on it; ``slept`` lists each wait."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds

@@ -25,6 +25,7 @@ from asyncbatch.live.client import Reply, decode_reply, status_error
 from asyncbatch.live.router import Route, Router
 from asyncbatch.stats import RunStats
 from asyncbatch.structured.validate import OutputCheck
+from tests.helpers import Time
 
 TOOL = {
     "type": "function",
@@ -37,19 +38,6 @@ TOOL = {
         },
     },
 }
-
-
-class Time:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def answer(arguments: str | None = None, content: str = "fine") -> tuple[int, dict[str, str], bytes]:

@@ -13,21 +13,7 @@ from asyncbatch.config import Deployment, Endpoint
 from asyncbatch.errors import FatalAPIError, StopRun
 from asyncbatch.live.client import Connection
 from asyncbatch.live.router import Route, Router
-
-
-class Time:
-    """A clock that moves only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.helpers import Time
 
 
 @asynccontextmanager

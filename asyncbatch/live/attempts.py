@@ -7,7 +7,7 @@ write), or raises:
   recorded, and runs again on resume;
 * ``FatalAPIError``: the endpoint refuses the run as a whole (see ``fatal_error``);
   in a pool, only when every deployment was set aside (``router.py``);
-* ``StopRun``: admission will not wait that long (see ``limits.py``), or the next
+* ``StopRun``: admission will not wait that long (see ``admission/admission.py``), or the next
   attempt would pass ``--max-cost`` (``cost.Budget``).
 
 Before the run's first success, failures with a 4xx are held back (``settle``):
@@ -15,7 +15,7 @@ if the first ``SYSTEMATIC`` all fail the same way, the run stops with the
 server's message and records none of them, as for a wrong key.
 
 What is retried and how long to wait is ``retry.py``; every reaction to 429s
-and rate-limit headers is ``admission`` (``limits.py``).
+and rate-limit headers is ``admission`` (``admission/admission.py``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The classification and the wait are pure; ``retrying()`` composes them into a
 tenacity policy with an injectable ``sleep`` so tests can record the waits.
 
 A failure that admission holds (a 429, or any failure while the endpoint is
-down: ``AttemptError.held``, set in ``limits.py``) is not this module's business
+down: ``AttemptError.held``, set in ``admission/admission.py``) is not this module's business
 beyond "try again": it does not use up ``max_attempts``, and its wait is
 admission's, which every attempt passes before it is sent.
 """

@@ -2,7 +2,7 @@
 
 Each deployment is a ``Route`` with its own connection and its own admission:
 meters, cool-down, calibrated or adaptive rate, and outage breaker
-(``limits.py``). With one route, an attempt simply waits in its admission. With
+(``admission/admission.py``). With one route, an attempt simply waits in its admission. With
 a pool, the router looks at every route at once, first come first served:
 
 * it sends the attempt to a route that can admit it now, preferring the best

@@ -121,7 +121,7 @@ class ResumeState:
     errors_offset: int = 0
     results_lines: int = 0
     errors_lines: int = 0
-    ids_lines: int = 0  # input lines whose id digests the side file holds (see ids.py) ...
+    ids_lines: int = 0  # input lines whose id digests the side file holds (see input/ids.py) ...
     input_offset: int = 0  # ... and the input bytes they take
     prefix: Any = None  # the hash of those bytes, verified
     trusted_lines: int = 0  # records of lines up to this one count by number; later ones by content

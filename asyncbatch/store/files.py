@@ -3,10 +3,10 @@
 ``<results>.state/`` holds everything a run keeps besides its outputs::
 
     lock            who is running (pid, start time); the lock itself is held on the outputs
-    checkpoint      the resume cache (checkpoint.py), unless --checkpoint puts it elsewhere
-    ids             one digest per input line read (ids.py)
+    checkpoint      the resume cache (store/checkpoint.py), unless --checkpoint puts it elsewhere
+    ids             one digest per input line read (input/ids.py)
     sent            the lines sent and not yet recorded (checkpoint.SentJournal)
-    batches         the Batch API jobs (batchapi.py); part-N.jsonl: their files to upload
+    batches         the Batch API jobs (batch/jobs.py); part-N.jsonl: their files to upload
 
 Files in it are opened without following symbolic links and created 0600, the
 directory 0700. Nothing is written before ``check_paths`` has looked at every
