@@ -8,15 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from asyncbatch.admission.admission import (
-    AdaptiveRate,
-    Admission,
-    Bucket,
-    CooldownGate,
-    header_pause,
-    request_bucket,
-    token_bucket,
-)
+from asyncbatch.admission.adaptive import AdaptiveRate
+from asyncbatch.admission.admission import Admission, CooldownGate, header_pause
+from asyncbatch.admission.bucket import Bucket, request_bucket, token_bucket
 from asyncbatch.protocol import int_header, parse_retry_after
 
 

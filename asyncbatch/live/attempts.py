@@ -29,7 +29,8 @@ from typing import Any
 import orjson
 from tenacity import RetryCallState
 
-from ..admission.admission import Ticket, no_answer
+from ..admission.breaker import no_answer
+from ..admission.calibration import Ticket
 from ..clock import Sleep
 from ..config import RetryPolicy
 from ..cost import Budget, Prices

@@ -22,7 +22,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..admission.admission import Admission, Ticket
+from ..admission.admission import Admission
+from ..admission.calibration import Ticket
 from ..clock import NAP, Sleep
 from ..config import Deployment
 from ..errors import FatalAPIError, StopRun
