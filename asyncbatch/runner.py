@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .admission.admission import Admission
-from .batch.jobs import BatchRunner, BatchState
+from .batch.jobs import BatchRunner
+from .batch.parts import BatchState
 from .clock import Sleep
 from .config import Deployment, Endpoint, RunConfig
 from .cost import Budget

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from asyncbatch.batch.jobs import BatchState, Splitter
+from asyncbatch.batch.parts import BatchState, Splitter
 from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
 

@@ -18,7 +18,7 @@ import pyte
 import pytest
 
 from asyncbatch.cost import Prices
-from asyncbatch.display.reporters import Status, look, screen, text_line
+from asyncbatch.display.status import Status, look, screen, text_line
 from asyncbatch.stats import RunStats, Trend
 
 from .helpers import write_jsonl

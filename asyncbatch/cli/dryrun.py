@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..batch.jobs import Splitter, batch_line
+from ..batch.parts import Splitter, batch_line
 from ..config import Limits, RequestDefaults
 from ..cost import Prices
 from ..input.reader import BadLine, read_lines

@@ -1,0 +1,124 @@
+"""The summary at the end of a run: as a table, and as data for the JSON log."""
+
+from typing import Any
+
+from rich.table import Table
+
+from ..stats import RunStats
+from .status import deployment_views
+
+
+def summary_data(stats: RunStats) -> dict[str, Any]:
+    """The summary's figures, for JSON (``summary_table`` shows the same in words)."""
+    return {
+        "succeeded": stats.succeeded,
+        "failed": stats.failed,
+        "bad_input_lines": stats.input_errors,
+        "attempts": stats.attempts,
+        "retries": stats.retries,
+        "throttled": stats.throttled,
+        "prompt_tokens": stats.prompt_tokens,
+        "cached_tokens": stats.cached_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "estimated_tokens": stats.estimated_tokens,
+        "cost_usd": round(stats.cost, 6) if stats.prices is not None else None,
+        "projected_cost_usd": stats.projected_cost,
+        "wall_seconds": round(stats.elapsed, 3),
+        "requests_per_second": round(stats.requests_per_second, 2),
+        "latency_p50_ms": stats.latency_percentile(0.5),
+        "latency_p95_ms": stats.latency_percentile(0.95),
+        "resumed": stats.resumed,
+        "resent": stats.resent,
+        "failure_reasons": dict(stats.failure_reasons.most_common()),
+        "learned_tpm": stats.learned_tpm,
+        "charge_ratio": stats.charge_ratio,
+        "changed": stats.changed,
+        "interrupted": stats.interrupted,
+        "stopped": stats.stopped,
+        "aborted": stats.aborted,
+        "simulated": stats.simulated,
+        "deployments": deployment_views(stats),
+        "batch_api": {"jobs": stats.batch_jobs, "answers": stats.batch_answers} if stats.batch_jobs else None,
+    }
+
+
+def summary_table(stats: RunStats) -> Table:
+    title = "asyncbatch summary"
+    if stats.simulated:
+        title += " — SIMULATED run (local simulator, not Azure)"
+    table = Table(title=title, show_header=False)
+    p50, p95 = stats.latency_percentile(0.5), stats.latency_percentile(0.95)
+    cached = f" ({stats.cached_tokens:,} cached)" if stats.cached_tokens else ""
+    rows = [
+        ("succeeded", f"{stats.succeeded:,}"),
+        ("failed", f"{stats.failed:,}" + (f" ({stats.input_errors:,} bad input lines)" if stats.input_errors else "")),
+        ("attempts", f"{stats.attempts:,} ({stats.retries:,} retries)"),
+        ("429 answers", f"{stats.throttled:,}"),
+        ("prompt tokens", f"{stats.prompt_tokens:,}{cached}"),
+        ("completion tokens", f"{stats.completion_tokens:,}"),
+        ("tokens: estimated / used", _estimate_vs_used(stats)),
+        ("wall time", f"{stats.elapsed:.2f} s"),
+        ("throughput", f"{stats.requests_per_second:.1f} req/s"),
+        ("latency p50 / p95", "-" if p50 is None else f"{p50:.0f} ms / {p95:.0f} ms"),
+    ]
+    if stats.prices is not None:
+        rows.append(("cost", _cost(stats)))
+    if stats.batch_jobs:
+        live = stats.succeeded - stats.resumed - stats.batch_answers
+        rows.append(
+            ("Batch API", f"{stats.batch_answers:,} answered by {stats.batch_jobs} job(s), billed at half price; "
+             f"{max(0, live):,} run live")
+        )  # fmt: skip
+    answers = sum(route.succeeded for route in stats.routes)
+    for view in deployment_views(stats):
+        share = f" ({view['answers'] / answers:.0%})" if answers else ""
+        rows.append(
+            (
+                f"deployment {view['name']}",
+                f"{view['answers']:,} answers{share}, {view['throttled']:,} 429s, {view['state']}",
+            )
+        )
+    if stats.learned_tpm:
+        rows.append(("learned limit", f"{stats.learned_tpm:,.0f} tokens/min (adaptive: no --tpm/--rpm given)"))
+    if stats.charge_ratio is not None:
+        rows.append(("server charge", f"{stats.charge_ratio:.2f} x the client's estimate (learned from its headers)"))
+    if stats.resumed:
+        rows.insert(0, ("resumed", f"{stats.resumed:,} inputs were already recorded and were skipped"))
+    if stats.resent:
+        rows.insert(1, ("re-sent", f"{stats.resent:,} requests in flight when the last run stopped were sent again"))
+    if stats.changed:
+        rows.append(("results mix options", f"{', '.join(stats.changed)} changed at this resume (--accept-changes)"))
+    if stats.failure_reasons:
+        top = stats.failure_reasons.most_common(5)
+        rows.append(("top failure reasons", ", ".join(f"{code}: {n:,}" for code, n in top)))
+    if stats.interrupted:
+        rows.append(("interrupted", "yes: run the same command again to resume"))
+    if stats.stopped:
+        rows.append(("stopped early", f"{stats.stopped}; run the same command again to resume"))
+    if stats.aborted:
+        rows.append(("aborted", stats.aborted))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _cost(stats: RunStats) -> str:
+    prices = stats.prices
+    assert prices is not None
+    cached = f", cached {prices.cached_input:g}" if prices.cached_input is not None else ""
+    text = (
+        f"{stats.cost:.4f} USD this run (per 1M tokens: prompt {prices.input:g}{cached}, "
+        f"completion {prices.output:g}; {prices.source}"
+        + ("; Batch API answers at half these)" if stats.batch_answers else ")")
+    )
+    projected = stats.projected_cost
+    if projected is not None and stats.done < stats.total:
+        text += f"; about {projected:.4f} USD with the {stats.total - stats.done:,} inputs still to run"
+    return text
+
+
+def _estimate_vs_used(stats: RunStats) -> str:
+    """Admission charges the estimate; billing counts usage. Showing both explains the quota."""
+    used = stats.prompt_tokens + stats.completion_tokens
+    ratio = f" (estimate is {stats.estimated_tokens / used:.2f}x usage)" if used else ""
+    return f"{stats.estimated_tokens:,} / {used:,}{ratio}"
