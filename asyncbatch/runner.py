@@ -33,7 +33,6 @@ from .config import Deployment, Endpoint, RunConfig
 from .cost import Budget
 from .display.reporters import Reporter
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
-from .input.ids import IdLog
 from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff
 from .input.requests import Job, prepare
 from .live.attempts import Attempts, Outcome, Stopped, Success
@@ -45,6 +44,7 @@ from .redact import Redactor
 from .stats import RunStats
 from .store.checkpoint import ResumeState, SentJournal, drop_errors, fingerprint, identity, recover, save_checkpoint
 from .store.files import check_paths, move_aside, prepare_state
+from .store.ids import IdLog
 from .store.lock import OutputLock
 from .store.writer import JsonlWriter
 from .structured.validate import OutputCheck

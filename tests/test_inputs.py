@@ -160,7 +160,7 @@ def test_skipped_record_with_a_body_field_still_counts_its_id(tmp_path: Path) ->
 
 
 def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) -> None:
-    from asyncbatch.input.ids import IdLog
+    from asyncbatch.store.ids import IdLog
 
     path = tmp_path / "in.jsonl"
     rows = [{"id": "a", "t": 1}, {"id": "b", "t": 2}, {"id": "a", "t": 3}, {"id": "c", "t": 4}]
@@ -187,7 +187,7 @@ def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) ->
 
 
 def test_the_id_set_is_compact_and_exact_on_what_it_holds() -> None:
-    from asyncbatch.input.ids import IdSet, digest
+    from asyncbatch.store.ids import IdSet, digest
 
     ids = IdSet()
     values = [digest(f"id-{i}") for i in range(50_000)]

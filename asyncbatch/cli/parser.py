@@ -16,6 +16,7 @@ from ..config import (
     RetryPolicy,
     RunConfig,
 )
+from ..export import FORMATS
 from ..protocol import APIS
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
@@ -357,10 +358,46 @@ def _other_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+EXPORT_EPILOG = """\
+rows: line, status (succeeded or failed), custom_id, the input record's fields (with --input),
+output, error_code, error_message, attempts, prompt_tokens, completion_tokens. In CSV and
+Parquet an object output becomes one output.<key> column per key.
+
+examples:
+  asyncbatch export prompts.results.jsonl --ordered > ordered.jsonl
+  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o table.csv
+  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o table.parquet   # pip install "asyncbatch[parquet]"
+
+exit codes: 0 written; 2 usage error or a file that cannot be read or written.
+"""
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncbatch export",
+        description="Write a run's results and failures as one table: in input order (on disk, in bounded "
+        "memory, for any number of lines), joined with the input, as JSONL, CSV or Parquet.",
+        epilog=EXPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", type=Path, help="the results file of a run (e.g. prompts.results.jsonl)")
+    p.add_argument(
+        "--errors", type=Path, metavar="PATH", help="its failures file (default: <results stem>.errors.jsonl, if any)"
+    )
+    p.add_argument(
+        "--input",
+        type=Path,
+        metavar="PATH",
+        help="the run's input: each row gets its input record's fields, with their JSON types (implies --ordered)",
+    )
+    p.add_argument("--ordered", action="store_true", help="rows in input order (default: the order they finished)")
+    p.add_argument("--format", choices=FORMATS, help="jsonl, csv or parquet (default: from -o's suffix, else jsonl)")
+    p.add_argument("-o", "--output", type=Path, metavar="PATH", help="where to write (default: standard output)")
+    return p
+
+
 def reference() -> str:
     """docs/options.md, from the parsers themselves: every option, its default and its help."""
-    from .export_cmd import build_export_parser
-
     parts = ["# Options", "", "Generated from the command's own parser (`python -m asyncbatch.cli.parser`).", ""]
     for title, parser in (("asyncbatch INPUT", build_parser()), ("asyncbatch export RESULTS", build_export_parser())):
         parts += [f"## `{title}`", ""]

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
 
 import orjson
 
 from ..errors import ConfigError
 from ..protocol import BATCH_URLS
-from .ids import IdLog, IdSet, digest, line_digest
+from ..store.ids import IdLog, IdSet, digest, line_digest
 
-if TYPE_CHECKING:
-    from ..store.checkpoint import DoneSet
+
+class Done(Protocol):
+    """The lines already recorded (``store.checkpoint.DoneSet``), as the reader asks about them."""
+
+    def __contains__(self, line_no: object) -> bool: ...
+    def claim(self, line_no: int, line_hash: int) -> bool: ...
+
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
 Kind = Literal["batch", "chat", "record"]
@@ -98,7 +103,7 @@ def count_lines(path: Path, chunk: int = 1 << 20) -> int:
     return count + (last != b"\n")
 
 
-def read_lines(path: Path, done: DoneSet | None = None, ids: IdLog | None = None) -> Iterator[ParsedLine | BadLine]:
+def read_lines(path: Path, done: Done | None = None, ids: IdLog | None = None) -> Iterator[ParsedLine | BadLine]:
     """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine; a repeated custom_id is a BadLine.
 
     Lines ``done`` holds are not yielded: by number, or by content (``DoneSet.claim``) for

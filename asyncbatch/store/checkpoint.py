@@ -33,9 +33,9 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError
-from ..input.ids import DigestBag
 from ..records import INVALID_INPUT, LINE, LINE_HASH
 from .files import StatePaths, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
+from .ids import DigestBag
 
 VERSION = 3
 READABLE = frozenset({2, VERSION})  # version 2 (before state directories) has no ``outputs``
@@ -121,7 +121,7 @@ class ResumeState:
     errors_offset: int = 0
     results_lines: int = 0
     errors_lines: int = 0
-    ids_lines: int = 0  # input lines whose id digests the side file holds (see input/ids.py) ...
+    ids_lines: int = 0  # input lines whose id digests the side file holds (see ids.py) ...
     input_offset: int = 0  # ... and the input bytes they take
     prefix: Any = None  # the hash of those bytes, verified
     trusted_lines: int = 0  # records of lines up to this one count by number; later ones by content

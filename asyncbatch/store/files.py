@@ -4,7 +4,7 @@
 
     lock            who is running (pid, start time); the lock itself is held on the outputs
     checkpoint      the resume cache (store/checkpoint.py), unless --checkpoint puts it elsewhere
-    ids             one digest per input line read (input/ids.py)
+    ids             one digest per input line read (ids.py)
     sent            the lines sent and not yet recorded (checkpoint.SentJournal)
     batches         the Batch API jobs (batch/jobs.py); part-N.jsonl: their files to upload
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..store.files import open_private, write_all
+from .files import open_private, write_all
 
 _BUCKETS = 1 << 16
 _SUFFIX = (1 << 48) - 1
