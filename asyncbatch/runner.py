@@ -46,6 +46,7 @@ from .store.checkpoint import ResumeState, SentJournal, drop_errors, fingerprint
 from .store.files import check_paths, move_aside, prepare_state
 from .store.ids import IdLog
 from .store.lock import OutputLock
+from .store.recorder import Recorder
 from .store.writer import JsonlWriter
 from .structured.validate import OutputCheck
 
@@ -241,6 +242,7 @@ class _Batch:
         self.journal = SentJournal(config.state.sent)
         self.results = JsonlWriter(config.output_path, self._on_results, fsync_interval=fsync, redactor=redactor)
         self.errors = JsonlWriter(config.errors_path, self._on_errors, fsync_interval=fsync, redactor=redactor)
+        self.recorder = Recorder(self.results, self.errors, stats)
         routes = [
             Route(deployment, connection, self._admission(deployment, sleep, clock))
             for deployment, connection in zip(config.routes, connections, strict=True)
@@ -336,8 +338,7 @@ class _Batch:
             input_path=self.config.input_path,
             paths=self.config.state,
             stats=self.stats,
-            put_result=self.results.put,
-            put_error=self.errors.put,
+            recorder=self.recorder,
             written=self._written,
             done=self.state.done,
             info=self.reporter.info,
@@ -430,7 +431,6 @@ class _Batch:
     def reject(self, bad: BadLine) -> None:
         where = f"{self.config.input_path}:{bad.line_no}"
         self.reporter.warn(f"{where}: {bad.reason} (written to the errors file; the run goes on)")
-        self.stats.count_failure(INVALID_INPUT, bad_input=True)
         record = error_record(
             custom_id=bad.custom_id,
             line_no=bad.line_no,
@@ -439,7 +439,7 @@ class _Batch:
             attempts=0,
             line_hash=bad.line_hash,
         )
-        self.errors.put(bad.line_no, record)
+        self.recorder.failure(bad.line_no, record, INVALID_INPUT, bad_input=True)
 
     async def consume(self, queue: asyncio.Queue[Job | None]) -> None:
         while not self.stopping and (job := await queue.get()) is not None:
@@ -460,8 +460,6 @@ class _Batch:
 
     def record(self, outcome: Outcome) -> None:
         if isinstance(outcome, Success):
-            self.results.put(outcome.line_no, outcome.record)
-            self.stats.count_success()
+            self.recorder.success(outcome.line_no, outcome.record)
         else:
-            self.errors.put(outcome.line_no, outcome.record)
-            self.stats.count_failure(outcome.error.code)
+            self.recorder.failure(outcome.line_no, outcome.record, outcome.error.code)

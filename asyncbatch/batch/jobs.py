@@ -58,6 +58,7 @@ from ..protocol import (
 from ..records import failure_record, result_record
 from ..stats import RunStats
 from ..store.files import StatePaths, create_private, naming
+from ..store.recorder import Recorder
 from ..structured.validate import OutputCheck
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class Merge:
 
 
 class BatchRunner:
-    """One run's Batch API phase. ``put_result`` and ``put_error`` hand records to the run's writers."""
+    """One run's Batch API phase. Every outcome goes to the run's ``recorder``, as the live phase's do."""
 
     def __init__(
         self,
@@ -99,8 +100,7 @@ class BatchRunner:
         input_path: Path,
         paths: StatePaths,
         stats: RunStats,
-        put_result: Callable[[int, dict[str, Any]], None],
-        put_error: Callable[[int, dict[str, Any]], None],
+        recorder: Recorder,
         written: Callable[[], Awaitable[None]],
         done: DoneSet,
         info: Callable[[str], None],
@@ -109,7 +109,7 @@ class BatchRunner:
     ) -> None:
         self.options, self.endpoint, self.request = options, endpoint, request
         self.input_path, self.paths, self.stats = input_path, paths, stats
-        self.put_result, self.put_error, self.written, self.done = put_result, put_error, written, done
+        self.recorder, self.written, self.done = recorder, written, done
         self.info, self.sleep, self.wall = info, sleep, wall
         self.path = paths.batches
         saved = BatchState.load(self.path)
@@ -376,8 +376,7 @@ class BatchRunner:
             line_hash=job.line_hash,
         )
         record["batch_id"] = batch.id
-        self.put_result(job.line_no, record)
-        self.stats.count_success(batch=True)
+        self.recorder.success(job.line_no, record, batch=True)
         merge.results += 1
         return None
 
@@ -395,8 +394,7 @@ class BatchRunner:
             deployment=self.endpoint.deployment,
             line_hash=job.line_hash,
         )
-        self.put_error(job.line_no, record)
-        self.stats.count_failure(exc.code)
+        self.recorder.failure(job.line_no, record, exc.code)
         merge.errors += int(counted)
 
     async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
