@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -97,15 +95,17 @@ def _row(summary: str, name: str) -> str:
     raise AssertionError(f"no {name!r} row in:\n{summary}")
 
 
-def test_max_cost_stops_well_short_of_the_full_cost_and_the_same_command_resumes(tmp_path: Path) -> None:
+def test_max_cost_stops_well_short_of_the_full_cost_and_the_same_command_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """400 lines cost about 1.00 USD at these prices; a 0.25 budget stops after about a quarter, exit 75."""
     _records(tmp_path / "in.jsonl", 400)
-    argv = [sys.executable, "-m", "asyncbatch", "in.jsonl", "--simulate", "--template", "{text}"]
+    argv = ["in.jsonl", "--simulate", "--template", "{text}"]
     argv += ["--max-tokens", "50", "--price-in", "10", "--price-out", "40", "--sim-latency-ms", "5", "-c", "8"]
     argv += ["--max-cost", "0.25", "--no-progress", "--log-format", "json"]
-    first = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert first.returncode == 75, first.stderr
-    summary = _summary(first.stderr)
+    code, err = main(argv), capsys.readouterr().err
+    assert code == 75, err
+    summary = _summary(err)
     assert "--max-cost 0.25 USD reached" in summary["stopped"]
     assert summary["cost_usd"] <= 0.25
     done = read_jsonl(tmp_path / "in.results.jsonl")
@@ -113,11 +113,11 @@ def test_max_cost_stops_well_short_of_the_full_cost_and_the_same_command_resumes
     assert summary["projected_cost_usd"] == pytest.approx(summary["cost_usd"] * 400 / len(done), rel=0.01)
     assert not (tmp_path / "in.results.errors.jsonl").exists() or not read_jsonl(tmp_path / "in.results.errors.jsonl")
     full = [*argv[:-5], "--no-progress", "--log-format", "json"]  # the same command, without the budget
-    second = subprocess.run(full, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 0, second.stderr
+    code, err = main(full), capsys.readouterr().err
+    assert code == 0, err
     lines = sorted(r["line"] for r in read_jsonl(tmp_path / "in.results.jsonl"))
     assert lines == list(range(1, 401))  # every input exactly once across the two runs
-    assert _summary(second.stderr)["resumed"] == len(done)
+    assert _summary(err)["resumed"] == len(done)
 
 
 def _summary(stderr: str) -> dict[str, object]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pyte
 import pytest
 
+from asyncbatch.cli.main import main
 from asyncbatch.cost import Prices
 from asyncbatch.display.status import Status, look, screen, text_line
 from asyncbatch.stats import RunStats, Trend
@@ -187,19 +188,17 @@ def test_a_real_80_by_24_terminal_shows_done_total_failures_eta_and_cost_during_
 
 
 def test_text_status_lines_in_a_log_carry_a_timestamp_and_the_json_format_is_one_object_per_line(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _records(tmp_path, 30, bad=1)
-    base = [sys.executable, "-m", "asyncbatch", "in.jsonl", "--simulate", "--template", "About {company}"]
+    base = ["in.jsonl", "--simulate", "--template", "About {company}"]
     base += ["--price-in", "2.5", "--price-out", "10", "--sim-latency-ms", "5"]
-    text = subprocess.run(base, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert text.returncode == 1
-    assert re.search(r"^\[SIMULATED\] \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \+0:00:\d\d · \d+/30 ", text.stderr, re.M)
-    done = subprocess.run(
-        [*base, "--log-format", "json", "-o", "again.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 1
-    events = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    assert main(base) == 1  # stderr is not a terminal here, as in a log
+    text = capsys.readouterr().err
+    assert re.search(r"^\[SIMULATED\] \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \+0:00:\d\d · \d+/30 ", text, re.M)
+    assert main([*base, "--log-format", "json", "-o", "again.jsonl"]) == 1
+    stderr = capsys.readouterr().err
+    events = [json.loads(line) for line in stderr.splitlines()]  # every line is JSON
     kinds = {event["event"] for event in events}
     assert {"status", "summary", "message"} <= kinds
     summary = next(e for e in events if e["event"] == "summary")
