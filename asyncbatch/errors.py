@@ -104,7 +104,7 @@ class AttemptError(AsyncBatchError):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("code", "message", *self._FIELDS):
+        if name in _FROZEN:
             raise AttributeError(f"an AttemptError is immutable: make another with .but({name}=...)")
         super().__setattr__(name, value)
 
@@ -112,6 +112,9 @@ class AttemptError(AsyncBatchError):
         """The same failure, of the same kind, with ``changes`` (``held=True``, ``retry_after=0.0``...)."""
         fields = {name: getattr(self, name) for name in self._FIELDS}
         return type(self)(self.code, self.message, **(fields | changes))
+
+
+_FROZEN = frozenset(("code", "message", *AttemptError._FIELDS))
 
 
 class RateLimited(AttemptError):

@@ -116,9 +116,12 @@ class RunStats:
         self.in_flight += 1
         self.charged_tokens += charge
 
-    def count_returned(self, *, throttled: bool = False) -> None:
-        """An attempt back, answered or not (``throttled``: with a 429)."""
+    def count_returned(self) -> None:
+        """An attempt back, answered, failed or cancelled."""
         self.in_flight -= 1
+
+    def count_failed_attempt(self, *, throttled: bool) -> None:
+        """An attempt failed (``throttled``: with a 429); the input may still succeed."""
         self.throttled += throttled
 
     def count_retry(self) -> None:

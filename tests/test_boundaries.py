@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pytest
@@ -49,15 +50,9 @@ def _cli(cwd: Path, env: dict[str, str], *args: str, limit: int | None = None) -
     """The CLI, run to its end: in this process (the same ``main``), or in its own where the disk is "full"."""
     if limit is None:
         out, err = io.StringIO(), io.StringIO()
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(env)
-        try:
-            with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = main(["in.jsonl", "--no-progress", *args])
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        environment = mock.patch.dict(os.environ, env, clear=True)
+        with environment, contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["in.jsonl", "--no-progress", *args])
         return subprocess.CompletedProcess(_cmd(*args), code, out.getvalue(), err.getvalue())
 
     def preexec() -> None:  # a full disk, as the process sees it: writes past ``limit`` bytes fail

@@ -247,15 +247,11 @@ class Attempts:
             reply = await route.connection.send(self._payload_for(route, job, payload), job.api, job.body)
         except AttemptError as exc:
             throttled = exc.status == THROTTLED
-            self.stats.count_returned(throttled=throttled)
+            self.stats.count_failed_attempt(throttled=throttled)
             route.on_failure(throttled=throttled)
             raise await self._on_failure(route, exc, ticket, tally) from None
-        except BaseException:  # cancelled (an immediate stop): back, unanswered
-            self.stats.count_returned()
-            raise
-        else:
-            self.stats.count_returned()
         finally:
+            self.stats.count_returned()
             route.on_returned()
             self.sending.discard(task)
             route.admission.answered = route.connection.answered
@@ -276,27 +272,26 @@ class Attempts:
 
     async def _on_failure(self, route: Route, exc: AttemptError, ticket: Ticket, tally: _Tally) -> AttemptError:
         """How the engine reacts to a failed attempt: the same failure, held, retried elsewhere or at once."""
-        again = exc.but(retryable=True, held=True)  # the same request again, using up no attempt
         tokens = route.connection.tokens
         if exc.status == 401 and route.any_success and tokens:
             if await tokens.refresh_after_401(exc.token):
-                return again  # the token expired early: a new one, and the same request again
+                return _again(exc)  # the token expired early: a new one, and the same request again
             # a fresh token refused: the identity is wrong
             self._refused(
                 route, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
             )
-            return again
+            return _again(exc)
         try:
             held = route.admission.on_failure(exc, ticket)
         except StopRun as stop:  # this deployment's quota is exhausted
             if not self.router.pooled:
                 raise
             self.router.set_aside(route, str(stop), resumable=True)
-            return again
+            return _again(exc)
         self._observe(route)
         if not route.any_success and (fatal := self._fatal_before_success(route, exc)):
             self._refused(route, fatal)
-            return again
+            return _again(exc)
         if self.router.pooled and (exc.status == THROTTLED or exc.retryable) and len(self.router.live) > 1:
             tally.avoid = route  # the retry goes to another deployment, at once
             return exc.but(held=held) if held else exc.but(retry_after=0.0)
@@ -329,6 +324,11 @@ class Attempts:
         self.stats.count_retry()
         if self.stopping():
             raise Stopped
+
+
+def _again(exc: AttemptError) -> AttemptError:
+    """The same request again, at once, using up no attempt (another deployment, or a new token)."""
+    return exc.but(retryable=True, held=True)
 
 
 @dataclass(frozen=True, slots=True)
