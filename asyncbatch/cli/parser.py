@@ -24,38 +24,46 @@ DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
 
 USAGE = "asyncbatch INPUT [options]\n       asyncbatch export RESULTS [options]"
 DESCRIPTION = """\
-Run a JSONL file of chat-completion, embeddings or Responses requests against Azure OpenAI (or any
-OpenAI-compatible endpoint) at the quota's speed, exactly once, resumably; or as Batch API jobs.
+Run a JSONL file of chat-completion, embeddings or Responses requests against
+Azure OpenAI (or any OpenAI-compatible endpoint) at the quota's speed, exactly
+once, resumably; or as Batch API jobs.
 
 the three most common commands:
   asyncbatch prompts.jsonl --concurrency 50 --tpm 1200000 --rpm 7200
-      every line, at the quota's speed (Azure from the environment or .env); again: resumes
+      every line at the quota's speed (Azure from the environment or .env);
+      the same command again resumes
   asyncbatch prompts.jsonl --batch-api --deployment gpt-4o-batch
       the same lines as Batch API jobs, at half the price
-  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o prompts.csv
-      the results in input order, joined with the input, as CSV, Parquet or JSONL
+  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o out.csv
+      the results in input order, joined with the input (CSV, Parquet, JSONL)
 
 try it with no credentials (the built-in simulator):
-  asyncbatch examples/companies.jsonl --simulate --deployment gpt-4o-mini --template "@DEMO@" \\
+  asyncbatch examples/companies.jsonl --simulate --deployment gpt-4o-mini \\
+      --template "@DEMO@" \\
       --tools examples/get_company_info.json
-  asyncbatch export examples/companies.results.jsonl --input examples/companies.jsonl -o companies.csv
+  asyncbatch export examples/companies.results.jsonl \\
+      --input examples/companies.jsonl -o companies.csv
 """.replace("@DEMO@", DEMO_TEMPLATE)
 
 EPILOG = """\
 input formats (detected line by line):
-  Batch API lines  {"custom_id": "a1", "method": "POST", "url": "/chat/completions", "body": {...}}
+  Batch API lines  {"custom_id": "a1", "method": "POST",
+                    "url": "/chat/completions", "body": {...}}
   chat lines       {"custom_id": "a1", "messages": [...], "temperature": 0}
-  records          {"id": 7, "company": "Acme"}   rendered with --template "Tell me about {company}"
+  records          {"id": 7, "company": "Acme"}
+                   rendered with --template "Tell me about {company}"
 
 configuration (environment or .env; real environment variables win):
-  AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY (without it: Entra ID), AZURE_OPENAI_DEPLOYMENT_NAME,
-  AZURE_OPENAI_API_VERSION (default @API_VERSION@); or OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
+  AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY (without it: Entra ID),
+  AZURE_OPENAI_DEPLOYMENT_NAME, AZURE_OPENAI_API_VERSION (default @API_VERSION@);
+  or OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
 
-exit codes: 0 all succeeded; 1 some failed (see the errors file); 2 usage, configuration or fatal
-  error; 75 stopped early, resumable; 130 interrupted. After 75 or 130, run the same command again.
+exit codes: 0 all succeeded; 1 some failed (see the errors file); 2 usage,
+  configuration or fatal error; 75 stopped early, resumable; 130 interrupted.
+  After 75 or 130, run the same command again.
 
-more: docs/usage.md (formats, outputs, resuming), docs/options.md (every option), docs/azure.md,
-  docs/pools.md, docs/batch-api.md, docs/python.md
+more: docs/usage.md (formats, outputs, resuming), docs/options.md (every
+  option), docs/azure.md, docs/pools.md, docs/batch-api.md, docs/python.md
 """.replace("@API_VERSION@", DEFAULT_API_VERSION)
 
 
@@ -313,9 +321,7 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         help="read and check the whole input; print counts, the token estimate, the time the quota implies "
         "and (with prices) the cost; send nothing, need no credentials",
     )
-    cost = p.add_argument_group(
-        "cost (USD per 1M tokens; default: the price table's, when the deployment is named after a model there)"
-    )
+    cost = p.add_argument_group("cost (USD per 1M tokens; default: the price table's, by the deployment's name)")
     cost.add_argument("--price-in", type=float, metavar="USD", help="price per 1M prompt (input) tokens")
     cost.add_argument("--price-out", type=float, metavar="USD", help="price per 1M completion (output) tokens")
     cost.add_argument(
@@ -359,14 +365,16 @@ def _other_options(p: argparse.ArgumentParser) -> None:
 
 
 EXPORT_EPILOG = """\
-rows: line, status (succeeded or failed), custom_id, the input record's fields (with --input),
-output, error_code, error_message, attempts, prompt_tokens, completion_tokens. In CSV and
-Parquet an object output becomes one output.<key> column per key.
+rows: line, status (succeeded or failed), custom_id, the input record's fields
+(with --input), output, error_code, error_message, attempts, prompt_tokens,
+completion_tokens. In CSV and Parquet an object output becomes one output.<key>
+column per key.
 
 examples:
   asyncbatch export prompts.results.jsonl --ordered > ordered.jsonl
   asyncbatch export prompts.results.jsonl --input prompts.jsonl -o table.csv
-  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o table.parquet   # pip install "asyncbatch[parquet]"
+  asyncbatch export prompts.results.jsonl --input prompts.jsonl -o t.parquet
+      (Parquet: pip install "asyncbatch[parquet]")
 
 exit codes: 0 written; 2 usage error or a file that cannot be read or written.
 """
@@ -375,8 +383,8 @@ exit codes: 0 written; 2 usage error or a file that cannot be read or written.
 def build_export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asyncbatch export",
-        description="Write a run's results and failures as one table: in input order (on disk, in bounded "
-        "memory, for any number of lines), joined with the input, as JSONL, CSV or Parquet.",
+        description="Write a run's results and failures as one table: in input order\n(on disk, in bounded "
+        "memory, for any number of lines), joined with the input,\nas JSONL, CSV or Parquet.",
         epilog=EXPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
