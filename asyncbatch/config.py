@@ -18,7 +18,7 @@ from typing import Any, Literal
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError
 from .protocol import APIS, Api
-from .store.files import StatePaths
+from .store.files import Outputs, StatePaths
 from .structured.schemas import check_request_schemas, mark_strict
 
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
@@ -80,6 +80,18 @@ class Limits:
         for name, value in (("--tpm", self.tpm), ("--rpm", self.rpm)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Patience:
+    """How long admission waits (see ``RunConfig``'s ``max_wait`` and ``max_outage``).
+
+    :param concurrency: requests in flight at most; the outage threshold scales down with it.
+    """
+
+    max_wait: float = 300.0
+    max_outage: float = 1800.0
+    concurrency: int = 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -280,17 +292,24 @@ class RunConfig:
         return bool(self.deployments)
 
     @property
+    def outputs(self) -> Outputs:
+        """The files this run writes: its section for the store (``store/``)."""
+        return Outputs(
+            results=self.output_path,
+            errors=self.errors_path,
+            checkpoint=self.checkpoint_path,
+            fsync_interval=FSYNC_INTERVALS[self.fsync],
+        )
+
+    @property
+    def patience(self) -> Patience:
+        """How long admission waits out 429s and outages: its section (``admission/``)."""
+        return Patience(max_wait=self.max_wait, max_outage=self.max_outage, concurrency=self.limits.concurrency)
+
+    @property
     def state(self) -> StatePaths:
         """The run's state directory, ``<output>.state/``, and the checkpoint's place."""
-        return StatePaths.beside(self.output_path, self.checkpoint_path)
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.state.checkpoint
-
-    @property
-    def fsync_interval(self) -> float | None:
-        return FSYNC_INTERVALS[self.fsync]
+        return self.outputs.state
 
 
 def default_output(input_path: Path) -> Path:

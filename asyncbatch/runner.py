@@ -18,7 +18,6 @@ the checkpoint saved; the unfinished inputs run on the next resume.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -42,15 +41,10 @@ from .live.router import Route, Router
 from .records import INVALID_INPUT, error_record
 from .redact import Redactor
 from .stats import RunStats
-from .store.checkpoint import ResumeState, SentJournal, drop_errors, fingerprint, identity, recover, save_checkpoint
-from .store.files import check_paths, move_aside, prepare_state
-from .store.ids import IdLog
-from .store.lock import OutputLock
-from .store.recorder import Recorder
-from .store.writer import JsonlWriter
+from .store.checkpoint import ResumeState, fingerprint
+from .store.session import Store, opened
+from .store.session import restart as store_restart
 from .structured.validate import OutputCheck
-
-CHECKPOINT_EVERY = 1.0  # seconds
 
 
 class Interrupt:
@@ -95,58 +89,31 @@ async def run(
     """
     reporter = reporter or Reporter()
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
-    check_paths(config.output_path, config.errors_path, config.state, config.checkpoint_path)
-    with _locked(config) as lock:
-        if restart:
-            for old, new in _move_outputs_aside(config, lock):
-                reporter.warn(f"--restart: moved {old} to {new}")
-        for note in prepare_state(config.output_path, config.state, config.checkpoint_path):
-            reporter.info(note)
-        return await _locked_run(config, reporter, interrupt, sleep, clock)
-
-
-def _locked(config: RunConfig) -> OutputLock:
-    return OutputLock([config.output_path, config.errors_path], config.state.lock)
-
-
-async def _locked_run(
-    config: RunConfig, reporter: Reporter, interrupt: Interrupt | None, sleep: Sleep, clock: Callable[[], float]
-) -> RunStats:
     expected = run_fingerprint(config)
-    state = recover(
-        config.input_path,
-        config.output_path,
-        config.errors_path,
-        config.state,
-        expected,
-        accept_changes=config.accept_changes,
-    )
-    # --retry-failed drops every failure; bad input lines are looked at again too
-    if config.retry_failed and (dropped := drop_errors(config.errors_path, config.checkpoint, state, lambda _: True)):
-        state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
-    for note in state.notes:
-        reporter.info(note)
-    _check_batch_jobs(config)
-    # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
-    redactor = reporter.redactor  # one redactor for every byte the run writes or prints
-    redactor.extend(secret for d in config.routes for secret in d.endpoint.secrets)
-    connections = [await _connect(config, d.endpoint, redactor) for d in config.routes]
-    stats = _initial_stats(config, state, clock)
-    try:
-        batch = _Batch(config, stats, state, reporter, connections, redactor, sleep, clock)
-        if interrupt is not None:
-            interrupt.listen(batch.on_interrupt)
-        await batch.run_all(expected)
-    except* (FatalAPIError, OutputError) as group:
-        fatal = _first_leaf(group)
-        stats.aborted = redactor.text(str(fatal))
-        fatal.args = (stats.aborted,)  # a server may quote a token back: only the run knows every one
-        raise fatal from None
-    finally:
-        stats.finished = clock()
-        for connection in connections:
-            await connection.close()
-    return stats
+    resume = {"accept_changes": config.accept_changes, "retry_failed": config.retry_failed}
+    with opened(config.outputs, config.input_path, expected, reporter, restart=restart, **resume) as state:
+        _check_batch_jobs(config)
+        # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
+        redactor = reporter.redactor  # one redactor for every byte the run writes or prints
+        redactor.extend(secret for d in config.routes for secret in d.endpoint.secrets)
+        connections = [await _connect(config, d.endpoint, redactor) for d in config.routes]
+        stats = _initial_stats(config, state, clock)
+        try:
+            store = Store(config.outputs, state, expected, stats, redactor)
+            batch = _Batch(config, stats, store, reporter, connections, sleep, clock)
+            if interrupt is not None:
+                interrupt.listen(batch.on_interrupt)
+            await batch.run_all()
+        except* (FatalAPIError, OutputError) as group:
+            fatal = _first_leaf(group)
+            stats.aborted = redactor.text(str(fatal))
+            fatal.args = (stats.aborted,)  # a server may quote a token back: only the run knows every one
+            raise fatal from None
+        finally:
+            stats.finished = clock()
+            for connection in connections:
+                await connection.close()
+        return stats
 
 
 async def _connect(config: RunConfig, endpoint: Endpoint, redactor: Redactor) -> Connection:
@@ -180,19 +147,7 @@ def restart(config: RunConfig) -> list[tuple[Path, Path]]:
 
     :raises AlreadyRunning: another run is writing them.
     """
-    check_paths(config.output_path, config.errors_path, config.state, config.checkpoint_path)
-    with _locked(config) as lock:
-        return _move_outputs_aside(config, lock)
-
-
-def _move_outputs_aside(config: RunConfig, lock: OutputLock) -> list[tuple[Path, Path]]:
-    """Under the lock: rename the outputs and the state directory (Batch API jobs kept in it), then lock anew."""
-    prepare_state(config.output_path, config.state, config.checkpoint_path)  # an older layout: moved in first
-    custom = [config.checkpoint_path] if config.checkpoint_path is not None else []
-    moved = move_aside([config.output_path, config.errors_path, config.state.dir, *custom])
-    lock.release()
-    lock.acquire()  # the new, empty outputs; a run that started in between holds them, and this one stops
-    return moved
+    return store_restart(config.outputs)
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -230,19 +185,14 @@ class _Batch:
         self,
         config: RunConfig,
         stats: RunStats,
-        state: ResumeState,
+        store: Store,
         reporter: Reporter,
         connections: list[Connection],
-        redactor: Redactor,
         sleep: Sleep,
         clock: Callable[[], float],
     ) -> None:
-        self.config, self.stats, self.state, self.reporter = config, stats, state, reporter
-        fsync = config.fsync_interval
-        self.journal = SentJournal(config.state.sent)
-        self.results = JsonlWriter(config.output_path, self._on_results, fsync_interval=fsync, redactor=redactor)
-        self.errors = JsonlWriter(config.errors_path, self._on_errors, fsync_interval=fsync, redactor=redactor)
-        self.recorder = Recorder(self.results, self.errors, stats)
+        self.config, self.stats, self.store, self.reporter = config, stats, store, reporter
+        self.state, self.recorder = store.state, store.recorder
         routes = [
             Route(deployment, connection, self._admission(deployment, sleep, clock))
             for deployment, connection in zip(config.routes, connections, strict=True)
@@ -261,9 +211,7 @@ class _Batch:
             sleep=sleep,
             clock=clock,
         )
-        self.ids = IdLog(config.state.ids, known=state.ids_lines, offset=state.input_offset, prefix=state.prefix)
-        self.outputs = identity(config.output_path, config.errors_path)
-        self.attempts.on_send = self.journal.sent
+        self.attempts.on_send = store.sent
         self.stopping = False
         self.fatal: FatalAPIError | None = None
         self.sleep = sleep
@@ -282,37 +230,20 @@ class _Batch:
             sleep=sleep,
         )
 
-    def _on_results(self, lines: list[int], size: int) -> None:
-        self.state.on_results(lines, size)
-        self.journal.recorded(lines)
-
-    def _on_errors(self, lines: list[int], size: int) -> None:
-        self.state.on_errors(lines, size)
-        self.journal.recorded(lines)
-
-    async def run_all(self, expected: dict[str, str]) -> None:
+    async def run_all(self) -> None:
         try:
-            await self._run_all(expected)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.store.run())
+                ticker = tg.create_task(self.reporter.run(self.stats))
+                try:
+                    await self.work()
+                finally:
+                    self.store.close()
+                    ticker.cancel()
+                    if self.hard_stop is not None:
+                        self.hard_stop.cancel()
         finally:
-            self.save(expected)  # the writers have finished: this is the final, exact state
-            self.ids.close()
-            self.journal.close()
-
-    async def _run_all(self, expected: dict[str, str]) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.results.run())
-            tg.create_task(self.errors.run())
-            ticker = tg.create_task(self.reporter.run(self.stats))
-            saver = tg.create_task(self.save_periodically(expected))
-            try:
-                await self.work()
-            finally:
-                self.results.close()
-                self.errors.close()
-                ticker.cancel()
-                saver.cancel()
-                if self.hard_stop is not None:
-                    self.hard_stop.cancel()
+            self.store.finish()  # the writers have finished: this is the final, exact state
 
     async def work(self) -> None:
         if self.config.batch is not None and not await self.batch_phase():
@@ -339,7 +270,7 @@ class _Batch:
             paths=self.config.state,
             stats=self.stats,
             recorder=self.recorder,
-            written=self._written,
+            written=self.store.written,
             done=self.state.done,
             info=self.reporter.info,
             sleep=self.sleep,
@@ -369,10 +300,6 @@ class _Batch:
                 )
             raise
 
-    async def _written(self) -> None:
-        await self.results.written()
-        await self.errors.written()
-
     def on_interrupt(self, count: int) -> None:
         if count == 1:
             self.stats.interrupted = True
@@ -397,25 +324,10 @@ class _Batch:
         for task in self.tasks:
             task.cancel()
 
-    async def save_periodically(self, expected: dict[str, str]) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_EVERY)
-            self.save(expected)
-
-    def save(self, expected: dict[str, str]) -> None:
-        """Snapshot the resume state between writer batches: always consistent with the files.
-
-        If it cannot be written (disk full), the previous checkpoint stays: the outputs
-        only grow, so it is still true, and resuming reads whatever came after it.
-        """
-        with contextlib.suppress(OSError, OutputError):
-            save_checkpoint(self.config.checkpoint, self.state.snapshot(expected, self.ids.flush(), self.outputs))
-            self.journal.reset()
-
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
         request, model = self.config.request, self.config.routes[0].endpoint.deployment
         done, unplaced, yielded = len(self.state.done), self.state.done.unplaced.count, 0
-        for line in read_lines(self.config.input_path, done=self.state.done, ids=self.ids):
+        for line in read_lines(self.config.input_path, done=self.state.done, ids=self.store.ids):
             yielded += 1
             item = prepare(line, request, model) if isinstance(line, ParsedLine) else line
             if isinstance(item, BadLine):

@@ -34,7 +34,7 @@ import orjson
 
 from ..errors import ConfigError
 from ..records import INVALID_INPUT, LINE, LINE_HASH
-from .files import StatePaths, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
+from .files import Outputs, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
 from .ids import DigestBag
 
 VERSION = 3
@@ -339,11 +339,6 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     replace_atomically(path, [checkpoint.to_bytes()])
 
 
-def identity(results: Path, errors: Path) -> list[str]:
-    """The outputs a checkpoint describes, as resolved paths."""
-    return [str(results.resolve()), str(errors.resolve())]
-
-
 ROUTING = frozenset({"deployment"})  # a pool leaves it out: compared only when both runs name one
 
 
@@ -353,13 +348,7 @@ def changed_parts(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
 
 
 def recover(
-    input_path: Path,
-    results: Path,
-    errors: Path,
-    paths: StatePaths,
-    expected: Mapping[str, str],
-    *,
-    accept_changes: bool = False,
+    input_path: Path, outputs: Outputs, expected: Mapping[str, str], *, accept_changes: bool = False
 ) -> ResumeState:
     """Rebuild the resume state from the outputs, using the checkpoint when it can be trusted.
 
@@ -370,10 +359,10 @@ def recover(
     looked at again, since the options may be what made them bad.
     ``resent`` counts the lines the sent-journal holds that no output records.
     """
-    state = ResumeState()
+    state, paths, results, errors = ResumeState(), outputs.state, outputs.results, outputs.errors
     tails = [_own_tail(path) for path in (results, errors)]
     sizes = [_size(path) - tail for path, tail in zip((results, errors), tails, strict=True)]
-    saved = _usable_checkpoint(paths.checkpoint, state, sizes, identity(results, errors))
+    saved = _usable_checkpoint(paths.checkpoint, state, sizes, outputs.identity())
     if saved is not None:
         _check_input(input_path, saved, state)
     if saved is not None and sizes[0] >= saved.results_offset and sizes[1] >= saved.errors_offset:

@@ -87,11 +87,41 @@ class StatePaths:
         return moves
 
 
-def check_paths(results: Path, errors: Path, state: StatePaths, custom_checkpoint: Path | None) -> None:
+@dataclass(frozen=True, kw_only=True)
+class Outputs:
+    """A run's files: its section of the configuration (``RunConfig.outputs``).
+
+    :param checkpoint: ``--checkpoint``, when the checkpoint is not in the state directory.
+    :param fsync_interval: seconds between fsyncs of the outputs (0: every batch; None: only at exit).
+    """
+
+    results: Path
+    errors: Path
+    checkpoint: Path | None = None
+    fsync_interval: float | None = 1.0
+
+    @property
+    def state(self) -> StatePaths:
+        return StatePaths.beside(self.results, self.checkpoint)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.results, self.errors]
+
+    def identity(self) -> list[str]:
+        """The outputs a checkpoint describes, as resolved paths."""
+        return [str(path.resolve()) for path in self.files]
+
+    def legacy(self) -> dict[Path, Path | None]:
+        return self.state.legacy(self.results, self.checkpoint)
+
+
+def check_paths(outputs: Outputs) -> None:
     """Refuse, before anything is created, outputs and state files that cannot be this run's.
 
     :raises ConfigError: naming the path and what to do.
     """
+    results, errors, custom_checkpoint, state = outputs.results, outputs.errors, outputs.checkpoint, outputs.state
     for option, path in (("-o", results), ("--errors", errors)):
         _check_output(option, path)
     if results.exists() and errors.exists() and os.path.samefile(results, errors):
@@ -101,7 +131,7 @@ def check_paths(results: Path, errors: Path, state: StatePaths, custom_checkpoin
     _check_not_link(state.dir)
     if state.dir.exists() and not state.dir.is_dir():
         raise ConfigError(f"{state.dir} is in the way: asyncbatch keeps a run's state in a directory of that name")
-    for path in [*state.files(), *state.legacy(results, custom_checkpoint)]:
+    for path in [*state.files(), *outputs.legacy()]:
         _check_not_link(path)
         _check_not_link(path.with_name(path.name + ".tmp"))
 
@@ -141,14 +171,15 @@ def _check_not_link(path: Path) -> None:
         )
 
 
-def prepare_state(results: Path, state: StatePaths, custom_checkpoint: Path | None) -> list[str]:
+def prepare_state(outputs: Outputs) -> list[str]:
     """Create the state directory, moving an older layout's files into it; return notes for the user."""
+    state = outputs.state
     try:
         state.dir.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {state.dir}: {exc.strerror}") from None
     moved = []
-    for old, new in state.legacy(results, custom_checkpoint).items():
+    for old, new in outputs.legacy().items():
         if not old.is_file() or old.is_symlink():
             continue
         if new is None:
