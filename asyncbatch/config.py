@@ -9,6 +9,7 @@ them the same way::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError
 from .protocol import APIS, Api
+from .store.checkpoint import fingerprint
 from .store.files import Outputs, StatePaths
 from .structured.schemas import check_request_schemas, mark_strict
 
@@ -290,6 +292,22 @@ class RunConfig:
     @property
     def pooled(self) -> bool:
         return bool(self.deployments)
+
+    @property
+    def simulated(self) -> bool:
+        return any(d.endpoint.simulated for d in self.routes)
+
+    @property
+    def quota(self) -> tuple[int | None, int | None]:
+        """The run's tokens and requests per minute in all: a pool's sums, where every deployment gives one."""
+        tpms, rpms = [d.tpm for d in self.routes], [d.rpm for d in self.routes]
+        return (sum(t for t in tpms if t) if all(tpms) else None, sum(r for r in rpms if r) if all(rpms) else None)
+
+    @property
+    def fingerprint(self) -> dict[str, str]:
+        """The request options a resume must keep. A pool's routing is not one: deployments may come and go."""
+        routing = {} if self.pooled else {"deployment": self.routes[0].endpoint.deployment}
+        return fingerprint({**routing, **dataclasses.asdict(self.request)})
 
     @property
     def outputs(self) -> Outputs:

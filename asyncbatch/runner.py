@@ -18,33 +18,27 @@ the checkpoint saved; the unfinished inputs run on the next resume.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .admission.admission import Admission
 from .batch.jobs import BatchRunner
-from .batch.parts import BatchState
+from .batch.parts import refuse_live_while_open
 from .clock import Sleep
-from .config import Deployment, Endpoint, RunConfig
+from .config import RunConfig
 from .cost import Budget
 from .display.reporters import Reporter
-from .errors import ConfigError, FatalAPIError, OutputError, StopRun
+from .errors import FatalAPIError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff
 from .input.requests import Job, prepare
 from .live.attempts import Attempts, Outcome, Stopped, Success
-from .live.auth import Tokens
-from .live.client import Connection
-from .live.router import Route, Router
+from .live.router import Router
 from .records import INVALID_INPUT, error_record
-from .redact import Redactor
 from .stats import RunStats
-from .store.checkpoint import ResumeState, fingerprint
+from .store.checkpoint import ResumeState
 from .store.session import Store, opened
 from .store.session import restart as store_restart
-from .structured.validate import OutputCheck
 
 
 class Interrupt:
@@ -89,57 +83,24 @@ async def run(
     """
     reporter = reporter or Reporter()
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
-    expected = run_fingerprint(config)
-    resume = {"accept_changes": config.accept_changes, "retry_failed": config.retry_failed}
-    with opened(config.outputs, config.input_path, expected, reporter, restart=restart, **resume) as state:
-        _check_batch_jobs(config)
-        # Before the clock starts: opening the connection imports the SDK, which is start-up, not run time.
-        redactor = reporter.redactor  # one redactor for every byte the run writes or prints
-        redactor.extend(secret for d in config.routes for secret in d.endpoint.secrets)
-        connections = [await _connect(config, d.endpoint, redactor) for d in config.routes]
-        stats = _initial_stats(config, state, clock)
-        try:
-            store = Store(config.outputs, state, expected, stats, redactor)
-            batch = _Batch(config, stats, store, reporter, connections, sleep, clock)
-            if interrupt is not None:
-                interrupt.listen(batch.on_interrupt)
-            await batch.run_all()
-        except* (FatalAPIError, OutputError) as group:
-            fatal = _first_leaf(group)
-            stats.aborted = redactor.text(str(fatal))
-            fatal.args = (stats.aborted,)  # a server may quote a token back: only the run knows every one
-            raise fatal from None
-        finally:
-            stats.finished = clock()
-            for connection in connections:
-                await connection.close()
-        return stats
-
-
-async def _connect(config: RunConfig, endpoint: Endpoint, redactor: Redactor) -> Connection:
-    tokens = Tokens(endpoint.token_provider, on_new=redactor.add) if endpoint.token_provider else None
-    return await Connection.open(
-        endpoint,
-        concurrency=config.limits.concurrency,
-        timeout=config.retry.timeout,
-        tokens=tokens,
-        max_response_bytes=config.retry.max_response_bytes,
-        redactor=redactor,
-    )
-
-
-def _check_batch_jobs(config: RunConfig) -> None:
-    """A live run while this run's Batch API jobs are open would pay twice for the lines they cover."""
-    if config.batch is not None:
-        return
-    saved = BatchState.load(config.state.batches)
-    jobs = [p.batch_id for p in saved.open_parts() if p.batch_id] if saved else []
-    if jobs:
-        raise ConfigError(
-            f"{len(jobs)} Batch API job(s) of this run are still open ({', '.join(jobs[:3])}); running the same lines "
-            "live would pay for them twice. HINT: add --batch-api to collect their results (and run the rest "
-            "live), or --batch-api --cancel to cancel them"
+    resume = {"restart": restart, "accept_changes": config.accept_changes, "retry_failed": config.retry_failed}
+    with opened(config.outputs, config.input_path, config.fingerprint, reporter, **resume) as state:
+        if config.batch is None:
+            refuse_live_while_open(config.state)
+        # Before the clock starts: opening the connections imports the SDK, which is start-up, not run time.
+        router = await Router.open(
+            config.routes,
+            config.retry,
+            config.patience,
+            redactor=reporter.redactor,
+            on_aside=reporter.warn,
+            sleep=sleep,
+            clock=clock,
         )
+        try:
+            return await _Run(config, state, router, reporter, sleep, clock).run(interrupt)
+        finally:
+            await router.close()
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
@@ -155,55 +116,40 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def run_fingerprint(config: RunConfig) -> dict[str, str]:
-    """The request options a resume must keep. A pool's routing is not one: deployments may come and go."""
-    routing = {} if config.pooled else {"deployment": config.routes[0].endpoint.deployment}
-    return fingerprint({**routing, **dataclasses.asdict(config.request)})
-
-
-def _initial_stats(config: RunConfig, state: ResumeState, clock: Callable[[], float]) -> RunStats:
-    tpms, rpms = [d.tpm for d in config.routes], [d.rpm for d in config.routes]
-    return RunStats(
-        simulated=any(d.endpoint.simulated for d in config.routes),
-        total=count_lines(config.input_path),
-        succeeded=state.results_lines,
-        failed=state.errors_lines,
-        resumed=len(state.done) + state.done.unplaced.count,
-        resent=state.resent,
-        changed=state.changed,
-        prices=config.prices,
-        tpm_limit=sum(t for t in tpms if t) if all(tpms) else None,  # a pool's limit: the sum, if all are known
-        rpm_limit=sum(r for r in rpms if r) if all(rpms) else None,
-        clock=clock,
-    )
-
-
-class _Batch:
+class _Run:
     """One run's tasks: the reader, the workers, the writers and the checkpoint saver."""
 
     def __init__(
         self,
         config: RunConfig,
-        stats: RunStats,
-        store: Store,
+        state: ResumeState,
+        router: Router,
         reporter: Reporter,
-        connections: list[Connection],
         sleep: Sleep,
         clock: Callable[[], float],
     ) -> None:
-        self.config, self.stats, self.store, self.reporter = config, stats, store, reporter
-        self.state, self.recorder = store.state, store.recorder
-        routes = [
-            Route(deployment, connection, self._admission(deployment, sleep, clock))
-            for deployment, connection in zip(config.routes, connections, strict=True)
-        ]
-        self.router = Router(routes, sleep=sleep, on_aside=reporter.warn)
-        stats.routes = routes if self.router.pooled else []
+        tpm, rpm = config.quota
+        self.stats = stats = RunStats(
+            simulated=config.simulated,
+            total=count_lines(config.input_path),
+            succeeded=state.results_lines,
+            failed=state.errors_lines,
+            resumed=len(state.done) + state.done.unplaced.count,
+            resent=state.resent,
+            changed=state.changed,
+            prices=config.prices,
+            tpm_limit=tpm,
+            rpm_limit=rpm,
+            routes=router.routes if router.pooled else [],
+            clock=clock,
+        )
+        self.config, self.state, self.reporter, self.router = config, state, reporter, router
+        self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor)
+        self.recorder = self.store.recorder
         self.attempts = Attempts(
-            router=self.router,
-            check=OutputCheck(config.request.tools, config.request.response_format),
+            router=router,
+            request=config.request,
             retry=config.retry,
-            feedback=config.request.feedback,
             stats=stats,
             stopping=lambda: self.stopping,
             prices=config.prices,
@@ -211,26 +157,28 @@ class _Batch:
             sleep=sleep,
             clock=clock,
         )
-        self.attempts.on_send = store.sent
+        self.attempts.on_send = self.store.sent
         self.stopping = False
         self.fatal: FatalAPIError | None = None
-        self.sleep = sleep
+        self.sleep, self.clock = sleep, clock
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
 
-    def _admission(self, deployment: Deployment, sleep: Sleep, clock: Callable[[], float]) -> Admission:
-        config = self.config
-        return Admission(
-            deployment.tpm,
-            deployment.rpm,
-            max_wait=config.max_wait,
-            max_outage=config.max_outage,
-            concurrency=config.limits.concurrency,
-            clock=clock,
-            sleep=sleep,
-        )
+    async def run(self, interrupt: Interrupt | None) -> RunStats:
+        if interrupt is not None:
+            interrupt.listen(self.on_interrupt)
+        try:
+            await self._run_all()
+        except* (FatalAPIError, OutputError) as group:
+            fatal = _first_leaf(group)
+            self.stats.aborted = self.reporter.redactor.text(str(fatal))
+            fatal.args = (self.stats.aborted,)  # a server may quote a token back: only the run knows every one
+            raise fatal from None
+        finally:
+            self.stats.finished = self.clock()
+        return self.stats
 
-    async def run_all(self) -> None:
+    async def _run_all(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.store.run())
@@ -263,11 +211,7 @@ class _Batch:
         options = self.config.batch
         assert options is not None
         runner = BatchRunner(
-            options=options,
-            endpoint=self.config.routes[0].endpoint,
-            request=self.config.request,
-            input_path=self.config.input_path,
-            paths=self.config.state,
+            self.config,
             stats=self.stats,
             recorder=self.recorder,
             written=self.store.written,

@@ -24,7 +24,6 @@ from asyncbatch.live.attempts import SYSTEMATIC, Attempts, Failure, Stopped, Suc
 from asyncbatch.live.client import Reply, decode_reply, status_error
 from asyncbatch.live.router import Route, Router
 from asyncbatch.stats import RunStats
-from asyncbatch.structured.validate import OutputCheck
 from tests.helpers import Time
 
 TOOL = {
@@ -96,9 +95,8 @@ def attempts(
 ) -> Attempts:
     return Attempts(
         router=Router(routes, sleep=time.sleep, on_aside=lambda message: None),
-        check=OutputCheck([TOOL] if tools else None, None),
+        request=RequestDefaults(tools=[TOOL] if tools else None),
         retry=RetryPolicy(max_attempts=3, backoff_initial=1.0),
-        feedback=True,
         stats=RunStats(),
         stopping=stopping,
         sleep=time.sleep,

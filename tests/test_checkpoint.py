@@ -22,7 +22,7 @@ from asyncbatch.store.checkpoint import (
     recover,
     save_checkpoint,
 )
-from asyncbatch.store.files import StatePaths, cut, move_aside, torn_tail
+from asyncbatch.store.files import Outputs, StatePaths, cut, move_aside, torn_tail
 
 FP = {"deployment": "x", "template": "t"}
 INPUT = Path(__file__)  # an input that exists; the checkpoints here have read none of it
@@ -48,9 +48,15 @@ def _hash(data: bytes) -> str:
 
 
 def _paths(d: Path) -> StatePaths:
-    """A state directory in ``d``, with the checkpoint at ``d / "c"``."""
-    (d / "s").mkdir(exist_ok=True)
-    return StatePaths(d / "s", d / "c")
+    """The state directory of results ``d / "r"``, with the checkpoint at ``d / "c"``."""
+    paths = StatePaths.beside(d / "r", d / "c")
+    paths.dir.mkdir(exist_ok=True)
+    return paths
+
+
+def _outputs(results: Path, errors: Path, d: Path) -> Outputs:
+    _paths(d)
+    return Outputs(results=results, errors=errors, checkpoint=d / "c")
 
 
 def _records(path: Path, lines: list[int], code: str | None = None) -> bytes:
@@ -114,7 +120,7 @@ def test_the_read_prefix_of_the_input_may_grow_but_not_change(tmp_path: Path) ->
 
 
 def test_recover_fresh(tmp_path: Path) -> None:
-    state = recover(INPUT, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP)
+    state = recover(INPUT, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP)
     assert (state.source, len(state.done), state.notes) == ("fresh", 0, [])
 
 
@@ -133,7 +139,7 @@ def test_recover_from_checkpoint_scans_only_what_came_after(tmp_path: Path) -> N
     journal.close()
     _records(results, [4])
     _records(errors, [5], code="http_500")
-    state = recover(INPUT, results, errors, _paths(tmp_path), FP)
+    state = recover(INPUT, _outputs(results, errors, tmp_path), FP)
     assert state.source == "checkpoint"
     assert sorted(n for n in range(12) if n in state.done) == [1, 2, 3, 4, 5]
     assert (state.results_lines, state.errors_lines) == (4, 1)
@@ -147,7 +153,7 @@ def test_checkpoint_ahead_of_a_damaged_output_is_not_trusted(tmp_path: Path) -> 
     for n in range(1, 50):
         bogus.add(n)
     save_checkpoint(ckpt, _ckpt(bogus, results_offset=len(data) + 500, results_lines=49))
-    state = recover(INPUT, results, errors, _paths(tmp_path), FP)
+    state = recover(INPUT, _outputs(results, errors, tmp_path), FP)
     assert state.source == "rebuilt" and len(state.done) == 3 and state.results_lines == 3
 
 
@@ -155,7 +161,7 @@ def test_garbage_checkpoint_means_rebuild(tmp_path: Path) -> None:
     results, ckpt = tmp_path / "r", tmp_path / "c"
     _records(results, [4, 6])
     ckpt.write_bytes(b"\x00garbage")
-    state = recover(INPUT, results, tmp_path / "e", _paths(tmp_path), FP)
+    state = recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), FP)
     assert state.source == "rebuilt" and sorted(n for n in range(10) if n in state.done) == [4, 6]
 
 
@@ -176,7 +182,7 @@ def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tm
     results, ckpt = tmp_path / "r", tmp_path / "c"
     _records(results, [3, 5])
     ckpt.write_text(json.dumps({k: v for k, v in data.items() if k != "errors_lines"}))
-    state = recover(INPUT, results, tmp_path / "e", _paths(tmp_path), FP)
+    state = recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), FP)
     assert state.source == "rebuilt" and len(state.done) == 2
     assert any("errors_lines" in note and "rebuilding" in note for note in state.notes)
 
@@ -185,14 +191,14 @@ def test_changed_fingerprint_is_refused_naming_what_changed(tmp_path: Path) -> N
     ckpt = tmp_path / "c"
     save_checkpoint(ckpt, _ckpt())
     other = {**FP, "template": "other"}
-    state = recover(INPUT, tmp_path / "r", tmp_path / "e", _paths(tmp_path), other)  # nothing succeeded: go on
+    state = recover(INPUT, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), other)  # nothing succeeded: go on
     assert any("template changed" in note for note in state.notes)
     results = tmp_path / "r"
     _records(results, [1])
     save_checkpoint(ckpt, _ckpt(results_offset=results.stat().st_size, results_lines=1))
     with pytest.raises(ConfigError, match=r"template changed.*1 results.*--accept-changes.*--restart"):
-        recover(INPUT, results, tmp_path / "e", _paths(tmp_path), other)
-    state = recover(INPUT, results, tmp_path / "e", _paths(tmp_path), other, accept_changes=True)
+        recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), other)
+    state = recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), other, accept_changes=True)
     assert state.changed == ["template"]
 
 
@@ -201,16 +207,16 @@ def test_a_changed_input_is_refused_but_an_appended_one_is_not(tmp_path: Path) -
     path.write_text("line one\n")
     save_checkpoint(ckpt, _ckpt(input_offset=9, input_hash=_hash(b"line one\n")))
     path.write_text("line one\nline two\n")
-    assert recover(path, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP).prefix is not None
+    assert recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP).prefix is not None
     path.write_text("line 1!!\nline two\n")
     with pytest.raises(ConfigError, match=r"in.jsonl changed: its first 9 bytes"):
-        recover(path, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP)
+        recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP)
 
 
 def test_foreign_line_in_an_output_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "r").write_text('{"not": "ours"}\n')
     with pytest.raises(ConfigError, match="not an asyncbatch record"):
-        recover(INPUT, tmp_path / "r", tmp_path / "e", _paths(tmp_path), FP)
+        recover(INPUT, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP)
 
 
 def test_drop_errors_removes_the_picked_lines_and_the_checkpoint(tmp_path: Path) -> None:
@@ -218,7 +224,7 @@ def test_drop_errors_removes_the_picked_lines_and_the_checkpoint(tmp_path: Path)
     _records(errors, [2], code="invalid_input")
     _records(errors, [3, 4], code="http_500")
     ckpt.write_text("{}")
-    state = recover(INPUT, results, errors, _paths(tmp_path), FP)
+    state = recover(INPUT, _outputs(results, errors, tmp_path), FP)
     assert drop_errors(errors, ckpt, state, lambda code: code != "invalid_input") == 2
     assert [json.loads(x)["line"] for x in errors.read_text().splitlines()] == [2]
     assert 2 in state.done and 3 not in state.done and 4 not in state.done
@@ -266,7 +272,7 @@ def test_cut_at_any_byte_then_recover(
     save_checkpoint(ckpt, _ckpt(done, results_offset=r_off, results_lines=r_ck))
     for path, data, frac in ((results, r_data, cut_r), (errors, e_data, cut_e)):
         path.write_bytes(data[: int(len(data) * frac)])
-    state = recover(INPUT, results, errors, _paths(d), FP)
+    state = recover(INPUT, _outputs(results, errors, d), FP)
     whole_r = [json.loads(x)["line"] for x in results.read_bytes().splitlines()]
     whole_e = [json.loads(x)["line"] for x in errors.read_bytes().splitlines()]
     assert whole_r == r_lines[: len(whole_r)] and whole_e == e_lines[: len(whole_e)]  # only torn tails were cut

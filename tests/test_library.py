@@ -45,7 +45,7 @@ def test_runconfig_takes_str_paths_and_the_cli_defaults(tmp_path: Path) -> None:
     config = asyncbatch.RunConfig(input_path=str(tmp_path / "x.jsonl"), endpoint=endpoint)
     assert config.output_path == tmp_path / "x.results.jsonl"
     assert config.errors_path == tmp_path / "x.results.errors.jsonl"
-    assert config.checkpoint == tmp_path / "x.results.jsonl.state" / "checkpoint"
+    assert config.state.checkpoint == tmp_path / "x.results.jsonl.state" / "checkpoint"
     cli = build_parser().parse_args(["x.jsonl"])
     assert (cli.concurrency, cli.max_attempts, cli.timeout, cli.grace, cli.fsync) == (
         config.limits.concurrency,

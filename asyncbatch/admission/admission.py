@@ -44,12 +44,15 @@ import time
 from collections.abc import Mapping
 
 from ..clock import NAP, Clock, Sleep
+from ..config import Patience
 from ..errors import AttemptError, StopRun
 from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, THROTTLED, int_header
 from .adaptive import AdaptiveRate, FixedWindows
 from .breaker import Breaker, is_outage
 from .bucket import MARGIN, Bucket, request_bucket, token_bucket
 from .calibration import Calibration, Ticket
+
+PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
 
 NO_HINT_FIRST, NO_HINT_CAP = 0.5, 8.0  # a 429 with no hint: the first pause, doubling up to this
 UNREACHABLE_AFTER = 15.0  # seconds of no answer at all, from a start with no answer yet, before giving up
@@ -98,9 +101,9 @@ class Admission:
 
     :param tpm: tokens per minute in the server's units, or None.
     :param rpm: requests per minute, or None. With neither, the rate is learned (``AdaptiveRate``).
-    :param max_wait: the longest 429 pause (or run of 429s with no success) to wait out; longer stops the run.
-    :param max_outage: the longest outage to ride out; longer stops the run.
-    :param concurrency: requests in flight at most; the outage threshold scales down with it.
+    :param patience: ``max_wait``, the longest 429 pause (or run of 429s with no success) to wait out, and
+        ``max_outage``, the longest outage to ride out (longer stops the run); ``concurrency``, requests in
+        flight at most: the outage threshold scales down with it.
     :param clock: monotonic seconds; injected with ``sleep`` (and ``wall``, ``rng``) so tests drive time.
     """
 
@@ -108,10 +111,8 @@ class Admission:
         self,
         tpm: int | None,
         rpm: int | None,
+        patience: Patience = PATIENT,
         *,
-        max_wait: float = 300.0,
-        max_outage: float = 1800.0,
-        concurrency: int = 20,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         wall: Clock = time.time,
@@ -119,9 +120,9 @@ class Admission:
     ) -> None:
         self.clock, self.sleep, self.wall = clock, sleep, wall
         self.rng = rng or random.Random()
-        self.max_wait, self.max_outage = max_wait, max_outage
+        self.max_wait, self.max_outage = patience.max_wait, patience.max_outage
         self.gate = CooldownGate(clock)
-        self.breaker = Breaker(clock, threshold=min(8, concurrency + 1))
+        self.breaker = Breaker(clock, threshold=min(8, patience.concurrency + 1))
         self.calibration = Calibration(clock, tpm / 60 if tpm else None)
         self.windows = FixedWindows(wall)
         self.tokens = token_bucket(tpm, clock) if tpm else None

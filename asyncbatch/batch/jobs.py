@@ -41,7 +41,7 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from ..clock import Sleep
-from ..config import BatchOptions, Endpoint, RequestDefaults
+from ..config import RunConfig
 from ..errors import AttemptError, FatalAPIError, Refused
 from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from ..input.requests import Job, prepare
@@ -57,7 +57,7 @@ from ..protocol import (
 )
 from ..records import failure_record, result_record
 from ..stats import RunStats
-from ..store.files import StatePaths, create_private, naming
+from ..store.files import create_private, naming
 from ..store.recorder import Recorder
 from ..structured.validate import OutputCheck
 
@@ -93,12 +93,8 @@ class BatchRunner:
 
     def __init__(
         self,
+        config: RunConfig,
         *,
-        options: BatchOptions,
-        endpoint: Endpoint,
-        request: RequestDefaults,
-        input_path: Path,
-        paths: StatePaths,
         stats: RunStats,
         recorder: Recorder,
         written: Callable[[], Awaitable[None]],
@@ -107,15 +103,16 @@ class BatchRunner:
         sleep: Sleep = asyncio.sleep,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.options, self.endpoint, self.request = options, endpoint, request
-        self.input_path, self.paths, self.stats = input_path, paths, stats
+        assert config.batch is not None
+        self.options, self.endpoint, self.request = config.batch, config.routes[0].endpoint, config.request
+        self.input_path, self.paths, self.stats = config.input_path, config.state, stats
         self.recorder, self.written, self.done = recorder, written, done
         self.info, self.sleep, self.wall = info, sleep, wall
-        self.path = paths.batches
+        self.path = self.paths.batches
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
         self.state = saved or BatchState(run=uuid.uuid4().hex)
-        self.check = OutputCheck(request.tools, request.response_format)
+        self.check = OutputCheck(self.request.tools, self.request.response_format)
         self.sdk: AsyncOpenAI | None = None
         self.remote: dict[int, int] = {}  # part -> lines the server has finished (request_counts)
         self.prices = stats.prices.batch() if stats.prices is not None else None

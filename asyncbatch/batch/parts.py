@@ -6,20 +6,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
+from ..errors import ConfigError
 from ..input.requests import Job
-from ..protocol import (
-    Api,
-    batch_url,
-)
-from ..store.files import replace_atomically
-
-if TYPE_CHECKING:
-    pass
-
+from ..protocol import Api, batch_url
+from ..store.files import StatePaths, replace_atomically
 
 MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the multipart envelope
 
@@ -106,3 +99,15 @@ def batch_line(job: Job, v1: bool = False) -> bytes:
     """
     line = {"custom_id": f"line-{job.line_no}", "method": "POST", "url": batch_url(job.api, v1), "body": job.body}
     return orjson.dumps(line) + b"\n"
+
+
+def refuse_live_while_open(paths: StatePaths) -> None:
+    """A live run while this run's Batch API jobs are open would pay twice for the lines they cover."""
+    saved = BatchState.load(paths.batches)
+    jobs = [p.batch_id for p in saved.open_parts() if p.batch_id] if saved else []
+    if jobs:
+        raise ConfigError(
+            f"{len(jobs)} Batch API job(s) of this run are still open ({', '.join(jobs[:3])}); running the same lines "
+            "live would pay for them twice. HINT: add --batch-api to collect their results (and run the rest "
+            "live), or --batch-api --cancel to cancel them"
+        )

@@ -32,7 +32,7 @@ from tenacity import RetryCallState
 from ..admission.breaker import no_answer
 from ..admission.calibration import Ticket
 from ..clock import Sleep
-from ..config import RetryPolicy
+from ..config import RequestDefaults, RetryPolicy
 from ..cost import Budget, Prices
 from ..errors import AttemptError, FatalAPIError, StopRun
 from ..input.requests import Job, with_feedback
@@ -105,9 +105,8 @@ class Attempts:
         self,
         *,
         router: Router,
-        check: OutputCheck,
+        request: RequestDefaults,
         retry: RetryPolicy,
-        feedback: bool,
         stats: RunStats,
         stopping: Callable[[], bool],
         prices: Prices | None = None,
@@ -115,9 +114,9 @@ class Attempts:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.router, self.check = router, check
+        self.router, self.check = router, OutputCheck(request.tools, request.response_format)
         self.prices, self.budget = prices, budget or Budget(None)
-        self.retry, self.feedback, self.stats = retry, feedback, stats
+        self.retry, self.feedback, self.stats = retry, request.feedback, stats
         self.stopping, self.sleep, self.clock = stopping, sleep, clock
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
         self.any_success = False

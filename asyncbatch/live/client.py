@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from ..config import Endpoint
+from ..config import Endpoint, RetryPolicy
 from ..errors import AttemptError, Malformed, Outage, RateLimited, Refused
 from ..protocol import (
     ANSWERS,
@@ -132,22 +132,16 @@ class Connection:
         )
 
     @classmethod
-    async def open(
-        cls,
-        endpoint: Endpoint,
-        *,
-        concurrency: int,
-        timeout: float,
-        tokens: Tokens | None = None,
-        max_response_bytes: int = 16 * MiB,
-        redactor: Redactor | None = None,
-    ) -> Connection:
+    async def open(cls, endpoint: Endpoint, retry: RetryPolicy, *, concurrency: int, redactor: Redactor) -> Connection:
         """Ask the SDK where and how to call, then close it: only the aiohttp session is kept.
 
-        :param tokens: Entra ID: the bearer token is set on every request, as the SDK's provider is.
-        :param max_response_bytes: a larger answer is not read (``response_too_large``): memory stays bounded.
-        :param redactor: an error's body passes through it before any of it is kept or cut.
+        The endpoint's secrets join ``redactor`` first, and so does every Entra ID token it
+        hands out later: an error's body passes through it before any of it is kept or cut.
+        ``retry`` gives the timeout per attempt and the largest answer read (``response_too_large``).
         """
+        redactor.extend(endpoint.secrets)
+        provider = endpoint.token_provider
+        tokens = Tokens(provider, on_new=redactor.add) if provider is not None else None
         sdk = sdk_client(endpoint)
         try:
             urls = {api: request_target(sdk, endpoint, api)[0] for api in APIS}
@@ -158,9 +152,9 @@ class Connection:
             urls,
             headers,
             concurrency=concurrency,
-            timeout=timeout,
+            timeout=retry.timeout,
             tokens=tokens,
-            max_response_bytes=max_response_bytes,
+            max_response_bytes=retry.max_response_bytes,
             redactor=redactor,
         )
 

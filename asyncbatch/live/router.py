@@ -19,15 +19,16 @@ a pool, the router looks at every route at once, first come first served:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..admission.admission import Admission
 from ..admission.calibration import Ticket
-from ..clock import NAP, Sleep
-from ..config import Deployment
+from ..clock import NAP, Clock, Sleep
+from ..config import Deployment, Patience, RetryPolicy
 from ..errors import FatalAPIError, StopRun
 from ..protocol import under_v1
+from ..redact import Redactor
 from .client import Connection
 
 
@@ -89,6 +90,40 @@ class Router:
             raise ValueError("a router needs at least one route")
         self.routes, self.sleep, self.on_aside = routes, sleep, on_aside
         self._turn = asyncio.Lock()  # a pool's admissions, one at a time, first come first served
+
+    @classmethod
+    async def open(
+        cls,
+        deployments: Sequence[Deployment],
+        retry: RetryPolicy,
+        patience: Patience,
+        *,
+        redactor: Redactor,
+        on_aside: Callable[[str], None],
+        sleep: Sleep,
+        clock: Clock,
+    ) -> Router:
+        """A route per deployment, each with its own admission and connection (close with ``close``)."""
+        routes: list[Route] = []
+        try:
+            for deployment in deployments:
+                admission = Admission(deployment.tpm, deployment.rpm, patience, clock=clock, sleep=sleep)
+                connection = await Connection.open(
+                    deployment.endpoint, retry, concurrency=patience.concurrency, redactor=redactor
+                )
+                routes.append(Route(deployment, connection, admission))
+        except BaseException:
+            await cls.close_all(routes)
+            raise
+        return cls(routes, sleep=sleep, on_aside=on_aside)
+
+    @staticmethod
+    async def close_all(routes: Sequence[Route]) -> None:
+        for route in routes:
+            await route.connection.close()
+
+    async def close(self) -> None:
+        await self.close_all(self.routes)
 
     @property
     def pooled(self) -> bool:
