@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -96,3 +97,12 @@ def machine() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}, Python {sys.version.split()[0]}"
+
+
+def clear_outputs(work: Path, stem: str = "in") -> None:
+    """Remove a run's outputs and its state directory, so the next run starts afresh."""
+    for path in work.glob(f"{stem}.results*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import azure_env, machine, simulator_process, write_batch_lines
+from _common import azure_env, clear_outputs, machine, simulator_process, write_batch_lines
 from competitors import in_fresh_process
 
 # A fresh parent per measurement, so RUSAGE_CHILDREN's peak is that one run's.
@@ -44,8 +44,7 @@ def cli_cpu(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str
 def asyncbatch_run(url: str, work: Path, c: int, n: int) -> dict[str, float]:
     env = azure_env(url)
     startup_cpu, _ = cli_cpu(["--version"], env, work)
-    for f in work.glob("in.results*"):
-        f.unlink()
+    clear_outputs(work)
     cpu, stderr = cli_cpu(["in.jsonl", "-c", str(c), "--no-progress"], env, work)
     match = re.search(r"throughput\s*│\s*([\d.]+) req/s", stderr)
     assert match, stderr
@@ -87,8 +86,7 @@ def memory() -> None:
             sizes = {}
             for n in (2_000, 20_000):
                 write_batch_lines(work / "in.jsonl", n, content_chars=60, max_tokens=5)
-                for f in work.glob("in.results*"):
-                    f.unlink()
+                clear_outputs(work)
                 sizes[n] = peak_rss_mb(["in.jsonl", "-c", "100", "-q"], env=env, cwd=work)
     print("memory (peak RSS):")
     print(f"  1M-line --dry-run with --template   {dry:7.0f} MB")

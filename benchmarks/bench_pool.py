@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import KEY, machine, run_cli, simulator_stats, start_simulator, wall_seconds
+from _common import KEY, clear_outputs, machine, run_cli, simulator_stats, start_simulator, wall_seconds
 from bench_quota import write_lines
 
 from asyncbatch.simulator.charge import Charging, charge
@@ -51,8 +51,7 @@ def deployments_file(path: Path, urls: list[str], quotas: list[Quota]) -> None:
 
 
 def run_pool(a: argparse.Namespace, work: Path, quotas: list[Quota], kill_after: float | None) -> dict[str, Any]:
-    for f in work.glob("in.results*"):
-        f.unlink()
+    clear_outputs(work)
     sims = [
         start_simulator("--tpm", str(tpm), "--rpm", str(rpm), "--latency-ms", str(a.latency_ms)) for tpm, rpm in quotas
     ]

@@ -3,21 +3,23 @@
     python benchmarks/bench_quota.py [--n 2000] [--tpm 1200000] [--rpm 7200] [--latency-ms 300] [--concurrency 200]
     python benchmarks/bench_quota.py --only minute      # just the fixed-minute-window server
 
-Requests are Batch-API lines with a forced tool (about 1,100 prompt characters,
-a tool definition of about 600, max_tokens 50). Every client gets a fresh
-simulator process (127.0.0.1). The simulator charges each request by its own
-model, in four modes:
+Requests are Batch-API lines of varied shape: prompts of 200 to 3,000 characters,
+one to three messages, a forced tool (about 600 characters of definition) on two
+lines in three, max_tokens 50 except on every fifth line, which sets none. Every
+client gets a fresh simulator process (127.0.0.1). The simulator charges each
+request by its own model, which differs from the client's estimate in structure:
 
-  client   what the client estimates: prompt and tool characters / 4 + max_tokens
-  no-tools tool definitions not counted
-  half     0.5 x the prompt estimate
-  double   2 x the prompt estimate, tool definitions counted
+  client           what the client estimates: prompt and tool characters / 4 + max_tokens
+  msg+4 no-tools   4 tokens per message, tool definitions not counted
+  half msg+4       the same, the prompt part halved
+  double tools     the prompt part doubled, 4 per message, tool definitions counted
+  reserve 256      a request without max_tokens reserves 256 tokens (the client reserves none)
 
 Each mode runs with the quota given (--tpm --rpm) and adaptive (no quota given).
 Then a gateway-like server with fixed wall-clock minute windows, no rate-limit
 headers and no retry-after (TPM --minute-tpm per minute), adaptive. The naive
 SDK loop (chat.completions.create under a semaphore, 429s retried) runs on the
-"no-tools" server, the kind the issue measured.
+"msg+4 no-tools" server.
 
 ideal (Azure windows) = max(max(0, total charge - TPM/6) / (TPM/60), N / (RPM/60), N x latency / C) + latency,
 computed from the server's own charge.
@@ -34,7 +36,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import azure_env, count_lines, machine, run_cli, simulator_process, simulator_stats, wall_seconds
+from _common import (
+    azure_env,
+    clear_outputs,
+    count_lines,
+    machine,
+    run_cli,
+    simulator_process,
+    simulator_stats,
+    wall_seconds,
+)
 from competitors import in_fresh_process
 
 from asyncbatch.simulator.charge import Charging, charge
@@ -42,24 +53,33 @@ from asyncbatch.simulator.charge import Charging, charge
 TOOL = json.loads((Path(__file__).resolve().parent.parent / "examples" / "get_company_info.json").read_text())
 MODES: dict[str, tuple[list[str], Charging]] = {
     "client": ([], Charging()),
-    "no-tools": (["--no-tool-charge"], Charging(count_tools=False)),
-    "half": (["--charge-factor", "0.5"], Charging(factor=0.5)),
-    "double": (["--charge-factor", "2"], Charging(factor=2.0)),
+    "msg+4 no-tools": (["--charge-per-message", "4", "--no-tool-charge"], Charging(per_message=4, count_tools=False)),
+    "half msg+4": (
+        ["--charge-factor", "0.5", "--charge-per-message", "4", "--no-tool-charge"],
+        Charging(factor=0.5, per_message=4, count_tools=False),
+    ),
+    "double tools": (["--charge-factor", "2", "--charge-per-message", "4"], Charging(factor=2.0, per_message=4)),
+    "reserve 256": (["--charge-default-max-tokens", "256"], Charging(default_max_tokens=256)),
 }
+NAIVE_ON = "msg+4 no-tools"
 
 
 def write_lines(path: Path, n: int) -> list[dict[str, Any]]:
     bodies = []
+    tool = {"type": "function", "function": TOOL}
     with path.open("w") as f:
         for i in range(n):
-            content = f"request {i}: " + "x" * 1084
-            body = {
-                "model": "m",
-                "messages": [{"role": "user", "content": content}],
-                "max_tokens": 50,
-                "tools": [{"type": "function", "function": TOOL}],
-                "tool_choice": {"type": "function", "function": {"name": TOOL["name"]}},
-            }
+            size = 200 + (i * 7919) % 2800
+            messages = [{"role": "user", "content": f"request {i}: " + "x" * size}]
+            if i % 3:
+                messages.insert(0, {"role": "system", "content": "Answer with the tool." + " y" * (i % 40)})
+            if i % 3 == 2:
+                messages.insert(1, {"role": "assistant", "content": "Ready."})
+            body: dict[str, Any] = {"model": "m", "messages": messages}
+            if i % 5:
+                body["max_tokens"] = 50
+            if i % 3 != 1:
+                body |= {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": TOOL["name"]}}}
             bodies.append(body)
             f.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/chat/completions", "body": body}))
             f.write("\n")
@@ -67,8 +87,7 @@ def write_lines(path: Path, n: int) -> list[dict[str, Any]]:
 
 
 def run_asyncbatch(work: Path, sim_args: list[str], extra: list[str], c: int) -> tuple[float, dict[str, Any], str]:
-    for f in work.glob("in.results*"):
-        f.unlink()
+    clear_outputs(work)
     with simulator_process(*sim_args) as url:
         _, code, summary = run_cli(["in.jsonl", "-c", str(c), *extra], azure_env(url), work)
         stats = simulator_stats(url)
@@ -90,7 +109,7 @@ def azure_windows(a: argparse.Namespace, work: Path, bodies: list[dict[str, Any]
         for name, extra in (("quota given", quota), ("adaptive", [])):
             span, stats, note = run_asyncbatch(work, [*base, *flags], extra, a.concurrency)
             rows.append((f"{mode} ({ratio:.2f}x)", f"asyncbatch {name}", span, ideal, stats, note))
-        if mode == "no-tools" and not a.skip_naive:
+        if mode == NAIVE_ON and not a.skip_naive:
             with simulator_process(*base, *flags) as url:
                 span = in_fresh_process("naive-retry", url, work / "in.jsonl", a.concurrency)["span"]
                 rows.append((f"{mode} ({ratio:.2f}x)", "naive SDK loop", span, ideal, simulator_stats(url), ""))
@@ -115,8 +134,7 @@ def minute_windows(
         wall = time.time()
         time.sleep((15 - wall % 60) % 60)  # start 15 s into a minute, so the ideal is the same every time
         started = time.time()
-        for f in work.glob("in.results*"):
-            f.unlink()
+        clear_outputs(work)
         _, code, summary = run_cli(["in.jsonl", "-c", str(a.concurrency)], azure_env(url), work)
         stats = simulator_stats(url)
     turns = math.ceil(total / a.minute_tpm) - 1

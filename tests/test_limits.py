@@ -11,6 +11,7 @@ import pytest
 from asyncbatch.admission.adaptive import AdaptiveRate
 from asyncbatch.admission.admission import Admission, CooldownGate, header_pause
 from asyncbatch.admission.bucket import Bucket, request_bucket, token_bucket
+from asyncbatch.errors import RateLimited
 from asyncbatch.protocol import int_header, parse_retry_after
 
 
@@ -194,49 +195,71 @@ def test_recoveries_away_from_the_minute_are_not_taken_for_fixed_windows() -> No
 
 
 class FakeServer:
-    """A token bucket that charges ``factor`` x the estimate: the server's own count, not the client's."""
+    """A token bucket charging ``factor`` x the estimate + ``overhead``: the server's own count, not the client's."""
 
-    def __init__(self, t: FakeTime, tpm: int, factor: float) -> None:
+    def __init__(self, t: FakeTime, tpm: int, factor: float, overhead: float = 0.0) -> None:
         self.bucket = Bucket(tpm / 6, tpm / 60, t.clock)
-        self.factor = factor
+        self.factor, self.overhead = factor, overhead
 
     def answer(self, estimate: float) -> dict[str, str] | float:
         """The headers of a success, or the retry-after of a 429."""
-        charge = estimate * self.factor
+        charge = estimate * self.factor + self.overhead
         if (wait := self.bucket.wait_for(charge)) > 0:
             return wait
         self.bucket.take(charge)
         return {"x-ratelimit-remaining-tokens": str(int(self.bucket.level))}
 
 
-@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
-def test_the_servers_charge_ratio_is_learned_from_its_remaining_tokens(factor: float) -> None:
-    t = FakeTime()
-    tpm = 600_000
-    server = FakeServer(t, tpm, factor)
-    admission = Admission(tpm, None, clock=t.clock, sleep=t.sleep)
+def serve(admission: Admission, server: FakeServer, t: FakeTime, estimates: list[float]) -> int:
+    """Send every estimate through ``admission`` to ``server`` (concurrency 100, 0.3 s answers); return the 429s."""
     in_flight: list[tuple[float, object, dict[str, str] | float]] = []
     throttled = 0
 
     async def main() -> None:
         nonlocal throttled
-        for _ in range(3000):
+        for estimate in estimates:
             if len(in_flight) >= 100:  # concurrency 100: wait for the oldest answer
                 t.now = max(t.now, in_flight[0][0] + 0.3)
-            ticket = await admission.acquire(300)
-            in_flight.append((t.now, ticket, server.answer(300)))  # the server counts it now; answers 0.3 s later
+            ticket = await admission.acquire(estimate)
+            in_flight.append((t.now, ticket, server.answer(estimate)))  # the server counts it now; answers 0.3 s later
             while in_flight and in_flight[0][0] <= t.now - 0.3:
                 _, done, answer = in_flight.pop(0)
-                if isinstance(answer, float):
+                if isinstance(answer, float):  # as attempts tell it: a 429 with its retry-after
                     throttled += 1
-                    admission.on_throttle(answer)
+                    admission.on_failure(RateLimited("http_429", "busy", status=429, retry_after=answer), done)  # type: ignore[arg-type]
                 else:
                     admission.on_reply(answer, done)  # type: ignore[arg-type]
             await t.sleep(0.001)
 
     asyncio.run(main())
+    return throttled
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
+def test_the_servers_charge_ratio_is_learned_from_its_remaining_tokens(factor: float) -> None:
+    t = FakeTime()
+    tpm = 600_000
+    admission = Admission(tpm, None, clock=t.clock, sleep=t.sleep)
+    throttled = serve(admission, FakeServer(t, tpm, factor), t, [300] * 3000)
     assert admission.ratio == pytest.approx(factor, rel=0.05)
     assert throttled <= 0.02 * 3000
+
+
+def test_a_charge_of_another_structure_is_learned_as_the_quota_sees_it_a_ratio_of_sums() -> None:
+    """Half the estimate plus 100 a request, on requests of very different sizes.
+
+    Per request the ratio runs from 0.52 (the long ones) to 2.5 (the short ones); what the quota
+    counts is the total charge over the total estimate, and that is what admission must learn.
+    """
+    t = FakeTime()
+    tpm = 600_000
+    rng = random.Random(7)
+    estimates = [5000.0 if rng.random() < 0.1 else 50.0 for _ in range(4000)]
+    admission = Admission(tpm, None, clock=t.clock, sleep=t.sleep)
+    throttled = serve(admission, FakeServer(t, tpm, 0.5, overhead=100), t, estimates)
+    quota_view = sum(0.5 * e + 100 for e in estimates) / sum(estimates)
+    assert admission.ratio == pytest.approx(quota_view, rel=0.03)
+    assert throttled <= 0.02 * len(estimates)
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,52 @@ def test_quota_given_against_a_server_charging_twice_the_estimate_draws_almost_n
     )
 
 
+def _varied_inputs(tmp_path: Path, n: int) -> list[dict]:
+    """Requests of varied shape: 100 to 2,500 characters, 1 to 3 messages, a tool on most, no max_tokens on some."""
+    forced = {"type": "function", "function": {"name": TOOL["name"]}}
+    rows = []
+    for i in range(n):
+        row = batch_line(f"r{i}", f"{i:04d}" + "x" * (100 + (i * 7919) % 2400))
+        body = row["body"]
+        if i % 3:
+            body["messages"].insert(0, {"role": "system", "content": "Use the tool."})
+        if i % 3 == 2:
+            body["messages"].insert(1, {"role": "assistant", "content": "Ready."})
+        if i % 5:
+            body["max_tokens"] = 50
+        if i % 3 != 1:
+            body |= {"tools": [{"type": "function", "function": TOOL}], "tool_choice": forced}
+        rows.append(row)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    return [r["body"] for r in rows]
+
+
+CHARGE_MODELS = {
+    "4 a message, no tools": Charging(per_message=4, count_tools=False),
+    "half the prompt, 4 a message, no tools": Charging(factor=0.5, per_message=4, count_tools=False),
+    "twice the prompt, 4 a message": Charging(factor=2.0, per_message=4),
+    "256 reserved without max_tokens": Charging(default_max_tokens=256),
+}
+
+
+@pytest.mark.parametrize("charging", CHARGE_MODELS.values(), ids=CHARGE_MODELS.keys())
+def test_quota_given_against_servers_counting_in_another_structure_fills_it_with_almost_no_429s(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], charging: Charging
+) -> None:
+    n = 300
+    sim.config.charging = charging
+    bodies = _varied_inputs(tmp_path, n)
+    server_total = sum(charge(b, charging) for b in bodies)
+    tpm = int(server_total * 6 / 1.5)  # the work needs one and a half 10-second windows
+    sim.quota.__init__(tpm, 12_000)  # type: ignore[misc]
+    assert main([str(tmp_path / "in.jsonl"), "--no-progress", "-c", "50", "--tpm", str(tpm), "--rpm", "12000"]) == 0
+    assert _all_once(tmp_path, n)
+    assert sim.statuses["429"] <= 0.02 * n
+    assert _learned_ratio(capsys.readouterr().err) == pytest.approx(
+        server_total / sum(charge(b, Charging()) for b in bodies), rel=0.15
+    )
+
+
 def test_adaptive_against_a_server_charging_half_learns_its_ratio_and_loses_nothing(
     tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,8 +18,9 @@ already waiting in a meter when it closed.
 
 Servers do not charge what the client estimates (Azure's admission estimate is
 documented only loosely; gateways count their own way). ``Calibration`` learns
-the ratio from ``x-ratelimit-remaining-tokens`` and admission charges every
-request ``ratio x estimate``: the meters, the adaptive rate and the limit shown
+from ``x-ratelimit-remaining-tokens`` what the server charges a request of a given
+estimate (a slope and a per-request base), and admission charges every request
+that: the meters, the adaptive rate and the limit shown
 are all in the server's units. A 429 with no hint at all (no ``retry-after``, no
 headers) closes the gate for a jittered pause that doubles while the server
 keeps saying nothing; ``FixedWindows`` notices when such 429s clear on the
@@ -141,7 +142,7 @@ class Admission:
     async def acquire(self, estimate: float) -> Ticket:
         """Wait until the endpoint is up, the gate open and every meter has room; take the room, in one step.
 
-        Meters are charged in the server's units (``estimate`` x the learned ratio).
+        Meters are charged in the server's units (``Calibration.charge``).
 
         :raises StopRun: the endpoint has been down for longer than ``max_outage``.
         """
@@ -276,8 +277,9 @@ class Admission:
         """
         refill = self.calibration.refill_rate()
         server_left = remaining + refill * max(0.0, self.clock() - ticket.sent_at)
-        budget = server_left - self.calibration.charge(self.calibration.in_flight(ticket))
-        if self.tokens is not None:
+        budget = server_left - self.calibration.in_flight(ticket)
+        if self.tokens is not None:  # a margin left in the server's bucket: a request's charge is only modelled
+            budget -= (1 - MARGIN) * self.tokens.capacity
             self.tokens.set_level(budget, lower_only=not self.calibration.learned)
         elif (
             self.adaptive is not None

@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
     p.add_argument("--window", choices=("azure", "minute"), default="azure", help="quota windows (see quota.py)")
     p.add_argument("--charge-factor", type=float, default=1.0, help="times the prompt's characters / 4 it charges")
     p.add_argument("--no-tool-charge", action="store_true", help="do not count tool definitions in the charge")
+    p.add_argument("--charge-per-message", type=int, default=0, help="tokens it adds to the charge per message")
+    p.add_argument(
+        "--charge-default-max-tokens", type=int, default=0, help="tokens it reserves for a request with no max_tokens"
+    )
     p.add_argument("--outage-after", type=int, help="after this many requests, drop every connection ...")
     p.add_argument("--outage-seconds", type=float, default=60.0, help="... for this long (default 60)")
     p.add_argument("--exhaust-after", type=int, help="after this many answers, 429 with retry-after 86400")
@@ -50,7 +54,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
         retry_after_503=a.retry_after_503,
         hang_seconds=a.hang_seconds,
         window=a.window,
-        charging=Charging(factor=a.charge_factor, count_tools=not a.no_tool_charge),
+        charging=Charging(
+            factor=a.charge_factor,
+            count_tools=not a.no_tool_charge,
+            per_message=a.charge_per_message,
+            default_max_tokens=a.charge_default_max_tokens,
+        ),
         outage_after=a.outage_after,
         outage_seconds=a.outage_seconds,
         exhaust_after=a.exhaust_after,

@@ -3,9 +3,12 @@
 Written from Azure's documentation, not from the client: the charge is "based
 in part on the character count" of the prompt (text and count), plus
 ``max_tokens`` times ``best_of``. The divisor of 4 characters a token is the
-common reading; whether tool definitions count is not documented, so it is an
-option, and ``factor`` scales the prompt part so a test can make the server
-disagree with any client estimate.
+common reading. What else counts is not documented, and gateways count their
+own way, so the structure is an option: ``factor`` scales the prompt part only,
+``per_message`` adds a fixed overhead per message, ``count_tools`` says whether
+tool definitions are prompt text, and ``default_max_tokens`` is what a request
+without a ``max_tokens`` reserves. A test can make the server disagree with any
+client estimate in its structure, not only by one factor.
 """
 
 from __future__ import annotations
@@ -18,8 +21,17 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Charging:
-    factor: float = 1.0  # times the prompt's characters / 4
+    factor: float = 1.0  # times the prompt's characters / 4 (the completion reserve is not scaled)
     count_tools: bool = True  # tool definitions count as prompt text
+    per_message: int = 0  # tokens added per message (chat messages, or Responses input items)
+    default_max_tokens: int = 0  # reserved for a request that sets no max_tokens
+
+
+def messages(body: dict[str, Any]) -> int:
+    given = body.get("messages")
+    if given is None and isinstance(body.get("input"), list):
+        given = [m for m in body["input"] if isinstance(m, dict)]
+    return len(given) if isinstance(given, list) else 0
 
 
 def prompt_chars(body: dict[str, Any], count_tools: bool = True) -> int:
@@ -46,8 +58,9 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def charge(body: dict[str, Any], charging: Charging) -> int:
-    """Tokens charged on arrival: the prompt estimate (scaled), plus max_tokens x best_of."""
+    """Tokens charged on arrival: the prompt estimate (scaled), per-message overhead, plus max_tokens x best_of."""
     prompt = math.ceil(prompt_chars(body, charging.count_tools) / 4 * charging.factor)
-    most_out = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens") or 0
+    prompt += charging.per_message * messages(body)
+    most_out = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
     best_of = body.get("best_of") or 1
-    return prompt + int(most_out) * int(best_of)
+    return prompt + int(most_out or charging.default_max_tokens) * int(best_of)
