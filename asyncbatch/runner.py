@@ -141,6 +141,7 @@ class _Run:
             tpm_limit=tpm,
             rpm_limit=rpm,
             routes=router.routes if router.pooled else [],
+            watch=None if router.pooled else router.routes[0].admission.status,  # a pool's: on each route's line
             clock=clock,
         )
         self.config, self.state, self.reporter, self.router = config, state, reporter, router

@@ -66,7 +66,8 @@ class RunStats:
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped early, resumably (outage, quota)
     aborted: str | None = None
-    notice: str | None = None  # a state the user should see now ("endpoint unreachable since ...")
+    notice: str | None = None  # a state the user should see now (the Batch API phase's jobs)
+    watch: Callable[[], str | None] | None = field(default=None, repr=False)  # asked at each look: a wait, an outage
     failure_reasons: Counter[str] = field(default_factory=Counter)  # error code -> inputs failed with it
     routes: Sequence[RouteView] = field(default_factory=list, repr=False)  # a pool's deployments
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
@@ -78,6 +79,10 @@ class RunStats:
 
     def __post_init__(self) -> None:
         self.started = self.clock()
+
+    def current_notice(self) -> str | None:
+        """What the user should know now: the phase's notice, or what admission is waiting for."""
+        return self.notice or (self.watch() if self.watch is not None else None)
 
     @property
     def done(self) -> int:

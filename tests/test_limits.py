@@ -182,6 +182,34 @@ def test_fixed_minute_windows_are_noticed_and_then_waited_out_instead_of_probed(
     assert admission.status() is not None and "minute" in admission.status()  # type: ignore[operator]
 
 
+def test_against_fixed_minute_windows_the_learned_limit_is_what_a_window_admitted_never_more() -> None:
+    """A gateway admitting 20,000 tokens per wall-clock minute and refusing without a word past that."""
+    t = FakeTime()
+    t.now = 60 * 1_000 + 15.0  # the run starts 15 s into a minute; the wall clock is the same clock here
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(4))
+    window, used, notices = -1, 0, []
+
+    async def main() -> None:
+        nonlocal window, used
+        while t.now < 60 * 1_004:  # four minutes
+            ticket = await admission.acquire(500)
+            if int(t.now // 60) != window:
+                window, used = int(t.now // 60), 0
+            if used + 500 <= 20_000:
+                used += 500
+                admission.on_reply({}, ticket)
+            else:
+                admission.on_failure(RateLimited("http_429", "busy", status=429), ticket)
+                if admission.windows.detected:
+                    notices.append(admission.status())
+            await t.sleep(0.05)  # each answer takes 50 ms
+
+    asyncio.run(main())
+    assert admission.windows.detected
+    assert admission.learned_tpm is not None and 20_000 / 1.5 <= admission.learned_tpm <= 20_000
+    assert notices and all(n and "minute" in n for n in notices), "each wait for a window is named"
+
+
 def test_recoveries_away_from_the_minute_are_not_taken_for_fixed_windows() -> None:
     t = FakeTime()
     wall = [1_000_000 * 60 + 10.0]

@@ -95,3 +95,36 @@ def test_restart_moves_the_old_outputs_aside_and_runs_everything_again(tmp_path:
     assert lines_of(tmp_path) == [1, 2, 3, 4, 5]
     (old,) = (p for p in tmp_path.glob("in.results.jsonl.*.old") if p.is_file())  # the first results, kept
     assert sorted(json.loads(line)["line"] for line in old.read_text().splitlines()) == [1, 2, 3, 4, 5]
+
+
+def test_while_a_gateway_refuses_without_a_word_the_display_says_what_it_waits_for_as_it_waits(tmp_path: Path) -> None:
+    """No answer arrives during the wait, yet each look at the run names the wait and counts it down."""
+    from asyncbatch.display.reporters import Reporter
+    from asyncbatch.display.status import look
+    from asyncbatch.stats import RunStats, Trend
+
+    class Watching(Reporter):
+        interval = 0.2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[tuple[int, str | None]] = []
+
+        def tick(self, stats: RunStats, trend: Trend) -> None:
+            status = look(stats, trend)
+            self.seen.append((status.done, status.notice))
+
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", "x" * 400) for i in range(30)])
+    reporter = Watching()
+    gateway = SimConfig(api_key=KEY, latency=0.02, window="minute", window_seconds=4.0, tpm=1500)
+
+    async def go() -> None:
+        async with serve(gateway) as (url, _):
+            stats = await run(config(tmp_path, url, max_wait=60.0), reporter=reporter)
+        assert stats.succeeded == 30
+
+    asyncio.run(go())
+    waits = [notice for _, notice in reporter.seen if notice and "waiting" in notice]
+    assert waits, reporter.seen
+    still = [(a, b) for a, b in zip(reporter.seen, reporter.seen[1:], strict=False) if a[0] == b[0] and a[1] and b[1]]
+    assert any(a[1] != b[1] for a, b in still), "the notice is the live state, not a copy of the last answer's"

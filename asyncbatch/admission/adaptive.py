@@ -21,6 +21,9 @@ class FixedWindows:
     last pause after a minute boundary means fixed minutes (until a later
     recovery says otherwise). Then a hint-less 429 waits for the next boundary.
 
+    It also counts what the server admitted in each wall-clock window: no learned
+    limit may claim more than the server ever let through in one (``most``).
+
     :param wall: wall-clock seconds (time.time); injected for tests.
     """
 
@@ -29,6 +32,20 @@ class FixedWindows:
         self.detected = False
         self._streak_since: float | None = None
         self._last_pause = 0.0
+        self._window = -1  # the wall-clock window now counting, by number
+        self._admitted = 0.0  # charged tokens of the successes in it
+        self.most = 0.0  # in any window so far, this one included
+        self.most_completed: float | None = None  # in any window that has ended (None: none has)
+
+    def on_admitted(self, charge: float) -> None:
+        """A success, charged ``charge`` tokens: counted in its wall-clock window."""
+        window = int(self.wall() // self.period)
+        if window != self._window:
+            if self._window >= 0:
+                self.most_completed = max(self.most_completed or 0.0, self._admitted)
+            self._window, self._admitted = window, 0.0
+        self._admitted += charge
+        self.most = max(self.most, self._admitted)
 
     def on_no_hint(self, pause: float) -> None:
         if self._streak_since is None:

@@ -48,7 +48,7 @@ from ..clock import NAP, Clock, Sleep
 from ..config import Patience
 from ..errors import AttemptError, StopRun
 from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, THROTTLED, int_header
-from .adaptive import AdaptiveRate, FixedWindows
+from .adaptive import MINUTE, AdaptiveRate, FixedWindows
 from .breaker import Breaker, is_outage
 from .bucket import MARGIN, Bucket, request_bucket, token_bucket
 from .calibration import Calibration, Ticket
@@ -251,6 +251,7 @@ class Admission:
             self.calibration.on_remaining(ticket, remaining)
             self._follow_server(ticket, remaining)
         charge = self.calibration.charge(ticket.estimate)
+        self.windows.on_admitted(charge)
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
         if pause := header_pause(headers, charge, rate):
             self.gate.close_for(pause)
@@ -374,6 +375,17 @@ class Admission:
 
     @property
     def learned_tpm(self) -> float | None:
-        """The adaptive rate in the server's tokens per minute, for the progress display."""
+        """The learned limit in the server's tokens per minute, for the display: never more than it admitted.
+
+        With fixed windows, it is the most the server let through in one; otherwise the adaptive
+        rate, capped by the most it let through in any wall-clock minute that has ended.
+        """
         rate = self.adaptive.rate if self.adaptive is not None else None
-        return rate * 60 if rate is not None else None
+        if rate is None:
+            return None
+        per_minute = MINUTE / self.windows.period
+        if self.windows.detected:
+            return self.windows.most * per_minute
+        if (most := self.windows.most_completed) is not None:
+            return min(rate * 60, most * per_minute)
+        return rate * 60

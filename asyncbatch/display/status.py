@@ -57,7 +57,7 @@ def look(stats: RunStats, trend: Trend) -> Status:
         eta_seconds=trend.eta(),
         cost_usd=stats.cost if stats.prices is not None else None,
         projected_cost_usd=trend.projected_cost(),
-        notice=stats.notice,
+        notice=stats.current_notice(),
         simulated=stats.simulated,
         deployments=deployment_views(stats),
     )

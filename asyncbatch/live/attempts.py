@@ -315,7 +315,6 @@ class Attempts:
         if self.router.pooled:
             return  # each deployment's state is shown on its own line (``RunStats.routes``)
         admission = route.admission
-        self.stats.notice = admission.status()
         self.stats.learned_tpm = admission.learned_tpm
         self.stats.charge_ratio = admission.ratio
 
