@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,14 +115,16 @@ def test_while_a_gateway_refuses_without_a_word_the_display_says_what_it_waits_f
             status = look(stats, trend)
             self.seen.append((status.done, status.notice))
 
-    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", "x" * 400) for i in range(30)])
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", "x" * 400) for i in range(20)])
     reporter = Watching()
-    gateway = SimConfig(api_key=KEY, latency=0.02, window="minute", window_seconds=4.0, tpm=1500)
+    # 10 lines a window; the client's hint-less backoff (0.5, 1, 2, 4 s) outlasts the 6 s window once
+    gateway = SimConfig(api_key=KEY, latency=0.02, window="minute", window_seconds=6.0, tpm=1000)
 
     async def go() -> None:
         async with serve(gateway) as (url, _):
-            stats = await run(config(tmp_path, url, max_wait=60.0), reporter=reporter)
-        assert stats.succeeded == 30
+            one_at_a_time = dataclasses.replace(config(tmp_path, url, max_wait=60.0), limits=Limits(concurrency=1))
+            stats = await run(one_at_a_time, reporter=reporter)
+        assert stats.succeeded == 20
 
     asyncio.run(go())
     waits = [notice for _, notice in reporter.seen if notice and "waiting" in notice]

@@ -130,6 +130,7 @@ class Admission:
         self.requests = request_bucket(rpm, clock) if rpm else None
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
+        self.mirror: Bucket | None = None  # adaptive mode: the server's own token budget, from its headers
         self.token_rate = MARGIN * tpm / 60 if tpm else None
         self.no_hint_streak = 0
         self.learned_rpm: int | None = None  # adaptive mode, from x-ratelimit-remaining-requests
@@ -181,7 +182,7 @@ class Admission:
 
     def headroom(self) -> float:
         """How full the fullest-drawn meter is, 0 to 1 (1: no meter, or all full): the pool's tie-break."""
-        meters = [m for m in (self.tokens, self.requests, self.learned) if m is not None]
+        meters = [m for m in (self.tokens, self.mirror, self.requests, self.learned) if m is not None]
         return min((m.level / m.capacity for m in meters if m.capacity > 0), default=1.0)
 
     def never_reached(self) -> bool:
@@ -214,6 +215,8 @@ class Admission:
             meters.append((self.requests, 1))
         if self.tokens is not None:
             meters.append((self.tokens, charge))
+        if self.mirror is not None:
+            meters.append((self.mirror, charge))
         if self.adaptive is not None and (rate := self.adaptive.tick()) is not None:
             if self.learned is None:
                 self.learned = Bucket(rate, rate, self.clock)
@@ -272,22 +275,25 @@ class Admission:
     def _follow_server(self, ticket: Ticket, remaining: int) -> None:
         """Track the server's own budget: what it reported, plus its refill since, less what was sent since.
 
-        With the quota given, the token meter is set to that (once the charge is
-        learned; before, it is only ever lowered). Adaptive, the gate closes while
-        it is short of the next request.
+        With the quota given, the token meter is set to that (once the charge is learned;
+        before, it is only ever lowered). Adaptive, a meter of its own mirrors it, as big as
+        the most the server ever had left and refilled like Azure's 10-second bucket. Either
+        way a margin is left in the server's bucket: a request's charge is only modelled. The
+        budget is the deployment's, whoever else draws on it, so runs that share a deployment
+        share its budget by following it.
         """
         refill = self.calibration.refill_rate()
         server_left = remaining + refill * max(0.0, self.clock() - ticket.sent_at)
         budget = server_left - self.calibration.in_flight(ticket)
-        if self.tokens is not None:  # a margin left in the server's bucket: a request's charge is only modelled
-            budget -= (1 - MARGIN) * self.tokens.capacity
-            self.tokens.set_level(budget, lower_only=not self.calibration.learned)
-        elif (
-            self.adaptive is not None
-            and refill > 0
-            and (short := self.calibration.charge(ticket.estimate) - budget) > 0
-        ):
-            self.gate.close_for(min(short / refill, 5.0))
+        if self.tokens is not None:
+            self.tokens.set_level(budget - (1 - MARGIN) * self.tokens.capacity, lower_only=not self.calibration.learned)
+        elif self.adaptive is not None and refill > 0:
+            top = self.calibration.most_remaining
+            if self.mirror is None:
+                self.mirror = Bucket(top, refill, self.clock)
+            elif top > self.mirror.capacity:
+                self.mirror.set_rate(refill, top)
+            self.mirror.set_level(budget - (1 - MARGIN) * top)
 
     def on_failure(self, exc: AttemptError, ticket: Ticket) -> bool:
         """A failed attempt: a 429 closes the gate, an outage feeds the breaker.

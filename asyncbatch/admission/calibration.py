@@ -118,6 +118,11 @@ class Calibration:
     def learned(self) -> bool:
         return len(self.samples) >= 3
 
+    @property
+    def most_remaining(self) -> int:
+        """The most the server ever reported left: its bucket's size, as far as is known."""
+        return self._most
+
     def refill_rate(self) -> float:
         """The server's refill per second: TPM/60 when given, else a tenth of the most it ever had left."""
         return self.refill if self.refill is not None else self._most / 10

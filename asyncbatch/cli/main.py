@@ -130,7 +130,7 @@ def fatal_hint(kind: str, endpoint: Endpoint) -> str:
 
 
 def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
-    """uvloop when it is installed (pip install "asyncbatch[fast]"): less CPU per request."""
+    """uvloop where it is installed (a dependency except on Windows): less CPU per request."""
     try:
         import uvloop
     except ImportError:
