@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quota.py [--n 2000] [--tpm 1200000] [--rpm 7200] [--latency-ms 300] [--concurrency 200]
     python benchmarks/bench_quota.py --only minute      # just the fixed-minute-window server
+    python benchmarks/bench_quota.py --only shared      # just the runs sharing one deployment
 
 Requests are Batch-API lines of varied shape: prompts of 200 to 3,000 characters,
 one to three messages, a forced tool (about 600 characters of definition) on two
@@ -16,7 +17,9 @@ request by its own model, which differs from the client's estimate in structure:
   reserve 256      a request without max_tokens reserves 256 tokens (the client reserves none)
 
 Each mode runs with the quota given (--tpm --rpm) and adaptive (no quota given).
-Then a gateway-like server with fixed wall-clock minute windows, no rate-limit
+Then two and four runs at once share one deployment (the client model), each
+with its share of the lines and of the concurrency, given the whole quota each
+or adaptive; the ideal is the one run's. Then a gateway-like server with fixed wall-clock minute windows, no rate-limit
 headers and no retry-after (TPM --minute-tpm per minute), adaptive. The naive
 SDK loop (chat.completions.create under a semaphore, 429s retried) runs on the
 "msg+4 no-tools" server.
@@ -31,6 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -115,6 +121,48 @@ def azure_windows(a: argparse.Namespace, work: Path, bodies: list[dict[str, Any]
                 rows.append((f"{mode} ({ratio:.2f}x)", "naive SDK loop", span, ideal, simulator_stats(url), ""))
 
 
+def shared(a: argparse.Namespace, work: Path, bodies: list[dict[str, Any]], rows: list[tuple[Any, ...]]) -> None:
+    """Two and four runs at once, each on its share of the lines, against one deployment (the client model)."""
+    latency = a.latency_ms / 1000
+    total = sum(charge(b, Charging()) for b in bodies)
+    ideal = max(max(0, total - a.tpm / 6) / (a.tpm / 60), a.n / (a.rpm / 60), a.n * latency / a.concurrency) + latency
+    lines = (work / "in.jsonl").read_text().splitlines(keepends=True)
+    for k in (2, 4):
+        for name, extra in (("quota given", ["--tpm", str(a.tpm), "--rpm", str(a.rpm)]), ("adaptive", [])):
+            with simulator_process("--tpm", str(a.tpm), "--rpm", str(a.rpm), "--latency-ms", str(a.latency_ms)) as url:
+                procs, ends = [], []
+                for i in range(k):
+                    (work / f"share{i}.jsonl").write_text("".join(lines[i::k]))
+                    clear_outputs(work, f"share{i}")
+                    args = [f"share{i}.jsonl", "-c", str(a.concurrency // k), "--no-progress", *extra]
+                    procs.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "asyncbatch", *args],
+                            env=azure_env(url),
+                            cwd=work,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        )
+                    )
+                for proc in procs:
+                    _, err = proc.communicate()
+                    ends.append((time.time(), proc.returncode, err))
+                stats = simulator_stats(url)
+            starts = [end - _wall(err) for end, _, err in ends]
+            span = max(end for end, _, _ in ends) - min(starts)
+            done = sum(count_lines(work / f"share{i}.results.jsonl") for i in range(k))
+            codes = sorted({code for _, code, _ in ends})
+            note = f"exit {codes}, {done} ok; each run -c {a.concurrency // k}"
+            rows.append((f"{k} runs share the client model", f"asyncbatch {name}", span, ideal, stats, note))
+
+
+def _wall(stderr: str) -> float:
+    found = re.search(r"wall time\s*│\s*([\d.]+) s", stderr)
+    assert found, stderr
+    return float(found[1])
+
+
 def minute_windows(
     a: argparse.Namespace, work: Path, bodies: list[dict[str, Any]], rows: list[tuple[Any, ...]]
 ) -> None:
@@ -152,16 +200,18 @@ def main() -> None:
     p.add_argument("--minute-tpm", type=int, default=400_000)
     p.add_argument("--latency-ms", type=float, default=300.0)
     p.add_argument("--concurrency", type=int, default=200)
-    p.add_argument("--only", choices=["azure", "minute"])
+    p.add_argument("--only", choices=["azure", "shared", "minute"])
     p.add_argument("--skip-naive", action="store_true")
     a = p.parse_args()
     rows: list[tuple[Any, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bodies = write_lines(work / "in.jsonl", a.n)
-        if a.only != "minute":
+        if a.only in (None, "azure"):
             azure_windows(a, work, bodies, rows)
-        if a.only != "azure":
+        if a.only in (None, "shared"):
+            shared(a, work, bodies, rows)
+        if a.only in (None, "minute"):
             minute_windows(a, work, bodies, rows)
     print(f"machine: {machine()}")
     print(f"{a.n} requests; TPM {a.tpm:,}, RPM {a.rpm:,}, {a.latency_ms:g} ms latency, concurrency {a.concurrency}")

@@ -407,3 +407,23 @@ def test_adaptive_grows_faster_while_the_headers_show_plenty_of_budget() -> None
 
     assert grown("9000") == pytest.approx(1 + 4 * 0.05 * 3.0)  # 90% of the budget left: catch up fast
     assert grown("1000") == pytest.approx(1 + 0.05 * 3.0)  # 10% left: the ordinary pace
+
+
+def test_adaptive_sends_a_first_wave_then_waits_for_the_servers_first_answer() -> None:
+    """Knowing nothing of the server, a burst of the whole concurrency would be refused past its first second."""
+    from asyncbatch.admission.admission import PROBE
+
+    t = FakeTime()
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
+    first: list[object] = []
+
+    async def main() -> None:
+        for _ in range(PROBE):
+            first.append(await admission.acquire(100))
+        assert t.sleeps == []  # the first wave goes at once
+        t.at(t.now + 0.3, lambda: admission.on_reply({"x-ratelimit-remaining-requests": "99"}, first[0]))  # type: ignore[arg-type]
+        await admission.acquire(100)  # waits for that answer
+        assert t.now >= 100.3
+
+    asyncio.run(main())
+    assert admission.learned_rpm == 60 * 100  # and the answer said how many a second the server takes

@@ -53,6 +53,7 @@ from .breaker import Breaker, is_outage
 from .bucket import MARGIN, Bucket, request_bucket, token_bucket
 from .calibration import Calibration, Ticket
 
+PROBE = 16  # adaptive mode: requests sent before the server's first answer says how much it admits
 PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
 
 NO_HINT_FIRST, NO_HINT_CAP = 0.5, 8.0  # a 429 with no hint: the first pause, doubling up to this
@@ -131,6 +132,9 @@ class Admission:
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.mirror: Bucket | None = None  # adaptive mode: the server's own token budget, from its headers
+        # Adaptive mode knows nothing of the server until it answers: a first wave of PROBE requests goes,
+        # and the rest wait for the first answer, whose headers tell the budget (tokens and requests).
+        self.probing = self.adaptive is not None
         self.token_rate = MARGIN * tpm / 60 if tpm else None
         self.no_hint_streak = 0
         self.learned_rpm: int | None = None  # adaptive mode, from x-ratelimit-remaining-requests
@@ -156,6 +160,10 @@ class Admission:
                 await self.sleep(wait)
             return self._take(estimate, charge, meters)
 
+    def _probe_wait(self) -> float:
+        """While the first wave is out and nothing has answered, the next request waits (adaptive only)."""
+        return NAP if self.probing and self.calibration.admitted >= PROBE else 0.0
+
     def _take(self, estimate: float, charge: float, meters: list[tuple[Bucket, float]]) -> Ticket:
         for meter, amount in meters:
             meter.take(amount)
@@ -173,7 +181,7 @@ class Admission:
         if closed := self.gate.remaining():
             return closed
         charge = self.calibration.charge(estimate)
-        return max([0.0, *(meter.wait_for(amount) for meter, amount in self._meters(charge))])
+        return max([self._probe_wait(), *(meter.wait_for(amount) for meter, amount in self._meters(charge))])
 
     def take(self, estimate: float) -> Ticket:
         """Admit now, after ``ready_in`` said 0."""
@@ -234,7 +242,7 @@ class Admission:
                 return min(down, NAP * 4)
         if closed := self.gate.remaining():
             return closed
-        return min(NAP, max([0.0, *(meter.wait_for(amount) for meter, amount in meters)]))
+        return min(NAP, max([self._probe_wait(), *(meter.wait_for(amount) for meter, amount in meters)]))
 
     def _check_outage(self) -> None:
         if message := self.outage_over_limit():
@@ -246,6 +254,7 @@ class Admission:
     def on_reply(self, headers: Mapping[str, str], ticket: Ticket) -> None:
         """A success: learn the server's charge, follow its budget, pause before it has to refuse."""
         self._last_ok = self.clock()
+        self.probing = False
         self.breaker.on_success()
         self.windows.on_success()
         self.no_hint_streak = 0
@@ -259,7 +268,8 @@ class Admission:
         if pause := header_pause(headers, charge, rate):
             self.gate.close_for(pause)
         if self.adaptive is not None:
-            self.adaptive.on_headers(headers, charge)
+            if self.mirror is None:  # a mirrored budget already waits for itself
+                self.adaptive.on_headers(headers, charge)
             self._learn_rpm(headers)
 
     def _learn_rpm(self, headers: Mapping[str, str]) -> None:
@@ -303,6 +313,7 @@ class Admission:
 
         :raises StopRun: a wait longer than the run is willing to sit through.
         """
+        self.probing = False
         if exc.status == THROTTLED:
             self.calibration.on_refused(ticket)
             self.on_throttle(exc.retry_after)
@@ -350,7 +361,10 @@ class Admission:
         self._waiting(pause, source)
         # A window's limit is not a rate; and while the server keeps refusing without a word,
         # each probe's 429 says nothing new about the rate: cut once per streak.
-        if self.adaptive is not None and not self.windows.detected and first_of_streak:
+        # A 429 that says when to come back, from a server whose budget is mirrored, is news about
+        # that budget (the gate waits for it), not about a rate: the rate is cut only without one.
+        mirrored = self.mirror is not None and retry_after is not None
+        if self.adaptive is not None and not self.windows.detected and first_of_streak and not mirrored:
             self.adaptive.on_throttle()
         return pause
 
@@ -387,6 +401,8 @@ class Admission:
         rate, capped by the most it let through in any wall-clock minute that has ended.
         """
         rate = self.adaptive.rate if self.adaptive is not None else None
+        if self.mirror is not None:  # the server's own refill, or the learned rate if that is lower
+            rate = min(rate or self.mirror.rate, self.mirror.rate)
         if rate is None:
             return None
         per_minute = MINUTE / self.windows.period

@@ -119,6 +119,11 @@ class Calibration:
         return len(self.samples) >= 3
 
     @property
+    def admitted(self) -> int:
+        """Requests admitted so far."""
+        return self._seq
+
+    @property
     def most_remaining(self) -> int:
         """The most the server ever reported left: its bucket's size, as far as is known."""
         return self._most
