@@ -32,6 +32,7 @@ ideal (minute windows) = the wait for as many minute turns as the work needs, fr
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -183,12 +184,24 @@ def minute_windows(
         time.sleep((15 - wall % 60) % 60)  # start 15 s into a minute, so the ideal is the same every time
         started = time.time()
         clear_outputs(work)
-        _, code, summary = run_cli(["in.jsonl", "-c", str(a.concurrency)], azure_env(url), work)
+        args = ["in.jsonl", "-c", str(a.concurrency), "--log-format", "json"]
+        proc = subprocess.run([sys.executable, "-m", "asyncbatch", *args], env=azure_env(url), cwd=work,
+                              capture_output=True, text=True)  # fmt: skip
         stats = simulator_stats(url)
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    summary = next(e for e in events if e["event"] == "summary")
+    looks = [e for e in events if e["event"] == "status"]
+    waiting = [b for a_, b in itertools.pairwise(looks) if b["done"] == a_["done"] < b["total"]]
+    named = sum(1 for e in waiting if e.get("notice"))
     turns = math.ceil(total / a.minute_tpm) - 1
     ideal = (60 - started % 60 + 60 * (turns - 1) if turns else a.n * latency / a.concurrency) + latency
-    span = wall_seconds(summary)
-    note = f"exit {code}, {count_lines(work / 'in.results.jsonl')} ok, {turns} minute turns needed"
+    span = summary["wall_seconds"]
+    learned = summary.get("learned_tpm") or 0
+    note = (
+        f"exit {proc.returncode}, {count_lines(work / 'in.results.jsonl')} ok, {turns} minute turns needed; "
+        f"learned limit {learned:,.0f} ({learned / a.minute_tpm:.2f}x the real one); "
+        f"{named}/{len(waiting)} looks during waits named the wait"
+    )
     rows.append((f"minute windows, TPM {a.minute_tpm:,}", "asyncbatch adaptive", span, ideal, stats, note))
 
 
