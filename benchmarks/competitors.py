@@ -54,10 +54,8 @@ async def naive_sdk_loop(url: str, bodies: list[dict[str, Any]], concurrency: in
         while True:
             async with semaphore:
                 try:
-                    tools = {"tools": body["tools"], "tool_choice": body["tool_choice"]} if "tools" in body else {}
-                    await client.chat.completions.create(
-                        model="bench", messages=body["messages"], max_tokens=body["max_tokens"], **tools
-                    )
+                    given = {k: body[k] for k in ("tools", "tool_choice", "max_tokens") if k in body}
+                    await client.chat.completions.create(model="bench", messages=body["messages"], **given)
                     return
                 except RateLimitError:
                     if not retry_429:

@@ -53,7 +53,7 @@ from .breaker import Breaker, is_outage
 from .bucket import MARGIN, Bucket, request_bucket, token_bucket
 from .calibration import Calibration, Ticket
 
-PROBE = 16  # adaptive mode: requests sent before the server's first answer says how much it admits
+PROBE = 32  # adaptive mode: requests sent before the server's first answer says how much it admits
 PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
 
 NO_HINT_FIRST, NO_HINT_CAP = 0.5, 8.0  # a 429 with no hint: the first pause, doubling up to this
