@@ -98,8 +98,10 @@ def test_restart_moves_the_old_outputs_aside_and_runs_everything_again(tmp_path:
     assert sorted(json.loads(line)["line"] for line in old.read_text().splitlines()) == [1, 2, 3, 4, 5]
 
 
-def test_while_a_gateway_refuses_without_a_word_the_display_says_what_it_waits_for_as_it_waits(tmp_path: Path) -> None:
-    """No answer arrives during the wait, yet each look at the run names the wait and counts it down."""
+def test_while_the_run_waits_for_what_the_server_asked_the_display_names_the_wait_and_counts_it_down(
+    tmp_path: Path,
+) -> None:
+    """No answer arrives during the wait, yet each look at the run names it: the live state, not the last answer's."""
     from asyncbatch.display.reporters import Reporter
     from asyncbatch.display.status import look
     from asyncbatch.stats import RunStats, Trend
@@ -115,19 +117,17 @@ def test_while_a_gateway_refuses_without_a_word_the_display_says_what_it_waits_f
             status = look(stats, trend)
             self.seen.append((status.done, status.notice))
 
-    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", "x" * 400) for i in range(20)])
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(6)])
     reporter = Watching()
-    # 10 lines a window; the client's hint-less backoff (0.5, 1, 2, 4 s) outlasts the 6 s window once
-    gateway = SimConfig(api_key=KEY, latency=0.02, window="minute", window_seconds=6.0, tpm=1000)
+    busy = SimConfig(api_key=KEY, latency=0.01, script={"p3": ["503"]}, retry_after_503=3.0)  # p3: back in 3 s
 
     async def go() -> None:
-        async with serve(gateway) as (url, _):
+        async with serve(busy) as (url, _):
             one_at_a_time = dataclasses.replace(config(tmp_path, url, max_wait=60.0), limits=Limits(concurrency=1))
             stats = await run(one_at_a_time, reporter=reporter)
-        assert stats.succeeded == 20
+        assert stats.succeeded == 6
 
     asyncio.run(go())
-    waits = [notice for _, notice in reporter.seen if notice and "waiting" in notice]
-    assert waits, reporter.seen
-    still = [(a, b) for a, b in zip(reporter.seen, reporter.seen[1:], strict=False) if a[0] == b[0] and a[1] and b[1]]
-    assert any(a[1] != b[1] for a, b in still), "the notice is the live state, not a copy of the last answer's"
+    waits = [(done, notice) for done, notice in reporter.seen if notice and "asking to wait" in notice]
+    assert len({notice for _, notice in waits}) >= 2, reporter.seen  # "waiting 3 s", "waiting 2 s", ...
+    assert len({done for done, _ in waits}) == 1  # all during the one wait, while nothing was answered
