@@ -93,7 +93,7 @@ class Patience:
 
     max_wait: float = 300.0
     max_outage: float = 1800.0
-    concurrency: int = 20
+    concurrency: int = Limits.concurrency
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,8 +235,8 @@ class RunConfig:
     retry_failed: bool = False
     accept_changes: bool = False
     grace: float = 5.0
-    max_wait: float = 300.0  # a 429 asking to wait longer (an exhausted quota) stops the run, resumably
-    max_outage: float = 1800.0  # an outage longer than this stops the run, resumably
+    max_wait: float = Patience.max_wait  # a 429 asking to wait longer (an exhausted quota) stops the run, resumably
+    max_outage: float = Patience.max_outage  # an outage longer than this stops the run, resumably
     prices: Prices | None = None
     max_cost: float | None = None
     deployments: tuple[Deployment, ...] = ()

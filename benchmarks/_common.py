@@ -75,8 +75,12 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int
     stderr = proc.stderr.decode()
     if proc.returncode not in (0, 1):
         sys.stderr.write(stderr)
-    rows = dict(re.findall(r"│ (.+?)\s+│ (.+?)\s+│", stderr))
-    return total, proc.returncode, rows
+    return total, proc.returncode, summary_rows(stderr)
+
+
+def summary_rows(stderr: str) -> dict[str, str]:
+    """The CLI's summary table, as a dict of its rows."""
+    return dict(re.findall(r"│ (.+?)\s+│ (.+?)\s+│", stderr))
 
 
 def wall_seconds(rows: dict[str, str]) -> float:

@@ -35,7 +35,6 @@ import argparse
 import itertools
 import json
 import math
-import re
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from _common import (
     run_cli,
     simulator_process,
     simulator_stats,
+    summary_rows,
     wall_seconds,
 )
 from competitors import in_fresh_process
@@ -150,18 +150,12 @@ def shared(a: argparse.Namespace, work: Path, bodies: list[dict[str, Any]], rows
                     _, err = proc.communicate()
                     ends.append((time.time(), proc.returncode, err))
                 stats = simulator_stats(url)
-            starts = [end - _wall(err) for end, _, err in ends]
+            starts = [end - wall_seconds(summary_rows(err)) for end, _, err in ends]
             span = max(end for end, _, _ in ends) - min(starts)
             done = sum(count_lines(work / f"share{i}.results.jsonl") for i in range(k))
             codes = sorted({code for _, code, _ in ends})
             note = f"exit {codes}, {done} ok; each run -c {a.concurrency // k}"
             rows.append((f"{k} runs share the client model", f"asyncbatch {name}", span, ideal, stats, note))
-
-
-def _wall(stderr: str) -> float:
-    found = re.search(r"wall time\s*│\s*([\d.]+) s", stderr)
-    assert found, stderr
-    return float(found[1])
 
 
 def minute_windows(

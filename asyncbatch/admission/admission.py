@@ -402,7 +402,7 @@ class Admission:
         """
         rate = self.adaptive.rate if self.adaptive is not None else None
         if self.mirror is not None:  # the server's own refill, or the learned rate if that is lower
-            rate = min(rate or self.mirror.rate, self.mirror.rate)
+            rate = self.mirror.rate if rate is None else min(rate, self.mirror.rate)
         if rate is None:
             return None
         per_minute = MINUTE / self.windows.period

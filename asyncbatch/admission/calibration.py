@@ -55,6 +55,8 @@ class Calibration:
     def __init__(self, clock: Clock, refill: float | None, *, span: int = 8, keep: int = 96) -> None:
         self.clock, self.refill, self.span = clock, refill, span
         self.slope, self.base = 1.0, 0.0
+        self.ratio = 1.0  # the modelled charge per unit of estimate over the recent requests (a ratio of sums)
+        self._unfitted = 0  # samples taken since the last fit
         self.samples: deque[tuple[float, float, int]] = deque(maxlen=keep)  # (charged, estimated, requests)
         self._seq = 0
         self._cum = 0.0
@@ -70,14 +72,6 @@ class Calibration:
     def charge(self, estimate: float) -> float:
         """What the server will charge a request of this estimate, in its units."""
         return max(self.slope * estimate + self.base, 0.1 * self.slope * estimate)
-
-    @property
-    def ratio(self) -> float:
-        """The server's charge per unit of estimate over the recent requests (1.0 until learned)."""
-        if not self.learned:
-            return 1.0
-        charged = sum(self.slope * e + self.base * n for _, e, n in self.samples)
-        return charged / max(1e-9, sum(e for _, e, _ in self.samples))
 
     def on_refused(self, ticket: Ticket) -> None:
         self._refused.append((ticket.seq, ticket.estimate))
@@ -96,7 +90,9 @@ class Calibration:
         clean = remaining > 0 and was + refilled < self._most
         if clean and estimated > 0 and requests > 0 and (charged := was - remaining + refilled) > 0:
             self.samples.append((charged, estimated, requests))
-            if len(self.samples) >= 3:
+            self._unfitted += 1
+            # consecutive samples share most of their requests: refitting once per span loses nothing
+            if len(self.samples) == 3 or (self.learned and self._unfitted >= self.span):
                 self._fit()
 
     def _fit(self) -> None:
@@ -113,6 +109,7 @@ class Calibration:
         fitted = cov / var if var > 0 else ratio
         self.slope = min(10.0, max(0.05, trust * fitted + (1 - trust) * ratio))
         self.base = mean_c - self.slope * mean_e  # the modelled charges sum to what was charged
+        self.ratio, self._unfitted = ratio, 0
 
     @property
     def learned(self) -> bool:
