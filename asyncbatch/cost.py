@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import ConfigError
 
+T = TypeVar("T")
 PRICES_TAKEN = "2026-11-25"  # when the table below was copied from the Azure OpenAI pricing page
 
 
@@ -69,17 +71,56 @@ TABLE: dict[str, Prices] = {
 }
 
 
+# The most a model writes in one answer (its published output-token limit): the bound of a
+# request that sets no max_tokens.
+OUTPUT_LIMITS: dict[str, int] = {
+    "gpt-5": 128_000,
+    "gpt-5-mini": 128_000,
+    "gpt-5-nano": 128_000,
+    "gpt-4.1": 32_768,
+    "gpt-4.1-mini": 32_768,
+    "gpt-4.1-nano": 32_768,
+    "gpt-4o": 16_384,
+    "gpt-4o-mini": 16_384,
+    "o3": 100_000,
+    "o4-mini": 100_000,
+    "o3-mini": 100_000,
+}
+
+
+def _find(table: dict[str, T], model: str) -> T | None:
+    name = model.lower()
+    if name in table:
+        return table[name]
+    matches = [key for key in table if name.startswith(key + "-")]
+    return table[max(matches, key=len)] if matches else None
+
+
 def lookup(model: str) -> Prices | None:
     """The table's prices for a model or deployment name: exact, else the longest name it starts with.
 
     ``gpt-4o-2024-08-06`` and ``gpt-4o-batch`` find ``gpt-4o``; ``gpt-4o-mini-x`` finds ``gpt-4o-mini``.
     A deployment named otherwise (``prod-chat``) finds nothing: give the prices.
     """
-    name = model.lower()
-    if name in TABLE:
-        return TABLE[name]
-    matches = [key for key in TABLE if name.startswith(key + "-")]
-    return TABLE[max(matches, key=len)] if matches else None
+    return _find(TABLE, model)
+
+
+def output_limit(model: str) -> int | None:
+    """The most tokens ``model`` (or a deployment named after it) writes in one answer, if known."""
+    return _find(OUTPUT_LIMITS, model)
+
+
+def projected(spent: float, done: int, total: int) -> float:
+    """The cost of ``total`` inputs at the cost per input of the ``done`` so far (the run's and the sample's)."""
+    return spent / done * total if done > 0 else 0.0
+
+
+def why_no_cost(model: str) -> str:
+    """One line: why no cost is shown, and what to pass."""
+    return (
+        f"no cost: {model!r} is not in the price table (docs/usage.md 'Cost'); give --price-in and --price-out "
+        "(USD per 1M tokens), or name the deployment after its model (gpt-4o-mini, ...)"
+    )
 
 
 def resolve(model: str, price_in: float | None, price_out: float | None, price_cached: float | None) -> Prices | None:

@@ -24,6 +24,20 @@ class ConfigError(AsyncBatchError):
     """The run cannot start as configured."""
 
 
+# How the library's hints name a run option; the command line puts its flag in their place (``cli_words``).
+RESTART = "restart=True (or asyncbatch.restart(config))"
+ACCEPT_CHANGES = "accept_changes=True"
+RETRY_FAILED = "retry_failed=True"
+_FLAGS = {RESTART: "--restart", ACCEPT_CHANGES: "--accept-changes", RETRY_FAILED: "--retry-failed"}
+
+
+def cli_words(text: str) -> str:
+    """A library message as the command line says it: flags for the options it names."""
+    for words, flag in _FLAGS.items():
+        text = text.replace(words, flag)
+    return text
+
+
 class FatalAPIError(AsyncBatchError):
     """The endpoint rejects the run as a whole.
 
@@ -32,9 +46,10 @@ class FatalAPIError(AsyncBatchError):
         ``rejected`` (the same 4xx on every one of the first requests).
     """
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, cause: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.cause = cause  # ``unreachable``: the last attempt's code (``timeout``, ``connection_error``)
 
 
 class StopRun(AsyncBatchError):

@@ -18,6 +18,7 @@ the checkpoint saved; the unfinished inputs run on the next resume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +30,9 @@ from .clock import Sleep
 from .config import RunConfig
 from .cost import Budget
 from .display.reporters import Reporter
-from .errors import FatalAPIError, OutputError, StopRun
+from .errors import ConfigError, FatalAPIError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff
-from .input.requests import Job, prepare
+from .input.requests import Job, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
@@ -83,6 +84,9 @@ async def run(
     """
     reporter = reporter or Reporter()
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
+    with contextlib.closing(read_lines(config.input_path)) as lines:
+        if mistake := setup_mistake(config.input_path, lines, config.request):
+            raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
     resume = {"restart": restart, "accept_changes": config.accept_changes, "retry_failed": config.retry_failed}
     with opened(config.outputs, config.input_path, config.fingerprint, reporter, **resume) as state:
         if config.batch is None:

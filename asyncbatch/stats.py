@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .cost import Prices
+from .cost import Prices, projected
 from .protocol import read_usage
 
 RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
@@ -150,7 +150,7 @@ class RunStats:
         work = self.done - self.resumed
         if self.prices is None or work <= 0 or self.total <= 0:
             return None
-        return self.cost + max(0, self.total - self.done) * self.cost / work
+        return self.cost + projected(self.cost, work, max(0, self.total - self.done))
 
     def add_latency(self, ms: float) -> None:
         """Reservoir sampling keeps percentiles honest in bounded memory."""

@@ -196,7 +196,7 @@ def test_changed_fingerprint_is_refused_naming_what_changed(tmp_path: Path) -> N
     results = tmp_path / "r"
     _records(results, [1])
     save_checkpoint(ckpt, _ckpt(results_offset=results.stat().st_size, results_lines=1))
-    with pytest.raises(ConfigError, match=r"template changed.*1 results.*--accept-changes.*--restart"):
+    with pytest.raises(ConfigError, match=r"template changed.*1 results.*accept_changes=True.*restart=True"):
         recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), other)
     state = recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), other, accept_changes=True)
     assert state.changed == ["template"]

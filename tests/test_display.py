@@ -77,7 +77,7 @@ def test_at_80_columns_the_second_line_has_rate_cost_quota_and_429s_and_the_bar_
 
 def test_a_wide_terminal_shows_every_figure_and_a_notice_gets_its_own_line() -> None:
     lines = [line.plain for line in screen(status(notice="endpoint unreachable since 12:00:01"), 200)]
-    assert "3,456 retries" in lines[1] and "200 in flight" in lines[1] and "used 650k tok/min" in lines[1]
+    assert "3,456 retries" in lines[1] and "200 in flight" in lines[1] and "billed 650k tok/min" in lines[1]
     assert lines[2] == "endpoint unreachable since 12:00:01"
 
 

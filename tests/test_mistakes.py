@@ -57,13 +57,34 @@ def test_after_a_404_on_a_wrong_deployment_the_fixed_command_runs_without_restar
     assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 30
 
 
-def test_a_records_file_run_without_template_then_with_it_ends_all_succeeded(tmp_path: Path, sim: Simulator) -> None:
-    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(20)])
-    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 1
-    assert len(read_jsonl(tmp_path / "in.results.errors.jsonl")) == 20 and sim.requests == 0
-    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", "About {company}"]) == 0
-    assert sorted(r["line"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == list(range(1, 21))
-    assert read_jsonl(tmp_path / "in.results.errors.jsonl") == []
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        ([], 'add --template over the fields of the records (company, id, text), e.g. --template "...{company}..."'),
+        (["--template", "About {compnay}"], "template field 'compnay' is missing"),
+    ],
+)
+def test_a_records_file_with_a_whole_file_template_mistake_exits_2_once_then_the_fix_runs_all(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], first: list[str], expected: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}", "text": "t"} for i in range(10_000)])
+    assert main([str(tmp_path / "in.jsonl"), *first]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "the first 20 lines all fail the same way" in err
+    assert err.count("\n") == 1  # one error, not a line per input
+    assert _outputs(tmp_path) == [] and sim.requests == 0  # nothing written, nothing sent
+    assert main([str(tmp_path / "in.jsonl"), "--dry-run", *first]) == 2  # the dry run says the same
+    assert expected in capsys.readouterr().err
+    assert main([str(tmp_path / "in.jsonl"), "-q", "-c", "50", "--template", "About {company}"]) == 0
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 10_000
+
+
+def test_a_template_field_only_some_records_lack_fails_those_lines_alone(tmp_path: Path, sim: Simulator) -> None:
+    rows = [{"id": i, "company": f"C{i}"} if i % 3 else {"id": i, "name": "n"} for i in range(30)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", "About {company}"]) == 1
+    failed = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert len(failed) == 10 and all("template field 'company' is missing" in r["error"]["message"] for r in failed)
 
 
 def test_lines_appended_to_a_finished_input_are_the_only_ones_sent(tmp_path: Path, sim: Simulator) -> None:

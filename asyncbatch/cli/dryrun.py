@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 from ..batch.parts import Splitter, batch_line
 from ..config import Limits, RequestDefaults
 from ..cost import Prices
+from ..errors import ConfigError
 from ..input.reader import BadLine, read_lines
-from ..input.requests import prepare
+from ..input.requests import prepare, setup_mistake
 
 
 @dataclass
@@ -31,6 +33,9 @@ class DryRunReport:
 def dry_run(
     path: Path, defaults: RequestDefaults, model: str, keep_bad: int = 20, max_lines_per_file: int = 100_000
 ) -> DryRunReport:
+    with contextlib.closing(read_lines(path)) as first:
+        if mistake := setup_mistake(path, first, defaults):
+            raise ConfigError(mistake)
     report = DryRunReport()
     splitter = Splitter(max_lines_per_file)
     for line in read_lines(path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
 from ..protocol import ROUTES
@@ -26,7 +26,7 @@ def check_base_url(value: str, kind: Literal["azure", "openai"], name: str) -> s
         raise ConfigError(
             f"{name} is a full request URL ({value!r}); it takes the resource endpoint alone. "
             f"HINT: set {name}={full['base']} and pass --deployment {full['deployment']}"
-            + (" (and --api-version from the URL's api-version)" if "api-version=" in value else "")
+            + (f" --api-version {version[0]}" if (version := parse_qs(parts.query).get("api-version")) else "")
         )
     if kind == "openai" and (cut := value.find("/" + ROUTES["chat"])) >= 0:
         raise ConfigError(f"{name} is a full request URL ({value!r}). HINT: set {name}={value[:cut]}")

@@ -65,6 +65,8 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
     azure_vars = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
     use_azure = any(env.get(v) for v in azure_vars) or not (env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL"))
     if use_azure:
+        if pasted := env.get("AZURE_OPENAI_ENDPOINT"):
+            check_base_url(pasted, "azure", "AZURE_OPENAI_ENDPOINT")  # a pasted request URL: its whole hint first
         deployment = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME")
         needed = {"AZURE_OPENAI_ENDPOINT": env.get("AZURE_OPENAI_ENDPOINT")}
         _require({**needed, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment})

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import sys
 import traceback
@@ -28,7 +29,7 @@ from ..config import (
 )
 from ..cost import resolve
 from ..display.reporters import Reporter, make_reporter
-from ..errors import ConfigError, FatalAPIError, OutputError
+from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
 from ..input.reader import sniff
 from ..redact import RedactingStream, Redactor
 from ..runner import Interrupt, run
@@ -56,7 +57,7 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
             endpoint = dataclasses.replace(
                 endpoint, deployment=args.deployment or endpoint.deployment, headers=parse_headers(args.header)
             )
-            reporter.info(f"SIMULATED run: local simulator at {endpoint.base_url}, nothing is sent to Azure")
+            reporter.info(f"SIMULATED: a local simulator at {endpoint.base_url}; nothing goes to Azure")
             return await _run(build_config(args, endpoint), reporter, args)
     return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args)
 
@@ -96,7 +97,8 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
         # --restart happens inside run, under the lock, once the configuration is known to be good
         stats = await run(config, restart=args.restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
-        raise FatalAPIError(exc.kind, f"{exc} HINT: {fatal_hint(exc.kind, config.routes[0].endpoint)}") from None
+        hint = fatal_hint(exc.kind, config.routes[0].endpoint, exc.cause)
+        raise FatalAPIError(exc.kind, f"{exc} HINT: {hint}", cause=exc.cause) from None
     finally:
         for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
@@ -113,7 +115,7 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
 
-def fatal_hint(kind: str, endpoint: Endpoint) -> str:
+def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str:
     """What to check, in the words of the variables this mode reads."""
     azure = endpoint.kind == "azure"
     key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
@@ -124,8 +126,15 @@ def fatal_hint(kind: str, endpoint: Endpoint) -> str:
         return f"check {key} and that it belongs to this endpoint"
     if kind == "not_found":
         return f"check {model} and {url}"
+    if kind == "unreachable" and cause == "timeout":
+        return f"check {url} and the network, or raise --timeout if the model is just slow"
     if kind == "unreachable":
-        return f"check {url} and the network (or raise --timeout, if the model is just slow)"
+        return f"nothing answers at {endpoint.base_url}: check the host and port in {url}, and the network"
+    if kind == "invalid_output":
+        return (
+            "fix --tools / --response-format, or the prompt, so the model can follow it, then run the same "
+            "command again (nothing was recorded: every line runs)"
+        )
     return "the server refuses these requests; fix the cause it names, then run the same command again"
 
 
@@ -153,10 +162,19 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _prog() -> list[str]:
-    """How this process was started, for the resume hint."""
-    if sys.argv[0].endswith("__main__.py"):
-        return ["python", "-m", "asyncbatch"]
-    return ["asyncbatch"]
+    """How this process was started, as typed, for the resume hint: ``.venv/bin/asyncbatch``, ``python3 -m ...``."""
+    if sys.argv[0].endswith("__main__.py"):  # -m: the interpreter as typed, and its options up to -m
+        typed = sys.orig_argv
+        cut = typed.index("-m") if "-m" in typed else 0
+        return [*typed[:cut], "-m", "asyncbatch"] if cut else ["python", "-m", "asyncbatch"]
+    script = sys.argv[0]
+    if os.path.basename(script) != "asyncbatch":  # called as a library, from another program
+        return ["asyncbatch"]
+    found = shutil.which("asyncbatch")
+    with contextlib.suppress(OSError):
+        if found is not None and os.path.samefile(found, script):
+            return ["asyncbatch"]  # found on PATH: the name alone, as typed
+    return [script]
 
 
 def resume_command(argv: Sequence[str]) -> str:
@@ -206,7 +224,7 @@ def _main(argv: list[str], redactor: Redactor) -> int:
     redactor.extend(value.partition(":")[2].strip() for value in args.header)
 
     def fail(message: str) -> int:
-        text = redactor.text(message)
+        text = redactor.text(cli_words(message))
         if args.log_format == "json":
             print(orjson.dumps({"event": "error", "message": text}).decode(), file=sys.stderr)
         else:
@@ -228,6 +246,7 @@ def _main(argv: list[str], redactor: Redactor) -> int:
         reporter = make_reporter(
             quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format, redactor=redactor
         )
+        reporter.words = cli_words
         info, warnings = env.notes()
         for note in info:
             reporter.info(note)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..config import (
@@ -72,8 +72,16 @@ def _default(cls: Any, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """What is wrong first, then how to find out more: not the usage before the reason."""
+        if "required: input" in message:
+            message = "give the JSONL file to run: asyncbatch INPUT [options]"
+        self.exit(EXIT_FATAL, f"{self.prog}: error: {message}\n  asyncbatch --help shows every option\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="asyncbatch",
         usage=USAGE,
         description=DESCRIPTION,

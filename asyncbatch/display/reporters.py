@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TextIO
 
@@ -44,17 +45,18 @@ class Reporter:
         self.stream: TextIO = RedactingStream(stream or sys.stderr, self.redactor)  # type: ignore[assignment]
         self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
         self._warned = 0
+        self.words: Callable[[str], str] = str  # the command line names options by its flags (``cli_words``)
 
     def warn(self, message: str) -> None:
         self._warned += 1
         if self._warned <= MAX_WARNINGS:
-            self.message("warning", self.redactor.text(message))
+            self.message("warning", self.redactor.text(self.words(message)))
         elif self._warned == MAX_WARNINGS + 1:
             self.message("warning", "... more problems not shown; every one is in the errors file")
 
     def info(self, message: str) -> None:
         if self.verbose:
-            self.message("info", self.redactor.text(message))
+            self.message("info", self.redactor.text(self.words(message)))
 
     def message(self, level: str, text: str) -> None:
         self.console.print(text, markup=False)

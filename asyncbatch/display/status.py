@@ -128,11 +128,11 @@ def details(s: Status) -> list[str]:
     if s.limit_tpm:
         parts.append(f"quota {si(s.charged_tpm or 0)}/{si(s.limit_tpm)} TPM")
     elif s.charged_tpm:
-        parts.append(f"charged {si(s.charged_tpm)} TPM")
+        parts.append(f"quota {si(s.charged_tpm)}/? TPM")  # counted against the quota; its limit not yet learned
     parts.append(f"{s.throttled:,} 429s")
     parts.append(f"{s.retries:,} retries")
     parts.append(f"{s.in_flight} in flight")
-    parts.append(f"used {si(s.used_tpm)} tok/min")
+    parts.append(f"billed {si(s.used_tpm)} tok/min")
     return parts
 
 

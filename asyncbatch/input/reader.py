@@ -6,7 +6,8 @@ builds requests; that is ``requests.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
 
@@ -103,7 +104,9 @@ def count_lines(path: Path, chunk: int = 1 << 20) -> int:
     return count + (last != b"\n")
 
 
-def read_lines(path: Path, done: Done | None = None, ids: IdLog | None = None) -> Iterator[ParsedLine | BadLine]:
+def read_lines(
+    path: Path, done: Done | None = None, ids: IdLog | None = None
+) -> Generator[ParsedLine | BadLine, None, None]:
     """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine; a repeated custom_id is a BadLine.
 
     Lines ``done`` holds are not yielded: by number, or by content (``DoneSet.claim``) for
@@ -221,7 +224,7 @@ def parse_line(line_no: int, raw: bytes | None, content: int | None = None) -> P
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return BadLine(line_no, fallback_id, f"not valid JSON (or not UTF-8): {exc}", line_hash)
+        return BadLine(line_no, fallback_id, _not_json(raw, exc), line_hash)
     if not isinstance(obj, dict):
         return BadLine(line_no, fallback_id, f"expected a JSON object, got {type(obj).__name__}", line_hash)
     kind = detect_kind(obj)
@@ -232,6 +235,18 @@ def parse_line(line_no: int, raw: bytes | None, content: int | None = None) -> P
     if problem:
         return BadLine(line_no, custom_id or fallback_id, problem, line_hash)
     return ParsedLine(line_no, custom_id or fallback_id, kind, obj, line_hash)
+
+
+_PYTHON_DICT = re.compile(rb"^\s*\{\s*'|^\s*\{.*[:,]\s*(True|False|None)\s*[,}]")
+
+
+def _not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    if _PYTHON_DICT.match(raw):
+        return (
+            "a Python dict, not JSON (single quotes, or True/False/None): JSONL needs double quotes and "
+            "true/false/null. HINT: write each line with json.dumps(row), not str(row)"
+        )
+    return f"not valid JSON (or not UTF-8): {exc}"
 
 
 def detect_kind(obj: dict[str, Any]) -> Kind:

@@ -5,7 +5,10 @@ Pure functions; no I/O.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -73,6 +76,47 @@ def _content_chars(content: object) -> int:
     return 0
 
 
+class SetupError(ValueError):
+    """A line the options cannot turn into a request (no template, a field it lacks): maybe every line's."""
+
+
+FIRST_LINES = 20  # a setup mistake all of these share is the whole file's
+
+
+def setup_mistake(path: Path, lines: Iterable[ParsedLine | BadLine], defaults: RequestDefaults) -> str | None:
+    """The options' mistake every one of the first lines shares, said as what to add; None if there is none.
+
+    A file run without ``--template``, or with a template naming a field no line has, would
+    otherwise fail line by line: this says so once, before anything is written.
+    """
+    reasons: set[str] = set()
+    fields: set[str] = set()
+    seen = 0
+    for line in itertools.islice(lines, FIRST_LINES):
+        if isinstance(line, BadLine):
+            return None
+        try:
+            _base_body(line, defaults)
+        except SetupError as exc:
+            reasons.add(str(exc))
+            fields.update(line.obj)
+        except ValueError:
+            return None
+        else:
+            return None
+        seen += 1
+    if not seen or len(reasons) != 1:
+        return None
+    names = sorted(map(str, fields))
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    start = f"{path}: the first {seen} lines all fail the same way, so every line would: {reasons.pop()}"
+    if defaults.template is None:
+        example = next((n for n in names if n not in ("id", "custom_id")), "text")
+        hint = f'add --template over the fields of the records ({shown}), e.g. --template "...{{{example}}}..."'
+        return f"{start}. HINT: {hint}"
+    return f"{start}. HINT: the records' fields are {shown}: name those in --template"
+
+
 def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | BadLine:
     """Build the body for one parsed line, or say why it cannot be built. Never raises: no line stops a run."""
     try:
@@ -136,7 +180,7 @@ def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:
     if line.kind == "chat":
         return {k: v for k, v in line.obj.items() if k not in ("custom_id", "id")}
     if defaults.template is None:
-        raise ValueError("a record line (no 'messages' or 'body') needs --template to become a prompt")
+        raise SetupError("a record line (no 'messages' or 'body') needs --template to become a prompt")
     if defaults.api != "chat":
         body: dict[str, Any] = {"input": render(defaults.template, line.obj)}
         if defaults.system and defaults.api == "responses":
@@ -153,7 +197,7 @@ def render(template: str, record: dict[str, Any]) -> str:
     try:
         return template.format_map(record)
     except KeyError as exc:
-        raise ValueError(f"template field {exc.args[0]!r} is missing from this record") from None
+        raise SetupError(f"template field {exc.args[0]!r} is missing from this record") from None
     except (IndexError, ValueError, AttributeError) as exc:
         raise ValueError(f"cannot render template on this record: {exc}") from None
 

@@ -10,9 +10,12 @@ write), or raises:
 * ``StopRun``: admission will not wait that long (see ``admission/admission.py``), or the next
   attempt would pass ``--max-cost`` (``cost.Budget``).
 
-Before the run's first success, failures with a 4xx are held back (``settle``):
-if the first ``SYSTEMATIC`` all fail the same way, the run stops with the
-server's message and records none of them, as for a wrong key.
+Before the run's first success, failures with a 4xx and answers that break the
+schema are held back (``settle``): if the first ``SYSTEMATIC`` all fail the same
+way, the run stops with the server's message (or what the model answered
+instead) and records none of them, as for a wrong key. Until then only
+``SYSTEMATIC`` lines ask the model again: a schema or tool the model never
+follows costs at most that many lines' attempts.
 
 What is retried and how long to wait is ``retry.py``; every reaction to 429s
 and rate-limit headers is ``admission`` (``admission/admission.py``).
@@ -34,17 +37,17 @@ from ..admission.calibration import Ticket
 from ..clock import Sleep
 from ..config import RequestDefaults, RetryPolicy
 from ..cost import Budget, Prices
-from ..errors import AttemptError, FatalAPIError, StopRun
+from ..errors import AttemptError, FatalAPIError, InvalidOutput, StopRun
 from ..input.requests import Job, with_feedback
 from ..protocol import FATAL_STATUSES, THROTTLED
 from ..records import failure_record, result_record
 from ..stats import RunStats
-from ..structured.validate import OutputCheck
+from ..structured.validate import OutputCheck, answered
 from .client import Reply
 from .retry import retrying
 from .router import Route, Router
 
-SYSTEMATIC = 20  # the first this many requests failing with the same 4xx stop the run
+SYSTEMATIC = 20  # the first this many lines failing the same way (a 4xx, or invalid output) stop the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,30 @@ class _Tally:
     avoid: Route | None = None  # a pool: where the next attempt should not go (it just failed there)
 
 
+def _holdable(exc: AttemptError) -> bool:
+    """A failure that may be every line's: a 4xx, or output that breaks the schema after every attempt."""
+    return isinstance(exc, InvalidOutput) or (exc.status is not None and 400 <= exc.status < 500)
+
+
+def _how(exc: AttemptError) -> tuple[object, ...]:
+    """What makes two failures the same: the status and code, and for invalid output what was wrong."""
+    return (exc.status, exc.code, exc.message if isinstance(exc, InvalidOutput) else None)
+
+
+def _systematic(exc: AttemptError, lines: int) -> FatalAPIError:
+    if isinstance(exc, InvalidOutput):
+        return FatalAPIError(
+            "invalid_output",
+            f"the first {lines} lines all broke the schema the same way on every attempt, so every line "
+            f"would: {exc.code}: {exc.message}. The model answered instead: {answered(exc.body)}. "
+            "Nothing was recorded",
+        )
+    return FatalAPIError(
+        "rejected",
+        f"the first {lines} requests were all refused the same way, so every one would be: {exc.message}",
+    )
+
+
 def fatal_error(exc: AttemptError, route: Route) -> FatalAPIError | None:
     """A failure that every line would share (wrong key, deployment or endpoint), or None.
 
@@ -85,7 +112,8 @@ def fatal_error(exc: AttemptError, route: Route) -> FatalAPIError | None:
     if no_answer(exc):
         if not route.admission.never_reached():
             return None
-        return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded")
+        message = f"cannot reach {url}: {exc.message}; no request has succeeded"
+        return FatalAPIError("unreachable", message, cause=exc.code)
     kind = FATAL_STATUSES.get(exc.status or 0)
     if kind == "not_found":
         return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
@@ -120,7 +148,9 @@ class Attempts:
         self.stopping, self.sleep, self.clock = stopping, sleep, clock
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
         self.any_success = False
-        self.held: list[Failure] = []  # 4xx failures before the first success (see ``settle``)
+        self.held: list[Failure] = []  # 4xx failures and invalid output before the first success (``settle``)
+        self.proven = asyncio.Event()  # set once the failures so far are known not to be every line's
+        self.reasking = 0  # lines that asked the model again before ``proven``: at most SYSTEMATIC
         self.on_send: Callable[[int], None] = lambda line_no: None  # told each line as its request goes out
 
     def settle(self, outcome: Outcome) -> list[Outcome]:
@@ -128,23 +158,19 @@ class Attempts:
 
         :raises FatalAPIError: the first ``SYSTEMATIC`` requests all failed with the same 4xx.
         """
-        status = outcome.error.status if isinstance(outcome, Failure) else None
-        if self.any_success or status is None or not 400 <= status < 500:
+        if self.any_success or not isinstance(outcome, Failure) or not _holdable(outcome.error):
             return [*self.release_held(), outcome]
-        assert isinstance(outcome, Failure)
         self.held.append(outcome)
         if len(self.held) < SYSTEMATIC:
             return []
-        if len({(f.error.status, f.error.code) for f in self.held}) == 1:
-            raise FatalAPIError(
-                "rejected",
-                f"the first {len(self.held)} requests were all refused the same way, so every one would be: "
-                f"{outcome.error.message}",
-            )
+        if len({_how(f.error) for f in self.held}) == 1:
+            self.proven.set()  # the lines waiting to ask again wake, see the run stopping, and stop
+            raise _systematic(outcome.error, len(self.held))
         return list(self.release_held())
 
     def release_held(self) -> list[Failure]:
         released, self.held = self.held, []
+        self.proven.set()
         return released
 
     async def carry(self, job: Job) -> Outcome:
@@ -166,6 +192,7 @@ class Attempts:
             )
             return Failure(job.line_no, record, exc)
         self.any_success = True
+        self.proven.set()
         self.stats.add_latency(latency_ms)
         record = result_record(
             custom_id=job.custom_id,
@@ -190,6 +217,8 @@ class Attempts:
             if not exc.retryable:
                 raise
             first = exc
+        if isinstance(first, InvalidOutput):
+            await self._reask_turn()
         payload = self._next_payload(job, first, job.payload)
         replay = [first]  # tenacity's attempt 1 is the one just made: replayed, so tenacity decides its wait
         async for attempt in retrying(self.retry, sleep=self.sleep, before_sleep=self._before_retry):
@@ -202,6 +231,17 @@ class Attempts:
                     payload = self._next_payload(job, exc, payload)
                     raise
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _reask_turn(self) -> None:
+        """Before the first success, only SYSTEMATIC lines ask the model again; the others wait for a verdict."""
+        if self.proven.is_set():
+            return
+        if self.reasking < SYSTEMATIC:
+            self.reasking += 1
+            return
+        await self.proven.wait()
+        if self.stopping():
+            raise Stopped  # the verdict: every line would fail the same way
 
     def _next_payload(self, job: Job, exc: AttemptError, current: bytes) -> bytes:
         """After invalid output, the next attempt tells the model what was wrong (unless feedback is off)."""

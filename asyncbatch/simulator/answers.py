@@ -134,7 +134,8 @@ def completion(body: dict[str, Any], *, number: int, fault: str = "ok") -> dict[
     """A chat.completion for ``body``, with realistic usage.
 
     ``fault``: ``malformed`` (invalid JSON), ``schema`` (valid JSON breaking the schema),
-    ``length`` (cut off at max_tokens), ``filtered`` (withheld by the content filter).
+    ``length`` (cut off at max_tokens), ``filtered`` (withheld by the content filter),
+    ``wrong-tool`` (a model that calls a tool of its own, ``submit_result``, whatever it was offered).
     """
     text = prompt_text(body)
     function, schema = forced_function(body), response_schema(body)
@@ -154,7 +155,10 @@ def completion(body: dict[str, Any], *, number: int, fault: str = "ok") -> dict[
         call = {
             "id": f"call_{number}",
             "type": "function",
-            "function": {"name": function.get("name"), "arguments": produced},
+            "function": {
+                "name": "submit_result" if fault == "wrong-tool" else function.get("name"),
+                "arguments": produced,
+            },
         }
         message["tool_calls"] = [call]
     prompt_tokens = count_prompt_tokens(body)

@@ -8,7 +8,7 @@ from .chaos import HOSTILE
 from .charge import Charging
 from .quota import Shape
 
-FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "garbage", "401-echo", *HOSTILE)
+FAULTS = ("500", "503", "400", "reset", "hang", "malformed", "schema", "wrong-tool", "garbage", "401-echo", *HOSTILE)
 # Azure's 400s that retrying cannot fix
 REFUSALS = {
     "content-filter-400": (

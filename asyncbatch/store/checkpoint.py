@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError
+from ..errors import ACCEPT_CHANGES, RESTART, ConfigError
 from ..records import INVALID_INPUT, LINE, LINE_HASH
 from .files import Outputs, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
 from .ids import DigestBag
@@ -317,7 +317,7 @@ def scan(path: Path, offset: int, end: int) -> Iterator[dict[str, Any]]:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise ConfigError(
                     f"{path} holds a line that is not an asyncbatch record near byte {at}; it is left as it is. "
-                    "HINT: choose another output name, or move the file aside (or pass --restart)"
+                    f"HINT: choose another output name, or move the file aside (or start over with {RESTART})"
                 ) from None
             yield record
 
@@ -430,7 +430,7 @@ def _check_input(input_path: Path, saved: Checkpoint, state: ResumeState) -> Non
         raise ConfigError(
             f"cannot resume: {input_path} changed: its first {saved.input_offset:,} bytes, which the last run "
             "already read, are not the same (appending lines is fine; editing or reordering them is not). "
-            "HINT: restore the original input, or pass --restart to start over (the old outputs are kept beside it)"
+            f"HINT: restore the original input, or start over with {RESTART} (the old outputs are kept beside it)"
         )
     state.prefix = prefix
 
@@ -444,12 +444,12 @@ def _accept_changes(changed: list[str], state: ResumeState, checkpoint: Path, ac
         raise ConfigError(
             f"cannot resume: {names} changed since the checkpoint {checkpoint} was written, and "
             f"{state.results_lines:,} results were made with the old options. HINT: run the original options "
-            "again; or pass --accept-changes to run the remaining lines with the new ones (the results file "
-            "will mix the two); or --restart to start over (the old outputs are kept beside it)"
+            f"again; or pass {ACCEPT_CHANGES} to run the remaining lines with the new ones (the results file "
+            f"will mix the two); or {RESTART} to start over (the old outputs are kept beside it)"
         )
     state.changed = changed
     state.notes.append(
-        f"--accept-changes: the remaining lines run with the new {names}; the results file mixes the two"
+        f"{ACCEPT_CHANGES}: the remaining lines run with the new {names}; the results file mixes the two"
     )
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import OutputError
+from ..errors import RETRY_FAILED, OutputError
 from ..redact import Redactor
 from ..stats import RunStats
 from .checkpoint import ResumeState, SentJournal, drop_errors, recover, save_checkpoint
@@ -81,13 +81,13 @@ def opened(
     with locked(outputs) as lock:
         if restart:
             for old, new in _move_aside(outputs, lock):
-                notes.warn(f"--restart: moved {old} to {new}")
+                notes.warn(f"restart: moved {old} to {new}")
         for note in prepare_state(outputs):
             notes.info(note)
         state = recover(input_path, outputs, expected, accept_changes=accept_changes)
         # --retry-failed drops every failure; bad input lines are looked at again too
         if retry_failed and (dropped := drop_errors(outputs.errors, outputs.state.checkpoint, state, lambda _: True)):
-            state.notes.append(f"--retry-failed: {dropped} failed inputs will run again")
+            state.notes.append(f"{RETRY_FAILED}: {dropped} failed inputs will run again")
         for note in state.notes:
             notes.info(note)
         yield state

@@ -245,3 +245,30 @@ def _invalid(
         feedback = [assistant, {"role": "user", "content": instruction}]
     # retry_after=0: the server is fine, the answer was not; backing off would only waste time.
     return InvalidOutput(code, text, status=200, body=body, retry_after=0.0, feedback=feedback)
+
+
+SHOWN = 200  # characters of an answer quoted in a message
+
+
+def answered(body: Any) -> str:
+    """What the model answered, in a few words: the tools it called and with what, or its text."""
+    if not isinstance(body, dict):
+        return "no answer"
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message") or {}
+        calls = [c.get("function") or {} for c in message.get("tool_calls") or []]
+        items = [{"name": c.get("name"), "arguments": c.get("arguments")} for c in calls if isinstance(c, dict)]
+        text = message.get("content")
+    else:  # the Responses API
+        output = [i for i in body.get("output") or [] if isinstance(i, dict)]
+        items = [
+            {"name": i.get("name"), "arguments": i.get("arguments")} for i in output if i.get("type") == "function_call"
+        ]
+        parts = [p for i in output for p in i.get("content") or [] if isinstance(p, dict)]
+        text = " ".join(str(p.get("text", "")) for p in parts) or None
+    if items:
+        said = "; ".join(f"a call to {i['name']!r} with {str(i['arguments'])[:SHOWN]}" for i in items[:3])
+    else:
+        said = repr(str(text)[:SHOWN]) if text else "nothing (no text, no tool call)"
+    return said
