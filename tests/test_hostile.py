@@ -111,6 +111,7 @@ def test_unreachable_endpoint_gives_a_clear_message_after_bounded_retries(
     err = capsys.readouterr().err
     assert code == 2 and f"cannot reach http://127.0.0.1:{port}/openai/deployments/dep/chat/completions" in err
     assert "connection failed" in err and "AZURE_OPENAI_ENDPOINT" in err and KEY not in err
+    assert f"nothing answers at http://127.0.0.1:{port}" in err and "--timeout" not in err  # not "the model is slow"
     assert read_jsonl(tmp_path / "in.results.errors.jsonl") == []  # nothing recorded: a re-run does everything
 
 

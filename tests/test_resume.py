@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -98,6 +99,8 @@ def test_sigint_exits_130_quickly_and_the_next_run_resumes(
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130
     assert "To resume, run the same command again" in err.decode()
+    typed = shlex.join([sys.executable, "-m", "asyncbatch", "in.jsonl", "--no-progress", "-c", "20"])
+    assert f"\n  {typed}" in err.decode()  # the command as it was typed, interpreter and all
     done_before = _lines(tmp_path / "in.results.jsonl")
     assert 100 <= done_before < n
     assert simulator.billed_twice() == 0  # graceful: in-flight requests finished and were recorded

@@ -174,6 +174,8 @@ class Attempts:
         return released
 
     async def carry(self, job: Job) -> Outcome:
+        if self.reasking >= SYSTEMATIC:  # the first lines are all being asked again: no new line until a verdict
+            await self._verdict()
         tally = _Tally()
         try:
             reply, latency_ms, output = await self._until_done(job, tally)
@@ -239,6 +241,9 @@ class Attempts:
         if self.reasking < SYSTEMATIC:
             self.reasking += 1
             return
+        await self._verdict()
+
+    async def _verdict(self) -> None:
         await self.proven.wait()
         if self.stopping():
             raise Stopped  # the verdict: every line would fail the same way
