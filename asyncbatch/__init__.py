@@ -39,6 +39,10 @@ _EXPORTS = {
     "OutputError": "errors",
     "AlreadyRunning": "store.lock",
     "Reporter": "display.reporters",
+    "RichReporter": "display.reporters",
+    "PlainReporter": "display.reporters",
+    "JsonReporter": "display.reporters",
+    "NotebookReporter": "display.reporters",
     "Interrupt": "runner",
     "restart": "runner",
     "run": "runner",
@@ -53,7 +57,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .config import BatchOptions, Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
     from .cost import Prices
-    from .display.reporters import Reporter
+    from .display.reporters import JsonReporter, NotebookReporter, PlainReporter, Reporter, RichReporter
     from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
     from .runner import Interrupt, restart, run
     from .simulator import SimConfig, simulated
@@ -89,12 +93,16 @@ __all__ = [
     "Endpoint",
     "FatalAPIError",
     "Interrupt",
+    "JsonReporter",
     "Limits",
+    "NotebookReporter",
     "OutputError",
+    "PlainReporter",
     "Prices",
     "Reporter",
     "RequestDefaults",
     "RetryPolicy",
+    "RichReporter",
     "RunConfig",
     "RunStats",
     "SimConfig",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +29,11 @@ from .batch.jobs import BatchRunner
 from .batch.parts import refuse_live_while_open
 from .clock import Sleep
 from .config import RunConfig
-from .cost import Budget
-from .display.reporters import Reporter
+from .cost import Budget, Prices, lookup, why_no_cost
+from .display.reporters import Reporter, default_reporter
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff
-from .input.requests import Job, prepare, setup_mistake
+from .input.requests import Job, lines_model, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
@@ -82,11 +83,13 @@ async def run(
     :raises ConfigError: the outputs belong to a different input or options, or another run holds them.
     :raises OutputError: an output file cannot be written.
     """
-    reporter = reporter or Reporter()
+    reporter = reporter or default_reporter()
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
     with contextlib.closing(read_lines(config.input_path)) as lines:
         if mistake := setup_mistake(config.input_path, lines, config.request):
             raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
+    if config.prices is None:
+        config = dataclasses.replace(config, prices=priced_by_lines(config.input_path))
     resume = {"restart": restart, "accept_changes": config.accept_changes, "retry_failed": config.retry_failed}
     with opened(config.outputs, config.input_path, config.fingerprint, reporter, **resume) as state:
         if config.batch is None:
@@ -105,6 +108,14 @@ async def run(
             return await _Run(config, state, router, reporter, sleep, clock).run(interrupt)
         finally:
             await router.close()
+
+
+def priced_by_lines(path: Path) -> Prices | None:
+    """The price table's prices for the model the lines name, when the deployment's name is not a model's."""
+    with contextlib.closing(read_lines(path)) as lines:
+        model = lines_model(lines)
+    prices = lookup(model) if model else None
+    return dataclasses.replace(prices, source=f"{prices.source}, for the lines' model {model}") if prices else None
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
@@ -142,6 +153,7 @@ class _Run:
             resent=state.resent,
             changed=state.changed,
             prices=config.prices,
+            unpriced=None if config.prices else why_no_cost(config.routes[0].endpoint.deployment),
             tpm_limit=tpm,
             rpm_limit=rpm,
             routes=router.routes if router.pooled else [],

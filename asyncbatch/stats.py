@@ -62,6 +62,7 @@ class RunStats:
     learned_tpm: float | None = None  # adaptive mode: the rate learned so far, in the server's tokens
     charge_ratio: float | None = None  # the server's charge per unit of the client's estimate, once learned
     charged_tokens: float = 0.0  # admitted, in the server's units (estimate x ratio): what the quota counts
+    unpriced: str | None = None  # no prices: why, and what to pass (the summary says it in place of a cost)
     simulated: bool = False
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped early, resumably (outage, quota)

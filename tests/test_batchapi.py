@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -203,8 +204,7 @@ def test_dry_run_prints_the_files_and_jobs_and_the_price_against_live(
                  "--max-tokens", "50", "--deployment", "gpt-4o"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "3 file(s) and job(s) (3 chat)" in out
-    live = float(out.split("at most ")[2].split(" USD live")[0])
-    batch = float(out.split("at most ")[3].split(" USD through")[0])
+    live, batch = map(float, re.search(r"at most ([\d.]+) USD live, ([\d.]+) USD through the Batch API", out).groups())
     assert batch == pytest.approx(live / 2, abs=0.01)
 
 

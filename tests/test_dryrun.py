@@ -49,8 +49,8 @@ def test_dry_run_cli_needs_no_credentials_sends_nothing_and_prices(
     out = capsys.readouterr().out
     assert code == 0
     assert "requests         1,000" in out
-    assert "99,000 prompt + 100,000 completion" in out
-    assert "at most 1.00" in out  # 0.099M x 2 + 0.1M x 8 = 0.198 + 0.8
+    assert "prompt tokens    99,000 estimated" in out and "output tokens    100,000 at most (max_tokens x n)" in out
+    assert "at most 0.9980 USD live" in out  # 0.099M x 2 + 0.1M x 8 = 0.198 + 0.8
     assert not (tmp_path / "in.results.jsonl").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,50 @@ def test_library_hints_name_library_options_and_the_cli_names_its_flags(
     assert "restart=True (or asyncbatch.restart(config))" in str(refused.value) and "--restart" not in str(
         refused.value
     )
+
+
+def _companies(path: Path, n: int) -> Path:
+    rows = [
+        {"id": i, "company": f"Company {i}" + " x" * (i % 17), "notes": "public sources only" * (1 + i % 4)}
+        for i in range(n)
+    ]
+    return write_jsonl(path, rows)
+
+
+DEMO = ["--template", "Tell me about {company}. Notes: {notes}", "--tools", str(TOOL), "--deployment", "gpt-4o-mini"]
+
+
+def test_the_dry_runs_projection_is_within_25_percent_of_the_runs_cost_and_at_most_has_a_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _companies(tmp_path / "in.jsonl", 3000)
+    assert main([str(path), "--dry-run", *DEMO]) == 0
+    bound = capsys.readouterr().out
+    assert "3,000 requests set no max_tokens" in bound and "gpt-4o-mini's output limit (16,384 each)" in bound
+    assert main([str(path), "--dry-run", "--deployment", "my-chat", *DEMO[:4]]) == 0
+    unknown = capsys.readouterr().out
+    assert "no bound: 3,000 requests set no max_tokens" in unknown and "at most" not in unknown
+    assert "'my-chat' is not in the price table" in unknown and "--price-in" in unknown
+    simulate = ["--simulate", "--sim-latency-ms", "20"]
+    assert main([str(path), "--dry-run", "--sample", "40", *simulate, *DEMO]) == 0
+    sampled = capsys.readouterr().out
+    projected = float(re.search(r"cost +about ([\d.]+) USD live", sampled).group(1))
+    assert "projected from 40 sampled answers" in sampled and not list(tmp_path.glob("in.results*"))
+    assert main([str(path), "--no-progress", "-c", "100", *simulate, *DEMO]) == 0
+    actual = float(re.search(r"cost +│ ([\d.]+) USD this run", capsys.readouterr().err).group(1))
+    assert abs(projected - actual) <= 0.25 * actual
+
+
+def test_a_run_without_prices_says_why_and_batch_lines_naming_a_model_are_priced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _records(tmp_path / "in.jsonl", 3)
+    assert main([str(tmp_path / "in.jsonl"), "--simulate", "--template", "{company}", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "no cost: 'simulated-deployment' is not in the" in err and "--price-in" in err
+    reviews = Path(__file__).resolve().parent.parent / "examples" / "reviews_batch.jsonl"
+    (tmp_path / "reviews.jsonl").write_bytes(reviews.read_bytes())
+    schema = str(Path(__file__).resolve().parent.parent / "examples" / "classify_sentiment.json")
+    assert main([str(tmp_path / "reviews.jsonl"), "--simulate", "--tools", schema, "--strict", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"cost +│ [\d.]+ USD this run", err) and "for the lines' model" in err.replace("│", "")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from ..batch.parts import Splitter, batch_line
 from ..config import Limits, RequestDefaults
-from ..cost import Prices
+from ..cost import Prices, output_limit, projected, why_no_cost
 from ..errors import ConfigError
 from ..input.reader import BadLine, read_lines
 from ..input.requests import prepare, setup_mistake
@@ -22,7 +26,8 @@ class DryRunReport:
     bad: list[BadLine] = field(default_factory=list)  # the first few, for the report
     bad_count: int = 0
     prompt_tokens: int = 0
-    completion_tokens: int = 0  # at most: max_tokens x n
+    completion_tokens: int = 0  # at most: max_tokens x n, of the requests that set it
+    unbounded: int = 0  # requests that may write an answer of any length: no max_tokens
     batch_files: Counter[str] = field(default_factory=Counter)  # --batch-api: files (and jobs) per API
 
     @property
@@ -50,9 +55,25 @@ def dry_run(
         report.kinds[line.kind] += 1
         report.prompt_tokens += job.prompt_estimate
         report.completion_tokens += job.estimate - job.prompt_estimate
+        report.unbounded += job.estimate == job.prompt_estimate and job.api != "embeddings"
         splitter.place(job.api, job.line_no, len(batch_line(job)))
     report.batch_files = Counter(part.api for part in splitter.parts)
     return report
+
+
+def pick_sample(path: Path, report: DryRunReport, n: int, defaults: RequestDefaults, model: str) -> list[bytes]:
+    """``n`` request lines spread evenly over the file (so one end of it does not stand for all of it)."""
+    step = max(1.0, report.lines / n)
+    picked: list[bytes] = []
+    target = 1.0
+    for line in read_lines(path):
+        if len(picked) >= n:
+            break
+        if line.line_no < target or isinstance(line, BadLine) or isinstance(prepare(line, defaults, model), BadLine):
+            continue
+        picked.append(orjson.dumps(line.obj))
+        target = line.line_no + step
+    return picked
 
 
 def implied_seconds(report: DryRunReport, limits: Limits) -> float | None:
@@ -66,31 +87,56 @@ def implied_seconds(report: DryRunReport, limits: Limits) -> float | None:
     return max(bounds) if bounds else None
 
 
+@dataclass(frozen=True)
+class Sample:
+    """What a few real answers said (``--sample N``): their tokens and cost, to project the whole file's."""
+
+    requests: int  # lines sampled
+    answered: int
+    prompt_tokens: int  # every attempt's, as billed
+    completion_tokens: int
+    cost: float  # every attempt's (output asked again included): what the lines really cost
+    line_costs: tuple[float, ...]  # each answered line's own answer, for the range
+
+    def projection(self, requests: int) -> tuple[float, float, float]:
+        """(projected, low, high) USD for ``requests`` lines at the cost per line of the sample; 95% range."""
+        total = projected(self.cost, self.answered, requests)
+        spread = statistics.stdev(self.line_costs) if len(self.line_costs) > 1 else 0.0
+        half = 1.96 * spread / math.sqrt(len(self.line_costs) or 1) * requests
+        return total, max(0.0, total - half), total + half
+
+
 def format_report(
-    report: DryRunReport, path: Path, limits: Limits, prices: Prices | None, *, batch: bool = False
+    report: DryRunReport,
+    path: Path,
+    limits: Limits,
+    prices: Prices | None,
+    *,
+    model: str = "",
+    batch: bool = False,
+    sample: Sample | None = None,
 ) -> str:
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(report.kinds.items())) or "none"
+    limit = output_limit(model) if report.unbounded else None
+    bound = None if report.unbounded and limit is None else report.completion_tokens + report.unbounded * (limit or 0)
     lines = [
-        f"dry run of {path}: nothing was sent",
+        f"dry run of {path}: nothing was sent" if sample is None else f"dry run of {path}: {sample.requests} sent",
         f"  lines            {report.lines:,} ({kinds}; {report.bad_count:,} bad)",
         f"  requests         {report.requests:,}",
-        f"  tokens estimated {report.prompt_tokens:,} prompt + {report.completion_tokens:,} completion at most "
-        f"(Azure's admission estimate: prompt characters / 4 + max_tokens x n)",
+        f"  prompt tokens    {report.prompt_tokens:,} estimated (characters / 4, as Azure's admission counts)",
+        f"  output tokens    {_output_bound(report, model, limit, bound)}",
     ]
+    if sample is not None and sample.answered:
+        per = sample.completion_tokens / sample.answered
+        lines.append(
+            f"                   about {per * report.requests:,.0f} projected ({per:,.0f} a line in the sample)"
+        )
     seconds = implied_seconds(report, limits)
     if seconds is None:
         lines.append("  time             give --tpm and/or --rpm to see the time the quota implies")
     else:
         lines.append(f"  time             about {_duration(seconds)} at the quota given")
-    if prices is None:
-        lines.append("  cost             give --price-in and --price-out (USD per 1M tokens) to see it")
-    else:
-        live = prices.cost(report.prompt_tokens, report.completion_tokens)
-        halved = prices.batch().cost(report.prompt_tokens, report.completion_tokens)
-        rates = f"prompt {prices.input:g}, completion {prices.output:g} USD per 1M tokens; {prices.source}"
-        lines.append(f"  cost             at most {live:,.2f} USD live ({rates})")
-        saving = f"; {live - halved:,.2f} USD less" if batch else ""
-        lines.append(f"                   at most {halved:,.2f} USD through the Batch API (half price{saving})")
+    lines += _cost_lines(report, prices, model, bound, sample, batch)
     if batch:
         files = sum(report.batch_files.values())
         per_api = ", ".join(f"{n} {api}" for api, n in sorted(report.batch_files.items()))
@@ -100,6 +146,55 @@ def format_report(
     if report.bad_count > len(report.bad):
         lines.append(f"  ... and {report.bad_count - len(report.bad):,} more bad lines")
     return "\n".join(lines)
+
+
+PAD = " " * 19  # a continued line lines up under the first's value
+
+
+def _output_bound(report: DryRunReport, model: str, limit: int | None, bound: int | None) -> str:
+    if not report.unbounded:
+        return f"{report.completion_tokens:,} at most (max_tokens x n)"
+    if bound is not None:
+        return (
+            f"{bound:,} at most: {report.unbounded:,} requests set no max_tokens,\n"
+            f"{PAD}counted at {model}'s output limit ({limit:,} each)"
+        )
+    return (
+        f"no bound: {report.unbounded:,} requests set no max_tokens, and {model!r}\n{PAD}has no known output "
+        "limit (pass --max-tokens for a bound, or --sample N to measure)"
+    )
+
+
+def usd(amount: float) -> str:
+    return f"{amount:,.2f} USD" if amount >= 1 else f"{amount:.4f} USD"
+
+
+def _cost_lines(
+    report: DryRunReport, prices: Prices | None, model: str, bound: int | None, sample: Sample | None, batch: bool
+) -> list[str]:
+    if prices is None:
+        return [f"  cost             {why_no_cost(model)}"]
+    lines = []
+    if sample is not None and sample.answered:
+        live, low, high = sample.projection(report.requests)
+        lines.append(f"  cost             about {usd(live)} live (95% range {usd(low)} to {usd(high)}),")
+        lines.append(f"{PAD}projected from {sample.answered} sampled answers, which cost {usd(sample.cost)}")
+        lines.append(f"{PAD}about {usd(live / 2)} through the Batch API (half price)")
+    elif sample is not None:
+        lines.append("  cost             no sampled line was answered, so nothing to project from")
+    head = PAD if lines else "  cost             "
+    if bound is None:
+        if sample is None:
+            lines.append(f"{head}no bound without max_tokens: {usd(prices.cost(report.prompt_tokens, 0))} for the")
+            lines.append(f"{PAD}prompts alone; pass --max-tokens for a bound, or --sample N to project it")
+    else:
+        live = prices.cost(report.prompt_tokens, bound)
+        halved = prices.batch().cost(report.prompt_tokens, bound)
+        saving = f", {usd(live - halved)} less" if batch else ""
+        lines.append(f"{head}at most {usd(live)} live, {usd(halved)} through the Batch API (half price{saving})")
+    lines.append(f"  prices           prompt {prices.input:g}, completion {prices.output:g} USD per 1M tokens")
+    lines.append(f"{PAD}({prices.source})")
+    return lines
 
 
 def _duration(seconds: float) -> str:

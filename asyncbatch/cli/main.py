@@ -15,8 +15,10 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import traceback
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,30 +29,36 @@ from ..config import (
     Limits,
     RunConfig,
 )
-from ..cost import resolve
+from ..cost import Prices, resolve
 from ..display.reporters import Reporter, make_reporter
 from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
 from ..input.reader import sniff
+from ..protocol import read_usage
 from ..redact import RedactingStream, Redactor
-from ..runner import Interrupt, run
+from ..runner import Interrupt, priced_by_lines, run
 from ..simulator import simulated
+from ..stats import RunStats
 from .build import batch_options, build_config, check_input, request_defaults, sim_config
 from .deployments import DeploymentSpec, load_deployments
-from .dryrun import dry_run, format_report
+from .dryrun import Sample, dry_run, format_report, pick_sample
 from .env import deployments_from_env, endpoint_from_env, load_env, parse_headers
 from .export_cmd import export_main
 from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, build_parser
 
+Go = Callable[[RunConfig], Awaitable[int]]
 
-async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter) -> int:
+
+async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter, go: Go | None = None) -> int:
+    """Build the run's config from ``args`` and ``env`` (a simulator's, with --simulate) and ``go`` run it."""
+    go = go or (lambda config: _run(config, reporter, args))
     specs: list[DeploymentSpec] = args.deployment_specs
     for option in ("deployment", "tpm", "rpm"):
         if specs and getattr(args, option) is not None:
             raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
     if specs and args.simulate:
-        return await _simulate_pool(args, specs, reporter)
+        return await _simulate_pool(args, specs, reporter, go)
     if specs:
-        return await _run(build_config(args, None, deployments_from_env(specs, env, args)), reporter, args)
+        return await go(build_config(args, None, deployments_from_env(specs, env, args)))
     if args.simulate:
         sim = sim_config(args)
         async with simulated(sim) as endpoint:
@@ -58,11 +66,11 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
                 endpoint, deployment=args.deployment or endpoint.deployment, headers=parse_headers(args.header)
             )
             reporter.info(f"SIMULATED: a local simulator at {endpoint.base_url}; nothing goes to Azure")
-            return await _run(build_config(args, endpoint), reporter, args)
-    return await _run(build_config(args, endpoint_from_env(env, args)), reporter, args)
+            return await go(build_config(args, endpoint))
+    return await go(build_config(args, endpoint_from_env(env, args)))
 
 
-async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter) -> int:
+async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter, go: Go) -> int:
     """--simulate --deployments: each entry gets a simulator of its own, with the entry's quota."""
     base = sim_config(args)
     async with contextlib.AsyncExitStack() as stack:
@@ -75,7 +83,7 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
                 Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
             )
             reporter.info(f"SIMULATED deployment {spec.name}: local simulator at {endpoint.base_url}")
-        return await _run(build_config(args, None, tuple(pool)), reporter, args)
+        return await go(build_config(args, None, tuple(pool)))
 
 
 async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) -> int:
@@ -155,10 +163,45 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         rpm = sum(s.rpm or 0 for s in specs) if all(s.rpm for s in specs) else None
         limits, model = Limits(concurrency=args.concurrency, tpm=tpm, rpm=rpm), specs[0].deployment
     options = batch_options(args)
-    report = dry_run(args.input, request_defaults(args), model, max_lines_per_file=args.max_lines_per_file)
-    prices = resolve(model, args.price_in, args.price_out, args.price_cached)
-    print(format_report(report, args.input, limits, prices, batch=options is not None))
+    defaults = request_defaults(args)
+    report = dry_run(args.input, defaults, model, max_lines_per_file=args.max_lines_per_file)
+    prices = resolve(model, args.price_in, args.price_out, args.price_cached) or priced_by_lines(args.input)
+    sample = (
+        _sample(args, env, pick_sample(args.input, report, args.sample, defaults, model), prices)
+        if args.sample
+        else None
+    )
+    print(format_report(report, args.input, limits, prices, model=model, batch=options is not None, sample=sample))
     return EXIT_OK if report.bad_count == 0 else EXIT_FAILURES
+
+
+def _sample(args: argparse.Namespace, env: Mapping[str, str], lines: list[bytes], prices: Prices | None) -> Sample:
+    """--dry-run --sample N: run N lines, spread over the file, live, into a scratch directory; what they cost."""
+    with tempfile.TemporaryDirectory(prefix="asyncbatch-sample-") as scratch:
+        path = Path(scratch) / "sample.jsonl"
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        sampled = argparse.Namespace(**{**vars(args), "input": path, "output": None, "errors": None})
+        sampled.checkpoint, sampled.restart, sampled.batch_api, sampled.dry_run = None, False, False, False
+        stats: list[RunStats] = []
+
+        async def go(config: RunConfig) -> int:
+            config = dataclasses.replace(config, prices=prices)
+            stats.append(await run(config, reporter=Reporter()))
+            return EXIT_OK
+
+        _event_loop_run(execute(sampled, env, Reporter(), go))
+        costs = tuple(_line_cost(record, prices) for record in _records(path.with_suffix(".results.jsonl")))
+    done = stats[0]
+    return Sample(len(lines), done.succeeded, done.prompt_tokens, done.completion_tokens, done.cost, costs)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()] if path.exists() else []
+
+
+def _line_cost(record: dict[str, Any], prices: Prices | None) -> float:
+    body = (record.get("response") or {}).get("body") or {}
+    return prices.cost(*read_usage(body)) if prices is not None else 0.0
 
 
 def _prog() -> list[str]:
@@ -241,6 +284,8 @@ def _main(argv: list[str], redactor: Redactor) -> int:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
             return EXIT_OK
         sniff(args.input)
+        if args.sample is not None and (not args.dry_run or args.sample < 1):
+            raise ConfigError(f"--sample takes a number of lines, 1 or more, with --dry-run (got {args.sample})")
         if args.dry_run:
             return _dry_run(args, env.values)
         reporter = make_reporter(

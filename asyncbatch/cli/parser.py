@@ -329,6 +329,13 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         help="read and check the whole input; print counts, the token estimate, the time the quota implies "
         "and (with prices) the cost; send nothing, need no credentials",
     )
+    dry.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="with --dry-run: send N lines spread over the file (paid for, not kept) and project the whole "
+        "file's output tokens and cost from their answers, with a range",
+    )
     cost = p.add_argument_group("cost (USD per 1M tokens; default: the price table's, by the deployment's name)")
     cost.add_argument("--price-in", type=float, metavar="USD", help="price per 1M prompt (input) tokens")
     cost.add_argument("--price-out", type=float, metavar="USD", help="price per 1M completion (output) tokens")

@@ -15,6 +15,7 @@ Three forms of one picture (``Status``):
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -142,6 +143,51 @@ class RichReporter(PlainReporter):
 
     def stop(self) -> None:
         self.live.stop()
+
+
+class NotebookReporter(PlainReporter):
+    """Jupyter: one output cell that redraws in place (IPython display updates), twice a second."""
+
+    interval = 0.5
+    width = 110
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__(sys.stderr, redactor)
+        self.handle: Any = None
+
+    def show(self, text: str) -> None:
+        from IPython.display import display
+
+        data = {"text/plain": self.redactor.text(text)}
+        if self.handle is None:
+            self.handle = display(data, raw=True, display_id=True)
+        else:
+            self.handle.update(data, raw=True)
+
+    def tick(self, stats: RunStats, trend: Trend) -> None:
+        self.show("\n".join(line.plain for line in screen(look(stats, trend), self.width)))
+
+    def summary(self, stats: RunStats) -> None:
+        console = Console(file=io.StringIO(), width=self.width, record=True)
+        console.print(summary_table(stats))
+        self.show(console.export_text())
+
+
+def default_reporter(redactor: Redactor | None = None) -> Reporter:
+    """The library's default: a live view in Jupyter and IPython; elsewhere messages alone (a script chooses)."""
+    shell = _ipython_shell()
+    if shell == "ZMQInteractiveShell":  # a Jupyter kernel
+        return NotebookReporter(redactor)
+    if shell is not None and sys.stderr.isatty():
+        return RichReporter(sys.stderr, redactor)
+    return Reporter(redactor=redactor)
+
+
+def _ipython_shell() -> str | None:
+    """The running IPython shell's class name, if any (IPython is never imported here, only asked)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ if shell is not None else None
 
 
 def make_reporter(

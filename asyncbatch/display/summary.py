@@ -61,8 +61,8 @@ def summary_table(stats: RunStats) -> Table:
         ("throughput", f"{stats.requests_per_second:.1f} req/s"),
         ("latency p50 / p95", "-" if p50 is None else f"{p50:.0f} ms / {p95:.0f} ms"),
     ]
-    if stats.prices is not None:
-        rows.append(("cost", _cost(stats)))
+    if stats.prices is not None or stats.unpriced:
+        rows.append(("cost", _cost(stats) if stats.prices is not None else str(stats.unpriced)))
     if stats.batch_jobs:
         live = stats.succeeded - stats.resumed - stats.batch_answers
         rows.append(

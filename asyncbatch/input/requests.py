@@ -117,6 +117,17 @@ def setup_mistake(path: Path, lines: Iterable[ParsedLine | BadLine], defaults: R
     return f"{start}. HINT: the records' fields are {shown}: name those in --template"
 
 
+def lines_model(lines: Iterable[ParsedLine | BadLine]) -> str | None:
+    """The model the first lines name (Batch API and chat lines may carry one), if they all name the same."""
+    named = set()
+    for line in itertools.islice(lines, FIRST_LINES):
+        if isinstance(line, ParsedLine):
+            body = line.obj.get("body") if line.kind == "batch" else line.obj
+            named.add(body.get("model") if isinstance(body, dict) else None)
+    model = named.pop() if len(named) == 1 else None
+    return model if isinstance(model, str) and model else None
+
+
 def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | BadLine:
     """Build the body for one parsed line, or say why it cannot be built. Never raises: no line stops a run."""
     try:
