@@ -160,7 +160,7 @@ class NotebookReporter(PlainReporter):
 
         data = {"text/plain": self.redactor.text(text)}
         if self.handle is None:
-            self.handle = display(data, raw=True, display_id=True)
+            self.handle = display(data, raw=True, display_id=True)  # type: ignore[no-untyped-call]
         else:
             self.handle.update(data, raw=True)
 
