@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError
-from .protocol import APIS, Api
+from .protocol import APIS, Api, unsupported
 from .store.checkpoint import fingerprint
 from .store.files import Outputs, StatePaths
 from .structured.schemas import check_request_schemas, mark_strict
@@ -279,6 +279,9 @@ class RunConfig:
         names = [d.name for d in self.deployments]
         if len(set(names)) != len(names):
             raise ConfigError(f"each deployment needs its own name (got {names})")
+        for route in self.routes:  # --api responses on a classic api-version without the route
+            if problem := unsupported(self.request.api, {}, route.endpoint.kind, route.endpoint.api_version):
+                raise ConfigError(f"--api {self.request.api}: {problem}")
 
     @property
     def routes(self) -> tuple[Deployment, ...]:

@@ -50,6 +50,28 @@ def api_path(kind: str, api_version: str, deployment: str, api: Api = "chat") ->
     return ROUTES[api]
 
 
+RESPONSES_SINCE = "2025-04-01-preview"  # the first classic api-version with a /responses route
+STRINGS_ONLY_UNTIL = "2024-10-21"  # embeddings: token-array inputs are in no api-version up to this one
+
+
+def unsupported(api: Api, body: Mapping[str, Any], kind: str, api_version: str) -> str | None:
+    """What this endpoint's api-version has no place for in this request; None if nothing.
+
+    Dated api-versions compare as text (``2024-10-21`` < ``2025-04-01-preview``); the v1 API and
+    OpenAI have every route.
+    """
+    if under_v1(kind, api_version):
+        return None
+    v1 = "HINT: use the v1 API (AZURE_OPENAI_ENDPOINT=https://<resource>.openai.azure.com/openai/v1)"
+    if api == "responses" and api_version < RESPONSES_SINCE:
+        return f"the Responses API has no route in api-version {api_version} (it has one from {RESPONSES_SINCE}). {v1}"
+    inputs = body.get("input")
+    tokens = isinstance(inputs, list) and any(isinstance(i, int) or (isinstance(i, list) and i) for i in inputs)
+    if api == "embeddings" and api_version <= STRINGS_ONLY_UNTIL and tokens:
+        return f"'input' holds token arrays, which api-version {api_version} does not take (only text). {v1}"
+    return None
+
+
 def batch_url(api: Api, v1: bool) -> str:
     """A Batch API line's (and job's) endpoint: the job's endpoint and its lines' urls must agree."""
     return f"{V1 if v1 else ''}/{ROUTES[api]}"

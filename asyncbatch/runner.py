@@ -286,11 +286,11 @@ class _Run:
             task.cancel()
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
-        request, model = self.config.request, self.config.routes[0].endpoint.deployment
+        request, endpoint = self.config.request, self.config.routes[0].endpoint
         done, unplaced, yielded = len(self.state.done), self.state.done.unplaced.count, 0
         for line in read_lines(self.config.input_path, done=self.state.done, ids=self.store.ids):
             yielded += 1
-            item = prepare(line, request, model) if isinstance(line, ParsedLine) else line
+            item = prepare(line, request, endpoint.deployment, endpoint) if isinstance(line, ParsedLine) else line
             if isinstance(item, BadLine):
                 self.reject(item)
             else:

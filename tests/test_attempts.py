@@ -64,7 +64,10 @@ class Transport:
 
     def __init__(self, name: str, script: list[tuple[int, dict[str, str], bytes]]) -> None:
         self.script, self.sent = script, []
-        self.where, self.tokens, self.answered = f"http://{name}.test/chat", None, False
+        self.url, self.tokens, self.answered = f"http://{name}.test/chat", None, False
+
+    def where(self, api: str = "chat") -> str:
+        return self.url
 
     async def send(self, payload: bytes, api: str = "chat", request: dict[str, Any] | None = None) -> Reply:
         self.sent.append(orjson.loads(payload))

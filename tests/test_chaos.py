@@ -28,6 +28,7 @@ from .helpers import read_jsonl, simulator_env, write_jsonl
 CHAT_REQUEST = {"messages": [{"role": "user", "content": "hi"}]}
 EMBED_REQUEST = {"input": ["a", "b"]}
 RESPONSES_REQUEST = {"input": "hi"}
+RESPONSES_VERSION = "2025-04-01-preview"  # the first classic api-version with a /responses route
 
 
 def _line(i: int, api: str, content: str) -> dict[str, object]:
@@ -86,7 +87,7 @@ def test_each_broken_answer_is_asked_again_and_every_line_lands_once(
     script = {text: [f"shape:{name}"] for text, name in zip(scripted, names, strict=True)}
     with simulator_env(SimConfig(api_key=KEY, script=script), monkeypatch):
         write_jsonl(tmp_path / "in.jsonl", [_line(i, api, p) for i, p in enumerate(prompts)])
-        assert main(["in.jsonl", "-q", "--backoff", "0"]) == 0
+        assert main(["in.jsonl", "-q", "--backoff", "0", "--api-version", RESPONSES_VERSION]) == 0
     results = read_jsonl(tmp_path / "in.results.jsonl")
     assert sorted(r["line"] for r in results) == list(range(1, len(names) + 1))
     assert all(r["attempts"] == 2 for r in results)  # the broken answer was not taken for an answer
@@ -116,7 +117,9 @@ def test_not_successes_are_recorded_with_their_codes(tmp_path: Path, monkeypatch
     stream["body"]["stream"] = True  # type: ignore[index]
     with simulator_env(SimConfig(api_key=KEY, script=script), monkeypatch) as (_, simulator):
         write_jsonl(tmp_path / "in.jsonl", [*lines, stream])
-        assert main(["in.jsonl", "-q", "--backoff", "0", "--max-attempts", "3"]) == 1
+        assert (
+            main(["in.jsonl", "-q", "--backoff", "0", "--max-attempts", "3", "--api-version", RESPONSES_VERSION]) == 1
+        )
         assert "streamed" not in {str(b.get("messages")) for b in simulator.bodies}  # never sent, never paid
     errors = {e["custom_id"]: e["error"] for e in read_jsonl(tmp_path / "in.results.errors.jsonl")}
     for i, (_, code) in enumerate(cases.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -57,6 +58,7 @@ def test_output_failures_on_some_lines_only_are_recorded_and_the_run_goes_on(tmp
     assert main(args) == 1
     failed = read_jsonl(tmp_path / "in.results.errors.jsonl")
     assert len(failed) == 100 and {r["error"]["code"] for r in failed} == {"invalid_tool_arguments"}
+    assert all(r["response"]["request_id"].startswith("req-sim-") for r in failed)  # the answer's own id
     assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 100
 
 
@@ -174,3 +176,65 @@ def test_a_run_without_prices_says_why_and_batch_lines_naming_a_model_are_priced
     assert main([str(tmp_path / "reviews.jsonl"), "--simulate", "--tools", schema, "--strict", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"cost +│ [\d.]+ USD this run", err) and "for the lines' model" in err.replace("│", "")
+
+
+def _api_line(i: int, url: str, body: dict[str, object]) -> dict[str, object]:
+    return {"custom_id": f"s{i}", "method": "POST", "url": url, "body": {"model": "m", **body}}
+
+
+def test_requests_the_published_specs_refuse_are_refused_first_naming_the_field(tmp_path: Path, sim: Simulator) -> None:
+    tool = {"type": "function", "name": "label", "parameters": {"type": "object", "properties": {}}}
+    lines = [
+        _api_line(0, "/embeddings", {"input": [f"t{i}" for i in range(2049)]}),
+        _api_line(1, "/embeddings", {"input": ["fine", ""]}),
+        _api_line(2, "/embeddings", {"input": [[1, 2, 3], [4, 5]]}),
+        _api_line(3, "/embeddings", {"input": ["a good one"]}),
+    ]
+    write_jsonl(tmp_path / "in.jsonl", lines)
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 1  # the default api-version, 2024-10-21
+    errors = {r["custom_id"]: r["error"]["message"] for r in read_jsonl(tmp_path / "in.results.errors.jsonl")}
+    assert "holds 2,049 inputs; an embeddings request takes at most 2,048" in errors["s0"]
+    assert "'input' holds an empty string" in errors["s1"]
+    assert "token arrays, which api-version 2024-10-21 does not take" in errors["s2"] and "/openai/v1" in errors["s2"]
+    assert sim.requests == 1  # only the good line was sent
+    responses = [
+        _api_line(0, "/v1/responses", {"input": "hi", "tools": [tool]}),
+        _api_line(1, "/v1/responses", {"input": "hi", "max_output_tokens": 8}),
+        _api_line(2, "/v1/responses", {"input": "hi", "max_output_tokens": 16}),
+    ]
+    write_jsonl(tmp_path / "resp.jsonl", responses)
+    assert main([str(tmp_path / "resp.jsonl"), "-q", "--api-version", "v1"]) == 1
+    errors = {r["custom_id"]: r["error"]["message"] for r in read_jsonl(tmp_path / "resp.results.errors.jsonl")}
+    assert "function tool 'label' sets no 'strict'" in errors["s0"]
+    assert "max_output_tokens must be a whole number of at least 16, got 8" in errors["s1"] and len(errors) == 2
+    write_jsonl(tmp_path / "classic.jsonl", responses[2:])
+    assert main([str(tmp_path / "classic.jsonl"), "-q"]) == 1  # Responses on 2024-10-21: no such route
+    (error,) = read_jsonl(tmp_path / "classic.results.errors.jsonl")
+    assert "no route in api-version 2024-10-21" in error["error"]["message"] and "v1 API" in error["error"]["message"]
+
+
+def test_api_responses_on_a_classic_version_without_the_route_is_refused_before_anything(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _records(tmp_path / "in.jsonl", 3)
+    assert main([str(tmp_path / "in.jsonl"), "--api", "responses", "--template", "{company}"]) == 2
+    assert "has no route in api-version 2024-10-21" in capsys.readouterr().err and sim.requests == 0
+    assert not list(tmp_path.glob("in.results*"))
+
+
+def test_a_responses_failure_names_the_responses_route_and_output_failures_keep_the_request_id(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim.config.script["About Company 0"] = ["404"]
+    _records(tmp_path / "in.jsonl", 1)
+    args = ["--api", "responses", "--template", "About {company}", "--api-version", "2025-04-01-preview"]
+    assert main([str(tmp_path / "in.jsonl"), "-q", *args]) == 2
+    assert "URL tried: http://127.0.0.1" in (err := capsys.readouterr().err) and "/openai/responses" in err
+    assert "/chat/completions" not in err
+    schema = tmp_path / "answer.json"
+    schema.write_text(json.dumps({"name": "answer", "schema": {"type": "object", "required": ["label"]}}))
+    sim.config.fault_rates["schema"] = 1.0
+    write_jsonl(tmp_path / "two.jsonl", [{"id": f"r{i}", "company": f"c{i}"} for i in range(25)])
+    assert main([str(tmp_path / "two.jsonl"), "-q", "--template", "{company}", "--response-format", str(schema)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid_output:" in err and "invalid_tool_arguments" not in err  # a JSON answer is not a tool call

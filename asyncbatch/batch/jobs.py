@@ -162,7 +162,7 @@ class BatchRunner:
             for line in read_lines(self.input_path, done=self.done):
                 if any(line.line_no in p for p in covered):
                     continue
-                item = prepare(line, self.request, model) if isinstance(line, ParsedLine) else line
+                item = prepare(line, self.request, model, self.endpoint) if isinstance(line, ParsedLine) else line
                 if isinstance(item, BadLine):
                     reject(item)
                     continue
@@ -273,7 +273,7 @@ class BatchRunner:
             if line.line_no > last:
                 return
             if line.line_no in part and line.line_no not in self.done and isinstance(line, ParsedLine):
-                job = prepare(line, self.request, model)
+                job = prepare(line, self.request, model, self.endpoint)
                 if isinstance(job, Job):
                     yield job
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from ..config import RequestDefaults
-from ..protocol import BATCH_URLS, Api
+from ..config import Endpoint, RequestDefaults
+from ..protocol import BATCH_URLS, Api, unsupported
 from ..structured.schemas import FUNCTION_NAME
 from .reader import BadLine, ParsedLine
 
@@ -128,10 +128,20 @@ def lines_model(lines: Iterable[ParsedLine | BadLine]) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
-def prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | BadLine:
-    """Build the body for one parsed line, or say why it cannot be built. Never raises: no line stops a run."""
+def prepare(line: ParsedLine, defaults: RequestDefaults, model: str, to: Endpoint | None = None) -> Job | BadLine:
+    """Build the body for one parsed line, or say why it cannot be built. Never raises: no line stops a run.
+
+    :param to: the endpoint it goes to: what its api-version has no place for is refused too.
+    """
     try:
-        return _prepare(line, defaults, model)
+        job = _prepare(line, defaults, model)
+        if (
+            to is not None
+            and isinstance(job, Job)
+            and (problem := unsupported(job.api, job.body, to.kind, to.api_version))
+        ):
+            return BadLine(line.line_no, line.custom_id, problem, line.line_hash)
+        return job
     except ValueError as exc:
         return BadLine(line.line_no, line.custom_id, str(exc), line.line_hash)
     except Exception as exc:  # a line orjson reads but cannot write again (nested too deep), and any other surprise
@@ -146,7 +156,7 @@ def _prepare(line: ParsedLine, defaults: RequestDefaults, model: str) -> Job | B
         _apply_defaults(body, defaults)
     elif api == "responses":
         _apply_responses_defaults(body, defaults)
-    if problem := body_problem(body):
+    if problem := body_problem(body, api):
         return BadLine(line.line_no, line.custom_id, problem, line.line_hash)
     prompt, completion = split_estimate(body, api)
     return Job(line.line_no, line.custom_id, body, orjson.dumps(body), prompt + completion, prompt, api, line.line_hash)
@@ -162,8 +172,16 @@ _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
 _AT_LEAST_ONE = ("max_tokens", "max_completion_tokens", "n", "best_of")
 
 
-def body_problem(body: dict[str, Any]) -> str | None:
-    """What Azure would refuse in this body, said the way the user can fix it; None if nothing."""
+MAX_EMBEDDING_INPUTS = 2048  # Azure's and OpenAI's specs: inputs in one embeddings request
+MIN_OUTPUT_TOKENS = 16  # OpenAI's spec: the Responses API's max_output_tokens minimum
+
+
+def body_problem(body: dict[str, Any], api: Api = "chat") -> str | None:
+    """What the published specs refuse in this body, said the way the user can fix it; None if nothing."""
+    if api == "embeddings":
+        return _embeddings_problem(body.get("input"))
+    if api == "responses" and (problem := _responses_problem(body)):
+        return problem
     if body.get("stream"):  # a streamed answer cannot be read here: refused before it is paid for
         return "'stream': true is not supported (asyncbatch reads whole answers); remove it or set it to false"
     for name, (low, high) in _RANGES.items():
@@ -182,6 +200,28 @@ def body_problem(body: dict[str, Any]) -> str | None:
         parameters = function.get("parameters") if isinstance(function, dict) else None
         if parameters is not None and (not isinstance(parameters, dict) or parameters.get("type") != "object"):
             return f"tool {tool_name!r}: 'parameters' must be an object schema"
+    return None
+
+
+def _embeddings_problem(given: Any) -> str | None:
+    inputs = given if isinstance(given, list) else [given]
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        return f"'input' holds {len(inputs):,} inputs; an embeddings request takes at most {MAX_EMBEDDING_INPUTS:,}"
+    if any(isinstance(text, str) and not text.strip() for text in inputs):
+        return "'input' holds an empty string, which embeddings refuse: drop it or give it text"
+    return None
+
+
+def _responses_problem(body: dict[str, Any]) -> str | None:
+    limit = body.get("max_output_tokens")
+    if limit is not None and (type(limit) is not int or limit < MIN_OUTPUT_TOKENS):
+        return f"max_output_tokens must be a whole number of at least {MIN_OUTPUT_TOKENS}, got {limit!r}"
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict) and tool.get("type") == "function" and "strict" not in tool:
+            return (
+                f"function tool {tool.get('name')!r} sets no 'strict', which the Responses API requires: "
+                'add "strict": true (the schema must qualify) or "strict": false'
+            )
     return None
 
 
@@ -234,7 +274,7 @@ def _apply_responses_defaults(body: dict[str, Any], defaults: RequestDefaults) -
     if defaults.temperature is not None:
         body.setdefault("temperature", defaults.temperature)
     if defaults.tools:
-        body["tools"] = [{"type": "function", **t["function"]} for t in defaults.tools]
+        body["tools"] = [{"type": "function", "strict": False, **t["function"]} for t in defaults.tools]
         if len(defaults.tools) == 1:
             body["tool_choice"] = {"type": "function", "name": defaults.tools[0]["function"]["name"]}
     if defaults.response_format:

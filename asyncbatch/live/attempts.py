@@ -39,7 +39,7 @@ from ..config import RequestDefaults, RetryPolicy
 from ..cost import Budget, Prices
 from ..errors import AttemptError, FatalAPIError, InvalidOutput, StopRun
 from ..input.requests import Job, with_feedback
-from ..protocol import FATAL_STATUSES, THROTTLED
+from ..protocol import FATAL_STATUSES, THROTTLED, Api
 from ..records import failure_record, result_record
 from ..stats import RunStats
 from ..structured.validate import OutputCheck, answered
@@ -75,6 +75,7 @@ class _Tally:
     attempts: int = 0
     route: Route | None = None  # where the last attempt went
     avoid: Route | None = None  # a pool: where the next attempt should not go (it just failed there)
+    api: Api = "chat"  # the job's: which route a failure names
 
 
 def _holdable(exc: AttemptError) -> bool:
@@ -101,14 +102,14 @@ def _systematic(exc: AttemptError, lines: int) -> FatalAPIError:
     )
 
 
-def fatal_error(exc: AttemptError, route: Route) -> FatalAPIError | None:
+def fatal_error(exc: AttemptError, route: Route, api: Api = "chat") -> FatalAPIError | None:
     """A failure that every line would share (wrong key, deployment or endpoint), or None.
 
     Only meaningful before the run's first success: afterwards, the endpoint is known to work.
     "Unreachable" means no HTTP answer at all, ever, for a while (``Admission.never_reached``):
     a 5xx (or any status) is an answer.
     """
-    url = route.connection.where
+    url = route.connection.where(api)  # the route this request tried
     if no_answer(exc):
         if not route.admission.never_reached():
             return None
@@ -176,12 +177,12 @@ class Attempts:
     async def carry(self, job: Job) -> Outcome:
         if self.reasking >= SYSTEMATIC:  # the first lines are all being asked again: no new line until a verdict
             await self._verdict()
-        tally = _Tally()
+        tally = _Tally(api=job.api)
         try:
             reply, latency_ms, output = await self._until_done(job, tally)
         except AttemptError as exc:
             first = self.router.routes[0]
-            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, first)):
+            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, first, job.api)):
                 raise fatal from None
             name = tally.route.name if tally.route else None
             record = failure_record(
@@ -272,7 +273,11 @@ class Attempts:
         route.on_answer()
         route.admission.on_reply(sent.reply.headers, sent.ticket)
         self._observe(route)
-        return sent.reply, sent.latency_ms, self.check.extract_for(job.api, sent.reply.body, job.body)
+        try:
+            output = self.check.extract_for(job.api, sent.reply.body, job.body)
+        except AttemptError as exc:  # the answer's own id, to quote to support
+            raise exc.but(request_id=exc.request_id or sent.reply.request_id) from None
+        return sent.reply, sent.latency_ms, output
 
     async def _send(self, job: Job, payload: bytes, tally: _Tally) -> _Sent:
         route, ticket = await self.router.acquire(job.estimate, tally.avoid)
@@ -333,7 +338,7 @@ class Attempts:
             self.router.set_aside(route, str(stop), resumable=True)
             return _again(exc)
         self._observe(route)
-        if not route.any_success and (fatal := self._fatal_before_success(route, exc)):
+        if not route.any_success and (fatal := self._fatal_before_success(route, exc, tally.api)):
             self._refused(route, fatal)
             return _again(exc)
         if self.router.pooled and (exc.status == THROTTLED or exc.retryable) and len(self.router.live) > 1:
@@ -341,12 +346,12 @@ class Attempts:
             return exc.but(held=held) if held else exc.but(retry_after=0.0)
         return exc.but(held=True) if held else exc
 
-    def _fatal_before_success(self, route: Route, exc: AttemptError) -> FatalAPIError | None:
+    def _fatal_before_success(self, route: Route, exc: AttemptError, api: Api) -> FatalAPIError | None:
         """A failure that says this deployment will never work: a wrong key or name, or down from the start."""
         if route.admission.breaker.is_open and no_answer(exc):  # most likely a wrong URL, not an outage
-            return fatal_error(exc, route)
+            return fatal_error(exc, route, api)
         if self.router.pooled and exc.status in FATAL_STATUSES:
-            return fatal_error(exc, route)
+            return fatal_error(exc, route, api)
         return None
 
     def _refused(self, route: Route, fatal: FatalAPIError) -> None:

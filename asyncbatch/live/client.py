@@ -122,7 +122,6 @@ class Connection:
     ) -> None:
         self.urls, self.headers, self.tokens = urls, headers, tokens
         self.redactor = redactor or Redactor()
-        self.where = urls["chat"].split("?")[0]  # for messages: the URL without its query
         self.timeout, self.max_response_bytes = timeout, max_response_bytes
         self.answered = False
         self.session = aiohttp.ClientSession(
@@ -130,6 +129,10 @@ class Connection:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0)),
             auto_decompress=True,
         )
+
+    def where(self, api: Api = "chat") -> str:
+        """``api``'s URL without its query: the route a request tried, for messages."""
+        return self.urls[api].split("?")[0]
 
     @classmethod
     async def open(cls, endpoint: Endpoint, retry: RetryPolicy, *, concurrency: int, redactor: Redactor) -> Connection:

@@ -213,8 +213,13 @@ def _parse_and_validate(
 ) -> Any:
     value, reason = _problem(raw, validator, what)
     if reason is not None:
-        raise _invalid("invalid_tool_arguments", reason, body, message, call, raw)
+        raise _invalid(_code(call), reason, body, message, call, raw)
     return value
+
+
+def _code(call: Any) -> str:
+    """A tool call's arguments, or a JSON answer (--response-format): each failure coded for what it is."""
+    return "invalid_tool_arguments" if call is not None else "invalid_output"
 
 
 def _parse_response(
@@ -222,7 +227,7 @@ def _parse_response(
 ) -> Any:
     value, reason = _problem(raw, validator, what)
     if reason is not None:
-        raise _invalid_response("invalid_tool_arguments", reason, body, text, call, raw)
+        raise _invalid_response(_code(call), reason, body, text, call, raw)
     return value
 
 
