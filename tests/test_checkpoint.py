@@ -23,6 +23,7 @@ from asyncbatch.store.checkpoint import (
     save_checkpoint,
 )
 from asyncbatch.store.files import Outputs, StatePaths, cut, move_aside, torn_tail
+from asyncbatch.store.ids import line_digest
 
 FP = {"deployment": "x", "template": "t"}
 INPUT = Path(__file__)  # an input that exists; the checkpoints here have read none of it
@@ -208,8 +209,16 @@ def test_a_changed_input_is_refused_but_an_appended_one_is_not(tmp_path: Path) -
     save_checkpoint(ckpt, _ckpt(input_offset=9, input_hash=_hash(b"line one\n")))
     path.write_text("line one\nline two\n")
     assert recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP).prefix is not None
-    path.write_text("line 1!!\nline two\n")
-    with pytest.raises(ConfigError, match=r"in.jsonl changed: its first 9 bytes"):
+    path.write_text("line 1!!\nline two\n")  # line 1 changed, but nothing of it was recorded: it runs as it is now
+    assert recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP).prefix is None
+    digest = f"{line_digest(b'line one'):016x}"
+    record = {"id": "batch_req_1", "line": 1, "line_hash": digest, "error": None}
+    (tmp_path / "r").write_bytes(orjson.dumps(record) + b"\n")  # now its answer is recorded
+    save_checkpoint(ckpt, _ckpt(input_offset=9, input_hash=_hash(b"line one\n")))
+    with pytest.raises(ConfigError, match=r"in.jsonl changed at line 1, and its answer is recorded"):
+        recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP)
+    (tmp_path / "r").write_bytes(orjson.dumps({**record, "line_hash": None}) + b"\n")
+    with pytest.raises(ConfigError, match=r"changed at line 1, and its record has no digest"):
         recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP)
 
 
@@ -225,7 +234,7 @@ def test_drop_errors_removes_the_picked_lines_and_the_checkpoint(tmp_path: Path)
     _records(errors, [3, 4], code="http_500")
     ckpt.write_text("{}")
     state = recover(INPUT, _outputs(results, errors, tmp_path), FP)
-    assert drop_errors(errors, ckpt, state, lambda code: code != "invalid_input") == 2
+    assert drop_errors(errors, ckpt, state, lambda record: record["error"]["code"] != "invalid_input") == 2
     assert [json.loads(x)["line"] for x in errors.read_text().splitlines()] == [2]
     assert 2 in state.done and 3 not in state.done and 4 not in state.done
     assert not ckpt.exists() and state.errors_lines == 1

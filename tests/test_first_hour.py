@@ -238,3 +238,31 @@ def test_a_responses_failure_names_the_responses_route_and_output_failures_keep_
     assert main([str(tmp_path / "two.jsonl"), "-q", "--template", "{company}", "--response-format", str(schema)]) == 2
     err = capsys.readouterr().err
     assert "invalid_output:" in err and "invalid_tool_arguments" not in err  # a JSON answer is not a tool call
+
+
+def test_an_invalid_input_line_fixed_in_place_resumes_sending_exactly_that_line(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mixed.jsonl"
+    rows = [json.dumps({"id": i, "company": f"C{i}"}) if i % 10 != 8 else f"{{'id': {i}, broken" for i in range(100)]
+    path.write_text("\n".join(rows) + "\n")
+    args = [str(path), "-q", "--template", "About {company}"]
+    assert main(args) == 1
+    assert len(read_jsonl(tmp_path / "mixed.results.errors.jsonl")) == 10 and sim.requests == 90
+    lines = path.read_text().splitlines()
+    lines[8] = json.dumps({"id": 8, "company": "C8 fixed"})  # line 9, corrected where it stands
+    path.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main([str(path), "--no-progress", *args[2:]]) == 1  # the other nine bad lines are still bad
+    assert sim.requests == 91 and sim.answered["About C8 fixed"] == 1  # exactly that line was sent
+    results = read_jsonl(tmp_path / "mixed.results.jsonl")
+    assert len(results) == 91 and len({r["line"] for r in results}) == 91
+    assert 9 not in {r["line"] for r in read_jsonl(tmp_path / "mixed.results.errors.jsonl")}
+    assert "corrected in place" in capsys.readouterr().err
+    assert main(args) == 1 and sim.requests == 91  # and again: nothing more to send
+    lines[0] = json.dumps({"id": 0, "company": "C0 edited"})  # a line whose answer is recorded
+    path.write_text("\n".join(lines) + "\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "changed at line 1, and its answer is recorded" in err and "append the corrected line" in err
+    assert "--restart" in err and sim.requests == 91

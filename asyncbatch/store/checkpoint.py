@@ -32,10 +32,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import ACCEPT_CHANGES, RESTART, ConfigError
+from ..errors import ACCEPT_CHANGES, RESTART, RETRY_FAILED, ConfigError
 from ..records import INVALID_INPUT, LINE, LINE_HASH
 from .files import Outputs, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
-from .ids import DigestBag
+from .ids import DigestBag, line_digest
 
 VERSION = 3
 READABLE = frozenset({2, VERSION})  # version 2 (before state directories) has no ``outputs``
@@ -348,29 +348,39 @@ def changed_parts(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
 
 
 def recover(
-    input_path: Path, outputs: Outputs, expected: Mapping[str, str], *, accept_changes: bool = False
+    input_path: Path,
+    outputs: Outputs,
+    expected: Mapping[str, str],
+    *,
+    accept_changes: bool = False,
+    retry_failed: bool = False,
 ) -> ResumeState:
     """Rebuild the resume state from the outputs, using the checkpoint when it can be trusted.
 
     The input may have grown (lines appended) but what was read of it must be
-    unchanged. Changed options (``expected`` against the checkpoint's) proceed
-    with a note while nothing has succeeded, or with ``accept_changes``; otherwise
-    ConfigError names them. Either way, lines recorded only as bad input are
-    looked at again, since the options may be what made them bad.
+    unchanged, except lines recorded only as bad input (with ``retry_failed``, any
+    failed line), which may be corrected in place and run again. Changed options
+    (``expected`` against the checkpoint's) proceed with a note while nothing has
+    succeeded, or with ``accept_changes``; otherwise ConfigError names them. Either
+    way, lines recorded only as bad input are looked at again, since the options may
+    be what made them bad.
     ``resent`` counts the lines the sent-journal holds that no output records.
     """
     state, paths, results, errors = ResumeState(), outputs.state, outputs.results, outputs.errors
     tails = [_own_tail(path) for path in (results, errors)]
     sizes = [_size(path) - tail for path, tail in zip((results, errors), tails, strict=True)]
     saved = _usable_checkpoint(paths.checkpoint, state, sizes, outputs.identity())
+    edited: set[int] = set()
     if saved is not None:
-        _check_input(input_path, saved, state)
+        edited = _check_input(input_path, saved, state, (results, errors), sizes, retry_failed)
     if saved is not None and sizes[0] >= saved.results_offset and sizes[1] >= saved.errors_offset:
         state.done = saved.done
         state.results_offset, state.errors_offset = saved.results_offset, saved.errors_offset
         state.results_lines, state.errors_lines = saved.results_lines, saved.errors_lines
         state.ids_lines, state.input_offset = saved.ids_lines, saved.input_offset
-        state.trusted_lines = saved.ids_lines
+        state.trusted_lines = saved.ids_lines  # every recorded line's number holds: compared if the input changed
+        if state.prefix is None:  # lines were corrected in place: the id log is read again from the input
+            state.ids_lines = state.input_offset = 0
         state.source = "checkpoint"
     elif sizes != [0, 0]:
         state.source = "rebuilt"
@@ -387,9 +397,11 @@ def recover(
         if tail:
             cut(path, tail)
             state.notes.append(f"cut a torn last line ({tail} bytes) from {path}")
+    if edited and (dropped := drop_errors(errors, paths.checkpoint, state, lambda r: int(r[LINE]) in edited)):
+        state.notes.append(f"{dropped} failed lines corrected in place in {input_path}: they run again")
     if saved is not None and (changed := changed_parts(saved.fingerprint, expected)):
         _accept_changes(changed, state, paths.checkpoint, accept_changes)
-        if dropped := drop_errors(errors, paths.checkpoint, state, lambda code: code == INVALID_INPUT):
+        if dropped := drop_errors(errors, paths.checkpoint, state, lambda record: _code(record) == INVALID_INPUT):
             state.notes.append(f"{dropped} lines recorded as bad input are looked at again with the new options")
     state.resent = SentJournal.unrecorded_in(paths.sent, state.done)
     return state
@@ -423,16 +435,70 @@ def _usable_checkpoint(checkpoint: Path, state: ResumeState, sizes: list[int], o
     return saved
 
 
-def _check_input(input_path: Path, saved: Checkpoint, state: ResumeState) -> None:
-    """What was read of the input must be byte for byte the same; lines may have been appended."""
+def _check_input(
+    input_path: Path,
+    saved: Checkpoint,
+    state: ResumeState,
+    outputs: tuple[Path, Path],
+    sizes: list[int],
+    retry_failed: bool,
+) -> set[int]:
+    """What was read of the input must be the same, but for failed lines corrected in place: their numbers.
+
+    The byte-for-byte check comes first; only when it fails is each recorded line compared with
+    the input's line of that number, by the content digest its record carries.
+    """
     prefix = PrefixHash.matching(input_path, saved.input_offset, saved.input_hash)
-    if prefix is None:
-        raise ConfigError(
-            f"cannot resume: {input_path} changed: its first {saved.input_offset:,} bytes, which the last run "
-            "already read, are not the same (appending lines is fine; editing or reordering them is not). "
-            f"HINT: restore the original input, or start over with {RESTART} (the old outputs are kept beside it)"
-        )
-    state.prefix = prefix
+    if prefix is not None:
+        state.prefix = prefix
+        return set()
+    return _edited(input_path, outputs, sizes, retry_failed)
+
+
+def _edited(input_path: Path, outputs: tuple[Path, Path], sizes: list[int], retry_failed: bool) -> set[int]:
+    """The failed lines whose content changed; ConfigError if a line whose request was answered changed."""
+    digests, kinds = array("Q"), bytearray()  # by line number: the record's digest; 1 answered, 2 failed, 3 bad input
+    for path, size in zip(outputs, sizes, strict=True):
+        for record in scan(path, 0, size):
+            line_no, digest = int(record[LINE]), _line_hash(record)
+            if digest is None:  # a line too long to digest: its content cannot be compared
+                raise _changed(input_path, line_no, "its record has no digest to compare")
+            if line_no >= len(kinds):
+                grow = line_no + 1 - len(kinds)
+                digests.extend([0] * grow)
+                kinds.extend(bytes(grow))
+            digests[line_no] = digest
+            kinds[line_no] = 1 if path == outputs[0] else 3 if _code(record) == INVALID_INPUT else 2
+    edited, line_no = set(), 0
+    with input_path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if line_no >= len(kinds):
+                break
+            raw = raw.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else raw
+            if not kinds[line_no] or line_digest(raw) == digests[line_no]:
+                continue
+            if kinds[line_no] == 1:
+                raise _changed(input_path, line_no, "its answer is recorded")
+            if kinds[line_no] == 2 and not retry_failed:
+                raise _changed(input_path, line_no, "it failed after being sent", failed=True)
+            edited.add(line_no)
+    if line_no < len(kinds) - 1 and any(kinds[line_no + 1 :]):
+        raise _changed(input_path, len(kinds) - 1, "it is recorded but no longer in the file")
+    return edited
+
+
+def _changed(input_path: Path, line_no: int, why: str, *, failed: bool = False) -> ConfigError:
+    retry = f"pass {RETRY_FAILED} to run every failed line again, this one as it is now; or " if failed else ""
+    return ConfigError(
+        f"cannot resume: {input_path} changed at line {line_no:,}, and {why} (lines may be appended, and a line "
+        "recorded only as bad input may be corrected in place). "
+        f"HINT: {retry}restore line {line_no:,} and append the corrected line with its own custom_id; "
+        f"or start over with {RESTART} (the old outputs are kept beside it)"
+    )
+
+
+def _code(record: dict[str, Any]) -> str:
+    return str((record.get("error") or {}).get("code"))
 
 
 def _accept_changes(changed: list[str], state: ResumeState, checkpoint: Path, accept: bool) -> None:
@@ -453,8 +519,8 @@ def _accept_changes(changed: list[str], state: ResumeState, checkpoint: Path, ac
     )
 
 
-def drop_errors(errors: Path, checkpoint: Path, state: ResumeState, drop: Callable[[str], bool]) -> int:
-    """Remove the error lines whose code ``drop`` picks, crash-safely, so those inputs run again.
+def drop_errors(errors: Path, checkpoint: Path, state: ResumeState, drop: Callable[[dict[str, Any]], bool]) -> int:
+    """Remove the error lines ``drop`` picks (given each record), crash-safely, so those inputs run again.
 
     The checkpoint goes first, so a crash at any point leaves the outputs as the
     only truth: either the old errors file (the failures stay recorded) or the
@@ -470,7 +536,7 @@ def drop_errors(errors: Path, checkpoint: Path, state: ResumeState, drop: Callab
         with errors.open("rb") as src:
             for raw in src:
                 record = orjson.loads(raw)
-                if drop(str((record.get("error") or {}).get("code"))):
+                if drop(record):
                     state.forget(record)
                     dropped += 1
                 else:

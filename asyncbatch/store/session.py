@@ -84,7 +84,7 @@ def opened(
                 notes.warn(f"restart: moved {old} to {new}")
         for note in prepare_state(outputs):
             notes.info(note)
-        state = recover(input_path, outputs, expected, accept_changes=accept_changes)
+        state = recover(input_path, outputs, expected, accept_changes=accept_changes, retry_failed=retry_failed)
         # --retry-failed drops every failure; bad input lines are looked at again too
         if retry_failed and (dropped := drop_errors(outputs.errors, outputs.state.checkpoint, state, lambda _: True)):
             state.notes.append(f"{RETRY_FAILED}: {dropped} failed inputs will run again")
