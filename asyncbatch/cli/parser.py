@@ -356,7 +356,11 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         "--simulate", action="store_true", help="run against the built-in local simulator instead of Azure"
     )
     sim.add_argument(
-        "--sim-latency-ms", type=float, default=200.0, metavar="MS", help="simulated latency (default %(default)s)"
+        "--sim-latency-ms",
+        type=float,
+        default=1200.0,
+        metavar="MS",
+        help="simulated latency (default %(default)s: a function call's)",
     )
     sim.add_argument("--sim-tpm", type=int, metavar="N", help="simulated server TPM quota (default: none)")
     sim.add_argument("--sim-rpm", type=int, metavar="N", help="simulated server RPM quota (default: none)")
