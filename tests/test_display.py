@@ -75,6 +75,11 @@ def test_at_80_columns_the_second_line_has_rate_cost_quota_and_429s_and_the_bar_
     assert "quota 912k/1.2M TPM" in second and "789 429s" in second
 
 
+def test_without_a_known_limit_the_quota_is_named_as_such_beside_the_tokens_billed() -> None:
+    line = screen(status(limit_tpm=None, charged_tpm=475_000.0, used_tpm=757_000.0), 200)[1].plain
+    assert "quota 475k/? TPM" in line and "billed 757k tok/min" in line and "charged" not in line
+
+
 def test_a_wide_terminal_shows_every_figure_and_a_notice_gets_its_own_line() -> None:
     lines = [line.plain for line in screen(status(notice="endpoint unreachable since 12:00:01"), 200)]
     assert "3,456 retries" in lines[1] and "200 in flight" in lines[1] and "billed 650k tok/min" in lines[1]

@@ -81,3 +81,24 @@ def test_the_layout_section_names_every_module_and_nothing_that_is_not_there() -
     for module in package.glob("*/*.py"):
         if module.stem != "__init__":
             assert re.search(rf"\b{module.stem}\b", block), f"{module.parent.name}/{module.name} is not in the layout"
+
+
+def _demos() -> list[list[str]]:
+    """Every demo command in the README and docs/: the lines that run asyncbatch on examples/ with --simulate."""
+    texts = [README, *(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))]
+    found = []
+    for line in (line for text in texts for line in text.splitlines()):
+        if "asyncbatch examples/" in line and "--simulate" in line:
+            command = line[line.index("asyncbatch examples/") :].split("   #")[0].split(" && ")[0]
+            found.append(shlex.split(command)[1:])
+    return found
+
+
+@pytest.mark.parametrize("demo", _demos(), ids=lambda d: " ".join(d)[:60])
+def test_every_demo_shows_a_cost_or_says_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], demo: list[str]
+) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    assert main([*demo, "--no-progress", "--sim-latency-ms", "0"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"│ cost +│ (\d+\.\d+ USD this run|no cost: '[^']+' is not in the)", err), err
