@@ -17,6 +17,7 @@ from tests.helpers import read_jsonl, simulator_env, write_jsonl
 
 KEY = "first-hour-key-0123456789"
 TOOL = Path(__file__).resolve().parent.parent / "examples" / "get_company_info.json"
+QUICK_SIMULATION = ["--simulate", "--sim-latency-ms", "0", "--no-progress"]
 
 
 @pytest.fixture
@@ -94,20 +95,7 @@ def test_with_no_arguments_the_first_line_says_what_is_missing(capsys: pytest.Ca
 
 def test_the_simulated_banner_fits_80_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _records(tmp_path / "in.jsonl", 2)
-    assert (
-        main(
-            [
-                str(tmp_path / "in.jsonl"),
-                "--simulate",
-                "--sim-latency-ms",
-                "0",
-                "--template",
-                "{company}",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main([str(tmp_path / "in.jsonl"), *QUICK_SIMULATION, "--template", "{company}"]) == 0
     (banner,) = [line for line in capsys.readouterr().err.splitlines() if "SIMULATED" in line and "127.0.0.1" in line]
     assert len(banner) <= 80 and "nothing goes to Azure" in banner
 
@@ -180,40 +168,13 @@ def test_a_run_without_prices_says_why_and_batch_lines_naming_a_model_are_priced
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _records(tmp_path / "in.jsonl", 3)
-    assert (
-        main(
-            [
-                str(tmp_path / "in.jsonl"),
-                "--simulate",
-                "--sim-latency-ms",
-                "0",
-                "--template",
-                "{company}",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main([str(tmp_path / "in.jsonl"), *QUICK_SIMULATION, "--template", "{company}"]) == 0
     err = capsys.readouterr().err
     assert "no cost: 'simulated-deployment' is not in the" in err and "--price-in" in err
     reviews = Path(__file__).resolve().parent.parent / "examples" / "reviews_batch.jsonl"
     (tmp_path / "reviews.jsonl").write_bytes(reviews.read_bytes())
     schema = str(Path(__file__).resolve().parent.parent / "examples" / "classify_sentiment.json")
-    assert (
-        main(
-            [
-                str(tmp_path / "reviews.jsonl"),
-                "--simulate",
-                "--sim-latency-ms",
-                "0",
-                "--tools",
-                schema,
-                "--strict",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main([str(tmp_path / "reviews.jsonl"), *QUICK_SIMULATION, "--tools", schema, "--strict"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"cost +│ [\d.]+ USD this run", err) and "for the lines' model" in err.replace("│", "")
 
