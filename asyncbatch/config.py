@@ -19,6 +19,7 @@ from typing import Any, Literal
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError
 from .protocol import APIS, Api, unsupported
+from .store.cache import MODES, CacheMode
 from .store.checkpoint import fingerprint
 from .store.files import Outputs, StatePaths
 from .structured.schemas import check_request_schemas, mark_strict
@@ -50,6 +51,15 @@ class Endpoint:
     def is_azure_v1(self) -> bool:
         """Azure's v1 API (``--api-version v1``): ``{endpoint}/openai/v1/...`` routes, no api-version."""
         return self.kind == "azure" and self.api_version == "v1"
+
+    @property
+    def identity(self) -> str:
+        """What the response cache keys answers by: where requests go, never with what key.
+
+        A simulator's address changes with every run, but it answers alike: it is named, not addressed.
+        """
+        where = "simulator" if self.simulated else self.base_url
+        return f"{self.kind} {where} {self.deployment}"
 
     @property
     def secrets(self) -> list[str]:
@@ -221,6 +231,10 @@ class RunConfig:
     :param batch: run the inputs as Batch API jobs (``BatchOptions``), then live what they left.
     :param deployments: a pool instead of ``endpoint``: each ``Deployment`` with its own quota; requests go
         to whichever can take them soonest, and fail over. ``limits.tpm``/``rpm`` must then be None.
+    :param cache: a response cache (an SQLite file, shared by runs and processes): an answer it holds
+        for the same request to the same endpoint is recorded without sending it (``store/cache.py``).
+        Identical requests in one run are then sent once. ``cache_mode``: ``read-write``, ``read``,
+        ``write`` (refresh: send, and replace what it holds) or ``off``.
     """
 
     input_path: Path
@@ -241,9 +255,15 @@ class RunConfig:
     max_cost: float | None = None
     deployments: tuple[Deployment, ...] = ()
     batch: BatchOptions | None = None
+    cache: Path | None = None
+    cache_mode: CacheMode = "read-write"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.cache_mode not in MODES:
+            raise ConfigError(f"--cache-mode must be one of {', '.join(MODES)} (got {self.cache_mode!r})")
+        if self.cache is not None:
+            set_(self, "cache", Path(self.cache))
         set_(self, "deployments", tuple(self.deployments))
         self._check_routes()
         if self.prices is None:

@@ -38,6 +38,7 @@ from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
 from .stats import RunStats
+from .store.cache import ResponseCache
 from .store.checkpoint import ResumeState
 from .store.session import Store, opened
 from .store.session import restart as store_restart
@@ -104,10 +105,13 @@ async def run(
             sleep=sleep,
             clock=clock,
         )
+        cache = ResponseCache(config.cache, config.cache_mode) if config.cache and config.cache_mode != "off" else None
         try:
-            return await _Run(config, state, router, reporter, sleep, clock).run(interrupt)
+            return await _Run(config, state, router, reporter, sleep, clock, cache).run(interrupt)
         finally:
             await router.close()
+            if cache is not None:
+                cache.close()
 
 
 def priced_by_lines(path: Path) -> Prices | None:
@@ -142,6 +146,7 @@ class _Run:
         reporter: Reporter,
         sleep: Sleep,
         clock: Callable[[], float],
+        cache: ResponseCache | None = None,
     ) -> None:
         tpm, rpm = config.quota
         self.stats = stats = RunStats(
@@ -173,6 +178,7 @@ class _Run:
             budget=Budget(config.max_cost),
             sleep=sleep,
             clock=clock,
+            cache=cache,
         )
         self.attempts.on_send = self.store.sent
         self.stopping = False

@@ -63,6 +63,11 @@ class RunStats:
     charge_ratio: float | None = None  # the server's charge per unit of the client's estimate, once learned
     charged_tokens: float = 0.0  # admitted, in the server's units (estimate x ratio): what the quota counts
     unpriced: str | None = None  # no prices: why, and what to pass (the summary says it in place of a cost)
+    cache_hits: int = 0  # lines answered from the response cache, no request sent
+    shared_answers: int = 0  # lines answered by an identical request of this run
+    sampled_hits: int = 0  # of those, requests with temperature > 0 or n > 1: an earlier sample reused
+    cache_saved: float = 0.0  # USD those answers cost when they were first paid for
+    cache_raced: int = 0  # answers another run stored meanwhile: sent by both at the same time
     simulated: bool = False
     interrupted: bool = False
     stopped: str | None = None  # why the run stopped early, resumably (outage, quota)
@@ -144,6 +149,14 @@ class RunStats:
         spent = prices.cost(prompt, completion, cached)
         self.cost += spent
         return spent
+
+    def count_cached(self, body: dict[str, Any], prices: Prices | None, *, shared: bool, sampled: bool) -> None:
+        """A line answered without a request: from the cache, or (``shared``) by an identical one of this run."""
+        self.cache_hits += not shared
+        self.shared_answers += shared
+        self.sampled_hits += sampled
+        if prices is not None:
+            self.cache_saved += prices.cost(*read_usage(body))
 
     @property
     def projected_cost(self) -> float | None:

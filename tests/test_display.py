@@ -52,6 +52,7 @@ def status(**changes: object) -> Status:
         projected_cost_usd=99.87,
         notice=None,
         simulated=False,
+        cached=0,
         deployments=[],
     )
     base.update(changes)

@@ -73,6 +73,8 @@ def build_config(
         max_outage=args.max_outage,
         prices=resolve(model, args.price_in, args.price_out, args.price_cached),
         max_cost=args.max_cost,
+        cache=args.cache,
+        cache_mode=args.cache_mode,
     )
 
 

@@ -39,6 +39,7 @@ from ..runner import Interrupt, priced_by_lines, run
 from ..simulator import simulated
 from ..stats import RunStats
 from .build import batch_options, build_config, check_input, request_defaults, sim_config
+from .cache_cmd import cache_main
 from .deployments import DeploymentSpec, load_deployments
 from .dryrun import Sample, dry_run, format_report, pick_sample
 from .env import deployments_from_env, endpoint_from_env, load_env, parse_headers
@@ -262,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: list[str], redactor: Redactor) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
+    if argv[:1] == ["cache"]:
+        return cache_main(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv  # for the resume hint: the command as given, whoever called main
     redactor.extend(value.partition(":")[2].strip() for value in args.header)

@@ -18,11 +18,14 @@ from ..config import (
 )
 from ..export import FORMATS
 from ..protocol import APIS
+from ..store.cache import MODES, default_path
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
 
-USAGE = "asyncbatch INPUT [options]\n       asyncbatch export RESULTS [options]"
+USAGE = """asyncbatch INPUT [options]
+       asyncbatch export RESULTS [options]
+       asyncbatch cache {stats,prune} [PATH]"""
 DESCRIPTION = """\
 Run a JSONL file of chat-completion, embeddings or Responses requests against
 Azure OpenAI (or any OpenAI-compatible endpoint) at the quota's speed, exactly
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
     _output_options(p)
     _resume_options(p)
+    _cache_options(p)
     _rate_options(p)
     _request_options(p)
     _batch_options(p)
@@ -121,6 +125,27 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         default=_default(RunConfig, "fsync"),
         help="when outputs reach the disk: after every write batch, at least once a second, "
         "or only at exit (default %(default)s); see docs/usage.md 'Durability'",
+    )
+
+
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    cache = p.add_argument_group("response cache (never pay twice for the same question)")
+    cache.add_argument(
+        "--cache",
+        nargs="?",
+        type=Path,
+        const=default_path(),
+        metavar="PATH",
+        help="answer a request from this SQLite cache when it holds the same request to the same endpoint, "
+        "and keep every new answer in it; identical requests in one run are sent once "
+        "(PATH left out: ~/.cache/asyncbatch/responses.sqlite). See docs/usage.md 'Response cache'",
+    )
+    cache.add_argument(
+        "--cache-mode",
+        choices=MODES,
+        default=_default(RunConfig, "cache_mode"),
+        help="read-write (default), read (use, keep nothing new), write (send everything, refresh "
+        "the answers: a new sample for temperature > 0), off",
     )
 
 
@@ -423,10 +448,27 @@ def build_export_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_cache_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncbatch cache",
+        description="Look after a response cache (--cache): what it holds, and dropping old answers.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="{stats,prune}")
+    stats = sub.add_parser("stats", help="entries, size on disk, hits, oldest and newest answer")
+    stats.add_argument("path", type=Path, nargs="?", default=default_path(), help="the cache (default: --cache's)")
+    prune = sub.add_parser("prune", help="remove the answers stored longer ago than --older-than")
+    prune.add_argument("path", type=Path, nargs="?", default=default_path(), help="the cache (default: --cache's)")
+    prune.add_argument(
+        "--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m or 600s: answers older go"
+    )
+    return p
+
+
 def reference() -> str:
     """docs/options.md, from the parsers themselves: every option, its default and its help."""
     parts = ["# Options", "", "Generated from the command's own parser (`python -m asyncbatch.cli.parser`).", ""]
-    for title, parser in (("asyncbatch INPUT", build_parser()), ("asyncbatch export RESULTS", build_export_parser())):
+    parsers = (("asyncbatch INPUT", build_parser()), ("asyncbatch export RESULTS", build_export_parser()))
+    for title, parser in parsers:
         parts += [f"## `{title}`", ""]
         for group in parser._action_groups:
             rows = [_row(parser, a) for a in group._group_actions if a.option_strings and a.help != argparse.SUPPRESS]

@@ -32,6 +32,7 @@ class Status:
     projected_cost_usd: float | None
     notice: str | None
     simulated: bool
+    cached: int  # lines answered without a request: from the cache, or by an identical one
     deployments: list[dict[str, Any]]  # a pool's: name, answers, rate, in flight, 429s, state
 
     @property
@@ -59,6 +60,7 @@ def look(stats: RunStats, trend: Trend) -> Status:
         projected_cost_usd=trend.projected_cost(),
         notice=stats.current_notice(),
         simulated=stats.simulated,
+        cached=stats.cache_hits + stats.shared_answers,
         deployments=deployment_views(stats),
     )
 
@@ -125,6 +127,8 @@ def details(s: Status) -> list[str]:
     if s.cost_usd is not None:
         projected = f" of ~{money(s.projected_cost_usd)}" if s.projected_cost_usd is not None else ""
         parts.append(f"{money(s.cost_usd)}{projected}")
+    if s.cached:
+        parts.append(f"{s.cached:,} cached")
     if s.limit_tpm:
         parts.append(f"quota {si(s.charged_tpm or 0)}/{si(s.limit_tpm)} TPM")
     elif s.charged_tpm:

@@ -39,6 +39,13 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
         "simulated": stats.simulated,
         "deployments": deployment_views(stats),
         "batch_api": {"jobs": stats.batch_jobs, "answers": stats.batch_answers} if stats.batch_jobs else None,
+        "cache": {
+            "hits": stats.cache_hits,
+            "shared": stats.shared_answers,
+            "sampled": stats.sampled_hits,
+            "saved_usd": round(stats.cache_saved, 6),
+            "sent_by_another_run": stats.cache_raced,
+        },
     }
 
 
@@ -63,6 +70,8 @@ def summary_table(stats: RunStats) -> Table:
     ]
     if stats.prices is not None or stats.unpriced:
         rows.append(("cost", _cost(stats) if stats.prices is not None else str(stats.unpriced)))
+    if stats.cache_hits or stats.shared_answers or stats.cache_raced:
+        rows.append(("cache", _cache(stats)))
     if stats.batch_jobs:
         live = stats.succeeded - stats.resumed - stats.batch_answers
         rows.append(
@@ -114,6 +123,20 @@ def _cost(stats: RunStats) -> str:
     projected = stats.projected_cost
     if projected is not None and stats.done < stats.total:
         text += f"; about {projected:.4f} USD with the {stats.total - stats.done:,} inputs still to run"
+    return text
+
+
+def _cache(stats: RunStats) -> str:
+    text = f"{stats.cache_hits:,} answers from the cache, {stats.shared_answers:,} from identical requests of this run"
+    if stats.prices is not None:
+        text += f"; {stats.cache_saved:.4f} USD not paid again"
+    if stats.sampled_hits:
+        text += (
+            f"; {stats.sampled_hits:,} of them reuse an earlier sample (temperature > 0 or n > 1): "
+            "--cache-mode write asks again"
+        )
+    if stats.cache_raced:
+        text += f"; {stats.cache_raced:,} sent by another run at the same time"
     return text
 
 

@@ -42,6 +42,7 @@ from ..input.requests import Job, with_feedback
 from ..protocol import FATAL_STATUSES, THROTTLED, Api
 from ..records import failure_record, result_record
 from ..stats import RunStats
+from ..store.cache import Entry, ResponseCache, cache_key
 from ..structured.validate import OutputCheck, answered
 from .client import Reply
 from .retry import retrying
@@ -142,8 +143,12 @@ class Attempts:
         budget: Budget | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.router, self.check = router, OutputCheck(request.tools, request.response_format)
+        self.cache = cache
+        self.identity = [route.deployment.endpoint.identity for route in router.routes]
+        self.asked: dict[bytes, asyncio.Future[Entry | None]] = {}  # cache keys on the wire: identical lines wait
         self.prices, self.budget = prices, budget or Budget(None)
         self.retry, self.feedback, self.stats = retry, request.feedback, stats
         self.stopping, self.sleep, self.clock = stopping, sleep, clock
@@ -177,6 +182,51 @@ class Attempts:
     async def carry(self, job: Job) -> Outcome:
         if self.reasking >= SYSTEMATIC:  # the first lines are all being asked again: no new line until a verdict
             await self._verdict()
+        if self.cache is None:
+            return await self._carry(job)
+        key = cache_key(job.api, self.identity, job.body)
+        stored = self.cache.get(key)
+        if (hit := self._answered(job, key, stored)) is not None:
+            return hit
+        if (first := self.asked.get(key)) is not None:  # the same request is on the wire: its answer serves this line
+            if (hit := self._answered(job, key, await asyncio.shield(first), shared=True)) is not None:
+                return hit
+            return await self._carry(job)
+        self.asked[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._carry(job, key, refresh=stored is not None)
+        finally:
+            if not (future := self.asked.pop(key)).done():
+                future.set_result(None)  # no answer to share: the lines waiting send their own
+
+    def _answered(self, job: Job, key: bytes, entry: Entry | None, *, shared: bool = False) -> Success | None:
+        """The line's result from a stored (or shared) answer, if it is one and fits the current schema."""
+        if entry is None:
+            return None
+        try:
+            body = orjson.loads(entry.body)
+            output = self.check.extract_for(job.api, body, job.body)
+        except (orjson.JSONDecodeError, AttemptError, KeyError, TypeError, IndexError):
+            return None  # not an answer, or not one the schema takes now: asked again
+        if not shared and self.cache is not None:
+            self.cache.hit(key)
+        sampled = bool(job.body.get("temperature") or 0) or int(job.body.get("n") or 1) > 1
+        self.stats.count_cached(body, self.prices, shared=shared, sampled=sampled)
+        record = result_record(
+            custom_id=job.custom_id,
+            line_no=job.line_no,
+            request_id=entry.request_id,
+            raw_body=entry.body,
+            body=body,
+            output=output,
+            attempts=0,
+            latency_ms=0.0,
+            line_hash=job.line_hash,
+        )
+        record["cached"] = True
+        return Success(job.line_no, record)
+
+    async def _carry(self, job: Job, key: bytes | None = None, refresh: bool = False) -> Outcome:
         tally = _Tally(api=job.api)
         try:
             reply, latency_ms, output = await self._until_done(job, tally)
@@ -197,6 +247,11 @@ class Attempts:
         self.any_success = True
         self.proven.set()
         self.stats.add_latency(latency_ms)
+        if key is not None and self.cache is not None:
+            entry = Entry(reply.raw, reply.request_id)
+            if not self.cache.put(key, entry.body, entry.request_id, replace=refresh):
+                self.stats.cache_raced += 1  # another run stored it meanwhile: sent by both at once
+            self.asked[key].set_result(entry)
         record = result_record(
             custom_id=job.custom_id,
             line_no=job.line_no,
