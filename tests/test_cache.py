@@ -1,0 +1,193 @@
+"""The response cache: never pay twice for the same question, and exactly once all the same."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from asyncbatch.cli.main import main
+from asyncbatch.simulator import SimConfig, Simulator
+from asyncbatch.store.cache import ResponseCache, cache_key
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+
+KEY = "cache-key-0123456789"
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[dict[str, str], Simulator]]:
+    with simulator_env(SimConfig(api_key=KEY, deployment="dep"), monkeypatch) as served:
+        yield served
+
+
+def _lines(n: int, distinct: int | None = None, start: int = 0) -> list[dict[str, object]]:
+    return [batch_line(f"r{i}", f"question {i % (distinct or n + start)}") for i in range(start, start + n)]
+
+
+def _exactly_once(path: Path, n: int) -> list[dict[str, object]]:
+    rows = read_jsonl(path)
+    assert sorted(r["line"] for r in rows) == list(range(1, n + 1))
+    return rows
+
+
+def test_a_file_run_twice_sends_each_request_once_and_new_lines_alone_after(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    write_jsonl(tmp_path / "in.jsonl", _lines(1000))
+    cache = str(tmp_path / "answers.sqlite")
+    assert main(["in.jsonl", "-q", "-c", "50", "--cache", cache]) == 0
+    assert simulator.requests == 1000
+    first = _exactly_once(tmp_path / "in.results.jsonl", 1000)
+    assert not any(r.get("cached") for r in first)
+    assert main(["in.jsonl", "-q", "-c", "50", "--cache", cache, "-o", "again.jsonl"]) == 0
+    assert simulator.requests == 1000  # nothing sent
+    again = _exactly_once(tmp_path / "again.jsonl", 1000)
+    assert all(r["cached"] is True and r["attempts"] == 0 for r in again)
+    by_id = {r["custom_id"]: r for r in first}
+    assert all(r["output"] == by_id[r["custom_id"]]["output"] for r in again)  # the same answers
+    with (tmp_path / "in.jsonl").open("a") as f:
+        f.writelines(json.dumps(line) + "\n" for line in _lines(100, start=1000))
+    assert main(["in.jsonl", "-q", "-c", "50", "--cache", cache, "-o", "third.jsonl"]) == 0
+    assert simulator.requests == 1100  # exactly the 100 new lines
+    _exactly_once(tmp_path / "third.jsonl", 1100)
+
+
+def test_identical_requests_in_one_file_are_sent_once_each(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, simulator = sim
+    write_jsonl(tmp_path / "in.jsonl", _lines(1000, distinct=200))
+    assert main(["in.jsonl", "-c", "100", "--no-progress", "--cache", str(tmp_path / "c.sqlite")]) == 0
+    assert simulator.requests == 200 and set(simulator.answered.values()) == {1}
+    rows = _exactly_once(tmp_path / "in.results.jsonl", 1000)
+    assert sum(bool(r.get("cached")) for r in rows) == 800
+    assert "answers from the cache" in capsys.readouterr().err
+
+
+def test_a_stored_answer_that_breaks_a_changed_schema_is_not_used(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    loose = {"name": "label", "parameters": {"type": "object", "properties": {"label": {"type": "string"}}}}
+    tight = {**loose, "parameters": {**loose["parameters"], "required": ["label"]}}
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": f"t{i}"} for i in range(20)])
+    (tmp_path / "loose.json").write_text(json.dumps(loose))
+    (tmp_path / "tight.json").write_text(json.dumps(tight))
+    args = ["in.jsonl", "-q", "--template", "{text}", "--cache", str(tmp_path / "c.sqlite")]
+    assert main([*args, "--tools", "loose.json"]) == 0 and simulator.requests == 20
+    stored = ResponseCache(tmp_path / "c.sqlite")  # the answers kept break the tight schema: no label at all
+    for (raw,) in stored.db.execute("SELECT body FROM answers").fetchall():
+        body = orjson.loads(raw)
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = "{}"
+        stored.db.execute("UPDATE answers SET body = ? WHERE body = ?", (orjson.dumps(body), raw))
+    stored.close()
+    assert main([*args, "--tools", "tight.json", "-o", "tight.jsonl"]) == 0
+    assert simulator.requests == 40  # each sent again, none taken from the cache
+    assert not any(r.get("cached") for r in _exactly_once(tmp_path / "tight.jsonl", 20))
+    assert main([*args, "--tools", "tight.json", "-o", "third.jsonl"]) == 0
+    assert simulator.requests == 40  # the new answers replaced the old ones
+    assert all(r["cached"] for r in _exactly_once(tmp_path / "third.jsonl", 20))
+
+
+def test_the_key_names_the_endpoint_and_the_request_never_the_key_or_tags() -> None:
+    body = {"model": "dep", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    where = ["azure https://a.openai.azure.com dep"]
+    key = cache_key("chat", where, body)
+    assert key == cache_key("chat", where, {**body, "user": "u1", "metadata": {"run": "x"}})  # tags left out
+    assert key == cache_key("chat", where, dict(reversed(list(body.items()))))  # canonical JSON
+    assert key != cache_key("chat", ["azure https://b.openai.azure.com dep"], body)
+    assert key != cache_key("chat", where, {**body, "temperature": 1})
+    assert key != cache_key("embeddings", where, body)
+
+
+def test_cache_stats_and_prune(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", _lines(30))
+    cache = tmp_path / "c.sqlite"
+    assert main(["in.jsonl", "-q", "--cache", str(cache)]) == 0
+    assert main(["in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "stats", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "30 answers" in out and "used 30 times" in out
+    assert main(["cache", "prune", str(cache), "--older-than", "30d"]) == 0
+    assert "removed 0 answers" in capsys.readouterr().out
+    assert main(["cache", "prune", str(cache), "--older-than", "0s"]) == 0
+    assert "removed 30 answers" in capsys.readouterr().out
+    assert main(["cache", "prune", str(cache), "--older-than", "soon"]) == 2
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Poll a condition (not a guess at timing) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.005)
+
+
+def _start(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "asyncbatch", *args, "--no-progress", "--log-format", "json"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _summary(err: bytes) -> dict[str, object]:
+    lines = [orjson.loads(line) for line in err.splitlines() if line.startswith(b"{")]
+    return next(line for line in lines if line.get("event") == "summary")
+
+
+def test_two_runs_at_once_on_overlapping_files_send_each_request_once_but_for_races_they_count(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    env, simulator = sim
+    simulator.config.latency = 0.02
+    write_jsonl(tmp_path / "a.jsonl", _lines(600))
+    write_jsonl(tmp_path / "b.jsonl", _lines(600, start=300))  # lines 300-599 in both
+    cache = str(tmp_path / "shared.sqlite")
+    runs = [_start(tmp_path, env, name, "-c", "20", "--cache", cache) for name in ("a.jsonl", "b.jsonl")]
+    summaries = []
+    for proc in runs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        summaries.append(_summary(err))
+    _exactly_once(tmp_path / "a.results.jsonl", 600)
+    _exactly_once(tmp_path / "b.results.jsonl", 600)
+    twice = sum(n - 1 for n in simulator.answered.values())
+    raced = sum(s["cache"]["sent_by_another_run"] for s in summaries)  # type: ignore[index]
+    assert len(simulator.answered) == 900 and twice == raced  # every duplicate is one the summaries name
+
+
+def test_kill_9_while_the_cache_is_written_leaves_it_readable_and_the_run_exactly_once(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    env, simulator = sim
+    write_jsonl(tmp_path / "in.jsonl", _lines(3000))
+    cache = tmp_path / "c.sqlite"
+    rng = random.Random(7)
+    for _ in range(10):
+        proc = _start(tmp_path, env, "in.jsonl", "-c", "50", "--cache", str(cache))
+        target = simulator.requests + rng.randint(20, 200)
+        _wait_for(lambda p=proc, t=target: simulator.requests >= t or p.poll() is not None)  # type: ignore[misc]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        with sqlite3.connect(cache) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert main(["in.jsonl", "-q", "-c", "50", "--cache", str(cache)]) == 0
+    _exactly_once(tmp_path / "in.results.jsonl", 3000)
+    assert main(["in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl"]) == 0
+    assert all(r["cached"] for r in _exactly_once(tmp_path / "again.jsonl", 3000))
