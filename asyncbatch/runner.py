@@ -241,6 +241,7 @@ class _Run:
             done=self.state.done,
             info=self.reporter.info,
             sleep=self.sleep,
+            cached=self.attempts.from_cache,
         )
         if options.cancel:
             cancelled = await runner.cancel()

@@ -191,3 +191,19 @@ def test_kill_9_while_the_cache_is_written_leaves_it_readable_and_the_run_exactl
     _exactly_once(tmp_path / "in.results.jsonl", 3000)
     assert main(["in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl"]) == 0
     assert all(r["cached"] for r in _exactly_once(tmp_path / "again.jsonl", 3000))
+
+
+def test_lines_the_cache_answers_are_not_uploaded_to_the_batch_api(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    write_jsonl(tmp_path / "in.jsonl", _lines(40))
+    cache = str(tmp_path / "c.sqlite")
+    write_jsonl(tmp_path / "half.jsonl", _lines(20))
+    assert main(["half.jsonl", "-q", "--cache", cache]) == 0 and simulator.requests == 20
+    batch = ["--batch-api", "--poll-interval", "0.05", "--cache", cache]
+    assert main(["in.jsonl", "-q", *batch]) == 0
+    (job,) = simulator.batches.jobs.values()
+    assert len(job.lines) == 20  # only the lines the cache could not answer went into the job
+    rows = _exactly_once(tmp_path / "in.results.jsonl", 40)
+    assert sum(bool(r.get("cached")) for r in rows) == 20 and simulator.requests == 40  # 20 live, then 20 in the job

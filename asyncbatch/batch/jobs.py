@@ -102,12 +102,14 @@ class BatchRunner:
         info: Callable[[str], None],
         sleep: Sleep = asyncio.sleep,
         wall: Callable[[], float] = time.time,
+        cached: Callable[[Job], dict[str, Any] | None] = lambda job: None,
     ) -> None:
+        """:param cached: a line's result record from the response cache, if it holds a fitting answer."""
         assert config.batch is not None
         self.options, self.endpoint, self.request = config.batch, config.routes[0].endpoint, config.request
         self.input_path, self.paths, self.stats = config.input_path, config.state, stats
         self.recorder, self.written, self.done = recorder, written, done
-        self.info, self.sleep, self.wall = info, sleep, wall
+        self.info, self.sleep, self.wall, self.cached = info, sleep, wall, cached
         self.path = self.paths.batches
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
@@ -129,6 +131,7 @@ class BatchRunner:
                 await self._step(parts)
                 if self.state.open_parts():
                     await self.sleep(self.options.poll_interval)
+        await self.written()  # what was recorded without a job (bad lines, cached answers) too, before the live phase
 
     async def cancel(self) -> int:
         """--cancel: cancel every open job of this run; return how many."""
@@ -165,6 +168,9 @@ class BatchRunner:
                 item = prepare(line, self.request, model, self.endpoint) if isinstance(line, ParsedLine) else line
                 if isinstance(item, BadLine):
                     reject(item)
+                    continue
+                if (hit := self.cached(item)) is not None:  # answered from the response cache: not uploaded
+                    self.recorder.success(item.line_no, hit)
                     continue
                 raw = batch_line(item, self._v1)
                 part = splitter.place(item.api, item.line_no, len(raw))

@@ -199,6 +199,14 @@ class Attempts:
             if not (future := self.asked.pop(key)).done():
                 future.set_result(None)  # no answer to share: the lines waiting send their own
 
+    def from_cache(self, job: Job) -> dict[str, Any] | None:
+        """The line's result record from the response cache, if it holds an answer that fits (the Batch API's)."""
+        if self.cache is None:
+            return None
+        key = cache_key(job.api, self.identity, job.body)
+        hit = self._answered(job, key, self.cache.get(key))
+        return hit.record if hit is not None else None
+
     def _answered(self, job: Job, key: bytes, entry: Entry | None, *, shared: bool = False) -> Success | None:
         """The line's result from a stored (or shared) answer, if it is one and fits the current schema."""
         if entry is None:
