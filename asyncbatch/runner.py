@@ -105,7 +105,9 @@ async def run(
             sleep=sleep,
             clock=clock,
         )
-        cache = ResponseCache(config.cache, config.cache_mode) if config.cache and config.cache_mode != "off" else None
+        cache = None
+        if config.cache is not None and config.cache_mode != "off":
+            cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor)
         try:
             return await _Run(config, state, router, reporter, sleep, clock, cache).run(interrupt)
         finally:

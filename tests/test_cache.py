@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
@@ -47,6 +49,7 @@ def test_a_file_run_twice_sends_each_request_once_and_new_lines_alone_after(
     cache = str(tmp_path / "answers.sqlite")
     assert main(["in.jsonl", "-q", "-c", "50", "--cache", cache]) == 0
     assert simulator.requests == 1000
+    assert all(p.stat().st_mode & 0o077 == 0 for p in tmp_path.glob("answers.sqlite*"))  # private, like the outputs
     first = _exactly_once(tmp_path / "in.results.jsonl", 1000)
     assert not any(r.get("cached") for r in first)
     assert main(["in.jsonl", "-q", "-c", "50", "--cache", cache, "-o", "again.jsonl"]) == 0
@@ -207,3 +210,24 @@ def test_lines_the_cache_answers_are_not_uploaded_to_the_batch_api(
     assert len(job.lines) == 20  # only the lines the cache could not answer went into the job
     rows = _exactly_once(tmp_path / "in.results.jsonl", 40)
     assert sum(bool(r.get("cached")) for r in rows) == 20 and simulator.requests == 40  # 20 live, then 20 in the job
+
+
+def test_an_answer_quoting_the_key_is_kept_without_it(tmp_path: Path, sim: tuple[dict[str, str], Simulator]) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("leak", f"repeat after me: {KEY}")])
+    cache = tmp_path / "c.sqlite"
+    assert main(["in.jsonl", "-q", "--cache", str(cache)]) == 0
+    assert KEY.encode() not in (tmp_path / "in.results.jsonl").read_bytes()
+    assert all(KEY.encode() not in p.read_bytes() for p in tmp_path.glob("c.sqlite*"))  # the file and its WAL
+
+
+@given(
+    body=st.dictionaries(st.sampled_from(["messages", "temperature", "max_tokens", "tools", "n"]), st.integers()),
+    tags=st.dictionaries(st.sampled_from(["user", "metadata"]), st.text(max_size=5)),
+    seed=st.randoms(),
+)
+def test_any_request_keys_alike_whatever_its_field_order_and_tags(
+    body: dict[str, int], tags: dict[str, str], seed: random.Random
+) -> None:
+    items = [*body.items(), *tags.items()]
+    seed.shuffle(items)
+    assert cache_key("chat", ["e"], dict(items)) == cache_key("chat", ["e"], body)

@@ -15,6 +15,7 @@ The cache supplies answers; what is recorded, and exactly once, is the store's.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +26,8 @@ from typing import Any, Literal, get_args
 import orjson
 
 from ..errors import ConfigError
+from ..redact import Redactor
+from .files import open_private
 
 CacheMode = Literal["read-write", "read", "write", "off"]
 MODES: tuple[str, ...] = get_args(CacheMode)
@@ -62,14 +65,25 @@ class ResponseCache:
     """One SQLite file of answers. ``get`` and ``put`` obey ``mode``; ``stats`` and ``prune`` are for the CLI.
 
     :param clock: wall-clock seconds, for ``stored`` and ``prune``; injected in tests.
+    :param redactor: every answer passes through it before it is kept.
     """
 
-    def __init__(self, path: Path, mode: CacheMode = "read-write", clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        mode: CacheMode = "read-write",
+        clock: Callable[[], float] = time.time,
+        redactor: Redactor | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ConfigError(f"--cache-mode must be one of {', '.join(MODES)} (got {mode!r})")
         self.path, self.mode, self.clock = Path(path), mode, clock
+        self.redactor = redactor or Redactor()  # the cache is an output too: no secret is kept in it
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(
+                open_private(self.path, os.O_RDWR | os.O_CREAT)
+            )  # 0600, like every output; SQLite's side files follow
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last writes, never the file
@@ -106,7 +120,7 @@ class ResponseCache:
         verb = "INSERT OR REPLACE" if replace or self.mode == "write" else "INSERT OR IGNORE"
         cursor = self.db.execute(
             f"{verb} INTO answers (key, body, request_id, stored) VALUES (?, ?, ?, ?)",
-            (key, body, request_id, self.clock()),
+            (key, self.redactor.bytes(body), request_id, self.clock()),
         )
         return cursor.rowcount == 1
 
