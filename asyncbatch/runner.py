@@ -18,7 +18,6 @@ the checkpoint saved; the unfinished inputs run on the next resume.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -29,11 +28,11 @@ from .batch.jobs import BatchRunner
 from .batch.parts import refuse_live_while_open
 from .clock import Sleep
 from .config import RunConfig
-from .cost import Budget, Prices, lookup, why_no_cost
+from .cost import Budget
 from .display.reporters import Reporter, default_reporter
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff
-from .input.requests import Job, lines_model, prepare, setup_mistake
+from .input.requests import Job, first_lines, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
@@ -86,11 +85,11 @@ async def run(
     """
     reporter = reporter or default_reporter()
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
-    with contextlib.closing(read_lines(config.input_path)) as lines:
-        if mistake := setup_mistake(config.input_path, lines, config.request):
-            raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
-    if config.prices is None:
-        config = dataclasses.replace(config, prices=priced_by_lines(config.input_path))
+    first = first_lines(config.input_path)
+    if mistake := setup_mistake(config.input_path, first, config.request):
+        raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
+    if config.prices is None:  # a deployment not named after a model: the lines may name one
+        config = dataclasses.replace(config, prices=lines_prices(first))
     resume = {"restart": restart, "accept_changes": config.accept_changes, "retry_failed": config.retry_failed}
     with opened(config.outputs, config.input_path, config.fingerprint, reporter, **resume) as state:
         if config.batch is None:
@@ -105,23 +104,10 @@ async def run(
             sleep=sleep,
             clock=clock,
         )
-        cache = None
-        if config.cache is not None and config.cache_mode != "off":
-            cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor)
         try:
-            return await _Run(config, state, router, reporter, sleep, clock, cache).run(interrupt)
+            return await _Run(config, state, router, reporter, sleep, clock).run(interrupt)
         finally:
             await router.close()
-            if cache is not None:
-                cache.close()
-
-
-def priced_by_lines(path: Path) -> Prices | None:
-    """The price table's prices for the model the lines name, when the deployment's name is not a model's."""
-    with contextlib.closing(read_lines(path)) as lines:
-        model = lines_model(lines)
-    prices = lookup(model) if model else None
-    return dataclasses.replace(prices, source=f"{prices.source}, for the lines' model {model}") if prices else None
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
@@ -148,7 +134,6 @@ class _Run:
         reporter: Reporter,
         sleep: Sleep,
         clock: Callable[[], float],
-        cache: ResponseCache | None = None,
     ) -> None:
         tpm, rpm = config.quota
         self.stats = stats = RunStats(
@@ -160,7 +145,7 @@ class _Run:
             resent=state.resent,
             changed=state.changed,
             prices=config.prices,
-            unpriced=None if config.prices else why_no_cost(config.routes[0].endpoint.deployment),
+            unpriced=None if config.prices else config.routes[0].endpoint.deployment,
             tpm_limit=tpm,
             rpm_limit=rpm,
             routes=router.routes if router.pooled else [],
@@ -170,6 +155,9 @@ class _Run:
         self.config, self.state, self.reporter, self.router = config, state, reporter, router
         self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor)
         self.recorder = self.store.recorder
+        self.cache = None
+        if config.cache is not None and config.cache_mode != "off":
+            self.cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor)
         self.attempts = Attempts(
             router=router,
             request=config.request,
@@ -180,7 +168,7 @@ class _Run:
             budget=Budget(config.max_cost),
             sleep=sleep,
             clock=clock,
-            cache=cache,
+            cache=self.cache,
         )
         self.attempts.on_send = self.store.sent
         self.stopping = False
@@ -201,6 +189,8 @@ class _Run:
             raise fatal from None
         finally:
             self.stats.finished = self.clock()
+            if self.cache is not None:
+                self.cache.close()
         return self.stats
 
     async def _run_all(self) -> None:

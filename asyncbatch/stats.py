@@ -62,7 +62,7 @@ class RunStats:
     learned_tpm: float | None = None  # adaptive mode: the rate learned so far, in the server's tokens
     charge_ratio: float | None = None  # the server's charge per unit of the client's estimate, once learned
     charged_tokens: float = 0.0  # admitted, in the server's units (estimate x ratio): what the quota counts
-    unpriced: str | None = None  # no prices: why, and what to pass (the summary says it in place of a cost)
+    unpriced: str | None = None  # no prices: the deployment name the price table does not know (said in the summary)
     cache_hits: int = 0  # lines answered from the response cache, no request sent
     shared_answers: int = 0  # lines answered by an identical request of this run
     sampled_hits: int = 0  # of those, requests with temperature > 0 or n > 1: an earlier sample reused

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 from collections import Counter
@@ -16,7 +15,7 @@ from ..config import Limits, RequestDefaults
 from ..cost import Prices, output_limit, projected, why_no_cost
 from ..errors import ConfigError
 from ..input.reader import BadLine, read_lines
-from ..input.requests import prepare, setup_mistake
+from ..input.requests import first_lines, prepare, setup_mistake
 
 
 @dataclass
@@ -38,9 +37,8 @@ class DryRunReport:
 def dry_run(
     path: Path, defaults: RequestDefaults, model: str, keep_bad: int = 20, max_lines_per_file: int = 100_000
 ) -> DryRunReport:
-    with contextlib.closing(read_lines(path)) as first:
-        if mistake := setup_mistake(path, first, defaults):
-            raise ConfigError(mistake)
+    if mistake := setup_mistake(path, first_lines(path), defaults):
+        raise ConfigError(mistake)
     report = DryRunReport()
     splitter = Splitter(max_lines_per_file)
     for line in read_lines(path):

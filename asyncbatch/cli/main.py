@@ -33,9 +33,10 @@ from ..cost import Prices, resolve
 from ..display.reporters import Reporter, make_reporter
 from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
 from ..input.reader import sniff
+from ..input.requests import first_lines, lines_prices
 from ..protocol import read_usage
 from ..redact import RedactingStream, Redactor
-from ..runner import Interrupt, priced_by_lines, run
+from ..runner import Interrupt, run
 from ..simulator import simulated
 from ..stats import RunStats
 from .build import batch_options, build_config, check_input, request_defaults, sim_config
@@ -166,7 +167,7 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     options = batch_options(args)
     defaults = request_defaults(args)
     report = dry_run(args.input, defaults, model, max_lines_per_file=args.max_lines_per_file)
-    prices = resolve(model, args.price_in, args.price_out, args.price_cached) or priced_by_lines(args.input)
+    prices = resolve(model, args.price_in, args.price_out, args.price_cached) or lines_prices(first_lines(args.input))
     sample = (
         _sample(args, env, pick_sample(args.input, report, args.sample, defaults, model), prices)
         if args.sample

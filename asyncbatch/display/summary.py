@@ -4,6 +4,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ..cost import why_no_cost
 from ..stats import RunStats
 from .status import deployment_views
 
@@ -69,7 +70,7 @@ def summary_table(stats: RunStats) -> Table:
         ("latency p50 / p95", "-" if p50 is None else f"{p50:.0f} ms / {p95:.0f} ms"),
     ]
     if stats.prices is not None or stats.unpriced:
-        rows.append(("cost", _cost(stats) if stats.prices is not None else str(stats.unpriced)))
+        rows.append(("cost", _cost(stats) if stats.prices is not None else why_no_cost(str(stats.unpriced))))
     if stats.cache_hits or stats.shared_answers or stats.cache_raced:
         rows.append(("cache", _cache(stats)))
     if stats.batch_jobs:

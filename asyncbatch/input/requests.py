@@ -1,10 +1,12 @@
 """ParsedLine -> Job: the request body to send, and its token estimate.
 
-Pure functions; no I/O.
+Pure functions, but for ``first_lines``, which reads the lines the others look at first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,9 +16,10 @@ from typing import Any
 import orjson
 
 from ..config import Endpoint, RequestDefaults
+from ..cost import Prices, lookup
 from ..protocol import BATCH_URLS, Api, unsupported
 from ..structured.schemas import FUNCTION_NAME
-from .reader import BadLine, ParsedLine
+from .reader import BadLine, ParsedLine, read_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,19 @@ def setup_mistake(path: Path, lines: Iterable[ParsedLine | BadLine], defaults: R
         hint = f'add --template over the fields of the records ({shown}), e.g. --template "...{{{example}}}..."'
         return f"{start}. HINT: {hint}"
     return f"{start}. HINT: the records' fields are {shown}: name those in --template"
+
+
+def first_lines(path: Path) -> list[ParsedLine | BadLine]:
+    """The file's first lines, which ``setup_mistake`` and ``lines_prices`` look at."""
+    with contextlib.closing(read_lines(path)) as lines:
+        return list(itertools.islice(lines, FIRST_LINES))
+
+
+def lines_prices(lines: Iterable[ParsedLine | BadLine]) -> Prices | None:
+    """The price table's prices for the model the lines name, for a deployment whose name is not a model's."""
+    model = lines_model(lines)
+    prices = lookup(model) if model else None
+    return dataclasses.replace(prices, source=f"{prices.source}, for the lines' model {model}") if prices else None
 
 
 def lines_model(lines: Iterable[ParsedLine | BadLine]) -> str | None:
