@@ -43,6 +43,8 @@ _EXPORTS = {
     "PlainReporter": "display.reporters",
     "JsonReporter": "display.reporters",
     "NotebookReporter": "display.reporters",
+    "map": "frames",
+    "map_sync": "frames",
     "Interrupt": "runner",
     "restart": "runner",
     "run": "runner",
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from .cost import Prices
     from .display.reporters import JsonReporter, NotebookReporter, PlainReporter, Reporter, RichReporter
     from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
+    from .frames import map, map_sync
     from .runner import Interrupt, restart, run
     from .simulator import SimConfig, simulated
     from .stats import RunStats
@@ -109,6 +112,8 @@ __all__ = [
     "__version__",
     "load_response_format",
     "load_tools",
+    "map",
+    "map_sync",
     "restart",
     "run",
     "run_sync",

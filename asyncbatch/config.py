@@ -22,7 +22,7 @@ from .protocol import APIS, Api, unsupported
 from .store.cache import MODES, CacheMode
 from .store.checkpoint import fingerprint
 from .store.files import Outputs, StatePaths
-from .structured.schemas import check_request_schemas, mark_strict
+from .structured.schemas import check_request_schemas, from_models, mark_strict
 
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
 FSYNC_INTERVALS: dict[str, float | None] = {"always": 0.0, "periodic": 1.0, "never": None}
@@ -180,10 +180,13 @@ class RequestDefaults:
     :param tools: tools in the chat-completions shape (``asyncbatch.load_tools`` reads a file).
     :param response_format: a ``json_schema`` response format (``asyncbatch.load_response_format``).
     :param strict: send ``strict: true``; the schemas must qualify, or ConfigError lists why not.
+
+    ``tools`` (one or a list) and ``response_format`` may be Pydantic model classes: their JSON schemas
+    are sent (strict-ready), and each answer is validated by the model itself too (``models``).
     """
 
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | Any | None = None
+    response_format: dict[str, Any] | Any | None = None
     strict: bool = False
     feedback: bool = True  # on invalid output, tell the model what was wrong when asking again
     max_tokens: int | None = None
@@ -191,8 +194,13 @@ class RequestDefaults:
     template: str | None = None
     system: str | None = None
     api: Api = "chat"  # what record lines become
+    models: dict[str | None, Any] = field(default_factory=dict, repr=False, compare=False)  # filled in: see above
 
     def __post_init__(self) -> None:
+        tools, response_format, models = from_models(self.tools, self.response_format)
+        object.__setattr__(self, "tools", tools)
+        object.__setattr__(self, "response_format", response_format)
+        object.__setattr__(self, "models", {**self.models, **models})
         if self.api not in APIS:
             raise ConfigError(f"--api must be one of {', '.join(APIS)} (got {self.api!r})")
         if self.tools and self.response_format:
@@ -330,7 +338,8 @@ class RunConfig:
     def fingerprint(self) -> dict[str, str]:
         """The request options a resume must keep. A pool's routing is not one: deployments may come and go."""
         routing = {} if self.pooled else {"deployment": self.routes[0].endpoint.deployment}
-        return fingerprint({**routing, **dataclasses.asdict(self.request)})
+        options = {f.name: getattr(self.request, f.name) for f in dataclasses.fields(self.request) if f.compare}
+        return fingerprint({**routing, **options})  # a model is its schema, already among them
 
     @property
     def outputs(self) -> Outputs:

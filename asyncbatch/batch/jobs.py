@@ -114,7 +114,7 @@ class BatchRunner:
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
         self.state = saved or BatchState(run=uuid.uuid4().hex)
-        self.check = OutputCheck(self.request.tools, self.request.response_format)
+        self.check = OutputCheck(self.request.tools, self.request.response_format, self.request.models)
         self.sdk: AsyncOpenAI | None = None
         self.remote: dict[int, int] = {}  # part -> lines the server has finished (request_counts)
         self.prices = stats.prices.batch() if stats.prices is not None else None

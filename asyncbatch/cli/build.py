@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..config import (
     BatchOptions,
@@ -17,7 +19,7 @@ from ..config import (
 from ..cost import resolve
 from ..errors import ConfigError
 from ..simulator import SimConfig
-from ..structured.schemas import load_response_format, load_tools
+from ..structured.schemas import load_model, load_response_format, load_tools
 
 
 def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
@@ -31,10 +33,19 @@ def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
         raise ConfigError(f"cannot read --{name}-file {path}: {exc.strerror}") from None
 
 
+def _schema(value: Path | None, load: Callable[[Path], Any]) -> Any:
+    """A JSON file, or ``module:Model`` (a Pydantic model importable from here)."""
+    if value is None:
+        return None
+    if ":" in str(value) and not value.exists():
+        return load_model(str(value))
+    return load(value)
+
+
 def request_defaults(args: argparse.Namespace) -> RequestDefaults:
     return RequestDefaults(
-        tools=load_tools(args.tools) if args.tools else None,
-        response_format=load_response_format(args.response_format) if args.response_format else None,
+        tools=_schema(args.tools, load_tools),
+        response_format=_schema(args.response_format, load_response_format),
         strict=args.strict,
         feedback=not args.no_feedback,
         max_tokens=args.max_tokens,

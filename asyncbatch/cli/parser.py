@@ -275,16 +275,17 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     req.add_argument(
         "--tools",
         type=Path,
-        metavar="FILE",
+        metavar="FILE|MODULE:MODEL",
         help="JSON file: one function schema {name, description, parameters} or a list of tools; "
-        "a single function is forced with tool_choice",
+        "a single function is forced with tool_choice. Or module:Model, a Pydantic model importable "
+        "from here: its schema is sent and each answer validated by it",
     )
     req.add_argument(
         "--response-format",
         type=Path,
-        metavar="FILE",
+        metavar="FILE|MODULE:MODEL",
         help="JSON file: a JSON Schema (or {name, schema}) sent as a json_schema response_format; "
-        "the reply's content is parsed and validated like tool arguments",
+        "the reply's content is parsed and validated like tool arguments. Or module:Model (Pydantic)",
     )
     req.add_argument(
         "--strict",

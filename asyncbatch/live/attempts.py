@@ -145,7 +145,7 @@ class Attempts:
         clock: Callable[[], float] = time.monotonic,
         cache: ResponseCache | None = None,
     ) -> None:
-        self.router, self.check = router, OutputCheck(request.tools, request.response_format)
+        self.router, self.check = router, OutputCheck(request.tools, request.response_format, request.models)
         self.cache = cache
         self.identity = [route.deployment.endpoint.identity for route in router.routes]
         self.asked: dict[bytes, asyncio.Future[Entry | None]] = {}  # cache keys on the wire: identical lines wait

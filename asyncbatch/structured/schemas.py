@@ -164,3 +164,68 @@ def _walk(node: Any, path: str, depth: int) -> Iterator[tuple[dict[str, Any], st
             yield from _walk(child, f"{path}.{keyword}[{i}]", depth)
     for name, child in (node.get("$defs") or node.get("definitions") or {}).items():
         yield from _walk(child, f"{path}.$defs.{name}", depth)
+
+
+# -- Pydantic models as schemas ----------------------------------------------------------------
+
+
+def is_model(value: Any) -> bool:
+    """A Pydantic model class (any class with ``model_json_schema`` and ``model_validate``)."""
+    return isinstance(value, type) and hasattr(value, "model_json_schema") and hasattr(value, "model_validate")
+
+
+def model_schema(model: Any) -> dict[str, Any]:
+    """The model's JSON schema, strict-ready: every object closed (``additionalProperties: false``).
+
+    It then qualifies for ``strict`` when every field is required (no defaults); ``strict_problems`` says.
+    """
+    schema: dict[str, Any] = model.model_json_schema()
+    for node in (schema, *(schema.get("$defs") or {}).values()):
+        for child, _, _ in _walk(node, "$", 0):
+            if _is_object(child):
+                child.setdefault("additionalProperties", False)
+    return schema
+
+
+def from_models(
+    tools: Any, response_format: Any
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None, dict[str | None, Any]]:
+    """Tools and a response format that may be Pydantic models -> their dicts, and the models by tool name.
+
+    The response format's model is under ``None``.
+    """
+    models: dict[str | None, Any] = {}
+    if tools is not None:
+        converted = []
+        for item in tools if isinstance(tools, list | tuple) else [tools]:
+            if is_model(item):
+                function = {"name": item.__name__, "parameters": model_schema(item)}
+                if item.__doc__:
+                    function["description"] = item.__doc__.strip()
+                converted.append({"type": "function", "function": function})
+                models[item.__name__] = item
+            else:
+                converted.append(item)
+        tools = converted
+    if is_model(response_format):
+        models[None] = response_format
+        spec = {"name": response_format.__name__, "schema": model_schema(response_format)}
+        response_format = {"type": "json_schema", "json_schema": spec}
+    return tools, response_format, models
+
+
+def load_model(spec: str) -> Any:
+    """``module:Model`` (``--tools``/``--response-format``): the Pydantic model, imported from the working directory."""
+    import importlib
+    import sys
+
+    module_name, _, name = spec.partition(":")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        model = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{spec}: cannot import the model ({exc}); give module:Model, importable from here") from None
+    if not is_model(model):
+        raise ConfigError(f"{spec} is not a Pydantic model (a class with model_json_schema)")
+    return model

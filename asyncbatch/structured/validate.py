@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,9 +36,17 @@ class OutputCheck:
 
     :param tools: the tools sent with every request (validated by function name).
     :param response_format: a json_schema response format; its content is validated.
+    :param models: Pydantic models by tool name (the response format's under None): what passes the
+        schema is validated by the model too, and what it refuses is asked again like a schema violation.
     """
 
-    def __init__(self, tools: list[dict[str, Any]] | None, response_format: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        tools: list[dict[str, Any]] | None,
+        response_format: dict[str, Any] | None,
+        models: dict[str | None, Any] | None = None,
+    ) -> None:
+        self.models = models or {}
         self.tools = {
             t["function"]["name"]: compile_schema(t["function"].get("parameters") or {}, f"the schema of tool {name!r}")
             for t in tools or ()
@@ -80,7 +89,8 @@ class OutputCheck:
                 raise _invalid_response(
                     "invalid_tool_arguments", f"the model called an unknown tool {name!r}", body, text, call
                 )
-            return _parse_response(raw, validator, f"the arguments for tool {name!r}", body, text, call)
+            value = _parse_response(raw, validator, f"the arguments for tool {name!r}", body, text, call)
+            return self._by_model(name, value, lambda why: _invalid_response(_code(call), why, body, text, call, raw))
         schema = ((request.get("text") or {}).get("format") or {}).get("schema")
         if isinstance(schema, dict):
             validator = self._compiled(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS), schema, "text.format")
@@ -122,12 +132,28 @@ class OutputCheck:
         validator = self.tools.get(name)
         if validator is None:
             raise _invalid("invalid_tool_arguments", f"the model called an unknown tool {name!r}", body, message, call)
-        return _parse_and_validate(raw, validator, f"the arguments for tool {name!r}", body, message, call)
+        value = _parse_and_validate(raw, validator, f"the arguments for tool {name!r}", body, message, call)
+        return self._by_model(name, value, lambda reason: _invalid(_code(call), reason, body, message, call, raw))
 
     def _content(self, message: dict[str, Any], body: dict[str, Any]) -> Any:
         assert self.content is not None
         raw = message.get("content") or ""
-        return _parse_and_validate(raw, self.content, "the JSON content", body, message, None)
+        value = _parse_and_validate(raw, self.content, "the JSON content", body, message, None)
+        return self._by_model(None, value, lambda reason: _invalid(_code(None), reason, body, message, None, raw))
+
+    def _by_model(self, name: str | None, value: Any, invalid: Callable[[str], AttemptError]) -> Any:
+        """What the schema took, validated by its Pydantic model too (if it has one): the same JSON value."""
+        if (model := self.models.get(name)) is None:
+            return value
+        from pydantic import ValidationError
+
+        try:
+            model.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "$"
+            raise invalid(f"the model {model.__name__} refuses it at {where}: {first.get('msg')}") from None
+        return value
 
 
 def _invalid_response(
