@@ -1,0 +1,126 @@
+"""Tables in and out (asyncbatch.map) and Pydantic models as schemas, through the real engine and simulator."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from pydantic import BaseModel, field_validator
+
+import asyncbatch
+from asyncbatch.cli.main import main
+from asyncbatch.simulator import SimConfig, Simulator
+from asyncbatch.structured.schemas import model_schema, strict_problems
+from tests.helpers import read_jsonl, simulator_env, write_jsonl
+
+KEY = "frames-key-0123456789"
+
+
+class Sentiment(BaseModel):
+    """The review's sentiment."""
+
+    label: str
+    score: float
+
+
+class Picky(BaseModel):
+    label: str
+
+    @field_validator("label")
+    @classmethod
+    def short(cls, value: str) -> str:  # the schema takes any string; the model does not
+        if len(value) > 5:
+            raise ValueError("at most 5 characters")
+        return value
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
+    with simulator_env(SimConfig(api_key=KEY), monkeypatch) as (_, simulator):
+        yield simulator
+
+
+def _endpoint() -> asyncbatch.Endpoint:
+    return asyncbatch.Endpoint(kind="azure", base_url=os.environ["AZURE_OPENAI_ENDPOINT"], api_key=KEY, deployment="d")
+
+
+def test_a_dataframe_maps_to_a_dataframe_in_input_order_with_the_export_columns_and_parsed_models(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    frame = pd.DataFrame({"id": [f"r{i}" for i in range(30)], "text": [f"t{i}" for i in range(30)]})
+    frame.index = [f"row{i}" for i in range(30)]
+    out = asyncbatch.map_sync(frame, template="Classify: {text}", tools=Sentiment, endpoint=_endpoint())
+    assert list(out.index) == list(frame.index) and list(out["custom_id"]) == list(frame["id"])
+    assert set(out["status"]) == {"succeeded"} and sim.requests == 30
+    assert all(
+        isinstance(p, Sentiment) and p.label == row["output.label"]
+        for p, (_, row) in zip(out["parsed"], out.iterrows(), strict=True)
+    )
+    write_jsonl(tmp_path / "in.jsonl", frame.to_dict("records"))  # the same rows through the CLI and export
+    (tmp_path / "tool.json").write_text(
+        '{"name": "Sentiment", "parameters": ' + __import__("json").dumps(model_schema(Sentiment)) + "}"
+    )
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", "Classify: {text}", "--tools", "tool.json"]) == 0
+    csv_out = tmp_path / "out.csv"
+    export = ["export", str(tmp_path / "in.results.jsonl"), "--input", str(tmp_path / "in.jsonl"), "-o", str(csv_out)]
+    assert main(export) == 0
+    with csv_out.open() as f:
+        columns = next(csv.reader(f))
+    assert [c for c in out.columns if c != "parsed"] == columns
+
+
+def test_rows_map_to_a_list_and_with_an_output_path_a_second_call_resumes(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where a map without output_path keeps its state
+    rows = [{"text": f"t{i}"} for i in range(40)]
+    kept = tmp_path / "kept.jsonl"
+    first = asyncbatch.map_sync(rows, template="Say {text}", endpoint=_endpoint(), output_path=kept)
+    assert [r["custom_id"] for r in first] == [f"line-{i}" for i in range(1, 41)] and sim.requests == 40
+    assert first[3]["output"] == "Simulated answer to: Say t3"
+    again = asyncbatch.map_sync([*rows, {"text": "new"}], template="Say {text}", endpoint=_endpoint(), output_path=kept)
+    assert len(again) == 41 and sim.requests == 41  # only the appended row was sent
+    table = asyncbatch.map_sync(pa.Table.from_pylist(rows[:3]), template="Say {text}", endpoint=_endpoint())
+    assert [r["output"] for r in table] == [f"Simulated answer to: Say t{i}" for i in range(3)]
+    assert not list(scratch.iterdir())  # its state was removed
+
+
+def test_an_answer_the_model_refuses_is_asked_again_then_recorded_naming_the_model(sim: Simulator) -> None:
+    out = asyncbatch.map_sync([{"text": "x"}], template="Label {text}", tools=Picky, endpoint=_endpoint())
+    (row,) = out
+    assert row["status"] == "failed" and row["error_code"] == "invalid_tool_arguments"
+    assert "the model Picky refuses it at label: Value error, at most 5 characters" in row["error_message"]
+    assert row["attempts"] == asyncbatch.RetryPolicy.max_attempts
+
+
+def test_a_model_schema_is_strict_ready_and_the_cli_takes_module_colon_model(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = model_schema(Sentiment)
+    assert schema["additionalProperties"] is False and strict_problems(schema) == []
+    (tmp_path / "mymodels.py").write_text(
+        "from pydantic import BaseModel\n\nclass Company(BaseModel):\n    name: str\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(5)])
+    args = [
+        str(tmp_path / "in.jsonl"),
+        "-q",
+        "--template",
+        "About {company}",
+        "--tools",
+        "mymodels:Company",
+        "--strict",
+    ]
+    assert main(args) == 0
+    assert sim.bodies[-1]["tools"][0]["function"]["strict"] is True
+    assert all(set(r["output"]) == {"name"} for r in read_jsonl(tmp_path / "in.results.jsonl"))
+    assert main([*args[:-3], "--tools", "mymodels:Nope"]) == 2
