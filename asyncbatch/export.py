@@ -28,6 +28,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from .errors import ConfigError
+from .input.reader import input_records
 from .store.files import atomic_file
 
 Format = Literal["jsonl", "csv", "parquet"]
@@ -103,19 +104,6 @@ def _spill(chunk: list[bytes], workdir: Path, index: int) -> Path:
     return path
 
 
-def _input_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, the record's fields) for every input line; a line that is not an object has none."""
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if line_no == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            try:
-                obj = orjson.loads(raw) if raw.strip() else None
-            except orjson.JSONDecodeError:
-                obj = None
-            yield line_no, obj if isinstance(obj, dict) else {}
-
-
 def row_of(tag: bytes, record: dict[str, Any], fields: dict[str, Any] | None) -> dict[str, Any]:
     error = record.get("error") or {}
     response = record.get("response") or {}
@@ -166,7 +154,7 @@ class Rows:
             yield from self._rows(lines, report)
 
     def _rows(self, lines: Iterable[bytes], report: ExportReport) -> Iterator[dict[str, Any]]:
-        inputs = _input_records(self.input_path) if self.input_path is not None else None
+        inputs = input_records(self.input_path) if self.input_path is not None else None
         previous = -1
         for item in lines:
             line_no = int(item[:_KEY])

@@ -6,6 +6,7 @@ builds requests; that is ``requests.py``.
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import orjson
 
 from ..errors import ConfigError
 from ..protocol import BATCH_URLS
+from ..store.files import TABLES
 from ..store.ids import IdLog, IdSet, digest, line_digest
 
 
@@ -70,6 +72,9 @@ def sniff(path: Path) -> None:
             )
     if b"\x00" in head:
         raise ConfigError(f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark, not JSONL")
+    if is_table(path):
+        table_header(path)  # a header row is required
+        return
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
     if text.startswith(b"["):
         raise ConfigError(
@@ -119,7 +124,7 @@ def read_lines(
     recorded = ids.recorded()
     known = ids.known
     with path.open("rb") as f:
-        for line_no, raw, size in _raw_lines(f, feed=ids.feed, feed_after=known):
+        for line_no, raw, size in _lines_of(path, f, feed=ids.feed, feed_after=known):
             if line_no <= known:
                 if value := next(recorded):
                     seen.add_new(value)  # a first occurrence, by construction
@@ -148,7 +153,7 @@ def lines_from(path: Path, offset: int, line_no: int) -> Iterator[ParsedLine | B
     """Parse ``path`` from byte ``offset``, where line ``line_no`` starts, to the end (no duplicate check)."""
     with path.open("rb") as f:
         f.seek(offset)
-        for number, raw, _ in _raw_lines(f, first=line_no):
+        for number, raw, _ in _lines_of(path, f, first=line_no):
             item = parse_line(number, raw)
             if item is not None:
                 yield item
@@ -158,13 +163,107 @@ def line_offsets(path: Path) -> Iterator[tuple[int, int]]:
     """(line number, byte offset where it starts) for every line of ``path``."""
     offset = 0
     with path.open("rb") as f:
-        for line_no, _, size in _raw_lines(f):
+        for line_no, _, size in _lines_of(path, f):
             yield line_no, offset
             offset += size
 
 
+def input_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, the record's fields) for every line (a table's row) of ``path``; {} for one that is none."""
+    with path.open("rb") as f:
+        for line_no, raw, _ in _lines_of(path, f):
+            try:
+                obj = orjson.loads(raw) if raw and raw.strip() else None
+            except orjson.JSONDecodeError:
+                obj = None
+            yield line_no, obj if isinstance(obj, dict) else {}
+
+
 def _duplicate(item: ParsedLine) -> BadLine:
     return BadLine(item.line_no, item.custom_id, f"duplicate custom_id {item.custom_id!r}", item.line_hash)
+
+
+def _lines_of(
+    path: Path, f: BinaryIO, first: int = 1, feed: Callable[[bytes], None] | None = None, feed_after: int = 0
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """The input's lines as JSON bytes: a JSONL file's own, or a CSV/TSV file's rows as records."""
+    if is_table(path):
+        return _table_rows(path, f, first, feed, feed_after)
+    return _raw_lines(f, first, feed, feed_after)
+
+
+def is_table(path: Path) -> bool:
+    """A CSV or TSV file (by its suffix): its rows are the input's records."""
+    return path.suffix.lower() in TABLES
+
+
+def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect, int]:
+    """A table's column names, its dialect (sniffed within the suffix's delimiter), and the header's bytes.
+
+    :raises ConfigError: no header, or one with an empty or repeated name.
+    """
+    with path.open("rb") as f:
+        sample = f.read(_SNIFF).removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+        try:
+            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
+                sample, delimiters=TABLES[path.suffix.lower()]
+            )
+        except csv.Error:
+            dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
+        f.seek(0)
+        pulled: list[bytes] = []
+        header = next(csv.reader(_decoded(f, pulled), dialect), None)
+    if not header or any(not name.strip() for name in header) or len(set(header)) != len(header):
+        raise ConfigError(
+            f"{path} needs a header row naming every column once (got {header!r}): --template fills "
+            "{{names}} from it, and an id or custom_id column names each row"
+        )
+    return header, dialect, sum(len(b) for b in pulled)
+
+
+def _decoded(f: BinaryIO, pulled: list[bytes]) -> Iterator[str]:
+    """``f``'s physical lines as text for the csv module, each line's bytes kept in ``pulled``."""
+    for raw in iter(f.readline, b""):
+        pulled.append(raw)
+        yield raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+
+
+def _table_rows(
+    path: Path, f: BinaryIO, first: int, feed: Callable[[bytes], None] | None, feed_after: int
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """A CSV/TSV file's rows as (row number, the row as a JSON record, its size on disk).
+
+    Row 1 is the first after the header, whose bytes it carries (so sizes add up to the file's
+    bytes, as a JSONL file's lines do). A row with fewer cells than the header leaves the rest
+    null; one with more keeps them under ``_extra``. A blank row is a blank line.
+    """
+    header, dialect, header_size = table_header(path)
+    pulled: list[bytes] = []
+    carried = 0
+    if f.tell() == 0:  # from the start: the header's bytes are carried by row 1, not read as a row
+        f.seek(header_size)
+        carried = header_size
+    row_no = first - 1
+    for cells in csv.reader(_decoded(f, pulled), dialect):
+        row_no += 1
+        consumed = b"".join(pulled)
+        pulled.clear()
+        size = len(consumed) + carried
+        if feed is not None and row_no > feed_after:
+            if carried:
+                with path.open("rb") as head:
+                    feed(head.read(carried))
+            feed(consumed)
+        carried = 0
+        if not any(cell.strip() for cell in cells):
+            yield row_no, b"", size
+            continue
+        record: dict[str, Any] = dict(zip(header, cells, strict=False))
+        for name in header[len(cells) :]:
+            record[name] = None
+        if len(cells) > len(header):
+            record["_extra"] = cells[len(header) :]
+        yield row_no, orjson.dumps(record), size
 
 
 def _raw_lines(

@@ -34,7 +34,7 @@ import orjson
 
 from ..errors import ACCEPT_CHANGES, RESTART, RETRY_FAILED, ConfigError
 from ..records import INVALID_INPUT, LINE, LINE_HASH
-from .files import Outputs, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
+from .files import TABLES, Outputs, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
 from .ids import DigestBag, line_digest
 
 VERSION = 3
@@ -452,6 +452,12 @@ def _check_input(
     if prefix is not None:
         state.prefix = prefix
         return set()
+    if input_path.suffix.lower() in TABLES:  # a table's rows are not its lines: they are not compared one by one
+        raise ConfigError(
+            f"cannot resume: {input_path} changed: its first {saved.input_offset:,} bytes, which the last run "
+            "already read, are not the same (appending rows is fine; editing or reordering them is not). "
+            f"HINT: restore the original file, or start over with {RESTART} (the old outputs are kept beside it)"
+        )
     return _edited(input_path, outputs, sizes, retry_failed)
 
 

@@ -34,6 +34,10 @@ CHECKPOINT_START = b'{"version":'
 STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches")
 
 
+# Input tables (by suffix) and the delimiters their dialect is sniffed within: their rows are records.
+TABLES = {".csv": ",;|", ".tsv": "\t"}
+
+
 @dataclass(frozen=True)
 class StatePaths:
     """The names of a run's state files. ``checkpoint`` is in the directory unless given elsewhere."""
