@@ -1,0 +1,157 @@
+"""CSV and TSV files as input: the same results as the records file, resumable after kill -9, errors by row."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from asyncbatch.cli.main import main
+from asyncbatch.simulator import SimConfig, Simulator
+from tests.helpers import read_jsonl, simulator_env, write_jsonl
+
+KEY = "tables-key-0123456789"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO = ["--template", "Tell me about {company}. Notes: {notes}", "--tools", str(EXAMPLES / "get_company_info.json")]
+
+
+@pytest.fixture
+def sim(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[dict[str, str], Simulator]]:
+    with simulator_env(SimConfig(api_key=KEY), monkeypatch) as served:
+        yield served
+
+
+def _table(path: Path, rows: list[dict[str, object]], delimiter: str = ",") -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _answers(path: Path) -> list[tuple[str, str, int]]:
+    return sorted((r["custom_id"], json.dumps(r["output"], sort_keys=True), r["line"]) for r in read_jsonl(path))
+
+
+def test_a_csv_and_a_tsv_of_the_records_give_the_records_files_results(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    records = read_jsonl(EXAMPLES / "companies.jsonl")
+    write_jsonl(tmp_path / "records.jsonl", records)
+    _table(tmp_path / "records.csv", records)
+    _table(tmp_path / "records.tsv", records, delimiter="\t")
+    for name in ("records.jsonl", "records.csv", "records.tsv"):
+        assert main([name, "-q", "-o", f"{name}.results.jsonl", *DEMO]) == 0
+    expected = _answers(tmp_path / "records.jsonl.results.jsonl")
+    assert len(expected) == 24 and expected[0][0] == "co-001"
+    assert _answers(tmp_path / "records.csv.results.jsonl") == expected
+    assert _answers(tmp_path / "records.tsv.results.jsonl") == expected
+    assert main(["records.csv", "-q", "-o", "records.csv.results.jsonl", *DEMO]) == 0  # done: nothing sent again
+    assert len(read_jsonl(tmp_path / "records.csv.results.jsonl")) == 24
+
+
+def test_quoted_newlines_short_and_long_rows_blank_rows_and_errors_named_by_row(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text('company,notes\n"Acme\nInc",first\nGlobex\n\nInitech,x,extra\n,no company\n', encoding="utf-8")
+    assert main([str(path), "-q", "--template", "About {company}: {notes}"]) == 0
+    results = {r["line"]: r for r in read_jsonl(tmp_path / "in.results.jsonl")}
+    assert results[1]["custom_id"] == "line-1"  # no id column: the row number names it
+    assert "About Acme\nInc: first" in json.dumps(results[1]["output"]).replace("\\n", "\n")
+    assert "About Globex: None" in results[2]["output"]  # a short row: the missing cell is null
+    assert "About Initech: x" in results[4]["output"]  # a long row keeps its extra cells under _extra
+    assert 3 not in results  # a blank row is no input
+    assert sorted(results) == [1, 2, 4, 5]
+    assert not read_jsonl(tmp_path / "in.results.errors.jsonl")
+    path.write_text("company,notes\nAcme,a\nGlobex,b\n", encoding="utf-8")  # a field no row has: one error
+    assert main([str(path), "-q", "--restart", "--template", "About {company} {size}"]) == 2
+    assert "template field 'size' is missing" in capsys.readouterr().err
+    path.write_text("company,notes,size\nAcme,a,\nGlobex,b,2\n", encoding="utf-8")
+    args = [str(path), "-q", "--restart", "--template", "About {company} {size}", "-o", "sized.jsonl"]
+    assert main(args) == 0  # an empty cell is an empty string, not a missing field
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "is empty"),
+        (b"company,company\nA,B\n", "needs a header row naming every column once"),
+        (b",notes\nA,B\n", "needs a header row naming every column once"),
+        ("company\nAcme\n".encode("utf-16"), "UTF-16 text"),
+        (b"company\nAc\x00me\n", "NUL bytes"),
+    ],
+)
+def test_a_table_without_a_usable_header_or_in_another_encoding_is_refused_before_anything(
+    tmp_path: Path,
+    sim: tuple[dict[str, str], Simulator],
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    expected: str,
+) -> None:
+    (tmp_path / "in.csv").write_bytes(content)
+    code = main([str(tmp_path / "in.csv"), "-q", "--template", "{company}"])
+    assert expected in capsys.readouterr().err and code == (0 if expected == "is empty" else 2)
+    assert sim[1].requests == 0 and not list(tmp_path.glob("in.results*"))
+
+
+def test_rows_appended_to_a_table_are_the_only_ones_sent_and_an_edited_one_is_refused(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, simulator = sim
+    rows = [{"id": i, "text": f"t{i}"} for i in range(50)]
+    path = _table(tmp_path / "in.csv", rows)
+    args = [str(path), "-q", "--template", "Say {text}"]
+    assert main(args) == 0 and simulator.requests == 50
+    with path.open("a", encoding="utf-8") as f:
+        f.write("50,t50\n51,t51\n")
+    assert main(args) == 0 and simulator.requests == 52
+    assert sorted(int(r["custom_id"]) for r in read_jsonl(tmp_path / "in.results.jsonl")) == list(range(52))
+    path.write_text(path.read_text().replace("t3\n", "t3 edited\n"))
+    assert main(args) == 2 and "appending rows is fine" in capsys.readouterr().err and simulator.requests == 52
+
+
+def test_kill_9_at_random_moments_on_a_table_then_resume_exactly_once(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    env, simulator = sim
+    n = 2000
+    _table(tmp_path / "in.csv", [{"id": f"r{i}", "text": f"row {i}, with a comma"} for i in range(n)])
+    rng = random.Random(11)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "asyncbatch", "in.csv", "--no-progress", "-c", "20", "--template", "{text}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        target = simulator.requests + rng.randint(50, 400)
+        deadline = time.monotonic() + 60
+        while simulator.requests < target and proc.poll() is None:  # a condition, not a guess at timing
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert main(["in.csv", "-q", "-c", "20", "--template", "{text}"]) == 0
+    results = read_jsonl(tmp_path / "in.results.jsonl")  # a torn line would not parse
+    assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(n))
+    assert all(r["output"] == f"Simulated answer to: row {int(r['custom_id'][1:])}, with a comma" for r in results)
+
+
+def test_a_bad_row_is_an_error_line_naming_the_file_and_row_and_the_others_go_on(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    path = _table(tmp_path / "in.csv", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}])
+    assert main([str(path), "-q", "--template", "{text}"]) == 1
+    (error,) = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert error["error"]["message"] == f"{path}:3: duplicate custom_id 'a'"
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 2
