@@ -31,7 +31,7 @@ from .config import RunConfig
 from .cost import Budget
 from .display.reporters import Reporter, default_reporter
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
-from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff
+from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff, virtual_lines
 from .input.requests import Job, first_lines, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
@@ -90,8 +90,16 @@ async def run(
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
     if config.prices is None:  # a deployment not named after a model: the lines may name one
         config = dataclasses.replace(config, prices=lines_prices(first))
-    resume = {"restart": restart, "accept_changes": config.accept_changes, "retry_failed": config.retry_failed}
-    with opened(config.outputs, config.input_path, config.fingerprint, reporter, **resume) as state:
+    with opened(
+        config.outputs,
+        config.input_path,
+        config.fingerprint,
+        reporter,
+        restart=restart,
+        accept_changes=config.accept_changes,
+        retry_failed=config.retry_failed,
+        lines=virtual_lines(config.input_path),
+    ) as state:
         if config.batch is None:
             refuse_live_while_open(config.state)
         # Before the clock starts: opening the connections imports the SDK, which is start-up, not run time.

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from asyncbatch.cli.main import main
@@ -48,12 +50,14 @@ def test_a_csv_and_a_tsv_of_the_records_give_the_records_files_results(
     write_jsonl(tmp_path / "records.jsonl", records)
     _table(tmp_path / "records.csv", records)
     _table(tmp_path / "records.tsv", records, delimiter="\t")
-    for name in ("records.jsonl", "records.csv", "records.tsv"):
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "records.parquet")
+    for name in ("records.jsonl", "records.csv", "records.tsv", "records.parquet"):
         assert main([name, "-q", "-o", f"{name}.results.jsonl", *DEMO]) == 0
     expected = _answers(tmp_path / "records.jsonl.results.jsonl")
     assert len(expected) == 24 and expected[0][0] == "co-001"
     assert _answers(tmp_path / "records.csv.results.jsonl") == expected
     assert _answers(tmp_path / "records.tsv.results.jsonl") == expected
+    assert _answers(tmp_path / "records.parquet.results.jsonl") == expected
     assert main(["records.csv", "-q", "-o", "records.csv.results.jsonl", *DEMO]) == 0  # done: nothing sent again
     assert len(read_jsonl(tmp_path / "records.csv.results.jsonl")) == 24
 
@@ -119,16 +123,21 @@ def test_rows_appended_to_a_table_are_the_only_ones_sent_and_an_edited_one_is_re
     assert main(args) == 2 and "appending rows is fine" in capsys.readouterr().err and simulator.requests == 52
 
 
+@pytest.mark.parametrize("name", ["in.csv", "in.parquet"])
 def test_kill_9_at_random_moments_on_a_table_then_resume_exactly_once(
-    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], name: str
 ) -> None:
     env, simulator = sim
     n = 2000
-    _table(tmp_path / "in.csv", [{"id": f"r{i}", "text": f"row {i}, with a comma"} for i in range(n)])
+    rows = [{"id": f"r{i}", "text": f"row {i}, with a comma"} for i in range(n)]
+    if name.endswith(".csv"):
+        _table(tmp_path / name, rows)
+    else:  # row groups of 500: the reader crosses several while it runs
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name, row_group_size=500)
     rng = random.Random(11)
     for _ in range(3):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "asyncbatch", "in.csv", "--no-progress", "-c", "20", "--template", "{text}"],
+            [sys.executable, "-m", "asyncbatch", name, "--no-progress", "-c", "20", "--template", "{text}"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -141,7 +150,7 @@ def test_kill_9_at_random_moments_on_a_table_then_resume_exactly_once(
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    assert main(["in.csv", "-q", "-c", "20", "--template", "{text}"]) == 0
+    assert main([name, "-q", "-c", "20", "--template", "{text}"]) == 0
     results = read_jsonl(tmp_path / "in.results.jsonl")  # a torn line would not parse
     assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(n))
     assert all(r["output"] == f"Simulated answer to: row {int(r['custom_id'][1:])}, with a comma" for r in results)
@@ -155,3 +164,24 @@ def test_a_bad_row_is_an_error_line_naming_the_file_and_row_and_the_others_go_on
     (error,) = read_jsonl(tmp_path / "in.results.errors.jsonl")
     assert error["error"]["message"] == f"{path}:3: duplicate custom_id 'a'"
     assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 2
+
+
+def test_a_parquet_row_recorded_as_bad_input_may_be_fixed_in_place_and_appended_rows_run(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    rows = [{"id": f"r{i}", "text": f"t{i}"} for i in range(30)]
+    rows[4] = {"id": "r4", "text": None}  # a null cell: the template renders "None", so it is a good line
+    rows[7]["id"] = "r6"  # a repeated id: bad input
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    args = ["in.parquet", "-q", "--template", "Say {text}"]
+    assert main(args) == 1 and simulator.requests == 29
+    (error,) = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert error["error"]["message"] == "in.parquet:8: duplicate custom_id 'r6'"
+    rows[7]["id"] = "r7"  # fixed where it stands, and two rows appended
+    pq.write_table(pa.Table.from_pylist([*rows, {"id": "r30", "text": "t30"}, {"id": "r31", "text": "t31"}]),
+                   tmp_path / "in.parquet")  # fmt: skip
+    assert main(args) == 0 and simulator.requests == 32
+    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == sorted(
+        f"r{i}" for i in range(32)
+    )

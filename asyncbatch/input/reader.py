@@ -63,6 +63,14 @@ def sniff(path: Path) -> None:
     """
     with path.open("rb") as f:
         head = f.read(_SNIFF)
+    if is_parquet(path):
+        try:
+            _parquet().ParquetFile(path)
+        except ConfigError:
+            raise
+        except Exception as exc:  # pyarrow's errors for a file that is not Parquet
+            raise ConfigError(f"{path} is not a Parquet file pyarrow can read: {exc}") from None
+        return
     for bom, encoding in _WIDE_BOMS.items():
         if head.startswith(bom):
             raise ConfigError(
@@ -100,7 +108,9 @@ def _is_json(raw: bytes) -> bool:
 
 
 def count_lines(path: Path, chunk: int = 1 << 20) -> int:
-    """Count lines fast (newline bytes, plus a final unterminated line)."""
+    """Count lines fast (newline bytes, plus a final unterminated line; a Parquet file's rows)."""
+    if is_parquet(path):
+        return int(_parquet().ParquetFile(path).metadata.num_rows)
     count, last = 0, b"\n"
     with path.open("rb") as f:
         while block := f.read(chunk):
@@ -152,7 +162,7 @@ def read_lines(
 def lines_from(path: Path, offset: int, line_no: int) -> Iterator[ParsedLine | BadLine]:
     """Parse ``path`` from byte ``offset``, where line ``line_no`` starts, to the end (no duplicate check)."""
     with path.open("rb") as f:
-        f.seek(offset)
+        f.seek(0 if is_parquet(path) else offset)  # a Parquet file is read by row, from ``line_no``
         for number, raw, _ in _lines_of(path, f, first=line_no):
             item = parse_line(number, raw)
             if item is not None:
@@ -186,10 +196,55 @@ def _duplicate(item: ParsedLine) -> BadLine:
 def _lines_of(
     path: Path, f: BinaryIO, first: int = 1, feed: Callable[[bytes], None] | None = None, feed_after: int = 0
 ) -> Iterator[tuple[int, bytes | None, int]]:
-    """The input's lines as JSON bytes: a JSONL file's own, or a CSV/TSV file's rows as records."""
+    """The input's lines as JSON bytes: a JSONL file's own, a CSV/TSV file's rows, or a Parquet file's rows."""
+    if is_parquet(path):
+        return _parquet_rows(path, first, feed, feed_after)
     if is_table(path):
         return _table_rows(path, f, first, feed, feed_after)
     return _raw_lines(f, first, feed, feed_after)
+
+
+def is_parquet(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet"
+
+
+def virtual_lines(path: Path) -> Callable[[Path], Iterator[bytes]] | None:
+    """For an input whose lines are not its bytes (Parquet), its lines as the reader makes them; else None.
+
+    A Parquet file's rows are JSON lines to the reader: what it hashes, counts and compares on a resume.
+    """
+    return parquet_lines if is_parquet(path) else None
+
+
+PARQUET_BATCH = 2_000  # rows read at a time: memory stays flat whatever the file's size
+
+
+def _parquet() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ConfigError('a Parquet input needs pyarrow: pip install "asyncbatch[parquet]"') from None
+    return pq
+
+
+def parquet_lines(path: Path) -> Iterator[bytes]:
+    """A Parquet file's rows, each as one JSON line (the bytes the reader hashes), in row batches."""
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    for batch in _parquet().ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
+        for row in batch.to_pylist():
+            yield orjson.dumps(row, default=str, option=options) + b"\n"
+
+
+def _parquet_rows(
+    path: Path, first: int, feed: Callable[[bytes], None] | None, feed_after: int
+) -> Iterator[tuple[int, bytes | None, int]]:
+    """A Parquet file's rows from row ``first`` on, as (row number, the row as a JSON record, its size as a line)."""
+    for row_no, raw in enumerate(parquet_lines(path), 1):
+        if row_no < first:
+            continue
+        if feed is not None and row_no > feed_after:
+            feed(raw)
+        yield row_no, raw, len(raw)
 
 
 def is_table(path: Path) -> bool:

@@ -20,12 +20,13 @@ resume:
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import os
 import zlib
 from array import array
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,15 +102,29 @@ class PrefixHash:
     """The hash of the input's first ``offset`` bytes: the part a run read (the reader keeps it, ids.IdLog)."""
 
     @staticmethod
-    def matching(path: Path, offset: int, expected: str) -> Any:
-        """The running hash at ``offset`` if the input's first ``offset`` bytes still hash to ``expected``."""
+    def matching(path: Path, offset: int, expected: str, lines: Lines | None = None) -> Any:
+        """The running hash at ``offset`` if the input's first ``offset`` bytes still hash to ``expected``.
+
+        :param lines: the input's lines as the reader reads them, for an input that is not its own bytes
+            (a Parquet file's rows as JSON lines); by default, the file's bytes.
+        """
         prefix = hashlib.blake2b(digest_size=16)
-        with path.open("rb") as f:
-            left = offset
-            while left > 0 and (block := f.read(min(left, 1 << 20))):
-                prefix.update(block)
-                left -= len(block)
+        left = offset
+        for block in lines(path) if lines is not None else _blocks(path):
+            if left <= 0:
+                break
+            prefix.update(block[:left])
+            left -= min(len(block), left)
         return prefix if left == 0 and prefix.hexdigest() == expected else None
+
+
+Lines = Callable[[Path], Iterable[bytes]]
+
+
+def _blocks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            yield block
 
 
 @dataclass
@@ -354,6 +369,7 @@ def recover(
     *,
     accept_changes: bool = False,
     retry_failed: bool = False,
+    input_lines: Lines | None = None,
 ) -> ResumeState:
     """Rebuild the resume state from the outputs, using the checkpoint when it can be trusted.
 
@@ -372,7 +388,7 @@ def recover(
     saved = _usable_checkpoint(paths.checkpoint, state, sizes, outputs.identity())
     edited: set[int] = set()
     if saved is not None:
-        edited = _check_input(input_path, saved, state, (results, errors), sizes, retry_failed)
+        edited = _check_input(input_path, saved, state, (results, errors), sizes, retry_failed, input_lines)
     if saved is not None and sizes[0] >= saved.results_offset and sizes[1] >= saved.errors_offset:
         state.done = saved.done
         state.results_offset, state.errors_offset = saved.results_offset, saved.errors_offset
@@ -442,13 +458,14 @@ def _check_input(
     outputs: tuple[Path, Path],
     sizes: list[int],
     retry_failed: bool,
+    lines: Lines | None = None,
 ) -> set[int]:
     """What was read of the input must be the same, but for failed lines corrected in place: their numbers.
 
     The byte-for-byte check comes first; only when it fails is each recorded line compared with
     the input's line of that number, by the content digest its record carries.
     """
-    prefix = PrefixHash.matching(input_path, saved.input_offset, saved.input_hash)
+    prefix = PrefixHash.matching(input_path, saved.input_offset, saved.input_hash, lines)
     if prefix is not None:
         state.prefix = prefix
         return set()
@@ -458,10 +475,12 @@ def _check_input(
             "already read, are not the same (appending rows is fine; editing or reordering them is not). "
             f"HINT: restore the original file, or start over with {RESTART} (the old outputs are kept beside it)"
         )
-    return _edited(input_path, outputs, sizes, retry_failed)
+    return _edited(input_path, outputs, sizes, retry_failed, lines)
 
 
-def _edited(input_path: Path, outputs: tuple[Path, Path], sizes: list[int], retry_failed: bool) -> set[int]:
+def _edited(
+    input_path: Path, outputs: tuple[Path, Path], sizes: list[int], retry_failed: bool, lines: Lines | None = None
+) -> set[int]:
     """The failed lines whose content changed; ConfigError if a line whose request was answered changed."""
     digests, kinds = array("Q"), bytearray()  # by line number: the record's digest; 1 answered, 2 failed, 3 bad input
     for path, size in zip(outputs, sizes, strict=True):
@@ -476,7 +495,8 @@ def _edited(input_path: Path, outputs: tuple[Path, Path], sizes: list[int], retr
             digests[line_no] = digest
             kinds[line_no] = 1 if path == outputs[0] else 3 if _code(record) == INVALID_INPUT else 2
     edited, line_no = set(), 0
-    with input_path.open("rb") as f:
+    with contextlib.ExitStack() as stack:
+        f = lines(input_path) if lines is not None else stack.enter_context(input_path.open("rb"))
         for line_no, raw in enumerate(f, 1):
             if line_no >= len(kinds):
                 break

@@ -19,7 +19,7 @@ from typing import Protocol
 from ..errors import RETRY_FAILED, OutputError
 from ..redact import Redactor
 from ..stats import RunStats
-from .checkpoint import ResumeState, SentJournal, drop_errors, recover, save_checkpoint
+from .checkpoint import Lines, ResumeState, SentJournal, drop_errors, recover, save_checkpoint
 from .files import Outputs, check_paths, move_aside, prepare_state
 from .ids import IdLog
 from .lock import OutputLock
@@ -71,11 +71,13 @@ def opened(
     restart: bool = False,
     accept_changes: bool = False,
     retry_failed: bool = False,
+    lines: Lines | None = None,
 ) -> Iterator[ResumeState]:
     """The outputs, locked for the block, and what is already recorded in them.
 
     :param expected: the request options a resume must keep (``checkpoint.fingerprint``).
     :param restart: first move the old outputs aside. ``retry_failed``: drop every failure recorded.
+    :param lines: the input's lines as the reader reads them, when they are not its bytes (Parquet).
     :raises ConfigError: the outputs belong to another input or other options, or another run holds them.
     """
     with locked(outputs) as lock:
@@ -84,7 +86,9 @@ def opened(
                 notes.warn(f"restart: moved {old} to {new}")
         for note in prepare_state(outputs):
             notes.info(note)
-        state = recover(input_path, outputs, expected, accept_changes=accept_changes, retry_failed=retry_failed)
+        state = recover(
+            input_path, outputs, expected, accept_changes=accept_changes, retry_failed=retry_failed, input_lines=lines
+        )
         # --retry-failed drops every failure; bad input lines are looked at again too
         if retry_failed and (dropped := drop_errors(outputs.errors, outputs.state.checkpoint, state, lambda _: True)):
             state.notes.append(f"{RETRY_FAILED}: {dropped} failed inputs will run again")
