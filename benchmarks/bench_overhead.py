@@ -7,8 +7,9 @@ zero-latency simulator (its own process, 127.0.0.1), so the client's CPU per
 request is the ceiling. asyncbatch runs as a user runs it (the CLI); its req/s
 is the run's own figure and its CPU excludes start-up (measured with --version).
 
-Memory: peak RSS of a 1M-line --dry-run on records with --template, and of a
-2k-line against a 20k-line run.
+Memory: peak RSS of a 1M-line --dry-run on records with --template, of the
+same rows as a Parquet file (row groups of 100,000), and of a 2k-line against a
+20k-line run.
 """
 
 from __future__ import annotations
@@ -80,7 +81,18 @@ def memory() -> None:
         with (work / "big.jsonl").open("w") as f:
             for i in range(1_000_000):
                 f.write(json.dumps({"id": i, "company": f"Company {i}", "notes": "public sources only"}) + "\n")
-        dry = peak_rss_mb(["big.jsonl", "--dry-run", "--template", "Tell me about {company}. Notes: {notes}"], cwd=work)
+        template = ["--template", "Tell me about {company}. Notes: {notes}"]
+        dry = peak_rss_mb(["big.jsonl", "--dry-run", *template], cwd=work)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with pq.ParquetWriter(work / "big.parquet", pa.schema([("id", pa.int64()), ("company", pa.string()),
+                                                              ("notes", pa.string())])) as writer:  # fmt: skip
+            for start in range(0, 1_000_000, 100_000):
+                ids = range(start, start + 100_000)
+                columns = {"id": list(ids), "company": [f"Company {i}" for i in ids], "notes": ["public"] * 100_000}
+                writer.write_table(pa.table(columns))
+        parquet = peak_rss_mb(["big.parquet", "--dry-run", *template], cwd=work)
         with simulator_process() as url:
             env = azure_env(url)
             sizes = {}
@@ -90,6 +102,7 @@ def memory() -> None:
                 sizes[n] = peak_rss_mb(["in.jsonl", "-c", "100", "-q"], env=env, cwd=work)
     print("memory (peak RSS):")
     print(f"  1M-line --dry-run with --template   {dry:7.0f} MB")
+    print(f"  1M-row Parquet --dry-run            {parquet:7.0f} MB")
     print(f"  2k-line run                         {sizes[2_000]:7.0f} MB")
     ratio = sizes[20_000] / sizes[2_000]
     print(f"  20k-line run                        {sizes[20_000]:7.0f} MB   ({ratio:.2f}x the 2k run)")

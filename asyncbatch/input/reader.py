@@ -93,9 +93,8 @@ def sniff(path: Path) -> None:
         kind = "TSV" if b"\t" in first and b"," not in first else "CSV"
         raise ConfigError(
             f"{path} looks like {kind} (its first line is {first[:80].decode(errors='replace')!r}), not JSONL. "
-            'HINT: convert it with `python -c "import csv,json,sys; [print(json.dumps(r)) for r in '
-            f'csv.DictReader(open(sys.argv[1]){", delimiter=chr(9)" if kind == "TSV" else ""})]" '
-            f"{path} > {path.stem}.jsonl`, then use --template over the columns"
+            f"HINT: name it {path.stem}.{kind.lower()}: a {kind} file's rows are records, for --template over "
+            "its columns"
         )
 
 
