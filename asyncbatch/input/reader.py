@@ -227,11 +227,22 @@ def _parquet() -> Any:
 
 
 def parquet_lines(path: Path) -> Iterator[bytes]:
-    """A Parquet file's rows, each as one JSON line (the bytes the reader hashes), in row batches."""
+    """A Parquet file's rows, each as one JSON line (the bytes the reader hashes), in row batches.
+
+    Decoded with the system allocator, which gives memory back between row groups (Arrow's
+    default pool keeps it); every buffer remembers its pool, so the swap is safe for other code.
+    """
+    import pyarrow as pa
+
     options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    for batch in _parquet().ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
-        for row in batch.to_pylist():
-            yield orjson.dumps(row, default=str, option=options) + b"\n"
+    pool = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        for batch in _parquet().ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
+            for row in batch.to_pylist():
+                yield orjson.dumps(row, default=str, option=options) + b"\n"
+    finally:
+        pa.set_memory_pool(pool)
 
 
 def _parquet_rows(
