@@ -128,12 +128,12 @@ def test_kill_9_at_random_moments_on_a_table_then_resume_exactly_once(
     tmp_path: Path, sim: tuple[dict[str, str], Simulator], name: str
 ) -> None:
     env, simulator = sim
-    n = 2000
+    n = 800
     rows = [{"id": f"r{i}", "text": f"row {i}, with a comma"} for i in range(n)]
     if name.endswith(".csv"):
         _table(tmp_path / name, rows)
     else:  # row groups of 500: the reader crosses several while it runs
-        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name, row_group_size=500)
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name, row_group_size=200)
     rng = random.Random(11)
     for _ in range(3):
         proc = subprocess.Popen(
@@ -143,7 +143,7 @@ def test_kill_9_at_random_moments_on_a_table_then_resume_exactly_once(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        target = simulator.requests + rng.randint(50, 400)
+        target = simulator.requests + rng.randint(30, 200)
         deadline = time.monotonic() + 60
         while simulator.requests < target and proc.poll() is None:  # a condition, not a guess at timing
             assert time.monotonic() < deadline
