@@ -185,3 +185,19 @@ def test_a_parquet_row_recorded_as_bad_input_may_be_fixed_in_place_and_appended_
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == sorted(
         f"r{i}" for i in range(32)
     )
+
+
+def test_the_example_reviews_csv_its_parquet_and_its_records_file_give_the_same_results(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    with (EXAMPLES / "reviews.csv").open(newline="", encoding="utf-8") as f:
+        records = list(csv.DictReader(f))
+    write_jsonl(tmp_path / "reviews.jsonl", records)
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "reviews.parquet")
+    options = ["--template", "Classify: {text}", "--tools", str(EXAMPLES / "classify_sentiment.json"), "--strict"]
+    for name in (str(EXAMPLES / "reviews.csv"), "reviews.parquet", "reviews.jsonl"):
+        assert main([name, "-q", "-o", f"{Path(name).name}.results.jsonl", *options]) == 0
+    expected = _answers(tmp_path / "reviews.jsonl.results.jsonl")
+    assert [cid for cid, _, _ in expected] == [f"rev-{i:02d}" for i in range(1, 13)]
+    assert _answers(tmp_path / "reviews.csv.results.jsonl") == expected
+    assert _answers(tmp_path / "reviews.parquet.results.jsonl") == expected
