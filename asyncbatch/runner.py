@@ -31,8 +31,8 @@ from .config import RunConfig
 from .cost import Budget
 from .display.reporters import Reporter, default_reporter
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
-from .input.reader import BadLine, ParsedLine, count_lines, read_lines, sniff, virtual_lines
-from .input.requests import Job, first_lines, lines_prices, prepare, setup_mistake
+from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, sniff, virtual_lines
+from .input.requests import Job, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
@@ -85,6 +85,7 @@ async def run(
     """
     reporter = reporter or default_reporter()
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
+    lines = virtual_lines(config.input_path)  # a Parquet file's rows: what a resume compares
     first = first_lines(config.input_path)
     if mistake := setup_mistake(config.input_path, first, config.request):
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
@@ -98,7 +99,7 @@ async def run(
         restart=restart,
         accept_changes=config.accept_changes,
         retry_failed=config.retry_failed,
-        lines=virtual_lines(config.input_path),
+        lines=lines,
     ) as state:
         if config.batch is None:
             refuse_live_while_open(config.state)

@@ -14,8 +14,8 @@ from ..batch.parts import Splitter, batch_line
 from ..config import Limits, RequestDefaults
 from ..cost import Prices, output_limit, projected, why_no_cost
 from ..errors import ConfigError
-from ..input.reader import BadLine, read_lines
-from ..input.requests import first_lines, prepare, setup_mistake
+from ..input.reader import BadLine, first_lines, read_lines
+from ..input.requests import prepare, setup_mistake
 
 
 @dataclass

@@ -32,8 +32,8 @@ from ..config import (
 from ..cost import Prices, resolve
 from ..display.reporters import Reporter, make_reporter
 from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
-from ..input.reader import sniff
-from ..input.requests import first_lines, lines_prices
+from ..input.reader import first_lines, sniff
+from ..input.requests import lines_prices
 from ..protocol import read_usage
 from ..redact import RedactingStream, Redactor
 from ..runner import Interrupt, run

@@ -6,6 +6,7 @@ builds requests; that is ``requests.py``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 from collections.abc import Callable, Generator, Iterator
@@ -177,6 +178,21 @@ def line_offsets(path: Path) -> Iterator[tuple[int, int]]:
             offset += size
 
 
+FIRST_LINES = 20  # what a whole file's setup mistake, or the model its lines name, is judged from
+
+
+def first_lines(path: Path) -> list[ParsedLine | BadLine]:
+    """The file's first FIRST_LINES non-blank lines (a table's rows), parsed: nothing is recorded of them."""
+    found: list[ParsedLine | BadLine] = []
+    with path.open("rb") as f, contextlib.closing(_lines_of(path, f)) as lines:
+        for line_no, raw, _ in lines:
+            if (item := parse_line(line_no, raw)) is not None:
+                found.append(item)
+            if len(found) >= FIRST_LINES:
+                break
+    return found
+
+
 def input_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, the record's fields) for every line (a table's row) of ``path``; {} for one that is none."""
     with path.open("rb") as f:
@@ -194,7 +210,7 @@ def _duplicate(item: ParsedLine) -> BadLine:
 
 def _lines_of(
     path: Path, f: BinaryIO, first: int = 1, feed: Callable[[bytes], None] | None = None, feed_after: int = 0
-) -> Iterator[tuple[int, bytes | None, int]]:
+) -> Generator[tuple[int, bytes | None, int], None, None]:
     """The input's lines as JSON bytes: a JSONL file's own, a CSV/TSV file's rows, or a Parquet file's rows."""
     if is_parquet(path):
         return _parquet_rows(path, first, feed, feed_after)
@@ -247,7 +263,7 @@ def parquet_lines(path: Path) -> Iterator[bytes]:
 
 def _parquet_rows(
     path: Path, first: int, feed: Callable[[bytes], None] | None, feed_after: int
-) -> Iterator[tuple[int, bytes | None, int]]:
+) -> Generator[tuple[int, bytes | None, int], None, None]:
     """A Parquet file's rows from row ``first`` on, as (row number, the row as a JSON record, its size as a line)."""
     for row_no, raw in enumerate(parquet_lines(path), 1):
         if row_no < first:
@@ -295,7 +311,7 @@ def _decoded(f: BinaryIO, pulled: list[bytes]) -> Iterator[str]:
 
 def _table_rows(
     path: Path, f: BinaryIO, first: int, feed: Callable[[bytes], None] | None, feed_after: int
-) -> Iterator[tuple[int, bytes | None, int]]:
+) -> Generator[tuple[int, bytes | None, int], None, None]:
     """A CSV/TSV file's rows as (row number, the row as a JSON record, its size on disk).
 
     Row 1 is the first after the header, whose bytes it carries (so sizes add up to the file's
@@ -333,7 +349,7 @@ def _table_rows(
 
 def _raw_lines(
     f: BinaryIO, first: int = 1, feed: Callable[[bytes], None] | None = None, feed_after: int = 0
-) -> Iterator[tuple[int, bytes | None, int]]:
+) -> Generator[tuple[int, bytes | None, int], None, None]:
     """Yield (line number, bytes, size on disk); None stands for a line longer than MAX_LINE_BYTES.
 
     :param first: the number of the line ``f`` is at (1 at the start of the file).

@@ -1,11 +1,10 @@
 """ParsedLine -> Job: the request body to send, and its token estimate.
 
-Pure functions, but for ``first_lines``, which reads the lines the others look at first.
+Pure functions; no I/O.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ from ..config import Endpoint, RequestDefaults
 from ..cost import Prices, lookup
 from ..protocol import BATCH_URLS, Api, unsupported
 from ..structured.schemas import FUNCTION_NAME
-from .reader import BadLine, ParsedLine, read_lines
+from .reader import FIRST_LINES, BadLine, ParsedLine
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +82,6 @@ class SetupError(ValueError):
     """A line the options cannot turn into a request (no template, a field it lacks): maybe every line's."""
 
 
-FIRST_LINES = 20  # a setup mistake all of these share is the whole file's
-
-
 def setup_mistake(path: Path, lines: Iterable[ParsedLine | BadLine], defaults: RequestDefaults) -> str | None:
     """The options' mistake every one of the first lines shares, said as what to add; None if there is none.
 
@@ -118,12 +114,6 @@ def setup_mistake(path: Path, lines: Iterable[ParsedLine | BadLine], defaults: R
         hint = f'add --template over the fields of the records ({shown}), e.g. --template "...{{{example}}}..."'
         return f"{start}. HINT: {hint}"
     return f"{start}. HINT: the records' fields are {shown}: name those in --template"
-
-
-def first_lines(path: Path) -> list[ParsedLine | BadLine]:
-    """The file's first lines, which ``setup_mistake`` and ``lines_prices`` look at."""
-    with contextlib.closing(read_lines(path)) as lines:
-        return list(itertools.islice(lines, FIRST_LINES))
 
 
 def lines_prices(lines: Iterable[ParsedLine | BadLine]) -> Prices | None:
