@@ -55,6 +55,7 @@ input formats (detected line by line):
   chat lines       {"custom_id": "a1", "messages": [...], "temperature": 0}
   records          {"id": 7, "company": "Acme"}
                    rendered with --template "Tell me about {company}"
+  tables           *.csv, *.tsv (a header row) and *.parquet: each row a record
 
 configuration (environment or .env; real environment variables win):
   AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY (without it: Entra ID),
@@ -91,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", type=Path, help="JSONL file, one request or record per line")
+    p.add_argument(
+        "input", type=Path, help="JSONL file, one request or record per line; or a CSV, TSV or Parquet table"
+    )
     p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
     _output_options(p)
     _resume_options(p)
