@@ -243,6 +243,7 @@ class _Run:
             info=self.reporter.info,
             sleep=self.sleep,
             cached=self.attempts.from_cache,
+            keep=self.attempts.keep,
         )
         if options.cancel:
             cancelled = await runner.cancel()

@@ -210,6 +210,8 @@ def test_lines_the_cache_answers_are_not_uploaded_to_the_batch_api(
     assert len(job.lines) == 20  # only the lines the cache could not answer went into the job
     rows = _exactly_once(tmp_path / "in.results.jsonl", 40)
     assert sum(bool(r.get("cached")) for r in rows) == 20 and simulator.requests == 40  # 20 live, then 20 in the job
+    assert main(["in.jsonl", "-q", "--cache", cache, "-o", "live.jsonl"]) == 0  # the job's answers were kept too
+    assert simulator.requests == 40 and all(r["cached"] for r in _exactly_once(tmp_path / "live.jsonl", 40))
 
 
 def test_an_answer_quoting_the_key_is_kept_without_it(tmp_path: Path, sim: tuple[dict[str, str], Simulator]) -> None:

@@ -103,13 +103,16 @@ class BatchRunner:
         sleep: Sleep = asyncio.sleep,
         wall: Callable[[], float] = time.time,
         cached: Callable[[Job], dict[str, Any] | None] = lambda job: None,
+        keep: Callable[[Job, bytes, str | None], None] = lambda job, body, request_id: None,
     ) -> None:
-        """:param cached: a line's result record from the response cache, if it holds a fitting answer."""
+        """:param cached: a line's result record from the response cache, if it holds a fitting answer.
+        :param keep: an answer for the response cache (a job's answers are not paid for twice either).
+        """
         assert config.batch is not None
         self.options, self.endpoint, self.request = config.batch, config.routes[0].endpoint, config.request
         self.input_path, self.paths, self.stats = config.input_path, config.state, stats
         self.recorder, self.written, self.done = recorder, written, done
-        self.info, self.sleep, self.wall, self.cached = info, sleep, wall, cached
+        self.info, self.sleep, self.wall, self.cached, self.keep = info, sleep, wall, cached, keep
         self.path = self.paths.batches
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
@@ -379,6 +382,7 @@ class BatchRunner:
             line_hash=job.line_hash,
         )
         record["batch_id"] = batch.id
+        self.keep(job, orjson.dumps(body), response.get("request_id"))  # into the response cache, if there is one
         self.recorder.success(job.line_no, record, batch=True)
         merge.results += 1
         return None

@@ -207,6 +207,11 @@ class Attempts:
         hit = self._answered(job, key, self.cache.get(key))
         return hit.record if hit is not None else None
 
+    def keep(self, job: Job, body: bytes, request_id: str | None) -> None:
+        """Store an answer got another way (a Batch API job's) in the response cache, if there is one."""
+        if self.cache is not None:
+            self.cache.put(cache_key(job.api, self.identity, job.body), body, request_id)
+
     def _answered(self, job: Job, key: bytes, entry: Entry | None, *, shared: bool = False) -> Success | None:
         """The line's result from a stored (or shared) answer, if it is one and fits the current schema."""
         if entry is None:
