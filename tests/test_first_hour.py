@@ -267,3 +267,20 @@ def test_an_invalid_input_line_fixed_in_place_resumes_sending_exactly_that_line(
     err = capsys.readouterr().err
     assert "changed at line 1, and its answer is recorded" in err and "append the corrected line" in err
     assert "--restart" in err and sim.requests == 91
+
+
+def test_the_simulator_has_no_classic_responses_route_before_its_api_version_either(sim: Simulator) -> None:
+    import urllib.error
+    import urllib.request
+
+    def post(version: str) -> int:
+        url = f"{os.environ['AZURE_OPENAI_ENDPOINT']}/openai/responses?api-version={version}"
+        body = json.dumps({"model": "gpt-4o-mini", "input": "hi"}).encode()
+        request = urllib.request.Request(url, data=body, headers={"api-key": KEY, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert post("2024-10-21") == 404 and post("2025-04-01-preview") == 200  # the server's own reading of the docs

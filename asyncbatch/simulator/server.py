@@ -38,6 +38,10 @@ from .quota import Quota
 from .settings import FAULTS, REFUSALS, SimConfig
 from .tokens import token_problem
 
+# Azure's own documentation: the classic /openai/responses route exists from this api-version on
+# (this server's own reading, not the client's: see AZURE_FACTS "Responses").
+RESPONSES_FROM = "2025-04-01-preview"
+
 
 class Simulator(Books):
     def __init__(self, config: SimConfig) -> None:
@@ -91,6 +95,8 @@ class Simulator(Books):
             return self.error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         if "api-version" not in request.query:
             return self.error(404, "404", "Resource not found (missing api-version).")
+        if request.path.endswith("/responses") and request.query["api-version"] < RESPONSES_FROM:
+            return self.error(404, "404", "Resource not found.")  # no classic /responses route before it
         wanted = self.config.deployment
         if wanted is not None and request.match_info.get("deployment", wanted) != wanted:
             return self.error(404, "DeploymentNotFound", "The API deployment for this resource does not exist.")
