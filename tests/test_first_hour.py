@@ -91,6 +91,9 @@ def test_with_no_arguments_the_first_line_says_what_is_missing(capsys: pytest.Ca
     err = capsys.readouterr().err.splitlines()
     assert stop.value.code == 2 and len(err) <= 2
     assert err[0] == "asyncbatch: error: give the JSONL file to run: asyncbatch INPUT [options]"
+    with pytest.raises(SystemExit):
+        main(["--cache", "in.jsonl"])  # the optional PATH took the input
+    assert "put it after the input: asyncbatch INPUT --cache" in capsys.readouterr().err
 
 
 def test_the_simulated_banner_fits_80_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -77,10 +78,18 @@ def _default(cls: Any, name: str) -> Any:
 
 
 class _Parser(argparse.ArgumentParser):
+    given: Sequence[str] = ()
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        self.given = list(args or ())
+        return super().parse_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         """What is wrong first, then how to find out more: not the usage before the reason."""
         if "required: input" in message:
             message = "give the JSONL file to run: asyncbatch INPUT [options]"
+            if "--cache" in self.given:  # --cache takes an optional PATH: it took the input
+                message += " (--cache takes an optional PATH, so put it after the input: asyncbatch INPUT --cache)"
         self.exit(EXIT_FATAL, f"{self.prog}: error: {message}\n  asyncbatch --help shows every option\n")
 
 
