@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .cost import Budget, Prices, lookup
-from .errors import ConfigError
+from .errors import ConfigError, option
 from .protocol import APIS, Api, unsupported
 from .store.cache import MODES, CacheMode
 from .store.checkpoint import fingerprint
@@ -88,7 +88,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
-            raise ConfigError("--concurrency must be at least 1")
+            raise ConfigError(f"{option('concurrency')} must be at least 1")
         for name, value in (("--tpm", self.tpm), ("--rpm", self.rpm)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -143,9 +143,9 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_lines_per_file <= 100_000:
-            raise ConfigError(f"--max-lines-per-file must be 1 to 100000 (got {self.max_lines_per_file})")
+            raise ConfigError(f"{option('max_lines_per_file')} must be 1 to 100000 (got {self.max_lines_per_file})")
         if not self.poll_interval > 0:
-            raise ConfigError(f"--poll-interval must be more than 0 seconds (got {self.poll_interval:g})")
+            raise ConfigError(f"{option('poll_interval')} must be more than 0 seconds (got {self.poll_interval:g})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,13 +164,15 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if not self.max_response_mb > 0:
-            raise ConfigError("--max-response-mb must be more than 0")
+            raise ConfigError(f"{option('max_response_mb')} must be more than 0")
         if self.max_attempts < 1:
-            raise ConfigError("--max-attempts must be at least 1")
+            raise ConfigError(f"{option('max_attempts')} must be at least 1")
         if not self.timeout > 0:
-            raise ConfigError("--timeout must be positive")
+            raise ConfigError(f"{option('timeout')} must be positive")
         if not 0 <= self.backoff_initial <= self.backoff_max:
-            raise ConfigError(f"--backoff must be between 0 and {self.backoff_max:g} seconds")
+            raise ConfigError(
+                f"{option('backoff_initial', 'backoff')} must be between 0 and {self.backoff_max:g} seconds"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,13 +204,13 @@ class RequestDefaults:
         object.__setattr__(self, "response_format", response_format)
         object.__setattr__(self, "models", {**self.models, **models})
         if self.api not in APIS:
-            raise ConfigError(f"--api must be one of {', '.join(APIS)} (got {self.api!r})")
+            raise ConfigError(f"{option('api')} must be one of {', '.join(APIS)} (got {self.api!r})")
         if self.tools and self.response_format:
             raise ConfigError("give --tools or --response-format, not both")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ConfigError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
+            raise ConfigError(f"{option('max_tokens')} must be at least 1 (got {self.max_tokens})")
         if self.temperature is not None and not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
-            raise ConfigError(f"--temperature must be between 0 and 2 (got {self.temperature:g})")
+            raise ConfigError(f"{option('temperature')} must be between 0 and 2 (got {self.temperature:g})")
         check_request_schemas(self.tools, self.response_format, self.strict)
         if self.strict:
             tools, response_format = mark_strict(self.tools, self.response_format)
@@ -269,7 +271,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         if self.cache_mode not in MODES:
-            raise ConfigError(f"--cache-mode must be one of {', '.join(MODES)} (got {self.cache_mode!r})")
+            raise ConfigError(f"{option('cache_mode')} must be one of {', '.join(MODES)} (got {self.cache_mode!r})")
         if self.cache is not None:
             set_(self, "cache", Path(self.cache))
         set_(self, "deployments", tuple(self.deployments))
@@ -292,7 +294,7 @@ class RunConfig:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_INTERVALS)} (got {self.fsync!r})")
         for name in ("grace", "max_wait", "max_outage"):
             if not getattr(self, name) >= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more seconds (got {getattr(self, name):g})")
+                raise ConfigError(f"{option(name)} must be 0 or more seconds (got {getattr(self, name):g})")
         paths = {self.input_path.resolve(), self.output_path.resolve(), self.errors_path.resolve()}
         if len(paths) != 3:
             raise ConfigError("the input, output and errors files must be three different files")

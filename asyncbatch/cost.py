@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import ConfigError
+from .errors import option as option_name
 
 T = TypeVar("T")
 PRICES_TAKEN = "2026-11-25"  # when the table below was copied from the Azure OpenAI pricing page
@@ -31,10 +32,10 @@ class Prices:
     source: str = "given"  # where these came from, for the summary
 
     def __post_init__(self) -> None:
-        for name, option in (("input", "in"), ("output", "out"), ("cached_input", "cached")):
+        for name, flag in (("input", "in"), ("output", "out"), ("cached_input", "cached")):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--price-{option} must be 0 or more (got {value:g})")
+                raise ConfigError(f"{option_name(name, f'price-{flag}')} must be 0 or more (got {value:g})")
 
     def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
         """USD for tokens as usage reports them (``prompt`` includes ``cached``)."""
@@ -155,7 +156,7 @@ class Budget:
 
     def __init__(self, limit: float | None) -> None:
         if limit is not None and not (math.isfinite(limit) and limit > 0):
-            raise ConfigError(f"--max-cost must be more than 0 (got {limit:g})")
+            raise ConfigError(f"{option_name('max_cost')} must be more than 0 (got {limit:g})")
         self.limit = limit
         self.spent = 0.0
         self.reserved = 0.0

@@ -31,6 +31,11 @@ RETRY_FAILED = "retry_failed=True"
 _FLAGS = {RESTART: "--restart", ACCEPT_CHANGES: "--accept-changes", RETRY_FAILED: "--retry-failed"}
 
 
+def option(field: str, flag: str | None = None) -> str:
+    """A configuration option as an error names it: the library's field, then the command line's flag."""
+    return f"{field} (--{flag or field.replace('_', '-')})"
+
+
 def cli_words(text: str) -> str:
     """A library message as the command line says it: flags for the options it names."""
     for words, flag in _FLAGS.items():

@@ -37,7 +37,7 @@ def test_given_prices_override_the_table_and_a_model_outside_it_needs_both() -> 
     assert resolve("prod-chat", None, None, None) is None
     with pytest.raises(asyncbatch.ConfigError, match="give both --price-in and --price-out"):
         resolve("prod-chat", 1.0, None, None)
-    with pytest.raises(asyncbatch.ConfigError, match="--price-in must be 0 or more"):
+    with pytest.raises(asyncbatch.ConfigError, match=r"input \(--price-in\) must be 0 or more"):
         Prices(-1.0, 1.0)
 
 
@@ -49,7 +49,7 @@ def test_the_budget_refuses_a_request_whose_estimate_would_pass_the_limit_with_t
     budget.settle(0.4, 0.4, 0.1)  # the answer cost less than its estimate
     budget.settle(0.4, 0.4, None)  # no answer: nothing billed
     assert budget.spent == pytest.approx(0.1) and budget.reserved == pytest.approx(0)
-    with pytest.raises(asyncbatch.ConfigError, match="--max-cost must be more than 0"):
+    with pytest.raises(asyncbatch.ConfigError, match=r"max_cost \(--max-cost\) must be more than 0"):
         Budget(0)
 
 

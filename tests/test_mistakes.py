@@ -118,10 +118,10 @@ def test_changed_options_after_successes_are_refused_unless_accepted(
     ("args", "expected"),
     [
         (["--tools", "TOOL"], "tool name 'my func' is not allowed"),
-        (["--temperature", "7"], "--temperature must be between 0 and 2"),
-        (["--max-tokens", "-5"], "--max-tokens must be at least 1"),
-        (["--grace", "-1"], "--grace must be 0 or more"),
-        (["--max-outage", "-1"], "--max-outage must be 0 or more"),
+        (["--temperature", "7"], "temperature (--temperature) must be between 0 and 2"),
+        (["--max-tokens", "-5"], "max_tokens (--max-tokens) must be at least 1"),
+        (["--grace", "-1"], "grace (--grace) must be 0 or more"),
+        (["--max-outage", "-1"], "max_outage (--max-outage) must be 0 or more"),
     ],
 )
 def test_options_azure_would_refuse_are_refused_before_any_request(
@@ -188,4 +188,4 @@ def test_a_named_env_file_that_does_not_exist_is_an_error(tmp_path: Path, capsys
 def test_a_negative_backoff_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
     assert main([str(tmp_path / "in.jsonl"), "--simulate", "--backoff", "-1"]) == 2
-    assert "--backoff must be between 0 and 60 seconds" in capsys.readouterr().err
+    assert "backoff_initial (--backoff) must be between 0 and 60 seconds" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 import orjson
 
-from ..errors import ConfigError
+from ..errors import ConfigError, option
 from ..redact import Redactor
 from .files import open_private
 
@@ -76,7 +76,7 @@ class ResponseCache:
         redactor: Redactor | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ConfigError(f"--cache-mode must be one of {', '.join(MODES)} (got {mode!r})")
+            raise ConfigError(f"{option('cache_mode')} must be one of {', '.join(MODES)} (got {mode!r})")
         self.path, self.mode, self.clock = Path(path), mode, clock
         self.redactor = redactor or Redactor()  # the cache is an output too: no secret is kept in it
         try:
