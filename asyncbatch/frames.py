@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ import orjson
 from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig
 from .display.reporters import Reporter
 from .export import Rows, flat
+from .store.files import replace_atomically
 
 
 def _records(rows: Any) -> tuple[Iterable[Mapping[str, Any]], str]:
@@ -41,11 +43,8 @@ def _write(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """The records file, whole or not at all; unchanged bytes when the rows are the same (so a re-run resumes)."""
     options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
     data = b"".join(orjson.dumps(dict(row), default=str, option=options) + b"\n" for row in rows)
-    if path.exists() and path.read_bytes() == data:
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    if not (path.exists() and path.read_bytes() == data):
+        replace_atomically(path, [data])
 
 
 async def map(  # asyncbatch.map, as the data world spells it: the builtin is not used here
@@ -73,11 +72,12 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
     """
     records, kind = _records(rows)
     base = request or RequestDefaults()
-    fields = {
-        "tools": tools if tools is not None else base.tools,
-        "response_format": response_format if response_format is not None else base.response_format,
-    }
-    defaults = RequestDefaults(**{**_fields(base), **fields, "template": template, "models": base.models})
+    defaults = dataclasses.replace(  # a model given here joins base's models
+        base,
+        template=template,
+        tools=tools if tools is not None else base.tools,
+        response_format=response_format if response_format is not None else base.response_format,
+    )
     with contextlib.ExitStack() as stack:
         if output_path is None:
             where = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asyncbatch-map-")))
@@ -111,10 +111,6 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
 def map_sync(rows: Any, **arguments: Any) -> Any:
     """``map`` for scripts without an event loop (in a notebook, ``await asyncbatch.map(...)`` instead)."""
     return asyncio.run(map(rows, **arguments))
-
-
-def _fields(request: RequestDefaults) -> dict[str, Any]:
-    return {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "models"}
 
 
 def _results(config: RunConfig, request: RequestDefaults) -> Iterator[dict[str, Any]]:

@@ -278,7 +278,7 @@ def is_table(path: Path) -> bool:
     return path.suffix.lower() in TABLES
 
 
-def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect, int]:
+def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect, bytes]:
     """A table's column names, its dialect (sniffed within the suffix's delimiter), and the header's bytes.
 
     :raises ConfigError: no header, or one with an empty or repeated name.
@@ -299,7 +299,7 @@ def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect
             f"{path} needs a header row naming every column once (got {header!r}): --template fills "
             "{{names}} from it, and an id or custom_id column names each row"
         )
-    return header, dialect, sum(len(b) for b in pulled)
+    return header, dialect, b"".join(pulled)
 
 
 def _decoded(f: BinaryIO, pulled: list[bytes]) -> Iterator[str]:
@@ -318,24 +318,19 @@ def _table_rows(
     bytes, as a JSONL file's lines do). A row with fewer cells than the header leaves the rest
     null; one with more keeps them under ``_extra``. A blank row is a blank line.
     """
-    header, dialect, header_size = table_header(path)
+    header, dialect, head = table_header(path)
     pulled: list[bytes] = []
-    carried = 0
     if f.tell() == 0:  # from the start: the header's bytes are carried by row 1, not read as a row
-        f.seek(header_size)
-        carried = header_size
+        f.seek(len(head))
+        pulled.append(head)
     row_no = first - 1
     for cells in csv.reader(_decoded(f, pulled), dialect):
         row_no += 1
         consumed = b"".join(pulled)
         pulled.clear()
-        size = len(consumed) + carried
+        size = len(consumed)
         if feed is not None and row_no > feed_after:
-            if carried:
-                with path.open("rb") as head:
-                    feed(head.read(carried))
             feed(consumed)
-        carried = 0
         if not any(cell.strip() for cell in cells):
             yield row_no, b"", size
             continue

@@ -184,7 +184,7 @@ class Attempts:
             await self._verdict()
         if self.cache is None:
             return await self._carry(job)
-        key = cache_key(job.api, self.identity, job.body)
+        key = self._key(job)
         stored = self.cache.get(key)
         if (hit := self._answered(job, key, stored)) is not None:
             return hit
@@ -203,14 +203,17 @@ class Attempts:
         """The line's result record from the response cache, if it holds an answer that fits (the Batch API's)."""
         if self.cache is None:
             return None
-        key = cache_key(job.api, self.identity, job.body)
+        key = self._key(job)
         hit = self._answered(job, key, self.cache.get(key))
         return hit.record if hit is not None else None
 
     def keep(self, job: Job, body: bytes, request_id: str | None) -> None:
         """Store an answer got another way (a Batch API job's) in the response cache, if there is one."""
         if self.cache is not None:
-            self.cache.put(cache_key(job.api, self.identity, job.body), body, request_id)
+            self.cache.put(self._key(job), body, request_id)
+
+    def _key(self, job: Job) -> bytes:
+        return cache_key(job.api, self.identity, job.body)
 
     def _answered(self, job: Job, key: bytes, entry: Entry | None, *, shared: bool = False) -> Success | None:
         """The line's result from a stored (or shared) answer, if it is one and fits the current schema."""
