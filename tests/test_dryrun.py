@@ -2,9 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from asyncbatch.cli.dryrun import dry_run, implied_seconds
+from asyncbatch.cli.dryrun import dry_run, implied_seconds, pick_sample
 from asyncbatch.cli.main import main
 from asyncbatch.config import Limits, RequestDefaults
 from tests.helpers import batch_line, write_jsonl
@@ -59,3 +62,29 @@ def test_dry_run_with_bad_lines_exits_1_and_names_them(tmp_path: Path, capsys: p
     assert main([str(path), "--dry-run"]) == 1
     out = capsys.readouterr().out
     assert "in.jsonl:2: not valid JSON" in out and "in.jsonl:3: duplicate custom_id 'a'" in out
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.integers(1, 120), wanted=st.integers(1, 120), bad=st.sets(st.integers(1, 120), max_size=10))
+def test_a_sample_takes_as_many_lines_as_asked_spread_over_the_file(
+    tmp_path_factory: pytest.TempPathFactory, lines: int, wanted: int, bad: set[int]
+) -> None:
+    rows = ["not json" if i in bad else {"id": i, "name": f"n{i}"} for i in range(1, lines + 1)]
+    path = write_jsonl(tmp_path_factory.mktemp("s") / "in.jsonl", rows)
+    defaults = RequestDefaults(template="Hi {name}")
+    report = dry_run(path, defaults, "m")
+    picked = [orjson.loads(raw)["id"] for raw in pick_sample(path, report, wanted, defaults, "m")]
+    good = lines - len({b for b in bad if b <= lines})
+    assert picked == sorted(set(picked)) and not set(picked) & bad
+    if not bad:  # every line is good: exactly as many as asked (or the whole file), from the first line on
+        assert len(picked) == min(wanted, lines) and picked[0] == 1
+    assert len(picked) <= min(wanted, good)
+    if wanted >= 2 and len(picked) == wanted and not bad:  # spread: the last pick is in the file's last step
+        assert picked[-1] > lines - lines / wanted - 1
+
+
+def test_dry_run_sample_sends_as_many_lines_as_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "name": f"n{i}"} for i in range(24)])
+    simulate = ["--simulate", "--sim-latency-ms", "5", "--template", "Hi {name}", "--deployment", "gpt-4o-mini"]
+    assert main([str(path), "--dry-run", "--sample", "20", *simulate]) == 0
+    assert ": 20 sent" in capsys.readouterr().out
