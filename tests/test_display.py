@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import pyte
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.cost import Prices
+from asyncbatch.display.reporters import RichReporter, fold
 from asyncbatch.display.status import Status, look, screen, text_line
 from asyncbatch.stats import RunStats, Trend
 
@@ -225,3 +229,30 @@ def test_lines_batch_jobs_have_finished_count_toward_progress_and_eta_before_the
     trend.sample()
     assert trend.eta() == pytest.approx(500 / 50)
     assert look(stats, trend).done == 500
+
+
+@settings(max_examples=200)
+@given(
+    words=st.lists(st.text(st.characters(blacklist_categories=["Cc", "Cs", "Zs", "Zl", "Zp"]), min_size=1), max_size=40)
+)
+def test_a_message_is_folded_at_spaces_and_keeps_every_word(words: list[str]) -> None:
+    text = "stopping: " + " ".join(words)
+    folded = fold(text, 80)
+    assert folded.split() == text.split()  # nothing cut, nothing lost
+    assert all(len(line) <= 80 or " " not in line.strip() for line in folded.splitlines())
+
+
+def test_messages_on_an_80_column_terminal_break_at_spaces(tmp_path: Path) -> None:
+    stream = _Terminal()
+    reporter = RichReporter(stream)
+    long = tmp_path / ("deep-folder-" * 4) / "reviews.results.jsonl"
+    message = f"restart: moved {long} to {long}.1 and the errors file beside it as well, with the state"
+    reporter.warn(message)
+    shown = stream.getvalue().splitlines()
+    assert len(shown) > 1 and all(len(line) <= 80 for line in shown if " " in line.strip())
+    assert " ".join(shown).split() == message.split()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True

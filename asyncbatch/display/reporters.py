@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -32,6 +33,14 @@ from .status import look, screen, text_line
 from .summary import summary_data, summary_table
 
 MAX_WARNINGS = 20
+
+
+def fold(text: str, width: int) -> str:
+    """Each line of ``text`` folded at spaces to ``width``, continuations indented; a path or URL is never cut."""
+    return "\n".join(
+        textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False) or line
+        for line in text.splitlines()
+    )
 
 
 class Reporter:
@@ -60,6 +69,8 @@ class Reporter:
             self.message("info", self.redactor.text(self.words(message)))
 
     def message(self, level: str, text: str) -> None:
+        if self.stream.isatty():  # a terminal folds a long line mid-word: fold it at spaces instead
+            text = fold(text, self.console.width)
         self.console.print(text, markup=False)
 
     async def run(self, stats: RunStats) -> None:
