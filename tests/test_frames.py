@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -124,3 +125,26 @@ def test_a_model_schema_is_strict_ready_and_the_cli_takes_module_colon_model(
     assert sim.bodies[-1]["tools"][0]["function"]["strict"] is True
     assert all(set(r["output"]) == {"name"} for r in read_jsonl(tmp_path / "in.results.jsonl"))
     assert main([*args[:-3], "--tools", "mymodels:Nope"]) == 2
+
+
+def test_a_model_with_optional_fields_runs_strict_and_is_sent_as_the_sdks_tool(
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "optmodels.py").write_text(
+        "from typing import Optional\n"
+        "from pydantic import BaseModel\n\n"
+        "class Address(BaseModel):\n    city: str\n    street: Optional[str] = None\n\n"
+        "class Company(BaseModel):\n"
+        '    """A company, as the model found it."""\n\n'
+        "    name: str\n    ceo: Optional[str] = None\n    address: Address\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(5)])
+    args = [str(tmp_path / "in.jsonl"), "-q", "--template", "About {company}", "--tools", "optmodels:Company"]
+    assert main([*args, "--strict"]) == 0
+    from openai import pydantic_function_tool
+
+    company = importlib.import_module("optmodels").Company
+    assert sim.bodies[-1]["tools"] == [pydantic_function_tool(company)]
+    results = read_jsonl(tmp_path / "in.results.jsonl")
+    assert len(results) == 5 and all(set(r["output"]) == {"name", "ceo", "address"} for r in results)

@@ -91,3 +91,21 @@ def test_completion_with_tool_and_malformed_fault() -> None:
 def test_text_completion_echoes_the_prompt() -> None:
     reply = completion({"messages": [{"role": "user", "content": "ping 7"}]}, number=3)
     assert reply["choices"][0]["message"]["content"] == "Simulated answer to: ping 7"
+
+
+def test_sample_follows_refs_and_takes_the_first_branch_that_is_not_null() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "ceo": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "office": {"$ref": "#/$defs/Office"},
+            "loop": {"$ref": "#/$defs/Loop"},
+        },
+        "$defs": {
+            "Office": {"type": "object", "properties": {"city": {"$ref": "#/$defs/City"}}},
+            "City": {"type": "object", "properties": {"name": {"type": "string"}}},
+            "Loop": {"type": "object", "properties": {"again": {"$ref": "#/$defs/Loop"}}},
+        },
+    }
+    value = sample(schema, "Acme")
+    assert value == {"ceo": "ceo: Acme", "office": {"city": {"name": "name: Acme"}}, "loop": {"again": None}}

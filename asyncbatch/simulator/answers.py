@@ -39,8 +39,25 @@ def forced_function(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def sample(schema: dict[str, Any], text: str, name: str = "value") -> Any:
-    """A small instance of a JSON schema; string fields carry the prompt so answers are traceable."""
+def sample(
+    schema: dict[str, Any],
+    text: str,
+    name: str = "value",
+    root: dict[str, Any] | None = None,
+    seen: frozenset[str] = frozenset(),
+) -> Any:
+    """A small instance of a JSON schema; string fields carry the prompt so answers are traceable.
+
+    ``$ref`` to the root's ``$defs`` is followed (a ref elsewhere, or a loop, gives null), and of
+    ``anyOf``/``oneOf`` the first branch that is not null is taken, as a model would fill it.
+    """
+    root = schema if root is None else root
+    if isinstance(ref := schema.get("$ref"), str):
+        target = (root.get("$defs") or {}).get(ref.rpartition("/")[2]) if ref.startswith("#/$defs/") else None
+        return sample(target, text, name, root, seen | {ref}) if isinstance(target, dict) and ref not in seen else None
+    if branches := schema.get("anyOf") or schema.get("oneOf"):
+        chosen = next((b for b in branches if isinstance(b, dict) and b.get("type") != "null"), branches[0])
+        return sample(chosen, text, name, root, seen) if isinstance(chosen, dict) else None
     if "enum" in schema:
         return schema["enum"][0]
     if "const" in schema:
@@ -50,9 +67,9 @@ def sample(schema: dict[str, Any], text: str, name: str = "value") -> Any:
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         props = schema.get("properties") or {}
-        return {key: sample(sub, text, key) for key, sub in props.items()}
+        return {key: sample(sub, text, key, root, seen) for key, sub in props.items()}
     if kind == "array":
-        return [sample(schema.get("items") or {"type": "string"}, text, name)]
+        return [sample(schema.get("items") or {"type": "string"}, text, name, root, seen)]
     return {"integer": 42, "number": 4.2, "boolean": True, "null": None}.get(kind, f"{name}: {text[:80]}")
 
 

@@ -174,16 +174,23 @@ def is_model(value: Any) -> bool:
     return isinstance(value, type) and hasattr(value, "model_json_schema") and hasattr(value, "model_validate")
 
 
-def model_schema(model: Any) -> dict[str, Any]:
-    """The model's JSON schema, strict-ready: every object closed (``additionalProperties: false``).
+def model_tool(model: Any) -> dict[str, Any]:
+    """The model as a chat tool, converted by the openai SDK (``openai.pydantic_function_tool``).
 
-    It then qualifies for ``strict`` when every field is required (no defaults); ``strict_problems`` says.
+    The SDK makes the schema strict-ready: every object closed, every field required, an optional
+    field nullable. So any model the SDK accepts runs with ``--strict`` (which sets ``strict`` again,
+    as the SDK's own tool has it); without it, ``strict`` is left out, as for a schema file.
     """
-    schema: dict[str, Any] = model.model_json_schema()
-    for node in (schema, *(schema.get("$defs") or {}).values()):
-        for child, _, _ in _walk(node, "$", 0):
-            if _is_object(child):
-                child.setdefault("additionalProperties", False)
+    from openai import pydantic_function_tool  # the SDK takes a second to import: only when a model is used
+
+    function = dict(pydantic_function_tool(model)["function"])
+    function.pop("strict", None)
+    return {"type": "function", "function": function}
+
+
+def model_schema(model: Any) -> dict[str, Any]:
+    """The model's JSON schema as the SDK sends it (strict-ready): the parameters of ``model_tool``."""
+    schema: dict[str, Any] = model_tool(model)["function"]["parameters"]
     return schema
 
 
@@ -199,10 +206,7 @@ def from_models(
         converted = []
         for item in tools if isinstance(tools, list | tuple) else [tools]:
             if is_model(item):
-                function = {"name": item.__name__, "parameters": model_schema(item)}
-                if item.__doc__:
-                    function["description"] = item.__doc__.strip()
-                converted.append({"type": "function", "function": function})
+                converted.append(model_tool(item))
                 models[item.__name__] = item
             else:
                 converted.append(item)
