@@ -189,3 +189,26 @@ def test_a_negative_backoff_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
     assert main([str(tmp_path / "in.jsonl"), "--simulate", "--backoff", "-1"]) == 2
     assert "backoff_initial (--backoff) must be between 0 and 60 seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "meant"),
+    [
+        (["in.jsonl", "--concurency", "20"], "--concurrency"),
+        (["in.jsonl", "--max-tokes=5"], "--max-tokens"),
+        (["export", "r.jsonl", "--ordred"], "--ordered"),
+    ],
+)
+def test_a_misspelled_option_gets_the_one_it_most_likely_meant(
+    argv: list[str], meant: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"did you mean {meant}?" in err and "Traceback" not in err
+
+
+def test_an_unknown_option_nothing_like_any_other_gets_no_guess(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["in.jsonl", "--zzzzzz"])
+    assert "did you mean" not in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -90,7 +91,20 @@ class _Parser(argparse.ArgumentParser):
             message = "give the JSONL file to run: asyncbatch INPUT [options]"
             if "--cache" in self.given:  # --cache takes an optional PATH: it took the input
                 message += " (--cache takes an optional PATH, so put it after the input: asyncbatch INPUT --cache)"
-        self.exit(EXIT_FATAL, f"{self.prog}: error: {message}\n  asyncbatch --help shows every option\n")
+        if suggestion := self._suggest(message):
+            message += f" (did you mean {suggestion}?)"
+        self.exit(EXIT_FATAL, f"{self.prog}: error: {message}\n  {self.prog} --help shows every option\n")
+
+    def _suggest(self, message: str) -> str | None:
+        """The option a misspelled one most likely meant: ``--concurency`` -> ``--concurrency``."""
+        if not message.startswith("unrecognized arguments: "):
+            return None
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        for word in message.removeprefix("unrecognized arguments: ").split():
+            name = word.split("=", 1)[0]
+            if name.startswith("--") and (close := difflib.get_close_matches(name, known, n=1, cutoff=0.75)):
+                return close[0]
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,7 +452,7 @@ exit codes: 0 written; 2 usage error or a file that cannot be read or written.
 
 
 def build_export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="asyncbatch export",
         description="Write a run's results and failures as one table: in input order\n(on disk, in bounded "
         "memory, for any number of lines), joined with the input,\nas JSONL, CSV or Parquet.",
@@ -462,7 +476,7 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 
 def build_cache_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="asyncbatch cache",
         description="Look after a response cache (--cache): what it holds, and dropping old answers.",
     )
