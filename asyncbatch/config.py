@@ -222,7 +222,8 @@ class RequestDefaults:
 class RunConfig:
     """One run. Paths may be str or Path; the outputs default to names beside the input, as on the CLI.
 
-    :param output_path: results (default ``<input stem>.results.jsonl`` beside the input).
+    :param output_path: results (default ``<input stem>.results.jsonl`` beside the input; for a table,
+        ``<input name>.results.jsonl``, e.g. ``items.csv.results.jsonl``).
     :param errors_path: failures (default ``<output stem>.errors.jsonl``).
     :param checkpoint_path: the resume checkpoint (default ``<output>.state/checkpoint``; every other
         state file is in ``<output>.state/`` whatever this says).
@@ -365,7 +366,10 @@ class RunConfig:
 
 
 def default_output(input_path: Path) -> Path:
-    return input_path.with_name(f"{input_path.stem}.results.jsonl")
+    """``prompts.jsonl`` -> ``prompts.results.jsonl``; any other file keeps its suffix in the name
+    (``items.csv`` -> ``items.csv.results.jsonl``), so ``items.csv`` and ``items.jsonl`` never share outputs."""
+    name = input_path.stem if input_path.suffix.lower() == ".jsonl" else input_path.name
+    return input_path.with_name(f"{name}.results.jsonl")
 
 
 def default_errors(output_path: Path) -> Path:

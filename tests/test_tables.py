@@ -68,14 +68,14 @@ def test_quoted_newlines_short_and_long_rows_blank_rows_and_errors_named_by_row(
     path = tmp_path / "in.csv"
     path.write_text('company,notes\n"Acme\nInc",first\nGlobex\n\nInitech,x,extra\n,no company\n', encoding="utf-8")
     assert main([str(path), "-q", "--template", "About {company}: {notes}"]) == 0
-    results = {r["line"]: r for r in read_jsonl(tmp_path / "in.results.jsonl")}
+    results = {r["line"]: r for r in read_jsonl(tmp_path / "in.csv.results.jsonl")}
     assert results[1]["custom_id"] == "line-1"  # no id column: the row number names it
     assert "About Acme\nInc: first" in json.dumps(results[1]["output"]).replace("\\n", "\n")
     assert "About Globex: None" in results[2]["output"]  # a short row: the missing cell is null
     assert "About Initech: x" in results[4]["output"]  # a long row keeps its extra cells under _extra
     assert 3 not in results  # a blank row is no input
     assert sorted(results) == [1, 2, 4, 5]
-    assert not read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert not read_jsonl(tmp_path / "in.csv.results.errors.jsonl")
     path.write_text("company,notes\nAcme,a\nGlobex,b\n", encoding="utf-8")  # a field no row has: one error
     assert main([str(path), "-q", "--restart", "--template", "About {company} {size}"]) == 2
     assert "template field 'size' is missing" in capsys.readouterr().err
@@ -104,7 +104,7 @@ def test_a_table_without_a_usable_header_or_in_another_encoding_is_refused_befor
     (tmp_path / "in.csv").write_bytes(content)
     code = main([str(tmp_path / "in.csv"), "-q", "--template", "{company}"])
     assert expected in capsys.readouterr().err and code == (0 if expected == "is empty" else 2)
-    assert sim[1].requests == 0 and not list(tmp_path.glob("in.results*"))
+    assert sim[1].requests == 0 and not list(tmp_path.glob("in*.results*"))
 
 
 def test_rows_appended_to_a_table_are_the_only_ones_sent_and_an_edited_one_is_refused(
@@ -118,7 +118,7 @@ def test_rows_appended_to_a_table_are_the_only_ones_sent_and_an_edited_one_is_re
     with path.open("a", encoding="utf-8") as f:
         f.write("50,t50\n51,t51\n")
     assert main(args) == 0 and simulator.requests == 52
-    assert sorted(int(r["custom_id"]) for r in read_jsonl(tmp_path / "in.results.jsonl")) == list(range(52))
+    assert sorted(int(r["custom_id"]) for r in read_jsonl(tmp_path / "in.csv.results.jsonl")) == list(range(52))
     path.write_text(path.read_text().replace("t3\n", "t3 edited\n"))
     assert main(args) == 2 and "appending rows is fine" in capsys.readouterr().err and simulator.requests == 52
 
@@ -151,7 +151,7 @@ def test_kill_9_at_random_moments_on_a_table_then_resume_exactly_once(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     assert main([name, "-q", "-c", "20", "--template", "{text}"]) == 0
-    results = read_jsonl(tmp_path / "in.results.jsonl")  # a torn line would not parse
+    results = read_jsonl(tmp_path / f"{name}.results.jsonl")  # a torn line would not parse
     assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(n))
     assert all(r["output"] == f"Simulated answer to: row {int(r['custom_id'][1:])}, with a comma" for r in results)
 
@@ -161,9 +161,9 @@ def test_a_bad_row_is_an_error_line_naming_the_file_and_row_and_the_others_go_on
 ) -> None:
     path = _table(tmp_path / "in.csv", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}])
     assert main([str(path), "-q", "--template", "{text}"]) == 1
-    (error,) = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    (error,) = read_jsonl(tmp_path / "in.csv.results.errors.jsonl")
     assert error["error"]["message"] == f"{path}:3: duplicate custom_id 'a'"
-    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 2
+    assert len(read_jsonl(tmp_path / "in.csv.results.jsonl")) == 2
 
 
 def test_a_parquet_row_recorded_as_bad_input_may_be_fixed_in_place_and_appended_rows_run(
@@ -176,13 +176,13 @@ def test_a_parquet_row_recorded_as_bad_input_may_be_fixed_in_place_and_appended_
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     args = ["in.parquet", "-q", "--template", "Say {text}"]
     assert main(args) == 1 and simulator.requests == 29
-    (error,) = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    (error,) = read_jsonl(tmp_path / "in.parquet.results.errors.jsonl")
     assert error["error"]["message"] == "in.parquet:8: duplicate custom_id 'r6'"
     rows[7]["id"] = "r7"  # fixed where it stands, and two rows appended
     pq.write_table(pa.Table.from_pylist([*rows, {"id": "r30", "text": "t30"}, {"id": "r31", "text": "t31"}]),
                    tmp_path / "in.parquet")  # fmt: skip
     assert main(args) == 0 and simulator.requests == 32
-    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == sorted(
+    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.parquet.results.jsonl")) == sorted(
         f"r{i}" for i in range(32)
     )
 
@@ -201,3 +201,15 @@ def test_the_example_reviews_csv_its_parquet_and_its_records_file_give_the_same_
     assert [cid for cid, _, _ in expected] == [f"rev-{i:02d}" for i in range(1, 13)]
     assert _answers(tmp_path / "reviews.csv.results.jsonl") == expected
     assert _answers(tmp_path / "reviews.parquet.results.jsonl") == expected
+
+
+def test_a_table_and_a_records_file_of_one_name_in_one_folder_do_not_share_outputs(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    records = read_jsonl(EXAMPLES / "companies.jsonl")[:5]
+    write_jsonl(tmp_path / "items.jsonl", records)
+    _table(tmp_path / "items.csv", records)
+    assert main(["items.jsonl", "-q", *DEMO]) == 0
+    assert main(["items.csv", "-q", *DEMO]) == 0
+    assert len(read_jsonl(tmp_path / "items.results.jsonl")) == 5
+    assert _answers(tmp_path / "items.csv.results.jsonl") == _answers(tmp_path / "items.results.jsonl")

@@ -136,7 +136,8 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         metavar="PATH",
-        help="results file (default: <input stem>.results.jsonl beside the input)",
+        help="results file (default: <input stem>.results.jsonl beside the input; for a table, "
+        "<input name>.results.jsonl, e.g. items.csv.results.jsonl)",
     )
     out.add_argument("--errors", type=Path, metavar="PATH", help="failures file (default: <output stem>.errors.jsonl)")
     out.add_argument(
