@@ -72,6 +72,15 @@ def unsupported(api: Api, body: Mapping[str, Any], kind: str, api_version: str) 
     return None
 
 
+# Azure's Global Batch takes no embeddings (Microsoft's docs, 2026); OpenAI's Batch API does.
+NOT_IN_AZURE_BATCH: frozenset[Api] = frozenset({"embeddings"})
+
+
+def batchable(kind: str, api: Api) -> bool:
+    """Whether a Batch API job of this endpoint may carry ``api``'s lines; the others run live."""
+    return not (kind == "azure" and api in NOT_IN_AZURE_BATCH)
+
+
 def batch_url(api: Api, v1: bool) -> str:
     """A Batch API line's (and job's) endpoint: the job's endpoint and its lines' urls must agree."""
     return f"{V1 if v1 else ''}/{ROUTES[api]}"

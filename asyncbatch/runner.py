@@ -241,6 +241,7 @@ class _Run:
             written=self.store.written,
             done=self.state.done,
             info=self.reporter.info,
+            warn=self.reporter.warn,
             sleep=self.sleep,
             cached=self.attempts.from_cache,
             keep=self.attempts.keep,

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from openai import BadRequestError, OpenAI
 
 from asyncbatch.batch.parts import BatchState, Splitter
 from asyncbatch.cli.main import main
-from asyncbatch.simulator import SimConfig, Simulator
+from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
 
 from .helpers import read_jsonl, simulator_env, write_jsonl
 
@@ -230,7 +231,7 @@ def test_the_v1_api_routes_work_too(tmp_path: Path, azure: tuple[dict[str, str],
 
 @pytest.mark.parametrize("azure", [SimConfig(api_key=KEY, batch_seconds=0.2)], indirect=True)
 def test_a_file_mixing_chat_and_embeddings_makes_one_job_per_api(
-    tmp_path: Path, azure: tuple[dict[str, str], Simulator]
+    tmp_path: Path, azure: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, sim = azure
     rows = []
@@ -242,10 +243,33 @@ def test_a_file_mixing_chat_and_embeddings_makes_one_job_per_api(
             rows.append({"custom_id": f"e{i}", "method": "POST", "url": "/embeddings", "body": {"input": f"text {i}"}})
     write_jsonl(tmp_path / "in.jsonl", rows)
     assert main(["in.jsonl", "--batch-api", *FAST]) == 0
-    assert sorted(job.endpoint for job in sim.batches.jobs.values()) == ["/chat/completions", "/embeddings"]
+    assert [job.endpoint for job in sim.batches.jobs.values()] == ["/chat/completions"]  # Azure: no embeddings job
+    assert "20 embeddings lines run live, at the live price: Azure's Global Batch" in capsys.readouterr().err
     results = _exactly_once(tmp_path, 60)
     vectors = [r["output"] for r in results if r["custom_id"].startswith("e")]
     assert len(vectors) == 20 and all(isinstance(v, list) and v for v in vectors)
+    assert all(r.get("deployment") for r in results if r["custom_id"].startswith("e"))  # answered live
+    assert sim.statuses["batch-create"] == 1
+
+
+def test_azures_global_batch_refuses_an_embeddings_job_and_an_openai_endpoint_batches_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [
+        {"custom_id": f"e{i}", "method": "POST", "url": "/embeddings", "body": {"input": f"t{i}"}} for i in range(20)
+    ]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    with serve_in_thread(SimConfig(api_key=KEY, batch_seconds=0.1)) as (url, sim):
+        client = OpenAI(base_url=f"{url}/openai/v1/", api_key=KEY, max_retries=0)  # the simulator's Azure routes
+        uploaded = client.files.create(file=(tmp_path / "in.jsonl").open("rb"), purpose="batch")
+        with pytest.raises(BadRequestError, match="not supported by Global Batch"):
+            client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
+        for name, value in {"OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": KEY, "OPENAI_MODEL": "emb"}.items():
+            monkeypatch.setenv(name, value)
+        assert main(["in.jsonl", "--batch-api", *FAST]) == 0
+        assert [job.endpoint for job in sim.batches.jobs.values()] == ["/v1/embeddings"]
+    assert "run live" not in capsys.readouterr().err
+    assert len(_exactly_once(tmp_path, 20)) == 20
 
 
 def test_a_wrong_key_stops_at_once_with_exit_2_and_a_hint(

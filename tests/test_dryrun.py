@@ -88,3 +88,17 @@ def test_dry_run_sample_sends_as_many_lines_as_asked(tmp_path: Path, capsys: pyt
     simulate = ["--simulate", "--sim-latency-ms", "5", "--template", "Hi {name}", "--deployment", "gpt-4o-mini"]
     assert main([str(path), "--dry-run", "--sample", "20", *simulate]) == 0
     assert ": 20 sent" in capsys.readouterr().out
+
+
+def test_the_dry_runs_batch_plan_leaves_embeddings_live_on_azure_and_batches_them_for_openai(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"custom_id": f"e{i}", "method": "POST", "url": "/embeddings", "body": {"input": "t"}} for i in range(3)]
+    path = write_jsonl(tmp_path / "in.jsonl", [*rows, batch_line("c", "hi", max_tokens=5)])
+    assert main([str(path), "--dry-run", "--batch-api"]) == 0
+    out = capsys.readouterr().out
+    assert "1 file(s) and job(s) (1 chat)" in out and "3 embeddings lines run live" in out
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert main([str(path), "--dry-run", "--batch-api"]) == 0
+    out = capsys.readouterr().out
+    assert "2 file(s) and job(s) (1 chat, 1 embeddings)" in out and "run live" not in out

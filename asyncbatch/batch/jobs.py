@@ -32,6 +32,7 @@ import contextlib
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from ..protocol import (
     answer_problem,
     batch_error_codes,
     batch_url,
+    batchable,
     is_retryable_status,
     under_v1,
 )
@@ -100,12 +102,14 @@ class BatchRunner:
         written: Callable[[], Awaitable[None]],
         done: DoneSet,
         info: Callable[[str], None],
+        warn: Callable[[str], None] | None = None,
         sleep: Sleep = asyncio.sleep,
         wall: Callable[[], float] = time.time,
         cached: Callable[[Job], dict[str, Any] | None] = lambda job: None,
         keep: Callable[[Job, bytes, str | None], None] = lambda job, body, request_id: None,
     ) -> None:
-        """:param cached: a line's result record from the response cache, if it holds a fitting answer.
+        """:param warn: what the user must hear even with -q (lines that cannot go in a job); default ``info``.
+        :param cached: a line's result record from the response cache, if it holds a fitting answer.
         :param keep: an answer for the response cache (a job's answers are not paid for twice either).
         """
         assert config.batch is not None
@@ -113,6 +117,7 @@ class BatchRunner:
         self.input_path, self.paths, self.stats = config.input_path, config.state, stats
         self.recorder, self.written, self.done = recorder, written, done
         self.info, self.sleep, self.wall, self.cached, self.keep = info, sleep, wall, cached, keep
+        self.warn = warn or info
         self.path = self.paths.batches
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
@@ -164,6 +169,7 @@ class BatchRunner:
         files: dict[int, Any] = {}
         model = self.endpoint.deployment
         offsets = line_offsets(self.input_path)  # read in step with the lines, for each part's first offset
+        live = Counter[str]()  # lines of an API this endpoint's jobs do not take: left for the live phase
         try:
             for line in read_lines(self.input_path, done=self.done):
                 if any(line.line_no in p for p in covered):
@@ -171,6 +177,9 @@ class BatchRunner:
                 item = prepare(line, self.request, model, self.endpoint) if isinstance(line, ParsedLine) else line
                 if isinstance(item, BadLine):
                     reject(item)
+                    continue
+                if not batchable(self.endpoint.kind, item.api):
+                    live[item.api] += 1
                     continue
                 if (hit := self.cached(item)) is not None:  # answered from the response cache: not uploaded
                     self.recorder.success(item.line_no, hit)
@@ -187,6 +196,11 @@ class BatchRunner:
             for f in files.values():
                 f.close()
         self.state.parts.extend(splitter.parts)
+        for api, count in live.items():
+            self.warn(
+                f"Batch API: {count:,} {api} lines run live, at the live price: Azure's Global Batch does not "
+                f"take {api} (OpenAI's Batch API does)"
+            )
         if splitter.parts:
             self.info(f"Batch API: {len(splitter.parts)} new job(s) for {sum(p.lines for p in splitter.parts):,} lines")
 

@@ -16,6 +16,7 @@ from ..cost import Prices, output_limit, projected, why_no_cost
 from ..errors import ConfigError
 from ..input.reader import BadLine, first_lines, read_lines
 from ..input.requests import prepare, setup_mistake
+from ..protocol import batchable
 
 
 @dataclass
@@ -28,6 +29,7 @@ class DryRunReport:
     completion_tokens: int = 0  # at most: max_tokens x n, of the requests that set it
     unbounded: int = 0  # requests that may write an answer of any length: no max_tokens
     batch_files: Counter[str] = field(default_factory=Counter)  # --batch-api: files (and jobs) per API
+    batch_live: Counter[str] = field(default_factory=Counter)  # --batch-api: lines no job of this endpoint takes
 
     @property
     def requests(self) -> int:
@@ -35,8 +37,14 @@ class DryRunReport:
 
 
 def dry_run(
-    path: Path, defaults: RequestDefaults, model: str, keep_bad: int = 20, max_lines_per_file: int = 100_000
+    path: Path,
+    defaults: RequestDefaults,
+    model: str,
+    keep_bad: int = 20,
+    max_lines_per_file: int = 100_000,
+    kind: str = "azure",
 ) -> DryRunReport:
+    """Read and check every line; count, estimate, and plan the Batch API's files for an endpoint of ``kind``."""
     if mistake := setup_mistake(path, first_lines(path), defaults):
         raise ConfigError(mistake)
     report = DryRunReport()
@@ -54,7 +62,10 @@ def dry_run(
         report.prompt_tokens += job.prompt_estimate
         report.completion_tokens += job.estimate - job.prompt_estimate
         report.unbounded += job.estimate == job.prompt_estimate and job.api != "embeddings"
-        splitter.place(job.api, job.line_no, len(batch_line(job)))
+        if batchable(kind, job.api):
+            splitter.place(job.api, job.line_no, len(batch_line(job)))
+        else:
+            report.batch_live[job.api] += 1
     report.batch_files = Counter(part.api for part in splitter.parts)
     return report
 
@@ -141,6 +152,8 @@ def format_report(
         files = sum(report.batch_files.values())
         per_api = ", ".join(f"{n} {api}" for api, n in sorted(report.batch_files.items()))
         lines.append(f"  Batch API        {files} file(s) and job(s) ({per_api or 'none'}); results within 24 h")
+        for api, count in sorted(report.batch_live.items()):
+            lines.append(f"{PAD}{count:,} {api} lines run live: Azure's Global Batch does not take {api}")
     for bad in report.bad:
         lines.append(f"  {path}:{bad.line_no}: {bad.reason}")
     if report.bad_count > len(report.bad):

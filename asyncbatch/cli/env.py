@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from dotenv import dotenv_values
 
@@ -61,10 +62,15 @@ def load_env(env_file: Path | None, environ: Mapping[str, str]) -> Env:
     return Env({**kept, **environ}, loaded, ignored, path)
 
 
-def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpoint:
+def endpoint_kind(env: Mapping[str, str]) -> Literal["azure", "openai"]:
+    """Azure unless only OpenAI's variables are set."""
     azure_vars = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
-    use_azure = any(env.get(v) for v in azure_vars) or not (env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL"))
-    if use_azure:
+    openai = env.get("OPENAI_API_KEY") or env.get("OPENAI_BASE_URL")
+    return "azure" if any(env.get(v) for v in azure_vars) or not openai else "openai"
+
+
+def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpoint:
+    if endpoint_kind(env) == "azure":
         if pasted := env.get("AZURE_OPENAI_ENDPOINT"):
             check_base_url(pasted, "azure", "AZURE_OPENAI_ENDPOINT")  # a pasted request URL: its whole hint first
         deployment = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME")

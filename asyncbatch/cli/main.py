@@ -43,7 +43,7 @@ from .build import batch_options, build_config, check_input, request_defaults, s
 from .cache_cmd import cache_main
 from .deployments import DeploymentSpec, load_deployments
 from .dryrun import Sample, dry_run, format_report, pick_sample
-from .env import deployments_from_env, endpoint_from_env, load_env, parse_headers
+from .env import deployments_from_env, endpoint_from_env, endpoint_kind, load_env, parse_headers
 from .export_cmd import export_main
 from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, build_parser
 
@@ -166,7 +166,8 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         limits, model = Limits(concurrency=args.concurrency, tpm=tpm, rpm=rpm), specs[0].deployment
     options = batch_options(args)
     defaults = request_defaults(args)
-    report = dry_run(args.input, defaults, model, max_lines_per_file=args.max_lines_per_file)
+    kind = endpoint_kind(env)
+    report = dry_run(args.input, defaults, model, max_lines_per_file=args.max_lines_per_file, kind=kind)
     prices = resolve(model, args.price_in, args.price_out, args.price_cached) or lines_prices(first_lines(args.input))
     sample = (
         _sample(args, env, pick_sample(args.input, report, args.sample, defaults, model), prices)

@@ -150,6 +150,10 @@ class BatchService:
         endpoint = str(body.get("endpoint", "")).removeprefix("/v1")
         if endpoint not in ENDPOINTS:
             return self.sim.error(400, "invalid_request_error", f"Unsupported endpoint {body.get('endpoint')!r}.")
+        if request.path.startswith("/openai/") and endpoint == "/embeddings":  # Azure's Global Batch (docs, 2026)
+            return self.sim.error(
+                400, "invalid_request_error", "The endpoint '/embeddings' is not supported by Global Batch deployments."
+            )
         self.created += 1
         job = Job(
             id=f"batch_{uuid.uuid4().hex}",
