@@ -77,3 +77,21 @@ def test_each_api_has_its_own_estimate() -> None:
     assert split_estimate({"input": "x" * 400}, "embeddings") == (100, 0)
     assert split_estimate({"input": ["x" * 40, "y" * 40]}, "embeddings") == (20, 0)
     assert split_estimate({"input": "x" * 400, "max_output_tokens": 50}, "responses") == (100, 50)
+
+
+@pytest.mark.parametrize(("version", "code"), [("v1", 0), ("2025-04-01-preview", 0), ("2024-10-21", 2)])
+def test_simulate_serves_the_routes_of_the_api_version_given(
+    tmp_path: Path, version: str, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"Co{i}"} for i in range(3)])
+    tools = str(Path(__file__).parents[1] / "examples" / "get_company_info.json")
+    argv = ["in.jsonl", "--simulate", "--sim-latency-ms", "5", "-q", "--api", "responses", "--api-version", version]
+    assert main([*argv, "--template", "Tell me about {company}", "--tools", tools]) == code
+    if code == 0:
+        assert [r["output"]["name"] for r in read_jsonl(tmp_path / "in.results.jsonl")] == [
+            "name: Tell me about Co0",
+            "name: Tell me about Co1",
+            "name: Tell me about Co2",
+        ]
+    else:
+        assert "no route in api-version 2024-10-21" in capsys.readouterr().err

@@ -65,7 +65,10 @@ async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Re
         sim = sim_config(args)
         async with simulated(sim) as endpoint:
             endpoint = dataclasses.replace(
-                endpoint, deployment=args.deployment or endpoint.deployment, headers=parse_headers(args.header)
+                endpoint,
+                deployment=args.deployment or endpoint.deployment,
+                headers=parse_headers(args.header),
+                api_version=args.api_version or endpoint.api_version,  # the simulator serves every version's routes
             )
             reporter.info(f"SIMULATED: a local simulator at {endpoint.base_url}; nothing goes to Azure")
             return await go(build_config(args, endpoint))
@@ -80,7 +83,12 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
         for spec in specs:
             sim = dataclasses.replace(base, tpm=spec.tpm or base.tpm, rpm=spec.rpm or base.rpm)
             endpoint = await stack.enter_async_context(simulated(sim))
-            endpoint = dataclasses.replace(endpoint, deployment=spec.deployment, headers=parse_headers(args.header))
+            endpoint = dataclasses.replace(
+                endpoint,
+                deployment=spec.deployment,
+                headers=parse_headers(args.header),
+                api_version=args.api_version or endpoint.api_version,
+            )
             pool.append(
                 Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
             )
