@@ -88,7 +88,7 @@ def test_simulate_serves_the_routes_of_the_api_version_given(
     argv = ["in.jsonl", "--simulate", "--sim-latency-ms", "5", "-q", "--api", "responses", "--api-version", version]
     assert main([*argv, "--template", "Tell me about {company}", "--tools", tools]) == code
     if code == 0:
-        assert [r["output"]["name"] for r in read_jsonl(tmp_path / "in.results.jsonl")] == [
+        assert sorted(r["output"]["name"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == [
             "name: Tell me about Co0",
             "name: Tell me about Co1",
             "name: Tell me about Co2",
