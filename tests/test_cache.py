@@ -89,10 +89,10 @@ def test_a_stored_answer_that_breaks_a_changed_schema_is_not_used(
     args = ["in.jsonl", "-q", "--template", "{text}", "--cache", str(tmp_path / "c.sqlite")]
     assert main([*args, "--tools", "loose.json"]) == 0 and simulator.requests == 20
     stored = ResponseCache(tmp_path / "c.sqlite")  # the answers kept break the tight schema: no label at all
-    for (raw,) in stored.db.execute("SELECT body FROM answers").fetchall():
+    for key, raw, request_id in stored.db.execute("SELECT key, body, request_id FROM answers").fetchall():
         body = orjson.loads(raw)
         body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = "{}"
-        stored.db.execute("UPDATE answers SET body = ? WHERE body = ?", (orjson.dumps(body), raw))
+        assert stored.put(key, orjson.dumps(body), request_id, replace=True)  # whole entries: their checksums hold
     stored.close()
     assert main([*args, "--tools", "tight.json", "-o", "tight.jsonl"]) == 0
     assert simulator.requests == 40  # each sent again, none taken from the cache
