@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS answers (
 ) WITHOUT ROWID
 """
 SQLITE_MAGIC = b"SQLite format 3\x00"
+WAL_HEADER = 32  # bytes of a write-ahead log before its first frame
 
 
 def default_path() -> Path:
@@ -169,6 +170,13 @@ def _header(path: Path) -> tuple[bytes, tuple[int, ...] | None]:
         os.close(fd)
 
 
+def _wal_size(path: Path) -> int:
+    try:
+        return os.lstat(f"{path}-wal").st_size
+    except OSError:
+        return 0
+
+
 def _wal_identity(path: Path) -> tuple[int, ...]:
     try:
         info = os.lstat(f"{path}-wal")
@@ -226,6 +234,8 @@ def _judge(path: Path, db: sqlite3.Connection, *, whole: bool = False) -> None:
         )
     if application_id == APPLICATION_ID and objects and not ours:
         raise _damaged(path, "its table is not a cache's")
+    if not objects and _wal_size(path) > WAL_HEADER:  # whose frames SQLite could not use: a database of its own
+        raise _damaged(path, "it holds no table, and the write-ahead log beside it cannot be read")
     if problems != ["ok"]:
         raise _damaged(path, f"SQLite's check: {'; '.join(map(str, problems))[:300]}")
 
@@ -260,10 +270,18 @@ class ResponseCache:
         exists = check_cache(self.path, mode)
         self.db = _connect(self.path, immutable=False) if mode == "read" else self._open_to_write(exists)
         try:
-            self.checked = "checksum" in {row[1] for row in self.db.execute("PRAGMA table_info(answers)")}
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(answers)")}
         except sqlite3.Error as exc:
             self.db.close()
             raise _damaged(self.path, exc) from None
+        self.held = bool(columns)  # an empty SQLite file read as it is has no table yet: nothing in it
+        self.checked = "checksum" in columns  # an older version's entries carry no checksum
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def _open_to_write(self, exists: bool) -> sqlite3.Connection:
         try:
@@ -331,7 +349,7 @@ class ResponseCache:
 
     def get(self, key: bytes) -> Entry | None:
         """The entry for ``key`` if there is one and its checksum holds (one that does not is dropped)."""
-        if not self.reads:
+        if not self.reads or not self.held:
             return None
         checksum_column = "checksum" if self.checked else "NULL"
         try:
