@@ -20,7 +20,7 @@ import pytest
 from asyncbatch.cli.main import main
 from asyncbatch.errors import ConfigError
 from asyncbatch.simulator import SimConfig, Simulator
-from asyncbatch.store.files import Outputs, check_paths
+from asyncbatch.store.files import Outputs, check_paths, prepare_state
 from asyncbatch.store.lock import OutputLock
 from tests.helpers import batch_line, simulator_env, write_jsonl
 
@@ -96,6 +96,19 @@ def test_a_link_planted_between_the_check_and_the_open_is_not_followed(tmp_path:
     with pytest.raises(ConfigError, match="symbolic link"):
         OutputLock(outputs.files, outputs.state.lock).acquire()
     assert not victim.exists()
+
+
+def test_a_state_directory_link_planted_after_the_check_is_not_followed(tmp_path: Path) -> None:
+    outputs = Outputs(results=tmp_path / "out.jsonl", errors=tmp_path / "out.errors.jsonl")
+    check_paths(outputs)
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    outputs.state.dir.symlink_to(victim)  # the race: the state directory becomes a link to another directory
+    with pytest.raises(ConfigError, match="symbolic link"):
+        OutputLock(outputs.files, outputs.state.lock).acquire()
+    with pytest.raises(ConfigError, match="symbolic link"):
+        prepare_state(outputs)
+    assert list(victim.iterdir()) == []  # nothing created through it
 
 
 # -- CSV cells a spreadsheet would run ----------------------------------------------------------

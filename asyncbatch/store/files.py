@@ -187,10 +187,7 @@ def _check_not_link(path: Path) -> None:
 def prepare_state(outputs: Outputs) -> list[str]:
     """Create the state directory, moving an older layout's files into it; return notes for the user."""
     state = outputs.state
-    try:
-        state.dir.mkdir(mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {state.dir}: {exc.strerror}") from None
+    private_dir(state.dir)
     moved = []
     for old, new in outputs.legacy().items():
         if not old.is_file() or old.is_symlink():
@@ -219,6 +216,23 @@ def _remove_stale_tmp(outputs: Outputs) -> None:
         with suppress(OSError), os.fdopen(os.open(tmp, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW), "rb") as f:
             if stat.S_ISREG(os.fstat(f.fileno()).st_mode) and start.startswith(f.read(len(start))):
                 tmp.unlink()
+
+
+def private_dir(path: Path) -> None:
+    """The state directory, made 0700 if missing; one that is a link (planted since ``check_paths``) is refused.
+
+    :raises ConfigError: ``path`` is a link or not a directory. OutputError: it cannot be created.
+    """
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except FileExistsError:
+        info = path.lstat()
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        _check_not_link(path)
+        raise ConfigError(f"{path} is in the way: asyncbatch keeps a run's state in a directory of that name")
 
 
 def open_private(path: Path, flags: int, mode: int = PRIVATE) -> int:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .files import open_private, write_all
+from .files import open_private, private_dir, write_all
 
 
 class AlreadyRunning(ConfigError):
@@ -39,7 +39,7 @@ class OutputLock:
                 fd = open_private(path, os.O_RDONLY | os.O_CREAT)  # never through a link (check_paths refused one)
                 self._fds.append(fd)
                 self._lock(fd, path)
-            self.info.parent.mkdir(mode=0o700, exist_ok=True)
+            private_dir(self.info.parent)
             fd = open_private(self.info, os.O_RDWR | os.O_CREAT)
             self._fds.append(fd)
             self._lock(fd, self.outputs[0])
