@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
+from asyncbatch.errors import ConfigError
+from asyncbatch.store.cache import ResponseCache
 from tests.fuzz.cache import Case, Checker, Edit, Templates, cases, fuzz
 from tests.fuzz.report import FuzzReport
 
@@ -22,8 +24,9 @@ def checker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checker]:
 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=cases())
-# A foreign database whose tables are only in its WAL, that WAL damaged: SQLite drops the WAL, and the
-# main file alone looked like an empty database; it was taken, and written to.
+# A foreign database whose tables are only in its WAL, that WAL's first byte damaged: SQLite drops the
+# WAL, and the main file alone looked like an empty database; it was taken, and written to. Now a
+# table-less database beside a log that does not begin as one is refused as damaged.
 @example(
     case=Case(
         base="users-wal",
@@ -60,3 +63,12 @@ def test_fuzz_counts_its_cases_and_checks_every_invariant() -> None:
     assert report.ok, report.violations
     assert report.cases == 25
     assert {"no_traceback", "named_refusal", "unchanged_on_refusal", "answers_valid"} <= set(report.checked)
+
+
+def test_a_table_less_database_beside_a_log_that_is_not_one_is_refused_untouched(checker: Checker) -> None:
+    case = Case("users-wal", (), "left", (Edit(kind="flip", at=0, length=1, seed=1),), "read-write", False, 1)
+    path = checker.place(case)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"is damaged .*the write-ahead log beside it is not one SQLite can read"):
+        ResponseCache(path)
+    assert path.read_bytes() == before

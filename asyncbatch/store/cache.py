@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS answers (
 ) WITHOUT ROWID
 """
 SQLITE_MAGIC = b"SQLite format 3\x00"
-WAL_HEADER = 32  # bytes of a write-ahead log before its first frame
+WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # how a write-ahead log begins (either byte order)
 
 
 def default_path() -> Path:
@@ -170,11 +170,17 @@ def _header(path: Path) -> tuple[bytes, tuple[int, ...] | None]:
         os.close(fd)
 
 
-def _wal_size(path: Path) -> int:
+def _wal_readable(path: Path) -> bool:
+    """Whether the WAL beside ``path`` is absent, empty or begins as a WAL does (its frames are SQLite's to judge).
+
+    SQLite writes a log's header before its first frame, so a run creating the cache meanwhile is never refused.
+    """
     try:
-        return os.lstat(f"{path}-wal").st_size
+        with open(f"{path}-wal", "rb") as f:
+            head = f.read(4)
     except OSError:
-        return 0
+        return True
+    return any(magic.startswith(head) for magic in WAL_MAGIC)  # a header being written: its start
 
 
 def _wal_identity(path: Path) -> tuple[int, ...]:
@@ -234,8 +240,8 @@ def _judge(path: Path, db: sqlite3.Connection, *, whole: bool = False) -> None:
         )
     if application_id == APPLICATION_ID and objects and not ours:
         raise _damaged(path, "its table is not a cache's")
-    if not objects and _wal_size(path) > WAL_HEADER:  # whose frames SQLite could not use: a database of its own
-        raise _damaged(path, "it holds no table, and the write-ahead log beside it cannot be read")
+    if not objects and not _wal_readable(path):  # a database whose tables may all be in that log: not judged
+        raise _damaged(path, "it holds no table, and the write-ahead log beside it is not one SQLite can read")
     if problems != ["ok"]:
         raise _damaged(path, f"SQLite's check: {'; '.join(map(str, problems))[:300]}")
 

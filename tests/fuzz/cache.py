@@ -99,8 +99,11 @@ class Case:
 
     @property
     def foreign(self) -> bool:
-        """Another program's file as placed (a WAL database's main file alone holds no table of its own yet)."""
-        return self.base in FOREIGN and (self.base != "users-wal" or self.wal == "left")
+        """Another program's file, as SQLite reads it: a WAL database's tables are in its log, which must be whole.
+
+        Its main file alone (or beside a damaged log, whose frames SQLite drops) is an empty database to SQLite.
+        """
+        return self.base in FOREIGN and (self.base != "users-wal" or (self.wal == "left" and not self.wal_edits))
 
 
 def edits(max_size: int = 4) -> st.SearchStrategy[tuple[Edit, ...]]:
