@@ -9,8 +9,10 @@
     batches         the Batch API jobs (batch/jobs.py); part-N.jsonl: their files to upload
 
 Files in it are opened without following symbolic links and created 0600, the
-directory 0700. Nothing is written before ``check_paths`` has looked at every
-path; nothing that is not proven to be a run's own file is changed.
+directory 0700; so are the outputs, and a link at any of them is refused, dangling
+or not. Nothing is written before ``check_paths`` has looked at every path;
+nothing that is not proven to be a run's own file is changed. A file replaced
+whole is written under no name until it is complete (``atomic_file``).
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ def _remove_stale_tmp(outputs: Outputs) -> None:
 
 
 def private_dir(path: Path) -> None:
-    """The state directory, made 0700 if missing; one that is a link (planted since ``check_paths``) is refused.
+    """A directory of the run's own, made 0700 if missing; a link there (planted since ``check_paths``) is refused.
 
     :raises ConfigError: ``path`` is a link or not a directory. OutputError: it cannot be created.
     """
@@ -279,7 +281,8 @@ def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Ite
     The temporary file has no name while it is written (Linux's ``O_TMPFILE``): a process killed at any
     instant leaves nothing behind. It is named ``tmp`` (else ``<path>.tmp``) only to be renamed over
     ``path``. Where the file system has no unnamed files it is named from the start, created afresh, never
-    through a link, and removed on any failure; a stale one is removed by the next write (``sweep_stale``).
+    through a link, and removed on any failure; one a killed process left is removed by the next write of
+    ``path``, or before it: by the next run (``prepare_state``), by the next export (``sweep_stale``).
     """
     tmp = tmp or path.with_name(path.name + ".tmp")
     with naming(tmp):
