@@ -352,6 +352,8 @@ class RunConfig:
             errors=self.errors_path,
             checkpoint=self.checkpoint_path,
             fsync_interval=FSYNC_INTERVALS[self.fsync],
+            cache=self.cache if self.cache_mode != "off" else None,
+            cache_mode=self.cache_mode,
         )
 
     @property

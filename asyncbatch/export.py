@@ -11,13 +11,18 @@ Each row is: ``line``, ``status`` (``succeeded`` or ``failed``), ``custom_id``,
 the input record's fields (with ``--input``, each keeping its JSON type),
 ``output``, ``error_code``, ``error_message``, ``attempts``, ``prompt_tokens``
 and ``completion_tokens``. For CSV and Parquet an object ``output`` becomes one
-``output.<key>`` column per key.
+``output.<key>`` column per key. A CSV text cell a spreadsheet would run as a
+formula gets a ``'`` before it (``keep_formulas`` leaves it); Parquet keeps values
+as they are.
+
+No temporary file outlives the process: the chunks are files without a name, and
+the output has none until it is complete (``store.files.atomic_file``).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
-import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -29,7 +34,7 @@ import orjson
 
 from .errors import ConfigError
 from .input.reader import input_records
-from .store.files import atomic_file
+from .store.files import atomic_file, scratch_name, sweep_stale
 
 Format = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet")
@@ -75,9 +80,9 @@ def _tagged(path: Path, tag: bytes, report: ExportReport) -> Iterator[bytes]:
             yield b"%0*d" % (_KEY, line_no) + tag + raw.rstrip(b"\r\n") + b"\n"
 
 
-def _in_order(sources: Iterable[Iterator[bytes]], workdir: Path, chunk_bytes: int, stack: ExitStack) -> Iterator[bytes]:
+def _in_order(sources: Iterable[Iterator[bytes]], chunk_bytes: int, stack: ExitStack) -> Iterator[bytes]:
     """The tagged lines of every source, sorted by line number, holding at most ``chunk_bytes`` in memory."""
-    runs: list[Path] = []
+    runs: list[IO[bytes]] = []
     chunk: list[bytes] = []
     size = 0
     for source in sources:
@@ -85,23 +90,23 @@ def _in_order(sources: Iterable[Iterator[bytes]], workdir: Path, chunk_bytes: in
             chunk.append(item)
             size += len(item)
             if size >= chunk_bytes:
-                runs.append(_spill(chunk, workdir, len(runs)))
+                runs.append(_spill(chunk, stack))
                 chunk, size = [], 0
     chunk.sort()
     if not runs:
         return iter(chunk)
-    runs.append(_spill(chunk, workdir, len(runs)))
-    files = [stack.enter_context(run.open("rb")) for run in runs]
-    return heapq.merge(*files)
+    runs.append(_spill(chunk, stack))
+    return heapq.merge(*runs)
 
 
-def _spill(chunk: list[bytes], workdir: Path, index: int) -> Path:
+def _spill(chunk: list[bytes], stack: ExitStack) -> IO[bytes]:
+    """A sorted chunk in a temporary file without a name (none outlives the process, however it ends)."""
     chunk.sort()
-    path = workdir / f"run-{index}.jsonl"
-    with path.open("wb") as f:
-        f.writelines(chunk)
+    f = stack.enter_context(tempfile.TemporaryFile(prefix="asyncbatch-export-"))  # noqa: SIM115 (the stack closes it)
+    f.writelines(chunk)
+    f.seek(0)
     chunk.clear()
-    return path
+    return f
 
 
 def row_of(tag: bytes, record: dict[str, Any], fields: dict[str, Any] | None) -> dict[str, Any]:
@@ -147,8 +152,7 @@ class Rows:
             if self.errors is not None:
                 sources.append(_tagged(self.errors, b"e", report))
             if self.ordered:
-                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asyncbatch-export-")))
-                lines: Iterable[bytes] = _in_order(sources, workdir, self.chunk_bytes, stack)
+                lines: Iterable[bytes] = _in_order(sources, self.chunk_bytes, stack)
             else:
                 lines = (item for source in sources for item in source)
             yield from self._rows(lines, report)
@@ -179,15 +183,28 @@ class Rows:
             report.missing += sum(1 for _, record in inputs if record)
 
 
-def export(rows: Rows, fmt: Format, out: Path | None, stdout: IO[bytes]) -> ExportReport:
-    """Write ``rows`` as ``fmt`` to ``out`` (whole or not at all: a temporary file renamed) or to ``stdout``."""
-    write = {"jsonl": _write_jsonl, "csv": _write_csv, "parquet": _write_parquet}[fmt]
+def export(
+    rows: Rows, fmt: Format, out: Path | None, stdout: IO[bytes], *, keep_formulas: bool = False
+) -> ExportReport:
+    """Write ``rows`` as ``fmt`` to ``out`` (whole or not at all: a temporary file renamed) or to ``stdout``.
+
+    :param keep_formulas: CSV: write text cells that begin with ``= + - @``, a tab or a carriage return
+        as they are. By default a ``'`` goes before them, so that a spreadsheet opening the file shows
+        them as text instead of running them as formulas (the OWASP rule against CSV injection).
+    """
+    writers: dict[str, Callable[[Rows, IO[bytes]], None]] = {
+        "jsonl": _write_jsonl,
+        "csv": functools.partial(_write_csv, keep_formulas=keep_formulas),
+        "parquet": _write_parquet,
+    }
+    write = writers[fmt]
     if out is None:
         if fmt == "parquet":
             raise ConfigError("--format parquet needs -o PATH (it is not a text format for a terminal or pipe)")
         write(rows, stdout)
         return rows.report
-    with atomic_file(out, out.with_name(f".{out.name}.{os.getpid()}.tmp"), mode=0o666) as f:
+    sweep_stale(out)  # what an export killed before it finished left, if the file system keeps no unnamed files
+    with atomic_file(out, scratch_name(out), mode=0o666) as f:
         write(rows, f)
     return rows.report
 
@@ -231,10 +248,18 @@ def _kind(value: Any) -> str:
     return "json"
 
 
-def _cell(value: Any) -> Any:
-    """A CSV cell: objects and lists as JSON text."""
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def _cell(value: Any, keep_formulas: bool = False) -> Any:
+    """A CSV cell: objects and lists as JSON text; text that a spreadsheet would run, quoted with a ``'``.
+
+    Numbers stay numbers: only text (from the input or the answer) can hold a formula.
+    """
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
+    if isinstance(value, str) and not keep_formulas and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
 
 
@@ -243,17 +268,18 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def _write_csv(rows: Rows, f: IO[bytes]) -> None:
+def _write_csv(rows: Rows, f: IO[bytes], keep_formulas: bool = False) -> None:
     import csv
     import io
 
     columns = _columns(rows)
     text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
     try:
-        writer = csv.DictWriter(text, fieldnames=columns, restval="")
-        writer.writeheader()
+        writer = csv.writer(text)
+        writer.writerow([_cell(name, keep_formulas) for name in columns])  # an input's field names too
         for row in rows:
-            writer.writerow({k: "" if v is None else _cell(v) for k, v in flat(row).items()})
+            cells = flat(row)
+            writer.writerow(["" if (v := cells.get(name)) is None else _cell(v, keep_formulas) for name in columns])
     finally:
         text.detach()
 

@@ -166,7 +166,7 @@ class _Run:
         self.recorder = self.store.recorder
         self.cache = None
         if config.cache is not None and config.cache_mode != "off":
-            self.cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor)
+            self.cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor, warn=reporter.warn)
         self.attempts = Attempts(
             router=router,
             request=config.request,

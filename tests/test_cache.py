@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +23,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
-from asyncbatch.store.cache import ResponseCache, cache_key
+from asyncbatch.store.cache import APPLICATION_ID, ResponseCache, cache_key
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "cache-key-0123456789"
@@ -89,10 +93,10 @@ def test_a_stored_answer_that_breaks_a_changed_schema_is_not_used(
     args = ["in.jsonl", "-q", "--template", "{text}", "--cache", str(tmp_path / "c.sqlite")]
     assert main([*args, "--tools", "loose.json"]) == 0 and simulator.requests == 20
     stored = ResponseCache(tmp_path / "c.sqlite")  # the answers kept break the tight schema: no label at all
-    for (raw,) in stored.db.execute("SELECT body FROM answers").fetchall():
+    for key, raw, request_id in stored.db.execute("SELECT key, body, request_id FROM answers").fetchall():
         body = orjson.loads(raw)
         body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = "{}"
-        stored.db.execute("UPDATE answers SET body = ? WHERE body = ?", (orjson.dumps(body), raw))
+        assert stored.put(key, orjson.dumps(body), request_id, replace=True)  # whole entries: their checksums hold
     stored.close()
     assert main([*args, "--tools", "tight.json", "-o", "tight.jsonl"]) == 0
     assert simulator.requests == 40  # each sent again, none taken from the cache
@@ -235,3 +239,185 @@ def test_any_request_keys_alike_whatever_its_field_order_and_tags(
     items = [*body.items(), *tags.items()]
     seed.shuffle(items)
     assert cache_key("chat", ["e"], dict(items)) == cache_key("chat", ["e"], body)
+
+
+# -- the cache file: ours, or refused unchanged -----------------------------------------------------
+
+
+def _cli(cwd: Path, *args: str) -> tuple[int, str]:
+    """The CLI in this process (its own ``main``), with what it printed on stderr."""
+    err = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
+def _filled(tmp_path: Path, n: int = 60) -> Path:
+    """A cache made by a real run: ``n`` answers of about a kilobyte, so it spans many pages."""
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"question {i} " + "words " * 150) for i in range(n)])
+    cache = tmp_path / "c.sqlite"
+    assert _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "first.jsonl")[0] == 0
+    return cache
+
+
+def _side_files(path: Path) -> list[Path]:
+    return [p for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]
+
+
+def test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_cache_stats(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    cache = _filled(tmp_path)
+    pages = cache.stat().st_size // 4096
+    assert pages >= 20
+    with cache.open("r+b") as f:  # one page in the middle: random bytes
+        f.seek(4096 * (pages // 2))
+        f.write(random.Random(3).randbytes(4096))
+    damaged, sent = cache.read_bytes(), simulator.requests
+    code, err = _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl")
+    assert code == 2 and "Traceback" not in err
+    assert f"--cache {cache} is damaged" in err and f"HINT: move it aside (mv {cache} " in err
+    assert "or run without --cache" in err
+    assert simulator.requests == sent and not (tmp_path / "again.jsonl").exists()  # refused before anything
+    for command in (["stats"], ["prune", "--older-than", "1d"]):
+        code, err = _cli(tmp_path, "cache", *command[:1], str(cache), *command[1:])
+        assert code == 2 and f"{cache} is damaged" in err and "move it aside" in err and "Traceback" not in err
+    assert cache.read_bytes() == damaged  # left as it is
+    (tmp_path / "c.sqlite").rename(tmp_path / "c.sqlite.damaged")  # what the hint says: then it runs
+    assert _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl")[0] == 0
+
+
+def _foreign(path: Path, kind: str) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        if kind == "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+        if kind == "marked":  # another program's mark, on a table that looks like ours
+            db.execute("PRAGMA application_id = 1234567")
+            db.execute("CREATE TABLE answers (key BLOB PRIMARY KEY, body BLOB, request_id TEXT, stored REAL, hits INT)")
+        else:
+            db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+            db.execute("INSERT INTO users (name) VALUES ('ada'), ('grace')")
+        db.commit()
+
+
+@pytest.mark.parametrize("kind", ["rollback", "wal", "marked"])
+def test_another_programs_sqlite_file_is_refused_and_left_byte_identical(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], kind: str
+) -> None:
+    _, simulator = sim
+    write_jsonl(tmp_path / "in.jsonl", _lines(5))
+    app = tmp_path / "app.db"
+    _foreign(app, kind)
+    before = app.read_bytes()
+    code, err = _cli(tmp_path, "in.jsonl", "-q", "--cache", "app.db")
+    assert code == 2 and "--cache app.db is not an asyncbatch response cache" in err and "left as it is" in err
+    assert app.read_bytes() == before and not _side_files(app)  # not a byte, not a WAL beside it
+    assert simulator.requests == 0 and not (tmp_path / "in.results.jsonl").exists()
+    assert _cli(tmp_path, "cache", "prune", "app.db", "--older-than", "0s")[0] == 2
+    assert app.read_bytes() == before and not _side_files(app)
+
+
+OLD_SCHEMA = (
+    "CREATE TABLE answers (key BLOB PRIMARY KEY, body BLOB NOT NULL, request_id TEXT, stored REAL NOT NULL, "
+    "hits INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+)
+
+
+def test_a_cache_an_older_version_made_is_used_and_marked_as_ours(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    cache = _filled(tmp_path, 20)
+    old = tmp_path / "old.sqlite"
+    with contextlib.closing(sqlite3.connect(old)) as db:  # what the version before the mark wrote
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(OLD_SCHEMA)
+        db.execute("ATTACH ? AS new", (str(cache),))
+        db.execute("INSERT INTO answers SELECT key, body, request_id, stored, hits FROM new.answers")
+        db.commit()
+    assert _cli(tmp_path, "in.jsonl", "-q", "--cache", str(old), "-o", "again.jsonl")[0] == 0
+    assert simulator.requests == 20 and all(r["cached"] for r in _exactly_once(tmp_path / "again.jsonl", 20))
+    with contextlib.closing(sqlite3.connect(old)) as db:
+        assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        assert "checksum" in {row[1] for row in db.execute("PRAGMA table_info(answers)")}
+
+
+def test_an_entry_whose_bytes_changed_on_disk_is_not_used_but_asked_again(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    cache = _filled(tmp_path, 20)
+    with contextlib.closing(sqlite3.connect(cache)) as db:  # damage SQLite cannot see: valid JSON, other words
+        text = "CAST(body AS TEXT)"
+        db.execute(
+            f"UPDATE answers SET body = CAST(replace({text}, 'question 1', 'question 9') AS BLOB) "
+            f"WHERE {text} LIKE '%question 1%'"
+        )
+        changed = db.execute("SELECT changes()").fetchone()[0]
+        db.commit()
+    assert changed == 11  # question 1 and 10-19
+    assert _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl")[0] == 0
+    assert simulator.requests == 20 + changed
+    rows = _exactly_once(tmp_path / "again.jsonl", 20)
+    assert sum(not r.get("cached") for r in rows) == changed
+    assert all(f"question {int(r['custom_id'][1:])} " in r["output"] for r in rows)  # each its own answer
+    assert _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "third.jsonl")[0] == 0
+    assert simulator.requests == 20 + changed  # the fresh answers took their place
+
+
+def _without_override(command: list[str]) -> list[str]:
+    """``command`` run without the power to ignore file permissions (root's, here), so a 0400 file is read-only."""
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be made to hold")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", *command]
+
+
+def test_a_read_only_cache_is_used_with_cache_mode_read_and_nothing_is_sent_for_its_answers(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    env, simulator = sim
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    write_jsonl(tmp_path / "in.jsonl", _lines(30))
+    cache = shelf / "c.sqlite"
+    assert _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "first.jsonl")[0] == 0
+    assert simulator.requests == 30 and not _side_files(cache)  # closed: the WAL folded back in
+    cache.chmod(0o400)
+    shelf.chmod(0o500)
+    before = cache.read_bytes()
+    try:
+        run = [sys.executable, "-m", "asyncbatch", "in.jsonl", "-q", "--no-progress", "--cache", str(cache)]
+        refused = subprocess.run(_without_override(run), cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert refused.returncode == 2 and "HINT: --cache-mode read uses a cache it cannot write to" in refused.stderr
+        used = subprocess.run(
+            _without_override([*run, "--cache-mode", "read", "-o", "again.jsonl"]),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert used.returncode == 0, used.stderr
+    finally:
+        shelf.chmod(0o700)
+    assert simulator.requests == 30  # every answer from the cache: nothing sent
+    assert all(r["cached"] for r in _exactly_once(tmp_path / "again.jsonl", 30))
+    assert cache.read_bytes() == before and not _side_files(cache)
+
+
+def test_a_cache_that_fails_in_use_is_turned_off_with_one_warning_and_never_raises(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    cache = ResponseCache(tmp_path / "c.sqlite", warn=warnings.append)
+    assert cache.put(b"k" * 20, b'{"a": 1}', "req-1") and cache.get(b"k" * 20) is not None
+    cache.db.execute("PRAGMA busy_timeout = 0")  # a second process holds the write lock: no waiting for it here
+    with contextlib.closing(sqlite3.connect(tmp_path / "c.sqlite", isolation_level=None)) as other:
+        other.execute("BEGIN EXCLUSIVE")
+        assert cache.put(b"j" * 20, b'{"b": 2}', "req-2")  # not kept, and no exception
+        cache.hit(b"k" * 20)
+        other.execute("ROLLBACK")
+    assert len(warnings) == 1 and "could not be written (database is locked)" in warnings[0]
+    assert f"the response cache {tmp_path / 'c.sqlite'}" in warnings[0] and "goes on without it" in warnings[0]
+    assert cache.get(b"k" * 20) is None  # off for the rest of the run
+    cache.close()

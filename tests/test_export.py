@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +19,7 @@ import pytest
 from asyncbatch.cli.main import main
 from asyncbatch.export import Rows, export
 from asyncbatch.simulator import SimConfig
+from asyncbatch.store.files import atomic_file
 
 from .helpers import simulator_env, write_jsonl
 
@@ -108,3 +115,87 @@ def test_export_refuses_parquet_to_a_terminal_and_a_missing_file(
     assert main(["export", str(results), "-o", str(results)]) == 2
     assert "would overwrite a file export reads" in capsys.readouterr().err
     assert results.read_bytes() == before
+
+
+# -- no temporary file outlives its process -------------------------------------------------------
+
+
+def _big_results(tmp_path: Path, n: int) -> Path:
+    body = {"usage": {"prompt_tokens": 10, "completion_tokens": 2}}
+    line = '{"custom_id":"%d","response":{"body":%s},"output":{"n":%d,"text":"%s"},"line":%d}\n'
+    text = "lorem ipsum " * 20
+    with (tmp_path / "in.results.jsonl").open("w") as f:
+        f.writelines(line % (i, json.dumps(body), i, text, i + 1) for i in range(n))
+    return tmp_path / "in.results.jsonl"
+
+
+def _writing_into(pid: int, directory: Path) -> bool:
+    """Whether process ``pid`` has a file open in ``directory`` (its output, named or not yet)."""
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{directory}/"):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_an_export_killed_midway_leaves_no_temporary_file(tmp_path: Path, sig: signal.Signals) -> None:
+    out, scratch = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    scratch.mkdir()
+    results = _big_results(tmp_path, 60_000)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    command = [sys.executable, "-m", "asyncbatch", "export", str(results), "--ordered", "-o", str(out / "x.csv")]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not _writing_into(proc.pid, out):  # polled: the export has begun to write its output
+            assert proc.poll() is None and time.monotonic() < deadline, "the export never began writing"
+            time.sleep(0.002)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130)  # killed midway, not finished
+    assert list(out.iterdir()) == [] and list(scratch.iterdir()) == []  # nothing left, named or in TMPDIR
+    assert main(["export", str(results), "--ordered", "-o", str(out / "x.csv")]) == 0
+    assert [p.name for p in out.iterdir()] == ["x.csv"]
+
+
+def test_a_temporary_file_has_no_name_until_it_is_complete(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_bytes(b"old")
+    with atomic_file(target) as f:
+        f.write(b"new")
+        assert [p.name for p in tmp_path.iterdir()] == ["file"]  # a reader sees only the old file, and no other
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_temporary_files_left_by_dead_processes_are_swept_and_those_of_live_ones_kept(tmp_path: Path) -> None:
+    results, _ = _outputs(tmp_path, 5, failed=set())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f".x.csv.{gone.pid}.tmp"  # an export on a file system without unnamed files, killed
+    live = tmp_path / ".x.csv.1.tmp"  # one another live process (pid 1 always is) may still be writing
+    other = tmp_path / ".x.csv.notes.tmp"  # not a name export makes
+    for path in (dead, live, other):
+        path.write_bytes(b"partial")
+    assert main(["export", str(results), "-o", str(tmp_path / "x.csv")]) == 0
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_a_killed_runs_unfinished_replace_is_removed_by_the_next_run_and_a_users_file_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"r{i}", "prompt": f"p{i}"} for i in range(3)])
+    state = tmp_path / "in.results.jsonl.state"
+    state.mkdir()
+    stale = [state / "checkpoint.tmp", tmp_path / "in.results.errors.jsonl.tmp"]
+    stale[0].write_bytes(b'{"version":3,"fing')
+    stale[1].write_bytes(b'{"id":"batch_req_1","custom_id":"r0","li')
+    users = tmp_path / "in.results.jsonl.tmp"  # not a name a run replaces through: the user's own
+    users.write_bytes(b"my notes")
+    with simulator_env(SimConfig(), monkeypatch):
+        assert main(["in.jsonl", "-q", "--template", "{prompt}"]) == 0
+    assert not any(p.exists() for p in stale) and users.read_bytes() == b"my notes"

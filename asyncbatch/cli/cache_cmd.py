@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -18,9 +19,9 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def cache_main(argv: Sequence[str]) -> int:
     args = build_cache_parser().parse_args(argv)
     try:
-        if not args.path.is_file():
+        if not os.path.lexists(args.path):
             raise ConfigError(f"{args.path} is not a cache: no such file")
-        cache = ResponseCache(args.path)
+        cache = ResponseCache(args.path, "read-write" if args.command == "prune" else "read")  # judged, or refused
         try:
             if args.command == "prune":
                 removed = cache.prune(age(args.older_than))

@@ -6,9 +6,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import (
-    default_errors,
-)
+from ..config import default_errors
 from ..errors import ConfigError
 from ..export import ExportReport, Rows, export, format_for
 from .parser import EXIT_FATAL, EXIT_OK, build_export_parser
@@ -25,7 +23,8 @@ def export_main(argv: Sequence[str]) -> int:
         if args.output is not None and args.output.resolve() in sources:
             raise ConfigError(f"-o {args.output} would overwrite a file export reads; write to another file")
         rows = Rows(args.results, errors if errors.is_file() else None, args.input, args.ordered)
-        report = export(rows, format_for(args.output, args.format), args.output, sys.stdout.buffer)
+        fmt = format_for(args.output, args.format)
+        report = export(rows, fmt, args.output, sys.stdout.buffer, keep_formulas=args.keep_formulas)
     except ConfigError as exc:
         print(f"asyncbatch export: error: {exc}", file=sys.stderr)
         return EXIT_FATAL

@@ -473,6 +473,12 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordered", action="store_true", help="rows in input order (default: the order they finished)")
     p.add_argument("--format", choices=FORMATS, help="jsonl, csv or parquet (default: from -o's suffix, else jsonl)")
     p.add_argument("-o", "--output", type=Path, metavar="PATH", help="where to write (default: standard output)")
+    p.add_argument(
+        "--keep-formulas",
+        action="store_true",
+        help="CSV: write text cells that begin with = + - @, a tab or CR as they are (default: a ' goes before "
+        "them, so a spreadsheet shows them as text instead of running them as formulas)",
+    )
     return p
 
 

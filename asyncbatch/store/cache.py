@@ -3,25 +3,36 @@
 The key is a hash of what decides the answer: the API, the endpoint's identity (its
 URL and deployment or model, never its key) and the request body as sent, in
 canonical JSON, without ``user`` and ``metadata`` (which tag a request, not what is
-asked). The value is the answer's body, as the server sent it, its request id and
-when it was stored. Only successes are kept.
+asked). The value is the answer's body, as the server sent it, its request id, when
+it was stored and a checksum of the three. Only successes are kept.
 
 SQLite in WAL mode lets several runs and processes share one file: each write is
 its own transaction, so a ``kill -9`` at any instant leaves the database readable
 (a torn write is rolled back), and a lost entry only means a request sent again.
 The cache supplies answers; what is recorded, and exactly once, is the store's.
+
+This module is the cache file's one boundary (``check_cache``): a file is used only
+if it is ours (our ``application_id``, or the table an older version made), is not a
+symbolic link and passes SQLite's ``quick_check``; anything else is refused with a
+ConfigError naming it, before a byte of it is changed. Past that, an entry is used
+only if its checksum holds; an error while the run goes on turns the cache off for
+the rest of the run (with one warning), never the run.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import quote
 
 import orjson
 
@@ -32,15 +43,23 @@ from .files import open_private
 CacheMode = Literal["read-write", "read", "write", "off"]
 MODES: tuple[str, ...] = get_args(CacheMode)
 LEFT_OUT = ("user", "metadata")  # body fields that tag a request: not part of the key
+APPLICATION_ID = int.from_bytes(b"aBch", "big")  # SQLite's header field for "which program's file is this"
+SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is an unmarked cache made before the checksum column
+MAX_BODY = 256 * 1024 * 1024  # far above any answer the transport accepts: a longer one is damage
+COLUMNS = frozenset({"key", "body", "request_id", "stored", "hits"})  # an older version's table: ours
+SIDE_FILES = ("-wal", "-shm", "-journal")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key BLOB PRIMARY KEY,
     body BLOB NOT NULL,
     request_id TEXT,
     stored REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0
+    hits INTEGER NOT NULL DEFAULT 0,
+    checksum BLOB
 ) WITHOUT ROWID
 """
+SQLITE_MAGIC = b"SQLite format 3\x00"
+WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")  # how a write-ahead log begins (either byte order)
 
 
 def default_path() -> Path:
@@ -55,10 +74,179 @@ def cache_key(api: str, endpoint: Iterable[str], body: Mapping[str, Any]) -> byt
     return hashlib.blake2b(canonical, digest_size=20).digest()
 
 
+def checksum(key: bytes, body: bytes, request_id: str | None) -> bytes:
+    """What an entry must hash to: a page damaged on disk never becomes another answer."""
+    digest = hashlib.blake2b(key, digest_size=16)
+    digest.update(len(body).to_bytes(8, "little") + body)
+    digest.update((request_id or "").encode("utf-8", "surrogatepass"))
+    return digest.digest()
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     body: bytes
     request_id: str | None
+
+
+# -- the boundary: is this file a cache of ours, whole? ------------------------------------------
+
+
+def _hint(path: Path) -> str:
+    return f"HINT: move it aside (mv {path} {path}.damaged) and run again to start a new cache, or run without --cache"
+
+
+def _damaged(path: Path, why: object) -> ConfigError:
+    return ConfigError(f"--cache {path} is damaged ({why}); it is left as it is. {_hint(path)}")
+
+
+def _foreign(path: Path, what: str) -> ConfigError:
+    return ConfigError(
+        f"--cache {path} is not an asyncbatch response cache ({what}); it is left as it is. "
+        "HINT: give --cache a path of its own (a new file is created), or move that file away"
+    )
+
+
+def _link(path: Path) -> ConfigError:
+    return ConfigError(
+        f"--cache {path} is a symbolic link; asyncbatch does not follow links for its files (its target is "
+        "left alone). HINT: give the target's own path, or remove the link"
+    )
+
+
+_verified: set[tuple[int, ...]] = set()  # files this process found whole, as they were then: checked once
+
+
+def check_cache(path: Path, mode: str = "read-write") -> bool:
+    """Refuse, without changing a byte, a cache file that is a link, another program's, or damaged.
+
+    :returns: whether the file holds a cache already (False: none yet, one is made).
+    :raises ConfigError: naming the file and what to do.
+    """
+    path = Path(path)
+    for suffix in SIDE_FILES:
+        if os.path.islink(f"{path}{suffix}"):
+            raise _link(Path(f"{path}{suffix}"))
+    header, identity = _header(path)
+    if not header:
+        if mode == "read":
+            what = "does not exist" if identity is None else "is empty"
+            raise ConfigError(
+                f"--cache {path} {what}, and --cache-mode read adds nothing to it. "
+                "HINT: give the path of an existing cache, or leave out --cache-mode read to start one"
+            )
+        return False
+    if not header.startswith(SQLITE_MAGIC) or len(header) < 100:
+        raise _foreign(path, f"not an SQLite database: it begins {header[:16]!r}; if it was a cache, it is damaged")
+    application_id = int.from_bytes(header[68:72], "big")
+    if application_id not in (0, APPLICATION_ID):
+        raise _foreign(path, f"another program's SQLite database: application_id {application_id:#010x}")
+    if application_id == 0:  # unmarked: an older version's cache, or not ours. Read as it is on disk: no side file
+        with closing(_connect(path, immutable=True)) as db:
+            _judge(path, db)
+    if identity is not None and identity + _wal_identity(path) in _verified:
+        return True
+    with closing(_connect(path, immutable=False)) as db:
+        _judge(path, db, whole=True)
+    _verified.add((identity or ()) + _wal_identity(path))
+    return True
+
+
+def _header(path: Path) -> tuple[bytes, tuple[int, ...] | None]:
+    """The first 100 bytes of ``path`` (b"" if none) and what identifies it as it is now."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b"", None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _link(path) from None
+        raise ConfigError(f"--cache {path}: cannot read it ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"--cache {path} is not a regular file. HINT: give --cache a file's path")
+        return os.pread(fd, 100, 0), (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    finally:
+        os.close(fd)
+
+
+def _wal_readable(path: Path) -> bool:
+    """Whether the WAL beside ``path`` is absent, empty or begins as a WAL does (its frames are SQLite's to judge).
+
+    SQLite writes a log's header before its first frame, so a run creating the cache meanwhile is never refused.
+    """
+    try:
+        with open(f"{path}-wal", "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True
+    return any(magic.startswith(head) for magic in WAL_MAGIC)  # a header being written: its start
+
+
+def _wal_identity(path: Path) -> tuple[int, ...]:
+    try:
+        info = os.lstat(f"{path}-wal")
+    except OSError:
+        return ()
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _connect(path: Path, *, immutable: bool) -> sqlite3.Connection:
+    """A connection that cannot write. ``immutable``: the main file alone, no lock, no side file made.
+
+    A read-only directory leaves SQLite no room for the WAL's index: the file is then read as immutable.
+    """
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError as exc:
+        if immutable or ("readonly" not in str(exc) and "unable to open" not in str(exc)):
+            raise _damaged(path, exc) from None
+        return _connect(path, immutable=True)
+    except sqlite3.Error as exc:
+        raise _damaged(path, exc) from None
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The connection a run reads and writes through (autocommit: one transaction per statement)."""
+    try:
+        return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _damaged(path, exc) from None
+
+
+def _judge(path: Path, db: sqlite3.Connection, *, whole: bool = False) -> None:
+    """Refuse what ``db`` shows of ``path`` unless it is a cache of ours; ``whole``: SQLite's quick_check too."""
+    try:
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        objects = db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(answers)").fetchall()}
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()] if whole else ["ok"]
+    except sqlite3.Error as exc:
+        raise _damaged(path, exc) from None
+    if application_id not in (0, APPLICATION_ID):
+        raise _foreign(path, f"another program's SQLite database: application_id {application_id:#010x}")
+    ours = objects == [("table", "answers")] and columns >= COLUMNS
+    if application_id == 0 and (version not in (0, SCHEMA_VERSION) or (objects and not ours)):
+        names = ", ".join(sorted(name for _, name in objects))[:200] or "none"
+        raise _foreign(path, f"an SQLite database of another program: user_version {version}, tables {names}")
+    if application_id == APPLICATION_ID and version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"--cache {path} was made by a newer version of asyncbatch (cache schema {version}); it is left as it "
+            "is. HINT: upgrade asyncbatch, or give --cache another path"
+        )
+    if application_id == APPLICATION_ID and objects and not ours:
+        raise _damaged(path, "its table is not a cache's")
+    if not objects and not _wal_readable(path):  # a database whose tables may all be in that log: not judged
+        raise _damaged(path, "it holds no table, and the write-ahead log beside it is not one SQLite can read")
+    if problems != ["ok"]:
+        raise _damaged(path, f"SQLite's check: {'; '.join(map(str, problems))[:300]}")
+
+
+# -- the cache -----------------------------------------------------------------------------------
 
 
 class ResponseCache:
@@ -66,6 +254,8 @@ class ResponseCache:
 
     :param clock: wall-clock seconds, for ``stored`` and ``prune``; injected in tests.
     :param redactor: every answer passes through it before it is kept.
+    :param warn: told once if the file fails while in use (the cache is then off for this run).
+    :raises ConfigError: the file is a link, not ours, damaged, or cannot be opened as ``mode`` asks.
     """
 
     def __init__(
@@ -74,68 +264,190 @@ class ResponseCache:
         mode: CacheMode = "read-write",
         clock: Callable[[], float] = time.time,
         redactor: Redactor | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"{option('cache_mode')} must be one of {', '.join(MODES)} (got {mode!r})")
         self.path, self.mode, self.clock = Path(path), mode, clock
         self.redactor = redactor or Redactor()  # the cache is an output too: no secret is kept in it
+        self.warn = warn
+        self.problem: str | None = None  # set when the file failed in use: the cache is off from then on
+        self.damaged_entries = 0  # entries whose checksum did not hold: not used
+        exists = check_cache(self.path, mode)
+        self.db = _connect(self.path, immutable=False) if mode == "read" else self._open_to_write(exists)
+        try:
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(answers)")}
+        except sqlite3.Error as exc:
+            self.db.close()
+            raise _damaged(self.path, exc) from None
+        self.held = bool(columns)  # an empty SQLite file read as it is has no table yet: nothing in it
+        self.checked = "checksum" in columns  # an older version's entries carry no checksum
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _open_to_write(self, exists: bool) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(
-                open_private(self.path, os.O_RDWR | os.O_CREAT)
-            )  # 0600, like every output; SQLite's side files follow
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last writes, never the file
-            self.db.execute(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"--cache {self.path}: cannot open it as a cache ({exc})") from None
+            fd = open_private(self.path, os.O_RDWR | os.O_CREAT)  # 0600, like every output; SQLite's side files follow
+        except OSError as exc:
+            raise ConfigError(
+                f"--cache {self.path}: cannot open it to write ({exc.strerror}). "
+                "HINT: --cache-mode read uses a cache it cannot write to"
+            ) from None
+        try:
+            if not exists and os.fstat(fd).st_size:
+                check_cache(self.path, self.mode)  # made by another process meanwhile: judged before it is used
+            db = _open(self.path)
+            if not self._same_file(fd):  # SQLite opens by name: a link swapped in meanwhile is not used
+                db.close()
+                raise ConfigError(f"--cache {self.path} was replaced while it was opened. HINT: run again")
+        finally:
+            os.close(fd)
+        try:
+            _judge(self.path, db)  # the file SQLite opened, with its WAL: before any write
+            return self._prepared(db)
+        except sqlite3.Error as exc:
+            db.close()
+            raise ConfigError(f"--cache {self.path}: cannot write to it ({exc}). {_hint(self.path)}") from None
+        except BaseException:
+            db.close()
+            raise
+
+    def _same_file(self, fd: int) -> bool:
+        """Whether ``path`` still names the file opened without following links (a link swapped in does not)."""
+        try:
+            now, opened = os.lstat(self.path), os.fstat(fd)
+        except OSError:
+            return False
+        return stat.S_ISREG(now.st_mode) and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino)
+
+    def _prepared(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """Our schema, mark and journal on a file judged ours."""
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last writes, never the file
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(SCHEMA)
+            if "checksum" not in {row[1] for row in db.execute("PRAGMA table_info(answers)")}:
+                db.execute("ALTER TABLE answers ADD COLUMN checksum BLOB")  # an older cache: its entries unchecked
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            with suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            db.close()
+            raise
+        return db
 
     @property
     def reads(self) -> bool:
-        return self.mode in ("read-write", "read")
+        return self.mode in ("read-write", "read") and self.problem is None
 
     @property
     def writes(self) -> bool:
-        return self.mode in ("read-write", "write")
+        return self.mode in ("read-write", "write") and self.problem is None
 
     def get(self, key: bytes) -> Entry | None:
-        if not self.reads:
+        """The entry for ``key`` if there is one and its checksum holds (one that does not is dropped)."""
+        if not self.reads or not self.held:
             return None
-        row = self.db.execute("SELECT body, request_id FROM answers WHERE key = ?", (key,)).fetchone()
-        return Entry(row[0], row[1]) if row else None
+        checksum_column = "checksum" if self.checked else "NULL"
+        try:
+            row = self.db.execute(
+                f"SELECT CASE WHEN length(body) <= ? THEN body END, request_id, {checksum_column} "
+                "FROM answers WHERE key = ?",
+                (MAX_BODY, key),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            return None
+        if row is None:
+            return None
+        body, request_id, stored_sum = row
+        whole = isinstance(body, bytes) and (request_id is None or isinstance(request_id, str))
+        if whole and (stored_sum is None or stored_sum == checksum(key, body, request_id)):
+            return Entry(body, request_id)
+        self.damaged_entries += 1
+        self._drop(key)
+        return None
+
+    def _drop(self, key: bytes) -> None:
+        """A damaged entry goes, so the next answer for its key is kept in its place."""
+        if self.writes:
+            try:
+                self.db.execute("DELETE FROM answers WHERE key = ?", (key,))
+            except sqlite3.Error as exc:
+                self._failed("write", exc)
 
     def hit(self, key: bytes) -> None:
         """An entry was used: counted for ``stats``."""
         if self.writes:
-            self.db.execute("UPDATE answers SET hits = hits + 1 WHERE key = ?", (key,))
+            try:
+                self.db.execute("UPDATE answers SET hits = hits + 1 WHERE key = ?", (key,))
+            except sqlite3.Error as exc:
+                self._failed("write", exc)
 
     def put(self, key: bytes, body: bytes, request_id: str | None, *, replace: bool = False) -> bool:
-        """Keep a successful answer; False if another run stored one for this key meanwhile.
+        """Keep a successful answer; False if another run stored one for this key meanwhile. Never raises.
 
         :param replace: over the answer held (one the schema no longer takes); ``write`` mode always replaces.
         """
-        if not self.writes:
+        if not self.writes or len(body) > MAX_BODY:
             return True
         verb = "INSERT OR REPLACE" if replace or self.mode == "write" else "INSERT OR IGNORE"
-        cursor = self.db.execute(
-            f"{verb} INTO answers (key, body, request_id, stored) VALUES (?, ?, ?, ?)",
-            (key, self.redactor.bytes(body), request_id, self.clock()),
-        )
+        kept = self.redactor.bytes(body)
+        try:
+            cursor = self.db.execute(
+                f"{verb} INTO answers (key, body, request_id, stored, checksum) VALUES (?, ?, ?, ?, ?)",
+                (key, kept, request_id, self.clock(), checksum(key, kept, request_id)),
+            )
+        except sqlite3.Error as exc:
+            self._failed("write", exc)
+            return True
         return cursor.rowcount == 1
 
+    def _failed(self, what: str, exc: sqlite3.Error) -> None:
+        """The file failed in use: the run goes on without the cache, and is told once why."""
+        if self.problem is None:
+            self.problem = (
+                f"the response cache {self.path} could not be {'read' if what == 'read' else 'written'} ({exc}): "
+                f"the run goes on without it (answers are sent, not looked up). {_hint(self.path)}"
+            )
+            if self.warn is not None:
+                self.warn(self.problem)
+
     def stats(self) -> dict[str, Any]:
-        entries, hits, oldest, newest = self.db.execute(
-            "SELECT count(*), coalesce(sum(hits), 0), min(stored), max(stored) FROM answers"
-        ).fetchone()
-        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        """:raises ConfigError: the file fails while it is read."""
+        try:
+            entries, hits, oldest, newest = self.db.execute(
+                "SELECT count(*), coalesce(sum(hits), 0), min(stored), max(stored) FROM answers"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _damaged(self.path, exc) from None
+        size = 0
+        for name in (str(self.path), *(f"{self.path}{suffix}" for suffix in SIDE_FILES)):
+            with suppress(OSError):
+                size += os.lstat(name).st_size
         return {"entries": entries, "hits": hits, "bytes": size, "oldest": oldest, "newest": newest}
 
     def prune(self, older_than: float) -> int:
-        """Remove the entries stored more than ``older_than`` seconds ago; return how many."""
-        cursor = self.db.execute("DELETE FROM answers WHERE stored < ?", (self.clock() - older_than,))
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """Remove the entries stored more than ``older_than`` seconds ago; return how many.
+
+        :raises ConfigError: the file fails while it is written.
+        """
+        try:
+            cursor = self.db.execute("DELETE FROM answers WHERE stored < ?", (self.clock() - older_than,))
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise _damaged(self.path, exc) from None
         return cursor.rowcount
 
     def close(self) -> None:
-        self.db.close()
+        with suppress(sqlite3.Error):
+            self.db.close()

@@ -9,8 +9,10 @@
     batches         the Batch API jobs (batch/jobs.py); part-N.jsonl: their files to upload
 
 Files in it are opened without following symbolic links and created 0600, the
-directory 0700. Nothing is written before ``check_paths`` has looked at every
-path; nothing that is not proven to be a run's own file is changed.
+directory 0700; so are the outputs, and a link at any of them is refused, dangling
+or not. Nothing is written before ``check_paths`` has looked at every path;
+nothing that is not proven to be a run's own file is changed. A file replaced
+whole is written under no name until it is complete (``atomic_file``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -97,12 +99,16 @@ class Outputs:
 
     :param checkpoint: ``--checkpoint``, when the checkpoint is not in the state directory.
     :param fsync_interval: seconds between fsyncs of the outputs (0: every batch; None: only at exit).
+    :param cache: the response cache the run opens (``--cache``), judged with the outputs before anything
+        is written; ``cache_mode`` is how it is opened (``store/cache.py``).
     """
 
     results: Path
     errors: Path
     checkpoint: Path | None = None
     fsync_interval: float | None = 1.0
+    cache: Path | None = None
+    cache_mode: str = "read-write"
 
     @property
     def state(self) -> StatePaths:
@@ -147,18 +153,23 @@ def _check_output(option: str, path: Path) -> None:
 
 
 def _check_own(path: Path, option: str, start: bytes, what: str) -> None:
-    """``path`` may not exist yet; if it does, it must be a regular file that begins as ours does."""
+    """``path`` may not exist yet; if it does, it must be a regular file that begins as ours does, not a link."""
     try:
-        info = path.stat()
+        info = path.lstat()
     except FileNotFoundError:
         return
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(
+            f"{option} {path} is a symbolic link (to {os.readlink(path)}); asyncbatch does not write through "
+            "links, and its target is left alone. HINT: give the target's own path, or remove the link"
+        )
     if stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{option} {path} is a directory; give a file name, e.g. {path / 'run.results.jsonl'}")
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError(f"{option} {path} is not a regular file")
     if not os.access(path, os.R_OK | os.W_OK):
         raise ConfigError(f"{option} {path}: no permission to read and write it")
-    with path.open("rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb") as f:
         head = f.read(2 * len(start)).replace(b" ", b"")[: len(start)]  # json.dumps's spacing is ours too
     if head and not (head.startswith(start) or start.startswith(head)):
         raise ConfigError(
@@ -178,10 +189,7 @@ def _check_not_link(path: Path) -> None:
 def prepare_state(outputs: Outputs) -> list[str]:
     """Create the state directory, moving an older layout's files into it; return notes for the user."""
     state = outputs.state
-    try:
-        state.dir.mkdir(mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {state.dir}: {exc.strerror}") from None
+    private_dir(state.dir)
     moved = []
     for old, new in outputs.legacy().items():
         if not old.is_file() or old.is_symlink():
@@ -191,7 +199,42 @@ def prepare_state(outputs: Outputs) -> list[str]:
         elif not new.exists():
             os.replace(old, new)
             moved.append(old.name)
+    _remove_stale_tmp(outputs)
     return [f"moved {', '.join(moved)} into {state.dir} (this version keeps a run's state there)"] if moved else []
+
+
+def _remove_stale_tmp(outputs: Outputs) -> None:
+    """Under the run's lock, a ``<file>.tmp`` of its own is a killed run's unfinished replace: removed.
+
+    Beside the outputs, only one that begins as its file does (a user's file of that name is left alone).
+    """
+    state = outputs.state
+    owned = [(path, b"") for path in state.files() if path.parent == state.dir]
+    beside = [(outputs.errors, RECORD_START)]
+    if outputs.checkpoint is not None:
+        beside.append((outputs.checkpoint, CHECKPOINT_START))
+    for path, start in [*owned, *beside]:
+        tmp = path.with_name(path.name + ".tmp")
+        with suppress(OSError), os.fdopen(os.open(tmp, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW), "rb") as f:
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode) and start.startswith(f.read(len(start))):
+                tmp.unlink()
+
+
+def private_dir(path: Path) -> None:
+    """A directory of the run's own, made 0700 if missing; a link there (planted since ``check_paths``) is refused.
+
+    :raises ConfigError: ``path`` is a link or not a directory. OutputError: it cannot be created.
+    """
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except FileExistsError:
+        info = path.lstat()
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        _check_not_link(path)
+        raise ConfigError(f"{path} is in the way: asyncbatch keeps a run's state in a directory of that name")
 
 
 def open_private(path: Path, flags: int, mode: int = PRIVATE) -> int:
@@ -235,24 +278,95 @@ def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
 def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Iterator[BinaryIO]:
     """``path`` written anew through a temporary file beside it: a reader sees the old file or the new one.
 
-    The temporary file (``tmp``, else ``<path>.tmp``) is created afresh, never through a link; a failure in
-    the block removes it and leaves ``path`` as it was.
+    The temporary file has no name while it is written (Linux's ``O_TMPFILE``): a process killed at any
+    instant leaves nothing behind. It is named ``tmp`` (else ``<path>.tmp``) only to be renamed over
+    ``path``. Where the file system has no unnamed files it is named from the start, created afresh, never
+    through a link, and removed on any failure; one a killed process left is removed by the next write of
+    ``path``, or before it: by the next run (``prepare_state``), by the next export (``sweep_stale``).
     """
     tmp = tmp or path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a stale one (or a link planted there): removed, never followed
-    f = os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
+    with naming(tmp):
+        fd = _unnamed(path.parent, mode)
+        named = fd is None
+        if fd is None:
+            tmp.unlink(missing_ok=True)  # a stale one (or a link planted there): removed, never followed
+            fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    f = os.fdopen(fd, "wb")
     try:
         with naming(tmp):
             yield f
             f.flush()
             os.fsync(f.fileno())
+            if not named:
+                _name(f.fileno(), tmp)
+                named = True
     except BaseException:
         f.close()
-        tmp.unlink(missing_ok=True)
+        if named:
+            tmp.unlink(missing_ok=True)
         raise
     f.close()
-    with naming(path):
-        os.replace(tmp, path)
+    try:
+        with naming(path):
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _unnamed(directory: Path, mode: int) -> int | None:
+    """A new file in ``directory`` that has no name yet (None where the OS or the file system has none)."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise
+
+
+def _name(fd: int, tmp: Path) -> None:
+    """Give the unnamed file ``fd`` the name ``tmp`` (a stale file of that name is replaced, a link never followed)."""
+    tmp.unlink(missing_ok=True)
+    anchor = os.open(tmp.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # a directory fd makes Python call linkat(AT_SYMLINK_FOLLOW): /proc's link leads to the open file
+        os.link(f"/proc/self/fd/{fd}", tmp, src_dir_fd=anchor, follow_symlinks=True)
+    finally:
+        os.close(anchor)
+
+
+def scratch_name(path: Path) -> Path:
+    """The temporary name this process writes ``path`` under when others may write it too (``export -o``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def sweep_stale(path: Path) -> list[Path]:
+    """Remove the temporary files (``scratch_name``) that processes now gone left for ``path``; return them."""
+    removed = []
+    prefix = f".{path.name}."
+    with suppress(OSError):
+        for entry in os.scandir(path.parent):
+            pid = entry.name.removeprefix(prefix).removesuffix(".tmp")
+            if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp") and pid.isdigit()):
+                continue
+            if entry.is_file(follow_symlinks=False) and not _alive(int(pid)):
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or no such pid number): left alone
+    return True
 
 
 def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:
@@ -265,7 +379,7 @@ def replace_atomically(path: Path, chunks: Iterable[bytes]) -> None:
 def torn_tail(path: Path) -> int:
     """How many bytes follow the last newline of ``path`` (0 if none, or no file). Reads only."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # an output may be a link the user made: followed
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
     except FileNotFoundError:
         return 0
     try:
@@ -283,7 +397,7 @@ def torn_tail(path: Path) -> int:
 
 def looks_like_record(path: Path, tail: int) -> bool:
     """Whether the last ``tail`` bytes of ``path`` could be the start of a record asyncbatch was writing."""
-    with path.open("rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb") as f:
         f.seek(-tail, os.SEEK_END)
         head = f.read(len(RECORD_START))
     return head.startswith(RECORD_START) or RECORD_START.startswith(head)
@@ -291,7 +405,7 @@ def looks_like_record(path: Path, tail: int) -> bool:
 
 def cut(path: Path, nbytes: int) -> None:
     """Remove the last ``nbytes`` of ``path`` (a torn line of ours), durably."""
-    with path.open("r+b") as f:
+    with os.fdopen(os.open(path, os.O_RDWR | NOFOLLOW), "r+b") as f:
         f.truncate(f.seek(0, os.SEEK_END) - nbytes)
         os.fsync(f.fileno())
 

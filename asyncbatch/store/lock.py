@@ -1,10 +1,10 @@
 """One writer per output, whatever its name: a run holds an exclusive OS lock on each output file itself.
 
 ``fcntl.flock`` locks belong to the file (its inode), not to a name: a second run
-that would write the same results or errors file, through a symbolic link, a
-hard link or another ``--checkpoint``, meets the lock. The OS drops it when the
-process exits, however it exits (``kill -9`` included), so a stale lock never
-blocks. The state directory's ``lock`` file says who holds the run.
+that would write the same results or errors file, through a hard link or another
+``--checkpoint``, meets the lock (a symbolic link is refused before, as every link
+is). The OS drops it when the process exits, however it exits (``kill -9``
+included), so a stale lock never blocks. The state directory's ``lock`` file says who holds the run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .files import PRIVATE, open_private, write_all
+from .files import open_private, private_dir, write_all
 
 
 class AlreadyRunning(ConfigError):
@@ -36,10 +36,10 @@ class OutputLock:
     def acquire(self) -> None:
         try:
             for path in self.outputs:
-                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE)  # a link the user made is fine
+                fd = open_private(path, os.O_RDONLY | os.O_CREAT)  # never through a link (check_paths refused one)
                 self._fds.append(fd)
                 self._lock(fd, path)
-            self.info.parent.mkdir(mode=0o700, exist_ok=True)
+            private_dir(self.info.parent)
             fd = open_private(self.info, os.O_RDWR | os.O_CREAT)
             self._fds.append(fd)
             self._lock(fd, self.outputs[0])

@@ -19,6 +19,7 @@ from typing import Protocol
 from ..errors import RETRY_FAILED, OutputError
 from ..redact import Redactor
 from ..stats import RunStats
+from .cache import check_cache
 from .checkpoint import Lines, ResumeState, SentJournal, drop_errors, recover, save_checkpoint
 from .files import Outputs, check_paths, move_aside, prepare_state
 from .ids import IdLog
@@ -36,11 +37,13 @@ class Notes(Protocol):
 
 @contextmanager
 def locked(outputs: Outputs) -> Iterator[OutputLock]:
-    """Check every path, then hold the outputs for this process.
+    """Check every path (the response cache's too), then hold the outputs for this process.
 
     :raises AlreadyRunning: another run writes them, by any name (a ConfigError).
     """
     check_paths(outputs)
+    if outputs.cache is not None:
+        check_cache(outputs.cache, outputs.cache_mode)
     with OutputLock(outputs.files, outputs.state.lock) as lock:
         yield lock
 
