@@ -36,10 +36,11 @@ MIN_LENGTH = 4  # shorter values are not searched for: they would mask common wo
 PARTIAL = 4  # a secret's first characters left at a cut are masked from this many on
 
 # An escape that may stand for one character of a secret: \uXXXX (after any run of backslashes: a JSON
-# string inside a JSON string), \/ and \", or a percent-encoded byte (%XX, or %25XX: encoded twice).
+# string inside a JSON string), \/ and \", or a percent-encoded byte (%XX; encoded twice, %25XX, takes two
+# passes of decoding).
 # Each pattern starts with a literal character: the regular expression engine then skips to it at C speed.
 _BACKSLASHED = re.compile(r'\\\\*(?:u([0-9a-fA-F]{4})|([/"]))')
-_PERCENT = re.compile(r"%(?:25)*([0-9a-fA-F]{2})")
+_PERCENT = re.compile(r"%([0-9a-fA-F]{2})")
 _PERCENT_BYTES = re.compile(rb"%[0-9a-fA-F]{2}")
 _ESCAPE_CUT = re.compile(r"(?:\\+(?:u[0-9a-fA-F]{0,3})?|%(?:25)*[0-9a-fA-F]?)\Z")  # one begun at a cut
 # A URL's userinfo (``https://user:pw@host``, its slashes JSON-escaped or not), found from its ``@``.
@@ -117,6 +118,28 @@ class _Normalized:
         """The end in ``text`` of a span that ends (exclusively) at ``n`` in the decoded text."""
         i = bisect.bisect_right(self.norm, n - 1) - 1
         return self.orig[i] + (n - self.norm[i] if self.literal[i] else self.size[i])
+
+
+class _Twice:
+    """A decoding of a decoding (a secret encoded twice), with the way back through both."""
+
+    def __init__(self, first: _Normalized, second: _Normalized) -> None:
+        self.first, self.second, self.text = first, second, second.text
+
+    def start(self, n: int) -> int:
+        return self.first.start(self.second.start(n))
+
+    def end(self, n: int) -> int:
+        return self.first.end(self.second.end(n))
+
+
+def _decodings(text: str, latin: bool) -> list[_Normalized | _Twice]:
+    """``text`` with its escapes decoded once, and twice: the ones that differ from it."""
+    once = _Normalized(text, latin)
+    if not once.changed:
+        return []
+    twice = _Normalized(once.text, latin)
+    return [once, _Twice(once, twice)] if twice.changed else [once]
 
 
 def _escapes(text: str) -> list[re.Match[str]]:
@@ -232,8 +255,7 @@ class Redactor:
     def _redact(self, text: str, secrets: list[str], *, latin: bool) -> str:
         spans = [span for secret in secrets for span in _find(text, secret)]
         if secrets and (any(t in text for t in self._triggers) or ("%" in text and _PERCENT.search(text))):
-            decoded = _Normalized(text, latin)
-            if decoded.changed:
+            for decoded in _decodings(text, latin):
                 for secret in secrets:
                     spans += [(decoded.start(a), decoded.end(b)) for a, b in _find(decoded.text, secret)]
         if "@" in text:
@@ -266,12 +288,12 @@ class Redactor:
         text = self.bytes(value).decode("latin-1")
         begun = _ESCAPE_CUT.search(text)
         whole = text[: begun.start()] if begun else text
-        decoded = _Normalized(whole, latin=True)
-        for secret in self._latin:
-            for size in range(min(len(secret) - 1, len(decoded.text)), PARTIAL - 1, -1):
-                if decoded.text.endswith(secret[:size]):
-                    start = _before_backslashes(text, decoded.start(len(decoded.text) - size))
-                    return (text[:start] + MASK).encode("latin-1")
+        for decoded in [_Normalized(whole, latin=True), *_decodings(whole, latin=True)[1:]]:
+            for secret in self._latin:
+                for size in range(min(len(secret) - 1, len(decoded.text)), PARTIAL - 1, -1):
+                    if decoded.text.endswith(secret[:size]):
+                        start = _before_backslashes(text, decoded.start(len(decoded.text) - size))
+                        return (text[:start] + MASK).encode("latin-1")
         return text.encode("latin-1")
 
 

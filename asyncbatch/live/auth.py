@@ -161,14 +161,21 @@ class TokenCommand:
     :param source: where the command came from, for messages (``--token-command``, ...).
     """
 
-    def __init__(self, command: str, *, source: str = "--token-command", timeout: float = TOKEN_TIMEOUT) -> None:
+    def __init__(
+        self,
+        command: str,
+        *,
+        source: str = "--token-command",
+        timeout: float = TOKEN_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not 0 < timeout < float("inf"):
             raise ConfigError(f"--token-timeout must be more than 0 seconds (got {timeout:g})")
         if not command.strip():
             raise ConfigError(f"{source} is empty")
-        self.command, self.source, self.timeout = command, source, timeout
+        self.command, self.source, self.timeout, self.clock = command, source, timeout, clock
         self.runs = 0
-        self._primed: str | None = None
+        self._primed: tuple[str, float] | None = None  # the token printed at ``prime``, and when
 
     @property
     def name(self) -> str:
@@ -176,14 +183,19 @@ class TokenCommand:
 
     async def prime(self) -> None:
         """Run it now, before the run starts: a command that fails is a configuration error before
-        anything is sent or written. The token it printed is the first one handed out."""
-        self._primed = await self._run()
+        anything is sent or written. The token it printed is the first one handed out, if still fresh."""
+        self._primed = (await self._run(), self.clock())
 
     async def __call__(self) -> str:
-        if self._primed is not None:
-            token, self._primed = self._primed, None
-            return token
+        primed, self._primed = self._primed, None
+        if primed is not None and self._fresh(*primed):
+            return primed[0]
         return await self._run()
+
+    def _fresh(self, token: str, at: float) -> bool:
+        """Whether a token printed at ``at`` would not be refreshed yet (``Tokens``' rule: a quarter of its life)."""
+        expires = jwt_expiry(token)
+        return expires is None or self.clock() < expires - min(300.0, max(0.0, expires - at) / 4)
 
     async def _run(self) -> str:
         self.runs += 1

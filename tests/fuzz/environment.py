@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import yarl
 from hypothesis import HealthCheck, given, seed, settings
@@ -36,6 +36,7 @@ from asyncbatch.cli.main import main
 from asyncbatch.config import Endpoint, RunConfig
 from asyncbatch.live.client import request_target, sdk_client
 from tests.fuzz.report import FuzzReport
+from tests.fuzz.secrets import leaked
 
 MARK = "Zq7"  # every planted secret starts with it: nothing else generated does
 PRINTABLE = re.compile(r"[ -~]*")
@@ -238,26 +239,6 @@ def _deployments(d: Drawer, environ: dict[str, str]) -> str:
 
 
 # -- the checks ---------------------------------------------------------------------------------------
-
-_JSON_ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})")
-
-
-def decodings(text: str) -> set[str]:
-    """``text`` decoded every way a secret may have been encoded on its way out, in either order."""
-
-    def json_decoded(t: str) -> str:
-        return _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), t).replace("\\/", "/").replace('\\"', '"')
-
-    return {text, json_decoded(text), unquote(text), unquote(unquote(text)), unquote(json_decoded(text)),
-            json_decoded(unquote(text))}  # fmt: skip
-
-
-def leaked(planted: list[str], *texts: str) -> list[str]:
-    found = []
-    for text in texts:
-        forms = decodings(text)
-        found += [secret for secret in planted for form in forms if secret in form]
-    return sorted(set(found))
 
 
 def usable(config: RunConfig) -> str | None:
