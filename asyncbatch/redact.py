@@ -35,11 +35,14 @@ MASK = "***"
 MIN_LENGTH = 4  # shorter values are not searched for: they would mask common words
 PARTIAL = 4  # a secret's first characters left at a cut are masked from this many on
 
-# An escape that may stand for one character of a secret: \uXXXX (after any run of backslashes: a JSON
-# string inside a JSON string), \/ and \", or a percent-encoded byte (%XX; encoded twice, %25XX, takes two
-# passes of decoding).
+# An escape that may stand for one character of a secret: a JSON escape (\uXXXX in either case of hex, \/,
+# \" ...), read left to right as a JSON parser does, so that \\ is one backslash; or a percent-encoded byte.
+# A secret encoded twice (a JSON string inside a JSON string: \\u0041; %2541) is found by decoding twice.
 # Each pattern starts with a literal character: the regular expression engine then skips to it at C speed.
-_BACKSLASHED = re.compile(r'\\\\*(?:u([0-9a-fA-F]{4})|([/"]))')
+_BACKSLASHED = re.compile(r'\\(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+# Loosely, as a careless encoder may leave them: \uXXXX and \/ after any run of backslashes.
+_LOOSE = re.compile(r"\\\\*(?:u([0-9a-fA-F]{4})|(/))")
+_JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _PERCENT = re.compile(r"%([0-9a-fA-F]{2})")
 _PERCENT_BYTES = re.compile(rb"%[0-9a-fA-F]{2}")
 _ESCAPE_CUT = re.compile(r"(?:\\+(?:u[0-9a-fA-F]{0,3})?|%(?:25)*[0-9a-fA-F]?)\Z")  # one begun at a cut
@@ -79,16 +82,23 @@ def url_secrets(url: str) -> list[str]:
 
 
 class _Normalized:
-    """``text`` with every escape decoded, and the way back from its offsets to ``text``'s."""
+    """``text`` with its escapes of ``kinds`` (``json``, ``percent``) decoded, and the way back from its
+    offsets to ``text``'s."""
 
-    def __init__(self, text: str, latin: bool) -> None:
+    def __init__(
+        self, text: str, latin: bool, kinds: tuple[str, ...] = ("json", "percent"), quotes: bool = True
+    ) -> None:
+        """:param quotes: decode ``\\"`` too. Not in a decoding of a decoding: its quotes may be the outer
+        text's own, once an escaped backslash before one was decoded."""
         out: list[str] = []
         self.norm: list[int] = []  # where each segment starts in the decoded text
         self.orig: list[int] = []  # ... and in ``text``
         self.size: list[int] = []  # its length in ``text``: a literal run's, or an escape's
         self.literal: list[bool] = []
         pos = at = 0
-        for m in _escapes(text):
+        for m in _escapes(text, kinds):
+            if not quotes and m.re is _BACKSLASHED and m.group(2) == '"':
+                continue
             if m.start() > pos:
                 self._segment(at, pos, m.start() - pos, True)
                 out.append(text[pos : m.start()])
@@ -120,32 +130,55 @@ class _Normalized:
         return self.orig[i] + (n - self.norm[i] if self.literal[i] else self.size[i])
 
 
-class _Twice:
-    """A decoding of a decoding (a secret encoded twice), with the way back through both."""
+class _Chain:
+    """A decoding of a decoding (a secret encoded twice or three times), with the way back through each."""
 
-    def __init__(self, first: _Normalized, second: _Normalized) -> None:
-        self.first, self.second, self.text = first, second, second.text
+    def __init__(self, steps: list[_Normalized]) -> None:
+        self.steps, self.text = steps, steps[-1].text
 
     def start(self, n: int) -> int:
-        return self.first.start(self.second.start(n))
+        for step in reversed(self.steps):
+            n = step.start(n)
+        return n
 
     def end(self, n: int) -> int:
-        return self.first.end(self.second.end(n))
+        for step in reversed(self.steps):
+            n = step.end(n)
+        return n
 
 
-def _decodings(text: str, latin: bool) -> list[_Normalized | _Twice]:
-    """``text`` with its escapes decoded once, and twice: the ones that differ from it."""
-    once = _Normalized(text, latin)
-    if not once.changed:
-        return []
-    twice = _Normalized(once.text, latin)
-    return [once, _Twice(once, twice)] if twice.changed else [once]
+LEVELS = 3  # decodings of decodings tried: a JSON string in a JSON string, written in a JSON line
+KINDS = (("json",), ("percent",), ("json", "percent"), ("loose", "percent"))
+MAX_DECODINGS = 24  # a bound on the work for one text, however it is escaped
 
 
-def _escapes(text: str) -> list[re.Match[str]]:
-    """Every escape in ``text``, in order (the two kinds never overlap: one starts with \\, one with %)."""
-    found = list(_BACKSLASHED.finditer(text)) if "\\" in text else []
-    if "%" in text:
+def _decodings(text: str, latin: bool) -> list[_Chain]:
+    """``text`` decoded every way a secret in it may need: its JSON escapes, its percent-escapes, or both,
+    and each of those decoded again, up to ``LEVELS`` deep. Only the decodings that differ from ``text``."""
+    found: list[_Chain] = []
+    seen = {text}
+    frontier: list[list[_Normalized]] = [[]]
+    for _ in range(LEVELS):
+        deeper = []
+        for steps in frontier:
+            last = steps[-1].text if steps else text
+            for kinds in KINDS:
+                step = _Normalized(last, latin, kinds, quotes=not steps)
+                if step.changed and step.text not in seen:
+                    seen.add(step.text)
+                    deeper.append([*steps, step])
+        found += [_Chain(steps) for steps in deeper]
+        frontier = deeper
+        if len(found) >= MAX_DECODINGS:
+            break
+    return found
+
+
+def _escapes(text: str, kinds: tuple[str, ...]) -> list[re.Match[str]]:
+    """Every escape of ``kinds`` in ``text``, in order (the kinds never overlap: \\ and % begin them)."""
+    backslashed = _LOOSE if "loose" in kinds else _BACKSLASHED
+    found = list(backslashed.finditer(text)) if ("json" in kinds or "loose" in kinds) and "\\" in text else []
+    if "percent" in kinds and "%" in text:
         found = sorted([*found, *_PERCENT.finditer(text)], key=lambda m: m.start())
     return found
 
@@ -156,7 +189,7 @@ def _decoded(m: re.Match[str], latin: bool) -> str:
         byte = int(m.group(1), 16)
         return chr(byte) if latin or byte < 0x80 else m.group(0)  # text: a UTF-8 byte alone is no character
     if m.group(1) is None:
-        return m.group(2)
+        return _JSON_ESCAPES[m.group(2)]  # a loose one's is /
     char = chr(int(m.group(1), 16))
     return char.encode("utf-8", "surrogatepass").decode("latin-1") if latin else char
 
@@ -247,7 +280,7 @@ class Redactor:
                     return True
             if b"%" in value and _PERCENT_BYTES.search(value):
                 return True
-        if b"@" in value and (b"//" in value or b"\\/" in value):
+        if b"@" in value and (b"//" in value or b"\\/" in value) and _userinfo(value.decode("latin-1")):
             return True
         lowered = value.lower()  # bytes: ASCII letters only
         return any(core in lowered for core in self._bcores)
@@ -288,9 +321,9 @@ class Redactor:
         text = self.bytes(value).decode("latin-1")
         begun = _ESCAPE_CUT.search(text)
         whole = text[: begun.start()] if begun else text
-        for decoded in [_Normalized(whole, latin=True), *_decodings(whole, latin=True)[1:]]:
-            for secret in self._latin:
-                for size in range(min(len(secret) - 1, len(decoded.text)), PARTIAL - 1, -1):
+        for decoded in [_Chain([_Normalized(whole, latin=True, kinds=())]), *_decodings(whole, latin=True)]:
+            for secret in self._latin:  # an escape begun at the end may be the next character: one fewer is enough
+                for size in range(min(len(secret) - 1, len(decoded.text)), PARTIAL - 1 - bool(begun), -1):
                     if decoded.text.endswith(secret[:size]):
                         start = _before_backslashes(text, decoded.start(len(decoded.text) - size))
                         return (text[:start] + MASK).encode("latin-1")
@@ -318,6 +351,27 @@ def _find(text: str, secret: str) -> list[tuple[int, int]]:
     return spans
 
 
+_TOKEN = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)|%[0-9a-fA-F]{2}", re.DOTALL)  # an escape of JSON or of a URL
+
+
+def _widened(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans that begin or end inside an escape (``\\u00|41``) take all of it: a mask never breaks one."""
+    tokens = [m.span() for m in _TOKEN.finditer(text)] if "\\" in text or "%" in text else []
+    if not tokens:
+        return spans
+    starts = [start for start, _ in tokens]
+    widened = []
+    for start, end in spans:
+        i = bisect.bisect_right(starts, start) - 1
+        if i >= 0 and tokens[i][0] < start < tokens[i][1]:
+            start = tokens[i][0]
+        j = bisect.bisect_right(starts, end - 1) - 1
+        if j >= 0 and tokens[j][0] < end < tokens[j][1]:
+            end = tokens[j][1]
+        widened.append((start, end))
+    return widened
+
+
 def _before_backslashes(text: str, start: int) -> int:
     """A span begun just after backslashes takes them too: ``\\n`` + ``***`` would be a broken JSON escape."""
     while start > 0 and text[start - 1] == "\\":
@@ -331,7 +385,7 @@ def _masked(text: str, spans: list[tuple[int, int]]) -> str:
         return text
     out: list[str] = []
     pos = 0
-    for start, end in sorted(spans):
+    for start, end in sorted(_widened(text, spans)):
         start = _before_backslashes(text, start)
         if start > pos or not out:
             out += [text[pos:start], MASK]

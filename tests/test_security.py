@@ -53,8 +53,8 @@ def form(secret: str, kind: str, pick: st.DrawFn | None = None) -> str:
         return "".join(f"\\\\u{ord(c):04x}" for c in secret)
     if kind == "mixed":  # every other character escaped, in either case of hex (and \\ and " always, as JSON does)
         return "".join(f"\\u{ord(c):04{'xX'[i % 4 == 1]}}" if i % 2 or c in '\\"' else c for i, c in enumerate(secret))
-    if kind == "slash":
-        return secret.replace("/", "\\/")
+    if kind == "slash":  # as JSON may write it: / escaped (and \\ and ", as always)
+        return json.dumps(secret)[1:-1].replace("/", "\\/")
     if kind == "percent":
         return "".join(f"%{ord(c):02X}" for c in secret)
     if kind == "percent-twice":
@@ -71,6 +71,7 @@ def form(secret: str, kind: str, pick: st.DrawFn | None = None) -> str:
 )
 @example(secret="nab-PLANTED", kind="raw", before="x\\", after="")  # a mask after a backslash: a broken escape
 @example(secret="abcd/efgh/ij", kind="slash", before="", after="")
+@example(secret="00000000", kind="mixed", before="%8", after="")  # %8 and the secret's 0: a false escape
 def test_every_form_of_a_secret_is_masked_in_text_and_in_bytes(secret: str, kind: str, before: str, after: str) -> None:
     redactor = Redactor([secret])
     planted = before + form(secret, kind) + after
@@ -82,6 +83,14 @@ def test_every_form_of_a_secret_is_masked_in_text_and_in_bytes(secret: str, kind
 @given(secret=secrets, kind=st.sampled_from(FORMS), content=st.text(max_size=60), where=st.integers(0, 60))
 @example(secret="nEY-PLANTED", kind="raw", content="\n", where=1)  # JSON's \n then the secret: \*** is no escape
 @example(secret="bPLANTED-1", kind="raw", content="\b", where=1)
+@example(secret="00000000", kind="raw", content="\x00", where=1)  # \u0000 then 0s: a mask inside an escape
+@example(secret="0000000\\", kind="raw", content="", where=0)  # the secret's \ is half of JSON's \\
+@example(secret="000000/\\", kind="slash", content="\x1f", where=0)  # \\ then \u001f, read left to right
+@example(secret="00000000", kind="json-twice", content="", where=0)  # three levels of JSON
+@example(secret="00000%00", kind="percent-twice", content="", where=0)  # %252500 is %00 encoded twice
+@example(secret="0000%00/", kind="slash", content="", where=0)  # JSON twice, not percent: the %00 is the secret's
+@example(secret=":000000\\", kind="json", content="\\", where=1)  # the secret's \ then the record's closing quote
+@example(secret="r0000000", kind="json-twice", content="\\", where=1)  # \\\u0072: \r, or a loose \u0072
 def test_a_record_holding_a_secret_in_any_form_stays_valid_json_and_holds_it_in_no_decoded_form(
     secret: str, kind: str, content: str, where: int
 ) -> None:
@@ -95,6 +104,8 @@ def test_a_record_holding_a_secret_in_any_form_stays_valid_json_and_holds_it_in_
 
 @settings(max_examples=300, deadline=None)
 @given(secret=secrets, kind=st.sampled_from(FORMS), cut=st.floats(0, 1), prefix=st.text(" \n\u00e9\u00e8", max_size=20))
+@example(secret="000\\00000", kind="json", cut=0.375, prefix="")  # cut inside the escape of a backslash
+@example(secret="00000/\\f", kind="slash", cut=1.0, prefix="")  # \\f is no form feed
 def test_a_secret_begun_at_a_cut_is_masked_in_any_form(secret: str, kind: str, cut: float, prefix: str) -> None:
     """An error body read only so far: whatever is left of a secret at its end (4 characters or more) is masked.
     (The prefix holds none of a secret's characters: what is found can only be the secret's.)"""
