@@ -266,8 +266,11 @@ def _opens(
         sdk = sdk_client(endpoint)
         for api in ("chat", "embeddings", "responses"):
             url, sent = request_target(sdk, endpoint, api)  # type: ignore[arg-type]
-            if not yarl.URL(url).raw_host:
+            parsed = yarl.URL(url)
+            if not parsed.raw_host:
                 return f"no host in {url!r}"
+            if parsed.user is not None and any(name.lower() == "authorization" for name in sent):
+                return "credentials in the URL beside an Authorization header (aiohttp refuses to send that)"
             if bad := [name for name, value in sent.items() if not PRINTABLE.fullmatch(value)]:
                 return f"headers {bad} are not printable ASCII"
     except Exception as exc:  # the next step of the run would raise this
