@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -26,7 +27,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
-from asyncbatch.redact import MASK, Redactor
+from asyncbatch.redact import MASK, RedactingStream, Redactor
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.fuzz.secrets import basic, leaked
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
@@ -387,3 +388,47 @@ def test_sighup_stops_the_run_gracefully_and_the_resume_pays_for_no_answer_twice
     ids = sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl"))
     assert ids == sorted(f"r{i}" for i in range(n))
     assert simulator.billed_twice() == 0 and simulator.statuses["200"] == n
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.parametrize("when", [0.0, 0.3])
+def test_sighup_while_starting_up_exits_130_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: float
+) -> None:
+    """Right after asyncbatch's handlers are in (importing, building the configuration, opening the outputs)."""
+    with simulator_env(SimConfig(api_key=KEY, latency=0.05), monkeypatch) as (env, _):
+        write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(50)])
+        running = subprocess.Popen(CLI, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            while not _catches(running.pid, signal.SIGHUP):
+                assert running.poll() is None
+                time.sleep(0.001)  # a poll of the process's state, not a wait for time to pass
+            time.sleep(when)  # the instant of the signal, not a wait for anything
+            running.send_signal(signal.SIGHUP)
+            err = running.communicate(timeout=60)[1].decode()
+        finally:
+            running.kill()
+    assert running.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+
+
+class _HungUp(io.StringIO):
+    """A terminal after its SSH session closed: every write fails with EIO."""
+
+    def write(self, text: str) -> int:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_terminal_that_hung_up_is_written_to_no_more_and_raises_nothing() -> None:
+    stream = RedactingStream(_HungUp(), Redactor([KEY]))
+    assert stream.write(f"summary {KEY}\n") == len(f"summary {KEY}\n")
+    assert stream.gone
+    stream.write("more")
+    stream.flush()
