@@ -10,7 +10,8 @@ of them is cut short. It masks with ``***``:
   backslashes, so a JSON string inside a JSON string too; ``\\/``), URL-encoded (``%4B``, and
   ``%254B`` encoded twice), in any mix, character by character;
 * the userinfo of any URL (``https://user:pass@host`` -> ``https://***@host``);
-* the value of a credential header written out (``api-key: ...``, ``"Authorization": "Bearer ..."``).
+* the value of a credential header written out (``api-key: ...``, ``"Authorization": "Bearer ..."``),
+  where it looks like one (see ``SENSITIVE_HEADERS``).
 
 Every record passes through it, so the common case is a few substring tests: the
 regular expressions run only when an escape, a ``@`` or a header's name is there.
@@ -49,19 +50,17 @@ _ESCAPE_CUT = re.compile(r"(?:\\+(?:u[0-9a-fA-F]{0,3})?|%(?:25)*[0-9a-fA-F]?)\Z"
 # A URL's userinfo (``https://user:pw@host``, its slashes JSON-escaped or not), found from its ``@``.
 _SCHEME_SLASHES = re.compile(r"[a-zA-Z0-9+.\-]:(?:\\*/){2}\Z")
 _USERINFO = re.compile(r"""[^\s/?#"'<>\\\[\]]+""")
-# Headers whose value is a credential, written as a header, a JSON member or a query parameter.
-SENSITIVE_HEADERS = (
-    "api-key",
-    "x-api-key",
-    "authorization",
-    "proxy-authorization",
-    "ocp-apim-subscription-key",
-    "cookie",
-    "set-cookie",
-)
-_HEADER_VALUE = r"""((?:\\*["'])?\s*[:=]\s*(?:\\*["'])?\s*(?:(?:bearer|basic|token)\s+)?)([^\s"'\\,;&<>]{4,})"""
+# Headers whose value is a credential, written as a header, a JSON member or a query parameter. Only a value
+# that looks like one is masked, so that an answer's prose ("Authorization: required") is left alone: after
+# an Authorization header's scheme, or a key of 8 characters or more with a digit in it.
+SENSITIVE_HEADERS = ("api-key", "x-api-key", "ocp-apim-subscription-key", "authorization", "proxy-authorization")
+_SEPARATOR = r"""(?:\\*["'])?\s*[:=]\s*(?:\\*["'])?\s*"""
+_VALUE = r"""[^\s"'\\,;&<>]"""
+_SCHEMES = r"(?:bearer|basic|token|digest|negotiate|sharedkey|apikey)\s+"
+_AUTHORIZATION_VALUE = rf"({_SEPARATOR}{_SCHEMES})({_VALUE}{{4,}})"
+_KEY_VALUE = rf"({_SEPARATOR})((?={_VALUE}*\d){_VALUE}{{8,}})"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
-_HEADER_CORES = ("-key", "authoriz", "cookie")  # each sensitive name holds one: a first, cheap test
+_HEADER_CORES = ("-key", "authoriz")  # each sensitive name holds one: a first, cheap test
 
 
 def url_secrets(url: str) -> list[str]:
@@ -231,7 +230,8 @@ class Redactor:
     def add_headers(self, names: Iterable[str]) -> None:
         """Header names whose values are credentials, written out anywhere, known to us or not."""
         for name in {n.strip().lower() for n in names if n.strip()} - self._headers.keys():
-            pattern = re.escape(name) + _HEADER_VALUE  # a literal first: fast on lowered text
+            value = _AUTHORIZATION_VALUE if "authoriz" in name else _KEY_VALUE
+            pattern = re.escape(name) + value  # a literal first: fast on lowered text
             self._headers[name] = (re.compile(pattern), re.compile(pattern, re.IGNORECASE))
             if not any(core in name for core in self._cores):
                 self._cores.append(name)
