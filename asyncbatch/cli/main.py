@@ -54,7 +54,8 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go | None = None) -> int:
-    """Build the run's config from ``args`` and ``env`` (a simulator's, with --simulate) and ``go`` run it."""
+    """Build the run's config from ``args`` and ``env`` (a simulator's, with --simulate), run its token
+    commands once (``_prime``), and ``go`` run it."""
     run_it = go or (lambda config: _run(config, reporter, args))
 
     async def go_when_ready(config: RunConfig) -> int:
@@ -330,14 +331,18 @@ def _header_values(argv: Sequence[str]) -> list[str]:
         option, eq, value = arg.partition("=")
         if len(option) >= 5 and "--header".startswith(option):
             given.append(value if eq else argv[i + 1] if i + 1 < len(argv) else "")
-    # a value with no name may be a secret pasted alone
-    return [h.partition(":")[2].strip(" \t") if ":" in h else h.strip() for h in given]
+    return [_header_secret(header) for header in given]
+
+
+def _header_secret(header: str) -> str:
+    """A ``--header`` option's secret: its value; with no name, the whole of it (a secret pasted alone)."""
+    return header.partition(":")[2].strip(" \t") if ":" in header else header.strip()
 
 
 def configure(args: argparse.Namespace, environ: Mapping[str, str], redactor: Redactor) -> Env:
     """What the command line reads before it runs: the environment (and .env), whose secrets join
     ``redactor`` first, the deployments file, the input's name. :raises ConfigError: naming what to fix."""
-    redactor.extend(_header_values([part for value in args.header for part in ("--header", value)]))
+    redactor.extend(_header_secret(header) for header in args.header)
     env = load_env(args.env_file, environ)
     redactor.extend(secrets_in(env.values))
     args.deployment_specs = load_deployments(args.deployments) if args.deployments else []

@@ -40,6 +40,12 @@ TOKEN_TIMEOUT = 60.0  # seconds a token command may take (--token-timeout)
 MAX_TOKEN_BYTES = 64 * 1024  # a token command's output is read this far: a token is a few kB
 
 
+def refresh_time(expires: float, fetched: float) -> float:
+    """When a token fetched at ``fetched`` that expires at ``expires`` is fetched again: a quarter of its
+    life before it expires, at most 5 minutes before."""
+    return expires - min(300.0, max(0.0, expires - fetched) / 4)
+
+
 def jwt_expiry(token: str) -> float | None:
     """The ``exp`` claim of a JWT (seconds since the epoch), or None if the token is not a readable JWT."""
     parts = token.split(".")
@@ -117,7 +123,7 @@ class Tokens:
         now = self.clock()
         self._expires = jwt_expiry(token) or now + UNKNOWN_LIFETIME
         self.token, self.fetched_at = token, now
-        self._refresh_at = self._expires - min(300.0, max(0.0, self._expires - now) / 4)
+        self._refresh_at = refresh_time(self._expires, now)
         self.refreshes += 1
         self.on_new(token)
 
@@ -195,7 +201,7 @@ class TokenCommand:
     def _fresh(self, token: str, at: float) -> bool:
         """Whether a token printed at ``at`` would not be refreshed yet (``Tokens``' rule: a quarter of its life)."""
         expires = jwt_expiry(token)
-        return expires is None or self.clock() < expires - min(300.0, max(0.0, expires - at) / 4)
+        return expires is None or self.clock() < refresh_time(expires, at)
 
     async def _run(self) -> str:
         self.runs += 1
