@@ -1,6 +1,6 @@
 """``python -m asyncbatch`` and the ``asyncbatch`` command -> ``cli.main()``.
 
-Ctrl-C and SIGTERM are caught from the first instant. Outside a run (starting up, building
+Ctrl-C, SIGTERM and SIGHUP are caught from the first instant. Outside a run (starting up, building
 the configuration, printing the summary) nothing is being written, so a signal there ends
 the process at once with exit code 130 and a message; during a run, the run's own handlers
 stop it gracefully (``cli._run``).
@@ -20,8 +20,9 @@ def _exit_at_once(signum: int, frame: object) -> None:
 
 
 def run() -> int:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _exit_at_once)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # SIGHUP: the terminal went away (not on Windows)
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _exit_at_once)
     from .cli.main import main
 
     return main()

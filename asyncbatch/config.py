@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, Literal
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError, option
 from .protocol import APIS, Api, unsupported
+from .redact import url_secrets
 from .store.cache import MODES, CacheMode
 from .store.checkpoint import fingerprint
 from .store.files import Outputs, StatePaths
@@ -26,6 +29,27 @@ from .structured.schemas import check_request_schemas, from_models, mark_strict
 
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
 FSYNC_INTERVALS: dict[str, float | None] = {"always": 0.0, "periodic": 1.0, "never": None}
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
+_CREDENTIAL = re.compile(r"[ -~]+")  # printable ASCII: what a key, a token or a header's value may hold
+
+
+def credential_problem(value: str) -> str | None:
+    """What is wrong with a key's, a token's or a header value's characters, in words that never quote it.
+
+    The rule: printable ASCII only (the CLI first removes one line feed at the end: see ``cli/env.py``).
+    A control character there would break the request, or let it carry a header of its own.
+    """
+    if not value:
+        return "is empty"
+    if _CREDENTIAL.fullmatch(value):
+        return None
+    if value.endswith("\r\n") and _CREDENTIAL.fullmatch(value[:-2]):
+        return "ends with a carriage return and a line feed (\\r\\n, a Windows line ending)"
+    bad = next(c for c in value if not " " <= c <= "~")
+    named = {"\r": "a carriage return (\\r)", "\n": "a line feed (\\n)", "\t": "a tab"}.get(bad)
+    words = named or ("a control character" if unicodedata.category(bad) == "Cc" else "a character outside ASCII")
+    alone_at_end = len(value) > 1 and _CREDENTIAL.fullmatch(value[:-1])
+    return f"holds {words}" + (" at its end" if alone_at_end else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,18 +88,39 @@ class Endpoint:
     @property
     def secrets(self) -> list[str]:
         """Everything that must never appear in an output, a message or a traceback."""
-        return [self.api_key, *self.headers.values()]
+        return [self.api_key, *self.headers.values(), *url_secrets(self.base_url)]
 
     def __post_init__(self) -> None:
-        for name in self.headers:
-            if not name or any(c in name for c in " :\r\n"):
+        for name, value in self.headers.items():
+            if not _HEADER_NAME.fullmatch(name):
                 raise ConfigError(f"--header name {name!r} is not a valid HTTP header name")
+            if problem := credential_problem(value):
+                raise ConfigError(f"the value of --header {name!r} {problem}")
         if not self.base_url:
             raise ConfigError("the endpoint URL is empty")
         if not self.deployment:
             raise ConfigError("the deployment (model) name is empty")
         if bool(self.api_key) == (self.token_provider is not None):
             raise ConfigError("give the endpoint an api_key or a token_provider (Entra ID), exactly one")
+        if self.api_key and (problem := credential_problem(self.api_key)):
+            raise ConfigError(f"the endpoint's api_key {problem}")
+        self._check_userinfo()
+
+    def _check_userinfo(self) -> None:
+        """A ``user:password@`` in the URL is sent as ``Authorization: Basic``: only where nothing else uses it."""
+        if not url_secrets(self.base_url):
+            return
+        taken = (
+            "Entra ID's bearer token" if self.token_provider is not None
+            else "the API key (sent as a bearer token)" if self.kind == "openai" or self.is_azure_v1
+            else "--header Authorization" if any(n.lower() == "authorization" for n in self.headers)
+            else None
+        )  # fmt: skip
+        if taken:
+            raise ConfigError(
+                f"the endpoint URL carries a user name and password (user:***@), which are sent as an Authorization "
+                f"header, and {taken} already takes that header. HINT: remove the user:password@ part of the URL"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,12 +330,13 @@ class RunConfig:
                 f"--max-cost needs prices: the deployment name {self.routes[0].endpoint.deployment!r} is not in the "
                 "price table, so give --price-in and --price-out (USD per 1M tokens)"
             )
-        set_(self, "input_path", Path(self.input_path))
-        output = Path(self.output_path) if self.output_path else default_output(self.input_path)
-        set_(self, "output_path", output)
-        set_(self, "errors_path", Path(self.errors_path) if self.errors_path else default_errors(output))
+        set_(self, "input_path", _file_path(self.input_path, "input_path", "input"))
+        output = _file_path(self.output_path, "output_path", "output") if self.output_path is not None else None
+        set_(self, "output_path", output or default_output(self.input_path))
+        errors = _file_path(self.errors_path, "errors_path", "errors") if self.errors_path is not None else None
+        set_(self, "errors_path", errors or default_errors(self.output_path))
         if self.checkpoint_path is not None:
-            set_(self, "checkpoint_path", Path(self.checkpoint_path))
+            set_(self, "checkpoint_path", _file_path(self.checkpoint_path, "checkpoint_path", "checkpoint"))
         if self.fsync not in FSYNC_INTERVALS:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_INTERVALS)} (got {self.fsync!r})")
         for name in ("grace", "max_wait", "max_outage"):
@@ -365,6 +411,14 @@ class RunConfig:
     def state(self) -> StatePaths:
         """The run's state directory, ``<output>.state/``, and the checkpoint's place."""
         return self.outputs.state
+
+
+def _file_path(value: str | Path, field: str, flag: str) -> Path:
+    """A path that names a file: not empty, not a directory's name alone (``.``, ``/``), no NUL."""
+    path = Path(value)
+    if "\x00" in str(value) or not path.name or str(value).endswith(("/", "\\")):
+        raise ConfigError(f"{option(field, flag)} must name a file (got {str(value)!r})")
+    return path
 
 
 def default_output(input_path: Path) -> Path:

@@ -1,4 +1,11 @@
-"""The environment (and a .env file) -> endpoints and credentials. The only reader of the environment."""
+"""The environment (and a .env file) -> endpoints and credentials. The only reader of the environment.
+
+Credentials from outside are judged here, once, by one rule (``credential``): a key, a token or a
+``--header`` value holds printable ASCII only. One line feed at its end (a value pasted with its
+newline) is removed, with a notice; any other control character, a carriage return included (so a
+Windows line ending ``\\r\\n`` too), is refused with a message that names the variable or option,
+never the value (exit 2). ``config.credential_problem`` says what is wrong.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +21,43 @@ from ..config import (
     DEFAULT_API_VERSION,
     Deployment,
     Endpoint,
+    credential_problem,
 )
 from ..errors import ConfigError
-from ..live.auth import TokenProvider, command_provider, default_credential_provider
+from ..live.auth import TOKEN_TIMEOUT, TokenCommand, TokenProvider, default_credential_provider
+from ..redact import url_secrets
 from .deployments import DeploymentSpec
 from .endpoints import check_base_url
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 COMMANDS = ("ASYNCBATCH_TOKEN_COMMAND",)  # never taken from a .env file: cloning a repository must not run code
+KEYS = ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY")
+URLS = ("AZURE_OPENAI_ENDPOINT", "OPENAI_BASE_URL")
+
+
+def credential(value: str, name: str, notices: list[str]) -> str:
+    """A key, token or header value from outside, by the one rule (see the module's docstring).
+
+    :param name: the variable or option it came from: the messages name it, never the value.
+    :param notices: told when a line feed at the end was removed.
+    """
+    if len(value) > 1 and value.endswith("\n") and not value.endswith("\r\n"):
+        value = value[:-1]
+        notices.append(f"{name} ended with a line feed (\\n), which was removed")
+    if problem := credential_problem(value):
+        raise ConfigError(
+            f"{name} {problem}. HINT: set it again with the value alone, printable ASCII "
+            "(it is a secret, so it is not shown here)"
+        )
+    return value
+
+
+def secrets_in(environ: Mapping[str, str]) -> list[str]:
+    """The secrets the environment holds, as given and as used: keys, and the passwords in endpoint URLs.
+    Known before anything is read or checked, so that no message can show them."""
+    keys = [environ.get(name) or "" for name in KEYS]
+    urls = [secret for name in URLS for secret in url_secrets(environ.get(name) or "")]
+    return [*keys, *(key.strip() for key in keys), *urls]
 
 
 @dataclasses.dataclass
@@ -32,11 +68,20 @@ class Env:
     loaded: list[str]  # names taken from the file
     ignored: list[str]  # names in the file that only the real environment may set
     path: Path | None = None
+    notices: list[str] = dataclasses.field(default_factory=list)  # credentials cleaned (``credential``)
+
+    def credential(self, name: str) -> str | None:
+        """The variable ``name``, a credential: by the one rule, cleaned in place (a notice if it was)."""
+        value = self.values.get(name)
+        if value:
+            self.values[name] = value = credential(value, name, self.notices)
+        return value
 
     def notes(self) -> tuple[list[str], list[str]]:
-        """(info, warnings) to show: which file was read, and what in it was refused."""
+        """(info, warnings) to show: which file was read, credentials cleaned, and what in the file was refused."""
         where = self.path.resolve() if self.path else None
         info = [f"read {', '.join(self.loaded)} from {where} (the real environment wins)"] if self.loaded else []
+        info += self.notices
         warnings = [
             f"{where} sets {name}, which is ignored: a command is run only from the real environment or "
             "--token-command, never from a .env file"
@@ -54,12 +99,16 @@ def load_env(env_file: Path | None, environ: Mapping[str, str]) -> Env:
         raise ConfigError(f"--env-file {env_file} does not exist")
     path = env_file or Path(".env")
     if not path.is_file():
-        return Env(dict(environ), [], [])
-    values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-    ignored = sorted(k for k in values if k in COMMANDS)
-    kept = {k: v for k, v in values.items() if k not in COMMANDS}
-    loaded = sorted(k for k in kept if k not in environ)
-    return Env({**kept, **environ}, loaded, ignored, path)
+        env = Env(dict(environ), [], [])
+    else:
+        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+        ignored = sorted(k for k in values if k in COMMANDS)
+        kept = {k: v for k, v in values.items() if k not in COMMANDS}
+        loaded = sorted(k for k in kept if k not in environ)
+        env = Env({**kept, **environ}, loaded, ignored, path)
+    for name in KEYS:
+        env.credential(name)
+    return env
 
 
 def endpoint_kind(env: Mapping[str, str]) -> Literal["azure", "openai"]:
@@ -69,7 +118,8 @@ def endpoint_kind(env: Mapping[str, str]) -> Literal["azure", "openai"]:
     return "azure" if any(env.get(v) for v in azure_vars) or not openai else "openai"
 
 
-def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpoint:
+def endpoint_from_env(environment: Env, args: argparse.Namespace) -> Endpoint:
+    env = environment.values
     if endpoint_kind(env) == "azure":
         if pasted := env.get("AZURE_OPENAI_ENDPOINT"):
             check_base_url(pasted, "azure", "AZURE_OPENAI_ENDPOINT")  # a pasted request URL: its whole hint first
@@ -77,7 +127,7 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
         needed = {"AZURE_OPENAI_ENDPOINT": env.get("AZURE_OPENAI_ENDPOINT")}
         _require({**needed, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment})
         url = (env["AZURE_OPENAI_ENDPOINT"], "AZURE_OPENAI_ENDPOINT")
-        return azure_endpoint(url, str(deployment), azure_auth(env, args), None, env, args)
+        return azure_endpoint(url, str(deployment), azure_auth(env, args), None, environment, args)
     model = args.deployment or env.get("OPENAI_MODEL")
     _require({"OPENAI_API_KEY": env.get("OPENAI_API_KEY"), "OPENAI_MODEL (or --deployment)": model})
     base_url = check_base_url(env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL, "openai", "OPENAI_BASE_URL")
@@ -86,25 +136,24 @@ def endpoint_from_env(env: Mapping[str, str], args: argparse.Namespace) -> Endpo
         base_url=base_url,
         api_key=env["OPENAI_API_KEY"],
         deployment=str(model),
-        headers=parse_headers(args.header),
+        headers=parse_headers(args.header, environment.notices),
     )
 
 
-def deployments_from_env(
-    specs: Sequence[DeploymentSpec], env: Mapping[str, str], args: argparse.Namespace
-) -> tuple[Deployment, ...]:
+def deployments_from_env(specs: Sequence[DeploymentSpec], env: Env, args: argparse.Namespace) -> tuple[Deployment, ...]:
     """A deployments file's entries, with the keys its ``api_key_env`` entries name read from ``env``."""
     credential: list[TokenProvider] = []  # DefaultAzureCredential, built once for every entry that wants it
 
     def auth(spec: DeploymentSpec) -> tuple[str, TokenProvider | None]:
         if spec.token_command:
-            return "", command_provider(spec.token_command)
+            source = f"the token_command of deployment {spec.name!r}"
+            return "", TokenCommand(spec.token_command, source=source, timeout=_token_timeout(args))
         if spec.auth == "entra":
             credential[:] = credential or [default_credential_provider()]
             return "", credential[0]
         if not spec.api_key_env:
             raise ConfigError(f'deployment {spec.name!r}: give api_key_env, auth = "entra" or token_command')
-        key = env.get(spec.api_key_env)
+        key = env.credential(spec.api_key_env)
         if not key:
             raise ConfigError(
                 f"deployment {spec.name!r}: api_key_env names {spec.api_key_env}, which is not set "
@@ -116,7 +165,7 @@ def deployments_from_env(
 
 
 def _deployment(
-    spec: DeploymentSpec, auth: tuple[str, TokenProvider | None], env: Mapping[str, str], args: argparse.Namespace
+    spec: DeploymentSpec, auth: tuple[str, TokenProvider | None], env: Env, args: argparse.Namespace
 ) -> Deployment:
     url = (spec.endpoint, f"the endpoint of deployment {spec.name!r}")
     endpoint = azure_endpoint(url, spec.deployment, auth, spec.api_version, env, args)
@@ -128,12 +177,12 @@ def azure_endpoint(
     deployment: str,
     auth: tuple[str, TokenProvider | None],
     api_version: str | None,
-    env: Mapping[str, str],
+    env: Env,
     args: argparse.Namespace,
 ) -> Endpoint:
     """The one Azure endpoint builder. ``url``: (value, where it came from, for errors)."""
     base_url = check_base_url(url[0], "azure", url[1])
-    version = api_version or args.api_version or env.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION
+    version = api_version or args.api_version or env.values.get("AZURE_OPENAI_API_VERSION") or DEFAULT_API_VERSION
     if base_url.endswith("/openai/v1"):  # the v1 API's base URL, as the portal shows it
         base_url, version = base_url.removesuffix("/openai/v1"), "v1"
     return Endpoint(
@@ -143,7 +192,7 @@ def azure_endpoint(
         token_provider=auth[1],
         deployment=deployment,
         api_version=version,
-        headers=parse_headers(args.header),
+        headers=parse_headers(args.header, env.notices),
     )
 
 
@@ -154,22 +203,28 @@ def azure_auth(env: Mapping[str, str], args: argparse.Namespace) -> tuple[str, T
         _require({"AZURE_OPENAI_API_KEY": key})
         return key, None
     if args.token_command:
-        return "", command_provider(args.token_command)
+        return "", TokenCommand(args.token_command, timeout=_token_timeout(args))
     if key and args.auth != "entra":
         return key, None
     if command := env.get("ASYNCBATCH_TOKEN_COMMAND"):
-        return "", command_provider(command)
+        return "", TokenCommand(command, source="ASYNCBATCH_TOKEN_COMMAND", timeout=_token_timeout(args))
     return "", default_credential_provider()
 
 
-def parse_headers(values: Sequence[str]) -> dict[str, str]:
-    """``--header 'Name: value'`` options -> a dict (the value is a secret: it is never echoed)."""
+def _token_timeout(args: argparse.Namespace) -> float:
+    return float(getattr(args, "token_timeout", TOKEN_TIMEOUT))
+
+
+def parse_headers(values: Sequence[str], notices: list[str] | None = None) -> dict[str, str]:
+    """``--header 'Name: value'`` options -> a dict. The value is a secret: it is never echoed, and it is
+    judged by the one rule for credentials (``credential``), as ``--header 'Name'``."""
     headers = {}
     for value in values:
         name, colon, content = value.partition(":")
-        if not colon or not name.strip() or not content.strip():
-            raise ConfigError(f"--header takes 'Name: value' (got a value without a name, or a name alone: {name!r})")
-        headers[name.strip()] = content.strip()
+        name, content = name.strip(" \t"), content.strip(" \t")
+        if not colon or not name or not content.strip():
+            raise ConfigError("--header takes 'Name: value' (got a value without a name, or a name alone)")
+        headers[name] = credential(content, f"the value of --header {name!r}", [] if notices is None else notices)
     return headers
 
 

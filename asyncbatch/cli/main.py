@@ -17,7 +17,7 @@ import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,9 @@ from ..display.reporters import Reporter, make_reporter
 from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
 from ..input.reader import first_lines, sniff
 from ..input.requests import lines_prices
+from ..live.auth import TokenCommand
 from ..protocol import read_usage
-from ..redact import RedactingStream, Redactor
+from ..redact import RedactingStream, Redactor, url_secrets
 from ..runner import Interrupt, run
 from ..simulator import simulated
 from ..stats import RunStats
@@ -43,16 +44,67 @@ from .build import batch_options, build_config, check_input, request_defaults, s
 from .cache_cmd import cache_main
 from .deployments import DeploymentSpec, load_deployments
 from .dryrun import Sample, dry_run, format_report, pick_sample
-from .env import deployments_from_env, endpoint_from_env, endpoint_kind, load_env, parse_headers
+from .env import Env, deployments_from_env, endpoint_from_env, endpoint_kind, load_env, parse_headers, secrets_in
 from .export_cmd import export_main
 from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, build_parser
 
 Go = Callable[[RunConfig], Awaitable[int]]
+# Each stops a run gracefully (SIGHUP: the terminal went away, e.g. an SSH session closed).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-async def execute(args: argparse.Namespace, env: Mapping[str, str], reporter: Reporter, go: Go | None = None) -> int:
-    """Build the run's config from ``args`` and ``env`` (a simulator's, with --simulate) and ``go`` run it."""
-    go = go or (lambda config: _run(config, reporter, args))
+async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go | None = None) -> int:
+    """Build the run's config from ``args`` and ``env`` (a simulator's, with --simulate), run its token
+    commands once (``_prime``), and ``go`` run it."""
+    run_it = go or (lambda config: _run(config, reporter, args))
+
+    async def go_when_ready(config: RunConfig) -> int:
+        await _prime(config)
+        return await run_it(config)
+
+    return await _execute(args, env, reporter, go_when_ready)
+
+
+async def _prime(config: RunConfig) -> None:
+    """Each token command runs once now: one that fails is a configuration error (exit 2) before anything
+    is sent or written, and its token is the first used. A signal meanwhile stops it (and its children)."""
+    for route in config.routes:
+        if isinstance(command := route.endpoint.token_provider, TokenCommand):
+            await _interruptible(command.prime())
+
+
+async def _interruptible(work: Coroutine[Any, Any, None]) -> None:
+    """``work``, cancelled by SIGINT, SIGTERM or SIGHUP (then KeyboardInterrupt: exit 130)."""
+    task = asyncio.ensure_future(work)
+    with _signals(task.cancel):
+        try:
+            await task
+        except asyncio.CancelledError:
+            if task.cancelled():  # by a signal
+                raise KeyboardInterrupt from None
+            raise
+
+
+@contextlib.contextmanager
+def _signals(handler: Callable[[], object]) -> Iterator[None]:
+    """``handler`` on SIGINT, SIGTERM and SIGHUP while inside; then the handlers from before (exit 130)."""
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    installed = []
+    for sig in previous:
+        with contextlib.suppress(ValueError, RuntimeError):  # not in the main thread: the caller's own handling
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+            if previous[sig] is not None:
+                signal.signal(sig, previous[sig])  # asyncio puts the defaults back; the caller's are wanted
+
+
+async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go) -> int:
     specs: list[DeploymentSpec] = args.deployment_specs
     for option in ("deployment", "tpm", "rpm"):
         if specs and getattr(args, option) is not None:
@@ -107,20 +159,14 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
                 "(press Ctrl-C again to stop now)"
             )
 
-    loop = asyncio.get_running_loop()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        loop.add_signal_handler(sig, on_signal)
     try:
-        # --restart happens inside run, under the lock, once the configuration is known to be good
-        stats = await run(config, restart=args.restart, reporter=reporter, interrupt=interrupt)
+        with _signals(on_signal):
+            # --restart happens inside run, under the lock, once the configuration is known to be good
+            stats = await run(config, restart=args.restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
-        hint = fatal_hint(exc.kind, config.routes[0].endpoint, exc.cause)
+        if (hint := fatal_hint(exc.kind, config.routes[0].endpoint, exc.cause)) is None:
+            raise
         raise FatalAPIError(exc.kind, f"{exc} HINT: {hint}", cause=exc.cause) from None
-    finally:
-        for sig, handler in previous.items():
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, handler)  # asyncio puts the defaults back; the caller's are wanted (exit 130)
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
     again = f"run the same command again:\n  {resume_command(args.argv)}"
@@ -133,8 +179,10 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
 
-def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str:
-    """What to check, in the words of the variables this mode reads."""
+def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str | None:
+    """What to check, in the words of the variables this mode reads; None where the message says it."""
+    if kind == "token":  # a token command that failed mid-run: its message has its hint
+        return None
     azure = endpoint.kind == "azure"
     key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
     model = "AZURE_OPENAI_DEPLOYMENT_NAME / --deployment" if azure else "OPENAI_MODEL / --deployment"
@@ -165,7 +213,8 @@ def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coro)
 
 
-def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+def _dry_run(args: argparse.Namespace, environment: Env) -> int:
+    env = environment.values
     limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
     model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
     if specs := args.deployment_specs:  # a pool: its quota is the sum of its deployments'
@@ -178,7 +227,7 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     report = dry_run(args.input, defaults, model, max_lines_per_file=args.max_lines_per_file, kind=kind)
     prices = resolve(model, args.price_in, args.price_out, args.price_cached) or lines_prices(first_lines(args.input))
     sample = (
-        _sample(args, env, pick_sample(args.input, report, args.sample, defaults, model), prices)
+        _sample(args, environment, pick_sample(args.input, report, args.sample, defaults, model), prices)
         if args.sample
         else None
     )
@@ -186,7 +235,7 @@ def _dry_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_OK if report.bad_count == 0 else EXIT_FAILURES
 
 
-def _sample(args: argparse.Namespace, env: Mapping[str, str], lines: list[bytes], prices: Prices | None) -> Sample:
+def _sample(args: argparse.Namespace, env: Env, lines: list[bytes], prices: Prices | None) -> Sample:
     """--dry-run --sample N: run N lines, spread over the file, live, into a scratch directory; what they cost."""
     with tempfile.TemporaryDirectory(prefix="asyncbatch-sample-") as scratch:
         path = Path(scratch) / "sample.jsonl"
@@ -255,44 +304,78 @@ def resume_command(argv: Sequence[str]) -> str:
     return command
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, go: Go | None = None) -> int:
     """The command line. Everything it prints passes through one Redactor: no secret reaches a terminal.
 
     Signals: ``python -m asyncbatch`` (``__main__``) handles them outside the run; during it, ``_run``.
+
+    :param go: given the configuration built, instead of running it (a test's, or a caller's that wants
+        the configuration the command line would build); its result is the exit code.
     """
-    redactor = Redactor([os.environ.get("AZURE_OPENAI_API_KEY"), os.environ.get("OPENAI_API_KEY")])
+    redactor = Redactor(secrets_in(os.environ))
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout = RedactingStream(stdout, redactor)
     sys.stderr = RedactingStream(stderr, redactor)
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv), redactor)
+        return _main(list(sys.argv[1:] if argv is None else argv), redactor, go)
+    except Exception:  # past every handler (the export and cache commands'): still redacted, still exit 2
+        print(error_text("internal error\n" + traceback.format_exc(), redactor), file=sys.stderr)
+        return EXIT_FATAL
     finally:
         sys.stdout, sys.stderr = stdout, stderr
 
 
-def _main(argv: list[str], redactor: Redactor) -> int:
+def error_text(message: str, redactor: Redactor, log_format: str = "text") -> str:
+    """An error as the command line prints it: in its words, with no secret in any form."""
+    text = redactor.text(cli_words(message))
+    if log_format == "json":
+        return orjson.dumps({"event": "error", "message": text}).decode()
+    return f"asyncbatch: error: {text}"
+
+
+def _header_values(argv: Sequence[str]) -> list[str]:
+    """The values of the ``--header`` options in ``argv`` (or an abbreviation, as argparse takes), as given."""
+    given = []
+    for i, arg in enumerate(argv):
+        option, eq, value = arg.partition("=")
+        if len(option) >= 5 and "--header".startswith(option):
+            given.append(value if eq else argv[i + 1] if i + 1 < len(argv) else "")
+    return [_header_secret(header) for header in given]
+
+
+def _header_secret(header: str) -> str:
+    """A ``--header`` option's secret: its value; with no name, the whole of it (a secret pasted alone)."""
+    return header.partition(":")[2].strip(" \t") if ":" in header else header.strip()
+
+
+def configure(args: argparse.Namespace, environ: Mapping[str, str], redactor: Redactor) -> Env:
+    """What the command line reads before it runs: the environment (and .env), whose secrets join
+    ``redactor`` first, the deployments file, the input's name. :raises ConfigError: naming what to fix."""
+    redactor.extend(_header_secret(header) for header in args.header)
+    env = load_env(args.env_file, environ)
+    redactor.extend(secrets_in(env.values))
+    args.deployment_specs = load_deployments(args.deployments) if args.deployments else []
+    for spec in args.deployment_specs:
+        redactor.extend([env.values.get(spec.api_key_env or ""), *url_secrets(spec.endpoint)])
+    check_input(args.input)
+    return env
+
+
+def _main(argv: list[str], redactor: Redactor, go: Go | None = None) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     if argv[:1] == ["cache"]:
         return cache_main(argv[1:])
+    redactor.extend(_header_values(argv))  # before parsing: argparse may quote an argument in an error
     args = build_parser().parse_args(argv)
     args.argv = argv  # for the resume hint: the command as given, whoever called main
-    redactor.extend(value.partition(":")[2].strip() for value in args.header)
 
     def fail(message: str) -> int:
-        text = redactor.text(cli_words(message))
-        if args.log_format == "json":
-            print(orjson.dumps({"event": "error", "message": text}).decode(), file=sys.stderr)
-        else:
-            print(f"asyncbatch: error: {text}", file=sys.stderr)
+        print(error_text(message, redactor, args.log_format), file=sys.stderr)
         return EXIT_FATAL
 
     try:
-        env = load_env(args.env_file, os.environ)
-        redactor.extend([env.values.get("AZURE_OPENAI_API_KEY"), env.values.get("OPENAI_API_KEY")])
-        args.deployment_specs = load_deployments(args.deployments) if args.deployments else []
-        redactor.extend(env.values.get(spec.api_key_env or "") for spec in args.deployment_specs)
-        check_input(args.input)
+        env = configure(args, os.environ, redactor)
         if args.input.stat().st_size == 0:
             print(f"asyncbatch: {args.input} is empty; nothing to do", file=sys.stderr)
             return EXIT_OK
@@ -300,7 +383,7 @@ def _main(argv: list[str], redactor: Redactor) -> int:
         if args.sample is not None and (not args.dry_run or args.sample < 1):
             raise ConfigError(f"--sample takes a number of lines, 1 or more, with --dry-run (got {args.sample})")
         if args.dry_run:
-            return _dry_run(args, env.values)
+            return _dry_run(args, env)
         reporter = make_reporter(
             quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format, redactor=redactor
         )
@@ -310,7 +393,7 @@ def _main(argv: list[str], redactor: Redactor) -> int:
             reporter.info(note)
         for warning in warnings:
             reporter.warn(warning)
-        return _event_loop_run(execute(args, env.values, reporter))
+        return _event_loop_run(execute(args, env, reporter, go))
     except (ConfigError, FatalAPIError, OutputError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from ..config import (
     RunConfig,
 )
 from ..export import FORMATS
+from ..live.auth import TOKEN_TIMEOUT
 from ..protocol import APIS
 from ..store.cache import MODES, default_path
 
@@ -65,8 +66,8 @@ configuration (environment or .env; real environment variables win):
   or OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
 
 exit codes: 0 all succeeded; 1 some failed (see the errors file); 2 usage,
-  configuration or fatal error; 75 stopped early, resumable; 130 interrupted.
-  After 75 or 130, run the same command again.
+  configuration or fatal error; 75 stopped early, resumable; 130 interrupted
+  (Ctrl-C, SIGTERM or SIGHUP). After 75 or 130, run the same command again.
 
 more: docs/usage.md (formats, outputs, resuming), docs/options.md (every
   option), docs/azure.md, docs/pools.md, docs/batch-api.md, docs/python.md
@@ -290,6 +291,14 @@ def _request_options(p: argparse.ArgumentParser) -> None:
         metavar="CMD",
         help="Entra ID: run CMD for each new token and use what it prints (also ASYNCBATCH_TOKEN_COMMAND), e.g. "
         "'az account get-access-token --resource https://cognitiveservices.azure.com --query accessToken -o tsv'",
+    )
+    req.add_argument(
+        "--token-timeout",
+        type=float,
+        default=TOKEN_TIMEOUT,
+        metavar="SECONDS",
+        help="a token command that takes longer is stopped, with whatever it started, and the run refused "
+        "(default: %(default)g)",
     )
     req.add_argument(
         "--header",

@@ -3,26 +3,47 @@
 A provider is what the openai SDK calls ``azure_ad_token_provider``: a callable
 returning a token, sync or async. ``Tokens`` calls it once, reads the token's
 expiry from its JWT ``exp`` claim, and calls it again before then. Three
-providers are built in: a shell command (``--token-command``), any azure-identity
-credential, and ``DefaultAzureCredential`` (``pip install "asyncbatch[entra]"``).
+providers are built in: a shell command (``--token-command``, a ``TokenCommand``),
+any azure-identity credential, and ``DefaultAzureCredential``
+(``pip install "asyncbatch[entra]"``).
+
+A token is a credential from outside: it is judged here, once (printable ASCII,
+see ``config.credential_problem``), and a token command is a child process this
+package owns: bounded in time and output, its process group killed when it overruns
+or the run is interrupted, its error output never shown (it may hold secrets).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import inspect
+import os
+import re
+import shlex
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
+from ..config import credential_problem
 from ..errors import ConfigError, FatalAPIError
 
 TokenProvider = Callable[[], "str | Awaitable[str]"]
 SCOPE = "https://cognitiveservices.azure.com/.default"
 UNKNOWN_LIFETIME = 300.0  # a token with no readable expiry is fetched again this often
+RETRY_REFRESH = 30.0  # a refresh that failed while the current token still lives is tried again this much later
+TOKEN_TIMEOUT = 60.0  # seconds a token command may take (--token-timeout)
+MAX_TOKEN_BYTES = 64 * 1024  # a token command's output is read this far: a token is a few kB
+
+
+def refresh_time(expires: float, fetched: float) -> float:
+    """When a token fetched at ``fetched`` that expires at ``expires`` is fetched again: a quarter of its
+    life before it expires, at most 5 minutes before."""
+    return expires - min(300.0, max(0.0, expires - fetched) / 4)
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -57,6 +78,7 @@ class Tokens:
         self.fetched_at = 0.0
         self.refreshes = 0
         self._refresh_at = 0.0
+        self._expires = 0.0
         self._after_401 = False  # the current token was fetched because of a 401, and has not worked yet
         self._lock = asyncio.Lock()
 
@@ -64,7 +86,7 @@ class Tokens:
         if self.token is None or self.clock() >= self._refresh_at:
             async with self._lock:  # one fetch, however many requests are waiting for it
                 if self.token is None or self.clock() >= self._refresh_at:
-                    await self._fetch()
+                    await self._fetch(keep_current=True)
         assert self.token is not None
         return self.token
 
@@ -87,41 +109,164 @@ class Tokens:
         """A request succeeded: the current token is good."""
         self._after_401 = False
 
-    async def _fetch(self) -> None:
+    async def _fetch(self, keep_current: bool = False) -> None:
+        """A new token. If the provider fails while the current one still has a while to live
+        (``keep_current``: a refresh ahead of time), it is kept and the provider asked again later."""
+        try:
+            token = await self._provided()
+        except FatalAPIError:
+            now = self.clock()
+            if not (keep_current and self.token is not None and self._expires - now > RETRY_REFRESH):
+                raise
+            self._refresh_at = now + RETRY_REFRESH
+            return
+        now = self.clock()
+        self._expires = jwt_expiry(token) or now + UNKNOWN_LIFETIME
+        self.token, self.fetched_at = token, now
+        self._refresh_at = refresh_time(self._expires, now)
+        self.refreshes += 1
+        self.on_new(token)
+
+    async def _provided(self) -> str:
+        """The provider's token, judged. Raises FatalAPIError (``token``), which stops the run cleanly."""
         try:
             value: Any = self.provider()
             if inspect.isawaitable(value):
                 value = await value
-        except ConfigError:
-            raise
+        except ConfigError as exc:  # a token command that failed: its own message
+            raise FatalAPIError("token", str(exc)) from None
         except Exception as exc:  # azure-identity's CredentialUnavailableError and the like: a message to show
             raise FatalAPIError("authentication", f"could not get an Entra ID token: {exc}") from None
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError("the token provider returned no token")
+            raise FatalAPIError("token", "the token provider returned no token")
         token = value.strip()
-        now = self.clock()
-        expires = jwt_expiry(token) or now + UNKNOWN_LIFETIME
-        self.token, self.fetched_at = token, now
-        self._refresh_at = expires - min(300.0, max(0.0, expires - now) / 4)
-        self.refreshes += 1
-        self.on_new(token)
+        if problem := credential_problem(token):
+            raise FatalAPIError("token", f"the token provider returned a token that {problem}")
+        return token
 
 
-def command_provider(command: str) -> TokenProvider:
-    """A provider that runs ``command`` in a shell and uses what it prints (e.g. ``az account get-access-token``)."""
+def _program(command: str) -> str:
+    """The program a shell command runs, by name alone: what a message may show of a command that may hold secrets."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)][:1]  # VAR=value first
+    return f"{os.path.basename(words[0])} ..." if words else "an empty command"
 
-    async def provide() -> str:
+
+class TokenCommand:
+    """A shell command that prints a bearer token (``az account get-access-token ...``): a child we own.
+
+    It runs in a session of its own, with no input, its error output thrown away (it may hold
+    secrets), and at most ``timeout`` seconds: its whole process group is killed when it overruns,
+    when the run is interrupted, and when it is done (nothing it started outlives it). Its output,
+    read up to 64 KiB, must be UTF-8 printable ASCII; one line feed at its end is removed.
+    Any failure is a ConfigError naming the command by its program alone.
+
+    :param source: where the command came from, for messages (``--token-command``, ...).
+    """
+
+    def __init__(
+        self,
+        command: str,
+        *,
+        source: str = "--token-command",
+        timeout: float = TOKEN_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < timeout < float("inf"):
+            raise ConfigError(f"--token-timeout must be more than 0 seconds (got {timeout:g})")
+        if not command.strip():
+            raise ConfigError(f"{source} is empty")
+        self.command, self.source, self.timeout, self.clock = command, source, timeout, clock
+        self.runs = 0
+        self._primed: tuple[str, float] | None = None  # the token printed at ``prime``, and when
+
+    @property
+    def name(self) -> str:
+        return f"{self.source} ({_program(self.command)})"
+
+    async def prime(self) -> None:
+        """Run it now, before the run starts: a command that fails is a configuration error before
+        anything is sent or written. The token it printed is the first one handed out, if still fresh."""
+        self._primed = (await self._run(), self.clock())
+
+    async def __call__(self) -> str:
+        primed, self._primed = self._primed, None
+        if primed is not None and self._fresh(*primed):
+            return primed[0]
+        return await self._run()
+
+    def _fresh(self, token: str, at: float) -> bool:
+        """Whether a token printed at ``at`` would not be refreshed yet (``Tokens``' rule: a quarter of its life)."""
+        expires = jwt_expiry(token)
+        return expires is None or self.clock() < refresh_time(expires, at)
+
+    async def _run(self) -> str:
+        self.runs += 1
         proc = await asyncio.create_subprocess_shell(
-            command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            self.command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: killed whole, and Ctrl-C at the terminal is ours
         )
-        out, err = await proc.communicate()
-        if proc.returncode != 0:
+        try:
+            async with asyncio.timeout(self.timeout):
+                assert proc.stdout is not None
+                out = await proc.stdout.read(MAX_TOKEN_BYTES + 1)
+                while len(out) <= MAX_TOKEN_BYTES and (more := await proc.stdout.read(MAX_TOKEN_BYTES + 1 - len(out))):
+                    out += more
+                code = await proc.wait() if len(out) <= MAX_TOKEN_BYTES else None
+        except TimeoutError:
             raise ConfigError(
-                f"--token-command exited with {proc.returncode}: {err.decode(errors='replace').strip()[:300]}"
-            )
-        return out.decode().strip()
+                f"{self.name} did not finish within {self.timeout:g} s, and was stopped. "
+                "HINT: run it yourself to see where it waits (a sign-in prompt?), or raise --token-timeout"
+            ) from None
+        finally:
+            _kill_group(proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(proc.wait())
+        return self._token(code, out)
 
-    return provide
+    def _token(self, code: int | None, out: bytes) -> str:
+        if code is None:
+            raise ConfigError(
+                f"{self.name} printed more than {MAX_TOKEN_BYTES // 1024} KiB: it must print the token alone"
+            )
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+            raise ConfigError(
+                f"{self.name} {how}; what it wrote to stderr is not shown (it may hold secrets). "
+                "HINT: run it yourself to see what it says"
+            )
+        try:
+            text = out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{self.name} printed bytes that are not UTF-8 text: it must print the token alone"
+            ) from None
+        token = text[:-1] if text.endswith("\n") and not text.endswith("\r\n") else text
+        if not token:
+            raise ConfigError(f"{self.name} printed nothing: it must print the token (exit 0 and no token)")
+        if problem := credential_problem(token):
+            raise ConfigError(
+                f"{self.name} printed a token that {problem}. HINT: it must print the token alone, "
+                "ending with at most one line feed (\\n)"
+            )
+        return token
+
+
+def _kill_group(pid: int) -> None:
+    """Kill a token command's process group: the shell, and whatever it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def command_provider(command: str, *, source: str = "--token-command", timeout: float = TOKEN_TIMEOUT) -> TokenCommand:
+    """A provider that runs ``command`` in a shell and uses what it prints (e.g. ``az account get-access-token``)."""
+    return TokenCommand(command, source=source, timeout=timeout)
 
 
 def credential_provider(credential: Any, scope: str = SCOPE) -> TokenProvider:
