@@ -419,6 +419,13 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         help="text: a live display on a terminal, else a status line every 5 s; json: each status line, "
         "message and the summary one JSON object on stderr, for CI logs and dashboards (default %(default)s)",
     )
+    show.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the run's counters as Prometheus text at http://127.0.0.1:PORT/metrics while it runs "
+        "(0: any free port, said in a message); names in docs/report.md. Off by default",
+    )
 
 
 EXPORT_EPILOG = """\

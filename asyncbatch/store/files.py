@@ -7,6 +7,8 @@
     ids             one digest per input line read (ids.py)
     sent            the lines sent and not yet recorded (checkpoint.SentJournal)
     batches         the Batch API jobs (batch/jobs.py); part-N.jsonl: their files to upload
+    metrics         the run's counters every few seconds, bounded (report/metrics.py)
+    summary         the run's latest summary, replaced every few seconds (report/metrics.py)
 
 Files in it are opened without following symbolic links and created 0600, the
 directory 0700. Nothing is written before ``check_paths`` has looked at every
@@ -31,7 +33,7 @@ PRIVATE = 0o600
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 RECORD_START = b'{"id":"batch_req_'  # how every line asyncbatch writes begins (records.py)
 CHECKPOINT_START = b'{"version":'
-STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches")
+STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches", "metrics", "summary")
 
 
 # Input tables (by suffix) and the delimiters their dialect is sniffed within: their rows are records.
@@ -65,6 +67,14 @@ class StatePaths:
     @property
     def batches(self) -> Path:
         return self.dir / "batches"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary"
 
     def part(self, index: int) -> Path:
         return self.dir / f"part-{index}.jsonl"
