@@ -46,6 +46,7 @@ from .dryrun import Sample, dry_run, format_report, pick_sample
 from .env import deployments_from_env, endpoint_from_env, load_env, parse_headers
 from .export_cmd import export_main
 from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, build_parser
+from .report_cmd import report_main
 
 Go = Callable[[RunConfig], Awaitable[int]]
 
@@ -266,6 +267,8 @@ def _main(argv: list[str], redactor: Redactor) -> int:
         return export_main(argv[1:])
     if argv[:1] == ["cache"]:
         return cache_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:], redactor)
     args = build_parser().parse_args(argv)
     args.argv = argv  # for the resume hint: the command as given, whoever called main
     redactor.extend(value.partition(":")[2].strip() for value in args.header)

@@ -14,7 +14,8 @@ rows come half as often from then on. Its size is bounded by the rows, never by 
 about 1 MB for a run of any length (docs/report.md).
 
 ``<results>.state/summary`` is the run's summary (``display/summary.py``'s, the JSON log's), replaced
-every few seconds and at the end, so the report shows the same totals as the summary.
+with every row and at the end, so the report shows the same totals as the summary. It is not
+fsynced (a crash of the machine may empty it; the report then says so and draws the rows).
 
 The report reads both while a run writes them (``read_log``, ``read_summary``): it takes no lock,
 skips a torn last line, and judges every line it reads, as bytes from outside.
@@ -39,7 +40,6 @@ from ..stats import RunStats
 from ..store.files import StatePaths, atomic_file, cut, open_private, torn_tail, write_all
 
 EVERY = 0.5  # seconds between rows at first: a short run still draws a curve
-SUMMARY_EVERY = 2.0  # seconds between summary snapshots
 MAX_ROWS = 4096  # rows kept in all; past it, every other one goes and rows come half as often
 MAX_READ = 64 * 1024 * 1024  # what the report reads of a log at most (a kept log is ~1 MB)
 
@@ -152,7 +152,6 @@ class MetricsLog:
         self.rows = 0  # rows in the file, all sessions
         self._fd: int | None = None
         self._broken = False
-        self._summarised = 0.0  # session time of the last summary snapshot
         self._jobs: dict[int, tuple[str | None, str]] = {}  # part -> (job id, status) last logged
         self._batches_seen: tuple[int, int] | None = None
 
@@ -191,7 +190,7 @@ class MetricsLog:
             self.tick()
 
     def tick(self) -> None:
-        """One row now; the jobs that changed; the summary when it is due; thinned when full."""
+        """One row now, the jobs that changed and the summary; thinned when full."""
         if self._fd is None:
             return  # not started, or broken
         with self._guard():
@@ -199,8 +198,7 @@ class MetricsLog:
             lines = [orjson.dumps(row(self.stats, t)) + b"\n", *self._job_events(t)]
             self._write(b"".join(lines))
             self.rows += 1
-            if t - self._summarised >= SUMMARY_EVERY or self.rows == 1:
-                self._snapshot(final=False)
+            self._snapshot(final=False)
             if self.rows >= self.max_rows:
                 self._thin()
 
@@ -239,9 +237,9 @@ class MetricsLog:
         write_all(self._fd, data, self.paths.metrics)
 
     def _snapshot(self, *, final: bool) -> None:
-        self._summarised = t = self.t
-        snapshot = {"session": self.session, "t": round(t, 1), "final": final, SUMMARY_KEY: self.summary(self.stats)}
-        with atomic_file(self.paths.summary) as f:
+        summary = self.summary(self.stats)
+        snapshot = {"session": self.session, "t": round(self.t, 1), "final": final, SUMMARY_KEY: summary}
+        with atomic_file(self.paths.summary, sync=False) as f:
             f.write(orjson.dumps(snapshot))
 
     def _thin(self) -> None:

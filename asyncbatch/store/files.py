@@ -242,11 +242,12 @@ def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE, sync: bool = True) -> Iterator[BinaryIO]:
     """``path`` written anew through a temporary file beside it: a reader sees the old file or the new one.
 
     The temporary file (``tmp``, else ``<path>.tmp``) is created afresh, never through a link; a failure in
-    the block removes it and leaves ``path`` as it was.
+    the block removes it and leaves ``path`` as it was. ``sync``: on disk before it replaces ``path`` (False
+    for a file worth less than an fsync, which a crash of the machine may leave empty).
     """
     tmp = tmp or path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # a stale one (or a link planted there): removed, never followed
@@ -255,7 +256,8 @@ def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Ite
         with naming(tmp):
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
     except BaseException:
         f.close()
         tmp.unlink(missing_ok=True)
