@@ -84,12 +84,10 @@ def look(page_file: Path, summary: dict[str, Any]) -> dict[str, Any]:
         page.goto(page_file.as_uri())
         page.wait_for_selector("body[data-charts=done]", timeout=60_000)
         drawn = time.perf_counter() - started
-        charts = page.eval_on_selector_all(
-            ".chart", "ds => ds.map(d => [d.dataset.chart, d.dataset.rendered, d.querySelectorAll('g.role-mark path').length])"
-        )  # fmt: skip
-        shown = dict(
-            page.eval_on_selector_all("#summary [data-key]", "es => es.map(e => [e.dataset.key, e.textContent])")
-        )
+        marks = "ds => ds.map(d => [d.dataset.chart, d.dataset.rendered, d.querySelectorAll('.role-mark path').length])"
+        charts = page.eval_on_selector_all(".chart", marks)
+        texts = "es => es.map(e => [e.dataset.key, e.textContent])"
+        shown = dict(page.eval_on_selector_all("#summary [data-key]", texts))
         browser.close()
     totals_equal = all(
         float(shown[k].replace(",", "")) == round(summary[k], 0 if isinstance(summary[k], int) else 6)

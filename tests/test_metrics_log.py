@@ -169,7 +169,7 @@ def test_the_summary_snapshot_is_the_summary_of_the_same_counters(tmp_path: Path
 def test_a_log_that_cannot_be_written_warns_once_and_the_run_goes_on(tmp_path: Path) -> None:
     warnings: list[str] = []
     clock = Time()
-    log, stats = _log(tmp_path, clock, warn=warnings.append)
+    log, _ = _log(tmp_path, clock, warn=warnings.append)
     log.paths.metrics.unlink()
     log.paths.metrics.mkdir()  # the next thinning cannot replace it
     log.max_rows = 1

@@ -32,8 +32,8 @@ from .helpers import read_jsonl
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 LINES = int(os.environ.get("ASYNCBATCH_REPORT_LINES", "1000"))  # 5000 for the acceptance run (docs/benchmarks.md)
 MAX_BYTES = 5 * 1024 * 1024
@@ -103,7 +103,8 @@ READ = {  # what the tests read of a page, in its own JavaScript
             return p.getAttribute("d") && box.width + box.height > 0;
         }).length,
     }))""",
-    "shown": """Array.from(document.querySelectorAll("#summary [data-key]")).map(e => [e.dataset.key, e.textContent])""",
+    "shown": """Array.from(document.querySelectorAll("#summary [data-key]"))
+        .map(e => [e.dataset.key, e.textContent])""",
     "pool": """Array.from(document.querySelectorAll("#pool tr[data-deployment]")).map(r => [r.dataset.deployment,
         ...["answers", "throttled", "failed_attempts"].map(k => r.querySelector(`[data-key=${k}]`).textContent)])""",
     "failures": """Array.from(document.querySelectorAll("#failures tr[data-code]")).map(r => [r.dataset.code,
