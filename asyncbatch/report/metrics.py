@@ -14,7 +14,7 @@ rows come half as often from then on. Its size is bounded by the rows, never by 
 about 1 MB for a run of any length (docs/report.md).
 
 ``<results>.state/summary`` is the run's summary (``display/summary.py``'s, the JSON log's), replaced
-with every few rows and at the end, so the report shows the same totals as the summary. It is not
+every couple of seconds (with every row, once rows come less often) and at the end, so the report shows the same totals as the summary. It is not
 fsynced (a crash of the machine may empty it; the report then says so and draws the rows).
 
 The report reads both while a run writes them (``read_log``, ``read_summary``): it takes no lock,
@@ -40,7 +40,7 @@ from ..stats import RunStats
 from ..store.files import StatePaths, atomic_file, cut, open_private, torn_tail, write_all
 
 EVERY = 0.5  # seconds between rows at first: a short run still draws a curve
-SUMMARY_ROWS = 4  # a summary snapshot with every 4th row (it sorts the latency samples: a few ms)
+SUMMARY_EVERY = 2.0  # seconds of rows between summary snapshots (one sorts the latency samples: a few ms)
 MAX_ROWS = 4096  # rows kept in all; past it, every other one goes and rows come half as often
 MAX_READ = 64 * 1024 * 1024  # what the report reads of a log at most (a kept log is ~1 MB)
 
@@ -133,7 +133,8 @@ class MetricsLog:
     :param summary: the run's summary of ``stats`` (``display.summary.summary_data``): the snapshot's content.
     :param batches: the run uses Batch API jobs: their changes are logged (read from the state's ``batches``).
     :param wall: the wall clock, read once, for the session's start; rows are timed by ``stats.clock``.
-    :param every: seconds between rows at first; ``max_rows``: rows kept; ``summary_rows``: rows between snapshots.
+    :param every: seconds between rows at first; ``max_rows``: rows kept; ``summary_every``: seconds of rows
+        between summary snapshots (with every row once rows come less often).
     """
 
     def __init__(
@@ -147,14 +148,14 @@ class MetricsLog:
         wall: Callable[[], float] = time.time,
         every: float = EVERY,
         max_rows: int = MAX_ROWS,
-        summary_rows: int = SUMMARY_ROWS,
+        summary_every: float = SUMMARY_EVERY,
     ) -> None:
         self.paths, self.stats, self.summary, self.warn = paths, stats, summary, warn
         self.batches, self.wall, self.every, self.max_rows = batches, wall, every, max_rows
-        self.summary_rows = summary_rows
+        self.summary_every = summary_every
         self.session = 0
         self.rows = 0  # rows in the file, all sessions
-        self._ticks = 0  # rows of this session
+        self._unsummarised: float | None = None  # seconds of rows since the last snapshot; None: none yet
         self._fd: int | None = None
         self._broken = False
         self._jobs: dict[int, tuple[str | None, str]] = {}  # part -> (job id, status) last logged
@@ -203,9 +204,10 @@ class MetricsLog:
             lines = [orjson.dumps(row(self.stats, t)) + b"\n", *self._job_events(t)]
             self._write(b"".join(lines))
             self.rows += 1
-            self._ticks += 1
-            if self._ticks % self.summary_rows == 1:  # this session's first row, then every few
+            if self._unsummarised is None or self._unsummarised >= self.summary_every:
                 self._snapshot(final=False)
+                self._unsummarised = 0.0
+            self._unsummarised += self.every
             if self.rows >= self.max_rows:
                 self._thin()
 
