@@ -28,7 +28,7 @@ from asyncbatch.report.page import TOTALS
 from asyncbatch.simulator import SimConfig, serve_in_thread
 from asyncbatch.stats import RunStats, Trend
 
-from .helpers import read_jsonl
+from .helpers import read_jsonl, simulator_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -263,3 +263,22 @@ def test_report_refuses_a_results_file_with_no_run_behind_it(
     assert "nothing to report" in err and "HINT" in err
     assert not (tmp_path / "x.results.report.html").exists()
     shutil.rmtree(tmp_path / "x.results.jsonl.state", ignore_errors=True)
+
+
+def test_the_batch_api_jobs_are_a_timeline_on_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Browser
+) -> None:
+    rows = [{"id": i, "company": f"Co{i}"} for i in range(60)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with simulator_env(SimConfig(api_key="batch-key", batch_seconds=1.0), monkeypatch):
+        argv = ["in.jsonl", "--batch-api", "--template", "About {company}", "--max-lines-per-file", "20"]
+        assert main([*argv, "--poll-interval", "0.05", "-q"]) == 0
+    (session,) = read_log(tmp_path / "in.results.jsonl.state" / "metrics")
+    assert {event.part for event in session.jobs} == {0, 1, 2}
+    statuses = {event.status for event in session.jobs}
+    assert "merged" in statuses and len(statuses) >= 2  # and a state while it ran (the log looks twice a second)
+    assert main(["report", "in.results.jsonl", "-o", "batch.html"]) == 0
+    seen = browser.open(tmp_path / "batch.html", tmp_path / "batch.png")
+    assert seen["logged"] == [] and seen["asked"] == []
+    (jobs,) = [chart for chart in seen["charts"] if chart["key"] == "jobs"]
+    assert jobs["rendered"] == "yes" and jobs["marks"] >= 3  # a bar at least for each job

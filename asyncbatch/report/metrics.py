@@ -14,8 +14,9 @@ rows come half as often from then on. Its size is bounded by the rows, never by 
 about 1 MB for a run of any length (docs/report.md).
 
 ``<results>.state/summary`` is the run's summary (``display/summary.py``'s, the JSON log's), replaced
-every couple of seconds (with every row, once rows come less often) and at the end, so the report shows the same totals as the summary. It is not
-fsynced (a crash of the machine may empty it; the report then says so and draws the rows).
+every couple of seconds (with every row, once rows come less often) and at the end, so the report
+shows the same totals as the summary. It is not fsynced (a crash of the machine may empty it; the
+report then says so and draws the rows).
 
 The report reads both while a run writes them (``read_log``, ``read_summary``): it takes no lock,
 skips a torn last line, and judges every line it reads, as bytes from outside.
