@@ -50,9 +50,11 @@ class Reservoir:
         self.size, self.rng = size, rng
         self.samples: list[float] = []
         self.seen = 0
+        self._sorted: list[float] | None = None  # until the next sample: p50 and p95 share one sort
 
     def add(self, value: float) -> None:
         self.seen += 1
+        self._sorted = None
         if len(self.samples) < self.size:
             self.samples.append(value)
         elif (slot := self.rng.randrange(self.seen)) < self.size:
@@ -61,8 +63,9 @@ class Reservoir:
     def percentile(self, q: float) -> float | None:
         if not self.samples:
             return None
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        if self._sorted is None:
+            self._sorted = sorted(self.samples)
+        return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
 
 
 @dataclass

@@ -14,9 +14,8 @@ rows come half as often from then on. Its size is bounded by the rows, never by 
 about 1 MB for a run of any length (docs/report.md).
 
 ``<results>.state/summary`` is the run's summary (``display/summary.py``'s, the JSON log's), replaced
-every couple of seconds (with every row, once rows come less often) and at the end, so the report
-shows the same totals as the summary. It is not fsynced (a crash of the machine may empty it; the
-report then says so and draws the rows).
+with every row and at the end, so the report shows the same totals as the summary. It is not
+fsynced (a crash of the machine may empty it; the report then says so and draws the rows).
 
 The report reads both while a run writes them (``read_log``, ``read_summary``): it takes no lock,
 skips a torn last line, and judges every line it reads, as bytes from outside.
@@ -41,7 +40,7 @@ from ..stats import RunStats
 from ..store.files import StatePaths, atomic_file, cut, open_private, torn_tail, write_all
 
 EVERY = 0.5  # seconds between rows at first: a short run still draws a curve
-SUMMARY_EVERY = 2.0  # seconds of rows between summary snapshots (one sorts the latency samples: a few ms)
+SUMMARY_EVERY = 0.0  # seconds of rows between summary snapshots: 0, with every row (a sort of the latencies, ~2 ms)
 MAX_ROWS = 4096  # rows kept in all; past it, every other one goes and rows come half as often
 MAX_READ = 64 * 1024 * 1024  # what the report reads of a log at most (a kept log is ~1 MB)
 
@@ -135,7 +134,7 @@ class MetricsLog:
     :param batches: the run uses Batch API jobs: their changes are logged (read from the state's ``batches``).
     :param wall: the wall clock, read once, for the session's start; rows are timed by ``stats.clock``.
     :param every: seconds between rows at first; ``max_rows``: rows kept; ``summary_every``: seconds of rows
-        between summary snapshots (with every row once rows come less often).
+        between summary snapshots (0: with every row).
     """
 
     def __init__(

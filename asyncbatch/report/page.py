@@ -117,7 +117,7 @@ def _when(unix: float) -> str:
 
 def _state(snapshot: Snapshot | None, as_of: str | None) -> str:
     if snapshot is None:
-        return "no summary yet: the run has only just started"
+        return "no summary in the state directory: the run has only just started, or a crash of the machine emptied it"
     if snapshot.final:
         return f"session {snapshot.session} finished" + (f" at {as_of}" if as_of else "")
     return f"session {snapshot.session} in progress (or stopped by a kill): as of {as_of or 'its last summary'}"
