@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncbatch.cli.main import main
 from asyncbatch.display.summary import summary_data
 from asyncbatch.report.metrics import MetricsLog, read_log, read_summary, thinned
 from asyncbatch.stats import RunStats
 from asyncbatch.store.files import StatePaths
 
-from .helpers import Time
+from .helpers import Time, batch_line, write_jsonl
 
 MB = 1024 * 1024
 
@@ -178,3 +180,15 @@ def test_a_log_that_cannot_be_written_warns_once_and_the_run_goes_on(tmp_path: P
         log.tick()
     log.finish()
     assert len(warnings) == 1 and "metrics log stops" in warnings[0]
+
+
+@pytest.mark.parametrize("name", ["metrics", "summary", "summary.tmp"])
+def test_a_metrics_file_that_is_a_link_is_refused_and_its_target_left_alone(tmp_path: Path, name: str) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
+    state = tmp_path / "in.results.jsonl.state"
+    state.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    (state / name).symlink_to(victim)
+    assert main(["in.jsonl", "--simulate", "--sim-latency-ms", "0", "-q"]) == 2
+    assert victim.read_bytes() == b"precious\n" and not (tmp_path / "in.results.jsonl").exists()
