@@ -188,8 +188,13 @@ class _Run:
         )
         self.attempts.on_send = self.store.sent
         self.metrics = MetricsLog(
-            config.state, stats, summary_data, batches=config.batch is not None, warn=reporter.warn
-        )  # fmt: skip
+            config.state,
+            stats,
+            summary_data,
+            batches=config.batch is not None,
+            warn=reporter.warn,
+            redactor=reporter.redactor,
+        )
         self.stopping = False
         self.fatal: FatalAPIError | None = None
         self.sleep, self.clock = sleep, clock

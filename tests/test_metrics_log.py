@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.display.summary import summary_data
+from asyncbatch.redact import Redactor
 from asyncbatch.report.metrics import MetricsLog, read_log, read_summary, thinned
 from asyncbatch.stats import RunStats
 from asyncbatch.store.files import StatePaths
@@ -192,3 +193,15 @@ def test_a_metrics_file_that_is_a_link_is_refused_and_its_target_left_alone(tmp_
     (state / name).symlink_to(victim)
     assert main(["in.jsonl", "--simulate", "--sim-latency-ms", "0", "-q"]) == 2
     assert victim.read_bytes() == b"precious\n" and not (tmp_path / "in.results.jsonl").exists()
+
+
+def test_no_secret_reaches_the_log_or_the_summary_even_when_a_server_quotes_it_as_an_error_code(tmp_path: Path) -> None:
+    secret = "sk-the-deployment-key-1234"
+    log, stats = _log(tmp_path, Time(), redactor=Redactor([secret]))
+    stats.count_failure(f"rejected:{secret}")
+    stats.aborted = f"the server said {secret}"
+    log.finish()
+    for path in (log.paths.metrics, log.paths.summary):
+        assert secret.encode() not in path.read_bytes()
+    snapshot = read_summary(log.paths.summary)
+    assert snapshot is not None and snapshot.summary["failure_reasons"] == {"rejected:***": 1}

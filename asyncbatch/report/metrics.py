@@ -36,6 +36,7 @@ import orjson
 
 from ..batch.parts import BatchState
 from ..errors import ConfigError, OutputError
+from ..redact import Redactor
 from ..stats import RunStats
 from ..store.files import StatePaths, atomic_file, cut, open_private, torn_tail, write_all
 
@@ -132,6 +133,7 @@ class MetricsLog:
 
     :param summary: the run's summary of ``stats`` (``display.summary.summary_data``): the snapshot's content.
     :param batches: the run uses Batch API jobs: their changes are logged (read from the state's ``batches``).
+    :param redactor: the run's: every byte written passes it (a server may quote a key in an error code).
     :param wall: the wall clock, read once, for the session's start; rows are timed by ``stats.clock``.
     :param every: seconds between rows at first; ``max_rows``: rows kept; ``summary_every``: seconds of rows
         between summary snapshots (0: with every row).
@@ -145,6 +147,7 @@ class MetricsLog:
         *,
         batches: bool = False,
         warn: Callable[[str], None] = lambda _: None,
+        redactor: Redactor | None = None,
         wall: Callable[[], float] = time.time,
         every: float = EVERY,
         max_rows: int = MAX_ROWS,
@@ -153,6 +156,7 @@ class MetricsLog:
         self.paths, self.stats, self.summary, self.warn = paths, stats, summary, warn
         self.batches, self.wall, self.every, self.max_rows = batches, wall, every, max_rows
         self.summary_every = summary_every
+        self.redactor = redactor or Redactor()
         self.session = 0
         self.rows = 0  # rows in the file, all sessions
         self._unsummarised: float | None = None  # seconds of rows since the last snapshot; None: none yet
@@ -243,13 +247,13 @@ class MetricsLog:
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
-        write_all(self._fd, data, self.paths.metrics)
+        write_all(self._fd, self.redactor.bytes(data), self.paths.metrics)
 
     def _snapshot(self, *, final: bool) -> None:
         summary = self.summary(self.stats)
         snapshot = {"session": self.session, "t": round(self.t, 1), "final": final, SUMMARY_KEY: summary}
         with atomic_file(self.paths.summary, sync=False) as f:
-            f.write(orjson.dumps(snapshot))
+            f.write(self.redactor.bytes(orjson.dumps(snapshot)))
 
     def _thin(self) -> None:
         """Every other row goes (the file replaced atomically); rows come half as often from now on."""
