@@ -37,6 +37,7 @@ FLAGS = [
 ]  # fmt: skip
 LINES = int(os.environ.get("ASYNCBATCH_REPORT_LINES", "1000"))  # 5000 for the acceptance run (docs/benchmarks.md)
 MAX_BYTES = 5 * 1024 * 1024
+pytestmark = pytest.mark.xdist_group("browser")  # one worker: one browser start, one bundling of the runtime
 
 
 class Browser:
