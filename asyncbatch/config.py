@@ -291,6 +291,8 @@ class RunConfig:
         for the same request to the same endpoint is recorded without sending it (``store/cache.py``).
         Identical requests in one run are then sent once. ``cache_mode``: ``read-write``, ``read``,
         ``write`` (refresh: send, and replace what it holds) or ``off``.
+    :param metrics_port: serve the run's counters as Prometheus text on 127.0.0.1 at this port (0: any
+        free one, said in a message) for the run's life (``report/prometheus.py``); None: no endpoint.
     """
 
     input_path: Path
@@ -313,6 +315,7 @@ class RunConfig:
     batch: BatchOptions | None = None
     cache: Path | None = None
     cache_mode: CacheMode = "read-write"
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -339,6 +342,8 @@ class RunConfig:
             set_(self, "checkpoint_path", _file_path(self.checkpoint_path, "checkpoint_path", "checkpoint"))
         if self.fsync not in FSYNC_INTERVALS:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_INTERVALS)} (got {self.fsync!r})")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"{option('metrics_port')} must be a port number, 0 to 65535 (got {self.metrics_port})")
         for name in ("grace", "max_wait", "max_outage"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{option(name)} must be 0 or more seconds (got {getattr(self, name):g})")

@@ -30,12 +30,15 @@ from .clock import Sleep
 from .config import RunConfig
 from .cost import Budget
 from .display.reporters import Reporter, default_reporter
+from .display.summary import summary_data
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, sniff, virtual_lines
 from .input.requests import Job, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
+from .report.metrics import MetricsLog
+from .report.prometheus import serving
 from .stats import RunStats
 from .store.cache import ResponseCache
 from .store.checkpoint import ResumeState
@@ -91,32 +94,36 @@ async def run(
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
     if config.prices is None:  # a deployment not named after a model: the lines may name one
         config = dataclasses.replace(config, prices=lines_prices(first))
-    with opened(
-        config.outputs,
-        config.input_path,
-        config.fingerprint,
-        reporter,
-        restart=restart,
-        accept_changes=config.accept_changes,
-        retry_failed=config.retry_failed,
-        lines=lines,
-    ) as state:
-        if config.batch is None:
-            refuse_live_while_open(config.state)
-        # Before the clock starts: opening the connections imports the SDK, which is start-up, not run time.
-        router = await Router.open(
-            config.routes,
-            config.retry,
-            config.patience,
-            redactor=reporter.redactor,
-            on_aside=reporter.warn,
-            sleep=sleep,
-            clock=clock,
-        )
-        try:
-            return await _Run(config, state, router, reporter, sleep, clock).run(interrupt)
-        finally:
-            await router.close()
+    async with serving(config.metrics_port, reporter.info) as endpoint:  # a taken port: refused before any write
+        with opened(
+            config.outputs,
+            config.input_path,
+            config.fingerprint,
+            reporter,
+            restart=restart,
+            accept_changes=config.accept_changes,
+            retry_failed=config.retry_failed,
+            lines=lines,
+        ) as state:
+            if config.batch is None:
+                refuse_live_while_open(config.state)
+            # Before the clock starts: opening the connections imports the SDK, which is start-up, not run time.
+            router = await Router.open(
+                config.routes,
+                config.retry,
+                config.patience,
+                redactor=reporter.redactor,
+                on_aside=reporter.warn,
+                sleep=sleep,
+                clock=clock,
+            )
+            try:
+                run = _Run(config, state, router, reporter, sleep, clock)
+                if endpoint is not None:
+                    endpoint.watch(run.stats)
+                return await run.run(interrupt)
+            finally:
+                await router.close()
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
@@ -180,6 +187,14 @@ class _Run:
             cache=self.cache,
         )
         self.attempts.on_send = self.store.sent
+        self.metrics = MetricsLog(
+            config.state,
+            stats,
+            summary_data,
+            batches=config.batch is not None,
+            warn=reporter.warn,
+            redactor=reporter.redactor,
+        )
         self.stopping = False
         self.fatal: FatalAPIError | None = None
         self.sleep, self.clock = sleep, clock
@@ -198,20 +213,24 @@ class _Run:
             raise fatal from None
         finally:
             self.stats.finished = self.clock()
+            self.metrics.finish()  # the counters are final: the summary the CLI prints next
             if self.cache is not None:
                 self.cache.close()
         return self.stats
 
     async def _run_all(self) -> None:
+        self.metrics.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.store.run())
                 ticker = tg.create_task(self.reporter.run(self.stats))
+                logger = tg.create_task(self.metrics.run())
                 try:
                     await self.work()
                 finally:
                     self.store.close()
                     ticker.cancel()
+                    logger.cancel()
                     if self.hard_stop is not None:
                         self.hard_stop.cancel()
         finally:

@@ -17,6 +17,7 @@ from .cost import Prices, projected
 from .protocol import read_usage
 
 RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
+RECENT = 2_000  # of the latest ones, for the metrics log's row (``take_recent_latencies``)
 
 
 class RouteView(Protocol):
@@ -32,7 +33,39 @@ class RouteView(Protocol):
     def throttled(self) -> int: ...
     @property
     def failed(self) -> int: ...
+    @property
+    def learned_tpm(self) -> float | None: ...
+    @property
+    def charge_ratio(self) -> float | None: ...
     def state(self) -> str: ...
+
+
+class Reservoir:
+    """At most ``size`` samples of a stream, each one kept with the same chance (Vitter's algorithm R).
+
+    Percentiles stay honest in bounded memory, whatever the input size.
+    """
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size, self.rng = size, rng
+        self.samples: list[float] = []
+        self.seen = 0
+        self._sorted: list[float] | None = None  # until the next sample: p50 and p95 share one sort
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        self._sorted = None
+        if len(self.samples) < self.size:
+            self.samples.append(value)
+        elif (slot := self.rng.randrange(self.seen)) < self.size:
+            self.samples[slot] = value
+
+    def percentile(self, q: float) -> float | None:
+        if not self.samples:
+            return None
+        if self._sorted is None:
+            self._sorted = sorted(self.samples)
+        return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
 
 
 @dataclass
@@ -44,6 +77,7 @@ class RunStats:
     attempts: int = 0
     retries: int = 0
     throttled: int = 0  # 429 answers
+    answers: Counter[str] = field(default_factory=Counter)  # attempts back: "2xx", the HTTP status, or "timeout"...
     in_flight: int = 0
     estimated_tokens: int = 0
     prompt_tokens: int = 0
@@ -79,12 +113,13 @@ class RunStats:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
     started: float = field(init=False)
     finished: float | None = None
-    _latencies: list[float] = field(default_factory=list, repr=False)
-    _seen: int = field(default=0, repr=False)
     _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
+    _latencies: Reservoir = field(init=False, repr=False)
+    _recent: Reservoir = field(init=False, repr=False)  # since the metrics log last took them
 
     def __post_init__(self) -> None:
         self.started = self.clock()
+        self._latencies, self._recent = Reservoir(RESERVOIR, self._rng), Reservoir(RECENT, self._rng)
 
     def current_notice(self) -> str | None:
         """What the user should know now: the phase's notice, or what admission is waiting for."""
@@ -131,9 +166,17 @@ class RunStats:
         """An attempt back, answered, failed or cancelled."""
         self.in_flight -= 1
 
-    def count_failed_attempt(self, *, throttled: bool) -> None:
-        """An attempt failed (``throttled``: with a 429); the input may still succeed."""
+    def count_answered(self) -> None:
+        """An attempt answered (any status the connection takes for an answer)."""
+        self.answers["2xx"] += 1
+
+    def count_failed_attempt(self, *, throttled: bool, status: int | None = None, code: str = "error") -> None:
+        """An attempt failed (``throttled``: with a 429); the input may still succeed.
+
+        :param status: the HTTP status it was answered with; ``code`` names the failure when there was none.
+        """
         self.throttled += throttled
+        self.answers[str(status) if status is not None else code] += 1
 
     def count_retry(self) -> None:
         self.retries += 1
@@ -167,18 +210,16 @@ class RunStats:
         return self.cost + projected(self.cost, work, max(0, self.total - self.done))
 
     def add_latency(self, ms: float) -> None:
-        """Reservoir sampling keeps percentiles honest in bounded memory."""
-        self._seen += 1
-        if len(self._latencies) < RESERVOIR:
-            self._latencies.append(ms)
-        elif (slot := self._rng.randrange(self._seen)) < RESERVOIR:
-            self._latencies[slot] = ms
+        self._latencies.add(ms)
+        self._recent.add(ms)
 
     def latency_percentile(self, q: float) -> float | None:
-        if not self._latencies:
-            return None
-        ordered = sorted(self._latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return self._latencies.percentile(q)
+
+    def take_recent_latencies(self) -> Reservoir:
+        """The latencies since the last call (a sample of them), for one row of the metrics log."""
+        recent, self._recent = self._recent, Reservoir(RECENT, self._rng)
+        return recent
 
 
 TREND_WINDOW = 30.0  # seconds of recent work the smoothed rate looks at

@@ -86,6 +86,7 @@ def build_config(
         max_cost=args.max_cost,
         cache=args.cache,
         cache_mode=args.cache_mode,
+        metrics_port=args.metrics_port,
     )
 
 

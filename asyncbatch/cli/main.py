@@ -47,6 +47,7 @@ from .dryrun import Sample, dry_run, format_report, pick_sample
 from .env import Env, deployments_from_env, endpoint_from_env, endpoint_kind, load_env, parse_headers, secrets_in
 from .export_cmd import export_main
 from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, build_parser
+from .report_cmd import report_main
 
 Go = Callable[[RunConfig], Awaitable[int]]
 # Each stops a run gracefully (SIGHUP: the terminal went away, e.g. an SSH session closed).
@@ -366,6 +367,8 @@ def _main(argv: list[str], redactor: Redactor, go: Go | None = None) -> int:
         return export_main(argv[1:])
     if argv[:1] == ["cache"]:
         return cache_main(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:], redactor)
     redactor.extend(_header_values(argv))  # before parsing: argparse may quote an argument in an error
     args = build_parser().parse_args(argv)
     args.argv = argv  # for the resume hint: the command as given, whoever called main

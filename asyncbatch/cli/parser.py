@@ -28,6 +28,7 @@ DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
 
 USAGE = """asyncbatch INPUT [options]
        asyncbatch export RESULTS [options]
+       asyncbatch report RESULTS [-o report.html]
        asyncbatch cache {stats,prune} [PATH]"""
 DESCRIPTION = """\
 Run a JSONL file of chat-completion, embeddings or Responses requests against
@@ -443,6 +444,13 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         help="text: a live display on a terminal, else a status line every 5 s; json: each status line, "
         "message and the summary one JSON object on stderr, for CI logs and dashboards (default %(default)s)",
     )
+    show.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the run's counters as Prometheus text at http://127.0.0.1:PORT/metrics while it runs "
+        "(0: any free port, said in a message); names in docs/report.md. Off by default",
+    )
 
 
 EXPORT_EPILOG = """\
@@ -491,6 +499,35 @@ def build_export_parser() -> argparse.ArgumentParser:
     return p
 
 
+REPORT_EPILOG = """\
+It shows the summary; over time: throughput, tokens admitted against the quota,
+429s and retries, latency p50 and p95, cost; failures by code with examples;
+each deployment of a pool; the Batch API jobs; the learned limit and the
+charge ratio. It reads the run's files (never its lock): run it during a run
+for the run so far. Needs pip install "asyncbatch[report]". See docs/report.md.
+
+exit codes: 0 written; 2 nothing to report, or a file that cannot be written.
+"""
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asyncbatch report",
+        description="Write one self-contained HTML file of a run (charts included; it opens from disk, "
+        "with no network).",
+        epilog=REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", type=Path, help="the results file of a run (e.g. prompts.results.jsonl)")
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="PATH", help="where to write (default: <results stem>.report.html)"
+    )
+    p.add_argument(
+        "--errors", type=Path, metavar="PATH", help="its failures file (default: <results stem>.errors.jsonl)"
+    )
+    return p
+
+
 def build_cache_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="asyncbatch cache",
@@ -510,7 +547,11 @@ def build_cache_parser() -> argparse.ArgumentParser:
 def reference() -> str:
     """docs/options.md, from the parsers themselves: every option, its default and its help."""
     parts = ["# Options", "", "Generated from the command's own parser (`python -m asyncbatch.cli.parser`).", ""]
-    parsers = (("asyncbatch INPUT", build_parser()), ("asyncbatch export RESULTS", build_export_parser()))
+    parsers = (
+        ("asyncbatch INPUT", build_parser()),
+        ("asyncbatch export RESULTS", build_export_parser()),
+        ("asyncbatch report RESULTS", build_report_parser()),
+    )
     for title, parser in parsers:
         parts += [f"## `{title}`", ""]
         for group in parser._action_groups:

@@ -367,7 +367,7 @@ class Attempts:
             reply = await route.connection.send(self._payload_for(route, job, payload), job.api, job.body)
         except AttemptError as exc:
             throttled = exc.status == THROTTLED
-            self.stats.count_failed_attempt(throttled=throttled)
+            self.stats.count_failed_attempt(throttled=throttled, status=exc.status, code=exc.code)
             route.on_failure(throttled=throttled)
             raise await self._on_failure(route, exc, ticket, tally) from None
         finally:
@@ -375,6 +375,7 @@ class Attempts:
             route.on_returned()
             self.sending.discard(task)
             route.admission.answered = route.connection.answered
+        self.stats.count_answered()
         return _Sent(reply, ticket, (self.clock() - started) * 1000, route)
 
     def _payload_for(self, route: Route, job: Job, payload: bytes) -> bytes:

@@ -76,6 +76,14 @@ class Route:
         self.failed += 1
         self.throttled += throttled
 
+    @property
+    def learned_tpm(self) -> float | None:
+        return self.admission.learned_tpm
+
+    @property
+    def charge_ratio(self) -> float | None:
+        return self.admission.ratio
+
     def state(self) -> str:
         if self.aside is not None:
             return f"set aside: {self.aside}"

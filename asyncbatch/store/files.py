@@ -7,6 +7,8 @@
     ids             one digest per input line read (ids.py)
     sent            the lines sent and not yet recorded (checkpoint.SentJournal)
     batches         the Batch API jobs (batch/jobs.py); part-N.jsonl: their files to upload
+    metrics         the run's counters every few seconds, bounded (report/metrics.py)
+    summary         the run's latest summary, replaced every few seconds (report/metrics.py)
 
 Files in it are opened without following symbolic links and created 0600, the
 directory 0700; so are the outputs, and a link at any of them is refused, dangling
@@ -33,7 +35,7 @@ PRIVATE = 0o600
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 RECORD_START = b'{"id":"batch_req_'  # how every line asyncbatch writes begins (records.py)
 CHECKPOINT_START = b'{"version":'
-STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches")
+STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches", "metrics", "summary")
 
 
 # Input tables (by suffix) and the delimiters their dialect is sniffed within: their rows are records.
@@ -67,6 +69,14 @@ class StatePaths:
     @property
     def batches(self) -> Path:
         return self.dir / "batches"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary"
 
     def part(self, index: int) -> Path:
         return self.dir / f"part-{index}.jsonl"
@@ -275,7 +285,7 @@ def write_all(fd: int, data: bytes, path: Path, at: int | None = None) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE, sync: bool = True) -> Iterator[BinaryIO]:
     """``path`` written anew through a temporary file beside it: a reader sees the old file or the new one.
 
     The temporary file has no name while it is written (Linux's ``O_TMPFILE``): a process killed at any
@@ -283,6 +293,8 @@ def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Ite
     ``path``. Where the file system has no unnamed files it is named from the start, created afresh, never
     through a link, and removed on any failure; one a killed process left is removed by the next write of
     ``path``, or before it: by the next run (``prepare_state``), by the next export (``sweep_stale``).
+    ``sync``: on disk before it replaces ``path`` (False for a file worth less than an fsync, which a crash
+    of the machine may leave empty).
     """
     tmp = tmp or path.with_name(path.name + ".tmp")
     with naming(tmp):
@@ -296,7 +308,8 @@ def atomic_file(path: Path, tmp: Path | None = None, mode: int = PRIVATE) -> Ite
         with naming(tmp):
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
             if not named:
                 _name(f.fileno(), tmp)
                 named = True

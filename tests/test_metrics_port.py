@@ -1,0 +1,161 @@
+"""--metrics-port: Prometheus text on 127.0.0.1, scraped during a run; its counters are the summary's at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+import asyncbatch
+from asyncbatch.cli.main import main
+from asyncbatch.display.reporters import Reporter
+from asyncbatch.display.summary import summary_data
+from asyncbatch.report.prometheus import METRICS
+from asyncbatch.stats import RunStats
+
+from .helpers import batch_line, write_jsonl
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str, *, openmetrics: bool = False) -> Samples:
+    """Every sample of a scrape, by name and labels; the parser refuses text that is not the format."""
+    parse = openmetrics_families if openmetrics else text_string_to_metric_families
+    found: Samples = {}
+    for family in parse(text):
+        assert family.name in METRICS, family.name
+        assert family.type == METRICS[family.name][0]
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+class Scraper(Reporter):
+    """Scrapes the run's endpoint once it has sent requests, and once more when the work is done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url: str | None = None
+        self.during: list[Samples] = []
+        self.final: Samples = {}
+        self.openmetrics: Samples = {}
+
+    def info(self, message: str) -> None:
+        if found := re.search(r"http://127\.0\.0\.1:\d+/metrics", message):
+            self.url = found.group()
+
+    async def run(self, stats: RunStats) -> None:
+        assert self.url is not None  # said before the run starts
+        async with aiohttp.ClientSession() as session:
+            try:
+                while not self.during or self.during[-1].get(("asyncbatch_requests_total", ()), 0) == 0:
+                    self.during.append(samples(await self._get(session)))
+                await asyncio.Event().wait()  # until the work is done
+            finally:
+                self.final = samples(await self._get(session))
+                self.openmetrics = samples(await self._get(session, OPENMETRICS), openmetrics=True)
+
+    async def _get(self, session: aiohttp.ClientSession, accept: str = "text/plain") -> str:
+        assert self.url is not None
+        async with session.get(self.url, headers={"Accept": accept}) as response:
+            assert response.status == 200
+            return await response.text()
+
+
+def test_a_scrape_during_the_run_parses_and_the_last_one_matches_the_summary(tmp_path: Path) -> None:
+    n = 300
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"question {i}", max_tokens=20) for i in range(n)])
+    scraper = Scraper()
+
+    async def go() -> RunStats:
+        faults = {"500": 0.05, "400": 0.03}
+        async with (  # a pool: the second deployment's small quota gives 429s, the first carries the run
+            asyncbatch.simulated(latency=0.002, fault_rates=faults, deployment="gpt-4o-mini") as east,
+            asyncbatch.simulated(latency=0.002, rpm=600, fault_rates=faults, deployment="gpt-4o-mini") as west,
+        ):
+            config = asyncbatch.RunConfig(
+                input_path=tmp_path / "in.jsonl",
+                deployments=(asyncbatch.Deployment(name="east", endpoint=east),
+                             asyncbatch.Deployment(name="west", endpoint=west)),
+                limits=asyncbatch.Limits(concurrency=20),
+                retry=asyncbatch.RetryPolicy(backoff_initial=0.01),
+                metrics_port=0,
+            )  # fmt: skip
+            return await asyncbatch.run(config, reporter=scraper)
+
+    stats = asyncio.run(go())
+    summary: dict[str, Any] = json.loads(json.dumps(summary_data(stats)))
+    assert summary["throttled"] > 0 and summary["failed"] > 0 and summary["retries"] > 0
+    assert scraper.during[-1][("asyncbatch_requests_total", ())] > 0
+    for scrape in (scraper.final, scraper.openmetrics):
+        assert _from_scrape(scrape) == _from_summary(summary)
+        answers = {
+            labels[0][1]: value for (name, labels), value in scrape.items() if name == "asyncbatch_answers_total"
+        }
+        assert sum(answers.values()) == summary["attempts"]  # every attempt came back: none is in flight
+        assert answers["429"] == summary["throttled"]
+        assert scrape[("asyncbatch_in_flight", ())] == 0 and scrape[("asyncbatch_queued_inputs", ())] == 0
+        for deployment in summary["deployments"]:
+            labels = (("deployment", deployment["name"]),)
+            assert scrape[("asyncbatch_deployment_answers_total", labels)] == deployment["answers"]
+            assert scrape[("asyncbatch_deployment_throttled_total", labels)] == deployment["throttled"]
+            assert scrape[("asyncbatch_deployment_failed_attempts_total", labels)] == deployment["failed_attempts"]
+
+
+def _from_scrape(scrape: Samples) -> dict[str, Any]:
+    def one(name: str, **labels: str) -> float:
+        return scrape[(name, tuple(sorted(labels.items())))]
+
+    failures = {labels[0][1]: value for (name, labels), value in scrape.items() if name == "asyncbatch_failures_total"}
+    return {
+        "succeeded": one("asyncbatch_inputs_done_total", result="succeeded"),
+        "failed": one("asyncbatch_inputs_done_total", result="failed"),
+        "attempts": one("asyncbatch_requests_total"),
+        "retries": one("asyncbatch_retries_total"),
+        "throttled": one("asyncbatch_throttled_total"),
+        "prompt_tokens": one("asyncbatch_tokens_total", kind="prompt"),
+        "completion_tokens": one("asyncbatch_tokens_total", kind="completion"),
+        "cached_tokens": one("asyncbatch_tokens_total", kind="cached"),
+        "estimated_tokens": one("asyncbatch_estimated_tokens_total"),
+        "cost_usd": round(one("asyncbatch_cost_usd_total"), 6),
+        "latency_p50_ms": one("asyncbatch_latency_milliseconds", quantile="0.5"),
+        "failure_reasons": failures,
+    }
+
+
+def _from_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ["succeeded", "failed", "attempts", "retries", "throttled", "prompt_tokens", "completion_tokens",
+            "cached_tokens", "estimated_tokens", "cost_usd", "latency_p50_ms", "failure_reasons"]  # fmt: skip
+    return {key: summary[key] for key in keys}
+
+
+def test_a_port_already_taken_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["in.jsonl", "--simulate", "--metrics-port", str(port), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--metrics-port {port}: cannot listen" in err and "HINT" in err
+    assert not (tmp_path / "in.results.jsonl").exists() and not (tmp_path / "in.results.jsonl.state").exists()
+
+
+def test_every_metric_is_documented() -> None:
+    documented = (Path(__file__).parents[1] / "docs" / "report.md").read_text()
+    for name, (kind, _) in METRICS.items():
+        shown = f"{name}_total" if kind == "counter" else name
+        assert f"`{shown}`" in documented, name
