@@ -13,6 +13,10 @@ answer of its API (a stream chunk, ``choices: [null]``, a ``message`` that is a
 string, usage that is not a count, embeddings that do not match the inputs),
 and the engine turns that into a retried ``malformed_response``. The readers
 below it (``read_usage``, ``embedding_vectors``) may then assume the shape.
+
+JSON from outside is parsed by ``read_json`` alone, which refuses nesting deeper
+than ``MAX_DEPTH``: whatever it accepts, a record can hold and the writer can encode.
+A redirect is never followed (``is_redirect``, ``redirect_message``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, get_args
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import orjson
 
 MAX_COUNT = 10**12  # a header or usage count beyond this is not a count: "unknown"
 MAX_HINT_CHARS = 64  # a header value longer than this is not a number or a date anyone sends
@@ -93,6 +99,39 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
+def is_redirect(status: int) -> bool:
+    """A 3xx: never followed, since the request would carry the key and every header to wherever it points."""
+    return 300 <= status < 400
+
+
+LOCATION = "location"
+MAX_LOCATION_CHARS = 300
+
+
+def redirect_target(location: str | None) -> str:
+    """A redirect's Location as a message may show it: no userinfo, printable, bounded."""
+    if not location:
+        return "no Location given"
+    try:
+        parts = urlsplit(location.strip())
+        host = parts.netloc.rpartition("@")[2]
+        shown = urlunsplit(parts._replace(netloc=host))
+    except ValueError:
+        shown = location.rpartition("@")[2]
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown if len(shown) <= MAX_LOCATION_CHARS else shown[: MAX_LOCATION_CHARS - 3] + "..."
+
+
+def redirect_message(status: int, location: str | None, where: str) -> str:
+    """Why a redirect stops the run, and what to fix: the endpoint, not the redirect."""
+    return (
+        f"{where} answered HTTP {status}, redirecting to {redirect_target(location)}. asyncbatch never follows "
+        "a redirect: the request would carry the key and every --header value to another address. Set the "
+        "endpoint to the address the service answers at (AZURE_OPENAI_ENDPOINT, OPENAI_BASE_URL, or the "
+        "deployment's endpoint); nothing was recorded for the lines that got it"
+    )
+
+
 # -- headers -----------------------------------------------------------------------------------
 
 RETRY_AFTER, RETRY_AFTER_MS = "retry-after", "retry-after-ms"
@@ -138,6 +177,64 @@ def int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
     number = int(value)
     return number if number <= MAX_COUNT else None
+
+
+# -- JSON from outside -------------------------------------------------------------------------
+
+# How deep JSON from a server may nest. A record holds a body 3 levels down (record, response, body)
+# and orjson writes at most 254 levels, so anything accepted here can always be written.
+MAX_DEPTH = 128
+_KEEP = b'"[]{}'
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _KEEP)
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than ``MAX_DEPTH``. ``value`` is orjson's parse: read scalars from it, never keep it."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
+        self.value = value
+
+
+def read_json(raw: bytes | str) -> Any:
+    """JSON from outside, parsed once; nesting deeper than ``MAX_DEPTH`` is refused.
+
+    :raises orjson.JSONDecodeError: not JSON (invalid UTF-8, cut short, nested past orjson's own 1024).
+    :raises TooDeep: valid JSON nested deeper than ``MAX_DEPTH``.
+    """
+    value = orjson.loads(raw)
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if nests_deeper(data, MAX_DEPTH):
+        raise TooDeep(value)
+    return value
+
+
+def nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether valid JSON text ``data`` nests arrays and objects more than ``limit`` deep (strings do not count).
+
+    All at C speed, with no recursion: most answers hold fewer brackets than ``limit`` and stop at
+    the first line. Otherwise escapes and then strings are cut out, leaving only the brackets, and
+    each pass removes every empty pair: the passes needed to empty it are the depth.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    skeleton = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    skeleton = b"".join(skeleton.split(b'"')[::2]).translate(_SQUARE)
+    for _ in range(limit + 1):
+        if not skeleton:
+            return False
+        skeleton = skeleton.replace(b"[]", b"")
+    return True
+
+
+def clean_usage(body: Any) -> dict[str, int] | None:
+    """The token counts of a body that is not kept (too deep to write): only counts, nothing else of it."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = {key: usage[key] for key in USAGE_COUNTS if _is_count(usage.get(key))}
+    return counts or None
 
 
 # -- answers -----------------------------------------------------------------------------------
