@@ -116,10 +116,22 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
         if sep:
             headers[name.strip().lower()] = value.strip()
     try:
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await _read_chunked(reader)
+        else:
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
         return None
     return method, path, headers, body
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+    await reader.readuntil(b"\r\n")  # no trailers from the clients tested here
+    return bytes(body)
 
 
 def _handler(server: Server, script: Script) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
