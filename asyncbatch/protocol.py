@@ -16,13 +16,16 @@ below it (``read_usage``, ``embedding_vectors``) may then assume the shape.
 
 JSON from outside is parsed by ``read_json`` alone, which refuses nesting deeper
 than ``MAX_DEPTH``: whatever it accepts, a record can hold and the writer can encode.
-A redirect is never followed (``is_redirect``, ``redirect_message``).
+A body is decoded by ``BodyDecoder`` alone, never producing more bytes than asked for
+(a compressed bomb stops at the limit). A redirect is never followed (``is_redirect``,
+``redirect_message``).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, get_args
@@ -177,6 +180,69 @@ def int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
     number = int(value)
     return number if number <= MAX_COUNT else None
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+CONTENT_ENCODING = "content-encoding"
+ACCEPT_ENCODING = "gzip, deflate"  # sent with every request: what ``BodyDecoder`` reads
+
+
+class Unreadable(ValueError):
+    """A body that cannot be decoded: an encoding not asked for, broken compressed data, or a stream cut short."""
+
+
+class BodyDecoder:
+    """A body's bytes as they stream in, decoded (gzip, deflate, identity), never more at once than asked for.
+
+    Decoded here rather than by aiohttp: aiohttp decodes inside its HTTP parser, where a broken or
+    unknown encoding fails before the status and headers reach the caller, so a paid answer could
+    not even be named by its request id. zlib's ``max_length`` bounds every call, whatever the ratio.
+    """
+
+    def __init__(self, encoding: str | None) -> None:
+        self.encoding = (encoding or "identity").strip().lower()
+        if self.encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise Unreadable(f"Content-Encoding {_short(encoding)}, which was not asked for (only {ACCEPT_ENCODING})")
+        self._zlib: Any = None
+        self._tail = b""  # compressed bytes read and not decoded yet
+
+    def feed(self, chunk: bytes, room: int) -> bytes:
+        """Up to ``room`` decoded bytes from what came so far; what is left waits for the next call.
+
+        :raises Unreadable: the compressed data is broken.
+        """
+        data, self._tail = self._tail + chunk, b""
+        if self.encoding == "identity":
+            self._tail = data[max(room, 0) :]
+            return data[: max(room, 0)]
+        out = bytearray()
+        try:
+            while data and len(out) < room:
+                if self._zlib is None or self._zlib.eof:  # the first member, or the next of concatenated gzip members
+                    self._zlib = zlib.decompressobj(self._wbits(data))
+                out += self._zlib.decompress(data, room - len(out))
+                data = self._zlib.unconsumed_tail or self._zlib.unused_data
+        except zlib.error as exc:
+            raise Unreadable(f"the {self.encoding} data is broken ({exc})") from None
+        self._tail = data
+        return bytes(out)
+
+    def finish(self, room: int) -> bytes:
+        """What is left, up to ``room`` bytes, at the end of the body.
+
+        :raises Unreadable: the compressed stream stopped before its end (the body was cut short).
+        """
+        out = self.feed(b"", room)
+        if self.encoding != "identity" and len(out) < room and (self._zlib is None or not self._zlib.eof):
+            raise Unreadable(f"the {self.encoding} stream was cut short")
+        return out
+
+    def _wbits(self, data: bytes) -> int:
+        if self.encoding != "deflate":
+            return 16 + zlib.MAX_WBITS
+        # "deflate" should be zlib-wrapped (RFC 9110), but many servers send raw deflate: told by the first byte
+        return zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
 
 
 # -- JSON from outside -------------------------------------------------------------------------

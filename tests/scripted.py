@@ -16,12 +16,15 @@ import gzip
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import orjson
+
+from asyncbatch.simulator.server import Asked
 
 HEAD_LIMIT = 1 << 20  # a request head longer than this is not one of ours
 
@@ -87,6 +90,7 @@ class Server:
     url: str
     received: list[Received] = field(default_factory=list)
     sent: list[Sent] = field(default_factory=list)
+    journal: list[Asked] = field(default_factory=list)  # as the simulator keeps it, for ``invariants``
 
 
 def _head(answer: Answer) -> bytes:
@@ -134,12 +138,16 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return bytes(body)
 
 
-def _handler(server: Server, script: Script) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
+def _handler(
+    server: Server, script: Script
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while (request := await _read_request(reader)) is not None:
                 received = Received(*request, at=time.monotonic())
                 server.received.append(received)
+                asked = Asked(received.at, received.prompt)
+                server.journal.append(asked)
                 answer = script(received)
                 body = answer.body if answer.cut is None else answer.body[: answer.cut]
                 head = _head(answer)
@@ -147,6 +155,7 @@ def _handler(server: Server, script: Script) -> Callable[[asyncio.StreamReader, 
                 await writer.drain()
                 if answer.status == 200 and answer.request_id is not None:
                     server.sent.append(Sent(answer.request_id, received.prompt, time.monotonic()))
+                    asked.request_id = answer.request_id
                 if b"Connection: close" in head:
                     break
         except ConnectionError:

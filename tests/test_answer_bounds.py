@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.live.client import ERROR_BODY_BYTES, status_error
-from asyncbatch.protocol import MAX_DEPTH, TooDeep, nests_deeper, read_json
+from asyncbatch.protocol import MAX_DEPTH, BodyDecoder, TooDeep, Unreadable, nests_deeper, read_json
 from asyncbatch.simulator.invariants import run_cli
 from tests.helpers import read_jsonl, write_jsonl
 from tests.scripted import Answer, Received, Server, bomb, completion, deflated, gzipped, nested, serve
@@ -210,3 +211,53 @@ def test_compressed_answers_within_bounds_are_read_and_lying_lengths_are_asked_a
         f"answer {p}" for p in ("deflate 2", "gzip 1", "long 4", "short 3")
     ]
     assert {r["custom_id"]: r["attempts"] for r in results} == {"c0": 1, "c1": 1, "c2": 2, "c3": 2}
+
+
+# -- the one decoder ------------------------------------------------------------------------------------------
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "identity": lambda data: data,
+    "gzip": gzipped,
+    "deflate": deflated,
+    "raw deflate": _raw_deflate,
+}
+
+
+@given(
+    data=st.binary(max_size=5000) | st.integers(0, 300_000).map(lambda n: b"a" * n),
+    encoding=st.sampled_from(sorted(ENCODERS)),
+    cuts=st.lists(st.integers(1, 4000), max_size=8),
+    room=st.integers(1, 400_000),
+)
+def test_the_decoder_gives_the_bytes_sent_and_never_more_than_room(
+    data: bytes, encoding: str, cuts: list[int], room: int
+) -> None:
+    wire = ENCODERS[encoding](data)
+    decoder = BodyDecoder({"raw deflate": "deflate"}.get(encoding, encoding))
+    out, at = bytearray(), 0
+    for size in [*cuts, len(wire)]:  # the wire in chunks of any size
+        chunk, at = wire[at : at + size], at + size
+        got = decoder.feed(chunk, room + 1 - len(out))
+        assert len(got) <= room + 1 - len(out)
+        out += got
+    out += decoder.finish(room + 1 - len(out))
+    assert bytes(out) == data[: room + 1]
+
+
+def test_the_decoder_refuses_what_it_cannot_read_and_streams_cut_short() -> None:
+    for encoding in ("br", "zstd", "compress", "gzip, br"):
+        with pytest.raises(Unreadable, match="not asked for"):
+            BodyDecoder(encoding)
+    with pytest.raises(Unreadable, match="broken"):
+        BodyDecoder("gzip").feed(b"not gzip at all", 100)
+    decoder = BodyDecoder("gzip")
+    decoder.feed(gzipped(b"x" * 10_000)[:-20], 1 << 20)
+    with pytest.raises(Unreadable, match="cut short"):
+        decoder.finish(1 << 20)
+    assert len(BodyDecoder("gzip").feed(bomb(64 << 20), 1 << 20)) == 1 << 20  # a bomb stops at the room given

@@ -23,13 +23,17 @@ import orjson
 from ..config import Endpoint, RetryPolicy
 from ..errors import AttemptError, Malformed, Outage, RateLimited, Redirected, Refused
 from ..protocol import (
+    ACCEPT_ENCODING,
     ANSWERS,
     APIS,
+    CONTENT_ENCODING,
     LOCATION,
     MAX_DEPTH,
     THROTTLED,
     Api,
+    BodyDecoder,
     TooDeep,
+    Unreadable,
     answer_problem,
     api_path,
     clean_usage,
@@ -128,10 +132,11 @@ class Connection:
         self.redactor = redactor or Redactor()
         self.timeout, self.max_response_bytes = timeout, max_response_bytes
         self.answered = False
+        self.headers = {**headers, "Accept-Encoding": ACCEPT_ENCODING}  # what ``protocol.BodyDecoder`` reads
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0)),
-            auto_decompress=True,
+            auto_decompress=False,  # decoded by ``_body``, where the status and headers are known and sizes bounded
         )
 
     def where(self, api: Api = "chat") -> str:
@@ -192,6 +197,10 @@ class Connection:
         except aiohttp.ClientError as exc:
             failed = "connection failed" if head is None else f"the HTTP {head[0]} answer's body could not be read"
             raise Outage("connection_error", f"{failed}: {_describe(exc)}", request_id=_id(head)) from None
+        except Unreadable as exc:  # only an answer's: an error's body is kept as far as it could be decoded
+            assert head is not None
+            message = f"HTTP {head[0]} whose body cannot be read: {exc}"
+            raise Malformed("malformed_response", message, status=head[0], request_id=_id(head)) from None
         status, headers = head
         if is_redirect(status):
             where = f"the endpoint ({api} route)"
@@ -206,19 +215,31 @@ class Connection:
         return decode_reply(status, headers, raw, api, request, self.redactor)
 
     async def _body(self, response: aiohttp.ClientResponse) -> bytes | None:
-        """The body as decoded (under any Content-Encoding), counted while it streams, never past its limit.
+        """The body, decoded (``protocol.BodyDecoder``) and counted while it streams, never past its limit.
 
-        An error's is cut at ``ERROR_BODY_BYTES``; an answer past ``--max-response-mb`` is None (the
-        connection is dropped). A Content-Length bounds nothing: it may lie, and it counts encoded bytes.
+        An error's is cut at ``ERROR_BODY_BYTES`` (and what could be decoded of it is kept); an answer
+        past ``--max-response-mb`` is None, and the connection is dropped. A Content-Length bounds
+        nothing: it may lie, and it counts encoded bytes.
+
+        :raises Unreadable: an answer (not an error) whose body cannot be decoded.
         """
         error = response.status >= 400
         limit = ERROR_BODY_BYTES if error else self.max_response_bytes
         body = bytearray()
-        async for chunk in response.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > limit:
-                response.close()
-                return bytes(body[:limit]) if error else None
+        try:
+            decoder = BodyDecoder(response.headers.get(CONTENT_ENCODING))
+            async for chunk in response.content.iter_chunked(1 << 16):
+                body += decoder.feed(chunk, limit + 1 - len(body))
+                if len(body) > limit:
+                    break
+            else:
+                body += decoder.finish(limit + 1 - len(body))
+        except Unreadable:
+            if not error:
+                raise
+        if len(body) > limit:
+            response.close()
+            return bytes(body[:limit]) if error else None
         return bytes(body)
 
     async def close(self) -> None:

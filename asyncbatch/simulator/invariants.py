@@ -134,13 +134,13 @@ def violations(
     """
     found: list[str] = []
     for number, run in enumerate(runs, 1):
-        found += _run_violations(number, run, max_rss_mb)
+        found += run_problems(number, run, max_rss_mb)
     last = runs[-1]
     if not last.killed and not last.timed_out and last.code not in ((0, 1, 2) if allow_fatal else (0, 1)):
         found.append(f"the last run ended with exit {last.code}, not 0 or 1: {_tail(last.stderr)}")
-    found += _exactly_once(input_path, results_path, errors_path)
+    found += exactly_once(input_path, results_path, errors_path)
     found += paid_answers_lost(journal, runs, recorded_ids(results_path, errors_path))
-    found += _secrets(secrets, [results_path.parent], runs)
+    found += secrets_found(secrets, [results_path.parent], runs)
     return found
 
 
@@ -159,7 +159,15 @@ def recorded_ids(*paths: Path) -> set[str]:
 
 
 def paid_answers_lost(journal: Sequence[Asked], runs: list[Run], recorded: set[str]) -> list[str]:
-    """Every success the server gave that is in no output, though its run went on and never asked again.
+    """Every success the server gave that is in no output, though its run went on and never asked again."""
+    lost = [f"{entry.request_id} ({entry.key[:40]!r})" for entry in lost_answers(journal, runs, recorded)]
+    if not lost:
+        return []
+    return [f"{len(lost)} answers the server gave as successes are in no output (e.g. {', '.join(lost[:3])})"]
+
+
+def lost_answers(journal: Sequence[Asked], runs: list[Run], recorded: set[str]) -> list[Asked]:
+    """The successes the server gave that no output holds, when nothing excuses it.
 
     A run killed with -9 may lose what was on its way (the resume pays for it again); a run that asked
     for the same input again after an answer (malformed, or breaking the schema) replaced it.
@@ -174,15 +182,13 @@ def paid_answers_lost(journal: Sequence[Asked], runs: list[Run], recorded: set[s
         run = next((r for r in runs if r.started <= entry.at <= r.ended), None)
         if run is None or run.killed:
             continue
-        if any(entry.at < later <= run.ended for later in asked_at[entry.key]):
-            continue
-        lost.append(f"{entry.request_id} ({entry.key[:40]!r})")
-    if not lost:
-        return []
-    return [f"{len(lost)} answers the server gave as successes are in no output (e.g. {', '.join(lost[:3])})"]
+        if not any(entry.at < later <= run.ended for later in asked_at[entry.key]):
+            lost.append(entry)
+    return lost
 
 
-def _run_violations(number: int, run: Run, max_rss_mb: float) -> list[str]:
+def run_problems(number: int, run: Run, max_rss_mb: float) -> list[str]:
+    """What one run broke: its bound, a code the documentation does not give, a traceback, its memory bound."""
     found = []
     if run.timed_out:
         found.append(f"run {number} did not end within its bound ({run.seconds:.0f} s): {_tail(run.stderr)}")
@@ -196,7 +202,8 @@ def _run_violations(number: int, run: Run, max_rss_mb: float) -> list[str]:
     return found
 
 
-def _exactly_once(input_path: Path, results_path: Path, errors_path: Path) -> list[str]:
+def exactly_once(input_path: Path, results_path: Path, errors_path: Path) -> list[str]:
+    """Every non-blank input line in exactly one whole line of the results or the errors."""
     expected = {n for n, line in enumerate(input_path.read_bytes().splitlines(), 1) if line.strip()}
     seen: Counter[int] = Counter()
     found = []
@@ -216,7 +223,8 @@ def _exactly_once(input_path: Path, results_path: Path, errors_path: Path) -> li
     return found
 
 
-def _secrets(secrets: list[str], folders: list[Path], runs: list[Run]) -> list[str]:
+def secrets_found(secrets: list[str], folders: list[Path], runs: list[Run]) -> list[str]:
+    """Where any of ``secrets`` appears: a file under ``folders``, or what a run printed."""
     found = []
     texts = {f"run {i} output": (r.stdout + r.stderr).encode() for i, r in enumerate(runs, 1)}
     for folder in folders:
