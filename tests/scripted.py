@@ -78,7 +78,11 @@ Script = Callable[[Received], Answer]
 
 @dataclass
 class Sent:
-    """A 200 the server sent (whole or, when scripted so, cut short): an answer someone pays for."""
+    """A 200 the server sent (whole or, when scripted so, cut short): an answer someone pays for.
+
+    Not one framed wrong, with bytes past its Content-Length: that is no HTTP message, and aiohttp
+    refuses all of it (head included) when the extra bytes arrive with it.
+    """
 
     request_id: str
     prompt: str
@@ -153,7 +157,8 @@ def _handler(
                 head = _head(answer)
                 writer.write(head + body)
                 await writer.drain()
-                if answer.status == 200 and answer.request_id is not None:
+                framed = answer.length is None or answer.length < 0 or answer.length >= len(body)
+                if answer.status == 200 and answer.request_id is not None and framed:
                     server.sent.append(Sent(answer.request_id, received.prompt, time.monotonic()))
                     asked.request_id = answer.request_id
                 if b"Connection: close" in head:

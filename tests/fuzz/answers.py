@@ -13,9 +13,11 @@ misconfigured); every input exactly once; every 200 the server sent recorded by 
 (unless its input was asked again in that run); bounded RSS; no secret in any output or message; and
 the same command run again sends nothing more.
 
-Not generated: Content-Encodings aiohttp cannot read without extra packages (br, zstd). aiohttp
-refuses such an answer before its status and headers reach us, so it is an unreadable answer with
-no request id, asked again like a dropped connection.
+Not counted as paid: a reply with bytes past its Content-Length. It is not an HTTP message, and
+aiohttp refuses all of it, status and headers included, when the extra bytes arrive with it: no
+request id to record, so it is asked again like a dropped connection. Bodies are decoded by
+asyncbatch itself (``protocol.BodyDecoder``), so any Content-Encoding, read or refused, leaves the
+status and request id known.
 
 Secrets: ``SECRET_FORMS`` are the forms of the key planted in answers (raw today); add a form
 (JSON-escaped, URL-encoded) and the "no secret" invariant looks for it in every output too.
@@ -88,7 +90,7 @@ BODIES_ERROR = ("error", "error", "deep", "huge", "utf8", "json", "empty", "text
 DEPTHS = (1, 2, 20, 100, 126, 127, 128, 129, 200, 254, 255, 300, 1023, 1024, 1100)
 SIZES = (1_000, 64 * 1024, 300_000, 1_048_000, 1_048_577, 3_000_000)
 BOMBS = (8 << 20, 64 << 20, 256 << 20)
-ENCODINGS = ("identity", "identity", "gzip", "deflate", "raw-deflate", "lying")
+ENCODINGS = ("identity", "identity", "gzip", "deflate", "raw-deflate", "lying", "br")
 LENGTHS = ("true", "true", "true", "short", "long", "none")
 
 
@@ -169,7 +171,7 @@ def _encode(body: bytes, encoding: str) -> bytes:
     if encoding in ("deflate", "raw-deflate"):
         compressor = zlib.compressobj(1, zlib.DEFLATED, 15 if encoding == "deflate" else -15)
         return compressor.compress(body) + compressor.flush()
-    return body  # identity; "lying" says gzip and sends it plain
+    return body  # identity; "lying" says gzip and sends it plain; "br" is not one asyncbatch asks for
 
 
 def _body(reply: Reply, tools: bool) -> bytes:
