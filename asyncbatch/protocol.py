@@ -142,8 +142,16 @@ REMAINING_TOKENS, REMAINING_REQUESTS = "x-ratelimit-remaining-tokens", "x-rateli
 REQUEST_IDS = ("x-request-id", "apim-request-id")  # the service's, then API Management's
 
 
+MAX_REQUEST_ID_CHARS = 200
+
+
 def request_id(headers: Mapping[str, str]) -> str | None:
-    return next((value for name in REQUEST_IDS if (value := headers.get(name))), None)
+    """The answer's id, as text a record can hold: bytes that are not UTF-8 replaced, and bounded."""
+    value = next((value for name in REQUEST_IDS if (value := headers.get(name))), None)
+    if value is None:
+        return None
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # aiohttp keeps bad bytes escaped
+    return text if len(text) <= MAX_REQUEST_ID_CHARS else text[: MAX_REQUEST_ID_CHARS - 3] + "..."
 
 
 def seconds(value: str | None, scale: float = 1.0) -> float | None:

@@ -108,7 +108,7 @@ def _head(answer: Answer) -> bytes:
         lines.append(f"Content-Length: {len(answer.body) if answer.length is None else answer.length}")
     if close:
         lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")  # "\udce9": the byte 0xe9
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:

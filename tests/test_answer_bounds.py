@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.live.client import ERROR_BODY_BYTES, status_error
-from asyncbatch.protocol import MAX_DEPTH, BodyDecoder, TooDeep, Unreadable, nests_deeper, read_json
+from asyncbatch.protocol import MAX_DEPTH, BodyDecoder, TooDeep, Unreadable, nests_deeper, read_json, request_id
 from asyncbatch.simulator.invariants import run_cli
 from tests.helpers import read_jsonl, write_jsonl
 from tests.scripted import Answer, Received, Server, bomb, completion, deflated, gzipped, nested, serve
@@ -77,6 +77,12 @@ def test_an_error_body_is_kept_within_its_bound_whatever_it_holds() -> None:
     error = status_error(400, {"x-request-id": "r1"}, deep)
     assert (error.code, error.message, error.request_id) == ("q", "HTTP 400: quota", "r1")
     assert isinstance(error.body, str)  # too deep to keep as JSON: its first characters
+
+
+def test_a_request_id_is_text_a_record_can_hold() -> None:
+    assert request_id({"x-request-id": "r\udce9\udcff-1"}) == "r\ufffd\ufffd-1"  # bytes that are not UTF-8
+    assert request_id({"apim-request-id": '"\\\u00e9'}) == '"\\\u00e9'
+    assert len(request_id({"x-request-id": "x" * 10_000}) or "") == 200
 
 
 # -- through the CLI, against a hostile server ---------------------------------------------------------------
@@ -261,3 +267,19 @@ def test_the_decoder_refuses_what_it_cannot_read_and_streams_cut_short() -> None
     with pytest.raises(Unreadable, match="cut short"):
         decoder.finish(1 << 20)
     assert len(BodyDecoder("gzip").feed(bomb(64 << 20), 1 << 20)) == 1 << 20  # a bomb stops at the room given
+
+
+def test_an_answer_whose_request_id_is_not_utf8_is_still_a_result(tmp_path: Path, hostile: Any) -> None:
+    """aiohttp keeps a header's undecodable bytes as lone surrogates, which no JSON encoder writes."""
+    ids = iter(["r\udce9\udcff-1", 'r"\\-2', "r\u00e9\U0001f600-3"])
+
+    def script(request: Received, number: str) -> Answer:
+        return Answer(body=completion("ok"), request_id=next(ids))
+
+    with hostile(script, ["a", "b", "c"]):
+        assert main(["in.jsonl", "-q", "-c", "1"]) == 0
+    results, errors = _outputs(tmp_path)
+    assert errors == []
+    assert sorted(r["response"]["request_id"] for r in results) == sorted(
+        ["r\ufffd\ufffd-1", 'r"\\-2', "r\u00e9\U0001f600-3"]
+    )

@@ -197,10 +197,10 @@ class Connection:
         except aiohttp.ClientError as exc:
             failed = "connection failed" if head is None else f"the HTTP {head[0]} answer's body could not be read"
             raise Outage("connection_error", f"{failed}: {_describe(exc)}", request_id=_id(head)) from None
-        except Unreadable as exc:  # only an answer's: an error's body is kept as far as it could be decoded
-            assert head is not None
-            message = f"HTTP {head[0]} whose body cannot be read: {exc}"
-            raise Malformed("malformed_response", message, status=head[0], request_id=_id(head)) from None
+        except Unreadable as exc:  # only an answer's (so after its head): an error's keeps what could be decoded
+            status = head[0] if head is not None else None
+            message = f"HTTP {status} whose body cannot be read: {exc}"
+            raise Malformed("malformed_response", message, status=status, request_id=_id(head)) from None
         status, headers = head
         if is_redirect(status):
             where = f"the endpoint ({api} route)"
