@@ -247,8 +247,9 @@ class Connection:
 
 
 def _describe(exc: BaseException) -> str:
+    """An exception as text a record can hold: bounded, and any undecodable byte it quotes replaced."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
+    return _clip(text.encode("utf-8", "replace").decode("utf-8"))
 
 
 def _id(head: tuple[int, Mapping[str, str]] | None) -> str | None:
