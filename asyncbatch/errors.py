@@ -3,7 +3,7 @@
     AsyncBatchError
     ├── ConfigError        bad options or environment: fix and re-run (exit 2)
     │   └── AlreadyRunning another run is writing the same outputs (exit 2)
-    ├── FatalAPIError      the endpoint refuses every request (auth, deployment, unreachable): exit 2
+    ├── FatalAPIError      the endpoint refuses every request (auth, deployment, unreachable, a redirect): exit 2
     ├── OutputError        an output file cannot be written (permissions, disk full): exit 2
     └── AttemptError       one HTTP attempt failed; ``retryable`` says whether to try again
 
@@ -47,8 +47,8 @@ class FatalAPIError(AsyncBatchError):
     """The endpoint rejects the run as a whole.
 
     :param kind: ``authentication`` (401/403), ``not_found`` (404: deployment or URL),
-        ``unreachable`` (connection errors or timeouts on every attempt), or
-        ``rejected`` (the same 4xx on every one of the first requests).
+        ``unreachable`` (connection errors or timeouts on every attempt), ``redirect`` (a 3xx,
+        never followed), or ``rejected`` (the same 4xx on every one of the first requests).
     """
 
     def __init__(self, kind: str, message: str, *, cause: str | None = None) -> None:
@@ -74,7 +74,7 @@ class AttemptError(AsyncBatchError):
     used up), ``Outage`` (no answer, a timeout, a 5xx: retried, and the breaker counts it),
     ``Refused`` (a 4xx retrying cannot fix: recorded at once), ``InvalidOutput`` (an answer that
     breaks the schema: asked again with ``feedback``), ``Malformed`` (a 200 that is not an answer:
-    asked again). The base class is a failure of no particular kind.
+    asked again), ``Redirected`` (a 3xx: the run stops). The base class is a failure of no particular kind.
 
     :param code: a short machine-readable reason (``http_429``, ``timeout``...).
     :param status: the HTTP status, when a response arrived.
@@ -163,3 +163,8 @@ class Malformed(AttemptError):
     """A 200 whose body is not an answer of its API (a stream chunk, a broken shape): asked again."""
 
     RETRYABLE = True
+
+
+class Redirected(AttemptError):
+    """A 3xx. Never followed, since the key and headers would go with it: the endpoint is wrong, and the run
+    stops (a pool sets that deployment aside). ``message`` names the Location, without its userinfo."""

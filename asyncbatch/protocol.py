@@ -13,16 +13,25 @@ answer of its API (a stream chunk, ``choices: [null]``, a ``message`` that is a
 string, usage that is not a count, embeddings that do not match the inputs),
 and the engine turns that into a retried ``malformed_response``. The readers
 below it (``read_usage``, ``embedding_vectors``) may then assume the shape.
+
+JSON from outside is parsed by ``read_json`` alone, which refuses nesting deeper
+than ``MAX_DEPTH``: whatever it accepts, a record can hold and the writer can encode.
+A body is decoded by ``BodyDecoder`` alone, never producing more bytes than asked for
+(a compressed bomb stops at the limit). A redirect is never followed (``is_redirect``,
+``redirect_message``).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, get_args
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import orjson
 
 MAX_COUNT = 10**12  # a header or usage count beyond this is not a count: "unknown"
 MAX_HINT_CHARS = 64  # a header value longer than this is not a number or a date anyone sends
@@ -102,6 +111,39 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
+def is_redirect(status: int) -> bool:
+    """A 3xx: never followed, since the request would carry the key and every header to wherever it points."""
+    return 300 <= status < 400
+
+
+LOCATION = "location"
+MAX_LOCATION_CHARS = 300
+
+
+def redirect_target(location: str | None) -> str:
+    """A redirect's Location as a message may show it: no userinfo, printable, bounded."""
+    if not location:
+        return "no Location given"
+    try:
+        parts = urlsplit(location.strip())
+        host = parts.netloc.rpartition("@")[2]
+        shown = urlunsplit(parts._replace(netloc=host))
+    except ValueError:
+        shown = location.rpartition("@")[2]
+    shown = "".join(c if c.isprintable() else "?" for c in shown)
+    return shown if len(shown) <= MAX_LOCATION_CHARS else shown[: MAX_LOCATION_CHARS - 3] + "..."
+
+
+def redirect_message(status: int, location: str | None, where: str) -> str:
+    """Why a redirect stops the run, and what to fix: the endpoint, not the redirect."""
+    return (
+        f"{where} answered HTTP {status}, redirecting to {redirect_target(location)}. asyncbatch never follows "
+        "a redirect: the request would carry the key and every --header value to another address. Set the "
+        "endpoint to the address the service answers at (AZURE_OPENAI_ENDPOINT, OPENAI_BASE_URL, or the "
+        "deployment's endpoint); nothing was recorded for the lines that got it"
+    )
+
+
 # -- headers -----------------------------------------------------------------------------------
 
 RETRY_AFTER, RETRY_AFTER_MS = "retry-after", "retry-after-ms"
@@ -109,8 +151,16 @@ REMAINING_TOKENS, REMAINING_REQUESTS = "x-ratelimit-remaining-tokens", "x-rateli
 REQUEST_IDS = ("x-request-id", "apim-request-id")  # the service's, then API Management's
 
 
+MAX_REQUEST_ID_CHARS = 200
+
+
 def request_id(headers: Mapping[str, str]) -> str | None:
-    return next((value for name in REQUEST_IDS if (value := headers.get(name))), None)
+    """The answer's id, as text a record can hold: bytes that are not UTF-8 replaced, and bounded."""
+    value = next((value for name in REQUEST_IDS if (value := headers.get(name))), None)
+    if value is None:
+        return None
+    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # aiohttp keeps bad bytes escaped
+    return text if len(text) <= MAX_REQUEST_ID_CHARS else text[: MAX_REQUEST_ID_CHARS - 3] + "..."
 
 
 def seconds(value: str | None, scale: float = 1.0) -> float | None:
@@ -147,6 +197,131 @@ def int_header(headers: Mapping[str, str], name: str) -> int | None:
         return None
     number = int(value)
     return number if number <= MAX_COUNT else None
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+CONTENT_ENCODING = "content-encoding"
+ACCEPT_ENCODING = "gzip, deflate"  # sent with every request: what ``BodyDecoder`` reads
+
+
+class Unreadable(ValueError):
+    """A body that cannot be decoded: an encoding not asked for, broken compressed data, or a stream cut short."""
+
+
+class BodyDecoder:
+    """A body's bytes as they stream in, decoded (gzip, deflate, identity), never more at once than asked for.
+
+    Decoded here rather than by aiohttp: aiohttp decodes inside its HTTP parser, where a broken or
+    unknown encoding fails before the status and headers reach the caller, so a paid answer could
+    not even be named by its request id. zlib's ``max_length`` bounds every call, whatever the ratio.
+    """
+
+    def __init__(self, encoding: str | None) -> None:
+        self.encoding = (encoding or "identity").strip().lower()
+        if self.encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise Unreadable(f"Content-Encoding {_short(encoding)}, which was not asked for (only {ACCEPT_ENCODING})")
+        self._zlib: Any = None
+        self._tail = b""  # compressed bytes read and not decoded yet
+
+    def feed(self, chunk: bytes, room: int) -> bytes:
+        """Up to ``room`` decoded bytes from what came so far; what is left waits for the next call.
+
+        :raises Unreadable: the compressed data is broken.
+        """
+        data, self._tail = self._tail + chunk, b""
+        if self.encoding == "identity":
+            self._tail = data[max(room, 0) :]
+            return data[: max(room, 0)]
+        out = bytearray()
+        try:
+            while data and len(out) < room:
+                if self._zlib is None or self._zlib.eof:  # the first member, or the next of concatenated gzip members
+                    self._zlib = zlib.decompressobj(self._wbits(data))
+                out += self._zlib.decompress(data, room - len(out))
+                data = self._zlib.unconsumed_tail or self._zlib.unused_data
+        except zlib.error as exc:
+            raise Unreadable(f"the {self.encoding} data is broken ({exc})") from None
+        self._tail = data
+        return bytes(out)
+
+    def finish(self, room: int) -> bytes:
+        """What is left, up to ``room`` bytes, at the end of the body.
+
+        :raises Unreadable: the compressed stream stopped before its end (the body was cut short).
+        """
+        out = self.feed(b"", room)
+        if self.encoding != "identity" and len(out) < room and (self._zlib is None or not self._zlib.eof):
+            raise Unreadable(f"the {self.encoding} stream was cut short")
+        return out
+
+    def _wbits(self, data: bytes) -> int:
+        if self.encoding != "deflate":
+            return 16 + zlib.MAX_WBITS
+        # "deflate" should be zlib-wrapped (RFC 9110), but many servers send raw deflate: told by the first byte
+        return zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
+
+
+# -- JSON from outside -------------------------------------------------------------------------
+
+# How deep JSON from a server may nest. A record holds a body 3 levels down (record, response, body)
+# and orjson writes at most 254 levels, so anything accepted here can always be written.
+MAX_DEPTH = 128
+_KEEP = b'"[]{}'
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in _KEEP)
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than ``MAX_DEPTH``. ``value`` is orjson's parse: read scalars from it, never keep it."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
+        self.value = value
+
+
+def read_json(raw: bytes | str) -> Any:
+    """JSON from outside, parsed once; nesting deeper than ``MAX_DEPTH`` is refused.
+
+    :raises orjson.JSONDecodeError: not JSON (invalid UTF-8, cut short, nested past orjson's own 1024).
+    :raises TooDeep: valid JSON nested deeper than ``MAX_DEPTH``.
+    """
+    value = orjson.loads(raw)
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if nests_deeper(data, MAX_DEPTH):
+        raise TooDeep(value)
+    return value
+
+
+def nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether valid JSON text ``data`` nests arrays and objects more than ``limit`` deep (strings do not count).
+
+    All at C speed, with no recursion: escapes are cut out, then everything but quotes and brackets
+    (one pass over a large body), then the strings; fewer brackets than ``limit`` stop there. Otherwise
+    each pass removes every empty pair: the passes needed to empty it are the depth.
+    """
+    if len(data) < 1 << 16 and data.count(b"[") + data.count(b"{") <= limit:  # most answers: two quick counts
+        return False
+    if b"\\" in data:  # escapes first: an escaped quote or backslash must not end a string
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = data.translate(None, _NOT_STRUCTURE)
+    if len(skeleton) - skeleton.count(b'"') <= limit:
+        return False
+    skeleton = b"".join(skeleton.split(b'"')[::2]).translate(_SQUARE)
+    for _ in range(limit + 1):
+        if not skeleton:
+            return False
+        skeleton = skeleton.replace(b"[]", b"")
+    return True
+
+
+def clean_usage(body: Any) -> dict[str, int] | None:
+    """The token counts of a body that is not kept (too deep to write): only counts, nothing else of it."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = {key: usage[key] for key in USAGE_COUNTS if _is_count(usage.get(key))}
+    return counts or None
 
 
 # -- answers -----------------------------------------------------------------------------------

@@ -180,11 +180,13 @@ def test_answers_of_50_mb_are_not_read_and_memory_stays_bounded(tmp_path: Path) 
 
 
 def test_the_checker_catches_what_it_is_for(tmp_path: Path) -> None:
-    """The invariants can fail: a doubled line, a lost line, a torn line, a planted secret, a traceback."""
+    """The invariants can fail: a doubled line, a lost line, a torn line, a planted secret, a traceback, a paid
+    answer in no output."""
     (tmp_path / "in.jsonl").write_text('{"a": 1}\n{"a": 2}\n{"a": 3}\n')
     (tmp_path / "r.jsonl").write_text(json.dumps({"line": 1}) + "\n" + json.dumps({"line": 1}) + '\n{"li')
     (tmp_path / "e.jsonl").write_text(json.dumps({"line": 2, "note": KEY}) + "\n")
     from asyncbatch.simulator.invariants import Run
+    from asyncbatch.simulator.server import Asked
 
     runs = [Run(code=2, seconds=1, peak_rss_mb=900, stdout="", stderr="Traceback (most recent call last)")]
     found = violations(
@@ -194,9 +196,30 @@ def test_the_checker_catches_what_it_is_for(tmp_path: Path) -> None:
         errors_path=tmp_path / "e.jsonl",
         secrets=[KEY],
         max_rss_mb=400,
+        journal=[Asked(1.0, "p1", "req-lost")],
     )
     for words in ("exit 2", "Traceback", "900 MB", "not a whole record", "nowhere", "more than once", "secret"):
         assert any(words in f for f in found), words
+    assert any("req-lost" in f and "in no output" in f for f in found)
+
+
+def test_a_paid_answer_is_excused_only_when_asked_again_in_its_run_or_killed(tmp_path: Path) -> None:
+    from asyncbatch.simulator.invariants import Run, paid_answers_lost
+    from asyncbatch.simulator.server import Asked
+
+    first = Run(code=None, seconds=1, peak_rss_mb=1, stdout="", stderr="", killed=True, started=0, ended=10)
+    second = Run(code=1, seconds=1, peak_rss_mb=1, stdout="", stderr="", started=20, ended=30)
+    journal = [
+        Asked(5, "a", "in-a-killed-run"),  # lost to kill -9: the resume pays again, by design
+        Asked(21, "b", "asked-again"),  # malformed or invalid: the same input asked again in this run
+        Asked(22, "b"),
+        Asked(23, "c", "recorded"),
+        Asked(24, "d", "lost"),  # the only one that breaks the promise ...
+        Asked(25, "e", "lost-then-asked-in-a-later-run"),  # ... and this one: a resume paid it again
+    ]
+    resumed = Run(code=0, seconds=1, peak_rss_mb=1, stdout="", stderr="", started=40, ended=50)
+    found = paid_answers_lost([*journal, Asked(41, "e")], [first, second, resumed], {"recorded"})
+    assert len(found) == 1 and "2 answers" in found[0] and "lost" in found[0] and "asked-again" not in found[0]
 
 
 # -- the property: random schedules of server behaviour and kill points --------------------------

@@ -48,13 +48,20 @@ from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_l
 from ..input.requests import Job, prepare
 from ..live.client import sdk_client
 from ..protocol import (
+    LOCATION,
+    MAX_DEPTH,
     RETRYABLE_BATCH_CODES,
     Api,
+    TooDeep,
     answer_problem,
     batch_error_codes,
     batch_url,
     batchable,
+    clean_usage,
+    is_redirect,
     is_retryable_status,
+    read_json,
+    redirect_message,
     under_v1,
 )
 from ..records import failure_record, result_record
@@ -344,7 +351,12 @@ class BatchRunner:
         merge = Merge()
         for job in self._jobs(part):
             raw = answers.pop(job.line_no, None)
-            self._settle(job, _answer_line(raw), batch, merge)
+            try:
+                answer = _answer_line(raw)
+            except TooDeep as deep:  # answered and paid for, but too deep to keep: recorded with its usage
+                self._record_failure(job, _too_deep(deep.value), merge)
+                continue
+            self._settle(job, answer, batch, merge)
         return merge
 
     async def _download(self, file_id: str, part: Part) -> dict[int, bytes]:
@@ -388,7 +400,6 @@ class BatchRunner:
             line_no=job.line_no,
             request_id=response.get("request_id"),
             raw_body=orjson.dumps(body),
-            body=body,
             output=output,
             attempts=1,
             latency_ms=0.0,
@@ -433,6 +444,10 @@ class BatchRunner:
                 with attempt:
                     return await method(*args, **kwargs)
         except openai.APIStatusError as exc:
+            if is_redirect(exc.status_code):  # not followed (see ``sdk_client``): the endpoint is wrong
+                where = "the Batch API endpoint"
+                message = redirect_message(exc.status_code, exc.response.headers.get(LOCATION), where)
+                raise FatalAPIError("redirect", message) from None
             kind = {401: "authentication", 403: "authentication", 404: "not_found"}.get(exc.status_code, "rejected")
             raise FatalAPIError(kind, f"the Batch API refused: HTTP {exc.status_code}: {exc.message}") from None
         except openai.APIConnectionError as exc:
@@ -441,9 +456,28 @@ class BatchRunner:
 
 
 def _answer_line(raw: bytes | None) -> dict[str, Any] | None:
-    """One line of a job's output or error file; a line that is not a JSON object counts as no answer."""
+    """One line of a job's output or error file; a line that is not a JSON object counts as no answer.
+
+    :raises TooDeep: a line nested deeper than a record can hold.
+    """
     try:
-        answer = orjson.loads(raw) if raw is not None else None
+        answer = read_json(raw) if raw is not None else None
     except orjson.JSONDecodeError:
         return None
     return answer if isinstance(answer, dict) else None
+
+
+def _too_deep(line: Any) -> AttemptError:
+    """A job's answer line nested too deep to write: its status, request id and usage, and not asked again."""
+    given = line.get("response") if isinstance(line, dict) else None
+    response: dict[str, Any] = given if isinstance(given, dict) else {}
+    status, request_id = response.get("status_code"), response.get("request_id")
+    usage = clean_usage(response.get("body"))
+    return Refused(
+        "response_too_deep",
+        f"Batch API: the answer nests JSON deeper than {MAX_DEPTH} levels, too deep to keep as a record; only its "
+        "usage is kept. HINT: run again with --retry-failed to ask again",
+        status=status if type(status) is int else None,
+        body={"usage": usage} if usage else None,
+        request_id=request_id if isinstance(request_id, str) else None,
+    )

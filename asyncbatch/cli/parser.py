@@ -264,8 +264,8 @@ def _rate_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=_default(RetryPolicy, "max_response_mb"),
         metavar="MB",
-        help="the largest answer read, in MiB; a larger one is not read and its line fails as response_too_large, "
-        "so memory stays bounded whatever the server sends (default %(default)s)",
+        help="the largest answer read, in MiB once decoded (gzip too); a larger one is read no further and its "
+        "line fails as response_too_large, so memory stays bounded whatever the server sends (default %(default)s)",
     )
 
 

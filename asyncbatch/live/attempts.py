@@ -37,9 +37,9 @@ from ..admission.calibration import Ticket
 from ..clock import Sleep
 from ..config import RequestDefaults, RetryPolicy
 from ..cost import Budget, Prices
-from ..errors import AttemptError, FatalAPIError, InvalidOutput, StopRun
+from ..errors import AttemptError, FatalAPIError, InvalidOutput, Redirected, StopRun
 from ..input.requests import Job, with_feedback
-from ..protocol import FATAL_STATUSES, THROTTLED, Api
+from ..protocol import FATAL_STATUSES, THROTTLED, Api, TooDeep, read_json
 from ..records import failure_record, result_record
 from ..stats import RunStats
 from ..store.cache import Entry, ResponseCache, cache_key
@@ -220,9 +220,9 @@ class Attempts:
         if entry is None:
             return None
         try:
-            body = orjson.loads(entry.body)
+            body = read_json(entry.body)
             output = self.check.extract_for(job.api, body, job.body)
-        except (orjson.JSONDecodeError, AttemptError, KeyError, TypeError, IndexError):
+        except (orjson.JSONDecodeError, TooDeep, AttemptError, KeyError, TypeError, IndexError):
             return None  # not an answer, or not one the schema takes now: asked again
         if not shared and self.cache is not None:
             self.cache.hit(key)
@@ -233,7 +233,6 @@ class Attempts:
             line_no=job.line_no,
             request_id=entry.request_id,
             raw_body=entry.body,
-            body=body,
             output=output,
             attempts=0,
             latency_ms=0.0,
@@ -273,7 +272,6 @@ class Attempts:
             line_no=job.line_no,
             request_id=reply.request_id,
             raw_body=reply.raw,
-            body=reply.body,
             output=output,
             attempts=tally.attempts,
             latency_ms=latency_ms,
@@ -393,6 +391,9 @@ class Attempts:
 
     async def _on_failure(self, route: Route, exc: AttemptError, ticket: Ticket, tally: _Tally) -> AttemptError:
         """How the engine reacts to a failed attempt: the same failure, held, retried elsewhere or at once."""
+        if isinstance(exc, Redirected):  # the endpoint is wrong, whatever came before: never followed
+            self._refused(route, FatalAPIError("redirect", exc.message))
+            return _again(exc)
         tokens = route.connection.tokens
         if exc.status == 401 and route.any_success and tokens:
             if await tokens.refresh_after_401(exc.token):

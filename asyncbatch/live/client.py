@@ -21,16 +21,27 @@ import aiohttp
 import orjson
 
 from ..config import Endpoint, RetryPolicy
-from ..errors import AttemptError, Malformed, Outage, RateLimited, Refused
+from ..errors import AttemptError, Malformed, Outage, RateLimited, Redirected, Refused
 from ..protocol import (
+    ACCEPT_ENCODING,
     ANSWERS,
     APIS,
+    CONTENT_ENCODING,
+    LOCATION,
+    MAX_DEPTH,
     THROTTLED,
     Api,
+    BodyDecoder,
+    TooDeep,
+    Unreadable,
     answer_problem,
     api_path,
+    clean_usage,
+    is_redirect,
     is_retryable_status,
     parse_retry_after,
+    read_json,
+    redirect_message,
     request_id,
 )
 from ..redact import Redactor
@@ -55,36 +66,33 @@ class Reply:
 
 
 def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
-    """The SDK client that defines URL, auth and headers; its own retries are off."""
-    # Imported here: the SDK takes over a second to import, and --help or --dry-run never need it.
-    from openai import AsyncAzureOpenAI, AsyncOpenAI
+    """The SDK client that defines URL, auth and headers; its own retries are off, and so are redirects.
 
+    The SDK's default HTTP client follows redirects (``follow_redirects=True`` in openai's
+    ``_base_client``), carrying the key and every header along: ours never does (a 3xx is an error).
+    """
+    # Imported here: the SDK takes over a second to import, and --help or --dry-run never need it.
+    from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAsyncHttpxClient
+
+    common: dict[str, Any] = {
+        "default_headers": dict(endpoint.headers),
+        "max_retries": 0,
+        "http_client": DefaultAsyncHttpxClient(follow_redirects=False),
+    }
     if endpoint.is_azure_v1:  # the v1 API: OpenAI's routes under /openai/v1, no api-version, model in the body
-        return AsyncOpenAI(
-            base_url=f"{endpoint.base_url}/openai/v1/",
-            api_key=endpoint.api_key,
-            default_headers=dict(endpoint.headers),
-            max_retries=0,
-        )
+        return AsyncOpenAI(base_url=f"{endpoint.base_url}/openai/v1/", api_key=endpoint.api_key, **common)
     if endpoint.kind == "azure" and endpoint.token_provider is not None:
         return AsyncAzureOpenAI(  # the token itself is set per request, as the SDK does (Connection.send)
             azure_endpoint=endpoint.base_url,
             azure_ad_token_provider=endpoint.token_provider,
             api_version=endpoint.api_version,
-            default_headers=dict(endpoint.headers),
-            max_retries=0,
+            **common,
         )
     if endpoint.kind == "azure":
         return AsyncAzureOpenAI(
-            azure_endpoint=endpoint.base_url,
-            api_key=endpoint.api_key,
-            api_version=endpoint.api_version,
-            default_headers=dict(endpoint.headers),
-            max_retries=0,
+            azure_endpoint=endpoint.base_url, api_key=endpoint.api_key, api_version=endpoint.api_version, **common
         )
-    return AsyncOpenAI(
-        base_url=endpoint.base_url, api_key=endpoint.api_key, default_headers=dict(endpoint.headers), max_retries=0
-    )
+    return AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, **common)
 
 
 def request_target(sdk: AsyncOpenAI, endpoint: Endpoint, api: Api = "chat") -> tuple[str, dict[str, str]]:
@@ -124,10 +132,11 @@ class Connection:
         self.redactor = redactor or Redactor()
         self.timeout, self.max_response_bytes = timeout, max_response_bytes
         self.answered = False
+        self.headers = {**headers, "Accept-Encoding": ACCEPT_ENCODING}  # what ``protocol.BodyDecoder`` reads
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(timeout, 10.0)),
-            auto_decompress=True,
+            auto_decompress=False,  # decoded by ``_body``, where the status and headers are known and sizes bounded
         )
 
     def where(self, api: Api = "chat") -> str:
@@ -164,22 +173,38 @@ class Connection:
     async def send(self, payload: bytes, api: Api = "chat", request: Mapping[str, Any] | None = None) -> Reply:
         """One attempt with a hard deadline. Raises AttemptError, never an aiohttp exception.
 
+        A redirect is not followed (``Redirected``). Once the status and headers are in, a failure
+        still names the answer's request id: the server may count it as answered.
+
         :param request: the body sent, which the answer is checked against (``protocol.answer_problem``).
         """
+        head: tuple[int, Mapping[str, str]] | None = None
         try:
             async with asyncio.timeout(self.timeout):
                 sent, token = self.headers, None
                 if self.tokens is not None:
                     token = await self.tokens.get()
                     sent = {**sent, "Authorization": f"Bearer {token}"}
-                async with self.session.post(self.urls[api], data=payload, headers=sent) as response:
+                async with self.session.post(
+                    self.urls[api], data=payload, headers=sent, allow_redirects=False
+                ) as response:
                     self.answered = True
-                    status, headers = response.status, response.headers
-                    raw = await self._body(response)
+                    head = response.status, response.headers
+                    raw = b"" if is_redirect(response.status) else await self._body(response)
         except TimeoutError:
-            raise Outage("timeout", f"no response within {self.timeout:g} s") from None
+            waited = f"no response within {self.timeout:g} s" if head is None else "the body did not arrive in time"
+            raise Outage("timeout", f"{waited} (--timeout {self.timeout:g})", request_id=_id(head)) from None
         except aiohttp.ClientError as exc:
-            raise Outage("connection_error", f"connection failed: {_describe(exc)}") from None
+            failed = "connection failed" if head is None else f"the HTTP {head[0]} answer's body could not be read"
+            raise Outage("connection_error", f"{failed}: {_describe(exc)}", request_id=_id(head)) from None
+        except Unreadable as exc:  # only an answer's (so after its head): an error's keeps what could be decoded
+            status = head[0] if head is not None else None
+            message = f"HTTP {status} whose body cannot be read: {exc}"
+            raise Malformed("malformed_response", message, status=status, request_id=_id(head)) from None
+        status, headers = head
+        if is_redirect(status):
+            where = f"the endpoint ({api} route)"
+            raise Redirected("redirect", redirect_message(status, headers.get(LOCATION), where), status=status)
         if status >= 400:  # read only so far: a secret cut at the end is masked too
             error = status_error(status, headers, self.redactor.cut_short(raw or b""))
             raise error if token is None else error.but(token=token)
@@ -190,20 +215,31 @@ class Connection:
         return decode_reply(status, headers, raw, api, request, self.redactor)
 
     async def _body(self, response: aiohttp.ClientResponse) -> bytes | None:
-        """The body, read at most to its limit (an error's: ``ERROR_BODY_BYTES``, cut); None if an answer is larger."""
-        limit = ERROR_BODY_BYTES if response.status >= 400 else self.max_response_bytes
-        length = response.content_length
-        if length is not None and length <= limit:
-            return await response.read()
-        if length is not None and response.status < 400:
-            response.close()  # not read at all: the connection is dropped instead
-            return None
+        """The body, decoded (``protocol.BodyDecoder``) and counted while it streams, never past its limit.
+
+        An error's is cut at ``ERROR_BODY_BYTES`` (and what could be decoded of it is kept); an answer
+        past ``--max-response-mb`` is None, and the connection is dropped. A Content-Length bounds
+        nothing: it may lie, and it counts encoded bytes.
+
+        :raises Unreadable: an answer (not an error) whose body cannot be decoded.
+        """
+        error = response.status >= 400
+        limit = ERROR_BODY_BYTES if error else self.max_response_bytes
         body = bytearray()
-        async for chunk in response.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > limit:
-                response.close()
-                return bytes(body[:limit]) if response.status >= 400 else None
+        try:
+            decoder = BodyDecoder(response.headers.get(CONTENT_ENCODING))
+            async for chunk in response.content.iter_chunked(1 << 16):
+                body += decoder.feed(chunk, limit + 1 - len(body))
+                if len(body) > limit:
+                    break
+            else:
+                body += decoder.finish(limit + 1 - len(body))
+        except Unreadable:
+            if not error:
+                raise
+        if len(body) > limit:
+            response.close()
+            return bytes(body[:limit]) if error else None
         return bytes(body)
 
     async def close(self) -> None:
@@ -211,7 +247,13 @@ class Connection:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """An exception as text a record can hold: bounded, and any undecodable byte it quotes replaced."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return _clip(text.encode("utf-8", "replace").decode("utf-8"))
+
+
+def _id(head: tuple[int, Mapping[str, str]] | None) -> str | None:
+    return request_id(head[1]) if head is not None else None
 
 
 def decode_reply(
@@ -223,11 +265,14 @@ def decode_reply(
     redactor: Redactor | None = None,
 ) -> Reply:
     """A 200 body -> Reply; any body that is not an answer of ``api`` to ``request`` is a retryable
-    ``malformed_response`` carrying the answer's request id (see ``protocol.answer_problem``)."""
+    ``malformed_response`` carrying the answer's request id (see ``protocol.answer_problem``); an
+    answer nested too deep to write is ``response_too_deep``, recorded with its usage and not asked again."""
     try:
-        body = orjson.loads(raw)
+        body = read_json(raw)
     except orjson.JSONDecodeError:
         body = _NOT_JSON
+    except TooDeep as deep:
+        raise too_deep(status, headers, deep.value) from None
     problem = "the body is not JSON" if body is _NOT_JSON else answer_problem(api, body, request or {})
     if problem is not None:
         raise Malformed(
@@ -240,31 +285,45 @@ def decode_reply(
 
 
 _NOT_JSON = object()
+MESSAGE_CHARS = 2000  # a server's error message is kept this far: enough to act on, never a flood
 
 
 def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptError:
     """An answer past the size limit: not read, and not asked again (it would be as large)."""
-    size = headers.get("content-length")
     return Refused(
         "response_too_large",
-        f"the answer is larger than --max-response-mb ({limit / MiB:g} MB)"
-        + (f": {int(size):,} bytes" if size and size.isdigit() else "")
+        f"the answer is larger than --max-response-mb ({limit / MiB:g} MB) once decoded"
         + "; HINT: raise --max-response-mb, or ask for less per line (fewer embeddings inputs, a lower max_tokens)",
         status=status,
         request_id=request_id(headers),
     )
 
 
+def too_deep(status: int, headers: Mapping[str, str], value: Any) -> AttemptError:
+    """An answer nested past ``MAX_DEPTH``: paid for, so recorded (its usage, not its body), and not asked again."""
+    usage = clean_usage(value)
+    return Refused(
+        "response_too_deep",
+        f"the answer nests JSON deeper than {MAX_DEPTH} levels, too deep to keep as a record; only its usage is "
+        "kept. HINT: run again with --retry-failed to ask again",
+        status=status,
+        body={"usage": usage} if usage else None,
+        request_id=request_id(headers),
+    )
+
+
 def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> AttemptError:
-    """An HTTP error response (its body already redacted) -> AttemptError with the server's code and message."""
-    try:
-        body: Any = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        body = raw[:2000].decode("utf-8", "replace")
-    err = body.get("error") if isinstance(body, dict) else None
+    """An HTTP error response (its body already redacted, and cut) -> AttemptError with the server's code and message.
+
+    What is kept of the body is bounded: its JSON if that encodes within ``ERROR_BODY_BYTES``, else its first
+    characters; the message is cut at ``MESSAGE_CHARS``.
+    """
+    read, body = _error_body(raw)
+    err = read.get("error") if isinstance(read, dict) else None
     err = err if isinstance(err, dict) else {}
-    message = str(err.get("message") or f"HTTP {status}")
-    code = str(err.get("code") or f"http_{status}")
+    given, named = err.get("message"), err.get("code")
+    message = _clip(given if isinstance(given, str) and given else f"HTTP {status}")
+    code = _clip(str(named), 100) if isinstance(named, str | int) and str(named) else f"http_{status}"
     if hint := HINTS.get(code):
         message = f"{message} {hint}"
     kind = RateLimited if status == THROTTLED else Outage if is_retryable_status(status) else Refused
@@ -276,3 +335,27 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
         retry_after=parse_retry_after(headers) if kind.RETRYABLE else None,
         request_id=request_id(headers),
     )
+
+
+def _error_body(raw: bytes) -> tuple[Any, Any]:
+    """(what the message and code are read from, what the record keeps) of an error body.
+
+    The record keeps the JSON if it is nested and sized within bounds, else the body's first characters.
+    """
+    try:
+        value = read_json(raw)
+    except orjson.JSONDecodeError:
+        return None, _excerpt(raw)
+    except TooDeep as deep:
+        return deep.value, _excerpt(raw)
+    if len(orjson.dumps(value)) > ERROR_BODY_BYTES:  # numbers may grow when written again (1E9 -> 1000000000.0)
+        return value, _excerpt(raw)
+    return value, value
+
+
+def _excerpt(raw: bytes) -> str:
+    return raw[:MESSAGE_CHARS].decode("utf-8", "replace")
+
+
+def _clip(text: str, limit: int = MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -3,6 +3,8 @@
 A run of the CLI (with its resumes) against any server behaviour must:
 
 * record every input line in exactly one whole line of the results or the errors;
+* record every answer the server counted as a success (by its request id), unless the client asked
+  for that input again in the same run (a malformed or invalid answer), or that run was killed;
 * end (exit 0 or 1), or stop resumably (exit 75), within a bound set by the caller from
   the server's behaviour: a run past it has stalled, whether idle or not;
 * never print a traceback or an internal error, nor exit with a code the documentation does not give;
@@ -28,14 +30,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .chaos import HOSTILE
-from .server import serve_in_thread
+from .server import Asked, serve_in_thread
 from .settings import SimConfig
 
 DOCUMENTED_EXITS = {0, 1, 2, 75, 130}
@@ -53,6 +55,8 @@ class Run:
     stderr: str
     killed: bool = False
     timed_out: bool = False
+    started: float = 0.0  # time.monotonic() when it began and ended: which answers it was given
+    ended: float = float("inf")
 
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str], *, bound: float, kill_after: float | None = None) -> Run:
@@ -89,14 +93,17 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], *, bound: float, ki
         assert pipe is not None
         pipe.close()
     killed = bool(why) and proc.returncode == -signal.SIGKILL
+    ended = time.monotonic()
     return Run(
         code=None if killed else proc.returncode,
-        seconds=time.monotonic() - started,
+        seconds=ended - started,
         peak_rss_mb=usage.ru_maxrss / 1024,
         stdout=out.get("stdout", b"").decode(errors="replace"),
         stderr=out.get("stderr", b"").decode(errors="replace"),
         killed=killed and why[0] == "kill",
         timed_out=killed and why[0] == "bound",
+        started=started,
+        ended=ended,
     )
 
 
@@ -119,20 +126,69 @@ def violations(
     secrets: list[str],
     max_rss_mb: float,
     allow_fatal: bool = False,
+    journal: Sequence[Asked] = (),
 ) -> list[str]:
-    """Every invariant the runs broke, said in a line each; [] when all hold."""
+    """Every invariant the runs broke, said in a line each; [] when all hold.
+
+    :param journal: what the servers were asked and which successes they gave (``SimConfig.journal``).
+    """
     found: list[str] = []
     for number, run in enumerate(runs, 1):
-        found += _run_violations(number, run, max_rss_mb)
+        found += run_problems(number, run, max_rss_mb)
     last = runs[-1]
     if not last.killed and not last.timed_out and last.code not in ((0, 1, 2) if allow_fatal else (0, 1)):
         found.append(f"the last run ended with exit {last.code}, not 0 or 1: {_tail(last.stderr)}")
-    found += _exactly_once(input_path, results_path, errors_path)
-    found += _secrets(secrets, [results_path.parent], runs)
+    found += exactly_once(input_path, results_path, errors_path)
+    found += paid_answers_lost(journal, runs, recorded_ids(results_path, errors_path))
+    found += secrets_found(secrets, [results_path.parent], runs)
     return found
 
 
-def _run_violations(number: int, run: Run, max_rss_mb: float) -> list[str]:
+def recorded_ids(*paths: Path) -> set[str]:
+    """The request ids of every answer in the outputs (results and errors alike)."""
+    found = set()
+    for path in paths:
+        for raw in path.read_bytes().splitlines() if path.exists() else []:
+            try:
+                response = json.loads(raw).get("response")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(response, dict) and isinstance(response.get("request_id"), str):
+                found.add(response["request_id"])
+    return found
+
+
+def paid_answers_lost(journal: Sequence[Asked], runs: list[Run], recorded: set[str]) -> list[str]:
+    """Every success the server gave that is in no output, though its run went on and never asked again."""
+    lost = [f"{entry.request_id} ({entry.key[:40]!r})" for entry in lost_answers(journal, runs, recorded)]
+    if not lost:
+        return []
+    return [f"{len(lost)} answers the server gave as successes are in no output (e.g. {', '.join(lost[:3])})"]
+
+
+def lost_answers(journal: Sequence[Asked], runs: list[Run], recorded: set[str]) -> list[Asked]:
+    """The successes the server gave that no output holds, when nothing excuses it.
+
+    A run killed with -9 may lose what was on its way (the resume pays for it again); a run that asked
+    for the same input again after an answer (malformed, or breaking the schema) replaced it.
+    """
+    asked_at: dict[str, list[float]] = {}
+    for entry in journal:
+        asked_at.setdefault(entry.key, []).append(entry.at)
+    lost = []
+    for entry in journal:
+        if entry.request_id is None or entry.request_id in recorded:
+            continue
+        run = next((r for r in runs if r.started <= entry.at <= r.ended), None)
+        if run is None or run.killed:
+            continue
+        if not any(entry.at < later <= run.ended for later in asked_at[entry.key]):
+            lost.append(entry)
+    return lost
+
+
+def run_problems(number: int, run: Run, max_rss_mb: float) -> list[str]:
+    """What one run broke: its bound, a code the documentation does not give, a traceback, its memory bound."""
     found = []
     if run.timed_out:
         found.append(f"run {number} did not end within its bound ({run.seconds:.0f} s): {_tail(run.stderr)}")
@@ -146,7 +202,8 @@ def _run_violations(number: int, run: Run, max_rss_mb: float) -> list[str]:
     return found
 
 
-def _exactly_once(input_path: Path, results_path: Path, errors_path: Path) -> list[str]:
+def exactly_once(input_path: Path, results_path: Path, errors_path: Path) -> list[str]:
+    """Every non-blank input line in exactly one whole line of the results or the errors."""
     expected = {n for n, line in enumerate(input_path.read_bytes().splitlines(), 1) if line.strip()}
     seen: Counter[int] = Counter()
     found = []
@@ -166,7 +223,8 @@ def _exactly_once(input_path: Path, results_path: Path, errors_path: Path) -> li
     return found
 
 
-def _secrets(secrets: list[str], folders: list[Path], runs: list[Run]) -> list[str]:
+def secrets_found(secrets: list[str], folders: list[Path], runs: list[Run]) -> list[str]:
+    """Where any of ``secrets`` appears: a file under ``folders``, or what a run printed."""
     found = []
     texts = {f"run {i} output": (r.stdout + r.stderr).encode() for i, r in enumerate(runs, 1)}
     for folder in folders:
@@ -208,6 +266,7 @@ class Schedule:
             outages.append((self.dies_after, 1e9))
         return SimConfig(
             api_key=KEY,
+            journal=True,
             seed=self.seed * 7 + index,
             fault_rates=dict(self.faults),
             hang_seconds=3.0,
@@ -300,7 +359,8 @@ def play(schedule: Schedule, work: Path, *, max_rss_mb: float = 400.0) -> tuple[
     input_path.write_text("".join(json.dumps(line) + "\n" for line in input_lines(schedule)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_"))}
     with ExitStack() as stack:
-        urls = [stack.enter_context(serve_in_thread(schedule.sim(i)))[0] for i in range(2 if schedule.pool else 1)]
+        servers = [stack.enter_context(serve_in_thread(schedule.sim(i))) for i in range(2 if schedule.pool else 1)]
+        urls = [url for url, _ in servers]
         args = ["in.jsonl", *ARGS, *schedule.args]
         if schedule.pool:
             (work / "pool.toml").write_text(
@@ -326,5 +386,6 @@ def play(schedule: Schedule, work: Path, *, max_rss_mb: float = 400.0) -> tuple[
         errors_path=work / "in.results.errors.jsonl",
         secrets=[KEY],
         max_rss_mb=max_rss_mb,
+        journal=[entry for _, simulator in servers for entry in simulator.journal],
     )
     return found, runs

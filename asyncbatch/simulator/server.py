@@ -21,9 +21,11 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -43,6 +45,26 @@ from .tokens import token_problem
 RESPONSES_FROM = "2025-04-01-preview"
 
 
+@dataclass
+class Asked:
+    """One request, as the journal keeps it: when it came, for which input (its first user text), and the
+    request id of the success it was given, if the answer went out to a client still listening."""
+
+    at: float  # time.monotonic()
+    key: str
+    request_id: str | None = None
+
+
+def line_key(body: dict[str, Any]) -> str:
+    """What names the input a request is for, the same on a re-ask (which appends to the conversation)."""
+    given = body.get("input")
+    if isinstance(given, str) or (isinstance(given, list) and all(isinstance(i, str) for i in given)):
+        return prompt_text(body)
+    items = body.get("messages") or given or []
+    first = next((m for m in items if isinstance(m, dict) and m.get("role", "user") == "user"), {})
+    return prompt_text({"messages": [first]})
+
+
 class Simulator(Books):
     def __init__(self, config: SimConfig) -> None:
         super().__init__()
@@ -57,6 +79,8 @@ class Simulator(Books):
         self.down_until = 0.0  # time.monotonic() until which the endpoint is down
         self.tokens_seen: dict[str, float] = {}  # bearer tokens accepted (entra_only) -> first use
         self.batches = BatchService(self, config)
+        self.journal: list[Asked] = []  # with ``config.journal``: every request, and the successes given
+        self.tag = uuid.uuid4().hex[:6]  # request ids are unique across simulators (a pool's)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -137,6 +161,9 @@ class Simulator(Books):
         if api != "completions" and not body.get("input"):
             return self.error(400, "invalid_request_error", "'input' is a required property.")
         self.bodies.append(body)
+        asked = Asked(time.monotonic(), line_key(body))
+        if self.config.journal:
+            self.journal.append(asked)
         cost = charge(body, self.config.charging)
         verdict = self.quota.admit(cost)
         limit_headers = {}
@@ -153,7 +180,7 @@ class Simulator(Books):
         try:
             if self.config.latency:
                 await asyncio.sleep(self.config.latency)
-            return await self._answer(request, body, text, fault, limit_headers, api)
+            return await self._answer(request, body, text, fault, limit_headers, api, asked)
         finally:
             self.active -= 1
 
@@ -184,7 +211,14 @@ class Simulator(Books):
         return "ok"
 
     async def _answer(
-        self, request: web.Request, body: dict[str, Any], text: str, fault: str, headers: dict[str, str], api: str
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        text: str,
+        fault: str,
+        headers: dict[str, str],
+        api: str,
+        asked: Asked,
     ) -> web.StreamResponse:
         if fault in ("400", "401", "403", "404", "500", "503"):
             retry = self.config.retry_after_503 if fault == "503" else None
@@ -225,7 +259,9 @@ class Simulator(Books):
             answer = completion(body, number=self.requests, fault=fault)
         self.statuses["200"] += 1
         self.answered[text] += 1
-        headers = {**headers, "x-request-id": f"req-sim-{self.requests}"}
+        headers = {**headers, "x-request-id": f"req-sim-{self.tag}-{self.requests}"}
+        if request.transport is not None and not request.transport.is_closing():  # a client that gave up gets none
+            asked.request_id = headers["x-request-id"]
         if fault == "headers":
             headers.update(absurd_headers(self.rng, RATE_HEADERS))
         if fault.startswith("shape"):

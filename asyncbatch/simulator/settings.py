@@ -46,6 +46,7 @@ class SimConfig:
     token_max_age: float | None = None  # entra_only: a token is refused this long after its first use (revoked)
     gateway_key: str | None = None  # like API Management in front: Ocp-Apim-Subscription-Key must be this
     exhaust_after: int | None = None  # after this many answers, 429 "retry after 86400 s": the day's quota is gone
+    journal: bool = False  # write down every request and each success it was given (``Simulator.journal``)
     # The Batch API (see batches.py): a fast clock, lines failing server-side, bad output, jobs that expire
     batch_seconds: float = 2.0  # how long a batch job takes, from created to completed
     batch_fail_rate: float = 0.0  # share of batch lines that land in the error file (500)

@@ -1,9 +1,11 @@
 """The one writer of each JSONL output file.
 
 Each record is serialised to a complete line (ending in a newline) before any
-byte of it reaches the file. The writer takes whatever has queued up and writes
-it in one call, so output costs one syscall per batch, not per row. A write that
-fails part-way (disk full) is cut back at once: the file never keeps half a line.
+byte of it reaches the file, and ``put`` never raises: a record the encoder refuses
+is not queued, and ``put`` says so (``Recorder`` writes an error line instead).
+The writer takes whatever has queued up and writes it in one call, so output costs
+one syscall per batch, not per row. A write that fails part-way (disk full) is cut
+back at once: the file never keeps half a line.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..errors import OutputError
+from ..records import encode
 from ..redact import Redactor
 from .files import PRIVATE
 
@@ -57,10 +58,15 @@ class JsonlWriter:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def put(self, line_no: int, record: dict[str, Any]) -> None:
-        self._queue.put_nowait((line_no, self.redactor.bytes(orjson.dumps(record)) + b"\n"))
+    def put(self, line_no: int, record: dict[str, Any]) -> bool:
+        """Queue ``record`` as one line; False (nothing queued) if it cannot be encoded. Never raises."""
+        line = encode(record)
+        if line is None:
+            return False
+        self._queue.put_nowait((line_no, self.redactor.bytes(line)))
         self._pending += 1
         self._idle.clear()
+        return True
 
     async def written(self) -> None:
         """Return once every line put so far is in the file (and told to ``on_written``)."""

@@ -7,6 +7,8 @@
   next attempt can tell the model what was wrong.
 * ``finish_reason`` is checked first: ``length`` (truncated) and
   ``content_filter`` are errors that asking again will not fix.
+* The output is parsed by ``protocol.read_json``: JSON nested deeper than it takes is
+  ``response_too_deep``, recorded with the answer and its usage and not asked again.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from ..errors import AttemptError, ConfigError, InvalidOutput
-from ..protocol import embedding_vectors
+from ..errors import AttemptError, ConfigError, InvalidOutput, Refused
+from ..protocol import MAX_DEPTH, TooDeep, embedding_vectors, read_json
 
 
 def compile_schema(schema: Any, where: str) -> Draft202012Validator:
@@ -160,7 +162,7 @@ def _invalid_response(
     code: str, reason: str, body: dict[str, Any], text: str, call: Any, raw: str | None = None
 ) -> AttemptError:
     """As ``_invalid``, in the Responses API's input items: the call and its output, or the text and a user turn."""
-    shown = f"{reason}; raw output: {raw!r}" if raw is not None else reason
+    shown = f"{reason}; raw output: {_shown(raw)}" if raw is not None else reason
     instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
     feedback: list[dict[str, Any]]
     if call is not None and call.get("call_id"):
@@ -222,12 +224,23 @@ def _check_finish(reason: Any, body: dict[str, Any]) -> None:
         )
 
 
-def _problem(raw: str, validator: Draft202012Validator, what: str) -> tuple[Any, str | None]:
-    """(the parsed value, None), or (None, why it is not valid JSON matching the schema)."""
+def _problem(raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the parsed value, None), or (None, why it is not valid JSON matching the schema).
+
+    :raises Refused: ``response_too_deep``, JSON nested deeper than a record can hold.
+    """
     try:
-        value = orjson.loads(raw)
+        value = read_json(raw)
     except orjson.JSONDecodeError as exc:
         return None, f"{what}: not valid JSON ({exc})"
+    except TooDeep:
+        raise Refused(
+            "response_too_deep",
+            f"{what}: JSON nested deeper than {MAX_DEPTH} levels, too deep to keep as the output (the answer is kept). "
+            "HINT: run again with --retry-failed to ask again",
+            status=200,
+            body=body,
+        ) from None
     error = best_match(validator.iter_errors(value))
     if error is not None:
         return None, f"{what}: schema violation at {_json_path(error)}: {error.message}"
@@ -237,7 +250,7 @@ def _problem(raw: str, validator: Draft202012Validator, what: str) -> tuple[Any,
 def _parse_and_validate(
     raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], message: dict[str, Any], call: Any
 ) -> Any:
-    value, reason = _problem(raw, validator, what)
+    value, reason = _problem(raw, validator, what, body)
     if reason is not None:
         raise _invalid(_code(call), reason, body, message, call, raw)
     return value
@@ -251,7 +264,7 @@ def _code(call: Any) -> str:
 def _parse_response(
     raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], text: str, call: Any
 ) -> Any:
-    value, reason = _problem(raw, validator, what)
+    value, reason = _problem(raw, validator, what, body)
     if reason is not None:
         raise _invalid_response(_code(call), reason, body, text, call, raw)
     return value
@@ -265,7 +278,7 @@ def _invalid(
     code: str, reason: str, body: dict[str, Any], message: dict[str, Any], call: Any, raw: str | None = None
 ) -> AttemptError:
     """A retryable error whose feedback shows the model its answer and what was wrong with it."""
-    text = f"{reason}; raw output: {raw!r}" if raw is not None else reason
+    text = f"{reason}; raw output: {_shown(raw)}" if raw is not None else reason
     instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
     if call is not None and call.get("id"):
         # Only the call we answer: the API wants a tool reply for every call id in the message.
@@ -279,6 +292,11 @@ def _invalid(
 
 
 SHOWN = 200  # characters of an answer quoted in a message
+SHOWN_RAW = 2000  # characters of invalid output quoted in its error (the record's body holds all of it)
+
+
+def _shown(raw: str) -> str:
+    return repr(raw) if len(raw) <= SHOWN_RAW else f"{raw[:SHOWN_RAW]!r}... ({len(raw):,} characters)"
 
 
 def answered(body: Any) -> str:
