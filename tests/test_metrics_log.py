@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from asyncbatch.cli.main import main
 from asyncbatch.display.summary import summary_data
 from asyncbatch.redact import Redactor
-from asyncbatch.report.metrics import MetricsLog, read_log, read_summary, thinned
+from asyncbatch.report.metrics import SUMMARY_NUMBERS, MetricsLog, read_log, read_summary, thinned
 from asyncbatch.stats import RunStats
 from asyncbatch.store.files import StatePaths
 
@@ -78,7 +78,7 @@ def test_the_log_grows_with_time_not_with_lines(tmp_path: Path) -> None:
             log.tick()
         log.finish()
         sizes[lines_per_row] = _size(log)
-        assert [len(s.rows) for s in read_log(log.paths.metrics)] == [102]  # start, 100 rows, the final one
+        assert [len(s.rows) for s in read_log(log.paths.metrics).sessions] == [102]  # start, 100 rows, the final one
     # 100,000 times the lines: the same rows, a few digits longer each
     assert sizes[100_000] < 1.6 * sizes[1]
 
@@ -93,7 +93,7 @@ def test_a_ten_million_line_day_long_run_keeps_a_log_under_a_megabyte(tmp_path: 
         _work(stats, round(rate * log.every))
         log.tick()
     log.finish()
-    (session,) = read_log(log.paths.metrics)
+    (session,) = read_log(log.paths.metrics).sessions
     assert len(session.rows) <= 4096
     assert _size(log) < 1 * MB
     assert log.every >= 16  # rows came less often as the run went on: ~30 s apart at the end
@@ -134,7 +134,7 @@ def test_a_resume_starts_a_new_session_after_cutting_a_torn_row(tmp_path: Path) 
         f.write(b"[1.5,10000000,12")  # a row torn by the kill
     again, _ = _log(tmp_path, Time())
     again.finish()
-    first, second = read_log(log.paths.metrics)
+    first, second = read_log(log.paths.metrics).sessions
     assert (first.number, second.number) == (1, 2)
     assert [row["succeeded"] for row in first.rows] == [0, 10]
     assert len(second.rows) == 2
@@ -166,7 +166,12 @@ def test_the_summary_snapshot_is_the_summary_of_the_same_counters(tmp_path: Path
     log.finish()
     snapshot = read_summary(log.paths.summary)
     assert snapshot is not None and snapshot.final and snapshot.session == 1
-    assert snapshot.summary == orjson.loads(orjson.dumps(summary_data(stats)))
+    written = orjson.loads(orjson.dumps(summary_data(stats)))
+    assert {key: snapshot.summary[key] for key in SUMMARY_NUMBERS} == {key: written[key] for key in SUMMARY_NUMBERS}
+    assert snapshot.summary["failure_reasons"] == written["failure_reasons"] == {"content_filter": 1}
+    assert [(d.name, d.answers, d.throttled, d.failed_attempts, d.state) for d in snapshot.summary["deployments"]] == [
+        (d["name"], d["answers"], d["throttled"], d["failed_attempts"], d["state"]) for d in written["deployments"]
+    ]
 
 
 def test_a_log_that_cannot_be_written_warns_once_and_the_run_goes_on(tmp_path: Path) -> None:
