@@ -242,7 +242,7 @@ def test_the_log_stays_bounded_over_many_sessions_and_keeps_numbering_them(tmp_p
     """Every resume starts a session: past ``max_sessions`` the oldest are dropped whole, their cost kept."""
     options: dict[str, Any] = {"max_rows": 64, "max_sessions": 8}
     sizes = []
-    for number in range(1, 201):
+    for number in range(1, 121):
         clock = Time()
         log, stats = _log(tmp_path, clock, routes=2, prices=PRICES, **options)
         stats.cost += 0.5  # each session spends 0.5 USD
@@ -334,6 +334,9 @@ def test_thinning_keeps_the_latest_sessions_and_counts_the_others(rows: list[int
 
 
 # -- read as bytes from outside: every field judged, nothing raises --------------------------------
+
+
+ROUTES = b"[[0,0,0,0,null,null],[0,0,0,0,null,null]]]"
 
 
 def _good_log(tmp_path: Path) -> MetricsLog:
