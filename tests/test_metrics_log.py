@@ -355,11 +355,11 @@ def _good_log(tmp_path: Path) -> MetricsLog:
 @pytest.mark.parametrize(
     "line",
     [
-        b"[1.0, 10, null, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null, null, null, null, [[0,0,0,0,null,null],[0,0,0,0,null,null]]]",
+        b"[1.0, 10, null, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null, null, null, null, " + ROUTES,  # done: null
         b'{"session": 9, "wall": 1e12, "columns": ["t", "deployments"], "deployment_columns": [], "deployments": []}',
         b'{"session": 9, "wall": -1e11, "columns": ["t", "deployments"], "deployment_columns": [], "deployments": []}',
         b'{"session": 9, "wall": 1e300, "columns": ["t", "deployments"], "deployment_columns": [], "deployments": []}',
-        b"[1e300, 10, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null, null, null, null, [[0,0,0,0,null,null],[0,0,0,0,null,null]]]",
+        b"[1e300, 10, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, null, null, null, null, " + ROUTES,  # t: 1e300
         b'{"job": "' + b"j" * 5000 + b'", "part": 0, "status": "in_progress", "t": 1.0, "lines": 3}',
         b'{"job": null, "part": 1e300, "status": "x", "t": 1.0, "lines": 3}',
     ],
