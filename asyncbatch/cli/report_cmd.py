@@ -59,11 +59,14 @@ def check_results(results: Path) -> Path:
         raise ConfigError(f"{str(results) or repr('')} is not a results file. {hint}")
     if results.is_dir():
         raise ConfigError(f"{results} is a directory, not a results file. {hint}")
+    beside = results.with_name(f"{results.stem}.results.jsonl")  # if ``results`` is the run's input
     if not results.exists() and not results.is_symlink():
-        beside = results.with_name(f"{results.stem}.results.jsonl")
         if beside.is_file():
             hint = f"HINT: {results} may be the run's input: its results are {beside}"
         raise ConfigError(f"{results} does not exist. {hint}")
+    if not StatePaths.beside(results).dir.exists() and StatePaths.beside(beside).dir.is_dir():
+        raise ConfigError(f"{results} has no run's state beside it. HINT: it may be the run's input: its results "
+                          f"are {beside}: asyncbatch report {beside}")  # fmt: skip
     return results
 
 
