@@ -134,8 +134,8 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
     base = sim_config(args)
     async with contextlib.AsyncExitStack() as stack:
         pool = []
-        for spec in specs:
-            sim = dataclasses.replace(base, tpm=base.tpm or spec.tpm, rpm=base.rpm or spec.rpm)
+        for index, spec in enumerate(specs):  # a seed each: the same faults at the same requests otherwise
+            sim = dataclasses.replace(base, tpm=base.tpm or spec.tpm, rpm=base.rpm or spec.rpm, seed=base.seed + index)
             endpoint = await stack.enter_async_context(simulated(sim))
             endpoint = dataclasses.replace(
                 endpoint,

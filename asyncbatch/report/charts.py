@@ -92,7 +92,7 @@ def job_bars(points: list[Point]) -> dict[str, Any]:
 
 
 LIMITS = {  # what the quota chart's limit line is, by where it came from (``Series.quota_limits``)
-    "given": "the limit given (--tpm)",
+    "given": "the limit given (--tpm, or a pool's deployments' tpm summed)",
     "learned": "the limit learned from 429s and headers",
     "pool": "the pool's deployments' learned limits, summed",
 }
