@@ -37,12 +37,14 @@ def test_a_simulated_pool_with_faults_and_a_smaller_server_quota_meets_both(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The Done-when scenario, as a new user types it: the pool file tells the client 6,000 RPM a deployment,
-    the simulators allow 1,200 (--sim-rpm wins over the entries' own), and fail 20% of the requests with a 400."""
-    n = 60
+    the simulators allow 600 (--sim-rpm wins over the entries' own: 10 a second), and fail 30% of the requests
+    with a 400. Answers take 0.3 s, so the first second's requests go before any rate-limit header comes back
+    to warn the client: the server refuses those past its 10."""
+    n = 40
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"question {i}", max_tokens=5) for i in range(n)])
     (tmp_path / "pool.toml").write_text(POOL)
-    argv = ["in.jsonl", "--simulate", "--deployments", "pool.toml", "--sim-latency-ms", "0", "--sim-rpm", "1200",
-            "--sim-faults", "400=0.2", "-c", "20", "--backoff", "0.01", "--log-format", "json"]  # fmt: skip
+    argv = ["in.jsonl", "--simulate", "--deployments", "pool.toml", "--sim-latency-ms", "300", "--sim-rpm", "600",
+            "--sim-faults", "400=0.3", "-c", "50", "--backoff", "0.01", "--log-format", "json"]  # fmt: skip
     assert main([*argv, "--no-progress"]) == 1
     summary = _summary(capsys.readouterr().err)
     assert summary["throttled"] > 0  # the server's quota, not the one the client was told
