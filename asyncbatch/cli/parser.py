@@ -565,7 +565,11 @@ each deployment of a pool; the Batch API jobs; the learned limit and the
 charge ratio. It reads the run's files (never its lock): run it during a run
 for the run so far. Needs pip install "asyncbatch[report]". See docs/report.md.
 
-exit codes: 0 written; 2 nothing to report, or a file that cannot be written.
+-o replaces only a page asyncbatch report wrote (or an empty file), never
+the run's files, a link, a device or a file of yours; the page is 0600.
+
+exit codes: 0 written; 2 nothing to report (no such file, no run's state
+beside it), an -o it may not replace, or a file that cannot be written.
 """
 
 
@@ -579,7 +583,11 @@ def build_report_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", type=Path, help="the results file of a run (e.g. prompts.results.jsonl)")
     p.add_argument(
-        "-o", "--output", type=Path, metavar="PATH", help="where to write (default: <results stem>.report.html)"
+        "-o",
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="where to write: a new file, or a page it wrote before (default: <results stem>.report.html)",
     )
     p.add_argument(
         "--errors", type=Path, metavar="PATH", help="its failures file (default: <results stem>.errors.jsonl)"
