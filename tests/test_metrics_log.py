@@ -486,3 +486,33 @@ def test_a_server_code_of_60_kb_leaves_a_small_summary(tmp_path: Path) -> None:
     assert log.paths.summary.stat().st_size < 20_000
     snapshot = read_summary(log.paths.summary)
     assert snapshot is not None and sum(snapshot.summary["failure_reasons"].values()) == 300
+
+
+JSON_WORDS = st.sampled_from(
+    ["true", "null", "false", "session", "summary", "final", "columns", "deployments", "succeeded", "cost", "0.5,"]
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(secret=JSON_WORDS | st.text(alphabet="QXZJ", min_size=4, max_size=8))
+def test_a_key_that_is_a_json_word_masks_the_data_and_leaves_the_log_and_summary_readable(
+    tmp_path_factory: pytest.TempPathFactory, secret: str
+) -> None:
+    """The redactor sees the texts written (names, codes, job ids), never the JSON they are written in."""
+    paths = StatePaths.beside(tmp_path_factory.mktemp("log") / "run.results.jsonl")
+    paths.dir.mkdir()
+    clock = Time()
+    stats = RunStats(total=10, clock=clock, routes=[FakeRoute(f"east-{secret}")], prices=PRICES)
+    log = MetricsLog(paths, stats, summary_data, redactor=Redactor([secret]))
+    log.start()
+    clock.now += 1
+    _work(stats, 10)
+    stats.count_failure(f"code-{secret}")
+    stats.interrupted = True
+    log.finish()
+    (session,) = read_log(log.paths.metrics).sessions
+    assert [row["succeeded"] for row in session.rows] == [0, 10] and session.deployments == ["east-***"]
+    snapshot = read_summary(log.paths.summary)
+    assert snapshot is not None and snapshot.final and snapshot.summary["succeeded"] == 10
+    assert snapshot.summary["failure_reasons"] == {"code-***": 1} and snapshot.summary["interrupted"] is True
+    assert [d.name for d in snapshot.summary["deployments"]] == ["east-***"]

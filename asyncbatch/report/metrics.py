@@ -188,7 +188,9 @@ class MetricsLog:
 
     :param summary: the run's summary of ``stats`` (``display.summary.summary_data``): the snapshot's content.
     :param batches: the run uses Batch API jobs: their changes are logged (read from the state's ``batches``).
-    :param redactor: the run's: every byte written passes it (a server may quote a key in an error code).
+    :param redactor: the run's: every text written passes it (a server may quote a key in an error code):
+        the data, before it is made JSON, never the JSON itself (a key that is a word, ``true`` or ``null``,
+        would break every line).
     :param wall: the wall clock, read once, for the session's start; rows are timed by ``stats.clock``.
     :param every: seconds between rows at first; ``max_rows``: rows kept; ``max_sessions``: sessions kept;
         ``max_events``: job events kept; ``summary_every``: seconds of rows between summary snapshots (0: with
@@ -247,7 +249,7 @@ class MetricsLog:
                 "wall": round(self.wall() - self.t, 3),
                 "columns": COLUMNS,
                 "deployment_columns": DEPLOYMENT_COLUMNS,
-                "deployments": [r.name for r in stats.routes],
+                "deployments": [self.redactor.text(r.name) for r in stats.routes],
                 "priced": stats.prices is not None,
                 "simulated": stats.simulated,
                 "tpm_limit": stats.tpm_limit,
@@ -314,13 +316,15 @@ class MetricsLog:
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
-        write_all(self._fd, self.redactor.bytes(data), self.paths.metrics)
+        write_all(self._fd, data, self.paths.metrics)  # its texts were redacted before it was made JSON
 
     def _snapshot(self, *, final: bool) -> None:
-        summary = self.summary(self.stats)
+        summary = scrubbed(self.summary(self.stats), self.redactor)
+        if isinstance(reasons := summary.get("failure_reasons"), dict):  # keyed by the server's codes: data too
+            summary["failure_reasons"] = {self.redactor.text(code): n for code, n in reasons.items()}
         snapshot = {"session": self.session, "t": round(self.t, 1), "final": final, SUMMARY_KEY: summary}
         with atomic_file(self.paths.summary, sync=False) as f:
-            f.write(self.redactor.bytes(orjson.dumps(snapshot)))
+            f.write(orjson.dumps(snapshot))
 
     def _thin(self, *, halve: bool, sessions: int | None = None) -> None:
         """The file replaced atomically by ``thinned``'s lines; if ``halve``, rows come half as often from now on."""
@@ -336,6 +340,10 @@ class MetricsLog:
             self.every *= 2
         if writing:
             self._open()
+
+    def _said(self, text: object) -> str | None:
+        """A job's id or status, as the server gave it: redacted, then cut short."""
+        return self.redactor.text(text)[:JOB_ID_CHARS] if isinstance(text, str) else None
 
     def _job_events(self, t: float) -> list[bytes]:
         """A line for each Batch API job whose state changed since the last look at the state's ``batches``.
@@ -356,7 +364,8 @@ class MetricsLog:
         self._batches_seen = seen
         events = []
         for part in state.parts if state is not None else []:
-            now = (_short(part.batch_id), "merged" if part.merged else _short(part.status) or "waiting")
+            job, status = self._said(part.batch_id), self._said(part.status)
+            now = (job, "merged" if part.merged else status or "waiting")
             if self._jobs.get(part.index) == now or self._logged >= self.max_events:
                 continue
             if self._changes[part.index] >= PART_EVENTS and now[1] != "merged":
@@ -369,8 +378,15 @@ class MetricsLog:
         return events
 
 
-def _short(text: object) -> str | None:
-    return text[:JOB_ID_CHARS] if isinstance(text, str) else None
+def scrubbed(value: Any, redactor: Redactor) -> Any:
+    """``value`` (JSON-like) with every string in it passed through ``redactor``; keys, its structure, are kept."""
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, dict):
+        return {key: scrubbed(item, redactor) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrubbed(item, redactor) for item in value]
+    return value
 
 
 def _count(path: Path) -> tuple[int, int, int, int]:
