@@ -293,6 +293,8 @@ class RunConfig:
         ``write`` (refresh: send, and replace what it holds) or ``off``.
     :param metrics_port: serve the run's counters as Prometheus text on 127.0.0.1 at this port (0: any
         free one, said in a message) for the run's life (``report/prometheus.py``); None: no endpoint.
+    :param metrics_linger: seconds; once the run has ended, the endpoint serves the final figures until a
+        scrape has read them, or this long at most (0: it closes with the run).
     """
 
     input_path: Path
@@ -316,6 +318,7 @@ class RunConfig:
     cache: Path | None = None
     cache_mode: CacheMode = "read-write"
     metrics_port: int | None = None
+    metrics_linger: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -344,7 +347,7 @@ class RunConfig:
             raise ConfigError(f"fsync must be one of {', '.join(FSYNC_INTERVALS)} (got {self.fsync!r})")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"{option('metrics_port')} must be a port number, 0 to 65535 (got {self.metrics_port})")
-        for name in ("grace", "max_wait", "max_outage"):
+        for name in ("grace", "max_wait", "max_outage", "metrics_linger"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{option(name)} must be 0 or more seconds (got {getattr(self, name):g})")
         paths = {self.input_path.resolve(), self.output_path.resolve(), self.errors_path.resolve()}

@@ -121,9 +121,12 @@ async def run(
                 run = _Run(config, state, router, reporter, sleep, clock)
                 if endpoint is not None:
                     endpoint.watch(run.stats)
-                return await run.run(interrupt)
+                stats = await run.run(interrupt)
             finally:
                 await router.close()
+        if endpoint is not None:  # the run has ended, its files closed: the final figures, for a scraper to read
+            await endpoint.linger(config.metrics_linger, interrupt.listen if interrupt is not None else None)
+        return stats
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:

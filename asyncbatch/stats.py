@@ -18,6 +18,21 @@ from .protocol import read_usage
 
 RESERVOIR = 20_000  # latency samples kept for p50/p95, whatever the input size
 RECENT = 2_000  # of the latest ones, for the metrics log's row (``take_recent_latencies``)
+# A failure's code may come from a server (its error body's ``code``), of any length and variety: the
+# summary, the display, the report and the Prometheus labels count at most MAX_REASONS codes by name,
+# each cut to REASON_CHARS, and the rest under OTHER_REASONS, so a hostile server cannot swell them.
+REASON_CHARS = 64
+MAX_REASONS = 50
+OTHER_REASONS = "other"
+
+
+def reason(counted: Counter[str], code: str) -> str:
+    """The name under which a failure with ``code`` is counted in ``counted``: cut short, or ``OTHER_REASONS``
+    once ``MAX_REASONS`` names are taken. The one rule for every counter of failures by code."""
+    name = code if len(code) <= REASON_CHARS else code[: REASON_CHARS - 1] + "…"
+    if name not in counted and len(counted) >= MAX_REASONS:
+        return OTHER_REASONS
+    return name
 
 
 class RouteView(Protocol):
@@ -154,7 +169,7 @@ class RunStats:
         """An input recorded in the errors file, with its error code (``bad_input``: a line that is no request)."""
         self.failed += 1
         self.input_errors += bad_input
-        self.failure_reasons[code] += 1
+        self.failure_reasons[reason(self.failure_reasons, code)] += 1
 
     def count_sent(self, charge: float) -> None:
         """An attempt on the wire, charged ``charge`` tokens of the quota (in the server's units)."""
@@ -176,7 +191,7 @@ class RunStats:
         :param status: the HTTP status it was answered with; ``code`` names the failure when there was none.
         """
         self.throttled += throttled
-        self.answers[str(status) if status is not None else code] += 1
+        self.answers[reason(self.answers, str(status) if status is not None else code)] += 1
 
     def count_retry(self) -> None:
         self.retries += 1

@@ -221,7 +221,7 @@ class ReportMidway(Reporter):
     def tick(self, stats: RunStats, trend: Trend) -> None:
         if self.codes:
             return
-        sessions = read_log(self.results.with_name(self.results.name + ".state") / "metrics")
+        sessions = read_log(self.results.with_name(self.results.name + ".state") / "metrics").sessions
         rows = sessions[-1].rows if sessions else []
         if rows and rows[-1]["done"] >= self.total // 3:
             self.done_then = stats.done
@@ -274,7 +274,7 @@ def test_the_batch_api_jobs_are_a_timeline_on_the_page(
     with simulator_env(SimConfig(api_key="batch-key", batch_seconds=1.0), monkeypatch):
         argv = ["in.jsonl", "--batch-api", "--template", "About {company}", "--max-lines-per-file", "20"]
         assert main([*argv, "--poll-interval", "0.05", "-q"]) == 0
-    (session,) = read_log(tmp_path / "in.results.jsonl.state" / "metrics")
+    (session,) = read_log(tmp_path / "in.results.jsonl.state" / "metrics").sessions
     assert {event.part for event in session.jobs} == {0, 1, 2}
     statuses = {event.status for event in session.jobs}
     assert "merged" in statuses and len(statuses) >= 2  # and a state while it ran (the log looks twice a second)

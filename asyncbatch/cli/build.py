@@ -87,6 +87,7 @@ def build_config(
         cache=args.cache,
         cache_mode=args.cache_mode,
         metrics_port=args.metrics_port,
+        metrics_linger=args.metrics_linger,
     )
 
 
@@ -121,5 +122,6 @@ def sim_config(args: argparse.Namespace) -> SimConfig:
         tpm=args.sim_tpm or None,
         rpm=args.sim_rpm or None,
         window=args.sim_window,
+        fault_rates=args.sim_faults or {},
         deployment=None,
     )

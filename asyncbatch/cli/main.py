@@ -129,12 +129,13 @@ async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: G
 
 
 async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter, go: Go) -> int:
-    """--simulate --deployments: each entry gets a simulator of its own, with the entry's quota."""
+    """--simulate --deployments: each entry gets a simulator of its own. Its quota is --sim-tpm/--sim-rpm when
+    given (the server's, whatever the client is told: a demo of 429s), else the entry's own tpm/rpm."""
     base = sim_config(args)
     async with contextlib.AsyncExitStack() as stack:
         pool = []
-        for spec in specs:
-            sim = dataclasses.replace(base, tpm=spec.tpm or base.tpm, rpm=spec.rpm or base.rpm)
+        for index, spec in enumerate(specs):  # a seed each: the same faults at the same requests otherwise
+            sim = dataclasses.replace(base, tpm=base.tpm or spec.tpm, rpm=base.rpm or spec.rpm, seed=base.seed + index)
             endpoint = await stack.enter_async_context(simulated(sim))
             endpoint = dataclasses.replace(
                 endpoint,

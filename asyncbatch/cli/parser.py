@@ -21,6 +21,7 @@ from ..config import (
 from ..export import FORMATS
 from ..live.auth import TOKEN_TIMEOUT
 from ..protocol import APIS
+from ..simulator import FAULTS
 from ..store.cache import MODES, default_path
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
@@ -107,6 +108,36 @@ class _Parser(argparse.ArgumentParser):
             if name.startswith("--") and (close := difflib.get_close_matches(name, known, n=1, cutoff=0.75)):
                 return close[0]
         return None
+
+
+def port(text: str) -> int:
+    """--metrics-port: judged while the options are parsed, before anything starts (a simulator, a run)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number, 0 to 65535 (0: any free port)")
+    return number
+
+
+def fault_rates(text: str) -> dict[str, float]:
+    """--sim-faults ``500=0.02,reset=0.005``: each fault's probability per request (``SimConfig.fault_rates``)."""
+    rates: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = (word.strip() for word in item.partition("="))
+        if name not in FAULTS:
+            raise argparse.ArgumentTypeError(f"{name!r} is not a fault the simulator knows: {', '.join(FAULTS)}")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if not 0 <= rate <= 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: give each fault a probability, 0 to 1 (e.g. 500=0.02)")
+        rates[name] = rate
+    if sum(rates.values()) > 1:
+        raise argparse.ArgumentTypeError(f"the probabilities add up to more than 1 ({sum(rates.values()):g})")
+    return rates
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -425,8 +456,27 @@ def _other_options(p: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="simulated latency (default %(default)s: a function call's)",
     )
-    sim.add_argument("--sim-tpm", type=int, metavar="N", help="simulated server TPM quota (default: none)")
-    sim.add_argument("--sim-rpm", type=int, metavar="N", help="simulated server RPM quota (default: none)")
+    sim.add_argument(
+        "--sim-tpm",
+        type=int,
+        metavar="N",
+        help="the simulated server's TPM quota, whatever the client is told (--tpm, or a pool entry's tpm): "
+        "over it, it answers 429 (default: none; with --deployments, each entry's own tpm)",
+    )
+    sim.add_argument(
+        "--sim-rpm",
+        type=int,
+        metavar="N",
+        help="the simulated server's RPM quota, as --sim-tpm (default: none; with --deployments, each entry's rpm)",
+    )
+    sim.add_argument(
+        "--sim-faults",
+        type=fault_rates,
+        metavar="NAME=P,...",
+        help="faults the simulator injects, each with its probability per request, e.g. "
+        "500=0.02,400=0.01,reset=0.005 (a 500, a 400, a connection reset mid-answer); every simulated deployment "
+        "of a pool gets them. Names: docs/simulator.md",
+    )
     sim.add_argument(
         "--sim-window",
         choices=("azure", "minute"),
@@ -446,10 +496,19 @@ def _other_options(p: argparse.ArgumentParser) -> None:
     )
     show.add_argument(
         "--metrics-port",
-        type=int,
+        type=port,
         metavar="PORT",
         help="serve the run's counters as Prometheus text at http://127.0.0.1:PORT/metrics while it runs "
         "(0: any free port, said in a message); names in docs/report.md. Off by default",
+    )
+    show.add_argument(
+        "--metrics-linger",
+        type=float,
+        default=RunConfig.metrics_linger,
+        metavar="SECONDS",
+        help="with --metrics-port: once the run has ended, keep serving its final figures until a scrape has "
+        "read them, or for SECONDS at most (give your scraper's interval; default %(default)g: the endpoint "
+        "closes with the run)",
     )
 
 
@@ -506,7 +565,11 @@ each deployment of a pool; the Batch API jobs; the learned limit and the
 charge ratio. It reads the run's files (never its lock): run it during a run
 for the run so far. Needs pip install "asyncbatch[report]". See docs/report.md.
 
-exit codes: 0 written; 2 nothing to report, or a file that cannot be written.
+-o replaces only a page asyncbatch report wrote (or an empty file), never
+the run's files, a link, a device or a file of yours; the page is 0600.
+
+exit codes: 0 written; 2 nothing to report (no such file, no run's state
+beside it), an -o it may not replace, or a file that cannot be written.
 """
 
 
@@ -520,7 +583,11 @@ def build_report_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", type=Path, help="the results file of a run (e.g. prompts.results.jsonl)")
     p.add_argument(
-        "-o", "--output", type=Path, metavar="PATH", help="where to write (default: <results stem>.report.html)"
+        "-o",
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="where to write: a new file, or a page it wrote before (default: <results stem>.report.html)",
     )
     p.add_argument(
         "--errors", type=Path, metavar="PATH", help="its failures file (default: <results stem>.errors.jsonl)"

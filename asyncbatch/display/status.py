@@ -76,6 +76,8 @@ def deployment_views(stats: RunStats) -> list[dict[str, Any]]:
             "in_flight": route.in_flight,
             "throttled": route.throttled,
             "failed_attempts": route.failed,
+            "learned_tpm": round(route.learned_tpm) if route.learned_tpm is not None else None,
+            "charge_ratio": round(route.charge_ratio, 3) if route.charge_ratio is not None else None,
             "state": route.state(),
         }
         for route in stats.routes

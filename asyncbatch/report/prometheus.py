@@ -4,10 +4,15 @@ Every value is read from ``RunStats`` at the scrape, the counters the display, t
 metrics log read, so a scrape and the summary never disagree. prometheus_client writes the text
 (and OpenMetrics, when a scraper asks for it); aiohttp's server, already the simulator's, serves it in
 the run's own event loop. Names and meanings: docs/report.md "Prometheus metrics".
+
+A run's end is observable: ``asyncbatch_finished`` turns 1 once the counters are final (the summary's),
+and with a linger (``--metrics-linger``) the endpoint stays up after the run until a scrape has read
+them, or the linger has passed, or the user interrupts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 
@@ -26,6 +31,7 @@ PATH = "/metrics"
 # Every metric served: name -> (type, help). docs/report.md lists the same (a test checks).
 METRICS: dict[str, tuple[str, str]] = {
     "asyncbatch_up": ("gauge", "1 while the run serves its metrics"),
+    "asyncbatch_finished": ("gauge", "1 once the run has ended: the counters are final, the summary's"),
     "asyncbatch_input_lines": ("gauge", "inputs in the input file (exact once it is read to the end)"),
     "asyncbatch_inputs_done": ("counter", "inputs recorded in the outputs, by result (succeeded, failed)"),
     "asyncbatch_requests": ("counter", "requests sent (attempts, retries included)"),
@@ -79,10 +85,13 @@ class RunCollector(Collector):
 
     def __init__(self) -> None:
         self.stats: RunStats | None = None
+        self.final = False  # the last scrape read the run's final counters
 
     def collect(self) -> Iterator[Metric]:
         yield one("asyncbatch_up", 1)
         if (stats := self.stats) is not None:
+            self.final = stats.finished is not None
+            yield one("asyncbatch_finished", int(self.final))
             yield from _run(stats)
             yield from _optional(stats)
             yield from _deployments(stats)
@@ -133,13 +142,37 @@ def _deployments(s: RunStats) -> Iterator[Metric]:
 
 
 class MetricsEndpoint:
-    """The listening endpoint; ``watch(stats)`` once the run has its counters."""
+    """The listening endpoint; ``watch(stats)`` once the run has its counters, ``linger`` once it has ended."""
 
-    def __init__(self, collector: RunCollector, url: str) -> None:
-        self.collector, self.url = collector, url
+    def __init__(self, collector: RunCollector, url: str, info: Callable[[str], None]) -> None:
+        self.collector, self.url, self.info = collector, url, info
+        self.read_final = asyncio.Event()  # a scrape has read the final counters
+        self._stopped = asyncio.Event()
 
     def watch(self, stats: RunStats) -> None:
         self.collector.stats = stats
+
+    def scraped(self) -> None:
+        if self.collector.final:
+            self.read_final.set()
+
+    async def linger(self, seconds: float, listen: Callable[[Callable[[int], None]], None] | None = None) -> None:
+        """Serve the final counters until a scrape has read them, ``seconds`` have passed, or a stop request comes.
+
+        :param listen: registers a callback for the user's stop requests (``runner.Interrupt.listen``).
+        """
+        if seconds <= 0 or self.read_final.is_set():
+            return
+        if listen is not None:
+            listen(lambda _: self._stopped.set())
+        self.info(f"metrics: the run has ended; {self.url} serves its final figures until a scrape reads them "
+                  f"({seconds:g} s at most, Ctrl-C to stop)")  # fmt: skip
+        waits = [asyncio.ensure_future(event.wait()) for event in (self.read_final, self._stopped)]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -154,8 +187,17 @@ async def serving(port: int | None, info: Callable[[str], None]) -> AsyncIterato
     collector = RunCollector()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
+    prometheus = make_aiohttp_handler(registry)
+    endpoint: MetricsEndpoint | None = None
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = await prometheus(request)
+        if endpoint is not None:
+            endpoint.scraped()  # the response is sent before the endpoint closes: a shutdown waits for handlers
+        return response
+
     app = web.Application()
-    app.router.add_get(PATH, make_aiohttp_handler(registry))
+    app.router.add_get(PATH, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -168,7 +210,7 @@ async def serving(port: int | None, info: Callable[[str], None]) -> AsyncIterato
                 "HINT: choose another port, or 0 for any free one"
             ) from None
         bound = runner.addresses[0][1]
-        endpoint = MetricsEndpoint(collector, f"http://{HOST}:{bound}{PATH}")
+        endpoint = MetricsEndpoint(collector, f"http://{HOST}:{bound}{PATH}", info)
         info(f"metrics: {endpoint.url} (Prometheus text)")
         yield endpoint
     finally:
