@@ -432,9 +432,13 @@ class _RowTooLong(Exception):
     """A CSV/TSV row past the line limit: where it ends cannot be trusted (a quote that never closes)."""
 
 
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # after a CR that no LF follows
+
+
 class _PhysicalLines:
     """A table's physical lines as text for ``csv.reader``, at most the line limit per row; each row's bytes kept.
 
+    Lines end at LF, CRLF or a lone CR, as Python reads a CSV file opened with ``newline=""``.
     Bytes are decoded with ``surrogateescape``: a row that is not UTF-8 keeps its shape, so its end
     is found, and it is refused whole when its record is made (``_table_line``).
     """
@@ -444,12 +448,13 @@ class _PhysicalLines:
         self.row = [carried] if carried else []  # the row's bytes so far (row 1 carries the header's)
         self.size = 0  # the row's own bytes, which the limit bounds
         self.at_start = f.tell() == 0
+        self.pending: list[bytes] = []  # the rest of a line a lone CR cut, last piece first
 
     def __iter__(self) -> _PhysicalLines:
         return self
 
     def __next__(self) -> str:
-        raw = self.f.readline(self.limit + 1 - self.size)
+        raw = self.pending.pop() if self.pending else self._read()
         if not raw:
             raise StopIteration
         self.row.append(raw)
@@ -460,6 +465,14 @@ class _PhysicalLines:
             self.at_start = False
             raw = raw.removeprefix(b"\xef\xbb\xbf")
         return raw.decode("utf-8", "surrogateescape")
+
+    def _read(self) -> bytes:
+        raw = self.f.readline(self.limit + 1 - self.size)
+        if raw.find(b"\r", 0, len(raw) - (2 if raw.endswith(b"\r\n") else 1)) != -1:  # a lone CR inside
+            first, *rest = filter(None, _LONE_CR.split(raw))
+            self.pending = rest[::-1]
+            return first
+        return raw
 
     def take(self) -> tuple[bytes, int]:
         """The bytes of the row just read, and how many of them are its own; the next row starts empty."""
