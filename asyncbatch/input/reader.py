@@ -469,9 +469,9 @@ class _PhysicalLines:
     def _read(self) -> bytes:
         raw = self.f.readline(self.limit + 1 - self.size)
         if raw.find(b"\r", 0, len(raw) - (2 if raw.endswith(b"\r\n") else 1)) != -1:  # a lone CR inside
-            first, *rest = filter(None, _LONE_CR.split(raw))
-            self.pending = rest[::-1]
-            return first
+            pieces: list[bytes] = [piece for piece in _LONE_CR.split(raw) if piece]
+            self.pending = pieces[:0:-1]
+            return pieces[0]
         return raw
 
     def take(self) -> tuple[bytes, int]:
