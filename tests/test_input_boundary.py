@@ -342,3 +342,22 @@ def test_a_parquet_footer_whose_counts_do_not_add_up_is_refused_naming_the_file(
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=r"in\.parquet is not a Parquet file pyarrow can read.*HINT"):
         sniff(path)
+
+
+def test_the_dialect_is_sniffed_from_a_few_kb_of_whole_lines_since_the_sniffer_is_quadratic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quoted last column (``r1,"a,a,a,"``) costs csv.Sniffer 5 s on 64 kB, and a run sniffs several times."""
+    path = tmp_path / "in.csv"
+    path.write_text("id,text\n" + "".join(f'r{i},"{"a," * 3}"\n' for i in range(8000)), encoding="utf-8")
+    samples: list[str] = []
+    sniff_text = csv.Sniffer.sniff
+
+    def spied(self: csv.Sniffer, sample: str, delimiters: str | None = None) -> Any:
+        samples.append(sample)
+        return sniff_text(self, sample, delimiters)
+
+    monkeypatch.setattr(csv.Sniffer, "sniff", spied)
+    items = _items(path)
+    assert len(items) == 8000 and all(isinstance(i, ParsedLine) and i.obj["text"] == "a,a,a," for i in items)
+    assert samples and all(len(sample) <= 8192 and sample.endswith("\n") for sample in samples)

@@ -65,6 +65,9 @@ Raw = bytes | Unreadable  # a line as _lines_of yields it
 
 
 _SNIFF = 64 * 1024
+# What a table's dialect is sniffed from. csv.Sniffer's regular expressions take quadratic time or worse on
+# some text (64 kB of it took minutes): a few kB of rows tell the delimiter and the quoting as well.
+_DIALECT_SAMPLE = 8 * 1024
 _WIDE_BOMS = {
     b"\x00\x00\xfe\xff": "UTF-32",
     b"\xff\xfe\x00\x00": "UTF-32",
@@ -449,6 +452,7 @@ class _PhysicalLines:
         self.size = 0  # the row's own bytes, which the limit bounds
         self.at_start = f.tell() == 0
         self.pending: list[bytes] = []  # the rest of a line a lone CR cut, last piece first
+        self.carry = b""  # the start of a line the last read stopped in
 
     def __iter__(self) -> _PhysicalLines:
         return self
@@ -467,12 +471,17 @@ class _PhysicalLines:
         return raw.decode("utf-8", "surrogateescape")
 
     def _read(self) -> bytes:
-        raw = self.f.readline(self.limit + 1 - self.size)
-        if raw.find(b"\r", 0, len(raw) - (2 if raw.endswith(b"\r\n") else 1)) != -1:  # a lone CR inside
-            pieces: list[bytes] = [piece for piece in _LONE_CR.split(raw) if piece]
-            self.pending = pieces[:0:-1]
-            return pieces[0]
-        return raw
+        """The next line, up to LF or a lone CR; one longer than the limit comes cut, and its row is too long."""
+        raw = self.carry + self.f.readline(self.limit + 1 - len(self.carry))
+        self.carry = b""
+        cut = len(raw) > self.limit and not raw.endswith(b"\n")  # the file's line goes on past what was read
+        if raw.find(b"\r", 0, len(raw) - (2 if raw.endswith(b"\r\n") else 1)) == -1 and not (cut and raw[-1:] == b"\r"):
+            return raw  # one line: the common case
+        pieces = [piece for piece in _LONE_CR.split(raw) if piece]
+        if cut and len(pieces) > 1:  # the last piece goes on (or is a CR whose LF is not read yet): read on
+            self.carry = pieces.pop()
+        self.pending = pieces[:0:-1]
+        return pieces[0]
 
     def take(self) -> tuple[bytes, int]:
         """The bytes of the row just read, and how many of them are its own; the next row starts empty."""
@@ -495,7 +504,9 @@ def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect
     """
     kind = path.suffix.lower()[1:].upper()
     with path.open("rb") as f:
-        sample = f.read(_SNIFF).removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+        begin = f.read(_DIALECT_SAMPLE).removeprefix(b"\xef\xbb\xbf")
+        ends = max(begin.rfind(b"\n"), begin.rfind(b"\r"))
+        sample = (begin[: ends + 1] if ends > 0 else begin).decode("utf-8", errors="replace")  # whole lines
         try:
             dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
                 sample, delimiters=TABLES[path.suffix.lower()]
