@@ -729,4 +729,6 @@ EXAMPLES: list[Case] = [
     # A lone CR inside the read that reached the line limit: the rest of that read was taken for a whole line,
     # so a row past the limit came out as two rows instead of stopping the reading.
     Case("in.csv", b"0,00\n,;;\r,;" + "\u20ac;".encode() * 683 + b"\n"),
+    # 3 kB on which csv.Sniffer's regular expressions backtracked for minutes, several times a run.
+    Case("in.csv", (Path(__file__).parent / "examples" / "sniffer-minutes.csv").read_bytes()),
 ]
