@@ -287,7 +287,11 @@ class _Run:
             self._cancel_all()
 
     def stop(self, reason: str | None = None, *, patient: bool = False) -> None:
-        """No new requests; those in flight get ``grace`` seconds to finish (``patient``: all the time they take)."""
+        """No new requests; those in flight get ``grace`` seconds to finish.
+
+        :param patient: no deadline: each attempt in flight ends by its own ``--timeout`` and no retry starts,
+            so every answer on its way is recorded (an interrupt that comes later sets the deadline).
+        """
         if reason is not None and self.stats.stopped is None:
             self.stats.stopped = reason
             self.reporter.warn(f"stopping: {reason}")
@@ -296,7 +300,7 @@ class _Run:
             for task in self.tasks:
                 if task not in self.attempts.sending and task is not asyncio.current_task():
                     task.cancel()  # idle or waiting: nothing paid for is lost
-        if not patient and self.hard_stop is None:  # an attempt ends by its own --timeout; no retry starts
+        if not patient and self.hard_stop is None:
             loop = asyncio.get_running_loop()
             self.hard_stop = loop.call_later(self.config.grace, self._cancel_all)
 
