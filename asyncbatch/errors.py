@@ -2,13 +2,15 @@
 
     AsyncBatchError
     ├── ConfigError        bad options or environment: fix and re-run (exit 2)
-    │   └── AlreadyRunning another run is writing the same outputs (exit 2)
+    │   ├── AlreadyRunning another run is writing the same outputs (exit 2)
+    │   └── InputError     the input file cannot be read (past a row): what was recorded stays; fix it, re-run (exit 2)
     ├── FatalAPIError      the endpoint refuses every request (auth, deployment, unreachable, a redirect): exit 2
     ├── OutputError        an output file cannot be written (permissions, disk full): exit 2
     └── AttemptError       one HTTP attempt failed; ``retryable`` says whether to try again
 
-Input problems are not exceptions: a bad line becomes an error *line* and the
-run carries on (see ``inputs.BadLine``).
+A bad input line is not an exception: it becomes an error *line* and the run
+carries on (see ``input.reader.BadLine``). Only a file that cannot be read on
+from some point is one (``InputError``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ class AsyncBatchError(Exception):
 
 class ConfigError(AsyncBatchError):
     """The run cannot start as configured."""
+
+
+class InputError(ConfigError):
+    """The input file cannot be read, whole or past a row (a read error, a CSV quote that never closes).
+
+    Before anything is sent it refuses the run; during one, the run stops cleanly once the answers in
+    flight are recorded. Either way the message names the file and what to do: fix the file, then run
+    the same command again, which resumes where it stopped.
+    """
 
 
 # How the library's hints name a run option; the command line puts its flag in their place (``cli_words``).

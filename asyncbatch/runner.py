@@ -12,7 +12,9 @@ it left.
 Interrupts (``Interrupt.request``, wired to SIGINT/SIGTERM by the CLI): the
 first stops new requests and gives those in flight ``config.grace`` seconds;
 the second cancels them at once. Either way, what finished is written and
-the checkpoint saved; the unfinished inputs run on the next resume.
+the checkpoint saved; the unfinished inputs run on the next resume. An input
+that cannot be read on (``InputError`` from the reader) stops the run the same
+way, but waits for every request in flight: they are paid for.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .config import RunConfig
 from .cost import Budget
 from .display.reporters import Reporter, default_reporter
 from .display.summary import summary_data
-from .errors import ConfigError, FatalAPIError, OutputError, StopRun
+from .errors import ConfigError, FatalAPIError, InputError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, sniff, virtual_lines
 from .input.requests import Job, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
@@ -84,6 +86,8 @@ async def run(
     :param sleep: used for every retry wait and cool-down; ``clock`` for every time. Tests inject both.
     :raises FatalAPIError: the endpoint rejected the first requests (key, deployment, URL).
     :raises ConfigError: the outputs belong to a different input or options, or another run holds them.
+    :raises InputError: the input cannot be read on from some row: the run stopped once every answer in
+        flight was recorded, and resumes there once the file is fixed.
     :raises OutputError: an output file cannot be written.
     """
     reporter = reporter or default_reporter()
@@ -200,6 +204,7 @@ class _Run:
         )
         self.stopping = False
         self.fatal: FatalAPIError | None = None
+        self.unread: Exception | None = None  # why the reader stopped before the end of the input
         self.sleep, self.clock = sleep, clock
         self.tasks: list[asyncio.Task[None]] = []
         self.hard_stop: asyncio.TimerHandle | None = None
@@ -209,7 +214,7 @@ class _Run:
             interrupt.listen(self.on_interrupt)
         try:
             await self._run_all()
-        except* (FatalAPIError, OutputError) as group:
+        except* (FatalAPIError, OutputError, InputError) as group:
             fatal = _first_leaf(group)
             self.stats.aborted = self.reporter.redactor.text(str(fatal))
             fatal.args = (self.stats.aborted,)  # a server may quote a token back: only the run knows every one
@@ -219,6 +224,10 @@ class _Run:
             self.metrics.finish()  # the counters are final: the summary the CLI prints next
             if self.cache is not None:
                 self.cache.close()
+        if self.unread is not None:  # raised now that every answer in flight is recorded and the state saved
+            if isinstance(self.unread, InputError):
+                self.stats.aborted = str(self.unread)
+            raise self.unread
         return self.stats
 
     async def _run_all(self) -> None:
@@ -300,8 +309,12 @@ class _Run:
         else:
             self._cancel_all()
 
-    def stop(self, reason: str | None = None) -> None:
-        """No new requests; those in flight get ``grace`` seconds to finish."""
+    def stop(self, reason: str | None = None, *, patient: bool = False) -> None:
+        """No new requests; those in flight get ``grace`` seconds to finish.
+
+        :param patient: no deadline: each attempt in flight ends by its own ``--timeout`` and no retry starts,
+            so every answer on its way is recorded (an interrupt that comes later sets the deadline).
+        """
         if reason is not None and self.stats.stopped is None:
             self.stats.stopped = reason
             self.reporter.warn(f"stopping: {reason}")
@@ -310,6 +323,7 @@ class _Run:
             for task in self.tasks:
                 if task not in self.attempts.sending and task is not asyncio.current_task():
                     task.cancel()  # idle or waiting: nothing paid for is lost
+        if not patient and self.hard_stop is None:
             loop = asyncio.get_running_loop()
             self.hard_stop = loop.call_later(self.config.grace, self._cancel_all)
 
@@ -318,6 +332,17 @@ class _Run:
             task.cancel()
 
     async def produce(self, queue: asyncio.Queue[Job | None]) -> None:
+        try:
+            await self._produce(queue)
+        except Exception as exc:  # the reader: InputError, or a defect; either way, the answers on their way count
+            self.unread = exc
+            if in_flight := len(self.attempts.sending):
+                self.reporter.warn(
+                    f"stopping: {self.config.input_path} cannot be read on; recording the {in_flight} answers in flight"
+                )
+            self.stop(patient=True)
+
+    async def _produce(self, queue: asyncio.Queue[Job | None]) -> None:
         request, endpoint = self.config.request, self.config.routes[0].endpoint
         done, unplaced, yielded = len(self.state.done), self.state.done.unplaced.count, 0
         for line in read_lines(self.config.input_path, done=self.state.done, ids=self.store.ids):

@@ -1,7 +1,10 @@
-"""Lazy JSONL reader: bytes on disk -> ParsedLine | BadLine, one line at a time.
+"""Lazy input reader: bytes on disk -> ParsedLine | BadLine, one line (or table row) at a time.
 
-The format is detected line by line (see docs/usage.md "Input formats"). Nothing here
-builds requests; that is ``requests.py``.
+The input file's boundary: its bytes are decoded, bounded and judged here, once. The format is
+detected line by line (see docs/usage.md "Input formats"). Every line or row the file holds
+comes out once, as a ParsedLine or a BadLine naming why; the one thing raised is ``InputError``,
+when the rest of the file cannot be read (a read error, a CSV row past the line limit). Nothing
+here builds requests; that is ``requests.py``.
 """
 
 from __future__ import annotations
@@ -9,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import re
+from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
 
 import orjson
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..protocol import BATCH_URLS
 from ..store.files import TABLES
 from ..store.ids import IdLog, IdSet, digest, line_digest
@@ -47,7 +51,22 @@ class BadLine(NamedTuple):
     line_hash: str = ""
 
 
+class Unreadable(NamedTuple):
+    """A line (a row) the reader cannot make a JSON record of: why, and the bytes that stand for it.
+
+    ``stand_in`` is what its record's digest is taken from: the row's own bytes when they are at
+    hand, a fixed stand-in for a Parquet row that cannot be decoded, nothing for an overlong line.
+    """
+
+    reason: str
+    stand_in: bytes = b""
+
+
+Raw = bytes | Unreadable  # a line as _lines_of yields it
+
+
 _SNIFF = 64 * 1024
+_DIALECT_SAMPLE = 8 * 1024  # what a table's dialect is told from: its first lines, whole
 _WIDE_BOMS = {
     b"\x00\x00\xfe\xff": "UTF-32",
     b"\xff\xfe\x00\x00": "UTF-32",
@@ -65,34 +84,29 @@ def sniff(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(_SNIFF)
     if is_parquet(path):
-        try:
-            _parquet().ParquetFile(path)
-        except ConfigError:
-            raise
-        except Exception as exc:  # pyarrow's errors for a file that is not Parquet
-            raise ConfigError(f"{path} is not a Parquet file pyarrow can read: {exc}") from None
+        _open_parquet(path)
         return
     for bom, encoding in _WIDE_BOMS.items():
         if head.startswith(bom):
-            raise ConfigError(
+            raise InputError(
                 f"{path} is {encoding} text (PowerShell's default); asyncbatch reads UTF-8. HINT: convert it with "
                 f"`iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.jsonl`, or in PowerShell "
                 f"`Get-Content {path} | Set-Content -Encoding utf8 {path.stem}.utf8.jsonl`"
             )
     if b"\x00" in head:
-        raise ConfigError(f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark, not JSONL")
+        raise InputError(f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark, not JSONL")
     if is_table(path):
         table_header(path)  # a header row is required
         return
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
     if text.startswith(b"["):
-        raise ConfigError(
+        raise InputError(
             f"{path} is a JSON array, not JSONL (one object per line). HINT: `jq -c '.[]' {path} > {path.stem}.jsonl`"
         )
     first = text.split(b"\n", 1)[0]
     if first and not first.startswith(b"{") and (b"," in first or b"\t" in first) and not _is_json(first):
         kind = "TSV" if b"\t" in first and b"," not in first else "CSV"
-        raise ConfigError(
+        raise InputError(
             f"{path} looks like {kind} (its first line is {first[:80].decode(errors='replace')!r}), not JSONL. "
             f"HINT: name it {path.stem}.{kind.lower()}: a {kind} file's rows are records, for --template over "
             "its columns"
@@ -110,7 +124,7 @@ def _is_json(raw: bytes) -> bool:
 def count_lines(path: Path, chunk: int = 1 << 20) -> int:
     """Count lines fast (newline bytes, plus a final unterminated line; a Parquet file's rows)."""
     if is_parquet(path):
-        return int(_parquet().ParquetFile(path).metadata.num_rows)
+        return int(_open_parquet(path).metadata.num_rows)
     count, last = 0, b"\n"
     with path.open("rb") as f:
         while block := f.read(chunk):
@@ -128,6 +142,8 @@ def read_lines(
     records recovered without their line number. ``ids`` records each line's id digest and
     hashes the bytes read; the lines it already recorded (a resumed run) are not even parsed
     when done, and the others know from it whether they repeat an earlier id.
+
+    :raises InputError: the rest of the file cannot be read; every line before it was yielded.
     """
     ids = ids or IdLog(None)
     seen = IdSet()
@@ -144,9 +160,9 @@ def read_lines(
                 if isinstance(item, ParsedLine) and not value:
                     item = _duplicate(item)
             else:
-                content = line_digest(raw) if raw else 0  # once: to match a recorded line, or for its record
+                content = _content(raw)  # once: to match a recorded line, or for its record
                 if done is not None and done.claim(line_no, content):
-                    done_id = _quick_id(raw) if raw else None  # done, but not in the log: only the id is read
+                    done_id = _quick_id(raw) if isinstance(raw, bytes) and raw else None  # done, not in the log: the id
                     ids.append(value if done_id and seen.add(value := digest(done_id)) else 0, size)
                     continue
                 item, value = parse_line(line_no, raw, content), 0
@@ -157,6 +173,13 @@ def read_lines(
                 ids.append(value, size)
             if item is not None:
                 yield item
+
+
+def _content(raw: Raw) -> int:
+    """The line's content digest; 0 for a blank line, or one that has nothing to digest."""
+    if isinstance(raw, Unreadable):
+        return line_digest(raw.stand_in) if raw.stand_in else 0
+    return line_digest(raw) if raw else 0
 
 
 def lines_from(path: Path, offset: int, line_no: int) -> Iterator[ParsedLine | BadLine]:
@@ -198,7 +221,7 @@ def input_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open("rb") as f:
         for line_no, raw, _ in _lines_of(path, f):
             try:
-                obj = orjson.loads(raw) if raw and raw.strip() else None
+                obj = orjson.loads(raw) if isinstance(raw, bytes) and raw.strip() else None
             except orjson.JSONDecodeError:
                 obj = None
             yield line_no, obj if isinstance(obj, dict) else {}
@@ -210,13 +233,31 @@ def _duplicate(item: ParsedLine) -> BadLine:
 
 def _lines_of(
     path: Path, f: BinaryIO, first: int = 1, feed: Callable[[bytes], None] | None = None, feed_after: int = 0
-) -> Generator[tuple[int, bytes | None, int], None, None]:
-    """The input's lines as JSON bytes: a JSONL file's own, a CSV/TSV file's rows, or a Parquet file's rows."""
+) -> Generator[tuple[int, Raw, int], None, None]:
+    """The input's lines as JSON bytes: a JSONL file's own, a CSV/TSV file's rows, or a Parquet file's rows.
+
+    Each comes as (number, the line or ``Unreadable``, its size as the input's bytes or lines).
+    """
     if is_parquet(path):
-        return _parquet_rows(path, first, feed, feed_after)
-    if is_table(path):
-        return _table_rows(path, f, first, feed, feed_after)
-    return _raw_lines(f, first, feed, feed_after)
+        lines = _parquet_rows(path, first, feed, feed_after)
+    elif is_table(path):
+        lines = _table_rows(path, f, first, feed, feed_after)
+    else:
+        lines = _raw_lines(f, first, feed, feed_after)
+    return _read_errors_named(path, lines)
+
+
+def _read_errors_named(
+    path: Path, lines: Generator[tuple[int, Raw, int], None, None]
+) -> Generator[tuple[int, Raw, int], None, None]:
+    """``lines``; a read error (EIO, a network share gone) is an InputError naming the file: the rest cannot be read."""
+    try:
+        yield from lines
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {path}: {exc.strerror or exc}. Nothing read before is lost. HINT: make the file readable "
+            "again (check the disk or the network share), then run the same command again: it goes on from there"
+        ) from None
 
 
 def is_parquet(path: Path) -> bool:
@@ -232,6 +273,7 @@ def virtual_lines(path: Path) -> Callable[[Path], Iterator[bytes]] | None:
 
 
 PARQUET_BATCH = 2_000  # rows read at a time: memory stays flat whatever the file's size
+_JSON_ROW = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def _parquet() -> Any:
@@ -242,35 +284,145 @@ def _parquet() -> Any:
     return pq
 
 
+def _open_parquet(path: Path) -> Any:
+    """``path`` as a ``pyarrow.parquet.ParquetFile`` whose footer adds up; InputError naming the file if not."""
+    pq = _parquet()
+    try:
+        file = pq.ParquetFile(path)
+        metadata = file.metadata
+        counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+    except Exception as exc:  # pyarrow's errors for a file that is not Parquet: OSError, ArrowInvalid, ...
+        raise InputError(
+            f"{path} is not a Parquet file pyarrow can read: {_first_line(exc)}. HINT: write it again from its source"
+        ) from None
+    if min(counts, default=0) < 0 or sum(counts) != metadata.num_rows:
+        raise InputError(
+            f"{path} is damaged: its footer says {metadata.num_rows:,} rows, its row groups {sum(counts):,}. "
+            "HINT: write it again from its source"
+        )
+    return file
+
+
+def _first_line(exc: BaseException) -> str:
+    """A library's error, as one printable line of at most 300 characters."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return "".join(ch if ch.isprintable() else "?" for ch in line).strip(" :?")
+
+
 def parquet_lines(path: Path) -> Iterator[bytes]:
     """A Parquet file's rows, each as one JSON line (the bytes the reader hashes), in row batches.
 
-    Decoded with the system allocator, which gives memory back between row groups (Arrow's
-    default pool keeps it); every buffer remembers its pool, so the swap is safe for other code.
+    A row that cannot be decoded is its stand-in (``Unreadable.stand_in``): its record's digest
+    matches it while the file is the same, and no longer once the row is mended.
+    """
+    for item in _parquet_items(path):
+        yield item.stand_in if isinstance(item, Unreadable) else item
+
+
+def _parquet_items(path: Path) -> Iterator[Raw]:
+    """A Parquet file's rows in order: each a JSON line, or ``Unreadable`` (its page or a cell cannot be decoded).
+
+    Row groups are read one at a time, so a page pyarrow cannot decode costs the rows of its
+    group only: they stand as Unreadable, as many as the footer gives the group, and the next
+    group is read. Decoded with the system allocator, which gives memory back between row
+    groups (Arrow's default pool keeps it); every buffer remembers its pool, so the swap is safe
+    for other code.
     """
     import pyarrow as pa
 
-    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    file = _open_parquet(path)
     pool = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        for batch in _parquet().ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
-            for row in batch.to_pylist():
-                yield orjson.dumps(row, default=str, option=options) + b"\n"
+        row_no = 0
+        for group in range(file.metadata.num_row_groups):
+            for item in _row_group(file, group):
+                row_no += 1
+                if isinstance(item, Unreadable) and not item.stand_in:  # a fixed stand-in, which no row's JSON is
+                    item = Unreadable(item.reason, b"\x00row %d\n" % row_no)
+                yield item
     finally:
         pa.set_memory_pool(pool)
 
 
+def _row_group(file: Any, group: int) -> Iterator[Raw]:
+    """One row group's rows; as many ``Unreadable`` as the footer gives it for those its pages cannot give."""
+    expected = file.metadata.row_group(group).num_rows
+    batches = file.iter_batches(batch_size=PARQUET_BATCH, row_groups=[group], use_threads=False)
+    given = 0
+    reason = f"row group {group + 1} ends before the {expected:,} rows the file's footer gives it"
+    while True:
+        try:
+            batch = next(batches, None)
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # the disk's error, not the file's: the rest cannot be read (_read_errors_named)
+            reason = f"row group {group + 1} cannot be decoded ({_first_line(exc)})"
+            break
+        except Exception as exc:  # pyarrow's other errors for a page it cannot decode: ArrowInvalid, ...
+            reason = f"row group {group + 1} cannot be decoded ({_first_line(exc)})"
+            break
+        if batch is None:
+            break
+        for item in _batch_lines(batch):
+            given += 1
+            yield item
+    for _ in range(expected - given):
+        yield Unreadable(
+            f"{reason}. HINT: write the file again from its source, then run the same command: these rows run then"
+        )
+
+
+def _batch_lines(batch: Any) -> Iterator[Raw]:
+    """A record batch's rows as JSON lines; a row whose cells Python cannot hold, or that is not UTF-8, Unreadable."""
+    try:
+        rows: list[Any] = batch.to_pylist()
+    except Exception:  # a cell that is not UTF-8, a date past year 9999...: find its row, and only it fails
+        rows = [_row_cells(batch, index) for index in range(batch.num_rows)]
+    for row in rows:
+        yield row if isinstance(row, Unreadable) else _row_line(row)
+
+
+def _row_cells(batch: Any, index: int) -> dict[str, Any] | Unreadable:
+    try:
+        row: dict[str, Any] = batch.slice(index, 1).to_pylist()[0]
+    except UnicodeDecodeError as exc:
+        return Unreadable(_not_utf8(exc))
+    except Exception as exc:  # a value Python has no type for: OverflowError, ArrowNotImplementedError...
+        return Unreadable(f"a cell cannot be read: {_first_line(exc)}")
+    return row
+
+
+def _row_line(row: dict[str, Any]) -> Raw:
+    try:
+        line = orjson.dumps(row, default=_cell, option=_JSON_ROW) + b"\n"
+    except orjson.JSONEncodeError as exc:
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            return Unreadable(_not_utf8(exc.__cause__))
+        return Unreadable(f"the row cannot be written as JSON: {_first_line(exc)}")  # nested past orjson's limit...
+    if len(line) > MAX_LINE_BYTES:
+        return Unreadable(f"row is longer than {MAX_LINE_BYTES} bytes as a JSON line", line)
+    return line
+
+
+def _cell(value: object) -> object:
+    """A cell JSON has no type for: bytes are text if UTF-8 (the one rule for every format); the rest, its str."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")  # raises: refused like a JSONL line that is not UTF-8
+    return str(value)
+
+
 def _parquet_rows(
     path: Path, first: int, feed: Callable[[bytes], None] | None, feed_after: int
-) -> Generator[tuple[int, bytes | None, int], None, None]:
+) -> Generator[tuple[int, Raw, int], None, None]:
     """A Parquet file's rows from row ``first`` on, as (row number, the row as a JSON record, its size as a line)."""
-    for row_no, raw in enumerate(parquet_lines(path), 1):
+    for row_no, item in enumerate(_parquet_items(path), 1):
         if row_no < first:
             continue
+        line = item.stand_in if isinstance(item, Unreadable) else item
         if feed is not None and row_no > feed_after:
-            feed(raw)
-        yield row_no, raw, len(raw)
+            feed(line)
+        yield row_no, item, len(line)
 
 
 def is_table(path: Path) -> bool:
@@ -278,74 +430,203 @@ def is_table(path: Path) -> bool:
     return path.suffix.lower() in TABLES
 
 
-def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect, bytes]:
-    """A table's column names, its dialect (sniffed within the suffix's delimiter), and the header's bytes.
+class _RowTooLong(Exception):
+    """A CSV/TSV row past the line limit: where it ends cannot be trusted (a quote that never closes)."""
 
-    :raises ConfigError: no header, or one with an empty or repeated name.
+
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # after a CR that no LF follows
+
+
+class _PhysicalLines:
+    """A table's physical lines as text for ``csv.reader``, at most the line limit per row; each row's bytes kept.
+
+    Lines end at LF, CRLF or a lone CR, as Python reads a CSV file opened with ``newline=""``.
+    Bytes are decoded with ``surrogateescape``: a row that is not UTF-8 keeps its shape, so its end
+    is found, and it is refused whole when its record is made (``_table_line``).
     """
+
+    def __init__(self, f: BinaryIO, limit: int, carried: bytes = b"") -> None:
+        self.f, self.limit = f, limit
+        self.row = [carried] if carried else []  # the row's bytes so far (row 1 carries the header's)
+        self.size = 0  # the row's own bytes, which the limit bounds
+        self.at_start = f.tell() == 0
+        self.pending: list[bytes] = []  # the rest of a line a lone CR cut, last piece first
+        self.carry = b""  # the start of a line the last read stopped in
+
+    def __iter__(self) -> _PhysicalLines:
+        return self
+
+    def __next__(self) -> str:
+        raw = self.pending.pop() if self.pending else self._read()
+        if not raw:
+            raise StopIteration
+        self.row.append(raw)
+        self.size += len(raw)
+        if self.size > self.limit:
+            raise _RowTooLong
+        if self.at_start:  # a UTF-8 BOM is harmless at the start of the file; accept it
+            self.at_start = False
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        return raw.decode("utf-8", "surrogateescape")
+
+    def _read(self) -> bytes:
+        """The next line, up to LF or a lone CR; one longer than the limit comes cut, and its row is too long."""
+        raw = self.carry + self.f.readline(self.limit + 1 - len(self.carry))
+        self.carry = b""
+        cut = len(raw) > self.limit and not raw.endswith(b"\n")  # the file's line goes on past what was read
+        if raw.find(b"\r", 0, len(raw) - (2 if raw.endswith(b"\r\n") else 1)) == -1 and not (cut and raw[-1:] == b"\r"):
+            return raw  # one line: the common case
+        pieces = [piece for piece in _LONE_CR.split(raw) if piece]
+        if cut and len(pieces) > 1:  # the last piece goes on (or is a CR whose LF is not read yet): read on
+            self.carry = pieces.pop()
+        self.pending = pieces[:0:-1]
+        return pieces[0]
+
+    def take(self) -> tuple[bytes, int]:
+        """The bytes of the row just read, and how many of them are its own; the next row starts empty."""
+        taken, own = b"".join(self.row), self.size
+        self.row.clear()
+        self.size = 0
+        return taken, own
+
+
+def _csv_reader(lines: _PhysicalLines, dialect: type[csv.Dialect] | csv.Dialect) -> Iterator[list[str]]:
+    if csv.field_size_limit() <= MAX_LINE_BYTES:  # process-wide, so only ever raised: rows are bounded by lines
+        csv.field_size_limit(MAX_LINE_BYTES + 1)
+    return csv.reader(lines, dialect)
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _dialect(sample: str, delimiters: str) -> type[csv.Dialect]:
+    """A table's dialect, told from its first lines in linear time.
+
+    Excel's (RFC 4180 quoting), with the delimiter among ``delimiters`` that splits the most lines
+    into the same number of cells outside quotes, ``'`` for quotes if more fields start with it than
+    with ``"``, and the spaces after a delimiter skipped if one always follows it. Not csv.Sniffer:
+    its regular expressions backtrack, and some text of 3 kB kept it busy for minutes.
+    """
+    starts = "(?:^|[" + re.escape(delimiters) + "]) ?"
+    singles, doubles = (len(re.findall(starts + mark, sample, re.MULTILINE)) for mark in ("'", '"'))
+    quote = "'" if singles > doubles else '"'
+    bare = re.sub(f"{quote}[^{quote}]*{quote}", "", sample)  # quoted text: its delimiters are no delimiters
+    lines = [line for line in _LINE_END.split(bare) if line]
+    chosen, best = delimiters[0], 0
+    for delimiter in delimiters:
+        counts = Counter(line.count(delimiter) for line in lines)
+        counts.pop(0, None)
+        if (score := max(counts.values(), default=0)) > best:
+            chosen, best = delimiter, score
+    skip = 0 < bare.count(chosen) == bare.count(chosen + " ")
+    return type("sniffed", (csv.excel,), {"delimiter": chosen, "quotechar": quote, "skipinitialspace": skip})
+
+
+def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect, bytes]:
+    """A table's column names, its dialect (told within the suffix's delimiters), and the header's bytes.
+
+    :raises InputError: no header, one with an empty or repeated name, or one that cannot be read.
+    """
+    kind = path.suffix.lower()[1:].upper()
     with path.open("rb") as f:
-        sample = f.read(_SNIFF).removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
-        try:
-            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(
-                sample, delimiters=TABLES[path.suffix.lower()]
-            )
-        except csv.Error:
-            dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
+        begin = f.read(_DIALECT_SAMPLE).removeprefix(b"\xef\xbb\xbf")
+        ends = max(begin.rfind(b"\n"), begin.rfind(b"\r"))
+        sample = (begin[: ends + 1] if ends > 0 else begin).decode("utf-8", errors="replace")  # whole lines
+        dialect = _dialect(sample, TABLES[path.suffix.lower()])
         f.seek(0)
-        pulled: list[bytes] = []
-        header = next(csv.reader(_decoded(f, pulled), dialect), None)
+        lines = _PhysicalLines(f, MAX_LINE_BYTES)
+        try:
+            header = next(_csv_reader(lines, dialect), None)
+        except _RowTooLong:
+            raise InputError(
+                f"{path}: its header row is longer than {MAX_LINE_BYTES:,} bytes (a quote that never closes?). "
+                f"HINT: fix the header, or save the file as {kind} again"
+            ) from None
+        except csv.Error as exc:
+            raise InputError(f"{path}: its header row cannot be read as {kind}: {_csv_problem(exc)}") from None
+        head = lines.take()[0]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: its header row is {_not_utf8(exc)}") from None
     if not header or any(not name.strip() for name in header) or len(set(header)) != len(header):
-        raise ConfigError(
+        raise InputError(
             f"{path} needs a header row naming every column once (got {header!r}): --template fills "
             "{{names}} from it, and an id or custom_id column names each row"
         )
-    return header, dialect, b"".join(pulled)
+    return header, dialect, head
 
 
-def _decoded(f: BinaryIO, pulled: list[bytes]) -> Iterator[str]:
-    """``f``'s physical lines as text for the csv module, each line's bytes kept in ``pulled``."""
-    for raw in iter(f.readline, b""):
-        pulled.append(raw)
-        yield raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
+def _csv_problem(exc: csv.Error) -> str:
+    return str(exc).split(" - ")[0]  # not the csv module's advice to Python programmers
 
 
 def _table_rows(
     path: Path, f: BinaryIO, first: int, feed: Callable[[bytes], None] | None, feed_after: int
-) -> Generator[tuple[int, bytes | None, int], None, None]:
+) -> Generator[tuple[int, Raw, int], None, None]:
     """A CSV/TSV file's rows as (row number, the row as a JSON record, its size on disk).
 
     Row 1 is the first after the header, whose bytes it carries (so sizes add up to the file's
     bytes, as a JSONL file's lines do). A row with fewer cells than the header leaves the rest
-    null; one with more keeps them under ``_extra``. A blank row is a blank line.
+    null; one with more keeps them under ``_extra``. A blank row is a blank line. A row the csv
+    module refuses, or that is not UTF-8, is Unreadable; one past the line limit ends the reading
+    (InputError), since where it ends, and so where the next row starts, cannot be trusted.
     """
     header, dialect, head = table_header(path)
-    pulled: list[bytes] = []
+    carried = b""
     if f.tell() == 0:  # from the start: the header's bytes are carried by row 1, not read as a row
         f.seek(len(head))
-        pulled.append(head)
+        carried = head
+    lines = _PhysicalLines(f, MAX_LINE_BYTES, carried)
+    rows = _csv_reader(lines, dialect)
+    kind = path.suffix.lower()[1:].upper()
     row_no = first - 1
-    for cells in csv.reader(_decoded(f, pulled), dialect):
+    while True:
+        problem = None
+        try:
+            cells = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            cells, problem = [], f"cannot be read as a {kind} row: {_csv_problem(exc)}"
+        except _RowTooLong:
+            raise InputError(
+                f"{path}: row {row_no + 1:,} is longer than {MAX_LINE_BYTES:,} bytes, so where it ends cannot be "
+                "trusted (most often a quote that never closes, which makes the rest of the file one cell). Nothing "
+                f"read before it is lost. HINT: fix row {row_no + 1:,} (close its quote, or shorten it), then run "
+                "the same command again: it goes on from there"
+            ) from None
         row_no += 1
-        consumed = b"".join(pulled)
-        pulled.clear()
-        size = len(consumed)
+        consumed, own = lines.take()
         if feed is not None and row_no > feed_after:
             feed(consumed)
-        if not any(cell.strip() for cell in cells):
-            yield row_no, b"", size
-            continue
-        record: dict[str, Any] = dict(zip(header, cells, strict=False))
-        for name in header[len(cells) :]:
-            record[name] = None
-        if len(cells) > len(header):
-            record["_extra"] = cells[len(header) :]
-        yield row_no, orjson.dumps(record), size
+        row = consumed[len(consumed) - own :]
+        yield row_no, Unreadable(problem, row) if problem else _table_line(header, cells, row), len(consumed)
+
+
+def _table_line(header: list[str], cells: list[str], row: bytes) -> Raw:
+    """A row's cells as its JSON record; b"" for a blank row; Unreadable if its bytes are not UTF-8."""
+    if not any(cell.strip() for cell in cells):
+        return b""
+    record: dict[str, Any] = dict(zip(header, cells, strict=False))
+    for name in header[len(cells) :]:
+        record[name] = None
+    if len(cells) > len(header):
+        record["_extra"] = cells[len(header) :]
+    try:
+        return orjson.dumps(record)
+    except orjson.JSONEncodeError as exc:  # a cell holding bytes that are not UTF-8 (kept as surrogates)
+        try:
+            row.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return Unreadable(_not_utf8(bad), row)
+        return Unreadable(f"the row cannot be written as JSON: {_first_line(exc)}", row)
 
 
 def _raw_lines(
     f: BinaryIO, first: int = 1, feed: Callable[[bytes], None] | None = None, feed_after: int = 0
-) -> Generator[tuple[int, bytes | None, int], None, None]:
-    """Yield (line number, bytes, size on disk); None stands for a line longer than MAX_LINE_BYTES.
+) -> Generator[tuple[int, Raw, int], None, None]:
+    """Yield (line number, bytes, size on disk); a line longer than MAX_LINE_BYTES is Unreadable, never held whole.
 
     :param first: the number of the line ``f`` is at (1 at the start of the file).
     :param feed: given every byte read of the lines after ``feed_after``, before the line is yielded.
@@ -364,7 +645,7 @@ def _raw_lines(
                     fed(rest)
             if fed is not None:
                 fed(rest)
-            yield line_no, None, size + len(rest)
+            yield line_no, Unreadable(f"line is longer than {MAX_LINE_BYTES} bytes"), size + len(rest)
             continue
         size = len(raw)
         if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -388,11 +669,12 @@ def _quick_id(raw: bytes) -> str | None:
     return cid if type(cid) is str and cid else None
 
 
-def parse_line(line_no: int, raw: bytes | None, content: int | None = None) -> ParsedLine | BadLine | None:
+def parse_line(line_no: int, raw: Raw, content: int | None = None) -> ParsedLine | BadLine | None:
     """Parse one line; None for a blank line. ``content``: its ``line_digest``, if already known."""
     fallback_id = f"line-{line_no}"
-    if raw is None:
-        return BadLine(line_no, fallback_id, f"line is longer than {MAX_LINE_BYTES} bytes")
+    if isinstance(raw, Unreadable):  # said why where it was read
+        content = _content(raw) if content is None else content
+        return BadLine(line_no, fallback_id, raw.reason, f"{content:016x}" if content else "")
     if not raw.strip():
         return None
     line_hash = f"{line_digest(raw) if content is None else content:016x}"
@@ -412,16 +694,30 @@ def parse_line(line_no: int, raw: bytes | None, content: int | None = None) -> P
     return ParsedLine(line_no, custom_id or fallback_id, kind, obj, line_hash)
 
 
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    """The refusal of bytes that are not UTF-8, the same words for every format: where, and what to do."""
+    data = exc.object
+    before = bytes(data[max(0, exc.start - 24) : exc.start]).decode("utf-8", "replace")
+    return (
+        f"not UTF-8 text (byte 0x{data[exc.start]:02X} after {before!r}); asyncbatch reads UTF-8. HINT: save the "
+        "file as UTF-8, or convert it, e.g. from Windows-1252 or Latin-1: iconv -f CP1252 -t UTF-8 IN > OUT"
+    )
+
+
 _PYTHON_DICT = re.compile(rb"^\s*\{\s*'|^\s*\{.*[:,]\s*(True|False|None)\s*[,}]")
 
 
 def _not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:  # only now that orjson refused it: the hot path decodes nothing twice
+        return _not_utf8(bad)
     if _PYTHON_DICT.match(raw):
         return (
             "a Python dict, not JSON (single quotes, or True/False/None): JSONL needs double quotes and "
             "true/false/null. HINT: write each line with json.dumps(row), not str(row)"
         )
-    return f"not valid JSON (or not UTF-8): {exc}"
+    return f"not valid JSON: {exc}"
 
 
 def detect_kind(obj: dict[str, Any]) -> Kind:
