@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asyncbatch.cli.main import main
+from asyncbatch.config import default_errors, default_output
 from asyncbatch.errors import ConfigError, InputError
 from asyncbatch.input import reader
 from asyncbatch.input.reader import BadLine, ParsedLine, count_lines, parquet_lines, read_lines, sniff
@@ -46,8 +47,10 @@ def _table(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _recorded(folder: Path, stem: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    return read_jsonl(folder / f"{stem}.results.jsonl"), read_jsonl(folder / f"{stem}.results.errors.jsonl")
+def _recorded(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a run of the input ``path`` recorded, in its default outputs."""
+    results = default_output(path)
+    return read_jsonl(results), read_jsonl(default_errors(results))
 
 
 def _once(*outputs: list[dict[str, Any]]) -> list[int]:
@@ -80,7 +83,7 @@ def test_a_3001_row_csv_whose_last_row_holds_a_200_kb_field_runs_every_row_and_r
     path = _table(tmp_path / "in.csv", rows)
     args = [str(path), "-q", "-c", "50", "--template", "{text}"]
     assert main(args) == 0
-    results, errors = _recorded(tmp_path, "in")
+    results, errors = _recorded(path)
     assert _once(results, errors) == list(range(1, 3002)) and not errors
     assert sim.statuses["200"] == len(results) == 3001  # every answer the server gave is recorded
     long = next(r for r in results if r["custom_id"] == "long")
@@ -98,7 +101,7 @@ def test_a_parquet_file_whose_last_row_group_cannot_be_decoded_finishes_the_othe
     _damage_row_group(path)
     args = ["in.parquet", "-q", "-c", "20", "--template", "{text}"]
     assert main(args) == 1
-    results, errors = _recorded(tmp_path, "in")
+    results, errors = _recorded(path)
     assert _once(results, errors) == list(range(1, 301))
     assert sorted(r["line"] for r in results) == list(range(1, 201))  # the good row groups, finished
     assert sim.statuses["200"] == len(results) == 200  # every answer the server gave is recorded
@@ -110,7 +113,7 @@ def test_a_parquet_file_whose_last_row_group_cannot_be_decoded_finishes_the_othe
     assert "Traceback" not in capsys.readouterr().err
     pq.write_table(table, path, row_group_size=100)  # written again from its source: its last rows run
     assert main(args) == 0 and sim.requests == 300
-    results, errors = _recorded(tmp_path, "in")
+    results, errors = _recorded(path)
     assert sorted(r["line"] for r in results) == list(range(1, 301)) and not errors
 
 
@@ -128,7 +131,7 @@ def test_a_latin_1_row_is_refused_by_name_in_every_format_and_the_others_run(
     path = tmp_path / f"in{suffix}"
     path.write_bytes(data.replace("café".encode(), "café".encode("latin-1")))  # one row saved in Latin-1
     assert main([path.name, "-q", "--template", "{text}"]) == 1
-    results, errors = _recorded(tmp_path, "in")
+    results, errors = _recorded(path)
     assert sorted(r["custom_id"] for r in results) == ["r0", "r2"]
     (error,) = errors
     assert (error["line"], error["custom_id"], error["error"]["code"]) == (2, "line-2", "invalid_input")
@@ -153,15 +156,15 @@ def test_a_row_whose_end_cannot_be_trusted_stops_the_run_cleanly_and_the_same_co
         assert main(args) == 2
         err = capsys.readouterr().err
         assert "answers in flight" in err  # the stop came while requests were on their way ...
-        results, errors = _recorded(tmp_path, "in")
+        results, errors = _recorded(path)
         assert simulator.statuses["200"] == len(results) > 0 and not errors  # ... and every answer was recorded
         assert max(_once(results)) < 150
         assert f"{path}: row 150 is longer than 4,096 bytes" in err and "HINT: fix row 150" in err
         assert "Traceback" not in err
-        assert main(args) == 2 and simulator.statuses["200"] == len(read_jsonl(tmp_path / "in.results.jsonl"))
+        assert main(args) == 2 and simulator.statuses["200"] == len(_recorded(path)[0])
         path.write_text(path.read_text().replace("never closes\n", 'never closes"\n'), encoding="utf-8")
         assert main(args) == 0
-        results, errors = _recorded(tmp_path, "in")
+        results, errors = _recorded(path)
         assert _once(results, errors) == list(range(1, 201)) and not errors
         assert simulator.statuses["200"] == 200  # nothing paid for twice
 
