@@ -127,7 +127,10 @@ def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
 
 
-def refused_by(status: int, code: str | None, inner: str | None, param: str | None) -> Literal["endpoint", "line"] | None:
+Whose = Literal["endpoint", "line"]
+
+
+def refused_by(status: int, code: str | None, inner: str | None, param: str | None) -> Whose | None:
     """Whose a 4xx refusal is: this line's content, the endpoint's (credentials, deployment), or not known (None).
 
     A line's code wins over the status (some gateways answer a flagged prompt with a 403). A 404 that names a

@@ -256,7 +256,8 @@ def test_whose_refusal_a_4xx_is_decides_its_type() -> None:
     assert type(status_error(403, {}, b"Forbidden")) is EndpointRefused  # no JSON: the status says it all
     assert type(_error_body(404, {"code": "DeploymentNotFound", "message": "gone"})) is EndpointRefused
     # a 404 naming a field of the request is about that request, not the deployment
-    assert type(_error_body(404, {"code": "not_found", "message": "no such", "param": "previous_response_id"})) is Refused
+    named = {"code": "not_found", "message": "no such", "param": "previous_response_id"}
+    assert type(_error_body(404, named)) is Refused
     assert type(_error_body(400, {"code": "unsupported_parameter", "message": "no"})) is Refused
     assert not _error_body(401, {"code": "401"}).retryable  # the engine decides, by type
 
@@ -287,7 +288,7 @@ def test_a_key_refused_after_answers_stops_the_run_once_a_few_answers_agree_and_
             assert isinstance(await carrier.carry(job(line_no=n)), Success)
         with pytest.raises(FatalAPIError, match=r"the key was refused after 5 answers: was it rotated\?") as caught:
             await carrier.carry(job(line_no=6))
-        assert caught.value.kind == "authentication" and "run when the same command does" in str(caught.value)
+        assert caught.value.kind == "authentication" and "run when the same command runs again" in str(caught.value)
         assert only.connection.sent[5:] == [only.connection.sent[5]] * AGREE  # type: ignore[attr-defined]
         assert only.refusals == AGREE
         assert [w for w in time.slept if w]  # asked again after a backoff, not at once

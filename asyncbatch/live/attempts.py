@@ -129,7 +129,7 @@ def unreachable_error(exc: AttemptError, route: Route, api: Api = "chat") -> Fat
     return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded", cause=exc.code)
 
 
-def endpoint_error(exc: AttemptError, route: Route, api: Api = "chat") -> FatalAPIError:
+def endpoint_error(exc: AttemptError, route: Route, api: Api = "chat", *, fresh_token: bool = False) -> FatalAPIError:
     """The endpoint refused the route's credentials, or has no such deployment: said as what changed, if it worked."""
     url = route.connection.where(api)  # the route this request tried
     kind = FATAL_STATUSES.get(exc.status or 0, "authentication")
@@ -139,12 +139,13 @@ def endpoint_error(exc: AttemptError, route: Route, api: Api = "chat") -> FatalA
         return FatalAPIError(kind, f"authentication failed: {exc.message}")
     after = f"after {route.succeeded:,} answers"
     if kind == "not_found":
-        changed = f"the deployment was not found {after}: was it deleted or renamed? {exc.message} (URL tried: {url})"
+        changed = f"the deployment was not found {after}: was it deleted or renamed? ({exc.message}; URL tried: {url})"
     elif route.connection.tokens is not None:
-        changed = f"the Entra ID identity was refused {after}: was its access removed? {exc.message}"
+        again = ", with a fresh token too" if fresh_token else ""
+        changed = f"the Entra ID identity was refused {after}{again}: was its access removed? ({exc.message})"
     else:
-        changed = f"the key was refused {after}: was it rotated? {exc.message}"
-    return FatalAPIError(kind, f"{changed}. The lines not answered are not recorded: they run when the same command does")
+        changed = f"the key was refused {after}: was it rotated? ({exc.message})"
+    return FatalAPIError(kind, f"{changed}. No refused line was recorded: they run when the same command runs again.")
 
 
 class Attempts:
@@ -423,10 +424,7 @@ class Attempts:
         if exc.status == 401 and route.any_success and tokens:
             if await tokens.refresh_after_401(exc.token):
                 return _again(exc)  # the token expired early: a new one, and the same request again
-            # a fresh token refused: the identity is wrong
-            self._refused(
-                route, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
-            )
+            self._refused(route, endpoint_error(exc, route, tally.api, fresh_token=True))
             return _again(exc)
         try:
             held = route.admission.on_failure(exc, ticket)
