@@ -1,10 +1,11 @@
-"""An endpoint that changes mid-run, through the CLI: a key rotated, a deployment deleted, a pool losing one.
+"""Whose refusal, through the CLI: the endpoint's (a key rotated, a deployment deleted mid-run), or one line's.
 
 The server is a scripted one on 127.0.0.1 (``tests/scripted.py``) with a state the test changes, as an
 operator would: it answers until the change, then refuses every request the way Azure does. A refusal of
 the key or the deployment is never a line's failure: the run stops (exit 2) with what it had answered
 recorded, and the same command, once the endpoint is fixed, finishes the rest, each line exactly once.
-Lines whose content is refused (the content filter) are that line's failure and never stop the run.
+Lines whose content is refused (the content filter, the model's own refusal) are that line's failure and
+never stop the run, however many come first.
 """
 
 from __future__ import annotations
@@ -190,3 +191,27 @@ def test_a_content_refusal_answered_with_a_403_by_a_gateway_is_the_line_s_own(
         write_jsonl(tmp_path / "in.jsonl", rows)
         code, results, errors = _run(tmp_path)
     assert (code, len(errors), len(results)) == (1, 25, 1)
+
+
+def test_a_model_s_refusal_in_plain_chat_is_the_line_s_failure_with_its_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = orjson.loads(completion(None))
+    refused["choices"][0]["message"]["refusal"] = "I cannot help with that request."
+
+    def script(request: Received) -> Answer:
+        if request.prompt.startswith("refuse"):
+            return Answer(200, orjson.dumps(refused))
+        return Answer(200, completion("fine"))
+
+    with serve(script) as server:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.url)
+        monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k")
+        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
+        rows = [batch_line(f"r{i}", f"refuse {i}") for i in range(25)] + [batch_line("ok", "fine")]
+        write_jsonl(tmp_path / "in.jsonl", rows)
+        code, results, errors = _run(tmp_path)
+    assert code == 1 and [r["custom_id"] for r in results] == ["ok"]
+    assert len(errors) == 25 and {e["error"]["code"] for e in errors} == {"refusal"}
+    assert all("I cannot help with that request." in e["error"]["message"] for e in errors)
+    assert all(e["attempts"] == 1 for e in errors)
