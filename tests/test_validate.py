@@ -151,5 +151,5 @@ def test_an_empty_refusal_field_is_no_refusal() -> None:
 def test_a_responses_refusal_part_is_the_line_s_failure() -> None:
     part = {"type": "refusal", "refusal": "No."}
     body = {"status": "completed", "output": [{"type": "message", "content": [part]}]}
-    with pytest.raises(LineRefused, match="the model refused to answer: 'No.'"):
+    with pytest.raises(LineRefused, match=r"the model refused to answer: 'No\.'"):
         OutputCheck(None, None).extract_for("responses", body, {"input": "x"})
