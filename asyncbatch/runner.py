@@ -90,7 +90,7 @@ async def run(
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
     lines = virtual_lines(config.input_path)  # a Parquet file's rows: what a resume compares
     first = first_lines(config.input_path)
-    if mistake := setup_mistake(config.input_path, first, config.request):
+    if mistake := setup_mistake(config.input_path, first, config.request, config.routes[0].endpoint):
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
     if config.prices is None:  # a deployment not named after a model: the lines may name one
         config = dataclasses.replace(config, prices=lines_prices(first))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import re
+import shlex
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple, Protocol
@@ -74,10 +75,11 @@ def sniff(path: Path) -> None:
         return
     for bom, encoding in _WIDE_BOMS.items():
         if head.startswith(bom):
+            out = _beside(path, ".utf8.jsonl")
             raise ConfigError(
                 f"{path} is {encoding} text (PowerShell's default); asyncbatch reads UTF-8. HINT: convert it with "
-                f"`iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.jsonl`, or in PowerShell "
-                f"`Get-Content {path} | Set-Content -Encoding utf8 {path.stem}.utf8.jsonl`"
+                f"`iconv -f {encoding} -t UTF-8 {_quoted(path)} > {out}`, or in PowerShell "
+                f"`Get-Content {_quoted(path)} | Set-Content -Encoding utf8 {out}`"
             )
     if b"\x00" in head:
         raise ConfigError(f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark, not JSONL")
@@ -87,7 +89,8 @@ def sniff(path: Path) -> None:
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
     if text.startswith(b"["):
         raise ConfigError(
-            f"{path} is a JSON array, not JSONL (one object per line). HINT: `jq -c '.[]' {path} > {path.stem}.jsonl`"
+            f"{path} is a JSON array, not JSONL (one object per line). "
+            f"HINT: `jq -c '.[]' {_quoted(path)} > {_beside(path, '.jsonl')}`"
         )
     first = text.split(b"\n", 1)[0]
     if first and not first.startswith(b"{") and (b"," in first or b"\t" in first) and not _is_json(first):
@@ -97,6 +100,18 @@ def sniff(path: Path) -> None:
             f"HINT: name it {path.stem}.{kind.lower()}: a {kind} file's rows are records, for --template over "
             "its columns"
         )
+
+
+def _quoted(path: Path) -> str:
+    return shlex.quote(str(path))
+
+
+def _beside(path: Path, suffix: str) -> str:
+    """Where a hint's command writes its converted copy: beside ``path``, never over it nor over another file."""
+    target, n = path.with_name(f"{path.stem}{suffix}"), 1
+    while target.exists():  # the input itself (x.jsonl -> x.jsonl), or a file of the user's
+        target, n = path.with_name(f"{path.stem}.{n}{suffix}"), n + 1
+    return _quoted(target)
 
 
 def _is_json(raw: bytes) -> bool:
