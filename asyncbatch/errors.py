@@ -28,7 +28,8 @@ class ConfigError(AsyncBatchError):
 RESTART = "restart=True (or asyncbatch.restart(config))"
 ACCEPT_CHANGES = "accept_changes=True"
 RETRY_FAILED = "retry_failed=True"
-_FLAGS = {RESTART: "--restart", ACCEPT_CHANGES: "--accept-changes", RETRY_FAILED: "--retry-failed"}
+OUTPUT_PATH = "output_path="  # followed by a file name
+_FLAGS = {RESTART: "--restart", ACCEPT_CHANGES: "--accept-changes", RETRY_FAILED: "--retry-failed", OUTPUT_PATH: "-o "}
 
 
 def option(field: str, flag: str | None = None) -> str:

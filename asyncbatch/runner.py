@@ -32,7 +32,7 @@ from .cost import Budget
 from .display.reporters import Reporter, default_reporter
 from .display.summary import summary_data
 from .errors import ConfigError, FatalAPIError, OutputError, StopRun
-from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, sniff, virtual_lines
+from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, row_lines, sniff, virtual_lines
 from .input.requests import Job, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
@@ -104,6 +104,7 @@ async def run(
             accept_changes=config.accept_changes,
             retry_failed=config.retry_failed,
             lines=lines,
+            rows=row_lines(config.input_path),
         ) as state:
             if config.batch is None:
                 refuse_live_while_open(config.state)

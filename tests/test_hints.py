@@ -48,12 +48,13 @@ HINTS = {
         "tests/test_batchapi.py::"
         "test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes_exactly_once"
     ),
-    "pass {RETRY_FAILED} to run every failed line again": (
+    "pass {RETRY_FAILED} to run every failed {unit} again": (
         "tests/test_hints.py::test_the_hint_for_a_failed_line_edited_in_place_runs_it_as_it_is_now"
     ),
     "or pass {ACCEPT_CHANGES} to run the remaining lines": (
         "tests/test_mistakes.py::test_changed_options_after_successes_are_refused_unless_accepted"
     ),
+    "outputs of its own ({OUTPUT_PATH}": "tests/test_tables.py::test_outputs_of_another_input_are_refused_naming_it_and_what_to_do",
     # advice: a value to choose, a file to fix, a package to install, a cause to look into
     "use the v1 API": ADVICE + " (a URL with the user's own resource name)",
     "remove the user:password@ part": ADVICE,
@@ -68,7 +69,7 @@ HINTS = {
     "set it in the environment or in .env": ADVICE,
     "HINT: set it to the": ADVICE + " (the endpoint's URL alone)",
     "HINT: run again": ADVICE + " (the same command)",
-    "append the corrected line with its own custom_id": ADVICE + " (an edit of the input)",
+    "append the corrected {unit} with {own}": ADVICE + " (an edit of the input)",
     "did you mean": ADVICE + " (a guess at the scheme: the user knows whether it is https)",
     "wait for it to finish, or stop it": ADVICE,
     "give the target's own path, or remove the link": ADVICE,

@@ -246,6 +246,18 @@ def virtual_lines(path: Path) -> Callable[[Path], Iterator[bytes]] | None:
     return parquet_lines if is_parquet(path) else None
 
 
+def row_lines(path: Path) -> Callable[[Path], Iterator[bytes]] | None:
+    """For a CSV or TSV table, its rows as the reader makes them (JSON records, what a record's ``line_hash``
+    is a digest of), to compare recorded rows one by one on a resume; else None."""
+    return _table_lines if is_table(path) else None
+
+
+def _table_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for _, raw, _ in _table_rows(path, f, 1, None, 0):
+            yield raw or b""
+
+
 PARQUET_BATCH = 2_000  # rows read at a time: memory stays flat whatever the file's size
 
 

@@ -111,7 +111,8 @@ def setup_mistake(
         seen += 1
     if not seen or len(reasons) != 1:
         return None
-    start = f"{path}: the first {seen} lines all fail the same way, so every line would: {reasons.pop()}"
+    fail = "its one line fails" if seen == 1 else f"the first {seen} lines all fail the same way, so every line would"
+    start = f"{path}: {fail}: {reasons.pop()}"
     if not fields:
         return start
     names = sorted(map(str, fields))
