@@ -54,7 +54,9 @@ HINTS = {
     "or pass {ACCEPT_CHANGES} to run the remaining lines": (
         "tests/test_mistakes.py::test_changed_options_after_successes_are_refused_unless_accepted"
     ),
-    "outputs of its own ({OUTPUT_PATH}": "tests/test_tables.py::test_outputs_of_another_input_are_refused_naming_it_and_what_to_do",
+    "outputs of its own ({OUTPUT_PATH}": (
+        "tests/test_tables.py::test_outputs_of_another_input_are_refused_naming_it_and_what_to_do"
+    ),
     # advice: a value to choose, a file to fix, a package to install, a cause to look into
     "use the v1 API": ADVICE + " (a URL with the user's own resource name)",
     "remove the user:password@ part": ADVICE,
