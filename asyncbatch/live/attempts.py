@@ -421,7 +421,7 @@ class Attempts:
             self._refused(route, FatalAPIError("redirect", exc.message))
             return _again(exc)
         tokens = route.connection.tokens
-        if exc.status == 401 and route.any_success and tokens:
+        if isinstance(exc, EndpointRefused) and exc.status == 401 and route.any_success and tokens:
             if await tokens.refresh_after_401(exc.token):
                 return _again(exc)  # the token expired early: a new one, and the same request again
             self._refused(route, endpoint_error(exc, route, tally.api, fresh_token=True))
