@@ -82,7 +82,8 @@ async def run(
     :param reporter: progress and messages (default: messages only, on stderr).
     :param interrupt: call ``interrupt.request()`` to stop gracefully (twice: at once).
     :param sleep: used for every retry wait and cool-down; ``clock`` for every time. Tests inject both.
-    :raises FatalAPIError: the endpoint rejected the first requests (key, deployment, URL).
+    :raises FatalAPIError: the endpoint refused the key or deployment (at the start, or after answers), or never
+        answered; what was answered is recorded, and the lines refused run on the next run.
     :raises ConfigError: the outputs belong to a different input or options, or another run holds them.
     :raises OutputError: an output file cannot be written.
     """
