@@ -198,7 +198,7 @@ def _check_status(body: dict[str, Any]) -> None:
                 body=body,
             )
         if reason == "content_filter":
-            raise AttemptError(
+            raise LineRefused(
                 "content_filter",
                 "the answer was withheld by the content filter (status: incomplete); asking again will not help",
                 status=200,
@@ -232,7 +232,7 @@ def _check_finish(reason: Any, body: dict[str, Any]) -> None:
             body=body,
         )
     if reason == "content_filter":
-        raise AttemptError(
+        raise LineRefused(
             "content_filter",
             "the answer was withheld by the content filter (finish_reason: content_filter); asking again will not help",
             status=200,
