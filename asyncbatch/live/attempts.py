@@ -145,7 +145,8 @@ def endpoint_error(exc: AttemptError, route: Route, api: Api = "chat", *, fresh_
         changed = f"the Entra ID identity was refused {after}{again}: was its access removed? ({exc.message})"
     else:
         changed = f"the key was refused {after}: was it rotated? ({exc.message})"
-    return FatalAPIError(kind, f"{changed}. No refused line was recorded: they run when the same command runs again.")
+    resume = "The refused lines are not recorded: they run when the same command runs again."
+    return FatalAPIError(kind, f"{changed}. {resume}")
 
 
 class Attempts:
@@ -437,7 +438,7 @@ class Attempts:
         if isinstance(exc, EndpointRefused):
             return self._endpoint_refused(route, exc, tally)
         if not is_outage(exc):
-            route.refusals = 0  # an answer past the key and the deployment: both still work
+            route.on_accepted()
         if not route.any_success and (fatal := self._unreachable_before_success(route, exc, tally.api)):
             self._refused(route, fatal)
             return _again(exc)

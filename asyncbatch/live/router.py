@@ -74,6 +74,10 @@ class Route:
         self.succeeded += 1
         self.refusals = 0
 
+    def on_accepted(self) -> None:
+        """An answer past the key and the deployment (a 4xx of the request's own, a 429): both still work."""
+        self.refusals = 0
+
     def on_refused(self) -> int:
         """The key or the deployment was refused here; how many answers in a row have said so."""
         self.refusals += 1
