@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import string
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -256,11 +257,33 @@ class RequestDefaults:
             raise ConfigError(f"{option('max_tokens')} must be at least 1 (got {self.max_tokens})")
         if self.temperature is not None and not (math.isfinite(self.temperature) and 0 <= self.temperature <= 2):
             raise ConfigError(f"{option('temperature')} must be between 0 and 2 (got {self.temperature:g})")
+        if self.template is not None and (problem := template_problem(self.template)):
+            raise ConfigError(
+                f"{option('template')} {self.template[:200]!r} cannot be used: {problem}. HINT: a field is written "
+                "{name}, with the name of a field of the records; write {{ or }} for a brace itself"
+            )
         check_request_schemas(self.tools, self.response_format, self.strict)
         if self.strict:
             tools, response_format = mark_strict(self.tools, self.response_format)
             object.__setattr__(self, "tools", tools)
             object.__setattr__(self, "response_format", response_format)
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot render any record (``str.format_map`` over its fields), or None.
+
+    Parsed once, here: a mistake in the template itself is every line's, so it is said before anything is sent.
+    """
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return str(exc)
+    for _, name, _, conversion in fields:
+        if name is not None and (not name or name[0].isdigit()):
+            return f"{{{name}}} names no field (a record's fields are named, not numbered)"
+        if conversion not in (None, "r", "s", "a"):
+            return f"!{conversion} in {{{name}!{conversion}}} is not a conversion (!r, !s or !a)"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)

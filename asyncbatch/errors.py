@@ -6,7 +6,7 @@
     │   └── InputError     the input file cannot be read (past a row): what was recorded stays; fix it, re-run (exit 2)
     ├── FatalAPIError      the endpoint refuses every request (auth, deployment, unreachable, a redirect): exit 2
     ├── OutputError        an output file cannot be written (permissions, disk full): exit 2
-    └── AttemptError       one HTTP attempt failed; ``retryable`` says whether to try again
+    └── AttemptError       one HTTP attempt failed; its subclass says how the engine reacts (below)
 
 A bad input line is not an exception: it becomes an error *line* and the run
 carries on (see ``input.reader.BadLine``). Only a file that cannot be read on
@@ -39,7 +39,8 @@ class InputError(ConfigError):
 RESTART = "restart=True (or asyncbatch.restart(config))"
 ACCEPT_CHANGES = "accept_changes=True"
 RETRY_FAILED = "retry_failed=True"
-_FLAGS = {RESTART: "--restart", ACCEPT_CHANGES: "--accept-changes", RETRY_FAILED: "--retry-failed"}
+OUTPUT_PATH = "output_path="  # followed by a file name
+_FLAGS = {RESTART: "--restart", ACCEPT_CHANGES: "--accept-changes", RETRY_FAILED: "--retry-failed", OUTPUT_PATH: "-o "}
 
 
 def option(field: str, flag: str | None = None) -> str:
@@ -83,9 +84,11 @@ class AttemptError(AsyncBatchError):
 
     The subclass says how the engine reacts: ``RateLimited`` (429: admission waits, no attempt is
     used up), ``Outage`` (no answer, a timeout, a 5xx: retried, and the breaker counts it),
-    ``Refused`` (a 4xx retrying cannot fix: recorded at once), ``InvalidOutput`` (an answer that
-    breaks the schema: asked again with ``feedback``), ``Malformed`` (a 200 that is not an answer:
-    asked again), ``Redirected`` (a 3xx: the run stops). The base class is a failure of no particular kind.
+    ``Refused`` (a 4xx retrying cannot fix: recorded at once), ``LineRefused`` (this line's content
+    refused: recorded, and never taken as every line's), ``EndpointRefused`` (the key or the deployment
+    refused: never recorded; the run stops), ``InvalidOutput`` (an answer that breaks the schema: asked
+    again with ``feedback``), ``Malformed`` (a 200 that is not an answer: asked again), ``Redirected``
+    (a 3xx: the run stops). The base class is a failure of no particular kind.
 
     :param code: a short machine-readable reason (``http_429``, ``timeout``...).
     :param status: the HTTP status, when a response arrived.
@@ -162,6 +165,19 @@ class Outage(AttemptError):
 
 class Refused(AttemptError):
     """A 4xx (or an answer too large) that the same request would get again: recorded, not retried."""
+
+
+class LineRefused(Refused):
+    """This line's content refused (the content filter, a prompt past the context window, the model's own
+    refusal): a failure of that line alone, never a sign that every line would fail (``attempts.settle``)."""
+
+
+class EndpointRefused(AttemptError):
+    """The endpoint refuses the credentials (401, 403) or has no such deployment (404): no line's fault.
+
+    Never recorded as a line's failure: once a few answers in a row agree (at once, before any success),
+    the run stops and the line waits for the resume; a pool sets that deployment aside.
+    """
 
 
 class InvalidOutput(AttemptError):

@@ -11,7 +11,7 @@ Each row is: ``line``, ``status`` (``succeeded`` or ``failed``), ``custom_id``,
 the input record's fields (with ``--input``, each keeping its JSON type),
 ``output``, ``error_code``, ``error_message``, ``attempts``, ``prompt_tokens``
 and ``completion_tokens``. For CSV and Parquet an object ``output`` becomes one
-``output.<key>`` column per key. A CSV text cell a spreadsheet would run as a
+``output.<key>`` column per key, in its place (``_columns``). A CSV text cell a spreadsheet would run as a
 formula gets a ``'`` before it (``keep_formulas`` leaves it); Parquet keeps values
 as they are.
 
@@ -215,25 +215,46 @@ def _write_jsonl(rows: Rows, f: IO[bytes]) -> None:
 
 
 def flat(row: dict[str, Any]) -> dict[str, Any]:
-    """``output`` spread over columns when it is an object (one level: deeper values stay whole)."""
+    """``output`` spread over columns in its place when it is an object (one level: deeper values stay whole)."""
     output = row.get("output")
     if not isinstance(output, dict):
         return row
-    spread = {k: v for k, v in row.items() if k != "output"}
-    for key, value in output.items():
-        spread[f"output.{key}"] = value
+    spread: dict[str, Any] = {}
+    for name, value in row.items():
+        if name == "output":
+            spread.update((f"output.{key}", item) for key, item in output.items())
+        else:
+            spread[name] = value
     return spread
 
 
+HEAD, TAIL = ("line", "status", "custom_id"), RESULT_FIELDS[1:]
+
+
 def _columns(rows: Rows, kinds: dict[str, set[str]] | None = None) -> list[str]:
-    """Every column, in first-seen order, with the JSON kinds of its values (for Parquet's types)."""
-    columns: dict[str, None] = {}
+    """Every column in the documented order, with the JSON kinds of its values (for Parquet's types).
+
+    ``line, status, custom_id``, the input's fields, the output (``output``, or one ``output.<key>`` per
+    key of an object output), then ``error_code, error_message, attempts, prompt_tokens, completion_tokens``;
+    in first-seen order within each. ``output`` itself only when some output is not an object (or none is
+    one): never a column that every row leaves empty because every answer was spread.
+    """
+    fields: dict[str, None] = {}
+    spread: dict[str, None] = {}
+    plain = objects = False
     for row in rows:
+        output = row.get("output")
+        objects |= isinstance(output, dict)
+        plain |= output is not None and not isinstance(output, dict)
         for name, value in flat(row).items():
-            columns.setdefault(name)
+            if name.startswith("output."):
+                spread.setdefault(name)
+            elif name not in HEAD and name not in RESULT_FIELDS:
+                fields.setdefault(name)
             if kinds is not None and value is not None:
                 kinds.setdefault(name, set()).add(_kind(value))
-    return list(columns)
+    outputs = ["output"] if plain or not objects else []
+    return [*HEAD, *fields, *outputs, *spread, *TAIL]
 
 
 def _kind(value: Any) -> str:
@@ -300,7 +321,8 @@ def _write_parquet(rows: Rows, f: IO[bytes], batch: int = 10_000) -> None:
     with pq.ParquetWriter(f, schema) as writer:
         pending: list[dict[str, Any]] = []
         for row in rows:
-            pending.append({k: None if v is None else convert[k](v) for k, v in flat(row).items()})
+            cells = flat(row)
+            pending.append({k: None if (v := cells.get(k)) is None else convert[k](v) for k in columns})
             if len(pending) >= batch:
                 writer.write_batch(pa.RecordBatch.from_pylist(pending, schema=schema))
                 pending = []

@@ -99,7 +99,23 @@ def batch_url(api: Api, v1: bool) -> str:
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 THROTTLED = 429
-FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}  # they end the run
+# The endpoint's refusals, not a line's: the credentials (401, 403) or the deployment (404). They end the run.
+FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}
+# Error codes (or Azure's ``innererror.code``) that judge one line's content, whatever the status: the
+# content filter, a prompt past the context window, a prompt or image refused. Never the endpoint's.
+LINE_CODES = frozenset(
+    {
+        "content_filter",
+        "ResponsibleAIPolicyViolation",
+        "content_policy_violation",
+        "context_length_exceeded",
+        "string_above_max_length",
+        "invalid_prompt",
+        "invalid_image",
+        "invalid_image_format",
+        "image_too_large",
+    }
+)
 # A Batch API line's error codes worth sending again live
 RETRYABLE_BATCH_CODES = frozenset(
     {"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"}
@@ -109,6 +125,22 @@ RETRYABLE_BATCH_CODES = frozenset(
 def is_retryable_status(status: int) -> bool:
     """408, 409, 429 and every 5xx are worth another attempt; other 4xx never are."""
     return status in RETRYABLE_STATUSES or status >= 500
+
+
+Whose = Literal["endpoint", "line"]
+
+
+def refused_by(status: int, code: str | None, inner: str | None, param: str | None) -> Whose | None:
+    """Whose a 4xx refusal is: this line's content, the endpoint's (credentials, deployment), or not known (None).
+
+    A line's code wins over the status (some gateways answer a flagged prompt with a 403). A 404 that names a
+    field of the request (``param``) is about that line, not the deployment.
+    """
+    if code in LINE_CODES or inner in LINE_CODES:
+        return "line"
+    if status in FATAL_STATUSES and not (status == 404 and param):
+        return "endpoint"
+    return None
 
 
 def is_redirect(status: int) -> bool:

@@ -34,7 +34,7 @@ from .cost import Budget
 from .display.reporters import Reporter, default_reporter
 from .display.summary import summary_data
 from .errors import ConfigError, FatalAPIError, InputError, OutputError, StopRun
-from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, sniff, virtual_lines
+from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, row_lines, sniff, virtual_lines
 from .input.requests import Job, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.router import Router
@@ -84,7 +84,8 @@ async def run(
     :param reporter: progress and messages (default: messages only, on stderr).
     :param interrupt: call ``interrupt.request()`` to stop gracefully (twice: at once).
     :param sleep: used for every retry wait and cool-down; ``clock`` for every time. Tests inject both.
-    :raises FatalAPIError: the endpoint rejected the first requests (key, deployment, URL).
+    :raises FatalAPIError: the endpoint refused the key or deployment (at the start, or after answers), or never
+        answered; what was answered is recorded, and the lines refused run on the next run.
     :raises ConfigError: the outputs belong to a different input or options, or another run holds them.
     :raises InputError: the input cannot be read on from some row: the run stopped once every answer in
         flight was recorded, and resumes there once the file is fixed.
@@ -94,7 +95,7 @@ async def run(
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
     lines = virtual_lines(config.input_path)  # a Parquet file's rows: what a resume compares
     first = first_lines(config.input_path)
-    if mistake := setup_mistake(config.input_path, first, config.request):
+    if mistake := setup_mistake(config.input_path, first, config.request, config.routes[0].endpoint):
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
     if config.prices is None:  # a deployment not named after a model: the lines may name one
         config = dataclasses.replace(config, prices=lines_prices(first))
@@ -108,6 +109,7 @@ async def run(
             accept_changes=config.accept_changes,
             retry_failed=config.retry_failed,
             lines=lines,
+            rows=row_lines(config.input_path),
         ) as state:
             if config.batch is None:
                 refuse_live_while_open(config.state)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -284,7 +285,10 @@ def test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_
         code, err = _cli(tmp_path, "cache", *command[:1], str(cache), *command[1:])
         assert code == 2 and f"{cache} is damaged" in err and "move it aside" in err and "Traceback" not in err
     assert cache.read_bytes() == damaged  # left as it is
-    (tmp_path / "c.sqlite").rename(tmp_path / "c.sqlite.damaged")  # what the hint says: then it runs
+    moved = re.search(r"\((mv .+?)\) and run again", err)
+    assert moved is not None
+    subprocess.run(moved[1], shell=True, cwd=tmp_path, check=True)  # what the hint says, as printed: then it runs
+    assert (tmp_path / "c.sqlite.damaged").read_bytes() == damaged
     assert _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl")[0] == 0
 
 

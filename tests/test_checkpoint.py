@@ -188,6 +188,16 @@ def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tm
     assert any("errors_lines" in note and "rebuilding" in note for note in state.notes)
 
 
+def test_the_checkpoint_keeps_its_input_and_one_written_before_it_did_is_still_read() -> None:
+    original = _ckpt()
+    original.input = "/data/items.jsonl"
+    assert Checkpoint.from_bytes(original.to_bytes()).input == "/data/items.jsonl"
+    older = {k: v for k, v in json.loads(original.to_bytes()).items() if k != "input"}
+    assert Checkpoint.from_bytes(json.dumps({**older, "version": 3}).encode()).input is None
+    with pytest.raises(CheckpointUnreadable):
+        Checkpoint.from_bytes(json.dumps({**older, "input": 7}).encode())
+
+
 def test_changed_fingerprint_is_refused_naming_what_changed(tmp_path: Path) -> None:
     ckpt = tmp_path / "c"
     save_checkpoint(ckpt, _ckpt())

@@ -103,6 +103,38 @@ def test_export_of_a_real_run_with_structured_output_and_bad_lines(
     assert lines == list(range(1, 121))
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_columns_come_in_the_documented_order_with_no_column_every_row_leaves_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    rows: list[object] = [{"id": i, "company": f"Co{i}", "notes": "n"} for i in range(6)]
+    rows[0] = "{not json"  # the first row a failure: its output is empty, and it comes first
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    tools = Path(__file__).parents[1] / "examples" / "get_company_info.json"
+    with simulator_env(SimConfig(latency=0.0), monkeypatch):
+        assert main(["in.jsonl", "--template", "About {company}", "--tools", str(tools), "-q"]) == 1
+    assert main(["export", "in.results.jsonl", "--input", "in.jsonl", "-o", f"t.{fmt}"]) == 0
+    frame = pd.read_csv(tmp_path / "t.csv") if fmt == "csv" else pd.read_parquet(tmp_path / "t.parquet")
+    columns = list(frame.columns)
+    spread = [c for c in columns if c.startswith("output.")]
+    assert spread and "output" not in columns  # every answer was spread: no all-empty output column
+    documented = ["line", "status", "custom_id", "id", "company", "notes", *spread]
+    documented += ["error_code", "error_message", "attempts", "prompt_tokens", "completion_tokens"]
+    assert columns == documented  # docs/usage.md's order
+    assert not [c for c in columns if frame[c].isna().all()]
+
+
+def test_a_plain_output_keeps_its_column_in_place(tmp_path: Path) -> None:
+    results = write_jsonl(tmp_path / "r.jsonl", [{"custom_id": "a", "output": "hi", "line": 2}])
+    errors = write_jsonl(tmp_path / "e.jsonl", [{"custom_id": "b", "error": {"code": "x", "message": "m"}, "line": 1}])
+    out = io.BytesIO()
+    export(Rows(results, errors, None, ordered=True), "csv", None, out)
+    header, first, second = out.getvalue().decode().splitlines()
+    tail = ["error_code", "error_message", "attempts", "prompt_tokens", "completion_tokens"]
+    assert header.split(",") == ["line", "status", "custom_id", "output", *tail]
+    assert first.startswith("1,failed,b,,x,m") and second.startswith("2,succeeded,a,hi,")
+
+
 def test_export_refuses_parquet_to_a_terminal_and_a_missing_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -212,3 +212,52 @@ def test_an_unknown_option_nothing_like_any_other_gets_no_guess(capsys: pytest.C
     with pytest.raises(SystemExit):
         main(["in.jsonl", "--zzzzzz"])
     assert "did you mean" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("About {company", "expected '}' before end of string"),
+        ("About company}", "Single '}' encountered"),
+        ("About {}", "{} names no field"),
+        ("About {company!x}", "!x in {company!x} is not a conversion"),
+    ],
+)
+def test_a_template_that_cannot_render_any_record_exits_2_with_nothing_written_or_sent(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], template: str, expected: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}"} for i in range(50)])
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", template]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "--template" in err and "{{ or }}" in err  # what to write instead
+    assert err.count("\n") == 1  # said once
+    assert _outputs(tmp_path) == [] and sim.requests == 0
+    assert main([str(tmp_path / "in.jsonl"), "--dry-run", "--template", template]) == 2
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", "About {{ {company} }}"]) == 0  # literal braces
+
+
+def _responses_line(i: int) -> dict:
+    return {"custom_id": f"r{i}", "method": "POST", "url": "/responses", "body": {"model": "m", "input": f"q{i}"}}
+
+
+def test_responses_lines_on_an_api_version_without_that_route_exit_2_with_nothing_written_or_sent(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [_responses_line(i) for i in range(30)])
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--api-version", "2024-10-21"]) == 2
+    err = capsys.readouterr().err
+    assert "the Responses API has no route in api-version 2024-10-21" in err and "HINT: use the v1 API" in err
+    assert err.count("\n") == 1
+    assert _outputs(tmp_path) == [] and sim.requests == 0
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--api-version", "2025-04-01-preview"]) == 0  # the fix
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 30
+
+
+def test_responses_lines_among_chat_lines_fail_alone_on_an_api_version_without_that_route(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    rows = [batch_line(f"c{i}", f"p{i}") for i in range(5)] + [_responses_line(i) for i in range(3)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--api-version", "2024-10-21"]) == 1
+    errors = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert sorted(e["custom_id"] for e in errors) == ["r0", "r1", "r2"] and sim.requests == 5

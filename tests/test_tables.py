@@ -120,7 +120,47 @@ def test_rows_appended_to_a_table_are_the_only_ones_sent_and_an_edited_one_is_re
     assert main(args) == 0 and simulator.requests == 52
     assert sorted(int(r["custom_id"]) for r in read_jsonl(tmp_path / "in.csv.results.jsonl")) == list(range(52))
     path.write_text(path.read_text().replace("t3\n", "t3 edited\n"))
-    assert main(args) == 2 and "appending rows is fine" in capsys.readouterr().err and simulator.requests == 52
+    assert main(args) == 2 and simulator.requests == 52
+    err = capsys.readouterr().err
+    assert "in.csv changed at row 4, and its answer is recorded (rows may be appended" in err  # named, as Parquet's
+    assert "restore row 4 and append the corrected row" in err
+
+
+def test_a_failed_csv_row_edited_in_place_is_named_and_runs_again_as_it_is_now_with_retry_failed(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, simulator = sim
+    simulator.config.script.update({"Say t2": ["400"]})
+    rows = [{"id": i, "text": f"t{i}"} for i in range(5)]
+    path = _table(tmp_path / "in.csv", rows)
+    args = [str(path), "-q", "--template", "Say {text}"]
+    assert main(args) == 1
+    rows[2]["text"] = "t2, said better"  # corrected where it stands (a quoted cell now)
+    _table(path, rows)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "changed at row 3, and it failed after being sent" in err and "pass --retry-failed" in err
+    assert main([*args, "--retry-failed"]) == 0
+    assert simulator.bodies[-1]["messages"][0]["content"] == "Say t2, said better"
+    assert sorted(r["line"] for r in read_jsonl(tmp_path / "in.csv.results.jsonl")) == [1, 2, 3, 4, 5]
+
+
+def test_outputs_of_another_input_are_refused_naming_it_and_what_to_do(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = read_jsonl(EXAMPLES / "companies.jsonl")[:5]
+    write_jsonl(tmp_path / "items.jsonl", records)
+    _table(tmp_path / "items.csv", records)
+    write_jsonl(tmp_path / "other.jsonl", records[1:])
+    assert main(["items.jsonl", "-q", "-o", "shared.jsonl", *DEMO]) == 0
+    for other in ("items.csv", "other.jsonl"):
+        assert main([other, "-q", "-o", "shared.jsonl", *DEMO]) == 2
+        err = capsys.readouterr().err
+        assert f"shared.jsonl holds the answers to another input file, {tmp_path / 'items.jsonl'}, not {other}" in err
+        assert f"HINT: give {other} outputs of its own (-o {other}.results.jsonl)" in err
+        assert "changed at" not in err
+        assert main([other, "-q", "-o", f"{other}.results.jsonl", *DEMO]) == 0  # what the hint says
+    assert len(read_jsonl(tmp_path / "shared.jsonl")) == 5
 
 
 @pytest.mark.parametrize("name", ["in.csv", "in.parquet"])

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from asyncbatch.errors import AttemptError, ConfigError
+from asyncbatch.errors import AttemptError, ConfigError, LineRefused
 from asyncbatch.structured.schemas import strict_problems
 from asyncbatch.structured.validate import OutputCheck, compile_schema
 
@@ -130,3 +130,26 @@ def test_strict_limits_depth_and_root() -> None:
         deep = {"type": "object", "properties": {"x": deep}, "required": ["x"], "additionalProperties": False}
     assert any("nested 11 levels deep" in p for p in strict_problems(deep))
     assert strict_problems({"type": "array", "items": {"type": "string"}}) == ["$: the root must be an object schema"]
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_a_refusal_is_the_line_s_failure_with_the_model_s_words(structured: bool) -> None:
+    message = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    body = {"choices": [{"message": message, "finish_reason": "stop"}]}
+    check = OutputCheck(TOOLS, None) if structured else OutputCheck(None, None)
+    with pytest.raises(LineRefused) as caught:
+        check.extract(body)
+    assert caught.value.code == "refusal" and "I can't help with that." in caught.value.message
+    assert not caught.value.retryable and caught.value.body == body  # asking again will not help
+
+
+def test_an_empty_refusal_field_is_no_refusal() -> None:
+    body = {"choices": [{"message": {"role": "assistant", "content": "hi", "refusal": None}, "finish_reason": "stop"}]}
+    assert OutputCheck(None, None).extract(body) == "hi"
+
+
+def test_a_responses_refusal_part_is_the_line_s_failure() -> None:
+    part = {"type": "refusal", "refusal": "No."}
+    body = {"status": "completed", "output": [{"type": "message", "content": [part]}]}
+    with pytest.raises(LineRefused, match=r"the model refused to answer: 'No\.'"):
+        OutputCheck(None, None).extract_for("responses", body, {"input": "x"})

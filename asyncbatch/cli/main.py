@@ -46,7 +46,7 @@ from .deployments import DeploymentSpec, load_deployments
 from .dryrun import Sample, dry_run, format_report, pick_sample
 from .env import Env, deployments_from_env, endpoint_from_env, endpoint_kind, load_env, parse_headers, secrets_in
 from .export_cmd import export_main
-from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, build_parser
+from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ONE_TIME, build_parser
 from .report_cmd import report_main
 
 Go = Callable[[RunConfig], Awaitable[int]]
@@ -283,7 +283,9 @@ def _prog() -> list[str]:
 
 
 def resume_command(argv: Sequence[str]) -> str:
-    """The command to run again, with every --header value left out (they are secrets): named, to pass again."""
+    """The command to run again: without the options that act once (``parser.ONE_TIME``), and with every
+    --header value left out (they are secrets): named, to pass again."""
+    parser = build_parser()
     shown, names, value_next = [], [], False
     for arg in argv:
         option, eq, value = arg.partition("=")
@@ -291,7 +293,9 @@ def resume_command(argv: Sequence[str]) -> str:
             value_next = False
             names.append(arg.partition(":")[0].strip())
             shown.append(f"{names[-1]}: <your value>")
-        elif len(option) >= 5 and "--header".startswith(option):  # --header, or argparse's --head, --heade
+        elif (name := parser.long_option(arg)) in ONE_TIME:
+            continue
+        elif name == "--header":
             value_next = not eq
             if eq:
                 names.append(value.partition(":")[0].strip())

@@ -81,8 +81,24 @@ def _default(cls: Any, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
+# Options that act once, on the run they are given to: a resume hint never repeats them. --restart would move
+# the answers recorded so far aside, --retry-failed would pay again for the failures this run recorded,
+# --cancel would cancel the jobs the resume should collect, and --accept-changes has done its work (the
+# checkpoint now holds the new options): repeated, it would accept the next change unasked.
+ONE_TIME = frozenset({"--restart", "--retry-failed", "--cancel", "--accept-changes"})
+
+
 class _Parser(argparse.ArgumentParser):
     given: Sequence[str] = ()
+
+    def long_option(self, token: str) -> str | None:
+        """The long option ``token`` names, as argparse reads it (its name, or a prefix of one name), else None."""
+        name = token.partition("=")[0]
+        if not name.startswith("--"):
+            return None
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        matches = [name] if name in known else [o for o in known if o.startswith(name)]
+        return matches[0] if len(matches) == 1 else None
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         self.given = list(args or ())
@@ -140,7 +156,7 @@ def fault_rates(text: str) -> dict[str, float]:
     return rates
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     p = _Parser(
         prog="asyncbatch",
         usage=USAGE,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import re
+import shlex
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -88,10 +89,11 @@ def sniff(path: Path) -> None:
         return
     for bom, encoding in _WIDE_BOMS.items():
         if head.startswith(bom):
+            out = _beside(path, ".utf8.jsonl")
             raise InputError(
                 f"{path} is {encoding} text (PowerShell's default); asyncbatch reads UTF-8. HINT: convert it with "
-                f"`iconv -f {encoding} -t UTF-8 {path} > {path.stem}.utf8.jsonl`, or in PowerShell "
-                f"`Get-Content {path} | Set-Content -Encoding utf8 {path.stem}.utf8.jsonl`"
+                f"`iconv -f {encoding} -t UTF-8 {_quoted(path)} > {out}`, or in PowerShell "
+                f"`Get-Content {_quoted(path)} | Set-Content -Encoding utf8 {out}`"
             )
     if b"\x00" in head:
         raise InputError(f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark, not JSONL")
@@ -101,7 +103,8 @@ def sniff(path: Path) -> None:
     text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
     if text.startswith(b"["):
         raise InputError(
-            f"{path} is a JSON array, not JSONL (one object per line). HINT: `jq -c '.[]' {path} > {path.stem}.jsonl`"
+            f"{path} is a JSON array, not JSONL (one object per line). "
+            f"HINT: `jq -c '.[]' {_quoted(path)} > {_beside(path, '.jsonl')}`"
         )
     first = text.split(b"\n", 1)[0]
     if first and not first.startswith(b"{") and (b"," in first or b"\t" in first) and not _is_json(first):
@@ -111,6 +114,18 @@ def sniff(path: Path) -> None:
             f"HINT: name it {path.stem}.{kind.lower()}: a {kind} file's rows are records, for --template over "
             "its columns"
         )
+
+
+def _quoted(path: Path) -> str:
+    return shlex.quote(str(path))
+
+
+def _beside(path: Path, suffix: str) -> str:
+    """Where a hint's command writes its converted copy: beside ``path``, never over it nor over another file."""
+    target, n = path.with_name(f"{path.stem}{suffix}"), 1
+    while target.exists():  # the input itself (x.jsonl -> x.jsonl), or a file of the user's
+        target, n = path.with_name(f"{path.stem}.{n}{suffix}"), n + 1
+    return _quoted(target)
 
 
 def _is_json(raw: bytes) -> bool:
@@ -270,6 +285,18 @@ def virtual_lines(path: Path) -> Callable[[Path], Iterator[bytes]] | None:
     A Parquet file's rows are JSON lines to the reader: what it hashes, counts and compares on a resume.
     """
     return parquet_lines if is_parquet(path) else None
+
+
+def row_lines(path: Path) -> Callable[[Path], Iterator[bytes]] | None:
+    """For a CSV or TSV table, its rows as the reader makes them (JSON records, what a record's ``line_hash``
+    is a digest of), to compare recorded rows one by one on a resume; else None."""
+    return _table_lines if is_table(path) else None
+
+
+def _table_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for _, raw, _ in _table_rows(path, f, 1, None, 0):
+            yield raw or b""
 
 
 PARQUET_BATCH = 2_000  # rows read at a time: memory stays flat whatever the file's size

@@ -82,11 +82,14 @@ class SetupError(ValueError):
     """A line the options cannot turn into a request (no template, a field it lacks): maybe every line's."""
 
 
-def setup_mistake(path: Path, lines: Iterable[ParsedLine | BadLine], defaults: RequestDefaults) -> str | None:
+def setup_mistake(
+    path: Path, lines: Iterable[ParsedLine | BadLine], defaults: RequestDefaults, to: Endpoint | None = None
+) -> str | None:
     """The options' mistake every one of the first lines shares, said as what to add; None if there is none.
 
-    A file run without ``--template``, or with a template naming a field no line has, would
-    otherwise fail line by line: this says so once, before anything is written.
+    A file run without ``--template``, with a template naming a field no line has, or with lines for a
+    route the endpoint's api-version lacks (``to``: Responses lines on 2024-10-21), would otherwise fail
+    line by line: this says so once, before anything is written.
     """
     reasons: set[str] = set()
     fields: set[str] = set()
@@ -95,20 +98,25 @@ def setup_mistake(path: Path, lines: Iterable[ParsedLine | BadLine], defaults: R
         if isinstance(line, BadLine):
             return None
         try:
-            _base_body(line, defaults)
+            body = _base_body(line, defaults)
         except SetupError as exc:
             reasons.add(str(exc))
             fields.update(line.obj)
         except ValueError:
             return None
         else:
-            return None
+            if to is None or not (problem := unsupported(line_api(line, defaults), body, to.kind, to.api_version)):
+                return None
+            reasons.add(problem)  # it says what to do
         seen += 1
     if not seen or len(reasons) != 1:
         return None
+    fail = "its one line fails" if seen == 1 else f"the first {seen} lines all fail the same way, so every line would"
+    start = f"{path}: {fail}: {reasons.pop()}"
+    if not fields:
+        return start
     names = sorted(map(str, fields))
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    start = f"{path}: the first {seen} lines all fail the same way, so every line would: {reasons.pop()}"
     if defaults.template is None:
         example = next((n for n in names if n not in ("id", "custom_id")), "text")
         hint = f'add --template over the fields of the records ({shown}), e.g. --template "...{{{example}}}..."'

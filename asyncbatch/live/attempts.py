@@ -5,8 +5,8 @@ write), or raises:
 
 * ``Stopped``: the run is stopping and this job was not finished; it is not
   recorded, and runs again on resume;
-* ``FatalAPIError``: the endpoint refuses the run as a whole (see ``fatal_error``);
-  in a pool, only when every deployment was set aside (``router.py``);
+* ``FatalAPIError``: the endpoint refuses the run as a whole (see ``endpoint_error`` and
+  ``unreachable_error``); in a pool, only when every deployment was set aside (``router.py``);
 * ``StopRun``: admission will not wait that long (see ``admission/admission.py``), or the next
   attempt would pass ``--max-cost`` (``cost.Budget``).
 
@@ -15,7 +15,15 @@ schema are held back (``settle``): if the first ``SYSTEMATIC`` all fail the same
 way, the run stops with the server's message (or what the model answered
 instead) and records none of them, as for a wrong key. Until then only
 ``SYSTEMATIC`` lines ask the model again: a schema or tool the model never
-follows costs at most that many lines' attempts.
+follows costs at most that many lines' attempts. A refusal of one line's content
+(``LineRefused``: the content filter, the context window) is never held: it says
+nothing of the other lines.
+
+A refusal of the key or the deployment (``EndpointRefused``: 401, 403, 404) is never
+a line's failure. Before a deployment's first success it stops the run at once; after
+it (a key rotated, a deployment deleted), once ``AGREE`` answers in a row agree, with
+the answers so far recorded and the refused lines left for the resume. A pool sets
+that deployment aside instead, and stops only when none is left.
 
 What is retried and how long to wait is ``retry.py``; every reaction to 429s
 and rate-limit headers is ``admission`` (``admission/admission.py``).
@@ -32,12 +40,12 @@ from typing import Any
 import orjson
 from tenacity import RetryCallState
 
-from ..admission.breaker import no_answer
+from ..admission.breaker import is_outage, no_answer
 from ..admission.calibration import Ticket
 from ..clock import Sleep
 from ..config import RequestDefaults, RetryPolicy
 from ..cost import Budget, Prices
-from ..errors import AttemptError, FatalAPIError, InvalidOutput, Redirected, StopRun
+from ..errors import AttemptError, EndpointRefused, FatalAPIError, InvalidOutput, LineRefused, Redirected, StopRun
 from ..input.requests import Job, with_feedback
 from ..protocol import FATAL_STATUSES, THROTTLED, Api, TooDeep, read_json
 from ..records import failure_record, result_record
@@ -49,6 +57,7 @@ from .retry import retrying
 from .router import Route, Router
 
 SYSTEMATIC = 20  # the first this many lines failing the same way (a 4xx, or invalid output) stop the run
+AGREE = 3  # after a deployment's first success, this many refusals of its key or name in a row are its verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +89,12 @@ class _Tally:
 
 
 def _holdable(exc: AttemptError) -> bool:
-    """A failure that may be every line's: a 4xx, or output that breaks the schema after every attempt."""
+    """A failure that may be every line's: a 4xx, or output that breaks the schema after every attempt.
+
+    Never a refusal of one line's content (``LineRefused``): 40 prompts the filter refuses say nothing of the 41st.
+    """
+    if isinstance(exc, LineRefused):
+        return False
     return isinstance(exc, InvalidOutput) or (exc.status is not None and 400 <= exc.status < 500)
 
 
@@ -103,25 +117,36 @@ def _systematic(exc: AttemptError, lines: int) -> FatalAPIError:
     )
 
 
-def fatal_error(exc: AttemptError, route: Route, api: Api = "chat") -> FatalAPIError | None:
-    """A failure that every line would share (wrong key, deployment or endpoint), or None.
+def unreachable_error(exc: AttemptError, route: Route, api: Api = "chat") -> FatalAPIError | None:
+    """The endpoint never answered at all, or None.
 
-    Only meaningful before the run's first success: afterwards, the endpoint is known to work.
     "Unreachable" means no HTTP answer at all, ever, for a while (``Admission.never_reached``):
     a 5xx (or any status) is an answer.
     """
+    if not no_answer(exc) or not route.admission.never_reached():
+        return None
     url = route.connection.where(api)  # the route this request tried
-    if no_answer(exc):
-        if not route.admission.never_reached():
-            return None
-        message = f"cannot reach {url}: {exc.message}; no request has succeeded"
-        return FatalAPIError("unreachable", message, cause=exc.code)
-    kind = FATAL_STATUSES.get(exc.status or 0)
-    if kind == "not_found":
-        return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
-    if kind is not None:
+    return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded", cause=exc.code)
+
+
+def endpoint_error(exc: AttemptError, route: Route, api: Api = "chat", *, fresh_token: bool = False) -> FatalAPIError:
+    """The endpoint refused the route's credentials, or has no such deployment: said as what changed, if it worked."""
+    url = route.connection.where(api)  # the route this request tried
+    kind = FATAL_STATUSES.get(exc.status or 0, "authentication")
+    if not route.any_success:
+        if kind == "not_found":
+            return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
         return FatalAPIError(kind, f"authentication failed: {exc.message}")
-    return None
+    after = f"after {route.succeeded:,} answers"
+    if kind == "not_found":
+        changed = f"the deployment was not found {after}: was it deleted or renamed? ({exc.message}; URL tried: {url})"
+    elif route.connection.tokens is not None:
+        again = ", with a fresh token too" if fresh_token else ""
+        changed = f"the Entra ID identity was refused {after}{again}: was its access removed? ({exc.message})"
+    else:
+        changed = f"the key was refused {after}: was it rotated? ({exc.message})"
+    resume = "The refused lines are not recorded: they run when the same command runs again."
+    return FatalAPIError(kind, f"{changed}. {resume}")
 
 
 class Attempts:
@@ -247,8 +272,10 @@ class Attempts:
             reply, latency_ms, output = await self._until_done(job, tally)
         except AttemptError as exc:
             first = self.router.routes[0]
-            if not self.any_success and not self.router.pooled and (fatal := fatal_error(exc, first, job.api)):
+            if not self.any_success and not self.router.pooled and (fatal := unreachable_error(exc, first, job.api)):
                 raise fatal from None
+            if isinstance(exc, EndpointRefused) and self.stopping():
+                raise Stopped from None  # refused with the key or deployment the run stops for: not this line's
             name = tally.route.name if tally.route else None
             record = failure_record(
                 custom_id=job.custom_id,
@@ -395,13 +422,10 @@ class Attempts:
             self._refused(route, FatalAPIError("redirect", exc.message))
             return _again(exc)
         tokens = route.connection.tokens
-        if exc.status == 401 and route.any_success and tokens:
+        if isinstance(exc, EndpointRefused) and exc.status == 401 and route.any_success and tokens:
             if await tokens.refresh_after_401(exc.token):
                 return _again(exc)  # the token expired early: a new one, and the same request again
-            # a fresh token refused: the identity is wrong
-            self._refused(
-                route, FatalAPIError("authentication", f"authentication failed with a fresh token: {exc.message}")
-            )
+            self._refused(route, endpoint_error(exc, route, tally.api, fresh_token=True))
             return _again(exc)
         try:
             held = route.admission.on_failure(exc, ticket)
@@ -411,7 +435,11 @@ class Attempts:
             self.router.set_aside(route, str(stop), resumable=True)
             return _again(exc)
         self._observe(route)
-        if not route.any_success and (fatal := self._fatal_before_success(route, exc, tally.api)):
+        if isinstance(exc, EndpointRefused):
+            return self._endpoint_refused(route, exc, tally)
+        if not is_outage(exc):
+            route.on_accepted()
+        if not route.any_success and (fatal := self._unreachable_before_success(route, exc, tally.api)):
             self._refused(route, fatal)
             return _again(exc)
         if self.router.pooled and (exc.status == THROTTLED or exc.retryable) and len(self.router.live) > 1:
@@ -419,13 +447,25 @@ class Attempts:
             return exc.but(held=held) if held else exc.but(retry_after=0.0)
         return exc.but(held=True) if held else exc
 
-    def _fatal_before_success(self, route: Route, exc: AttemptError, api: Api) -> FatalAPIError | None:
-        """A failure that says this deployment will never work: a wrong key or name, or down from the start."""
-        if route.admission.breaker.is_open and no_answer(exc):  # most likely a wrong URL, not an outage
-            return fatal_error(exc, route, api)
-        if self.router.pooled and exc.status in FATAL_STATUSES:
-            return fatal_error(exc, route, api)
+    def _unreachable_before_success(self, route: Route, exc: AttemptError, api: Api) -> FatalAPIError | None:
+        """A deployment down from the start: most likely a wrong URL, not an outage."""
+        if route.admission.breaker.is_open and no_answer(exc):
+            return unreachable_error(exc, route, api)
         return None
+
+    def _endpoint_refused(self, route: Route, exc: EndpointRefused, tally: _Tally) -> AttemptError:
+        """The key or the deployment refused: the verdict, or (while few answers agree) the same line again later.
+
+        Before the deployment's first success, one refusal is the verdict. After it, one or two may be a
+        moment's, or this line's: the line is asked again after a backoff (using up an attempt), and the
+        verdict comes once ``AGREE`` answers in a row (this line's or others') agree.
+        """
+        agreeing = route.on_refused()
+        if route.any_success and agreeing < min(AGREE, self.retry.max_attempts) and not self.stopping():
+            tally.avoid = route if self.router.pooled else None
+            return exc.but(retryable=True)
+        self._refused(route, endpoint_error(exc, route, tally.api))
+        return _again(exc)
 
     def _refused(self, route: Route, fatal: FatalAPIError) -> None:
         """One endpoint stops the run; a pool sets the deployment aside and the job tries another."""

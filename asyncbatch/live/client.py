@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from ..config import Endpoint, RetryPolicy
-from ..errors import AttemptError, Malformed, Outage, RateLimited, Redirected, Refused
+from ..errors import AttemptError, EndpointRefused, LineRefused, Malformed, Outage, RateLimited, Redirected, Refused
 from ..protocol import (
     ACCEPT_ENCODING,
     ANSWERS,
@@ -42,6 +42,7 @@ from ..protocol import (
     parse_retry_after,
     read_json,
     redirect_message,
+    refused_by,
     request_id,
 )
 from ..redact import Redactor
@@ -319,14 +320,13 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
     characters; the message is cut at ``MESSAGE_CHARS``.
     """
     read, body = _error_body(raw)
-    err = read.get("error") if isinstance(read, dict) else None
-    err = err if isinstance(err, dict) else {}
+    err = _field(read, "error")
     given, named = err.get("message"), err.get("code")
     message = _clip(given if isinstance(given, str) and given else f"HTTP {status}")
     code = _clip(str(named), 100) if isinstance(named, str | int) and str(named) else f"http_{status}"
     if hint := HINTS.get(code):
         message = f"{message} {hint}"
-    kind = RateLimited if status == THROTTLED else Outage if is_retryable_status(status) else Refused
+    kind = _reaction(status, code, err)
     return kind(
         code,
         f"HTTP {status}: {message}",
@@ -335,6 +335,23 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
         retry_after=parse_retry_after(headers) if kind.RETRYABLE else None,
         request_id=request_id(headers),
     )
+
+
+def _reaction(status: int, code: str, err: dict[str, Any]) -> type[AttemptError]:
+    """How the engine reacts to an error status; for a 4xx retrying cannot fix, by whose refusal it is."""
+    if status == THROTTLED:
+        return RateLimited
+    if is_retryable_status(status):
+        return Outage
+    inner, param = _field(err, "innererror").get("code"), err.get("param")
+    whose = refused_by(status, code, inner if isinstance(inner, str) else None, str(param) if param else None)
+    return EndpointRefused if whose == "endpoint" else LineRefused if whose == "line" else Refused
+
+
+def _field(value: Any, name: str) -> dict[str, Any]:
+    """``value[name]`` if both are JSON objects, else an empty one: an error body may have any shape."""
+    found = value.get(name) if isinstance(value, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def _error_body(raw: bytes) -> tuple[Any, Any]:

@@ -11,9 +11,10 @@ a pool, the router looks at every route at once, first come first served:
 * when none can, it waits for the soonest;
 * a retry after a 429, a 5xx or an outage avoids the route that failed while
   another can take it now, and never waits for another because of it;
-* a route that fails authentication (or is unreachable) before its first
-  success, or whose quota is exhausted, is set aside with a message; the run
-  stops only when every route is.
+* a route that fails authentication or has no such deployment (at once before
+  its first success, after a few refusals in a row once it has worked), that is
+  unreachable from the start, or whose quota is exhausted, is set aside with a
+  message; the run stops only when every route is.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Route:
     throttled: int = 0
     failed: int = 0  # failed attempts
     any_success: bool = False
+    refusals: int = 0  # refusals of the key or the deployment in a row, with no other answer between them
 
     @property
     def name(self) -> str:
@@ -70,6 +72,16 @@ class Route:
         """An answer from this deployment was accepted: it works."""
         self.any_success = True
         self.succeeded += 1
+        self.refusals = 0
+
+    def on_accepted(self) -> None:
+        """An answer past the key and the deployment (a 4xx of the request's own, a 429): both still work."""
+        self.refusals = 0
+
+    def on_refused(self) -> int:
+        """The key or the deployment was refused here; how many answers in a row have said so."""
+        self.refusals += 1
+        return self.refusals
 
     def on_failure(self, *, throttled: bool) -> None:
         """An attempt failed here (``throttled``: with a 429)."""

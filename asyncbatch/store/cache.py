@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shlex
 import sqlite3
 import stat
 import time
@@ -92,7 +93,8 @@ class Entry:
 
 
 def _hint(path: Path) -> str:
-    return f"HINT: move it aside (mv {path} {path}.damaged) and run again to start a new cache, or run without --cache"
+    moved = shlex.join(["mv", str(path), f"{path}.damaged"])
+    return f"HINT: move it aside ({moved}) and run again to start a new cache, or run without --cache"
 
 
 def _damaged(path: Path, why: object) -> ConfigError:

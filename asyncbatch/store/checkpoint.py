@@ -33,13 +33,13 @@ from typing import Any
 
 import orjson
 
-from ..errors import ACCEPT_CHANGES, RESTART, RETRY_FAILED, ConfigError
+from ..errors import ACCEPT_CHANGES, OUTPUT_PATH, RESTART, RETRY_FAILED, ConfigError
 from ..records import INVALID_INPUT, LINE, LINE_HASH
 from .files import TABLES, Outputs, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
 from .ids import DigestBag, line_digest
 
-VERSION = 3
-READABLE = frozenset({2, VERSION})  # version 2 (before state directories) has no ``outputs``
+VERSION = 4
+READABLE = frozenset({2, 3, VERSION})  # version 2 (before state directories) has no ``outputs``; 3 no ``input``
 
 
 class DoneSet:
@@ -142,6 +142,7 @@ class ResumeState:
     trusted_lines: int = 0  # records of lines up to this one count by number; later ones by content
     resent: int = 0  # lines sent but not recorded when the last run stopped: sent again now
     changed: list[str] = field(default_factory=list)  # options changed since the last run, and accepted
+    input: str | None = None  # the input's resolved path: whose outputs these are
     source: str = "fresh"  # fresh | checkpoint | rebuilt
     notes: list[str] = field(default_factory=list)
 
@@ -185,6 +186,7 @@ class ResumeState:
             input_offset=ids[1],
             input_hash=ids[2],
             outputs=outputs,
+            input=self.input,
         )
 
 
@@ -214,6 +216,7 @@ class Checkpoint:
     input_offset: int
     input_hash: str
     outputs: list[str] | None = None  # the resolved results and errors paths it describes (None: version 2)
+    input: str | None = None  # the resolved input path they answer (None: versions 2 and 3)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -229,6 +232,7 @@ class Checkpoint:
                 "input_offset": self.input_offset,
                 "input_hash": self.input_hash,
                 "outputs": self.outputs,
+                "input": self.input,
             }
         )
 
@@ -244,6 +248,8 @@ class Checkpoint:
         fields = {f.name for f in dataclasses.fields(cls)}
         if data["version"] == 2:
             data["outputs"] = None
+        if data["version"] in (2, 3):
+            data["input"] = None
         if problems := sorted(fields ^ (set(data) - {"version"})):
             raise CheckpointUnreadable(f"fields missing or unknown: {', '.join(problems)}")
         ints = ("results_offset", "errors_offset", "results_lines", "errors_lines", "ids_lines", "input_offset")
@@ -251,6 +257,8 @@ class Checkpoint:
             raise CheckpointUnreadable("a field has the wrong type")
         outputs = data["outputs"]
         if not isinstance(data["input_hash"], str) or not (outputs is None or _is_strings(outputs)):
+            raise CheckpointUnreadable("a field has the wrong type")
+        if not (data["input"] is None or isinstance(data["input"], str)):
             raise CheckpointUnreadable("a field has the wrong type")
         try:
             done = DoneSet.decode(data["done"])
@@ -370,6 +378,7 @@ def recover(
     accept_changes: bool = False,
     retry_failed: bool = False,
     input_lines: Lines | None = None,
+    input_rows: Lines | None = None,
 ) -> ResumeState:
     """Rebuild the resume state from the outputs, using the checkpoint when it can be trusted.
 
@@ -382,13 +391,19 @@ def recover(
     be what made them bad.
     ``resent`` counts the lines the sent-journal holds that no output records.
     """
-    state, paths, results, errors = ResumeState(), outputs.state, outputs.results, outputs.errors
+    state, paths, results, errors = (
+        ResumeState(input=str(input_path.resolve())),
+        outputs.state,
+        outputs.results,
+        outputs.errors,
+    )
     tails = [_own_tail(path) for path in (results, errors)]
     sizes = [_size(path) - tail for path, tail in zip((results, errors), tails, strict=True)]
     saved = _usable_checkpoint(paths.checkpoint, state, sizes, outputs.identity())
     edited: set[int] = set()
     if saved is not None:
-        edited = _check_input(input_path, saved, state, (results, errors), sizes, retry_failed, input_lines)
+        outputs_now = (results, errors)
+        edited = _check_input(input_path, saved, state, outputs_now, sizes, retry_failed, input_lines, input_rows)
     if saved is not None and sizes[0] >= saved.results_offset and sizes[1] >= saved.errors_offset:
         state.done = saved.done
         state.results_offset, state.errors_offset = saved.results_offset, saved.errors_offset
@@ -459,27 +474,42 @@ def _check_input(
     sizes: list[int],
     retry_failed: bool,
     lines: Lines | None = None,
+    rows: Lines | None = None,
 ) -> set[int]:
     """What was read of the input must be the same, but for failed lines corrected in place: their numbers.
 
     The byte-for-byte check comes first; only when it fails is each recorded line compared with
-    the input's line of that number, by the content digest its record carries.
+    the input's line of that number, by the content digest its record carries (a table's: with its
+    row of that number, as ``rows`` makes it).
     """
     prefix = PrefixHash.matching(input_path, saved.input_offset, saved.input_hash, lines)
     if prefix is not None:
         state.prefix = prefix
         return set()
-    if input_path.suffix.lower() in TABLES:  # a table's rows are not its lines: they are not compared one by one
+    if saved.input is not None and saved.input != state.input:  # not a change: another file's outputs
+        raise ConfigError(
+            f"cannot resume: {outputs[0]} holds the answers to another input file, {saved.input}, not {input_path}. "
+            f"HINT: give {input_path.name} outputs of its own ({OUTPUT_PATH}{input_path.name}.results.jsonl), or run "
+            f"{saved.input} again; or start over on these with {RESTART} (the old outputs are kept beside them)"
+        )
+    if input_path.suffix.lower() in TABLES and rows is not None:  # a table's rows are not its lines
+        return _edited(input_path, outputs, sizes, retry_failed, rows, unit="row")
+    if input_path.suffix.lower() in TABLES:
         raise ConfigError(
             f"cannot resume: {input_path} changed: its first {saved.input_offset:,} bytes, which the last run "
             "already read, are not the same (appending rows is fine; editing or reordering them is not). "
             f"HINT: restore the original file, or start over with {RESTART} (the old outputs are kept beside it)"
         )
-    return _edited(input_path, outputs, sizes, retry_failed, lines)
+    return _edited(input_path, outputs, sizes, retry_failed, lines, unit="line" if lines is None else "row")
 
 
 def _edited(
-    input_path: Path, outputs: tuple[Path, Path], sizes: list[int], retry_failed: bool, lines: Lines | None = None
+    input_path: Path,
+    outputs: tuple[Path, Path],
+    sizes: list[int],
+    retry_failed: bool,
+    lines: Lines | None = None,
+    unit: str = "line",
 ) -> set[int]:
     """The failed lines whose content changed; ConfigError if a line whose request was answered changed."""
     digests, kinds = array("Q"), bytearray()  # by line number: the record's digest; 1 answered, 2 failed, 3 bad input
@@ -487,7 +517,7 @@ def _edited(
         for record in scan(path, 0, size):
             line_no, digest = int(record[LINE]), _line_hash(record)
             if digest is None:  # a line too long to digest: its content cannot be compared
-                raise _changed(input_path, line_no, "its record has no digest to compare")
+                raise _changed(input_path, line_no, "its record has no digest to compare", unit=unit)
             if line_no >= len(kinds):
                 grow = line_no + 1 - len(kinds)
                 digests.extend([0] * grow)
@@ -504,21 +534,23 @@ def _edited(
             if not kinds[line_no] or line_digest(raw) == digests[line_no]:
                 continue
             if kinds[line_no] == 1:
-                raise _changed(input_path, line_no, "its answer is recorded")
+                raise _changed(input_path, line_no, "its answer is recorded", unit=unit)
             if kinds[line_no] == 2 and not retry_failed:
-                raise _changed(input_path, line_no, "it failed after being sent", failed=True)
+                raise _changed(input_path, line_no, "it failed after being sent", failed=True, unit=unit)
             edited.add(line_no)
     if line_no < len(kinds) - 1 and any(kinds[line_no + 1 :]):
-        raise _changed(input_path, len(kinds) - 1, "it is recorded but no longer in the file")
+        raise _changed(input_path, len(kinds) - 1, "it is recorded but no longer in the file", unit=unit)
     return edited
 
 
-def _changed(input_path: Path, line_no: int, why: str, *, failed: bool = False) -> ConfigError:
-    retry = f"pass {RETRY_FAILED} to run every failed line again, this one as it is now; or " if failed else ""
+def _changed(input_path: Path, line_no: int, why: str, *, failed: bool = False, unit: str = "line") -> ConfigError:
+    """A recorded line (a table's row: ``unit``) changed in a way a resume cannot take, named, with what to do."""
+    own = "its own custom_id" if unit == "line" else "its own id (if the table has an id column)"
+    retry = f"pass {RETRY_FAILED} to run every failed {unit} again, this one as it is now; or " if failed else ""
     return ConfigError(
-        f"cannot resume: {input_path} changed at line {line_no:,}, and {why} (lines may be appended, and a line "
-        "recorded only as bad input may be corrected in place). "
-        f"HINT: {retry}restore line {line_no:,} and append the corrected line with its own custom_id; "
+        f"cannot resume: {input_path} changed at {unit} {line_no:,}, and {why} ({unit}s may be appended, and a "
+        f"{unit} recorded only as bad input may be corrected in place). "
+        f"HINT: {retry}restore {unit} {line_no:,} and append the corrected {unit} with {own}; "
         f"or start over with {RESTART} (the old outputs are kept beside it)"
     )
 

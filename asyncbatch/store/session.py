@@ -75,12 +75,14 @@ def opened(
     accept_changes: bool = False,
     retry_failed: bool = False,
     lines: Lines | None = None,
+    rows: Lines | None = None,
 ) -> Iterator[ResumeState]:
     """The outputs, locked for the block, and what is already recorded in them.
 
     :param expected: the request options a resume must keep (``checkpoint.fingerprint``).
     :param restart: first move the old outputs aside. ``retry_failed``: drop every failure recorded.
     :param lines: the input's lines as the reader reads them, when they are not its bytes (Parquet).
+    :param rows: a table's rows as the reader makes them, to name a row edited in place (CSV, TSV).
     :raises ConfigError: the outputs belong to another input or other options, or another run holds them.
     """
     with locked(outputs) as lock:
@@ -90,7 +92,13 @@ def opened(
         for note in prepare_state(outputs):
             notes.info(note)
         state = recover(
-            input_path, outputs, expected, accept_changes=accept_changes, retry_failed=retry_failed, input_lines=lines
+            input_path,
+            outputs,
+            expected,
+            accept_changes=accept_changes,
+            retry_failed=retry_failed,
+            input_lines=lines,
+            input_rows=rows,
         )
         # --retry-failed drops every failure; bad input lines are looked at again too
         if retry_failed and (dropped := drop_errors(outputs.errors, outputs.state.checkpoint, state, lambda _: True)):

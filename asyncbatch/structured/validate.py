@@ -6,7 +6,9 @@
   output raises a *retryable* AttemptError carrying feedback messages, so the
   next attempt can tell the model what was wrong.
 * ``finish_reason`` is checked first: ``length`` (truncated) and
-  ``content_filter`` are errors that asking again will not fix.
+  ``content_filter`` are errors that asking again will not fix; so is the
+  model's own refusal (``message.refusal``, or a Responses ``refusal`` part),
+  a ``LineRefused`` of code ``refusal`` quoting what the model said.
 * The output is parsed by ``protocol.read_json``: JSON nested deeper than it takes is
   ``response_too_deep``, recorded with the answer and its usage and not asked again.
 """
@@ -20,7 +22,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from ..errors import AttemptError, ConfigError, InvalidOutput, Refused
+from ..errors import AttemptError, ConfigError, InvalidOutput, LineRefused, Refused
 from ..protocol import MAX_DEPTH, TooDeep, embedding_vectors, read_json
 
 
@@ -73,6 +75,12 @@ class OutputCheck:
         """The Responses API: a function call's validated arguments, validated JSON text, or the text."""
         _check_status(body)
         items = [i for i in body["output"] if isinstance(i, dict)]
+        for item in items:
+            if item.get("type") == "message":
+                for part in item.get("content") or ():
+                    if isinstance(part, dict) and part.get("type") == "refusal":
+                        said = part.get("refusal")
+                        _check_refusal(said if isinstance(said, str) and said.strip() else "(no reason given)", body)
         text = "".join(
             part.get("text") or ""
             for item in items
@@ -118,6 +126,7 @@ class OutputCheck:
         choice = body["choices"][0]
         message = choice.get("message") or {}
         _check_finish(choice.get("finish_reason"), body)
+        _check_refusal(message.get("refusal"), body)
         if self.tools:
             return self._tool_arguments(message, body)
         if self.content is not None:
@@ -189,7 +198,7 @@ def _check_status(body: dict[str, Any]) -> None:
                 body=body,
             )
         if reason == "content_filter":
-            raise AttemptError(
+            raise LineRefused(
                 "content_filter",
                 "the answer was withheld by the content filter (status: incomplete); asking again will not help",
                 status=200,
@@ -207,6 +216,13 @@ def _check_status(body: dict[str, Any]) -> None:
         )
 
 
+def _check_refusal(refusal: Any, body: dict[str, Any]) -> None:
+    """The model declined to answer this line: its failure, with the model's words; asking again will not help."""
+    if isinstance(refusal, str) and refusal.strip():
+        said = refusal if len(refusal) <= SHOWN_RAW else f"{refusal[:SHOWN_RAW]}..."
+        raise LineRefused("refusal", f"the model refused to answer: {said!r}", status=200, body=body)
+
+
 def _check_finish(reason: Any, body: dict[str, Any]) -> None:
     if reason == "length":
         raise AttemptError(
@@ -216,7 +232,7 @@ def _check_finish(reason: Any, body: dict[str, Any]) -> None:
             body=body,
         )
     if reason == "content_filter":
-        raise AttemptError(
+        raise LineRefused(
             "content_filter",
             "the answer was withheld by the content filter (finish_reason: content_filter); asking again will not help",
             status=200,
