@@ -91,6 +91,15 @@ HINTS = {
     "run it yourself to see": ADVICE,
     "it must print the token alone": ADVICE,
     "a field is written": ADVICE,
+    "may be the run's input: its results are": ADVICE + " (the results file to give report instead)",
+    "choose another file name with -o": ADVICE,
+    "HINT: make the file readable": ADVICE,
+    "HINT: write it again from its source": ADVICE + " (a file to write again)",
+    "HINT: write the file again from its source": ADVICE + " (a file to write again)",
+    "HINT: fix the header, or save the file as": ADVICE,
+    "HINT: fix row": ADVICE + " (an edit of the input)",
+    "asyncbatch reads UTF-8. HINT: save the": ADVICE + " (a file to save again)",
+    "a run keeps a regular file there. HINT: move it away": ADVICE,
 }
 
 
