@@ -3,6 +3,7 @@
     python benchmarks/bench_quota.py [--n 2000] [--tpm 1200000] [--rpm 7200] [--latency-ms 300] [--concurrency 200]
     python benchmarks/bench_quota.py --only minute      # just the fixed-minute-window server
     python benchmarks/bench_quota.py --only shared      # just the runs sharing one deployment
+    python benchmarks/bench_quota.py --only azure --modes "half msg+4"   # one charge model
 
 Requests are Batch-API lines of varied shape: prompts of 200 to 3,000 characters,
 one to three messages, a forced tool (about 600 characters of definition) on two
@@ -109,6 +110,8 @@ def azure_windows(a: argparse.Namespace, work: Path, bodies: list[dict[str, Any]
     quota = ["--tpm", str(a.tpm), "--rpm", str(a.rpm)]
     base = [*quota, "--latency-ms", str(a.latency_ms)]
     for mode, (flags, charging) in MODES.items():
+        if a.modes and mode not in a.modes:
+            continue
         total = sum(charge(b, charging) for b in bodies)
         ideal = max(max(0, total - a.tpm / 6) / (a.tpm / 60), a.n / (a.rpm / 60), a.n * latency / a.concurrency)
         ideal += latency
@@ -209,6 +212,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--only", choices=["azure", "shared", "minute"])
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--modes", nargs="*", choices=list(MODES), help="only these charge models (default: all)")
     a = p.parse_args()
     rows: list[tuple[Any, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:

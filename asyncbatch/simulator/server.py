@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import threading
@@ -34,7 +35,7 @@ from .batches import BatchService
 from .chaos import RATE_HEADERS, WAIT_HEADERS, absurd_headers, broken_answer
 from .charge import charge
 from .http import Books, bearer_ok, json_response
-from .quota import Quota
+from .quota import Quota, Verdict
 from .settings import FAULTS, REFUSALS, SimConfig
 from .tokens import token_problem
 
@@ -51,6 +52,9 @@ class Simulator(Books):
         self.charged = 0  # tokens charged to admitted requests
         self.rng = random.Random(config.seed)
         self.first_request_at: float | None = None  # time.monotonic() of the first chat request
+        self.last_request_at: float | None = None  # ... and of the latest
+        self.arrivals: deque[tuple[float, str]] = deque(maxlen=100_000)  # (time.monotonic(), prompt) of each request
+        self.seen: set[bytes] = set()  # digests of the request bodies that have arrived (``first_try``)
         self.active = 0  # requests received and not yet answered
         self.bodies: deque[dict[str, Any]] = deque(maxlen=200)  # the latest request bodies, for inspection
         self.first_request = threading.Event()  # set at the first chat request (tests wait on it)
@@ -77,6 +81,8 @@ class Simulator(Books):
                 "statuses": dict(self.statuses),
                 "billed_twice": self.billed_twice(),
                 "charged": self.charged,
+                # seconds from the first request to the latest: the rate at which requests came, by this clock
+                "span": (self.last_request_at or 0.0) - (self.first_request_at or 0.0),
             },
         )
 
@@ -127,8 +133,10 @@ class Simulator(Books):
             return web.Response(status=503)
         if self.config.exhaust_after is not None and self.statuses["200"] >= self.config.exhaust_after:
             return self._throttled(86400.0, {})
+        self.last_request_at = time.monotonic()
+        raw = await request.read()
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return self.error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
         api = request.path.rsplit("/", 1)[-1]  # completions, embeddings or responses
@@ -137,13 +145,12 @@ class Simulator(Books):
         if api != "completions" and not body.get("input"):
             return self.error(400, "invalid_request_error", "'input' is a required property.")
         self.bodies.append(body)
+        self.arrivals.append((self.last_request_at, prompt_text(body)))
+        if self.config.first_try is not None and self._first_arrival(raw):  # refused in front of the quota
+            return await self._answer(request, body, prompt_text(body), self.config.first_try, {}, api)
         cost = charge(body, self.config.charging)
         verdict = self.quota.admit(cost)
-        limit_headers = {}
-        if verdict.remaining_requests is not None:
-            limit_headers["x-ratelimit-remaining-requests"] = str(verdict.remaining_requests)
-        if verdict.remaining_tokens is not None:
-            limit_headers["x-ratelimit-remaining-tokens"] = str(verdict.remaining_tokens)
+        limit_headers = self._limit_headers(verdict)
         if not verdict.allowed:
             return self._throttled(verdict.retry_after, limit_headers)
         self.charged += cost
@@ -156,6 +163,24 @@ class Simulator(Books):
             return await self._answer(request, body, text, fault, limit_headers, api)
         finally:
             self.active -= 1
+
+    def _first_arrival(self, raw: bytes) -> bool:
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        first = digest not in self.seen
+        self.seen.add(digest)
+        return first
+
+    def _limit_headers(self, verdict: Verdict) -> dict[str, str]:
+        """The budget headers: what the quota has left, or what the server is set to say whatever is left."""
+        says = {
+            "x-ratelimit-remaining-requests": (verdict.remaining_requests, self.config.remaining_requests_says),
+            "x-ratelimit-remaining-tokens": (verdict.remaining_tokens, self.config.remaining_tokens_says),
+        }
+        return {
+            name: said if said is not None else str(left)
+            for name, (left, said) in says.items()
+            if said is not None or left is not None
+        }
 
     def _revoked(self, bearer: str) -> str | None:
         first = self.tokens_seen.get(bearer)
@@ -191,7 +216,7 @@ class Simulator(Books):
             extra = {"retry-after": f"{retry:g}"} if retry is not None else {}
             return self.error(int(fault), fault, f"Simulated {fault}.", extra)
         if fault == "429":
-            return self._throttled(1.234, headers)
+            return self._throttled(self.config.retry_after_429, headers)
         if fault == "429-nohint":
             return self.error(429, "429", "Too many requests.")
         if fault in ("429-absurd", "503-absurd"):
@@ -279,7 +304,9 @@ class Simulator(Books):
         if retry_after is None:  # a gateway that gives no hint
             return self.error(429, "429", "Too many requests.", headers)
         seconds = max(1, round(retry_after + 0.4999))
-        extra = {**headers, "retry-after-ms": str(int(retry_after * 1000)), "retry-after": str(seconds)}
+        ms = str(int(retry_after * 1000))
+        waits = {"retry-after-ms": ms, "x-ms-retry-after-ms": ms, "retry-after": str(seconds)}
+        extra = {**headers, **{name: waits[name] for name in self.config.retry_after_headers}}
         message = (
             "Requests to the ChatCompletions_Create Operation have exceeded rate limit. "
             f"Please retry after {seconds} seconds."
