@@ -62,8 +62,10 @@ from .bucket import MARGIN, Bucket, request_bucket, token_bucket
 from .calibration import Calibration, Ticket
 from .evidence import LEAST, Testimony
 from .refusals import Rounds
+from .turn import NEW, RETRY, Turn
 
 PROBE = 32  # adaptive mode: requests sent before the server's first answer says how much it admits
+PACE = 2.0  # adaptive mode: requests go at most this many times as fast as the concurrency sustains, spread
 PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
 
 NO_HINT = "429 with no hint from the server: our own backoff"
@@ -137,6 +139,7 @@ class Admission:
         self.gate = CooldownGate(clock)
         self.rounds = Rounds(clock, self.rng)
         self.breaker = Breaker(clock, threshold=min(8, patience.concurrency + 1))
+        self.concurrency = patience.concurrency
         self.calibration = Calibration(clock, tpm / 60 if tpm else None)
         self.windows = FixedWindows(wall)
         self.tokens = token_bucket(tpm, clock) if tpm else None
@@ -155,34 +158,47 @@ class Admission:
         self._round_rate = 0.0  # tokens a second the server was admitting when the current round of refusals began
         self._told = False  # the learned rate was set by a 429 that said when to come back, not only guessed
         self._followed = 0.0  # what following the server's budget took from the token meter, net
+        self.pace: Bucket | None = None  # adaptive, with no request rate known: the concurrency spread over a latency
+        self._latency: float | None = None  # seconds from admission to a success, smoothed
         self._last_ok = clock()
         self._wait_notice: tuple[float, str] | None = None  # (until, who asked): the longest wait now running
         self.answered = False  # any HTTP answer yet, of any status (see ``never_reached``)
-        self._turn = asyncio.Lock()  # one admission at a time, first come first served
+        self._turn = Turn()  # one admission at a time: retries first, then first come first served
 
-    async def acquire(self, estimate: float) -> Ticket:
+    async def acquire(self, estimate: float, *, retry: bool = False) -> Ticket:
         """Wait until the endpoint is up, the gate open and every meter has room; take the room, in one step.
 
         Meters are charged in the server's units (``Calibration.charge``).
 
         :raises StopRun: the endpoint has been down for longer than ``max_outage``.
         """
-        async with self._turn:
-            held = 0.0  # seconds the server's holds (a 429's pause, a learned rate, a window) kept this request
-            while True:
-                charge = self.calibration.charge(estimate)
-                meters = self._meters(charge)
-                wait, by_server = self._wait(meters, charge)
-                if wait <= 0:
-                    break
-                if by_server:  # look again no later than when --max-wait would be passed
-                    self._check_held(held)
-                    wait = min(wait, max(NAP / 10, self.max_wait - held + NAP / 10))
-                before = self.clock()
-                await self.sleep(wait)
-                if by_server:
-                    held += self.clock() - before  # the clock, not the wait asked for: a loaded loop oversleeps
-            return self._take(estimate, charge, meters)
+        priority, seq = RETRY if retry else NEW, self._turn.ticket()
+        await self._turn.wait(priority, seq)
+        try:
+            return await self._admit(estimate, priority, seq)
+        finally:
+            self._turn.release(seq)
+
+    async def _admit(self, estimate: float, priority: int, seq: int) -> Ticket:
+        """``acquire``'s wait, holding the turn (which a new request hands to a waiting retry during a round)."""
+        held = 0.0  # seconds the server's holds (a 429's pause, a learned rate, a window) kept this request
+        while True:
+            if priority == NEW and self.rounds.began is not None and self._turn.retry_waiting():
+                self._turn.release(seq)
+                await self._turn.wait(priority, seq)  # after the retries, in its own place among the new
+                continue
+            charge = self.calibration.charge(estimate)
+            meters = self._meters(charge)
+            wait, by_server = self._wait(meters, charge, priority == RETRY)
+            if wait <= 0:
+                return self._take(estimate, charge, meters)
+            if by_server:  # look again no later than when --max-wait would be passed
+                self._check_held(held)
+                wait = min(wait, max(NAP / 10, self.max_wait - held + NAP / 10))
+            before = self.clock()
+            await self.sleep(wait)
+            if by_server:
+                held += self.clock() - before  # the clock, not the wait asked for: a loaded loop oversleeps
 
     def _check_held(self, held: float) -> None:
         """However the holds add up and however late the loop runs, none keeps a request past ``max_wait``."""
@@ -193,10 +209,10 @@ class Admission:
                 f"({self.max_wait:g} s)"
             )
 
-    def _probe_wait(self) -> float:
+    def _probe_wait(self, retry: bool) -> float:
         """While a probe is out, the others wait for its answer: the first wave (adaptive), or a round of refusals."""
         first_wave = NAP if self.probing and self.calibration.admitted >= PROBE else 0.0
-        return max(first_wave, self.rounds.wait())
+        return max(first_wave, self.rounds.wait(retry=retry))
 
     def _take(self, estimate: float, charge: float, meters: list[tuple[Bucket, float, bool]]) -> Ticket:
         for meter, amount, _ in meters:
@@ -210,12 +226,14 @@ class Admission:
 
     # A pool's router asks each deployment's admission without waiting in it (see ``router.py``).
 
-    def ready_in(self, estimate: float) -> float:
+    def ready_in(self, estimate: float, *, retry: bool = False) -> float:
         """Seconds until ``acquire(estimate)`` could admit at once (0: now); never raises, never waits."""
         charge = self.calibration.charge(estimate)
-        return self.readiness(charge, self._meters(charge))[0]
+        return self.readiness(charge, self._meters(charge), retry)[0]
 
-    def readiness(self, charge: float, meters: list[tuple[Bucket, float, bool]]) -> tuple[float, bool]:
+    def readiness(
+        self, charge: float, meters: list[tuple[Bucket, float, bool]], retry: bool = False
+    ) -> tuple[float, bool]:
         """Seconds until a request of ``charge`` could be admitted (0: now), and whether the server is what holds
         it (a 429's pause, a learned rate or budget, a window's turn: what ``max_wait`` bounds) rather than the
         quota given, an outage or an answer awaited."""
@@ -226,7 +244,7 @@ class Admission:
         if window := self.windows.budget_wait(charge):
             self._waiting(window, WINDOW_USED)
             return window, True
-        waits = [(self._probe_wait(), False), *((meter.wait_for(amount), ours) for meter, amount, ours in meters)]
+        waits = [(self._probe_wait(retry), False), *((meter.wait_for(amount), ours) for meter, amount, ours in meters)]
         return max(waits)
 
     def take(self, estimate: float) -> Ticket:
@@ -274,6 +292,8 @@ class Admission:
         meters: list[tuple[Bucket, float, bool]] = []
         if self.requests is not None:
             meters.append((self.requests, 1, self.learned_rpm is not None))
+        elif self.pace is not None:
+            meters.append((self.pace, 1, False))
         if self.tokens is not None:
             meters.append((self.tokens, charge, False))
         if self.mirror is not None:
@@ -286,14 +306,14 @@ class Admission:
             meters.append((self.learned, charge, True))
         return meters
 
-    def _wait(self, meters: list[tuple[Bucket, float, bool]], charge: float) -> tuple[float, bool]:
+    def _wait(self, meters: list[tuple[Bucket, float, bool]], charge: float, retry: bool) -> tuple[float, bool]:
         """How long to sleep before looking again, and whether the server holds it: the whole pause while the gate
         is closed (it only ever grows), else the wait in naps, since a rate can change meanwhile."""
         if self.breaker.is_open:
             self._check_outage()
-            wait, by_server = self.readiness(charge, meters)
+            wait, by_server = self.readiness(charge, meters, retry)
             return min(wait, NAP * 4), by_server
-        wait, by_server = self.readiness(charge, meters)
+        wait, by_server = self.readiness(charge, meters, retry)
         return (wait if self.gate.remaining() else min(wait, NAP)), by_server
 
     def _check_outage(self) -> None:
@@ -311,6 +331,7 @@ class Admission:
         self._last_ok = self.clock()
         self.probing = False
         self.breaker.on_success()
+        self._keep_pace(self._last_ok - ticket.sent_at)
         began, streak, pause = self.rounds.began, self.rounds.streak, self.rounds.pause
         if began is not None and self.rounds.on_admitted(ticket.sent_at):
             self._round_ended(began, streak, pause, ticket)
@@ -328,6 +349,22 @@ class Admission:
             if self.mirror is None:  # a mirrored budget already waits for itself
                 self.adaptive.on_headers(headers, charge)
             self._learn_rpm(headers)
+
+    def _keep_pace(self, latency: float) -> None:
+        """Adaptive, with no request rate known: requests go at most PACE times the rate the concurrency sustains.
+
+        Otherwise they leave in waves (a whole concurrency at once, as the first answers return together), and
+        a server that runs out of budget in the middle of a wave refuses all of it before the first refusal
+        can stop the rest. Spread, only what is sent while that refusal travels is refused.
+        """
+        if self.adaptive is None:
+            return
+        self._latency = latency if self._latency is None else 0.9 * self._latency + 0.1 * latency
+        rate = PACE * self.concurrency / max(self._latency, 0.001)
+        if self.pace is None:
+            self.pace = Bucket(PACE, rate, self.clock)
+        elif abs(self.pace.rate - rate) > 0.1 * rate:
+            self.pace.set_rate(rate, PACE)
 
     def _believed(self, headers: Mapping[str, str], ticket: Ticket) -> Mapping[str, str]:
         """The budget headers the server's admissions have not contradicted (``evidence.Testimony``)."""

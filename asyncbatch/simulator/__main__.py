@@ -33,7 +33,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
         "(empty: none; default: retry-after-ms,retry-after)",
     )
     p.add_argument(
-        "--first-try", choices=("429", *FAULTS), help="a fault for each distinct request's first arrival (429-nohint, say)"
+        "--first-try",
+        choices=("429", *FAULTS),
+        help="a fault for each distinct request's first arrival (429-nohint, say)",
     )
     p.add_argument("--remaining-tokens-says", metavar="V", help="every answer's x-ratelimit-remaining-tokens (0, -1)")
     p.add_argument("--remaining-requests-says", metavar="V", help="every answer's x-ratelimit-remaining-requests")
