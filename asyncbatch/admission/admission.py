@@ -478,11 +478,13 @@ class Admission:
             return self.gate.remaining()
         else:
             fresh = self.rounds.began is None
-            if (pause_or_none := self.rounds.on_refused(self.clock() if ticket is None else ticket.sent_at)) is None:
+            sent_at = self.clock() if ticket is None else ticket.sent_at
+            # never past the next minute: a fixed window's turn is always worth a try
+            if (pause_or_none := self.rounds.on_refused(sent_at, self.windows.until_boundary())) is None:
                 return 0.0
             if fresh and self.adaptive is not None:
                 self._round_rate = self.adaptive.observed_rate()
-            pause, source = min(pause_or_none, self.windows.until_boundary()), NO_HINT  # a minute's turn: a try
+            pause, source = pause_or_none, NO_HINT
         self._check_wait(pause, source)
         self._check_refused_for()
         self.gate.close_for(pause)

@@ -78,4 +78,6 @@ def request_bucket(rpm: float, clock: Clock = time.monotonic) -> Bucket:
     """
     allowed = REQUEST_MARGIN * rpm / 60
     capacity = 1 + min(1.0, allowed * LATE)
-    return Bucket(capacity, max(allowed - capacity, rpm / 120), clock)
+    if allowed - capacity < rpm / 120:  # a request every second or more: a late timer costs nothing
+        return Bucket(1, max(allowed - 1, rpm / 120), clock)
+    return Bucket(capacity, allowed - capacity, clock)

@@ -24,9 +24,12 @@ class Testimony:
 
         charged <= remaining_i - remaining_j + refill x (t_j - t_i) + slack
 
-    When even the least the server could have charged them (``per_estimate`` x their estimates +
-    ``per_request`` each) is more than that, the header is contradicted: the server admitted
-    what its budget said it had no room for. After ``against`` contradictions in the last
+    When the header said there was no room for them (``remaining_i`` below the least the server
+    could have charged them: ``per_estimate`` x their estimates + ``per_request`` each) and that
+    least is more than the bound, the header is contradicted: the server admitted what its budget
+    said it had no room for. Only such claims are judged: requests sent at once reach the server
+    in any order, so a budget with room to spare is never exact about which came first, and it
+    holds nothing back anyway. After ``against`` contradictions in the last
     ``keep`` judgements the header is discounted (``hear`` returns None) until the server refuses
     a request (``on_refused``): a refusal shows it has a budget after all, and its word is heard
     again, and judged again.
@@ -60,9 +63,10 @@ class Testimony:
             estimated, requests = ticket.cum - cum - sum(refused), ticket.seq - seq - len(refused)
             least = self.per_estimate * estimated + self.per_request * requests
             room = was - remaining + refill * max(0.0, ticket.sent_at - sent_at) + slack
-            self._verdicts.append(least > room)
-            if sum(self._verdicts) >= self.against:
-                self.believed = False
+            if was < least:  # it said there was no room for what came next (the only claim that holds a run back)
+                self._verdicts.append(least > room)
+                if sum(self._verdicts) >= self.against:
+                    self.believed = False
         return remaining if self.believed else None
 
     def on_refused(self, ticket: Ticket) -> None:

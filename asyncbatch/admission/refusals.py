@@ -46,8 +46,9 @@ class Rounds:
         self._paused_at = 0.0
         self._probe_at: float | None = None  # when the probe now out was admitted
 
-    def on_refused(self, sent_at: float) -> float | None:
-        """A hint-less 429 of a request sent at ``sent_at``: how long to hold everyone, or None (old news)."""
+    def on_refused(self, sent_at: float, longest: float = float("inf")) -> float | None:
+        """A hint-less 429 of a request sent at ``sent_at``: how long to hold everyone (at most ``longest``),
+        or None (old news)."""
         if self.began is not None and sent_at < self._paused_at:
             return None
         if self.began is None:
@@ -57,7 +58,7 @@ class Rounds:
             self.streak += 1
             pause = min(self.cap, self.first * 2**self.streak)
         self._probe_at, self._paused_at = None, self.clock()
-        self.pause = pause * self.rng.uniform(0.75, 1.25)
+        self.pause = min(longest, pause * self.rng.uniform(0.75, 1.25))
         return self.pause
 
     def on_admitted(self, sent_at: float) -> bool:
