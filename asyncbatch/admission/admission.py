@@ -192,9 +192,9 @@ class Admission:
             wait, by_server = self._wait(meters, charge, priority == RETRY)
             if wait <= 0:
                 return self._take(estimate, charge, meters)
-            if by_server:  # look again no later than when --max-wait would be passed
+            if by_server:  # look again every second, and just after --max-wait would be passed
                 self._check_held(held)
-                wait = min(wait, max(NAP / 10, self.max_wait - held + NAP / 10))
+                wait = min(wait, NAP * 4, max(NAP / 10, self.max_wait - held + NAP / 10))
             before = self.clock()
             await self.sleep(wait)
             if by_server:

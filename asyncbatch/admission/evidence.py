@@ -29,20 +29,38 @@ class Testimony:
     least is more than the bound, the header is contradicted: the server admitted what its budget
     said it had no room for. Only such claims are judged: requests sent at once reach the server
     in any order, so a budget with room to spare is never exact about which came first, and it
-    holds nothing back anyway. After ``against`` contradictions in the last
-    ``keep`` judgements the header is discounted (``hear`` returns None) until the server refuses
-    a request (``on_refused``): a refusal shows it has a budget after all, and its word is heard
-    again, and judged again.
+    holds nothing back anyway.
+
+    A refill much faster than what is sent makes that bound loose, so there is a second reading:
+    ``persist`` answers in a row saying there is no room even for the request answered, and
+    nothing refused meanwhile. A true budget at its floor refuses (and a client following it leaves
+    a margin in it), so that too is a header that is not a budget.
+
+    After ``against`` contradictions in the last ``keep`` judgements, or that run of answers, the
+    header is discounted (``hear`` returns None) until the server refuses a request
+    (``on_refused``): a refusal shows it keeps a budget after all, and its word is heard again,
+    and judged again.
 
     :param per_estimate: the least charge per unit of a request's estimate (tokens: ``LEAST``; requests: 0).
     :param per_request: the least charge per request (tokens: 0; requests: 1).
     """
 
+    __test__ = False  # not a test class, whatever pytest reads into its name
+
     def __init__(
-        self, *, per_estimate: float, per_request: float, span: int = 8, keep: int = 4, against: int = 3
+        self,
+        *,
+        per_estimate: float,
+        per_request: float,
+        span: int = 8,
+        keep: int = 4,
+        against: int = 3,
+        persist: int = 16,
     ) -> None:
         self.per_estimate, self.per_request, self.span, self.against = per_estimate, per_request, span, against
+        self.persist = persist
         self.believed = True
+        self._no_room = 0  # answers in a row saying there is no room, with nothing refused
         self._seen: deque[tuple[int, float, float, int]] = deque(maxlen=4 * span)  # seq, sent_at, cum, remaining
         self._refused: deque[tuple[int, float]] = deque(maxlen=256)  # (seq, estimate) answered 429
         self._verdicts: deque[bool] = deque(maxlen=keep)  # True: contradicted
@@ -55,6 +73,10 @@ class Testimony:
         """
         if remaining is None:
             return None
+        room_for_one = remaining >= self.per_estimate * ticket.estimate + self.per_request
+        self._no_room = 0 if room_for_one else self._no_room + 1
+        if self._no_room >= self.persist:
+            self.believed = False
         earlier = next((o for o in reversed(self._seen) if o[0] <= ticket.seq - self.span), None)
         self._seen.append((ticket.seq, ticket.sent_at, ticket.cum, remaining))
         if earlier is not None:
@@ -72,6 +94,7 @@ class Testimony:
     def on_refused(self, ticket: Ticket) -> None:
         """A 429: that request was not charged; and the server does keep a budget: hear its word again."""
         self._refused.append((ticket.seq, ticket.estimate))
+        self._no_room = 0
         if not self.believed:
             self.believed = True
             self._verdicts.clear()
