@@ -164,7 +164,7 @@ def test_max_wait_bounds_every_wait_of_the_server_however_the_holds_add_up_and_h
         finally:
             task.cancel()
 
-    with pytest.raises(StopRun, match="held for .* longer than --max-wait"):
+    with pytest.raises(StopRun, match=r"held for .* longer than --max-wait"):
         asyncio.run(main())
     assert 20 < now[0] - 100 <= 20 + 3 * 1.0  # stopped at the first look past --max-wait: one (loaded) second late
 
