@@ -81,10 +81,13 @@ class Simulator(Books):
                 "statuses": dict(self.statuses),
                 "billed_twice": self.billed_twice(),
                 "charged": self.charged,
-                # seconds from the first request to the latest: the rate at which requests came, by this clock
-                "span": (self.last_request_at or 0.0) - (self.first_request_at or 0.0),
+                "span": self.span(),  # seconds from the first request to the latest: how fast they came
             },
         )
+
+    def span(self) -> float:
+        """Seconds from the first request to the latest, by this server's clock."""
+        return (self.last_request_at or 0.0) - (self.first_request_at or 0.0)
 
     def billed_twice(self) -> int:
         return sum(n - 1 for n in self.answered.values() if n > 1)
