@@ -184,6 +184,7 @@ def test_fixed_minute_windows_are_noticed_from_two_windows_then_waited_out_inste
     admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(2))
     _window_used_up(admission, t, 10)
     assert not admission.windows.detected  # one window refusing until the minute turned could be chance
+    assert admission.learned_tpm is None  # and a rate guessed from bare refusals is no limit to show yet
     _window_used_up(admission, t, 10)  # the next window, used up at the same budget: a limit
     assert admission.windows.detected
     assert admission.learned_tpm == pytest.approx(1100)  # what a window admitted, in the client's estimate

@@ -177,9 +177,7 @@ def test_a_first_try_refused_with_a_bare_429_then_admitted_costs_one_refusal_a_l
 
 def test_x_ms_retry_after_ms_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Azure's SDKs honour x-ms-retry-after-ms: a 429 saying only that, 3000 ms, is waited out."""
-    config = SimConfig(
-        api_key=KEY, first_try="429", retry_after_429=3.0, retry_after_headers=("x-ms-retry-after-ms",)
-    )
+    config = SimConfig(api_key=KEY, first_try="429", retry_after_429=3.0, retry_after_headers=("x-ms-retry-after-ms",))
     with simulator_env(config, monkeypatch) as (_, simulator):
         _lines(tmp_path, 1)
         assert main([str(tmp_path / "in.jsonl"), "-q"]) == 0
