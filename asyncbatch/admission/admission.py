@@ -528,6 +528,11 @@ class Admission:
         """What the user should know about admission right now, if anything: an outage, or a wait and its source."""
         if (since := self.breaker.open_since) is not None:
             return f"endpoint {self.breaker.cause} since {self._wall_at(since)}, retrying"
+        if (began := self.rounds.began) is not None and self.rounds.streak:
+            left = self.gate.remaining()
+            return f"{NO_HINT} since {self._wall_at(began)}, one request asking again at a time" + (
+                f": the next in {left:,.0f} s" if left >= 1 else ""
+            )
         if self._wait_notice is not None and (left := self._wait_notice[0] - self.clock()) >= 1:
             return f"{self._wait_notice[1]}: waiting {left:,.0f} s"
         return None
