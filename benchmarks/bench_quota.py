@@ -4,6 +4,7 @@
     python benchmarks/bench_quota.py --only minute      # just the fixed-minute-window server
     python benchmarks/bench_quota.py --only shared      # just the runs sharing one deployment
     python benchmarks/bench_quota.py --only azure --modes "half msg+4"   # one charge model
+    python benchmarks/bench_quota.py --only headers     # headers as evidence: budgets said gone, bare 429s
 
 Requests are Batch-API lines of varied shape: prompts of 200 to 3,000 characters,
 one to three messages, a forced tool (about 600 characters of definition) on two
@@ -213,6 +214,41 @@ def minute_windows(
     rows.append((server, "asyncbatch adaptive", span, ideal, stats, note))
 
 
+def headers_as_evidence(a: argparse.Namespace, work: Path) -> list[str]:
+    """Servers whose headers are not orders: a budget said to be gone on every answer while nothing is refused
+    (0, or -1 as Azure's Responses API has been reported to send), against the same server saying nothing,
+    by the server's own count of requests a second; and each first try refused with a bare 429, then admitted."""
+    lines = []
+    base = ["--latency-ms", str(a.latency_ms)]
+    for name, quota in (("adaptive", []), ("--tpm --rpm", ["--tpm", str(a.tpm), "--rpm", str(a.rpm)])):
+        rates = {}
+        for says in ("none", "0", "-1"):
+            said = [] if says == "none" else ["--remaining-tokens-says", says, "--remaining-requests-says", says]
+            clear_outputs(work)
+            with simulator_process(*base, *said) as url:
+                _, code, _ = run_cli(["in.jsonl", "-c", str(a.concurrency), *quota], azure_env(url), work)
+                stats = simulator_stats(url)
+            rates[says] = stats["requests"] / stats["span"]
+            ratio = f", {rates[says] / rates['none']:.2f}x the same server saying nothing" if says != "none" else ""
+            lines.append(
+                f"budget headers say {says:<4} never a 429, asyncbatch {name:<11}: exit {code}, "
+                f"{rates[says]:,.0f} requests/s by the server's clock{ratio}"
+            )
+    head = "".join(line for line in (work / "in.jsonl").read_text().splitlines(keepends=True)[:300])
+    (work / "first.jsonl").write_text(head)
+    clear_outputs(work, "first")
+    with simulator_process(*base, "--first-try", "429-nohint") as url:
+        args = ["first.jsonl", "-c", str(a.concurrency), "--max-wait", "20"]
+        _, code, summary = run_cli(args, azure_env(url), work)
+        stats = simulator_stats(url)
+    lines.append(
+        f"each first try refused with a bare 429, 300 lines, --max-wait 20: exit {code}, "
+        f"{count_lines(work / 'first.results.jsonl')} answered in {wall_seconds(summary):.1f} s (the run's own "
+        f"wall time), {stats['requests']} requests, {stats['statuses'].get('429', 0)} of them 429s"
+    )
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000)
@@ -221,7 +257,7 @@ def main() -> None:
     p.add_argument("--minute-tpm", type=int, default=400_000)
     p.add_argument("--latency-ms", type=float, default=300.0)
     p.add_argument("--concurrency", type=int, default=200)
-    p.add_argument("--only", choices=["azure", "shared", "minute"])
+    p.add_argument("--only", choices=["azure", "shared", "minute", "headers"])
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--modes", nargs="*", choices=list(MODES), help="only these charge models (default: all)")
     a = p.parse_args()
@@ -235,6 +271,7 @@ def main() -> None:
             shared(a, work, bodies, rows)
         if a.only in (None, "minute"):
             minute_windows(a, work, bodies, rows)
+        evidence = headers_as_evidence(a, work) if a.only in (None, "headers") else []
     print(f"machine: {machine()}")
     print(f"{a.n} requests; TPM {a.tpm:,}, RPM {a.rpm:,}, {a.latency_ms:g} ms latency, concurrency {a.concurrency}")
     print(f"{'server charge (x client)':<30}{'client':<26}{'span s':>8}{'ideal s':>9}{'x ideal':>9}{'429s':>7}{'%':>7}")
@@ -245,6 +282,8 @@ def main() -> None:
             f"{server:<30}{client:<26}{span:>8.1f}{ideal:>9.1f}{span / ideal:>9.2f}{throttled:>7}{share:>6.1f}%  {note}"
         )
     print("(asyncbatch spans are the run's own wall time, from its summary: no interpreter start-up)")
+    for line in evidence:
+        print(line)
 
 
 if __name__ == "__main__":
