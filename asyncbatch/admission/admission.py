@@ -48,6 +48,7 @@ is tested without sleeping.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Mapping
@@ -191,7 +192,7 @@ class Admission:
             meters = self._meters(charge)
             wait, by_server = self._wait(meters, charge, priority == RETRY)
             if wait <= 0:
-                return self._take(estimate, charge, meters)
+                return self._take(estimate, charge, meters, retry=priority == RETRY)
             if by_server:  # look again every second, and just after --max-wait would be passed
                 self._check_held(held)
                 wait = min(wait, NAP * 4, max(NAP / 10, self.max_wait - held + NAP / 10))
@@ -214,7 +215,9 @@ class Admission:
         first_wave = NAP if self.probing and self.calibration.admitted >= PROBE else 0.0
         return max(first_wave, self.rounds.wait(retry=retry))
 
-    def _take(self, estimate: float, charge: float, meters: list[tuple[Bucket, float, bool]]) -> Ticket:
+    def _take(
+        self, estimate: float, charge: float, meters: list[tuple[Bucket, float, bool]], *, retry: bool = False
+    ) -> Ticket:
         for meter, amount, _ in meters:
             meter.take(amount)
         self.breaker.on_admit()
@@ -222,7 +225,8 @@ class Admission:
         self.windows.on_sent(charge)
         if self.adaptive is not None:
             self.adaptive.on_admit(charge)
-        return self.calibration.admit(estimate)
+        ticket = self.calibration.admit(estimate)
+        return dataclasses.replace(ticket, retry=True) if retry else ticket
 
     # A pool's router asks each deployment's admission without waiting in it (see ``router.py``).
 
@@ -478,9 +482,9 @@ class Admission:
             return self.gate.remaining()
         else:
             fresh = self.rounds.began is None
-            sent_at = self.clock() if ticket is None else ticket.sent_at
+            sent_at, retry = (self.clock(), False) if ticket is None else (ticket.sent_at, ticket.retry)
             # never past the next minute: a fixed window's turn is always worth a try
-            if (pause_or_none := self.rounds.on_refused(sent_at, self.windows.until_boundary())) is None:
+            if (pause_or_none := self.rounds.on_refused(sent_at, self.windows.until_boundary(), retry=retry)) is None:
                 return 0.0
             if fresh and self.adaptive is not None:
                 self._round_rate = self.adaptive.observed_rate()

@@ -17,6 +17,7 @@ class Ticket:
     sent_at: float
     cum: float  # the estimates of every request admitted up to and including this one
     estimate: float
+    retry: bool = False  # a request refused before, asking again
 
 
 TRIM = 5.0  # a sample more than this many times above or below the median is an outlier

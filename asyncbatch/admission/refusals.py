@@ -21,8 +21,10 @@ class Rounds:
     What a round says is judged by what the server admitted: a round whose first probe was
     admitted was a refusal of one request (a gateway shedding load, a first try refused), not a
     limit reached; only a round whose probes were refused too (``streak``) says the rate was too high.
-    So the opening pause halves after each round that ended at its first probe (down to none: the
-    refused request simply asks again, alone), and is whole again after one whose probes were refused.
+    So the opening pause halves after each round that ended at its first probe, and is whole again
+    after one whose probes were refused. Once it is down to none, the server is shedding, and a
+    first try it refuses begins no round at all: that request asks again at once (retries go
+    first), the others carry on; only a retry refused again begins a round, with the whole pause.
 
     :param clock: monotonic seconds; ``rng`` jitters the pauses so that workers do not all return at once.
     :param patience: seconds after which a probe with no answer yet (its job cancelled) no longer holds the others.
@@ -46,11 +48,15 @@ class Rounds:
         self._paused_at = 0.0
         self._probe_at: float | None = None  # when the probe now out was admitted
 
-    def on_refused(self, sent_at: float, longest: float = float("inf")) -> float | None:
-        """A hint-less 429 of a request sent at ``sent_at``: how long to hold everyone (at most ``longest``),
-        or None (old news)."""
+    def on_refused(self, sent_at: float, longest: float = float("inf"), *, retry: bool = False) -> float | None:
+        """A hint-less 429 of a request sent at ``sent_at`` (``retry``: refused before): how long to hold everyone
+        (at most ``longest``), or None: old news, or a first try shed by a server that admits the retries."""
         if self.began is not None and sent_at < self._paused_at:
             return None
+        if self.began is None and not self.opening:
+            if not retry:
+                return None
+            self.opening = self.first  # a retry refused again: that is a limit after all
         if self.began is None:
             self.began, self.streak = sent_at, 0
             pause = self.opening
