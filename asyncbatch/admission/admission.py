@@ -193,9 +193,9 @@ class Admission:
             wait, by_server = self._wait(meters, charge, priority == RETRY)
             if wait <= 0:
                 return self._take(estimate, charge, meters, retry=priority == RETRY)
-            if by_server:  # look again every second, and just after --max-wait would be passed
+            if by_server:  # look again ten times within --max-wait, and just after it would be passed
                 self._check_held(held)
-                wait = min(wait, NAP * 4, max(NAP / 10, self.max_wait - held + NAP / 10))
+                wait = min(wait, self.max_wait / 10, max(NAP / 10, self.max_wait - held + NAP / 10))
             before = self.clock()
             await self.sleep(wait)
             if by_server:

@@ -53,7 +53,7 @@ class Simulator(Books):
         self.rng = random.Random(config.seed)
         self.first_request_at: float | None = None  # time.monotonic() of the first chat request
         self.last_request_at: float | None = None  # ... and of the latest
-        self.arrivals: deque[tuple[float, str]] = deque(maxlen=100_000)  # (time.monotonic(), prompt) of each request
+        self.arrivals: deque[tuple[float, str]] = deque(maxlen=10_000)  # (time.monotonic(), prompt[:64]), the latest
         self.seen: set[bytes] = set()  # digests of the request bodies that have arrived (``first_try``)
         self.active = 0  # requests received and not yet answered
         self.bodies: deque[dict[str, Any]] = deque(maxlen=200)  # the latest request bodies, for inspection
@@ -148,7 +148,7 @@ class Simulator(Books):
         if api != "completions" and not body.get("input"):
             return self.error(400, "invalid_request_error", "'input' is a required property.")
         self.bodies.append(body)
-        self.arrivals.append((self.last_request_at, prompt_text(body)))
+        self.arrivals.append((self.last_request_at, prompt_text(body)[:64]))
         if self.config.first_try is not None and self._first_arrival(raw):  # refused in front of the quota
             return await self._answer(request, body, prompt_text(body), self.config.first_try, {}, api)
         cost = charge(body, self.config.charging)
