@@ -103,7 +103,7 @@ def run_asyncbatch(work: Path, sim_args: list[str], extra: list[str], c: int) ->
     with simulator_process(*sim_args) as url:
         _, code, summary = run_cli(["in.jsonl", "-c", str(c), *extra], azure_env(url), work)
         stats = simulator_stats(url)
-    note = f"exit {code}, {count_lines(work / 'in.results.jsonl')} ok"
+    note = f"exit {code}, {count_lines(work / 'in.results.jsonl')} ok, sent over {stats['span']:.1f} s"
     if "server charge" in summary:
         note += f", learned charge {summary['server charge'].split(' x')[0]}x"
     return wall_seconds(summary), stats, note

@@ -212,7 +212,7 @@ class Admission:
 
     def _probe_wait(self, retry: bool) -> float:
         """While a probe is out, the others wait for its answer: the first wave (adaptive), or a round of refusals."""
-        first_wave = NAP if self.probing and self.calibration.admitted >= PROBE else 0.0
+        first_wave = NAP / 10 if self.probing and self.calibration.admitted >= PROBE else 0.0  # look again soon
         return max(first_wave, self.rounds.wait(retry=retry))
 
     def _take(
