@@ -195,6 +195,25 @@ def test_fixed_minute_windows_are_noticed_from_two_windows_then_waited_out_inste
     assert admission.status() is not None and "minute" in admission.status()  # type: ignore[operator]
 
 
+def test_a_window_used_up_short_of_its_budget_lowers_it() -> None:
+    """Another client has come to share the gateway: this window refused after 700 of the 1,100 it used to take."""
+    t = FakeTime()
+    t.now = 1_000_000 * 60 + 40.0
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(7))
+    _window_used_up(admission, t, 10)
+    _window_used_up(admission, t, 10)
+    for _ in range(6):
+        admission.on_reply({}, admission.take(100))
+    admission.on_failure(RateLimited("http_429", "busy", status=429), admission.take(100))
+    assert admission.gate.remaining() > 50  # the window's turn
+    assert admission.learned_tpm == pytest.approx(700)  # the probe and six more: what this window took
+    t.now += admission.gate.remaining()
+    assert admission.ready_in(100) == 0
+    for _ in range(7):
+        admission.take(100)
+    assert admission.ready_in(100) > 50  # the next window is paced inside the lower budget
+
+
 def test_a_hintless_429_well_short_of_the_windows_budget_is_not_the_window() -> None:
     """Judged by what the window admitted: a refusal after a tenth of the budget is not "the window is used up"."""
     t = FakeTime()

@@ -97,9 +97,15 @@ class FixedWindows:
             self.detected, self.budget = True, max(budget, last[1])
 
     def used_up(self) -> bool:
-        """Whether a hint-less 429 now is the window's: detected, and this window has used half its budget."""
+        """Whether a hint-less 429 now is the window's: detected, and this window has used half its budget.
+
+        If so, the budget is no more than this window took (another client may have come to share it).
+        """
         window, sent = self._sent
-        return self.detected and window == self.window() and sent >= self.budget / 2
+        if not (self.detected and window == self.window() and sent >= self.budget / 2):
+            return False
+        self.budget = min(self.budget, sent)
+        return True
 
     def budget_wait(self, charge: float) -> float:
         """Seconds to hold a request of ``charge`` so that this window stays inside its budget (0: now)."""
