@@ -179,6 +179,7 @@ def redirect_message(status: int, location: str | None, where: str) -> str:
 # -- headers -----------------------------------------------------------------------------------
 
 RETRY_AFTER, RETRY_AFTER_MS = "retry-after", "retry-after-ms"
+MS_RETRY_AFTER_MS = "x-ms-retry-after-ms"  # honoured by Azure's own SDKs, after retry-after-ms
 REMAINING_TOKENS, REMAINING_REQUESTS = "x-ratelimit-remaining-tokens", "x-ratelimit-remaining-requests"
 REQUEST_IDS = ("x-request-id", "apim-request-id")  # the service's, then API Management's
 
@@ -207,9 +208,11 @@ def seconds(value: str | None, scale: float = 1.0) -> float | None:
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); None: no usable hint."""
-    if (ms := seconds(headers.get(RETRY_AFTER_MS), 0.001)) is not None:
-        return ms
+    """Seconds to wait from ``retry-after-ms``, ``x-ms-retry-after-ms`` or ``retry-after`` (seconds or an HTTP
+    date), the first usable; None: no usable hint."""
+    for name in (RETRY_AFTER_MS, MS_RETRY_AFTER_MS):
+        if (ms := seconds(headers.get(name), 0.001)) is not None:
+            return ms
     value = headers.get(RETRY_AFTER)
     if value is None or len(value) > MAX_HINT_CHARS:
         return None

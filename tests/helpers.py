@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Iterator
+import selectors
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
+
+T = TypeVar("T")
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -66,3 +70,39 @@ class Time:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+
+
+class _Instant(selectors.DefaultSelector):
+    """A selector that never waits: the loop's virtual clock jumps over the wait instead."""
+
+    def __init__(self, loop: VirtualLoop) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout > 0:
+            self.loop.now += timeout
+        return super().select(0)
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when every task waits, straight to the next timer (trio's MockClock
+    idea): many concurrent workers sleeping and racing, minutes of them in milliseconds, nothing really waiting.
+
+    Its ``time`` is the clock to inject (``clock=loop.time``, ``sleep=asyncio.sleep``); ``run`` drives a coroutine.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        super().__init__(_Instant(self))
+
+    def time(self) -> float:
+        return self.now
+
+    @classmethod
+    def run(cls, main: Coroutine[Any, Any, T]) -> T:
+        loop = cls()
+        try:
+            return loop.run_until_complete(main)
+        finally:
+            loop.close()

@@ -19,6 +19,7 @@ import pyte
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from asyncbatch.cli.main import main
 from asyncbatch.cost import Prices
@@ -256,3 +257,20 @@ def test_messages_on_an_80_column_terminal_break_at_spaces(tmp_path: Path) -> No
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+@pytest.mark.parametrize(
+    ("ratio", "units", "said"),
+    [(0.55, "server", "of the server's count"), (None, "estimate", "of the client's estimate")],
+)
+def test_the_summary_says_which_units_the_learned_limit_is_in(ratio: float | None, units: str, said: str) -> None:
+    """Learned from budget headers, the limit counts what the server charges; with none, the client's estimate."""
+    from asyncbatch.display.summary import summary_data, summary_table
+
+    stats = RunStats(clock=FakeClock())
+    stats.learned_tpm, stats.charge_ratio = 400_000.0, ratio
+    assert summary_data(stats)["learned_tpm_units"] == units
+    console = Console(width=200, record=True)
+    console.print(summary_table(stats))
+    row = next(line for line in console.export_text().splitlines() if "learned limit" in line)
+    assert "400,000 tokens/min" in row and said in row

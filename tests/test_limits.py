@@ -166,48 +166,118 @@ def test_429s_without_any_hint_pause_with_jitter_doubling_until_a_success() -> N
     assert admission.on_throttle(None) == pytest.approx(0.7)  # never past a minute's turn: always worth a try
 
 
-def test_fixed_minute_windows_are_noticed_and_then_waited_out_instead_of_probed() -> None:
+def _window_used_up(admission: Admission, t: FakeTime, admitted: int) -> None:
+    """A gateway's fixed window: ``admitted`` requests of 100 go through, then every probe is refused with no
+    hint until the wall-clock minute turns, and the first one after it is admitted (``t.clock`` is the wall too)."""
+    for _ in range(admitted):
+        admission.on_reply({}, admission.take(100))
+    window = int(t.now // 60)
+    while int(t.now // 60) == window:
+        admission.on_failure(RateLimited("http_429", "busy", status=429), admission.take(100))
+        t.now += admission.gate.remaining()
+    admission.on_reply({}, admission.take(100))
+
+
+def test_fixed_minute_windows_are_noticed_from_two_windows_then_waited_out_instead_of_probed() -> None:
     t = FakeTime()
-    wall = [1_000_000 * 60 + 40.0]  # 40 s into a wall-clock minute
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=lambda: wall[0], rng=random.Random(2))
-    for _ in range(5):  # hint-less 429s until the minute turns
-        pause = admission.on_throttle(None)
-        wall[0] += pause
-        t.now += pause
-    wall[0] = 1_000_001 * 60 + 0.6  # the next success comes just after the minute boundary
-    admission.on_reply({}, admission.calibration.admit(10))
+    t.now = 1_000_000 * 60 + 40.0  # 40 s into a wall-clock minute
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(2))
+    _window_used_up(admission, t, 10)
+    assert not admission.windows.detected  # one window refusing until the minute turned could be chance
+    assert admission.learned_tpm is None  # and a rate guessed from bare refusals is no limit to show yet
+    _window_used_up(admission, t, 10)  # the next window, used up at the same budget: a limit
     assert admission.windows.detected
-    wall[0] = 1_000_001 * 60 + 30.0  # the next window used up half-way through
-    assert admission.on_throttle(None) == pytest.approx(30.2)  # wait for the minute, do not probe
+    assert admission.learned_tpm == pytest.approx(1100)  # what a window admitted, in the client's estimate
+    t.now += 5.0
+    for _ in range(5):
+        admission.on_reply({}, admission.take(100))  # half the budget used
+    assert admission.on_throttle(None) == pytest.approx(60 - t.now % 60 + 0.2)  # the window's turn, no probing
     assert admission.status() is not None and "minute" in admission.status()  # type: ignore[operator]
+
+
+def test_a_window_used_up_short_of_its_budget_lowers_it() -> None:
+    """Another client has come to share the gateway: this window refused after 700 of the 1,100 it used to take."""
+    t = FakeTime()
+    t.now = 1_000_000 * 60 + 40.0
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(7))
+    _window_used_up(admission, t, 10)
+    _window_used_up(admission, t, 10)
+    for _ in range(6):
+        admission.on_reply({}, admission.take(100))
+    admission.on_failure(RateLimited("http_429", "busy", status=429), admission.take(100))
+    assert admission.gate.remaining() > 50  # the window's turn
+    assert admission.learned_tpm == pytest.approx(700)  # the probe and six more: what this window took
+    t.now += admission.gate.remaining()
+    assert admission.ready_in(100) == 0
+    for _ in range(7):
+        admission.take(100)
+    assert admission.ready_in(100) > 50  # the next window is paced inside the lower budget
+
+
+def test_a_hintless_429_well_short_of_the_windows_budget_is_not_the_window() -> None:
+    """Judged by what the window admitted: a refusal after a tenth of the budget is not "the window is used up"."""
+    t = FakeTime()
+    t.now = 1_000_000 * 60 + 40.0
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(5))
+    _window_used_up(admission, t, 20)
+    _window_used_up(admission, t, 20)
+    assert admission.windows.detected
+    t.now += 1.0
+    pause = admission.on_failure(RateLimited("http_429", "busy", status=429), admission.take(100))
+    assert pause and admission.gate.remaining() < 1  # a short pause of its own, not the 58 s to the minute
+    t.now += admission.gate.remaining()
+    admission.on_reply({}, admission.take(100))  # and the window admitted again after refusing: not windows
+    assert not admission.windows.detected
+
+
+def test_once_fixed_windows_are_known_each_window_is_paced_inside_its_budget() -> None:
+    t = FakeTime()
+    t.now = 1_000_000 * 60 + 40.0
+    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(6))
+    _window_used_up(admission, t, 10)
+    _window_used_up(admission, t, 10)
+    for _ in range(10):  # the window's first request (the probe) and ten more: 1,100, what each window admitted
+        t.now += 0.01
+        assert admission.ready_in(100) == 0
+        admission.take(100)
+    assert admission.ready_in(100) == pytest.approx(60 - t.now % 60 + 0.2)  # the budget is used: the next minute
+    assert admission.holds(100)  # the server's hold, which --max-wait bounds
 
 
 def test_against_fixed_minute_windows_the_learned_limit_is_what_a_window_admitted_never_more() -> None:
     """A gateway admitting 20,000 tokens per wall-clock minute and refusing without a word past that."""
     t = FakeTime()
     t.now = 60 * 1_000 + 15.0  # the run starts 15 s into a minute; the wall clock is the same clock here
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(4))
-    window, used, notices = -1, 0, []
+    notices: list[str | None] = []
+
+    async def sleep(seconds: float) -> None:  # each look during a wait for the window: does it name it?
+        if admission.windows.detected and (admission.gate.remaining() or admission.windows.budget_wait(500)) > 2:
+            notices.append(admission.status())
+        await t.sleep(seconds)
+
+    admission = Admission(None, None, clock=t.clock, sleep=sleep, wall=t.clock, rng=random.Random(4))
+    window, used, refused, again = -1, 0, 0, False
 
     async def main() -> None:
-        nonlocal window, used
-        while t.now < 60 * 1_004:  # four minutes
-            ticket = await admission.acquire(500)
+        nonlocal window, used, refused, again
+        while t.now < 60 * 1_005:  # five minutes
+            ticket = await admission.acquire(500, retry=again)  # a refused request asks again
             if int(t.now // 60) != window:
                 window, used = int(t.now // 60), 0
-            if used + 500 <= 20_000:
+            again = used + 500 > 20_000
+            if not again:
                 used += 500
                 admission.on_reply({}, ticket)
             else:
+                refused += 1
                 admission.on_failure(RateLimited("http_429", "busy", status=429), ticket)
-                if admission.windows.detected:
-                    notices.append(admission.status())
             await t.sleep(0.05)  # each answer takes 50 ms
 
     asyncio.run(main())
     assert admission.windows.detected
     assert admission.learned_tpm is not None and 20_000 / 1.5 <= admission.learned_tpm <= 20_000
     assert notices and all(n and "minute" in n for n in notices), "each wait for a window is named"
+    assert refused <= 2 * 10  # one probe per pause until the windows are known, none after: at most ~10 a window
 
 
 def test_recoveries_away_from_the_minute_are_not_taken_for_fixed_windows() -> None:
@@ -307,7 +377,8 @@ def test_retry_after_ms_wins_over_seconds_and_dates_work() -> None:
 
 def test_meters_are_shaped_like_azure() -> None:
     assert token_bucket(1_200_000).capacity == 200_000
-    assert request_bucket(7200).capacity == 1
+    meter = request_bucket(7200)
+    assert 1 <= meter.capacity <= 2 and meter.capacity + meter.rate <= 0.99 * 120  # never over RPM/60 in a second
     assert request_bucket(30).rate == pytest.approx(0.25)  # below 60 RPM: one every 4 s, never refused
 
 

@@ -136,3 +136,50 @@ def test_a_gateway_with_fixed_windows_and_no_hints_at_all_still_gets_every_line_
     assert main([str(tmp_path / "in.jsonl"), "-q", "-c", "20"]) == 0
     assert _all_once(tmp_path, n)
     assert sim.statuses["429"] > 0  # refused without retry-after or rate-limit headers, and ridden out
+
+
+def _lines(tmp_path: Path, n: int) -> Path:
+    return write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"line {i}", max_tokens=20) for i in range(n)])
+
+
+def _rate_at_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: SimConfig, *args: str) -> float:
+    """Requests a second, as the server counted them (its own clock, first request to last), for 300 lines."""
+    with simulator_env(config, monkeypatch) as (_, simulator):
+        _lines(tmp_path, 300)
+        assert main([str(tmp_path / "in.jsonl"), "-q", "-c", "20", "--restart", *args]) == 0
+        return simulator.requests / simulator.span()
+
+
+@pytest.mark.parametrize("says", ["0", "-1"])
+@pytest.mark.parametrize("quota", [[], ["--tpm", "200000"]], ids=["adaptive", "quota given"])
+def test_a_server_saying_its_budget_is_gone_on_every_answer_but_refusing_nothing_keeps_half_the_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, says: str, quota: list[str]
+) -> None:
+    """Azure's Responses API has been reported to send 0 and -1 in its budget headers and never refuse."""
+    plain = _rate_at_the_server(tmp_path, monkeypatch, SimConfig(api_key=KEY, latency=0.05), *quota)
+    config = SimConfig(api_key=KEY, latency=0.05, remaining_tokens_says=says, remaining_requests_says=says)
+    told = _rate_at_the_server(tmp_path, monkeypatch, config, *quota)
+    assert told >= 0.5 * plain
+
+
+def test_a_first_try_refused_with_a_bare_429_then_admitted_costs_one_refusal_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not "the per-minute window is used up": each line is refused once and admitted on its first retry,
+    within --max-wait 20, and the run ends with every line."""
+    with simulator_env(SimConfig(api_key=KEY, latency=0.02, first_try="429-nohint"), monkeypatch) as (_, simulator):
+        _lines(tmp_path, 300)
+        assert main([str(tmp_path / "in.jsonl"), "--no-progress", "-c", "20", "--max-wait", "20"]) == 0
+    assert _all_once(tmp_path, 300)
+    assert simulator.requests == 600 and simulator.statuses["429"] == 300  # no line probed twice
+    assert "window" not in capsys.readouterr().err
+
+
+def test_x_ms_retry_after_ms_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Azure's SDKs honour x-ms-retry-after-ms: a 429 saying only that, 3000 ms, is waited out."""
+    config = SimConfig(api_key=KEY, first_try="429", retry_after_429=3.0, retry_after_headers=("x-ms-retry-after-ms",))
+    with simulator_env(config, monkeypatch) as (_, simulator):
+        _lines(tmp_path, 1)
+        assert main([str(tmp_path / "in.jsonl"), "-q"]) == 0
+    (first, _), (second, _) = simulator.arrivals  # the server's own clock
+    assert second - first >= 3.0

@@ -1,217 +1,215 @@
-"""Whose refusal, through the CLI: the endpoint's (a key rotated, a deployment deleted mid-run), or one line's.
+"""429s with no hint, judged by what the server admitted; retries first; --max-wait bounds every wait.
 
-The server is a scripted one on 127.0.0.1 (``tests/scripted.py``) with a state the test changes, as an
-operator would: it answers until the change, then refuses every request the way Azure does. A refusal of
-the key or the deployment is never a line's failure: the run stops (exit 2) with what it had answered
-recorded, and the same command, once the endpoint is fixed, finishes the rest, each line exactly once.
-Lines whose content is refused (the content filter, the model's own refusal) are that line's failure and
-never stop the run, however many come first.
+Concurrent workers run on a virtual event loop (``helpers.VirtualLoop``): admission's clock is
+the loop's, which jumps from timer to timer, so minutes of a run take milliseconds and nothing
+sleeps. Each server here is a few lines of its own behaviour, not the client's policy.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+import math
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import orjson
 import pytest
 
-from asyncbatch.cli.main import main
-from asyncbatch.live.attempts import AGREE
-from asyncbatch.simulator import SimConfig
-from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
-from tests.scripted import Answer, Received, Server, completion, serve
+from asyncbatch.admission.admission import Admission
+from asyncbatch.admission.turn import NEW, RETRY, Turn
+from asyncbatch.config import Patience
+from asyncbatch.errors import RateLimited, StopRun
 
-CONCURRENCY = 8
-DENIED = "Access denied due to invalid subscription key or wrong API endpoint."
-ACCESS_DENIED = orjson.dumps({"error": {"code": "401", "message": DENIED}})
-GONE = "The API deployment for this resource does not exist."
-NO_DEPLOYMENT = orjson.dumps({"error": {"code": "DeploymentNotFound", "message": GONE}})
+from .helpers import VirtualLoop
+
+REFUSED = RateLimited("http_429", "Too many requests.", status=429)  # no retry-after, no rate-limit headers
 
 
 @dataclass
-class Endpoint:
-    """A deployment that works until ``change_after`` answers, then refuses: its key rotated, or deleted."""
+class Books:
+    """What the server saw: requests, refusals, and the line of each request in arrival order."""
 
-    change_after: int
-    change: str  # "rotate" or "delete"
-    key: str = "old-key"
-    deleted: bool = False
-    answered: int = 0
+    requests: int = 0
     refused: int = 0
-    ids: Iterator[int] = field(default_factory=itertools.count)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, request: Received) -> Answer:
-        with self.lock:
-            if request.headers.get("api-key") != self.key:
-                self.refused += 1
-                return Answer(401, ACCESS_DENIED)
-            if self.deleted:
-                self.refused += 1
-                return Answer(404, NO_DEPLOYMENT)
-            self.answered += 1
-            if self.answered == self.change_after:  # the change happens right after this answer
-                if self.change == "rotate":
-                    self.key = "new-key"
-                else:
-                    self.deleted = True
-            return Answer(200, completion(f"answer to {request.prompt}"), request_id=f"req-{next(self.ids)}")
+    lines: list[int] = field(default_factory=list)
 
 
-@contextmanager
-def azure(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    with serve(endpoint) as server:
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.url)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", "old-key")
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
-        yield server
+async def run_lines(
+    admission: Admission,
+    sizes: list[float],
+    refuses: Callable[[int, int, float], bool],
+    *,
+    concurrency: int,
+    latency: float,
+) -> Books:
+    """Every line through ``admission`` as attempts do: a 429 is answered at once and the line asks again
+    (a retry); an admitted request is answered ``latency`` later. ``refuses(line, attempt, size)`` is the
+    server's verdict on arrival."""
+    books, queue = Books(), list(range(len(sizes)))
+
+    async def line(i: int) -> None:
+        for attempt in range(1000):
+            ticket = await admission.acquire(sizes[i], retry=attempt > 0)
+            books.requests += 1
+            books.lines.append(i)
+            if refuses(i, attempt, sizes[i]):
+                books.refused += 1
+                await asyncio.sleep(0.002)
+                admission.on_failure(REFUSED, ticket)
+                continue
+            await asyncio.sleep(latency)
+            admission.on_reply({}, ticket)
+            return
+
+    async def worker() -> None:
+        while queue:
+            await line(queue.pop(0))
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(worker())
+    return books
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[int, list[dict], list[dict]]:
-    code = main([str(tmp_path / "in.jsonl"), "-q", "--concurrency", str(CONCURRENCY), "--backoff", "0.05", *args])
-    return code, read_jsonl(tmp_path / "in.results.jsonl"), read_jsonl(tmp_path / "in.results.errors.jsonl")
+def test_a_first_try_refused_without_a_hint_then_admitted_costs_one_refusal_a_line_and_no_window() -> None:
+    """A server that refuses each request's first try with a bare 429 and admits the retry is shedding
+    load, not out of budget: 40 answers in a minute do not make "the per-minute window is used up"."""
+
+    async def main() -> tuple[Books, float, Admission]:
+        loop = asyncio.get_running_loop()
+        wall_start = 1_000_000 * 60 + 17.0
+        admission = Admission(
+            None,
+            None,
+            Patience(max_wait=20, concurrency=20),
+            clock=loop.time,
+            sleep=asyncio.sleep,
+            wall=lambda: wall_start + loop.time(),
+            rng=random.Random(1),
+        )
+        start = loop.time()
+        books = await run_lines(admission, [60.0] * 300, lambda i, n, size: n == 0, concurrency=20, latency=0.05)
+        return books, loop.time() - start, admission
+
+    books, span, admission = VirtualLoop.run(main())
+    assert books.requests == 600 and books.refused == 300  # every line refused once, admitted at its first retry
+    assert span < 60  # on the injected clock: the issue's bound, with --max-wait 20 never reached
+    assert not admission.windows.detected
+    assert admission.learned_tpm is None  # nothing here is a limit
 
 
-def _lines(tmp_path: Path, n: int) -> None:
-    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"prompt {i}") for i in range(n)])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_gateway_with_fixed_minute_windows_is_filled_with_few_refusals_and_its_budget_learned(seed: int) -> None:
+    """A gateway counting 400,000 tokens per wall-clock minute, refusing the rest with bare 429s; 2,000
+    requests of varied size at concurrency 200, 300 ms answers, starting 15 s into a minute."""
+    budget, sizes = 400_000, [float(110 + (i * 7919) % 700) for i in range(2000)]
+    used: dict[int, float] = {}
+
+    async def main() -> tuple[Books, float, Admission, float]:
+        loop = asyncio.get_running_loop()
+        wall_start = 1_000_000 * 60 + 15.0 - loop.time()
+
+        def refuses(i: int, attempt: int, size: float) -> bool:
+            window = int((wall_start + loop.time()) // 60)
+            if used.get(window, 0) and used[window] + size > budget:
+                return True
+            used[window] = used.get(window, 0) + size
+            return False
+
+        admission = Admission(
+            None,
+            None,
+            Patience(concurrency=200),
+            clock=loop.time,
+            sleep=asyncio.sleep,
+            wall=lambda: wall_start + loop.time(),
+            rng=random.Random(seed),
+        )
+        start = loop.time()
+        books = await run_lines(admission, sizes, refuses, concurrency=200, latency=0.3)
+        return books, loop.time() - start, admission, start + wall_start
+
+    books, span, admission, started = VirtualLoop.run(main())
+    turns = math.ceil(sum(sizes) / budget) - 1
+    floor = 60 - started % 60 + 60 * (turns - 1) + 0.3  # the minute turns the work needs, then one answer
+    assert turns >= 2 and span <= 1.10 * floor
+    assert books.refused <= 0.03 * books.requests
+    assert admission.windows.detected
+    assert admission.learned_tpm is not None and budget / 1.5 <= admission.learned_tpm <= budget
 
 
-@pytest.mark.parametrize(
-    ("change", "said"),
-    [
-        ("rotate", "the key was refused after 50 answers: was it rotated?"),
-        ("delete", "the deployment was not found after 50 answers: was it deleted or renamed?"),
-    ],
-)
-def test_a_key_rotated_or_a_deployment_deleted_mid_run_stops_it_and_the_same_command_finishes_after_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], change: str, said: str
-) -> None:
-    _lines(tmp_path, 200)
-    endpoint = Endpoint(change_after=50, change=change)
-    with azure(endpoint, monkeypatch) as server:
-        code, results, errors = _run(tmp_path)
-        assert code == 2
-        err = capsys.readouterr().err
-        assert said in err
-        assert errors == []  # no line recorded with the refusal: they wait for the resume
-        assert len(results) == endpoint.answered == 50  # every answer recorded, and nothing else
-        assert {r["response"]["request_id"] for r in results} == {s.request_id for s in server.sent}
-        # stopped within a few refusals, not one per line left: the requests in flight, then AGREE in a row
-        assert endpoint.refused <= 2 * CONCURRENCY + AGREE
+def test_max_wait_bounds_every_wait_of_the_server_however_the_holds_add_up_and_however_late_the_loop() -> None:
+    """Each 429 asks for 15 s (under --max-wait 20) and a request already on the wire brings the next, so the
+    holds add up; and the loop is loaded: every sleep lasts three times what was asked."""
+    now = [100.0]
 
-        if change == "rotate":  # the fix: the new key
-            monkeypatch.setenv("AZURE_OPENAI_API_KEY", "new-key")
-        else:  # the fix: the deployment made again
-            endpoint.deleted = False
-        code, results, errors = _run(tmp_path)
-    assert (code, errors) == (0, [])
-    assert sorted(r["line"] for r in results) == list(range(1, 201))  # each line exactly once
-    assert len(server.sent) == 200  # and each paid for once
+    async def loaded_sleep(seconds: float) -> None:
+        now[0] += 3 * seconds
+        await asyncio.sleep(0)
+
+    admission = Admission(None, None, Patience(max_wait=20), clock=lambda: now[0], sleep=loaded_sleep)
+    admission.on_throttle(15.0)  # the first 429 closes the gate for 15 s
+
+    async def main() -> None:
+        async def refusals() -> None:  # requests on the wire: one answered, the next refused for 15 s more
+            while True:
+                await asyncio.sleep(0)
+                if admission.gate.remaining() < 5:
+                    admission.on_reply({}, admission.calibration.admit(1))  # not "every request refused"
+                    admission.on_throttle(15.0)
+
+        task = asyncio.ensure_future(refusals())
+        try:
+            await admission.acquire(100)
+        finally:
+            task.cancel()
+
+    with pytest.raises(StopRun, match=r"held for .* longer than --max-wait"):
+        asyncio.run(main())
+    assert 20 < now[0] - 100 <= 20 + 3 * 2.0  # stopped at the first look past --max-wait (a tenth of it, loaded)
 
 
-def test_a_pool_sets_aside_the_deployment_whose_key_was_rotated_and_the_run_finishes_on_the_other(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _lines(tmp_path, 120)
-    east, west = Endpoint(change_after=20, change="rotate"), Endpoint(change_after=10**9, change="rotate")
-    with serve(east) as a, serve(west) as b:
-        entries = [
-            f'[[deployments]]\nname = "{name}"\nendpoint = "{server.url}"\ndeployment = "dep"\napi_key_env = "KEY"\n'
-            for name, server in (("east", a), ("west", b))
-        ]
-        (tmp_path / "pool.toml").write_text("\n".join(entries))
-        monkeypatch.setenv("KEY", "old-key")
-        code, results, errors = _run(tmp_path, "--deployments", str(tmp_path / "pool.toml"))
-    assert (code, errors) == (0, [])
-    assert sorted(r["line"] for r in results) == list(range(1, 121))
-    assert {r["deployment"] for r in results[-20:]} == {"west"}
-    assert "deployment east set aside: the key was refused after" in capsys.readouterr().err
-    assert east.refused <= 2 * CONCURRENCY + AGREE
+def test_retries_go_first_and_a_new_request_steps_aside_for_one_during_a_round() -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        admission = Admission(None, None, clock=loop.time, sleep=asyncio.sleep, rng=random.Random(3))
+        order: list[str] = []
+        refused = admission.calibration.admit(10)
+        admission.on_failure(REFUSED, refused)  # a round: the gate closes for a moment
+
+        async def ask(name: str, retry: bool) -> None:
+            ticket = await admission.acquire(10, retry=retry)
+            order.append(name)
+            await asyncio.sleep(0.05)
+            admission.on_reply({}, ticket)
+
+        new = asyncio.ensure_future(ask("new", False))  # first in line, and holds the turn
+        await asyncio.sleep(0.01)
+        await ask("retry", True)  # the refused request asks again: it is the round's probe
+        await new
+        return order
+
+    assert VirtualLoop.run(main()) == ["retry", "new"]
 
 
-def test_a_pool_whose_every_deployment_was_refused_stops_resumably(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _lines(tmp_path, 120)
-    east, west = Endpoint(change_after=20, change="rotate"), Endpoint(change_after=20, change="delete")
-    with serve(east) as a, serve(west) as b:
-        entries = [
-            f'[[deployments]]\nname = "{name}"\nendpoint = "{server.url}"\ndeployment = "dep"\napi_key_env = "KEY"\n'
-            for name, server in (("east", a), ("west", b))
-        ]
-        (tmp_path / "pool.toml").write_text("\n".join(entries))
-        monkeypatch.setenv("KEY", "old-key")
-        code, results, errors = _run(tmp_path, "--deployments", str(tmp_path / "pool.toml"))
-        assert (code, errors) == (2, [])
-        assert "every deployment was set aside" in capsys.readouterr().err
-        assert len(results) == east.answered + west.answered == 40
-        monkeypatch.setenv("KEY", "new-key")  # east's new key; west is made again under the new key too
-        west.key, west.deleted = "new-key", False
-        code, results, errors = _run(tmp_path, "--deployments", str(tmp_path / "pool.toml"))
-    assert (code, errors) == (0, [])
-    assert sorted(r["line"] for r in results) == list(range(1, 121))
+def test_the_turn_passes_on_when_its_waiter_is_cancelled() -> None:
+    async def main() -> list[int]:
+        turn, got = Turn(), []
+        await turn.wait(NEW, turn.ticket())  # held by a first caller (arrival 0)
 
+        async def waiter(priority: int) -> None:
+            seq = turn.ticket()
+            await turn.wait(priority, seq)
+            got.append(seq)
+            turn.release(seq)
 
-def test_content_filtered_lines_first_are_their_own_failures_and_the_good_lines_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with simulator_env(SimConfig(api_key="k", deployment="dep"), monkeypatch) as (_, simulator):
-        simulator.config.script.update({f"filtered {i}": ["content-filter-400"] for i in range(40)})
-        rows = [batch_line(f"f{i}", f"filtered {i}") for i in range(40)]
-        rows += [batch_line(f"g{i}", f"good {i}") for i in range(20)]
-        write_jsonl(tmp_path / "in.jsonl", rows)
-        code, results, errors = _run(tmp_path)
-    assert code == 1
-    assert sorted(e["custom_id"] for e in errors) == sorted(f"f{i}" for i in range(40))
-    assert {e["error"]["code"] for e in errors} == {"content_filter"}
-    assert all(e["attempts"] == 1 for e in errors)  # asking again would not help
-    assert sorted(r["custom_id"] for r in results) == sorted(f"g{i}" for i in range(20))
+        cancelled = asyncio.ensure_future(waiter(RETRY))
+        later = asyncio.ensure_future(waiter(NEW))
+        retry = asyncio.ensure_future(waiter(RETRY))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        turn.release(0)
+        await asyncio.gather(later, retry, return_exceptions=True)
+        return got
 
-
-def test_a_content_refusal_answered_with_a_403_by_a_gateway_is_the_line_s_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    flagged = orjson.dumps({"error": {"code": "content_filter", "message": "Your input was flagged"}})
-
-    def script(request: Received) -> Answer:
-        if request.prompt.startswith("flagged"):
-            return Answer(403, flagged)
-        return Answer(200, completion("fine"), request_id=f"id-{request.prompt}")
-
-    with serve(script) as server:
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.url)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k")
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
-        rows = [batch_line(f"f{i}", f"flagged {i}") for i in range(25)] + [batch_line("ok", "fine")]
-        write_jsonl(tmp_path / "in.jsonl", rows)
-        code, results, errors = _run(tmp_path)
-    assert (code, len(errors), len(results)) == (1, 25, 1)
-
-
-def test_a_model_s_refusal_in_plain_chat_is_the_line_s_failure_with_its_words(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    refused = orjson.loads(completion(None))
-    refused["choices"][0]["message"]["refusal"] = "I cannot help with that request."
-
-    def script(request: Received) -> Answer:
-        if request.prompt.startswith("refuse"):
-            return Answer(200, orjson.dumps(refused))
-        return Answer(200, completion("fine"))
-
-    with serve(script) as server:
-        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.url)
-        monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k")
-        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
-        rows = [batch_line(f"r{i}", f"refuse {i}") for i in range(25)] + [batch_line("ok", "fine")]
-        write_jsonl(tmp_path / "in.jsonl", rows)
-        code, results, errors = _run(tmp_path)
-    assert code == 1 and [r["custom_id"] for r in results] == ["ok"]
-    assert len(errors) == 25 and {e["error"]["code"] for e in errors} == {"refusal"}
-    assert all("I cannot help with that request." in e["error"]["message"] for e in errors)
-    assert all(e["attempts"] == 1 for e in errors)
+    assert VirtualLoop.run(main()) == [3, 2]  # the waiting retry first, then the new one; the cancelled one never

@@ -109,3 +109,40 @@ def test_sample_follows_refs_and_takes_the_first_branch_that_is_not_null() -> No
     }
     value = sample(schema, "Acme")
     assert value == {"ceo": "ceo: Acme", "office": {"city": {"name": "name: Acme"}}, "loop": {"again": None}}
+
+
+def test_the_simulator_can_say_a_budget_its_admissions_contradict_and_refuse_each_first_try() -> None:
+    """Its own models of servers seen in practice: budget headers stuck at a value, a first try refused,
+    a 429's wait said only in x-ms-retry-after-ms."""
+    import asyncio
+
+    import aiohttp
+
+    from asyncbatch.simulator import SimConfig, serve
+
+    config = SimConfig(
+        api_key="k",
+        remaining_tokens_says="0",
+        remaining_requests_says="-1",
+        first_try="429",
+        retry_after_429=3.0,
+        retry_after_headers=("x-ms-retry-after-ms",),
+    )
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+    async def main() -> list[tuple[int, dict[str, str]]]:
+        async with serve(config) as (url, _), aiohttp.ClientSession() as session:
+            seen = []
+            for _ in range(2):
+                async with session.post(
+                    f"{url}/openai/deployments/d/chat/completions?api-version=2024-10-21",
+                    json=body,
+                    headers={"api-key": "k"},
+                ) as response:
+                    seen.append((response.status, dict(response.headers)))
+            return seen
+
+    (first, refused), (second, answered) = asyncio.run(main())
+    assert first == 429 and refused.get("x-ms-retry-after-ms") == "3000" and "retry-after" not in refused
+    assert second == 200  # the same request again: admitted
+    assert answered["x-ratelimit-remaining-tokens"] == "0" and answered["x-ratelimit-remaining-requests"] == "-1"

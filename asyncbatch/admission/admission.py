@@ -10,6 +10,10 @@ With no quota given, ``AdaptiveRate`` learns the token rate from 429s and the
 ``x-ratelimit-remaining-*`` headers (AIMD), and a bucket of one second's worth
 enforces it.
 
+The budget headers are evidence, not orders (``evidence.Testimony``): a remaining budget
+that the server's own admissions contradict (0 or -1 on every answer, and nothing refused) is
+discounted until the server refuses something.
+
 After a 429 (or a response saying the budget is about to run out) the shared
 ``CooldownGate`` closes. ``Admission.acquire`` admits requests one at a time, in
 arrival order, and checks the gate and every meter at the moment of admission,
@@ -22,15 +26,19 @@ from ``x-ratelimit-remaining-tokens`` what the server charges a request of a giv
 estimate (a slope and a per-request base), and admission charges every request
 that: the meters, the adaptive rate and the limit shown
 are all in the server's units. A 429 with no hint at all (no ``retry-after``, no
-headers) closes the gate for a jittered pause that doubles while the server
-keeps saying nothing; ``FixedWindows`` notices when such 429s clear on the
-wall-clock minute, and from then on waits for the minute instead of probing.
+headers) begins a round (``refusals.Rounds``): the gate closes for a jittered pause, then one
+probe at a time goes until the server admits again, each refused probe doubling the pause.
+What a round says is judged by what the server admitted: only probes refused too tell the
+learned rate it is too high, and ``FixedWindows`` reads fixed wall-clock windows (and their
+budget, which each window is then paced to stay inside) only from windows that admitted
+nothing more once they began refusing.
 
 When requests across the run fail with connection errors, timeouts or 5xx,
 the ``Breaker`` stops admission and lets one probe through at growing
 intervals until the endpoint answers again. A pause longer than the run is
 willing to wait (an outage past ``max_outage``, a 429 asking for more than
-``max_wait``, as Azure does when a quota is used up for the day) raises
+``max_wait``, as Azure does when a quota is used up for the day, or the server's holds
+keeping the next request longer than ``max_wait`` in all, whatever the load) raises
 ``StopRun``: the run stops like an interrupt, resumable.
 
 Everything here is pure apart from the injected clocks and sleep, so the policy
@@ -40,6 +48,7 @@ is tested without sleeping.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Mapping
@@ -52,11 +61,16 @@ from .adaptive import MINUTE, AdaptiveRate, FixedWindows
 from .breaker import Breaker, is_outage
 from .bucket import MARGIN, Bucket, request_bucket, token_bucket
 from .calibration import Calibration, Ticket
+from .evidence import LEAST, Testimony
+from .refusals import Rounds
+from .turn import NEW, RETRY, Turn
 
 PROBE = 32  # adaptive mode: requests sent before the server's first answer says how much it admits
+PACE = 2.0  # adaptive mode: requests go at most this many times as fast as the concurrency sustains, spread
 PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
 
-NO_HINT_FIRST, NO_HINT_CAP = 0.5, 8.0  # a 429 with no hint: the first pause, doubling up to this
+NO_HINT = "429 with no hint from the server: our own backoff"
+WINDOW_USED = "the server's per-minute window is used up"
 UNREACHABLE_AFTER = 15.0  # seconds of no answer at all, from a start with no answer yet, before giving up
 
 
@@ -124,7 +138,9 @@ class Admission:
         self.rng = rng or random.Random()
         self.max_wait, self.max_outage = patience.max_wait, patience.max_outage
         self.gate = CooldownGate(clock)
+        self.rounds = Rounds(clock, self.rng)
         self.breaker = Breaker(clock, threshold=min(8, patience.concurrency + 1))
+        self.concurrency = patience.concurrency
         self.calibration = Calibration(clock, tpm / 60 if tpm else None)
         self.windows = FixedWindows(wall)
         self.tokens = token_bucket(tpm, clock) if tpm else None
@@ -136,52 +152,104 @@ class Admission:
         # and the rest wait for the first answer, whose headers tell the budget (tokens and requests).
         self.probing = self.adaptive is not None
         self.token_rate = MARGIN * tpm / 60 if tpm else None
-        self.no_hint_streak = 0
+        self.said_tokens = Testimony(per_estimate=LEAST, per_request=0.0)  # x-ratelimit-remaining-tokens, judged
+        self.said_requests = Testimony(per_estimate=0.0, per_request=1.0)  # x-ratelimit-remaining-requests, judged
         self.learned_rpm: int | None = None  # adaptive mode, from x-ratelimit-remaining-requests
-        self._most_requests = 0
+        self._most_requests = 0  # the most requests the server ever said it had left in a second, plus one
+        self._round_rate = 0.0  # tokens a second the server was admitting when the current round of refusals began
+        self._told = False  # the learned rate was set by a 429 that said when to come back, not only guessed
+        self._followed = 0.0  # what following the server's budget took from the token meter, net
+        self.pace: Bucket | None = None  # adaptive, with no request rate known: the concurrency spread over a latency
+        self._latency: float | None = None  # seconds from admission to a success, smoothed
         self._last_ok = clock()
         self._wait_notice: tuple[float, str] | None = None  # (until, who asked): the longest wait now running
         self.answered = False  # any HTTP answer yet, of any status (see ``never_reached``)
-        self._turn = asyncio.Lock()  # one admission at a time, first come first served
+        self._turn = Turn()  # one admission at a time: retries first, then first come first served
 
-    async def acquire(self, estimate: float) -> Ticket:
+    async def acquire(self, estimate: float, *, retry: bool = False) -> Ticket:
         """Wait until the endpoint is up, the gate open and every meter has room; take the room, in one step.
 
         Meters are charged in the server's units (``Calibration.charge``).
 
         :raises StopRun: the endpoint has been down for longer than ``max_outage``.
         """
-        async with self._turn:
-            while True:
-                charge = self.calibration.charge(estimate)
-                meters = self._meters(charge)
-                if (wait := self._wait(meters)) <= 0:
-                    break
-                await self.sleep(wait)
-            return self._take(estimate, charge, meters)
+        priority, seq = RETRY if retry else NEW, self._turn.ticket()
+        await self._turn.wait(priority, seq)
+        try:
+            return await self._admit(estimate, priority, seq)
+        finally:
+            self._turn.release(seq)
 
-    def _probe_wait(self) -> float:
-        """While the first wave is out and nothing has answered, the next request waits (adaptive only)."""
-        return NAP if self.probing and self.calibration.admitted >= PROBE else 0.0
+    async def _admit(self, estimate: float, priority: int, seq: int) -> Ticket:
+        """``acquire``'s wait, holding the turn (which a new request hands to a waiting retry during a round)."""
+        held = 0.0  # seconds the server's holds (a 429's pause, a learned rate, a window) kept this request
+        while True:
+            if priority == NEW and self.rounds.began is not None and self._turn.retry_waiting():
+                self._turn.release(seq)
+                await self._turn.wait(priority, seq)  # after the retries, in its own place among the new
+                continue
+            charge = self.calibration.charge(estimate)
+            meters = self._meters(charge)
+            wait, by_server = self._wait(meters, charge, priority == RETRY)
+            if wait <= 0:
+                return self._take(estimate, charge, meters, retry=priority == RETRY)
+            if by_server:  # look again ten times within --max-wait, and just after it would be passed
+                self._check_held(held)
+                wait = min(wait, self.max_wait / 10, max(NAP / 10, self.max_wait - held + NAP / 10))
+            before = self.clock()
+            await self.sleep(wait)
+            if by_server:
+                held += self.clock() - before  # the clock, not the wait asked for: a loaded loop oversleeps
 
-    def _take(self, estimate: float, charge: float, meters: list[tuple[Bucket, float]]) -> Ticket:
-        for meter, amount in meters:
+    def _check_held(self, held: float) -> None:
+        """However the holds add up and however late the loop runs, none keeps a request past ``max_wait``."""
+        if held > self.max_wait:
+            source = self._wait_notice[1] if self._wait_notice is not None else "the rate learned from the server"
+            raise StopRun(
+                f"{source}: the next request has been held for {held:,.0f} s, longer than --max-wait "
+                f"({self.max_wait:g} s)"
+            )
+
+    def _probe_wait(self, retry: bool) -> float:
+        """While a probe is out, the others wait for its answer: the first wave (adaptive), or a round of refusals."""
+        first_wave = NAP / 10 if self.probing and self.calibration.admitted >= PROBE else 0.0  # look again soon
+        return max(first_wave, self.rounds.wait(retry=retry))
+
+    def _take(
+        self, estimate: float, charge: float, meters: list[tuple[Bucket, float, bool]], *, retry: bool = False
+    ) -> Ticket:
+        for meter, amount, _ in meters:
             meter.take(amount)
         self.breaker.on_admit()
+        self.rounds.on_admit()
+        self.windows.on_sent(charge)
         if self.adaptive is not None:
             self.adaptive.on_admit(charge)
-        return self.calibration.admit(estimate)
+        ticket = self.calibration.admit(estimate)
+        return dataclasses.replace(ticket, retry=True) if retry else ticket
 
     # A pool's router asks each deployment's admission without waiting in it (see ``router.py``).
 
-    def ready_in(self, estimate: float) -> float:
+    def ready_in(self, estimate: float, *, retry: bool = False) -> float:
         """Seconds until ``acquire(estimate)`` could admit at once (0: now); never raises, never waits."""
-        if self.breaker.is_open and (down := self.breaker.wait()):
-            return down
-        if closed := self.gate.remaining():
-            return closed
         charge = self.calibration.charge(estimate)
-        return max([self._probe_wait(), *(meter.wait_for(amount) for meter, amount in self._meters(charge))])
+        return self.readiness(charge, self._meters(charge), retry)[0]
+
+    def readiness(
+        self, charge: float, meters: list[tuple[Bucket, float, bool]], retry: bool = False
+    ) -> tuple[float, bool]:
+        """Seconds until a request of ``charge`` could be admitted (0: now), and whether the server is what holds
+        it (a 429's pause, a learned rate or budget, a window's turn: what ``max_wait`` bounds) rather than the
+        quota given, an outage or an answer awaited."""
+        if self.breaker.is_open and (down := self.breaker.wait()):
+            return down, False
+        if closed := self.gate.remaining():
+            return closed, True
+        if window := self.windows.budget_wait(charge):
+            self._waiting(window, WINDOW_USED)
+            return window, True
+        waits = [(self._probe_wait(retry), False), *((meter.wait_for(amount), ours) for meter, amount, ours in meters)]
+        return max(waits)
 
     def take(self, estimate: float) -> Ticket:
         """Admit now, after ``ready_in`` said 0."""
@@ -192,6 +260,12 @@ class Admission:
         """How full the fullest-drawn meter is, 0 to 1 (1: no meter, or all full): the pool's tie-break."""
         meters = [m for m in (self.tokens, self.mirror, self.requests, self.learned) if m is not None]
         return min((m.level / m.capacity for m in meters if m.capacity > 0), default=1.0)
+
+    def holds(self, estimate: float) -> bool:
+        """Whether the server is what holds a request of ``estimate`` now (see ``readiness``); for a pool's router."""
+        charge = self.calibration.charge(estimate)
+        wait, by_server = self.readiness(charge, self._meters(charge))
+        return wait > 0 and by_server
 
     def never_reached(self) -> bool:
         """Whether to give up on an endpoint that has never answered: the breaker has been open, on failures
@@ -217,53 +291,61 @@ class Admission:
             f"({self.max_outage:g} s)"
         )
 
-    def _meters(self, charge: float) -> list[tuple[Bucket, float]]:
-        meters: list[tuple[Bucket, float]] = []
+    def _meters(self, charge: float) -> list[tuple[Bucket, float, bool]]:
+        """Each meter with what a request takes from it, and whether it is the server's (learned) or the quota given."""
+        meters: list[tuple[Bucket, float, bool]] = []
         if self.requests is not None:
-            meters.append((self.requests, 1))
+            meters.append((self.requests, 1, self.learned_rpm is not None))
+        elif self.pace is not None:
+            meters.append((self.pace, 1, False))
         if self.tokens is not None:
-            meters.append((self.tokens, charge))
+            meters.append((self.tokens, charge, False))
         if self.mirror is not None:
-            meters.append((self.mirror, charge))
-        if self.adaptive is not None and (rate := self.adaptive.tick()) is not None:
+            meters.append((self.mirror, charge, True))
+        if self.adaptive is not None and not self.windows.detected and (rate := self.adaptive.tick()) is not None:
             if self.learned is None:
                 self.learned = Bucket(rate, rate, self.clock)
             elif abs(self.learned.rate - rate) > 0.01 * rate:
                 self.learned.set_rate(rate, rate)
-            meters.append((self.learned, charge))
+            meters.append((self.learned, charge, True))
         return meters
 
-    def _wait(self, meters: list[tuple[Bucket, float]]) -> float:
-        """How long to sleep before looking again: the whole pause while the gate is closed
-        (it only ever grows), else the meters' wait in naps, since a rate can change meanwhile."""
+    def _wait(self, meters: list[tuple[Bucket, float, bool]], charge: float, retry: bool) -> tuple[float, bool]:
+        """How long to sleep before looking again, and whether the server holds it: the whole pause while the gate
+        is closed (it only ever grows), else the wait in naps, since a rate can change meanwhile."""
         if self.breaker.is_open:
             self._check_outage()
-            if down := self.breaker.wait():
-                return min(down, NAP * 4)
-        if closed := self.gate.remaining():
-            return closed
-        return min(NAP, max([self._probe_wait(), *(meter.wait_for(amount) for meter, amount in meters)]))
+            wait, by_server = self.readiness(charge, meters, retry)
+            return min(wait, NAP * 4), by_server
+        wait, by_server = self.readiness(charge, meters, retry)
+        return (wait if self.gate.remaining() else min(wait, NAP)), by_server
 
     def _check_outage(self) -> None:
         if message := self.outage_over_limit():
             raise StopRun(message)
 
+    def _wall_of(self, monotonic: float) -> float:
+        return self.wall() - (self.clock() - monotonic)
+
     def _wall_at(self, monotonic: float) -> str:
-        return wall_time(self.wall() - (self.clock() - monotonic))
+        return wall_time(self._wall_of(monotonic))
 
     def on_reply(self, headers: Mapping[str, str], ticket: Ticket) -> None:
         """A success: learn the server's charge, follow its budget, pause before it has to refuse."""
         self._last_ok = self.clock()
         self.probing = False
         self.breaker.on_success()
-        self.windows.on_success()
-        self.no_hint_streak = 0
+        self._keep_pace(self._last_ok - ticket.sent_at)
+        began, streak, pause = self.rounds.began, self.rounds.streak, self.rounds.pause
+        if began is not None and self.rounds.on_admitted(ticket.sent_at):
+            self._round_ended(began, streak, pause, ticket)
+        headers = self._believed(headers, ticket)
         remaining = int_header(headers, REMAINING_TOKENS)
         if remaining is not None:
             self.calibration.on_remaining(ticket, remaining)
             self._follow_server(ticket, remaining)
         charge = self.calibration.charge(ticket.estimate)
-        self.windows.on_admitted(charge)
+        self.windows.on_admitted(self._wall_of(ticket.sent_at), charge)
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
         if pause := header_pause(headers, charge, rate):
             self.gate.close_for(pause)
@@ -272,14 +354,57 @@ class Admission:
                 self.adaptive.on_headers(headers, charge)
             self._learn_rpm(headers)
 
+    def _keep_pace(self, latency: float) -> None:
+        """Adaptive, with no request rate known: requests go at most PACE times the rate the concurrency sustains.
+
+        Otherwise they leave in waves (a whole concurrency at once, as the first answers return together), and
+        a server that runs out of budget in the middle of a wave refuses all of it before the first refusal
+        can stop the rest. Spread, only what is sent while that refusal travels is refused.
+        """
+        if self.adaptive is None:
+            return
+        self._latency = latency if self._latency is None else 0.9 * self._latency + 0.1 * latency
+        rate = PACE * self.concurrency / max(self._latency, 0.001)
+        if self.pace is None:
+            self.pace = Bucket(PACE, rate, self.clock)
+        elif abs(self.pace.rate - rate) > 0.1 * rate:
+            self.pace.set_rate(rate, PACE)
+
+    def _believed(self, headers: Mapping[str, str], ticket: Ticket) -> Mapping[str, str]:
+        """The budget headers the server's admissions have not contradicted (``evidence.Testimony``)."""
+        tokens, requests = int_header(headers, REMAINING_TOKENS), int_header(headers, REMAINING_REQUESTS)
+        if tokens is None and requests is None:
+            return headers
+        self._most_requests = max(self._most_requests, (requests or 0) + 1)
+        believed = self.said_tokens.believed, self.said_requests.believed
+        tokens = self.said_tokens.hear(ticket, tokens, refill=self.calibration.refill_rate())
+        allowance = self._most_requests  # requests a second, as the header itself claims
+        requests = self.said_requests.hear(ticket, requests, refill=allowance, slack=allowance)
+        if believed[0] and not self.said_tokens.believed:  # what was learned from it is suspect too
+            self.calibration.forget()
+            self.mirror = None
+            if self.tokens is not None and self._followed > 0:
+                self.tokens.give(self._followed)  # what following it took from the quota given
+            self._followed = 0.0
+        if believed[1] and not self.said_requests.believed and self.learned_rpm is not None:
+            self.requests, self.learned_rpm = None, None
+        kept = {k: v for k, v in headers.items() if k not in (REMAINING_TOKENS, REMAINING_REQUESTS)}
+        said = ((REMAINING_TOKENS, tokens), (REMAINING_REQUESTS, requests))
+        return kept | {name: str(value) for name, value in said if value is not None}
+
+    def _round_ended(self, began: float, streak: int, pause: float, ticket: Ticket) -> None:
+        """The server admitted a request sent since its refusals began: what the round said, judged."""
+        self.windows.on_round_end(self._wall_of(began), self._wall_of(ticket.sent_at), pause)
+        if streak and self.adaptive is not None and not self.windows.detected:  # its probes were refused too
+            self.adaptive.on_throttle(at_least=self._round_rate)
+
     def _learn_rpm(self, headers: Mapping[str, str]) -> None:
         """Adaptive: the most requests the server ever had left in its 1-second slice, plus the one just
         admitted, is its per-second allowance; pace requests like a given RPM of 60 times that."""
         left = int_header(headers, REMAINING_REQUESTS)
-        if left is None or left + 1 <= self._most_requests:
+        if left is None or (self.learned_rpm is not None and 60 * (left + 1) <= self.learned_rpm):
             return
-        self._most_requests = left + 1
-        self.learned_rpm = 60 * self._most_requests
+        self.learned_rpm = 60 * (left + 1)
         self.requests = request_bucket(self.learned_rpm, self.clock)
 
     def _follow_server(self, ticket: Ticket, remaining: int) -> None:
@@ -296,7 +421,9 @@ class Admission:
         server_left = remaining + refill * max(0.0, self.clock() - ticket.sent_at)
         budget = server_left - self.calibration.in_flight(ticket)
         if self.tokens is not None:
+            before = self.tokens.current()
             self.tokens.set_level(budget - (1 - MARGIN) * self.tokens.capacity, lower_only=not self.calibration.learned)
+            self._followed += before - self.tokens.level
         elif self.adaptive is not None and refill > 0:
             top = self.calibration.most_remaining
             if self.mirror is None:
@@ -315,9 +442,10 @@ class Admission:
         """
         self.probing = False
         if exc.status == THROTTLED:
-            self.calibration.on_refused(ticket)
-            self.on_throttle(exc.retry_after)
+            self._refused(ticket)
+            self.on_throttle(exc.retry_after, ticket)
             return True
+        self.rounds.on_other_failure()
         if is_outage(exc):
             self.breaker.on_outage(exc.status)
             if exc.retry_after is not None:  # a 5xx that says when to come back: that job waits, if we may
@@ -328,45 +456,65 @@ class Admission:
         self.breaker.on_other_failure()
         return False
 
-    def on_throttle(self, retry_after: float | None) -> float:
+    def _refused(self, ticket: Ticket) -> None:
+        """A 429: the server did not charge that request. What was learned of its rate takes it back."""
+        self.calibration.on_refused(ticket)
+        self.said_tokens.on_refused(ticket)
+        self.said_requests.on_refused(ticket)
+        charge = self.calibration.charge(ticket.estimate)
+        self.windows.on_refused(self._wall_of(ticket.sent_at), charge)
+        if self.adaptive is not None:
+            self.adaptive.on_refused(charge)
+        if self.learned is not None:
+            self.learned.give(charge)
+
+    def on_throttle(self, retry_after: float | None, ticket: Ticket | None = None) -> float:
         """A 429: close the gate for everyone until the server's reset; return the pause.
 
-        With no hint, the pause is jittered and doubles while the server keeps
-        saying nothing, or lasts until the next minute once fixed windows are detected.
+        With no hint, a round of refusals (``refusals.Rounds``) sets the pause, or, once fixed windows
+        are known and this one has used half its budget, the next minute does.
         """
-        first_of_streak = retry_after is not None or self.no_hint_streak == 0
         if retry_after is not None:
-            pause, source = retry_after, "the server answered 429 asking to wait"
-        elif self.windows.detected:
-            pause, source = self.windows.until_boundary(), "the server's per-minute window is used up"
+            return self._told_to_wait(retry_after)
+        if self.windows.used_up():
+            pause, source = self.windows.until_boundary(), WINDOW_USED
         elif self.gate.remaining() > 0:  # sent before this round's pause began: the same news, told again
             return self.gate.remaining()
         else:
-            pause = min(NO_HINT_CAP, NO_HINT_FIRST * 2**self.no_hint_streak) * self.rng.uniform(0.75, 1.25)
-            pause = min(pause, self.windows.until_boundary())  # a minute's turn is always worth a try
-            self.no_hint_streak += 1
-            source = "429 with no hint from the server: our own backoff"
-        if retry_after is None:
-            self.windows.on_no_hint(pause)
-        if retry_after is not None:
-            self._check_wait(pause, f"the quota is exhausted: {source}", reset=True)
-        else:
-            self._check_wait(pause, source)
+            fresh = self.rounds.began is None
+            sent_at, retry = (self.clock(), False) if ticket is None else (ticket.sent_at, ticket.retry)
+            # never past the next minute: a fixed window's turn is always worth a try
+            if (pause_or_none := self.rounds.on_refused(sent_at, self.windows.until_boundary(), retry=retry)) is None:
+                return 0.0
+            if fresh and self.adaptive is not None:
+                self._round_rate = self.adaptive.observed_rate()
+            pause, source = pause_or_none, NO_HINT
+        self._check_wait(pause, source)
+        self._check_refused_for()
+        self.gate.close_for(pause)
+        self._waiting(pause, source)
+        return pause
+
+    def _told_to_wait(self, pause: float) -> float:
+        """A 429 that says when to come back: the whole run waits that long, if it may."""
+        source = "the server answered 429 asking to wait"
+        self._check_wait(pause, f"the quota is exhausted: {source}", reset=True)
+        self._check_refused_for()
+        self.gate.close_for(pause)
+        self._waiting(pause, source)
+        # From a server whose budget is mirrored, such a 429 is news about that budget (the gate waits
+        # for it), not about a rate: the rate is cut only without one. A window's limit is not a rate.
+        if self.adaptive is not None and self.mirror is None and not self.windows.detected:
+            self.adaptive.on_throttle()
+            self._told = True
+        return pause
+
+    def _check_refused_for(self) -> None:
         if (throttled := self.clock() - self._last_ok) > self.max_wait:
             raise StopRun(
                 f"every request for {throttled:,.0f} s was refused with 429, longer than --max-wait "
                 f"({self.max_wait:g} s): the quota looks exhausted"
             )
-        self.gate.close_for(pause)
-        self._waiting(pause, source)
-        # A window's limit is not a rate; and while the server keeps refusing without a word,
-        # each probe's 429 says nothing new about the rate: cut once per streak.
-        # A 429 that says when to come back, from a server whose budget is mirrored, is news about
-        # that budget (the gate waits for it), not about a rate: the rate is cut only without one.
-        mirrored = self.mirror is not None and retry_after is not None
-        if self.adaptive is not None and not self.windows.detected and first_of_streak and not mirrored:
-            self.adaptive.on_throttle()
-        return pause
 
     def _check_wait(self, pause: float, source: str, *, reset: bool = False) -> None:
         """A wait past ``max_wait``, whatever asked for it, stops the run (resumably), naming who asked."""
@@ -384,6 +532,11 @@ class Admission:
         """What the user should know about admission right now, if anything: an outage, or a wait and its source."""
         if (since := self.breaker.open_since) is not None:
             return f"endpoint {self.breaker.cause} since {self._wall_at(since)}, retrying"
+        if (began := self.rounds.began) is not None and self.rounds.streak:
+            left = self.gate.remaining()
+            return f"{NO_HINT} since {self._wall_at(began)}, one request asking again at a time" + (
+                f": the next in {left:,.0f} s" if left >= 1 else ""
+            )
         if self._wait_notice is not None and (left := self._wait_notice[0] - self.clock()) >= 1:
             return f"{self._wait_notice[1]}: waiting {left:,.0f} s"
         return None
@@ -400,14 +553,16 @@ class Admission:
         With fixed windows, it is the most the server let through in one; otherwise the adaptive
         rate, capped by the most it let through in any wall-clock minute that has ended.
         """
+        per_minute = MINUTE / self.windows.period
+        if self.windows.detected:
+            return self.windows.budget * per_minute
         rate = self.adaptive.rate if self.adaptive is not None else None
         if self.mirror is not None:  # the server's own refill, or the learned rate if that is lower
             rate = self.mirror.rate if rate is None else min(rate, self.mirror.rate)
         if rate is None:
             return None
-        per_minute = MINUTE / self.windows.period
-        if self.windows.detected:
-            return self.windows.most * per_minute
         if (most := self.windows.most_completed) is not None:
             return min(rate * 60, most * per_minute)
+        if self.mirror is None and not self._told:
+            return None  # guessed from refusals with no hint alone: not a limit until a whole minute bounds it
         return rate * 60

@@ -17,6 +17,7 @@ class Ticket:
     sent_at: float
     cum: float  # the estimates of every request admitted up to and including this one
     estimate: float
+    retry: bool = False  # a request refused before, asking again
 
 
 TRIM = 5.0  # a sample more than this many times above or below the median is an outlier
@@ -54,15 +55,20 @@ class Calibration:
 
     def __init__(self, clock: Clock, refill: float | None, *, span: int = 8, keep: int = 96) -> None:
         self.clock, self.refill, self.span = clock, refill, span
-        self.slope, self.base = 1.0, 0.0
-        self.ratio = 1.0  # the modelled charge per unit of estimate over the recent requests (a ratio of sums)
-        self._unfitted = 0  # samples taken since the last fit
         self.samples: deque[tuple[float, float, int]] = deque(maxlen=keep)  # (charged, estimated, requests)
         self._seq = 0
         self._cum = 0.0
-        self._seen: deque[tuple[int, float, float, int]] = deque(maxlen=4 * span)  # seq, sent_at, cum, remaining
-        self._most = 0
         self._refused: deque[tuple[int, float]] = deque(maxlen=256)  # (seq, estimate) answered 429
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop what was learned from the header (it turned out not to be a budget): the charge is the estimate."""
+        self.slope, self.base = 1.0, 0.0
+        self.ratio = 1.0  # the modelled charge per unit of estimate over the recent requests (a ratio of sums)
+        self._unfitted = 0  # samples taken since the last fit
+        self.samples.clear()
+        self._seen: deque[tuple[int, float, float, int]] = deque(maxlen=4 * self.span)  # seq, sent_at, cum, left
+        self._most = 0
 
     def admit(self, estimate: float) -> Ticket:
         self._seq += 1

@@ -244,8 +244,9 @@ def _resume_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=_default(RunConfig, "max_wait"),
         metavar="SECONDS",
-        help="a 429 asking to wait longer than this (an exhausted quota), or 429s with no success for this "
-        "long, stop the run; run the same command later to resume (default %(default)s)",
+        help="a 429 asking to wait longer than this (an exhausted quota), 429s with no success for this long, "
+        "or the server's holds on the next request adding up to this, stop the run; run the same command later "
+        "to resume (default %(default)s)",
     )
     resume.add_argument(
         "--max-outage",

@@ -32,6 +32,7 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
         "resent": stats.resent,
         "failure_reasons": dict(stats.failure_reasons.most_common()),
         "learned_tpm": stats.learned_tpm,
+        "learned_tpm_units": learned_units(stats),
         "charge_ratio": stats.charge_ratio,
         "changed": stats.changed,
         "interrupted": stats.interrupted,
@@ -89,7 +90,7 @@ def summary_table(stats: RunStats) -> Table:
             )
         )
     if stats.learned_tpm:
-        rows.append(("learned limit", f"{stats.learned_tpm:,.0f} tokens/min (adaptive: no --tpm/--rpm given)"))
+        rows.append(("learned limit", _learned(stats)))
     if stats.charge_ratio is not None:
         rows.append(("server charge", f"{stats.charge_ratio:.2f} x the client's estimate (learned from its headers)"))
     if stats.resumed:
@@ -110,6 +111,23 @@ def summary_table(stats: RunStats) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def learned_units(stats: RunStats) -> str | None:
+    """What the learned limit counts: the server's tokens once its headers have shown how it charges (the
+    charge ratio), else the client's own estimate (no headers, or too few answers yet to learn from)."""
+    if not stats.learned_tpm:
+        return None
+    return "server" if stats.charge_ratio is not None else "estimate"
+
+
+def _learned(stats: RunStats) -> str:
+    assert stats.learned_tpm is not None
+    if learned_units(stats) == "server":
+        units = "of the server's count, learned from its rate-limit headers"
+    else:
+        units = "of the client's estimate (the server sent no rate-limit headers to learn its own count from)"
+    return f"{stats.learned_tpm:,.0f} tokens/min {units}; adaptive: no --tpm/--rpm given"
 
 
 def _cost(stats: RunStats) -> str:

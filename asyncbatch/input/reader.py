@@ -296,7 +296,7 @@ def row_lines(path: Path) -> Callable[[Path], Iterator[bytes]] | None:
 def _table_lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
         for _, raw, _ in _table_rows(path, f, 1, None, 0):
-            yield raw or b""
+            yield raw.stand_in if isinstance(raw, Unreadable) else raw or b""
 
 
 PARQUET_BATCH = 2_000  # rows read at a time: memory stays flat whatever the file's size

@@ -376,7 +376,7 @@ class Attempts:
         return sent.reply, sent.latency_ms, output
 
     async def _send(self, job: Job, payload: bytes, tally: _Tally) -> _Sent:
-        route, ticket = await self.router.acquire(job.estimate, tally.avoid)
+        route, ticket = await self.router.acquire(job.estimate, tally.avoid, retry=tally.attempts > 0)
         if self.stopping():
             raise Stopped  # no new attempt once a stop was asked for (retries included)
         task = asyncio.current_task()

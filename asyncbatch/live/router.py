@@ -20,6 +20,7 @@ a pool, the router looks at every route at once, first come first served:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -105,10 +106,18 @@ class Route:
 class Router:
     """Chooses a route for each attempt. ``on_aside(message)`` is told when a route is set aside."""
 
-    def __init__(self, routes: list[Route], *, sleep: Sleep, on_aside: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        sleep: Sleep,
+        on_aside: Callable[[str], None],
+        clock: Clock = time.monotonic,
+        max_wait: float = Patience().max_wait,
+    ) -> None:
         if not routes:
             raise ValueError("a router needs at least one route")
-        self.routes, self.sleep, self.on_aside = routes, sleep, on_aside
+        self.routes, self.sleep, self.on_aside, self.clock, self.max_wait = routes, sleep, on_aside, clock, max_wait
         self._turn = asyncio.Lock()  # a pool's admissions, one at a time, first come first served
 
     @classmethod
@@ -135,7 +144,7 @@ class Router:
         except BaseException:
             await cls.close_all(routes)
             raise
-        return cls(routes, sleep=sleep, on_aside=on_aside)
+        return cls(routes, sleep=sleep, on_aside=on_aside, clock=clock, max_wait=patience.max_wait)
 
     @staticmethod
     async def close_all(routes: Sequence[Route]) -> None:
@@ -153,22 +162,33 @@ class Router:
     def live(self) -> list[Route]:
         return [r for r in self.routes if r.aside is None]
 
-    async def acquire(self, estimate: float, avoid: Route | None = None) -> tuple[Route, Ticket]:
-        """A route and its admission ticket for one attempt.
+    async def acquire(
+        self, estimate: float, avoid: Route | None = None, *, retry: bool = False
+    ) -> tuple[Route, Ticket]:
+        """A route and its admission ticket for one attempt (``retry``: not the job's first; it goes first).
 
         :raises StopRun: every live route has been down for longer than --max-outage (or admission's own).
         """
         if not self.pooled:
             route = self.routes[0]
-            return route, await route.admission.acquire(estimate)
+            return route, await route.admission.acquire(estimate, retry=retry)
         async with self._turn:
+            held = 0.0  # seconds every deployment's server has held this attempt: --max-wait bounds it, as for one
             while True:
-                route, wait = self._choose(estimate, avoid)
+                route, wait = self._choose(estimate, avoid, retry)
                 if wait <= 0:
                     return route, route.admission.take(estimate)
+                by_servers = all(r.admission.holds(estimate) for r in self.live)
+                if by_servers and held > self.max_wait:
+                    raise StopRun(
+                        f"every deployment has held the next request for {held:,.0f} s, longer than --max-wait "
+                        f"({self.max_wait:g} s): {'; '.join(f'{r.name}: {r.state()}' for r in self.live)}"
+                    )
+                before = self.clock()
                 await self.sleep(min(wait, NAP))
+                held = held + self.clock() - before if by_servers else 0.0
 
-    def _choose(self, estimate: float, avoid: Route | None) -> tuple[Route, float]:
+    def _choose(self, estimate: float, avoid: Route | None, retry: bool = False) -> tuple[Route, float]:
         """The best route that can admit now, else the soonest; ``avoid`` only if no other can admit now.
 
         Avoiding is a preference, never a wait: a retry that waited for the other routes while the
@@ -177,7 +197,7 @@ class Router:
         """
         live = self.live
         self._check_outages(live)
-        waits = [(r, r.admission.ready_in(estimate)) for r in live]
+        waits = [(r, r.admission.ready_in(estimate, retry=retry)) for r in live]
         ready = [r for r, wait in waits if wait <= 0]
         ready = [r for r in ready if r is not avoid] or ready
         if ready:

@@ -25,6 +25,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
     for fault in FAULTS:
         p.add_argument(f"--fail-{fault}", type=float, default=0.0, metavar="P", help=f"probability of a {fault} fault")
     p.add_argument("--retry-after-503", type=float, help="seconds advertised in retry-after on 503s")
+    p.add_argument("--retry-after-429", type=float, default=1.234, help="seconds a 429 fault asks to wait")
+    p.add_argument(
+        "--retry-after-headers",
+        default="retry-after-ms,retry-after",
+        help="the headers a 429 says its wait in, comma-separated: retry-after-ms, retry-after, x-ms-retry-after-ms "
+        "(empty: none; default: retry-after-ms,retry-after)",
+    )
+    p.add_argument(
+        "--first-try",
+        choices=("429", *FAULTS),
+        help="a fault for each distinct request's first arrival (429-nohint, say)",
+    )
+    p.add_argument("--remaining-tokens-says", metavar="V", help="every answer's x-ratelimit-remaining-tokens (0, -1)")
+    p.add_argument("--remaining-requests-says", metavar="V", help="every answer's x-ratelimit-remaining-requests")
     p.add_argument("--hang-seconds", type=float, default=20.0, help="how long a hang fault hangs (default 20)")
     p.add_argument("--window", choices=("azure", "minute"), default="azure", help="quota windows (see quota.py)")
     p.add_argument("--charge-factor", type=float, default=1.0, help="times the prompt's characters / 4 it charges")
@@ -52,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[SimConfig, int]:
         rpm=a.rpm,
         fault_rates=rates,
         retry_after_503=a.retry_after_503,
+        retry_after_429=a.retry_after_429,
+        retry_after_headers=tuple(name for name in a.retry_after_headers.split(",") if name),
+        first_try=a.first_try,
+        remaining_tokens_says=a.remaining_tokens_says,
+        remaining_requests_says=a.remaining_requests_says,
         hang_seconds=a.hang_seconds,
         window=a.window,
         charging=Charging(

@@ -41,7 +41,7 @@ ABSURD_VALUES = (
 )
 EXTREME_WAITS = ("1e9", "3600", "0", "0.001", "86400")  # plausible, and long: a wait past --max-wait stops the run
 RATE_HEADERS = ("x-ratelimit-remaining-tokens", "x-ratelimit-remaining-requests")
-WAIT_HEADERS = ("retry-after", "retry-after-ms")
+WAIT_HEADERS = ("retry-after", "retry-after-ms", "x-ms-retry-after-ms")
 
 Shape = Callable[[dict[str, Any]], Any]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import threading
@@ -36,7 +37,7 @@ from .batches import BatchService
 from .chaos import RATE_HEADERS, WAIT_HEADERS, absurd_headers, broken_answer
 from .charge import charge
 from .http import Books, bearer_ok, json_response
-from .quota import Quota
+from .quota import Quota, Verdict
 from .settings import FAULTS, REFUSALS, SimConfig
 from .tokens import token_problem
 
@@ -73,6 +74,9 @@ class Simulator(Books):
         self.charged = 0  # tokens charged to admitted requests
         self.rng = random.Random(config.seed)
         self.first_request_at: float | None = None  # time.monotonic() of the first chat request
+        self.last_request_at: float | None = None  # ... and of the latest
+        self.arrivals: deque[tuple[float, str]] = deque(maxlen=10_000)  # (time.monotonic(), prompt[:64]), the latest
+        self.seen: set[bytes] = set()  # digests of the request bodies that have arrived (``first_try``)
         self.active = 0  # requests received and not yet answered
         self.bodies: deque[dict[str, Any]] = deque(maxlen=200)  # the latest request bodies, for inspection
         self.first_request = threading.Event()  # set at the first chat request (tests wait on it)
@@ -101,8 +105,13 @@ class Simulator(Books):
                 "statuses": dict(self.statuses),
                 "billed_twice": self.billed_twice(),
                 "charged": self.charged,
+                "span": self.span(),  # seconds from the first request to the latest: how fast they came
             },
         )
+
+    def span(self) -> float:
+        """Seconds from the first request to the latest, by this server's clock."""
+        return (self.last_request_at or 0.0) - (self.first_request_at or 0.0)
 
     def billed_twice(self) -> int:
         return sum(n - 1 for n in self.answered.values() if n > 1)
@@ -146,13 +155,17 @@ class Simulator(Books):
             self.first_request.set()
         if self._down():
             self.statuses["down"] += 1
+            if self.config.journal:  # asked, though it gets no answer: the journal keeps every ask
+                self._journal_dropped(await request.read())
             assert request.transport is not None
             request.transport.abort()  # like a host that is gone: the connection drops, no answer
             return web.Response(status=503)
         if self.config.exhaust_after is not None and self.statuses["200"] >= self.config.exhaust_after:
             return self._throttled(86400.0, {})
+        self.last_request_at = time.monotonic()
+        raw = await request.read()
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return self.error(400, "invalid_request_error", "We could not parse the JSON body of your request.")
         api = request.path.rsplit("/", 1)[-1]  # completions, embeddings or responses
@@ -164,13 +177,12 @@ class Simulator(Books):
         asked = Asked(time.monotonic(), line_key(body))
         if self.config.journal:
             self.journal.append(asked)
+        self.arrivals.append((self.last_request_at, prompt_text(body)[:64]))
+        if self.config.first_try is not None and self._first_arrival(raw):  # refused in front of the quota
+            return await self._answer(request, body, prompt_text(body), self.config.first_try, {}, api, asked)
         cost = charge(body, self.config.charging)
         verdict = self.quota.admit(cost)
-        limit_headers = {}
-        if verdict.remaining_requests is not None:
-            limit_headers["x-ratelimit-remaining-requests"] = str(verdict.remaining_requests)
-        if verdict.remaining_tokens is not None:
-            limit_headers["x-ratelimit-remaining-tokens"] = str(verdict.remaining_tokens)
+        limit_headers = self._limit_headers(verdict)
         if not verdict.allowed:
             return self._throttled(verdict.retry_after, limit_headers)
         self.charged += cost
@@ -183,6 +195,32 @@ class Simulator(Books):
             return await self._answer(request, body, text, fault, limit_headers, api, asked)
         finally:
             self.active -= 1
+
+    def _journal_dropped(self, raw: bytes) -> None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(body, dict):
+            self.journal.append(Asked(time.monotonic(), line_key(body)))
+
+    def _first_arrival(self, raw: bytes) -> bool:
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        first = digest not in self.seen
+        self.seen.add(digest)
+        return first
+
+    def _limit_headers(self, verdict: Verdict) -> dict[str, str]:
+        """The budget headers: what the quota has left, or what the server is set to say whatever is left."""
+        says = {
+            "x-ratelimit-remaining-requests": (verdict.remaining_requests, self.config.remaining_requests_says),
+            "x-ratelimit-remaining-tokens": (verdict.remaining_tokens, self.config.remaining_tokens_says),
+        }
+        return {
+            name: said if said is not None else str(left)
+            for name, (left, said) in says.items()
+            if said is not None or left is not None
+        }
 
     def _revoked(self, bearer: str) -> str | None:
         first = self.tokens_seen.get(bearer)
@@ -225,7 +263,7 @@ class Simulator(Books):
             extra = {"retry-after": f"{retry:g}"} if retry is not None else {}
             return self.error(int(fault), fault, f"Simulated {fault}.", extra)
         if fault == "429":
-            return self._throttled(1.234, headers)
+            return self._throttled(self.config.retry_after_429, headers)
         if fault == "429-nohint":
             return self.error(429, "429", "Too many requests.")
         if fault in ("429-absurd", "503-absurd"):
@@ -315,7 +353,9 @@ class Simulator(Books):
         if retry_after is None:  # a gateway that gives no hint
             return self.error(429, "429", "Too many requests.", headers)
         seconds = max(1, round(retry_after + 0.4999))
-        extra = {**headers, "retry-after-ms": str(int(retry_after * 1000)), "retry-after": str(seconds)}
+        ms = str(int(retry_after * 1000))
+        waits = {"retry-after-ms": ms, "x-ms-retry-after-ms": ms, "retry-after": str(seconds)}
+        extra = {**headers, **{name: waits[name] for name in self.config.retry_after_headers}}
         message = (
             "Requests to the ChatCompletions_Create Operation have exceeded rate limit. "
             f"Please retry after {seconds} seconds."

@@ -34,6 +34,14 @@ class SimConfig:
     charging: Charging = field(default_factory=Charging)  # what a request costs against TPM
     fault_rates: dict[str, float] = field(default_factory=dict)  # fault name -> probability
     retry_after_503: float | None = None  # seconds advertised on 503s, if any
+    retry_after_429: float = 1.234  # seconds a "429" fault (scripted, drawn or ``first_try``) advertises
+    # the headers a 429 says its wait in: Azure's pair, or Azure SDKs' x-ms-retry-after-ms alone, or none
+    retry_after_headers: tuple[str, ...] = ("retry-after-ms", "retry-after")
+    first_try: str | None = None  # a fault for each distinct request's first arrival (a gateway shedding new work)
+    # Budget headers that say what the server's own admissions contradict (Azure's Responses API has been
+    # reported to send 0 and -1 and never refuse): every answer says this, whatever is left.
+    remaining_tokens_says: str | None = None
+    remaining_requests_says: str | None = None
     hang_seconds: float = 20.0
     seed: int = 0
     script: dict[str, list[str]] = field(default_factory=dict)
