@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asyncbatch.cli.main import main
+from asyncbatch.input.reader import count_lines
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.helpers import read_jsonl, simulator_env, write_jsonl
 
@@ -253,3 +255,36 @@ def test_a_table_and_a_records_file_of_one_name_in_one_folder_do_not_share_outpu
     assert main(["items.csv", "-q", *DEMO]) == 0
     assert len(read_jsonl(tmp_path / "items.results.jsonl")) == 5
     assert _answers(tmp_path / "items.csv.results.jsonl") == _answers(tmp_path / "items.results.jsonl")
+
+
+def test_a_tables_total_counts_its_rows_not_its_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _table(tmp_path / "in.csv", [{"id": i, "text": f"t{i}"} for i in range(12)])
+    assert count_lines(path) == 12
+    (tmp_path / "empty.csv").write_text("id,text\n", encoding="utf-8")
+    assert count_lines(tmp_path / "empty.csv") == 0
+    assert main([str(path), "--simulate", "--sim-latency-ms", "5", "--log-format", "json", "--template", "{text}"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    totals = {e["total"] for e in events if "total" in e}
+    assert totals == {12}, totals
+
+
+@pytest.mark.parametrize("name", ["book.xlsx", "book.csv", "book.jsonl"])
+def test_an_excel_workbook_is_named_as_one_with_what_to_save_it_as(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with zipfile.ZipFile(tmp_path / name, "w") as book:
+        book.writestr("[Content_Types].xml", "<Types/>")
+        book.writestr("xl/workbook.xml", "<workbook/>")
+    assert main([str(tmp_path / name), "--simulate", "--template", "{text}"]) == 2
+    err = capsys.readouterr().err
+    assert "is an Excel workbook" in err and "save the sheet as CSV UTF-8" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("book*.results*"))
+
+
+def test_a_table_without_a_header_row_is_told_its_first_row_names_the_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "in.csv").write_text("Acme,software\nGlobex,energy\n", encoding="utf-8")
+    assert main([str(tmp_path / "in.csv"), "--simulate", "--template", "About {company}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the columns named in its first row are Acme, software" in err and "add a header row" in err

@@ -95,8 +95,16 @@ def sniff(path: Path) -> None:
                 f"`iconv -f {encoding} -t UTF-8 {_quoted(path)} > {out}`, or in PowerShell "
                 f"`Get-Content {_quoted(path)} | Set-Content -Encoding utf8 {out}`"
             )
+    if office := _office_file(head):
+        raise InputError(
+            f"{path} is {office}, not a file asyncbatch reads (JSONL, CSV, TSV or Parquet). "
+            "HINT: save the sheet as CSV UTF-8 (Excel: File > Save As > CSV UTF-8) or as Parquet, and run that file"
+        )
     if b"\x00" in head:
-        raise InputError(f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark, not JSONL")
+        raise InputError(
+            f"{path} holds NUL bytes: it is binary, or UTF-16 without a byte-order mark; asyncbatch reads JSONL, "
+            "CSV, TSV or Parquet"
+        )
     if is_table(path):
         table_header(path)  # a header row is required
         return
@@ -137,7 +145,8 @@ def _is_json(raw: bytes) -> bool:
 
 
 def count_lines(path: Path, chunk: int = 1 << 20) -> int:
-    """Count lines fast (newline bytes, plus a final unterminated line; a Parquet file's rows)."""
+    """Count inputs fast: lines (newline bytes, plus a final unterminated line), less a table's header row;
+    a Parquet file's rows. A table's quoted newlines count too: the total is then a little high until read."""
     if is_parquet(path):
         return int(_open_parquet(path).metadata.num_rows)
     count, last = 0, b"\n"
@@ -145,7 +154,23 @@ def count_lines(path: Path, chunk: int = 1 << 20) -> int:
         while block := f.read(chunk):
             count += block.count(b"\n")
             last = block[-1:]
-    return count + (last != b"\n")
+    count += last != b"\n"
+    return max(0, count - 1) if is_table(path) else count
+
+
+# The first bytes of Office files: a workbook saved as .xlsx (a ZIP) or .xls (OLE2)
+_OFFICE = {
+    b"PK\x03\x04": "a ZIP archive (an Excel .xlsx workbook?)",
+    b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1": "an Office file",
+}
+
+
+def _office_file(head: bytes) -> str | None:
+    """What an Office file is, by its first bytes; None for anything else."""
+    for magic, kind in _OFFICE.items():
+        if head.startswith(magic):
+            return "an Excel workbook" if b"xl/" in head or b"Workbook" in head else kind
+    return None
 
 
 def read_lines(

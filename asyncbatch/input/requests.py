@@ -18,7 +18,7 @@ from ..config import Endpoint, RequestDefaults
 from ..cost import Prices, lookup
 from ..protocol import BATCH_URLS, Api, unsupported
 from ..structured.schemas import FUNCTION_NAME
-from .reader import FIRST_LINES, BadLine, ParsedLine
+from .reader import FIRST_LINES, BadLine, ParsedLine, is_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +121,11 @@ def setup_mistake(
         example = next((n for n in names if n not in ("id", "custom_id")), "text")
         hint = f'add --template over the fields of the records ({shown}), e.g. --template "...{{{example}}}..."'
         return f"{start}. HINT: {hint}"
+    if is_table(path):  # the names come from the first row: if it holds values, the table has no header row
+        return (
+            f"{start}. HINT: the columns named in its first row are {shown}: name those in --template (a table's "
+            "first row names its columns; if it holds values instead, add a header row)"
+        )
     return f"{start}. HINT: the records' fields are {shown}: name those in --template"
 
 
