@@ -48,7 +48,7 @@ from .export import RESULT_FIELDS
 from .frames import map as map_rows
 from .frames import request_defaults
 from .redact import Redactor
-from .stats import RunStats, Trend
+from .stats import RunStats
 from .store.files import replace_atomically
 
 RECORD = "rows.results.jsonl"  # each batch's results file, in its own directory
@@ -221,21 +221,28 @@ def cell(kind: str, value: Any) -> Any:
     """A value as its column holds it; one that does not fit is kept as JSON text in a text column, else None."""
     if value is None:
         return None
-    if kind == "json":
-        return value if isinstance(value, str) else orjson.dumps(value).decode()
-    if kind == "str":
+    if kind in ("str", "json"):
         return value if isinstance(value, str) else orjson.dumps(value).decode()
     if kind == "bool":
         return value if isinstance(value, bool) else None
     if kind == "int":
-        fits = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
-        return int(value) if fits else None
+        whole = value if type(value) is int else int(value) if type(value) is float and value.is_integer() else None
+        return whole if whole is not None and -(2**63) <= whole < 2**63 else None
     if kind == "float":
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return _float(value)
     if kind == "vector":
-        numbers = isinstance(value, list) and all(isinstance(v, int | float) for v in value)
-        return [float(v) for v in value] if numbers else None
+        numbers = [_float(v) for v in value] if isinstance(value, list) else [None]
+        return None if None in numbers else numbers
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+def _float(value: Any) -> float | None:
+    if type(value) not in (int, float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer past a double's range
+        return None
 
 
 def input_name(name: str) -> str:
@@ -371,7 +378,9 @@ def mark_failed(spec: Spec, error: AsyncBatchError) -> str:
     kind = getattr(error, "kind", None)
     if not marker.exists():
         with contextlib.suppress(OSError):
-            replace_atomically(marker, [orjson.dumps({"error": type(error).__name__, "kind": kind, "message": message})])
+            replace_atomically(
+                marker, [orjson.dumps({"error": type(error).__name__, "kind": kind, "message": message})]
+            )
     return message
 
 
@@ -424,7 +433,7 @@ class Watch:
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Event | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._watch(),), name="asyncbatch-job", daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._watch()), name="asyncbatch-job", daemon=True)
 
     def __enter__(self) -> Watch:
         self._thread.start()

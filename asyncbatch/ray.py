@@ -62,7 +62,7 @@ def map(  # the data world's word; the builtin is not used here
     import ray.data
 
     if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
     spec = prepare(
         template=template,
         tools=tools,
@@ -75,21 +75,26 @@ def map(  # the data world's word; the builtin is not used here
         workers=workers,
         options=options,
     )
-    mapped = ds.map_batches(
-        functools.partial(_batch, spec),
-        batch_format="pyarrow",
-        batch_size=batch_size,
-        compute=ray.data.TaskPoolStrategy(size=workers),
-        zero_copy_batch=True,
-        **(ray_remote_args or {}),
-    )
-    with Watch(spec, reporter) as watch:
-        try:
-            return mapped.materialize()
-        except Exception:  # Ray wraps a worker's error in its own: the marker says what it was
-            if (error := watch.failure()) is None:
-                raise
-            raise error from None
+    context = ray.data.DataContext.get_current()
+    kept, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+    try:  # the results in the input's order, as asyncbatch.map gives them
+        mapped = ds.map_batches(
+            functools.partial(_batch, spec),
+            batch_format="pyarrow",
+            batch_size=batch_size,
+            compute=ray.data.TaskPoolStrategy(size=workers),
+            zero_copy_batch=True,
+            **(ray_remote_args or {}),
+        )
+        with Watch(spec, reporter) as watch:
+            try:
+                return mapped.materialize()
+            except Exception:  # Ray wraps a worker's error in its own: the marker says what it was
+                if (error := watch.failure()) is None:
+                    raise
+                raise error from None
+    finally:
+        context.execution_options.preserve_order = kept
 
 
 def _batch(spec: Spec, table: Any) -> Any:

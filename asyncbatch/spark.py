@@ -51,7 +51,8 @@ def map(  # the data world's word; the builtin is not used here
         that makes the job exactly once and resumable, and the response cache.
     :param workers: partitions, run at once where there are as many cores (default: Spark's default
         parallelism); the DataFrame is repartitioned (or coalesced) to that many when it has another number.
-    :param batch_size: rows per batch at most (default: each Arrow batch, ``spark.sql.execution.arrow.maxRecordsPerBatch``).
+    :param batch_size: rows per batch at most (default: each Arrow batch Spark hands over,
+        ``spark.sql.execution.arrow.maxRecordsPerBatch`` rows).
     :param reporter: the driver's display (default: a status line every few seconds, and the summary).
     :param options: any other ``RunConfig`` option (``retry_failed``, ``prices``, ``cache``, ``max_attempts``...).
     :returns: a persisted ``pyspark.sql.DataFrame``, each partition in its input order.
@@ -75,11 +76,7 @@ def map(  # the data world's word; the builtin is not used here
         workers=workers,
         options=options,
     )
-    partitions = df.rdd.getNumPartitions()
-    if partitions > workers:
-        df = df.coalesce(workers)  # no shuffle: each partition's rows keep their order, and so their batches
-    elif partitions < workers:
-        df = df.repartition(workers)
+    df = _partitioned(df, workers)
     mapped = df.mapInArrow(functools.partial(_partition, spec, batch_size), schema(spec, df.schema))
     mapped = mapped.persist(StorageLevel.MEMORY_AND_DISK)
     with Watch(spec, reporter) as watch:
@@ -90,6 +87,21 @@ def map(  # the data world's word; the builtin is not used here
                 raise
             raise error from None
     return mapped
+
+
+def _partitioned(df: Any, workers: int) -> Any:
+    """``df`` in ``workers`` partitions, its rows in the same order: so its batches, and their keys, are the same
+    every time the job runs."""
+    partitions = df.rdd.getNumPartitions()
+    if partitions > workers:
+        return df.coalesce(workers)  # neighbours merged, no shuffle
+    if partitions == workers:
+        return df
+    from pyspark.sql import functions
+
+    order = "__asyncbatch_order"  # a range of row numbers per partition: the order kept, the split even
+    numbered = df.withColumn(order, functions.monotonically_increasing_id())
+    return numbered.repartitionByRange(workers, order).sortWithinPartitions(order).drop(order)
 
 
 def schema(spec: Spec, given: Any) -> Any:
