@@ -75,17 +75,17 @@ def map(  # the data world's word; the builtin is not used here
         workers=workers,
         options=options,
     )
-    context = ray.data.DataContext.get_current()
-    kept, context.execution_options.preserve_order = context.execution_options.preserve_order, True
-    try:  # the results in the input's order, as asyncbatch.map gives them
-        mapped = ds.map_batches(
-            functools.partial(_batch, spec),
-            batch_format="pyarrow",
-            batch_size=batch_size,
-            compute=ray.data.TaskPoolStrategy(size=workers),
-            zero_copy_batch=True,
-            **(ray_remote_args or {}),
-        )
+    mapped = ds.map_batches(
+        functools.partial(_batch, spec),
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.TaskPoolStrategy(size=workers),
+        zero_copy_batch=True,
+        **(ray_remote_args or {}),
+    )
+    execution = mapped.context.execution_options  # the input's context: set for this job only
+    kept, execution.preserve_order = execution.preserve_order, True  # the results in the input's order
+    try:
         with Watch(spec, reporter) as watch:
             try:
                 return mapped.materialize()
@@ -94,7 +94,7 @@ def map(  # the data world's word; the builtin is not used here
                     raise
                 raise error from None
     finally:
-        context.execution_options.preserve_order = kept
+        execution.preserve_order = kept
 
 
 def _batch(spec: Spec, table: Any) -> Any:
