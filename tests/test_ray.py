@@ -63,9 +63,7 @@ def test_rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_d
     assert figures["throttled"] == sim.statuses["429"]
 
 
-def test_a_worker_killed_mid_batch_then_the_job_run_again_sends_no_request_twice(
-    ray_data: Any, tmp_path: Path
-) -> None:
+def test_a_worker_killed_mid_batch_then_the_job_run_again_sends_no_request_twice(ray_data: Any, tmp_path: Path) -> None:
     given, state = rows(40), tmp_path / "state"
     job: dict[str, Any] = {
         "template": TEMPLATE,
@@ -77,7 +75,7 @@ def test_a_worker_killed_mid_batch_then_the_job_run_again_sends_no_request_twice
     }
     with serve_in_thread(SimConfig(latency=0.05, outages=((0.6, 2.0),), **QUOTA)) as (url, sim):
         killer = Killer(sim, state)
-        with pytest.raises(Exception, match="(?i)worker|died|crash"):  # Ray's own error: nothing asyncbatch knew
+        with pytest.raises(Exception, match=r"(?i)worker|died|crash"):  # Ray's own error: nothing asyncbatch knew
             asyncbatch.ray.map(
                 ray_data.from_items(given, override_num_blocks=2),
                 endpoint=endpoint(url),
@@ -94,17 +92,16 @@ def test_a_worker_killed_mid_batch_then_the_job_run_again_sends_no_request_twice
 
 
 def test_a_wrong_key_fails_the_job_at_once_with_asyncbatchs_message(ray_data: Any, tmp_path: Path) -> None:
-    with serve_in_thread(SimConfig(latency=0.02)) as (url, sim):
-        with pytest.raises(asyncbatch.FatalAPIError) as raised:
-            asyncbatch.ray.map(
-                ray_data.from_items(rows(40), override_num_blocks=4),
-                template=TEMPLATE,
-                endpoint=endpoint(url, key="a-wrong-key-0123"),
-                limits=asyncbatch.Limits(concurrency=4),
-                state_dir=tmp_path / "state",
-                workers=2,
-                reporter=asyncbatch.Reporter(),
-            )
+    with serve_in_thread(SimConfig(latency=0.02)) as (url, sim), pytest.raises(asyncbatch.FatalAPIError) as raised:
+        asyncbatch.ray.map(
+            ray_data.from_items(rows(40), override_num_blocks=4),
+            template=TEMPLATE,
+            endpoint=endpoint(url, key="a-wrong-key-0123"),
+            limits=asyncbatch.Limits(concurrency=4),
+            state_dir=tmp_path / "state",
+            workers=2,
+            reporter=asyncbatch.Reporter(),
+        )
     assert raised.value.kind == "authentication"
     assert str(raised.value).startswith("authentication failed: HTTP 401") and "a-wrong-key" not in str(raised.value)
     assert sim.requests <= 4  # the job's concurrency at most: no request per row, no retries per task
