@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -24,6 +24,7 @@ from asyncbatch.distributed import (
     JobStopped,
     Spec,
     Watch,
+    arrow_type,
     cell,
     failure,
     prepare,
@@ -184,9 +185,8 @@ JSON = st.recursive(
 @given(kind=st.sampled_from(["int", "float", "bool", "str", "json", "vector"]), value=JSON)
 @example(kind="int", value=True)  # a bool is no int here
 @example(kind="int", value=2.5)
+@settings(deadline=None)  # the first example imports pyarrow's types
 def test_any_answer_value_fits_its_column_or_is_none(kind: str, value: Any) -> None:
-    from asyncbatch.distributed import arrow_type
-
     converted = cell(kind, value)
     pa.array([converted], arrow_type(kind))  # never raises: a bad value is never a failed task
     if value is not None and kind in ("str", "json"):
