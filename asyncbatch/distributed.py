@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import json
 import math
 import os
 import socket
@@ -222,7 +223,7 @@ def cell(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if kind in ("str", "json"):
-        return value if isinstance(value, str) else orjson.dumps(value).decode()
+        return value if isinstance(value, str) else _json_text(value)
     if kind == "bool":
         return value if isinstance(value, bool) else None
     if kind == "int":
@@ -234,6 +235,13 @@ def cell(kind: str, value: Any) -> Any:
         numbers = [_float(v) for v in value] if isinstance(value, list) else [None]
         return None if None in numbers else numbers
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer past 64 bits: the standard library writes it
+        return json.dumps(value, default=str)
 
 
 def _float(value: Any) -> float | None:
