@@ -90,7 +90,7 @@ def answered(sim: Simulator) -> set[str]:
 
 
 class Killer:
-    """Kills (SIGKILL) a worker mid-batch, during the simulator's outage, once every answer it paid is recorded.
+    """Kills (SIGKILL) a worker mid-job, during the simulator's outage, once every answer it paid is recorded.
 
     A request in flight at a kill is answered by the server and never read: no client can avoid paying for it
     again (Azure has no idempotency key). The outage makes an instant with none: requests sent meanwhile are
@@ -105,10 +105,12 @@ class Killer:
         self.thread.start()
 
     def worker(self) -> int | None:
-        """A worker with answers recorded and its batch not finished."""
+        """A worker in the middle of a batch, once the job has answers recorded."""
+        if not recorded(self.state_dir):
+            return None
         for path in self.state_dir.glob("jobs/*/stats/*.json"):
             snapshot = orjson.loads(path.read_bytes())
-            if not snapshot["final"] and snapshot["succeeded"] > 0:
+            if not snapshot["final"]:
                 return int(snapshot["pid"])
         return None
 

@@ -63,7 +63,7 @@ def test_rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_d
     assert figures["throttled"] == sim.statuses["429"]
 
 
-def test_a_worker_killed_mid_batch_then_the_job_run_again_sends_no_request_twice(ray_data: Any, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_job_then_the_job_run_again_sends_no_request_twice(ray_data: Any, tmp_path: Path) -> None:
     given, state = rows(40), tmp_path / "state"
     job: dict[str, Any] = {
         "template": TEMPLATE,
