@@ -6,6 +6,7 @@ One Spark session for the module (the JVM starts slowly); the tests run in one x
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,23 +26,26 @@ QUOTA = {"tpm": 200_000, "rpm": 6_000}
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("Spark needs a Java runtime: apt-get install openjdk-17-jre-headless (.ci/run does)")
     from pyspark import cloudpickle
     from pyspark.sql import SparkSession
 
     cloudpickle.register_pickle_by_value(sys.modules["tests.distributed_helpers"])  # the model travels by value
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # the workers run this interpreter, with asyncbatch on its path
-    session = (
-        SparkSession.builder.master("local[2,2]")  # 2 cores; a failed task is tried once more
-        .appName("asyncbatch-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10")  # several batches per partition
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYSPARK_PYTHON", sys.executable)  # the workers run this interpreter, with asyncbatch on its path
+        session = (
+            SparkSession.builder.master("local[2,2]")  # 2 cores; a failed task is tried once more
+            .appName("asyncbatch-tests")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.shuffle.partitions", "2")
+            .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10")  # several batches per partition
+            .getOrCreate()
+        )
+        session.sparkContext.setLogLevel("ERROR")
+        yield session
+        session.stop()
 
 
 def test_rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark: Any, tmp_path: Path) -> None:
