@@ -363,6 +363,7 @@ class Snapshots(Reporter):
     def write(self, stats: RunStats, *, final: bool) -> None:
         fields = {name: getattr(stats, name) for name in SUMMED + KEPT}
         fields |= {"failure_reasons": dict(stats.failure_reasons), "final": final}
+        fields |= {"learned_tpm": stats.learned_tpm, "charge_ratio": stats.charge_ratio}
         now = time.time()  # wall clock: comparable between workers (a benchmark's span)
         fields |= {"pid": os.getpid(), "host": socket.gethostname(), "started_at": now - stats.elapsed, "at": now}
         with contextlib.suppress(OSError):  # progress is not worth failing a batch for

@@ -49,8 +49,8 @@ def map(  # the data world's word; the builtin is not used here
         the server's headers); ``concurrency`` is the job's, split between the workers.
     :param state_dir: a directory every executor reaches (a shared or mounted file system): the record
         that makes the job exactly once and resumable, and the response cache.
-    :param workers: partitions, run at once where there are as many cores (default: Spark's default
-        parallelism); the DataFrame is repartitioned (or coalesced) to that many when it has another number.
+    :param workers: tasks at once: the cores the job runs on (default: Spark's default parallelism); the
+        DataFrame is repartitioned to that many when it has fewer partitions, its rows kept in order.
     :param batch_size: rows per batch at most (default: each Arrow batch Spark hands over,
         ``spark.sql.execution.arrow.maxRecordsPerBatch`` rows).
     :param reporter: the driver's display (default: a status line every few seconds, and the summary).
@@ -90,12 +90,9 @@ def map(  # the data world's word; the builtin is not used here
 
 
 def _partitioned(df: Any, workers: int) -> Any:
-    """``df`` in ``workers`` partitions, its rows in the same order: so its batches, and their keys, are the same
-    every time the job runs."""
-    partitions = df.rdd.getNumPartitions()
-    if partitions > workers:
-        return df.coalesce(workers)  # neighbours merged, no shuffle
-    if partitions == workers:
+    """``df`` in at least ``workers`` partitions, its rows in the same order: so its batches, and their keys, are
+    the same every time the job runs. More partitions are kept: Spark hands them to the workers as they free up."""
+    if df.rdd.getNumPartitions() >= workers:
         return df
     from pyspark.sql import functions
 

@@ -3,41 +3,45 @@
     python benchmarks/bench_distributed.py [--rows 4000] [--tpm 1200000] [--rpm 7200] [--latency-ms 300]
                                            [--concurrency 200] [--workers 4] [--only ray|spark]
 
-A table of --rows rows runs through ``asyncbatch.ray.map`` (a local Ray with --workers CPUs, the table in
---workers blocks) and ``asyncbatch.spark.map`` (``local[--workers]``, --workers partitions), each against a
-fresh simulator process with one deployment's quota, in three ways:
+A table of --rows rows runs on a local Ray (--workers CPUs, ``asyncbatch.ray.map``) and a local Spark
+(``local[--workers]``, ``asyncbatch.spark.map``), each run against a fresh simulator process holding one
+deployment's quota, in two layouts (one partition per worker; four per worker, handed out as workers free
+up) and three ways:
 
-  shared, given      every worker is given the deployment's --tpm/--rpm, and shares it by following the
-                     server's remaining-budget headers (what asyncbatch does)
-  shared, adaptive   no quota given: every worker learns it from the same headers
-  quarter each       every worker paced to a quarter of the quota, as the engines' own HTTP clients do
-                     (a per-worker qps or concurrency, Spark or Ray left to keep the sum under the limit)
+  shared, given      asyncbatch: every worker is given the deployment's --tpm/--rpm and shares it by
+                     following the server's remaining-budget headers
+  shared, adaptive   asyncbatch: no quota given; every worker learns it from the same headers
+  1/4 each           what the engines' own HTTP clients do: each worker paced to a quarter of the quota
+                     (requests spread at RPM/4, tokens from a bucket at TPM/4), a 429 waited out as its
+                     retry-after says; no headers followed (a per-worker qps, Spark or Ray left to keep
+                     the sum under the limit)
 
 The rows are as a real table's are: not all alike. Each asks "Classify: <text>" with max_tokens 50, the
 text growing from 100 to 1,200 characters along the table (a table sorted by source, short reviews first),
-so the workers' partitions differ in tokens: a worker paced to a quarter with the heaviest partition
-finishes last, while shared workers hand the quota to whoever still has work.
+so partitions differ in tokens: a worker paced to a quarter with the heaviest partition finishes last,
+while shared workers hand the quota to whoever still has work.
 
 ideal = max(max(0, total charge - TPM/6) / (TPM/60), N / (RPM/60), N x latency / C) + latency, from the
-server's own charge (as bench_quota.py); span = from the first worker's run start to the last one's end
-(from the workers' counters under state_dir: Ray's and Spark's own start-up is left out, and shown
-apart as the driver's wall time). Every row must come back exactly once: each id once, each answered
-once by the server (billed twice: 0). Last, a wrong key: how long until the job fails with asyncbatch's
-message.
+server's own charge (as bench_quota.py). span = from the first worker's start to the last one's end (Ray's
+and Spark's own start-up left out; the driver's whole call is shown apart as wall). Every row must come back
+exactly once: each id once, each answered once by the server (billed twice: 0). Last, a wrong key: how
+long until the job fails, and with which message.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from _common import KEY, machine, simulator_process, simulator_stats
 
@@ -75,28 +79,93 @@ def endpoint(url: str, key: str = KEY) -> asyncbatch.Endpoint:
     return asyncbatch.Endpoint(kind="azure", base_url=url, api_key=key, deployment="bench", simulated=True)
 
 
-Mapper = Callable[..., list[tuple[str, str]]]  # runs the job; returns (custom_id, status) in order
+def paced(rows: list[dict[str, Any]], url: str, rpm: float, tpm: float, concurrency: int) -> list[dict[str, Any]]:
+    """One worker of "1/4 each": its rows at its own pace, as an engine's per-worker HTTP client sends them."""
+    started = time.time()
+    statuses = asyncio.run(_paced(rows, url, rpm, tpm, concurrency))
+    ended = time.time()
+    return [{"id": row["id"], "status": statuses[row["id"]], "started": started, "ended": ended} for row in rows]
 
 
-def run(a: argparse.Namespace, mapper: Mapper, rows: list[dict[str, Any]], limits: asyncbatch.Limits) -> dict[str, Any]:
+async def _paced(rows: list[dict[str, Any]], url: str, rpm: float, tpm: float, concurrency: int) -> dict[str, str]:
+    target = f"{url}/openai/deployments/bench/chat/completions?api-version=2024-10-21"
+    headers = {"api-key": KEY, "content-type": "application/json"}
+    loop = asyncio.get_running_loop()
+    gap, rate, capacity = 60 / rpm, tpm / 60, tpm / 6  # requests spread evenly; tokens from a 10-second bucket
+    level, filled, next_at = capacity, loop.time(), loop.time()
+    slots, statuses = asyncio.Semaphore(concurrency), {}
+
+    async def one(session: aiohttp.ClientSession, row_id: str, body: bytes) -> None:
+        try:
+            while True:
+                async with session.post(target, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 429:
+                        statuses[row_id] = "succeeded" if response.status == 200 else "failed"
+                        return
+                    wait = float(response.headers.get("retry-after", "1"))
+                await asyncio.sleep(wait)
+        finally:
+            slots.release()
+
+    async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as tasks:
+        for row in rows:
+            content = TEMPLATE.format(**row)
+            estimate = len(content) / 4 + MAX_TOKENS
+            await slots.acquire()
+            now = loop.time()
+            level, filled = min(capacity, level + (now - filled) * rate), now
+            wait = max(next_at - now, (estimate - level) / rate)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                now = loop.time()
+                level, filled = min(capacity, level + (now - filled) * rate), now
+            level, next_at = level - estimate, max(now, next_at) + gap
+            body = {"messages": [{"role": "user", "content": content}], "max_tokens": MAX_TOKENS}
+            tasks.create_task(one(session, row["id"], orjson.dumps(body)))
+    return statuses
+
+
+class Engine:
+    """One engine's session: runs a job of rows in ``parts`` partitions, with asyncbatch or the paced baseline."""
+
+    def asyncbatch(self, rows: list[dict[str, Any]], parts: int, **job: Any) -> list[tuple[str, str]]:
+        """``(custom_id, status)`` of each row, in order."""
+        raise NotImplementedError
+
+    def paced(self, rows: list[dict[str, Any]], parts: int, **pace: Any) -> list[dict[str, Any]]:
+        """Each row's ``id``, ``status`` and its worker's ``started``/``ended``, in order."""
+        raise NotImplementedError
+
+
+def run(a: argparse.Namespace, engine: Engine, rows: list[dict[str, Any]], parts: int, way: str) -> dict[str, Any]:
     sim_args = ["--tpm", str(a.tpm), "--rpm", str(a.rpm), "--latency-ms", str(a.latency_ms)]
     with tempfile.TemporaryDirectory(prefix="bench-dist-") as tmp, simulator_process(*sim_args) as url:
         started = time.perf_counter()
-        out = mapper(rows, endpoint=endpoint(url), limits=limits, state_dir=Path(tmp))
+        if way == "1/4 each":
+            share = {"rpm": a.rpm / a.workers, "tpm": a.tpm / a.workers, "concurrency": a.concurrency // a.workers}
+            out = engine.paced(rows, parts, url=url, **share)
+            done = [(row["id"], row["status"]) for row in out]
+            took = max(row["ended"] for row in out) - min(row["started"] for row in out)
+        else:
+            quota = {"tpm": a.tpm, "rpm": a.rpm} if way == "shared, given" else {}
+            limits = asyncbatch.Limits(concurrency=a.concurrency, **quota)
+            done = engine.asyncbatch(rows, parts, endpoint=endpoint(url), limits=limits, state_dir=Path(tmp))
+            took = span(Path(tmp))
         wall = time.perf_counter() - started
         stats = simulator_stats(url)
-        engine_span = span(Path(tmp))
-    once = [custom_id for custom_id, _ in out] == [row["id"] for row in rows]
-    once = once and all(status == "succeeded" for _, status in out) and stats["billed_twice"] == 0
+    once = [custom_id for custom_id, _ in done] == [row["id"] for row in rows]
+    once = once and all(status == "succeeded" for _, status in done) and stats["billed_twice"] == 0
     once = once and stats["statuses"].get("200", 0) == len(rows)
-    return {"span": engine_span, "wall": wall, "stats": stats, "once": once}
+    return {"span": took, "wall": wall, "stats": stats, "once": once}
 
 
-def wrong_key(mapper: Mapper, rows: list[dict[str, Any]]) -> tuple[float, str]:
+def wrong_key(engine: Engine, rows: list[dict[str, Any]], parts: int) -> tuple[float, str]:
     with tempfile.TemporaryDirectory(prefix="bench-dist-") as tmp, simulator_process() as url:
+        job = {"endpoint": endpoint(url, "a-wrong-key"), "limits": asyncbatch.Limits(), "state_dir": Path(tmp)}
         started = time.perf_counter()
         try:
-            mapper(rows, endpoint=endpoint(url, "a-wrong-key"), limits=asyncbatch.Limits(), state_dir=Path(tmp))
+            engine.asyncbatch(rows, parts, **job)
         except asyncbatch.FatalAPIError as error:
             return time.perf_counter() - started, f"FatalAPIError: {error}"
         except Exception as error:
@@ -104,56 +173,96 @@ def wrong_key(mapper: Mapper, rows: list[dict[str, Any]]) -> tuple[float, str]:
     return time.perf_counter() - started, "no error"
 
 
-@contextmanager
-def ray_mapper(workers: int) -> Iterator[Mapper]:
-    import ray
-    import ray.data
-
-    import asyncbatch.ray
-
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-
-    def mapper(rows: list[dict[str, Any]], **job: Any) -> list[tuple[str, str]]:
-        ds = ray.data.from_items(rows, override_num_blocks=workers)
-        out = asyncbatch.ray.map(ds, **_job(workers), **job)
-        return [(row["custom_id"], row["status"]) for row in out.select_columns(["custom_id", "status"]).take_all()]
-
-    try:
-        yield mapper
-    finally:
-        ray.shutdown()
-
-
-@contextmanager
-def spark_mapper(workers: int) -> Iterator[Mapper]:
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    from pyspark.sql import SparkSession
-
-    import asyncbatch.spark
-
-    spark = (
-        SparkSession.builder.master(f"local[{workers}]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
-
-    def mapper(rows: list[dict[str, Any]], **job: Any) -> list[tuple[str, str]]:
-        df = spark.createDataFrame(rows).select("id", "text")  # defaultParallelism slices, in order
-        out = asyncbatch.spark.map(df, **_job(workers), **job)
-        return [(row.custom_id, row.status) for row in out.select("custom_id", "status").collect()]
-
-    try:
-        yield mapper
-    finally:
-        spark.stop()
-
-
 def _job(workers: int) -> dict[str, Any]:
     request = asyncbatch.RequestDefaults(max_tokens=MAX_TOKENS)
     return {"template": TEMPLATE, "request": request, "workers": workers, "reporter": asyncbatch.Reporter()}
+
+
+class RayEngine(Engine):
+    def __init__(self, workers: int) -> None:
+        import ray
+        import ray.cloudpickle
+        import ray.data
+
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the baseline travels by value
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        self.ray, self.workers = ray, workers
+
+    def asyncbatch(self, rows: list[dict[str, Any]], parts: int, **job: Any) -> list[tuple[str, str]]:
+        import asyncbatch.ray
+
+        ds = self.ray.data.from_items(rows, override_num_blocks=parts)
+        out = asyncbatch.ray.map(ds, **_job(self.workers), **job).select_columns(["custom_id", "status"])
+        return [(row["custom_id"], row["status"]) for row in out.take_all()]
+
+    def paced(self, rows: list[dict[str, Any]], parts: int, **pace: Any) -> list[dict[str, Any]]:
+        def batch(table: Any) -> Any:
+            import pyarrow as pa
+
+            return pa.Table.from_pylist(paced(table.to_pylist(), **pace))
+
+        ds = self.ray.data.from_items(rows, override_num_blocks=parts)
+        compute = self.ray.data.TaskPoolStrategy(size=self.workers)
+        out = ds.map_batches(batch, batch_format="pyarrow", batch_size=None, compute=compute)
+        out.context.execution_options.preserve_order = True
+        return list(out.take_all())
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+class SparkEngine(Engine):
+    def __init__(self, workers: int) -> None:
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        from pyspark import cloudpickle
+        from pyspark.sql import SparkSession
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        self.spark = (
+            SparkSession.builder.master(f"local[{workers}]")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .getOrCreate()
+        )
+        self.spark.sparkContext.setLogLevel("ERROR")
+        self.workers = workers
+
+    def frame(self, rows: list[dict[str, Any]], parts: int) -> Any:
+        return self.spark.createDataFrame(self.spark.sparkContext.parallelize(rows, parts)).select("id", "text")
+
+    def asyncbatch(self, rows: list[dict[str, Any]], parts: int, **job: Any) -> list[tuple[str, str]]:
+        import asyncbatch.spark
+
+        out = asyncbatch.spark.map(self.frame(rows, parts), **_job(self.workers), **job)
+        return [(row.custom_id, row.status) for row in out.select("custom_id", "status").collect()]
+
+    def paced(self, rows: list[dict[str, Any]], parts: int, **pace: Any) -> list[dict[str, Any]]:
+        import pyarrow as pa
+
+        def partition(batches: Iterator[Any]) -> Iterator[Any]:
+            given = [row for batch in batches for row in batch.to_pylist()]
+            yield pa.RecordBatch.from_pylist(paced(given, **pace), schema=schema)
+
+        schema = pa.schema([("id", pa.string()), ("status", pa.string()), ("started", pa.float64()),
+                            ("ended", pa.float64())])  # fmt: skip
+        out = self.frame(rows, parts).mapInArrow(partition, "id string, status string, started double, ended double")
+        return [row.asDict() for row in out.collect()]
+
+    def close(self) -> None:
+        self.spark.stop()
+
+
+@contextmanager
+def session(name: str, workers: int) -> Iterator[Engine]:
+    engine: RayEngine | SparkEngine = RayEngine(workers) if name == "ray" else SparkEngine(workers)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+WAYS = ("shared, given", "shared, adaptive", "1/4 each")
 
 
 def main() -> None:
@@ -168,41 +277,38 @@ def main() -> None:
     a = p.parse_args()
     rows = table(a.rows)
     best, shares = ideal(a, rows)
-    quarter = {"tpm": a.tpm // a.workers, "rpm": a.rpm // a.workers}
-    ways = {
-        "shared, given": asyncbatch.Limits(concurrency=a.concurrency, tpm=a.tpm, rpm=a.rpm),
-        "shared, adaptive": asyncbatch.Limits(concurrency=a.concurrency),
-        f"1/{a.workers} each, given": asyncbatch.Limits(concurrency=a.concurrency, **quarter),
-    }
     load = os.getloadavg()[0]
-    results: list[tuple[str, str, dict[str, Any]]] = []
+    results: list[tuple[str, str, str, dict[str, Any]]] = []
     failures: list[tuple[str, float, str]] = []
-    engines = {"ray": ray_mapper, "spark": spark_mapper}
-    for name, engine in engines.items():
+    layouts = {f"{a.workers} partitions": a.workers, f"{4 * a.workers} partitions": 4 * a.workers}
+    for name in ("ray", "spark"):
         if a.only not in (None, name):
             continue
-        with engine(a.workers) as mapper:
-            run(a, mapper, table(8 * a.workers), ways["shared, given"])  # warm: every worker started, imports done
-            for way, limits in ways.items():
-                results.append((name, way, run(a, mapper, rows, limits)))
-            failures.append((name, *wrong_key(mapper, rows)))
+        with session(name, a.workers) as engine:
+            run(a, engine, table(8 * a.workers), a.workers, "shared, given")  # warm: every worker started
+            for layout, parts in layouts.items():
+                for way in WAYS:
+                    results.append((name, layout, way, run(a, engine, rows, parts, way)))
+            failures.append((name, *wrong_key(engine, rows, a.workers)))
     print(f"machine: {machine()}; load average: {load:.1f} before the run, {os.getloadavg()[0]:.1f} after")
     print(
         f"{a.rows} rows, {a.workers} workers; one deployment: TPM {a.tpm:,}, RPM {a.rpm:,}, {a.latency_ms:g} ms "
         f"latency; concurrency {a.concurrency} in all"
     )
-    print(f"partitions' shares of the tokens: {' / '.join(f'{s:.0%}' for s in shares)}; shared ideal {best:.1f} s")
-    print(f"{'engine':<8}{'workers':<20}{'span s':>8}{'x ideal':>9}{'429s':>7}{'%':>7}{'wall s':>8}  exactly once")
-    for name, way, r in results:
+    print(f"{a.workers} partitions' shares of the tokens: {' / '.join(f'{s:.0%}' for s in shares)}")
+    print(f"shared ideal {best:.1f} s")
+    header = f"{'engine':<7}{'layout':<15}{'workers':<18}{'span s':>7}{'x ideal':>8}{'429s':>6}{'%':>6}{'wall s':>8}"
+    print(header + "  once")
+    for name, layout, way, r in results:
         throttled = r["stats"]["statuses"].get("429", 0)
         share = 100 * throttled / max(1, r["stats"]["requests"])
         print(
-            f"{name:<8}{way:<20}{r['span']:>8.1f}{r['span'] / best:>9.2f}{throttled:>7}{share:>6.1f}%"
+            f"{name:<7}{layout:<15}{way:<18}{r['span']:>7.1f}{r['span'] / best:>8.2f}{throttled:>6}{share:>5.1f}%"
             f"{r['wall']:>8.1f}  {r['once']}"
         )
     for name, seconds, said in failures:
-        print(f"{name}: a wrong key failed the job after {seconds:.1f} s: {said}")
-    print("(span: the workers' runs, first start to last end; wall: the driver's call, Ray's or Spark's start-up in)")
+        print(f"{name}: a wrong key failed the job after {seconds:.1f} s with {said}")
+    print("(span: first worker's start to last one's end; wall: the driver's whole call, Ray's or Spark's start-up in)")
 
 
 if __name__ == "__main__":
