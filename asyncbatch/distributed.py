@@ -450,11 +450,14 @@ class Watch:
         self._started.wait()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, *_: object) -> None:
         assert self._loop is not None and self._done is not None
         self._loop.call_soon_threadsafe(self._done.set)
         self._thread.join()
         self.stats.finished = self.stats.clock()
+        if error is not None:  # ours says what happened; Ray's or Spark's follows the summary in full
+            said = str(error) if isinstance(error, AsyncBatchError) else f"{type(error).__name__} (below)"
+            self.stats.aborted = Redactor(self.spec.secrets).text(said)
         self.reporter.summary(self.stats)
 
     async def _watch(self) -> None:

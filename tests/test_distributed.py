@@ -7,6 +7,7 @@ threads, as two attempts of one batch would), against the simulator over real so
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,31 @@ def test_an_exhausted_quota_stops_the_job_resumably(tmp_path: Path) -> None:
     with serve_in_thread(SimConfig()) as (url, sim):  # the quota is back: a new job sends what is missing
         out = run_batch(_spec(url, tmp_path / "state", workers=4), _table(12))
     assert sim.requests == 7 and out.column("status").to_pylist() == ["succeeded"] * 12
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    texts=st.lists(st.integers(0, 7), min_size=1, max_size=14),  # the same text twice is the same request
+    first=st.lists(st.integers(1, 5), min_size=1, max_size=4),  # batch sizes of the first job
+    stop_after=st.integers(0, 3),  # batches the first job finished before it was stopped
+    second=st.integers(1, 6),  # batch size of the job run again: other batches
+)
+@example(texts=[0, 1, 2, 3], first=[2], stop_after=1, second=3)
+def test_a_job_run_again_in_other_batches_answers_every_row_once_and_pays_each_request_once(
+    texts: list[int], first: list[int], stop_after: int, second: int
+) -> None:
+    rows = pa.table({"id": [f"r{i}" for i in range(len(texts))], "text": [f"review {t}" for t in texts]})
+    with tempfile.TemporaryDirectory() as tmp, serve_in_thread(SimConfig()) as (url, sim):
+        spec, start = _spec(url, Path(tmp)), 0
+        for size in first[:stop_after]:
+            run_batch(spec, rows.slice(start, size))
+            start += size
+        spec = _spec(url, Path(tmp))  # a new job over the same state_dir
+        out = [run_batch(spec, rows.slice(at, second)) for at in range(0, len(texts), second)]
+    got = pa.concat_tables(out)
+    assert got.column("custom_id").to_pylist() == rows.column("id").to_pylist()  # every row once, in order
+    assert set(got.column("status").to_pylist()) == {"succeeded"}
+    assert sim.billed_twice() == 0 and sim.requests == len(set(texts))  # each distinct request paid once
 
 
 @pytest.mark.parametrize(
