@@ -202,8 +202,8 @@ def test_the_driver_adds_up_every_attempt_and_takes_each_batchs_furthest(tmp_pat
     assert stats.failure_reasons == {"content_filter": 1}
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+JSON = st.recursive(  # what an answer parsed from JSON may hold: no NaN, no infinity
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
