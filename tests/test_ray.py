@@ -1,6 +1,6 @@
 """asyncbatch.ray on a local Ray (2 CPUs), against the simulator on 127.0.0.1 with a quota.
 
-One Ray session for the module (Ray starts slowly); the tests run in one xdist worker (``xdist_group``).
+One Ray session, started once (Ray starts slowly): the steps run in one test.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import asyncbatch.ray
 from asyncbatch.simulator import SimConfig, serve_in_thread
 from tests.distributed_helpers import TEMPLATE, Killer, Sentiment, endpoint, expected, json_reporter, recorded, rows
 
-pytestmark = pytest.mark.xdist_group("ray")
 QUOTA = {"tpm": 200_000, "rpm": 6_000}
 
 
@@ -34,7 +33,7 @@ def ray_data() -> Iterator[Any]:
     ray.shutdown()
 
 
-def test_rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_data: Any, tmp_path: Path) -> None:
+def _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_data: Any, tmp_path: Path) -> None:
     given = rows(24)
     script = {"Classify: review 5": ["content-filter-400"] * 2}  # refused for both runs: one bad row each
     reporter, summary = json_reporter()
@@ -63,7 +62,7 @@ def test_rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_d
     assert figures["throttled"] == sim.statuses["429"]
 
 
-def test_a_worker_killed_mid_job_then_the_job_run_again_sends_no_request_twice(ray_data: Any, tmp_path: Path) -> None:
+def _a_worker_killed_mid_job_then_the_job_run_again_sends_no_request_twice(ray_data: Any, tmp_path: Path) -> None:
     given, state = rows(40), tmp_path / "state"
     job: dict[str, Any] = {
         "template": TEMPLATE,
@@ -91,7 +90,7 @@ def test_a_worker_killed_mid_job_then_the_job_run_again_sends_no_request_twice(r
     assert recorded(state) == {row["id"] for row in given}
 
 
-def test_a_wrong_key_fails_the_job_at_once_with_asyncbatchs_message(ray_data: Any, tmp_path: Path) -> None:
+def _a_wrong_key_fails_the_job_at_once_with_asyncbatchs_message(ray_data: Any, tmp_path: Path) -> None:
     with serve_in_thread(SimConfig(latency=0.02)) as (url, sim), pytest.raises(asyncbatch.FatalAPIError) as raised:
         asyncbatch.ray.map(
             ray_data.from_items(rows(40), override_num_blocks=4),
@@ -105,3 +104,11 @@ def test_a_wrong_key_fails_the_job_at_once_with_asyncbatchs_message(ray_data: An
     assert raised.value.kind == "authentication"
     assert str(raised.value).startswith("authentication failed: HTTP 401") and "a-wrong-key" not in str(raised.value)
     assert sim.requests <= 4  # the job's concurrency at most: no request per row, no retries per task
+
+
+def test_on_a_local_ray(ray_data: Any, tmp_path: Path) -> None:
+    """The steps share one Ray session: one test, so that one xdist worker runs them (``xdist_group`` does
+    not group tests with this pytest), and the session starts once."""
+    _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_data, tmp_path / "rows")
+    _a_worker_killed_mid_job_then_the_job_run_again_sends_no_request_twice(ray_data, tmp_path / "killed")
+    _a_wrong_key_fails_the_job_at_once_with_asyncbatchs_message(ray_data, tmp_path / "wrong_key")

@@ -1,6 +1,6 @@
 """asyncbatch.spark on a local Spark (``local[2]``, a task may fail once), against the simulator with a quota.
 
-One Spark session for the module (the JVM starts slowly); the tests run in one xdist worker (``xdist_group``).
+One Spark session, started once (the JVM starts slowly): the steps run in one test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from asyncbatch import FatalAPIError
 from asyncbatch.simulator import SimConfig, serve_in_thread
 from tests.distributed_helpers import TEMPLATE, Killer, Sentiment, endpoint, expected, json_reporter, recorded, rows
 
-pytestmark = pytest.mark.xdist_group("spark")
 QUOTA = {"tpm": 200_000, "rpm": 6_000}
 
 
@@ -48,7 +47,7 @@ def spark() -> Iterator[Any]:
         session.stop()
 
 
-def test_rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark: Any, tmp_path: Path) -> None:
+def _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark: Any, tmp_path: Path) -> None:
     given = rows(24)
     script = {"Classify: review 5": ["content-filter-400"] * 2}  # refused for both runs: one bad row each
     reporter, summary = json_reporter()
@@ -78,7 +77,7 @@ def test_rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark
     assert figures["throttled"] == sim.statuses["429"]
 
 
-def test_a_task_killed_mid_partition_is_run_again_and_sends_no_request_twice(spark: Any, tmp_path: Path) -> None:
+def _a_task_killed_mid_partition_is_run_again_and_sends_no_request_twice(spark: Any, tmp_path: Path) -> None:
     given, state = rows(40), tmp_path / "state"
     with serve_in_thread(SimConfig(latency=0.05, outages=((0.6, 2.0),), **QUOTA)) as (url, sim):
         killer = Killer(sim, state)
@@ -100,7 +99,7 @@ def test_a_task_killed_mid_partition_is_run_again_and_sends_no_request_twice(spa
     assert recorded(state) == {row["id"] for row in given}
 
 
-def test_a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spark: Any, tmp_path: Path) -> None:
+def _a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spark: Any, tmp_path: Path) -> None:
     with serve_in_thread(SimConfig(deployment="another")) as (url, sim), pytest.raises(FatalAPIError) as raised:
         asyncbatch.spark.map(
             spark.createDataFrame(rows(40)),
@@ -113,3 +112,11 @@ def test_a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spa
         )
     assert raised.value.kind == "not_found" and "deployment" in str(raised.value)
     assert sim.requests <= 4  # the job's concurrency at most: no request per row, no retries per task
+
+
+def test_on_a_local_spark(spark: Any, tmp_path: Path) -> None:
+    """The steps share one Spark session: one test, so that one xdist worker runs them (``xdist_group`` does
+    not group tests with this pytest), and the session starts once."""
+    _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark, tmp_path / "rows")
+    _a_task_killed_mid_partition_is_run_again_and_sends_no_request_twice(spark, tmp_path / "killed")
+    _a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spark, tmp_path / "missing")
