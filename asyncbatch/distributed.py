@@ -93,7 +93,8 @@ class Spec:
     state_dir: str
     job: str
     fingerprint: bytes  # the request options a batch's key includes
-    arguments: dict[str, Any]  # for ``asyncbatch.map``: template, tools, endpoint, limits (this worker's), ...
+    template: str
+    options: dict[str, Any]  # ``RunConfig``'s, for ``asyncbatch.map``: request, endpoint, limits (this worker's)...
     front: tuple[Column, ...]  # before the input's columns
     back: tuple[Column, ...]  # after them
     secrets: tuple[str, ...]  # what a message written to state_dir must not hold
@@ -133,12 +134,10 @@ def prepare(
     job = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     job_limits = limits or Limits()
     share = dataclasses.replace(job_limits, concurrency=max(1, math.ceil(job_limits.concurrency / workers)))
-    arguments = dict(options)
-    arguments.setdefault("cache", root / "cache.sqlite")
+    run_options = {"cache": root / "cache.sqlite", **options}
     defaults = request_defaults(request, template=template, tools=tools, response_format=response_format)
-    arguments |= {"endpoint": endpoint, "deployments": tuple(deployments), "limits": share, "request": defaults}
-    arguments |= {"template": template}
-    config = RunConfig(input_path=root / "check.jsonl", **{k: v for k, v in arguments.items() if k != "template"})
+    run_options |= {"endpoint": endpoint, "deployments": tuple(deployments), "limits": share, "request": defaults}
+    config = RunConfig(input_path=root / "check.jsonl", **run_options)
     (root / "parts").mkdir(parents=True, exist_ok=True)
     (root / "jobs" / job / "stats").mkdir(parents=True, exist_ok=True)
     front, back = result_columns(defaults)
@@ -146,7 +145,8 @@ def prepare(
         state_dir=str(root),
         job=job,
         fingerprint=orjson.dumps(config.fingerprint, option=orjson.OPT_SORT_KEYS),
-        arguments=arguments,
+        template=template,
+        options=run_options,
         front=front,
         back=back,
         secrets=tuple(s for d in config.routes for s in d.endpoint.secrets if s),
@@ -286,8 +286,9 @@ def run_batch(spec: Spec, table: Any) -> Any:
         (parts / key).mkdir(exist_ok=True)
         snapshots = Snapshots(spec.job_dir / "stats" / f"{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
         try:
+            record = parts / key / RECORD
             results = asyncio.run(
-                map_rows(rows, output_path=parts / key / RECORD, reporter=snapshots, **spec.arguments)
+                map_rows(rows, template=spec.template, output_path=record, reporter=snapshots, **spec.options)
             )
         except (FatalAPIError, ConfigError, OutputError) as exc:  # the job's mistake, not this batch's
             raise JobFailed(mark_failed(spec, exc)) from None
@@ -436,7 +437,7 @@ class Watch:
     def __init__(self, spec: Spec, reporter: Reporter | None) -> None:
         self.spec = spec
         self.reporter = reporter or driver_reporter()
-        config = RunConfig(input_path=Path(spec.state_dir) / "check.jsonl", **_run_options(spec.arguments))
+        config = RunConfig(input_path=Path(spec.state_dir) / "check.jsonl", **spec.options)
         self.stats = RunStats(simulated=config.simulated, prices=config.prices)
         if config.prices is None:
             self.stats.unpriced = config.routes[0].endpoint.deployment
@@ -499,7 +500,3 @@ class Watch:
     def failure(self) -> AsyncBatchError | None:
         """After Ray's or Spark's error: the job's own, if a worker left its marker."""
         return failure(self.spec.job_dir)
-
-
-def _run_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in arguments.items() if k != "template"}
