@@ -71,13 +71,7 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
     :param options: any other ``RunConfig`` option (``max_cost``, ``cache``, ``prices``, ...).
     """
     records, kind = _records(rows)
-    base = request or RequestDefaults()
-    defaults = dataclasses.replace(  # a model given here joins base's models
-        base,
-        template=template,
-        tools=tools if tools is not None else base.tools,
-        response_format=response_format if response_format is not None else base.response_format,
-    )
+    defaults = request_defaults(request, template=template, tools=tools, response_format=response_format)
     with contextlib.ExitStack() as stack:
         if output_path is None:
             where = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asyncbatch-map-")))
@@ -106,6 +100,23 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
         frame.index = rows.index
         return frame
     return results
+
+
+def request_defaults(
+    request: RequestDefaults | None, *, template: str, tools: Any = None, response_format: Any = None
+) -> RequestDefaults:
+    """The request options ``map`` runs with: ``request``'s, with the template, tools and response format given.
+
+    Checked when built (``RequestDefaults``): ``asyncbatch.ray`` and ``asyncbatch.spark`` call it on the driver,
+    so a mistake is said once, before any worker starts.
+    """
+    base = request or RequestDefaults()
+    return dataclasses.replace(  # a model given here joins base's models
+        base,
+        template=template,
+        tools=tools if tools is not None else base.tools,
+        response_format=response_format if response_format is not None else base.response_format,
+    )
 
 
 def map_sync(rows: Any, **arguments: Any) -> Any:
