@@ -159,9 +159,9 @@ def prepare(
 def result_columns(request: RequestDefaults) -> tuple[tuple[Column, ...], tuple[Column, ...]]:
     """Our columns, declared before any answer: those before the input's, and those after.
 
-    As ``asyncbatch.map`` (``export.flat``) has them: ``line``, ``status``, ``custom_id``, the input's,
-    ``output`` (unless it is spread), the error and usage columns, then ``output.<key>`` for each
-    property of the one schema the answers are validated against (a Pydantic model's fields).
+    As ``asyncbatch.map`` (``export``) has them: ``line``, ``status``, ``custom_id``, the input's, then
+    ``output``, or ``output.<key>`` for each property of the one schema the answers are validated
+    against (a Pydantic model's fields), then the error and usage columns.
     """
     front = (Column(name="line", kind="int"), Column(name="status", kind="str"), Column(name="custom_id", kind="str"))
     usage = (
@@ -178,7 +178,7 @@ def result_columns(request: RequestDefaults) -> tuple[tuple[Column, ...], tuple[
         kind = "str" if not (request.tools or request.response_format) else "json"
         return front, (Column(name="output", kind=kind), *usage)
     spread = tuple(Column(name=f"output.{k}", kind=_kind(v), key=k) for k, v in properties.items())
-    return front, (*usage, *spread)
+    return front, (*spread, *usage)
 
 
 def _one_schema(request: RequestDefaults) -> Any:

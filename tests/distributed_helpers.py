@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel
 
 import asyncbatch
-from asyncbatch.export import flat
+from asyncbatch.export import TAIL, flat
 from asyncbatch.simulator import Simulator
 
 TEMPLATE = "Classify: {text}"
@@ -47,8 +47,9 @@ def expected(given: list[dict[str, Any]], url: str) -> list[dict[str, Any]]:
     table = []
     for row in out:
         cells = flat(row)
-        table.append({k: v for k, v in cells.items() if k not in ("parsed", "output", *spread)})
-        table[-1] |= {name: cells.get(name) for name in spread}
+        kept = {k: v for k, v in cells.items() if k not in ("parsed", "output", *spread)}
+        front = {k: v for k, v in kept.items() if k not in TAIL}
+        table.append(front | {name: cells.get(name) for name in spread} | {k: kept[k] for k in TAIL if k in kept})
     return table
 
 

@@ -101,6 +101,7 @@ HINTS = {
     "asyncbatch reads UTF-8. HINT: save the": ADVICE + " (a file to save again)",
     "a run keeps a regular file there. HINT: move it away": ADVICE,
     "HINT: save the sheet as CSV UTF-8": ADVICE + " (a file to save again)",
+    "HINT: run the same job again later": ADVICE + " (the same job)",
     "the columns named in its first row are": ADVICE + " (a template, or a header row, to write)",
 }
 
