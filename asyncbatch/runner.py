@@ -37,6 +37,7 @@ from .errors import ConfigError, FatalAPIError, InputError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, row_lines, sniff, virtual_lines
 from .input.requests import Job, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
+from .live.cached import Cached
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
 from .report.metrics import MetricsLog
@@ -46,6 +47,7 @@ from .store.cache import ResponseCache
 from .store.checkpoint import ResumeState
 from .store.session import Store, opened
 from .store.session import restart as store_restart
+from .structured.validate import OutputCheck
 
 
 class Interrupt:
@@ -116,8 +118,9 @@ async def run(
             # Before the clock starts: opening the connections imports the SDK, which is start-up, not run time.
             router = await Router.open(
                 config.routes,
-                config.retry,
+                config.transport,
                 config.patience,
+                concurrency=config.limits.concurrency,
                 redactor=reporter.redactor,
                 on_aside=reporter.warn,
                 sleep=sleep,
@@ -173,16 +176,19 @@ class _Run:
             unpriced=None if config.prices else config.routes[0].endpoint.deployment,
             tpm_limit=tpm,
             rpm_limit=rpm,
-            routes=router.routes if router.pooled else [],
-            watch=None if router.pooled else router.routes[0].admission.status,  # a pool's: on each route's line
+            routes=router.routes,
             clock=clock,
         )
         self.config, self.state, self.reporter, self.router = config, state, reporter, router
         self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor)
         self.recorder = self.store.recorder
-        self.cache = None
+        self.cache, cached = None, None
         if config.cache is not None and config.cache_mode != "off":
             self.cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor, warn=reporter.warn)
+            check = OutputCheck(config.request.tools, config.request.response_format, config.request.models)
+            identity = [route.endpoint.identity for route in config.routes]
+            cached = Cached(self.cache, identity, check, stats, config.prices)
+        self.cached = cached
         self.attempts = Attempts(
             router=router,
             request=config.request,
@@ -193,7 +199,7 @@ class _Run:
             budget=Budget(config.max_cost),
             sleep=sleep,
             clock=clock,
-            cache=self.cache,
+            cached=cached,
         )
         self.attempts.on_send = self.store.sent
         self.metrics = MetricsLog(
@@ -260,7 +266,7 @@ class _Run:
                 self.tasks.append(tg.create_task(self.consume(queue)))
         if self.fatal is not None:  # raised once the answers already on their way were recorded
             raise self.fatal
-        for outcome in self.attempts.release_held():  # failures held back while nothing had succeeded yet
+        for outcome in self.attempts.verdict.release():  # failures held back while nothing had succeeded yet
             self.record(outcome)
 
     async def batch_phase(self) -> bool:
@@ -276,8 +282,8 @@ class _Run:
             info=self.reporter.info,
             warn=self.reporter.warn,
             sleep=self.sleep,
-            cached=self.attempts.from_cache,
-            keep=self.attempts.keep,
+            cached=self.cached.result if self.cached is not None else lambda job: None,
+            keep=self.cached.keep if self.cached is not None else lambda job, body, request_id: None,
         )
         if options.cancel:
             cancelled = await runner.cancel()
@@ -377,7 +383,7 @@ class _Run:
         while not self.stopping and (job := await queue.get()) is not None:
             try:
                 outcome = await self.attempts.carry(job)
-                settled = self.attempts.settle(outcome)
+                settled = self.attempts.verdict.settle(outcome)
             except Stopped:
                 return
             except StopRun as stop:

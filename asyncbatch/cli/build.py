@@ -15,6 +15,7 @@ from ..config import (
     RequestDefaults,
     RetryPolicy,
     RunConfig,
+    TransportOptions,
 )
 from ..cost import resolve
 from ..errors import ConfigError
@@ -68,12 +69,8 @@ def build_config(
         deployments=deployments,
         batch=batch_options(args),
         limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
-        retry=RetryPolicy(
-            max_attempts=args.max_attempts,
-            timeout=args.timeout,
-            backoff_initial=args.backoff,
-            max_response_mb=args.max_response_mb,
-        ),
+        retry=RetryPolicy(max_attempts=args.max_attempts, backoff_initial=args.backoff),
+        transport=TransportOptions(timeout=args.timeout, max_response_mb=args.max_response_mb),
         request=request_defaults(args),
         checkpoint_path=args.checkpoint,
         fsync=args.fsync,

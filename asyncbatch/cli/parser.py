@@ -12,17 +12,19 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..config import (
     DEFAULT_API_VERSION,
+    MODES,
     BatchOptions,
     Limits,
     RequestDefaults,
     RetryPolicy,
     RunConfig,
+    TransportOptions,
 )
 from ..export import FORMATS
 from ..live.auth import TOKEN_TIMEOUT
 from ..protocol import APIS
 from ..simulator import FAULTS
-from ..store.cache import MODES, default_path
+from ..store.cache import default_path
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
@@ -303,14 +305,14 @@ def _rate_options(p: argparse.ArgumentParser) -> None:
     rate.add_argument(
         "--timeout",
         type=float,
-        default=_default(RetryPolicy, "timeout"),
+        default=_default(TransportOptions, "timeout"),
         metavar="SECONDS",
         help="seconds per attempt (default %(default)s)",
     )
     rate.add_argument(
         "--max-response-mb",
         type=float,
-        default=_default(RetryPolicy, "max_response_mb"),
+        default=_default(TransportOptions, "max_response_mb"),
         metavar="MB",
         help="the largest answer read, in MiB once decoded (gzip too); a larger one is read no further and its "
         "line fails as response_too_large, so memory stays bounded whatever the server sends (default %(default)s)",

@@ -22,8 +22,10 @@ import orjson
 
 from ..errors import ConfigError, InputError
 from ..protocol import BATCH_URLS
-from ..store.files import TABLES
-from ..store.ids import IdLog, IdSet, digest, line_digest
+from .ids import IdSet, digest, line_digest
+
+# Input tables (by suffix) and the delimiters their dialect is sniffed within: their rows are records.
+TABLES = {".csv": ",;|", ".tsv": "\t"}
 
 
 class Done(Protocol):
@@ -31,6 +33,35 @@ class Done(Protocol):
 
     def __contains__(self, line_no: object) -> bool: ...
     def claim(self, line_no: int, line_hash: int) -> bool: ...
+
+
+class IdRecord(Protocol):
+    """Where the reader keeps each line's id digest as it reads (``store.ids.IdLog``): a resume reads it back.
+
+    ``known``: how many lines it holds already; ``recorded``: their digests, in order; ``feed``: the input's
+    bytes as they are read (hashed); ``append``: the next line's digest and size.
+    """
+
+    @property
+    def known(self) -> int: ...
+    def recorded(self) -> Iterator[int]: ...
+    def feed(self, data: bytes) -> None: ...
+    def append(self, value: int, size: int) -> None: ...
+
+
+class _Unrecorded:
+    """No record of the ids: a read that is not a run's (the Batch API's plan, a dry run)."""
+
+    known = 0
+
+    def recorded(self) -> Iterator[int]:
+        return iter(())
+
+    def feed(self, data: bytes) -> None:
+        return None
+
+    def append(self, value: int, size: int) -> None:
+        return None
 
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -174,7 +205,7 @@ def _office_file(head: bytes) -> str | None:
 
 
 def read_lines(
-    path: Path, done: Done | None = None, ids: IdLog | None = None
+    path: Path, done: Done | None = None, ids: IdRecord | None = None
 ) -> Generator[ParsedLine | BadLine, None, None]:
     """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine; a repeated custom_id is a BadLine.
 
@@ -185,7 +216,7 @@ def read_lines(
 
     :raises InputError: the rest of the file cannot be read; every line before it was yielded.
     """
-    ids = ids or IdLog(None)
+    ids = ids or _Unrecorded()
     seen = IdSet()
     recorded = ids.recorded()
     known = ids.known

@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from ..config import Outputs
 from ..errors import RETRY_FAILED, OutputError
 from ..redact import Redactor
 from ..stats import RunStats
 from .cache import check_cache
 from .checkpoint import Lines, ResumeState, SentJournal, drop_errors, recover, save_checkpoint
-from .files import Outputs, check_paths, move_aside, prepare_state
+from .files import check_paths, move_aside, prepare_state
 from .ids import IdLog
 from .lock import OutputLock
 from .recorder import Recorder
@@ -56,7 +57,6 @@ def restart(outputs: Outputs) -> list[tuple[Path, Path]]:
 
 def _move_aside(outputs: Outputs, lock: OutputLock) -> list[tuple[Path, Path]]:
     """Under the lock: rename the outputs and the state directory (Batch API jobs kept in it), then lock anew."""
-    prepare_state(outputs)  # an older layout: moved in first
     custom = [outputs.checkpoint] if outputs.checkpoint is not None else []
     moved = move_aside([*outputs.files, outputs.state.dir, *custom])
     lock.release()
@@ -89,8 +89,7 @@ def opened(
         if restart:
             for old, new in _move_aside(outputs, lock):
                 notes.warn(f"restart: moved {old} to {new}")
-        for note in prepare_state(outputs):
-            notes.info(note)
+        prepare_state(outputs)
         state = recover(
             input_path,
             outputs,
