@@ -67,6 +67,9 @@ class Hold(NamedTuple):
     final: bool
 
 
+READY = Hold(0.0, False, False)
+
+
 def wall_time(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(seconds))
 
@@ -150,7 +153,7 @@ class Admission:
                 if gate.source is not None:
                     self._waiting(wait, gate.source)
                 return Hold(wait, gate.by_server, gate.final)
-        return Hold(0.0, False, False)
+        return READY
 
     def _gates(self) -> list[Gate]:
         return [self.breaker, self.gate, self.windows, self.first_wave, self.rounds, *self._meters()]

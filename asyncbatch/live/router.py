@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..admission.admission import PATIENT, Admission, Hold
+from ..admission.admission import PATIENT, READY, Admission, Hold
 from ..admission.calibration import Ticket
 from ..admission.turn import NEW, RETRY, Turn
 from ..clock import NAP, Clock, Sleep
@@ -154,7 +154,7 @@ class Router:
         """``acquire``'s wait, holding the turn (which a new request hands to a waiting retry during a round)."""
         held = 0.0  # seconds the servers' holds kept this request
         while True:
-            if priority == NEW and self._turn.retry_waiting() and any(r.admission.refusing for r in self.live):
+            if priority == NEW and any(r.admission.refusing for r in self.routes) and self._turn.retry_waiting():
                 self._turn.release(seq)  # the probe a round of refusals sends is a request refused before
                 await self._turn.wait(priority, seq)  # after the retries, in its own place among the new
                 continue
@@ -180,18 +180,21 @@ class Router:
         """
         if not (live := self.live):
             raise self._verdict()  # every route was set aside while this attempt waited
-        if all(over := [r.admission.outage_over_limit() for r in live]):
+        down = all(r.admission.breaker.is_open for r in live)  # then how long: over --max-outage stops the run
+        if down and all(over := [r.admission.outage_over_limit() for r in live]):
             raise StopRun(self._joined(live, [str(o) for o in over]))
         holds = [(r, r.admission.readiness(estimate, retry)) for r in live]
         ready = [r for r, hold in holds if hold.wait <= 0]
         ready = [r for r in ready if r is not avoid] or ready
+        if len(ready) == 1:
+            return ready[0], READY
         if ready:
             best = min(r.deployment.priority for r in ready)
             pick = max(
                 (r for r in ready if r.deployment.priority == best),
                 key=lambda r: (r.admission.headroom(), -r.in_flight),  # the most room, then the least busy
             )
-            return pick, Hold(0.0, False, False)
+            return pick, READY
         route, soonest = min(holds, key=lambda rh: (rh[1].wait, rh[0].deployment.priority))
         every = [hold for _, hold in holds]
         return route, Hold(soonest.wait, all(h.by_server for h in every), all(h.final for h in every))
