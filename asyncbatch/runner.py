@@ -180,7 +180,7 @@ class _Run:
             clock=clock,
         )
         self.config, self.state, self.reporter, self.router = config, state, reporter, router
-        self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor)
+        self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor, clock=clock)
         self.recorder = self.store.recorder
         self.cache, cached = None, None
         if config.cache is not None and config.cache_mode != "off":

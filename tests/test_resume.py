@@ -74,7 +74,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: tuple[dict[st
         proc = _start(tmp_path, env, "-c", str(concurrency))
         _wait_for_progress(results, _lines(results) + rng.randint(1, n // (kills + 1)), proc)
         proc.kill()
-        proc.wait()
+        assert proc.wait() == -signal.SIGKILL, "the run had finished: nothing was killed"
     billed_twice_before = simulator.billed_twice()
     final = _start(tmp_path, env, "-c", str(concurrency))
     _, err = final.communicate(timeout=120)
