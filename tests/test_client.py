@@ -7,8 +7,8 @@ from openai._models import FinalRequestOptions
 
 from asyncbatch.config import Endpoint
 from asyncbatch.errors import LineRefused, Malformed, RateLimited, Rejected
-from asyncbatch.live.transport import request_target, sdk_client
 from asyncbatch.protocol import decode_reply, status_error
+from asyncbatch.sdk import request_target, sdk_client
 
 # Each SDK-generated header we send, and the ones the SDK adds per request that we do not.
 PER_REQUEST = {

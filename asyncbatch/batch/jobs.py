@@ -46,7 +46,6 @@ from ..config import RunConfig
 from ..errors import ASKED_AGAIN, AttemptError, FatalAPIError, RateLimited, Refused
 from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from ..input.requests import Job, prepare
-from ..live.transport import sdk_client
 from ..protocol import (
     LOCATION,
     MAX_DEPTH,
@@ -68,6 +67,7 @@ from ..protocol import (
     under_v1,
 )
 from ..records import failure_record, result_record
+from ..sdk import sdk_client
 from ..stats import RunStats
 from ..store.files import create_private, naming
 from ..store.recorder import Recorder

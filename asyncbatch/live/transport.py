@@ -4,21 +4,16 @@
 and ``MemoryTransport``, an endpoint in memory for tests (httpx's ``MockTransport``). Both hand what they
 read to the same boundary, ``protocol.reply_or_error``.
 
-The openai SDK client is the source of truth for *where* and *how* to call:
-the base URL, the api-version query, the auth header and the SDK's standard
-headers all come from an ``AsyncAzureOpenAI`` / ``AsyncOpenAI`` built with
-``max_retries=0``. The request itself goes out through one aiohttp session
-(its pool sized by ``TransportOptions.pool_size``): the SDK's per-request path (parameter
-transformation, httpx URL handling, pydantic parsing) costs several times the
-CPU of the HTTP exchange, and at 1000+ requests/s that is the ceiling.
+Where and how to call is the openai SDK's word (``sdk.py``); the request itself goes out through one aiohttp
+session (its pool sized by ``TransportOptions.pool_size``): the SDK's per-request path (parameter
+transformation, httpx URL handling, pydantic parsing) costs several times the CPU of the HTTP exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlencode
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -35,7 +30,6 @@ from ..protocol import (
     BodyDecoder,
     Reply,
     Unreadable,
-    api_path,
     clip,
     is_error,
     is_redirect,
@@ -44,10 +38,8 @@ from ..protocol import (
     request_id,
 )
 from ..redact import Redactor
+from ..sdk import request_target, sdk_client
 from .auth import Tokens
-
-if TYPE_CHECKING:
-    from openai import AsyncOpenAI
 
 
 class Transport(Protocol):
@@ -67,47 +59,6 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
-    """The SDK client that defines URL, auth and headers; its own retries are off, and so are redirects.
-
-    The SDK's default HTTP client follows redirects (``follow_redirects=True`` in openai's
-    ``_base_client``), carrying the key and every header along: ours never does (a 3xx is an error).
-    """
-    # Imported here: the SDK takes over a second to import, and --help or --dry-run never need it.
-    from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAsyncHttpxClient
-
-    common: dict[str, Any] = {
-        "default_headers": dict(endpoint.headers),
-        "max_retries": 0,
-        "http_client": DefaultAsyncHttpxClient(follow_redirects=False),
-    }
-    if endpoint.is_azure_v1:  # the v1 API: OpenAI's routes under /openai/v1, no api-version, model in the body
-        return AsyncOpenAI(base_url=f"{endpoint.base_url}/openai/v1/", api_key=endpoint.api_key, **common)
-    if endpoint.kind == "azure" and endpoint.token_provider is not None:
-        return AsyncAzureOpenAI(  # the token itself is set per request, as the SDK does (Connection.send)
-            azure_endpoint=endpoint.base_url,
-            azure_ad_token_provider=endpoint.token_provider,
-            api_version=endpoint.api_version,
-            **common,
-        )
-    if endpoint.kind == "azure":
-        return AsyncAzureOpenAI(
-            azure_endpoint=endpoint.base_url, api_key=endpoint.api_key, api_version=endpoint.api_version, **common
-        )
-    return AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, **common)
-
-
-def request_target(sdk: AsyncOpenAI, endpoint: Endpoint, api: Api = "chat") -> tuple[str, dict[str, str]]:
-    """The URL and headers of ``api``'s requests, exactly as the SDK would send them."""
-    url = f"{str(sdk.base_url).rstrip('/')}/{api_path(endpoint.kind, endpoint.api_version, endpoint.deployment, api)}"
-    if query := {k: str(v) for k, v in sdk.default_query.items()}:
-        url += "?" + urlencode(query)
-    headers = {k: v for k, v in sdk.default_headers.items() if isinstance(v, str)}
-    headers.update(sdk.auth_headers)
-    headers["Content-Type"] = "application/json"
-    return url, headers
 
 
 class AiohttpTransport:
