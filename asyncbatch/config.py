@@ -153,7 +153,7 @@ class Endpoint:
     base_url: str
     deployment: str
     api_key: str = field(default="", repr=False)
-    # Entra ID instead of a key: a callable returning a bearer token, sync or async (see ``live/auth.py``)
+    # Entra ID instead of a key: a callable returning a bearer token, sync or async (see ``auth.py``)
     token_provider: Callable[[], str | Awaitable[str]] | None = field(default=None, repr=False, compare=False)
     api_version: str = DEFAULT_API_VERSION
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # sent with every request (a gateway's key)

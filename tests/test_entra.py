@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 import asyncbatch
+from asyncbatch.auth import SCOPE, credential_provider, jwt_expiry
 from asyncbatch.cli.main import main
-from asyncbatch.live.auth import SCOPE, Tokens, credential_provider, jwt_expiry
+from asyncbatch.live.tokens import Tokens
 from asyncbatch.simulator import SimConfig, Simulator, tokens
 from asyncbatch.simulator.tokens import make_token
 from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
@@ -110,7 +111,7 @@ def test_a_credential_is_asked_for_azure_openais_scope(tmp_path: Path, sim: tupl
 def test_with_no_key_the_cli_signs_in_with_default_azure_credential(
     tmp_path: Path, sim: tuple[str, Simulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncbatch.live import auth
+    from asyncbatch import auth
 
     used: list[str] = []
 

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.errors import ConfigError, FatalAPIError
-from asyncbatch.live.auth import Tokens
+from asyncbatch.live.tokens import Tokens
 from asyncbatch.redact import MASK, RedactingStream, Redactor
 from asyncbatch.simulator import SimConfig, Simulator
 from asyncbatch.simulator.tokens import make_token

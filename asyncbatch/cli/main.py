@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from ..auth import TokenCommand
 from ..config import (
     Deployment,
     Endpoint,
@@ -34,7 +35,6 @@ from ..display.reporters import Reporter, make_reporter
 from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
 from ..input.reader import first_lines, sniff
 from ..input.requests import lines_prices
-from ..live.auth import TokenCommand
 from ..protocol import read_usage
 from ..redact import RedactingStream, Redactor, url_secrets
 from ..runner import Interrupt, run

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
+from ..auth import TOKEN_TIMEOUT
 from ..config import (
     DEFAULT_API_VERSION,
     MODES,
@@ -21,7 +22,6 @@ from ..config import (
     TransportOptions,
 )
 from ..export import FORMATS
-from ..live.auth import TOKEN_TIMEOUT
 from ..protocol import APIS
 from ..simulator import FAULTS
 from ..store.cache import default_path

@@ -39,7 +39,7 @@ from ..protocol import (
 )
 from ..redact import Redactor
 from ..sdk import request_target, sdk_client
-from .auth import Tokens
+from .tokens import Tokens
 
 
 class Transport(Protocol):
