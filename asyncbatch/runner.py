@@ -20,7 +20,6 @@ way, but waits for every request in flight: they are paid for.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from .batch.jobs import BatchRunner
 from .batch.parts import refuse_live_while_open
 from .clock import Sleep
 from .config import RunConfig
-from .cost import Budget
+from .cost import Budget, Prices
 from .display.reporters import Reporter, default_reporter
 from .display.summary import summary_data
 from .errors import ConfigError, FatalAPIError, InputError, OutputError, StopRun
@@ -99,8 +98,7 @@ async def run(
     first = first_lines(config.input_path)
     if mistake := setup_mistake(config.input_path, first, config.request, config.routes[0].endpoint):
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
-    if config.prices is None:  # a deployment not named after a model: the lines may name one
-        config = dataclasses.replace(config, prices=lines_prices(first))
+    prices = config.prices or lines_prices(first)  # a deployment not named after a model: the lines may name one
     async with serving(config.metrics_port, reporter.info) as endpoint:  # a taken port: refused before any write
         with opened(
             config.outputs,
@@ -127,7 +125,7 @@ async def run(
                 clock=clock,
             )
             try:
-                run = _Run(config, state, router, reporter, sleep, clock)
+                run = _Run(config, state, router, reporter, sleep, clock, prices)
                 if endpoint is not None:
                     endpoint.watch(run.stats)
                 stats = await run.run(interrupt)
@@ -162,6 +160,7 @@ class _Run:
         reporter: Reporter,
         sleep: Sleep,
         clock: Callable[[], float],
+        prices: Prices | None,
     ) -> None:
         tpm, rpm = config.quota
         self.stats = stats = RunStats(
@@ -172,8 +171,8 @@ class _Run:
             resumed=len(state.done) + state.done.unplaced.count,
             resent=state.resent,
             changed=state.changed,
-            prices=config.prices,
-            unpriced=None if config.prices else config.routes[0].endpoint.deployment,
+            prices=prices,
+            unpriced=None if prices else config.routes[0].endpoint.deployment,
             tpm_limit=tpm,
             rpm_limit=rpm,
             routes=router.routes,
@@ -182,12 +181,12 @@ class _Run:
         self.config, self.state, self.reporter, self.router = config, state, reporter, router
         self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor, clock=clock)
         self.recorder = self.store.recorder
+        self.check = OutputCheck(config.request.tools, config.request.response_format, config.request.models)
         self.cache, cached = None, None
         if config.cache is not None and config.cache_mode != "off":
             self.cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor, warn=reporter.warn)
-            check = OutputCheck(config.request.tools, config.request.response_format, config.request.models)
             identity = [route.endpoint.identity for route in config.routes]
-            cached = Cached(self.cache, identity, check, stats, config.prices)
+            cached = Cached(self.cache, identity, self.check, stats, prices)
         self.cached = cached
         self.attempts = Attempts(
             router=router,
@@ -195,7 +194,8 @@ class _Run:
             retry=config.retry,
             stats=stats,
             stopping=lambda: self.stopping,
-            prices=config.prices,
+            prices=prices,
+            check=self.check,
             budget=Budget(config.max_cost),
             sleep=sleep,
             clock=clock,
@@ -284,6 +284,7 @@ class _Run:
             sleep=self.sleep,
             cached=self.cached.result if self.cached is not None else lambda job: None,
             keep=self.cached.keep if self.cached is not None else lambda job, body, request_id: None,
+            check=self.check,
         )
         if options.cancel:
             cancelled = await runner.cancel()

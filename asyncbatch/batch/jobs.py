@@ -121,6 +121,7 @@ class BatchRunner:
         wall: Callable[[], float] = time.time,
         cached: Callable[[Job], dict[str, Any] | None] = lambda job: None,
         keep: Callable[[Job, bytes, str | None], None] = lambda job, body, request_id: None,
+        check: OutputCheck | None = None,
     ) -> None:
         """:param warn: what the user must hear even with -q (lines that cannot go in a job); default ``info``.
         :param cached: a line's result record from the response cache, if it holds a fitting answer.
@@ -136,7 +137,7 @@ class BatchRunner:
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
         self.state = saved or BatchState(run=uuid.uuid4().hex)
-        self.check = OutputCheck(self.request.tools, self.request.response_format, self.request.models)
+        self.check = check or OutputCheck(self.request.tools, self.request.response_format, self.request.models)
         self.sdk: AsyncOpenAI | None = None
         self.remote: dict[int, int] = {}  # part -> lines the server has finished (request_counts)
         self.prices = stats.prices.batch() if stats.prices is not None else None

@@ -120,6 +120,7 @@ class Attempts:
     :param stopping: asked before every attempt; True abandons the job (``Stopped``).
     :param sleep: every retry wait; tests inject their clock's. ``clock`` times latency.
     :param cached: the response cache's front (``cached.py``), if the run has one.
+    :param check: what answers are checked against (default: the request's schemas); one per run.
     """
 
     def __init__(
@@ -131,12 +132,13 @@ class Attempts:
         stats: RunStats,
         stopping: Callable[[], bool],
         prices: Prices | None = None,
+        check: OutputCheck | None = None,
         budget: Budget | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         cached: Cached | None = None,
     ) -> None:
-        self.router, self.check = router, OutputCheck(request.tools, request.response_format, request.models)
+        self.router, self.check = router, check or OutputCheck(request.tools, request.response_format, request.models)
         self.cached, self.verdict = cached, Verdict(stopping)
         self.prices, self.budget = prices, budget or Budget(None)
         self.max_attempts, self.feedback, self.stats = retry.max_attempts, request.feedback, stats
