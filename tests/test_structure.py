@@ -101,3 +101,22 @@ def test_the_tests_keep_one_fake_clock() -> None:
         and any(isinstance(f, ast.FunctionDef) and f.name in ("__call__", "sleep", "time") for f in node.body)
     ]
     assert clocks == ["helpers.py: FakeClock"]
+
+
+def test_each_option_is_declared_once_and_names_a_field_of_the_configuration() -> None:
+    """One table (``cli.parser.OPTIONS``) makes the parser, each ``RunConfig`` section and docs/options.md."""
+    import dataclasses
+
+    from asyncbatch.cli.parser import OPTIONS, SECTIONS, build_parser
+
+    flags = [flag for option in OPTIONS for flag in option.flags]
+    assert len(flags) == len(set(flags))
+    for option in OPTIONS:
+        if option.field is not None:
+            section, _, name = option.field.rpartition(".")
+            assert name in {f.name for f in dataclasses.fields(SECTIONS[section])}, option.field
+    args = build_parser().parse_args(["x.jsonl", "--timeout", "7", "--no-feedback", "-c", "3"])
+    from asyncbatch.cli.parser import sections
+
+    made = sections(args)
+    assert (made["transport"]["timeout"], made["request"]["feedback"], made["limits"]["concurrency"]) == (7.0, False, 3)
