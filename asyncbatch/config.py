@@ -15,7 +15,7 @@ import math
 import re
 import string
 import unicodedata
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -514,8 +514,7 @@ class RunConfig:
     @property
     def quota(self) -> tuple[int | None, int | None]:
         """The run's tokens and requests per minute in all: a pool's sums, where every deployment gives one."""
-        tpms, rpms = [d.tpm for d in self.routes], [d.rpm for d in self.routes]
-        return (sum(t for t in tpms if t) if all(tpms) else None, sum(r for r in rpms if r) if all(rpms) else None)
+        return pooled_quota([d.tpm for d in self.routes]), pooled_quota([d.rpm for d in self.routes])
 
     @property
     def fingerprint(self) -> dict[str, str]:
@@ -545,6 +544,11 @@ class RunConfig:
     def state(self) -> StatePaths:
         """The run's state directory, ``<output>.state/``, and the checkpoint's place."""
         return self.outputs.state
+
+
+def pooled_quota(quotas: Sequence[int | None]) -> int | None:
+    """A pool's quota: its deployments' together, when each gives one (else it is learned)."""
+    return sum(q for q in quotas if q) if quotas and all(quotas) else None
 
 
 def _file_path(value: str | Path, field: str, flag: str) -> Path:

@@ -36,7 +36,7 @@ import orjson
 from ..config import Outputs
 from ..errors import ACCEPT_CHANGES, OUTPUT_PATH, RESTART, RETRY_FAILED, ConfigError
 from ..input.ids import line_digest
-from ..input.reader import TABLES
+from ..input.reader import BOM, TABLES
 from ..records import INVALID_INPUT, LINE, LINE_HASH
 from .files import cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
 from .ids import DigestBag
@@ -523,7 +523,7 @@ def _edited(
         for line_no, raw in enumerate(f, 1):
             if line_no >= len(kinds):
                 break
-            raw = raw.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else raw
+            raw = raw.removeprefix(BOM) if line_no == 1 else raw
             if not kinds[line_no] or line_digest(raw) == digests[line_no]:
                 continue
             if kinds[line_no] == 1:
