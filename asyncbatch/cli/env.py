@@ -17,6 +17,7 @@ from typing import Literal
 
 from dotenv import dotenv_values
 
+from ..auth import TOKEN_TIMEOUT, TokenCommand, TokenProvider, default_credential_provider
 from ..config import (
     DEFAULT_API_VERSION,
     Deployment,
@@ -24,7 +25,6 @@ from ..config import (
     credential_problem,
 )
 from ..errors import ConfigError
-from ..live.auth import TOKEN_TIMEOUT, TokenCommand, TokenProvider, default_credential_provider
 from ..redact import url_secrets
 from .deployments import DeploymentSpec
 from .endpoints import check_base_url
