@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -292,6 +293,19 @@ def _group_alive(pgid: int) -> list[int]:
     return alive
 
 
+def _group_left(pgid: int, within: float = 10.0) -> list[int]:
+    """The processes of group ``pgid`` still there once each has had ``within`` s to exit: a SIGKILL is sent at
+    once but acted on by the kernel a moment later, so each member's exit is waited for (on its pidfd)."""
+    for pid in _group_alive(pgid):
+        with contextlib.suppress(OSError):
+            fd = os.pidfd_open(pid)
+            try:
+                select.select([fd], [], [], within)
+            finally:
+                os.close(fd)
+    return _group_alive(pgid)
+
+
 TIMEOUT = 2.0  # --token-timeout in these tests
 CLI = [sys.executable, "-m", "asyncbatch", "in.jsonl", "--no-progress"]
 
@@ -331,7 +345,7 @@ def test_a_token_command_that_fails_ends_the_run_in_one_line_leaving_no_child(
         "sleeps": f"did not finish within {TIMEOUT:g} s",
     }[command] in line
     assert leaked([TOKEN], proc.stdout, proc.stderr) == [] and simulator.requests == 0
-    assert _group_alive(int(pidfile.read_text())) == []
+    assert _group_left(int(pidfile.read_text())) == []
     assert not (tmp_path / "in.results.jsonl.state").exists()  # refused before anything was written
 
 
@@ -362,7 +376,7 @@ def test_an_interrupt_while_the_token_command_runs_kills_its_group(
     finally:
         running.kill()
     assert running.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
-    assert _group_alive(pgid) == []
+    assert _group_left(pgid) == []
 
 
 # -- SIGHUP ----------------------------------------------------------------------------------------------
