@@ -27,3 +27,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     yield
+
+
+# The tests that start a framework (Ray, Spark, a browser) take tens of seconds each, mostly waiting on it:
+# they go first, so the rest of the suite runs beside them instead of after them.
+STARTS_FIRST = ("tests/test_ray.py", "tests/test_spark.py", "tests/test_report.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(STARTS_FIRST))  # stable: the rest keep their order

@@ -67,7 +67,7 @@ def test_after_a_404_on_a_wrong_deployment_the_fixed_command_runs_without_restar
 def test_a_records_file_with_a_whole_file_template_mistake_exits_2_once_then_the_fix_runs_all(
     tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], first: list[str], expected: str
 ) -> None:
-    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}", "text": "t"} for i in range(10_000)])
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}", "text": "t"} for i in range(1_000)])
     assert main([str(tmp_path / "in.jsonl"), *first]) == 2
     err = capsys.readouterr().err
     assert expected in err and "the first 20 lines all fail the same way" in err
@@ -76,7 +76,7 @@ def test_a_records_file_with_a_whole_file_template_mistake_exits_2_once_then_the
     assert main([str(tmp_path / "in.jsonl"), "--dry-run", *first]) == 2  # the dry run says the same
     assert expected in capsys.readouterr().err
     assert main([str(tmp_path / "in.jsonl"), "-q", "-c", "50", "--template", "About {company}"]) == 0
-    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 10_000
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 1_000
 
 
 def test_a_template_field_only_some_records_lack_fails_those_lines_alone(tmp_path: Path, sim: Simulator) -> None:
