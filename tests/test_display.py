@@ -23,7 +23,7 @@ from rich.console import Console
 
 from asyncbatch.cli.main import main
 from asyncbatch.cost import Prices
-from asyncbatch.display.reporters import RichReporter, fold
+from asyncbatch.display.reporters import QUOTED, RichReporter, fold
 from asyncbatch.display.status import Status, look, screen, text_line
 from asyncbatch.stats import RunStats, Trend
 
@@ -232,7 +232,20 @@ def test_a_message_is_folded_at_spaces_and_keeps_every_word(words: list[str]) ->
     text = "stopping: " + " ".join(words)
     folded = fold(text, 80)
     assert folded.split() == text.split()  # nothing cut, nothing lost
-    assert all(len(line) <= 80 or " " not in line.strip() for line in folded.splitlines())
+    assert all(len(line) <= 80 or " " not in QUOTED.sub("", line).strip() for line in folded.splitlines())
+    for quoted in QUOTED.findall(text):  # a `quoted` command is never cut
+        assert any(quoted in line for line in folded.splitlines())
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_a_command_in_a_message_is_never_folded(width: int) -> None:
+    command = "asyncbatch some-long-input-name.jsonl --simulate --max-tokens 50 --max-cost 0.5 --restart"
+    text = f"stopped early: the budget was reached. Nothing is lost; to resume, run this command:\n  {command}"
+    folded = fold(text, width).splitlines()
+    assert len(folded) > 2 and folded[-1] == f"  {command}"  # the words folded, the command on its own line
+    jq = "`jq -c '.[]' some-long-input-name.json > some-long-input-name.jsonl`"
+    folded = fold(f"the file is one JSON array: HINT: {jq} and then run that file", width).splitlines()
+    assert len(folded) > 1 and any(jq in line for line in folded)
 
 
 def test_messages_on_an_80_column_terminal_break_at_spaces(tmp_path: Path) -> None:

@@ -172,12 +172,12 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
         raise FatalAPIError(exc.kind, f"{exc} HINT: {hint}", cause=exc.cause) from None
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
-    again = f"run the same command again:\n  {resume_command(args.argv)}"
+    again = resume_hint(args.argv)
     if stats.stopped:  # warn: shown even with -q, since the user needs it
-        reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; to resume, {again}")
+        reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; {again}")
         return EXIT_STOPPED
     if stats.interrupted:
-        reporter.warn(f"interrupted. To resume, {again}")
+        reporter.warn(f"interrupted. Nothing is lost; {again}")
         return EXIT_INTERRUPTED
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
@@ -283,10 +283,31 @@ def _prog() -> list[str]:
 
 
 def resume_command(argv: Sequence[str]) -> str:
-    """The command to run again: without the options that act once (``parser.ONE_TIME``), and with every
-    --header value left out (they are secrets): named, to pass again."""
+    """The command to run again, on one line: without the options that act once (``parser.ONE_TIME``), and
+    with every --header value left out (they are secrets)."""
+    return _resume(argv)[0]
+
+
+def resume_hint(argv: Sequence[str]) -> str:
+    """How to resume, in words that agree with the command: "the same command" only when it is; what was
+    left out and why; then the command, alone on an indented line that is never folded (``display.fold``)."""
+    command, dropped, headers = _resume(argv)
+    notes = []
+    if dropped:
+        notes.append(f"without {' and '.join(dropped)}, which {'act' if len(dropped) > 1 else 'acts'} once")
+    if headers:
+        notes.append(f"give the value of the {', '.join(headers)} header(s) again: it is not printed")
+    what = f"this command ({'; '.join(notes)})" if notes else "the same command again"
+    return f"to resume, run {what}:\n  {command}"
+
+
+def _resume(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    """The resume command, the one-time options it leaves out, and the headers whose values it leaves out."""
     parser = build_parser()
-    shown, names, value_next = [], [], False
+    shown: list[str] = []
+    dropped: list[str] = []
+    names: list[str] = []
+    value_next = False
     for arg in argv:
         option, eq, value = arg.partition("=")
         if value_next:
@@ -294,7 +315,7 @@ def resume_command(argv: Sequence[str]) -> str:
             names.append(arg.partition(":")[0].strip())
             shown.append(f"{names[-1]}: <your value>")
         elif (name := parser.long_option(arg)) in ONE_TIME:
-            continue
+            dropped.extend([name] if name is not None and name not in dropped else [])
         elif name == "--header":
             value_next = not eq
             if eq:
@@ -304,10 +325,7 @@ def resume_command(argv: Sequence[str]) -> str:
                 shown.append(arg)
         else:
             shown.append(arg)
-    command = shlex.join([*_prog(), *shown])
-    if names:
-        command += f"\n  (the values of the {', '.join(names)} header(s) are not repeated here: give them again)"
-    return command
+    return shlex.join([*_prog(), *shown]), dropped, names
 
 
 def main(argv: Sequence[str] | None = None, *, go: Go | None = None) -> int:
@@ -395,7 +413,7 @@ def _main(argv: list[str], redactor: Redactor, go: Go | None = None) -> int:
         reporter = make_reporter(
             quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format, redactor=redactor
         )
-        reporter.words = cli_words
+        reporter.words, reporter.resume = cli_words, "resume with the command printed below"
         info, warnings = env.notes()
         for note in info:
             reporter.info(note)

@@ -230,10 +230,7 @@ class Attempts:
         job, estimate = tally.job, self._estimated_cost(tally.job)
         reserved = self.budget.reserve(estimate)
         if reserved is None:
-            raise StopRun(
-                f"--max-cost {self.budget.limit:g} USD reached ({self.budget.spent:.4f} USD spent, "
-                f"{self.budget.reserved:.4f} USD more may be billed for requests in flight)"
-            )
+            raise StopRun(self.budget.reached())
         spent = None
         try:
             if (sent := await self._send(tally)) is None:
