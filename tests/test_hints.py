@@ -107,7 +107,7 @@ HINTS = {
     "a run keeps a regular file there. HINT: move it away": ADVICE,
     "HINT: save the sheet as CSV UTF-8": ADVICE + " (a file to save again)",
     "HINT: run the same job again later": ADVICE + " (the same job)",
-    "the columns named in its first row are": ADVICE + " (a template, or a header row, to write)",
+    "HINT: {_header_hint(": ADVICE + " (a template, or a header row, to write)",
 }
 
 

@@ -301,7 +301,25 @@ def test_an_excel_workbook_is_named_as_one_with_what_to_save_it_as(
 def test_a_table_without_a_header_row_is_told_its_first_row_names_the_columns(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "in.csv").write_text("Acme,software\nGlobex,energy\n", encoding="utf-8")
+    (tmp_path / "in.csv").write_text("Acme,software,Zurich\nGlobex,energy,Oslo\n", encoding="utf-8")
     assert main([str(tmp_path / "in.csv"), "--simulate", "--template", "About {company}"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "the columns named in its first row are Acme, software" in err and "add a header row" in err
+    assert "its one row fails" in err and "line" not in err.partition("HINT")[0].replace("in.csv", "")
+    assert "the columns named in its first row are 'Acme', 'software', 'Zurich'" in err  # in file order, quoted
+    assert "add a header row" in err and "a number" not in err
+
+
+@pytest.mark.parametrize("first", ["Acme,2001,software", "Acme,software,-3.5", "Acme,software,1,234"])
+def test_a_number_in_a_tables_first_row_is_named_as_a_sign_it_has_no_header_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str
+) -> None:
+    rows = [first.replace("Acme", name) for name in ("Acme", "Globex", "Initech")]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main([str(tmp_path / "in.csv"), "--simulate", "--template", "About {company}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    cells = first.split(",")
+    number = next(cell for cell in cells if cell[-1].isdigit())
+    assert "the first 2 rows all fail the same way, so every row would" in err
+    assert f"its first row ({', '.join(map(repr, cells))}) holds {number!r}, a number" in err
+    assert "not a header row" in err and "Add a header row" in err
+    assert not list(tmp_path.glob("in*.results*"))
