@@ -64,7 +64,7 @@ async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go
         await _prime(config)
         return await run_it(config)
 
-    return await _execute(args, env, reporter, go_when_ready)
+    return await _execute(args, env, go_when_ready)
 
 
 async def _prime(config: RunConfig) -> None:
@@ -106,13 +106,13 @@ def _signals(handler: Callable[[], object]) -> Iterator[None]:
                 signal.signal(sig, previous[sig])  # asyncio puts the defaults back; the caller's are wanted
 
 
-async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go) -> int:
+async def _execute(args: argparse.Namespace, env: Env, go: Go) -> int:
     specs: list[DeploymentSpec] = args.deployment_specs
     for option in ("deployment", "tpm", "rpm"):
         if specs and getattr(args, option) is not None:
             raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
     if specs and args.simulate:
-        return await _simulate_pool(args, specs, reporter, go)
+        return await _simulate_pool(args, specs, go)
     if specs:
         return await go(build_config(args, None, deployments_from_env(specs, env, args)))
     if args.simulate:
@@ -124,12 +124,11 @@ async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: G
                 headers=parse_headers(args.header),
                 api_version=args.api_version or endpoint.api_version,  # the simulator serves every version's routes
             )
-            reporter.info(f"SIMULATED: a local simulator at {endpoint.base_url}; nothing goes to Azure")
-            return await go(build_config(args, endpoint))
+            return await go(build_config(args, endpoint))  # the run says SIMULATED once it accepts the config
     return await go(build_config(args, endpoint_from_env(env, args)))
 
 
-async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter, go: Go) -> int:
+async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], go: Go) -> int:
     """--simulate --deployments: each entry gets a simulator of its own. Its quota is --sim-tpm/--sim-rpm when
     given (the server's, whatever the client is told: a demo of 429s), else the entry's own tpm/rpm."""
     base = sim_config(args)
@@ -147,7 +146,6 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
             pool.append(
                 Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
             )
-            reporter.info(f"SIMULATED deployment {spec.name}: local simulator at {endpoint.base_url}")
         return await go(build_config(args, None, tuple(pool)))
 
 

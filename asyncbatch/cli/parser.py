@@ -104,7 +104,9 @@ def close_to(word: str, known: Sequence[str]) -> str | None:
 
 def meant_command(word: str) -> str | None:
     """The subcommand a first word that is no file meant: ``exprot`` -> ``export``; else None."""
-    return None if word in SUBCOMMANDS or Path(word).exists() else close_to(word, SUBCOMMANDS)
+    if word.startswith("-") or word in SUBCOMMANDS or Path(word).exists():
+        return None
+    return close_to(word, SUBCOMMANDS)
 
 
 class _Parser(argparse.ArgumentParser):
