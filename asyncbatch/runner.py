@@ -215,7 +215,7 @@ class _Run:
             clock=clock,
             cached=cached,
         )
-        self.attempts.on_send = self.store.sent
+        self.attempts.on_send, self.attempts.on_turned_away = self.store.sent, self.store.turned_away
         self.metrics = MetricsLog(
             config.state,
             stats,

@@ -114,6 +114,9 @@ def endpoint_error(
     return FatalAPIError(kind, f"{changed}. {resume}")
 
 
+TURNED_AWAY = (RateLimited, EndpointRefused, Redirected)  # answered before any work, so nothing was billed
+
+
 class Attempts:
     """Carries jobs to an answer. One instance per run, shared by every worker.
 
@@ -146,6 +149,9 @@ class Attempts:
         self.policy = retrying(retry, sleep=sleep, before_sleep=self._before_retry)
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
         self.on_send: Callable[[int], None] = lambda line_no: None  # told each line as its request goes out
+        # told each line whose request was turned away unbilled (a 429, the key or deployment refused, a
+        # redirect): answered, so no longer in flight, though nothing is recorded for it yet
+        self.on_turned_away: Callable[[int], None] = lambda line_no: None
 
     async def carry(self, job: Job) -> Outcome:
         await self.verdict.new_line()  # the first lines are all being asked again: no new line until a verdict
@@ -275,6 +281,8 @@ class Attempts:
             route.in_flight -= 1
             self.sending.discard(task)
         if failure is not None:
+            if isinstance(failure, TURNED_AWAY):
+                self.on_turned_away(job.line_no)
             await self._react(route, failure, ticket, tally)
             return None
         return _Sent(reply, route, ticket, (self.clock() - started) * 1000)
