@@ -48,6 +48,7 @@ from .errors import (
     Rejected,
     Transient,
     Unauthorized,
+    Unkept,
 )
 from .redact import Redactor
 
@@ -672,7 +673,7 @@ def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptErr
 def too_deep(status: int, headers: Mapping[str, str], value: Any) -> AttemptError:
     """An answer nested past ``MAX_DEPTH``: paid for, so recorded (its usage, not its body), and not asked again."""
     usage = clean_usage(value)
-    return Refused(
+    return Unkept(
         "response_too_deep",
         f"the answer nests JSON deeper than {MAX_DEPTH} levels, too deep to keep as a record; only its usage is "
         "kept. HINT: run again with --retry-failed to ask again",

@@ -46,6 +46,7 @@ from ..errors import (
     Redirected,
     StopRun,
     Unauthorized,
+    Unkept,
 )
 from ..input.requests import Job, with_feedback
 from ..protocol import Api, Reply
@@ -242,6 +243,9 @@ class Attempts:
             if (sent := await self._send(tally)) is None:
                 return None
             spent = self.stats.count_usage(sent.reply.body, self.prices)
+        except Unkept as unkept:  # paid for, though too deep to keep: its usage counts as any answer's
+            spent = self.stats.count_usage(unkept.body or {}, self.prices)
+            raise
         finally:
             self.budget.settle(reserved, estimate, spent)
         route = sent.route
