@@ -46,7 +46,7 @@ HINTS = {
     "HINT: name it": "tests/test_hints.py::test_the_csv_hint_names_the_file_so_it_runs",
     "and pass --deployment": "tests/test_hints.py::test_the_full_url_hints_give_values_that_run",
     "HINT: set {name}={shown(value[:cut])}": "tests/test_hints.py::test_the_full_url_hints_give_values_that_run",
-    "move it aside ({moved})": (
+    "move it aside (`{moved}`)": (
         "tests/test_cache.py::test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_cache_stats"
     ),
     "add --batch-api to collect their results": (
