@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TypeVar
 
 from .errors import ConfigError
@@ -143,6 +144,12 @@ def resolve(model: str, price_in: float | None, price_out: float | None, price_c
     return dataclasses.replace(known, **overrides, source="given") if overrides else known
 
 
+def decimal(value: float) -> str:
+    """A number as it was typed, in decimals: 0.00005, not 5e-05 (a user checks an amount by reading it)."""
+    text = format(Decimal(repr(value)).normalize(), "f") if math.isfinite(value) else repr(value)
+    return text.removesuffix(".0")
+
+
 class Budget:
     """--max-cost: spend so far, plus what admitted requests may still cost, never passes the limit.
 
@@ -156,7 +163,7 @@ class Budget:
 
     def __init__(self, limit: float | None) -> None:
         if limit is not None and not (math.isfinite(limit) and limit > 0):
-            raise ConfigError(f"{option_name('max_cost')} must be more than 0 (got {limit:g})")
+            raise ConfigError(f"{option_name('max_cost')} must be more than 0 (got {decimal(limit)})")
         self.limit = limit
         self.spent = 0.0
         self.reserved = 0.0
@@ -172,6 +179,16 @@ class Budget:
             return None
         self.reserved += amount
         return amount
+
+    def reached(self) -> str:
+        """Why the next request is not sent, with amounts shown to a digit finer than the limit."""
+        assert self.limit is not None
+        given = decimal(self.limit)
+        places = max(4, len(given.partition(".")[2]) + 1)
+        return (
+            f"--max-cost {given} USD reached ({self.spent:.{places}f} USD spent, {self.reserved:.{places}f} USD "
+            "more may be billed for requests in flight)"
+        )
 
     def settle(self, reserved: float, estimate: float, actual: float | None) -> None:
         """``actual``: what the answer cost; None when nothing was billed (no answer, a 429, a 5xx)."""

@@ -17,6 +17,7 @@
         ├── Malformed         a 200 that is not an answer of its API: asked again
         ├── InvalidOutput     output that breaks its schema: asked again at once, telling the model what was wrong
         ├── Refused           the same request would fail the same way (too large, cut at max_tokens): recorded
+        │   ├── Unkept        a paid answer nested too deep to keep: recorded with its usage, which counts
         │   ├── Rejected      a 4xx of the request's own: may be every line's, so held until a first success
         │   └── LineRefused   this line's content (the content filter, the context window): never every line's
         ├── EndpointRefused   the endpoint's refusal, never a line's: the run stops (a pool sets it aside)
@@ -180,6 +181,11 @@ class InvalidOutput(AttemptError):
 
 class Refused(AttemptError):
     """The same request would fail the same way (an answer too large or too deep, cut at max_tokens): recorded."""
+
+
+class Unkept(Refused):
+    """A 2xx answer, paid for, nested too deep to keep as a record: recorded with its usage (``body``), which
+    counts in the run's tokens, its cost and the --max-cost budget like any answer's; never asked again."""
 
 
 class Rejected(Refused):

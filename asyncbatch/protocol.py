@@ -48,6 +48,7 @@ from .errors import (
     Rejected,
     Transient,
     Unauthorized,
+    Unkept,
 )
 from .redact import Redactor
 
@@ -89,13 +90,19 @@ def unsupported(api: Api, body: Mapping[str, Any], kind: str, api_version: str) 
     """
     if under_v1(kind, api_version):
         return None
-    v1 = "HINT: use the v1 API (AZURE_OPENAI_ENDPOINT=https://<resource>.openai.azure.com/openai/v1)"
+    v1 = "HINT: use the v1 API (--api-version v1, or an endpoint ending in /openai/v1)"
     if api == "responses" and api_version < RESPONSES_SINCE:
-        return f"the Responses API has no route in api-version {api_version} (it has one from {RESPONSES_SINCE}). {v1}"
+        return (
+            f"the Responses API has no route in api-version {api_version} (it has one from {RESPONSES_SINCE}). "
+            f"{v1}, or --api-version {RESPONSES_SINCE} or later"
+        )
     inputs = body.get("input")
     tokens = isinstance(inputs, list) and any(isinstance(i, int) or (isinstance(i, list) and i) for i in inputs)
     if api == "embeddings" and api_version <= STRINGS_ONLY_UNTIL and tokens:
-        return f"'input' holds token arrays, which api-version {api_version} does not take (only text). {v1}"
+        return (
+            f"'input' holds token arrays, which api-version {api_version} does not take (only text). "
+            f"{v1}, or an api-version after {STRINGS_ONLY_UNTIL}"
+        )
     return None
 
 
@@ -666,7 +673,7 @@ def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptErr
 def too_deep(status: int, headers: Mapping[str, str], value: Any) -> AttemptError:
     """An answer nested past ``MAX_DEPTH``: paid for, so recorded (its usage, not its body), and not asked again."""
     usage = clean_usage(value)
-    return Refused(
+    return Unkept(
         "response_too_deep",
         f"the answer nests JSON deeper than {MAX_DEPTH} levels, too deep to keep as a record; only its usage is "
         "kept. HINT: run again with --retry-failed to ask again",

@@ -113,6 +113,8 @@ async def run(
         ) as state:
             if config.batch is None:
                 refuse_live_while_open(config.state)
+            for banner in _simulated(config):  # once the configuration is accepted: never before its error
+                reporter.info(banner)
             # Before the clock starts: opening the connections imports the SDK, which is start-up, not run time.
             router = await Router.open(
                 config.routes,
@@ -134,6 +136,18 @@ async def run(
         if endpoint is not None:  # the run has ended, its files closed: the final figures, for a scraper to read
             await endpoint.linger(config.metrics_linger, interrupt.listen if interrupt is not None else None)
         return stats
+
+
+def _simulated(config: RunConfig) -> list[str]:
+    """What says that a simulator answers, not Azure: one line per simulated deployment."""
+    if not config.deployments:
+        url = config.routes[0].endpoint.base_url
+        return [f"SIMULATED: a local simulator at {url}; nothing goes to Azure"] if config.simulated else []
+    return [
+        f"SIMULATED deployment {d.name}: local simulator at {d.endpoint.base_url}"
+        for d in config.deployments
+        if d.endpoint.simulated
+    ]
 
 
 def restart(config: RunConfig) -> list[tuple[Path, Path]]:
@@ -201,7 +215,7 @@ class _Run:
             clock=clock,
             cached=cached,
         )
-        self.attempts.on_send = self.store.sent
+        self.attempts.on_send, self.attempts.on_turned_away = self.store.sent, self.store.turned_away
         self.metrics = MetricsLog(
             config.state,
             stats,

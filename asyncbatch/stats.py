@@ -54,6 +54,7 @@ class RouteView(Protocol):
     def charge_ratio(self) -> float | None: ...
     def state(self) -> str: ...
     def notice(self) -> str | None: ...
+    def waiting(self) -> float | None: ...
 
 
 class Reservoir:
@@ -138,6 +139,12 @@ class RunStats:
         """What the user should know now: the phase's notice, or what one endpoint's admission is waiting for
         (a pool's deployments say theirs on their own lines)."""
         return self.notice or (self.routes[0].notice() if len(self.routes) == 1 else None)
+
+    def known_wait(self) -> float:
+        """Seconds until the first deployment that is waiting (a 429's pause, a window's turn) may send again:
+        0 when one may send now, or none says."""
+        waits = [wait for route in self.routes if (wait := route.waiting()) is not None]
+        return min(waits, default=0.0)
 
     @property
     def pool(self) -> Sequence[RouteView]:
@@ -296,7 +303,8 @@ class Trend:
         return rates[1] * 60 if rates else None
 
     def eta(self) -> float | None:
-        """Seconds to finish: the quota's bound when it is known, or the recent rate if that is slower."""
+        """Seconds to finish: the quota's bound when it is known, or the recent rate if that is slower, counted
+        from the end of the wait now known (a 429's pause, the next window), if one is running."""
         stats = self.stats
         remaining = stats.total - stats.progress
         if stats.total <= 0:
@@ -309,8 +317,11 @@ class Trend:
             bounds.append(remaining * (stats.charged_tokens / stats.attempts) / (tpm / 60))
         if stats.rpm_limit:
             bounds.append(remaining / (stats.rpm_limit / 60))
+        wait = stats.known_wait()  # nothing finishes before a known wait ends (a window's next minute)
         if rate := self.per_second:
-            bounds.append(remaining / rate)
+            bounds.append(wait + remaining / rate)
+        elif wait:
+            bounds.append(wait)
         return max(bounds) if bounds else None
 
     def projected_cost(self) -> float | None:

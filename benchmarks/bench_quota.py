@@ -214,6 +214,22 @@ def minute_windows(
     rows.append((server, "asyncbatch adaptive", span, ideal, stats, note))
 
 
+def table(rows: list[tuple]) -> list[str]:
+    """The rows under their header, each column as wide as its widest cell: no two columns ever run together
+    (the minute-window server's name is longer than the others')."""
+    head = ("server charge (x client)", "client")
+    wide = [max(len(str(row[i])) for row in [head, *rows]) + 2 for i in range(2)]
+    lines = [f"{head[0]:<{wide[0]}}{head[1]:<{wide[1]}}{'span s':>8}{'ideal s':>9}{'x ideal':>9}{'429s':>7}{'%':>7}"]
+    for server, client, span, ideal, stats, note in rows:
+        throttled = stats["statuses"].get("429", 0)
+        share = 100 * throttled / max(1, stats["requests"])
+        lines.append(
+            f"{server:<{wide[0]}}{client:<{wide[1]}}{span:>8.1f}{ideal:>9.1f}{span / ideal:>9.2f}{throttled:>7}"
+            f"{share:>6.1f}%  {note}"
+        )
+    return lines
+
+
 def headers_as_evidence(a: argparse.Namespace, work: Path) -> list[str]:
     """Servers whose headers are not orders: a budget said to be gone on every answer while nothing is refused
     (0, or -1 as Azure's Responses API has been reported to send), against the same server saying nothing,
@@ -274,13 +290,8 @@ def main() -> None:
         evidence = headers_as_evidence(a, work) if a.only in (None, "headers") else []
     print(f"machine: {machine()}")
     print(f"{a.n} requests; TPM {a.tpm:,}, RPM {a.rpm:,}, {a.latency_ms:g} ms latency, concurrency {a.concurrency}")
-    print(f"{'server charge (x client)':<30}{'client':<26}{'span s':>8}{'ideal s':>9}{'x ideal':>9}{'429s':>7}{'%':>7}")
-    for server, client, span, ideal, stats, note in rows:
-        throttled = stats["statuses"].get("429", 0)
-        share = 100 * throttled / max(1, stats["requests"])
-        print(
-            f"{server:<30}{client:<26}{span:>8.1f}{ideal:>9.1f}{span / ideal:>9.2f}{throttled:>7}{share:>6.1f}%  {note}"
-        )
+    for line in table(rows):
+        print(line)
     print("(asyncbatch spans are the run's own wall time, from its summary: no interpreter start-up)")
     for line in evidence:
         print(line)

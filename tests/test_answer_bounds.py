@@ -161,6 +161,34 @@ def test_json_nested_300_deep_is_recorded_once_and_never_paid_for_again(
     assert all(kinds[r["line"] - 1] == "ok" for r in results)
 
 
+@pytest.mark.parametrize("kinds", [["field"] * 6, ["field", "ok"] * 3])
+def test_a_paid_answer_too_deep_to_keep_counts_its_usage_in_the_summary_and_the_cost(
+    tmp_path: Path, hostile: Any, capsys: pytest.CaptureFixture[str], kinds: list[str]
+) -> None:
+    """The error line keeps the usage of an answer nested too deep: the run's tokens and cost count it too."""
+    (tmp_path / "tool.json").write_text(json.dumps(TOOL))
+    args = ["in.jsonl", "--no-progress", "--log-format", "json", "--tools", "tool.json"]
+    with hostile(deep_answers, [f"{kind} {i}" for i, kind in enumerate(kinds)]):
+        assert main([*args, "--price-in", "2", "--price-out", "10"]) == 1
+    (summary,) = [e for e in map(orjson.loads, capsys.readouterr().err.splitlines()) if e["event"] == "summary"]
+    errors = _outputs(tmp_path)[1]
+    assert {e["error"]["code"] for e in errors} == {"response_too_deep"}
+    kept = [e["response"]["body"]["usage"] for e in errors]
+    assert len(kept) == kinds.count("field")
+    n = len(kinds)  # every answer, kept whole or not, was billed 5 prompt and 7 completion tokens
+    assert (summary["prompt_tokens"], summary["completion_tokens"]) == (5 * n, 7 * n)
+    assert summary["cost_usd"] == pytest.approx(n * (5 * 2 + 7 * 10) / 1e6)
+
+
+def test_answers_too_deep_to_keep_are_charged_to_the_max_cost_budget(tmp_path: Path, hostile: Any) -> None:
+    """At 1 USD a token, each answer costs 12 USD: a budget of 60 USD stops after 5, whether kept or not."""
+    args = ["in.jsonl", "-q", "-c", "1", "--max-tokens", "5", "--max-cost", "60"]
+    with hostile(deep_answers, [f"field {i}" for i in range(20)]) as server:
+        assert main([*args, "--price-in", "1000000", "--price-out", "1000000"]) == 75  # stopped early, resumably
+        assert len(server.sent) == 5  # each estimated at less than 12 tokens: the budget lets a 5th go, not a 6th
+    assert len(_outputs(tmp_path)[1]) == 5
+
+
 def test_three_gzip_bombs_of_a_gigabyte_each_are_too_large_and_memory_stays_bounded(
     tmp_path: Path, hostile: Any
 ) -> None:

@@ -278,14 +278,14 @@ def test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_
     damaged, sent = cache.read_bytes(), simulator.requests
     code, err = _cli(tmp_path, "in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl")
     assert code == 2 and "Traceback" not in err
-    assert f"--cache {cache} is damaged" in err and f"HINT: move it aside (mv {cache} " in err
+    assert f"--cache {cache} is damaged" in err and f"HINT: move it aside (`mv {cache} " in err
     assert "or run without --cache" in err
     assert simulator.requests == sent and not (tmp_path / "again.jsonl").exists()  # refused before anything
     for command in (["stats"], ["prune", "--older-than", "1d"]):
         code, err = _cli(tmp_path, "cache", *command[:1], str(cache), *command[1:])
         assert code == 2 and f"{cache} is damaged" in err and "move it aside" in err and "Traceback" not in err
     assert cache.read_bytes() == damaged  # left as it is
-    moved = re.search(r"\((mv .+?)\) and run again", err)
+    moved = re.search(r"\(`(mv .+?)`\) and run again", err)
     assert moved is not None
     subprocess.run(moved[1], shell=True, cwd=tmp_path, check=True)  # what the hint says, as printed: then it runs
     assert (tmp_path / "c.sqlite.damaged").read_bytes() == damaged

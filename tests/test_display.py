@@ -21,13 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from asyncbatch.admission.admission import Admission
 from asyncbatch.cli.main import main
 from asyncbatch.cost import Prices
-from asyncbatch.display.reporters import RichReporter, fold
-from asyncbatch.display.status import Status, look, screen, text_line
+from asyncbatch.display.reporters import QUOTED, RichReporter, fold
+from asyncbatch.display.status import Status, duration, look, screen, text_line
 from asyncbatch.stats import RunStats, Trend
 
-from .helpers import FakeClock, write_jsonl
+from .helpers import FakeClock, one_route, write_jsonl
 
 
 def status(**changes: object) -> Status:
@@ -100,6 +101,31 @@ def test_eta_comes_from_the_quota_before_any_rate_is_known_and_is_never_below_th
     stats.succeeded = 20  # 2 a second: slower than the quota's 10 a second
     trend.sample()
     assert trend.eta() == pytest.approx(980 / 2)
+
+
+def test_the_eta_during_a_known_wait_counts_the_wait_and_the_work_after_it() -> None:
+    """A window's budget spent in 10 s, then 50 s until the next minute: the ETA is never the 1 s the rate says."""
+    clock = FakeClock()
+    admission = Admission(None, None, clock=clock, wall=clock)
+    stats = RunStats(total=100, clock=clock, routes=[one_route(admission, clock)])
+    trend = Trend(stats)
+    clock.now += 10
+    stats.succeeded = 90  # 9 a second while the window admitted
+    trend.sample()
+    assert trend.eta() == pytest.approx(10 / 9)  # no wait known yet: the rate alone
+    admission.on_throttle(50.0)  # the server: come back in 50 s (the next window)
+    told = clock.now
+    for waited in (0, 20, 49):
+        clock.now = told + waited
+        trend.sample()
+        eta = trend.eta()
+        assert eta is not None and eta >= 50 - waited  # never before the wait ends
+        if waited < 20:  # a rate still known: the work after the wait, at that rate, on top
+            assert eta == pytest.approx(50 - waited + 10 / 9)
+        assert f"ETA {duration(eta)}" in text_line(look(stats, trend))
+    clock.now = told + 51  # the wait is over: the rate alone again
+    trend.sample()
+    assert stats.known_wait() == 0 and (trend.eta() or 0) < 10
 
 
 def test_an_early_eta_at_high_latency_counts_from_the_start_not_from_the_first_answers() -> None:
@@ -232,7 +258,20 @@ def test_a_message_is_folded_at_spaces_and_keeps_every_word(words: list[str]) ->
     text = "stopping: " + " ".join(words)
     folded = fold(text, 80)
     assert folded.split() == text.split()  # nothing cut, nothing lost
-    assert all(len(line) <= 80 or " " not in line.strip() for line in folded.splitlines())
+    assert all(len(line) <= 80 or " " not in QUOTED.sub("", line).strip() for line in folded.splitlines())
+    for quoted in QUOTED.findall(text):  # a `quoted` command is never cut
+        assert any(quoted in line for line in folded.splitlines())
+
+
+@pytest.mark.parametrize("width", [40, 60, 80])
+def test_a_command_in_a_message_is_never_folded(width: int) -> None:
+    command = "asyncbatch some-long-input-name.jsonl --simulate --max-tokens 50 --max-cost 0.5 --restart"
+    text = f"stopped early: the budget was reached. Nothing is lost; to resume, run this command:\n  {command}"
+    folded = fold(text, width).splitlines()
+    assert len(folded) > 2 and folded[-1] == f"  {command}"  # the words folded, the command on its own line
+    jq = "`jq -c '.[]' some-long-input-name.json > some-long-input-name.jsonl`"
+    folded = fold(f"the file is one JSON array: HINT: {jq} and then run that file", width).splitlines()
+    assert len(folded) > 1 and any(jq in line for line in folded)
 
 
 def test_messages_on_an_80_column_terminal_break_at_spaces(tmp_path: Path) -> None:

@@ -72,8 +72,9 @@ def azure(endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serve
         yield server
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[int, list[dict], list[dict]]:
-    code = main([str(tmp_path / "in.jsonl"), "-q", "--concurrency", str(CONCURRENCY), "--backoff", "0.05", *args])
+def _run(tmp_path: Path, *args: str, quiet: bool = True) -> tuple[int, list[dict], list[dict]]:
+    given = [str(tmp_path / "in.jsonl"), *["-q"] * quiet, "--concurrency", str(CONCURRENCY), "--backoff", "0.05"]
+    code = main([*given, *args])
     return code, read_jsonl(tmp_path / "in.results.jsonl"), read_jsonl(tmp_path / "in.results.errors.jsonl")
 
 
@@ -108,10 +109,14 @@ def test_a_key_rotated_or_a_deployment_deleted_mid_run_stops_it_and_the_same_com
             monkeypatch.setenv("AZURE_OPENAI_API_KEY", "new-key")
         else:  # the fix: the deployment made again
             endpoint.deleted = False
-        code, results, errors = _run(tmp_path)
+        capsys.readouterr()
+        code, results, errors = _run(tmp_path, "--log-format", "json", "--no-progress", quiet=False)
     assert (code, errors) == (0, [])
     assert sorted(r["line"] for r in results) == list(range(1, 201))  # each line exactly once
     assert len(server.sent) == 200  # and each paid for once
+    (summary,) = [e for e in map(orjson.loads, capsys.readouterr().err.splitlines()) if e["event"] == "summary"]
+    assert summary["resent"] == 0  # the refused lines were answered (401/404, unbilled), never in flight
+    assert summary["resumed"] == 50
 
 
 def test_a_pool_sets_aside_the_deployment_whose_key_was_rotated_and_the_run_finishes_on_the_other(

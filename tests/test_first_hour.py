@@ -226,6 +226,36 @@ def test_api_responses_on_a_classic_version_without_the_route_is_refused_before_
     assert not list(tmp_path.glob("in.results*"))
 
 
+def test_simulated_responses_on_a_classic_version_names_the_api_versions_that_run_and_no_banner_comes_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hint names what to pass to --simulate (no endpoint to set), and SIMULATED is said only of a run."""
+    _records(tmp_path / "in.jsonl", 3)
+    base = [str(tmp_path / "in.jsonl"), *QUICK_SIMULATION, "--api", "responses", "--template", "{company}"]
+    assert main([*base, "--api-version", "2024-10-21"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has no route in api-version 2024-10-21" in err and "AZURE_OPENAI_ENDPOINT" not in err
+    assert "SIMULATED" not in err  # the configuration was refused: no simulator was ever used
+    versions = re.findall(r"--api-version ([\w.-]+)", err.partition("HINT:")[2])
+    assert versions == ["v1", "2025-04-01-preview"]
+    for version in versions:  # each one the hint names runs
+        assert main([*base, "--api-version", version, "-o", str(tmp_path / f"{version}.jsonl")]) == 0
+        assert "SIMULATED: a local simulator at" in capsys.readouterr().err
+        assert len(read_jsonl(tmp_path / f"{version}.jsonl")) == 3
+
+
+def test_the_simulated_banner_is_not_printed_before_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _records(tmp_path / "in.jsonl", 2)
+    assert main([str(tmp_path / "in.jsonl"), *QUICK_SIMULATION, "--template", "{company}", "--max-cost", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-cost needs prices" in err and "SIMULATED" not in err
+    assert main([str(tmp_path / "in.jsonl"), *QUICK_SIMULATION, "--template", "{nothing}"]) == 2
+    err = capsys.readouterr().err
+    assert "template field 'nothing' is missing" in err and "SIMULATED" not in err
+
+
 def test_a_responses_failure_names_the_responses_route_and_output_failures_keep_the_request_id(
     tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,13 +9,18 @@ added to the package fails ``test_every_hint_in_the_package_is_run_by_a_test_or_
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import re
+import select
 import shlex
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +46,7 @@ HINTS = {
     "HINT: name it": "tests/test_hints.py::test_the_csv_hint_names_the_file_so_it_runs",
     "and pass --deployment": "tests/test_hints.py::test_the_full_url_hints_give_values_that_run",
     "HINT: set {name}={shown(value[:cut])}": "tests/test_hints.py::test_the_full_url_hints_give_values_that_run",
-    "move it aside ({moved})": (
+    "move it aside (`{moved}`)": (
         "tests/test_cache.py::test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_cache_stats"
     ),
     "add --batch-api to collect their results": (
@@ -102,7 +107,7 @@ HINTS = {
     "a run keeps a regular file there. HINT: move it away": ADVICE,
     "HINT: save the sheet as CSV UTF-8": ADVICE + " (a file to save again)",
     "HINT: run the same job again later": ADVICE + " (the same job)",
-    "the columns named in its first row are": ADVICE + " (a template, or a header row, to write)",
+    "HINT: {_header_hint(": ADVICE + " (a template, or a header row, to write)",
 }
 
 
@@ -159,7 +164,7 @@ def _rows(start: int, n: int) -> list[dict]:
 
 
 def _printed_resume(err: str) -> str:
-    found = re.search(r"run the same command again:\n  (.+)", err)
+    found = re.search(r"to resume, run [^\n]*:\n  (.+)", err)
     assert found is not None, err
     return found[1]
 
@@ -216,6 +221,67 @@ def test_ctrl_c_in_a_run_with_a_one_time_option_prints_a_hint_that_resumes_and_p
     assert sorted(p.name for p in tmp_path.iterdir() if ".results" in p.name) == moved  # nothing moved aside again
     kept = {"r0", "r1", "r2"} if flag == "--accept-changes" else set()  # the first run's, not asked again
     assert {e["custom_id"] for e in _errors(tmp_path)} == {"r40", "r41", "r42"} | kept
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _in_terminal(argv: list[str], cwd: Path, columns: int, *, interrupt_after: int | None = None) -> tuple[int, str]:
+    """Run ``argv`` on a terminal ``columns`` wide (Ctrl-C once ``interrupt_after`` results are in): its exit
+    code and what it printed, line by line as a copy from the terminal gives it (a soft-wrapped line is one)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")} | {"TERM": "xterm-256color"}
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    printed = bytearray()
+    try:
+        while True:
+            if interrupt_after is not None and _count(cwd / "in.results.jsonl") >= interrupt_after:
+                proc.send_signal(signal.SIGINT)
+                interrupt_after = None
+            ready, _, _ = select.select([master], [], [], 0.05)  # polls the results file between reads
+            try:
+                data = os.read(master, 65536) if ready else b"-"
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            printed += data if ready else b""
+    finally:
+        os.close(master)
+        proc.wait(timeout=60)
+    text = ANSI.sub("", printed.decode(errors="replace"))
+    return proc.returncode, "\n".join(line.rpartition("\r")[2] for line in text.split("\r\n"))
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+@pytest.mark.parametrize("stop", ["max-cost", "ctrl-c"])
+def test_a_printed_command_is_one_line_on_a_narrow_terminal_and_pasted_is_the_whole_command(
+    tmp_path: Path, columns: int, stop: str
+) -> None:
+    """A command folded at the terminal's width runs its first line alone when pasted: without the options
+    after the fold (no --max-cost). Every printed command is one line, whole, whatever the width."""
+    write_jsonl(tmp_path / "in.jsonl", _rows(0, 200))
+    given = ["in.jsonl", "--simulate", "--sim-latency-ms", "20", "-c", "2", "--max-tokens", "20"]
+    given += ["--price-in", "1", "--price-out", "2", "--header", "X-Gateway-Key: s3cret-value", "--restart"]
+    given += ["--max-cost", "0.00005"] if stop == "max-cost" else ["--max-cost", "10"]
+    prog = [sys.executable, "-m", "asyncbatch"]
+    code, printed = _in_terminal([*prog, *given], tmp_path, columns, interrupt_after=5 if stop == "ctrl-c" else None)
+    assert code == (75 if stop == "max-cost" else 130), printed
+    commands = [line for line in printed.splitlines() if line.strip().startswith(sys.executable)]
+    assert len(commands) == 1, printed
+    pasted = commands[0]
+    words = shlex.split(pasted)
+    expected = [w for w in given if w != "--restart"]
+    expected[expected.index("X-Gateway-Key: s3cret-value")] = "X-Gateway-Key: <your value>"
+    assert words == [*prog, *expected]  # the whole command, on the one line a paste takes
+    assert subprocess.run(["bash", "-n", "-c", pasted], timeout=30).returncode == 0
+    said = " ".join(printed.split())  # the words, however folded
+    assert "without --restart, which acts once" in said and "X-Gateway-Key header(s)" in said
+    assert "s3cret" not in printed
+    if stop == "max-cost":
+        assert "--max-cost 0.00005 USD reached" in said  # as typed, not 5e-05
 
 
 def _errors(tmp_path: Path) -> list[dict]:

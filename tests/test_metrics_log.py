@@ -61,6 +61,9 @@ class FakeRoute:
     def notice(self) -> str | None:
         return None
 
+    def waiting(self) -> float | None:
+        return 0.0
+
 
 def _log(
     tmp_path: Path, clock: FakeClock, routes: int = 0, prices: Prices | None = None, **options: Any

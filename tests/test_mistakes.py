@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,6 +208,27 @@ def test_a_misspelled_option_gets_the_one_it_most_likely_meant(
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and f"did you mean {meant}?" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"), [(["exprot", "in.results.jsonl"], "export"), (["reprot", "in.results.jsonl"], "report")]
+)
+def test_a_misspelled_subcommand_gets_the_one_it_most_likely_meant_and_that_one_runs(
+    tmp_path: Path, typed: list[str], meant: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"Co{i}"} for i in range(3)])
+    assert main(["in.jsonl", "-q", "--simulate", "--template", "About {company}", "--sim-latency-ms", "0"]) == 0
+    cli = [sys.executable, "-m", "asyncbatch"]
+    done = subprocess.run([*cli, *typed], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"did you mean asyncbatch {meant}?" in done.stderr, done.stderr
+    assert f"'{typed[0]}' is neither an input file nor a command" in done.stderr
+    alone = subprocess.run([*cli, typed[0]], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 2 and f"did you mean asyncbatch {meant}?" in alone.stderr, alone.stderr
+    fixed = subprocess.run([*cli, meant, *typed[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert fixed.returncode == 0, fixed.stderr  # the suggestion, taken, runs
+    (tmp_path / typed[0]).write_text('{"id": 1, "company": "Co"}\n')  # a file of that name is an input, not a typo
+    as_file = subprocess.run([*cli, typed[0], "--zzzz"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert as_file.returncode == 2 and "did you mean" not in as_file.stderr
 
 
 def test_an_unknown_option_nothing_like_any_other_gets_no_guess(capsys: pytest.CaptureFixture[str]) -> None:

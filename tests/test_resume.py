@@ -98,7 +98,7 @@ def test_sigint_exits_130_quickly_and_the_next_run_resumes(
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=10)
     assert proc.returncode == 130
-    assert "To resume, run the same command again" in err.decode()
+    assert "to resume, run the same command again" in err.decode()
     typed = shlex.join([sys.executable, "-m", "asyncbatch", "in.jsonl", "--no-progress", "-c", "20"])
     assert f"\n  {typed}" in err.decode()  # the command as it was typed, interpreter and all
     done_before = _lines(tmp_path / "in.results.jsonl")

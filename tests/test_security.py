@@ -398,7 +398,7 @@ def test_sighup_stops_the_run_gracefully_and_the_resume_pays_for_no_answer_twice
             running.kill()
         text = err.decode()
         assert running.returncode == 130, text
-        assert "asyncbatch summary" in text and "interrupted. To resume, run the same command again" in text
+        assert "asyncbatch summary" in text and "to resume, run the same command again" in text
         done = len(read_jsonl(tmp_path / "in.results.jsonl"))
         assert 0 < done < n  # stopped in the middle, with what was answered recorded
         again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from asyncbatch.cli.main import main
-from asyncbatch.input.reader import count_lines
+from asyncbatch.input.reader import count_lines, read_lines
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.helpers import read_jsonl, simulator_env, write_jsonl
 
@@ -268,6 +268,23 @@ def test_a_tables_total_counts_its_rows_not_its_header(tmp_path: Path, capsys: p
     assert totals == {12}, totals
 
 
+def test_a_tables_total_counts_rows_whose_cells_hold_line_breaks_once_and_blank_rows_not_at_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A quoted cell may hold line breaks: the total is the reader's own count from the first status line on."""
+    path = tmp_path / "in.csv"
+    rows = ['1,"Acme\nInc","a\r\nb\rc"\r\n\r\n', '2,Globex,"x\n\ny"\n,,\n', '3,"Ini\ntech",plain\n', "4,Umbrella,z"]
+    path.write_bytes(("id,company,notes\r\n" + "".join(rows)).encode())
+    assert count_lines(path) == 4
+    assert count_lines(path) == sum(1 for _ in read_lines(path))  # the reader's own count
+    argv = [str(path), "--simulate", "--sim-latency-ms", "5", "--log-format", "json", "--template", "{company}"]
+    assert main(argv) == 0
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert [e["total"] for e in events if e["event"] == "status"][:1] == [4]  # the first status line: 0/4, not 0/8
+    assert {e["total"] for e in events if e["event"] == "status"} == {4}
+    assert len(read_jsonl(tmp_path / "in.csv.results.jsonl")) == 4
+
+
 @pytest.mark.parametrize("name", ["book.xlsx", "book.csv", "book.jsonl"])
 def test_an_excel_workbook_is_named_as_one_with_what_to_save_it_as(
     tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
@@ -284,7 +301,25 @@ def test_an_excel_workbook_is_named_as_one_with_what_to_save_it_as(
 def test_a_table_without_a_header_row_is_told_its_first_row_names_the_columns(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "in.csv").write_text("Acme,software\nGlobex,energy\n", encoding="utf-8")
+    (tmp_path / "in.csv").write_text("Acme,software,Zurich\nGlobex,energy,Oslo\n", encoding="utf-8")
     assert main([str(tmp_path / "in.csv"), "--simulate", "--template", "About {company}"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "the columns named in its first row are Acme, software" in err and "add a header row" in err
+    assert "its one row fails" in err and "line" not in err.partition("HINT")[0].replace("in.csv", "")
+    assert "the columns named in its first row are 'Acme', 'software', 'Zurich'" in err  # in file order, quoted
+    assert "add a header row" in err and "a number" not in err
+
+
+@pytest.mark.parametrize("first", ["Acme,2001,software", "Acme,software,-3.5", "Acme,software,1,234"])
+def test_a_number_in_a_tables_first_row_is_named_as_a_sign_it_has_no_header_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str
+) -> None:
+    rows = [first.replace("Acme", name) for name in ("Acme", "Globex", "Initech")]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main([str(tmp_path / "in.csv"), "--simulate", "--template", "About {company}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    cells = first.split(",")
+    number = next(cell for cell in cells if cell[-1].isdigit())
+    assert "the first 2 rows all fail the same way, so every row would" in err
+    assert f"its first row ({', '.join(map(repr, cells))}) holds {number!r}, a number" in err
+    assert "not a header row" in err and "Add a header row" in err
+    assert not list(tmp_path.glob("in*.results*"))

@@ -423,6 +423,10 @@ class Admission:
         if self._wait_notice is None or until > self._wait_notice[0]:
             self._wait_notice = (until, source)
 
+    def waiting(self) -> float:
+        """Seconds left of the longest wait now running (the one ``status`` names); 0 if none."""
+        return max(0.0, self._wait_notice[0] - self.clock()) if self._wait_notice is not None else 0.0
+
     def status(self) -> str | None:
         """What the user should know about admission right now, if anything: an outage, or a wait and its source."""
         if (since := self.breaker.open_since) is not None:

@@ -43,7 +43,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..clock import Sleep
 from ..config import RunConfig
-from ..errors import ASKED_AGAIN, AttemptError, FatalAPIError, RateLimited, Refused
+from ..errors import ASKED_AGAIN, AttemptError, FatalAPIError, RateLimited, Unkept
 from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from ..input.requests import Job, prepare
 from ..protocol import (
@@ -362,7 +362,9 @@ class BatchRunner:
             try:
                 answer = _answer_line(raw)
             except TooDeep as deep:  # answered and paid for, but too deep to keep: recorded with its usage
-                self._record_failure(job, _too_deep(deep.value), merge)
+                unkept = _too_deep(deep.value)
+                self.stats.count_usage(unkept.body or {}, self.prices)
+                self._record_failure(job, unkept, merge)
                 continue
             self._settle(job, answer, batch, merge)
         return merge
@@ -483,7 +485,7 @@ def _too_deep(line: Any) -> AttemptError:
     response: dict[str, Any] = given if isinstance(given, dict) else {}
     status, request_id = response.get("status_code"), response.get("request_id")
     usage = clean_usage(response.get("body"))
-    return Refused(
+    return Unkept(
         "response_too_deep",
         f"Batch API: the answer nests JSON deeper than {MAX_DEPTH} levels, too deep to keep as a record; only its "
         "usage is kept. HINT: run again with --retry-failed to ask again",

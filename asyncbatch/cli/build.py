@@ -19,7 +19,7 @@ from ..config import (
 from ..cost import resolve
 from ..errors import ConfigError
 from ..simulator import SimConfig
-from .parser import sections
+from .parser import meant_command, sections
 
 
 def request_defaults(args: argparse.Namespace) -> RequestDefaults:
@@ -57,7 +57,8 @@ def batch_options(args: argparse.Namespace, given: dict[str, Any] | None = None)
 
 def check_input(path: Path) -> None:
     if not path.exists():
-        raise ConfigError(f"input file {path} does not exist")
+        meant = meant_command(str(path))  # ``asyncbatch exprot``: a command misspelled, not a file missing
+        raise ConfigError(f"input file {path} does not exist" + (f" (did you mean asyncbatch {meant}?)" * bool(meant)))
     if not path.is_file():
         raise ConfigError(f"input {path} is not a file")
 

@@ -12,7 +12,7 @@ import orjson
 
 from ..batch.parts import Splitter, batch_line
 from ..config import Limits, RequestDefaults
-from ..cost import Prices, output_limit, projected, why_no_cost
+from ..cost import Prices, decimal, output_limit, projected, why_no_cost
 from ..errors import ConfigError
 from ..input.reader import BadLine, first_lines, read_lines
 from ..input.requests import prepare, setup_mistake
@@ -205,7 +205,8 @@ def _cost_lines(
         halved = prices.batch().cost(report.prompt_tokens, bound)
         saving = f", {usd(live - halved)} less" if batch else ""
         lines.append(f"{head}at most {usd(live)} live, {usd(halved)} through the Batch API (half price{saving})")
-    lines.append(f"  prices           prompt {prices.input:g}, completion {prices.output:g} USD per 1M tokens")
+    given = f"prompt {decimal(prices.input)}, completion {decimal(prices.output)}"
+    lines.append(f"  prices           {given} USD per 1M tokens")
     lines.append(f"{PAD}({prices.source})")
     return lines
 

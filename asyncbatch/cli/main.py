@@ -64,7 +64,7 @@ async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go
         await _prime(config)
         return await run_it(config)
 
-    return await _execute(args, env, reporter, go_when_ready)
+    return await _execute(args, env, go_when_ready)
 
 
 async def _prime(config: RunConfig) -> None:
@@ -106,13 +106,13 @@ def _signals(handler: Callable[[], object]) -> Iterator[None]:
                 signal.signal(sig, previous[sig])  # asyncio puts the defaults back; the caller's are wanted
 
 
-async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go) -> int:
+async def _execute(args: argparse.Namespace, env: Env, go: Go) -> int:
     specs: list[DeploymentSpec] = args.deployment_specs
     for option in ("deployment", "tpm", "rpm"):
         if specs and getattr(args, option) is not None:
             raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
     if specs and args.simulate:
-        return await _simulate_pool(args, specs, reporter, go)
+        return await _simulate_pool(args, specs, go)
     if specs:
         return await go(build_config(args, None, deployments_from_env(specs, env, args)))
     if args.simulate:
@@ -124,12 +124,11 @@ async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: G
                 headers=parse_headers(args.header),
                 api_version=args.api_version or endpoint.api_version,  # the simulator serves every version's routes
             )
-            reporter.info(f"SIMULATED: a local simulator at {endpoint.base_url}; nothing goes to Azure")
-            return await go(build_config(args, endpoint))
+            return await go(build_config(args, endpoint))  # the run says SIMULATED once it accepts the config
     return await go(build_config(args, endpoint_from_env(env, args)))
 
 
-async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter, go: Go) -> int:
+async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], go: Go) -> int:
     """--simulate --deployments: each entry gets a simulator of its own. Its quota is --sim-tpm/--sim-rpm when
     given (the server's, whatever the client is told: a demo of 429s), else the entry's own tpm/rpm."""
     base = sim_config(args)
@@ -147,7 +146,6 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
             pool.append(
                 Deployment(name=spec.name, endpoint=endpoint, tpm=spec.tpm, rpm=spec.rpm, priority=spec.priority)
             )
-            reporter.info(f"SIMULATED deployment {spec.name}: local simulator at {endpoint.base_url}")
         return await go(build_config(args, None, tuple(pool)))
 
 
@@ -172,12 +170,12 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
         raise FatalAPIError(exc.kind, f"{exc} HINT: {hint}", cause=exc.cause) from None
     reporter.summary(stats)
     reporter.info(f"results: {config.output_path}  errors: {config.errors_path}")
-    again = f"run the same command again:\n  {resume_command(args.argv)}"
+    again = resume_hint(args.argv)
     if stats.stopped:  # warn: shown even with -q, since the user needs it
-        reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; to resume, {again}")
+        reporter.warn(f"stopped early: {stats.stopped}. Nothing is lost; {again}")
         return EXIT_STOPPED
     if stats.interrupted:
-        reporter.warn(f"interrupted. To resume, {again}")
+        reporter.warn(f"interrupted. Nothing is lost; {again}")
         return EXIT_INTERRUPTED
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
@@ -283,10 +281,31 @@ def _prog() -> list[str]:
 
 
 def resume_command(argv: Sequence[str]) -> str:
-    """The command to run again: without the options that act once (``parser.ONE_TIME``), and with every
-    --header value left out (they are secrets): named, to pass again."""
+    """The command to run again, on one line: without the options that act once (``parser.ONE_TIME``), and
+    with every --header value left out (they are secrets)."""
+    return _resume(argv)[0]
+
+
+def resume_hint(argv: Sequence[str]) -> str:
+    """How to resume, in words that agree with the command: "the same command" only when it is; what was
+    left out and why; then the command, alone on an indented line that is never folded (``display.fold``)."""
+    command, dropped, headers = _resume(argv)
+    notes = []
+    if dropped:
+        notes.append(f"without {' and '.join(dropped)}, which {'act' if len(dropped) > 1 else 'acts'} once")
+    if headers:
+        notes.append(f"give the value of the {', '.join(headers)} header(s) again: it is not printed")
+    what = f"this command ({'; '.join(notes)})" if notes else "the same command again"
+    return f"to resume, run {what}:\n  {command}"
+
+
+def _resume(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    """The resume command, the one-time options it leaves out, and the headers whose values it leaves out."""
     parser = build_parser()
-    shown, names, value_next = [], [], False
+    shown: list[str] = []
+    dropped: list[str] = []
+    names: list[str] = []
+    value_next = False
     for arg in argv:
         option, eq, value = arg.partition("=")
         if value_next:
@@ -294,7 +313,7 @@ def resume_command(argv: Sequence[str]) -> str:
             names.append(arg.partition(":")[0].strip())
             shown.append(f"{names[-1]}: <your value>")
         elif (name := parser.long_option(arg)) in ONE_TIME:
-            continue
+            dropped.extend([name] if name is not None and name not in dropped else [])
         elif name == "--header":
             value_next = not eq
             if eq:
@@ -304,10 +323,7 @@ def resume_command(argv: Sequence[str]) -> str:
                 shown.append(arg)
         else:
             shown.append(arg)
-    command = shlex.join([*_prog(), *shown])
-    if names:
-        command += f"\n  (the values of the {', '.join(names)} header(s) are not repeated here: give them again)"
-    return command
+    return shlex.join([*_prog(), *shown]), dropped, names
 
 
 def main(argv: Sequence[str] | None = None, *, go: Go | None = None) -> int:
@@ -395,7 +411,7 @@ def _main(argv: list[str], redactor: Redactor, go: Go | None = None) -> int:
         reporter = make_reporter(
             quiet=args.quiet, progress=not args.no_progress, log_format=args.log_format, redactor=redactor
         )
-        reporter.words = cli_words
+        reporter.words, reporter.resume = cli_words, "resume with the command printed below"
         info, warnings = env.notes()
         for note in info:
             reporter.info(note)

@@ -93,6 +93,22 @@ def _default(cls: Any, name: str) -> Any:
 ONE_TIME = frozenset({"--restart", "--retry-failed", "--cancel", "--accept-changes"})
 
 
+SUBCOMMANDS = ("export", "report", "cache")  # a first word that names another command than a run's
+
+
+def close_to(word: str, known: Sequence[str]) -> str | None:
+    """The one of ``known`` that ``word`` most likely meant, misspelled (``--concurency``, ``exprot``); else None."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def meant_command(word: str) -> str | None:
+    """The subcommand a first word that is no file meant: ``exprot`` -> ``export``; else None."""
+    if word.startswith("-") or word in SUBCOMMANDS or Path(word).exists():
+        return None
+    return close_to(word, SUBCOMMANDS)
+
+
 class _Parser(argparse.ArgumentParser):
     given: Sequence[str] = ()
 
@@ -115,7 +131,12 @@ class _Parser(argparse.ArgumentParser):
             message = "give the JSONL file to run: asyncbatch INPUT [options]"
             if "--cache" in self.given:  # --cache takes an optional PATH: it took the input
                 message += " (--cache takes an optional PATH, so put it after the input: asyncbatch INPUT --cache)"
-        if suggestion := self._suggest(message):
+        if self.given and (command := meant_command(self.given[0])):  # ``exprot x``: x is not what is wrong
+            message = f"{self.given[0]!r} is neither an input file nor a command"
+            suggestion: str | None = f"{self.prog} {command}"
+        else:
+            suggestion = self._suggest(message)
+        if suggestion:
             message += f" (did you mean {suggestion}?)"
         self.exit(EXIT_FATAL, f"{self.prog}: error: {message}\n  {self.prog} --help shows every option\n")
 
@@ -126,8 +147,8 @@ class _Parser(argparse.ArgumentParser):
         known = [o for o in self._option_string_actions if o.startswith("--")]
         for word in message.removeprefix("unrecognized arguments: ").split():
             name = word.split("=", 1)[0]
-            if name.startswith("--") and (close := difflib.get_close_matches(name, known, n=1, cutoff=0.75)):
-                return close[0]
+            if name.startswith("--") and (close := close_to(name, known)):
+                return close
         return None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import sys
 import textwrap
 from collections.abc import Callable
@@ -30,17 +31,28 @@ from rich.text import Text
 from ..redact import RedactingStream, Redactor
 from ..stats import RunStats, Trend
 from .status import look, screen, text_line
-from .summary import summary_data, summary_table
+from .summary import RESUME, summary_data, summary_table
 
 MAX_WARNINGS = 20
 
 
+# A command to paste is never folded: pasted, a folded one runs its first line alone (without the options
+# after the fold: a --max-cost, say). A message shows one on a line of its own, indented, or `quoted` in a line.
+QUOTED = re.compile(r"`[^`\n]*`")
+GLUE = "\x00"  # stands for a space inside a `quoted` command while folding: never a break, never in a message
+
+
 def fold(text: str, width: int) -> str:
-    """Each line of ``text`` folded at spaces to ``width``, continuations indented; a path or URL is never cut."""
-    return "\n".join(
-        textwrap.fill(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False) or line
-        for line in text.splitlines()
-    )
+    """Each line of ``text`` folded at spaces to ``width``, continuations indented; a path or URL is never cut,
+    nor a command: a line that begins with a space is shown as it is, and a `quoted` part is kept whole (a
+    terminal soft-wraps what is wider, and a copy of it is still one line)."""
+    return "\n".join(line if line[:1].isspace() else _fold_line(line, width) for line in text.splitlines())
+
+
+def _fold_line(line: str, width: int) -> str:
+    glued = line if GLUE in line else QUOTED.sub(lambda quoted: quoted[0].replace(" ", GLUE), line)
+    folded = textwrap.fill(glued, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    return folded.replace(GLUE, " ") or line
 
 
 class Reporter:
@@ -56,6 +68,7 @@ class Reporter:
         self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
         self._warned = 0
         self.words: Callable[[str], str] = str  # the command line names options by its flags (``cli_words``)
+        self.resume = RESUME  # how the summary says to resume (the command line: its command, printed below)
 
     def warn(self, message: str) -> None:
         self._warned += 1
@@ -112,7 +125,7 @@ class PlainReporter(Reporter):
         self.console.print(prefix + text_line(status), markup=False)
 
     def summary(self, stats: RunStats) -> None:
-        self.console.print(summary_table(stats))
+        self.console.print(summary_table(stats, self.resume))
 
 
 class JsonReporter(Reporter):
@@ -180,7 +193,7 @@ class NotebookReporter(PlainReporter):
 
     def summary(self, stats: RunStats) -> None:
         console = Console(file=io.StringIO(), width=self.width, record=True)
-        console.print(summary_table(stats))
+        console.print(summary_table(stats, self.resume))
         self.show(console.export_text())
 
 
@@ -225,7 +238,7 @@ class _SummaryOnly(Reporter):
     verbose = True
 
     def summary(self, stats: RunStats) -> None:
-        self.console.print(summary_table(stats))
+        self.console.print(summary_table(stats, self.resume))
 
 
 class _JsonSummaryOnly(JsonReporter):

@@ -4,7 +4,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..cost import why_no_cost
+from ..cost import decimal, why_no_cost
 from ..stats import RunStats
 from .status import deployment_views
 
@@ -51,7 +51,11 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
     }
 
 
-def summary_table(stats: RunStats) -> Table:
+RESUME = "run again to resume"  # the library's words; the command line prints the command and points to it
+
+
+def summary_table(stats: RunStats, resume: str = RESUME) -> Table:
+    """:param resume: how to resume, when the run was interrupted or stopped early."""
     title = "asyncbatch summary"
     if stats.simulated:
         title += " — SIMULATED run (local simulator, not Azure)"
@@ -103,9 +107,9 @@ def summary_table(stats: RunStats) -> Table:
         top = stats.failure_reasons.most_common(5)
         rows.append(("top failure reasons", ", ".join(f"{code}: {n:,}" for code, n in top)))
     if stats.interrupted:
-        rows.append(("interrupted", "yes: run the same command again to resume"))
+        rows.append(("interrupted", f"yes, nothing is lost: {resume}"))
     if stats.stopped:
-        rows.append(("stopped early", f"{stats.stopped}; run the same command again to resume"))
+        rows.append(("stopped early", f"{stats.stopped}; nothing is lost: {resume}"))
     if stats.aborted:
         rows.append(("aborted", stats.aborted))
     for name, value in rows:
@@ -133,10 +137,10 @@ def _learned(stats: RunStats) -> str:
 def _cost(stats: RunStats) -> str:
     prices = stats.prices
     assert prices is not None
-    cached = f", cached {prices.cached_input:g}" if prices.cached_input is not None else ""
+    cached = f", cached {decimal(prices.cached_input)}" if prices.cached_input is not None else ""
     text = (
-        f"{stats.cost:.4f} USD this run (per 1M tokens: prompt {prices.input:g}{cached}, "
-        f"completion {prices.output:g}; {prices.source}"
+        f"{stats.cost:.4f} USD this run (per 1M tokens: prompt {decimal(prices.input)}{cached}, "
+        f"completion {decimal(prices.output)}; {prices.source}"
         + ("; Batch API answers at half these)" if stats.batch_answers else ")")
     )
     projected = stats.projected_cost

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from ..config import Endpoint, RequestDefaults
 from ..cost import Prices, lookup
 from ..protocol import BATCH_URLS, Api, unsupported
 from ..structured.schemas import FUNCTION_NAME
-from .reader import FIRST_LINES, BadLine, ParsedLine, is_table
+from .reader import FIRST_LINES, BadLine, ParsedLine, is_parquet, is_table, table_header
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,9 @@ def setup_mistake(
         seen += 1
     if not seen or len(reasons) != 1:
         return None
-    fail = "its one line fails" if seen == 1 else f"the first {seen} lines all fail the same way, so every line would"
+    unit = "row" if is_table(path) or is_parquet(path) else "line"
+    every = f"the first {seen} {unit}s all fail the same way, so every {unit} would"
+    fail = f"its one {unit} fails" if seen == 1 else every
     start = f"{path}: {fail}: {reasons.pop()}"
     if not fields:
         return start
@@ -121,12 +124,27 @@ def setup_mistake(
         example = next((n for n in names if n not in ("id", "custom_id")), "text")
         hint = f'add --template over the fields of the records ({shown}), e.g. --template "...{{{example}}}..."'
         return f"{start}. HINT: {hint}"
-    if is_table(path):  # the names come from the first row: if it holds values, the table has no header row
-        return (
-            f"{start}. HINT: the columns named in its first row are {shown}: name those in --template (a table's "
-            "first row names its columns; if it holds values instead, add a header row)"
-        )
+    if is_table(path):
+        return f"{start}. HINT: {_header_hint(table_header(path)[0])}"
     return f"{start}. HINT: the records' fields are {shown}: name those in --template"
+
+
+_NUMBER = re.compile(r"[+-]?(\d[\d,_]*(\.\d*)?|\.\d+)([eE][+-]?\d+)?%?")
+
+
+def _header_hint(header: list[str]) -> str:
+    """What a table's first row says of its header: its cells in file order, quoted; a number among them is
+    a sign that the row is data and the table has no header row."""
+    shown = ", ".join(map(repr, header[:12])) + (", ..." if len(header) > 12 else "")
+    if number := next((cell for cell in header if _NUMBER.fullmatch(cell.strip())), None):
+        return (
+            f"its first row ({shown}) holds {number!r}, a number: it looks like data, not a header row naming "
+            "the columns. Add a header row, naming each column as --template names it"
+        )
+    return (
+        f"the columns named in its first row are {shown}: name those in --template (a table's first row names "
+        "its columns; if it holds values instead, add a header row)"
+    )
 
 
 def lines_prices(lines: Iterable[ParsedLine | BadLine]) -> Prices | None:

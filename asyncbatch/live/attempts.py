@@ -46,6 +46,7 @@ from ..errors import (
     Redirected,
     StopRun,
     Unauthorized,
+    Unkept,
 )
 from ..input.requests import Job, with_feedback
 from ..protocol import Api, Reply
@@ -114,6 +115,9 @@ def endpoint_error(
     return FatalAPIError(kind, f"{changed}. {resume}")
 
 
+TURNED_AWAY = (RateLimited, EndpointRefused, Redirected)  # answered before any work, so nothing was billed
+
+
 class Attempts:
     """Carries jobs to an answer. One instance per run, shared by every worker.
 
@@ -146,6 +150,9 @@ class Attempts:
         self.policy = retrying(retry, sleep=sleep, before_sleep=self._before_retry)
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
         self.on_send: Callable[[int], None] = lambda line_no: None  # told each line as its request goes out
+        # told each line whose request was turned away unbilled (a 429, the key or deployment refused, a
+        # redirect): answered, so no longer in flight, though nothing is recorded for it yet
+        self.on_turned_away: Callable[[int], None] = lambda line_no: None
 
     async def carry(self, job: Job) -> Outcome:
         await self.verdict.new_line()  # the first lines are all being asked again: no new line until a verdict
@@ -230,15 +237,15 @@ class Attempts:
         job, estimate = tally.job, self._estimated_cost(tally.job)
         reserved = self.budget.reserve(estimate)
         if reserved is None:
-            raise StopRun(
-                f"--max-cost {self.budget.limit:g} USD reached ({self.budget.spent:.4f} USD spent, "
-                f"{self.budget.reserved:.4f} USD more may be billed for requests in flight)"
-            )
+            raise StopRun(self.budget.reached())
         spent = None
         try:
             if (sent := await self._send(tally)) is None:
                 return None
             spent = self.stats.count_usage(sent.reply.body, self.prices)
+        except Unkept as unkept:  # paid for, though too deep to keep: its usage counts as any answer's
+            spent = self.stats.count_usage(unkept.body or {}, self.prices)
+            raise
         finally:
             self.budget.settle(reserved, estimate, spent)
         route = sent.route
@@ -278,6 +285,8 @@ class Attempts:
             route.in_flight -= 1
             self.sending.discard(task)
         if failure is not None:
+            if isinstance(failure, TURNED_AWAY):
+                self.on_turned_away(job.line_no)
             await self._react(route, failure, ticket, tally)
             return None
         return _Sent(reply, route, ticket, (self.clock() - started) * 1000)

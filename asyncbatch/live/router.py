@@ -77,6 +77,10 @@ class Route:
         """What the user should know of its admission now (an outage, a wait and its source), if anything."""
         return self.admission.status()
 
+    def waiting(self) -> float | None:
+        """Seconds left of the wait its admission knows of (0: none); None once it is set aside."""
+        return None if self.aside is not None else self.admission.waiting()
+
 
 class Router:
     """Chooses a route for each attempt and waits until it may go. ``on_aside(message)`` hears of a route set

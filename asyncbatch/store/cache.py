@@ -93,7 +93,7 @@ class Entry:
 
 def _hint(path: Path) -> str:
     moved = shlex.join(["mv", str(path), f"{path}.damaged"])
-    return f"HINT: move it aside ({moved}) and run again to start a new cache, or run without --cache"
+    return f"HINT: move it aside (`{moved}`) and run again to start a new cache, or run without --cache"
 
 
 def _damaged(path: Path, why: object) -> ConfigError:

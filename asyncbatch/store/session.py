@@ -160,6 +160,10 @@ class Store:
         """A request for ``line_no`` is about to leave: journalled until its line is written."""
         self.journal.sent(line_no)
 
+    def turned_away(self, line_no: int) -> None:
+        """Its request was answered unbilled (a 429, a refused key): no longer in flight, until it is sent again."""
+        self.journal.recorded([line_no])
+
     async def run(self) -> None:
         """The writers, until both are closed."""
         async with asyncio.TaskGroup() as tg:
