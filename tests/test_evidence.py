@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from asyncbatch.admission.admission import Admission
 from asyncbatch.admission.calibration import Ticket
@@ -19,17 +22,21 @@ from asyncbatch.errors import RateLimited
 
 from .helpers import FakeClock, admitting
 
+Says = dict[str, str] | Callable[[], dict[str, str]]  # what the server says on every answer, or anew on each
 
-async def _rate(admission: Admission, clock: FakeClock, says: dict[str, str], *, lines: int, concurrency: int) -> float:
+
+async def _rate(
+    admission: Admission, clock: FakeClock, says: Says, *, lines: int, concurrency: int, estimate: float = 22
+) -> float:
     """Requests a second that ``admission`` lets through to a server that refuses nothing and says ``says``."""
     queue, start, router = list(range(lines)), clock.now, admitting(admission, clock)
 
     async def worker() -> None:
         while queue:
             queue.pop()
-            _, ticket = await router.acquire(22)
+            _, ticket = await router.acquire(estimate)
             await asyncio.sleep(0.05)
-            admission.on_reply(says, ticket)
+            admission.on_reply(says() if callable(says) else says, ticket)
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
@@ -37,12 +44,15 @@ async def _rate(admission: Admission, clock: FakeClock, says: dict[str, str], *,
     return lines / (clock.now - start)
 
 
-def _run(says: dict[str, str], tpm: int | None, rpm: int | None) -> tuple[float, Admission]:
+def _run(
+    says: Says, tpm: int | None, rpm: int | None, *, concurrency: int = 50, estimate: float = 22
+) -> tuple[float, Admission]:
     clock = FakeClock()
 
     async def main() -> tuple[float, Admission]:
-        admission = Admission(tpm, rpm, Patience(), concurrency=50, clock=clock)
-        return await _rate(admission, clock, says, lines=2000, concurrency=50), admission
+        admission = Admission(tpm, rpm, Patience(), concurrency=concurrency, clock=clock)
+        rate = await _rate(admission, clock, says, lines=2000, concurrency=concurrency, estimate=estimate)
+        return rate, admission
 
     return clock.run(main())
 
@@ -66,6 +76,32 @@ def test_a_budget_said_to_be_gone_on_every_answer_while_nothing_is_refused_costs
     told, admission = _run(says, tpm, rpm)
     assert told >= 0.5 * plain
     assert not admission.said_tokens.believed or says["x-ratelimit-remaining-tokens"] == "-1"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    most=st.integers(1, 30),
+    estimate=st.integers(5, 40),
+    concurrency=st.integers(2, 50),
+    requests=st.booleans(),
+)
+@example(seed=0, most=5, estimate=7, concurrency=10, requests=False)  # 0.002x: 0 and 5 in turn
+def test_a_small_budget_said_on_every_answer_while_nothing_is_refused_costs_at_most_half_when_learning(
+    seed: int, most: int, estimate: int, concurrency: int, requests: bool
+) -> None:
+    """Small budgets above zero (5 tokens on every answer, 0 and 5 in turn, 0 to 5 at random) from a server that
+    refuses nothing. Followed, such a budget paces the run to its own claim, so slowly that too few answers come
+    back to judge it: it is heard, but orders nothing until the server shows that it keeps it."""
+    rng = random.Random(seed)
+
+    def liar() -> dict[str, str]:
+        said = {"x-ratelimit-remaining-tokens": str(rng.randint(0, most))}
+        return said | ({"x-ratelimit-remaining-requests": str(rng.randint(0, 5))} if requests else {})
+
+    plain, _ = _run({}, None, None, concurrency=concurrency, estimate=estimate)
+    told, _ = _run(liar, None, None, concurrency=concurrency, estimate=estimate)
+    assert told >= 0.5 * plain
 
 
 def _ticket(seq: int, sent_at: float, estimate: float = 100.0) -> Ticket:

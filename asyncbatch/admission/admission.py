@@ -240,6 +240,8 @@ class Admission:
             self._follow_server(ticket, remaining)
         charge = self.calibration.charge(ticket.estimate)
         self.windows.on_admitted(self._wall_of(ticket.sent_at), charge)
+        if self.adaptive is not None:  # learning the quota, a budget header orders nothing until corroborated
+            headers = self._corroborated(headers)
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
         if pause := header_pause(headers, charge, rate):
             self.gate.close_for(pause)
@@ -247,6 +249,12 @@ class Admission:
             if self.mirror is None:  # a mirrored budget already waits for itself
                 self.adaptive.on_headers(headers, charge)
             self._learn_rpm(headers)
+
+    def _corroborated(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """The budget headers the server has shown it keeps (``evidence.Testimony.corroborated``)."""
+        said = ((REMAINING_TOKENS, self.said_tokens), (REMAINING_REQUESTS, self.said_requests))
+        doubted = {name for name, testimony in said if not testimony.corroborated}
+        return {k: v for k, v in headers.items() if k.lower() not in doubted} if doubted else headers
 
     def _keep_pace(self, latency: float) -> None:
         """Adaptive, with no request rate known: requests go at most PACE times the rate the concurrency sustains.
@@ -318,7 +326,7 @@ class Admission:
             before = self.tokens.current()
             self.tokens.set_level(budget - (1 - MARGIN) * self.tokens.capacity, lower_only=not self.calibration.learned)
             self._followed += before - self.tokens.level
-        elif self.adaptive is not None and refill > 0:
+        elif self.adaptive is not None and refill > 0 and self.said_tokens.corroborated:
             top = self.calibration.most_remaining
             if self.mirror is None:
                 self.mirror = Bucket(top, refill, self.clock, by_server=True)

@@ -36,6 +36,12 @@ class Testimony:
     nothing refused meanwhile. A true budget at its floor refuses (and a client following it leaves
     a margin in it), so that too is a header that is not a budget.
 
+    While the quota is learned, a budget is followed only once it is ``corroborated``: the server has
+    refused a request. Until then the header is heard (the server's charge is learned from it) but
+    holds nothing back. Followed, a header that says 5 tokens on every answer paces the run to its
+    own claim (its refill is learned from it too), so slowly that too few answers come back to judge
+    it, and what does come back is consistent with that claim.
+
     After ``against`` contradictions in the last ``keep`` judgements, or that run of answers, the
     header is discounted (``hear`` returns None) until the server refuses a request
     (``on_refused``): a refusal shows it keeps a budget after all, and its word is heard again,
@@ -60,6 +66,7 @@ class Testimony:
         self.per_estimate, self.per_request, self.span, self.against = per_estimate, per_request, span, against
         self.persist = persist
         self.believed = True
+        self.corroborated = False  # the server refused a request: it does keep a budget
         self._no_room = 0  # answers in a row saying there is no room, with nothing refused
         self._seen: deque[tuple[int, float, float, int]] = deque(maxlen=4 * span)  # seq, sent_at, cum, remaining
         self._refused: deque[tuple[int, float]] = deque(maxlen=256)  # (seq, estimate) answered 429
@@ -94,6 +101,7 @@ class Testimony:
     def on_refused(self, ticket: Ticket) -> None:
         """A 429: that request was not charged; and the server does keep a budget: hear its word again."""
         self._refused.append((ticket.seq, ticket.estimate))
+        self.corroborated = True
         self._no_room = 0
         if not self.believed:
             self.believed = True
