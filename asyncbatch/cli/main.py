@@ -13,11 +13,10 @@ import dataclasses
 import os
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +47,9 @@ from .env import Env, deployments_from_env, endpoint_from_env, endpoint_kind, lo
 from .export_cmd import export_main
 from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ONE_TIME, build_parser
 from .report_cmd import report_main
+from .signals import Stop, StopRequests, handled
 
 Go = Callable[[RunConfig], Awaitable[int]]
-# Each stops a run gracefully (SIGHUP: the terminal went away, e.g. an SSH session closed).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go | None = None) -> int:
@@ -77,32 +75,13 @@ async def _prime(config: RunConfig) -> None:
 async def _interruptible(work: Coroutine[Any, Any, None]) -> None:
     """``work``, cancelled by SIGINT, SIGTERM or SIGHUP (then KeyboardInterrupt: exit 130)."""
     task = asyncio.ensure_future(work)
-    with _signals(task.cancel):
+    with handled(lambda _: task.cancel()):
         try:
             await task
         except asyncio.CancelledError:
             if task.cancelled():  # by a signal
                 raise KeyboardInterrupt from None
             raise
-
-
-@contextlib.contextmanager
-def _signals(handler: Callable[[], object]) -> Iterator[None]:
-    """``handler`` on SIGINT, SIGTERM and SIGHUP while inside; then the handlers from before (exit 130)."""
-    loop = asyncio.get_running_loop()
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    installed = []
-    for sig in previous:
-        with contextlib.suppress(ValueError, RuntimeError):  # not in the main thread: the caller's own handling
-            loop.add_signal_handler(sig, handler)
-            installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-            if previous[sig] is not None:
-                signal.signal(sig, previous[sig])  # asyncio puts the defaults back; the caller's are wanted
 
 
 async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go) -> int:
@@ -152,17 +131,20 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
 
 async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) -> int:
     interrupt = Interrupt()
+    stops = StopRequests()
 
-    def on_signal() -> None:
-        interrupt.request()
-        if interrupt.count == 1:
+    def on_signal(signum: int) -> None:
+        stop = stops.on(signum)
+        if stop is not Stop.IGNORED:
+            interrupt.request()
+        if stop is Stop.GRACEFUL:
             reporter.info(
                 f"stopping: no new requests; those in flight get {config.grace:g} s to finish "
                 "(press Ctrl-C again to stop now)"
             )
 
     try:
-        with _signals(on_signal):
+        with handled(on_signal):
             # --restart happens inside run, under the lock, once the configuration is known to be good
             stats = await run(config, restart=args.restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
