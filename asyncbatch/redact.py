@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
+import io
 import json
+import os
 import re
 from collections import deque
 from collections.abc import Iterable
@@ -396,8 +399,10 @@ def _masked(text: str, spans: list[tuple[int, int]]) -> str:
 class RedactingStream:
     """A text stream that passes every write through a Redactor (a terminal's stdout or stderr).
 
-    A terminal that hung up (an SSH session closed: the writes fail with EIO) gets nothing more:
-    the run it shows carries on, and stops as SIGHUP asks, with no one left to read it.
+    A stream that fails (a terminal that hung up when its SSH session closed: EIO; a pipe whose reader
+    went away, as ``2>&1 | head`` does: EPIPE; a full disk: any OSError) gets nothing more, and its file
+    descriptor is pointed at /dev/null, so that what is left in its buffer cannot fail again at exit. The
+    run it shows carries on, records every answer, and ends as it would have, with no one left to read it.
     """
 
     def __init__(self, stream: TextIO, redactor: Redactor) -> None:
@@ -405,25 +410,28 @@ class RedactingStream:
         self.gone = False
 
     def write(self, text: str) -> int:
-        if self.gone:
-            return len(text)
-        try:
-            return self.stream.write(self.redactor.text(text))
-        except OSError as exc:
-            if exc.errno != _EIO:
-                raise
-            self.gone = True
-            return len(text)
+        if not self.gone:
+            try:
+                self.stream.write(self.redactor.text(text))
+            except OSError:
+                self._went_away()
+        return len(text)
 
     def flush(self) -> None:
         if self.gone:
             return
         try:
             self.stream.flush()
-        except OSError as exc:
-            if exc.errno != _EIO:
-                raise
-            self.gone = True
+        except OSError:
+            self._went_away()
+
+    def _went_away(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):  # no descriptor: a test's buffer
+            fd = self.stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
 
     def isatty(self) -> bool:
         return self.stream.isatty()
@@ -434,5 +442,3 @@ class RedactingStream:
     def __getattr__(self, name: str) -> object:  # encoding, errors, buffer...: those of the stream
         return getattr(self.stream, name)
 
-
-_EIO = 5  # errno.EIO: a write to a terminal that hung up

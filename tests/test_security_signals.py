@@ -145,3 +145,29 @@ def test_an_ssh_session_closing_under_a_shell_stops_gracefully_and_the_resume_pa
     err = (tmp_path / "err.txt").read_text()
     assert rc.strip() == "130" and "asyncbatch summary" in err and "Traceback" not in err, err
     _resumed_and_paid_once(tmp_path, env, simulator)
+
+
+# -- a stderr that goes away ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("display", [[], ["--log-format", "json"], ["--no-progress"]], ids=["text", "json", "summary"])
+def test_a_stderr_pipe_closed_early_silences_the_display_and_the_run_finishes_and_records_everything(
+    tmp_path: Path, slow: tuple[dict[str, str], Simulator], display: list[str]
+) -> None:
+    """``asyncbatch in.jsonl 2>&1 | head -n 1``: every write after the reader left fails with EPIPE."""
+    env, simulator = slow
+    command = [sys.executable, "-m", "asyncbatch", "in.jsonl", "-c", "20", *display]
+    running = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert running.stderr is not None
+        running.stderr.readline()  # head -n 1
+        running.stderr.close()
+        running.wait(timeout=60)
+    finally:
+        running.kill()
+    assert running.returncode == 0
+    ids = sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl"))
+    assert ids == sorted(f"r{i}" for i in range(N))
+    assert simulator.billed_twice() == 0 and simulator.statuses["200"] == N
+    again = subprocess.run(CLI, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and simulator.statuses["200"] == N  # nothing left to send
