@@ -441,4 +441,3 @@ class RedactingStream:
 
     def __getattr__(self, name: str) -> object:  # encoding, errors, buffer...: those of the stream
         return getattr(self.stream, name)
-

@@ -352,6 +352,7 @@ class _Run:
             item = prepare(line, request, endpoint.deployment, endpoint) if isinstance(line, ParsedLine) else line
             if isinstance(item, BadLine):
                 self.reject(item)
+                await self.recorder.errors.room()  # a file of bad lines: the writer drains, signals are heard
             else:
                 self.stats.estimated_tokens += item.estimate
                 await queue.put(item)

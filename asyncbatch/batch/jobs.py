@@ -139,7 +139,7 @@ class BatchRunner:
     async def run(self, reject: Callable[[BadLine], None]) -> None:
         """Plan, submit, poll and merge until every part is merged (or stopped by cancellation)."""
         async with self._connected():
-            self.plan(reject)
+            await self.plan(reject)
             self.state.save(self.path)
             await self._adopt_orphans()
             while parts := self.state.open_parts():
@@ -169,8 +169,12 @@ class BatchRunner:
         finally:
             await self.sdk.close()
 
-    def plan(self, reject: Callable[[BadLine], None]) -> None:
-        """Write part files for the lines no part covers and no output holds yet."""
+    async def plan(self, reject: Callable[[BadLine], None]) -> None:
+        """Write part files for the lines no part covers and no output holds yet.
+
+        A line recorded here (a bad line, a cached answer) waits for room at its writer: a file of a million
+        bad lines holds no more memory than a few, and signals are heard meanwhile.
+        """
         covered = list(self.state.parts)
         splitter = Splitter(self.options.max_lines_per_file, first_index=len(self.state.parts))
         files: dict[int, Any] = {}
@@ -184,12 +188,14 @@ class BatchRunner:
                 item = prepare(line, self.request, model, self.endpoint) if isinstance(line, ParsedLine) else line
                 if isinstance(item, BadLine):
                     reject(item)
+                    await self.recorder.errors.room()
                     continue
                 if not batchable(self.endpoint.kind, item.api):
                     live[item.api] += 1
                     continue
                 if (hit := self.cached(item)) is not None:  # answered from the response cache: not uploaded
                     self.recorder.success(item.line_no, hit)
+                    await self.recorder.results.room()
                     continue
                 raw = batch_line(item, self._v1)
                 part = splitter.place(item.api, item.line_no, len(raw))

@@ -23,6 +23,7 @@ from ..redact import Redactor
 from .files import PRIVATE
 
 _CLOSE = object()
+ROOM = 1_000  # lines a producer may have waiting (``room``): a few hundred kB at most
 OnWritten = Callable[[list[int], int], None]  # (input line numbers, bytes) of a batch now in the file
 
 
@@ -67,6 +68,16 @@ class JsonlWriter:
         self._pending += 1
         self._idle.clear()
         return True
+
+    async def room(self, lines: int = ROOM) -> None:
+        """Return once fewer than ``lines`` lines wait to be written; yield to the loop meanwhile.
+
+        For a producer that can put faster than the file takes them (the reader's bad lines, a million in a
+        row): it waits here, so the queue stays bounded and signals are heard. Never for a paid answer,
+        which must be queued at once (``put``).
+        """
+        if self._pending >= lines:
+            await self._idle.wait()
 
     async def written(self) -> None:
         """Return once every line put so far is in the file (and told to ``on_written``)."""
