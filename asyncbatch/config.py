@@ -22,7 +22,7 @@ from typing import Any, Literal
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError, option
 from .protocol import APIS, Api, unsupported
-from .redact import url_secrets
+from .redact import header_secrets, url_secrets
 from .store.cache import MODES, CacheMode
 from .store.checkpoint import fingerprint
 from .store.files import Outputs, StatePaths
@@ -89,7 +89,8 @@ class Endpoint:
     @property
     def secrets(self) -> list[str]:
         """Everything that must never appear in an output, a message or a traceback."""
-        return [self.api_key, *self.headers.values(), *url_secrets(self.base_url)]
+        headers = [secret for name, value in self.headers.items() for secret in header_secrets(f"{name}: {value}")]
+        return [self.api_key, *headers, *url_secrets(self.base_url)]
 
     def __post_init__(self) -> None:
         for name, value in self.headers.items():

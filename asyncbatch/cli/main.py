@@ -35,7 +35,7 @@ from ..input.reader import first_lines, sniff
 from ..input.requests import lines_prices
 from ..live.auth import TokenCommand
 from ..protocol import read_usage
-from ..redact import RedactingStream, Redactor, url_secrets
+from ..redact import RedactingStream, Redactor, header_secrets, url_secrets
 from ..runner import Interrupt, run
 from ..simulator import simulated
 from ..stats import RunStats
@@ -322,24 +322,19 @@ def error_text(message: str, redactor: Redactor, log_format: str = "text") -> st
 
 
 def _header_values(argv: Sequence[str]) -> list[str]:
-    """The values of the ``--header`` options in ``argv`` (or an abbreviation, as argparse takes), as given."""
+    """The secrets of the ``--header`` options in ``argv`` (or an abbreviation, as argparse takes), as given."""
     given = []
     for i, arg in enumerate(argv):
         option, eq, value = arg.partition("=")
         if len(option) >= 5 and "--header".startswith(option):
             given.append(value if eq else argv[i + 1] if i + 1 < len(argv) else "")
-    return [_header_secret(header) for header in given]
-
-
-def _header_secret(header: str) -> str:
-    """A ``--header`` option's secret: its value; with no name, the whole of it (a secret pasted alone)."""
-    return header.partition(":")[2].strip(" \t") if ":" in header else header.strip()
+    return [secret for header in given for secret in header_secrets(header)]
 
 
 def configure(args: argparse.Namespace, environ: Mapping[str, str], redactor: Redactor) -> Env:
     """What the command line reads before it runs: the environment (and .env), whose secrets join
     ``redactor`` first, the deployments file, the input's name. :raises ConfigError: naming what to fix."""
-    redactor.extend(_header_secret(header) for header in args.header)
+    redactor.extend(secret for header in args.header for secret in header_secrets(header))
     env = load_env(args.env_file, environ)
     redactor.extend(secrets_in(env.values))
     args.deployment_specs = load_deployments(args.deployments) if args.deployments else []

@@ -64,7 +64,7 @@ class JsonlWriter:
         line = encode(record)
         if line is None:
             return False
-        self._queue.put_nowait((line_no, self.redactor.bytes(line)))
+        self._queue.put_nowait((line_no, self.redactor.json(line)))
         self._pending += 1
         self._idle.clear()
         return True
