@@ -31,6 +31,7 @@ _EXPORTS = {
     "RequestDefaults": "config",
     "RetryPolicy": "config",
     "RunConfig": "config",
+    "TransportOptions": "config",
     "Prices": "cost",
     "AsyncBatchError": "errors",
     "AttemptError": "errors",
@@ -57,7 +58,16 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from .config import BatchOptions, Deployment, Endpoint, Limits, RequestDefaults, RetryPolicy, RunConfig
+    from .config import (
+        BatchOptions,
+        Deployment,
+        Endpoint,
+        Limits,
+        RequestDefaults,
+        RetryPolicy,
+        RunConfig,
+        TransportOptions,
+    )
     from .cost import Prices
     from .display.reporters import JsonReporter, NotebookReporter, PlainReporter, Reporter, RichReporter
     from .errors import AsyncBatchError, AttemptError, ConfigError, FatalAPIError, OutputError
@@ -109,6 +119,7 @@ __all__ = [
     "RunConfig",
     "RunStats",
     "SimConfig",
+    "TransportOptions",
     "__version__",
     "load_response_format",
     "load_tools",

@@ -10,24 +10,27 @@ them the same way::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 import string
 import unicodedata
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+import orjson
 
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError, option
 from .protocol import APIS, Api, unsupported
 from .redact import header_secrets, url_secrets
-from .store.cache import MODES, CacheMode
-from .store.checkpoint import fingerprint
-from .store.files import Outputs, StatePaths
 from .structured.schemas import check_request_schemas, from_models, mark_strict
 
+CacheMode = Literal["read-write", "read", "write", "off"]
+MODES: tuple[str, ...] = get_args(CacheMode)
+STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches", "metrics", "summary")
 DEFAULT_API_VERSION = "2024-10-21"  # latest Azure OpenAI GA data-plane version
 FSYNC_INTERVALS: dict[str, float | None] = {"always": 0.0, "periodic": 1.0, "never": None}
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110)
@@ -53,6 +56,90 @@ def credential_problem(value: str) -> str | None:
     return f"holds {words}" + (" at its end" if alone_at_end else "")
 
 
+def fingerprint(options: Mapping[str, Any]) -> dict[str, str]:
+    """A short hash of each request-shaping option, so that a resume can name the one that changed."""
+    return {
+        name: hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+        for name, value in sorted(options.items())
+    }
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """The names of a run's state files. ``checkpoint`` is in the directory unless given elsewhere."""
+
+    dir: Path
+    checkpoint: Path
+
+    @classmethod
+    def beside(cls, results: Path, checkpoint: Path | None = None) -> StatePaths:
+        directory = results.with_name(results.name + ".state")
+        return cls(directory, checkpoint or directory / "checkpoint")
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "lock"
+
+    @property
+    def ids(self) -> Path:
+        return self.dir / "ids"
+
+    @property
+    def sent(self) -> Path:
+        return self.dir / "sent"
+
+    @property
+    def batches(self) -> Path:
+        return self.dir / "batches"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics"
+
+    @property
+    def summary(self) -> Path:
+        return self.dir / "summary"
+
+    def part(self, index: int) -> Path:
+        return self.dir / f"part-{index}.jsonl"
+
+    def parts(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.jsonl")) if self.dir.is_dir() else []
+
+    def files(self) -> list[Path]:
+        return [self.dir / name for name in STATE_FILES] + [self.checkpoint, *self.parts()]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outputs:
+    """A run's files: the store's section of the configuration (``RunConfig.outputs``; ``store/``).
+
+    :param checkpoint: ``--checkpoint``, when the checkpoint is not in the state directory.
+    :param fsync_interval: seconds between fsyncs of the outputs (0: every batch; None: only at exit).
+    :param cache: the response cache the run opens (``--cache``), judged with the outputs before anything
+        is written; ``cache_mode`` is how it is opened (``store/cache.py``).
+    """
+
+    results: Path
+    errors: Path
+    checkpoint: Path | None = None
+    fsync_interval: float | None = 1.0
+    cache: Path | None = None
+    cache_mode: str = "read-write"
+
+    @property
+    def state(self) -> StatePaths:
+        return StatePaths.beside(self.results, self.checkpoint)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.results, self.errors]
+
+    def identity(self) -> list[str]:
+        """The outputs a checkpoint describes, as resolved paths."""
+        return [str(path.resolve()) for path in self.files]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
     """Where requests go and how they authenticate.
@@ -66,7 +153,7 @@ class Endpoint:
     base_url: str
     deployment: str
     api_key: str = field(default="", repr=False)
-    # Entra ID instead of a key: a callable returning a bearer token, sync or async (see ``live/auth.py``)
+    # Entra ID instead of a key: a callable returning a bearer token, sync or async (see ``auth.py``)
     token_provider: Callable[[], str | Awaitable[str]] | None = field(default=None, repr=False, compare=False)
     api_version: str = DEFAULT_API_VERSION
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # sent with every request (a gateway's key)
@@ -143,14 +230,36 @@ class Limits:
 
 @dataclass(frozen=True, kw_only=True)
 class Patience:
-    """How long admission waits (see ``RunConfig``'s ``max_wait`` and ``max_outage``).
-
-    :param concurrency: requests in flight at most; the outage threshold scales down with it.
-    """
+    """How long admission waits (see ``RunConfig``'s ``max_wait`` and ``max_outage``)."""
 
     max_wait: float = 300.0
     max_outage: float = 1800.0
-    concurrency: int = Limits.concurrency
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransportOptions:
+    """How each request goes out (``live/transport.py``).
+
+    :param timeout: seconds per attempt, a hard deadline (the answer's body included).
+    :param max_response_mb: a larger answer (once decoded, gzip too) is not read: ``response_too_large``.
+    :param pool_size: connections per deployment at most; None: the run's concurrency.
+    """
+
+    timeout: float = 60.0
+    max_response_mb: float = 16.0
+    pool_size: int | None = None
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1024 * 1024)
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ConfigError(f"{option('timeout')} must be positive")
+        if not self.max_response_mb > 0:
+            raise ConfigError(f"{option('max_response_mb')} must be more than 0")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigError(f"the transport's pool_size must be at least 1 (got {self.pool_size})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,25 +306,15 @@ class BatchOptions:
 
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
-    """Per-input retries. 429s never use up ``max_attempts`` (see ``admission/admission.py``)."""
+    """Per-input retries (``live/retry.py``). 429s never use up ``max_attempts`` (see ``admission/admission.py``)."""
 
     max_attempts: int = 6
-    timeout: float = 60.0  # seconds per attempt
     backoff_initial: float = 1.0  # exponential backoff with jitter, when the server says nothing
     backoff_max: float = 60.0
-    max_response_mb: float = 16.0  # a larger answer is not read: response_too_large
-
-    @property
-    def max_response_bytes(self) -> int:
-        return int(self.max_response_mb * 1024 * 1024)
 
     def __post_init__(self) -> None:
-        if not self.max_response_mb > 0:
-            raise ConfigError(f"{option('max_response_mb')} must be more than 0")
         if self.max_attempts < 1:
             raise ConfigError(f"{option('max_attempts')} must be at least 1")
-        if not self.timeout > 0:
-            raise ConfigError(f"{option('timeout')} must be positive")
         if not 0 <= self.backoff_initial <= self.backoff_max:
             raise ConfigError(
                 f"{option('backoff_initial', 'backoff')} must be between 0 and {self.backoff_max:g} seconds"
@@ -308,6 +407,7 @@ class RunConfig:
         name, if it names a model there (``asyncbatch.cost.lookup``), else no cost is counted.
     :param max_cost: USD; stop (resumably, ``stats.stopped``) before this run's spend, plus what the
         requests in flight may cost, would pass it. Needs prices.
+    :param transport: how each request goes out: its timeout, the largest answer read, the connection pool.
     :param batch: run the inputs as Batch API jobs (``BatchOptions``), then live what they left.
     :param deployments: a pool instead of ``endpoint``: each ``Deployment`` with its own quota; requests go
         to whichever can take them soonest, and fail over. ``limits.tpm``/``rpm`` must then be None.
@@ -328,6 +428,7 @@ class RunConfig:
     checkpoint_path: Path | None = None
     limits: Limits = Limits()
     retry: RetryPolicy = RetryPolicy()
+    transport: TransportOptions = TransportOptions()
     request: RequestDefaults = RequestDefaults()
     fsync: Literal["always", "periodic", "never"] = "periodic"
     retry_failed: bool = False
@@ -351,6 +452,8 @@ class RunConfig:
         if self.cache is not None:
             set_(self, "cache", Path(self.cache))
         set_(self, "deployments", tuple(self.deployments))
+        if self.transport.pool_size is None:  # a connection for each request in flight
+            set_(self, "transport", dataclasses.replace(self.transport, pool_size=self.limits.concurrency))
         self._check_routes()
         if self.prices is None:
             set_(self, "prices", lookup(self.routes[0].endpoint.deployment))
@@ -412,8 +515,7 @@ class RunConfig:
     @property
     def quota(self) -> tuple[int | None, int | None]:
         """The run's tokens and requests per minute in all: a pool's sums, where every deployment gives one."""
-        tpms, rpms = [d.tpm for d in self.routes], [d.rpm for d in self.routes]
-        return (sum(t for t in tpms if t) if all(tpms) else None, sum(r for r in rpms if r) if all(rpms) else None)
+        return pooled_quota([d.tpm for d in self.routes]), pooled_quota([d.rpm for d in self.routes])
 
     @property
     def fingerprint(self) -> dict[str, str]:
@@ -437,12 +539,17 @@ class RunConfig:
     @property
     def patience(self) -> Patience:
         """How long admission waits out 429s and outages: its section (``admission/``)."""
-        return Patience(max_wait=self.max_wait, max_outage=self.max_outage, concurrency=self.limits.concurrency)
+        return Patience(max_wait=self.max_wait, max_outage=self.max_outage)
 
     @property
     def state(self) -> StatePaths:
         """The run's state directory, ``<output>.state/``, and the checkpoint's place."""
         return self.outputs.state
+
+
+def pooled_quota(quotas: Sequence[int | None]) -> int | None:
+    """A pool's quota: its deployments' together, when each gives one (else it is learned)."""
+    return sum(q for q in quotas if q) if quotas and all(quotas) else None
 
 
 def _file_path(value: str | Path, field: str, flag: str) -> Path:

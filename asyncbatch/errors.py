@@ -1,16 +1,33 @@
-"""Exceptions, grouped by how a caller reacts to them.
+"""Exceptions, grouped by how a caller (or the engine) reacts to them: the class says it all, no flag does.
 
     AsyncBatchError
-    ├── ConfigError        bad options or environment: fix and re-run (exit 2)
-    │   ├── AlreadyRunning another run is writing the same outputs (exit 2)
-    │   └── InputError     the input file cannot be read (past a row): what was recorded stays; fix it, re-run (exit 2)
-    ├── FatalAPIError      the endpoint refuses every request (auth, deployment, unreachable, a redirect): exit 2
-    ├── OutputError        an output file cannot be written (permissions, disk full): exit 2
-    └── AttemptError       one HTTP attempt failed; its subclass says how the engine reacts (below)
+    ├── ConfigError           bad options or environment: fix and re-run (exit 2)
+    │   ├── AlreadyRunning    another run is writing the same outputs (exit 2; ``store/lock.py``)
+    │   └── InputError        the input cannot be read on past a row: what was recorded stays; fix it, re-run (exit 2)
+    ├── FatalAPIError         the endpoint refuses the run as a whole (the key, the deployment, unreachable, a
+    │                         redirect, the same refusal of every first line): exit 2
+    ├── StopRun               stop early but resumably (an outage past --max-outage, an exhausted quota, --max-cost):
+    │                         caught by the run, which stops like an interrupt (exit 75); never reaches a caller
+    ├── OutputError           an output file cannot be written (permissions, disk full): exit 2
+    └── AttemptError          one HTTP attempt failed; how the engine reacts is its class:
+        ├── RateLimited       429: admission closes the gate for everyone; the attempt uses up nothing
+        ├── Transient         408, 409, ``x-should-retry: true``, a response failed or cancelled: asked again
+        │   └── Outage        a 5xx, or an answer cut short: asked again; a run of them opens the breaker
+        │       └── NoAnswer  no HTTP answer at all (refused, reset, DNS, TLS, a timeout): may mean unreachable
+        ├── Malformed         a 200 that is not an answer of its API: asked again
+        ├── InvalidOutput     output that breaks its schema: asked again at once, telling the model what was wrong
+        ├── Refused           the same request would fail the same way (too large, cut at max_tokens): recorded
+        │   ├── Rejected      a 4xx of the request's own: may be every line's, so held until a first success
+        │   └── LineRefused   this line's content (the content filter, the context window): never every line's
+        ├── EndpointRefused   the endpoint's refusal, never a line's: the run stops (a pool sets it aside)
+        │   ├── Unauthorized  401: Entra ID first fetches a fresh token
+        │   ├── Forbidden     403: the key or the identity lacks the right
+        │   └── NotFound      404: no such deployment (or a wrong URL)
+        └── Redirected        a 3xx, never followed: the endpoint is wrong, and the run stops
 
-A bad input line is not an exception: it becomes an error *line* and the run
-carries on (see ``input.reader.BadLine``). Only a file that cannot be read on
-from some point is one (``InputError``).
+A status becomes one of these in ``protocol.py`` alone (``protocol.error_class``). A bad input line is
+not an exception: it becomes an error *line* and the run carries on (see ``input.reader.BadLine``).
+Only a file that cannot be read on from some point is one (``InputError``).
 """
 
 from __future__ import annotations
@@ -80,40 +97,27 @@ class OutputError(AsyncBatchError):
 
 
 class AttemptError(AsyncBatchError):
-    """One attempt failed. Immutable: a changed reaction is a new error, made with ``but``.
+    """One attempt failed. Immutable: the same failure with more to say is a new one, made with ``but``.
 
-    The subclass says how the engine reacts: ``RateLimited`` (429: admission waits, no attempt is
-    used up), ``Outage`` (no answer, a timeout, a 5xx: retried, and the breaker counts it),
-    ``Refused`` (a 4xx retrying cannot fix: recorded at once), ``LineRefused`` (this line's content
-    refused: recorded, and never taken as every line's), ``EndpointRefused`` (the key or the deployment
-    refused: never recorded; the run stops), ``InvalidOutput`` (an answer that breaks the schema: asked
-    again with ``feedback``), ``Malformed`` (a 200 that is not an answer: asked again), ``Redirected``
-    (a 3xx: the run stops). The base class is a failure of no particular kind.
+    The base class is a failure of no particular kind (a Batch API line left unanswered, say).
 
     :param code: a short machine-readable reason (``http_429``, ``timeout``...).
     :param status: the HTTP status, when a response arrived.
     :param body: the decoded response body, when there was one.
     :param retry_after: seconds the server asked us to wait, if it said (0: go again at once).
-    :param retryable: whether another attempt may help (default: the subclass's).
     :param feedback: messages to append to the conversation on the next attempt.
-    :param held: admission holds the next attempt (429, outage): this one uses up no attempt.
     :param token: Entra ID: the bearer token the request was sent with.
     """
 
-    RETRYABLE: ClassVar[bool] = False
-    _FIELDS: ClassVar[tuple[str, ...]] = (
-        "status", "body", "retry_after", "retryable", "request_id", "feedback", "held", "token"
-    )  # fmt: skip
+    _FIELDS: ClassVar[tuple[str, ...]] = ("status", "body", "retry_after", "request_id", "feedback", "token")
 
     code: str
     message: str
     status: int | None
     body: Any
     retry_after: float | None
-    retryable: bool
     request_id: str | None
     feedback: list[dict[str, Any]] | None
-    held: bool
     token: str | None
 
     def __init__(
@@ -124,16 +128,13 @@ class AttemptError(AsyncBatchError):
         status: int | None = None,
         body: Any = None,
         retry_after: float | None = None,
-        retryable: bool | None = None,
         request_id: str | None = None,
         feedback: list[dict[str, Any]] | None = None,
-        held: bool = False,
         token: str | None = None,
     ) -> None:
         super().__init__(message)
         given = {"code": code, "message": message, "status": status, "body": body, "retry_after": retry_after}
-        given |= {"retryable": self.RETRYABLE if retryable is None else retryable, "request_id": request_id}
-        given |= {"feedback": feedback, "held": held, "token": token}
+        given |= {"request_id": request_id, "feedback": feedback, "token": token}
         for name, value in given.items():
             object.__setattr__(self, name, value)
 
@@ -143,7 +144,7 @@ class AttemptError(AsyncBatchError):
         super().__setattr__(name, value)
 
     def but(self, **changes: Any) -> AttemptError:
-        """The same failure, of the same kind, with ``changes`` (``held=True``, ``retry_after=0.0``...)."""
+        """The same failure, of the same kind, with ``changes`` (``request_id=...``, ``token=...``)."""
         fields = {name: getattr(self, name) for name in self._FIELDS}
         return type(self)(self.code, self.message, **(fields | changes))
 
@@ -152,46 +153,74 @@ _FROZEN = frozenset(("code", "message", *AttemptError._FIELDS))
 
 
 class RateLimited(AttemptError):
-    """A 429: admission closes the gate for everyone; the attempt is held, not counted."""
-
-    RETRYABLE = True
+    """A 429: admission closes the gate for everyone, and the attempt uses up none of the line's."""
 
 
-class Outage(AttemptError):
-    """No answer, a timeout, a 408/409 or a 5xx: worth another attempt; a run of them opens the breaker."""
-
-    RETRYABLE = True
-
-
-class Refused(AttemptError):
-    """A 4xx (or an answer too large) that the same request would get again: recorded, not retried."""
+class Transient(AttemptError):
+    """The server could not answer this time (a 408, a 409, ``x-should-retry: true``, a response that failed or was
+    cancelled): asked again, after what the server asked for or a backoff."""
 
 
-class LineRefused(Refused):
-    """This line's content refused (the content filter, a prompt past the context window, the model's own
-    refusal): a failure of that line alone, never a sign that every line would fail (``attempts.settle``)."""
+class Outage(Transient):
+    """A 5xx, or an answer whose body never came whole: the endpoint is failing; a run of them opens the breaker."""
 
 
-class EndpointRefused(AttemptError):
-    """The endpoint refuses the credentials (401, 403) or has no such deployment (404): no line's fault.
-
-    Never recorded as a line's failure: once a few answers in a row agree (at once, before any success),
-    the run stops and the line waits for the resume; a pool sets that deployment aside.
-    """
-
-
-class InvalidOutput(AttemptError):
-    """An answer whose output breaks its schema: asked again, telling the model what was wrong."""
-
-    RETRYABLE = True
+class NoAnswer(Outage):
+    """No HTTP answer at all (refused, reset, DNS, TLS, a timeout): the only failure that can mean "unreachable"."""
 
 
 class Malformed(AttemptError):
     """A 200 whose body is not an answer of its API (a stream chunk, a broken shape): asked again."""
 
-    RETRYABLE = True
+
+class InvalidOutput(AttemptError):
+    """An answer whose output breaks its schema: asked again at once, telling the model what was wrong
+    (``feedback``). Before the first success it may be every line's (``live/verdict.py``)."""
+
+
+class Refused(AttemptError):
+    """The same request would fail the same way (an answer too large or too deep, cut at max_tokens): recorded."""
+
+
+class Rejected(Refused):
+    """A 4xx of the request's own (a parameter, a schema the server refuses): recorded; but before the first
+    success it may be every line's, so it is held until a verdict (``live/verdict.py``)."""
+
+
+class LineRefused(Refused):
+    """This line's content refused (the content filter, a prompt past the context window, the model's own
+    refusal): a failure of that line alone, never a sign that every line would fail."""
+
+
+class EndpointRefused(AttemptError):
+    """The endpoint refuses the credentials or has no such deployment: no line's fault.
+
+    Never recorded as a line's failure: once a few answers in a row agree (at once, before any success),
+    the run stops and the line waits for the resume; a pool sets that deployment aside. ``KIND`` is the
+    ``FatalAPIError.kind`` it ends in.
+    """
+
+    KIND: ClassVar[str] = "authentication"
+
+
+class Unauthorized(EndpointRefused):
+    """A 401: the key or the token is not accepted. With Entra ID a fresh token is fetched first."""
+
+
+class Forbidden(EndpointRefused):
+    """A 403: the key or the identity has no right to the deployment."""
+
+
+class NotFound(EndpointRefused):
+    """A 404: no such deployment, or a wrong endpoint URL."""
+
+    KIND = "not_found"
 
 
 class Redirected(AttemptError):
     """A 3xx. Never followed, since the key and headers would go with it: the endpoint is wrong, and the run
     stops (a pool sets that deployment aside). ``message`` names the Location, without its userinfo."""
+
+
+# The failures another attempt may fix: asked again (up to --max-attempts), live or after a Batch API job.
+ASKED_AGAIN: tuple[type[AttemptError], ...] = (Transient, Malformed, InvalidOutput)

@@ -27,11 +27,29 @@ import math
 import time
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, get_args
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
+
+from .errors import (
+    AttemptError,
+    EndpointRefused,
+    Forbidden,
+    LineRefused,
+    Malformed,
+    NotFound,
+    Outage,
+    RateLimited,
+    Redirected,
+    Refused,
+    Rejected,
+    Transient,
+    Unauthorized,
+)
+from .redact import Redactor
 
 MAX_COUNT = 10**12  # a header or usage count beyond this is not a count: "unknown"
 MAX_HINT_CHARS = 64  # a header value longer than this is not a number or a date anyone sends
@@ -95,12 +113,14 @@ def batch_url(api: Api, v1: bool) -> str:
     return f"{V1 if v1 else ''}/{ROUTES[api]}"
 
 
-# -- statuses ----------------------------------------------------------------------------------
+# -- statuses ---------------------------------------------------------------------------------
+# Every status number the engine reacts to is read here, and only here: past this point a failure is its class
+# (``errors.py``), and no other module compares a status.
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
-THROTTLED = 429
+SHOULD_RETRY = "x-should-retry"  # the server's own word on whether to ask again, as openai-python honours it
 # The endpoint's refusals, not a line's: the credentials (401, 403) or the deployment (404). They end the run.
-FATAL_STATUSES = {401: "authentication", 403: "authentication", 404: "not_found"}
+ENDPOINT_REFUSALS: dict[int, type[EndpointRefused]] = {401: Unauthorized, 403: Forbidden, 404: NotFound}
 # Error codes (or Azure's ``innererror.code``) that judge one line's content, whatever the status: the
 # content filter, a prompt past the context window, a prompt or image refused. Never the endpoint's.
 LINE_CODES = frozenset(
@@ -122,25 +142,48 @@ RETRYABLE_BATCH_CODES = frozenset(
 )
 
 
-def is_retryable_status(status: int) -> bool:
-    """408, 409, 429 and every 5xx are worth another attempt; other 4xx never are."""
+def should_retry(status: int, headers: Mapping[str, str] | None = None) -> bool:
+    """Whether another attempt may get another answer (openai-python's ``_should_retry``): the server's
+    ``x-should-retry`` if it says ``true`` or ``false``, else 408, 409, 429 and every 5xx."""
+    said = (headers or {}).get(SHOULD_RETRY, "").strip().lower()
+    if said in ("true", "false"):
+        return said == "true"
     return status in RETRYABLE_STATUSES or status >= 500
 
 
-Whose = Literal["endpoint", "line"]
+def is_success(status: int) -> bool:
+    return 200 <= status < 300
 
 
-def refused_by(status: int, code: str | None, inner: str | None, param: str | None) -> Whose | None:
-    """Whose a 4xx refusal is: this line's content, the endpoint's (credentials, deployment), or not known (None).
+def is_error(status: int) -> bool:
+    """A status whose body is an error's: read only so far (``ERROR_BODY_BYTES``), and never an answer."""
+    return status >= 400
+
+
+def fatal_kind(status: int) -> str:
+    """The ``FatalAPIError.kind`` of a refusal that ends a run (the Batch API's calls): by whose refusal it is."""
+    refusal = ENDPOINT_REFUSALS.get(status)
+    return refusal.KIND if refusal is not None else "rejected"
+
+
+def error_class(
+    status: int, headers: Mapping[str, str], code: str, inner: str | None, param: str | None
+) -> type[AttemptError]:
+    """How the engine reacts to an error status (``errors.py``): the one place a status becomes a class.
 
     A line's code wins over the status (some gateways answer a flagged prompt with a 403). A 404 that names a
     field of the request (``param``) is about that line, not the deployment.
     """
     if code in LINE_CODES or inner in LINE_CODES:
-        return "line"
-    if status in FATAL_STATUSES and not (status == 404 and param):
-        return "endpoint"
-    return None
+        return LineRefused
+    retried = should_retry(status, headers)
+    if status == 429 and retried:
+        return RateLimited
+    if retried:
+        return Outage if status >= 500 else Transient
+    if status in ENDPOINT_REFUSALS and not (status == 404 and param):
+        return ENDPOINT_REFUSALS[status]
+    return Rejected if status < 500 else Refused
 
 
 def is_redirect(status: int) -> bool:
@@ -530,3 +573,160 @@ def _short(value: Any) -> str:
 
 def _span(indices: list[int]) -> str:
     return ", ".join(map(str, sorted(indices)[:5])) + (", ..." if len(indices) > 5 else "")
+
+
+# -- an HTTP exchange, typed: a Reply, or a failure of the class the engine reacts to ------------
+
+MiB = 1024 * 1024
+ERROR_BODY_BYTES = 64 * 1024  # an error's body is read this far: enough for any message, never a flood
+MESSAGE_CHARS = 2000  # a server's error message is kept this far: enough to act on, never a flood
+HINTS = {  # codes Azure sends with a 400 that no retry will fix
+    "context_length_exceeded": "HINT: this input plus max_tokens is longer than the model's context window; "
+    "shorten it or lower --max-tokens",
+    "content_filter": "The prompt was refused by the content filter; asking again will not help.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer, checked against its API (``answer_problem``): past here, its shape is trusted."""
+
+    body: dict[str, Any]
+    raw: bytes
+    request_id: str | None
+    headers: Mapping[str, str]
+
+
+def reply_or_error(
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes | None,
+    api: Api,
+    request: Mapping[str, Any],
+    *,
+    redactor: Redactor,
+    limit: int,
+    where: str,
+) -> Reply:
+    """What a transport read (a status, headers and the decoded body, bounded: None past ``limit``) as a Reply.
+
+    :raises AttemptError: of the class the engine reacts to (``errors.py``); never a library's exception.
+    """
+    if is_redirect(status):
+        raise Redirected("redirect", redirect_message(status, headers.get(LOCATION), where), status=status)
+    if is_error(status):  # read only so far: a secret cut at the end is masked too
+        raise status_error(status, headers, redactor.cut_short(raw or b""))
+    if raw is None:
+        raise too_large(status, headers, limit)
+    return decode_reply(status, headers, raw, api, request, redactor)
+
+
+def decode_reply(
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    api: Api = "chat",
+    request: Mapping[str, Any] | None = None,
+    redactor: Redactor | None = None,
+) -> Reply:
+    """A 200 body -> Reply; any body that is not an answer of ``api`` to ``request`` is ``Malformed``
+    (``malformed_response``, asked again) with the answer's request id; an answer nested too deep to write
+    is ``response_too_deep``, recorded with its usage and not asked again."""
+    try:
+        body = read_json(raw)
+    except orjson.JSONDecodeError:
+        body = _NOT_JSON
+    except TooDeep as deep:
+        raise too_deep(status, headers, deep.value) from None
+    problem = "the body is not JSON" if body is _NOT_JSON else answer_problem(api, body, request or {})
+    if problem is not None:
+        raise Malformed(
+            "malformed_response",
+            f"HTTP {status} that is not {ANSWERS[api]}: {problem}; body: {(redactor or Redactor()).clip(raw, 200)!r}",
+            status=status,
+            request_id=request_id(headers),
+        )
+    return Reply(body, raw, request_id(headers), headers)
+
+
+_NOT_JSON = object()
+
+
+def too_large(status: int, headers: Mapping[str, str], limit: int) -> AttemptError:
+    """An answer past the size limit: not read, and not asked again (it would be as large)."""
+    return Refused(
+        "response_too_large",
+        f"the answer is larger than --max-response-mb ({limit / MiB:g} MB) once decoded"
+        + "; HINT: raise --max-response-mb, or ask for less per line (fewer embeddings inputs, a lower max_tokens)",
+        status=status,
+        request_id=request_id(headers),
+    )
+
+
+def too_deep(status: int, headers: Mapping[str, str], value: Any) -> AttemptError:
+    """An answer nested past ``MAX_DEPTH``: paid for, so recorded (its usage, not its body), and not asked again."""
+    usage = clean_usage(value)
+    return Refused(
+        "response_too_deep",
+        f"the answer nests JSON deeper than {MAX_DEPTH} levels, too deep to keep as a record; only its usage is "
+        "kept. HINT: run again with --retry-failed to ask again",
+        status=status,
+        body={"usage": usage} if usage else None,
+        request_id=request_id(headers),
+    )
+
+
+def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> AttemptError:
+    """An HTTP error response (its body already redacted, and cut) -> the failure, with the server's code and message.
+
+    What is kept of the body is bounded: its JSON if that encodes within ``ERROR_BODY_BYTES``, else its first
+    characters; the message is cut at ``MESSAGE_CHARS``.
+    """
+    read, body = _error_body(raw)
+    err = _field(read, "error")
+    given, named = err.get("message"), err.get("code")
+    message = clip(given if isinstance(given, str) and given else f"HTTP {status}")
+    code = clip(str(named), 100) if isinstance(named, str | int) and str(named) else f"http_{status}"
+    if hint := HINTS.get(code):
+        message = f"{message} {hint}"
+    inner, param = _field(err, "innererror").get("code"), err.get("param")
+    kind = error_class(status, headers, code, inner if isinstance(inner, str) else None, str(param) if param else None)
+    waits = issubclass(kind, RateLimited | Transient)  # only a "not yet" says when: a refusal's hint means nothing
+    return kind(
+        code,
+        f"HTTP {status}: {message}",
+        status=status,
+        body=body,
+        retry_after=parse_retry_after(headers) if waits else None,
+        request_id=request_id(headers),
+    )
+
+
+def _field(value: Any, name: str) -> dict[str, Any]:
+    """``value[name]`` if both are JSON objects, else an empty one: an error body may have any shape."""
+    found = value.get(name) if isinstance(value, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _error_body(raw: bytes) -> tuple[Any, Any]:
+    """(what the message and code are read from, what the record keeps) of an error body.
+
+    The record keeps the JSON if it is nested and sized within bounds, else the body's first characters.
+    """
+    try:
+        value = read_json(raw)
+    except orjson.JSONDecodeError:
+        return None, _excerpt(raw)
+    except TooDeep as deep:
+        return deep.value, _excerpt(raw)
+    if len(orjson.dumps(value)) > ERROR_BODY_BYTES:  # numbers may grow when written again (1E9 -> 1000000000.0)
+        return value, _excerpt(raw)
+    return value, value
+
+
+def _excerpt(raw: bytes) -> str:
+    return raw[:MESSAGE_CHARS].decode("utf-8", "replace")
+
+
+def clip(text: str, limit: int = MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -20,7 +20,6 @@ way, but waits for every request in flight: they are paid for.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,13 +29,14 @@ from .batch.jobs import BatchRunner
 from .batch.parts import refuse_live_while_open
 from .clock import Sleep
 from .config import RunConfig
-from .cost import Budget
+from .cost import Budget, Prices
 from .display.reporters import Reporter, default_reporter
 from .display.summary import summary_data
 from .errors import ConfigError, FatalAPIError, InputError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, row_lines, sniff, virtual_lines
 from .input.requests import Job, lines_prices, prepare, setup_mistake
 from .live.attempts import Attempts, Outcome, Stopped, Success
+from .live.cached import Cached
 from .live.router import Router
 from .records import INVALID_INPUT, error_record
 from .report.metrics import MetricsLog
@@ -46,6 +46,7 @@ from .store.cache import ResponseCache
 from .store.checkpoint import ResumeState
 from .store.session import Store, opened
 from .store.session import restart as store_restart
+from .structured.validate import OutputCheck
 
 
 class Interrupt:
@@ -97,8 +98,7 @@ async def run(
     first = first_lines(config.input_path)
     if mistake := setup_mistake(config.input_path, first, config.request, config.routes[0].endpoint):
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
-    if config.prices is None:  # a deployment not named after a model: the lines may name one
-        config = dataclasses.replace(config, prices=lines_prices(first))
+    prices = config.prices or lines_prices(first)  # a deployment not named after a model: the lines may name one
     async with serving(config.metrics_port, reporter.info) as endpoint:  # a taken port: refused before any write
         with opened(
             config.outputs,
@@ -116,15 +116,16 @@ async def run(
             # Before the clock starts: opening the connections imports the SDK, which is start-up, not run time.
             router = await Router.open(
                 config.routes,
-                config.retry,
+                config.transport,
                 config.patience,
+                concurrency=config.limits.concurrency,
                 redactor=reporter.redactor,
                 on_aside=reporter.warn,
                 sleep=sleep,
                 clock=clock,
             )
             try:
-                run = _Run(config, state, router, reporter, sleep, clock)
+                run = _Run(config, state, router, reporter, sleep, clock, prices)
                 if endpoint is not None:
                     endpoint.watch(run.stats)
                 stats = await run.run(interrupt)
@@ -159,6 +160,7 @@ class _Run:
         reporter: Reporter,
         sleep: Sleep,
         clock: Callable[[], float],
+        prices: Prices | None,
     ) -> None:
         tpm, rpm = config.quota
         self.stats = stats = RunStats(
@@ -169,31 +171,35 @@ class _Run:
             resumed=len(state.done) + state.done.unplaced.count,
             resent=state.resent,
             changed=state.changed,
-            prices=config.prices,
-            unpriced=None if config.prices else config.routes[0].endpoint.deployment,
+            prices=prices,
+            unpriced=None if prices else config.routes[0].endpoint.deployment,
             tpm_limit=tpm,
             rpm_limit=rpm,
-            routes=router.routes if router.pooled else [],
-            watch=None if router.pooled else router.routes[0].admission.status,  # a pool's: on each route's line
+            routes=router.routes,
             clock=clock,
         )
         self.config, self.state, self.reporter, self.router = config, state, reporter, router
-        self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor)
+        self.store = Store(config.outputs, state, config.fingerprint, stats, reporter.redactor, clock=clock)
         self.recorder = self.store.recorder
-        self.cache = None
+        self.check = OutputCheck(config.request.tools, config.request.response_format, config.request.models)
+        self.cache, cached = None, None
         if config.cache is not None and config.cache_mode != "off":
             self.cache = ResponseCache(config.cache, config.cache_mode, redactor=reporter.redactor, warn=reporter.warn)
+            identity = [route.endpoint.identity for route in config.routes]
+            cached = Cached(self.cache, identity, self.check, stats, prices)
+        self.cached = cached
         self.attempts = Attempts(
             router=router,
             request=config.request,
             retry=config.retry,
             stats=stats,
             stopping=lambda: self.stopping,
-            prices=config.prices,
+            prices=prices,
+            check=self.check,
             budget=Budget(config.max_cost),
             sleep=sleep,
             clock=clock,
-            cache=self.cache,
+            cached=cached,
         )
         self.attempts.on_send = self.store.sent
         self.metrics = MetricsLog(
@@ -260,7 +266,7 @@ class _Run:
                 self.tasks.append(tg.create_task(self.consume(queue)))
         if self.fatal is not None:  # raised once the answers already on their way were recorded
             raise self.fatal
-        for outcome in self.attempts.release_held():  # failures held back while nothing had succeeded yet
+        for outcome in self.attempts.verdict.release():  # failures held back while nothing had succeeded yet
             self.record(outcome)
 
     async def batch_phase(self) -> bool:
@@ -276,8 +282,9 @@ class _Run:
             info=self.reporter.info,
             warn=self.reporter.warn,
             sleep=self.sleep,
-            cached=self.attempts.from_cache,
-            keep=self.attempts.keep,
+            cached=self.cached.result if self.cached is not None else lambda job: None,
+            keep=self.cached.keep if self.cached is not None else lambda job, body, request_id: None,
+            check=self.check,
         )
         if options.cancel:
             cancelled = await runner.cancel()
@@ -378,7 +385,7 @@ class _Run:
         while not self.stopping and (job := await queue.get()) is not None:
             try:
                 outcome = await self.attempts.carry(job)
-                settled = self.attempts.settle(outcome)
+                settled = self.attempts.verdict.settle(outcome)
             except Stopped:
                 return
             except StopRun as stop:

@@ -36,7 +36,7 @@ def reason(counted: Counter[str], code: str) -> str:
 
 
 class RouteView(Protocol):
-    """What the display reads of one pooled deployment (``live.router.Route``)."""
+    """What the display reads of one deployment of the run (``live.router.Route``)."""
 
     @property
     def name(self) -> str: ...
@@ -53,6 +53,7 @@ class RouteView(Protocol):
     @property
     def charge_ratio(self) -> float | None: ...
     def state(self) -> str: ...
+    def notice(self) -> str | None: ...
 
 
 class Reservoir:
@@ -108,8 +109,6 @@ class RunStats:
     resumed: int = 0  # inputs already recorded when this run started
     resent: int = 0  # inputs that were in flight when the last run stopped
     changed: list[str] = field(default_factory=list)  # options changed at this resume (--accept-changes)
-    learned_tpm: float | None = None  # adaptive mode: the rate learned so far, in the server's tokens
-    charge_ratio: float | None = None  # the server's charge per unit of the client's estimate, once learned
     charged_tokens: float = 0.0  # admitted, in the server's units (estimate x ratio): what the quota counts
     unpriced: str | None = None  # no prices: the deployment name the price table does not know (said in the summary)
     cache_hits: int = 0  # lines answered from the response cache, no request sent
@@ -122,9 +121,8 @@ class RunStats:
     stopped: str | None = None  # why the run stopped early, resumably (outage, quota)
     aborted: str | None = None
     notice: str | None = None  # a state the user should see now (the Batch API phase's jobs)
-    watch: Callable[[], str | None] | None = field(default=None, repr=False)  # asked at each look: a wait, an outage
     failure_reasons: Counter[str] = field(default_factory=Counter)  # error code -> inputs failed with it
-    routes: Sequence[RouteView] = field(default_factory=list, repr=False)  # a pool's deployments
+    routes: Sequence[RouteView] = field(default_factory=list, repr=False)  # the run's deployments (one endpoint: one)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the run's (injected) clock
     started: float = field(init=False)
     finished: float | None = None
@@ -137,8 +135,26 @@ class RunStats:
         self._latencies, self._recent = Reservoir(RESERVOIR, self._rng), Reservoir(RECENT, self._rng)
 
     def current_notice(self) -> str | None:
-        """What the user should know now: the phase's notice, or what admission is waiting for."""
-        return self.notice or (self.watch() if self.watch is not None else None)
+        """What the user should know now: the phase's notice, or what one endpoint's admission is waiting for
+        (a pool's deployments say theirs on their own lines)."""
+        return self.notice or (self.routes[0].notice() if len(self.routes) == 1 else None)
+
+    @property
+    def pool(self) -> Sequence[RouteView]:
+        """The deployments shown one by one: a pool's (one endpoint's figures are the run's own)."""
+        return self.routes if len(self.routes) > 1 else []
+
+    @property
+    def learned_tpm(self) -> float | None:
+        """The limit learned so far, in the server's tokens per minute: the deployments' together, once each has one."""
+        limits = [route.learned_tpm for route in self.routes]
+        return sum(t for t in limits if t is not None) if limits and None not in limits else None
+
+    @property
+    def charge_ratio(self) -> float | None:
+        """The server's charge per unit of the client's estimate, once every deployment has shown it: their mean."""
+        ratios = [route.charge_ratio for route in self.routes]
+        return sum(r for r in ratios if r is not None) / len(ratios) if ratios and None not in ratios else None
 
     @property
     def done(self) -> int:

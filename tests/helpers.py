@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: write inputs, read outputs."""
+"""Helpers shared by the tests: write inputs, read outputs, the one fake clock."""
 
 from __future__ import annotations
 
@@ -6,16 +6,22 @@ import asyncio
 import json
 import os
 import selectors
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from asyncbatch.admission.admission import Admission
+from asyncbatch.clock import Sleep
+from asyncbatch.config import Deployment, Endpoint, Patience
+from asyncbatch.live.router import Route, Router
+from asyncbatch.live.transport import Answer, MemoryTransport
 from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
 
 T = TypeVar("T")
+Handler = Callable[[dict[str, Any]], Answer]
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -57,52 +63,96 @@ def simulator_env(config: SimConfig, monkeypatch: pytest.MonkeyPatch) -> Iterato
         yield {**env, **azure}, simulator
 
 
-class Time:
-    """An injected clock that moves only when someone sleeps on it; ``slept`` lists each wait."""
+class FakeClock:
+    """The tests' one clock. Call it for the time (``clock=fake``); inject ``fake.sleep`` (each wait is kept in
+    ``slept``); set ``now`` by hand; ``at(when, action)`` runs ``action`` once the clock reaches ``when``.
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    Under ``fake.run(main())`` it is the clock of an event loop that jumps to its next timer whenever every
+    task waits (trio's ``MockClock`` idea): many workers sleeping and racing, minutes of them in
+    milliseconds, and ``asyncio.sleep`` itself is fake. Under any other loop (one with real sockets, whose
+    timers must stay real), ``fake.sleep`` moves the clock by what was asked and only yields.
+
+    :param step: seconds the clock moves at every reading (a clock that is never read twice alike).
+    """
+
+    def __init__(self, now: float = 1000.0, *, step: float = 0.0) -> None:
+        self.now, self.step = now, step
         self.slept: list[float] = []
+        self._events: list[tuple[float, Callable[[], object]]] = []
+        self._loop: _VirtualLoop | None = None
 
     def __call__(self) -> float:
+        self.now += self.step
         return self.now
+
+    def at(self, when: float, action: Callable[[], object]) -> None:
+        if self._loop is not None:
+            self._loop.call_at(when, action)
+        else:
+            self._events.append((when, action))
+            self._events.sort(key=lambda event: event[0])
 
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
-        self.now += seconds
+        if self._loop is not None and asyncio.get_running_loop() is self._loop:
+            await asyncio.sleep(seconds)
+            return
+        target = self.now + seconds
+        while self._events and self._events[0][0] <= target:  # what falls inside this sleep, in order
+            when, action = self._events.pop(0)
+            self.now = max(self.now, when)
+            action()
+        self.now = max(self.now, target)
+        await asyncio.sleep(0)
 
-
-class _Instant(selectors.DefaultSelector):
-    """A selector that never waits: the loop's virtual clock jumps over the wait instead."""
-
-    def __init__(self, loop: VirtualLoop) -> None:
-        super().__init__()
-        self.loop = loop
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        if timeout is not None and timeout > 0:
-            self.loop.now += timeout
-        return super().select(0)
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock moves only when every task waits, straight to the next timer (trio's MockClock
-    idea): many concurrent workers sleeping and racing, minutes of them in milliseconds, nothing really waiting.
-
-    Its ``time`` is the clock to inject (``clock=loop.time``, ``sleep=asyncio.sleep``); ``run`` drives a coroutine.
-    """
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        super().__init__(_Instant(self))
-
-    def time(self) -> float:
-        return self.now
-
-    @classmethod
-    def run(cls, main: Coroutine[Any, Any, T]) -> T:
-        loop = cls()
+    def run(self, main: Coroutine[Any, Any, T]) -> T:
+        """Drive ``main`` on an event loop whose time is this clock."""
+        self._loop = loop = _VirtualLoop(self)
+        for when, action in self._events:
+            loop.call_at(when, action)
+        self._events.clear()
         try:
             return loop.run_until_complete(main)
         finally:
             loop.close()
+            self._loop = None
+
+
+class _Instant(selectors.DefaultSelector):
+    """A selector that never waits: the loop's clock jumps over the wait instead."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout > 0:
+            self.clock.now += timeout
+        return super().select(0)
+
+
+class _VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        super().__init__(_Instant(clock))
+
+    def time(self) -> float:
+        return self.clock.now
+
+
+def one_route(admission: Admission, clock: FakeClock, handler: Handler | None = None, name: str = "d") -> Route:
+    """A deployment named ``name`` behind ``admission``, answered in memory by ``handler`` (default: nothing)."""
+    endpoint = Endpoint(kind="azure", base_url="http://memory.test", api_key="k", deployment=name)
+    transport = MemoryTransport(handler or _unanswered, url=f"http://{name}.test")
+    return Route(Deployment(name=name, endpoint=endpoint), transport, admission)
+
+
+def admitting(admission: Admission, clock: FakeClock, sleep: Sleep | None = None) -> Router:
+    """A router over ``admission`` alone (one endpoint is a pool of one): ``await router.acquire(estimate)``."""
+    patience = Patience(max_wait=admission.max_wait, max_outage=admission.max_outage)
+    route = one_route(admission, clock)
+    return Router([route], sleep=sleep or clock.sleep, on_aside=print, clock=clock, patience=patience)
+
+
+def _unanswered(body: dict[str, Any]) -> Answer:
+    raise AssertionError("this test's endpoint expects no request")

@@ -23,8 +23,17 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
-from asyncbatch.live.client import ERROR_BODY_BYTES, status_error
-from asyncbatch.protocol import MAX_DEPTH, BodyDecoder, TooDeep, Unreadable, nests_deeper, read_json, request_id
+from asyncbatch.protocol import (
+    ERROR_BODY_BYTES,
+    MAX_DEPTH,
+    BodyDecoder,
+    TooDeep,
+    Unreadable,
+    nests_deeper,
+    read_json,
+    request_id,
+    status_error,
+)
 from asyncbatch.simulator.invariants import run_cli
 from tests.helpers import read_jsonl, write_jsonl
 from tests.scripted import Answer, Received, Server, bomb, completion, deflated, gzipped, nested, serve

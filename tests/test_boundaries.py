@@ -17,7 +17,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from unittest import mock
 
-import orjson
 import pytest
 
 from asyncbatch.cli.main import main
@@ -257,7 +256,6 @@ def test_an_output_that_is_not_ours_is_refused_and_left_byte_for_byte(
         "in.results.jsonl.state/sent",
         "in.results.jsonl.state/batches",
         "in.results.jsonl.state/checkpoint.tmp",
-        "in.results.jsonl.checkpoint.ids",  # the layout before state directories
         "in.results.jsonl.state",  # the directory itself
     ],
 )
@@ -352,37 +350,6 @@ def test_an_input_cut_short_during_a_run_and_restored_resumes(
     assert sorted(r["line"] for r in results + errors) == list(range(1, n + 1))
     assert [e["error"]["code"] for e in errors] in ([], ["invalid_input"])  # the line it met half-written, if any
     assert simulator.billed_twice() == 0
-
-
-def test_outputs_in_the_layout_before_state_directories_still_resume(
-    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
-) -> None:
-    env, simulator = sim
-    path = _inputs(tmp_path, 40)
-    assert _cli(tmp_path, env).returncode == 0
-    state = tmp_path / "in.results.jsonl.state"
-    checkpoint = json.loads((state / "checkpoint").read_text())
-    del checkpoint["outputs"]
-    (tmp_path / "in.results.jsonl.checkpoint").write_text(json.dumps({**checkpoint, "version": 2}))
-    (state / "ids").rename(tmp_path / "in.results.jsonl.checkpoint.ids")
-    (state / "sent").rename(tmp_path / "in.results.jsonl.checkpoint.sent")
-    (tmp_path / "in.results.jsonl.checkpoint.lock").write_text("pid 1\n")
-    for file in state.iterdir():
-        file.unlink()
-    state.rmdir()
-    results = tmp_path / "in.results.jsonl"
-    records = [json.loads(line) for line in results.read_text().splitlines()]
-    results.write_bytes(
-        b"".join(orjson.dumps({k: v for k, v in r.items() if k != "line_hash"}) + b"\n" for r in records)
-    )
-    with path.open("a") as f:
-        f.writelines(json.dumps(batch_line(f"r{i}", f"prompt {i}")) + "\n" for i in range(40, 50))
-    sent = simulator.requests
-    proc = _cli(tmp_path, env)
-    assert proc.returncode == 0, proc.stderr
-    assert "into in.results.jsonl.state" in proc.stderr and simulator.requests == sent + 10
-    assert sorted(p.name for p in tmp_path.glob("in.results.jsonl.checkpoint*")) == []
-    assert _ids(tmp_path) == sorted(f"r{i}" for i in range(50))
 
 
 # -- disk full and signals ---------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_kill_9_while_the_cache_is_written_leaves_it_readable_and_the_run_exactl
         target = simulator.requests + rng.randint(20, 200)
         _wait_for(lambda p=proc, t=target: simulator.requests >= t or p.poll() is not None)  # type: ignore[misc]
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        assert proc.wait(timeout=10) == -signal.SIGKILL, "the run had finished: nothing was killed"
         with sqlite3.connect(cache) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert main(["in.jsonl", "-q", "-c", "50", "--cache", str(cache)]) == 0

@@ -180,6 +180,21 @@ def test_answers_of_50_mb_are_not_read_and_memory_stays_bounded(tmp_path: Path) 
     assert run.peak_rss_mb < 500
 
 
+def test_a_run_s_peak_memory_is_its_own_not_its_large_parent_s(tmp_path: Path) -> None:
+    """Regression: a CLI forked from a pytest worker that had run Ray or Spark reported that worker's 476 MB."""
+    ballast = b"x" * (600 << 20)  # resident: this process is now larger than any bound the checks use
+    run = run_cli(["--version"], tmp_path, dict(os.environ), bound=60)
+    assert run.code == 0 and run.stdout.startswith("asyncbatch"), run.stderr
+    assert run.peak_rss_mb < 300 < len(ballast) >> 20
+
+
+def test_kill_9_reaches_the_run_itself(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text("")
+    env = {**os.environ, "AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9", "AZURE_OPENAI_API_KEY": KEY}
+    run = run_cli(["--simulate", "--sim-latency-ms", "60000", "in.jsonl"], tmp_path, env, bound=60, kill_after=0.01)
+    assert run.killed and not run.timed_out and run.code is None
+
+
 def test_the_checker_catches_what_it_is_for(tmp_path: Path) -> None:
     """The invariants can fail: a doubled line, a lost line, a torn line, a planted secret, a traceback, a paid
     answer in no output."""

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asyncbatch.config import Outputs, StatePaths, fingerprint
 from asyncbatch.errors import ConfigError
+from asyncbatch.input.ids import line_digest
 from asyncbatch.store.checkpoint import (
     Checkpoint,
     CheckpointUnreadable,
@@ -18,12 +20,10 @@ from asyncbatch.store.checkpoint import (
     SentJournal,
     changed_parts,
     drop_errors,
-    fingerprint,
     recover,
     save_checkpoint,
 )
-from asyncbatch.store.files import Outputs, StatePaths, cut, move_aside, torn_tail
-from asyncbatch.store.ids import line_digest
+from asyncbatch.store.files import cut, move_aside, torn_tail
 
 FP = {"deployment": "x", "template": "t"}
 INPUT = Path(__file__)  # an input that exists; the checkpoints here have read none of it

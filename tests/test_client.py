@@ -1,4 +1,4 @@
-"""The connection's URL and headers are the SDK's own, and responses are classified right."""
+"""The transport's URL and headers are the SDK's own, and answers are typed right (``protocol.reply_or_error``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 from openai._models import FinalRequestOptions
 
 from asyncbatch.config import Endpoint
-from asyncbatch.errors import AttemptError
-from asyncbatch.live.client import decode_reply, request_target, sdk_client, status_error
+from asyncbatch.errors import LineRefused, Malformed, RateLimited, Rejected
+from asyncbatch.protocol import decode_reply, status_error
+from asyncbatch.sdk import request_target, sdk_client
 
 # Each SDK-generated header we send, and the ones the SDK adds per request that we do not.
 PER_REQUEST = {
@@ -62,26 +63,27 @@ def test_request_target_matches_what_the_sdk_itself_sends(endpoint: Endpoint, sd
 def test_status_error_reads_the_server_code_and_retry_after() -> None:
     raw = b'{"error": {"code": "429", "message": "slow down"}}'
     err = status_error(429, {"retry-after-ms": "250", "x-request-id": "rid"}, raw)
-    assert (err.code, err.status, err.retryable, err.retry_after, err.request_id) == ("429", 429, True, 0.25, "rid")
+    assert isinstance(err, RateLimited)
+    assert (err.code, err.status, err.retry_after, err.request_id) == ("429", 429, 0.25, "rid")
     assert err.message == "HTTP 429: slow down" and err.body == {"error": {"code": "429", "message": "slow down"}}
 
 
 def test_status_error_with_a_non_json_body_and_no_retry() -> None:
     err = status_error(400, {"retry-after": "9"}, b"<html>bad</html>")
-    assert (err.code, err.retryable, err.retry_after, err.body) == ("http_400", False, None, "<html>bad</html>")
+    assert isinstance(err, Rejected) and (err.code, err.retry_after, err.body) == ("http_400", None, "<html>bad</html>")
 
 
 @pytest.mark.parametrize("raw", [b'{"id": "x", "choi', b"[]", b'{"choices": []}', b'{"object": "chat.completion"}'])
 def test_a_body_that_is_not_a_completion_is_a_retryable_malformed_response(raw: bytes) -> None:
-    with pytest.raises(AttemptError) as caught:
+    with pytest.raises(Malformed) as caught:
         decode_reply(200, {}, raw, "chat", {})
-    assert caught.value.code == "malformed_response" and caught.value.retryable
+    assert caught.value.code == "malformed_response"
 
 
 def test_unfixable_400s_carry_a_hint() -> None:
     raw = b'{"error": {"code": "context_length_exceeded", "message": "too long."}}'
     err = status_error(400, {}, raw)
-    assert err.code == "context_length_exceeded" and not err.retryable and "--max-tokens" in err.message
+    assert err.code == "context_length_exceeded" and isinstance(err, LineRefused) and "--max-tokens" in err.message
 
 
 def test_entra_requests_carry_the_bearer_token_exactly_as_the_sdk_sends_it() -> None:
@@ -100,5 +102,5 @@ def test_entra_requests_carry_the_bearer_token_exactly_as_the_sdk_sends_it() -> 
         return str(built.url), theirs, request_target(sdk, endpoint)
 
     url, expected, (ours_url, ours) = asyncio.run(both())
-    ours = {k.lower(): v for k, v in {**ours, "Authorization": "Bearer tok-123"}.items()}  # what Connection.send adds
+    ours = {k.lower(): v for k, v in {**ours, "Authorization": "Bearer tok-123"}.items()}  # what the transport adds
     assert ours_url == url and ours == expected

@@ -27,15 +27,7 @@ from asyncbatch.display.reporters import RichReporter, fold
 from asyncbatch.display.status import Status, look, screen, text_line
 from asyncbatch.stats import RunStats, Trend
 
-from .helpers import write_jsonl
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .helpers import FakeClock, write_jsonl
 
 
 def status(**changes: object) -> Status:
@@ -267,8 +259,9 @@ def test_the_summary_says_which_units_the_learned_limit_is_in(ratio: float | Non
     """Learned from budget headers, the limit counts what the server charges; with none, the client's estimate."""
     from asyncbatch.display.summary import summary_data, summary_table
 
-    stats = RunStats(clock=FakeClock())
-    stats.learned_tpm, stats.charge_ratio = 400_000.0, ratio
+    from .test_metrics_log import FakeRoute
+
+    stats = RunStats(clock=FakeClock(), routes=[FakeRoute("d", learned_tpm=400_000.0, charge_ratio=ratio)])
     assert summary_data(stats)["learned_tpm_units"] == units
     console = Console(width=200, record=True)
     console.print(summary_table(stats))

@@ -14,7 +14,7 @@ import pytest
 from asyncbatch import Endpoint, Limits, RetryPolicy, RunConfig, run
 from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
-from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "test-key-0123456789abcdef"
 REPO = Path(__file__).resolve().parent.parent
@@ -90,13 +90,7 @@ def test_429_retry_after_is_honoured_exactly(tmp_path: Path, sim: tuple[str, Sim
     url, simulator = sim
     simulator.config.script.update({"throttle me": ["429"]})
     write_jsonl(tmp_path / "in.jsonl", [batch_line("t", "throttle me")])
-    waits: list[float] = []
-    now = [0.0]
-
-    async def sleep(seconds: float) -> None:  # an injected clock: waiting costs no wall time
-        waits.append(seconds)
-        now[0] += seconds
-
+    clock = FakeClock(0.0)  # an injected clock: waiting costs no wall time
     config = RunConfig(
         input_path=tmp_path / "in.jsonl",
         output_path=tmp_path / "out.jsonl",
@@ -105,8 +99,8 @@ def test_429_retry_after_is_honoured_exactly(tmp_path: Path, sim: tuple[str, Sim
         limits=Limits(concurrency=2),
         retry=RetryPolicy(max_attempts=3),
     )
-    stats = asyncio.run(run(config, sleep=sleep, clock=lambda: now[0]))
-    assert [w for w in waits if w] == [1.234]  # the simulator's retry-after-ms, not a backoff guess
+    stats = asyncio.run(run(config, sleep=clock.sleep, clock=clock))
+    assert [w for w in clock.slept if w] == [1.234]  # the simulator's retry-after-ms, not a backoff guess
     assert (stats.succeeded, stats.throttled, stats.retries) == (1, 1, 1)
     assert read_jsonl(tmp_path / "out.jsonl")[0]["attempts"] == 2
 

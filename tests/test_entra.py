@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 import asyncbatch
+from asyncbatch.auth import SCOPE, credential_provider, jwt_expiry
 from asyncbatch.cli.main import main
-from asyncbatch.live.auth import SCOPE, Tokens, credential_provider, jwt_expiry
+from asyncbatch.live.tokens import Tokens
 from asyncbatch.simulator import SimConfig, Simulator, tokens
 from asyncbatch.simulator.tokens import make_token
-from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
 
 
 @pytest.fixture
@@ -34,19 +35,19 @@ def _exactly_once(tmp_path: Path, n: int) -> list[dict[str, Any]]:
 
 
 def test_tokens_are_refreshed_before_they_expire() -> None:
-    now = [1000.0]
+    clock = FakeClock(1000.0)
     issued: list[str] = []
 
     def provider() -> str:
-        issued.append(make_token(8, now=now[0]))
+        issued.append(make_token(8, now=clock.now))
         return issued[-1]
 
-    tokens = Tokens(provider, clock=lambda: now[0])
+    tokens = Tokens(provider, clock=clock)
     first = asyncio.run(tokens.get())
     assert jwt_expiry(first) == 1008.0
-    now[0] = 1005.9  # more than a quarter of its life left: kept
+    clock.now = 1005.9  # more than a quarter of its life left: kept
     assert asyncio.run(tokens.get()) == first
-    now[0] = 1006.1  # a quarter left: a new one
+    clock.now = 1006.1  # a quarter left: a new one
     assert asyncio.run(tokens.get()) != first and len(issued) == 2
 
 
@@ -110,7 +111,7 @@ def test_a_credential_is_asked_for_azure_openais_scope(tmp_path: Path, sim: tupl
 def test_with_no_key_the_cli_signs_in_with_default_azure_credential(
     tmp_path: Path, sim: tuple[str, Simulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncbatch.live import auth
+    from asyncbatch import auth
 
     used: list[str] = []
 

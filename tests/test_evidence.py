@@ -1,6 +1,6 @@
 """Budget headers as evidence, not orders: one that the server's own admissions contradict is discounted.
 
-Workers run on a virtual event loop (``helpers.VirtualLoop``); the server here admits everything
+Workers run on the fake clock's event loop (``helpers.FakeClock.run``); the server here admits everything
 and says what it is told to in ``x-ratelimit-remaining-*``.
 """
 
@@ -17,34 +17,34 @@ from asyncbatch.admission.evidence import LEAST, Testimony
 from asyncbatch.config import Patience
 from asyncbatch.errors import RateLimited
 
-from .helpers import VirtualLoop
+from .helpers import FakeClock, admitting
 
 
-async def _rate(admission: Admission, says: dict[str, str], *, lines: int, concurrency: int) -> float:
+async def _rate(admission: Admission, clock: FakeClock, says: dict[str, str], *, lines: int, concurrency: int) -> float:
     """Requests a second that ``admission`` lets through to a server that refuses nothing and says ``says``."""
-    loop = asyncio.get_running_loop()
-    queue, start = list(range(lines)), loop.time()
+    queue, start, router = list(range(lines)), clock.now, admitting(admission, clock)
 
     async def worker() -> None:
         while queue:
             queue.pop()
-            ticket = await admission.acquire(22)
+            _, ticket = await router.acquire(22)
             await asyncio.sleep(0.05)
             admission.on_reply(says, ticket)
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
             tg.create_task(worker())
-    return lines / (loop.time() - start)
+    return lines / (clock.now - start)
 
 
 def _run(says: dict[str, str], tpm: int | None, rpm: int | None) -> tuple[float, Admission]:
-    async def main() -> tuple[float, Admission]:
-        loop = asyncio.get_running_loop()
-        admission = Admission(tpm, rpm, Patience(concurrency=50), clock=loop.time, sleep=asyncio.sleep)
-        return await _rate(admission, says, lines=2000, concurrency=50), admission
+    clock = FakeClock()
 
-    return VirtualLoop.run(main())
+    async def main() -> tuple[float, Admission]:
+        admission = Admission(tpm, rpm, Patience(), concurrency=50, clock=clock)
+        return await _rate(admission, clock, says, lines=2000, concurrency=50), admission
+
+    return clock.run(main())
 
 
 SAYS = {
@@ -97,7 +97,7 @@ def test_a_request_budget_of_zero_on_every_answer_is_not_a_rate_of_one_a_second(
 
 
 def test_a_refused_request_makes_the_header_heard_again() -> None:
-    admission = Admission(60_000, None, Patience(), clock=lambda: 0.0)
+    admission = Admission(60_000, None, Patience(), clock=FakeClock())
     for _ in range(20):
         admission.on_reply({"x-ratelimit-remaining-tokens": "0"}, admission.take(100))
     assert not admission.said_tokens.believed

@@ -187,7 +187,7 @@ def test_duplicates_are_found_across_a_resume_from_the_id_log(tmp_path: Path) ->
 
 
 def test_the_id_set_is_compact_and_exact_on_what_it_holds() -> None:
-    from asyncbatch.store.ids import IdSet, digest
+    from asyncbatch.input.ids import IdSet, digest
 
     ids = IdSet()
     values = [digest(f"id-{i}") for i in range(50_000)]

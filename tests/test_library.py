@@ -14,7 +14,7 @@ import pytest
 import asyncbatch
 from asyncbatch.cli.parser import build_parser
 from asyncbatch.simulator import SimConfig, serve_in_thread
-from tests.helpers import batch_line, read_jsonl, write_jsonl
+from tests.helpers import FakeClock, batch_line, read_jsonl, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON_DOC = (ROOT / "docs" / "python.md").read_text()
@@ -50,7 +50,7 @@ def test_runconfig_takes_str_paths_and_the_cli_defaults(tmp_path: Path) -> None:
     assert (cli.concurrency, cli.max_attempts, cli.timeout, cli.grace, cli.fsync) == (
         config.limits.concurrency,
         config.retry.max_attempts,
-        config.retry.timeout,
+        config.transport.timeout,
         config.grace,
         config.fsync,
     )
@@ -73,12 +73,12 @@ def test_strict_with_a_schema_that_does_not_qualify_raises_before_any_request(tm
 
 def test_run_is_awaited_inside_a_running_loop_with_its_clock_injected(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(5)])
-    ticks = iter(range(1000, 100_000, 10))
+    clock = FakeClock(1000.0, step=10.0)  # a clock never read twice alike
 
     async def main() -> asyncbatch.RunStats:
         async with asyncbatch.simulated() as endpoint:
             config = asyncbatch.RunConfig(input_path=tmp_path / "in.jsonl", endpoint=endpoint)
-            return await asyncbatch.run(config, clock=lambda: float(next(ticks)))
+            return await asyncbatch.run(config, clock=clock)
 
     stats = asyncio.run(main())
     assert stats.succeeded == 5 and len(read_jsonl(tmp_path / "in.results.jsonl")) == 5

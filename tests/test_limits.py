@@ -4,50 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 
 import pytest
 
 from asyncbatch.admission.adaptive import AdaptiveRate
-from asyncbatch.admission.admission import Admission, CooldownGate, header_pause
-from asyncbatch.admission.bucket import Bucket, request_bucket, token_bucket
+from asyncbatch.admission.admission import Admission, header_pause
+from asyncbatch.admission.gates import Bucket, CooldownGate, request_bucket, token_bucket
 from asyncbatch.errors import RateLimited
 from asyncbatch.protocol import int_header, parse_retry_after
+from tests.helpers import FakeClock, admitting
 
 
-class FakeTime:
-    """A clock that only moves when someone sleeps on it; ``at`` schedules a callback at a virtual time."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-        self.events: list[tuple[float, Callable[[], None]]] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def at(self, when: float, action: Callable[[], None]) -> None:
-        self.events.append((when, action))
-        self.events.sort(key=lambda e: e[0])
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        target = self.now + seconds
-        while self.events and self.events[0][0] <= target:  # fire what falls inside this sleep, in order
-            when, action = self.events.pop(0)
-            self.now = max(self.now, when)
-            action()
-        self.now = target
-        await asyncio.sleep(0)
-
-
-def admissions(t: FakeTime, admission: Admission, amount: float, until: float, workers: int = 50) -> list[float]:
+def admissions(t: FakeClock, admission: Admission, amount: float, until: float, workers: int = 50) -> list[float]:
     """Virtual times at which greedy workers get through ``admission`` before ``until``."""
     times: list[float] = []
+    router = admitting(admission, t)
 
     async def worker() -> None:
         while t.now < until:
-            await admission.acquire(amount)
+            await router.acquire(amount)
             if t.now < until:
                 times.append(t.now)
 
@@ -71,17 +46,17 @@ def most_in_any_window(times: list[float], width: float) -> int:
 
 
 def test_request_meter_never_exceeds_rpm_per_second_and_stays_close_to_it() -> None:
-    t = FakeTime()
-    admission = Admission(None, 7200, clock=t.clock, sleep=t.sleep)
+    t = FakeClock(100.0)
+    admission = Admission(None, 7200, clock=t)
     times = admissions(t, admission, 1, until=t.now + 5)
     assert most_in_any_window(times, 1.0) <= 120  # Azure's check: RPM/60 in any one second
     assert len(times) >= 0.95 * 120 * 5
 
 
 def test_token_meter_bursts_a_sixth_of_a_minute_then_paces_at_the_quota() -> None:
-    t = FakeTime()
+    t = FakeClock(100.0)
     tpm, amount, start = 1_200_000, 325, t.now
-    times = admissions(t, Admission(tpm, None, clock=t.clock, sleep=t.sleep), amount, until=start + 20)
+    times = admissions(t, Admission(tpm, None, clock=t), amount, until=start + 20)
     first_instant = sum(1 for x in times if x <= start + 0.01)
     assert first_instant * amount <= tpm / 6  # the burst is a 10 s window's worth, not a minute's
     assert first_instant * amount >= 0.95 * tpm / 6
@@ -90,17 +65,17 @@ def test_token_meter_bursts_a_sixth_of_a_minute_then_paces_at_the_quota() -> Non
 
 
 def test_oversized_request_waits_for_a_full_bucket_instead_of_failing() -> None:
-    t = FakeTime()
-    admission = Admission(600, None, clock=t.clock, sleep=t.sleep)  # capacity 100
-    asyncio.run(admission.acquire(10_000))
-    assert t.sleeps == []  # full at the start
-    asyncio.run(admission.acquire(10_000))
+    t = FakeClock(100.0)
+    admission = Admission(600, None, clock=t)  # capacity 100
+    asyncio.run(admitting(admission, t).acquire(10_000))
+    assert t.slept == []  # full at the start
+    asyncio.run(admitting(admission, t).acquire(10_000))
     assert t.now == pytest.approx(100 + 100 / (0.98 * 10))  # waited for a full bucket, then went
 
 
 def test_bucket_rate_change_applies_to_what_is_already_waiting() -> None:
-    t = FakeTime()
-    bucket = Bucket(1000, 1000, t.clock)
+    t = FakeClock(100.0)
+    bucket = Bucket(1000, 1000, t)
     bucket.take(1000)
     assert bucket.wait_for(322) == pytest.approx(0.322)
     bucket.set_rate(50, 50)  # a cut below what the waiter asked for: it waits for a full (smaller) bucket
@@ -109,32 +84,32 @@ def test_bucket_rate_change_applies_to_what_is_already_waiting() -> None:
 
 def test_a_rate_cut_below_a_queued_request_never_stalls_it() -> None:
     """The defect of the aiolimiter-based limiter: a waiter larger than the new bucket waited forever."""
-    t = FakeTime()
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
-    asyncio.run(admission.acquire(2000))
+    t = FakeClock(100.0)
+    admission = Admission(None, None, clock=t)
+    asyncio.run(admitting(admission, t).acquire(2000))
     t.now += 1.0
     admission.on_throttle(0.0)  # learn a rate: half of 2000 tokens/s = 1000
     admission.adaptive.rate = 1000.0  # type: ignore[union-attr]
-    asyncio.run(admission.acquire(1000))  # drain the learned bucket
+    asyncio.run(admitting(admission, t).acquire(1000))  # drain the learned bucket
     t.at(t.now + 0.1, lambda: setattr(admission.adaptive, "rate", 50.0))
-    asyncio.run(asyncio.wait_for(admission.acquire(322), timeout=5))
+    asyncio.run(asyncio.wait_for(admitting(admission, t).acquire(322), timeout=5))
     assert t.now - 100 < 10  # admitted after about a second at 50/s, not never
 
 
 def test_nothing_is_admitted_while_the_gate_is_closed_even_a_request_already_waiting_in_a_meter() -> None:
-    t = FakeTime()
-    admission = Admission(6000, None, clock=t.clock, sleep=t.sleep)  # 1000 tokens, refilled at 98/s
-    asyncio.run(admission.acquire(1000))  # the bucket is empty now
+    t = FakeClock(100.0)
+    admission = Admission(6000, None, clock=t)  # 1000 tokens, refilled at 98/s
+    asyncio.run(admitting(admission, t).acquire(1000))  # the bucket is empty now
     start = t.now
     t.at(start + 1.0, lambda: admission.on_throttle(10.0))  # a 429 while the next request waits for tokens
-    asyncio.run(admission.acquire(500))  # would have been admitted at start + 5.1 s
+    asyncio.run(admitting(admission, t).acquire(500))  # would have been admitted at start + 5.1 s
     assert t.now >= start + 11.0
     assert admission.gate.remaining() == 0
 
 
 def test_gate_is_open_until_closed_and_never_shortens() -> None:
-    t = FakeTime()
-    gate = CooldownGate(t.clock)
+    t = FakeClock(100.0)
+    gate = CooldownGate(t)
     assert gate.remaining() == 0
     gate.close_for(3.0)
     gate.close_for(1.0)  # a shorter pause must not cut the longer one
@@ -144,9 +119,9 @@ def test_gate_is_open_until_closed_and_never_shortens() -> None:
 
 
 def test_429s_without_any_hint_pause_with_jitter_doubling_until_a_success() -> None:
-    t = FakeTime()
+    t = FakeClock(100.0)
     wall = 1_000_000 * 60 + 5.0  # 5 s into a minute: the next boundary is far
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=lambda: wall, rng=random.Random(1))
+    admission = Admission(None, None, clock=t, wall=lambda: wall, rng=random.Random(1))
     pauses = []
     for _ in range(6):
         pauses.append(admission.on_throttle(None))
@@ -166,7 +141,7 @@ def test_429s_without_any_hint_pause_with_jitter_doubling_until_a_success() -> N
     assert admission.on_throttle(None) == pytest.approx(0.7)  # never past a minute's turn: always worth a try
 
 
-def _window_used_up(admission: Admission, t: FakeTime, admitted: int) -> None:
+def _window_used_up(admission: Admission, t: FakeClock, admitted: int) -> None:
     """A gateway's fixed window: ``admitted`` requests of 100 go through, then every probe is refused with no
     hint until the wall-clock minute turns, and the first one after it is admitted (``t.clock`` is the wall too)."""
     for _ in range(admitted):
@@ -179,9 +154,9 @@ def _window_used_up(admission: Admission, t: FakeTime, admitted: int) -> None:
 
 
 def test_fixed_minute_windows_are_noticed_from_two_windows_then_waited_out_instead_of_probed() -> None:
-    t = FakeTime()
+    t = FakeClock(100.0)
     t.now = 1_000_000 * 60 + 40.0  # 40 s into a wall-clock minute
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(2))
+    admission = Admission(None, None, clock=t, wall=t, rng=random.Random(2))
     _window_used_up(admission, t, 10)
     assert not admission.windows.detected  # one window refusing until the minute turned could be chance
     assert admission.learned_tpm is None  # and a rate guessed from bare refusals is no limit to show yet
@@ -192,14 +167,14 @@ def test_fixed_minute_windows_are_noticed_from_two_windows_then_waited_out_inste
     for _ in range(5):
         admission.on_reply({}, admission.take(100))  # half the budget used
     assert admission.on_throttle(None) == pytest.approx(60 - t.now % 60 + 0.2)  # the window's turn, no probing
-    assert admission.status() is not None and "minute" in admission.status()  # type: ignore[operator]
+    assert admission.status() is not None and "minute" in admission.status()
 
 
 def test_a_window_used_up_short_of_its_budget_lowers_it() -> None:
     """Another client has come to share the gateway: this window refused after 700 of the 1,100 it used to take."""
-    t = FakeTime()
+    t = FakeClock(100.0)
     t.now = 1_000_000 * 60 + 40.0
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(7))
+    admission = Admission(None, None, clock=t, wall=t, rng=random.Random(7))
     _window_used_up(admission, t, 10)
     _window_used_up(admission, t, 10)
     for _ in range(6):
@@ -208,17 +183,17 @@ def test_a_window_used_up_short_of_its_budget_lowers_it() -> None:
     assert admission.gate.remaining() > 50  # the window's turn
     assert admission.learned_tpm == pytest.approx(700)  # the probe and six more: what this window took
     t.now += admission.gate.remaining()
-    assert admission.ready_in(100) == 0
+    assert admission.readiness(100)[0] == 0
     for _ in range(7):
         admission.take(100)
-    assert admission.ready_in(100) > 50  # the next window is paced inside the lower budget
+    assert admission.readiness(100)[0] > 50  # the next window is paced inside the lower budget
 
 
 def test_a_hintless_429_well_short_of_the_windows_budget_is_not_the_window() -> None:
     """Judged by what the window admitted: a refusal after a tenth of the budget is not "the window is used up"."""
-    t = FakeTime()
+    t = FakeClock(100.0)
     t.now = 1_000_000 * 60 + 40.0
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(5))
+    admission = Admission(None, None, clock=t, wall=t, rng=random.Random(5))
     _window_used_up(admission, t, 20)
     _window_used_up(admission, t, 20)
     assert admission.windows.detected
@@ -231,37 +206,38 @@ def test_a_hintless_429_well_short_of_the_windows_budget_is_not_the_window() -> 
 
 
 def test_once_fixed_windows_are_known_each_window_is_paced_inside_its_budget() -> None:
-    t = FakeTime()
+    t = FakeClock(100.0)
     t.now = 1_000_000 * 60 + 40.0
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=t.clock, rng=random.Random(6))
+    admission = Admission(None, None, clock=t, wall=t, rng=random.Random(6))
     _window_used_up(admission, t, 10)
     _window_used_up(admission, t, 10)
     for _ in range(10):  # the window's first request (the probe) and ten more: 1,100, what each window admitted
         t.now += 0.01
-        assert admission.ready_in(100) == 0
+        assert admission.readiness(100)[0] == 0
         admission.take(100)
-    assert admission.ready_in(100) == pytest.approx(60 - t.now % 60 + 0.2)  # the budget is used: the next minute
-    assert admission.holds(100)  # the server's hold, which --max-wait bounds
+    assert admission.readiness(100)[0] == pytest.approx(60 - t.now % 60 + 0.2)  # the budget is used: the next minute
+    assert admission.readiness(100)[1]  # the server's hold, which --max-wait bounds
 
 
 def test_against_fixed_minute_windows_the_learned_limit_is_what_a_window_admitted_never_more() -> None:
     """A gateway admitting 20,000 tokens per wall-clock minute and refusing without a word past that."""
-    t = FakeTime()
+    t = FakeClock(100.0)
     t.now = 60 * 1_000 + 15.0  # the run starts 15 s into a minute; the wall clock is the same clock here
     notices: list[str | None] = []
 
     async def sleep(seconds: float) -> None:  # each look during a wait for the window: does it name it?
-        if admission.windows.detected and (admission.gate.remaining() or admission.windows.budget_wait(500)) > 2:
+        if admission.windows.detected and (admission.gate.remaining() or admission.windows.wait(500)) > 2:
             notices.append(admission.status())
         await t.sleep(seconds)
 
-    admission = Admission(None, None, clock=t.clock, sleep=sleep, wall=t.clock, rng=random.Random(4))
+    admission = Admission(None, None, clock=t, wall=t, rng=random.Random(4))
+    router = admitting(admission, t, sleep=sleep)
     window, used, refused, again = -1, 0, 0, False
 
     async def main() -> None:
         nonlocal window, used, refused, again
         while t.now < 60 * 1_005:  # five minutes
-            ticket = await admission.acquire(500, retry=again)  # a refused request asks again
+            _, ticket = await router.acquire(500, retry=again)  # a refused request asks again
             if int(t.now // 60) != window:
                 window, used = int(t.now // 60), 0
             again = used + 500 > 20_000
@@ -281,9 +257,9 @@ def test_against_fixed_minute_windows_the_learned_limit_is_what_a_window_admitte
 
 
 def test_recoveries_away_from_the_minute_are_not_taken_for_fixed_windows() -> None:
-    t = FakeTime()
+    t = FakeClock(100.0)
     wall = [1_000_000 * 60 + 10.0]
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep, wall=lambda: wall[0], rng=random.Random(3))
+    admission = Admission(None, None, clock=t, wall=lambda: wall[0], rng=random.Random(3))
     for _ in range(5):
         pause = admission.on_throttle(None)
         wall[0] += pause
@@ -295,8 +271,8 @@ def test_recoveries_away_from_the_minute_are_not_taken_for_fixed_windows() -> No
 class FakeServer:
     """A token bucket charging ``factor`` x the estimate + ``overhead``: the server's own count, not the client's."""
 
-    def __init__(self, t: FakeTime, tpm: int, factor: float, overhead: float = 0.0) -> None:
-        self.bucket = Bucket(tpm / 6, tpm / 60, t.clock)
+    def __init__(self, t: FakeClock, tpm: int, factor: float, overhead: float = 0.0) -> None:
+        self.bucket = Bucket(tpm / 6, tpm / 60, t)
         self.factor, self.overhead = factor, overhead
 
     def answer(self, estimate: float) -> dict[str, str] | float:
@@ -308,17 +284,18 @@ class FakeServer:
         return {"x-ratelimit-remaining-tokens": str(int(self.bucket.level))}
 
 
-def serve(admission: Admission, server: FakeServer, t: FakeTime, estimates: list[float]) -> int:
+def serve(admission: Admission, server: FakeServer, t: FakeClock, estimates: list[float]) -> int:
     """Send every estimate through ``admission`` to ``server`` (concurrency 100, 0.3 s answers); return the 429s."""
     in_flight: list[tuple[float, object, dict[str, str] | float]] = []
     throttled = 0
+    router = admitting(admission, t)
 
     async def main() -> None:
         nonlocal throttled
         for estimate in estimates:
             if len(in_flight) >= 100:  # concurrency 100: wait for the oldest answer
                 t.now = max(t.now, in_flight[0][0] + 0.3)
-            ticket = await admission.acquire(estimate)
+            _, ticket = await router.acquire(estimate)
             in_flight.append((t.now, ticket, server.answer(estimate)))  # the server counts it now; answers 0.3 s later
             while in_flight and in_flight[0][0] <= t.now - 0.3:
                 _, done, answer = in_flight.pop(0)
@@ -335,9 +312,9 @@ def serve(admission: Admission, server: FakeServer, t: FakeTime, estimates: list
 
 @pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
 def test_the_servers_charge_ratio_is_learned_from_its_remaining_tokens(factor: float) -> None:
-    t = FakeTime()
+    t = FakeClock(100.0)
     tpm = 600_000
-    admission = Admission(tpm, None, clock=t.clock, sleep=t.sleep)
+    admission = Admission(tpm, None, clock=t)
     throttled = serve(admission, FakeServer(t, tpm, factor), t, [300] * 3000)
     assert admission.ratio == pytest.approx(factor, rel=0.05)
     assert throttled <= 0.02 * 3000
@@ -349,11 +326,11 @@ def test_a_charge_of_another_structure_is_learned_as_the_quota_sees_it_a_ratio_o
     Per request the ratio runs from 0.52 (the long ones) to 2.5 (the short ones); what the quota
     counts is the total charge over the total estimate, and that is what admission must learn.
     """
-    t = FakeTime()
+    t = FakeClock(100.0)
     tpm = 600_000
     rng = random.Random(7)
     estimates = [5000.0 if rng.random() < 0.1 else 50.0 for _ in range(4000)]
-    admission = Admission(tpm, None, clock=t.clock, sleep=t.sleep)
+    admission = Admission(tpm, None, clock=t)
     throttled = serve(admission, FakeServer(t, tpm, 0.5, overhead=100), t, estimates)
     quota_view = sum(0.5 * e + 100 for e in estimates) / sum(estimates)
     assert admission.ratio == pytest.approx(quota_view, rel=0.03)
@@ -401,8 +378,8 @@ def test_header_pause_only_when_the_next_request_would_be_refused(
 
 
 def test_adaptive_first_429_halves_the_observed_rate() -> None:
-    t = FakeTime()
-    rate = AdaptiveRate(t.clock)
+    t = FakeClock(100.0)
+    rate = AdaptiveRate(t)
     assert rate.tick() is None  # unlimited until the server pushes back
     for _ in range(10):
         rate.on_admit(1000)
@@ -412,8 +389,8 @@ def test_adaptive_first_429_halves_the_observed_rate() -> None:
 
 
 def test_adaptive_cuts_at_most_once_per_hold_then_grows_after_quiet() -> None:
-    t = FakeTime()
-    rate = AdaptiveRate(t.clock, decrease=0.5, increase=0.1, hold=0.5)
+    t = FakeClock(100.0)
+    rate = AdaptiveRate(t, decrease=0.5, increase=0.1, hold=0.5)
     rate.on_admit(4000)
     t.now += 1.0
     rate.on_throttle()
@@ -433,8 +410,8 @@ def test_adaptive_cuts_at_most_once_per_hold_then_grows_after_quiet() -> None:
 
 
 def test_adaptive_eases_off_when_headers_say_the_budget_is_nearly_gone() -> None:
-    t = FakeTime()
-    rate = AdaptiveRate(t.clock, ease=0.9, hold=0.5)
+    t = FakeClock(100.0)
+    rate = AdaptiveRate(t, ease=0.9, hold=0.5)
     rate.on_admit(1000)
     t.now += 1.0
     rate.on_throttle()
@@ -449,14 +426,14 @@ def test_adaptive_eases_off_when_headers_say_the_budget_is_nearly_gone() -> None
 
 
 def test_admission_feeds_throttles_into_the_gate_and_the_adaptive_rate() -> None:
-    t = FakeTime()
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
-    asyncio.run(admission.acquire(500))
+    t = FakeClock(100.0)
+    admission = Admission(None, None, clock=t)
+    asyncio.run(admitting(admission, t).acquire(500))
     t.now += 1.0
     admission.on_throttle(1.5)
     assert admission.gate.remaining() == 1.5
     assert admission.learned_tpm == pytest.approx(500 / 1.0 / 2 * 60)
-    fixed = Admission(60_000, None, clock=t.clock, sleep=t.sleep)
+    fixed = Admission(60_000, None, clock=t)
     fixed.on_reply({"x-ratelimit-remaining-tokens": "0"}, fixed.calibration.admit(98))
     assert fixed.gate.remaining() == pytest.approx(98 / (0.98 * 1000))
     assert fixed.learned_tpm is None
@@ -464,8 +441,8 @@ def test_admission_feeds_throttles_into_the_gate_and_the_adaptive_rate() -> None
 
 def test_adaptive_grows_faster_while_the_headers_show_plenty_of_budget() -> None:
     def grown(remaining: str) -> float:
-        t = FakeTime()
-        rate = AdaptiveRate(t.clock, increase=0.05)
+        t = FakeClock(100.0)
+        rate = AdaptiveRate(t, increase=0.05)
         rate.on_admit(2000)
         t.now += 1.0
         rate.on_throttle()
@@ -484,16 +461,17 @@ def test_adaptive_sends_a_first_wave_then_waits_for_the_servers_first_answer() -
     """Knowing nothing of the server, a burst of the whole concurrency would be refused past its first second."""
     from asyncbatch.admission.admission import PROBE
 
-    t = FakeTime()
-    admission = Admission(None, None, clock=t.clock, sleep=t.sleep)
+    t = FakeClock(100.0)
+    admission = Admission(None, None, clock=t)
     first: list[object] = []
+    router = admitting(admission, t)
 
     async def main() -> None:
         for _ in range(PROBE):
-            first.append(await admission.acquire(100))
-        assert t.sleeps == []  # the first wave goes at once
+            first.append((await router.acquire(100))[1])
+        assert t.slept == []  # the first wave goes at once
         t.at(t.now + 0.3, lambda: admission.on_reply({"x-ratelimit-remaining-requests": "99"}, first[0]))  # type: ignore[arg-type]
-        await admission.acquire(100)  # waits for that answer
+        await router.acquire(100)  # waits for that answer
         assert t.now >= 100.3
 
     asyncio.run(main())

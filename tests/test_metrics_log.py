@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.batch.parts import BatchState, Part
 from asyncbatch.cli.main import main
+from asyncbatch.config import StatePaths
 from asyncbatch.cost import Prices
 from asyncbatch.display.summary import summary_data
 from asyncbatch.redact import Redactor
@@ -35,9 +36,8 @@ from asyncbatch.report.prometheus import RunCollector
 from asyncbatch.report.reading import bounded_lines
 from asyncbatch.report.series import series
 from asyncbatch.stats import MAX_REASONS, REASON_CHARS, RunStats
-from asyncbatch.store.files import StatePaths
 
-from .helpers import Time, batch_line, write_jsonl
+from .helpers import FakeClock, batch_line, write_jsonl
 
 MB = 1024 * 1024
 PRICES = Prices(input=1.0, output=1.0)
@@ -58,9 +58,12 @@ class FakeRoute:
     def state(self) -> str:
         return "ok"
 
+    def notice(self) -> str | None:
+        return None
+
 
 def _log(
-    tmp_path: Path, clock: Time, routes: int = 0, prices: Prices | None = None, **options: Any
+    tmp_path: Path, clock: FakeClock, routes: int = 0, prices: Prices | None = None, **options: Any
 ) -> tuple[MetricsLog, RunStats]:
     paths = StatePaths.beside(tmp_path / "run.results.jsonl")
     paths.dir.mkdir(exist_ok=True)
@@ -92,7 +95,7 @@ def _size(log: MetricsLog) -> int:
 def test_the_log_grows_with_time_not_with_lines(tmp_path: Path) -> None:
     sizes = {}
     for lines_per_row in (1, 100_000):
-        clock, directory = Time(), tmp_path / str(lines_per_row)
+        clock, directory = FakeClock(0.0), tmp_path / str(lines_per_row)
         directory.mkdir()
         log, stats = _log(directory, clock, routes=2)
         for _ in range(100):
@@ -107,7 +110,7 @@ def test_the_log_grows_with_time_not_with_lines(tmp_path: Path) -> None:
 
 
 def test_a_ten_million_line_day_long_run_keeps_a_log_under_a_megabyte(tmp_path: Path) -> None:
-    clock = Time()
+    clock = FakeClock(0.0)
     log, stats = _log(tmp_path, clock, routes=2, max_rows=4096, summary_every=float("inf"))
     day = 30 * 3600.0
     rate = 10_000_000 / day  # inputs per second
@@ -147,7 +150,7 @@ def test_thinning_halves_the_rows_and_never_loses_a_session_or_its_last_row(sess
 
 
 def test_a_resume_starts_a_new_session_after_cutting_a_torn_row(tmp_path: Path) -> None:
-    clock = Time()
+    clock = FakeClock(0.0)
     log, stats = _log(tmp_path, clock)
     clock.now += 1
     _work(stats, 10)
@@ -155,7 +158,7 @@ def test_a_resume_starts_a_new_session_after_cutting_a_torn_row(tmp_path: Path) 
     log.close()  # killed: no final row
     with log.paths.metrics.open("ab") as f:
         f.write(b"[1.5,10000000,12")  # a row torn by the kill
-    again, _ = _log(tmp_path, Time())
+    again, _ = _log(tmp_path, FakeClock(0.0))
     again.finish()
     first, second = read_log(log.paths.metrics).sessions
     assert (first.number, second.number) == (1, 2)
@@ -165,7 +168,7 @@ def test_a_resume_starts_a_new_session_after_cutting_a_torn_row(tmp_path: Path) 
 
 
 def test_the_reader_skips_what_is_not_ours_and_a_torn_last_line(tmp_path: Path) -> None:
-    clock = Time()
+    clock = FakeClock(0.0)
     log, stats = _log(tmp_path, clock, routes=1)
     clock.now += 1
     _work(stats, 5)
@@ -181,7 +184,7 @@ def test_the_reader_skips_what_is_not_ours_and_a_torn_last_line(tmp_path: Path) 
 
 
 def test_the_summary_snapshot_is_the_summary_of_the_same_counters(tmp_path: Path) -> None:
-    clock = Time()
+    clock = FakeClock(0.0)
     log, stats = _log(tmp_path, clock, routes=2)
     _work(stats, 1234)
     stats.count_failure("content_filter")
@@ -199,7 +202,7 @@ def test_the_summary_snapshot_is_the_summary_of_the_same_counters(tmp_path: Path
 
 def test_a_log_that_cannot_be_written_warns_once_and_the_run_goes_on(tmp_path: Path) -> None:
     warnings: list[str] = []
-    clock = Time()
+    clock = FakeClock(0.0)
     log, _ = _log(tmp_path, clock, warn=warnings.append)
     log.paths.metrics.unlink()
     log.paths.metrics.mkdir()  # the next thinning cannot replace it
@@ -225,7 +228,7 @@ def test_a_metrics_file_that_is_a_link_is_refused_and_its_target_left_alone(tmp_
 
 def test_no_secret_reaches_the_log_or_the_summary_even_when_a_server_quotes_it_as_an_error_code(tmp_path: Path) -> None:
     secret = "sk-the-deployment-key-1234"
-    log, stats = _log(tmp_path, Time(), redactor=Redactor([secret]))
+    log, stats = _log(tmp_path, FakeClock(0.0), redactor=Redactor([secret]))
     stats.count_failure(f"rejected:{secret}")
     stats.aborted = f"the server said {secret}"
     log.finish()
@@ -243,7 +246,7 @@ def test_the_log_stays_bounded_over_many_sessions_and_keeps_numbering_them(tmp_p
     options: dict[str, Any] = {"max_rows": 64, "max_sessions": 8}
     sizes = []
     for number in range(1, 121):
-        clock = Time()
+        clock = FakeClock(0.0)
         log, stats = _log(tmp_path, clock, routes=2, prices=PRICES, **options)
         stats.cost += 0.5  # each session spends 0.5 USD
         for _ in range(number % 5):
@@ -265,7 +268,7 @@ def test_the_log_stays_bounded_over_many_sessions_and_keeps_numbering_them(tmp_p
 
 def test_the_cost_of_dropped_sessions_stays_in_the_cost_chart(tmp_path: Path) -> None:
     for _ in range(5):
-        log, stats = _log(tmp_path, Time(), prices=PRICES, max_sessions=2)
+        log, stats = _log(tmp_path, FakeClock(0.0), prices=PRICES, max_sessions=2)
         stats.cost = 1.0
         log.finish()
     read = read_log(log.paths.metrics)
@@ -278,7 +281,7 @@ def _batches(log: MetricsLog, parts: list[Part]) -> None:
 
 
 def test_a_job_flapping_at_every_poll_logs_a_bounded_number_of_events_and_its_end(tmp_path: Path) -> None:
-    clock = Time()
+    clock = FakeClock(0.0)
     log, _ = _log(tmp_path, clock, batches=True)
     long_id = "batch_" + "x" * 10_000  # a server's id, of any length
     for poll in range(100):
@@ -298,7 +301,7 @@ def test_a_job_flapping_at_every_poll_logs_a_bounded_number_of_events_and_its_en
 
 def test_job_events_are_bounded_in_a_session_and_in_the_file(tmp_path: Path) -> None:
     for _ in range(3):
-        clock = Time()
+        clock = FakeClock(0.0)
         log, _ = _log(tmp_path, clock, batches=True, max_events=40)
         for poll in range(30):  # 30 jobs, each seen in 3 states: 90 changes a session
             clock.now += 1
@@ -341,7 +344,7 @@ ROUTES = b"[[0,0,0,0,null,null],[0,0,0,0,null,null]]]"
 
 def _good_log(tmp_path: Path) -> MetricsLog:
     (tmp_path / "run.results.jsonl").write_bytes(b"")
-    clock = Time()
+    clock = FakeClock(0.0)
     log, stats = _log(tmp_path, clock, routes=2)
     for _ in range(3):
         clock.now += 1
@@ -479,7 +482,7 @@ def test_failure_codes_are_bounded_and_every_reader_counts_them_alike(codes: lis
 
 
 def test_a_server_code_of_60_kb_leaves_a_small_summary(tmp_path: Path) -> None:
-    log, stats = _log(tmp_path, Time())
+    log, stats = _log(tmp_path, FakeClock(0.0))
     for i in range(300):
         stats.count_failure(f"{i}-" + "x" * 60_000)
     log.finish()
@@ -501,8 +504,8 @@ def test_a_key_that_is_a_json_word_masks_the_data_and_leaves_the_log_and_summary
     """The redactor sees the texts written (names, codes, job ids), never the JSON they are written in."""
     paths = StatePaths.beside(tmp_path_factory.mktemp("log") / "run.results.jsonl")
     paths.dir.mkdir()
-    clock = Time()
-    stats = RunStats(total=10, clock=clock, routes=[FakeRoute(f"east-{secret}")], prices=PRICES)
+    clock = FakeClock(0.0)
+    stats = RunStats(total=10, clock=clock, routes=[FakeRoute(f"east-{secret}"), FakeRoute("west")], prices=PRICES)
     log = MetricsLog(paths, stats, summary_data, redactor=Redactor([secret]))
     log.start()
     clock.now += 1
@@ -511,8 +514,8 @@ def test_a_key_that_is_a_json_word_masks_the_data_and_leaves_the_log_and_summary
     stats.interrupted = True
     log.finish()
     (session,) = read_log(log.paths.metrics).sessions
-    assert [row["succeeded"] for row in session.rows] == [0, 10] and session.deployments == ["east-***"]
+    assert [row["succeeded"] for row in session.rows] == [0, 10] and session.deployments == ["east-***", "west"]
     snapshot = read_summary(log.paths.summary)
     assert snapshot is not None and snapshot.final and snapshot.summary["succeeded"] == 10
     assert snapshot.summary["failure_reasons"] == {"code-***": 1} and snapshot.summary["interrupted"] is True
-    assert [d.name for d in snapshot.summary["deployments"]] == ["east-***"]
+    assert [d.name for d in snapshot.summary["deployments"]] == ["east-***", "west"]

@@ -1,7 +1,7 @@
 """429s with no hint, judged by what the server admitted; retries first; --max-wait bounds every wait.
 
-Concurrent workers run on a virtual event loop (``helpers.VirtualLoop``): admission's clock is
-the loop's, which jumps from timer to timer, so minutes of a run take milliseconds and nothing
+Concurrent workers run on the fake clock's event loop (``helpers.FakeClock.run``): admission's clock
+is the loop's, which jumps from timer to timer, so minutes of a run take milliseconds and nothing
 sleeps. Each server here is a few lines of its own behaviour, not the client's policy.
 """
 
@@ -19,8 +19,9 @@ from asyncbatch.admission.admission import Admission
 from asyncbatch.admission.turn import NEW, RETRY, Turn
 from asyncbatch.config import Patience
 from asyncbatch.errors import RateLimited, StopRun
+from asyncbatch.live.router import Router
 
-from .helpers import VirtualLoop
+from .helpers import FakeClock, admitting
 
 REFUSED = RateLimited("http_429", "Too many requests.", status=429)  # no retry-after, no rate-limit headers
 
@@ -35,21 +36,22 @@ class Books:
 
 
 async def run_lines(
-    admission: Admission,
+    router: Router,
     sizes: list[float],
     refuses: Callable[[int, int, float], bool],
     *,
     concurrency: int,
     latency: float,
 ) -> Books:
-    """Every line through ``admission`` as attempts do: a 429 is answered at once and the line asks again
+    """Every line through ``router``'s admission as attempts do: a 429 is answered at once and the line asks again
     (a retry); an admitted request is answered ``latency`` later. ``refuses(line, attempt, size)`` is the
     server's verdict on arrival."""
     books, queue = Books(), list(range(len(sizes)))
 
     async def line(i: int) -> None:
         for attempt in range(1000):
-            ticket = await admission.acquire(sizes[i], retry=attempt > 0)
+            route, ticket = await router.acquire(sizes[i], retry=attempt > 0)
+            admission = route.admission
             books.requests += 1
             books.lines.append(i)
             if refuses(i, attempt, sizes[i]):
@@ -75,23 +77,24 @@ def test_a_first_try_refused_without_a_hint_then_admitted_costs_one_refusal_a_li
     """A server that refuses each request's first try with a bare 429 and admits the retry is shedding
     load, not out of budget: 40 answers in a minute do not make "the per-minute window is used up"."""
 
+    clock = FakeClock()
+
     async def main() -> tuple[Books, float, Admission]:
-        loop = asyncio.get_running_loop()
         wall_start = 1_000_000 * 60 + 17.0
         admission = Admission(
             None,
             None,
-            Patience(max_wait=20, concurrency=20),
-            clock=loop.time,
-            sleep=asyncio.sleep,
-            wall=lambda: wall_start + loop.time(),
+            Patience(max_wait=20),
+            concurrency=20,
+            clock=clock,
+            wall=lambda: wall_start + clock.now,
             rng=random.Random(1),
         )
-        start = loop.time()
-        books = await run_lines(admission, [60.0] * 300, lambda i, n, size: n == 0, concurrency=20, latency=0.05)
-        return books, loop.time() - start, admission
+        start, router = clock.now, admitting(admission, clock)
+        books = await run_lines(router, [60.0] * 300, lambda i, n, size: n == 0, concurrency=20, latency=0.05)
+        return books, clock.now - start, admission
 
-    books, span, admission = VirtualLoop.run(main())
+    books, span, admission = clock.run(main())
     assert books.requests == 600 and books.refused == 300  # every line refused once, admitted at its first retry
     assert span < 60  # on the injected clock: the issue's bound, with --max-wait 20 never reached
     assert not admission.windows.detected
@@ -105,12 +108,13 @@ def test_a_gateway_with_fixed_minute_windows_is_filled_with_few_refusals_and_its
     budget, sizes = 400_000, [float(110 + (i * 7919) % 700) for i in range(2000)]
     used: dict[int, float] = {}
 
+    clock = FakeClock()
+
     async def main() -> tuple[Books, float, Admission, float]:
-        loop = asyncio.get_running_loop()
-        wall_start = 1_000_000 * 60 + 15.0 - loop.time()
+        wall_start = 1_000_000 * 60 + 15.0 - clock.now
 
         def refuses(i: int, attempt: int, size: float) -> bool:
-            window = int((wall_start + loop.time()) // 60)
+            window = int((wall_start + clock.now) // 60)
             if used.get(window, 0) and used[window] + size > budget:
                 return True
             used[window] = used.get(window, 0) + size
@@ -119,17 +123,17 @@ def test_a_gateway_with_fixed_minute_windows_is_filled_with_few_refusals_and_its
         admission = Admission(
             None,
             None,
-            Patience(concurrency=200),
-            clock=loop.time,
-            sleep=asyncio.sleep,
-            wall=lambda: wall_start + loop.time(),
+            Patience(),
+            concurrency=200,
+            clock=clock,
+            wall=lambda: wall_start + clock.now,
             rng=random.Random(seed),
         )
-        start = loop.time()
-        books = await run_lines(admission, sizes, refuses, concurrency=200, latency=0.3)
-        return books, loop.time() - start, admission, start + wall_start
+        start = clock.now
+        books = await run_lines(admitting(admission, clock), sizes, refuses, concurrency=200, latency=0.3)
+        return books, clock.now - start, admission, start + wall_start
 
-    books, span, admission, started = VirtualLoop.run(main())
+    books, span, admission, started = clock.run(main())
     turns = math.ceil(sum(sizes) / budget) - 1
     floor = 60 - started % 60 + 60 * (turns - 1) + 0.3  # the minute turns the work needs, then one answer
     assert turns >= 2 and span <= 1.10 * floor
@@ -141,13 +145,13 @@ def test_a_gateway_with_fixed_minute_windows_is_filled_with_few_refusals_and_its
 def test_max_wait_bounds_every_wait_of_the_server_however_the_holds_add_up_and_however_late_the_loop() -> None:
     """Each 429 asks for 15 s (under --max-wait 20) and a request already on the wire brings the next, so the
     holds add up; and the loop is loaded: every sleep lasts three times what was asked."""
-    now = [100.0]
+    clock = FakeClock(100.0)
 
     async def loaded_sleep(seconds: float) -> None:
-        now[0] += 3 * seconds
+        clock.now += 3 * seconds
         await asyncio.sleep(0)
 
-    admission = Admission(None, None, Patience(max_wait=20), clock=lambda: now[0], sleep=loaded_sleep)
+    admission = Admission(None, None, Patience(max_wait=20), clock=clock)
     admission.on_throttle(15.0)  # the first 429 closes the gate for 15 s
 
     async def main() -> None:
@@ -160,25 +164,26 @@ def test_max_wait_bounds_every_wait_of_the_server_however_the_holds_add_up_and_h
 
         task = asyncio.ensure_future(refusals())
         try:
-            await admission.acquire(100)
+            await admitting(admission, clock, sleep=loaded_sleep).acquire(100)
         finally:
             task.cancel()
 
     with pytest.raises(StopRun, match=r"held for .* longer than --max-wait"):
         asyncio.run(main())
-    assert 20 < now[0] - 100 <= 20 + 3 * 2.0  # stopped at the first look past --max-wait (a tenth of it, loaded)
+    assert 20 < clock.now - 100 <= 20 + 3 * 2.0  # stopped at the first look past --max-wait (a tenth of it, loaded)
 
 
 def test_retries_go_first_and_a_new_request_steps_aside_for_one_during_a_round() -> None:
+    clock = FakeClock()
+
     async def main() -> list[str]:
-        loop = asyncio.get_running_loop()
-        admission = Admission(None, None, clock=loop.time, sleep=asyncio.sleep, rng=random.Random(3))
-        order: list[str] = []
+        admission = Admission(None, None, clock=clock, rng=random.Random(3))
+        router, order = admitting(admission, clock), []
         refused = admission.calibration.admit(10)
         admission.on_failure(REFUSED, refused)  # a round: the gate closes for a moment
 
         async def ask(name: str, retry: bool) -> None:
-            ticket = await admission.acquire(10, retry=retry)
+            _, ticket = await router.acquire(10, retry=retry)
             order.append(name)
             await asyncio.sleep(0.05)
             admission.on_reply({}, ticket)
@@ -189,7 +194,7 @@ def test_retries_go_first_and_a_new_request_steps_aside_for_one_during_a_round()
         await new
         return order
 
-    assert VirtualLoop.run(main()) == ["retry", "new"]
+    assert clock.run(main()) == ["retry", "new"]
 
 
 def test_the_turn_passes_on_when_its_waiter_is_cancelled() -> None:
@@ -212,4 +217,4 @@ def test_the_turn_passes_on_when_its_waiter_is_cancelled() -> None:
         await asyncio.gather(later, retry, return_exceptions=True)
         return got
 
-    assert VirtualLoop.run(main()) == [3, 2]  # the waiting retry first, then the new one; the cancelled one never
+    assert FakeClock().run(main()) == [3, 2]  # the waiting retry first, then the new one; the cancelled one never

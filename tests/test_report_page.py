@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.batch.parts import BatchState, Part
 from asyncbatch.cli.main import main
+from asyncbatch.config import StatePaths
 from asyncbatch.cost import Prices
 from asyncbatch.display.summary import summary_data
 from asyncbatch.records import error_record
@@ -32,9 +33,8 @@ from asyncbatch.report.metrics import MetricsLog, Session, read_log
 from asyncbatch.report.page import GENERATOR, read_run, render, runtime
 from asyncbatch.report.series import series
 from asyncbatch.stats import RunStats
-from asyncbatch.store.files import StatePaths
 
-from .helpers import Time
+from .helpers import FakeClock
 from .test_metrics_log import FakeRoute
 
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -85,7 +85,7 @@ def make_run(directory: Path, text: str = "plain words", *, deployments: tuple[s
     results.write_bytes(b"")
     paths = StatePaths.beside(results)
     paths.dir.mkdir()
-    clock = Time()
+    clock = FakeClock(0.0)
     routes = [FakeRoute(name) for name in (*deployments, text)]
     stats = RunStats(total=10, clock=clock, routes=routes, prices=Prices(input=1.0, output=1.0))
     log = MetricsLog(paths, stats, summary_data, batches=True)

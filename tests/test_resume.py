@@ -18,7 +18,7 @@ import pytest
 
 from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
-from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "resume-key-42424242"
 
@@ -74,7 +74,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: tuple[dict[st
         proc = _start(tmp_path, env, "-c", str(concurrency))
         _wait_for_progress(results, _lines(results) + rng.randint(1, n // (kills + 1)), proc)
         proc.kill()
-        proc.wait()
+        assert proc.wait() == -signal.SIGKILL, "the run had finished: nothing was killed"
     billed_twice_before = simulator.billed_twice()
     final = _start(tmp_path, env, "-c", str(concurrency))
     _, err = final.communicate(timeout=120)
@@ -172,9 +172,9 @@ def test_restart_with_a_broken_configuration_moves_nothing(
 def test_a_resumed_run_counts_only_its_own_work_in_its_rate(tmp_path: Path) -> None:
     from asyncbatch.stats import RunStats
 
-    now = [0.0]
-    stats = RunStats(succeeded=1000, resumed=1000, clock=lambda: now[0])
-    now[0] = 2.0
+    clock = FakeClock(0.0)
+    stats = RunStats(succeeded=1000, resumed=1000, clock=clock)
+    clock.now = 2.0
     assert stats.requests_per_second == 0.0  # nothing was sent: 1,000 skipped lines are not 500 req/s
     stats.succeeded += 10
     assert stats.requests_per_second == 5.0

@@ -29,12 +29,12 @@ from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.errors import ConfigError, FatalAPIError
-from asyncbatch.live.auth import Tokens
+from asyncbatch.live.tokens import Tokens
 from asyncbatch.redact import MASK, RedactingStream, Redactor
 from asyncbatch.simulator import SimConfig, Simulator
 from asyncbatch.simulator.tokens import make_token
 from tests.fuzz.secrets import basic, leaked
-from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
 
 KEY = "sk-PLANTED/KEY-4711"
 PASSWORD = "pw-PLANTED-0815"
@@ -439,7 +439,7 @@ def test_a_terminal_that_hung_up_is_written_to_no_more_and_raises_nothing() -> N
 
 
 def test_a_refresh_that_fails_keeps_the_live_token_and_tries_again_until_it_would_expire() -> None:
-    now = [1000.0]
+    clock = FakeClock(1000.0)
     answers: list[str | Exception] = [make_token(400, now=1000.0)]
 
     def provider() -> str:
@@ -448,17 +448,17 @@ def test_a_refresh_that_fails_keeps_the_live_token_and_tries_again_until_it_woul
             raise answer
         return answer
 
-    tokens = Tokens(provider, clock=lambda: now[0])
+    tokens = Tokens(provider, clock=clock)
     first = asyncio.run(tokens.get())
     answers += [ConfigError("--token-command (az ...) exited with 1")] * 2
-    now[0] = 1310.0  # a quarter of its life left: refreshed, and the command fails
+    clock.now = 1310.0  # a quarter of its life left: refreshed, and the command fails
     assert asyncio.run(tokens.get()) == first  # 90 s to live: kept
-    now[0] = 1320.0  # tried again 30 s later, not before
+    clock.now = 1320.0  # tried again 30 s later, not before
     assert asyncio.run(tokens.get()) == first and len(answers) == 1
-    now[0] = 1345.0  # 55 s to live: fails again, kept again
+    clock.now = 1345.0  # 55 s to live: fails again, kept again
     assert asyncio.run(tokens.get()) == first and answers == []
     answers.append(ConfigError("--token-command (az ...) exited with 1"))
-    now[0] = 1380.0  # 20 s to live: no longer worth keeping
+    clock.now = 1380.0  # 20 s to live: no longer worth keeping
     with pytest.raises(FatalAPIError, match="exited with 1") as raised:
         asyncio.run(tokens.get())
     assert raised.value.kind == "token"

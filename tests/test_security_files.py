@@ -18,9 +18,10 @@ import pandas as pd
 import pytest
 
 from asyncbatch.cli.main import main
+from asyncbatch.config import Outputs
 from asyncbatch.errors import ConfigError
 from asyncbatch.simulator import SimConfig, Simulator
-from asyncbatch.store.files import Outputs, check_paths, prepare_state
+from asyncbatch.store.files import check_paths, prepare_state
 from asyncbatch.store.lock import OutputLock
 from tests.helpers import batch_line, simulator_env, write_jsonl
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from asyncbatch.auth import credential_provider
 from asyncbatch.cli.main import main
 from asyncbatch.errors import FatalAPIError
-from asyncbatch.live.auth import Tokens, credential_provider
+from asyncbatch.live.tokens import Tokens
 from tests.helpers import read_jsonl, write_jsonl
 from tests.scripted import Answer, Received, Server, completion, serve
 

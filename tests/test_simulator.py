@@ -9,18 +9,11 @@ import pytest
 
 from asyncbatch.simulator.answers import completion, forced_function, sample
 from asyncbatch.simulator.quota import Quota
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 def test_rpm_is_enforced_per_second() -> None:
-    clock = Clock(1000.2)
+    clock = FakeClock(1000.2)
     quota = Quota(tpm=None, rpm=600, clock=clock)  # 10 per second
     verdicts = [quota.admit(1) for _ in range(11)]
     assert [v.allowed for v in verdicts] == [True] * 10 + [False]
@@ -30,7 +23,7 @@ def test_rpm_is_enforced_per_second() -> None:
 
 
 def test_tpm_bucket_holds_a_sixth_of_a_minute_and_refills() -> None:
-    clock = Clock()
+    clock = FakeClock()
     quota = Quota(tpm=6000, rpm=None, clock=clock)  # 1000 per 10 s window, refill 100/s
     assert quota.admit(600).allowed
     denied = quota.admit(600)
@@ -40,7 +33,7 @@ def test_tpm_bucket_holds_a_sixth_of_a_minute_and_refills() -> None:
 
 
 def test_request_bigger_than_the_window_is_admitted_when_the_bucket_is_full() -> None:
-    quota = Quota(tpm=600, rpm=None, clock=Clock())
+    quota = Quota(tpm=600, rpm=None, clock=FakeClock())
     assert quota.admit(10_000).allowed
 
 

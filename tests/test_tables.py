@@ -191,7 +191,7 @@ def test_kill_9_at_random_moments_on_a_table_then_resume_exactly_once(
             assert time.monotonic() < deadline
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        assert proc.wait(timeout=10) == -signal.SIGKILL, "the run had finished: nothing was killed"
     assert main([name, "-q", "-c", "20", "--template", "{text}"]) == 0
     results = read_jsonl(tmp_path / f"{name}.results.jsonl")  # a torn line would not parse
     assert sorted(r["custom_id"] for r in results) == sorted(f"r{i}" for i in range(n))

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from asyncbatch.errors import AttemptError, ConfigError, LineRefused
+from asyncbatch.errors import AttemptError, ConfigError, InvalidOutput, LineRefused, Refused
 from asyncbatch.structured.schemas import strict_problems
 from asyncbatch.structured.validate import OutputCheck, compile_schema
 
@@ -56,7 +56,7 @@ def test_invalid_arguments_are_retryable_with_feedback(arguments: str, expected:
     with pytest.raises(AttemptError) as caught:
         OutputCheck(TOOLS, None).extract(_tool_reply(arguments))
     err = caught.value
-    assert err.code == "invalid_tool_arguments" and err.retryable and err.status == 200
+    assert err.code == "invalid_tool_arguments" and isinstance(err, InvalidOutput) and err.status == 200
     assert expected in err.message and repr(arguments) in err.message  # the raw arguments are kept
     assistant, tool = err.feedback or []
     assert assistant["tool_calls"][0]["function"]["arguments"] == arguments
@@ -89,7 +89,7 @@ def test_response_format_content_is_validated() -> None:
 def test_finish_reasons_that_asking_again_will_not_fix(finish: str, code: str, hint: str) -> None:
     with pytest.raises(AttemptError) as caught:
         OutputCheck(TOOLS, None).extract(_tool_reply('{"name": "n"', finish=finish))
-    assert caught.value.code == code and not caught.value.retryable and hint in caught.value.message
+    assert caught.value.code == code and isinstance(caught.value, Refused) and hint in caught.value.message
 
 
 def test_plain_text_when_no_structure_is_asked() -> None:
@@ -140,7 +140,7 @@ def test_a_refusal_is_the_line_s_failure_with_the_model_s_words(structured: bool
     with pytest.raises(LineRefused) as caught:
         check.extract(body)
     assert caught.value.code == "refusal" and "I can't help with that." in caught.value.message
-    assert not caught.value.retryable and caught.value.body == body  # asking again will not help
+    assert caught.value.body == body  # a LineRefused: asking again will not help
 
 
 def test_an_empty_refusal_field_is_no_refusal() -> None:

@@ -11,6 +11,7 @@ from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, int_header
 
 WINDOW = 10.0  # seconds over which Azure checks TPM
 MINUTE = 60.0
+WINDOW_USED = "the server's per-minute window is used up"
 
 
 class FixedWindows:
@@ -107,7 +108,9 @@ class FixedWindows:
         self.budget = min(self.budget, sent)
         return True
 
-    def budget_wait(self, charge: float) -> float:
+    by_server, source, final = True, WINDOW_USED, False  # a gate (``gates.Gate``): a window's turn is the server's hold
+
+    def wait(self, charge: float, retry: bool = False) -> float:
         """Seconds to hold a request of ``charge`` so that this window stays inside its budget (0: now)."""
         window, sent = self._sent
         if not self.detected or window != self.window() or sent == 0 or sent + charge <= self.budget:

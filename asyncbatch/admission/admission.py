@@ -1,76 +1,45 @@
-"""Admission: when the next request may be sent. Every reaction to the server's rate limiting lives here.
+"""Admission: when the next request may be sent to one deployment, and what every answer teaches about it.
 
-Azure checks RPM over 1 s windows and TPM over about 10 s, so the meters are
-shaped like that instead of releasing a whole minute's quota at start-up:
+Every reaction to the server's rate limiting lives here (the why of each, at length: docs/design.md).
+What may hold a request is a list of gates (``gates.py``), asked in one place, ``readiness``: the
+outage ``Breaker``; the ``CooldownGate`` a 429 closes for everyone, even a request already waiting; a
+fixed window's turn (``adaptive.FixedWindows``); the first wave's answer (adaptive mode), or a round of
+hint-less 429s' probe (``refusals.Rounds``); and the meters, token buckets shaped like Azure's windows
+(requests over 1 s, tokens over about 10 s) instead of a whole minute's quota released at start-up:
+the quota given, or what the server's headers and refusals taught (``AdaptiveRate``, a mirror of its own
+budget). Every meter is charged in the server's units, as ``calibration.Calibration`` learned them;
+budget headers are evidence, not orders (``evidence.Testimony``).
 
-* requests: a bucket of one, refilled at just under RPM/60 per second;
-* tokens:   a bucket of TPM/6 (the 10 s window) refilled at just under TPM/60 per second.
-
-With no quota given, ``AdaptiveRate`` learns the token rate from 429s and the
-``x-ratelimit-remaining-*`` headers (AIMD), and a bucket of one second's worth
-enforces it.
-
-The budget headers are evidence, not orders (``evidence.Testimony``): a remaining budget
-that the server's own admissions contradict (0 or -1 on every answer, and nothing refused) is
-discounted until the server refuses something.
-
-After a 429 (or a response saying the budget is about to run out) the shared
-``CooldownGate`` closes. ``Admission.acquire`` admits requests one at a time, in
-arrival order, and checks the gate and every meter at the moment of admission,
-so nothing is admitted while the gate is closed, not even a request that was
-already waiting in a meter when it closed.
-
-Servers do not charge what the client estimates (Azure's admission estimate is
-documented only loosely; gateways count their own way). ``Calibration`` learns
-from ``x-ratelimit-remaining-tokens`` what the server charges a request of a given
-estimate (a slope and a per-request base), and admission charges every request
-that: the meters, the adaptive rate and the limit shown
-are all in the server's units. A 429 with no hint at all (no ``retry-after``, no
-headers) begins a round (``refusals.Rounds``): the gate closes for a jittered pause, then one
-probe at a time goes until the server admits again, each refused probe doubling the pause.
-What a round says is judged by what the server admitted: only probes refused too tell the
-learned rate it is too high, and ``FixedWindows`` reads fixed wall-clock windows (and their
-budget, which each window is then paced to stay inside) only from windows that admitted
-nothing more once they began refusing.
-
-When requests across the run fail with connection errors, timeouts or 5xx,
-the ``Breaker`` stops admission and lets one probe through at growing
-intervals until the endpoint answers again. A pause longer than the run is
-willing to wait (an outage past ``max_outage``, a 429 asking for more than
-``max_wait``, as Azure does when a quota is used up for the day, or the server's holds
-keeping the next request longer than ``max_wait`` in all, whatever the load) raises
-``StopRun``: the run stops like an interrupt, resumable.
-
-Everything here is pure apart from the injected clocks and sleep, so the policy
-is tested without sleeping.
+The router (``live/router.py``) waits on ``readiness`` and admits with ``take``. A pause longer than the
+run is willing to wait (an outage past ``max_outage``, a 429 asking for more than ``max_wait``, 429s and
+nothing else for that long) raises ``StopRun``: the run stops like an interrupt, resumable. Everything here
+is pure apart from the injected clocks, so the policy is tested without sleeping.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
-from ..clock import NAP, Clock, Sleep
+from ..clock import NAP, Clock
 from ..config import Patience
-from ..errors import AttemptError, StopRun
-from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, THROTTLED, int_header
-from .adaptive import MINUTE, AdaptiveRate, FixedWindows
-from .breaker import Breaker, is_outage
-from .bucket import MARGIN, Bucket, request_bucket, token_bucket
+from ..errors import AttemptError, NoAnswer, Outage, RateLimited, StopRun
+from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, int_header
+from .adaptive import MINUTE, WINDOW_USED, AdaptiveRate, FixedWindows
 from .calibration import Calibration, Ticket
 from .evidence import LEAST, Testimony
+from .gates import MARGIN, Breaker, Bucket, CooldownGate, Gate, request_bucket, token_bucket
 from .refusals import Rounds
-from .turn import NEW, RETRY, Turn
 
 PROBE = 32  # adaptive mode: requests sent before the server's first answer says how much it admits
 PACE = 2.0  # adaptive mode: requests go at most this many times as fast as the concurrency sustains, spread
 PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
 
 NO_HINT = "429 with no hint from the server: our own backoff"
-WINDOW_USED = "the server's per-minute window is used up"
+LEARNED = "the rate learned from the server"
 UNREACHABLE_AFTER = 15.0  # seconds of no answer at all, from a start with no answer yet, before giving up
 
 
@@ -90,37 +59,45 @@ def header_pause(headers: Mapping[str, str], estimate: float, token_rate: float 
     return min(pause, 5.0)
 
 
-class CooldownGate:
-    """After a 429, nobody is admitted until the server's reset.
+class Hold(NamedTuple):
+    """What holds a request: for how long, whether the server does, and whether it is waited out whole."""
 
-    :param clock: monotonic seconds; injected so tests need no sleeping.
-    """
+    wait: float
+    by_server: bool
+    final: bool
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self._until = 0.0
 
-    def close_for(self, seconds: float) -> None:
-        """Hold admission for ``seconds`` from now (never shortens an existing pause)."""
-        self._until = max(self._until, self._clock() + seconds)
-
-    def remaining(self) -> float:
-        return max(0.0, self._until - self._clock())
+READY = Hold(0.0, False, False)
 
 
 def wall_time(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(seconds))
 
 
+class FirstWave:
+    """Adaptive mode knows nothing of the server until it answers: a first wave of ``PROBE`` requests goes, and
+    the rest wait for the first answer, whose headers tell the budget (a burst of the whole concurrency would
+    be refused past the server's first second). A gate (``gates.Gate``): an answer awaited."""
+
+    by_server, source, final = False, None, False
+
+    def __init__(self, waiting: bool) -> None:
+        self.waiting, self.sent = waiting, 0
+
+    def wait(self, charge: float, retry: bool = False) -> float:
+        return NAP / 10 if self.waiting and self.sent >= PROBE else 0.0  # look again soon
+
+
 class Admission:
-    """What every attempt passes before it is sent, and what every answer tells it.
+    """What every attempt to one deployment passes before it is sent, and what every answer tells it.
 
     :param tpm: tokens per minute in the server's units, or None.
     :param rpm: requests per minute, or None. With neither, the rate is learned (``AdaptiveRate``).
     :param patience: ``max_wait``, the longest 429 pause (or run of 429s with no success) to wait out, and
-        ``max_outage``, the longest outage to ride out (longer stops the run); ``concurrency``, requests in
-        flight at most: the outage threshold scales down with it.
-    :param clock: monotonic seconds; injected with ``sleep`` (and ``wall``, ``rng``) so tests drive time.
+        ``max_outage``, the longest outage to ride out (longer stops the run).
+    :param concurrency: requests in flight at most: the outage threshold scales down with it, and adaptive
+        pacing spreads it over a latency.
+    :param clock: monotonic seconds; injected with ``wall`` and ``rng`` so tests drive time.
     """
 
     def __init__(
@@ -129,18 +106,17 @@ class Admission:
         rpm: int | None,
         patience: Patience = PATIENT,
         *,
+        concurrency: int = 20,
         clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
         wall: Clock = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        self.clock, self.sleep, self.wall = clock, sleep, wall
+        self.clock, self.wall = clock, wall
         self.rng = rng or random.Random()
-        self.max_wait, self.max_outage = patience.max_wait, patience.max_outage
+        self.max_wait, self.max_outage, self.concurrency = patience.max_wait, patience.max_outage, concurrency
         self.gate = CooldownGate(clock)
         self.rounds = Rounds(clock, self.rng)
-        self.breaker = Breaker(clock, threshold=min(8, patience.concurrency + 1))
-        self.concurrency = patience.concurrency
+        self.breaker = Breaker(clock, threshold=min(8, concurrency + 1))
         self.calibration = Calibration(clock, tpm / 60 if tpm else None)
         self.windows = FixedWindows(wall)
         self.tokens = token_bucket(tpm, clock) if tpm else None
@@ -148,9 +124,8 @@ class Admission:
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.mirror: Bucket | None = None  # adaptive mode: the server's own token budget, from its headers
-        # Adaptive mode knows nothing of the server until it answers: a first wave of PROBE requests goes,
-        # and the rest wait for the first answer, whose headers tell the budget (tokens and requests).
-        self.probing = self.adaptive is not None
+        self.pace: Bucket | None = None  # adaptive, with no request rate known: the concurrency spread over a latency
+        self.first_wave = FirstWave(waiting=self.adaptive is not None)
         self.token_rate = MARGIN * tpm / 60 if tpm else None
         self.said_tokens = Testimony(per_estimate=LEAST, per_request=0.0)  # x-ratelimit-remaining-tokens, judged
         self.said_requests = Testimony(per_estimate=0.0, per_request=1.0)  # x-ratelimit-remaining-requests, judged
@@ -159,120 +134,72 @@ class Admission:
         self._round_rate = 0.0  # tokens a second the server was admitting when the current round of refusals began
         self._told = False  # the learned rate was set by a 429 that said when to come back, not only guessed
         self._followed = 0.0  # what following the server's budget took from the token meter, net
-        self.pace: Bucket | None = None  # adaptive, with no request rate known: the concurrency spread over a latency
         self._latency: float | None = None  # seconds from admission to a success, smoothed
         self._last_ok = clock()
         self._wait_notice: tuple[float, str] | None = None  # (until, who asked): the longest wait now running
         self.answered = False  # any HTTP answer yet, of any status (see ``never_reached``)
-        self._turn = Turn()  # one admission at a time: retries first, then first come first served
 
-    async def acquire(self, estimate: float, *, retry: bool = False) -> Ticket:
-        """Wait until the endpoint is up, the gate open and every meter has room; take the room, in one step.
+    def readiness(self, estimate: float, retry: bool = False) -> Hold:
+        """Seconds until a request of ``estimate`` could be admitted (0: now), and whether the server is what holds
+        it (a 429's pause, a learned rate or budget, a window's turn: what ``max_wait`` bounds) rather than the
+        quota given, an outage or an answer awaited; and whether it is waited out whole (``Gate.final``). The first
+        gate not ready says; never waits, never raises.
 
-        Meters are charged in the server's units (``Calibration.charge``).
-
-        :raises StopRun: the endpoint has been down for longer than ``max_outage``.
+        :param retry: a request refused before, asking again: a round of refusals' probe.
         """
-        priority, seq = RETRY if retry else NEW, self._turn.ticket()
-        await self._turn.wait(priority, seq)
-        try:
-            return await self._admit(estimate, priority, seq)
-        finally:
-            self._turn.release(seq)
+        charge = self.calibration.charge(estimate)
+        for gate in self._gates():
+            if (wait := gate.wait(charge, retry)) > 0:
+                if gate.source is not None:
+                    self._waiting(wait, gate.source)
+                return Hold(wait, gate.by_server, gate.final)
+        return READY
 
-    async def _admit(self, estimate: float, priority: int, seq: int) -> Ticket:
-        """``acquire``'s wait, holding the turn (which a new request hands to a waiting retry during a round)."""
-        held = 0.0  # seconds the server's holds (a 429's pause, a learned rate, a window) kept this request
-        while True:
-            if priority == NEW and self.rounds.began is not None and self._turn.retry_waiting():
-                self._turn.release(seq)
-                await self._turn.wait(priority, seq)  # after the retries, in its own place among the new
-                continue
-            charge = self.calibration.charge(estimate)
-            meters = self._meters(charge)
-            wait, by_server = self._wait(meters, charge, priority == RETRY)
-            if wait <= 0:
-                return self._take(estimate, charge, meters, retry=priority == RETRY)
-            if by_server:  # look again ten times within --max-wait, and just after it would be passed
-                self._check_held(held)
-                wait = min(wait, self.max_wait / 10, max(NAP / 10, self.max_wait - held + NAP / 10))
-            before = self.clock()
-            await self.sleep(wait)
-            if by_server:
-                held += self.clock() - before  # the clock, not the wait asked for: a loaded loop oversleeps
+    def _gates(self) -> list[Gate]:
+        return [self.breaker, self.gate, self.windows, self.first_wave, self.rounds, *self._meters()]
 
-    def _check_held(self, held: float) -> None:
-        """However the holds add up and however late the loop runs, none keeps a request past ``max_wait``."""
-        if held > self.max_wait:
-            source = self._wait_notice[1] if self._wait_notice is not None else "the rate learned from the server"
-            raise StopRun(
-                f"{source}: the next request has been held for {held:,.0f} s, longer than --max-wait "
-                f"({self.max_wait:g} s)"
-            )
+    def _meters(self) -> list[Bucket]:
+        """The meters now: the quota given, or what the server taught (the adaptive rate follows it as it changes)."""
+        meters = [m for m in (self.requests or self.pace, self.tokens, self.mirror) if m is not None]
+        if self.adaptive is not None and not self.windows.detected and (rate := self.adaptive.tick()) is not None:
+            if self.learned is None:
+                self.learned = Bucket(rate, rate, self.clock, by_server=True)
+            elif abs(self.learned.rate - rate) > 0.01 * rate:
+                self.learned.set_rate(rate, rate)
+            meters.append(self.learned)
+        return meters
 
-    def _probe_wait(self, retry: bool) -> float:
-        """While a probe is out, the others wait for its answer: the first wave (adaptive), or a round of refusals."""
-        first_wave = NAP / 10 if self.probing and self.calibration.admitted >= PROBE else 0.0  # look again soon
-        return max(first_wave, self.rounds.wait(retry=retry))
-
-    def _take(
-        self, estimate: float, charge: float, meters: list[tuple[Bucket, float, bool]], *, retry: bool = False
-    ) -> Ticket:
-        for meter, amount, _ in meters:
-            meter.take(amount)
+    def take(self, estimate: float, *, retry: bool = False) -> Ticket:
+        """Admit now, once ``readiness`` said 0: every meter charged in the server's units (``Calibration.charge``)."""
+        charge = self.calibration.charge(estimate)
+        for meter in self._meters():
+            meter.admit(charge)
         self.breaker.on_admit()
         self.rounds.on_admit()
         self.windows.on_sent(charge)
+        self.first_wave.sent += 1
         if self.adaptive is not None:
             self.adaptive.on_admit(charge)
         ticket = self.calibration.admit(estimate)
         return dataclasses.replace(ticket, retry=True) if retry else ticket
-
-    # A pool's router asks each deployment's admission without waiting in it (see ``router.py``).
-
-    def ready_in(self, estimate: float, *, retry: bool = False) -> float:
-        """Seconds until ``acquire(estimate)`` could admit at once (0: now); never raises, never waits."""
-        charge = self.calibration.charge(estimate)
-        return self.readiness(charge, self._meters(charge), retry)[0]
-
-    def readiness(
-        self, charge: float, meters: list[tuple[Bucket, float, bool]], retry: bool = False
-    ) -> tuple[float, bool]:
-        """Seconds until a request of ``charge`` could be admitted (0: now), and whether the server is what holds
-        it (a 429's pause, a learned rate or budget, a window's turn: what ``max_wait`` bounds) rather than the
-        quota given, an outage or an answer awaited."""
-        if self.breaker.is_open and (down := self.breaker.wait()):
-            return down, False
-        if closed := self.gate.remaining():
-            return closed, True
-        if window := self.windows.budget_wait(charge):
-            self._waiting(window, WINDOW_USED)
-            return window, True
-        waits = [(self._probe_wait(retry), False), *((meter.wait_for(amount), ours) for meter, amount, ours in meters)]
-        return max(waits)
-
-    def take(self, estimate: float) -> Ticket:
-        """Admit now, after ``ready_in`` said 0."""
-        charge = self.calibration.charge(estimate)
-        return self._take(estimate, charge, self._meters(charge))
 
     def headroom(self) -> float:
         """How full the fullest-drawn meter is, 0 to 1 (1: no meter, or all full): the pool's tie-break."""
         meters = [m for m in (self.tokens, self.mirror, self.requests, self.learned) if m is not None]
         return min((m.level / m.capacity for m in meters if m.capacity > 0), default=1.0)
 
-    def holds(self, estimate: float) -> bool:
-        """Whether the server is what holds a request of ``estimate`` now (see ``readiness``); for a pool's router."""
-        charge = self.calibration.charge(estimate)
-        wait, by_server = self.readiness(charge, self._meters(charge))
-        return wait > 0 and by_server
+    @property
+    def refusing(self) -> bool:
+        """A round of hint-less 429s is running: its probes are retries (``refusals.Rounds``)."""
+        return self.rounds.began is not None
+
+    def holder(self) -> str:
+        """Who holds the next request now, for the message when the holds pass ``max_wait``."""
+        return self._wait_notice[1] if self._wait_notice is not None else LEARNED
 
     def never_reached(self) -> bool:
         """Whether to give up on an endpoint that has never answered: the breaker has been open, on failures
-        with no HTTP answer at all, for ``UNREACHABLE_AFTER`` seconds (or ``max_outage``, if shorter).
-
-        ``answered`` is set by whoever sends (``attempts.py``) at the first HTTP answer of any status.
-        """
+        with no HTTP answer at all, for ``UNREACHABLE_AFTER`` seconds (or ``max_outage``, if shorter)."""
         since = self.breaker.open_since
         if self.answered or since is None:
             return False
@@ -291,39 +218,6 @@ class Admission:
             f"({self.max_outage:g} s)"
         )
 
-    def _meters(self, charge: float) -> list[tuple[Bucket, float, bool]]:
-        """Each meter with what a request takes from it, and whether it is the server's (learned) or the quota given."""
-        meters: list[tuple[Bucket, float, bool]] = []
-        if self.requests is not None:
-            meters.append((self.requests, 1, self.learned_rpm is not None))
-        elif self.pace is not None:
-            meters.append((self.pace, 1, False))
-        if self.tokens is not None:
-            meters.append((self.tokens, charge, False))
-        if self.mirror is not None:
-            meters.append((self.mirror, charge, True))
-        if self.adaptive is not None and not self.windows.detected and (rate := self.adaptive.tick()) is not None:
-            if self.learned is None:
-                self.learned = Bucket(rate, rate, self.clock)
-            elif abs(self.learned.rate - rate) > 0.01 * rate:
-                self.learned.set_rate(rate, rate)
-            meters.append((self.learned, charge, True))
-        return meters
-
-    def _wait(self, meters: list[tuple[Bucket, float, bool]], charge: float, retry: bool) -> tuple[float, bool]:
-        """How long to sleep before looking again, and whether the server holds it: the whole pause while the gate
-        is closed (it only ever grows), else the wait in naps, since a rate can change meanwhile."""
-        if self.breaker.is_open:
-            self._check_outage()
-            wait, by_server = self.readiness(charge, meters, retry)
-            return min(wait, NAP * 4), by_server
-        wait, by_server = self.readiness(charge, meters, retry)
-        return (wait if self.gate.remaining() else min(wait, NAP)), by_server
-
-    def _check_outage(self) -> None:
-        if message := self.outage_over_limit():
-            raise StopRun(message)
-
     def _wall_of(self, monotonic: float) -> float:
         return self.wall() - (self.clock() - monotonic)
 
@@ -333,7 +227,7 @@ class Admission:
     def on_reply(self, headers: Mapping[str, str], ticket: Ticket) -> None:
         """A success: learn the server's charge, follow its budget, pause before it has to refuse."""
         self._last_ok = self.clock()
-        self.probing = False
+        self.answered, self.first_wave.waiting = True, False
         self.breaker.on_success()
         self._keep_pace(self._last_ok - ticket.sent_at)
         began, streak, pause = self.rounds.began, self.rounds.streak, self.rounds.pause
@@ -366,7 +260,7 @@ class Admission:
         self._latency = latency if self._latency is None else 0.9 * self._latency + 0.1 * latency
         rate = PACE * self.concurrency / max(self._latency, 0.001)
         if self.pace is None:
-            self.pace = Bucket(PACE, rate, self.clock)
+            self.pace = Bucket(PACE, rate, self.clock, per_request=True)
         elif abs(self.pace.rate - rate) > 0.1 * rate:
             self.pace.set_rate(rate, PACE)
 
@@ -405,7 +299,7 @@ class Admission:
         if left is None or (self.learned_rpm is not None and 60 * (left + 1) <= self.learned_rpm):
             return
         self.learned_rpm = 60 * (left + 1)
-        self.requests = request_bucket(self.learned_rpm, self.clock)
+        self.requests = request_bucket(self.learned_rpm, self.clock, by_server=True)
 
     def _follow_server(self, ticket: Ticket, remaining: int) -> None:
         """Track the server's own budget: what it reported, plus its refill since, less what was sent since.
@@ -427,7 +321,7 @@ class Admission:
         elif self.adaptive is not None and refill > 0:
             top = self.calibration.most_remaining
             if self.mirror is None:
-                self.mirror = Bucket(top, refill, self.clock)
+                self.mirror = Bucket(top, refill, self.clock, by_server=True)
             elif top > self.mirror.capacity:
                 self.mirror.set_rate(refill, top)
             self.mirror.set_level(budget - (1 - MARGIN) * top)
@@ -440,13 +334,14 @@ class Admission:
 
         :raises StopRun: a wait longer than the run is willing to sit through.
         """
-        self.probing = False
-        if exc.status == THROTTLED:
+        self.first_wave.waiting = False
+        self.answered |= not isinstance(exc, NoAnswer)
+        if isinstance(exc, RateLimited):
             self._refused(ticket)
             self.on_throttle(exc.retry_after, ticket)
             return True
         self.rounds.on_other_failure()
-        if is_outage(exc):
+        if isinstance(exc, Outage):
             self.breaker.on_outage(exc.status)
             if exc.retry_after is not None:  # a 5xx that says when to come back: that job waits, if we may
                 source = f"the server answered HTTP {exc.status} asking to wait"

@@ -87,7 +87,9 @@ class Rounds:
         """The probe failed some other way (a 5xx, no answer): it says nothing, and another may go."""
         self._probe_at = None
 
-    def wait(self, *, retry: bool) -> float:
+    by_server, source, final = False, None, False  # a gate (``gates.Gate``): while a probe is out, an answer is awaited
+
+    def wait(self, charge: float = 0.0, retry: bool = False) -> float:
         """Seconds before looking again (0: may go): while a probe is out, the others wait for its answer; and
         during a round the probes are retries, the requests refused asking again, unless none comes for a while."""
         if self.began is None:

@@ -43,10 +43,9 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..clock import Sleep
 from ..config import RunConfig
-from ..errors import AttemptError, FatalAPIError, Refused
+from ..errors import ASKED_AGAIN, AttemptError, FatalAPIError, RateLimited, Refused
 from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from ..input.requests import Job, prepare
-from ..live.client import sdk_client
 from ..protocol import (
     LOCATION,
     MAX_DEPTH,
@@ -58,13 +57,17 @@ from ..protocol import (
     batch_url,
     batchable,
     clean_usage,
+    error_class,
+    fatal_kind,
     is_redirect,
-    is_retryable_status,
+    is_success,
     read_json,
     redirect_message,
+    should_retry,
     under_v1,
 )
 from ..records import failure_record, result_record
+from ..sdk import sdk_client
 from ..stats import RunStats
 from ..store.files import create_private, naming
 from ..store.recorder import Recorder
@@ -77,6 +80,10 @@ if TYPE_CHECKING:
 from .parts import BatchState, Part, Splitter, batch_line
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+LIVE_AGAIN: tuple[type[AttemptError], ...] = (
+    RateLimited,
+    *ASKED_AGAIN,
+)  # a line's failure that the live phase may answer (with feedback, if invalid)
 CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"line-(\d+)"')  # found without parsing the whole answer
 
 
@@ -84,7 +91,7 @@ def _transient(exc: BaseException) -> bool:
     import openai
 
     if isinstance(exc, openai.APIStatusError):
-        return is_retryable_status(exc.status_code)
+        return should_retry(exc.status_code, exc.response.headers)
     return isinstance(exc, openai.APIConnectionError)
 
 
@@ -114,6 +121,7 @@ class BatchRunner:
         wall: Callable[[], float] = time.time,
         cached: Callable[[Job], dict[str, Any] | None] = lambda job: None,
         keep: Callable[[Job, bytes, str | None], None] = lambda job, body, request_id: None,
+        check: OutputCheck | None = None,
     ) -> None:
         """:param warn: what the user must hear even with -q (lines that cannot go in a job); default ``info``.
         :param cached: a line's result record from the response cache, if it holds a fitting answer.
@@ -129,7 +137,7 @@ class BatchRunner:
         saved = BatchState.load(self.path)
         self.resumed = saved is not None  # only a resumed run can have jobs the state file does not name
         self.state = saved or BatchState(run=uuid.uuid4().hex)
-        self.check = OutputCheck(self.request.tools, self.request.response_format, self.request.models)
+        self.check = check or OutputCheck(self.request.tools, self.request.response_format, self.request.models)
         self.sdk: AsyncOpenAI | None = None
         self.remote: dict[int, int] = {}  # part -> lines the server has finished (request_counts)
         self.prices = stats.prices.batch() if stats.prices is not None else None
@@ -384,13 +392,14 @@ class BatchRunner:
         body: dict[str, Any] = given if isinstance(given, dict) else {}
         if answer is None or type(status) is not int:
             return self._fallback(job, f"batch_{batch.status}", f"no answer: the job was {batch.status}", merge)
-        if status != 200:
+        if not is_success(status):
             found = body.get("error") if isinstance(body.get("error"), dict) else answer.get("error")
             error: dict[str, Any] = found if isinstance(found, dict) else {}
             code, message = str(error.get("code") or status), str(error.get("message") or f"HTTP {status}")
-            if is_retryable_status(status) or code in RETRYABLE_BATCH_CODES:
+            kind = error_class(status, {}, code, None, None)
+            if issubclass(kind, LIVE_AGAIN) or code in RETRYABLE_BATCH_CODES:
                 return self._fallback(job, code, message, merge)
-            exc = Refused(code, message, status=status, body=body, request_id=response.get("request_id"))
+            exc = kind(code, message, status=status, body=body, request_id=response.get("request_id"))
             return self._record_failure(job, exc, merge)
         if problem := answer_problem(job.api, body, job.body):
             return self._fallback(job, "malformed_response", f"the answer is not one: {problem}", merge)
@@ -398,7 +407,7 @@ class BatchRunner:
         try:
             output = self.check.extract_for(job.api, body, job.body)
         except AttemptError as exc:
-            if exc.retryable:  # invalid output: asked again live, with feedback, unless told not to
+            if isinstance(exc, LIVE_AGAIN):  # invalid output: asked again live, with feedback, unless told not to
                 return self._fallback(job, exc.code, exc.message, merge)
             return self._record_failure(job, exc, merge)
         record = result_record(
@@ -454,8 +463,9 @@ class BatchRunner:
                 where = "the Batch API endpoint"
                 message = redirect_message(exc.status_code, exc.response.headers.get(LOCATION), where)
                 raise FatalAPIError("redirect", message) from None
-            kind = {401: "authentication", 403: "authentication", 404: "not_found"}.get(exc.status_code, "rejected")
-            raise FatalAPIError(kind, f"the Batch API refused: HTTP {exc.status_code}: {exc.message}") from None
+            raise FatalAPIError(
+                fatal_kind(exc.status_code), f"the Batch API refused: HTTP {exc.status_code}: {exc.message}"
+            ) from None
         except openai.APIConnectionError as exc:
             raise FatalAPIError("unreachable", f"cannot reach the Batch API: {exc}") from None
         raise AssertionError("unreachable")  # pragma: no cover

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import orjson
 
+from ..config import StatePaths
 from ..errors import ConfigError
 from ..input.requests import Job
 from ..protocol import Api, batch_url
-from ..store.files import StatePaths, replace_atomically
+from ..store.files import replace_atomically
 
 MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the multipart envelope
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,89 +14,40 @@ from ..config import (
     RequestDefaults,
     RetryPolicy,
     RunConfig,
+    TransportOptions,
 )
 from ..cost import resolve
 from ..errors import ConfigError
 from ..simulator import SimConfig
-from ..structured.schemas import load_model, load_response_format, load_tools
-
-
-def _text_option(value: str | None, path: Path | None, name: str) -> str | None:
-    if path is None:
-        return value
-    if value is not None:
-        raise ConfigError(f"give --{name} or --{name}-file, not both")
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read --{name}-file {path}: {exc.strerror}") from None
-
-
-def _schema(value: Path | None, load: Callable[[Path], Any]) -> Any:
-    """A JSON file, or ``module:Model`` (a Pydantic model importable from here)."""
-    if value is None:
-        return None
-    if ":" in str(value) and not value.exists():
-        return load_model(str(value))
-    return load(value)
+from .parser import sections
 
 
 def request_defaults(args: argparse.Namespace) -> RequestDefaults:
-    return RequestDefaults(
-        tools=_schema(args.tools, load_tools),
-        response_format=_schema(args.response_format, load_response_format),
-        strict=args.strict,
-        feedback=not args.no_feedback,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        template=_text_option(args.template, args.template_file, "template"),
-        system=_text_option(args.system, args.system_file, "system"),
-        api=args.api,
-    )
+    return RequestDefaults(**sections(args)["request"])
 
 
 def build_config(
     args: argparse.Namespace, endpoint: Endpoint | None, deployments: tuple[Deployment, ...] = ()
 ) -> RunConfig:
+    """Every section from the options' table (``parser.OPTIONS``); the prices from the deployment's name."""
+    made = sections(args)
     model = endpoint.deployment if endpoint is not None else deployments[0].endpoint.deployment
     return RunConfig(
         input_path=args.input,
-        output_path=args.output,
-        errors_path=args.errors,
         endpoint=endpoint,
         deployments=deployments,
-        batch=batch_options(args),
-        limits=Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm),
-        retry=RetryPolicy(
-            max_attempts=args.max_attempts,
-            timeout=args.timeout,
-            backoff_initial=args.backoff,
-            max_response_mb=args.max_response_mb,
-        ),
-        request=request_defaults(args),
-        checkpoint_path=args.checkpoint,
-        fsync=args.fsync,
-        retry_failed=args.retry_failed,
-        accept_changes=args.accept_changes,
-        grace=args.grace,
-        max_wait=args.max_wait,
-        max_outage=args.max_outage,
+        batch=batch_options(args, made["batch"]),
+        limits=Limits(**made["limits"]),
+        retry=RetryPolicy(**made["retry"]),
+        transport=TransportOptions(**made["transport"]),
+        request=RequestDefaults(**made["request"]),
         prices=resolve(model, args.price_in, args.price_out, args.price_cached),
-        max_cost=args.max_cost,
-        cache=args.cache,
-        cache_mode=args.cache_mode,
-        metrics_port=args.metrics_port,
-        metrics_linger=args.metrics_linger,
+        **made[""],
     )
 
 
-def batch_options(args: argparse.Namespace) -> BatchOptions | None:
-    options = BatchOptions(
-        max_lines_per_file=args.max_lines_per_file,
-        poll_interval=args.poll_interval,
-        live_fallback=not args.no_live_fallback,
-        cancel=args.cancel,
-    )
+def batch_options(args: argparse.Namespace, given: dict[str, Any] | None = None) -> BatchOptions | None:
+    options = BatchOptions(**(sections(args)["batch"] if given is None else given))
     if not args.batch_api:
         if args.cancel or args.no_live_fallback:
             raise ConfigError("--cancel and --no-live-fallback go with --batch-api")

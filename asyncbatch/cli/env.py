@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from ..auth import TOKEN_TIMEOUT, TokenCommand, TokenProvider, default_credential_provider
 from ..config import (
     DEFAULT_API_VERSION,
     Deployment,
@@ -25,7 +26,6 @@ from ..config import (
     credential_problem,
 )
 from ..errors import ConfigError
-from ..live.auth import TOKEN_TIMEOUT, TokenCommand, TokenProvider, default_credential_provider
 from ..redact import header_secrets, url_secrets
 from .deployments import DeploymentSpec
 from .endpoints import check_base_url

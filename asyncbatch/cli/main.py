@@ -22,18 +22,19 @@ from typing import Any
 
 import orjson
 
+from ..auth import TokenCommand
 from ..config import (
     Deployment,
     Endpoint,
     Limits,
     RunConfig,
+    pooled_quota,
 )
 from ..cost import Prices, resolve
 from ..display.reporters import Reporter, make_reporter
 from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
 from ..input.reader import first_lines, sniff
 from ..input.requests import lines_prices
-from ..live.auth import TokenCommand
 from ..protocol import read_usage
 from ..redact import RedactingStream, Redactor, header_secrets, url_secrets
 from ..runner import Interrupt, run
@@ -202,8 +203,7 @@ def _dry_run(args: argparse.Namespace, environment: Env) -> int:
     limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
     model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
     if specs := args.deployment_specs:  # a pool: its quota is the sum of its deployments'
-        tpm = sum(s.tpm or 0 for s in specs) if all(s.tpm for s in specs) else None
-        rpm = sum(s.rpm or 0 for s in specs) if all(s.rpm for s in specs) else None
+        tpm, rpm = pooled_quota([s.tpm for s in specs]), pooled_quota([s.rpm for s in specs])
         limits, model = Limits(concurrency=args.concurrency, tpm=tpm, rpm=rpm), specs[0].deployment
     options = batch_options(args)
     defaults = request_defaults(args)

@@ -5,24 +5,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from .. import __version__
+from ..auth import TOKEN_TIMEOUT
 from ..config import (
     DEFAULT_API_VERSION,
+    MODES,
     BatchOptions,
     Limits,
     RequestDefaults,
     RetryPolicy,
     RunConfig,
+    TransportOptions,
 )
+from ..errors import ConfigError
 from ..export import FORMATS
-from ..live.auth import TOKEN_TIMEOUT
 from ..protocol import APIS
 from ..simulator import FAULTS
-from ..store.cache import MODES, default_path
+from ..store.cache import default_path
+from ..structured.schemas import load_model, load_response_format, load_tools
 
 EXIT_OK, EXIT_FAILURES, EXIT_FATAL, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 75, 130
 DEMO_TEMPLATE = "Tell me about {company}. Notes: {notes}"
@@ -156,6 +161,80 @@ def fault_rates(text: str) -> dict[str, float]:
     return rates
 
 
+class Option:
+    """One option of ``asyncbatch INPUT``, declared once: its group in ``--help``, its flags, argparse's words for
+    it, and where its value goes in ``RunConfig`` (``field``, ``section.name``; None: the command line's own).
+
+    Its default is that field's, defined once in ``config.py``. ``to`` turns the parsed value into the field's;
+    ``read`` makes the field's value from every argument (a text given inline or as a file).
+    """
+
+    def __init__(
+        self,
+        group: str,
+        flags: tuple[str, ...],
+        field: str | None = None,
+        *,
+        to: Callable[[Any], Any] | None = None,
+        read: Callable[[argparse.Namespace], Any] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.group, self.flags, self.field, self.to, self.read, self.settings = group, flags, field, to, read, settings
+        self.dest = next(f for f in flags if f.startswith("--"))[2:].replace("-", "_")
+        section, _, name = (field or "").rpartition(".")
+        if field and "default" not in settings and settings.get("action") != "store_true":
+            self.settings["default"] = _default(SECTIONS[section], name)
+
+    def value(self, args: argparse.Namespace) -> Any:
+        """The field's value from the parsed arguments."""
+        if self.read is not None:
+            return self.read(args)
+        given = getattr(args, self.dest)
+        return self.to(given) if self.to is not None else given
+
+
+SECTIONS: dict[str, Any] = {
+    "": RunConfig,
+    "limits": Limits,
+    "retry": RetryPolicy,
+    "transport": TransportOptions,
+    "request": RequestDefaults,
+    "batch": BatchOptions,
+}
+
+
+def schema(value: Path | None, load: Callable[[Path], Any]) -> Any:
+    """--tools and --response-format: a JSON file, or ``module:Model`` (a Pydantic model importable from here)."""
+    if value is None:
+        return None
+    if ":" in str(value) and not value.exists():
+        return load_model(str(value))
+    return load(value)
+
+
+def text_option(args: argparse.Namespace, name: str) -> str | None:
+    """--template or --system, given inline or as a file (``--template-file``), not both."""
+    value, path = getattr(args, name), getattr(args, f"{name}_file")
+    if path is None:
+        return cast(str | None, value)
+    if value is not None:
+        raise ConfigError(f"give --{name} or --{name}-file, not both")
+    try:
+        return cast(str, path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read --{name}-file {path}: {exc.strerror}") from None
+
+
+def sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each ``RunConfig`` section's fields, as the options given (or their defaults) make them."""
+    made: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for option in OPTIONS:
+        if option.field is not None:
+            section, _, name = option.field.rpartition(".")
+            made[section][name] = option.value(args)
+    return made
+
+
 def build_parser() -> _Parser:
     p = _Parser(
         prog="asyncbatch",
@@ -168,46 +247,113 @@ def build_parser() -> _Parser:
         "input", type=Path, help="JSONL file, one request or record per line; or a CSV, TSV or Parquet table"
     )
     p.add_argument("--version", action="version", version=f"asyncbatch {__version__}")
-    _output_options(p)
-    _resume_options(p)
-    _cache_options(p)
-    _rate_options(p)
-    _request_options(p)
-    _batch_options(p)
-    _other_options(p)
+    groups: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.group not in groups:
+            groups[option.group] = p.add_argument_group(option.group)
+        groups[option.group].add_argument(*option.flags, **option.settings)
     return p
 
 
-def _output_options(p: argparse.ArgumentParser) -> None:
-    out = p.add_argument_group("output")
-    out.add_argument(
-        "-o",
-        "--output",
+# The option groups of --help, in their order.
+OUTPUT = "output"
+RESUME = "resume (re-run the same command to resume an interrupted run)"
+CACHE = "response cache (never pay twice for the same question)"
+SPEED = "speed and quota"
+REQUESTS = "requests"
+BATCH = "Batch API (half price, within 24 h; needs a Global Batch deployment)"
+PLANNING = "planning"
+COST = "cost (USD per 1M tokens; default: the price table's, by the deployment's name)"
+ENVIRONMENT = "environment"
+SIMULATOR = "simulator (no credentials needed)"
+DISPLAY = "display"
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        OUTPUT,
+        ("-o", "--output"),
+        field="output_path",
         type=Path,
         metavar="PATH",
         help="results file (default: <input stem>.results.jsonl beside the input; for a table, "
         "<input name>.results.jsonl, e.g. items.csv.results.jsonl)",
-    )
-    out.add_argument("--errors", type=Path, metavar="PATH", help="failures file (default: <output stem>.errors.jsonl)")
-    out.add_argument(
-        "--checkpoint",
+    ),
+    Option(
+        OUTPUT,
+        ("--errors",),
+        field="errors_path",
+        type=Path,
+        metavar="PATH",
+        help="failures file (default: <output stem>.errors.jsonl)",
+    ),
+    Option(
+        OUTPUT,
+        ("--checkpoint",),
+        field="checkpoint_path",
         type=Path,
         metavar="PATH",
         help="resume checkpoint (default: <output>.state/checkpoint; the other state files stay in <output>.state/)",
-    )
-    out.add_argument(
-        "--fsync",
+    ),
+    Option(
+        OUTPUT,
+        ("--fsync",),
+        field="fsync",
         choices=("always", "periodic", "never"),
-        default=_default(RunConfig, "fsync"),
         help="when outputs reach the disk: after every write batch, at least once a second, "
         "or only at exit (default %(default)s); see docs/usage.md 'Durability'",
-    )
-
-
-def _cache_options(p: argparse.ArgumentParser) -> None:
-    cache = p.add_argument_group("response cache (never pay twice for the same question)")
-    cache.add_argument(
-        "--cache",
+    ),
+    Option(
+        RESUME,
+        ("--restart",),
+        action="store_true",
+        help="start over; the old outputs are moved aside, not deleted",
+    ),
+    Option(
+        RESUME,
+        ("--retry-failed",),
+        field="retry_failed",
+        action="store_true",
+        help="run again the inputs that failed (bad lines are checked again)",
+    ),
+    Option(
+        RESUME,
+        ("--accept-changes",),
+        field="accept_changes",
+        action="store_true",
+        help="resume although request options changed after results were written; the remaining lines run "
+        "with the new options (the summary says the results mix the two)",
+    ),
+    Option(
+        RESUME,
+        ("--max-wait",),
+        field="max_wait",
+        type=float,
+        metavar="SECONDS",
+        help="a 429 asking to wait longer than this (an exhausted quota), 429s with no success for this long, "
+        "or the server's holds on the next request adding up to this, stop the run; run the same command later "
+        "to resume (default %(default)s)",
+    ),
+    Option(
+        RESUME,
+        ("--max-outage",),
+        field="max_outage",
+        type=float,
+        metavar="SECONDS",
+        help="ride out an unreachable endpoint (connection errors, timeouts, 5xx on every request) this long, "
+        "probing it, then stop; run the same command later to resume (default %(default)s)",
+    ),
+    Option(
+        RESUME,
+        ("--grace",),
+        field="grace",
+        type=float,
+        metavar="SECONDS",
+        help="seconds in-flight requests get to finish after Ctrl-C (default %(default)s)",
+    ),
+    Option(
+        CACHE,
+        ("--cache",),
+        field="cache",
         nargs="?",
         type=Path,
         const=default_path(),
@@ -215,318 +361,373 @@ def _cache_options(p: argparse.ArgumentParser) -> None:
         help="answer a request from this SQLite cache when it holds the same request to the same endpoint, "
         "and keep every new answer in it; identical requests in one run are sent once "
         "(PATH left out: ~/.cache/asyncbatch/responses.sqlite). See docs/usage.md 'Response cache'",
-    )
-    cache.add_argument(
-        "--cache-mode",
+    ),
+    Option(
+        CACHE,
+        ("--cache-mode",),
+        field="cache_mode",
         choices=MODES,
-        default=_default(RunConfig, "cache_mode"),
         help="read-write (default), read (use, keep nothing new), write (send everything, refresh "
         "the answers: a new sample for temperature > 0), off",
-    )
-
-
-def _resume_options(p: argparse.ArgumentParser) -> None:
-    resume = p.add_argument_group("resume (re-run the same command to resume an interrupted run)")
-    resume.add_argument(
-        "--restart", action="store_true", help="start over; the old outputs are moved aside, not deleted"
-    )
-    resume.add_argument(
-        "--retry-failed", action="store_true", help="run again the inputs that failed (bad lines are checked again)"
-    )
-    resume.add_argument(
-        "--accept-changes",
-        action="store_true",
-        help="resume although request options changed after results were written; the remaining lines run "
-        "with the new options (the summary says the results mix the two)",
-    )
-    resume.add_argument(
-        "--max-wait",
-        type=float,
-        default=_default(RunConfig, "max_wait"),
-        metavar="SECONDS",
-        help="a 429 asking to wait longer than this (an exhausted quota), 429s with no success for this long, "
-        "or the server's holds on the next request adding up to this, stop the run; run the same command later "
-        "to resume (default %(default)s)",
-    )
-    resume.add_argument(
-        "--max-outage",
-        type=float,
-        default=_default(RunConfig, "max_outage"),
-        metavar="SECONDS",
-        help="ride out an unreachable endpoint (connection errors, timeouts, 5xx on every request) this long, "
-        "probing it, then stop; run the same command later to resume (default %(default)s)",
-    )
-    resume.add_argument(
-        "--grace",
-        type=float,
-        default=_default(RunConfig, "grace"),
-        metavar="SECONDS",
-        help="seconds in-flight requests get to finish after Ctrl-C (default %(default)s)",
-    )
-
-
-def _rate_options(p: argparse.ArgumentParser) -> None:
-    rate = p.add_argument_group("speed and quota")
-    rate.add_argument(
-        "-c",
-        "--concurrency",
+    ),
+    Option(
+        SPEED,
+        ("-c", "--concurrency"),
+        field="limits.concurrency",
         type=int,
-        default=_default(Limits, "concurrency"),
         metavar="N",
         help="requests in flight at most (default %(default)s)",
-    )
-    rate.add_argument(
-        "--deployments",
+    ),
+    Option(
+        SPEED,
+        ("--deployments",),
         type=Path,
         metavar="FILE",
         help="TOML file listing several deployments to pool, each with its own quota (tpm, rpm), credentials "
         "(api_key_env names the variable holding the key) and priority; requests go to whichever can take them "
         "soonest and fail over (see docs/pools.md)",
-    )
-    rate.add_argument("--tpm", type=int, metavar="N", help="tokens per minute the deployment allows")
-    rate.add_argument("--rpm", type=int, metavar="N", help="requests per minute the deployment allows")
-    rate.add_argument(
-        "--max-attempts",
+    ),
+    Option(
+        SPEED,
+        ("--tpm",),
+        field="limits.tpm",
         type=int,
-        default=_default(RetryPolicy, "max_attempts"),
+        metavar="N",
+        help="tokens per minute the deployment allows",
+    ),
+    Option(
+        SPEED,
+        ("--rpm",),
+        field="limits.rpm",
+        type=int,
+        metavar="N",
+        help="requests per minute the deployment allows",
+    ),
+    Option(
+        SPEED,
+        ("--max-attempts",),
+        field="retry.max_attempts",
+        type=int,
         metavar="N",
         help="attempts per input, first included (default %(default)s); 429s do not count",
-    )
-    rate.add_argument(
-        "--backoff",
+    ),
+    Option(
+        SPEED,
+        ("--backoff",),
+        field="retry.backoff_initial",
         type=float,
-        default=_default(RetryPolicy, "backoff_initial"),
         metavar="SECONDS",
         help="first wait before retrying a failure the server gave no retry-after for; it doubles, with jitter, "
         "up to 60 s (default %(default)s)",
-    )
-    rate.add_argument(
-        "--timeout",
+    ),
+    Option(
+        SPEED,
+        ("--timeout",),
+        field="transport.timeout",
         type=float,
-        default=_default(RetryPolicy, "timeout"),
         metavar="SECONDS",
         help="seconds per attempt (default %(default)s)",
-    )
-    rate.add_argument(
-        "--max-response-mb",
+    ),
+    Option(
+        SPEED,
+        ("--max-response-mb",),
+        field="transport.max_response_mb",
         type=float,
-        default=_default(RetryPolicy, "max_response_mb"),
         metavar="MB",
         help="the largest answer read, in MiB once decoded (gzip too); a larger one is read no further and its "
         "line fails as response_too_large, so memory stays bounded whatever the server sends (default %(default)s)",
-    )
-
-
-def _request_options(p: argparse.ArgumentParser) -> None:
-    req = p.add_argument_group("requests")
-    req.add_argument(
-        "--deployment", metavar="NAME", help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME"
-    )
-    req.add_argument(
-        "--api-version",
+    ),
+    Option(
+        REQUESTS,
+        ("--deployment",),
+        metavar="NAME",
+        help="deployment (model) name; overrides AZURE_OPENAI_DEPLOYMENT_NAME",
+    ),
+    Option(
+        REQUESTS,
+        ("--api-version",),
         metavar="VERSION",
         help=f"Azure API version; overrides AZURE_OPENAI_API_VERSION (default {DEFAULT_API_VERSION}); 'v1' uses "
         "the v1 API ({endpoint}/openai/v1, no api-version), as does an endpoint ending in /openai/v1",
-    )
-    req.add_argument(
-        "--auth",
+    ),
+    Option(
+        REQUESTS,
+        ("--auth",),
         choices=("key", "entra"),
         help="key: AZURE_OPENAI_API_KEY; entra: Entra ID bearer tokens, refreshed before they expire (default: "
         "the key if one is set, else Entra ID: --token-command, or DefaultAzureCredential from "
         'pip install "asyncbatch[entra]")',
-    )
-    req.add_argument(
-        "--token-command",
+    ),
+    Option(
+        REQUESTS,
+        ("--token-command",),
         metavar="CMD",
         help="Entra ID: run CMD for each new token and use what it prints (also ASYNCBATCH_TOKEN_COMMAND), e.g. "
         "'az account get-access-token --resource https://cognitiveservices.azure.com --query accessToken -o tsv'",
-    )
-    req.add_argument(
-        "--token-timeout",
+    ),
+    Option(
+        REQUESTS,
+        ("--token-timeout",),
         type=float,
         default=TOKEN_TIMEOUT,
         metavar="SECONDS",
         help="a token command that takes longer is stopped, with whatever it started, and the run refused "
         "(default: %(default)g)",
-    )
-    req.add_argument(
-        "--header",
+    ),
+    Option(
+        REQUESTS,
+        ("--header",),
         action="append",
         default=[],
         metavar="'NAME: VALUE'",
         help="a header for every request, repeatable: e.g. 'Ocp-Apim-Subscription-Key: ...' for API Management "
         "(values are kept out of every output, like keys)",
-    )
-    req.add_argument(
-        "--tools",
+    ),
+    Option(
+        REQUESTS,
+        ("--tools",),
+        field="request.tools",
+        to=lambda path: schema(path, load_tools),
         type=Path,
         metavar="FILE|MODULE:MODEL",
         help="JSON file: one function schema {name, description, parameters} or a list of tools; "
         "a single function is forced with tool_choice. Or module:Model, a Pydantic model importable "
         "from here: its schema is sent and each answer validated by it",
-    )
-    req.add_argument(
-        "--response-format",
+    ),
+    Option(
+        REQUESTS,
+        ("--response-format",),
+        field="request.response_format",
+        to=lambda path: schema(path, load_response_format),
         type=Path,
         metavar="FILE|MODULE:MODEL",
         help="JSON file: a JSON Schema (or {name, schema}) sent as a json_schema response_format; "
         "the reply's content is parsed and validated like tool arguments. Or module:Model (Pydantic)",
-    )
-    req.add_argument(
-        "--strict",
+    ),
+    Option(
+        REQUESTS,
+        ("--strict",),
+        field="request.strict",
         action="store_true",
         help="send strict: true structured outputs; the schema is checked first and every reason it does "
         "not qualify is listed before anything is sent",
-    )
-    req.add_argument(
-        "--no-feedback",
+    ),
+    Option(
+        REQUESTS,
+        ("--no-feedback",),
+        field="request.feedback",
+        to=operator.not_,
         action="store_true",
         help="when output breaks the schema, ask again without telling the model what was wrong",
-    )
-    req.add_argument("--max-tokens", type=int, metavar="N", help="max_tokens for lines that do not set it (>= 1)")
-    req.add_argument("--temperature", type=float, metavar="X", help="temperature for lines that do not set it (0-2)")
-    req.add_argument(
-        "--template",
+    ),
+    Option(
+        REQUESTS,
+        ("--max-tokens",),
+        field="request.max_tokens",
+        type=int,
+        metavar="N",
+        help="max_tokens for lines that do not set it (>= 1)",
+    ),
+    Option(
+        REQUESTS,
+        ("--temperature",),
+        field="request.temperature",
+        type=float,
+        metavar="X",
+        help="temperature for lines that do not set it (0-2)",
+    ),
+    Option(
+        REQUESTS,
+        ("--template",),
+        field="request.template",
+        read=lambda args: text_option(args, "template"),
         metavar="STR",
         help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"',
-    )
-    req.add_argument("--template-file", type=Path, metavar="FILE", help="read --template from a file")
-    req.add_argument("--system", metavar="STR", help="for record lines: the system message (instructions)")
-    req.add_argument(
-        "--api",
+    ),
+    Option("requests", ("--template-file",), type=Path, metavar="FILE", help="read --template from a file"),
+    Option(
+        REQUESTS,
+        ("--system",),
+        field="request.system",
+        read=lambda args: text_option(args, "system"),
+        metavar="STR",
+        help="for record lines: the system message (instructions)",
+    ),
+    Option(
+        REQUESTS,
+        ("--api",),
+        field="request.api",
         choices=APIS,
-        default=_default(RequestDefaults, "api"),
         help="what record lines become: chat completions, embeddings of the rendered --template, or Responses API "
         "requests (tools in its format, --response-format as text.format) (default %(default)s)",
-    )
-    req.add_argument("--system-file", type=Path, metavar="FILE", help="read --system from a file")
-
-
-def _batch_options(p: argparse.ArgumentParser) -> None:
-    batch = p.add_argument_group("Batch API (half price, within 24 h; needs a Global Batch deployment)")
-    batch.add_argument(
-        "--batch-api",
+    ),
+    Option("requests", ("--system-file",), type=Path, metavar="FILE", help="read --system from a file"),
+    Option(
+        BATCH,
+        ("--batch-api",),
         action="store_true",
         help="send the inputs as Batch API jobs instead of live requests, then write their results like a live "
         "run's; what the jobs did not answer well runs live (see docs/batch-api.md)",
-    )
-    batch.add_argument(
-        "--max-lines-per-file",
+    ),
+    Option(
+        BATCH,
+        ("--max-lines-per-file",),
+        field="batch.max_lines_per_file",
         type=int,
-        default=_default(BatchOptions, "max_lines_per_file"),
         metavar="N",
         help="lines per Batch API file and job, at most 100000; files are also split at 190 MB (default %(default)s)",
-    )
-    batch.add_argument(
-        "--poll-interval",
+    ),
+    Option(
+        BATCH,
+        ("--poll-interval",),
+        field="batch.poll_interval",
         type=float,
-        default=_default(BatchOptions, "poll_interval"),
         metavar="SECONDS",
         help="seconds between looks at the jobs (default %(default)s; Azure asks for no more than once a minute)",
-    )
-    batch.add_argument(
-        "--no-live-fallback",
+    ),
+    Option(
+        BATCH,
+        ("--no-live-fallback",),
+        field="batch.live_fallback",
+        to=operator.not_,
         action="store_true",
         help="record as failed the lines a job did not answer well, instead of running them live",
-    )
-    batch.add_argument("--cancel", action="store_true", help="with --batch-api: cancel this run's open jobs, and stop")
-
-
-def _other_options(p: argparse.ArgumentParser) -> None:
-    dry = p.add_argument_group("planning")
-    dry.add_argument(
-        "--dry-run",
+    ),
+    Option(
+        BATCH,
+        ("--cancel",),
+        field="batch.cancel",
+        action="store_true",
+        help="with --batch-api: cancel this run's open jobs, and stop",
+    ),
+    Option(
+        PLANNING,
+        ("--dry-run",),
         action="store_true",
         help="read and check the whole input; print counts, the token estimate, the time the quota implies "
         "and (with prices) the cost; send nothing, need no credentials",
-    )
-    dry.add_argument(
-        "--sample",
+    ),
+    Option(
+        PLANNING,
+        ("--sample",),
         type=int,
         metavar="N",
         help="with --dry-run: send N lines spread over the file (paid for, not kept) and project the whole "
         "file's output tokens and cost from their answers, with a range",
-    )
-    cost = p.add_argument_group("cost (USD per 1M tokens; default: the price table's, by the deployment's name)")
-    cost.add_argument("--price-in", type=float, metavar="USD", help="price per 1M prompt (input) tokens")
-    cost.add_argument("--price-out", type=float, metavar="USD", help="price per 1M completion (output) tokens")
-    cost.add_argument(
-        "--price-cached", type=float, metavar="USD", help="price per 1M cached prompt tokens (default: --price-in's)"
-    )
-    cost.add_argument(
-        "--max-cost",
+    ),
+    Option(
+        COST,
+        ("--price-in",),
+        type=float,
+        metavar="USD",
+        help="price per 1M prompt (input) tokens",
+    ),
+    Option(
+        COST,
+        ("--price-out",),
+        type=float,
+        metavar="USD",
+        help="price per 1M completion (output) tokens",
+    ),
+    Option(
+        COST,
+        ("--price-cached",),
+        type=float,
+        metavar="USD",
+        help="price per 1M cached prompt tokens (default: --price-in's)",
+    ),
+    Option(
+        COST,
+        ("--max-cost",),
+        field="max_cost",
         type=float,
         metavar="USD",
         help="stop (exit 75) before this run's spend, plus what requests in flight may cost, would pass USD; "
         "the same command resumes, with a new budget of USD",
-    )
-    env = p.add_argument_group("environment")
-    env.add_argument("--env-file", type=Path, metavar="PATH", help="dotenv file to read (default: ./.env if it exists)")
-    sim = p.add_argument_group("simulator (no credentials needed)")
-    sim.add_argument(
-        "--simulate", action="store_true", help="run against the built-in local simulator instead of Azure"
-    )
-    sim.add_argument(
-        "--sim-latency-ms",
+    ),
+    Option(
+        ENVIRONMENT,
+        ("--env-file",),
+        type=Path,
+        metavar="PATH",
+        help="dotenv file to read (default: ./.env if it exists)",
+    ),
+    Option(
+        SIMULATOR,
+        ("--simulate",),
+        action="store_true",
+        help="run against the built-in local simulator instead of Azure",
+    ),
+    Option(
+        SIMULATOR,
+        ("--sim-latency-ms",),
         type=float,
         default=1200.0,
         metavar="MS",
         help="simulated latency (default %(default)s: a function call's)",
-    )
-    sim.add_argument(
-        "--sim-tpm",
+    ),
+    Option(
+        SIMULATOR,
+        ("--sim-tpm",),
         type=int,
         metavar="N",
         help="the simulated server's TPM quota, whatever the client is told (--tpm, or a pool entry's tpm): "
         "over it, it answers 429 (default: none; with --deployments, each entry's own tpm)",
-    )
-    sim.add_argument(
-        "--sim-rpm",
+    ),
+    Option(
+        SIMULATOR,
+        ("--sim-rpm",),
         type=int,
         metavar="N",
         help="the simulated server's RPM quota, as --sim-tpm (default: none; with --deployments, each entry's rpm)",
-    )
-    sim.add_argument(
-        "--sim-faults",
+    ),
+    Option(
+        SIMULATOR,
+        ("--sim-faults",),
         type=fault_rates,
         metavar="NAME=P,...",
         help="faults the simulator injects, each with its probability per request, e.g. "
         "500=0.02,400=0.01,reset=0.005 (a 500, a 400, a connection reset mid-answer); every simulated deployment "
         "of a pool gets them. Names: docs/simulator.md",
-    )
-    sim.add_argument(
-        "--sim-window",
+    ),
+    Option(
+        SIMULATOR,
+        ("--sim-window",),
         choices=("azure", "minute"),
         default="azure",
         help="azure: RPM per second, TPM over 10 s, with rate-limit headers; minute: fixed wall-clock minutes "
         "and 429s without any hint, like some gateways (default %(default)s)",
-    )
-    show = p.add_argument_group("display")
-    show.add_argument("--no-progress", action="store_true", help="no progress display (the summary still prints)")
-    show.add_argument("-q", "--quiet", action="store_true", help="print only problems")
-    show.add_argument(
-        "--log-format",
+    ),
+    Option("display", ("--no-progress",), action="store_true", help="no progress display (the summary still prints)"),
+    Option("display", ("-q", "--quiet"), action="store_true", help="print only problems"),
+    Option(
+        DISPLAY,
+        ("--log-format",),
         choices=("text", "json"),
         default="text",
         help="text: a live display on a terminal, else a status line every 5 s; json: each status line, "
         "message and the summary one JSON object on stderr, for CI logs and dashboards (default %(default)s)",
-    )
-    show.add_argument(
-        "--metrics-port",
+    ),
+    Option(
+        DISPLAY,
+        ("--metrics-port",),
+        field="metrics_port",
         type=port,
         metavar="PORT",
         help="serve the run's counters as Prometheus text at http://127.0.0.1:PORT/metrics while it runs "
         "(0: any free port, said in a message); names in docs/report.md. Off by default",
-    )
-    show.add_argument(
-        "--metrics-linger",
+    ),
+    Option(
+        DISPLAY,
+        ("--metrics-linger",),
+        field="metrics_linger",
         type=float,
-        default=RunConfig.metrics_linger,
         metavar="SECONDS",
         help="with --metrics-port: once the run has ended, keep serving its final figures until a scrape has "
         "read them, or for SECONDS at most (give your scraper's interval; default %(default)g: the endpoint "
         "closes with the run)",
-    )
+    ),
+)
 
 
 EXPORT_EPILOG = """\

@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import default_errors
+from ..config import StatePaths, default_errors
 from ..errors import ConfigError, OutputError
 from ..redact import Redactor
 from ..report.page import GENERATOR, read_run, render
-from ..store.files import PRIVATE, StatePaths, atomic_file
+from ..store.files import PRIVATE, atomic_file
 from .parser import EXIT_FATAL, EXIT_OK, build_report_parser
 
 HEAD = 1024  # where a page of ours names its generator (its first lines)

@@ -80,7 +80,7 @@ def deployment_views(stats: RunStats) -> list[dict[str, Any]]:
             "charge_ratio": round(route.charge_ratio, 3) if route.charge_ratio is not None else None,
             "state": route.state(),
         }
-        for route in stats.routes
+        for route in stats.pool
     ]
 
 

@@ -80,7 +80,7 @@ def summary_table(stats: RunStats) -> Table:
             ("Batch API", f"{stats.batch_answers:,} answered by {stats.batch_jobs} job(s), billed at half price; "
              f"{max(0, live):,} run live")
         )  # fmt: skip
-    answers = sum(route.succeeded for route in stats.routes)
+    answers = sum(route.succeeded for route in stats.pool)
     for view in deployment_views(stats):
         share = f" ({view['answers'] / answers:.0%})" if answers else ""
         rows.append(

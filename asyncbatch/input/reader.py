@@ -22,8 +22,11 @@ import orjson
 
 from ..errors import ConfigError, InputError
 from ..protocol import BATCH_URLS
-from ..store.files import TABLES
-from ..store.ids import IdLog, IdSet, digest, line_digest
+from .ids import IdSet, digest, line_digest
+
+# Input tables (by suffix) and the delimiters their dialect is sniffed within: their rows are records.
+TABLES = {".csv": ",;|", ".tsv": "\t"}
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark: harmless at the start of a file, and taken off there
 
 
 class Done(Protocol):
@@ -31,6 +34,35 @@ class Done(Protocol):
 
     def __contains__(self, line_no: object) -> bool: ...
     def claim(self, line_no: int, line_hash: int) -> bool: ...
+
+
+class IdRecord(Protocol):
+    """Where the reader keeps each line's id digest as it reads (``store.ids.IdLog``): a resume reads it back.
+
+    ``known``: how many lines it holds already; ``recorded``: their digests, in order; ``feed``: the input's
+    bytes as they are read (hashed); ``append``: the next line's digest and size.
+    """
+
+    @property
+    def known(self) -> int: ...
+    def recorded(self) -> Iterator[int]: ...
+    def feed(self, data: bytes) -> None: ...
+    def append(self, value: int, size: int) -> None: ...
+
+
+class _Unrecorded:
+    """No record of the ids: a read that is not a run's (the Batch API's plan, a dry run)."""
+
+    known = 0
+
+    def recorded(self) -> Iterator[int]:
+        return iter(())
+
+    def feed(self, data: bytes) -> None:
+        return None
+
+    def append(self, value: int, size: int) -> None:
+        return None
 
 
 MAX_LINE_BYTES = 32 * 1024 * 1024
@@ -108,7 +140,7 @@ def sniff(path: Path) -> None:
     if is_table(path):
         table_header(path)  # a header row is required
         return
-    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    text = head.removeprefix(BOM).lstrip()
     if text.startswith(b"["):
         raise InputError(
             f"{path} is a JSON array, not JSONL (one object per line). "
@@ -174,7 +206,7 @@ def _office_file(head: bytes) -> str | None:
 
 
 def read_lines(
-    path: Path, done: Done | None = None, ids: IdLog | None = None
+    path: Path, done: Done | None = None, ids: IdRecord | None = None
 ) -> Generator[ParsedLine | BadLine, None, None]:
     """Yield every non-blank line of ``path`` as a ParsedLine or a BadLine; a repeated custom_id is a BadLine.
 
@@ -185,7 +217,7 @@ def read_lines(
 
     :raises InputError: the rest of the file cannot be read; every line before it was yielded.
     """
-    ids = ids or IdLog(None)
+    ids = ids or _Unrecorded()
     seen = IdSet()
     recorded = ids.recorded()
     known = ids.known
@@ -559,7 +591,7 @@ class _PhysicalLines:
             raise _RowTooLong
         if self.at_start:  # a UTF-8 BOM is harmless at the start of the file; accept it
             self.at_start = False
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
+            raw = raw.removeprefix(BOM)
         return raw.decode("utf-8", "surrogateescape")
 
     def _read(self) -> bytes:
@@ -622,7 +654,7 @@ def table_header(path: Path) -> tuple[list[str], type[csv.Dialect] | csv.Dialect
     """
     kind = path.suffix.lower()[1:].upper()
     with path.open("rb") as f:
-        begin = f.read(_DIALECT_SAMPLE).removeprefix(b"\xef\xbb\xbf")
+        begin = f.read(_DIALECT_SAMPLE).removeprefix(BOM)
         ends = max(begin.rfind(b"\n"), begin.rfind(b"\r"))
         sample = (begin[: ends + 1] if ends > 0 else begin).decode("utf-8", errors="replace")  # whole lines
         dialect = _dialect(sample, TABLES[path.suffix.lower()])
@@ -741,8 +773,8 @@ def _raw_lines(
             yield line_no, Unreadable(f"line is longer than {MAX_LINE_BYTES} bytes"), size + len(rest)
             continue
         size = len(raw)
-        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]  # a UTF-8 BOM is harmless; accept it
+        if line_no == 1:
+            raw = raw.removeprefix(BOM)
         yield line_no, raw, size
 
 
@@ -752,14 +784,7 @@ def _quick_id(raw: bytes) -> str | None:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if type(obj) is not dict:
-        return None
-    cid = obj.get("custom_id")
-    if cid is None and detect_kind(obj) != "batch":
-        cid = obj.get("id")
-        if type(cid) is int:
-            cid = str(cid)
-    return cid if type(cid) is str and cid else None
+    return (_custom_id(obj, detect_kind(obj)) or None) if type(obj) is dict else None
 
 
 def parse_line(line_no: int, raw: Raw, content: int | None = None) -> ParsedLine | BadLine | None:

@@ -1,32 +1,22 @@
-"""One job's life: budget, route and admission, send, extract and validate, re-ask, retry; a typed outcome.
+"""One job's life: the cache, the router's admission, send through the route, react by the failure's class, record.
 
-``Attempts.carry(job)`` returns ``Success`` or ``Failure`` (each with the line to
-write), or raises:
+``Attempts.carry(job)`` returns ``Success`` or ``Failure`` (each with the line to write), or raises:
 
-* ``Stopped``: the run is stopping and this job was not finished; it is not
-  recorded, and runs again on resume;
-* ``FatalAPIError``: the endpoint refuses the run as a whole (see ``endpoint_error`` and
-  ``unreachable_error``); in a pool, only when every deployment was set aside (``router.py``);
-* ``StopRun``: admission will not wait that long (see ``admission/admission.py``), or the next
-  attempt would pass ``--max-cost`` (``cost.Budget``).
+* ``Stopped``: the run is stopping and this job was not finished; it is not recorded, and runs again on resume;
+* ``FatalAPIError``: the endpoint refuses the run as a whole, once every deployment is set aside (``router.py``);
+* ``StopRun``: admission will not wait that long, or the next attempt would pass ``--max-cost`` (``cost.Budget``).
 
-Before the run's first success, failures with a 4xx and answers that break the
-schema are held back (``settle``): if the first ``SYSTEMATIC`` all fail the same
-way, the run stops with the server's message (or what the model answered
-instead) and records none of them, as for a wrong key. Until then only
-``SYSTEMATIC`` lines ask the model again: a schema or tool the model never
-follows costs at most that many lines' attempts. A refusal of one line's content
-(``LineRefused``: the content filter, the context window) is never held: it says
-nothing of the other lines.
+How the engine reacts to a failed attempt is its class (``errors.py``), decided here and in admission:
 
-A refusal of the key or the deployment (``EndpointRefused``: 401, 403, 404) is never
-a line's failure. Before a deployment's first success it stops the run at once; after
-it (a key rotated, a deployment deleted), once ``AGREE`` answers in a row agree, with
-the answers so far recorded and the refused lines left for the resume. A pool sets
-that deployment aside instead, and stops only when none is left.
-
-What is retried and how long to wait is ``retry.py``; every reaction to 429s
-and rate-limit headers is ``admission`` (``admission/admission.py``).
+* ``RateLimited``, or any failure while admission holds the endpoint (the breaker): "not yet": asked again
+  when admission lets it (another deployment, if one can take it now), using up no attempt;
+* ``Transient``, ``Malformed``, ``InvalidOutput``: counted, and asked again by tenacity (``retry.py``);
+  in a pool, at once on another deployment (``retry.Failover``);
+* ``EndpointRefused``: never a line's failure. Before the deployment's first success it sets the deployment
+  aside at once (the run stops, when it was the last); after it (a key rotated, a deployment deleted), once
+  ``AGREE`` answers in a row agree, the line meanwhile asked again after a backoff. A 401 with Entra ID first
+  fetches a fresh token. ``Redirected`` sets it aside at once;
+* ``Refused`` (``Rejected``, ``LineRefused``): recorded. The first failures' verdict is ``verdict.py``.
 """
 
 from __future__ import annotations
@@ -40,99 +30,74 @@ from typing import Any
 import orjson
 from tenacity import RetryCallState
 
-from ..admission.breaker import is_outage, no_answer
 from ..admission.calibration import Ticket
 from ..clock import Sleep
 from ..config import RequestDefaults, RetryPolicy
 from ..cost import Budget, Prices
-from ..errors import AttemptError, EndpointRefused, FatalAPIError, InvalidOutput, LineRefused, Redirected, StopRun
+from ..errors import (
+    ASKED_AGAIN,
+    AttemptError,
+    EndpointRefused,
+    FatalAPIError,
+    InvalidOutput,
+    NoAnswer,
+    Outage,
+    RateLimited,
+    Redirected,
+    StopRun,
+    Unauthorized,
+)
 from ..input.requests import Job, with_feedback
-from ..protocol import FATAL_STATUSES, THROTTLED, Api, TooDeep, read_json
+from ..protocol import Api, Reply
 from ..records import failure_record, result_record
 from ..stats import RunStats
-from ..store.cache import Entry, ResponseCache, cache_key
-from ..structured.validate import OutputCheck, answered
-from .client import Reply
-from .retry import retrying
+from ..structured.validate import OutputCheck
+from .cached import Cached
+from .retry import Failover, retrying
 from .router import Route, Router
+from .verdict import Failure, Outcome, Stopped, Success, Verdict
 
-SYSTEMATIC = 20  # the first this many lines failing the same way (a 4xx, or invalid output) stop the run
 AGREE = 3  # after a deployment's first success, this many refusals of its key or name in a row are its verdict
 
-
-@dataclass(frozen=True, slots=True)
-class Success:
-    line_no: int
-    record: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    line_no: int
-    record: dict[str, Any]
-    error: AttemptError
-
-
-Outcome = Success | Failure
-
-
-class Stopped(Exception):
-    """The run is stopping: this job is abandoned before its next attempt, and runs again on resume."""
+__all__ = ["AGREE", "Attempts", "Failure", "Outcome", "Stopped", "Success"]
 
 
 @dataclass
 class _Tally:
-    attempts: int = 0
+    """One job on its way: what it sends next, and where its attempts went."""
+
+    job: Job
+    payload: bytes
+    attempts: int = 0  # requests sent, "not yet" ones included
     route: Route | None = None  # where the last attempt went
-    avoid: Route | None = None  # a pool: where the next attempt should not go (it just failed there)
-    api: Api = "chat"  # the job's: which route a failure names
+    avoid: Route | None = None  # where the next attempt should not go, if another can take it (it just failed there)
+    failed: AttemptError | None = None  # the last counted failure
+    reasked: bool = False  # asked the model again after invalid output
 
 
-def _holdable(exc: AttemptError) -> bool:
-    """A failure that may be every line's: a 4xx, or output that breaks the schema after every attempt.
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An answer, with the route and admission ticket it was sent under and how long it took."""
 
-    Never a refusal of one line's content (``LineRefused``): 40 prompts the filter refuses say nothing of the 41st.
-    """
-    if isinstance(exc, LineRefused):
-        return False
-    return isinstance(exc, InvalidOutput) or (exc.status is not None and 400 <= exc.status < 500)
-
-
-def _how(exc: AttemptError) -> tuple[object, ...]:
-    """What makes two failures the same: the status and code, and for invalid output what was wrong."""
-    return (exc.status, exc.code, exc.message if isinstance(exc, InvalidOutput) else None)
-
-
-def _systematic(exc: AttemptError, lines: int) -> FatalAPIError:
-    if isinstance(exc, InvalidOutput):
-        return FatalAPIError(
-            "invalid_output",
-            f"the first {lines} lines all broke the schema the same way on every attempt, so every line "
-            f"would: {exc.code}: {exc.message}. The model answered instead: {answered(exc.body)}. "
-            "Nothing was recorded",
-        )
-    return FatalAPIError(
-        "rejected",
-        f"the first {lines} requests were all refused the same way, so every one would be: {exc.message}",
-    )
+    reply: Reply
+    route: Route
+    ticket: Ticket
+    latency_ms: float
 
 
 def unreachable_error(exc: AttemptError, route: Route, api: Api = "chat") -> FatalAPIError | None:
-    """The endpoint never answered at all, or None.
-
-    "Unreachable" means no HTTP answer at all, ever, for a while (``Admission.never_reached``):
-    a 5xx (or any status) is an answer.
-    """
-    if not no_answer(exc) or not route.admission.never_reached():
+    """The endpoint never answered at all, for a while (``Admission.never_reached``), or None: a 5xx is an answer."""
+    if not isinstance(exc, NoAnswer) or not route.admission.never_reached():
         return None
-    url = route.connection.where(api)  # the route this request tried
+    url = route.transport.where(api)  # the route this request tried
     return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded", cause=exc.code)
 
 
-def endpoint_error(exc: AttemptError, route: Route, api: Api = "chat", *, fresh_token: bool = False) -> FatalAPIError:
+def endpoint_error(
+    exc: EndpointRefused, route: Route, api: Api = "chat", *, fresh_token: bool = False
+) -> FatalAPIError:
     """The endpoint refused the route's credentials, or has no such deployment: said as what changed, if it worked."""
-    url = route.connection.where(api)  # the route this request tried
-    kind = FATAL_STATUSES.get(exc.status or 0, "authentication")
+    url, kind = route.transport.where(api), exc.KIND
     if not route.any_success:
         if kind == "not_found":
             return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
@@ -140,7 +105,7 @@ def endpoint_error(exc: AttemptError, route: Route, api: Api = "chat", *, fresh_
     after = f"after {route.succeeded:,} answers"
     if kind == "not_found":
         changed = f"the deployment was not found {after}: was it deleted or renamed? ({exc.message}; URL tried: {url})"
-    elif route.connection.tokens is not None:
+    elif route.transport.tokens is not None:
         again = ", with a fresh token too" if fresh_token else ""
         changed = f"the Entra ID identity was refused {after}{again}: was its access removed? ({exc.message})"
     else:
@@ -153,7 +118,9 @@ class Attempts:
     """Carries jobs to an answer. One instance per run, shared by every worker.
 
     :param stopping: asked before every attempt; True abandons the job (``Stopped``).
-    :param sleep: every retry wait; tests inject a recorder. ``clock`` times latency.
+    :param sleep: every retry wait; tests inject their clock's. ``clock`` times latency.
+    :param cached: the response cache's front (``cached.py``), if the run has one.
+    :param check: what answers are checked against (default: the request's schemas); one per run.
     """
 
     def __init__(
@@ -165,194 +132,102 @@ class Attempts:
         stats: RunStats,
         stopping: Callable[[], bool],
         prices: Prices | None = None,
+        check: OutputCheck | None = None,
         budget: Budget | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
-        cache: ResponseCache | None = None,
+        cached: Cached | None = None,
     ) -> None:
-        self.router, self.check = router, OutputCheck(request.tools, request.response_format, request.models)
-        self.cache = cache
-        self.identity = [route.deployment.endpoint.identity for route in router.routes]
-        self.asked: dict[bytes, asyncio.Future[Entry | None]] = {}  # cache keys on the wire: identical lines wait
+        self.router, self.check = router, check or OutputCheck(request.tools, request.response_format, request.models)
+        self.cached, self.verdict = cached, Verdict(stopping)
         self.prices, self.budget = prices, budget or Budget(None)
-        self.retry, self.feedback, self.stats = retry, request.feedback, stats
+        self.max_attempts, self.feedback, self.stats = retry.max_attempts, request.feedback, stats
         self.stopping, self.sleep, self.clock = stopping, sleep, clock
+        self.policy = retrying(retry, sleep=sleep, before_sleep=self._before_retry)
         self.sending: set[asyncio.Task[Any]] = set()  # tasks with a request on the wire
-        self.any_success = False
-        self.held: list[Failure] = []  # 4xx failures and invalid output before the first success (``settle``)
-        self.proven = asyncio.Event()  # set once the failures so far are known not to be every line's
-        self.reasking = 0  # lines that asked the model again before ``proven``: at most SYSTEMATIC
         self.on_send: Callable[[int], None] = lambda line_no: None  # told each line as its request goes out
 
-    def settle(self, outcome: Outcome) -> list[Outcome]:
-        """The outcomes to record now. Holds 4xx failures until the first success shows the endpoint works.
-
-        :raises FatalAPIError: the first ``SYSTEMATIC`` requests all failed with the same 4xx.
-        """
-        if self.any_success or not isinstance(outcome, Failure) or not _holdable(outcome.error):
-            return [*self.release_held(), outcome]
-        self.held.append(outcome)
-        if len(self.held) < SYSTEMATIC:
-            return []
-        if len({_how(f.error) for f in self.held}) == 1:
-            self.proven.set()  # the lines waiting to ask again wake, see the run stopping, and stop
-            raise _systematic(outcome.error, len(self.held))
-        return list(self.release_held())
-
-    def release_held(self) -> list[Failure]:
-        released, self.held = self.held, []
-        self.proven.set()
-        return released
-
     async def carry(self, job: Job) -> Outcome:
-        if self.reasking >= SYSTEMATIC:  # the first lines are all being asked again: no new line until a verdict
-            await self._verdict()
-        if self.cache is None:
+        await self.verdict.new_line()  # the first lines are all being asked again: no new line until a verdict
+        if self.cached is None:
             return await self._carry(job)
-        key = self._key(job)
-        stored = self.cache.get(key)
-        if (hit := self._answered(job, key, stored)) is not None:
-            return hit
-        if (first := self.asked.get(key)) is not None:  # the same request is on the wire: its answer serves this line
-            if (hit := self._answered(job, key, await asyncio.shield(first), shared=True)) is not None:
-                return hit
-            return await self._carry(job)
-        self.asked[key] = asyncio.get_running_loop().create_future()
+        return await self.cached.carry(job, self._carry)
+
+    async def _carry(self, job: Job) -> Outcome:
+        tally = _Tally(job, job.payload)
         try:
-            return await self._carry(job, key, refresh=stored is not None)
-        finally:
-            if not (future := self.asked.pop(key)).done():
-                future.set_result(None)  # no answer to share: the lines waiting send their own
-
-    def from_cache(self, job: Job) -> dict[str, Any] | None:
-        """The line's result record from the response cache, if it holds an answer that fits (the Batch API's)."""
-        if self.cache is None:
-            return None
-        key = self._key(job)
-        hit = self._answered(job, key, self.cache.get(key))
-        return hit.record if hit is not None else None
-
-    def keep(self, job: Job, body: bytes, request_id: str | None) -> None:
-        """Store an answer got another way (a Batch API job's) in the response cache, if there is one."""
-        if self.cache is not None:
-            self.cache.put(self._key(job), body, request_id)
-
-    def _key(self, job: Job) -> bytes:
-        return cache_key(job.api, self.identity, job.body)
-
-    def _answered(self, job: Job, key: bytes, entry: Entry | None, *, shared: bool = False) -> Success | None:
-        """The line's result from a stored (or shared) answer, if it is one and fits the current schema."""
-        if entry is None:
-            return None
-        try:
-            body = read_json(entry.body)
-            output = self.check.extract_for(job.api, body, job.body)
-        except (orjson.JSONDecodeError, TooDeep, AttemptError, KeyError, TypeError, IndexError):
-            return None  # not an answer, or not one the schema takes now: asked again
-        if not shared and self.cache is not None:
-            self.cache.hit(key)
-        sampled = bool(job.body.get("temperature") or 0) or int(job.body.get("n") or 1) > 1
-        self.stats.count_cached(body, self.prices, shared=shared, sampled=sampled)
-        record = result_record(
-            custom_id=job.custom_id,
-            line_no=job.line_no,
-            request_id=entry.request_id,
-            raw_body=entry.body,
-            output=output,
-            attempts=0,
-            latency_ms=0.0,
-            line_hash=job.line_hash,
-        )
-        record["cached"] = True
-        return Success(job.line_no, record)
-
-    async def _carry(self, job: Job, key: bytes | None = None, refresh: bool = False) -> Outcome:
-        tally = _Tally(api=job.api)
-        try:
-            reply, latency_ms, output = await self._until_done(job, tally)
-        except AttemptError as exc:
-            first = self.router.routes[0]
-            if not self.any_success and not self.router.pooled and (fatal := unreachable_error(exc, first, job.api)):
-                raise fatal from None
+            sent, output = await self._until_done(tally)
+        except (AttemptError, Failover) as failed:
+            exc = failed.error if isinstance(failed, Failover) else failed
             if isinstance(exc, EndpointRefused) and self.stopping():
                 raise Stopped from None  # refused with the key or deployment the run stops for: not this line's
-            name = tally.route.name if tally.route else None
             record = failure_record(
                 custom_id=job.custom_id,
                 line_no=job.line_no,
                 exc=exc,
                 attempts=tally.attempts,
-                deployment=name,
+                deployment=tally.route.name if tally.route else None,
                 line_hash=job.line_hash,
             )
             return Failure(job.line_no, record, exc)
-        self.any_success = True
-        self.proven.set()
-        self.stats.add_latency(latency_ms)
-        if key is not None and self.cache is not None:
-            entry = Entry(reply.raw, reply.request_id)
-            if not self.cache.put(key, entry.body, entry.request_id, replace=refresh):
-                self.stats.cache_raced += 1  # another run stored it meanwhile: sent by both at once
-            self.asked[key].set_result(entry)
+        self.verdict.succeeded()
+        self.stats.add_latency(sent.latency_ms)
         record = result_record(
             custom_id=job.custom_id,
             line_no=job.line_no,
-            request_id=reply.request_id,
-            raw_body=reply.raw,
+            request_id=sent.reply.request_id,
+            raw_body=sent.reply.raw,
             output=output,
             attempts=tally.attempts,
-            latency_ms=latency_ms,
-            deployment=tally.route.name if tally.route else None,
+            latency_ms=sent.latency_ms,
+            deployment=sent.route.name,
             line_hash=job.line_hash,
         )
-        return Success(job.line_no, record)
+        return Success(job.line_no, record, sent.reply)
 
-    async def _until_done(self, job: Job, tally: _Tally) -> tuple[Reply, float, Any]:
-        # Most requests succeed first time: try once before building a tenacity loop,
-        # whose per-attempt bookkeeping costs more CPU than the HTTP exchange itself.
+    async def _until_done(self, tally: _Tally) -> tuple[_Sent, Any]:
+        """The job's counted attempts: the first, then as tenacity's strategies say (``retry.py``), each a pure
+        function of the call's ``RetryCallState``, made at the first failure. The loop is this one rather than
+        ``AsyncRetrying``'s: most jobs succeed at once, and its bookkeeping for each call (a list of actions,
+        each inspected) cost more CPU than the request itself (20 to 30 µs, against 280 µs a request)."""
         try:
-            return await self._attempt(job, job.payload, tally)
-        except AttemptError as exc:
-            if not exc.retryable:
-                raise
-            first = exc
-        if isinstance(first, InvalidOutput):
-            await self._reask_turn()
-        payload = self._next_payload(job, first, job.payload)
-        replay = [first]  # tenacity's attempt 1 is the one just made: replayed, so tenacity decides its wait
-        async for attempt in retrying(self.retry, sleep=self.sleep, before_sleep=self._before_retry):
-            with attempt:
-                if replay:
-                    raise replay.pop()
-                try:
-                    return await self._attempt(job, payload, tally)
-                except AttemptError as exc:
-                    payload = self._next_payload(job, exc, payload)
-                    raise
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+            return await self._counted(tally)
+        except (AttemptError, Failover) as failed:
+            state = RetryCallState(self.policy, fn=None, args=(), kwargs={})
+            state.set_exception((type(failed), failed, failed.__traceback__))
+        policy = self.policy
+        while policy.retry(state) and not policy.stop(state):
+            wait = policy.wait(state)
+            self._before_retry(state)
+            state.prepare_for_next_attempt()
+            await self.sleep(wait)
+            try:
+                return await self._counted(tally)
+            except (AttemptError, Failover) as failed:
+                state.set_exception((type(failed), failed, failed.__traceback__))
+        last = state.outcome.exception() if state.outcome is not None else None
+        assert last is not None
+        raise last  # the last failure, as tenacity's reraise does
 
-    async def _reask_turn(self) -> None:
-        """Before the first success, only SYSTEMATIC lines ask the model again; the others wait for a verdict."""
-        if self.proven.is_set():
-            return
-        if self.reasking < SYSTEMATIC:
-            self.reasking += 1
-            return
-        await self._verdict()
+    async def _counted(self, tally: _Tally) -> tuple[_Sent, Any]:
+        """One attempt that counts: sent again at once while the failures are "not yet" (they count for nothing)."""
+        if isinstance(tally.failed, InvalidOutput) and not tally.reasked:
+            tally.reasked = True
+            await self.verdict.reask()  # before the first success, only SYSTEMATIC lines ask the model again
+        try:
+            while (done := await self._attempt(tally)) is None:
+                self.stats.count_retry()
+        except (AttemptError, Failover) as failed:
+            exc = failed.error if isinstance(failed, Failover) else failed
+            tally.failed = exc
+            if exc.feedback and self.feedback:  # the next attempt tells the model what was wrong
+                tally.payload = with_feedback(tally.job.body, exc.feedback)
+            raise
+        return done
 
-    async def _verdict(self) -> None:
-        await self.proven.wait()
-        if self.stopping():
-            raise Stopped  # the verdict: every line would fail the same way
-
-    def _next_payload(self, job: Job, exc: AttemptError, current: bytes) -> bytes:
-        """After invalid output, the next attempt tells the model what was wrong (unless feedback is off)."""
-        if exc.feedback and self.feedback:
-            return with_feedback(job.body, exc.feedback)
-        return current
-
-    async def _attempt(self, job: Job, payload: bytes, tally: _Tally) -> tuple[Reply, float, Any]:
-        estimate = self._estimated_cost(job)
+    async def _attempt(self, tally: _Tally) -> tuple[_Sent, Any] | None:
+        """One request, within the budget: its answer and output, or None to ask again now ("not yet")."""
+        job, estimate = tally.job, self._estimated_cost(tally.job)
         reserved = self.budget.reserve(estimate)
         if reserved is None:
             raise StopRun(
@@ -361,21 +236,21 @@ class Attempts:
             )
         spent = None
         try:
-            sent = await self._send(job, payload, tally)
+            if (sent := await self._send(tally)) is None:
+                return None
             spent = self.stats.count_usage(sent.reply.body, self.prices)
         finally:
             self.budget.settle(reserved, estimate, spent)
         route = sent.route
-        route.on_answer()
+        route.succeeded, route.refusals = route.succeeded + 1, 0  # an answer: the key and the deployment work
         route.admission.on_reply(sent.reply.headers, sent.ticket)
-        self._observe(route)
         try:
-            output = self.check.extract_for(job.api, sent.reply.body, job.body)
+            return sent, self.check.extract_for(job.api, sent.reply.body, job.body)
         except AttemptError as exc:  # the answer's own id, to quote to support
             raise exc.but(request_id=exc.request_id or sent.reply.request_id) from None
-        return sent.reply, sent.latency_ms, output
 
-    async def _send(self, job: Job, payload: bytes, tally: _Tally) -> _Sent:
+    async def _send(self, tally: _Tally) -> _Sent | None:
+        job = tally.job
         route, ticket = await self.router.acquire(job.estimate, tally.avoid, retry=tally.attempts > 0)
         if self.stopping():
             raise Stopped  # no new attempt once a stop was asked for (retries included)
@@ -384,31 +259,35 @@ class Attempts:
         tally.attempts += 1
         tally.route, tally.avoid = route, None
         self.stats.count_sent(route.admission.calibration.charge(job.estimate))
-        route.on_sent()
+        route.in_flight += 1
         self.on_send(job.line_no)
         self.sending.add(task)
         started = self.clock()
         try:
-            reply = await route.connection.send(self._payload_for(route, job, payload), job.api, job.body)
+            reply = await route.transport.send(self._payload_for(route, tally), job.api, job.body)
         except AttemptError as exc:
-            throttled = exc.status == THROTTLED
+            failure: AttemptError | None = exc
+            throttled = isinstance(exc, RateLimited)
             self.stats.count_failed_attempt(throttled=throttled, status=exc.status, code=exc.code)
-            route.on_failure(throttled=throttled)
-            raise await self._on_failure(route, exc, ticket, tally) from None
+            route.failed, route.throttled = route.failed + 1, route.throttled + throttled
+        else:
+            failure = None
+            self.stats.count_answered()
         finally:
             self.stats.count_returned()
-            route.on_returned()
+            route.in_flight -= 1
             self.sending.discard(task)
-            route.admission.answered = route.connection.answered
-        self.stats.count_answered()
-        return _Sent(reply, ticket, (self.clock() - started) * 1000, route)
+        if failure is not None:
+            await self._react(route, failure, ticket, tally)
+            return None
+        return _Sent(reply, route, ticket, (self.clock() - started) * 1000)
 
-    def _payload_for(self, route: Route, job: Job, payload: bytes) -> bytes:
+    def _payload_for(self, route: Route, tally: _Tally) -> bytes:
         """A pool's deployments may have different names: where the body names the model, it names this one."""
         name = route.deployment.endpoint.deployment
-        if not self.router.pooled or not route.names_model or job.body.get("model") == name:
-            return payload
-        return orjson.dumps({**orjson.loads(payload), "model": name})
+        if not route.names_model or tally.job.body.get("model") == name:
+            return tally.payload
+        return orjson.dumps({**orjson.loads(tally.payload), "model": name})
 
     def _estimated_cost(self, job: Job) -> float:
         """What admission would let this attempt cost at most: the estimate's prompt and completion parts."""
@@ -416,87 +295,56 @@ class Attempts:
             return 0.0
         return self.prices.cost(job.prompt_estimate, job.estimate - job.prompt_estimate)
 
-    async def _on_failure(self, route: Route, exc: AttemptError, ticket: Ticket, tally: _Tally) -> AttemptError:
-        """How the engine reacts to a failed attempt: the same failure, held, retried elsewhere or at once."""
+    async def _react(self, route: Route, exc: AttemptError, ticket: Ticket, tally: _Tally) -> None:
+        """How the engine reacts to a failed send, by its class: returning asks again now (it counts for nothing);
+        else the failure is raised, to count (tenacity asks again if its class may be fixed by another attempt).
+
+        :raises FatalAPIError: or ``StopRun``, when the last deployment is set aside.
+        """
         if isinstance(exc, Redirected):  # the endpoint is wrong, whatever came before: never followed
-            self._refused(route, FatalAPIError("redirect", exc.message))
-            return _again(exc)
-        tokens = route.connection.tokens
-        if isinstance(exc, EndpointRefused) and exc.status == 401 and route.any_success and tokens:
-            if await tokens.refresh_after_401(exc.token):
-                return _again(exc)  # the token expired early: a new one, and the same request again
-            self._refused(route, endpoint_error(exc, route, tally.api, fresh_token=True))
-            return _again(exc)
+            self.router.set_aside(route, FatalAPIError("redirect", exc.message))
+            return
+        tokens = route.transport.tokens
+        if isinstance(exc, Unauthorized) and route.any_success and tokens is not None:
+            if not await tokens.refresh_after_401(exc.token):  # else the token expired early: the same request again
+                self.router.set_aside(route, endpoint_error(exc, route, tally.job.api, fresh_token=True))
+            return
         try:
-            held = route.admission.on_failure(exc, ticket)
+            holds = route.admission.on_failure(exc, ticket)
         except StopRun as stop:  # this deployment's quota is exhausted
-            if not self.router.pooled:
-                raise
-            self.router.set_aside(route, str(stop), resumable=True)
-            return _again(exc)
-        self._observe(route)
+            self.router.set_aside(route, stop)
+            return
         if isinstance(exc, EndpointRefused):
-            return self._endpoint_refused(route, exc, tally)
-        if not is_outage(exc):
-            route.on_accepted()
-        if not route.any_success and (fatal := self._unreachable_before_success(route, exc, tally.api)):
-            self._refused(route, fatal)
-            return _again(exc)
-        if self.router.pooled and (exc.status == THROTTLED or exc.retryable) and len(self.router.live) > 1:
-            tally.avoid = route  # the retry goes to another deployment, at once
-            return exc.but(held=held) if held else exc.but(retry_after=0.0)
-        return exc.but(held=True) if held else exc
+            self._endpoint_refused(route, exc, tally)
+            return
+        if not isinstance(exc, Outage):
+            route.refusals = 0  # an answer past the key and the deployment (a 4xx of the request's own, a 429)
+        if fatal := unreachable_error(exc, route, tally.job.api):  # down from the start: a wrong URL, most likely
+            self.router.set_aside(route, fatal)
+            return
+        if not isinstance(exc, (RateLimited, *ASKED_AGAIN)):
+            raise exc
+        tally.avoid = route  # the next attempt goes elsewhere if another deployment can take it now
+        if holds:
+            return
+        if any(other is not route for other in self.router.live):
+            raise Failover(exc)
+        raise exc
 
-    def _unreachable_before_success(self, route: Route, exc: AttemptError, api: Api) -> FatalAPIError | None:
-        """A deployment down from the start: most likely a wrong URL, not an outage."""
-        if route.admission.breaker.is_open and no_answer(exc):
-            return unreachable_error(exc, route, api)
-        return None
-
-    def _endpoint_refused(self, route: Route, exc: EndpointRefused, tally: _Tally) -> AttemptError:
+    def _endpoint_refused(self, route: Route, exc: EndpointRefused, tally: _Tally) -> None:
         """The key or the deployment refused: the verdict, or (while few answers agree) the same line again later.
 
         Before the deployment's first success, one refusal is the verdict. After it, one or two may be a
         moment's, or this line's: the line is asked again after a backoff (using up an attempt), and the
         verdict comes once ``AGREE`` answers in a row (this line's or others') agree.
         """
-        agreeing = route.on_refused()
-        if route.any_success and agreeing < min(AGREE, self.retry.max_attempts) and not self.stopping():
-            tally.avoid = route if self.router.pooled else None
-            return exc.but(retryable=True)
-        self._refused(route, endpoint_error(exc, route, tally.api))
-        return _again(exc)
-
-    def _refused(self, route: Route, fatal: FatalAPIError) -> None:
-        """One endpoint stops the run; a pool sets the deployment aside and the job tries another."""
-        if not self.router.pooled:
-            raise fatal
-        self.router.set_aside(route, str(fatal), resumable=fatal.kind == "unreachable")
-
-    def _observe(self, route: Route) -> None:
-        """What admission has learned, for the display: a few attribute copies per answer."""
-        if self.router.pooled:
-            return  # each deployment's state is shown on its own line (``RunStats.routes``)
-        admission = route.admission
-        self.stats.learned_tpm = admission.learned_tpm
-        self.stats.charge_ratio = admission.ratio
+        route.refusals += 1
+        if route.any_success and route.refusals < min(AGREE, self.max_attempts) and not self.stopping():
+            tally.avoid = route
+            raise exc
+        self.router.set_aside(route, endpoint_error(exc, route, tally.job.api))
 
     def _before_retry(self, state: RetryCallState) -> None:
         self.stats.count_retry()
         if self.stopping():
             raise Stopped
-
-
-def _again(exc: AttemptError) -> AttemptError:
-    """The same request again, at once, using up no attempt (another deployment, or a new token)."""
-    return exc.but(retryable=True, held=True)
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    """An answer, with the admission ticket it was sent under and how long it took."""
-
-    reply: Reply
-    ticket: Ticket
-    latency_ms: float
-    route: Route

@@ -1,55 +1,59 @@
-"""Which failures are retried, and how long one input waits before its next attempt.
+"""When one input asks again, how long it waits first, and when it gives up: tenacity, used as designed.
 
-The classification and the wait are pure; ``retrying()`` composes them into a
-tenacity policy with an injectable ``sleep`` so tests can record the waits.
+Each strategy is a pure function of tenacity's ``RetryCallState``, whose ``outcome`` is the attempt that
+just failed: ``asked_again`` says by its class whether another attempt may help, ``wait_for_server`` waits
+what the server asked for (else backs off), and ``stop_after_attempt`` counts what tenacity saw.
 
-A failure that admission holds (a 429, or any failure while the endpoint is
-down: ``AttemptError.held``, set in ``admission/admission.py``) is not this module's business
-beyond "try again": it does not use up ``max_attempts``, and its wait is
-admission's, which every attempt passes before it is sent.
+What tenacity never sees is "not yet": a 429, a failure while the breaker holds the endpoint, a retry on
+another deployment or with a fresh token. Those wait in admission and use up none of ``--max-attempts``
+(``attempts.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exponential_jitter
 
 from ..clock import Sleep
 from ..config import RetryPolicy
-from ..errors import AttemptError
+from ..errors import ASKED_AGAIN, AttemptError, EndpointRefused, InvalidOutput
 
 
-def is_held(exc: BaseException | None) -> bool:
-    return isinstance(exc, AttemptError) and exc.held
+class Failover(Exception):
+    """A failure a pool routes around: it counts, and the next attempt goes at once to another deployment,
+    so the failed one's hint (its ``retry-after``) is not waited out."""
+
+    def __init__(self, error: AttemptError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-class wait_server_or:
-    """No wait when admission holds the next attempt; what the server asked for; else ``fallback``."""
+# What tenacity asks again: what another attempt may fix; and a refusal of the key or the deployment, which
+# reaches tenacity only while too few answers agree on it to stop the run (``attempts.py``).
+RETRIED = (*ASKED_AGAIN, EndpointRefused, Failover)
 
-    def __init__(self, fallback: Callable[[RetryCallState], float]) -> None:
-        self.fallback = fallback
 
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if is_held(exc):
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+def asked_again(state: RetryCallState) -> bool:
+    return isinstance(_failure(state), RETRIED)
+
+
+def wait_for_server(fallback: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
+    """What the server asked for (``retry-after``); at once after invalid output or a failover; else ``fallback``."""
+
+    def wait(state: RetryCallState) -> float:
+        failure = _failure(state)
+        if isinstance(failure, Failover | InvalidOutput):
             return 0.0
-        if isinstance(exc, AttemptError) and exc.retry_after is not None:
-            return exc.retry_after
-        return self.fallback(state)
+        if isinstance(failure, AttemptError) and failure.retry_after is not None:
+            return failure.retry_after
+        return fallback(state)
 
-
-class stop_after_failures:
-    """Give up after ``max_attempts`` failed attempts; held ones (429s, outages) are "not yet". One per input."""
-
-    def __init__(self, max_attempts: int) -> None:
-        self.max_attempts = max_attempts
-        self.failures = 0
-
-    def __call__(self, state: RetryCallState) -> bool:
-        if not is_held(state.outcome.exception() if state.outcome else None):
-            self.failures += 1
-        return self.failures >= self.max_attempts
+    return wait
 
 
 def backoff(policy: RetryPolicy) -> wait_exponential_jitter:
@@ -59,21 +63,14 @@ def backoff(policy: RetryPolicy) -> wait_exponential_jitter:
     )
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, AttemptError) and exc.retryable
-
-
 def retrying(
-    policy: RetryPolicy,
-    *,
-    sleep: Sleep,
-    before_sleep: Callable[[RetryCallState], None] | None = None,
+    policy: RetryPolicy, *, sleep: Sleep, before_sleep: Callable[[RetryCallState], None] | None = None
 ) -> AsyncRetrying:
-    """The tenacity policy for one input: up to ``max_attempts`` failed tries, then re-raise."""
+    """The tenacity policy for one input: up to ``max_attempts`` attempts, then the last failure re-raised."""
     return AsyncRetrying(
-        stop=stop_after_failures(policy.max_attempts),
-        wait=wait_server_or(backoff(policy)),
-        retry=retry_if_exception(_is_retryable),
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=wait_for_server(backoff(policy)),
+        retry=asked_again,
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

@@ -1,53 +1,49 @@
-"""Where each attempt goes: the one deployment, or the best of a pool (``--deployments``).
+"""Where each attempt goes, and when: the deployments of a run (one endpoint is a pool of one).
 
-Each deployment is a ``Route`` with its own connection and its own admission:
-meters, cool-down, calibrated or adaptive rate, and outage breaker
-(``admission/admission.py``). With one route, an attempt simply waits in its admission. With
-a pool, the router looks at every route at once, first come first served:
+Each deployment is a ``Route`` with its own transport and its own admission (``admission/admission.py``).
+The router admits one attempt at a time, retries first, then first come first served (``admission/turn.py``),
+and looks at every route at once:
 
-* it sends the attempt to a route that can admit it now, preferring the best
-  (lowest) priority, and among equals the one with the most room left (the
-  fullest meters, then the fewest requests in flight);
-* when none can, it waits for the soonest;
-* a retry after a 429, a 5xx or an outage avoids the route that failed while
-  another can take it now, and never waits for another because of it;
-* a route that fails authentication or has no such deployment (at once before
-  its first success, after a few refusals in a row once it has worked), that is
-  unreachable from the start, or whose quota is exhausted, is set aside with a
-  message; the run stops only when every route is.
+* it sends the attempt to a route that can admit it now, preferring the best (lowest) priority, and among
+  equals the one with the most room left (the fullest meters, then the fewest requests in flight);
+* when none can, it waits for the soonest; the servers' holds on it (a 429's pause, a learned rate, a
+  window's turn) are bounded by ``--max-wait`` in all, however late a loaded loop wakes;
+* a retry after a 429, a 5xx or an outage avoids the route that failed while another can take it now, and
+  never waits for another because of it;
+* a route that fails authentication or has no such deployment (at once before its first success, after a
+  few refusals in a row once it has worked), that is unreachable from the start, or whose quota is
+  exhausted, is set aside with a message; the run stops when every route is, for the last one's reason.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..admission.admission import Admission
+from ..admission.admission import PATIENT, READY, Admission, Hold
 from ..admission.calibration import Ticket
+from ..admission.turn import NEW, RETRY, Turn
 from ..clock import NAP, Clock, Sleep
-from ..config import Deployment, Patience, RetryPolicy
+from ..config import Deployment, Patience, TransportOptions
 from ..errors import FatalAPIError, StopRun
 from ..protocol import under_v1
 from ..redact import Redactor
-from .client import Connection
+from .transport import AiohttpTransport, Transport
 
 
 @dataclass(eq=False)
 class Route:
-    """One deployment of a run, with what the display shows of it."""
+    """One deployment of a run, with its own counters (what the display shows of it)."""
 
     deployment: Deployment
-    connection: Connection
+    transport: Transport
     admission: Admission
-    aside: str | None = None  # why it was set aside, if it was
-    resumable: bool = True  # whether what set it aside may pass (an exhausted quota, an outage)
+    aside: FatalAPIError | StopRun | None = None  # why it was set aside, if it was
     succeeded: int = 0
     in_flight: int = 0
     throttled: int = 0
     failed: int = 0  # failed attempts
-    any_success: bool = False
     refusals: int = 0  # refusals of the key or the deployment in a row, with no other answer between them
 
     @property
@@ -55,39 +51,14 @@ class Route:
         return self.deployment.name
 
     @property
+    def any_success(self) -> bool:
+        return self.succeeded > 0
+
+    @property
     def names_model(self) -> bool:
         """Whether the request body must name this deployment (the v1 API and OpenAI-compatible servers)."""
         endpoint = self.deployment.endpoint
         return under_v1(endpoint.kind, endpoint.api_version)
-
-    # -- events (from ``attempts``) ----------------------------------------------------------------
-
-    def on_sent(self) -> None:
-        self.in_flight += 1
-
-    def on_returned(self) -> None:
-        """An attempt is back, answered, failed or cancelled."""
-        self.in_flight -= 1
-
-    def on_answer(self) -> None:
-        """An answer from this deployment was accepted: it works."""
-        self.any_success = True
-        self.succeeded += 1
-        self.refusals = 0
-
-    def on_accepted(self) -> None:
-        """An answer past the key and the deployment (a 4xx of the request's own, a 429): both still work."""
-        self.refusals = 0
-
-    def on_refused(self) -> int:
-        """The key or the deployment was refused here; how many answers in a row have said so."""
-        self.refusals += 1
-        return self.refusals
-
-    def on_failure(self, *, throttled: bool) -> None:
-        """An attempt failed here (``throttled``: with a 429)."""
-        self.failed += 1
-        self.throttled += throttled
 
     @property
     def learned_tpm(self) -> float | None:
@@ -102,9 +73,14 @@ class Route:
             return f"set aside: {self.aside}"
         return self.admission.status() or "ok"
 
+    def notice(self) -> str | None:
+        """What the user should know of its admission now (an outage, a wait and its source), if anything."""
+        return self.admission.status()
+
 
 class Router:
-    """Chooses a route for each attempt. ``on_aside(message)`` is told when a route is set aside."""
+    """Chooses a route for each attempt and waits until it may go. ``on_aside(message)`` hears of a route set
+    aside while others still work."""
 
     def __init__(
         self,
@@ -113,50 +89,47 @@ class Router:
         sleep: Sleep,
         on_aside: Callable[[str], None],
         clock: Clock = time.monotonic,
-        max_wait: float = Patience().max_wait,
+        patience: Patience = PATIENT,
     ) -> None:
         if not routes:
             raise ValueError("a router needs at least one route")
-        self.routes, self.sleep, self.on_aside, self.clock, self.max_wait = routes, sleep, on_aside, clock, max_wait
-        self._turn = asyncio.Lock()  # a pool's admissions, one at a time, first come first served
+        self.routes, self.sleep, self.on_aside, self.clock = routes, sleep, on_aside, clock
+        self.max_wait = patience.max_wait
+        self._turn = Turn()  # one admission at a time: retries first, then first come first served
+        self._last = routes[0]  # the route set aside last
 
     @classmethod
     async def open(
         cls,
         deployments: Sequence[Deployment],
-        retry: RetryPolicy,
+        transport: TransportOptions,
         patience: Patience,
         *,
+        concurrency: int,
         redactor: Redactor,
         on_aside: Callable[[str], None],
         sleep: Sleep,
         clock: Clock,
     ) -> Router:
-        """A route per deployment, each with its own admission and connection (close with ``close``)."""
+        """A route per deployment, each with its own admission and transport (close with ``close``)."""
         routes: list[Route] = []
         try:
             for deployment in deployments:
-                admission = Admission(deployment.tpm, deployment.rpm, patience, clock=clock, sleep=sleep)
-                connection = await Connection.open(
-                    deployment.endpoint, retry, concurrency=patience.concurrency, redactor=redactor
-                )
-                routes.append(Route(deployment, connection, admission))
+                admission = Admission(deployment.tpm, deployment.rpm, patience, concurrency=concurrency, clock=clock)
+                opened = await AiohttpTransport.open(deployment.endpoint, transport, redactor=redactor)
+                routes.append(Route(deployment, opened, admission))
         except BaseException:
             await cls.close_all(routes)
             raise
-        return cls(routes, sleep=sleep, on_aside=on_aside, clock=clock, max_wait=patience.max_wait)
+        return cls(routes, sleep=sleep, on_aside=on_aside, clock=clock, patience=patience)
 
     @staticmethod
     async def close_all(routes: Sequence[Route]) -> None:
         for route in routes:
-            await route.connection.close()
+            await route.transport.close()
 
     async def close(self) -> None:
         await self.close_all(self.routes)
-
-    @property
-    def pooled(self) -> bool:
-        return len(self.routes) > 1
 
     @property
     def live(self) -> list[Route]:
@@ -167,67 +140,99 @@ class Router:
     ) -> tuple[Route, Ticket]:
         """A route and its admission ticket for one attempt (``retry``: not the job's first; it goes first).
 
-        :raises StopRun: every live route has been down for longer than --max-outage (or admission's own).
+        :raises StopRun: every live route has been down for longer than --max-outage, or the servers' holds on
+            this attempt passed --max-wait.
         """
-        if not self.pooled:
-            route = self.routes[0]
-            return route, await route.admission.acquire(estimate, retry=retry)
-        async with self._turn:
-            held = 0.0  # seconds every deployment's server has held this attempt: --max-wait bounds it, as for one
-            while True:
-                route, wait = self._choose(estimate, avoid, retry)
-                if wait <= 0:
-                    return route, route.admission.take(estimate)
-                by_servers = all(r.admission.holds(estimate) for r in self.live)
-                if by_servers and held > self.max_wait:
-                    raise StopRun(
-                        f"every deployment has held the next request for {held:,.0f} s, longer than --max-wait "
-                        f"({self.max_wait:g} s): {'; '.join(f'{r.name}: {r.state()}' for r in self.live)}"
-                    )
-                before = self.clock()
-                await self.sleep(min(wait, NAP))
-                held = held + self.clock() - before if by_servers else 0.0
+        priority, seq = RETRY if retry else NEW, self._turn.ticket()
+        await self._turn.wait(priority, seq)
+        try:
+            return await self._admit(estimate, avoid, priority, seq)
+        finally:
+            self._turn.release(seq)
 
-    def _choose(self, estimate: float, avoid: Route | None, retry: bool = False) -> tuple[Route, float]:
-        """The best route that can admit now, else the soonest; ``avoid`` only if no other can admit now.
+    async def _admit(self, estimate: float, avoid: Route | None, priority: int, seq: int) -> tuple[Route, Ticket]:
+        """``acquire``'s wait, holding the turn (which a new request hands to a waiting retry during a round)."""
+        held = 0.0  # seconds the servers' holds kept this request
+        while True:
+            if priority == NEW and any(r.admission.refusing for r in self.routes) and self._turn.retry_waiting():
+                self._turn.release(seq)  # the probe a round of refusals sends is a request refused before
+                await self._turn.wait(priority, seq)  # after the retries, in its own place among the new
+                continue
+            route, hold = self._choose(estimate, avoid, priority == RETRY)
+            if hold.wait <= 0:
+                return route, route.admission.take(estimate, retry=priority == RETRY)
+            wait = hold.wait if hold.final else min(hold.wait, NAP)  # a rate may change meanwhile: look again
+            if hold.by_server:  # look again ten times within --max-wait, and just after it would be passed
+                self._check_held(held)
+                wait = min(wait, self.max_wait / 10, max(NAP / 10, self.max_wait - held + NAP / 10))
+            before = self.clock()
+            await self.sleep(wait)
+            if hold.by_server:
+                held += self.clock() - before  # the clock, not the wait asked for: a loaded loop oversleeps
+
+    def _choose(self, estimate: float, avoid: Route | None, retry: bool) -> tuple[Route, Hold]:
+        """The best route that can admit now, else the soonest, with what holds every route (the servers, if they
+        hold each; waited out whole, if each is); ``avoid`` only if no other can admit now.
 
         Avoiding is a preference, never a wait: a retry that waited for the other routes while the
         one it avoids could admit would hold up every attempt behind it (admission is first come,
         first served), and a pool with one dead member would sit idle.
         """
-        live = self.live
-        self._check_outages(live)
-        waits = [(r, r.admission.ready_in(estimate, retry=retry)) for r in live]
-        ready = [r for r, wait in waits if wait <= 0]
+        if not (live := self.live):
+            raise self._verdict()  # every route was set aside while this attempt waited
+        down = all(r.admission.breaker.is_open for r in live)  # then how long: over --max-outage stops the run
+        if down and all(over := [r.admission.outage_over_limit() for r in live]):
+            raise StopRun(self._joined(live, [str(o) for o in over]))
+        holds = [(r, r.admission.readiness(estimate, retry)) for r in live]
+        ready = [r for r, hold in holds if hold.wait <= 0]
         ready = [r for r in ready if r is not avoid] or ready
+        if len(ready) == 1:
+            return ready[0], READY
         if ready:
             best = min(r.deployment.priority for r in ready)
             pick = max(
                 (r for r in ready if r.deployment.priority == best),
                 key=lambda r: (r.admission.headroom(), -r.in_flight),  # the most room, then the least busy
             )
-            return pick, 0.0
-        return min(waits, key=lambda rw: (rw[1], rw[0].deployment.priority))
+            return pick, READY
+        route, soonest = min(holds, key=lambda rh: (rh[1].wait, rh[0].deployment.priority))
+        every = [hold for _, hold in holds]
+        return route, Hold(soonest.wait, all(h.by_server for h in every), all(h.final for h in every))
 
-    def _check_outages(self, live: list[Route]) -> None:
-        messages = [r.admission.outage_over_limit() for r in live]
-        if live and all(messages):
-            raise StopRun("; ".join(f"{r.name}: {m}" for r, m in zip(live, messages, strict=True)))
+    def _check_held(self, held: float) -> None:
+        """However the holds add up and however late the loop runs, none keeps a request past ``max_wait``."""
+        if held > self.max_wait:
+            live = self.live
+            holders = self._joined(live, [r.admission.holder() for r in live])
+            raise StopRun(
+                f"{holders}: the next request has been held for {held:,.0f} s, longer than --max-wait "
+                f"({self.max_wait:g} s)"
+            )
 
-    def set_aside(self, route: Route, reason: str, *, resumable: bool) -> None:
+    @staticmethod
+    def _joined(routes: list[Route], texts: list[str]) -> str:
+        return "; ".join(f"{r.name}: {t}" for r, t in zip(routes, texts, strict=True))
+
+    def set_aside(self, route: Route, reason: FatalAPIError | StopRun) -> None:
         """Stop sending to ``route`` for the rest of the run.
 
         :raises FatalAPIError: it was the last route, and some route was refused for good (authentication).
-        :raises StopRun: it was the last route, and every one may come back (quota, outage).
+        :raises StopRun: it was the last route, and every one may come back (a quota exhausted).
         """
         if route.aside is not None:
             return
-        route.aside, route.resumable = reason, resumable
-        others = len(self.live)
-        self.on_aside(f"deployment {route.name} set aside: {reason}" + (f"; {others} still working" if others else ""))
-        if others:
+        route.aside, self._last = reason, route
+        if others := len(self.live):
+            self.on_aside(f"deployment {route.name} set aside: {reason}; {others} still working")
             return
-        summary = "; ".join(f"{r.name}: {r.aside}" for r in self.routes)
-        if all(r.resumable for r in self.routes):
-            raise StopRun(f"every deployment was set aside ({summary})")
-        raise FatalAPIError("rejected", f"every deployment was set aside ({summary})")
+        raise self._verdict()
+
+    def _verdict(self) -> FatalAPIError | StopRun:
+        """Every route is set aside: the run stops for the last one's reason, the others' said with it."""
+        last = self._last
+        before = [f"{r.name}: {r.aside}" for r in self.routes if r is not last]
+        message = f"{last.aside}" + (f"; every deployment was set aside ({'; '.join(before)})" if before else "")
+        fatal = [r.aside for r in self.routes if isinstance(r.aside, FatalAPIError)]
+        if not fatal:
+            return StopRun(message)
+        return FatalAPIError(fatal[-1].kind, message, cause=fatal[-1].cause)

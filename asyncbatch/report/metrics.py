@@ -41,10 +41,11 @@ from typing import Any, TypeGuard
 import orjson
 
 from ..batch.parts import BatchState
+from ..config import StatePaths
 from ..errors import ConfigError, OutputError
 from ..redact import Redactor
 from ..stats import MAX_REASONS, RunStats, reason
-from ..store.files import StatePaths, atomic_file, cut, open_private, torn_tail, write_all
+from ..store.files import atomic_file, cut, open_private, torn_tail, write_all
 from .reading import bounded_lines, open_regular
 
 EVERY = 0.5  # seconds between rows at first: a short run still draws a curve
@@ -93,7 +94,7 @@ def row(stats: RunStats, t: float) -> list[Any]:
     recent = stats.take_recent_latencies()
     routes = [
         [r.succeeded, r.throttled, r.failed, r.in_flight, _round(r.learned_tpm), _round(r.charge_ratio, 3)]
-        for r in stats.routes
+        for r in stats.pool
     ]
     return [
         round(t, 1),
@@ -249,7 +250,7 @@ class MetricsLog:
                 "wall": round(self.wall() - self.t, 3),
                 "columns": COLUMNS,
                 "deployment_columns": DEPLOYMENT_COLUMNS,
-                "deployments": [self.redactor.text(r.name) for r in stats.routes],
+                "deployments": [self.redactor.text(r.name) for r in stats.pool],
                 "priced": stats.prices is not None,
                 "simulated": stats.simulated,
                 "tpm_limit": stats.tpm_limit,

@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
+from ..config import StatePaths
 from ..errors import ConfigError
 from ..redact import Redactor
-from ..store.files import StatePaths
 from .failures import Failures, read_failures
 from .metrics import DeploymentSummary, Dropped, Log, Session, Snapshot, read_log, read_summary
 

@@ -133,12 +133,12 @@ def _optional(s: RunStats) -> Iterator[Metric]:
 
 def _deployments(s: RunStats) -> Iterator[Metric]:
     """A pool's deployments, one label each."""
-    if not s.routes:
+    if not s.pool:
         return
-    yield labelled("asyncbatch_deployment_answers", "deployment", [(r.name, r.succeeded) for r in s.routes])
-    yield labelled("asyncbatch_deployment_throttled", "deployment", [(r.name, r.throttled) for r in s.routes])
-    yield labelled("asyncbatch_deployment_failed_attempts", "deployment", [(r.name, r.failed) for r in s.routes])
-    yield labelled("asyncbatch_deployment_in_flight", "deployment", [(r.name, r.in_flight) for r in s.routes])
+    yield labelled("asyncbatch_deployment_answers", "deployment", [(r.name, r.succeeded) for r in s.pool])
+    yield labelled("asyncbatch_deployment_throttled", "deployment", [(r.name, r.throttled) for r in s.pool])
+    yield labelled("asyncbatch_deployment_failed_attempts", "deployment", [(r.name, r.failed) for r in s.pool])
+    yield labelled("asyncbatch_deployment_in_flight", "deployment", [(r.name, r.in_flight) for r in s.pool])
 
 
 class MetricsEndpoint:

@@ -59,32 +59,58 @@ class Run:
     ended: float = float("inf")
 
 
+# A process's peak memory on Linux starts at its parent's resident size when it was forked: a CLI
+# started straight from a large pytest worker (one that has run Ray or Spark) would report that
+# worker's size. This small launcher forks the run, so the run's peak is its own, and reports the
+# run's pid (for kill -9) and then its wait4 usage and status on a pipe.
+_LAUNCHER = """
+import os, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+os.write(fd, b"%d\\n" % pid)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, b"%d %d\\n" % (usage.ru_maxrss, os.waitstatus_to_exitcode(status)))
+"""
+
+
 def run_cli(args: list[str], cwd: Path, env: dict[str, str], *, bound: float, kill_after: float | None = None) -> Run:
     """One CLI run; kill -9 at ``kill_after`` seconds, or when it passes ``bound`` (then ``timed_out``)."""
     started = time.monotonic()
+    report, child_end = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "asyncbatch", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-c", _LAUNCHER, str(child_end), "-m", "asyncbatch", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(child_end,),
     )
-    out: dict[str, bytes] = {}
-    readers = [
-        threading.Thread(target=lambda name=name, pipe=pipe: out.__setitem__(name, pipe.read()))
-        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
-    ]
-    for reader in readers:
-        reader.start()
-    why: list[str] = []
+    os.close(child_end)
+    with os.fdopen(report, "rb") as reports:
+        pid = int(reports.readline())
+        out: dict[str, bytes] = {}
+        readers = [
+            threading.Thread(target=lambda name=name, pipe=pipe: out.__setitem__(name, pipe.read()))
+            for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
+        ]
+        for reader in readers:
+            reader.start()
+        why: list[str] = []
 
-    def kill(reason: str) -> None:
-        why.append(reason)
-        os.kill(proc.pid, signal.SIGKILL)
+        def kill(reason: str) -> None:
+            why.append(reason)
+            os.kill(pid, signal.SIGKILL)
 
-    timers = [threading.Timer(bound, kill, ("bound",))]
-    if kill_after is not None:
-        timers.append(threading.Timer(kill_after, kill, ("kill",)))
-    for timer in timers:
-        timer.start()
-    _, status, usage = os.wait4(proc.pid, 0)  # reaped here, so its own peak memory can be read
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        timers = [threading.Timer(bound, kill, ("bound",))]
+        if kill_after is not None:
+            timers.append(threading.Timer(kill_after, kill, ("kill",)))
+        for timer in timers:
+            timer.start()
+        maxrss_kb, code = (int(word) for word in reports.readline().split())
+    proc.wait()
     for timer in timers:
         timer.cancel()
     for reader in readers:
@@ -92,12 +118,12 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], *, bound: float, ki
     for pipe in (proc.stdout, proc.stderr):
         assert pipe is not None
         pipe.close()
-    killed = bool(why) and proc.returncode == -signal.SIGKILL
+    killed = bool(why) and code == -signal.SIGKILL
     ended = time.monotonic()
     return Run(
-        code=None if killed else proc.returncode,
+        code=None if killed else code,
         seconds=ended - started,
-        peak_rss_mb=usage.ru_maxrss / 1024,
+        peak_rss_mb=maxrss_kb / 1024,
         stdout=out.get("stdout", b"").decode(errors="replace"),
         stderr=out.get("stderr", b"").decode(errors="replace"),
         killed=killed and why[0] == "kill",

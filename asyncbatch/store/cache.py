@@ -32,17 +32,16 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 from urllib.parse import quote
 
 import orjson
 
+from ..config import MODES, CacheMode
 from ..errors import ConfigError, option
 from ..redact import Redactor
 from .files import open_private
 
-CacheMode = Literal["read-write", "read", "write", "off"]
-MODES: tuple[str, ...] = get_args(CacheMode)
 LEFT_OUT = ("user", "metadata")  # body fields that tag a request: not part of the key
 APPLICATION_ID = int.from_bytes(b"aBch", "big")  # SQLite's header field for "which program's file is this"
 SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is an unmarked cache made before the checksum column

@@ -33,13 +33,16 @@ from typing import Any
 
 import orjson
 
+from ..config import Outputs
 from ..errors import ACCEPT_CHANGES, OUTPUT_PATH, RESTART, RETRY_FAILED, ConfigError
+from ..input.ids import line_digest
+from ..input.reader import BOM, TABLES
 from ..records import INVALID_INPUT, LINE, LINE_HASH
-from .files import TABLES, Outputs, cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
-from .ids import DigestBag, line_digest
+from .files import cut, looks_like_record, open_private, replace_atomically, torn_tail, write_all
+from .ids import DigestBag
 
 VERSION = 4
-READABLE = frozenset({2, 3, VERSION})  # version 2 (before state directories) has no ``outputs``; 3 no ``input``
+READABLE = frozenset({3, VERSION})  # version 3 (main's until the input's path was kept) has no ``input``
 
 
 class DoneSet:
@@ -88,14 +91,6 @@ class DoneSet:
     @classmethod
     def decode(cls, text: str) -> DoneSet:
         return cls(zlib.decompress(base64.b64decode(text)))
-
-
-def fingerprint(options: Mapping[str, Any]) -> dict[str, str]:
-    """A short hash of each request-shaping option, so a changed one can be named."""
-    return {
-        name: hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
-        for name, value in sorted(options.items())
-    }
 
 
 class PrefixHash:
@@ -215,8 +210,8 @@ class Checkpoint:
     ids_lines: int
     input_offset: int
     input_hash: str
-    outputs: list[str] | None = None  # the resolved results and errors paths it describes (None: version 2)
-    input: str | None = None  # the resolved input path they answer (None: versions 2 and 3)
+    outputs: list[str] | None = None  # the resolved results and errors paths it describes
+    input: str | None = None  # the resolved input path they answer (None: version 3)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -246,9 +241,7 @@ class Checkpoint:
         if not isinstance(data, dict) or data.get("version") not in READABLE:
             raise CheckpointUnreadable("it was written by another version of asyncbatch")
         fields = {f.name for f in dataclasses.fields(cls)}
-        if data["version"] == 2:
-            data["outputs"] = None
-        if data["version"] in (2, 3):
+        if data["version"] == 3:
             data["input"] = None
         if problems := sorted(fields ^ (set(data) - {"version"})):
             raise CheckpointUnreadable(f"fields missing or unknown: {', '.join(problems)}")
@@ -530,7 +523,7 @@ def _edited(
         for line_no, raw in enumerate(f, 1):
             if line_no >= len(kinds):
                 break
-            raw = raw.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else raw
+            raw = raw.removeprefix(BOM) if line_no == 1 else raw
             if not kinds[line_no] or line_digest(raw) == digests[line_no]:
                 continue
             if kinds[line_no] == 1:

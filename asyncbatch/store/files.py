@@ -25,115 +25,16 @@ import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..config import Outputs
 from ..errors import ConfigError, OutputError
 
 PRIVATE = 0o600
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 RECORD_START = b'{"id":"batch_req_'  # how every line asyncbatch writes begins (records.py)
 CHECKPOINT_START = b'{"version":'
-STATE_FILES = ("lock", "checkpoint", "ids", "sent", "batches", "metrics", "summary")
-
-
-# Input tables (by suffix) and the delimiters their dialect is sniffed within: their rows are records.
-TABLES = {".csv": ",;|", ".tsv": "\t"}
-
-
-@dataclass(frozen=True)
-class StatePaths:
-    """The names of a run's state files. ``checkpoint`` is in the directory unless given elsewhere."""
-
-    dir: Path
-    checkpoint: Path
-
-    @classmethod
-    def beside(cls, results: Path, checkpoint: Path | None = None) -> StatePaths:
-        directory = results.with_name(results.name + ".state")
-        return cls(directory, checkpoint or directory / "checkpoint")
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / "lock"
-
-    @property
-    def ids(self) -> Path:
-        return self.dir / "ids"
-
-    @property
-    def sent(self) -> Path:
-        return self.dir / "sent"
-
-    @property
-    def batches(self) -> Path:
-        return self.dir / "batches"
-
-    @property
-    def metrics(self) -> Path:
-        return self.dir / "metrics"
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary"
-
-    def part(self, index: int) -> Path:
-        return self.dir / f"part-{index}.jsonl"
-
-    def parts(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.jsonl")) if self.dir.is_dir() else []
-
-    def files(self) -> list[Path]:
-        return [self.dir / name for name in STATE_FILES] + [self.checkpoint, *self.parts()]
-
-    def legacy(self, results: Path, custom_checkpoint: Path | None) -> dict[Path, Path | None]:
-        """The files of the layout before state directories, and where each goes now (None: removed)."""
-        old = custom_checkpoint or results.with_name(results.name + ".checkpoint")
-        moves: dict[Path, Path | None] = {
-            old.with_name(old.name + ".ids"): self.ids,
-            old.with_name(old.name + ".sent"): self.sent,
-            old.with_name(old.name + ".batches"): self.batches,
-            old.with_name(old.name + ".lock"): None,
-        }
-        if custom_checkpoint is None:
-            moves[old] = self.checkpoint
-        for part in old.parent.glob(f"{old.name}.part-*.jsonl"):
-            moves[part] = self.dir / part.name.removeprefix(f"{old.name}.")
-        return moves
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outputs:
-    """A run's files: its section of the configuration (``RunConfig.outputs``).
-
-    :param checkpoint: ``--checkpoint``, when the checkpoint is not in the state directory.
-    :param fsync_interval: seconds between fsyncs of the outputs (0: every batch; None: only at exit).
-    :param cache: the response cache the run opens (``--cache``), judged with the outputs before anything
-        is written; ``cache_mode`` is how it is opened (``store/cache.py``).
-    """
-
-    results: Path
-    errors: Path
-    checkpoint: Path | None = None
-    fsync_interval: float | None = 1.0
-    cache: Path | None = None
-    cache_mode: str = "read-write"
-
-    @property
-    def state(self) -> StatePaths:
-        return StatePaths.beside(self.results, self.checkpoint)
-
-    @property
-    def files(self) -> list[Path]:
-        return [self.results, self.errors]
-
-    def identity(self) -> list[str]:
-        """The outputs a checkpoint describes, as resolved paths."""
-        return [str(path.resolve()) for path in self.files]
-
-    def legacy(self) -> dict[Path, Path | None]:
-        return self.state.legacy(self.results, self.checkpoint)
 
 
 def check_paths(outputs: Outputs) -> None:
@@ -151,7 +52,7 @@ def check_paths(outputs: Outputs) -> None:
     _check_not_link(state.dir)
     if state.dir.exists() and not state.dir.is_dir():
         raise ConfigError(f"{state.dir} is in the way: asyncbatch keeps a run's state in a directory of that name")
-    for path in [*state.files(), *outputs.legacy()]:
+    for path in state.files():
         _check_not_link(path)
         _check_not_link(path.with_name(path.name + ".tmp"))
 
@@ -196,21 +97,10 @@ def _check_not_link(path: Path) -> None:
         )
 
 
-def prepare_state(outputs: Outputs) -> list[str]:
-    """Create the state directory, moving an older layout's files into it; return notes for the user."""
-    state = outputs.state
-    private_dir(state.dir)
-    moved = []
-    for old, new in outputs.legacy().items():
-        if not old.is_file() or old.is_symlink():
-            continue
-        if new is None:
-            old.unlink()
-        elif not new.exists():
-            os.replace(old, new)
-            moved.append(old.name)
+def prepare_state(outputs: Outputs) -> None:
+    """Create the state directory, and remove what a killed run left half-replaced in it."""
+    private_dir(outputs.state.dir)
     _remove_stale_tmp(outputs)
-    return [f"moved {', '.join(moved)} into {state.dir} (this version keeps a run's state there)"] if moved else []
 
 
 def _remove_stale_tmp(outputs: Outputs) -> None:

@@ -1,10 +1,6 @@
 """Duplicate ``custom_id`` detection in bounded memory, and a record of it that makes resuming fast.
 
-* ``IdSet`` keeps a 64-bit digest of every id seen: 6 bytes each, in 65,536
-  byte-string buckets (about 60 MB for 10 million ids, against about 900 MB
-  for a Python set of the ids). Two different ids share a digest with
-  probability about n^2 / 2^65 (3 in a million for a 10-million-line file);
-  the line would then be reported as a duplicate, naming its id, never sent.
+* ``input.ids.IdSet`` keeps the digests in memory, for the reader.
 * ``IdLog`` is the run's side file (``<results>.state/ids``): one 8-byte digest
   per input line read, in order, 0 for a line that is a duplicate or has no
   usable id. On resume the lines it covers need no parsing at all: a done
@@ -25,52 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..input.ids import SUFFIX, find
 from .files import open_private, write_all
 
-_BUCKETS = 1 << 16
-_SUFFIX = (1 << 48) - 1
 _CHUNK = 1 << 16  # digests read at a time
-
-
-def digest(custom_id: str) -> int:
-    """A stable 64-bit digest of an id; never 0 (0 marks "no id" in the log)."""
-    value = int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=8).digest(), "little")
-    return value or 1
-
-
-def line_digest(raw: bytes) -> int:
-    """A stable 64-bit digest of an input line's content (its line ending left out)."""
-    return int.from_bytes(hashlib.blake2b(raw.rstrip(b"\r\n"), digest_size=8).digest(), "little")
-
-
-def _find(bucket: bytearray, suffix: bytes) -> int:
-    at = bucket.find(suffix)
-    while at >= 0 and at % 6:
-        at = bucket.find(suffix, at + 1)
-    return at
-
-
-class IdSet:
-    """A compact set of 64-bit digests."""
-
-    def __init__(self) -> None:
-        self._buckets = [bytearray() for _ in range(_BUCKETS)]
-        self.count = 0
-
-    def add(self, value: int) -> bool:
-        """Add ``value``; False if it was already there."""
-        bucket = self._buckets[value >> 48]
-        suffix = (value & _SUFFIX).to_bytes(6, "little")
-        if _find(bucket, suffix) >= 0:
-            return False
-        bucket += suffix
-        self.count += 1
-        return True
-
-    def add_new(self, value: int) -> None:
-        """Add a value known not to be there (loading a log): no search."""
-        self._buckets[value >> 48] += (value & _SUFFIX).to_bytes(6, "little")
-        self.count += 1
 
 
 class DigestBag:
@@ -81,7 +35,7 @@ class DigestBag:
         self.count = 0
 
     def add(self, value: int) -> None:
-        self._buckets.setdefault(value >> 48, bytearray()).extend((value & _SUFFIX).to_bytes(6, "little"))
+        self._buckets.setdefault(value >> 48, bytearray()).extend((value & SUFFIX).to_bytes(6, "little"))
         self.count += 1
 
     def take(self, value: int) -> bool:
@@ -89,7 +43,7 @@ class DigestBag:
         bucket = self._buckets.get(value >> 48)
         if bucket is None:
             return False
-        at = _find(bucket, (value & _SUFFIX).to_bytes(6, "little"))
+        at = find(bucket, (value & SUFFIX).to_bytes(6, "little"))
         if at < 0:
             return False
         del bucket[at : at + 6]

@@ -4,24 +4,28 @@
 the outputs locked for this process, moved aside on ``restart``, the resume state
 recovered. ``Store`` is what the run then writes through: the two writers (each
 file's only writer), the outcome recorder, the ids log, the sent-journal and the
-checkpoint, saved between writer batches so it always agrees with the files.
+checkpoint, saved right after a writer's batch (at most once a second, by the run's
+clock) so it always agrees with the files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from ..clock import Clock
+from ..config import Outputs
 from ..errors import RETRY_FAILED, OutputError
 from ..redact import Redactor
 from ..stats import RunStats
 from .cache import check_cache
 from .checkpoint import Lines, ResumeState, SentJournal, drop_errors, recover, save_checkpoint
-from .files import Outputs, check_paths, move_aside, prepare_state
+from .files import check_paths, move_aside, prepare_state
 from .ids import IdLog
 from .lock import OutputLock
 from .recorder import Recorder
@@ -56,7 +60,6 @@ def restart(outputs: Outputs) -> list[tuple[Path, Path]]:
 
 def _move_aside(outputs: Outputs, lock: OutputLock) -> list[tuple[Path, Path]]:
     """Under the lock: rename the outputs and the state directory (Batch API jobs kept in it), then lock anew."""
-    prepare_state(outputs)  # an older layout: moved in first
     custom = [outputs.checkpoint] if outputs.checkpoint is not None else []
     moved = move_aside([*outputs.files, outputs.state.dir, *custom])
     lock.release()
@@ -89,8 +92,7 @@ def opened(
         if restart:
             for old, new in _move_aside(outputs, lock):
                 notes.warn(f"restart: moved {old} to {new}")
-        for note in prepare_state(outputs):
-            notes.info(note)
+        prepare_state(outputs)
         state = recover(
             input_path,
             outputs,
@@ -111,8 +113,10 @@ def opened(
 class Store:
     """What a run writes through, once ``opened`` has recovered ``state``.
 
-    ``run`` drives the writers and the periodic checkpoint until ``close``; ``finish``
-    saves the final, exact checkpoint and closes the side files.
+    ``run`` drives the writers until ``close``; ``finish`` saves the final, exact checkpoint and closes
+    the side files.
+
+    :param clock: monotonic seconds, injected: when the checkpoint and the outputs' fsyncs are due.
     """
 
     def __init__(
@@ -122,37 +126,45 @@ class Store:
         expected: Mapping[str, str],
         stats: RunStats,
         redactor: Redactor,
+        clock: Clock = time.monotonic,
     ) -> None:
-        self.outputs, self.state, self.expected = outputs, state, dict(expected)
+        self.outputs, self.state, self.expected, self.clock = outputs, state, dict(expected), clock
         fsync = outputs.fsync_interval
         self.journal = SentJournal(outputs.state.sent)
-        self.results = JsonlWriter(outputs.results, self._on_results, fsync_interval=fsync, redactor=redactor)
-        self.errors = JsonlWriter(outputs.errors, self._on_errors, fsync_interval=fsync, redactor=redactor)
+        self.results = JsonlWriter(
+            outputs.results, self._on_results, fsync_interval=fsync, redactor=redactor, clock=clock
+        )
+        self.errors = JsonlWriter(outputs.errors, self._on_errors, fsync_interval=fsync, redactor=redactor, clock=clock)
         self.recorder = Recorder(self.results, self.errors, stats)
         self.ids = IdLog(outputs.state.ids, known=state.ids_lines, offset=state.input_offset, prefix=state.prefix)
         self._identity = outputs.identity()
+        self._saved_at = clock()
 
     def _on_results(self, lines: list[int], size: int) -> None:
         self.state.on_results(lines, size)
         self.journal.recorded(lines)
+        self._now_and_then()
 
     def _on_errors(self, lines: list[int], size: int) -> None:
         self.state.on_errors(lines, size)
         self.journal.recorded(lines)
+        self._now_and_then()
+
+    def _now_and_then(self) -> None:
+        """Just after a batch reached its file, so the state agrees with both: the checkpoint, once a second."""
+        if (now := self.clock()) - self._saved_at >= CHECKPOINT_EVERY:
+            self._saved_at = now
+            self.save()
 
     def sent(self, line_no: int) -> None:
         """A request for ``line_no`` is about to leave: journalled until its line is written."""
         self.journal.sent(line_no)
 
     async def run(self) -> None:
-        """The writers, and a checkpoint every second, until both writers are closed."""
+        """The writers, until both are closed."""
         async with asyncio.TaskGroup() as tg:
-            writers = [tg.create_task(self.results.run()), tg.create_task(self.errors.run())]
-            saver = tg.create_task(self._save_periodically())
-            try:
-                await asyncio.wait(writers)
-            finally:
-                saver.cancel()
+            tg.create_task(self.results.run())
+            tg.create_task(self.errors.run())
 
     async def written(self) -> None:
         """Until everything put so far is in the files."""
@@ -171,11 +183,6 @@ class Store:
         finally:
             self.ids.close()
             self.journal.close()
-
-    async def _save_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_EVERY)
-            self.save()
 
     def save(self) -> None:
         """Snapshot the resume state between writer batches: always consistent with the files.

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..clock import Clock
 from ..errors import OutputError
 from ..records import encode
 from ..redact import Redactor
@@ -36,6 +37,7 @@ class JsonlWriter:
 
     :param fsync_interval: seconds between fsyncs (0 = after every batch,
         None = never); the file is always fsynced when the writer closes.
+    :param clock: monotonic seconds, injected: what the interval is measured by.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class JsonlWriter:
         *,
         fsync_interval: float | None = 1.0,
         redactor: Redactor | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.path = path
         self.on_written = on_written
@@ -53,7 +56,8 @@ class JsonlWriter:
         # Unbounded on purpose: putting a finished record must never block (or be
         # cancelled) between receiving a paid-for answer and queueing it for disk.
         self._queue: asyncio.Queue[tuple[int, bytes] | object] = asyncio.Queue()
-        self._last_sync = time.monotonic()
+        self.clock = clock
+        self._last_sync = clock()
         self.opened = asyncio.Event()  # set once the file is open: anything put from then on is written
         self._pending = 0  # lines put and not yet written
         self._idle = asyncio.Event()
@@ -130,7 +134,7 @@ class JsonlWriter:
         self._pending -= len(lines)
         if self._pending <= 0:
             self._idle.set()
-        now = time.monotonic()
+        now = self.clock()
         if self.fsync_interval is not None and now - self._last_sync >= self.fsync_interval:
             os.fsync(fd)
             self._last_sync = now

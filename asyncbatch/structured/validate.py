@@ -3,7 +3,7 @@
 * ``OutputCheck.extract`` turns a chat completion into the row's ``output``:
   tool-call arguments (or, with ``--response-format``, the message content)
   parsed and validated against their JSON Schema with ``jsonschema``. Invalid
-  output raises a *retryable* AttemptError carrying feedback messages, so the
+  output raises ``InvalidOutput`` (asked again) carrying feedback messages, so the
   next attempt can tell the model what was wrong.
 * ``finish_reason`` is checked first: ``length`` (truncated) and
   ``content_filter`` are errors that asking again will not fix; so is the
@@ -22,7 +22,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 
-from ..errors import AttemptError, ConfigError, InvalidOutput, LineRefused, Refused
+from ..errors import AttemptError, ConfigError, InvalidOutput, LineRefused, Refused, Transient
 from ..protocol import MAX_DEPTH, TooDeep, embedding_vectors, read_json
 
 
@@ -188,10 +188,10 @@ def _check_status(body: dict[str, Any]) -> None:
     reason = (body.get("incomplete_details") or {}).get("reason")
     if error or status == "failed":
         detail = f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict) else "no reason given"
-        raise AttemptError("response_failed", f"the response failed ({detail})", status=200, body=body, retryable=True)
+        raise Transient("response_failed", f"the response failed ({detail})", status=200, body=body)
     if status == "incomplete" or reason:
         if reason == "max_output_tokens":
-            raise AttemptError(
+            raise Refused(
                 "output_truncated",
                 "the output was cut off at max_output_tokens (status: incomplete). HINT: raise --max-tokens",
                 status=200,
@@ -204,11 +204,11 @@ def _check_status(body: dict[str, Any]) -> None:
                 status=200,
                 body=body,
             )
-        raise AttemptError("response_incomplete", f"the response is incomplete ({reason})", status=200, body=body)
+        raise Refused("response_incomplete", f"the response is incomplete ({reason})", status=200, body=body)
     if status == "cancelled":
-        raise AttemptError("response_cancelled", "the response was cancelled", status=200, body=body, retryable=True)
+        raise Transient("response_cancelled", "the response was cancelled", status=200, body=body)
     if status != "completed":
-        raise AttemptError(
+        raise Refused(
             "response_not_finished",
             f"the response is {status!r}, not completed (a background response? asyncbatch waits for answers)",
             status=200,
@@ -225,7 +225,7 @@ def _check_refusal(refusal: Any, body: dict[str, Any]) -> None:
 
 def _check_finish(reason: Any, body: dict[str, Any]) -> None:
     if reason == "length":
-        raise AttemptError(
+        raise Refused(
             "output_truncated",
             "the output was cut off at max_tokens (finish_reason: length). HINT: raise --max-tokens",
             status=200,
@@ -293,7 +293,7 @@ def _json_path(error: ValidationError) -> str:
 def _invalid(
     code: str, reason: str, body: dict[str, Any], message: dict[str, Any], call: Any, raw: str | None = None
 ) -> AttemptError:
-    """A retryable error whose feedback shows the model its answer and what was wrong with it."""
+    """Invalid output, whose feedback shows the model its answer and what was wrong with it."""
     text = f"{reason}; raw output: {_shown(raw)}" if raw is not None else reason
     instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
     if call is not None and call.get("id"):

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.config import Endpoint, RunConfig
-from asyncbatch.live.client import request_target, sdk_client
+from asyncbatch.sdk import request_target, sdk_client
 from tests.fuzz.report import FuzzReport
 from tests.fuzz.secrets import leaked
 

@@ -1,16 +1,13 @@
-"""Entra ID: bearer tokens from a provider, refreshed before they expire and after a 401.
+"""Where Entra ID bearer tokens come from: a shell command, or an azure-identity credential.
 
-A provider is what the openai SDK calls ``azure_ad_token_provider``: a callable
-returning a token, sync or async. ``Tokens`` calls it once, reads the token's
-expiry from its JWT ``exp`` claim, and calls it again before then. Three
-providers are built in: a shell command (``--token-command``, a ``TokenCommand``),
-any azure-identity credential, and ``DefaultAzureCredential``
-(``pip install "asyncbatch[entra]"``).
+A provider is what the openai SDK calls ``azure_ad_token_provider``: a callable returning a token, sync or
+async (``live/tokens.py`` calls it, refreshing before each token expires). Three are built in: a shell
+command (``--token-command``, a ``TokenCommand``), any azure-identity credential (``credential_provider``),
+and ``DefaultAzureCredential`` (``pip install "asyncbatch[entra]"``).
 
-A token is a credential from outside: it is judged here, once (printable ASCII,
-see ``config.credential_problem``), and a token command is a child process this
-package owns: bounded in time and output, its process group killed when it overruns
-or the run is interrupted, its error output never shown (it may hold secrets).
+A token is a credential from outside: it is judged once (printable ASCII, see ``config.credential_problem``).
+A token command is a child process this package owns: bounded in time and output, its process group killed
+when it overruns or the run is interrupted, its error output never shown (it may hold secrets).
 """
 
 from __future__ import annotations
@@ -29,13 +26,11 @@ from typing import Any
 
 import orjson
 
-from ..config import credential_problem
-from ..errors import ConfigError, FatalAPIError
+from .config import credential_problem
+from .errors import ConfigError
 
 TokenProvider = Callable[[], "str | Awaitable[str]"]
 SCOPE = "https://cognitiveservices.azure.com/.default"
-UNKNOWN_LIFETIME = 300.0  # a token with no readable expiry is fetched again this often
-RETRY_REFRESH = 30.0  # a refresh that failed while the current token still lives is tried again this much later
 TOKEN_TIMEOUT = 60.0  # seconds a token command may take (--token-timeout)
 MAX_TOKEN_BYTES = 64 * 1024  # a token command's output is read this far: a token is a few kB
 
@@ -57,92 +52,6 @@ def jwt_expiry(token: str) -> float | None:
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     return float(exp) if isinstance(exp, int | float) else None
-
-
-class Tokens:
-    """The current bearer token. Refreshed when a quarter of its life (at most 5 minutes) is left.
-
-    :param on_new: told each new token (the run adds it to what is redacted).
-    :param clock: wall-clock seconds, to compare with ``exp``; injected for tests.
-    """
-
-    def __init__(
-        self,
-        provider: TokenProvider,
-        *,
-        on_new: Callable[[str], None] = lambda token: None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.provider, self.on_new, self.clock = provider, on_new, clock
-        self.token: str | None = None
-        self.fetched_at = 0.0
-        self.refreshes = 0
-        self._refresh_at = 0.0
-        self._expires = 0.0
-        self._after_401 = False  # the current token was fetched because of a 401, and has not worked yet
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> str:
-        if self.token is None or self.clock() >= self._refresh_at:
-            async with self._lock:  # one fetch, however many requests are waiting for it
-                if self.token is None or self.clock() >= self._refresh_at:
-                    await self._fetch(keep_current=True)
-        assert self.token is not None
-        return self.token
-
-    async def refresh_after_401(self, used: str | None) -> bool:
-        """A 401 for a request sent with ``used``: True if sending it again with a newer token may work.
-
-        A token already replaced needs no new fetch. A token fetched because of an
-        earlier 401 that has not worked since is refused for real: False.
-        """
-        async with self._lock:
-            if used != self.token:
-                return True
-            if self._after_401:
-                return False
-            await self._fetch()
-            self._after_401 = True
-            return True
-
-    def worked(self) -> None:
-        """A request succeeded: the current token is good."""
-        self._after_401 = False
-
-    async def _fetch(self, keep_current: bool = False) -> None:
-        """A new token. If the provider fails while the current one still has a while to live
-        (``keep_current``: a refresh ahead of time), it is kept and the provider asked again later."""
-        try:
-            token = await self._provided()
-        except FatalAPIError:
-            now = self.clock()
-            if not (keep_current and self.token is not None and self._expires - now > RETRY_REFRESH):
-                raise
-            self._refresh_at = now + RETRY_REFRESH
-            return
-        now = self.clock()
-        self._expires = jwt_expiry(token) or now + UNKNOWN_LIFETIME
-        self.token, self.fetched_at = token, now
-        self._refresh_at = refresh_time(self._expires, now)
-        self.refreshes += 1
-        self.on_new(token)
-
-    async def _provided(self) -> str:
-        """The provider's token, judged. Raises FatalAPIError (``token``), which stops the run cleanly."""
-        try:
-            value: Any = self.provider()
-            if inspect.isawaitable(value):
-                value = await value
-        except ConfigError as exc:  # a token command that failed: its own message
-            raise FatalAPIError("token", str(exc)) from None
-        except Exception as exc:  # azure-identity's CredentialUnavailableError and the like: a message to show
-            raise FatalAPIError("authentication", f"could not get an Entra ID token: {exc}") from None
-        if not isinstance(value, str) or not value.strip():
-            raise FatalAPIError("token", "the token provider returned no token")
-        token = value.strip()
-        if problem := credential_problem(token):
-            raise FatalAPIError("token", f"the token provider returned a token that {problem}")
-        return token
 
 
 def _program(command: str) -> str:
