@@ -44,6 +44,9 @@ HINTS = {
     "move it aside ({moved})": (
         "tests/test_cache.py::test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_cache_stats"
     ),
+    "if that endpoint is yours, set": (
+        "tests/test_security_secrets.py::test_the_hint_for_an_endpoint_a_dotenv_file_alone_names_runs"
+    ),
     "add --batch-api to collect their results": (
         "tests/test_batchapi.py::"
         "test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes_exactly_once"

@@ -273,3 +273,15 @@ def test_an_endpoint_and_its_key_from_one_source_or_the_services_own_host_are_us
 
     assert main(["in.jsonl", "--no-progress", "-q", "--restart"], go=go) == 0  # Azure's own host: a key sent to
     assert built == ["https://myresource.openai.azure.com"]  # someone else's resource there is refused by Azure
+
+
+def test_the_hint_for_an_endpoint_a_dotenv_file_alone_names_runs(
+    tmp_path: Path, elsewhere: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".env").write_text(f"AZURE_OPENAI_ENDPOINT={elsewhere.url}\nAZURE_OPENAI_DEPLOYMENT_NAME=dep\n")
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
+    assert main(["in.jsonl", "--no-progress", "-q"]) == 2 and elsewhere.received == []
+    assert "export AZURE_OPENAI_ENDPOINT=..." in capsys.readouterr().err
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", elsewhere.url)  # what the hint says: the user names it too
+    assert main(["in.jsonl", "--no-progress", "-q"]) == 0
+    assert [r.headers.get("api-key") for r in elsewhere.received] == [KEY]
