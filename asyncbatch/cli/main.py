@@ -181,6 +181,11 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
         return f"check {url} and the network, or raise --timeout if the model is just slow"
     if kind == "unreachable":
         return f"nothing answers at {endpoint.base_url}: check the host and port in {url}, and the network"
+    if kind == "malformed":
+        return (
+            f"something other than the API answers at {url} (a proxy's page?): check it, then run the same "
+            "command again (jobs already created are kept, and resumed)"
+        )
     if kind == "invalid_output":
         return (
             "fix --tools / --response-format, or the prompt, so the model can follow it, then run the same "
