@@ -222,7 +222,7 @@ class _Run:
             interrupt.listen(self.on_interrupt)
         try:
             await self._run_all()
-        except* (FatalAPIError, OutputError, InputError) as group:
+        except* (FatalAPIError, OutputError, ConfigError) as group:  # InputError, a damaged state file too
             fatal = _first_leaf(group)
             self.stats.aborted = self.reporter.redactor.text(str(fatal))
             fatal.args = (self.stats.aborted,)  # a server may quote a token back: only the run knows every one

@@ -184,3 +184,57 @@ def test_any_output_file_ends_each_line_exactly_once_without_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err and code in (0, 1), err
     assert sorted(got) == [1, 2, 3]
+
+
+# -- a damaged state file ---------------------------------------------------------------------------------
+
+GOOD_PART = {"index": 0, "api": "chat", "ranges": [[1, 3]], "lines": 3, "batch_id": "batch_1", "status": "completed"}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    damaged=st.one_of(
+        st.binary(max_size=80),
+        st.sampled_from(
+            [b"[]", b"{}", b"null", b'{"run": 5, "parts": []}', b'{"run": "r", "parts": [{"index": "x"}]}']
+        ),
+        st.builds(
+            lambda field, value: orjson.dumps({"run": "r", "parts": [{**GOOD_PART, field: value}]}),
+            st.sampled_from(sorted(GOOD_PART)),
+            st.one_of(st.none(), st.text(max_size=3), st.integers(), st.lists(st.integers(), max_size=3)),
+        ),
+    )
+)
+@example(damaged=b"garbage\x00")
+def test_a_damaged_batches_file_is_named_with_what_to_do_never_a_traceback(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], damaged: bytes
+) -> None:
+    state = folder / "in.results.jsonl.state"
+    state.mkdir(exist_ok=True)
+    (state / "batches").write_bytes(damaged)
+    with serve(BatchApi(b"\n".join(ok_line(n) for n in range(1, N + 1)))) as server:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.url)
+        code = main(["in.jsonl", "--batch-api", "--poll-interval", "0.01", "--no-progress", "-q"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert code in (0, 2), err
+    if code == 2:
+        assert "the Batch API state file in.results.jsonl.state/batches is damaged" in err
+        assert (state / "batches").read_bytes() == damaged  # left as it is
+    for name in ("in.results.jsonl", "in.results.errors.jsonl"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def test_the_hint_for_a_damaged_batches_file_runs(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = folder / "in.results.jsonl.state"
+    state.mkdir()
+    (state / "batches").write_bytes(b"{}")
+    with serve(BatchApi(b"\n".join(ok_line(n) for n in range(1, N + 1)))) as server:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.url)
+        argv = ["in.jsonl", "--batch-api", "--poll-interval", "0.01", "--no-progress", "-q"]
+        assert main(argv) == 2
+        assert "HINT: restore it from a backup" in capsys.readouterr().err
+        assert main([*argv, "--restart"]) == 0  # what the hint says: started over
+    assert len(read_jsonl(folder / "in.results.jsonl")) == N
