@@ -314,6 +314,10 @@ class BodyDecoder:
         out = bytearray()
         try:
             while data and len(out) < room:
+                if self._zlib is not None and self._zlib.eof and self.encoding != "deflate":
+                    data = data.lstrip(b"\0")  # zeros padding the end of a gzip file: ignored, as gzip -d does
+                    if not data:
+                        break
                 if self._zlib is None or self._zlib.eof:  # the first member, or the next of concatenated gzip members
                     self._zlib = zlib.decompressobj(self._wbits(data))
                 out += self._zlib.decompress(data, room - len(out))
