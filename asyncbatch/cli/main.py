@@ -166,7 +166,11 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
 
 def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str | None:
     """What to check, in the words of the variables this mode reads; None where the message says it."""
-    if kind in ("token", "redirect"):  # a token command that failed mid-run, a redirect: their message has the hint
+    if kind in (
+        "token",
+        "redirect",
+        "header_too_large",
+    ):  # a token command that failed mid-run, a redirect: their message has the hint
         return None
     azure = endpoint.kind == "azure"
     key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
