@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -188,8 +189,8 @@ def export(
 ) -> ExportReport:
     """Write ``rows`` as ``fmt`` to ``out`` (whole or not at all: a temporary file renamed) or to ``stdout``.
 
-    :param keep_formulas: CSV: write text cells that begin with ``= + - @``, a tab or a carriage return
-        as they are. By default a ``'`` goes before them, so that a spreadsheet opening the file shows
+    :param keep_formulas: CSV: write text cells that begin with ``= + - @`` (fullwidth too, after any
+        spaces), a tab, a carriage return or a line feed as they are. By default a ``'`` goes before them, so that a spreadsheet opening the file shows
         them as text instead of running them as formulas (the OWASP rule against CSV injection).
     """
     writers: dict[str, Callable[[Rows, IO[bytes]], None]] = {
@@ -269,7 +270,10 @@ def _kind(value: Any) -> str:
     return "json"
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+# What makes a spreadsheet read a cell as a formula: ``= + - @`` (OWASP), after anything spreadsheets skip (any
+# Unicode space, U+3000 too, a BOM or zero-width character, line breaks), their fullwidth forms (East Asian
+# spreadsheets take ``＝`` as ``=``), and a cell that begins with a tab, a carriage return or a line feed.
+_FORMULA = re.compile(r"[\s\ufeff\u200b-\u200d\u2060]*[=+\-@\uff1d\uff0b\uff0d\uff20]|[\t\r\n]")
 
 
 def _cell(value: Any, keep_formulas: bool = False) -> Any:
@@ -279,7 +283,7 @@ def _cell(value: Any, keep_formulas: bool = False) -> Any:
     """
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
-    if isinstance(value, str) and not keep_formulas and value.startswith(FORMULA_STARTS):
+    if isinstance(value, str) and not keep_formulas and _FORMULA.match(value):
         return "'" + value
     return value
 

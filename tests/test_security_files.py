@@ -14,12 +14,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.config import Outputs
 from asyncbatch.errors import ConfigError
+from asyncbatch.export import _cell
+from asyncbatch.records import result_record
 from asyncbatch.simulator import SimConfig, Simulator
 from asyncbatch.store.files import check_paths, prepare_state
 from asyncbatch.store.lock import OutputLock
@@ -211,3 +216,41 @@ def test_the_library_export_escapes_by_default(tmp_path: Path) -> None:
     out = io.BytesIO()
     export(Rows(tmp_path / "r.jsonl", None, None, ordered=False), "csv", None, out, keep_formulas=True)
     assert out.getvalue().decode().splitlines()[1].startswith("1,succeeded,=a,-b")
+
+
+SKIPPED = [" ", "\t", "\n", "\r", "\u3000", "\u00a0", "\u2003", "\ufeff", "\u200b", "\u2028"]
+STARTS = ["=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cells=st.lists(
+        st.tuples(st.lists(st.sampled_from(SKIPPED), max_size=3), st.sampled_from(STARTS), st.text(max_size=10)),
+        min_size=1,
+        max_size=4,
+    )
+)
+@example(
+    cells=[([], "=", "1+1"), (["\u3000"], "=", "1"), (["\ufeff"], "@", "x"), ([], "\uff1d", "1"), (["\n"], "+", "")]
+)
+def test_csv_export_escapes_a_formula_behind_what_a_spreadsheet_skips_and_in_fullwidth(
+    tmp_path: Path, cells: list[tuple[list[str], str, str]]
+) -> None:
+    texts = ["".join(skip) + start + rest for skip, start, rest in cells]
+    line = result_record(
+        custom_id="c",
+        line_no=1,
+        request_id="r",
+        raw_body=b"{}",
+        output={f"f{i}": t for i, t in enumerate(texts)},
+        attempts=1,
+        latency_ms=0.0,
+        deployment="d",
+        line_hash="h",
+    )
+    (tmp_path / "r.jsonl").write_bytes(orjson.dumps(line) + b"\n")
+    assert _run(tmp_path, "export", "r.jsonl", "-o", "x.csv")[0] == 0
+    row = dict(zip(*_cells(tmp_path / "x.csv"), strict=True))
+    assert [row[f"output.f{i}"] for i in range(len(texts))] == ["'" + t for t in texts]
+    for plain in ("a=1", "1-2", "x @y"):  # a formula character later in the text runs nothing
+        assert _cell(plain) == plain
