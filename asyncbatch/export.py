@@ -190,8 +190,9 @@ def export(
     """Write ``rows`` as ``fmt`` to ``out`` (whole or not at all: a temporary file renamed) or to ``stdout``.
 
     :param keep_formulas: CSV: write text cells that begin with ``= + - @`` (fullwidth too, after any
-        spaces), a tab, a carriage return or a line feed as they are. By default a ``'`` goes before them, so that a spreadsheet opening the file shows
-        them as text instead of running them as formulas (the OWASP rule against CSV injection).
+        spaces), a tab, a carriage return or a line feed as they are. By default a ``'`` goes before them,
+        so that a spreadsheet opening the file shows them as text instead of running them as formulas (the
+        OWASP rule against CSV injection).
     """
     writers: dict[str, Callable[[Rows, IO[bytes]], None]] = {
         "jsonl": _write_jsonl,
@@ -272,7 +273,7 @@ def _kind(value: Any) -> str:
 
 # What makes a spreadsheet read a cell as a formula: ``= + - @`` (OWASP), after anything spreadsheets skip (any
 # Unicode space, U+3000 too, a BOM or zero-width character, line breaks), their fullwidth forms (East Asian
-# spreadsheets take ``＝`` as ``=``), and a cell that begins with a tab, a carriage return or a line feed.
+# spreadsheets take U+FF1D as ``=``), and a cell that begins with a tab, a carriage return or a line feed.
 _FORMULA = re.compile(r"[\s\ufeff\u200b-\u200d\u2060]*[=+\-@\uff1d\uff0b\uff0d\uff20]|[\t\r\n]")
 
 

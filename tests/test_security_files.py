@@ -26,7 +26,7 @@ from asyncbatch.errors import ConfigError
 from asyncbatch.export import _cell
 from asyncbatch.records import result_record
 from asyncbatch.simulator import SimConfig, Simulator
-from asyncbatch.store.files import check_paths, prepare_state
+from asyncbatch.store.files import check_paths, create_private, prepare_state
 from asyncbatch.store.lock import OutputLock
 from tests.helpers import batch_line, simulator_env, write_jsonl
 
@@ -254,3 +254,27 @@ def test_csv_export_escapes_a_formula_behind_what_a_spreadsheet_skips_and_in_ful
     assert [row[f"output.f{i}"] for i in range(len(texts))] == ["'" + t for t in texts]
     for plain in ("a=1", "1-2", "x @y"):  # a formula character later in the text runs nothing
         assert _cell(plain) == plain
+
+
+@pytest.mark.parametrize("name", ["in.results.jsonl", "in.results.errors.jsonl", "in.results.jsonl.state/checkpoint"])
+def test_an_output_or_state_file_with_another_name_a_hard_link_is_refused_and_left_alone(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], name: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "p")])
+    assert _run(tmp_path, "in.jsonl", "-q")[0] == 0
+    kept = tmp_path / "elsewhere"
+    os.link(tmp_path / name, kept)  # the same file, by another name: a run would change it too
+    before = kept.read_bytes()
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "p"), batch_line("b", "q")])
+    code, err = _run(tmp_path, "in.jsonl", "-q")
+    assert code == 2 and "is one of 2 names of the same file (a hard link)" in err and "HINT: give a file of one" in err
+    assert kept.read_bytes() == before and os.stat(kept).st_nlink == 2
+
+
+def test_a_hard_link_planted_after_the_check_is_not_written_through(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"theirs")
+    os.link(target, tmp_path / "state")
+    with pytest.raises(ConfigError, match="hard link"):
+        create_private(tmp_path / "state")
+    assert target.read_bytes() == b"theirs"  # not emptied: the check comes before the truncation

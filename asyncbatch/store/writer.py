@@ -21,7 +21,7 @@ from ..clock import Clock
 from ..errors import OutputError
 from ..records import encode
 from ..redact import Redactor
-from .files import PRIVATE
+from .files import open_private
 
 _CLOSE = object()
 ROOM = 1_000  # lines a producer may have waiting (``room``): a few hundred kB at most
@@ -101,7 +101,7 @@ class JsonlWriter:
             ) from None
 
     async def _run(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE)
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # 0600, never through a link
         try:
             self.opened.set()
             try:
