@@ -628,13 +628,15 @@ def _dialect(sample: str, delimiters: str) -> type[csv.Dialect]:
     """A table's dialect, told from its first lines in linear time.
 
     Excel's (RFC 4180 quoting), with the delimiter among ``delimiters`` that splits the most lines
-    into the same number of cells outside quotes, ``'`` for quotes if more fields start with it than
-    with ``"``, and the spaces after a delimiter skipped if one always follows it. Not csv.Sniffer:
-    its regular expressions backtrack, and some text of 3 kB kept it busy for minutes.
+    into the same number of cells outside quotes, and the spaces after a delimiter skipped if one always
+    follows it. Quotes are ``"``; ``'`` only when every cell of every whole line of the sample is wrapped
+    in it: a text that merely begins with ``'`` (``'tis``, an escaped formula) would otherwise open a
+    quote that runs on over the next rows, merging them silently. Not csv.Sniffer: its regular
+    expressions backtrack, and some text of 3 kB kept it busy for minutes.
     """
-    starts = "(?:^|[" + re.escape(delimiters) + "]) ?"
-    singles, doubles = (len(re.findall(starts + mark, sample, re.MULTILINE)) for mark in ("'", '"'))
-    quote = "'" if singles > doubles else '"'
+    quoted = re.compile("'[^'\n\r]*'(?:[" + re.escape(delimiters) + "] ?'[^'\n\r]*')*")
+    whole = [line for line in _LINE_END.split(sample)[:-1] if line]  # the last may be cut by the sample's end
+    quote = "'" if whole and all(quoted.fullmatch(line) for line in whole) else '"'
     bare = re.sub(f"{quote}[^{quote}]*{quote}", "", sample)  # quoted text: its delimiters are no delimiters
     lines = [line for line in _LINE_END.split(bare) if line]
     chosen, best = delimiters[0], 0
