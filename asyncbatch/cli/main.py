@@ -357,7 +357,8 @@ def _main(argv: list[str], redactor: Redactor, go: Go | None = None) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     if argv[:1] == ["cache"]:
-        return cache_main(argv[1:])
+        out = sys.stdout.stream if isinstance(sys.stdout, RedactingStream) else sys.stdout
+        return cache_main(argv[1:], out)  # figures only: see cache_main
     if argv[:1] == ["report"]:
         return report_main(argv[1:], redactor)
     redactor.extend(_header_values(argv))  # before parsing: argparse may quote an argument in an error
