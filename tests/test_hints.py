@@ -104,7 +104,7 @@ HINTS = {
     "HINT: write the file again from its source": ADVICE + " (a file to write again)",
     "HINT: fix the header, or save the file as": ADVICE,
     "HINT: fix row": ADVICE + " (an edit of the input)",
-    "asyncbatch reads UTF-8. HINT: save the": ADVICE + " (a file to save again)",
+    "asyncbatch reads UTF-8. HINT: {todo}": ADVICE + " (a file to save again, or a Parquet file to write again)",
     "a run keeps a regular file there. HINT: move it away": ADVICE,
     "HINT: save the sheet as CSV UTF-8": ADVICE + " (a file to save again)",
     "HINT: run the same job again later": ADVICE + " (the same job)",

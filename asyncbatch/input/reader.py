@@ -512,7 +512,7 @@ def _row_cells(batch: Any, index: int) -> dict[str, Any] | Unreadable:
     try:
         row: dict[str, Any] = batch.slice(index, 1).to_pylist()[0]
     except UnicodeDecodeError as exc:
-        return Unreadable(_not_utf8(exc))
+        return Unreadable(_not_utf8(exc, parquet=True))
     except Exception as exc:  # a value Python has no type for: OverflowError, ArrowNotImplementedError...
         return Unreadable(f"a cell cannot be read: {_first_line(exc)}")
     return row
@@ -523,7 +523,7 @@ def _row_line(row: dict[str, Any]) -> Raw:
         line = orjson.dumps(row, default=_cell, option=_JSON_ROW) + b"\n"
     except orjson.JSONEncodeError as exc:
         if isinstance(exc.__cause__, UnicodeDecodeError):
-            return Unreadable(_not_utf8(exc.__cause__))
+            return Unreadable(_not_utf8(exc.__cause__, parquet=True))
         return Unreadable(f"the row cannot be written as JSON: {_first_line(exc)}")  # nested past orjson's limit...
     if len(line) > MAX_LINE_BYTES:
         return Unreadable(f"row is longer than {MAX_LINE_BYTES} bytes as a JSON line", line)
@@ -814,14 +814,20 @@ def parse_line(line_no: int, raw: Raw, content: int | None = None) -> ParsedLine
     return ParsedLine(line_no, custom_id or fallback_id, kind, obj, line_hash)
 
 
-def _not_utf8(exc: UnicodeDecodeError) -> str:
-    """The refusal of bytes that are not UTF-8, the same words for every format: where, and what to do."""
+def _not_utf8(exc: UnicodeDecodeError, parquet: bool = False) -> str:
+    """The refusal of bytes that are not UTF-8, the same words for every format: where, and what to do
+    (iconv converts text files; a Parquet file is written again by what made it)."""
     data = exc.object
     before = bytes(data[max(0, exc.start - 24) : exc.start]).decode("utf-8", "replace")
-    return (
-        f"not UTF-8 text (byte 0x{data[exc.start]:02X} after {before!r}); asyncbatch reads UTF-8. HINT: save the "
-        "file as UTF-8, or convert it, e.g. from Windows-1252 or Latin-1: iconv -f CP1252 -t UTF-8 IN > OUT"
-    )
+    if parquet:
+        todo = (
+            "write the Parquet file again from its source, with that column's text encoded as UTF-8 (or typed "
+            "binary if it is not text): a Parquet file is re-encoded by what wrote it, not by iconv"
+        )
+    else:
+        todo = "save the file as UTF-8, or convert it, e.g. from Windows-1252 or Latin-1: "
+        todo += "iconv -f CP1252 -t UTF-8 IN > OUT"
+    return f"not UTF-8 text (byte 0x{data[exc.start]:02X} after {before!r}); asyncbatch reads UTF-8. HINT: {todo}"
 
 
 _PYTHON_DICT = re.compile(rb"^\s*\{\s*'|^\s*\{.*[:,]\s*(True|False|None)\s*[,}]")
