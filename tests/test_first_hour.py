@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,3 +289,15 @@ def test_the_simulator_has_no_classic_responses_route_before_its_api_version_eit
             return exc.code
 
     assert post("2024-10-21") == 404 and post("2025-04-01-preview") == 200  # the server's own reading of the docs
+
+
+@pytest.mark.parametrize("command", [["--help"], ["export", "--help"], ["cache", "--help"], ["report", "--help"]])
+def test_help_into_a_pipe_already_closed_exits_0_quietly(command: list[str]) -> None:
+    """``asyncbatch export --help | head -1``: head may be gone before the help is written (EPIPE)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before a byte is written: the worst case of `| head`
+    try:
+        done = subprocess.run([sys.executable, "-m", "asyncbatch", *command], stdout=write, stderr=subprocess.PIPE)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == b""
