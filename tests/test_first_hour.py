@@ -301,3 +301,21 @@ def test_help_into_a_pipe_already_closed_exits_0_quietly(command: list[str]) -> 
     finally:
         os.close(write)
     assert done.returncode == 0 and done.stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [("false", "--token-command `false` exited with 1"), ("exit 3 # sk-secret", "--token-command `exit ...` exited")],
+)
+def test_a_token_command_that_fails_is_named_by_its_program_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str, shown: str
+) -> None:
+    for name in [n for n in os.environ if n.startswith(("AZURE_", "OPENAI_", "ASYNCBATCH_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}])
+    assert main(["in.jsonl", "-q", "--token-command", command]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "sk-secret" not in err and "(false" not in err
