@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -205,10 +206,21 @@ def export(
             raise ConfigError("--format parquet needs -o PATH (it is not a text format for a terminal or pipe)")
         write(rows, stdout)
         return rows.report
+    check_output(out)
     sweep_stale(out)  # what an export killed before it finished left, if the file system keeps no unnamed files
-    with atomic_file(out, scratch_name(out), mode=0o666) as f:
+    with atomic_file(out, scratch_name(out)) as f:  # 0600, as every output: answers may be private
         write(rows, f)
     return rows.report
+
+
+def check_output(out: Path) -> None:
+    """:raises ConfigError: ``out`` is a symbolic link (replaced, it would no longer point where it did, and a
+    link's target is not ours to write)."""
+    if out.is_symlink():
+        raise ConfigError(
+            f"-o {out} is a symbolic link (to {os.readlink(out)}); export does not write through links, and its "
+            "target is left alone. HINT: give the target's own path, or remove the link"
+        )
 
 
 def _write_jsonl(rows: Rows, f: IO[bytes]) -> None:

@@ -278,3 +278,27 @@ def test_a_hard_link_planted_after_the_check_is_not_written_through(tmp_path: Pa
     with pytest.raises(ConfigError, match="hard link"):
         create_private(tmp_path / "state")
     assert target.read_bytes() == b"theirs"  # not emptied: the check comes before the truncation
+
+
+def test_export_refuses_an_output_that_is_a_symbolic_link_and_writes_0600(tmp_path: Path) -> None:
+    line = result_record(
+        custom_id="c", line_no=1, request_id="r", raw_body=b"{}", output="private answer",
+        attempts=1, latency_ms=0.0, deployment="d", line_hash="h",
+    )  # fmt: skip
+    (tmp_path / "r.jsonl").write_bytes(orjson.dumps(line) + b"\n")
+    target = tmp_path / "theirs.csv"
+    target.write_text("theirs")
+    (tmp_path / "out.csv").symlink_to(target)
+    code, err = _run(tmp_path, "export", "r.jsonl", "-o", "out.csv")
+    assert code == 2 and "-o out.csv is a symbolic link" in err and "HINT: give the target's own path" in err
+    assert target.read_text() == "theirs" and (tmp_path / "out.csv").is_symlink()
+    (tmp_path / "r.results.jsonl").symlink_to(tmp_path / "r.jsonl")  # a link to what it reads: the link is named
+    assert "is a symbolic link" in _run(tmp_path, "export", "r.jsonl", "-o", "r.results.jsonl")[1]
+    umask = os.umask(0o022)  # a usual umask: 0644 for a file made 0666, which an export was
+    try:
+        assert _run(tmp_path, "export", "r.jsonl", "-o", "mine.csv")[0] == 0
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "mine.csv").stat().st_mode & 0o777 == 0o600 and "private answer" in (
+        tmp_path / "mine.csv"
+    ).read_text()
