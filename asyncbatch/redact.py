@@ -383,8 +383,9 @@ class Redactor:
         for name, (fast, caseless) in self._headers.items():
             if name not in lowered:
                 continue
+            searched = lowered if aligned else text  # the offsets below are searched's
             for m in fast.finditer(lowered) if aligned else caseless.finditer(text):
-                if (not m.start() or lowered[m.start() - 1] not in _NAME_CHARS) and m.group(2) != MASK:
+                if (not m.start() or searched[m.start() - 1].lower() not in _NAME_CHARS) and m.group(2) != MASK:
                     spans.append(m.span(2))
         return spans
 

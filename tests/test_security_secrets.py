@@ -285,3 +285,24 @@ def test_the_hint_for_an_endpoint_a_dotenv_file_alone_names_runs(
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", elsewhere.url)  # what the hint says: the user names it too
     assert main(["in.jsonl", "--no-progress", "-q"]) == 0
     assert [r.headers.get("api-key") for r in elsewhere.received] == [KEY]
+
+
+# -- a credential header's name, in any case, after any text ------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.text(st.sampled_from('aZ \n\u0130\u00dfI\u212a{":'), max_size=8),
+    name=st.sampled_from(["api-key", "Ocp-Apim-Subscription-Key", "authorization", "x-api-key"]),
+    case=st.lists(st.booleans(), min_size=30, max_size=30),
+)
+@example(before="\u0130\u0130", name="api-key", case=[False, False, False, False, True, True, True] + [False] * 23)
+def test_a_credential_after_a_header_name_in_any_case_is_masked_after_any_text(
+    before: str, name: str, case: list[bool]
+) -> None:
+    """``str.lower`` makes some letters longer (U+0130 becomes two characters): the name is still found."""
+    cased = "".join(c.upper() if up else c for c, up in zip(name, case, strict=False))
+    value = "Bearer gw0123456789" if name == "authorization" else "k3y0123456789"
+    text = f"{before} {cased}: {value}"
+    assert "0123456789" not in Redactor().text(text)
+    assert b"0123456789" not in Redactor().bytes(text.encode())
