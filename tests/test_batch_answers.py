@@ -9,8 +9,10 @@ run with exit 2 and a hint, never a traceback or a poll that never ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -238,3 +240,24 @@ def test_the_hint_for_a_damaged_batches_file_runs(
         assert "HINT: restore it from a backup" in capsys.readouterr().err
         assert main([*argv, "--restart"]) == 0  # what the hint says: started over
     assert len(read_jsonl(folder / "in.results.jsonl")) == N
+
+
+def test_a_job_answer_that_echoes_the_key_is_kept_in_the_cache_without_it(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = orjson.loads(completion(f"your key is {KEY}"))
+    lines = [
+        orjson.dumps(
+            {"custom_id": f"line-{n}", "response": {"status_code": 200, "request_id": KEY.upper(), "body": body}}
+        )
+        for n in range(1, N + 1)
+    ]
+    with serve(BatchApi(b"\n".join(lines))) as server:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", server.url)
+        argv = ["in.jsonl", "--batch-api", "--poll-interval", "0.01", "--no-progress", "-q", "--cache", "c.sqlite"]
+        assert main(argv) == 0
+    with contextlib.closing(sqlite3.connect(folder / "c.sqlite")) as db:
+        rows = db.execute("SELECT body, request_id FROM answers").fetchall()
+    assert len(rows) == N
+    kept = b"".join(row[0] + (row[1] or "").encode() for row in rows) + (folder / "in.results.jsonl").read_bytes()
+    assert KEY.encode() not in kept and KEY.upper().encode() not in kept and b"***" in kept
