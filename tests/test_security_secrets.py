@@ -255,13 +255,15 @@ def test_the_users_credentials_never_go_to_an_endpoint_a_dotenv_file_alone_names
 
 
 def test_an_endpoint_and_its_key_from_one_source_or_the_services_own_host_are_used(
-    tmp_path: Path, elsewhere: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, elsewhere: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / ".env").write_text(
         f"AZURE_OPENAI_ENDPOINT={elsewhere.url}\nAZURE_OPENAI_API_KEY={KEY}\nAZURE_OPENAI_DEPLOYMENT_NAME=dep\n"
     )
-    assert main(["in.jsonl", "--no-progress", "-q"]) == 0  # the .env names both: its own key goes to its endpoint
+    assert main(["in.jsonl", "--no-progress"]) == 0  # the .env names both: its own key goes to its endpoint
     assert [r.headers.get("api-key") for r in elsewhere.received] == [KEY]
+    said = f"AZURE_OPENAI_ENDPOINT from {tmp_path / '.env'}: every request, with its credentials, goes to "
+    assert said + elsewhere.url in capsys.readouterr().err  # said before anything was sent
     (tmp_path / ".env").write_text("AZURE_OPENAI_ENDPOINT=https://myresource.openai.azure.com\n")
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
     monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")

@@ -157,15 +157,20 @@ def _credentials_from_its_source(endpoint: Endpoint, environment: Env, url_name:
     wherever its author likes. (The same reason a .env never runs a command.)
     :raises ConfigError: naming what would have gone where, and the two ways to go on.
     """
-    if url_name not in environment.loaded or _service_host(endpoint.base_url):
+    if url_name not in environment.loaded:
+        return endpoint
+    where = environment.path.resolve() if environment.path else ".env"
+    said = f"{url_name} from {where}: every request, with its credentials, goes to {endpoint.base_url}"
+    if _service_host(endpoint.base_url):
+        environment.notices.append(said)
         return endpoint
     outside = [f"{key_name} from the environment"] if endpoint.api_key and key_name not in environment.loaded else []
     outside += ["an Entra ID token"] if endpoint.token_provider is not None else []
     headers = any(header_secrets(f"{name}: {value}") for name, value in endpoint.headers.items())
     outside += ["the --header values"] if headers else []
     if not outside:
+        environment.notices.append(said)
         return endpoint
-    where = environment.path.resolve() if environment.path else ".env"
     raise ConfigError(
         f"{url_name} comes from {where} alone, and {' and '.join(outside)} would go to it: a .env file that comes "
         f"with a folder names where your credentials go. HINT: if that endpoint is yours, set {url_name} in the "

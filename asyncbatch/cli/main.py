@@ -92,8 +92,11 @@ async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: G
             raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
     if specs and args.simulate:
         return await _simulate_pool(args, specs, reporter, go)
+    told = len(env.notices)  # those until now are shown; what reading the endpoint adds is shown below
     if specs:
-        return await go(build_config(args, None, deployments_from_env(specs, env, args)))
+        deployments = deployments_from_env(specs, env, args)
+        _tell(reporter, env.notices[told:])
+        return await go(build_config(args, None, deployments))
     if args.simulate:
         sim = sim_config(args)
         async with simulated(sim) as endpoint:
@@ -105,7 +108,14 @@ async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: G
             )
             reporter.info(f"SIMULATED: a local simulator at {endpoint.base_url}; nothing goes to Azure")
             return await go(build_config(args, endpoint))
-    return await go(build_config(args, endpoint_from_env(env, args)))
+    endpoint = endpoint_from_env(env, args)
+    _tell(reporter, env.notices[told:])  # before anything is sent: where the credentials go, say
+    return await go(build_config(args, endpoint))
+
+
+def _tell(reporter: Reporter, notes: list[str]) -> None:
+    for note in notes:
+        reporter.info(note)
 
 
 async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], reporter: Reporter, go: Go) -> int:
