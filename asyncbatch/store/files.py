@@ -43,10 +43,10 @@ def check_paths(outputs: Outputs) -> None:
     :raises ConfigError: naming the path and what to do.
     """
     results, errors, custom_checkpoint, state = outputs.results, outputs.errors, outputs.checkpoint, outputs.state
+    if results.exists() and errors.exists() and os.path.samefile(results, errors):  # the more telling refusal first
+        raise ConfigError(f"-o {results} and --errors {errors} are the same file (a link): give two different files")
     for option, path in (("-o", results), ("--errors", errors)):
         _check_output(option, path)
-    if results.exists() and errors.exists() and os.path.samefile(results, errors):
-        raise ConfigError(f"-o {results} and --errors {errors} are the same file (a link): give two different files")
     if custom_checkpoint is not None:
         _check_own(custom_checkpoint, "--checkpoint", CHECKPOINT_START, "an asyncbatch checkpoint")
     _check_not_link(state.dir)
