@@ -6,6 +6,7 @@ the process at once with exit code 130 and a message; during a run, the run's ow
 stop it gracefully (``cli._run``).
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,7 +16,8 @@ MESSAGE = b"asyncbatch: interrupted outside the run; nothing is lost. Run the sa
 
 
 def _exit_at_once(signum: int, frame: object) -> None:
-    os.write(2, MESSAGE)
+    with contextlib.suppress(OSError):  # stderr gone (a terminal that hung up, a pipe closed): the exit code says it
+        os.write(2, MESSAGE)
     os._exit(EXIT_INTERRUPTED)
 
 

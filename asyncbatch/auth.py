@@ -60,8 +60,10 @@ def _program(command: str) -> str:
         words = shlex.split(command)
     except ValueError:
         words = command.split()
-    words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)][:1]  # VAR=value first
-    return f"{os.path.basename(words[0])} ..." if words else "an empty command"
+    words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)]  # VAR=value first
+    if not words:
+        return "an empty command"
+    return f"`{os.path.basename(words[0])}{' ...' if len(words) > 1 else ''}`"  # its arguments may hold secrets
 
 
 class TokenCommand:
@@ -94,7 +96,7 @@ class TokenCommand:
 
     @property
     def name(self) -> str:
-        return f"{self.source} ({_program(self.command)})"
+        return f"{self.source} {_program(self.command)}"
 
     async def prime(self) -> None:
         """Run it now, before the run starts: a command that fails is a configuration error before

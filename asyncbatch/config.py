@@ -25,7 +25,7 @@ import orjson
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError, option
 from .protocol import APIS, Api, unsupported
-from .redact import url_secrets
+from .redact import header_secrets, url_secrets
 from .structured.schemas import check_request_schemas, from_models, mark_strict
 
 CacheMode = Literal["read-write", "read", "write", "off"]
@@ -176,7 +176,8 @@ class Endpoint:
     @property
     def secrets(self) -> list[str]:
         """Everything that must never appear in an output, a message or a traceback."""
-        return [self.api_key, *self.headers.values(), *url_secrets(self.base_url)]
+        headers = [secret for name, value in self.headers.items() for secret in header_secrets(f"{name}: {value}")]
+        return [self.api_key, *headers, *url_secrets(self.base_url)]
 
     def __post_init__(self) -> None:
         for name, value in self.headers.items():

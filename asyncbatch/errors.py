@@ -78,7 +78,8 @@ class FatalAPIError(AsyncBatchError):
 
     :param kind: ``authentication`` (401/403), ``not_found`` (404: deployment or URL),
         ``unreachable`` (connection errors or timeouts on every attempt), ``redirect`` (a 3xx,
-        never followed), or ``rejected`` (the same 4xx on every one of the first requests).
+        never followed), ``rejected`` (the same 4xx on every one of the first requests), or ``malformed``
+        (the Batch API answered with what is not a job object).
     """
 
     def __init__(self, kind: str, message: str, *, cause: str | None = None) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import heapq
+import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -188,9 +190,10 @@ def export(
 ) -> ExportReport:
     """Write ``rows`` as ``fmt`` to ``out`` (whole or not at all: a temporary file renamed) or to ``stdout``.
 
-    :param keep_formulas: CSV: write text cells that begin with ``= + - @``, a tab or a carriage return
-        as they are. By default a ``'`` goes before them, so that a spreadsheet opening the file shows
-        them as text instead of running them as formulas (the OWASP rule against CSV injection).
+    :param keep_formulas: CSV: write text cells that begin with ``= + - @`` (fullwidth too, after any
+        spaces), a tab, a carriage return or a line feed as they are. By default a ``'`` goes before them,
+        so that a spreadsheet opening the file shows them as text instead of running them as formulas (the
+        OWASP rule against CSV injection).
     """
     writers: dict[str, Callable[[Rows, IO[bytes]], None]] = {
         "jsonl": _write_jsonl,
@@ -203,10 +206,21 @@ def export(
             raise ConfigError("--format parquet needs -o PATH (it is not a text format for a terminal or pipe)")
         write(rows, stdout)
         return rows.report
+    check_output(out)
     sweep_stale(out)  # what an export killed before it finished left, if the file system keeps no unnamed files
-    with atomic_file(out, scratch_name(out), mode=0o666) as f:
+    with atomic_file(out, scratch_name(out)) as f:  # 0600, as every output: answers may be private
         write(rows, f)
     return rows.report
+
+
+def check_output(out: Path) -> None:
+    """:raises ConfigError: ``out`` is a symbolic link (replaced, it would no longer point where it did, and a
+    link's target is not ours to write)."""
+    if out.is_symlink():
+        raise ConfigError(
+            f"-o {out} is a symbolic link (to {os.readlink(out)}); export does not write through links, and its "
+            "target is left alone. HINT: give the target's own path, or remove the link"
+        )
 
 
 def _write_jsonl(rows: Rows, f: IO[bytes]) -> None:
@@ -269,7 +283,10 @@ def _kind(value: Any) -> str:
     return "json"
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+# What makes a spreadsheet read a cell as a formula: ``= + - @`` (OWASP), after anything spreadsheets skip (any
+# Unicode space, U+3000 too, a BOM or zero-width character, line breaks), their fullwidth forms (East Asian
+# spreadsheets take U+FF1D as ``=``), and a cell that begins with a tab, a carriage return or a line feed.
+_FORMULA = re.compile(r"[\s\ufeff\u200b-\u200d\u2060]*[=+\-@\uff1d\uff0b\uff0d\uff20]|[\t\r\n]")
 
 
 def _cell(value: Any, keep_formulas: bool = False) -> Any:
@@ -279,7 +296,7 @@ def _cell(value: Any, keep_formulas: bool = False) -> Any:
     """
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
-    if isinstance(value, str) and not keep_formulas and value.startswith(FORMULA_STARTS):
+    if isinstance(value, str) and not keep_formulas and _FORMULA.match(value):
         return "'" + value
     return value
 

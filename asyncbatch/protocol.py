@@ -321,6 +321,10 @@ class BodyDecoder:
         out = bytearray()
         try:
             while data and len(out) < room:
+                if self._zlib is not None and self._zlib.eof and self.encoding != "deflate":
+                    data = data.lstrip(b"\0")  # zeros padding the end of a gzip file: ignored, as gzip -d does
+                    if not data:
+                        break
                 if self._zlib is None or self._zlib.eof:  # the first member, or the next of concatenated gzip members
                     self._zlib = zlib.decompressobj(self._wbits(data))
                 out += self._zlib.decompress(data, room - len(out))
@@ -539,6 +543,29 @@ def read_usage(body: Mapping[str, Any]) -> tuple[int, int, int]:
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
     return prompt, completion, cached
+
+
+# Every status a Batch API job may have (OpenAI's and Azure's docs); any other word is no batch object of theirs.
+BATCH_STATUSES = frozenset(
+    {"validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"}
+)
+
+
+def batch_problem(batch: Any) -> str | None:
+    """What makes an answer to a Batch API call not a job object a run can read, or None.
+
+    The SDK builds its objects without checking them: ``null``, a list or ``"status": null`` arrive as they are.
+    """
+    if _get(batch, "id") is None or not isinstance(_get(batch, "id"), str):
+        return "no job id"
+    if _get(batch, "status") not in BATCH_STATUSES:
+        return f"the status {str(_get(batch, 'status'))[:40]!r}, which is none of a job's"
+    if not all(_optional(_get(batch, name), str) for name in ("output_file_id", "error_file_id")):
+        return "a file id that is not text"
+    counts = _get(batch, "request_counts")
+    if counts is not None and not all(type(_get(counts, name)) is int for name in ("completed", "failed")):
+        return "request_counts that are not counts"
+    return None
 
 
 def batch_error_codes(errors: Any) -> list[str]:

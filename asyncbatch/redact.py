@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import base64
 import bisect
+import contextlib
+import io
 import json
+import os
 import re
+import string
 from collections import deque
 from collections.abc import Iterable
 from typing import TextIO
@@ -78,6 +82,43 @@ def url_secrets(url: str) -> list[str]:
     basic = base64.b64encode(f"{user}:{password}".encode()).decode()
     secret = (parts.password, password) if parts.password is not None else (parts.username, user)
     return [s for s in secret if s] + [basic]
+
+
+# A header whose name says it carries a credential: its value is a secret, whatever it looks like.
+_CREDENTIAL_NAME = re.compile(r"key|token|secret|auth|passw|signature|credential|session|cookie", re.IGNORECASE)
+# What another header's value may be without being a secret: a JSON word or a number, or a short word. Masked
+# wherever it appears, ``--header 'X-Debug: null'`` would make every null of every answer ``***``.
+_PLAIN_VALUE = re.compile(r"true|false|null|none|yes|no|on|off|[+-]?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.IGNORECASE)
+PLAIN_BELOW = 8  # characters: a shorter value of a header not named as a credential is no secret
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9-]*)\s+(\S+)\s*")  # ``Bearer <token>``, ``Basic <base64>``
+
+
+def header_secrets(header: str) -> list[str]:
+    """The secrets a ``--header 'Name: value'`` holds (the one rule, for every place that learns them).
+
+    A header named as a credential (its name holds ``key``, ``token``, ``secret``, ``auth``, ``passw``,
+    ``signature``, ``credential``, ``session`` or ``cookie``: ``api-key``, ``Ocp-Apim-Subscription-Key``,
+    ``Authorization``...) holds a secret, whatever its value; after an auth scheme (``Bearer <token>``) the
+    credential is one on its own too, and a ``Basic`` one's decoded ``user:password`` and password. Any
+    other header's value is a secret too (a gateway may name its key as it likes), unless it is a JSON word,
+    a number, or shorter than ``PLAIN_BELOW`` characters: ``X-Debug: null``, ``X-Timeout: 5000``. A value
+    with no name (``--header VALUE``, refused later) is taken as a secret whole.
+    """
+    name, colon, value = header.partition(":")
+    if not colon:
+        return [header.strip()]
+    value = value.strip(" \t")
+    if not _CREDENTIAL_NAME.search(name):
+        plain = len(value) < PLAIN_BELOW or _PLAIN_VALUE.fullmatch(value)
+        return [] if plain else [value]
+    found = [value]
+    if scheme := _SCHEME.fullmatch(value):
+        found.append(scheme[2])
+        if scheme[1].lower() == "basic":
+            with contextlib.suppress(ValueError):
+                pair = base64.b64decode(scheme[2], validate=True).decode("utf-8")
+                found += [pair, pair.partition(":")[2]]
+    return [secret for secret in found if secret]
 
 
 class _Normalized:
@@ -238,7 +279,8 @@ class Redactor:
         self._bcores = [core.encode() for core in self._cores]
 
     def _index(self) -> None:
-        forms = {form for s in (*self._fixed, *self._learned) for form in _variants(s)}
+        forms = {_fold(form) for s in (*self._fixed, *self._learned) for form in _variants(s)}
+        # Found whatever the case of their ASCII letters (a server that quotes a key upper-cased), so kept folded
         self._text = sorted(forms, key=len, reverse=True)
         self._latin = [s.encode().decode("latin-1") for s in self._text]  # bytes, one character per byte
         self._bytes = [s.encode() for s in self._text]
@@ -258,21 +300,56 @@ class Redactor:
             return value
         return self._redact(value.decode("latin-1"), self._latin, latin=True).encode("latin-1")
 
+    def json(self, document: Bytes) -> Bytes:
+        """A JSON document (a record's line, a cached answer) with every secret masked in its data, never in
+        its structure: a secret that is also a JSON word or number (a key ``null``, a header value ``5000``)
+        cannot make it something that is not JSON, nor a string something else. Where a mask would touch it
+        (rare: only where a secret is there), each string, key and number is redacted on its own and the
+        document written again; ``true``, ``false`` and ``null`` hold no secret and stay. Bytes that are not
+        JSON are redacted as bytes."""
+        masked = self.bytes(document)
+        if masked == document:
+            return document
+        try:
+            value = json.loads(document)
+        except (ValueError, RecursionError):  # not JSON (or not UTF-8): bytes it is
+            return masked
+        end = b"\n" if document.endswith(b"\n") else b""
+        try:
+            return (
+                json.dumps(self._data(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode() + end
+            )
+        except ValueError:  # NaN, which JSON has no word for: bytes it is
+            return masked
+
+    def _data(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(k)): self._data(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._data(item) for item in value]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            written = json.dumps(value)
+            return MASK if self.text(written) != written else value
+        return value  # true, false, null
+
     def _suspect(self, value: str) -> bool:
         """Whether ``value`` may hold anything to mask: substring tests only (every record passes here)."""
+        lowered = value.lower()  # may hold a little more ASCII than ``_fold`` would: then only the slow path runs
         for secret in self._text:
-            if secret in value:
+            if secret in lowered:
                 return True
         if self._text and ("%" in value or any(t in value for t in self._triggers)):
             return True
         if "@" in value and ("//" in value or "\\/" in value):
             return True
-        lowered = value.lower()
         return any(core in lowered for core in self._cores)
 
     def _suspect_bytes(self, value: Bytes) -> bool:
+        lowered = value.lower()  # bytes: ASCII letters only
         for secret in self._bytes:
-            if secret in value:
+            if secret in lowered:
                 return True
         if self._bytes:
             for trigger in self._btriggers:
@@ -282,15 +359,16 @@ class Redactor:
                 return True
         if b"@" in value and (b"//" in value or b"\\/" in value) and _userinfo(value.decode("latin-1")):
             return True
-        lowered = value.lower()  # bytes: ASCII letters only
         return any(core in lowered for core in self._bcores)
 
     def _redact(self, text: str, secrets: list[str], *, latin: bool) -> str:
-        spans = [span for secret in secrets for span in _find(text, secret)]
+        folded = _fold(text)
+        spans = [span for secret in secrets for span in _find(folded, secret)]
         if secrets and (any(t in text for t in self._triggers) or ("%" in text and _PERCENT.search(text))):
             for decoded in _decodings(text, latin):
+                folded = _fold(decoded.text)
                 for secret in secrets:
-                    spans += [(decoded.start(a), decoded.end(b)) for a, b in _find(decoded.text, secret)]
+                    spans += [(decoded.start(a), decoded.end(b)) for a, b in _find(folded, secret)]
         if "@" in text:
             spans += _userinfo(text)
         return _masked(text, spans + self._header_values(text))
@@ -305,8 +383,9 @@ class Redactor:
         for name, (fast, caseless) in self._headers.items():
             if name not in lowered:
                 continue
+            searched = lowered if aligned else text  # the offsets below are searched's
             for m in fast.finditer(lowered) if aligned else caseless.finditer(text):
-                if (not m.start() or lowered[m.start() - 1] not in _NAME_CHARS) and m.group(2) != MASK:
+                if (not m.start() or searched[m.start() - 1].lower() not in _NAME_CHARS) and m.group(2) != MASK:
                     spans.append(m.span(2))
         return spans
 
@@ -322,9 +401,10 @@ class Redactor:
         begun = _ESCAPE_CUT.search(text)
         whole = text[: begun.start()] if begun else text
         for decoded in [_Chain([_Normalized(whole, latin=True, kinds=())]), *_decodings(whole, latin=True)]:
+            folded = _fold(decoded.text)
             for secret in self._latin:  # an escape begun at the end may be the next character: one fewer is enough
                 for size in range(min(len(secret) - 1, len(decoded.text)), PARTIAL - 1 - bool(begun), -1):
-                    if decoded.text.endswith(secret[:size]):
+                    if folded.endswith(secret[:size]):
                         start = _before_backslashes(text, decoded.start(len(decoded.text) - size))
                         return (text[:start] + MASK).encode("latin-1")
         return text.encode("latin-1")
@@ -341,6 +421,14 @@ def _userinfo(text: str) -> list[tuple[int, int]]:
             spans.append((slash + 1, at))
         at = text.find("@", at + 1)
     return spans
+
+
+_ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _fold(text: str) -> str:
+    """``text`` with its ASCII letters lower-cased, and nothing else changed: every offset stays where it was."""
+    return text.translate(_ASCII_FOLD)
 
 
 def _find(text: str, secret: str) -> list[tuple[int, int]]:
@@ -396,8 +484,10 @@ def _masked(text: str, spans: list[tuple[int, int]]) -> str:
 class RedactingStream:
     """A text stream that passes every write through a Redactor (a terminal's stdout or stderr).
 
-    A terminal that hung up (an SSH session closed: the writes fail with EIO) gets nothing more:
-    the run it shows carries on, and stops as SIGHUP asks, with no one left to read it.
+    A stream that fails (a terminal that hung up when its SSH session closed: EIO; a pipe whose reader
+    went away, as ``2>&1 | head`` does: EPIPE; a full disk: any OSError) gets nothing more, and its file
+    descriptor is pointed at /dev/null, so that what is left in its buffer cannot fail again at exit. The
+    run it shows carries on, records every answer, and ends as it would have, with no one left to read it.
     """
 
     def __init__(self, stream: TextIO, redactor: Redactor) -> None:
@@ -405,25 +495,28 @@ class RedactingStream:
         self.gone = False
 
     def write(self, text: str) -> int:
-        if self.gone:
-            return len(text)
-        try:
-            return self.stream.write(self.redactor.text(text))
-        except OSError as exc:
-            if exc.errno != _EIO:
-                raise
-            self.gone = True
-            return len(text)
+        if not self.gone:
+            try:
+                self.stream.write(self.redactor.text(text))
+            except OSError:
+                self._went_away()
+        return len(text)
 
     def flush(self) -> None:
         if self.gone:
             return
         try:
             self.stream.flush()
-        except OSError as exc:
-            if exc.errno != _EIO:
-                raise
-            self.gone = True
+        except OSError:
+            self._went_away()
+
+    def _went_away(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):  # no descriptor: a test's buffer
+            fd = self.stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
 
     def isatty(self) -> bool:
         return self.stream.isatty()
@@ -433,6 +526,3 @@ class RedactingStream:
 
     def __getattr__(self, name: str) -> object:  # encoding, errors, buffer...: those of the stream
         return getattr(self.stream, name)
-
-
-_EIO = 5  # errno.EIO: a write to a terminal that hung up

@@ -236,7 +236,7 @@ class _Run:
             interrupt.listen(self.on_interrupt)
         try:
             await self._run_all()
-        except* (FatalAPIError, OutputError, InputError) as group:
+        except* (FatalAPIError, OutputError, ConfigError) as group:  # InputError, a damaged state file too
             fatal = _first_leaf(group)
             self.stats.aborted = self.reporter.redactor.text(str(fatal))
             fatal.args = (self.stats.aborted,)  # a server may quote a token back: only the run knows every one
@@ -373,6 +373,7 @@ class _Run:
             item = prepare(line, request, endpoint.deployment, endpoint) if isinstance(line, ParsedLine) else line
             if isinstance(item, BadLine):
                 self.reject(item)
+                await self.recorder.errors.room()  # a file of bad lines: the writer drains, signals are heard
             else:
                 self.stats.estimated_tokens += item.estimate
                 await queue.put(item)

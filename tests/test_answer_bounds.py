@@ -277,11 +277,14 @@ ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     encoding=st.sampled_from(sorted(ENCODERS)),
     cuts=st.lists(st.integers(1, 4000), max_size=8),
     room=st.integers(1, 400_000),
+    padding=st.integers(0, 3000),
 )
+@example(data=b"x", encoding="gzip", cuts=[1], room=10, padding=1)  # a zero padding gzip's end: refused once
 def test_the_decoder_gives_the_bytes_sent_and_never_more_than_room(
-    data: bytes, encoding: str, cuts: list[int], room: int
+    data: bytes, encoding: str, cuts: list[int], room: int, padding: int
 ) -> None:
-    wire = ENCODERS[encoding](data)
+    """gzip's end may be padded with zeros (a tape block, a file written in sectors): gzip -d ignores them."""
+    wire = ENCODERS[encoding](data) + (b"\0" * padding if encoding == "gzip" else b"")
     decoder = BodyDecoder({"raw deflate": "deflate"}.get(encoding, encoding))
     out, at = bytearray(), 0
     for size in [*cuts, len(wire)]:  # the wire in chunks of any size
@@ -320,3 +323,14 @@ def test_an_answer_whose_request_id_is_not_utf8_is_still_a_result(tmp_path: Path
     assert sorted(r["response"]["request_id"] for r in results) == sorted(
         ["r\ufffd\ufffd-1", 'r"\\-2', "r\u00e9\U0001f600-3"]
     )
+
+
+def test_a_gzip_answer_padded_with_zeros_is_an_answer(tmp_path: Path, hostile: Any) -> None:
+    def script(request: Received, request_id: str) -> Answer:
+        body = gzipped(completion(f"answer {request.prompt}")) + b"\0" * int(request.prompt)
+        return Answer(body=body, headers=GZIP, request_id=request_id)
+
+    with hostile(script, ["1", "512", "70000"]):
+        assert main(["in.jsonl", "-q", "--max-attempts", "1"]) == 0
+    results, errors = _outputs(tmp_path)
+    assert errors == [] and sorted(r["output"] for r in results) == ["answer 1", "answer 512", "answer 70000"]

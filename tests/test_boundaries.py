@@ -102,16 +102,18 @@ def test_a_second_writer_of_the_same_results_by_any_name_is_refused_and_nothing_
     }[name]
     if name == "a symbolic link":
         (tmp_path / "link.jsonl").symlink_to("in.results.jsonl")
-    if name == "a hard link":
-        os.link(results, tmp_path / "hard.jsonl")
     first = _start(tmp_path, env, "-q", "-c", "10")
     try:
         assert simulator.first_request.wait(timeout=60)
+        if name == "a hard link":  # made once the first run has its file open: a file of two names is not started on
+            os.link(results, tmp_path / "hard.jsonl")
         refused = _cli(tmp_path, env, "-q", "-c", "10", *second)
         assert first.poll() is None  # the two overlapped: the refusal is what kept them apart
         assert refused.returncode == 2
         if name == "a symbolic link":  # refused as every link at an output is, before the lock is looked at
             assert "-o link.jsonl is a symbolic link" in refused.stderr
+        elif name == "a hard link":  # the same
+            assert "-o hard.jsonl is one of 2 names of the same file (a hard link)" in refused.stderr
         else:
             assert f"another asyncbatch run (pid {first.pid}" in refused.stderr and "is writing" in refused.stderr
         assert first.wait(timeout=120) == 0

@@ -119,7 +119,10 @@ def test_the_key_names_the_endpoint_and_the_request_never_the_key_or_tags() -> N
 
 
 def test_cache_stats_and_prune(
-    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    sim: tuple[dict[str, str], Simulator],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     write_jsonl(tmp_path / "in.jsonl", _lines(30))
     cache = tmp_path / "c.sqlite"
@@ -127,8 +130,14 @@ def test_cache_stats_and_prune(
     assert main(["in.jsonl", "-q", "--cache", str(cache), "-o", "again.jsonl"]) == 0
     capsys.readouterr()
     assert main(["cache", "stats", str(cache)]) == 0
-    out = capsys.readouterr().out
-    assert "30 answers" in out and "used 30 times" in out
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["cache", "answers", "on disk", "used", "oldest", "newest"]
+    assert out[0].split()[1] == str(cache) and out[1].split()[1] == "30" and out[3].split()[1:] == ["30", "times"]
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "2026")  # a short key that a date holds: figures are never masked
+    monkeypatch.setenv("OPENAI_API_KEY", "times")
+    assert main(["cache", "stats", str(cache)]) == 0
+    shown = capsys.readouterr().out
+    assert "***" not in shown and "used:     30 times" in shown
     assert main(["cache", "prune", str(cache), "--older-than", "30d"]) == 0
     assert "removed 0 answers" in capsys.readouterr().out
     assert main(["cache", "prune", str(cache), "--older-than", "0s"]) == 0
@@ -284,6 +293,7 @@ def test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_
     for command in (["stats"], ["prune", "--older-than", "1d"]):
         code, err = _cli(tmp_path, "cache", *command[:1], str(cache), *command[1:])
         assert code == 2 and f"{cache} is damaged" in err and "move it aside" in err and "Traceback" not in err
+        assert "--cache" not in err  # the path is this command's argument, not an option's value
     assert cache.read_bytes() == damaged  # left as it is
     moved = re.search(r"\(`(mv .+?)`\) and run again", err)
     assert moved is not None

@@ -183,15 +183,13 @@ def test_openai_compatible_endpoint(
 def test_env_file_is_read_and_real_environment_wins(
     tmp_path: Path, sim: tuple[str, Simulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = sim[0]
-    monkeypatch.delenv("AZURE_OPENAI_ENDPOINT")
     monkeypatch.delenv("AZURE_OPENAI_DEPLOYMENT_NAME")
     (tmp_path / ".env").write_text(
-        f"AZURE_OPENAI_ENDPOINT={url}\nAZURE_OPENAI_API_KEY=from-dotenv\nAZURE_OPENAI_DEPLOYMENT_NAME=dep\n"
+        "AZURE_OPENAI_ENDPOINT=http://127.0.0.1:9\nAZURE_OPENAI_API_KEY=from-dotenv\nAZURE_OPENAI_DEPLOYMENT_NAME=dep\n"
     )
     write_jsonl(tmp_path / "in.jsonl", [batch_line("c", "hi")])
     code, results, _ = _cli(tmp_path)
-    assert code == 0 and len(results) == 1  # the real AZURE_OPENAI_API_KEY beat the .env's wrong one
+    assert code == 0 and len(results) == 1  # the real endpoint and key beat the .env's; its deployment was read
 
 
 def test_missing_configuration_names_the_variable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

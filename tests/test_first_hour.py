@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -317,3 +319,33 @@ def test_the_simulator_has_no_classic_responses_route_before_its_api_version_eit
             return exc.code
 
     assert post("2024-10-21") == 404 and post("2025-04-01-preview") == 200  # the server's own reading of the docs
+
+
+@pytest.mark.parametrize("command", [["--help"], ["export", "--help"], ["cache", "--help"], ["report", "--help"]])
+def test_help_into_a_pipe_already_closed_exits_0_quietly(command: list[str]) -> None:
+    """``asyncbatch export --help | head -1``: head may be gone before the help is written (EPIPE)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before a byte is written: the worst case of `| head`
+    try:
+        done = subprocess.run([sys.executable, "-m", "asyncbatch", *command], stdout=write, stderr=subprocess.PIPE)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [("false", "--token-command `false` exited with 1"), ("exit 3 # sk-secret", "--token-command `exit ...` exited")],
+)
+def test_a_token_command_that_fails_is_named_by_its_program_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str, shown: str
+) -> None:
+    for name in [n for n in os.environ if n.startswith(("AZURE_", "OPENAI_", "ASYNCBATCH_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}])
+    assert main(["in.jsonl", "-q", "--token-command", command]) == 2
+    err = capsys.readouterr().err
+    assert shown in err and "sk-secret" not in err and "(false" not in err

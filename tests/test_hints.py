@@ -49,6 +49,12 @@ HINTS = {
     "move it aside (`{moved}`)": (
         "tests/test_cache.py::test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_cache_stats"
     ),
+    "HINT: restore it from a backup": "tests/test_batch_answers.py::test_the_hint_for_a_damaged_batches_file_runs",
+    "HINT: give a file of one name": ADVICE + " (a file to remove or rename)",
+    "HINT: something between you and the model": ADVICE + " (a gateway's owner to ask)",
+    "if that endpoint is yours, set": (
+        "tests/test_security_secrets.py::test_the_hint_for_an_endpoint_a_dotenv_file_alone_names_runs"
+    ),
     "add --batch-api to collect their results": (
         "tests/test_batchapi.py::"
         "test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes_exactly_once"
@@ -103,7 +109,7 @@ HINTS = {
     "HINT: write the file again from its source": ADVICE + " (a file to write again)",
     "HINT: fix the header, or save the file as": ADVICE,
     "HINT: fix row": ADVICE + " (an edit of the input)",
-    "asyncbatch reads UTF-8. HINT: save the": ADVICE + " (a file to save again)",
+    "asyncbatch reads UTF-8. HINT: {todo}": ADVICE + " (a file to save again, or a Parquet file to write again)",
     "a run keeps a regular file there. HINT: move it away": ADVICE,
     "HINT: save the sheet as CSV UTF-8": ADVICE + " (a file to save again)",
     "HINT: run the same job again later": ADVICE + " (the same job)",

@@ -115,7 +115,7 @@ def test_a_plan_puts_the_lines_no_output_holds_in_parts_and_a_bad_line_on_the_er
     with (tmp_path / "in.jsonl").open("a") as f:
         f.write('{"custom_id": "bad", "messages": "not a list"}\n')
     rejected: list[BadLine] = []
-    phase.runner.plan(rejected.append)
+    asyncio.run(phase.runner.plan(rejected.append))
     parts = phase.runner.state.parts
     assert [list(p.line_numbers()) for p in parts] == [[1, 3], [4, 5]] and [r.line_no for r in rejected] == [6]
     first = phase.config.state.part(parts[0].index).read_bytes().splitlines()
@@ -125,7 +125,7 @@ def test_a_plan_puts_the_lines_no_output_holds_in_parts_and_a_bad_line_on_the_er
 
 def test_a_job_refused_for_the_queued_token_limit_is_created_again_after_a_growing_backoff(tmp_path: Path) -> None:
     phase = Phase(tmp_path, 2)
-    phase.runner.plan(lambda bad: None)
+    asyncio.run(phase.runner.plan(lambda bad: None))
     (part,) = phase.runner.state.parts
     refused = SimpleNamespace(id="b", status="failed", errors={"data": [{"code": "token_limit_exceeded"}]})
     for tries, backoff in ((1, 120.0), (2, 240.0)):

@@ -18,7 +18,7 @@ import asyncbatch
 from asyncbatch.cli.main import main
 from asyncbatch.display.reporters import Reporter
 from asyncbatch.display.summary import summary_data
-from asyncbatch.report.prometheus import METRICS
+from asyncbatch.report.prometheus import METRICS, serving
 from asyncbatch.stats import RunStats
 
 from .helpers import batch_line, write_jsonl
@@ -203,3 +203,28 @@ def test_every_metric_is_documented() -> None:
     for name, (kind, _) in METRICS.items():
         shown = f"{name}_total" if kind == "counter" else name
         assert f"`{shown}`" in documented, name
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:{port}", 200),
+        ("localhost:{port}", 200),
+        ("LOCALHOST", 200),
+        ("evil.example:{port}", 403),  # DNS rebinding: a page's own name, pointed at 127.0.0.1
+        ("127.0.0.1.evil.example:{port}", 403),
+        ("", 403),
+    ],
+)
+def test_the_metrics_answer_only_a_request_that_names_this_machine(host: str, status: int) -> None:
+    async def go() -> tuple[int, str]:
+        async with serving(0, lambda message: None) as endpoint, aiohttp.ClientSession() as session:
+            assert endpoint is not None
+            port = endpoint.url.split(":")[2].split("/")[0]
+            headers = {"Host": host.format(port=port)}
+            async with session.get(endpoint.url, headers=headers, skip_auto_headers=["Host"]) as response:
+                return response.status, await response.text()
+
+    got, text = asyncio.run(go())
+    assert got == status
+    assert ("asyncbatch_up 1" in text) == (status == 200)

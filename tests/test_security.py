@@ -337,7 +337,7 @@ def test_a_token_command_that_fails_ends_the_run_in_one_line_leaving_no_child(
     )
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("asyncbatch: error: --token-command (") and "Traceback" not in proc.stderr
+    assert line.startswith("asyncbatch: error: --token-command `") and "Traceback" not in proc.stderr
     assert {
         "exits 3 with a secret on stderr": "exited with 3; what it wrote to stderr is not shown",
         "prints nothing": "printed nothing",
@@ -464,14 +464,14 @@ def test_a_refresh_that_fails_keeps_the_live_token_and_tries_again_until_it_woul
 
     tokens = Tokens(provider, clock=clock)
     first = asyncio.run(tokens.get())
-    answers += [ConfigError("--token-command (az ...) exited with 1")] * 2
+    answers += [ConfigError("--token-command `az ...` exited with 1")] * 2
     clock.now = 1310.0  # a quarter of its life left: refreshed, and the command fails
     assert asyncio.run(tokens.get()) == first  # 90 s to live: kept
     clock.now = 1320.0  # tried again 30 s later, not before
     assert asyncio.run(tokens.get()) == first and len(answers) == 1
     clock.now = 1345.0  # 55 s to live: fails again, kept again
     assert asyncio.run(tokens.get()) == first and answers == []
-    answers.append(ConfigError("--token-command (az ...) exited with 1"))
+    answers.append(ConfigError("--token-command `az ...` exited with 1"))
     clock.now = 1380.0  # 20 s to live: no longer worth keeping
     with pytest.raises(FatalAPIError, match="exited with 1") as raised:
         asyncio.run(tokens.get())

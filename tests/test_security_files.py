@@ -14,14 +14,19 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.config import Outputs
 from asyncbatch.errors import ConfigError
+from asyncbatch.export import _cell
+from asyncbatch.records import result_record
 from asyncbatch.simulator import SimConfig, Simulator
-from asyncbatch.store.files import check_paths, prepare_state
+from asyncbatch.store.files import check_paths, create_private, prepare_state
 from asyncbatch.store.lock import OutputLock
 from tests.helpers import batch_line, simulator_env, write_jsonl
 
@@ -211,3 +216,89 @@ def test_the_library_export_escapes_by_default(tmp_path: Path) -> None:
     out = io.BytesIO()
     export(Rows(tmp_path / "r.jsonl", None, None, ordered=False), "csv", None, out, keep_formulas=True)
     assert out.getvalue().decode().splitlines()[1].startswith("1,succeeded,=a,-b")
+
+
+SKIPPED = [" ", "\t", "\n", "\r", "\u3000", "\u00a0", "\u2003", "\ufeff", "\u200b", "\u2028"]
+STARTS = ["=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cells=st.lists(
+        st.tuples(st.lists(st.sampled_from(SKIPPED), max_size=3), st.sampled_from(STARTS), st.text(max_size=10)),
+        min_size=1,
+        max_size=4,
+    )
+)
+@example(
+    cells=[([], "=", "1+1"), (["\u3000"], "=", "1"), (["\ufeff"], "@", "x"), ([], "\uff1d", "1"), (["\n"], "+", "")]
+)
+def test_csv_export_escapes_a_formula_behind_what_a_spreadsheet_skips_and_in_fullwidth(
+    tmp_path: Path, cells: list[tuple[list[str], str, str]]
+) -> None:
+    texts = ["".join(skip) + start + rest for skip, start, rest in cells]
+    line = result_record(
+        custom_id="c",
+        line_no=1,
+        request_id="r",
+        raw_body=b"{}",
+        output={f"f{i}": t for i, t in enumerate(texts)},
+        attempts=1,
+        latency_ms=0.0,
+        deployment="d",
+        line_hash="h",
+    )
+    (tmp_path / "r.jsonl").write_bytes(orjson.dumps(line) + b"\n")
+    assert _run(tmp_path, "export", "r.jsonl", "-o", "x.csv")[0] == 0
+    row = dict(zip(*_cells(tmp_path / "x.csv"), strict=True))
+    assert [row[f"output.f{i}"] for i in range(len(texts))] == ["'" + t for t in texts]
+    for plain in ("a=1", "1-2", "x @y"):  # a formula character later in the text runs nothing
+        assert _cell(plain) == plain
+
+
+@pytest.mark.parametrize("name", ["in.results.jsonl", "in.results.errors.jsonl", "in.results.jsonl.state/checkpoint"])
+def test_an_output_or_state_file_with_another_name_a_hard_link_is_refused_and_left_alone(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], name: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "p")])
+    assert _run(tmp_path, "in.jsonl", "-q")[0] == 0
+    kept = tmp_path / "elsewhere"
+    os.link(tmp_path / name, kept)  # the same file, by another name: a run would change it too
+    before = kept.read_bytes()
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "p"), batch_line("b", "q")])
+    code, err = _run(tmp_path, "in.jsonl", "-q")
+    assert code == 2 and "is one of 2 names of the same file (a hard link)" in err and "HINT: give a file of one" in err
+    assert kept.read_bytes() == before and os.stat(kept).st_nlink == 2
+
+
+def test_a_hard_link_planted_after_the_check_is_not_written_through(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"theirs")
+    os.link(target, tmp_path / "state")
+    with pytest.raises(ConfigError, match="hard link"):
+        create_private(tmp_path / "state")
+    assert target.read_bytes() == b"theirs"  # not emptied: the check comes before the truncation
+
+
+def test_export_refuses_an_output_that_is_a_symbolic_link_and_writes_0600(tmp_path: Path) -> None:
+    line = result_record(
+        custom_id="c", line_no=1, request_id="r", raw_body=b"{}", output="private answer",
+        attempts=1, latency_ms=0.0, deployment="d", line_hash="h",
+    )  # fmt: skip
+    (tmp_path / "r.jsonl").write_bytes(orjson.dumps(line) + b"\n")
+    target = tmp_path / "theirs.csv"
+    target.write_text("theirs")
+    (tmp_path / "out.csv").symlink_to(target)
+    code, err = _run(tmp_path, "export", "r.jsonl", "-o", "out.csv")
+    assert code == 2 and "-o out.csv is a symbolic link" in err and "HINT: give the target's own path" in err
+    assert target.read_text() == "theirs" and (tmp_path / "out.csv").is_symlink()
+    (tmp_path / "r.results.jsonl").symlink_to(tmp_path / "r.jsonl")  # a link to what it reads: the link is named
+    assert "is a symbolic link" in _run(tmp_path, "export", "r.jsonl", "-o", "r.results.jsonl")[1]
+    umask = os.umask(0o022)  # a usual umask: 0644 for a file made 0666, which an export was
+    try:
+        assert _run(tmp_path, "export", "r.jsonl", "-o", "mine.csv")[0] == 0
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "mine.csv").stat().st_mode & 0o777 == 0o600 and "private answer" in (
+        tmp_path / "mine.csv"
+    ).read_text()

@@ -213,10 +213,9 @@ class Admission:
         since = self.breaker.open_since
         if since is None or not self.answered or self.clock() - since <= self.max_outage:
             return None
-        return (
-            f"the endpoint has been unreachable since {self._wall_at(since)}, longer than --max-outage "
-            f"({self.max_outage:g} s)"
-        )
+        status = self.breaker.status  # an endpoint that answers HTTP 500 to everything is not "unreachable"
+        down = "been unreachable" if status is None else f"answered HTTP {status} to every request"
+        return f"the endpoint has {down} since {self._wall_at(since)}, longer than --max-outage ({self.max_outage:g} s)"
 
     def _wall_of(self, monotonic: float) -> float:
         return self.wall() - (self.clock() - monotonic)

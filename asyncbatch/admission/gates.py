@@ -168,6 +168,7 @@ class Breaker:
         self.open_since: float | None = None
         self.probing = False
         self.cause = "unreachable"  # or "failing with HTTP 503": what the last outage failure was
+        self.status: int | None = None  # its status, if it was an answer
         self._interval = first_probe
         self._next_probe = 0.0
 
@@ -183,6 +184,7 @@ class Breaker:
         now = self.clock()
         self.streak += 1
         self.cause = "unreachable" if status is None else f"failing with HTTP {status}"
+        self.status = status
         if self.open_since is None and self.streak >= self.threshold:
             self.open_since, self._next_probe = now, now + self.first_probe
         elif self.open_since is not None and self.probing:  # the probe failed: wait longer for the next one

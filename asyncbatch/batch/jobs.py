@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -47,13 +48,18 @@ from ..errors import ASKED_AGAIN, AttemptError, FatalAPIError, RateLimited, Unke
 from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from ..input.requests import Job, prepare
 from ..protocol import (
+    ACCEPT_ENCODING,
+    CONTENT_ENCODING,
     LOCATION,
     MAX_DEPTH,
     RETRYABLE_BATCH_CODES,
     Api,
+    BodyDecoder,
     TooDeep,
+    Unreadable,
     answer_problem,
     batch_error_codes,
+    batch_problem,
     batch_url,
     batchable,
     clean_usage,
@@ -64,6 +70,7 @@ from ..protocol import (
     read_json,
     redirect_message,
     should_retry,
+    too_large,
     under_v1,
 )
 from ..records import failure_record, result_record
@@ -84,7 +91,10 @@ LIVE_AGAIN: tuple[type[AttemptError], ...] = (
     RateLimited,
     *ASKED_AGAIN,
 )  # a line's failure that the live phase may answer (with feedback, if invalid)
-CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"line-(\d+)"')  # found without parsing the whole answer
+CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"line-(\d{1,18})"')  # found without parsing the whole answer
+ID_WITHIN = 1 << 16  # bytes: where a line's custom_id is looked for when the line is too large to keep
+ENVELOPE = 1 << 16  # bytes an answer line may hold beside its body (its ids, status, error)
+STEP = 1 << 16  # decoded bytes taken at a time from a downloaded file
 
 
 def _transient(exc: BaseException) -> bool:
@@ -130,6 +140,7 @@ class BatchRunner:
         assert config.batch is not None
         self.options, self.endpoint, self.request = config.batch, config.routes[0].endpoint, config.request
         self.input_path, self.paths, self.stats = config.input_path, config.state, stats
+        self.transport = config.transport
         self.recorder, self.written, self.done = recorder, written, done
         self.info, self.sleep, self.wall, self.cached, self.keep = info, sleep, wall, cached, keep
         self.warn = warn or info
@@ -147,7 +158,7 @@ class BatchRunner:
     async def run(self, reject: Callable[[BadLine], None]) -> None:
         """Plan, submit, poll and merge until every part is merged (or stopped by cancellation)."""
         async with self._connected():
-            self.plan(reject)
+            await self.plan(reject)
             self.state.save(self.path)
             await self._adopt_orphans()
             while parts := self.state.open_parts():
@@ -162,7 +173,7 @@ class BatchRunner:
         async with self._connected() as sdk:
             for part in self.state.open_parts():
                 if part.batch_id is not None and part.status not in TERMINAL:
-                    batch = await self._call(sdk.batches.cancel, part.batch_id)
+                    batch = _judged(await self._call(sdk.batches.cancel, part.batch_id))
                     part.status = batch.status
                     cancelled += 1
             self.state.save(self.path)
@@ -177,8 +188,12 @@ class BatchRunner:
         finally:
             await self.sdk.close()
 
-    def plan(self, reject: Callable[[BadLine], None]) -> None:
-        """Write part files for the lines no part covers and no output holds yet."""
+    async def plan(self, reject: Callable[[BadLine], None]) -> None:
+        """Write part files for the lines no part covers and no output holds yet.
+
+        A line recorded here (a bad line, a cached answer) waits for room at its writer: a file of a million
+        bad lines holds no more memory than a few, and signals are heard meanwhile.
+        """
         covered = list(self.state.parts)
         splitter = Splitter(self.options.max_lines_per_file, first_index=len(self.state.parts))
         files: dict[int, Any] = {}
@@ -192,12 +207,14 @@ class BatchRunner:
                 item = prepare(line, self.request, model, self.endpoint) if isinstance(line, ParsedLine) else line
                 if isinstance(item, BadLine):
                     reject(item)
+                    await self.recorder.errors.room()
                     continue
                 if not batchable(self.endpoint.kind, item.api):
                     live[item.api] += 1
                     continue
                 if (hit := self.cached(item)) is not None:  # answered from the response cache: not uploaded
                     self.recorder.success(item.line_no, hit)
+                    await self.recorder.results.room()
                     continue
                 raw = batch_line(item, self._v1)
                 part = splitter.place(item.api, item.line_no, len(raw))
@@ -231,17 +248,18 @@ class BatchRunner:
         after: str | None = None
         while waiting:
             page = await self._call(self.sdk.batches.list, limit=100, **({"after": after} if after else {}))
-            for batch in page.data:
-                meta = batch.metadata or {}
-                if meta.get("asyncbatch_run") != self.state.run:
-                    continue
-                key = (int(meta.get("asyncbatch_part", -1)), int(meta.get("asyncbatch_try", -1)))
+            data = page.data if isinstance(page.data, list) else []
+            for batch in data:
+                meta = getattr(batch, "metadata", None)
+                if not isinstance(meta, dict) or meta.get("asyncbatch_run") != self.state.run or batch_problem(batch):
+                    continue  # not a job of this run's (or not a job): left alone
+                key = (_number(meta.get("asyncbatch_part")), _number(meta.get("asyncbatch_try")))
                 if (part := waiting.pop(key, None)) is not None:
                     part.batch_id, part.status = batch.id, batch.status
                     self.info(f"Batch API: found job {batch.id} of part {part.index}, created before the last stop")
-            if not page.has_more or not page.data:
+            if not page.has_more or not data or batch_problem(data[-1]):
                 break
-            after = page.data[-1].id
+            after = data[-1].id
         self.state.save(self.path)
 
     async def _step(self, parts: list[Part]) -> None:
@@ -251,7 +269,7 @@ class BatchRunner:
                     await self._submit(part)
                 continue
             assert self.sdk is not None
-            batch = await self._call(self.sdk.batches.retrieve, part.batch_id)
+            batch = _judged(await self._call(self.sdk.batches.retrieve, part.batch_id))
             part.status = batch.status
             counts = batch.request_counts
             self.remote[part.index] = (counts.completed + counts.failed) if counts is not None else 0
@@ -269,6 +287,8 @@ class BatchRunner:
             self.state.save(self.path)
             return
         upload = await self._call(self.sdk.files.create, file=(path.name, path.read_bytes()), purpose="batch")
+        if not isinstance(getattr(upload, "id", None), str):
+            raise _malformed("the answer to a file upload has no file id")
         metadata = {
             "asyncbatch_run": self.state.run,
             "asyncbatch_part": str(part.index),
@@ -282,6 +302,7 @@ class BatchRunner:
             completion_window="24h",
             metadata=metadata,
         )
+        batch = _judged(batch)
         part.batch_id, part.status = batch.id, batch.status
         self.state.save(self.path)  # at once: a crash from here on finds the job in the state file
 
@@ -352,33 +373,57 @@ class BatchRunner:
     # -- merging -----------------------------------------------------------------------------
 
     async def _merge(self, part: Part, batch: Any) -> Merge:
-        answers: dict[int, bytes] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if file_id:
-                answers.update(await self._download(file_id, part))
+        limit = self.max_response_bytes
         merge = Merge()
-        for job in self._jobs(part):
-            raw = answers.pop(job.line_no, None)
-            try:
-                answer = _answer_line(raw)
-            except TooDeep as deep:  # answered and paid for, but too deep to keep: recorded with its usage
-                unkept = _too_deep(deep.value)
-                self.stats.count_usage(unkept.body or {}, self.prices)
-                self._record_failure(job, unkept, merge)
-                continue
-            self._settle(job, answer, batch, merge)
+        with Answers(part, limit + ENVELOPE, self.paths.dir) as answers:
+            for file_id in (batch.output_file_id, batch.error_file_id):
+                if file_id:
+                    answers.begin()
+                    await self._call(self._download, file_id, answers)
+            for job in self._jobs(part):
+                raw = answers.pop(job.line_no)
+                if isinstance(raw, TooLarge):  # answered and paid for, but larger than a live answer may be: not kept
+                    self._record_failure(job, too_large(200, {}, limit), merge)
+                    continue
+                try:
+                    answer = _answer_line(raw)
+                except TooDeep as deep:  # answered and paid for, but too deep to keep: recorded with its usage
+                    unkept = _too_deep(deep.value)
+                    self.stats.count_usage(unkept.body or {}, self.prices)
+                    self._record_failure(job, unkept, merge)
+                    continue
+                if answer is None and raw is not None:
+                    clip = raw[:200].decode("utf-8", "replace")
+                    self._fallback(job, "malformed_response", f"the answer line is not a JSON object: {clip!r}", merge)
+                    continue
+                self._settle(job, answer, batch, merge)
         return merge
 
-    async def _download(self, file_id: str, part: Part) -> dict[int, bytes]:
-        """Each answer line of a file, by input line number; kept as bytes and parsed when merged."""
+    async def _download(self, file_id: str, answers: Answers) -> None:
+        """A job's output or error file into ``answers``, streamed and decoded as a live answer is
+        (``protocol.BodyDecoder``): memory holds one line at most. Read from its start again on each try.
+        A file whose compressed data breaks keeps the lines before the break (the rest run live)."""
+        import httpx2  # the openai SDK's HTTP client (openai>=3.0)
+        import openai
+
         assert self.sdk is not None
-        content = await self._call(self.sdk.files.content, file_id)
-        answers = {}
-        for raw in content.content.splitlines():
-            found = CUSTOM_ID.search(raw)
-            if found is not None and int(found[1]) in part:
-                answers[int(found[1])] = raw
-        return answers
+        answers.start_over()
+        content = self.sdk.files.with_streaming_response.content
+        async with content(file_id, extra_headers={"Accept-Encoding": ACCEPT_ENCODING}) as response:
+            try:
+                decoder = BodyDecoder(response.headers.get(CONTENT_ENCODING))
+                async for chunk in response.http_response.aiter_raw():
+                    data = decoder.feed(chunk, STEP)
+                    while data:
+                        answers.feed(data)
+                        data = decoder.feed(b"", STEP)
+                while data := decoder.finish(STEP):
+                    answers.feed(data)
+            except Unreadable as exc:
+                self.warn(f"Batch API: file {file_id} cannot be read to its end ({exc}); its other lines run live")
+            except httpx2.TransportError as exc:  # the body broke off: the whole file is asked for again
+                raise openai.APIConnectionError(request=response.http_response.request) from exc
+        answers.end()
 
     def _settle(self, job: Job, answer: dict[str, Any] | None, batch: Any, merge: Merge) -> None:
         given = (answer or {}).get("response")
@@ -464,7 +509,105 @@ class BatchRunner:
             ) from None
         except openai.APIConnectionError as exc:
             raise FatalAPIError("unreachable", f"cannot reach the Batch API: {exc}") from None
+        except ValueError as exc:  # the SDK's JSON parse of a 200 that is not JSON (a proxy's page, say)
+            raise _malformed(f"a body that is not JSON ({str(exc)[:80]})") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @property
+    def max_response_bytes(self) -> int:
+        return self.transport.max_response_bytes
+
+
+class TooLarge:
+    """An answer line past the bound: only its custom_id was read."""
+
+
+TOO_LARGE = TooLarge()
+
+
+class Answers:
+    """A job's answer lines by input line number, spooled to an unnamed file in the state directory as they
+    stream in: memory holds one line (at most ``limit`` bytes), whatever the file's size. A line past
+    ``limit`` is kept as ``TOO_LARGE``; a line that names no line of ``part`` is dropped."""
+
+    def __init__(self, part: Part, limit: int, directory: Path) -> None:
+        self.part, self.limit = part, limit
+        self.file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 (closed by __exit__)
+        self.at: dict[int, tuple[int, int] | None] = {}
+        self._line, self._over = bytearray(), False
+        self._mark: tuple[int, dict[int, tuple[int, int] | None]] = (0, {})
+
+    def __enter__(self) -> Answers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def begin(self) -> None:
+        """A file begins: what ``start_over`` goes back to."""
+        self._mark = (self.file.seek(0, 2), dict(self.at))
+
+    def start_over(self) -> None:
+        """The file begun is read again from its start (a try after a connection failure)."""
+        self.file.truncate(self._mark[0])
+        self.at = dict(self._mark[1])
+        self._line, self._over = bytearray(), False
+
+    def feed(self, data: bytes) -> None:
+        start = 0
+        while start < len(data):
+            cut = data.find(b"\n", start)
+            end = len(data) if cut < 0 else cut
+            if not self._over:
+                self._line += data[start:end]
+                if len(self._line) > self.limit:  # its id is near its start: the rest is not kept
+                    self._over, self._line = True, self._line[:ID_WITHIN]
+            if cut < 0:
+                return
+            self.end()
+            start = cut + 1
+
+    def end(self) -> None:
+        """The line read so far is whole (a line feed, or the file's end)."""
+        line, over = bytes(self._line).rstrip(b"\r"), self._over
+        self._line, self._over = bytearray(), False
+        found = CUSTOM_ID.search(line[:ID_WITHIN] if over else line)
+        if found is None or int(found[1]) not in self.part:
+            return
+        if over:
+            self.at[int(found[1])] = None
+            return
+        offset = self.file.seek(0, 2)
+        self.file.write(line)
+        self.at[int(found[1])] = (offset, len(line))
+
+    def pop(self, line_no: int) -> bytes | TooLarge | None:
+        """The line's answer; ``TOO_LARGE``; or None (none came)."""
+        if line_no not in self.at:
+            return None
+        where = self.at.pop(line_no)
+        if where is None:
+            return TOO_LARGE
+        self.file.seek(where[0])
+        return self.file.read(where[1])
+
+
+def _judged(batch: Any) -> Any:
+    """A job object from the SDK, once it holds what a run reads. :raises FatalAPIError: it does not."""
+    if problem := batch_problem(batch):
+        raise _malformed(f"an answer that is not a job object: {problem}")
+    return batch
+
+
+def _malformed(what: str) -> FatalAPIError:
+    return FatalAPIError("malformed", f"the Batch API answered with {what}")
+
+
+def _number(value: Any) -> int:
+    try:
+        return int(str(value)[:18])
+    except ValueError:
+        return -1
 
 
 def _answer_line(raw: bytes | None) -> dict[str, Any] | None:

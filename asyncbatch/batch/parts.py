@@ -12,7 +12,7 @@ import orjson
 from ..config import StatePaths
 from ..errors import ConfigError
 from ..input.requests import Job
-from ..protocol import Api, batch_url
+from ..protocol import APIS, Api, batch_url
 from ..store.files import replace_atomically
 
 MAX_FILE_BYTES = 190 * 1024 * 1024  # Azure allows 200 MB; a margin for the multipart envelope
@@ -62,15 +62,63 @@ class BatchState:
 
     @classmethod
     def load(cls, path: Path) -> BatchState | None:
+        """The file as saved, or None if there is none.
+
+        :raises ConfigError: a file that is not one this program wrote (damaged, or edited), naming it and what
+            to do: its job ids are the only way back to jobs already paid for, so it is never written over.
+        """
         try:
             with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 data = orjson.loads(f.read())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            run, parts = data["run"], data["parts"]
+            if not isinstance(run, str) or not isinstance(parts, list):
+                raise ValueError("no run id, or no list of parts")
+            return cls(run=run, parts=[_part(p) for p in parts])
         except FileNotFoundError:
             return None
-        return cls(run=data["run"], parts=[Part(**p) for p in data["parts"]])
+        except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            raise ConfigError(
+                f"the Batch API state file {path} is damaged ({_why(exc)}); it is left as "
+                "it is. HINT: restore it from a backup to collect its jobs' results; or, to start over, move it aside "
+                "(or run again with --restart): the lines it covered then run again, and are paid for again"
+            ) from None
 
     def open_parts(self) -> list[Part]:
         return [p for p in self.parts if not p.merged]
+
+
+_PART_TYPES: dict[str, type | tuple[type, ...]] = {
+    "index": int,
+    "api": str,
+    "ranges": list,
+    "lines": int,
+    "size": int,
+    "batch_id": (str, type(None)),
+    "status": (str, type(None)),
+    "tries": int,
+    "retry_at": (int, float),
+    "merged": bool,
+    "offset": int,
+}
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, orjson.JSONDecodeError):
+        return "not JSON"
+    return f"no {exc}" if isinstance(exc, KeyError) else str(exc)[:120] or type(exc).__name__
+
+
+def _part(data: object) -> Part:
+    """One part as saved. :raises ValueError: a field missing, unknown or of another type."""
+    if not isinstance(data, dict) or set(data) - set(_PART_TYPES) or {"index", "api"} - set(data):
+        raise ValueError("a part that is not one")
+    if not all(isinstance(value, _PART_TYPES[name]) for name, value in data.items()) or data["api"] not in APIS:
+        raise ValueError("a part with a field of the wrong type")
+    if not all(isinstance(r, list) and len(r) == 2 and all(type(n) is int for n in r) for r in data["ranges"]):
+        raise ValueError("a part whose line ranges are not pairs of numbers")
+    return Part(**data)
 
 
 class Splitter:

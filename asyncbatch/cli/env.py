@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -25,7 +26,7 @@ from ..config import (
     credential_problem,
 )
 from ..errors import ConfigError
-from ..redact import url_secrets
+from ..redact import header_secrets, url_secrets
 from .deployments import DeploymentSpec
 from .endpoints import check_base_url
 
@@ -127,17 +128,60 @@ def endpoint_from_env(environment: Env, args: argparse.Namespace) -> Endpoint:
         needed = {"AZURE_OPENAI_ENDPOINT": env.get("AZURE_OPENAI_ENDPOINT")}
         _require({**needed, "AZURE_OPENAI_DEPLOYMENT_NAME (or --deployment)": deployment})
         url = (env["AZURE_OPENAI_ENDPOINT"], "AZURE_OPENAI_ENDPOINT")
-        return azure_endpoint(url, str(deployment), azure_auth(env, args), None, environment, args)
+        endpoint = azure_endpoint(url, str(deployment), azure_auth(env, args), None, environment, args)
+        return _credentials_from_its_source(endpoint, environment, "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
     model = args.deployment or env.get("OPENAI_MODEL")
     _require({"OPENAI_API_KEY": env.get("OPENAI_API_KEY"), "OPENAI_MODEL (or --deployment)": model})
     base_url = check_base_url(env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL, "openai", "OPENAI_BASE_URL")
-    return Endpoint(
+    endpoint = Endpoint(
         kind="openai",
         base_url=base_url,
         api_key=env["OPENAI_API_KEY"],
         deployment=str(model),
         headers=parse_headers(args.header, environment.notices),
     )
+    return _credentials_from_its_source(endpoint, environment, "OPENAI_BASE_URL", "OPENAI_API_KEY")
+
+
+# The services' own hosts, over https: a credential sent to another resource there is refused by the service,
+# never kept by whoever named the resource.
+_SERVICE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+_OPENAI_HOST = "api.openai.com"
+
+
+def _credentials_from_its_source(endpoint: Endpoint, environment: Env, url_name: str, key_name: str) -> Endpoint:
+    """An endpoint named only by a .env file gets only the credentials that file gives (or is the service's own).
+
+    A .env file comes with a folder (a cloned repository); the real environment's key, Entra ID's token, a
+    token command and the --header values are the user's. Sent to a host the .env names, they would go
+    wherever its author likes. (The same reason a .env never runs a command.)
+    :raises ConfigError: naming what would have gone where, and the two ways to go on.
+    """
+    if url_name not in environment.loaded:
+        return endpoint
+    where = environment.path.resolve() if environment.path else ".env"
+    said = f"{url_name} from {where}: every request, with its credentials, goes to {endpoint.base_url}"
+    if _service_host(endpoint.base_url):
+        environment.notices.append(said)
+        return endpoint
+    outside = [f"{key_name} from the environment"] if endpoint.api_key and key_name not in environment.loaded else []
+    outside += ["an Entra ID token"] if endpoint.token_provider is not None else []
+    headers = any(header_secrets(f"{name}: {value}") for name, value in endpoint.headers.items())
+    outside += ["the --header values"] if headers else []
+    if not outside:
+        environment.notices.append(said)
+        return endpoint
+    raise ConfigError(
+        f"{url_name} comes from {where} alone, and {' and '.join(outside)} would go to it: a .env file that comes "
+        f"with a folder names where your credentials go. HINT: if that endpoint is yours, set {url_name} in the "
+        f"environment too (export {url_name}=...), or put its key in that .env beside it"
+    )
+
+
+def _service_host(url: str) -> bool:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "https" and (host.endswith(_SERVICE_HOSTS) or host == _OPENAI_HOST)
 
 
 def deployments_from_env(specs: Sequence[DeploymentSpec], env: Env, args: argparse.Namespace) -> tuple[Deployment, ...]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import default_errors
 from ..errors import ConfigError
-from ..export import ExportReport, Rows, export, format_for
+from ..export import ExportReport, Rows, check_output, export, format_for
 from .parser import EXIT_FATAL, EXIT_OK, build_export_parser
 
 
@@ -20,6 +20,8 @@ def export_main(argv: Sequence[str]) -> int:
                 raise ConfigError(f"{path} does not exist or is not a file")
         errors = args.errors or default_errors(args.results)
         sources = {path.resolve() for path in (args.results, errors, args.input) if path is not None}
+        if args.output is not None:
+            check_output(args.output)
         if args.output is not None and args.output.resolve() in sources:
             raise ConfigError(f"-o {args.output} would overwrite a file export reads; write to another file")
         rows = Rows(args.results, errors if errors.is_file() else None, args.input, args.ordered)

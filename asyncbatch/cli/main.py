@@ -13,11 +13,10 @@ import dataclasses
 import os
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from ..errors import ConfigError, FatalAPIError, OutputError, cli_words
 from ..input.reader import first_lines, sniff
 from ..input.requests import lines_prices
 from ..protocol import read_usage
-from ..redact import RedactingStream, Redactor, url_secrets
+from ..redact import RedactingStream, Redactor, header_secrets, url_secrets
 from ..runner import Interrupt, run
 from ..simulator import simulated
 from ..stats import RunStats
@@ -49,10 +48,9 @@ from .env import Env, deployments_from_env, endpoint_from_env, endpoint_kind, lo
 from .export_cmd import export_main
 from .parser import EXIT_FAILURES, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, ONE_TIME, build_parser
 from .report_cmd import report_main
+from .signals import Stop, StopRequests, handled
 
 Go = Callable[[RunConfig], Awaitable[int]]
-# Each stops a run gracefully (SIGHUP: the terminal went away, e.g. an SSH session closed).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go | None = None) -> int:
@@ -64,7 +62,7 @@ async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go
         await _prime(config)
         return await run_it(config)
 
-    return await _execute(args, env, go_when_ready)
+    return await _execute(args, env, reporter, go_when_ready)
 
 
 async def _prime(config: RunConfig) -> None:
@@ -78,7 +76,7 @@ async def _prime(config: RunConfig) -> None:
 async def _interruptible(work: Coroutine[Any, Any, None]) -> None:
     """``work``, cancelled by SIGINT, SIGTERM or SIGHUP (then KeyboardInterrupt: exit 130)."""
     task = asyncio.ensure_future(work)
-    with _signals(task.cancel):
+    with handled(lambda _: task.cancel()):
         try:
             await task
         except asyncio.CancelledError:
@@ -87,34 +85,18 @@ async def _interruptible(work: Coroutine[Any, Any, None]) -> None:
             raise
 
 
-@contextlib.contextmanager
-def _signals(handler: Callable[[], object]) -> Iterator[None]:
-    """``handler`` on SIGINT, SIGTERM and SIGHUP while inside; then the handlers from before (exit 130)."""
-    loop = asyncio.get_running_loop()
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    installed = []
-    for sig in previous:
-        with contextlib.suppress(ValueError, RuntimeError):  # not in the main thread: the caller's own handling
-            loop.add_signal_handler(sig, handler)
-            installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-            if previous[sig] is not None:
-                signal.signal(sig, previous[sig])  # asyncio puts the defaults back; the caller's are wanted
-
-
-async def _execute(args: argparse.Namespace, env: Env, go: Go) -> int:
+async def _execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go) -> int:
     specs: list[DeploymentSpec] = args.deployment_specs
     for option in ("deployment", "tpm", "rpm"):
         if specs and getattr(args, option) is not None:
             raise ConfigError(f"--{option} and --deployments do not mix: set {option} per deployment in the file")
     if specs and args.simulate:
         return await _simulate_pool(args, specs, go)
+    told = len(env.notices)  # those until now are shown; what reading the endpoint adds is shown below
     if specs:
-        return await go(build_config(args, None, deployments_from_env(specs, env, args)))
+        deployments = deployments_from_env(specs, env, args)
+        _tell(reporter, env.notices[told:])
+        return await go(build_config(args, None, deployments))
     if args.simulate:
         sim = sim_config(args)
         async with simulated(sim) as endpoint:
@@ -125,7 +107,14 @@ async def _execute(args: argparse.Namespace, env: Env, go: Go) -> int:
                 api_version=args.api_version or endpoint.api_version,  # the simulator serves every version's routes
             )
             return await go(build_config(args, endpoint))  # the run says SIMULATED once it accepts the config
-    return await go(build_config(args, endpoint_from_env(env, args)))
+    endpoint = endpoint_from_env(env, args)
+    _tell(reporter, env.notices[told:])  # before anything is sent: where the credentials go, say
+    return await go(build_config(args, endpoint))
+
+
+def _tell(reporter: Reporter, notes: list[str]) -> None:
+    for note in notes:
+        reporter.info(note)
 
 
 async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], go: Go) -> int:
@@ -151,17 +140,20 @@ async def _simulate_pool(args: argparse.Namespace, specs: list[DeploymentSpec], 
 
 async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) -> int:
     interrupt = Interrupt()
+    stops = StopRequests()
 
-    def on_signal() -> None:
-        interrupt.request()
-        if interrupt.count == 1:
+    def on_signal(signum: int) -> None:
+        stop = stops.on(signum)
+        if stop is not Stop.IGNORED:
+            interrupt.request()
+        if stop is Stop.GRACEFUL:
             reporter.info(
                 f"stopping: no new requests; those in flight get {config.grace:g} s to finish "
                 "(press Ctrl-C again to stop now)"
             )
 
     try:
-        with _signals(on_signal):
+        with handled(on_signal):
             # --restart happens inside run, under the lock, once the configuration is known to be good
             stats = await run(config, restart=args.restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
@@ -182,7 +174,11 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
 
 def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str | None:
     """What to check, in the words of the variables this mode reads; None where the message says it."""
-    if kind in ("token", "redirect"):  # a token command that failed mid-run, a redirect: their message has the hint
+    if kind in (
+        "token",
+        "redirect",
+        "header_too_large",
+    ):  # a token command that failed mid-run, a redirect: their message has the hint
         return None
     azure = endpoint.kind == "azure"
     key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
@@ -197,6 +193,11 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
         return f"check {url} and the network, or raise --timeout if the model is just slow"
     if kind == "unreachable":
         return f"nothing answers at {endpoint.base_url}: check the host and port in {url}, and the network"
+    if kind == "malformed":
+        return (
+            f"something other than the API answers at {url} (a proxy's page?): check it, then run the same "
+            "command again (jobs already created are kept, and resumed)"
+        )
     if kind == "invalid_output":
         return (
             "fix --tools / --response-format, or the prompt, so the model can follow it, then run the same "
@@ -356,24 +357,19 @@ def error_text(message: str, redactor: Redactor, log_format: str = "text") -> st
 
 
 def _header_values(argv: Sequence[str]) -> list[str]:
-    """The values of the ``--header`` options in ``argv`` (or an abbreviation, as argparse takes), as given."""
+    """The secrets of the ``--header`` options in ``argv`` (or an abbreviation, as argparse takes), as given."""
     given = []
     for i, arg in enumerate(argv):
         option, eq, value = arg.partition("=")
         if len(option) >= 5 and "--header".startswith(option):
             given.append(value if eq else argv[i + 1] if i + 1 < len(argv) else "")
-    return [_header_secret(header) for header in given]
-
-
-def _header_secret(header: str) -> str:
-    """A ``--header`` option's secret: its value; with no name, the whole of it (a secret pasted alone)."""
-    return header.partition(":")[2].strip(" \t") if ":" in header else header.strip()
+    return [secret for header in given for secret in header_secrets(header)]
 
 
 def configure(args: argparse.Namespace, environ: Mapping[str, str], redactor: Redactor) -> Env:
     """What the command line reads before it runs: the environment (and .env), whose secrets join
     ``redactor`` first, the deployments file, the input's name. :raises ConfigError: naming what to fix."""
-    redactor.extend(_header_secret(header) for header in args.header)
+    redactor.extend(secret for header in args.header for secret in header_secrets(header))
     env = load_env(args.env_file, environ)
     redactor.extend(secrets_in(env.values))
     args.deployment_specs = load_deployments(args.deployments) if args.deployments else []
@@ -387,7 +383,8 @@ def _main(argv: list[str], redactor: Redactor, go: Go | None = None) -> int:
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
     if argv[:1] == ["cache"]:
-        return cache_main(argv[1:])
+        out = sys.stdout.stream if isinstance(sys.stdout, RedactingStream) else sys.stdout
+        return cache_main(argv[1:], out)  # figures only: see cache_main
     if argv[:1] == ["report"]:
         return report_main(argv[1:], redactor)
     redactor.extend(_header_values(argv))  # before parsing: argparse may quote an argument in an error

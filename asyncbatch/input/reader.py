@@ -402,22 +402,54 @@ def _open_parquet(path: Path) -> Any:
         file = pq.ParquetFile(path)
         metadata = file.metadata
         counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+        problem = _footer_problem(metadata, path.stat().st_size)
+        names = [field.name for field in file.schema_arrow]
     except Exception as exc:  # pyarrow's errors for a file that is not Parquet: OSError, ArrowInvalid, ...
         raise InputError(
             f"{path} is not a Parquet file pyarrow can read: {_first_line(exc)}. HINT: write it again from its source"
         ) from None
     if min(counts, default=0) < 0 or sum(counts) != metadata.num_rows:
+        problem = f"its footer says {metadata.num_rows:,} rows, its row groups {sum(counts):,}"
+    if problem is not None:
+        raise InputError(f"{path} is damaged: {problem}. HINT: write it again from its source")
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
         raise InputError(
-            f"{path} is damaged: its footer says {metadata.num_rows:,} rows, its row groups {sum(counts):,}. "
-            "HINT: write it again from its source"
+            f"{path} has more than one column named {', '.join(map(repr, repeated))}: a row's record could keep one "
+            "of them only. HINT: rename the columns so that each name is used once, and write the file again"
         )
     return file
 
 
+# The most rows a column chunk of n bytes can hold: a data page's header takes 16 bytes or more (Thrift's
+# compact encoding of its required fields), and a page holds at most 2**31 - 1 values (an i32 counts them).
+_PAGE_HEADER_BYTES = 16
+_PAGE_VALUES = 2**31 - 1
+
+
+def _footer_problem(metadata: Any, file_size: int) -> str | None:
+    """Why the footer's row counts cannot be true, or None: every row is a value (or a null) in every column,
+    so a row group cannot hold more rows than any of its column chunks holds values, nor than its bytes can
+    hold pages. A footer that lies would have the reader stand in millions of rows that are not there."""
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        rows = row_group.num_rows
+        for column in range(row_group.num_columns):
+            chunk = row_group.column(column)
+            pages = -(-min(max(chunk.total_compressed_size, 0), file_size) // _PAGE_HEADER_BYTES)
+            if chunk.num_values < rows or rows > pages * _PAGE_VALUES:
+                return (
+                    f"its footer says row group {group + 1} holds {rows:,} rows, but its column "
+                    f"{chunk.path_in_schema!r} ({chunk.total_compressed_size:,} bytes, {chunk.num_values:,} values) "
+                    "cannot hold that many"
+                )
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
-    """A library's error, as one printable line of at most 300 characters."""
+    """A library's error, as one printable line of at most 300 characters, without a final full stop (a
+    sentence goes on after it)."""
     line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return "".join(ch if ch.isprintable() else "?" for ch in line).strip(" :?")
+    return "".join(ch if ch.isprintable() else "?" for ch in line).strip(" :?.")
 
 
 def parquet_lines(path: Path) -> Iterator[bytes]:
@@ -447,7 +479,7 @@ def _parquet_items(path: Path) -> Iterator[Raw]:
     try:
         row_no = 0
         for group in range(file.metadata.num_row_groups):
-            for item in _row_group(file, group):
+            for item in _row_group(path, file, group):
                 row_no += 1
                 if isinstance(item, Unreadable) and not item.stand_in:  # a fixed stand-in, which no row's JSON is
                     item = Unreadable(item.reason, b"\x00row %d\n" % row_no)
@@ -456,12 +488,15 @@ def _parquet_items(path: Path) -> Iterator[Raw]:
         pa.set_memory_pool(pool)
 
 
-def _row_group(file: Any, group: int) -> Iterator[Raw]:
-    """One row group's rows; as many ``Unreadable`` as the footer gives it for those its pages cannot give."""
+def _row_group(path: Path, file: Any, group: int) -> Iterator[Raw]:
+    """One row group's rows; as many ``Unreadable`` as the footer gives it for those its pages cannot give.
+
+    :raises InputError: its pages end, undamaged, before the rows its footer counts: the footer lies, and the
+        rows it counts past them are not there to stand in for.
+    """
     expected = file.metadata.row_group(group).num_rows
     batches = file.iter_batches(batch_size=PARQUET_BATCH, row_groups=[group], use_threads=False)
     given = 0
-    reason = f"row group {group + 1} ends before the {expected:,} rows the file's footer gives it"
     while True:
         try:
             batch = next(batches, None)
@@ -474,7 +509,13 @@ def _row_group(file: Any, group: int) -> Iterator[Raw]:
             reason = f"row group {group + 1} cannot be decoded ({_first_line(exc)})"
             break
         if batch is None:
-            break
+            if given < expected:
+                raise InputError(
+                    f"{path} is damaged: its footer says row group {group + 1} holds {expected:,} rows, its pages "
+                    f"{given:,}. Every row before is read. HINT: write it again from its source, then run the same "
+                    "command again: it goes on from there"
+                )
+            return
         for item in _batch_lines(batch):
             given += 1
             yield item
@@ -498,7 +539,7 @@ def _row_cells(batch: Any, index: int) -> dict[str, Any] | Unreadable:
     try:
         row: dict[str, Any] = batch.slice(index, 1).to_pylist()[0]
     except UnicodeDecodeError as exc:
-        return Unreadable(_not_utf8(exc))
+        return Unreadable(_not_utf8(exc, parquet=True))
     except Exception as exc:  # a value Python has no type for: OverflowError, ArrowNotImplementedError...
         return Unreadable(f"a cell cannot be read: {_first_line(exc)}")
     return row
@@ -509,7 +550,7 @@ def _row_line(row: dict[str, Any]) -> Raw:
         line = orjson.dumps(row, default=_cell, option=_JSON_ROW) + b"\n"
     except orjson.JSONEncodeError as exc:
         if isinstance(exc.__cause__, UnicodeDecodeError):
-            return Unreadable(_not_utf8(exc.__cause__))
+            return Unreadable(_not_utf8(exc.__cause__, parquet=True))
         return Unreadable(f"the row cannot be written as JSON: {_first_line(exc)}")  # nested past orjson's limit...
     if len(line) > MAX_LINE_BYTES:
         return Unreadable(f"row is longer than {MAX_LINE_BYTES} bytes as a JSON line", line)
@@ -614,13 +655,15 @@ def _dialect(sample: str, delimiters: str) -> type[csv.Dialect]:
     """A table's dialect, told from its first lines in linear time.
 
     Excel's (RFC 4180 quoting), with the delimiter among ``delimiters`` that splits the most lines
-    into the same number of cells outside quotes, ``'`` for quotes if more fields start with it than
-    with ``"``, and the spaces after a delimiter skipped if one always follows it. Not csv.Sniffer:
-    its regular expressions backtrack, and some text of 3 kB kept it busy for minutes.
+    into the same number of cells outside quotes, and the spaces after a delimiter skipped if one always
+    follows it. Quotes are ``"``; ``'`` only when every cell of every whole line of the sample is wrapped
+    in it: a text that merely begins with ``'`` (``'tis``, an escaped formula) would otherwise open a
+    quote that runs on over the next rows, merging them silently. Not csv.Sniffer: its regular
+    expressions backtrack, and some text of 3 kB kept it busy for minutes.
     """
-    starts = "(?:^|[" + re.escape(delimiters) + "]) ?"
-    singles, doubles = (len(re.findall(starts + mark, sample, re.MULTILINE)) for mark in ("'", '"'))
-    quote = "'" if singles > doubles else '"'
+    quoted = re.compile("'[^'\n\r]*'(?:[" + re.escape(delimiters) + "] ?'[^'\n\r]*')*")
+    whole = [line for line in _LINE_END.split(sample)[:-1] if line]  # the last may be cut by the sample's end
+    quote = "'" if whole and all(quoted.fullmatch(line) for line in whole) else '"'
     bare = re.sub(f"{quote}[^{quote}]*{quote}", "", sample)  # quoted text: its delimiters are no delimiters
     lines = [line for line in _LINE_END.split(bare) if line]
     chosen, best = delimiters[0], 0
@@ -798,14 +841,20 @@ def parse_line(line_no: int, raw: Raw, content: int | None = None) -> ParsedLine
     return ParsedLine(line_no, custom_id or fallback_id, kind, obj, line_hash)
 
 
-def _not_utf8(exc: UnicodeDecodeError) -> str:
-    """The refusal of bytes that are not UTF-8, the same words for every format: where, and what to do."""
+def _not_utf8(exc: UnicodeDecodeError, parquet: bool = False) -> str:
+    """The refusal of bytes that are not UTF-8, the same words for every format: where, and what to do
+    (iconv converts text files; a Parquet file is written again by what made it)."""
     data = exc.object
     before = bytes(data[max(0, exc.start - 24) : exc.start]).decode("utf-8", "replace")
-    return (
-        f"not UTF-8 text (byte 0x{data[exc.start]:02X} after {before!r}); asyncbatch reads UTF-8. HINT: save the "
-        "file as UTF-8, or convert it, e.g. from Windows-1252 or Latin-1: iconv -f CP1252 -t UTF-8 IN > OUT"
-    )
+    if parquet:
+        todo = (
+            "write the Parquet file again from its source, with that column's text encoded as UTF-8 (or typed "
+            "binary if it is not text): a Parquet file is re-encoded by what wrote it, not by iconv"
+        )
+    else:
+        todo = "save the file as UTF-8, or convert it, e.g. from Windows-1252 or Latin-1: "
+        todo += "iconv -f CP1252 -t UTF-8 IN > OUT"
+    return f"not UTF-8 text (byte 0x{data[exc.start]:02X} after {before!r}); asyncbatch reads UTF-8. HINT: {todo}"
 
 
 _PYTHON_DICT = re.compile(rb"^\s*\{\s*'|^\s*\{.*[:,]\s*(True|False|None)\s*[,}]")

@@ -91,6 +91,8 @@ def unreachable_error(exc: AttemptError, route: Route, api: Api = "chat") -> Fat
     if not isinstance(exc, NoAnswer) or not route.admission.never_reached():
         return None
     url = route.transport.where(api)  # the route this request tried
+    if exc.code == "header_too_large":  # it answers, but not in a way that can be read
+        return FatalAPIError("header_too_large", f"{url} answers, but {exc.message}; no request has succeeded")
     return FatalAPIError("unreachable", f"cannot reach {url}: {exc.message}; no request has succeeded", cause=exc.code)
 
 

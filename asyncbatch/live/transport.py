@@ -124,6 +124,8 @@ class AiohttpTransport:
             waited = f"no response within {timeout:g} s" if head is None else "the body did not arrive in time"
             raise _broken(head)("timeout", f"{waited} (--timeout {timeout:g})", request_id=_id(head)) from None
         except aiohttp.ClientError as exc:
+            if head is None and _head_too_large(exc):
+                raise NoAnswer("header_too_large", HEADER_TOO_LARGE) from None
             failed = "connection failed" if head is None else f"the HTTP {head[0]} answer's body could not be read"
             raise _broken(head)("connection_error", f"{failed}: {_describe(exc)}", request_id=_id(head)) from None
         except Unreadable as exc:  # only an answer's (so after its head): an error's keeps what could be decoded
@@ -217,6 +219,18 @@ def _read(
 ) -> Reply:
     limit, where = transport.options.max_response_bytes, f"the endpoint ({api} route)"
     return reply_or_error(status, headers, raw, api, request, redactor=transport.redactor, limit=limit, where=where)
+
+
+HEADER_TOO_LARGE = (
+    "the answer's status line or one of its headers is longer than aiohttp reads (max_line_size and "
+    "max_field_size, 8190 bytes), so it cannot be read. HINT: something between you and the model (a gateway, a "
+    "proxy) adds a header that large, often a cookie: ask its owner to trim it, or point the endpoint past it"
+)
+
+
+def _head_too_large(exc: aiohttp.ClientError) -> bool:
+    """aiohttp's words for a head past its limits (``http_exceptions.LineTooLong``, raised as a 400 of its own)."""
+    return isinstance(exc, aiohttp.ClientResponseError) and "Got more than" in str(exc.message)
 
 
 def _broken(head: tuple[int, Mapping[str, str]] | None) -> type[Outage]:

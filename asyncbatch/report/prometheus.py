@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 
 from aiohttp import web
@@ -175,6 +176,15 @@ class MetricsEndpoint:
                 wait.cancel()
 
 
+_LOCAL = re.compile(r"(?:127\.0\.0\.1|localhost)(?::\d{1,5})?", re.IGNORECASE)
+
+
+def local_host(host: str) -> bool:
+    """Whether a request's Host header names this machine. A page elsewhere may point a name of its own at
+    127.0.0.1 (DNS rebinding) and read what the browser fetches: that request carries its own name."""
+    return _LOCAL.fullmatch(host.strip()) is not None
+
+
 @contextlib.asynccontextmanager
 async def serving(port: int | None, info: Callable[[str], None]) -> AsyncIterator[MetricsEndpoint | None]:
     """Serve the metrics on 127.0.0.1:``port`` for the block (None: no endpoint at all; 0: any free port).
@@ -191,6 +201,8 @@ async def serving(port: int | None, info: Callable[[str], None]) -> AsyncIterato
     endpoint: MetricsEndpoint | None = None
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if not local_host(request.headers.get("Host", "")):
+            return web.Response(status=403, text="asyncbatch metrics answer only to Host 127.0.0.1 or localhost\n")
         response = await prometheus(request)
         if endpoint is not None:
             endpoint.scraped()  # the response is sent before the endpoint closes: a shutdown waits for handlers

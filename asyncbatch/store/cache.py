@@ -402,11 +402,12 @@ class ResponseCache:
         if not self.writes or len(body) > MAX_BODY:
             return True
         verb = "INSERT OR REPLACE" if replace or self.mode == "write" else "INSERT OR IGNORE"
-        kept = self.redactor.bytes(body)
+        kept = self.redactor.json(body)  # every field kept passes the redactor: a server may echo a key anywhere
+        kept_id = self.redactor.text(request_id) if request_id is not None else None
         try:
             cursor = self.db.execute(
                 f"{verb} INTO answers (key, body, request_id, stored, checksum) VALUES (?, ?, ?, ?, ?)",
-                (key, kept, request_id, self.clock(), checksum(key, kept, request_id)),
+                (key, kept, kept_id, self.clock(), checksum(key, kept, kept_id)),
             )
         except sqlite3.Error as exc:
             self._failed("write", exc)

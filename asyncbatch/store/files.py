@@ -43,10 +43,10 @@ def check_paths(outputs: Outputs) -> None:
     :raises ConfigError: naming the path and what to do.
     """
     results, errors, custom_checkpoint, state = outputs.results, outputs.errors, outputs.checkpoint, outputs.state
+    if results.exists() and errors.exists() and os.path.samefile(results, errors):  # the more telling refusal first
+        raise ConfigError(f"-o {results} and --errors {errors} are the same file (a link): give two different files")
     for option, path in (("-o", results), ("--errors", errors)):
         _check_output(option, path)
-    if results.exists() and errors.exists() and os.path.samefile(results, errors):
-        raise ConfigError(f"-o {results} and --errors {errors} are the same file (a link): give two different files")
     if custom_checkpoint is not None:
         _check_own(custom_checkpoint, "--checkpoint", CHECKPOINT_START, "an asyncbatch checkpoint")
     _check_not_link(state.dir)
@@ -78,6 +78,8 @@ def _check_own(path: Path, option: str, start: bytes, what: str) -> None:
         raise ConfigError(f"{option} {path} is a directory; give a file name, e.g. {path / 'run.results.jsonl'}")
     if not stat.S_ISREG(info.st_mode):
         raise ConfigError(f"{option} {path} is not a regular file")
+    if info.st_nlink > 1:
+        raise _hard_link(path, info.st_nlink, f"{option} ")
     if not os.access(path, os.R_OK | os.W_OK):
         raise ConfigError(f"{option} {path}: no permission to read and write it")
     with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW), "rb") as f:
@@ -95,6 +97,18 @@ def _check_not_link(path: Path) -> None:
             f"{path} is a symbolic link; asyncbatch does not follow links for its own state files. "
             "HINT: remove the link (its target is left alone)"
         )
+    with suppress(OSError):
+        if (links := path.lstat().st_nlink) > 1 and not path.is_dir():
+            raise _hard_link(path, links)
+
+
+def _hard_link(path: Path, links: int, option: str = "") -> ConfigError:
+    """A file of more than one name: written in place, every name would change, and the others are not ours."""
+    return ConfigError(
+        f"{option}{path} is one of {links} names of the same file (a hard link); asyncbatch does not write "
+        "through links, and the file is left alone. HINT: give a file of one name: remove the other names, or "
+        "choose another file name"
+    )
 
 
 def prepare_state(outputs: Outputs) -> None:
@@ -138,16 +152,26 @@ def private_dir(path: Path) -> None:
 
 
 def open_private(path: Path, flags: int, mode: int = PRIVATE) -> int:
-    """``os.open`` for the run's own files: never through a symbolic link; created 0600 (or ``mode``).
+    """``os.open`` for the run's own files: never through a symbolic or hard link; created 0600 (or ``mode``).
 
-    :raises ConfigError: ``path`` is a symbolic link. Other errors are OSError, naming ``path``.
+    :raises ConfigError: ``path`` is a symbolic link, or a file of more than one name. Other errors are
+        OSError, naming ``path``.
     """
     try:
-        return os.open(path, flags | NOFOLLOW, mode)
+        fd = os.open(path, (flags & ~os.O_TRUNC) | NOFOLLOW, mode)  # emptied once known to be ours alone
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"{path} is a symbolic link; asyncbatch does not follow links for its state") from None
         raise
+    try:
+        if (links := os.fstat(fd).st_nlink) > 1:  # a hard link planted since ``check_paths``
+            raise _hard_link(path, links)
+        if flags & os.O_TRUNC:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def create_private(path: Path) -> BinaryIO:

@@ -21,9 +21,10 @@ from ..clock import Clock
 from ..errors import OutputError
 from ..records import encode
 from ..redact import Redactor
-from .files import PRIVATE
+from .files import open_private
 
 _CLOSE = object()
+ROOM = 1_000  # lines a producer may have waiting (``room``): a few hundred kB at most
 OnWritten = Callable[[list[int], int], None]  # (input line numbers, bytes) of a batch now in the file
 
 
@@ -67,10 +68,20 @@ class JsonlWriter:
         line = encode(record)
         if line is None:
             return False
-        self._queue.put_nowait((line_no, self.redactor.bytes(line)))
+        self._queue.put_nowait((line_no, self.redactor.json(line)))
         self._pending += 1
         self._idle.clear()
         return True
+
+    async def room(self, lines: int = ROOM) -> None:
+        """Return once fewer than ``lines`` lines wait to be written; yield to the loop meanwhile.
+
+        For a producer that can put faster than the file takes them (the reader's bad lines, a million in a
+        row): it waits here, so the queue stays bounded and signals are heard. Never for a paid answer,
+        which must be queued at once (``put``).
+        """
+        if self._pending >= lines:
+            await self._idle.wait()
 
     async def written(self) -> None:
         """Return once every line put so far is in the file (and told to ``on_written``)."""
@@ -90,7 +101,7 @@ class JsonlWriter:
             ) from None
 
     async def _run(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, PRIVATE)
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # 0600, never through a link
         try:
             self.opened.set()
             try:
