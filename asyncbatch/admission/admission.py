@@ -236,7 +236,7 @@ class Admission:
         headers = self._believed(headers, ticket)
         remaining = int_header(headers, REMAINING_TOKENS)
         if remaining is not None:
-            self.calibration.on_remaining(ticket, remaining)
+            self.calibration.on_remaining(ticket, remaining, int_header(headers, REMAINING_REQUESTS))
             self._follow_server(ticket, remaining)
         charge = self.calibration.charge(ticket.estimate)
         self.windows.on_admitted(self._wall_of(ticket.sent_at), charge)
