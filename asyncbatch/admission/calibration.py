@@ -31,6 +31,7 @@ class Seen(NamedTuple):
     requests_left: int | None  # x-ratelimit-remaining-requests, if sent
 
 
+SLICE = 1.0  # seconds: the shortest slice a server counts requests in (Azure: 1 s, or 10 s)
 TRIM = 5.0  # a sample more than this many times above or below the median is an outlier
 SPREAD = 0.15  # sizes varying by this much (coefficient of variation) make the slope half trusted
 
@@ -126,26 +127,35 @@ class Calibration:
         drawing on it (``shared``), the drop holds their charges too, which no estimate of ours can
         account for: the furthest answer back (up to ``span`` requests) with only ours admitted in between.
         """
-        if not self.shared:
-            earlier = next((o for o in reversed(self._seen) if o.seq <= ticket.seq - self.span), None)
-            if earlier is None or self._alone(earlier, ticket, requests_left) is not False:
-                return earlier
-            self.shared = True
         recent = sorted((o for o in self._seen if ticket.seq - self.span <= o.seq < ticket.seq), reverse=True)
+        if not self.shared and any(self._alone(o, ticket, requests_left) is False for o in recent):
+            self._shared()
+        if not self.shared:
+            return next((o for o in reversed(self._seen) if o.seq <= ticket.seq - self.span), None)
         furthest = None
         for seen in recent:  # nearest first: an interval holding another's request holds it in every longer one
-            if not self._alone(seen, ticket, requests_left):
+            if self._alone(seen, ticket, requests_left) is not True:
                 break
             furthest = seen
         return furthest
 
+    def _shared(self) -> None:
+        """Another client draws on the budget: what was learned so far may hold its charges, and is dropped."""
+        self.shared = True
+        self.samples.clear()
+        self.slope, self.base, self.ratio, self._unfitted = 1.0, 0.0, 1.0, 0
+
     def _alone(self, earlier: Seen, ticket: Ticket, requests_left: int | None) -> bool | None:
-        """Whether only our requests were admitted between two answers: True when the server's remaining
-        requests fell by no more than ours, False when by more (another client draws on the budget), None
-        when it cannot tell (no header, or it rose: a new slice of requests began in between)."""
+        """Whether the server admitted exactly our requests between two answers: True when its remaining
+        requests fell by just their number; False when by more (another client draws on the budget); None
+        when it cannot tell: no header, a rise (a new slice of requests began in between), or a smaller
+        fall (one of ours reached it after the later answer's: the drop in tokens misses its charge)."""
         if earlier.requests_left is None or requests_left is None or requests_left > earlier.requests_left:
             return None
-        return earlier.requests_left - requests_left <= self._between(earlier, ticket)[1]
+        if ticket.sent_at - earlier.sent_at > SLICE / 2:  # a new slice may have begun and, by chance, be as far on
+            return None
+        fell, ours = earlier.requests_left - requests_left, self._between(earlier, ticket)[1]
+        return None if fell < ours else fell == ours
 
     def _between(self, earlier: Seen, ticket: Ticket) -> tuple[float, int]:
         """The estimates and the number of our requests admitted after ``earlier`` up to ``ticket``, less refusals."""
