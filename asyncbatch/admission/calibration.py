@@ -32,6 +32,16 @@ class Seen(NamedTuple):
 
 
 SLICE = 1.0  # seconds: the shortest slice a server counts requests in (Azure: 1 s, or 10 s)
+
+
+class Draw(NamedTuple):
+    """Requests the server admitted between two of our answers (by anyone), ours among them, and in how long."""
+
+    admitted: int
+    ours: int
+    seconds: float
+
+
 TRIM = 5.0  # a sample more than this many times above or below the median is an outlier
 SPREAD = 0.15  # sizes varying by this much (coefficient of variation) make the slope half trusted
 
@@ -102,18 +112,38 @@ class Calibration:
     def on_refused(self, ticket: Ticket) -> None:
         self._refused.append((ticket.seq, ticket.estimate))
 
-    def on_remaining(self, ticket: Ticket, remaining: int, requests_left: int | None = None) -> None:
-        """An answer's ``x-ratelimit-remaining-tokens`` (and ``-requests``, which tells whose draws it holds)."""
+    def on_remaining(self, ticket: Ticket, remaining: int, requests_left: int | None = None) -> Draw | None:
+        """An answer's ``x-ratelimit-remaining-tokens`` (and ``-requests``, which tells whose draws it holds).
+
+        Returns what the server admitted since our previous answer, ours among them, when it can tell.
+        """
         self._most = max(self._most, remaining)
         earlier = self._earlier(ticket, requests_left)
+        draw = self._draw(ticket, requests_left)
         self._seen.append(Seen(ticket.seq, ticket.sent_at, ticket.cum, remaining, requests_left))
-        if earlier is None:
-            return
+        if earlier is not None:
+            self._sample(earlier, ticket, remaining)
+        return draw
+
+    def _draw(self, ticket: Ticket, requests_left: int | None) -> Draw | None:
+        """The requests the server admitted between our previous answer and this one, and ours among them."""
+        previous = max((o for o in self._seen if o.seq < ticket.seq), default=None)
+        if previous is None or self._alone(previous, ticket, requests_left) is None:
+            return None
+        assert previous.requests_left is not None and requests_left is not None  # else it could not tell
+        fell, ours = previous.requests_left - requests_left, self._between(previous, ticket)[1]
+        return Draw(fell, ours, max(0.0, ticket.sent_at - previous.sent_at))
+
+    def _sample(self, earlier: Seen, ticket: Ticket, remaining: int) -> None:
         refilled = self.refill_rate() * max(0.0, ticket.sent_at - earlier.sent_at)
         estimated, requests = self._between(earlier, ticket)
         # a budget at 0 may be floored (the server refused), one at the top may have spilled its refill
         clean = remaining > 0 and earlier.left + refilled < self._most
-        if clean and estimated > 0 and requests > 0 and (charged := earlier.left - remaining + refilled) > 0:
+        charged = earlier.left - remaining + refilled
+        # Alone, a sample spans ``span`` requests, and a charge of 0 or less is a misreading. Shared, it spans one
+        # or two, and the refill over the gap between two sends (a few ms of a busy loop's jitter) can be as large
+        # as their charge, either way: every such sample is kept, and the errors cancel in the sums (``_fit``).
+        if clean and estimated > 0 and requests > 0 and (charged > 0 or self.shared):
             self.samples.append((charged, estimated, requests))
             self._unfitted += 1
             # consecutive samples share most of their requests: refitting once per span loses nothing
@@ -164,7 +194,11 @@ class Calibration:
 
     def _fit(self) -> None:
         middle = statistics.median(c / e for c, e, _ in self.samples)
-        kept = [s for s in self.samples if middle / TRIM <= s[0] / s[1] <= middle * TRIM]
+        if self.shared:  # a sample is one or two requests, its error the refill's: trimmed as much above as below
+            off = statistics.median(abs(c - middle * e) for c, e, _ in self.samples)
+            kept = [s for s in self.samples if abs(s[0] - middle * s[1]) <= TRIM * off + 2]  # +2: headers' rounding
+        else:
+            kept = [s for s in self.samples if middle / TRIM <= s[0] / s[1] <= middle * TRIM]
         requests = sum(n for _, _, n in kept)
         mean_e = sum(e for _, e, _ in kept) / requests  # per request, weighted by each sample's requests
         mean_c = sum(c for c, _, _ in kept) / requests

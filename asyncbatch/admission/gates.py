@@ -8,6 +8,7 @@ awaited. The token buckets are shaped like Azure's windows: requests over 1 s, t
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Protocol
 
 from ..clock import NAP, Clock
@@ -124,6 +125,43 @@ def request_bucket(rpm: float, clock: Clock = time.monotonic, *, by_server: bool
     if rate < rpm / 120:  # a request every second or more: a late timer costs nothing
         capacity, rate = 1, max(allowed - 1, rpm / 120)
     return Bucket(capacity, rate, clock, per_request=True, by_server=by_server)
+
+
+class RequestShare:
+    """Our part of a request rate that other clients draw on too, from what the server admitted lately.
+
+    Each of our answers says how many requests the server admitted since our previous one, ours among
+    them, and in how long (``calibration.Draw``, read from ``x-ratelimit-remaining-requests``). Over the
+    last ``window`` seconds that gives our share of the admissions and the rate of all of them. Our part
+    of the RPM is our share, plus our share of half of what nobody uses: every client that does the same
+    sends its part, and together they converge on the RPM without passing it. A client that sends less
+    (its rows are done, its tokens hold it) leaves more to the rest, whose parts grow at once, and one
+    alone has all of it. Without such a reading (no header, or a new slice between answers) nothing
+    changes. Pure apart from the injected clock.
+
+    :param least: admissions seen in the window before a part is believed.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic, *, window: float = 1.0, least: int = 20) -> None:
+        self.clock, self.window, self.least = clock, window, least
+        self._draws: deque[tuple[float, int, int, float]] = deque()  # when, admitted, ours, seconds
+        self._admitted, self._ours, self._seconds = 0, 0, 0.0
+
+    def on_draw(self, admitted: int, ours: int, seconds: float) -> None:
+        now = self.clock()
+        self._draws.append((now, admitted, ours, seconds))
+        self._admitted, self._ours = self._admitted + admitted, self._ours + ours
+        self._seconds += seconds
+        while self._draws and self._draws[0][0] < now - self.window:
+            _, gone, mine, took = self._draws.popleft()
+            self._admitted, self._ours, self._seconds = self._admitted - gone, self._ours - mine, self._seconds - took
+
+    def part(self, per_second: float) -> float | None:
+        """Our part of ``per_second`` requests a second (1: all of it), once enough was seen; else None."""
+        if self._admitted < self.least or self._seconds <= 0:
+            return None
+        share, used = self._ours / self._admitted, self._admitted / self._seconds / per_second
+        return min(1.0, share / used if used > 1 else share + (1 - used))
 
 
 class CooldownGate:
