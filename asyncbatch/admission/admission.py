@@ -19,6 +19,7 @@ is pure apart from the injected clocks, so the policy is tested without sleeping
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ from ..config import Patience
 from ..errors import AttemptError, NoAnswer, Outage, RateLimited, StopRun
 from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, int_header
 from .adaptive import MINUTE, WINDOW_USED, AdaptiveRate, FixedWindows
-from .calibration import Calibration, Ticket
+from .calibration import SLICE, Calibration, Ticket
 from .evidence import LEAST, Testimony
 from .gates import MARGIN, Breaker, Bucket, CooldownGate, Gate, RequestShare, request_bucket, token_bucket
 from .refusals import Rounds
@@ -127,6 +128,7 @@ class Admission:
         self.rpm, self.shared_by = rpm, shared_by
         self.requests = request_bucket(rpm / shared_by, clock) if rpm else None
         self.request_share = RequestShare(clock)  # what part of the RPM is ours, when others draw on it too
+        self._first_answer = math.inf  # when the first answer came (monotonic)
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.mirror: Bucket | None = None  # adaptive mode: the server's own token budget, from its headers
@@ -233,6 +235,7 @@ class Admission:
     def on_reply(self, headers: Mapping[str, str], ticket: Ticket) -> None:
         """A success: learn the server's charge, follow its budget, pause before it has to refuse."""
         self._last_ok = self.clock()
+        self._first_answer = min(self._first_answer, self._last_ok)
         self.answered, self.first_wave.waiting = True, False
         self.breaker.on_success()
         self._keep_pace(self._last_ok - ticket.sent_at)
@@ -246,7 +249,7 @@ class Admission:
             self._follow_server(ticket, remaining)
             if draw is not None:
                 self.request_share.on_draw(*draw)
-                self._share_requests()
+            self._share_requests()
         charge = self.calibration.charge(ticket.estimate)
         self.windows.on_admitted(self._wall_of(ticket.sent_at), charge)
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
@@ -307,7 +310,10 @@ class Admission:
         rpm = self.rpm or self.learned_rpm
         if self.requests is None or rpm is None:
             return
-        part = self.request_share.part(rpm / 60) or 1 / self.shared_by  # none seen yet: a part of as many
+        if (part := self.request_share.part()) is None:
+            # not read yet: a part of as many as share the quota, for a second of answers; then (too few requests
+            # to read it from: a slow deployment) the whole RPM, as the server's 429s and headers keep it
+            part = 1 / self.shared_by if self.clock() - self._first_answer < SLICE else 1.0
         target = request_bucket(max(1.0, part * rpm), self.clock)
         if abs(target.rate - self.requests.rate) > 0.05 * max(self.requests.rate, 1.0):
             self.requests.set_rate(target.rate, target.capacity)

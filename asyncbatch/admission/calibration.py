@@ -35,11 +35,10 @@ SLICE = 1.0  # seconds: the shortest slice a server counts requests in (Azure: 1
 
 
 class Draw(NamedTuple):
-    """Requests the server admitted between two of our answers (by anyone), ours among them, and in how long."""
+    """Requests the server admitted between two of our answers (by anyone), and ours among them."""
 
     admitted: int
     ours: int
-    seconds: float
 
 
 TRIM = 5.0  # a sample more than this many times above or below the median is an outlier
@@ -131,8 +130,7 @@ class Calibration:
         if previous is None or self._alone(previous, ticket, requests_left) is None:
             return None
         assert previous.requests_left is not None and requests_left is not None  # else it could not tell
-        fell, ours = previous.requests_left - requests_left, self._between(previous, ticket)[1]
-        return Draw(fell, ours, max(0.0, ticket.sent_at - previous.sent_at))
+        return Draw(previous.requests_left - requests_left, self._between(previous, ticket)[1])
 
     def _sample(self, earlier: Seen, ticket: Ticket, remaining: int) -> None:
         refilled = self.refill_rate() * max(0.0, ticket.sent_at - earlier.sent_at)

@@ -128,40 +128,36 @@ def request_bucket(rpm: float, clock: Clock = time.monotonic, *, by_server: bool
 
 
 class RequestShare:
-    """Our part of a request rate that other clients draw on too, from what the server admitted lately.
+    """Our part of a request rate that other clients draw on too: our share of what the server admitted lately.
 
-    Each of our answers says how many requests the server admitted since our previous one, ours among
-    them, and in how long (``calibration.Draw``, read from ``x-ratelimit-remaining-requests``). Over the
-    last ``window`` seconds that gives our share of the admissions and the rate of all of them. Our part
-    of the RPM is our share, plus our share of half of what nobody uses: every client that does the same
-    sends its part, and together they converge on the RPM without passing it. A client that sends less
-    (its rows are done, its tokens hold it) leaves more to the rest, whose parts grow at once, and one
-    alone has all of it. Without such a reading (no header, or a new slice between answers) nothing
-    changes. Pure apart from the injected clock.
+    Each of our answers says how many requests the server admitted since our previous one, ours among them
+    (``calibration.Draw``, read from ``x-ratelimit-remaining-requests``). Pacing at ``share x RPM`` scales
+    our rate by RPM / (everyone's rate): when every client does the same, together they send the RPM, in
+    one step from below or above it. A client that sends less (its rows are done, its tokens hold it)
+    leaves the rest a bigger share at once, and one alone has all of it. Without such a reading (no header,
+    or a new slice between two answers) nothing changes. Pure apart from the injected clock.
 
-    :param least: admissions seen in the window before a part is believed.
+    :param window: seconds of draws to judge by, but never fewer than ``least`` draws.
     """
 
-    def __init__(self, clock: Clock = time.monotonic, *, window: float = 1.0, least: int = 20) -> None:
+    def __init__(self, clock: Clock = time.monotonic, *, window: float = 0.5, least: int = 20) -> None:
         self.clock, self.window, self.least = clock, window, least
-        self._draws: deque[tuple[float, int, int, float]] = deque()  # when, admitted, ours, seconds
-        self._admitted, self._ours, self._seconds = 0, 0, 0.0
+        self._draws: deque[tuple[float, int, int]] = deque()  # when, admitted, ours
+        self._admitted = self._ours = 0
 
-    def on_draw(self, admitted: int, ours: int, seconds: float) -> None:
+    def on_draw(self, admitted: int, ours: int) -> None:
         now = self.clock()
-        self._draws.append((now, admitted, ours, seconds))
+        self._draws.append((now, admitted, ours))
         self._admitted, self._ours = self._admitted + admitted, self._ours + ours
-        self._seconds += seconds
-        while self._draws and self._draws[0][0] < now - self.window:
-            _, gone, mine, took = self._draws.popleft()
-            self._admitted, self._ours, self._seconds = self._admitted - gone, self._ours - mine, self._seconds - took
+        while len(self._draws) > self.least and self._draws[0][0] < now - self.window:
+            _, gone, mine = self._draws.popleft()
+            self._admitted, self._ours = self._admitted - gone, self._ours - mine
 
-    def part(self, per_second: float) -> float | None:
-        """Our part of ``per_second`` requests a second (1: all of it), once enough was seen; else None."""
-        if self._admitted < self.least or self._seconds <= 0:
+    def part(self) -> float | None:
+        """Our share of the server's admissions lately (1: alone), once ``least`` answers told; else None."""
+        if len(self._draws) < self.least or self._admitted <= 0:
             return None
-        share, used = self._ours / self._admitted, self._admitted / self._seconds / per_second
-        return min(1.0, share / used if used > 1 else share + (1 - used))
+        return min(1.0, self._ours / self._admitted)
 
 
 class CooldownGate:
