@@ -127,10 +127,20 @@ class Calibration:
     def _draw(self, ticket: Ticket, requests_left: int | None) -> Draw | None:
         """The requests the server admitted between our previous answer and this one, and ours among them."""
         previous = max((o for o in self._seen if o.seq < ticket.seq), default=None)
-        if previous is None or self._alone(previous, ticket, requests_left) is None:
+        if previous is None or (fell := self._fell(previous, ticket, requests_left)) is None:
             return None
-        assert previous.requests_left is not None and requests_left is not None  # else it could not tell
-        return Draw(previous.requests_left - requests_left, self._between(previous, ticket)[1])
+        # a fall short of ours is kept too: a request reaching the server out of order is counted in one draw
+        # and missed in another, and so cancels out in the sums
+        return Draw(fell, self._between(previous, ticket)[1])
+
+    def _fell(self, earlier: Seen, ticket: Ticket, requests_left: int | None) -> int | None:
+        """How many requests the server admitted between two answers, by anyone; None when it cannot tell: no
+        header, a rise (a new slice of requests began in between), or more than half a slice apart."""
+        if earlier.requests_left is None or requests_left is None or requests_left > earlier.requests_left:
+            return None
+        if ticket.sent_at - earlier.sent_at > SLICE / 2:  # a new slice may have begun and, by chance, be as far on
+            return None
+        return earlier.requests_left - requests_left
 
     def _sample(self, earlier: Seen, ticket: Ticket, remaining: int) -> None:
         refilled = self.refill_rate() * max(0.0, ticket.sent_at - earlier.sent_at)
@@ -178,11 +188,9 @@ class Calibration:
         requests fell by just their number; False when by more (another client draws on the budget); None
         when it cannot tell: no header, a rise (a new slice of requests began in between), or a smaller
         fall (one of ours reached it after the later answer's: the drop in tokens misses its charge)."""
-        if earlier.requests_left is None or requests_left is None or requests_left > earlier.requests_left:
+        if (fell := self._fell(earlier, ticket, requests_left)) is None:
             return None
-        if ticket.sent_at - earlier.sent_at > SLICE / 2:  # a new slice may have begun and, by chance, be as far on
-            return None
-        fell, ours = earlier.requests_left - requests_left, self._between(earlier, ticket)[1]
+        ours = self._between(earlier, ticket)[1]
         return None if fell < ours else fell == ours
 
     def _between(self, earlier: Seen, ticket: Ticket) -> tuple[float, int]:
