@@ -214,15 +214,22 @@ class Endpoint:
 
 @dataclass(frozen=True, kw_only=True)
 class Limits:
-    """Client-side quota; None means "learn it from the server" (adaptive)."""
+    """Client-side quota; None means "learn it from the server" (adaptive).
+
+    :param shared_by: how many runs draw on the same quota at once (a distributed job's workers): until the
+        server's headers show what the others send, each paces requests at its part of the RPM.
+    """
 
     concurrency: int = 20
     tpm: int | None = None
     rpm: int | None = None
+    shared_by: int = 1
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError(f"{option('concurrency')} must be at least 1")
+        if self.shared_by < 1:
+            raise ConfigError(f"shared_by must be at least 1 (got {self.shared_by})")
         for name, value in (("--tpm", self.tpm), ("--rpm", self.rpm)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1")

@@ -133,7 +133,8 @@ def prepare(
     root = Path(state_dir).absolute()
     job = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     job_limits = limits or Limits()
-    share = dataclasses.replace(job_limits, concurrency=max(1, math.ceil(job_limits.concurrency / workers)))
+    concurrency = max(1, math.ceil(job_limits.concurrency / workers))
+    share = dataclasses.replace(job_limits, concurrency=concurrency, shared_by=job_limits.shared_by * workers)
     run_options = {"cache": root / "cache.sqlite", **options}
     defaults = request_defaults(request, template=template, tools=tools, response_format=response_format)
     run_options |= {"endpoint": endpoint, "deployments": tuple(deployments), "limits": share, "request": defaults}

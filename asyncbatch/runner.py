@@ -121,6 +121,7 @@ async def run(
                 config.transport,
                 config.patience,
                 concurrency=config.limits.concurrency,
+                shared_by=config.limits.shared_by,
                 redactor=reporter.redactor,
                 on_aside=reporter.warn,
                 sleep=sleep,

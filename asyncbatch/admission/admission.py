@@ -19,6 +19,7 @@ is pure apart from the injected clocks, so the policy is tested without sleeping
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -29,9 +30,9 @@ from ..config import Patience
 from ..errors import AttemptError, NoAnswer, Outage, RateLimited, StopRun
 from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, int_header
 from .adaptive import MINUTE, WINDOW_USED, AdaptiveRate, FixedWindows
-from .calibration import Calibration, Ticket
+from .calibration import SLICE, Calibration, Ticket
 from .evidence import LEAST, Testimony
-from .gates import MARGIN, Breaker, Bucket, CooldownGate, Gate, request_bucket, token_bucket
+from .gates import MARGIN, Breaker, Bucket, CooldownGate, Gate, RequestShare, request_bucket, token_bucket
 from .refusals import Rounds
 
 PROBE = 32  # adaptive mode: requests sent before the server's first answer says how much it admits
@@ -77,15 +78,16 @@ def wall_time(seconds: float) -> str:
 class FirstWave:
     """Adaptive mode knows nothing of the server until it answers: a first wave of ``PROBE`` requests goes, and
     the rest wait for the first answer, whose headers tell the budget (a burst of the whole concurrency would
-    be refused past the server's first second). A gate (``gates.Gate``): an answer awaited."""
+    be refused past the server's first second). Runs sharing the quota send a wave of their part each. A gate
+    (``gates.Gate``): an answer awaited."""
 
     by_server, source, final = False, None, False
 
-    def __init__(self, waiting: bool) -> None:
-        self.waiting, self.sent = waiting, 0
+    def __init__(self, waiting: bool, shared_by: int = 1) -> None:
+        self.waiting, self.sent, self.probe = waiting, 0, max(1, PROBE // shared_by)
 
     def wait(self, charge: float, retry: bool = False) -> float:
-        return NAP / 10 if self.waiting and self.sent >= PROBE else 0.0  # look again soon
+        return NAP / 10 if self.waiting and self.sent >= self.probe else 0.0  # look again soon
 
 
 class Admission:
@@ -97,6 +99,8 @@ class Admission:
         ``max_outage``, the longest outage to ride out (longer stops the run).
     :param concurrency: requests in flight at most: the outage threshold scales down with it, and adaptive
         pacing spreads it over a latency.
+    :param shared_by: runs drawing on the same quota at once: each paces requests at its part of the RPM
+        until the server's answers show what the others send (``gates.RequestShare``).
     :param clock: monotonic seconds; injected with ``wall`` and ``rng`` so tests drive time.
     """
 
@@ -107,6 +111,7 @@ class Admission:
         patience: Patience = PATIENT,
         *,
         concurrency: int = 20,
+        shared_by: int = 1,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
         rng: random.Random | None = None,
@@ -120,12 +125,15 @@ class Admission:
         self.calibration = Calibration(clock, tpm / 60 if tpm else None)
         self.windows = FixedWindows(wall)
         self.tokens = token_bucket(tpm, clock) if tpm else None
-        self.requests = request_bucket(rpm, clock) if rpm else None
+        self.rpm, self.shared_by = rpm, shared_by
+        self.requests = request_bucket(rpm / shared_by, clock) if rpm else None
+        self.request_share = RequestShare(clock)  # what part of the RPM is ours, when others draw on it too
+        self._first_answer = math.inf  # when the first answer came (monotonic)
         self.adaptive = AdaptiveRate(clock) if tpm is None and rpm is None else None
         self.learned: Bucket | None = None  # adaptive mode, once a rate is learned
         self.mirror: Bucket | None = None  # adaptive mode: the server's own token budget, from its headers
         self.pace: Bucket | None = None  # adaptive, with no request rate known: the concurrency spread over a latency
-        self.first_wave = FirstWave(waiting=self.adaptive is not None)
+        self.first_wave = FirstWave(waiting=self.adaptive is not None, shared_by=shared_by)
         self.token_rate = MARGIN * tpm / 60 if tpm else None
         self.said_tokens = Testimony(per_estimate=LEAST, per_request=0.0)  # x-ratelimit-remaining-tokens, judged
         self.said_requests = Testimony(per_estimate=0.0, per_request=1.0)  # x-ratelimit-remaining-requests, judged
@@ -226,6 +234,7 @@ class Admission:
     def on_reply(self, headers: Mapping[str, str], ticket: Ticket) -> None:
         """A success: learn the server's charge, follow its budget, pause before it has to refuse."""
         self._last_ok = self.clock()
+        self._first_answer = min(self._first_answer, self._last_ok)
         self.answered, self.first_wave.waiting = True, False
         self.breaker.on_success()
         self._keep_pace(self._last_ok - ticket.sent_at)
@@ -235,8 +244,11 @@ class Admission:
         headers = self._believed(headers, ticket)
         remaining = int_header(headers, REMAINING_TOKENS)
         if remaining is not None:
-            self.calibration.on_remaining(ticket, remaining)
+            draw = self.calibration.on_remaining(ticket, remaining, int_header(headers, REMAINING_REQUESTS))
             self._follow_server(ticket, remaining)
+            if draw is not None:
+                self.request_share.on_draw(*draw)
+            self._share_requests()
         charge = self.calibration.charge(ticket.estimate)
         self.windows.on_admitted(self._wall_of(ticket.sent_at), charge)
         if self.adaptive is not None:  # learning the quota, a budget header orders nothing until corroborated
@@ -299,6 +311,20 @@ class Admission:
         if streak and self.adaptive is not None and not self.windows.detected:  # its probes were refused too
             self.adaptive.on_throttle(at_least=self._round_rate)
 
+    def _share_requests(self) -> None:
+        """Pace requests at our share of the RPM (given or learned), as the server's admissions show it
+        (``gates.RequestShare``): every client on the deployment then sends its part, and all of them the RPM."""
+        rpm = self.rpm or self.learned_rpm
+        if self.requests is None or rpm is None:
+            return
+        if (part := self.request_share.part()) is None:
+            # not read yet: a part of as many as share the quota, for a second of answers; then (too few requests
+            # to read it from: a slow deployment) the whole RPM, as the server's 429s and headers keep it
+            part = 1 / self.shared_by if self.clock() - self._first_answer < SLICE else 1.0
+        target = request_bucket(max(1.0, part * rpm), self.clock)
+        if abs(target.rate - self.requests.rate) > 0.05 * max(self.requests.rate, 1.0):
+            self.requests.set_rate(target.rate, target.capacity)
+
     def _learn_rpm(self, headers: Mapping[str, str]) -> None:
         """Adaptive: the most requests the server ever had left in its 1-second slice, plus the one just
         admitted, is its per-second allowance; pace requests like a given RPM of 60 times that."""
@@ -307,6 +333,7 @@ class Admission:
             return
         self.learned_rpm = 60 * (left + 1)
         self.requests = request_bucket(self.learned_rpm, self.clock, by_server=True)
+        self._share_requests()
 
     def _follow_server(self, ticket: Ticket, remaining: int) -> None:
         """Track the server's own budget: what it reported, plus its refill since, less what was sent since.

@@ -8,6 +8,7 @@ awaited. The token buckets are shaped like Azure's windows: requests over 1 s, t
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Protocol
 
 from ..clock import NAP, Clock
@@ -124,6 +125,39 @@ def request_bucket(rpm: float, clock: Clock = time.monotonic, *, by_server: bool
     if rate < rpm / 120:  # a request every second or more: a late timer costs nothing
         capacity, rate = 1, max(allowed - 1, rpm / 120)
     return Bucket(capacity, rate, clock, per_request=True, by_server=by_server)
+
+
+class RequestShare:
+    """Our part of a request rate that other clients draw on too: our share of what the server admitted lately.
+
+    Each of our answers says how many requests the server admitted since our previous one, ours among them
+    (``calibration.Draw``, read from ``x-ratelimit-remaining-requests``). Pacing at ``share x RPM`` scales
+    our rate by RPM / (everyone's rate): when every client does the same, together they send the RPM, in
+    one step from below or above it. A client that sends less (its rows are done, its tokens hold it)
+    leaves the rest a bigger share at once, and one alone has all of it. Without such a reading (no header,
+    or a new slice between two answers) nothing changes. Pure apart from the injected clock.
+
+    :param window: seconds of draws to judge by, but never fewer than ``least`` draws.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic, *, window: float = 0.5, least: int = 20) -> None:
+        self.clock, self.window, self.least = clock, window, least
+        self._draws: deque[tuple[float, int, int]] = deque()  # when, admitted, ours
+        self._admitted = self._ours = 0
+
+    def on_draw(self, admitted: int, ours: int) -> None:
+        now = self.clock()
+        self._draws.append((now, admitted, ours))
+        self._admitted, self._ours = self._admitted + admitted, self._ours + ours
+        while len(self._draws) > self.least and self._draws[0][0] < now - self.window:
+            _, gone, mine = self._draws.popleft()
+            self._admitted, self._ours = self._admitted - gone, self._ours - mine
+
+    def part(self) -> float | None:
+        """Our share of the server's admissions lately (1: alone), once ``least`` answers told; else None."""
+        if len(self._draws) < self.least or self._admitted <= 0:
+            return None
+        return min(1.0, self._ours / self._admitted)
 
 
 class CooldownGate:

@@ -110,6 +110,7 @@ class Router:
         patience: Patience,
         *,
         concurrency: int,
+        shared_by: int = 1,
         redactor: Redactor,
         on_aside: Callable[[str], None],
         sleep: Sleep,
@@ -119,7 +120,9 @@ class Router:
         routes: list[Route] = []
         try:
             for deployment in deployments:
-                admission = Admission(deployment.tpm, deployment.rpm, patience, concurrency=concurrency, clock=clock)
+                admission = Admission(
+                    deployment.tpm, deployment.rpm, patience, concurrency=concurrency, shared_by=shared_by, clock=clock
+                )
                 opened = await AiohttpTransport.open(deployment.endpoint, transport, redactor=redactor)
                 routes.append(Route(deployment, opened, admission))
         except BaseException:
