@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -42,9 +43,18 @@ def _records(rows: Any) -> tuple[Iterable[Mapping[str, Any]], str]:
 def _write(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """The records file, whole or not at all; unchanged bytes when the rows are the same (so a re-run resumes)."""
     options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    data = b"".join(orjson.dumps(dict(row), default=str, option=options) + b"\n" for row in rows)
+    data = b"".join(orjson.dumps(dict(row), default=_plain, option=options) + b"\n" for row in rows)
     if not (path.exists() and path.read_bytes() == data):
         replace_atomically(path, [data])
+
+
+def _plain(value: Any) -> Any:
+    """A cell orjson cannot write: a DataFrame's missing value (``pd.NA``, ``NaT``) as null, as NaN and None are
+    (so a template naming it refuses the row), anything else as its text."""
+    pandas = sys.modules.get("pandas")  # only a DataFrame's cells are pandas' own: it is loaded if they are
+    if pandas is not None and pandas.api.types.is_scalar(value) and pandas.isna(value):
+        return None
+    return str(value)
 
 
 async def map(  # asyncbatch.map, as the data world spells it: the builtin is not used here

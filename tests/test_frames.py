@@ -76,6 +76,17 @@ def test_a_dataframe_maps_to_a_dataframe_in_input_order_with_the_export_columns_
     assert [c for c in out.columns if c != "parsed"] == columns
 
 
+def test_a_missing_value_in_a_dataframe_the_template_names_is_a_bad_row_never_sent(sim: Simulator) -> None:
+    frame = pd.DataFrame(
+        {"id": ["a", "b", "c", "d"], "text": ["x", None, float("nan"), "y"], "n": pd.array([1, pd.NA, 3, pd.NA])}
+    )
+    out = asyncbatch.map_sync(frame, template="{text} {n}", endpoint=_endpoint())
+    assert list(out["status"]) == ["succeeded", "failed", "failed", "failed"] and sim.requests == 1
+    assert set(out["error_code"][1:]) == {"invalid_input"}
+    reasons = [message.split(": ", 1)[1] for message in out["error_message"][1:]]
+    assert reasons == [f"template field {name!r} is null (empty in the table)" for name in ("text", "text", "n")]
+
+
 def test_rows_map_to_a_list_and_with_an_output_path_a_second_call_resumes(
     tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

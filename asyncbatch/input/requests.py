@@ -6,8 +6,10 @@ Pure functions; no I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,13 +283,32 @@ def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:
 
 
 def render(template: str, record: dict[str, Any]) -> str:
-    """str.format over the record's fields; a missing field is a ValueError naming it."""
+    """str.format over the record's fields; a missing field is a SetupError naming it, a null one a ValueError.
+
+    A null (JSON null, a table's empty cell that is not text: a Parquet null, a DataFrame's NaN or None)
+    would otherwise be sent as the word ``None``, and paid for; CSV has no null (an empty cell is ``""``).
+    It is this line's mistake, not the options' (``SetupError``): the line fails, the others run.
+    """
+    for name in template_fields(template):
+        if name in record and record[name] is None:
+            raise ValueError(f"template field {name!r} is null (empty in the table)")
     try:
         return template.format_map(record)
     except KeyError as exc:
         raise SetupError(f"template field {exc.args[0]!r} is missing from this record") from None
     except (IndexError, ValueError, AttributeError) as exc:
         raise ValueError(f"cannot render template on this record: {exc}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def template_fields(template: str) -> tuple[str, ...]:
+    """The record fields ``template`` names: ``{text}``, and ``{meta.lang}``'s or ``{tags[0]}``'s first part."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:  # an unbalanced brace: format_map says so, as for any line
+        return ()
+    names = (re.split(r"[.\[]", name, maxsplit=1)[0] for _, name, _, _ in parsed if name)
+    return tuple(dict.fromkeys(n for n in names if n and not n.isdigit()))
 
 
 def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:
