@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig
+from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
 from .display.reporters import PlainReporter, Reporter, default_reporter
 from .errors import AsyncBatchError, ConfigError, FatalAPIError, OutputError
 from .export import RESULT_FIELDS
@@ -64,7 +64,12 @@ _REFUSED = {
     "checkpoint_path": "each batch's record is under state_dir",
     "batch": "the Batch API runs one file as jobs on one deployment: use the command line for it",
     "max_cost": "a budget is one run's, and each batch is a run; a budget shared by workers is not kept",
+    "given_rows": "each batch is rows",
 }
+_OWN = (
+    "template", "tools", "response_format", "endpoint", "deployments", "limits", "request", "state_dir", "workers",
+    "batch_size", "reporter", "ray_remote_args",
+)  # fmt: skip
 
 
 class JobFailed(AsyncBatchError):
@@ -119,6 +124,7 @@ def prepare(
     state_dir: str | Path,
     workers: int,
     options: Mapping[str, Any],
+    call: str = "map",
 ) -> Spec:
     """The job's spec, checked on the driver: a mistake in the options is said here, before any worker starts.
 
@@ -127,9 +133,7 @@ def prepare(
     """
     if workers < 1:
         raise ConfigError(f"workers must be at least 1 (got {workers})")
-    for name, why in _REFUSED.items():
-        if name in options:
-            raise ConfigError(f"{name} is not an option of a distributed job: {why}")
+    check_options(options, call=call, own=_OWN, refused=_REFUSED)
     root = Path(state_dir).absolute()
     job = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     job_limits = limits or Limits()

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig
+from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
 from .display.reporters import Reporter
 from .export import Rows, flat
 from .store.files import replace_atomically
@@ -79,7 +79,9 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
     :param request: further request options (``RequestDefaults``); template, tools and response format win.
     :param output_path: keep the results (and the run's state) there: a second call resumes.
     :param options: any other ``RunConfig`` option (``max_cost``, ``cache``, ``prices``, ...).
+    :raises ConfigError: an option the run cannot take (a misspelt keyword...), before anything is sent.
     """
+    check_options(options, call="asyncbatch.map", own=_OWN, refused=_DECIDED)
     records, kind = _records(rows)
     defaults = request_defaults(request, template=template, tools=tools, response_format=response_format)
     with contextlib.ExitStack() as stack:
@@ -97,6 +99,7 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
             deployments=deployments,
             limits=limits or Limits(),
             request=defaults,
+            given_rows=True,  # messages name the rows, not this file
             **options,
         )
         from .runner import run
@@ -110,6 +113,20 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
         frame.index = rows.index
         return frame
     return results
+
+
+_OWN = (
+    "template",
+    "tools",
+    "response_format",
+    "endpoint",
+    "deployments",
+    "limits",
+    "request",
+    "output_path",
+    "reporter",
+)
+_DECIDED = {"input_path": "the rows are the input", "given_rows": "map sets it"}
 
 
 def request_defaults(

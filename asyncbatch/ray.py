@@ -74,6 +74,7 @@ def map(  # the data world's word; the builtin is not used here
         state_dir=state_dir,
         workers=workers,
         options=options,
+        call="asyncbatch.ray.map",
     )
     mapped = ds.map_batches(
         functools.partial(_batch, spec),

@@ -75,6 +75,7 @@ def map(  # the data world's word; the builtin is not used here
         state_dir=state_dir,
         workers=workers,
         options=options,
+        call="asyncbatch.spark.map",
     )
     df = _partitioned(df, workers)
     mapped = df.mapInArrow(functools.partial(_partition, spec, batch_size), schema(spec, df.schema))

@@ -122,7 +122,7 @@ def test_a_wrong_key_fails_the_job_once_with_asyncbatchs_message_and_other_tasks
 def test_an_exhausted_quota_stops_the_job_resumably(tmp_path: Path) -> None:
     with serve_in_thread(SimConfig(exhaust_after=5)) as (url, _):
         spec = _spec(url, tmp_path / "state", workers=4)  # concurrency 1: the five answers come first
-        with pytest.raises(JobFailed, match="stopped"):
+        with pytest.raises(JobFailed, match=r"stopped: .*longer than max_wait"):  # the library's word
             run_batch(spec, _table(12))
     assert isinstance(failure(spec.job_dir), JobStopped)
     with serve_in_thread(SimConfig()) as (url, sim):  # the quota is back: a new job sends what is missing
@@ -168,6 +168,8 @@ def test_options_a_job_decides_itself_are_refused_before_anything_runs(tmp_path:
 def test_a_mistake_in_the_options_is_said_on_the_driver(tmp_path: Path) -> None:
     with pytest.raises(asyncbatch.ConfigError, match="grace"):
         _spec("http://127.0.0.1:9", tmp_path / "state", grace=-1)
+    with pytest.raises(asyncbatch.ConfigError, match=r"^map\(\) got an unknown keyword 'max_wiat'.*max_wait="):
+        _spec("http://127.0.0.1:9", tmp_path / "state", max_wiat=5)
 
 
 def test_columns_follow_the_one_schema_a_pydantic_models_fields_included() -> None:

@@ -70,7 +70,7 @@ HINTS = {
     "give the results file of a": ADVICE,
     "choose another port": ADVICE,
     "HINT: {hint}": ADVICE + " (fatal_hint's words, and --template's example, checked in test_mistakes)",
-    "the records' fields are": ADVICE,
+    "fields are {shown}: name those in": ADVICE,
     "json.dumps(row)": ADVICE,
     "set it again with the value alone": ADVICE,
     "set it in the environment or in .env": ADVICE,

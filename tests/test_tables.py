@@ -69,15 +69,15 @@ def test_quoted_newlines_short_and_long_rows_blank_rows_and_errors_named_by_row(
 ) -> None:
     path = tmp_path / "in.csv"
     path.write_text('company,notes\n"Acme\nInc",first\nGlobex\n\nInitech,x,extra\n,no company\n', encoding="utf-8")
-    assert main([str(path), "-q", "--template", "About {company}: {notes}"]) == 0
+    assert main([str(path), "-q", "--template", "About {company}: {notes}"]) == 1
     results = {r["line"]: r for r in read_jsonl(tmp_path / "in.csv.results.jsonl")}
     assert results[1]["custom_id"] == "line-1"  # no id column: the row number names it
     assert "About Acme\nInc: first" in json.dumps(results[1]["output"]).replace("\\n", "\n")
-    assert "About Globex: None" in results[2]["output"]  # a short row: the missing cell is null
     assert "About Initech: x" in results[4]["output"]  # a long row keeps its extra cells under _extra
     assert 3 not in results  # a blank row is no input
-    assert sorted(results) == [1, 2, 4, 5]
-    assert not read_jsonl(tmp_path / "in.csv.results.errors.jsonl")
+    assert sorted(results) == [1, 4, 5]
+    (error,) = read_jsonl(tmp_path / "in.csv.results.errors.jsonl")  # a short row: the missing cell is null
+    assert error["error"]["message"] == f"{path}:2: template field 'notes' is null (empty in the table)"
     path.write_text("company,notes\nAcme,a\nGlobex,b\n", encoding="utf-8")  # a field no row has: one error
     assert main([str(path), "-q", "--restart", "--template", "About {company} {size}"]) == 2
     assert "template field 'size' is missing" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from ..clock import NAP, Clock
 from ..config import Patience
-from ..errors import AttemptError, NoAnswer, Outage, RateLimited, StopRun
+from ..errors import PAST_MAX_OUTAGE, PAST_MAX_WAIT, AttemptError, NoAnswer, Outage, RateLimited, StopRun
 from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, int_header
 from .adaptive import MINUTE, WINDOW_USED, AdaptiveRate, FixedWindows
 from .calibration import Calibration, Ticket
@@ -214,8 +214,7 @@ class Admission:
         if since is None or not self.answered or self.clock() - since <= self.max_outage:
             return None
         return (
-            f"the endpoint has been unreachable since {self._wall_at(since)}, longer than --max-outage "
-            f"({self.max_outage:g} s)"
+            f"the endpoint has been unreachable since {self._wall_at(since)}, {PAST_MAX_OUTAGE} ({self.max_outage:g} s)"
         )
 
     def _wall_of(self, monotonic: float) -> float:
@@ -407,7 +406,7 @@ class Admission:
     def _check_refused_for(self) -> None:
         if (throttled := self.clock() - self._last_ok) > self.max_wait:
             raise StopRun(
-                f"every request for {throttled:,.0f} s was refused with 429, longer than --max-wait "
+                f"every request for {throttled:,.0f} s was refused with 429, {PAST_MAX_WAIT} "
                 f"({self.max_wait:g} s): the quota looks exhausted"
             )
 
@@ -416,7 +415,7 @@ class Admission:
         if pause > self.max_wait:
             at = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.wall() + pause)) if pause < 1e8 else None
             when = f"; it {'resets' if reset else 'may answer again'} at about {at}" if at else ""
-            raise StopRun(f"{source}: a wait of {pause:,.0f} s, longer than --max-wait ({self.max_wait:g} s){when}")
+            raise StopRun(f"{source}: a wait of {pause:,.0f} s, {PAST_MAX_WAIT} ({self.max_wait:g} s){when}")
 
     def _waiting(self, pause: float, source: str) -> None:
         until = self.clock() + pause
