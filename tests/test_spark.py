@@ -129,9 +129,46 @@ def _a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spark: 
     assert sim.requests <= 4  # the job's concurrency at most: no request per row, no retries per task
 
 
+BLOCKER = """
+import sys
+
+
+class _NotInstalled:  # this Python as a worker without asyncbatch installed (a local venv's Spark, no PYSPARK_PYTHON)
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "asyncbatch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def _workers_without_asyncbatch_fail_the_job_saying_what_to_install(spark: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "site"
+    blocker.mkdir(parents=True)
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    environment = spark.sparkContext.environment  # the workers' environment, for jobs defined from now on
+    environment["PYTHONPATH"] = str(blocker)
+    try:
+        with serve_in_thread(SimConfig()) as (url, sim), pytest.raises(asyncbatch.ConfigError) as raised:
+            asyncbatch.spark.map(
+                spark.createDataFrame(rows(4)),
+                template=TEMPLATE,
+                endpoint=endpoint(url),
+                state_dir=tmp_path / "state",
+                workers=2,
+                reporter=asyncbatch.Reporter(),
+            )
+    finally:
+        del environment["PYTHONPATH"]
+    assert str(raised.value).startswith("the Spark workers' Python cannot import 'asyncbatch")
+    assert f"PYSPARK_PYTHON={sys.executable}" in str(raised.value) and sim.requests == 0
+
+
 def test_on_a_local_spark(spark: Any, tmp_path: Path) -> None:
     """The steps share one Spark session: one test, so that one xdist worker runs them (``xdist_group`` does
     not group tests with this pytest), and the session starts once."""
     _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark, tmp_path / "rows")
     _a_task_killed_mid_partition_is_run_again_and_sends_no_request_twice(spark, tmp_path / "killed")
     _a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spark, tmp_path / "missing")
+    _workers_without_asyncbatch_fail_the_job_saying_what_to_install(spark, tmp_path / "not_installed")
