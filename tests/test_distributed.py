@@ -104,6 +104,18 @@ def test_a_bad_row_is_a_row_and_the_batch_goes_on(tmp_path: Path) -> None:
     assert out[3]["error_code"] == "content_filter" and out[3]["output.label"] is None
 
 
+def test_a_duplicate_id_is_a_bad_row_within_a_batch_but_not_across_batches_as_documented(tmp_path: Path) -> None:
+    twice = pa.table({"id": ["a", "b", "a"], "text": ["x", "y", "z"], "n": [0, 1, 2]})
+    with serve_in_thread(SimConfig()) as (url, sim):
+        spec = _spec(url, tmp_path / "state")
+        within = run_batch(spec, twice).to_pylist()
+        across = [run_batch(spec, twice.slice(0, 2)).to_pylist(), run_batch(spec, twice.slice(2)).to_pylist()]
+    assert [r["status"] for r in within] == ["succeeded", "succeeded", "failed"]
+    assert (within[2]["error_code"], within[2]["error_message"]) == ("invalid_input", "row 3: duplicate custom_id 'a'")
+    assert [r["status"] for batch in across for r in batch] == ["succeeded"] * 3  # docs/distributed.md says so
+    assert sim.requests == 3  # x, y, then z: x and y came from the cache the second time
+
+
 def test_a_wrong_key_fails_the_job_once_with_asyncbatchs_message_and_other_tasks_send_nothing(tmp_path: Path) -> None:
     with serve_in_thread(SimConfig()) as (url, sim):
         spec = _spec(url, tmp_path / "state", key="wrong-key-12345")
