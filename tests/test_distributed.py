@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import asyncbatch
+from asyncbatch.display.status import look
 from asyncbatch.distributed import (
     Column,
     JobFailed,
@@ -35,6 +37,7 @@ from asyncbatch.distributed import (
 )
 from asyncbatch.export import flat
 from asyncbatch.simulator import SimConfig, serve_in_thread
+from asyncbatch.stats import Trend
 
 
 class Sentiment(BaseModel):
@@ -198,10 +201,14 @@ def test_columns_follow_the_one_schema_a_pydantic_models_fields_included() -> No
 def test_the_driver_adds_up_every_attempt_and_takes_each_batchs_furthest(tmp_path: Path) -> None:
     spec = _spec("http://127.0.0.1:9", tmp_path / "state")
     snapshot = {"total": 10, "resumed": 0, "attempts": 4, "throttled": 1, "prompt_tokens": 40, "cost": 0.5}
-    written = {
-        "a.1": {**snapshot, "succeeded": 4, "failed": 0, "failure_reasons": {}},  # killed after 4 answers
-        "a.2": {**snapshot, "succeeded": 9, "failed": 1, "resumed": 4, "failure_reasons": {"content_filter": 1}},
-        "b.1": {**snapshot, "succeeded": 10, "failed": 0, "resumed": 10, "attempts": 0, "failure_reasons": {}},
+    now, long_ago = time.time(), time.time() - 600
+    written = {  # a.1 was killed after 4 answers, 2 in flight; a.2 runs with 3 in flight; b.1 is over
+        "a.1": {**snapshot, "succeeded": 4, "failed": 0, "failure_reasons": {}, "at": long_ago, "in_flight": 2}
+        | {"latencies": [100.0] * 4, "latencies_seen": 4, "final": False},
+        "a.2": {**snapshot, "succeeded": 9, "failed": 1, "resumed": 4, "failure_reasons": {"content_filter": 1}}
+        | {"latencies": [300.0] * 10, "latencies_seen": 12, "final": False, "at": now, "in_flight": 3},
+        "b.1": {**snapshot, "succeeded": 10, "failed": 0, "resumed": 10, "attempts": 0, "failure_reasons": {}}
+        | {"latencies": [], "latencies_seen": 0, "final": True, "at": now, "in_flight": 0},
     }
     for name, fields in written.items():
         zeros = dict.fromkeys(("retries", "estimated_tokens", "completion_tokens", "cached_tokens", "cache_hits"), 0)
@@ -210,10 +217,18 @@ def test_the_driver_adds_up_every_attempt_and_takes_each_batchs_furthest(tmp_pat
     watch = Watch(spec, asyncbatch.Reporter())
     watch.gather()
     stats = watch.stats
-    assert (stats.total, stats.succeeded, stats.failed) == (20, 19, 1)
+    assert (stats.total, stats.succeeded, stats.failed) == (0, 19, 1)  # the total is not known while it runs...
     assert stats.resumed == 10  # batch b was answered by an earlier job; a's second attempt resumed its own first
     assert (stats.attempts, stats.throttled, stats.prompt_tokens, stats.cost) == (8, 3, 120, 1.5)
     assert stats.failure_reasons == {"content_filter": 1}
+    assert stats.in_flight == 3  # the running attempt's: not the killed one's, nor the finished one's
+    assert (stats.latency_percentile(0.1), stats.latency_percentile(0.5)) == (100.0, 300.0)  # weighed 4 to 12
+    assert look(stats, Trend(stats)).percent is None
+    watch.gather(final=True)
+    assert (stats.total, stats.in_flight) == (20, 0)  # ...and is once it is over
+    known = Watch(spec, asyncbatch.Reporter(), total=20)  # a Dataset that knows its rows
+    known.gather()
+    assert known.stats.total == 20 and look(known.stats, Trend(known.stats)).percent == 100
 
 
 JSON = st.recursive(  # what an answer parsed from JSON may hold: no NaN, no infinity

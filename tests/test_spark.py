@@ -89,6 +89,7 @@ def _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark: An
     figures = summary()
     assert (figures["succeeded"], figures["failed"]) == (22, 2)
     assert figures["failure_reasons"] == {"content_filter": 1, "invalid_input": 1}
+    assert figures["latency_p50_ms"] is not None and figures["latency_p95_ms"] is not None  # the workers'
     assert figures["throttled"] == sim.statuses["429"]
 
 
