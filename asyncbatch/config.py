@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 import orjson
 
 from .cost import Budget, Prices, lookup
-from .errors import ConfigError, option
+from .errors import ConfigError, close_to, option
 from .protocol import APIS, Api, unsupported
 from .redact import header_secrets, url_secrets
 from .structured.schemas import check_request_schemas, from_models, mark_strict
@@ -424,6 +424,8 @@ class RunConfig:
         ``write`` (refresh: send, and replace what it holds) or ``off``.
     :param metrics_port: serve the run's counters as Prometheus text on 127.0.0.1 at this port (0: any
         free one, said in a message) for the run's life (``report/prometheus.py``); None: no endpoint.
+    :param given_rows: the input holds rows given to ``asyncbatch.map`` (which sets it), in a file the caller
+        never saw: messages name a row by its number (``row 8``), not by that file's path and line.
     :param metrics_linger: seconds; once the run has ended, the endpoint serves the final figures until a
         scrape has read them, or this long at most (0: it closes with the run).
     """
@@ -451,6 +453,7 @@ class RunConfig:
     cache_mode: CacheMode = "read-write"
     metrics_port: int | None = None
     metrics_linger: float = 0.0
+    given_rows: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -576,3 +579,36 @@ def default_output(input_path: Path) -> Path:
 
 def default_errors(output_path: Path) -> Path:
     return output_path.with_name(f"{output_path.stem}.errors.jsonl")
+
+
+_NESTED = {  # the option classes whose fields a caller may give by mistake among RunConfig's
+    Limits: "limits=asyncbatch.Limits",
+    RequestDefaults: "request=asyncbatch.RequestDefaults",
+    RetryPolicy: "retry=asyncbatch.RetryPolicy",
+    TransportOptions: "transport=asyncbatch.TransportOptions",
+}
+
+
+def check_options(options: Mapping[str, Any], *, call: str, own: Sequence[str], refused: Mapping[str, str]) -> None:
+    """The ``RunConfig`` options a library call (``asyncbatch.map``...) was given by keyword, checked before
+    anything runs: a misspelt one (``concurency=5``) is a ConfigError naming the closest keyword, not a
+    TypeError from deep inside.
+
+    :param own: the call's own keywords; ``refused``: RunConfig's it decides itself, with why.
+    """
+    fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in refused]
+    nested = {f.name: where for kind, where in _NESTED.items() for f in dataclasses.fields(kind)}
+    for name in options:
+        if name in refused:
+            raise ConfigError(f"{name} is not an option of {call}(): {refused[name]}")
+        if name in fields:
+            continue
+        meant = name if name in nested else close_to(name, [*own, *fields, *nested])
+        if meant is None:
+            hint = f"{call}() takes {', '.join(own)}, and RunConfig's options (help(asyncbatch.RunConfig))"
+        elif meant in nested:
+            kind = nested[meant].rpartition(".")[2]
+            hint = f"{meant} is an option of {kind}, not of RunConfig: give {nested[meant]}({meant}=...)"
+        else:
+            hint = f"did you mean {meant}=?"
+        raise ConfigError(f"{call}() got an unknown keyword {name!r}. HINT: {hint}")

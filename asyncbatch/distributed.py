@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig
+from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
 from .display.reporters import PlainReporter, Reporter, default_reporter
 from .errors import AsyncBatchError, ConfigError, FatalAPIError, OutputError
 from .export import RESULT_FIELDS
@@ -54,6 +54,8 @@ from .store.files import replace_atomically
 
 RECORD = "rows.results.jsonl"  # each batch's results file, in its own directory
 SNAPSHOT_SECONDS = 2.0  # how often a worker rewrites its counters for the driver
+STALE_SECONDS = 30.0  # a snapshot not rewritten for this long is a dead attempt's: its requests are not in flight
+LATENCIES = 200  # latencies each snapshot carries (a sample of its run's), for the driver's p50/p95
 OURS = ("line", "status", "custom_id")  # the columns before the input's, as ``asyncbatch export`` writes them
 _ROWS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # as ``asyncbatch.map`` writes rows
 # Options that name one run's files or phase: a distributed job decides those itself.
@@ -64,7 +66,12 @@ _REFUSED = {
     "checkpoint_path": "each batch's record is under state_dir",
     "batch": "the Batch API runs one file as jobs on one deployment: use the command line for it",
     "max_cost": "a budget is one run's, and each batch is a run; a budget shared by workers is not kept",
+    "given_rows": "each batch is rows",
 }
+_OWN = (
+    "template", "tools", "response_format", "endpoint", "deployments", "limits", "request", "state_dir", "workers",
+    "batch_size", "reporter", "ray_remote_args",
+)  # fmt: skip
 
 
 class JobFailed(AsyncBatchError):
@@ -119,6 +126,7 @@ def prepare(
     state_dir: str | Path,
     workers: int,
     options: Mapping[str, Any],
+    call: str = "map",
 ) -> Spec:
     """The job's spec, checked on the driver: a mistake in the options is said here, before any worker starts.
 
@@ -127,9 +135,7 @@ def prepare(
     """
     if workers < 1:
         raise ConfigError(f"workers must be at least 1 (got {workers})")
-    for name, why in _REFUSED.items():
-        if name in options:
-            raise ConfigError(f"{name} is not an option of a distributed job: {why}")
+    check_options(options, call=call, own=_OWN, refused=_REFUSED)
     root = Path(state_dir).absolute()
     job = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     job_limits = limits or Limits()
@@ -365,7 +371,8 @@ class Snapshots(Reporter):
     def write(self, stats: RunStats, *, final: bool) -> None:
         fields = {name: getattr(stats, name) for name in SUMMED + KEPT}
         fields |= {"failure_reasons": dict(stats.failure_reasons), "final": final}
-        fields |= {"learned_tpm": stats.learned_tpm, "charge_ratio": stats.charge_ratio}
+        fields |= {"learned_tpm": stats.learned_tpm, "charge_ratio": stats.charge_ratio, "in_flight": stats.in_flight}
+        fields["latencies"], fields["latencies_seen"] = stats.latency_sample(LATENCIES)
         now = time.time()  # wall clock: comparable between workers (a benchmark's span)
         fields |= {"pid": os.getpid(), "host": socket.gethostname(), "started_at": now - stats.elapsed, "at": now}
         with contextlib.suppress(OSError):  # progress is not worth failing a batch for
@@ -435,8 +442,11 @@ class Watch:
     Ray or Spark hold the driver's.
     """
 
-    def __init__(self, spec: Spec, reporter: Reporter | None) -> None:
+    def __init__(self, spec: Spec, reporter: Reporter | None, total: int | None = None) -> None:
+        """:param total: the job's rows, if known before it runs; else the status line shows how many are done,
+        with no percentage (batches start one by one: a total added up from them would grow as they do)."""
         self.spec = spec
+        self.total = total
         self.reporter = reporter or driver_reporter()
         config = RunConfig(input_path=Path(spec.state_dir) / "check.jsonl", **spec.options)
         self.stats = RunStats(simulated=config.simulated, prices=config.prices)
@@ -472,13 +482,17 @@ class Watch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._done.wait(), SNAPSHOT_SECONDS)
         finally:
-            self.gather()
+            self.gather(final=True)
             shown.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shown
 
-    def gather(self) -> None:
-        """Add up every attempt's counters: ``SUMMED`` over all of them, ``KEPT`` from each batch's furthest."""
+    def gather(self, *, final: bool = False) -> None:
+        """Add up every attempt's counters: ``SUMMED`` over all of them, ``KEPT`` from each batch's furthest;
+        the requests in flight of the attempts running; a sample of every attempt's latencies.
+
+        :param final: the job is over: its total is the rows its batches had, whether known before or not.
+        """
         snapshots: dict[str, list[dict[str, Any]]] = {}
         for path in (self.spec.job_dir / "stats").glob("*.json"):
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
@@ -497,6 +511,13 @@ class Watch:
                     setattr(stats, name, getattr(stats, name) + snapshot[name])
                 reasons.update(snapshot["failure_reasons"])
         stats.failure_reasons = reasons
+        if not final:
+            stats.total = self.total or 0  # 0: not known yet, which the status line shows as such
+        everyone = [snapshot for attempts in snapshots.values() for snapshot in attempts]
+        now = time.time()  # as the workers stamp their snapshots
+        live = [s for s in everyone if not s.get("final") and now - s.get("at", 0) < STALE_SECONDS]
+        stats.in_flight = 0 if final else sum(s.get("in_flight", 0) for s in live)
+        stats.merge_latencies((s.get("latencies", ()), s.get("latencies_seen", 0)) for s in everyone)
 
     def failure(self) -> AsyncBatchError | None:
         """After Ray's or Spark's error: the job's own, if a worker left its marker."""

@@ -33,6 +33,8 @@ Only a file that cannot be read on from some point is one (``InputError``).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 
@@ -58,7 +60,20 @@ RESTART = "restart=True (or asyncbatch.restart(config))"
 ACCEPT_CHANGES = "accept_changes=True"
 RETRY_FAILED = "retry_failed=True"
 OUTPUT_PATH = "output_path="  # followed by a file name
-_FLAGS = {RESTART: "--restart", ACCEPT_CHANGES: "--accept-changes", RETRY_FAILED: "--retry-failed", OUTPUT_PATH: "-o "}
+TEMPLATE_GIVEN = 'template="'  # followed by an example template and its closing quote
+TEMPLATE = "template="
+PAST_MAX_WAIT = "longer than max_wait"
+PAST_MAX_OUTAGE = "longer than max_outage"
+_FLAGS = {
+    RESTART: "--restart",
+    ACCEPT_CHANGES: "--accept-changes",
+    RETRY_FAILED: "--retry-failed",
+    OUTPUT_PATH: "-o ",
+    TEMPLATE_GIVEN: '--template "',  # before TEMPLATE, which it begins with
+    TEMPLATE: "--template",
+    PAST_MAX_WAIT: "longer than --max-wait",
+    PAST_MAX_OUTAGE: "longer than --max-outage",
+}
 
 
 def option(field: str, flag: str | None = None) -> str:
@@ -71,6 +86,12 @@ def cli_words(text: str) -> str:
     for words, flag in _FLAGS.items():
         text = text.replace(words, flag)
     return text
+
+
+def close_to(word: str, known: Sequence[str]) -> str | None:
+    """The one of ``known`` that ``word`` most likely meant, misspelled (``--concurency``, ``exprot``); else None."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 class FatalAPIError(AsyncBatchError):

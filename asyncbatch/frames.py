@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig
+from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
 from .display.reporters import Reporter
 from .export import Rows, flat
 from .store.files import replace_atomically
@@ -42,9 +43,18 @@ def _records(rows: Any) -> tuple[Iterable[Mapping[str, Any]], str]:
 def _write(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """The records file, whole or not at all; unchanged bytes when the rows are the same (so a re-run resumes)."""
     options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    data = b"".join(orjson.dumps(dict(row), default=str, option=options) + b"\n" for row in rows)
+    data = b"".join(orjson.dumps(dict(row), default=_plain, option=options) + b"\n" for row in rows)
     if not (path.exists() and path.read_bytes() == data):
         replace_atomically(path, [data])
+
+
+def _plain(value: Any) -> Any:
+    """A cell orjson cannot write: a DataFrame's missing value (``pd.NA``, ``NaT``) as null, as NaN and None are
+    (so a template naming it refuses the row), anything else as its text."""
+    pandas = sys.modules.get("pandas")  # only a DataFrame's cells are pandas' own: it is loaded if they are
+    if pandas is not None and pandas.api.types.is_scalar(value) and pandas.isna(value):
+        return None
+    return str(value)
 
 
 async def map(  # asyncbatch.map, as the data world spells it: the builtin is not used here
@@ -69,7 +79,9 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
     :param request: further request options (``RequestDefaults``); template, tools and response format win.
     :param output_path: keep the results (and the run's state) there: a second call resumes.
     :param options: any other ``RunConfig`` option (``max_cost``, ``cache``, ``prices``, ...).
+    :raises ConfigError: an option the run cannot take (a misspelt keyword...), before anything is sent.
     """
+    check_options(options, call="asyncbatch.map", own=_OWN, refused=_DECIDED)
     records, kind = _records(rows)
     defaults = request_defaults(request, template=template, tools=tools, response_format=response_format)
     with contextlib.ExitStack() as stack:
@@ -87,6 +99,7 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
             deployments=deployments,
             limits=limits or Limits(),
             request=defaults,
+            given_rows=True,  # messages name the rows, not this file
             **options,
         )
         from .runner import run
@@ -100,6 +113,20 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
         frame.index = rows.index
         return frame
     return results
+
+
+_OWN = (
+    "template",
+    "tools",
+    "response_format",
+    "endpoint",
+    "deployments",
+    "limits",
+    "request",
+    "output_path",
+    "reporter",
+)
+_DECIDED = {"input_path": "the rows are the input", "given_rows": "map sets it"}
 
 
 def request_defaults(

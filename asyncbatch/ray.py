@@ -74,6 +74,7 @@ def map(  # the data world's word; the builtin is not used here
         state_dir=state_dir,
         workers=workers,
         options=options,
+        call="asyncbatch.ray.map",
     )
     mapped = ds.map_batches(
         functools.partial(_batch, spec),
@@ -86,7 +87,7 @@ def map(  # the data world's word; the builtin is not used here
     execution = mapped.context.execution_options  # the input's context: set for this job only
     kept, execution.preserve_order = execution.preserve_order, True  # the results in the input's order
     try:
-        with Watch(spec, reporter) as watch:
+        with Watch(spec, reporter, total=_known_count(ds)) as watch:
             try:
                 return mapped.materialize()
             except Exception:  # Ray wraps a worker's error in its own: the marker says what it was
@@ -95,6 +96,16 @@ def map(  # the data world's word; the builtin is not used here
                 raise error from None
     finally:
         execution.preserve_order = kept
+
+
+def _known_count(ds: Any) -> int | None:
+    """The Dataset's rows, where its metadata says without running anything (``from_items``, a read of
+    Parquet...); else None, and the driver's status line shows the rows done without a percentage."""
+    try:
+        count = ds._meta_count()  # Ray's own shortcut (ds.count() would run the pipeline before the job)
+    except Exception:  # a Ray without it, or a Dataset that cannot say: the job runs all the same
+        return None
+    return count if isinstance(count, int) else None
 
 
 def _batch(spec: Spec, table: Any) -> Any:

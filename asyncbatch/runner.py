@@ -34,7 +34,7 @@ from .display.reporters import Reporter, default_reporter
 from .display.summary import summary_data
 from .errors import ConfigError, FatalAPIError, InputError, OutputError, StopRun
 from .input.reader import BadLine, ParsedLine, count_lines, first_lines, read_lines, row_lines, sniff, virtual_lines
-from .input.requests import Job, lines_prices, prepare, setup_mistake
+from .input.requests import Job, lines_prices, prepare, setup_mistake, where
 from .live.attempts import Attempts, Outcome, Stopped, Success
 from .live.cached import Cached
 from .live.router import Router
@@ -96,7 +96,9 @@ async def run(
     sniff(config.input_path)  # a whole file that is not JSONL: refused before anything is written
     lines = virtual_lines(config.input_path)  # a Parquet file's rows: what a resume compares
     first = first_lines(config.input_path)
-    if mistake := setup_mistake(config.input_path, first, config.request, config.routes[0].endpoint):
+    if mistake := setup_mistake(
+        config.input_path, first, config.request, config.routes[0].endpoint, given_rows=config.given_rows
+    ):
         raise ConfigError(mistake)  # the options' mistake, said once: not a failure on every line
     prices = config.prices or lines_prices(first)  # a deployment not named after a model: the lines may name one
     async with serving(config.metrics_port, reporter.info) as endpoint:  # a taken port: refused before any write
@@ -384,13 +386,13 @@ class _Run:
             await queue.put(None)
 
     def reject(self, bad: BadLine) -> None:
-        where = f"{self.config.input_path}:{bad.line_no}"
-        self.reporter.warn(f"{where}: {bad.reason} (written to the errors file; the run goes on)")
+        at = where(self.config.input_path, bad.line_no, given_rows=self.config.given_rows)
+        self.reporter.warn(f"{at}: {bad.reason} (written to the errors file; the run goes on)")
         record = error_record(
             custom_id=bad.custom_id,
             line_no=bad.line_no,
             code=INVALID_INPUT,
-            message=f"{where}: {bad.reason}",
+            message=f"{at}: {bad.reason}",
             attempts=0,
             line_hash=bad.line_hash,
         )

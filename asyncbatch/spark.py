@@ -17,6 +17,8 @@ when used: ``pip install "asyncbatch[spark]"``.
 from __future__ import annotations
 
 import functools
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 from .config import Deployment, Endpoint, Limits, RequestDefaults
 from .display.reporters import Reporter
 from .distributed import Column, Spec, Watch, input_name, prepare, run_batch
+from .errors import ConfigError
 
 
 def map(  # the data world's word; the builtin is not used here
@@ -75,6 +78,7 @@ def map(  # the data world's word; the builtin is not used here
         state_dir=state_dir,
         workers=workers,
         options=options,
+        call="asyncbatch.spark.map",
     )
     df = _partitioned(df, workers)
     mapped = df.mapInArrow(functools.partial(_partition, spec, batch_size), schema(spec, df.schema))
@@ -82,11 +86,27 @@ def map(  # the data world's word; the builtin is not used here
     with Watch(spec, reporter) as watch:
         try:
             mapped.count()  # runs the job now, once: the persisted rows are what the caller reads
-        except Exception:  # Spark wraps a worker's error in its own: the marker says what it was
-            if (error := watch.failure()) is None:
+        except Exception as exc:  # Spark wraps a worker's error in its own: the marker says what it was
+            if (error := watch.failure() or _not_installed(exc)) is None:
                 raise
             raise error from None
     return mapped
+
+
+_MISSING = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
+
+
+def _not_installed(error: Exception) -> ConfigError | None:
+    """A module the workers' Python cannot import (asyncbatch itself, most often: a local Spark runs its
+    workers on the ``python3`` on PATH, not this venv's), said as what to do, in place of Spark's traceback."""
+    if (found := _MISSING.search(str(error))) is None:
+        return None
+    return ConfigError(
+        f"the Spark workers' Python cannot import {found[1]!r}: asyncbatch runs on every worker, so it (and "
+        "what the rows' models import) must be installed where the workers run. HINT: on a local Spark, set "
+        f"PYSPARK_PYTHON={sys.executable} before the session starts; on a cluster, install "
+        '"asyncbatch[spark]" on it (Databricks: %pip install in the notebook, or a cluster library)'
+    )
 
 
 def _partitioned(df: Any, workers: int) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -83,6 +83,23 @@ class Reservoir:
         if self._sorted is None:
             self._sorted = sorted(self.samples)
         return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
+
+    def sample(self, k: int) -> list[float]:
+        """At most ``k`` of the samples, each with the same chance: what another process merges (``merged``)."""
+        return list(self.samples) if len(self.samples) <= k else self.rng.sample(self.samples, k)
+
+    @classmethod
+    def merged(cls, parts: Iterable[tuple[Sequence[float], int]], size: int, rng: random.Random) -> Reservoir:
+        """One reservoir of several streams, each given as a sample of it and how many values it saw: each
+        stream's share of ``size`` is drawn from its sample, so a percentile weighs each stream by its count."""
+        given = [(samples, seen) for samples, seen in parts if samples and seen > 0]
+        total = sum(seen for _, seen in given)
+        merged = cls(size, rng)
+        for samples, seen in given:
+            for value in rng.choices(samples, k=max(1, round(size * seen / total))):
+                merged.add(value)
+        merged.seen = total
+        return merged
 
 
 @dataclass
@@ -253,6 +270,14 @@ class RunStats:
 
     def latency_percentile(self, q: float) -> float | None:
         return self._latencies.percentile(q)
+
+    def latency_sample(self, k: int) -> tuple[list[float], int]:
+        """At most ``k`` of the latencies kept, and how many there were: for a driver adding up workers'."""
+        return self._latencies.sample(k), self._latencies.seen
+
+    def merge_latencies(self, parts: Iterable[tuple[Sequence[float], int]]) -> None:
+        """The latencies of other runs (each a ``latency_sample``) in place of this one's: a driver's summary."""
+        self._latencies = Reservoir.merged(parts, RECENT, self._rng)
 
     def take_recent_latencies(self) -> Reservoir:
         """The latencies since the last call (a sample of them), for one row of the metrics log."""

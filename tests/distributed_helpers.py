@@ -53,6 +53,22 @@ def expected(given: list[dict[str, Any]], url: str) -> list[dict[str, Any]]:
     return table
 
 
+NULL_ROW = 9  # a row of ``with_null``'s whose text is null: a bad row, never sent
+
+
+def with_null(given: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row | {"text": None} if n == NULL_ROW else row for n, row in enumerate(given)]
+
+
+def comparable(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row without what depends on how the rows were split: ``line`` (a row's number in its batch)
+    and that number in a bad row's message (``row 4: ...``)."""
+    message = row.get("error_message")
+    if isinstance(message, str) and message.startswith("row "):
+        message = message.partition(": ")[2]
+    return row | {"line": 0, "error_message": message}
+
+
 def json_reporter() -> tuple[asyncbatch.JsonReporter, Callable[[], dict[str, Any]]]:
     """A reporter whose summary the test can read back."""
     stream = io.StringIO()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import asyncbatch
+from asyncbatch.display.status import look
 from asyncbatch.distributed import (
     Column,
     JobFailed,
@@ -35,6 +37,7 @@ from asyncbatch.distributed import (
 )
 from asyncbatch.export import flat
 from asyncbatch.simulator import SimConfig, serve_in_thread
+from asyncbatch.stats import Trend
 
 
 class Sentiment(BaseModel):
@@ -104,6 +107,18 @@ def test_a_bad_row_is_a_row_and_the_batch_goes_on(tmp_path: Path) -> None:
     assert out[3]["error_code"] == "content_filter" and out[3]["output.label"] is None
 
 
+def test_a_duplicate_id_is_a_bad_row_within_a_batch_but_not_across_batches_as_documented(tmp_path: Path) -> None:
+    twice = pa.table({"id": ["a", "b", "a"], "text": ["x", "y", "z"], "n": [0, 1, 2]})
+    with serve_in_thread(SimConfig()) as (url, sim):
+        spec = _spec(url, tmp_path / "state")
+        within = run_batch(spec, twice).to_pylist()
+        across = [run_batch(spec, twice.slice(0, 2)).to_pylist(), run_batch(spec, twice.slice(2)).to_pylist()]
+    assert [r["status"] for r in within] == ["succeeded", "succeeded", "failed"]
+    assert (within[2]["error_code"], within[2]["error_message"]) == ("invalid_input", "row 3: duplicate custom_id 'a'")
+    assert [r["status"] for batch in across for r in batch] == ["succeeded"] * 3  # docs/distributed.md says so
+    assert sim.requests == 3  # x, y, then z: x and y came from the cache the second time
+
+
 def test_a_wrong_key_fails_the_job_once_with_asyncbatchs_message_and_other_tasks_send_nothing(tmp_path: Path) -> None:
     with serve_in_thread(SimConfig()) as (url, sim):
         spec = _spec(url, tmp_path / "state", key="wrong-key-12345")
@@ -122,7 +137,7 @@ def test_a_wrong_key_fails_the_job_once_with_asyncbatchs_message_and_other_tasks
 def test_an_exhausted_quota_stops_the_job_resumably(tmp_path: Path) -> None:
     with serve_in_thread(SimConfig(exhaust_after=5)) as (url, _):
         spec = _spec(url, tmp_path / "state", workers=4)  # concurrency 1: the five answers come first
-        with pytest.raises(JobFailed, match="stopped"):
+        with pytest.raises(JobFailed, match=r"stopped: .*longer than max_wait"):  # the library's word
             run_batch(spec, _table(12))
     assert isinstance(failure(spec.job_dir), JobStopped)
     with serve_in_thread(SimConfig()) as (url, sim):  # the quota is back: a new job sends what is missing
@@ -168,6 +183,8 @@ def test_options_a_job_decides_itself_are_refused_before_anything_runs(tmp_path:
 def test_a_mistake_in_the_options_is_said_on_the_driver(tmp_path: Path) -> None:
     with pytest.raises(asyncbatch.ConfigError, match="grace"):
         _spec("http://127.0.0.1:9", tmp_path / "state", grace=-1)
+    with pytest.raises(asyncbatch.ConfigError, match=r"^map\(\) got an unknown keyword 'max_wiat'.*max_wait="):
+        _spec("http://127.0.0.1:9", tmp_path / "state", max_wiat=5)
 
 
 def test_columns_follow_the_one_schema_a_pydantic_models_fields_included() -> None:
@@ -184,10 +201,14 @@ def test_columns_follow_the_one_schema_a_pydantic_models_fields_included() -> No
 def test_the_driver_adds_up_every_attempt_and_takes_each_batchs_furthest(tmp_path: Path) -> None:
     spec = _spec("http://127.0.0.1:9", tmp_path / "state")
     snapshot = {"total": 10, "resumed": 0, "attempts": 4, "throttled": 1, "prompt_tokens": 40, "cost": 0.5}
-    written = {
-        "a.1": {**snapshot, "succeeded": 4, "failed": 0, "failure_reasons": {}},  # killed after 4 answers
-        "a.2": {**snapshot, "succeeded": 9, "failed": 1, "resumed": 4, "failure_reasons": {"content_filter": 1}},
-        "b.1": {**snapshot, "succeeded": 10, "failed": 0, "resumed": 10, "attempts": 0, "failure_reasons": {}},
+    now, long_ago = time.time(), time.time() - 600
+    written = {  # a.1 was killed after 4 answers, 2 in flight; a.2 runs with 3 in flight; b.1 is over
+        "a.1": {**snapshot, "succeeded": 4, "failed": 0, "failure_reasons": {}, "at": long_ago, "in_flight": 2}
+        | {"latencies": [100.0] * 4, "latencies_seen": 4, "final": False},
+        "a.2": {**snapshot, "succeeded": 9, "failed": 1, "resumed": 4, "failure_reasons": {"content_filter": 1}}
+        | {"latencies": [300.0] * 10, "latencies_seen": 12, "final": False, "at": now, "in_flight": 3},
+        "b.1": {**snapshot, "succeeded": 10, "failed": 0, "resumed": 10, "attempts": 0, "failure_reasons": {}}
+        | {"latencies": [], "latencies_seen": 0, "final": True, "at": now, "in_flight": 0},
     }
     for name, fields in written.items():
         zeros = dict.fromkeys(("retries", "estimated_tokens", "completion_tokens", "cached_tokens", "cache_hits"), 0)
@@ -196,10 +217,18 @@ def test_the_driver_adds_up_every_attempt_and_takes_each_batchs_furthest(tmp_pat
     watch = Watch(spec, asyncbatch.Reporter())
     watch.gather()
     stats = watch.stats
-    assert (stats.total, stats.succeeded, stats.failed) == (20, 19, 1)
+    assert (stats.total, stats.succeeded, stats.failed) == (0, 19, 1)  # the total is not known while it runs...
     assert stats.resumed == 10  # batch b was answered by an earlier job; a's second attempt resumed its own first
     assert (stats.attempts, stats.throttled, stats.prompt_tokens, stats.cost) == (8, 3, 120, 1.5)
     assert stats.failure_reasons == {"content_filter": 1}
+    assert stats.in_flight == 3  # the running attempt's: not the killed one's, nor the finished one's
+    assert (stats.latency_percentile(0.1), stats.latency_percentile(0.5)) == (100.0, 300.0)  # weighed 4 to 12
+    assert look(stats, Trend(stats)).percent is None
+    watch.gather(final=True)
+    assert (stats.total, stats.in_flight) == (20, 0)  # ...and is once it is over
+    known = Watch(spec, asyncbatch.Reporter(), total=20)  # a Dataset that knows its rows
+    known.gather()
+    assert known.stats.total == 20 and look(known.stats, Trend(known.stats)).percent == 100
 
 
 JSON = st.recursive(  # what an answer parsed from JSON may hold: no NaN, no infinity

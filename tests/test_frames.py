@@ -76,6 +76,44 @@ def test_a_dataframe_maps_to_a_dataframe_in_input_order_with_the_export_columns_
     assert [c for c in out.columns if c != "parsed"] == columns
 
 
+def test_a_missing_value_in_a_dataframe_the_template_names_is_a_bad_row_never_sent(sim: Simulator) -> None:
+    frame = pd.DataFrame(
+        {"id": ["a", "b", "c", "d"], "text": ["x", None, float("nan"), "y"], "n": pd.array([1, pd.NA, 3, pd.NA])}
+    )
+    out = asyncbatch.map_sync(frame, template="{text} {n}", endpoint=_endpoint())
+    assert list(out["status"]) == ["succeeded", "failed", "failed", "failed"] and sim.requests == 1
+    assert set(out["error_code"][1:]) == {"invalid_input"}
+    reasons = [message.split(": ", 1)[1] for message in out["error_message"][1:]]
+    assert reasons == [f"template field {name!r} is null (empty in the table)" for name in ("text", "text", "n")]
+
+
+def test_library_messages_name_rows_and_keywords_never_a_temporary_file_or_a_flag(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where map keeps its rows: never in a message
+    rows = [{"id": f"r{i}", "text": f"t{i}"} for i in range(25)]
+    with pytest.raises(asyncbatch.ConfigError) as typo:
+        asyncbatch.map_sync(rows, template="Say {txt}", endpoint=_endpoint())
+    assert str(typo.value) == (
+        "the first 20 rows all fail the same way, so every row would: template field 'txt' is missing from this "
+        "record. HINT: the rows' fields are id, text: name those in template="
+    )
+    out = asyncbatch.map_sync([*rows[:3], {"id": "r1", "text": "again"}], template="Say {text}", endpoint=_endpoint())
+    assert [r["status"] for r in out] == ["succeeded"] * 3 + ["failed"] and sim.requests == 3
+    assert out[3]["error_message"] == "row 4: duplicate custom_id 'r1'"
+    with pytest.raises(asyncbatch.ConfigError) as misspelt:
+        asyncbatch.map_sync(rows, template="Say {text}", endpoint=_endpoint(), concurency=5)
+    assert str(misspelt.value) == (
+        "asyncbatch.map() got an unknown keyword 'concurency'. HINT: concurrency is an option of Limits, not of "
+        "RunConfig: give limits=asyncbatch.Limits(concurrency=...)"
+    )
+    with pytest.raises(asyncbatch.ConfigError, match=r"'max_wiat'\. HINT: did you mean max_wait=\?$"):
+        asyncbatch.map_sync(rows, template="Say {text}", endpoint=_endpoint(), max_wiat=5)
+    with pytest.raises(asyncbatch.ConfigError, match=r"input_path is not an option of asyncbatch\.map"):
+        asyncbatch.map_sync(rows, template="Say {text}", endpoint=_endpoint(), input_path="x.jsonl")
+    assert sim.requests == 3 and not list(tmp_path.iterdir())
+
+
 def test_rows_map_to_a_list_and_with_an_output_path_a_second_call_resumes(
     tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

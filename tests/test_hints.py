@@ -59,6 +59,9 @@ HINTS = {
         "tests/test_batchapi.py::"
         "test_ctrl_c_leaves_the_jobs_running_cancel_cancels_them_and_a_rerun_finishes_exactly_once"
     ),
+    "HINT: on a local Spark, set ": (  # its fixture runs every job with PYSPARK_PYTHON set so, as the hint says
+        "tests/test_spark.py::test_on_a_local_spark"
+    ),
     "pass {RETRY_FAILED} to run every failed {unit} again": (
         "tests/test_hints.py::test_the_hint_for_a_failed_line_edited_in_place_runs_it_as_it_is_now"
     ),
@@ -76,7 +79,7 @@ HINTS = {
     "give the results file of a": ADVICE,
     "choose another port": ADVICE,
     "HINT: {hint}": ADVICE + " (fatal_hint's words, and --template's example, checked in test_mistakes)",
-    "the records' fields are": ADVICE,
+    "fields are {shown}: name those in": ADVICE,
     "json.dumps(row)": ADVICE,
     "set it again with the value alone": ADVICE,
     "set it in the environment or in .env": ADVICE,

@@ -15,7 +15,19 @@ import pytest
 import asyncbatch
 import asyncbatch.ray
 from asyncbatch.simulator import SimConfig, serve_in_thread
-from tests.distributed_helpers import TEMPLATE, Killer, Sentiment, endpoint, expected, json_reporter, recorded, rows
+from tests.distributed_helpers import (
+    NULL_ROW,
+    TEMPLATE,
+    Killer,
+    Sentiment,
+    comparable,
+    endpoint,
+    expected,
+    json_reporter,
+    recorded,
+    rows,
+    with_null,
+)
 
 QUOTA = {"tpm": 200_000, "rpm": 6_000}
 
@@ -34,7 +46,7 @@ def ray_data() -> Iterator[Any]:
 
 
 def _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_data: Any, tmp_path: Path) -> None:
-    given = rows(24)
+    given = with_null(rows(24))  # and a null text: a bad row, not sent
     script = {"Classify: review 5": ["content-filter-400"] * 2}  # refused for both runs: one bad row each
     reporter, summary = json_reporter()
     with serve_in_thread(SimConfig(latency=0.02, script=script, **QUOTA)) as (url, sim):
@@ -52,12 +64,16 @@ def _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(ray_data:
         want = expected(given, url)
     got = out.take_all()
     assert [list(row) for row in got] == [list(row) for row in want]  # the same columns, in the same order
-    assert [row | {"line": 0} for row in got] == [row | {"line": 0} for row in want]  # the same values, in order
+    assert [comparable(row) for row in got] == [comparable(row) for row in want]  # the same values, in order
     assert [row["line"] for row in got] == [n for _ in range(4) for n in range(1, 7)]  # a row's number in its batch
-    assert sent == 24 and billed_twice == 0  # every row sent once
+    assert sent == 23 and billed_twice == 0  # every row sent once, but the null one
+    null = got[NULL_ROW]
+    assert (null["status"], null["error_code"]) == ("failed", "invalid_input")
+    assert null["error_message"].endswith(": template field 'text' is null (empty in the table)")
     figures = summary()
-    assert (figures["succeeded"], figures["failed"]) == (23, 1)
-    assert figures["failure_reasons"] == {"content_filter": 1}
+    assert (figures["succeeded"], figures["failed"]) == (22, 2)
+    assert figures["failure_reasons"] == {"content_filter": 1, "invalid_input": 1}
+    assert figures["latency_p50_ms"] is not None and figures["latency_p95_ms"] is not None  # the workers'
     assert figures["prompt_tokens"] == sum(row["prompt_tokens"] or 0 for row in got)
     assert figures["throttled"] == sim.statuses["429"]
 

@@ -168,7 +168,7 @@ def test_max_wait_bounds_every_wait_of_the_server_however_the_holds_add_up_and_h
         finally:
             task.cancel()
 
-    with pytest.raises(StopRun, match=r"held for .* longer than --max-wait"):
+    with pytest.raises(StopRun, match=r"held for .* longer than max_wait"):
         asyncio.run(main())
     assert 20 < clock.now - 100 <= 20 + 3 * 2.0  # stopped at the first look past --max-wait (a tenth of it, loaded)
 

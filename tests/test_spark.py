@@ -18,7 +18,19 @@ import asyncbatch
 import asyncbatch.spark
 from asyncbatch import FatalAPIError
 from asyncbatch.simulator import SimConfig, serve_in_thread
-from tests.distributed_helpers import TEMPLATE, Killer, Sentiment, endpoint, expected, json_reporter, recorded, rows
+from tests.distributed_helpers import (
+    NULL_ROW,
+    TEMPLATE,
+    Killer,
+    Sentiment,
+    comparable,
+    endpoint,
+    expected,
+    json_reporter,
+    recorded,
+    rows,
+    with_null,
+)
 
 QUOTA = {"tpm": 200_000, "rpm": 6_000}
 
@@ -48,7 +60,7 @@ def spark() -> Iterator[Any]:
 
 
 def _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark: Any, tmp_path: Path) -> None:
-    given = rows(24)
+    given = with_null(rows(24))  # and a null text: a bad row, not sent
     script = {"Classify: review 5": ["content-filter-400"] * 2}  # refused for both runs: one bad row each
     reporter, summary = json_reporter()
     with serve_in_thread(SimConfig(latency=0.02, script=script, **QUOTA)) as (url, sim):
@@ -67,13 +79,17 @@ def _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark: An
     assert out.rdd.getNumPartitions() == 2
     got = [row.asDict() for row in out.collect()]
     assert [list(row) for row in got] == [list(row) for row in want]  # the same columns, in the same order
-    assert [row | {"line": 0} for row in got] == [row | {"line": 0} for row in want]  # the same values, in order
+    assert [comparable(row) for row in got] == [comparable(row) for row in want]  # the same values, in order
     assert [row["line"] for row in got] == [n for _ in range(2) for batch in (10, 2) for n in range(1, batch + 1)]
     assert dict(out.dtypes)["output.score"] == "double" and dict(out.dtypes)["stars"] == "bigint"
-    assert sent == 24 and billed_twice == 0  # every row sent once
+    assert sent == 23 and billed_twice == 0  # every row sent once, but the null one
+    null = got[NULL_ROW]
+    assert (null["status"], null["error_code"]) == ("failed", "invalid_input")
+    assert null["error_message"].endswith(": template field 'text' is null (empty in the table)")
     figures = summary()
-    assert (figures["succeeded"], figures["failed"]) == (23, 1)
-    assert figures["failure_reasons"] == {"content_filter": 1}
+    assert (figures["succeeded"], figures["failed"]) == (22, 2)
+    assert figures["failure_reasons"] == {"content_filter": 1, "invalid_input": 1}
+    assert figures["latency_p50_ms"] is not None and figures["latency_p95_ms"] is not None  # the workers'
     assert figures["throttled"] == sim.statuses["429"]
 
 
@@ -114,9 +130,46 @@ def _a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spark: 
     assert sim.requests <= 4  # the job's concurrency at most: no request per row, no retries per task
 
 
+BLOCKER = """
+import sys
+
+
+class _NotInstalled:  # this Python as a worker without asyncbatch installed (a local venv's Spark, no PYSPARK_PYTHON)
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "asyncbatch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def _workers_without_asyncbatch_fail_the_job_saying_what_to_install(spark: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "site"
+    blocker.mkdir(parents=True)
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    environment = spark.sparkContext.environment  # the workers' environment, for jobs defined from now on
+    environment["PYTHONPATH"] = str(blocker)
+    try:
+        with serve_in_thread(SimConfig()) as (url, sim), pytest.raises(asyncbatch.ConfigError) as raised:
+            asyncbatch.spark.map(
+                spark.createDataFrame(rows(4)),
+                template=TEMPLATE,
+                endpoint=endpoint(url),
+                state_dir=tmp_path / "state",
+                workers=2,
+                reporter=asyncbatch.Reporter(),
+            )
+    finally:
+        del environment["PYTHONPATH"]
+    assert str(raised.value).startswith("the Spark workers' Python cannot import 'asyncbatch")
+    assert f"PYSPARK_PYTHON={sys.executable}" in str(raised.value) and sim.requests == 0
+
+
 def test_on_a_local_spark(spark: Any, tmp_path: Path) -> None:
     """The steps share one Spark session: one test, so that one xdist worker runs them (``xdist_group`` does
     not group tests with this pytest), and the session starts once."""
     _rows_columns_and_order_are_asyncbatch_maps_and_a_bad_row_is_a_row(spark, tmp_path / "rows")
     _a_task_killed_mid_partition_is_run_again_and_sends_no_request_twice(spark, tmp_path / "killed")
     _a_missing_deployment_fails_the_job_at_once_with_asyncbatchs_message(spark, tmp_path / "missing")
+    _workers_without_asyncbatch_fail_the_job_saying_what_to_install(spark, tmp_path / "not_installed")

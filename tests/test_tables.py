@@ -69,15 +69,15 @@ def test_quoted_newlines_short_and_long_rows_blank_rows_and_errors_named_by_row(
 ) -> None:
     path = tmp_path / "in.csv"
     path.write_text('company,notes\n"Acme\nInc",first\nGlobex\n\nInitech,x,extra\n,no company\n', encoding="utf-8")
-    assert main([str(path), "-q", "--template", "About {company}: {notes}"]) == 0
+    assert main([str(path), "-q", "--template", "About {company}: {notes}"]) == 1
     results = {r["line"]: r for r in read_jsonl(tmp_path / "in.csv.results.jsonl")}
     assert results[1]["custom_id"] == "line-1"  # no id column: the row number names it
     assert "About Acme\nInc: first" in json.dumps(results[1]["output"]).replace("\\n", "\n")
-    assert "About Globex: None" in results[2]["output"]  # a short row: the missing cell is null
     assert "About Initech: x" in results[4]["output"]  # a long row keeps its extra cells under _extra
     assert 3 not in results  # a blank row is no input
-    assert sorted(results) == [1, 2, 4, 5]
-    assert not read_jsonl(tmp_path / "in.csv.results.errors.jsonl")
+    assert sorted(results) == [1, 4, 5]
+    (error,) = read_jsonl(tmp_path / "in.csv.results.errors.jsonl")  # a short row: the missing cell is null
+    assert error["error"]["message"] == f"{path}:2: template field 'notes' is null (empty in the table)"
     path.write_text("company,notes\nAcme,a\nGlobex,b\n", encoding="utf-8")  # a field no row has: one error
     assert main([str(path), "-q", "--restart", "--template", "About {company} {size}"]) == 2
     assert "template field 'size' is missing" in capsys.readouterr().err
@@ -208,19 +208,41 @@ def test_a_bad_row_is_an_error_line_naming_the_file_and_row_and_the_others_go_on
     assert len(read_jsonl(tmp_path / "in.csv.results.jsonl")) == 2
 
 
+def test_a_null_the_template_names_is_a_bad_line_never_sent_and_an_empty_csv_cell_is_empty_text(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    _, simulator = sim
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": None}, {"id": "b", "text": "x", "note": None}])
+    assert main(["in.jsonl", "-q", "--template", "Classify: {text}"]) == 1 and simulator.requests == 1
+    (error,) = read_jsonl(tmp_path / "in.results.errors.jsonl")
+    assert error["custom_id"] == "a" and error["error"]["code"] == "invalid_input"
+    assert error["error"]["message"] == "in.jsonl:1: template field 'text' is null (empty in the table)"
+    assert [r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")] == ["b"]  # a null it does not name
+    (tmp_path / "in.csv").write_text("id,text,note\na,,n\nb,y\n")  # an empty cell; a short row's missing cell
+    assert main(["in.csv", "-q", "--template", "[{text}] {note}"]) == 1 and simulator.requests == 2
+    (error,) = read_jsonl(tmp_path / "in.csv.results.errors.jsonl")
+    assert error["error"]["message"] == "in.csv:2: template field 'note' is null (empty in the table)"
+    (answer,) = read_jsonl(tmp_path / "in.csv.results.jsonl")
+    assert answer["custom_id"] == "a" and answer["output"] == "Simulated answer to: [] n"
+
+
 def test_a_parquet_row_recorded_as_bad_input_may_be_fixed_in_place_and_appended_rows_run(
     tmp_path: Path, sim: tuple[dict[str, str], Simulator]
 ) -> None:
     _, simulator = sim
     rows = [{"id": f"r{i}", "text": f"t{i}"} for i in range(30)]
-    rows[4] = {"id": "r4", "text": None}  # a null cell: the template renders "None", so it is a good line
+    rows[4] = {"id": "r4", "text": None}  # a null cell the template names: bad input, never sent as "None"
     rows[7]["id"] = "r6"  # a repeated id: bad input
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     args = ["in.parquet", "-q", "--template", "Say {text}"]
-    assert main(args) == 1 and simulator.requests == 29
-    (error,) = read_jsonl(tmp_path / "in.parquet.results.errors.jsonl")
-    assert error["error"]["message"] == "in.parquet:8: duplicate custom_id 'r6'"
-    rows[7]["id"] = "r7"  # fixed where it stands, and two rows appended
+    assert main(args) == 1 and simulator.requests == 28
+    errors = read_jsonl(tmp_path / "in.parquet.results.errors.jsonl")
+    assert sorted(e["error"]["message"] for e in errors) == [
+        "in.parquet:5: template field 'text' is null (empty in the table)",
+        "in.parquet:8: duplicate custom_id 'r6'",
+    ]
+    assert {e["error"]["code"] for e in errors} == {"invalid_input"}
+    rows[4]["text"], rows[7]["id"] = "t4", "r7"  # fixed where they stand, and two rows appended
     pq.write_table(pa.Table.from_pylist([*rows, {"id": "r30", "text": "t30"}, {"id": "r31", "text": "t31"}]),
                    tmp_path / "in.parquet")  # fmt: skip
     assert main(args) == 0 and simulator.requests == 32

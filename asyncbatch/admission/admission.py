@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from ..clock import NAP, Clock
 from ..config import Patience
-from ..errors import AttemptError, NoAnswer, Outage, RateLimited, StopRun
+from ..errors import PAST_MAX_OUTAGE, PAST_MAX_WAIT, AttemptError, NoAnswer, Outage, RateLimited, StopRun
 from ..protocol import REMAINING_REQUESTS, REMAINING_TOKENS, int_header
 from .adaptive import MINUTE, WINDOW_USED, AdaptiveRate, FixedWindows
 from .calibration import SLICE, Calibration, Ticket
@@ -223,7 +223,7 @@ class Admission:
             return None
         status = self.breaker.status  # an endpoint that answers HTTP 500 to everything is not "unreachable"
         down = "been unreachable" if status is None else f"answered HTTP {status} to every request"
-        return f"the endpoint has {down} since {self._wall_at(since)}, longer than --max-outage ({self.max_outage:g} s)"
+        return f"the endpoint has {down} since {self._wall_at(since)}, {PAST_MAX_OUTAGE} ({self.max_outage:g} s)"
 
     def _wall_of(self, monotonic: float) -> float:
         return self.wall() - (self.clock() - monotonic)
@@ -441,7 +441,7 @@ class Admission:
     def _check_refused_for(self) -> None:
         if (throttled := self.clock() - self._last_ok) > self.max_wait:
             raise StopRun(
-                f"every request for {throttled:,.0f} s was refused with 429, longer than --max-wait "
+                f"every request for {throttled:,.0f} s was refused with 429, {PAST_MAX_WAIT} "
                 f"({self.max_wait:g} s): the quota looks exhausted"
             )
 
@@ -450,7 +450,7 @@ class Admission:
         if pause > self.max_wait:
             at = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.wall() + pause)) if pause < 1e8 else None
             when = f"; it {'resets' if reset else 'may answer again'} at about {at}" if at else ""
-            raise StopRun(f"{source}: a wait of {pause:,.0f} s, longer than --max-wait ({self.max_wait:g} s){when}")
+            raise StopRun(f"{source}: a wait of {pause:,.0f} s, {PAST_MAX_WAIT} ({self.max_wait:g} s){when}")
 
     def _waiting(self, pause: float, source: str) -> None:
         until = self.clock() + pause

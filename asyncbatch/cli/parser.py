@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import operator
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..config import (
     RunConfig,
     TransportOptions,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, close_to
 from ..export import FORMATS
 from ..protocol import APIS
 from ..simulator import FAULTS
@@ -94,12 +93,6 @@ ONE_TIME = frozenset({"--restart", "--retry-failed", "--cancel", "--accept-chang
 
 
 SUBCOMMANDS = ("export", "report", "cache")  # a first word that names another command than a run's
-
-
-def close_to(word: str, known: Sequence[str]) -> str | None:
-    """The one of ``known`` that ``word`` most likely meant, misspelled (``--concurency``, ``exprot``); else None."""
-    close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
-    return close[0] if close else None
 
 
 def meant_command(word: str) -> str | None:

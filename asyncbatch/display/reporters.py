@@ -125,7 +125,7 @@ class PlainReporter(Reporter):
         self.console.print(prefix + text_line(status), markup=False)
 
     def summary(self, stats: RunStats) -> None:
-        self.console.print(summary_table(stats, self.resume))
+        self.console.print(summary_table(stats, self.resume, self.words))
 
 
 class JsonReporter(Reporter):
@@ -146,7 +146,7 @@ class JsonReporter(Reporter):
         self.emit("status", {**asdict(status), "percent": status.percent})
 
     def summary(self, stats: RunStats) -> None:
-        self.emit("summary", summary_data(stats))
+        self.emit("summary", summary_data(stats, self.words))
 
 
 class RichReporter(PlainReporter):
@@ -193,7 +193,7 @@ class NotebookReporter(PlainReporter):
 
     def summary(self, stats: RunStats) -> None:
         console = Console(file=io.StringIO(), width=self.width, record=True)
-        console.print(summary_table(stats, self.resume))
+        console.print(summary_table(stats, self.resume, self.words))
         self.show(console.export_text())
 
 
@@ -238,7 +238,7 @@ class _SummaryOnly(Reporter):
     verbose = True
 
     def summary(self, stats: RunStats) -> None:
-        self.console.print(summary_table(stats, self.resume))
+        self.console.print(summary_table(stats, self.resume, self.words))
 
 
 class _JsonSummaryOnly(JsonReporter):

@@ -1,5 +1,6 @@
 """The summary at the end of a run: as a table, and as data for the JSON log."""
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.table import Table
@@ -9,7 +10,7 @@ from ..stats import RunStats
 from .status import deployment_views
 
 
-def summary_data(stats: RunStats) -> dict[str, Any]:
+def summary_data(stats: RunStats, words: Callable[[str], str] = str) -> dict[str, Any]:
     """The summary's figures, for JSON (``summary_table`` shows the same in words)."""
     return {
         "succeeded": stats.succeeded,
@@ -36,7 +37,7 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
         "charge_ratio": stats.charge_ratio,
         "changed": stats.changed,
         "interrupted": stats.interrupted,
-        "stopped": stats.stopped,
+        "stopped": words(stats.stopped) if stats.stopped else stats.stopped,
         "aborted": stats.aborted,
         "simulated": stats.simulated,
         "deployments": deployment_views(stats),
@@ -54,8 +55,9 @@ def summary_data(stats: RunStats) -> dict[str, Any]:
 RESUME = "run again to resume"  # the library's words; the command line prints the command and points to it
 
 
-def summary_table(stats: RunStats, resume: str = RESUME) -> Table:
-    """:param resume: how to resume, when the run was interrupted or stopped early."""
+def summary_table(stats: RunStats, resume: str = RESUME, words: Callable[[str], str] = str) -> Table:
+    """:param resume: how to resume, when the run was interrupted or stopped early.
+    :param words: how options are named (the command line's flags: ``cli_words``)."""
     title = "asyncbatch summary"
     if stats.simulated:
         title += " — SIMULATED run (local simulator, not Azure)"
@@ -109,7 +111,7 @@ def summary_table(stats: RunStats, resume: str = RESUME) -> Table:
     if stats.interrupted:
         rows.append(("interrupted", f"yes, nothing is lost: {resume}"))
     if stats.stopped:
-        rows.append(("stopped early", f"{stats.stopped}; nothing is lost: {resume}"))
+        rows.append(("stopped early", f"{words(stats.stopped)}; nothing is lost: {resume}"))
     if stats.aborted:
         rows.append(("aborted", stats.aborted))
     for name, value in rows:

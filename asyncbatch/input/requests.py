@@ -6,8 +6,10 @@ Pure functions; no I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import orjson
 
 from ..config import Endpoint, RequestDefaults
 from ..cost import Prices, lookup
+from ..errors import TEMPLATE, TEMPLATE_GIVEN
 from ..protocol import BATCH_URLS, Api, unsupported
 from ..structured.schemas import FUNCTION_NAME
 from .reader import FIRST_LINES, BadLine, ParsedLine, is_parquet, is_table, table_header
@@ -83,14 +86,27 @@ class SetupError(ValueError):
     """A line the options cannot turn into a request (no template, a field it lacks): maybe every line's."""
 
 
+def where(path: Path, line_no: int, *, given_rows: bool = False) -> str:
+    """Where a bad line is, as a message names it: ``in.jsonl:17``; or ``row 17`` for rows given to
+    ``asyncbatch.map``, whose file the caller never saw."""
+    return f"row {line_no}" if given_rows else f"{path}:{line_no}"
+
+
 def setup_mistake(
-    path: Path, lines: Iterable[ParsedLine | BadLine], defaults: RequestDefaults, to: Endpoint | None = None
+    path: Path,
+    lines: Iterable[ParsedLine | BadLine],
+    defaults: RequestDefaults,
+    to: Endpoint | None = None,
+    *,
+    given_rows: bool = False,
 ) -> str | None:
     """The options' mistake every one of the first lines shares, said as what to add; None if there is none.
 
     A file run without ``--template``, with a template naming a field no line has, or with lines for a
     route the endpoint's api-version lacks (``to``: Responses lines on 2024-10-21), would otherwise fail
-    line by line: this says so once, before anything is written.
+    line by line: this says so once, before anything is written. In the library's words (``template=``),
+    which the command line says as its flags (``cli_words``); ``given_rows``: the rows given to
+    ``asyncbatch.map``, said as rows, without the file that holds them.
     """
     reasons: set[str] = set()
     fields: set[str] = set()
@@ -112,21 +128,22 @@ def setup_mistake(
         seen += 1
     if not seen or len(reasons) != 1:
         return None
-    unit = "row" if is_table(path) or is_parquet(path) else "line"
+    unit = "row" if given_rows or is_table(path) or is_parquet(path) else "line"
     every = f"the first {seen} {unit}s all fail the same way, so every {unit} would"
     fail = f"its one {unit} fails" if seen == 1 else every
-    start = f"{path}: {fail}: {reasons.pop()}"
+    start = f"{fail}: {reasons.pop()}" if given_rows else f"{path}: {fail}: {reasons.pop()}"
     if not fields:
         return start
     names = sorted(map(str, fields))
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     if defaults.template is None:
         example = next((n for n in names if n not in ("id", "custom_id")), "text")
-        hint = f'add --template over the fields of the records ({shown}), e.g. --template "...{{{example}}}..."'
+        hint = f'add {TEMPLATE} over the fields of the records ({shown}), e.g. {TEMPLATE_GIVEN}...{{{example}}}..."'
         return f"{start}. HINT: {hint}"
     if is_table(path):
         return f"{start}. HINT: {_header_hint(table_header(path)[0])}"
-    return f"{start}. HINT: the records' fields are {shown}: name those in --template"
+    records = "rows'" if given_rows else "records'"
+    return f"{start}. HINT: the {records} fields are {shown}: name those in {TEMPLATE}"
 
 
 _NUMBER = re.compile(r"[+-]?(\d[\d,_]*(\.\d*)?|\.\d+)([eE][+-]?\d+)?%?")
@@ -139,10 +156,10 @@ def _header_hint(header: list[str]) -> str:
     if number := next((cell for cell in header if _NUMBER.fullmatch(cell.strip())), None):
         return (
             f"its first row ({shown}) holds {number!r}, a number: it looks like data, not a header row naming "
-            "the columns. Add a header row, naming each column as --template names it"
+            f"the columns. Add a header row, naming each column as {TEMPLATE} names it"
         )
     return (
-        f"the columns named in its first row are {shown}: name those in --template (a table's first row names "
+        f"the columns named in its first row are {shown}: name those in {TEMPLATE} (a table's first row names "
         "its columns; if it holds values instead, add a header row)"
     )
 
@@ -268,6 +285,7 @@ def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:
     if line.kind == "chat":
         return {k: v for k, v in line.obj.items() if k not in ("custom_id", "id")}
     if defaults.template is None:
+        # --template, not template=: a bad line's reason is written to the errors file as it is
         raise SetupError("a record line (no 'messages' or 'body') needs --template to become a prompt")
     if defaults.api != "chat":
         body: dict[str, Any] = {"input": render(defaults.template, line.obj)}
@@ -281,13 +299,32 @@ def _base_body(line: ParsedLine, defaults: RequestDefaults) -> dict[str, Any]:
 
 
 def render(template: str, record: dict[str, Any]) -> str:
-    """str.format over the record's fields; a missing field is a ValueError naming it."""
+    """str.format over the record's fields; a missing field is a SetupError naming it, a null one a ValueError.
+
+    A null (JSON null, a table's empty cell that is not text: a Parquet null, a DataFrame's NaN or None)
+    would otherwise be sent as the word ``None``, and paid for; CSV has no null (an empty cell is ``""``).
+    It is this line's mistake, not the options' (``SetupError``): the line fails, the others run.
+    """
+    for name in template_fields(template):
+        if name in record and record[name] is None:
+            raise ValueError(f"template field {name!r} is null (empty in the table)")
     try:
         return template.format_map(record)
     except KeyError as exc:
         raise SetupError(f"template field {exc.args[0]!r} is missing from this record") from None
     except (IndexError, ValueError, AttributeError) as exc:
         raise ValueError(f"cannot render template on this record: {exc}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def template_fields(template: str) -> tuple[str, ...]:
+    """The record fields ``template`` names: ``{text}``, and ``{meta.lang}``'s or ``{tags[0]}``'s first part."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:  # an unbalanced brace: format_map says so, as for any line
+        return ()
+    names = (re.split(r"[.\[]", name, maxsplit=1)[0] for _, name, _, _ in parsed if name)
+    return tuple(dict.fromkeys(n for n in names if n and not n.isdigit()))
 
 
 def _apply_defaults(body: dict[str, Any], defaults: RequestDefaults) -> None:

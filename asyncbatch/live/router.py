@@ -26,7 +26,7 @@ from ..admission.calibration import Ticket
 from ..admission.turn import NEW, RETRY, Turn
 from ..clock import NAP, Clock, Sleep
 from ..config import Deployment, Patience, TransportOptions
-from ..errors import FatalAPIError, StopRun
+from ..errors import PAST_MAX_WAIT, FatalAPIError, StopRun
 from ..protocol import under_v1
 from ..redact import Redactor
 from .transport import AiohttpTransport, Transport
@@ -212,8 +212,7 @@ class Router:
             live = self.live
             holders = self._joined(live, [r.admission.holder() for r in live])
             raise StopRun(
-                f"{holders}: the next request has been held for {held:,.0f} s, longer than --max-wait "
-                f"({self.max_wait:g} s)"
+                f"{holders}: the next request has been held for {held:,.0f} s, {PAST_MAX_WAIT} ({self.max_wait:g} s)"
             )
 
     @staticmethod
