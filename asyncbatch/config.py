@@ -385,12 +385,30 @@ def template_problem(template: str) -> str | None:
         fields = list(string.Formatter().parse(template))
     except ValueError as exc:
         return str(exc)
-    for _, name, _, conversion in fields:
+    for _, name, spec, conversion in fields:
         if name is not None and (not name or name[0].isdigit()):
             return f"{{{name}}} names no field (a record's fields are named, not numbered)"
         if conversion not in (None, "r", "s", "a"):
             return f"!{conversion} in {{{name}!{conversion}}} is not a conversion (!r, !s or !a)"
+        if name and "." in re.sub(r"\[[^\]]*\]", "", name):
+            # str.format would read a Python attribute (a method, or ``__class__``) and send its repr
+            head, *parts = name.split(".")
+            fix = head + "".join(f"[{part}]" for part in parts)
+            return f"{{{name}}} reads an attribute: write {{{fix}}} for a nested field"
+        if spec and "{" not in spec and not _any_formats(spec):
+            return f"{{{name}:{spec}}}: {spec!r} is a format that fits no value (text or number)"
     return None
+
+
+def _any_formats(spec: str) -> bool:
+    """Whether ``spec`` formats some value a record can hold: text or a number."""
+    for value in ("", 0, 0.5):
+        try:
+            format(value, spec)
+        except (ValueError, TypeError):
+            continue
+        return True
+    return False
 
 
 @dataclass(frozen=True, kw_only=True)

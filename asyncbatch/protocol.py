@@ -143,6 +143,8 @@ LINE_CODES = frozenset(
         "image_too_large",
     }
 )
+# A 404's codes that say the deployment or its model is gone, whatever field the error names
+GONE_CODES = frozenset({"DeploymentNotFound", "model_not_found", "ModelNotFound", "NotFound", "not_found"})
 # A Batch API line's error codes worth sending again live
 RETRYABLE_BATCH_CODES = frozenset(
     {"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"}
@@ -179,7 +181,8 @@ def error_class(
     """How the engine reacts to an error status (``errors.py``): the one place a status becomes a class.
 
     A line's code wins over the status (some gateways answer a flagged prompt with a 403). A 404 that names a
-    field of the request (``param``) is about that line, not the deployment.
+    field of the request (``param``) is about that line, not the deployment, unless its code says the model or
+    deployment itself is gone (``"param": "model"`` names the deployment).
     """
     if code in LINE_CODES or inner in LINE_CODES:
         return LineRefused
@@ -188,7 +191,8 @@ def error_class(
         return RateLimited
     if retried:
         return Outage if status >= 500 else Transient
-    if status in ENDPOINT_REFUSALS and not (status == 404 and param):
+    line_field = status == 404 and param and code not in GONE_CODES and inner not in GONE_CODES
+    if status in ENDPOINT_REFUSALS and not line_field:
         return ENDPOINT_REFUSALS[status]
     return Rejected if status < 500 else Refused
 

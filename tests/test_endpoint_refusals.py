@@ -31,6 +31,7 @@ DENIED = "Access denied due to invalid subscription key or wrong API endpoint."
 ACCESS_DENIED = orjson.dumps({"error": {"code": "401", "message": DENIED}})
 GONE = "The API deployment for this resource does not exist."
 NO_DEPLOYMENT = orjson.dumps({"error": {"code": "DeploymentNotFound", "message": GONE}})
+NO_MODEL = orjson.dumps({"error": {"code": "model_not_found", "message": "The model does not exist", "param": "model"}})
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Endpoint:
     change: str  # "rotate" or "delete"
     key: str = "old-key"
     deleted: bool = False
+    gone: bytes = NO_DEPLOYMENT  # the 404's body once deleted
     answered: int = 0
     refused: int = 0
     ids: Iterator[int] = field(default_factory=itertools.count)
@@ -53,7 +55,7 @@ class Endpoint:
                 return Answer(401, ACCESS_DENIED)
             if self.deleted:
                 self.refused += 1
-                return Answer(404, NO_DEPLOYMENT)
+                return Answer(404, self.gone)
             self.answered += 1
             if self.answered == self.change_after:  # the change happens right after this answer
                 if self.change == "rotate":
@@ -83,17 +85,24 @@ def _lines(tmp_path: Path, n: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "said"),
+    ("change", "gone", "said"),
     [
-        ("rotate", "the key was refused after 50 answers: was it rotated?"),
-        ("delete", "the deployment was not found after 50 answers: was it deleted or renamed?"),
+        ("rotate", NO_DEPLOYMENT, "the key was refused after 50 answers: was it rotated?"),
+        ("delete", NO_DEPLOYMENT, "the deployment was not found after 50 answers: was it deleted or renamed?"),
+        ("delete", NO_MODEL, "the deployment was not found after 50 answers"),  # its "param" names the model
     ],
+    ids=["key-rotated", "deployment-deleted", "model-gone"],
 )
 def test_a_key_rotated_or_a_deployment_deleted_mid_run_stops_it_and_the_same_command_finishes_after_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], change: str, said: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    change: str,
+    gone: bytes,
+    said: str,
 ) -> None:
     _lines(tmp_path, 200)
-    endpoint = Endpoint(change_after=50, change=change)
+    endpoint = Endpoint(change_after=50, change=change, gone=gone)
     with azure(endpoint, monkeypatch) as server:
         code, results, errors = _run(tmp_path)
         assert code == 2

@@ -9,8 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
+from asyncbatch.config import template_problem
+from asyncbatch.input.requests import render
 from asyncbatch.simulator import SimConfig, Simulator
 from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
 
@@ -79,6 +83,41 @@ def test_a_records_file_with_a_whole_file_template_mistake_exits_2_once_then_the
     assert expected in capsys.readouterr().err
     assert main([str(tmp_path / "in.jsonl"), "-q", "-c", "50", "--template", "About {company}"]) == 0
     assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 1_000
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("About {company.upper}", "{company.upper} reads an attribute"),  # sent a method's repr, paid
+        ("About {meta.__class__}", "{meta.__class__} reads an attribute"),
+        ("About {meta.lang}", "write {meta[lang]} for a nested field"),
+        ("About {company:zz}", "'zz' is a format that fits no value"),
+        ("About {company:%Y}", "'%Y' is a format that fits no value"),
+    ],
+)
+def test_a_template_that_reads_attributes_or_has_no_usable_format_exits_2_before_anything_is_sent(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], template: str, expected: str
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "company": f"C{i}", "meta": {"lang": "en"}} for i in range(30)])
+    assert main([str(tmp_path / "in.jsonl"), "--template", template]) == 2
+    assert expected in capsys.readouterr().err
+    assert _outputs(tmp_path) == [] and sim.requests == 0
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--template", "About {company} in {meta[lang]}"]) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(template=st.text(alphabet="{}[].:!%<>^,_0 aczYf", max_size=16))
+def test_a_template_accepted_at_configuration_renders_each_record_as_text_or_fails_that_line(template: str) -> None:
+    """Whatever the template: refused once (exit 2), or each line rendered from its fields' values, never from a
+    Python object's insides (a method or a class, as ``str.format`` would read them), or failed as that line's."""
+    if template_problem(template) is not None:
+        return
+    record = {"a": "x", "c": 5, "z": {"a": "y", "0": 1.5}, "f": ["q"]}
+    try:
+        text = render(template, record)
+    except ValueError:  # SetupError too: a missing field
+        return
+    assert "built-in" not in text and "class '" not in text and "object at 0x" not in text
 
 
 def test_a_template_field_only_some_records_lack_fails_those_lines_alone(tmp_path: Path, sim: Simulator) -> None:
