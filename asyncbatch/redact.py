@@ -362,6 +362,14 @@ class Redactor:
         return any(core in lowered for core in self._bcores)
 
     def _redact(self, text: str, secrets: list[str], *, latin: bool) -> str:
+        """Masked until nothing changes: a mask beside what is left can spell a secret again (``0000000*`` in
+        ``00000000000000*`` leaves ``0000000***``). Each pass that masks shortens a secret (4 or more
+        characters) to 3, so it ends."""
+        while (masked := self._redact_once(text, secrets, latin=latin)) != text:
+            text = masked
+        return masked
+
+    def _redact_once(self, text: str, secrets: list[str], *, latin: bool) -> str:
         folded = _fold(text)
         spans = [span for secret in secrets for span in _find(folded, secret)]
         if secrets and (any(t in text for t in self._triggers) or ("%" in text and _PERCENT.search(text))):
