@@ -235,8 +235,15 @@ def _decoded(m: re.Match[str], latin: bool) -> str:
 
 
 def _variants(secret: str) -> list[str]:
-    """The raw forms a decoder does not reach: a JSON ``\\\\`` or ``\\"``, a space written ``+``."""
-    forms = [secret]
+    """The raw forms a decoder does not reach: a JSON ``\\\\`` or ``\\"``, a space written ``+``; and the
+    key's bytes in hex or base64 on their own (an error page that prints what it was sent)."""
+    raw = secret.encode()
+    forms = [
+        secret,
+        raw.hex(),
+        base64.b64encode(raw).decode().rstrip("="),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ]
     if '"' in secret or "\\" in secret:
         forms.append(json.dumps(secret, ensure_ascii=False)[1:-1])
     if " " in secret:

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import base64
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from asyncbatch.redact import Redactor
 
 
@@ -10,3 +15,22 @@ def test_keys_stay_masked_however_many_tokens_the_run_learns() -> None:
     text = "api-key-0123 apim-value-456 token-0039 token-0000"
     assert redactor.text(text) == "*** *** *** token-0000"  # the oldest tokens have long expired
     assert redactor.bytes(text.encode()) == b"*** *** *** token-0000"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    secret=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=8, max_size=40),
+    form=st.sampled_from(["hex", "HEX", "base64", "urlsafe"]),
+    before=st.text(" :=", max_size=3),
+)
+def test_a_key_in_hex_or_base64_on_its_own_is_masked(secret: str, form: str, before: str) -> None:
+    """An error page that prints what it was sent: the key's bytes in hex (either case) or base64."""
+    raw = secret.encode()
+    written = {
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+        "base64": base64.b64encode(raw).decode(),
+        "urlsafe": base64.urlsafe_b64encode(raw).decode(),
+    }[form]
+    masked = Redactor([secret]).text(f"sent{before}{written}.")
+    assert written.rstrip("=") not in masked and "***" in masked
