@@ -208,6 +208,8 @@ GOOD_PART = {"index": 0, "api": "chat", "ranges": [[1, 3]], "lines": 3, "batch_i
     )
 )
 @example(damaged=b"garbage\x00")
+@example(damaged=orjson.dumps({"run": "r", "parts": [{**GOOD_PART, "batch_id": ""}]}))  # no job id: damaged
+@example(damaged=orjson.dumps({"run": "r", "parts": [{**GOOD_PART, "batch_id": "0"}]}))  # a job of no one's
 def test_a_damaged_batches_file_is_named_with_what_to_do_never_a_traceback(
     folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], damaged: bytes
 ) -> None:
@@ -220,7 +222,11 @@ def test_a_damaged_batches_file_is_named_with_what_to_do_never_a_traceback(
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error" not in err, err
     assert code in (0, 2), err
-    if code == 2:
+    if code == 2 and "named in in.results.jsonl.state/batches: was it made on another endpoint" in err:
+        # a job id that is one, of a job the endpoint does not know: the file keeps it
+        kept = orjson.loads((state / "batches").read_bytes())["parts"][0]["batch_id"]
+        assert kept == orjson.loads(damaged)["parts"][0]["batch_id"]
+    elif code == 2:
         assert "the Batch API state file in.results.jsonl.state/batches is damaged" in err
         assert (state / "batches").read_bytes() == damaged  # left as it is
     for name in ("in.results.jsonl", "in.results.errors.jsonl"):

@@ -44,7 +44,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..clock import Sleep
 from ..config import RunConfig
-from ..errors import ASKED_AGAIN, AttemptError, FatalAPIError, RateLimited, Unkept
+from ..errors import ASKED_AGAIN, AttemptError, ConfigError, FatalAPIError, RateLimited, Unkept
 from ..input.reader import BadLine, ParsedLine, line_offsets, lines_from, read_lines
 from ..input.requests import Job, prepare
 from ..protocol import (
@@ -269,7 +269,17 @@ class BatchRunner:
                     await self._submit(part)
                 continue
             assert self.sdk is not None
-            batch = _judged(await self._call(self.sdk.batches.retrieve, part.batch_id))
+            try:
+                batch = _judged(await self._call(self.sdk.batches.retrieve, part.batch_id))
+            except FatalAPIError as exc:
+                if exc.kind != "not_found":
+                    raise
+                raise ConfigError(
+                    f"the Batch API does not know job {part.batch_id}, named in {self.path}: was it made on another "
+                    "endpoint, or deleted? The file is left as it is. HINT: point AZURE_OPENAI_ENDPOINT at the "
+                    "resource that made it; or, to start over, run again with --restart (its lines are then paid "
+                    "for again)"
+                ) from None
             part.status = batch.status
             counts = batch.request_counts
             self.remote[part.index] = (counts.completed + counts.failed) if counts is not None else 0
