@@ -35,6 +35,7 @@ from .evidence import LEAST, Testimony
 from .gates import MARGIN, Breaker, Bucket, CooldownGate, Gate, RequestShare, request_bucket, token_bucket
 from .refusals import Rounds
 
+FEW = 4  # adaptive: a budget header that never said it had room for this many requests is not mirrored
 PROBE = 32  # adaptive mode: requests sent before the server's first answer says how much it admits
 PACE = 2.0  # adaptive mode: requests go at most this many times as fast as the concurrency sustains, spread
 PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
@@ -251,15 +252,22 @@ class Admission:
             self._share_requests()
         charge = self.calibration.charge(ticket.estimate)
         self.windows.on_admitted(self._wall_of(ticket.sent_at), charge)
-        if self.adaptive is not None:  # learning the quota, a budget header orders nothing until corroborated
-            headers = self._corroborated(headers)
+        if self.adaptive is not None:
+            self._learn_rpm(headers)  # a cap that follows the most the server ever said it had: never small for long
+            headers = self._corroborated(headers)  # learning the quota, a budget orders no wait until corroborated
         rate = self.token_rate if self.adaptive is None else self.adaptive.rate
         if pause := header_pause(headers, charge, rate):
             self.gate.close_for(pause)
-        if self.adaptive is not None:
-            if self.mirror is None:  # a mirrored budget already waits for itself
-                self.adaptive.on_headers(headers, charge)
-            self._learn_rpm(headers)
+        if self.adaptive is not None and self.mirror is None:  # a mirrored budget already waits for itself
+            self.adaptive.on_headers(headers, charge)
+
+    def _plausible(self, ticket: Ticket) -> bool:
+        """Whether a token budget is worth mirroring: the server has refused a request (it keeps one), or the
+        most it ever said it had holds a few requests. Mirrored, a budget said to be 5 tokens on every answer
+        (refilled, as learned from it, at half a token a second) held a run of 8-token requests for minutes,
+        long before enough answers came back to judge it."""
+        most = self.calibration.most_remaining
+        return self.said_tokens.corroborated or most >= FEW * self.calibration.charge(ticket.estimate)
 
     def _corroborated(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         """The budget headers the server has shown it keeps (``evidence.Testimony.corroborated``)."""
@@ -352,7 +360,7 @@ class Admission:
             before = self.tokens.current()
             self.tokens.set_level(budget - (1 - MARGIN) * self.tokens.capacity, lower_only=not self.calibration.learned)
             self._followed += before - self.tokens.level
-        elif self.adaptive is not None and refill > 0 and self.said_tokens.corroborated:
+        elif self.adaptive is not None and refill > 0 and self._plausible(ticket):
             top = self.calibration.most_remaining
             if self.mirror is None:
                 self.mirror = Bucket(top, refill, self.clock, by_server=True)

@@ -36,11 +36,12 @@ class Testimony:
     nothing refused meanwhile. A true budget at its floor refuses (and a client following it leaves
     a margin in it), so that too is a header that is not a budget.
 
-    While the quota is learned, a budget is followed only once it is ``corroborated``: the server has
-    refused a request. Until then the header is heard (the server's charge is learned from it) but
-    holds nothing back. Followed, a header that says 5 tokens on every answer paces the run to its
-    own claim (its refill is learned from it too), so slowly that too few answers come back to judge
-    it, and what does come back is consistent with that claim.
+    While the quota is learned, a budget's waits are followed only once it is ``corroborated``: the
+    server has refused a request (``Admission`` mirrors a larger budget before: one that holds a few
+    requests). Until then the header is heard (the server's charge is learned from it) but holds
+    nothing back. Followed, a header that says 5 tokens on every answer paces the run to its own
+    claim (its refill is learned from it too), so slowly that too few answers come back to judge it,
+    and what does come back is consistent with that claim.
 
     After ``against`` contradictions in the last ``keep`` judgements, or that run of answers, the
     header is discounted (``hear`` returns None) until the server refuses a request
