@@ -144,7 +144,7 @@ LINE_CODES = frozenset(
     }
 )
 # A 404's codes that say the deployment or its model is gone, whatever field the error names
-GONE_CODES = frozenset({"DeploymentNotFound", "model_not_found", "ModelNotFound", "NotFound", "not_found"})
+GONE_CODES = frozenset({"DeploymentNotFound", "model_not_found", "ModelNotFound"})
 # A Batch API line's error codes worth sending again live
 RETRYABLE_BATCH_CODES = frozenset(
     {"server_error", "internal_error", "rate_limit_exceeded", "timeout", "429", "500", "503"}

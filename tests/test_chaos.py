@@ -238,6 +238,27 @@ def test_a_paid_answer_is_excused_only_when_asked_again_in_its_run_or_killed(tmp
     assert len(found) == 1 and "2 answers" in found[0] and "lost" in found[0] and "asked-again" not in found[0]
 
 
+def test_a_broken_answer_whose_asking_again_a_stop_cut_short_is_excused_when_the_resume_asks_again() -> None:
+    """The server knows when it served a fault (malformed, off its schema, of the wrong shape): the client
+    asks again, and a stop (exit 75 or 130) may come first; the resume asks then. A sound answer never is."""
+    from asyncbatch.simulator.invariants import Run, paid_answers_lost
+    from asyncbatch.simulator.server import Asked
+
+    stopped = Run(code=75, seconds=1, peak_rss_mb=1, stdout="", stderr="", started=0, ended=10)
+    resumed = Run(code=0, seconds=1, peak_rss_mb=1, stdout="", stderr="", started=20, ended=30)
+    journal = [
+        Asked(1, "a", "broken-asked-by-the-resume", broken=True),
+        Asked(2, "b", "sound-asked-by-the-resume"),  # paid twice: lost
+        Asked(3, "c", "broken-never-asked-again", broken=True),  # lost
+        Asked(21, "a"),
+        Asked(22, "b"),
+    ]
+    found = paid_answers_lost(journal, [stopped, resumed], set())
+    assert len(found) == 1 and "2 answers" in found[0] and "broken-asked" not in found[0]
+    finished = Run(code=1, seconds=1, peak_rss_mb=1, stdout="", stderr="", started=0, ended=10)  # not a stop
+    assert "3 answers" in paid_answers_lost(journal, [finished, resumed], set())[0]
+
+
 # -- the property: random schedules of server behaviour and kill points --------------------------
 
 faults = st.dictionaries(st.sampled_from(FAULT_MENU), st.floats(0.01, 0.15), min_size=1, max_size=5)
@@ -286,6 +307,8 @@ KEPT = [
         dies_after=1.92,
         args=ON_RESPONSES,
     ),
+    # answers of the wrong shape, their asking again cut short by a 429 asking for 86 s: the resume asks
+    Schedule(seed=1, faults={"shape": 0.125, "429-absurd": 0.125}, lines=20),
 ]
 
 

@@ -86,6 +86,7 @@ def test_a_budget_said_to_be_gone_on_every_answer_while_nothing_is_refused_costs
     concurrency=st.integers(2, 50),
 )
 @example(seed=0, most=5, estimate=7, concurrency=10)  # 0.002x: 0 and 5 in turn
+@example(seed=34, most=26, estimate=5, concurrency=33)  # 0.25x: a budget of 5 requests mirrored, 33 in flight
 def test_a_small_budget_said_on_every_answer_while_nothing_is_refused_costs_at_most_half_when_learning(
     seed: int, most: int, estimate: int, concurrency: int
 ) -> None:

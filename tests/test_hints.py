@@ -50,6 +50,7 @@ HINTS = {
         "tests/test_cache.py::test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_cache_stats"
     ),
     "HINT: restore it from a backup": "tests/test_batch_answers.py::test_the_hint_for_a_damaged_batches_file_runs",
+    "HINT: point AZURE_OPENAI_ENDPOINT at the": ADVICE + " (the endpoint that made the job, or --restart)",
     "HINT: give a file of one name": ADVICE + " (a file to remove or rename)",
     "HINT: something between you and the model": ADVICE + " (a gateway's owner to ask)",
     "if that endpoint is yours, set": (

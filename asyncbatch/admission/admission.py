@@ -35,7 +35,6 @@ from .evidence import LEAST, Testimony
 from .gates import MARGIN, Breaker, Bucket, CooldownGate, Gate, RequestShare, request_bucket, token_bucket
 from .refusals import Rounds
 
-FEW = 4  # adaptive: a budget header that never said it had room for this many requests is not mirrored
 PROBE = 32  # adaptive mode: requests sent before the server's first answer says how much it admits
 PACE = 2.0  # adaptive mode: requests go at most this many times as fast as the concurrency sustains, spread
 PATIENT = Patience()  # the defaults: five minutes for a 429, half an hour for an outage
@@ -263,11 +262,11 @@ class Admission:
 
     def _plausible(self, ticket: Ticket) -> bool:
         """Whether a token budget is worth mirroring: the server has refused a request (it keeps one), or the
-        most it ever said it had holds a few requests. Mirrored, a budget said to be 5 tokens on every answer
-        (refilled, as learned from it, at half a token a second) held a run of 8-token requests for minutes,
-        long before enough answers came back to judge it."""
+        most it ever said it had holds a whole concurrency of requests. Mirrored, a budget said to be 5 tokens
+        on every answer (refilled, as learned from it, at half a token a second) held a run of 8-token
+        requests for minutes, long before enough answers came back to judge it."""
         most = self.calibration.most_remaining
-        return self.said_tokens.corroborated or most >= FEW * self.calibration.charge(ticket.estimate)
+        return self.said_tokens.corroborated or most >= self.concurrency * self.calibration.charge(ticket.estimate)
 
     def _corroborated(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         """The budget headers the server has shown it keeps (``evidence.Testimony.corroborated``)."""

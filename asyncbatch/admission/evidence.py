@@ -37,8 +37,8 @@ class Testimony:
     a margin in it), so that too is a header that is not a budget.
 
     While the quota is learned, a budget's waits are followed only once it is ``corroborated``: the
-    server has refused a request (``Admission`` mirrors a larger budget before: one that holds a few
-    requests). Until then the header is heard (the server's charge is learned from it) but holds
+    server has refused a request (``Admission`` mirrors a larger budget before: one that holds a whole
+    concurrency of requests). Until then the header is heard (the server's charge is learned from it) but holds
     nothing back. Followed, a header that says 5 tokens on every answer paces the run to its own
     claim (its refill is learned from it too), so slowly that too few answers come back to judge it,
     and what does come back is consistent with that claim.

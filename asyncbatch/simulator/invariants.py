@@ -22,6 +22,7 @@ exit codes, as a user would.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -41,6 +42,7 @@ from .server import Asked, serve_in_thread
 from .settings import SimConfig
 
 DOCUMENTED_EXITS = {0, 1, 2, 75, 130}
+RESUMABLE = (75, 130)  # stopped early: the same command goes on where it stopped
 KEY = "chaos-secret-key-7d1c9a"  # planted: it must appear in no byte the run writes or prints
 APIS = ("chat", "embeddings", "responses")
 FAULT_MENU = ("500", "503", "reset", "hang", "garbage", "malformed", "schema", *HOSTILE)
@@ -196,7 +198,9 @@ def lost_answers(journal: Sequence[Asked], runs: list[Run], recorded: set[str]) 
     """The successes the server gave that no output holds, when nothing excuses it.
 
     A run killed with -9 may lose what was on its way (the resume pays for it again); a run that asked
-    for the same input again after an answer (malformed, or breaking the schema) replaced it.
+    for the same input again after an answer (malformed, or breaking the schema) replaced it. A broken
+    answer (the server knows it served a fault) whose asking again a stop cut short is asked again by
+    the resume: that replaces it too. A sound answer is never excused so.
     """
     asked_at: dict[str, list[float]] = {}
     for entry in journal:
@@ -208,7 +212,8 @@ def lost_answers(journal: Sequence[Asked], runs: list[Run], recorded: set[str]) 
         run = next((r for r in runs if r.started <= entry.at <= r.ended), None)
         if run is None or run.killed:
             continue
-        if not any(entry.at < later <= run.ended for later in asked_at[entry.key]):
+        until = math.inf if entry.broken and run.code in RESUMABLE else run.ended
+        if not any(entry.at < later <= until for later in asked_at[entry.key]):
             lost.append(entry)
     return lost
 

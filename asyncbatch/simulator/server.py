@@ -46,6 +46,9 @@ from .tokens import token_problem
 RESPONSES_FROM = "2025-04-01-preview"
 
 
+BROKEN = ("malformed", "schema", "wrong-tool")  # faults whose 200 is no usable answer: a client asks again
+
+
 @dataclass
 class Asked:
     """One request, as the journal keeps it: when it came, for which input (its first user text), and the
@@ -54,6 +57,7 @@ class Asked:
     at: float  # time.monotonic()
     key: str
     request_id: str | None = None
+    broken: bool = False  # the success given was a fault's: malformed, off its schema or of the wrong shape
 
 
 def line_key(body: dict[str, Any]) -> str:
@@ -300,6 +304,7 @@ class Simulator(Books):
         headers = {**headers, "x-request-id": f"req-sim-{self.tag}-{self.requests}"}
         if request.transport is not None and not request.transport.is_closing():  # a client that gave up gets none
             asked.request_id = headers["x-request-id"]
+            asked.broken = fault in BROKEN or fault.startswith("shape")
         if fault == "headers":
             headers.update(absurd_headers(self.rng, RATE_HEADERS))
         if fault.startswith("shape"):
