@@ -88,8 +88,10 @@ def url_secrets(url: str) -> list[str]:
 _CREDENTIAL_NAME = re.compile(r"key|token|secret|auth|passw|signature|credential|session|cookie", re.IGNORECASE)
 # What another header's value may be without being a secret: a JSON word or a number, or a short word. Masked
 # wherever it appears, ``--header 'X-Debug: null'`` would make every null of every answer ``***``.
-_PLAIN_VALUE = re.compile(r"true|false|null|none|yes|no|on|off|[+-]?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.IGNORECASE)
-PLAIN_BELOW = 8  # characters: a shorter value of a header not named as a credential is no secret
+# A value of a header not named as a credential is a secret when it looks like a key: 16 characters or
+# more, no space, letters and digits mixed (a hex or base64 key). ``X-Region: westeurope`` is not one:
+# masked, it rewrote every custom_id that held the region.
+_KEYLIKE = re.compile(r"(?=[^\s]*[A-Za-z])(?=[^\s]*\d)[^\s]{16,}")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9-]*)\s+(\S+)\s*")  # ``Bearer <token>``, ``Basic <base64>``
 
 
@@ -100,17 +102,16 @@ def header_secrets(header: str) -> list[str]:
     ``signature``, ``credential``, ``session`` or ``cookie``: ``api-key``, ``Ocp-Apim-Subscription-Key``,
     ``Authorization``...) holds a secret, whatever its value; after an auth scheme (``Bearer <token>``) the
     credential is one on its own too, and a ``Basic`` one's decoded ``user:password`` and password. Any
-    other header's value is a secret too (a gateway may name its key as it likes), unless it is a JSON word,
-    a number, or shorter than ``PLAIN_BELOW`` characters: ``X-Debug: null``, ``X-Timeout: 5000``. A value
-    with no name (``--header VALUE``, refused later) is taken as a secret whole.
+    other header's value is a secret when it looks like a key (``_KEYLIKE``: a gateway may name its key as
+    it likes): ``X-Region: westeurope``, ``X-Debug: null``, ``X-Timeout: 5000`` are not. A value with no
+    name (``--header VALUE``, refused later) is taken as a secret whole.
     """
     name, colon, value = header.partition(":")
     if not colon:
         return [header.strip()]
     value = value.strip(" \t")
     if not _CREDENTIAL_NAME.search(name):
-        plain = len(value) < PLAIN_BELOW or _PLAIN_VALUE.fullmatch(value)
-        return [] if plain else [value]
+        return [value] if _KEYLIKE.fullmatch(value) else []
     found = [value]
     if scheme := _SCHEME.fullmatch(value):
         found.append(scheme[2])

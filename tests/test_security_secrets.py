@@ -41,7 +41,9 @@ TOKEN = "gwtok-5e62a0d4b7c1"
         ("X-Timeout: 5000", []),
         ("X-Ratio: -1.5e3", []),
         ("X-Env: prod", []),  # shorter than 8: a word, not a credential
-        ("X-Client: my-client-0042", ["my-client-0042"]),  # a gateway may name its key as it likes
+        ("X-Client: my-client-0042", []),  # an id, not a key: shorter than 16
+        ("X-Region: westeurope", []),  # masked, it rewrote every custom_id that held the region
+        ("X-Gw: 3f9a1c2b4d5e6f708192a3b4c5d6e7f8", ["3f9a1c2b4d5e6f708192a3b4c5d6e7f8"]),  # a key, named as liked
         ("Ocp-Apim-Subscription-Key: 5000", ["5000"]),  # named as a credential: a secret whatever it is
         ("api-key: null", ["null"]),
         ("X-Functions-Key: abcd1234", ["abcd1234"]),
