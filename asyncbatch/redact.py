@@ -258,7 +258,8 @@ class Redactor:
     def __init__(self, secrets: Iterable[str | None] = (), headers: Iterable[str] = ()) -> None:
         """:param headers: more header names whose value is a credential (``--header`` names)."""
         self._fixed: list[str] = []  # keys and header values: kept for good
-        self._learned: deque[str] = deque(maxlen=16)  # bearer tokens: the latest few
+        self._learned: deque[str] = deque(maxlen=16)  # bearer tokens replaced: the latest few
+        self._current: dict[object, str] = {}  # each deployment's bearer token now in use
         self._headers: dict[str, tuple[re.Pattern[str], re.Pattern[str]]] = {}
         self._cores: list[str] = list(_HEADER_CORES)
         self.add_headers(SENSITIVE_HEADERS)
@@ -270,11 +271,17 @@ class Redactor:
         self._fixed += [s for s in secrets if s and len(s) >= MIN_LENGTH and s not in self._fixed]
         self._index()
 
-    def add(self, secret: str) -> None:
-        """A secret learned during the run (a new bearer token)."""
-        if len(secret) >= MIN_LENGTH and secret not in self._fixed and secret not in self._learned:
-            self._learned.append(secret)
-            self._index()
+    def add(self, secret: str, owner: object = None) -> None:
+        """A secret learned during the run (a new bearer token). Each ``owner``'s (a deployment's) latest is
+        kept for as long as the run: a pool of many deployments must not push out tokens still in use;
+        the ones they replaced are kept a while (the latest few), since answers may still quote them."""
+        if len(secret) < MIN_LENGTH or secret in self._fixed:
+            return
+        replaced = self._current.get(owner)
+        self._current[owner] = secret
+        if replaced is not None and replaced != secret and replaced not in self._learned:
+            self._learned.append(replaced)
+        self._index()
 
     def add_headers(self, names: Iterable[str]) -> None:
         """Header names whose values are credentials, written out anywhere, known to us or not."""
@@ -287,7 +294,8 @@ class Redactor:
         self._bcores = [core.encode() for core in self._cores]
 
     def _index(self) -> None:
-        forms = {_fold(form) for s in (*self._fixed, *self._learned) for form in _variants(s)}
+        known = (*self._fixed, *self._current.values(), *self._learned)
+        forms = {_fold(form) for s in known for form in _variants(s)}
         # Found whatever the case of their ASCII letters (a server that quotes a key upper-cased), so kept folded
         self._text = sorted(forms, key=len, reverse=True)
         self._latin = [s.encode().decode("latin-1") for s in self._text]  # bytes, one character per byte

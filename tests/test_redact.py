@@ -17,6 +17,17 @@ def test_keys_stay_masked_however_many_tokens_the_run_learns() -> None:
     assert redactor.bytes(text.encode()) == b"*** *** *** token-0000"
 
 
+def test_every_deployment_s_token_in_use_stays_masked_however_many_deployments_a_pool_has() -> None:
+    """Regression: in a pool of 18 token-command deployments, the first ones' live tokens were written as they
+    are (only the latest 16 tokens learned were kept)."""
+    redactor = Redactor()
+    for n in range(40):
+        redactor.add(f"live-token-{n:02d}", owner=f"deployment-{n}")
+    redactor.add("renewed-token-00", owner="deployment-0")  # its first token is replaced, and kept a while
+    masked = redactor.text(" ".join(f"live-token-{n:02d}" for n in range(40)) + " renewed-token-00")
+    assert set(masked.split()) == {"***"}
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     secret=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=8, max_size=40),

@@ -95,7 +95,9 @@ class AiohttpTransport:
         """
         redactor.extend(endpoint.secrets)
         provider = endpoint.token_provider
-        tokens = Tokens(provider, on_new=redactor.add) if provider is not None else None
+        tokens = (
+            Tokens(provider, on_new=lambda token: redactor.add(token, id(endpoint))) if provider is not None else None
+        )
         sdk = sdk_client(endpoint)
         try:
             urls = {api: request_target(sdk, endpoint, api)[0] for api in APIS}
