@@ -123,13 +123,20 @@ class TokenCommand:
             stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # its own process group: killed whole, and Ctrl-C at the terminal is ours
         )
+        assert proc.stdout is not None
+        reading = asyncio.ensure_future(_read_most(proc.stdout, MAX_TOKEN_BYTES + 1))
+        exiting = asyncio.ensure_future(proc.wait())
         try:
             async with asyncio.timeout(self.timeout):
-                assert proc.stdout is not None
-                out = await proc.stdout.read(MAX_TOKEN_BYTES + 1)
-                while len(out) <= MAX_TOKEN_BYTES and (more := await proc.stdout.read(MAX_TOKEN_BYTES + 1 - len(out))):
-                    out += more
-                code = await proc.wait() if len(out) <= MAX_TOKEN_BYTES else None
+                # What it printed once it has exited: a helper it left in the background (``cmd &``) may keep
+                # its output open, and is killed with its group, which ends the output.
+                await asyncio.wait([reading, exiting], return_when=asyncio.FIRST_COMPLETED)
+                if reading.done() and len(reading.result()) > MAX_TOKEN_BYTES:
+                    code = None
+                else:
+                    code = await exiting
+                    _kill_group(proc.pid)
+                out = await reading
         except TimeoutError:
             raise ConfigError(
                 f"{self.name} did not finish within {self.timeout:g} s, and was stopped. "
@@ -137,8 +144,9 @@ class TokenCommand:
             ) from None
         finally:
             _kill_group(proc.pid)
+            reading.cancel()
             with contextlib.suppress(ProcessLookupError):
-                await asyncio.shield(proc.wait())
+                await asyncio.shield(exiting)
         return self._token(code, out)
 
     def _token(self, code: int | None, out: bytes) -> str:
@@ -167,6 +175,14 @@ class TokenCommand:
                 "ending with at most one line feed (\\n)"
             )
         return token
+
+
+async def _read_most(stream: asyncio.StreamReader, most: int) -> bytes:
+    """The stream's bytes to its end, or the first ``most`` of them."""
+    out = b""
+    while len(out) < most and (more := await stream.read(most - len(out))):
+        out += more
+    return out
 
 
 def _kill_group(pid: int) -> None:

@@ -350,6 +350,29 @@ def test_a_token_command_that_fails_ends_the_run_in_one_line_leaving_no_child(
     assert not (tmp_path / "in.results.jsonl.state").exists()  # refused before anything was written
 
 
+def test_a_token_command_that_leaves_a_helper_in_the_background_is_taken_once_it_exits(
+    tmp_path: Path, entra: tuple[dict[str, str], Simulator]
+) -> None:
+    """Its output is read once the command has exited: a helper it started (``cmd &``) may hold the output open;
+    it is killed with the command's group. Before, the run waited for the timeout, then refused the command."""
+    env, simulator = entra
+    pidfile = tmp_path / "group"
+    token = make_token(3600)
+    shell = f"echo $$ > {pidfile}; echo {token}; sleep 1000 &"
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    proc = subprocess.run(
+        [*CLI, "--token-command", shell, "--token-timeout", "60"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert simulator.requests == 1 and leaked([token], proc.stdout, proc.stderr) == []
+    assert _group_left(int(pidfile.read_text())) == []  # the helper did not outlive it
+
+
 def test_an_interrupt_while_the_token_command_runs_kills_its_group(
     tmp_path: Path, entra: tuple[dict[str, str], Simulator]
 ) -> None:
