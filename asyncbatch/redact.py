@@ -86,8 +86,6 @@ def url_secrets(url: str) -> list[str]:
 
 # A header whose name says it carries a credential: its value is a secret, whatever it looks like.
 _CREDENTIAL_NAME = re.compile(r"key|token|secret|auth|passw|signature|credential|session|cookie", re.IGNORECASE)
-# What another header's value may be without being a secret: a JSON word or a number, or a short word. Masked
-# wherever it appears, ``--header 'X-Debug: null'`` would make every null of every answer ``***``.
 # A value of a header not named as a credential is a secret when it looks like a key: 16 characters or
 # more, no space, letters and digits mixed (a hex or base64 key). ``X-Region: westeurope`` is not one:
 # masked, it rewrote every custom_id that held the region.

@@ -500,3 +500,14 @@ def test_a_refresh_that_fails_keeps_the_live_token_and_tries_again_until_it_woul
     with pytest.raises(FatalAPIError, match="exited with 1") as raised:
         asyncio.run(tokens.get())
     assert raised.value.kind == "token"
+
+
+@pytest.mark.parametrize("kind", ["azure", "openai"])
+def test_an_endpoint_refused_for_its_query_string_is_named_without_it(kind: str) -> None:
+    """A SAS-style signature in the query (``?sig=...``) is refused, and the message does not repeat it."""
+    from asyncbatch.cli.endpoints import check_base_url
+
+    with pytest.raises(ConfigError) as refused:
+        check_base_url("https://h.example/v1?code=QSECRETvalue99&sig=abc#frag", kind, "OPENAI_BASE_URL")
+    assert "QSECRETvalue99" not in str(refused.value) and "abc" not in str(refused.value)
+    assert "https://h.example/v1" in str(refused.value) and "query string" in str(refused.value)

@@ -55,8 +55,10 @@ def check_base_url(value: str, kind: Literal["azure", "openai"], name: str) -> s
     if kind == "openai" and (cut := value.find("/" + ROUTES["chat"])) >= 0:
         raise ConfigError(f"{name} is a full request URL ({shown(value)!r}). HINT: set {name}={shown(value[:cut])}")
     if parts.query or parts.fragment:
+        bare = value.split("?", 1)[0].split("#", 1)[0]  # the query itself is not shown: it may hold a signature
         raise ConfigError(
-            f"{name} must not carry a query string or a fragment ({shown(value)!r}); api-version is set separately"
+            f"{name} must not carry a query string or a fragment ({shown(bare)!r} and more); "
+            "api-version is set separately"
         )
     return value.rstrip("/")
 
