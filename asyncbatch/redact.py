@@ -235,7 +235,7 @@ def _decoded(m: re.Match[str], latin: bool) -> str:
 
 def _variants(secret: str) -> list[str]:
     """The raw forms a decoder does not reach: a JSON ``\\\\`` or ``\\"``, a space written ``+``; and the
-    key's bytes in hex or base64 on their own (an error page that prints what it was sent)."""
+    key's bytes in hex or base64 on their own (an error page that prints what it was sent), or in UTF-16."""
     raw = secret.encode()
     forms = [
         secret,
@@ -247,6 +247,8 @@ def _variants(secret: str) -> list[str]:
         forms.append(json.dumps(secret, ensure_ascii=False)[1:-1])
     if " " in secret:
         forms.append(secret.replace(" ", "+"))
+    if secret.isascii():  # a body in UTF-16 quotes it with a NUL beside each character
+        forms += [raw.decode("ascii").encode(codec).decode("latin-1") for codec in ("utf-16-le", "utf-16-be")]
     return forms
 
 

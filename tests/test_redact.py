@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,3 +46,21 @@ def test_a_key_in_hex_or_base64_on_its_own_is_masked(secret: str, form: str, bef
     }[form]
     masked = Redactor([secret]).text(f"sent{before}{written}.")
     assert written.rstrip("=") not in masked and "***" in masked
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    secret=st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=8, max_size=40),
+    codec=st.sampled_from(["utf-16-le", "utf-16-be"]),
+)
+def test_a_key_quoted_by_a_body_in_utf_16_is_masked_in_the_body_and_in_the_record_that_keeps_it(
+    secret: str, codec: str
+) -> None:
+    """An error body in UTF-16 quotes the key with a NUL beside each character; a record keeps that body as a
+    JSON string of \\u0000 escapes."""
+    body = f"error: your key {secret}".encode(codec)
+    redactor = Redactor([secret])
+    assert secret.encode(codec) not in redactor.bytes(body)
+    record = orjson.dumps({"body": body.decode("latin-1")})
+    kept = orjson.loads(redactor.json(record))["body"].encode("latin-1")
+    assert secret.encode(codec) not in kept
