@@ -309,6 +309,14 @@ KEPT = [
     ),
     # answers of the wrong shape, their asking again cut short by a 429 asking for 86 s: the resume asks
     Schedule(seed=1, faults={"shape": 0.125, "429-absurd": 0.125}, lines=20),
+    # a pool: one member's quota exhausted for a million seconds, the other dead: exit 75, not 2
+    Schedule(
+        seed=215,
+        faults={"500": 0.105, "503": 0.125, "reset": 0.075, "429-absurd": 0.125},
+        lines=34,
+        pool=True,
+        dies_after=1.0,
+    ),
 ]
 
 

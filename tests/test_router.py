@@ -80,6 +80,17 @@ def test_setting_aside_the_last_route_stops_resumably_or_fails_for_good() -> Non
     router.set_aside(a, FatalAPIError("authentication", "authentication failed"))
     with pytest.raises(FatalAPIError, match=r"outage; every deployment was set aside \(a: authentication failed\)"):
         router.set_aside(b, StopRun("outage"))
+    # one quota exhausted, the other unreachable: the same command goes on later with the first
+    a, b = routes(clock, ("a", 60, 0), ("b", 60, 0))
+    router = Router([a, b], sleep=clock.sleep, on_aside=told.append, clock=clock)
+    router.set_aside(a, StopRun("quota exhausted"))
+    with pytest.raises(StopRun, match=r"cannot reach b; every deployment was set aside \(a: quota exhausted\)"):
+        router.set_aside(b, FatalAPIError("unreachable", "cannot reach b"))
+    a, b = routes(clock, ("a", 60, 0), ("b", 60, 0))  # every one unreachable: the endpoints are wrong
+    router = Router([a, b], sleep=clock.sleep, on_aside=told.append, clock=clock)
+    router.set_aside(a, FatalAPIError("unreachable", "cannot reach a"))
+    with pytest.raises(FatalAPIError, match=r"cannot reach b"):
+        router.set_aside(b, FatalAPIError("unreachable", "cannot reach b"))
 
 
 def test_one_endpoint_is_a_pool_of_one_set_aside_it_stops_the_run_in_its_own_words() -> None:

@@ -222,8 +222,10 @@ class Router:
     def set_aside(self, route: Route, reason: FatalAPIError | StopRun) -> None:
         """Stop sending to ``route`` for the rest of the run.
 
-        :raises FatalAPIError: it was the last route, and some route was refused for good (authentication).
-        :raises StopRun: it was the last route, and every one may come back (a quota exhausted).
+        :raises FatalAPIError: it was the last route, and some route was refused for good (authentication), or
+            every route was unreachable.
+        :raises StopRun: it was the last route, and one may come back (a quota exhausted; the others at most
+            unreachable).
         """
         if route.aside is not None:
             return
@@ -239,6 +241,9 @@ class Router:
         before = [f"{r.name}: {r.aside}" for r in self.routes if r is not last]
         message = f"{last.aside}" + (f"; every deployment was set aside ({'; '.join(before)})" if before else "")
         fatal = [r.aside for r in self.routes if isinstance(r.aside, FatalAPIError)]
-        if not fatal:
+        waits = any(isinstance(r.aside, StopRun) for r in self.routes)
+        if not fatal or (waits and all(f.kind == "unreachable" for f in fatal)):
+            # a deployment that will take requests again later (its quota exhausted) makes the run resumable,
+            # whatever became of the others short of being refused for good: the same command goes on with it
             return StopRun(message)
         return FatalAPIError(fatal[-1].kind, message, cause=fatal[-1].cause)
