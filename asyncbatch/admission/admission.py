@@ -271,7 +271,7 @@ class Admission:
     def _corroborated(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         """The budget headers the server has shown it keeps (``evidence.Testimony.corroborated``)."""
         said = ((REMAINING_TOKENS, self.said_tokens), (REMAINING_REQUESTS, self.said_requests))
-        doubted = {name for name, testimony in said if not testimony.corroborated}
+        doubted = {name for name, testimony in said if not testimony.corroborated and name in headers}
         return {k: v for k, v in headers.items() if k.lower() not in doubted} if doubted else headers
 
     def _keep_pace(self, latency: float) -> None:

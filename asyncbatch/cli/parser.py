@@ -558,7 +558,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="STR",
         help='for record lines: Python str.format template over the record, e.g. "Summarise {text}"',
     ),
-    Option("requests", ("--template-file",), type=Path, metavar="FILE", help="read --template from a file"),
+    Option(REQUESTS, ("--template-file",), type=Path, metavar="FILE", help="read --template from a file"),
     Option(
         REQUESTS,
         ("--system",),
@@ -575,7 +575,7 @@ OPTIONS: tuple[Option, ...] = (
         help="what record lines become: chat completions, embeddings of the rendered --template, or Responses API "
         "requests (tools in its format, --response-format as text.format) (default %(default)s)",
     ),
-    Option("requests", ("--system-file",), type=Path, metavar="FILE", help="read --system from a file"),
+    Option(REQUESTS, ("--system-file",), type=Path, metavar="FILE", help="read --system from a file"),
     Option(
         BATCH,
         ("--batch-api",),
