@@ -423,15 +423,25 @@ class Redactor:
         in any form, an escape cut in its middle included."""
         text = self.bytes(value).decode("latin-1")
         begun = _ESCAPE_CUT.search(text)
-        whole = text[: begun.start()] if begun else text
-        for decoded in [_Chain([_Normalized(whole, latin=True, kinds=())]), *_decodings(whole, latin=True)]:
-            folded = _fold(decoded.text)
-            for secret in self._latin:  # an escape begun at the end may be the next character: one fewer is enough
-                for size in range(min(len(secret) - 1, len(decoded.text)), PARTIAL - 1 - bool(begun), -1):
-                    if folded.endswith(secret[:size]):
-                        start = _before_backslashes(text, decoded.start(len(decoded.text) - size))
-                        return (text[:start] + MASK).encode("latin-1")
-        return text.encode("latin-1")
+        # What looks like an escape begun at the end (``%0``, ``\\u00``) may be one, or a raw secret's own characters
+        readings = [(text[: begun.start()], True), (text, False)] if begun else [(text, False)]
+        starts = [  # where each form's beginning found at the end starts: the mask takes the earliest
+            _before_backslashes(text, decoded.start(len(decoded.text) - size))
+            for whole, cut in readings
+            for decoded in [_Chain([_Normalized(whole, latin=True, kinds=())]), *_decodings(whole, latin=True)]
+            for secret in self._latin
+            if (size := _begun(_fold(decoded.text), secret, PARTIAL - cut))
+        ]
+        return (text[: min(starts)] + MASK if starts else text).encode("latin-1")
+
+
+def _begun(text: str, secret: str, least: int) -> int:
+    """How much of ``secret``'s beginning ``text`` ends with (``least`` characters or more; the whole secret is
+    masked already), or 0."""
+    for size in range(min(len(secret) - 1, len(text)), least - 1, -1):
+        if text.endswith(secret[:size]):
+            return size
+    return 0
 
 
 def _userinfo(text: str) -> list[tuple[int, int]]:

@@ -113,6 +113,8 @@ def test_a_record_holding_a_secret_in_any_form_stays_valid_json_and_holds_it_in_
 @given(secret=secrets, kind=st.sampled_from(FORMS), cut=st.floats(0, 1), prefix=st.text(" \n\u00e9\u00e8", max_size=20))
 @example(secret="000\\00000", kind="json", cut=0.375, prefix="")  # cut inside the escape of a backslash
 @example(secret="00000/\\f", kind="slash", cut=1.0, prefix="")  # \\f is no form feed
+@example(secret="00%00000", kind="raw", cut=0.5, prefix="")  # %0 at the end: an escape begun, or the secret's own
+@example(secret="%:000:0:", kind="percent-twice", cut=0.75, prefix="")  # 253A: also the hex form's beginning
 def test_a_secret_begun_at_a_cut_is_masked_in_any_form(secret: str, kind: str, cut: float, prefix: str) -> None:
     """An error body read only so far: whatever is left of a secret at its end (4 characters or more) is masked.
     (The prefix holds none of a secret's characters: what is found can only be the secret's.)"""
