@@ -293,18 +293,21 @@ def test_a_tables_total_counts_its_rows_not_its_header(tmp_path: Path, capsys: p
 def test_a_tables_total_counts_rows_whose_cells_hold_line_breaks_once_and_blank_rows_not_at_all(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A quoted cell may hold line breaks: the total is the reader's own count from the first status line on."""
+    """A quoted cell may hold line breaks: the total is the reader's own count from the first status line on.
+    A blank line is no input (row 2 here); a row of empty cells (``,,``) is one, and an error line names it."""
     path = tmp_path / "in.csv"
     rows = ['1,"Acme\nInc","a\r\nb\rc"\r\n\r\n', '2,Globex,"x\n\ny"\n,,\n', '3,"Ini\ntech",plain\n', "4,Umbrella,z"]
     path.write_bytes(("id,company,notes\r\n" + "".join(rows)).encode())
-    assert count_lines(path) == 4
+    assert count_lines(path) == 5
     assert count_lines(path) == sum(1 for _ in read_lines(path))  # the reader's own count
     argv = [str(path), "--simulate", "--sim-latency-ms", "5", "--log-format", "json", "--template", "{company}"]
-    assert main(argv) == 0
+    assert main(argv) == 1  # the empty row failed
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    assert [e["total"] for e in events if e["event"] == "status"][:1] == [4]  # the first status line: 0/4, not 0/8
-    assert {e["total"] for e in events if e["event"] == "status"} == {4}
+    assert [e["total"] for e in events if e["event"] == "status"][:1] == [5]  # the first status line: 0/5, not 0/9
+    assert {e["total"] for e in events if e["event"] == "status"} == {5}
     assert len(read_jsonl(tmp_path / "in.csv.results.jsonl")) == 4
+    (empty,) = read_jsonl(tmp_path / "in.csv.results.errors.jsonl")
+    assert empty["error"]["message"] == f"{path}:4: every cell of the row is empty" and empty["attempts"] == 0
 
 
 @pytest.mark.parametrize("name", ["book.xlsx", "book.csv", "book.jsonl"])

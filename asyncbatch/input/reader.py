@@ -96,6 +96,7 @@ class Unreadable(NamedTuple):
 
 
 Raw = bytes | Unreadable  # a line as _lines_of yields it
+EMPTY_ROW = "every cell of the row is empty"
 
 
 _SNIFF = 64 * 1024
@@ -213,8 +214,8 @@ def _count_rows(path: Path) -> int:
                 cells = ["refused"]
             except _RowTooLong:
                 raise InputError(f"{path}: a row past the line limit") from None
-            lines.take()
-            count += any(cell.strip() for cell in cells)
+            consumed, own = lines.take()
+            count += any(cell.strip() for cell in cells) or bool(consumed[len(consumed) - own :].strip())
 
 
 # The first bytes of Office files: a workbook saved as .xlsx (a ZIP) or .xls (OLE2)
@@ -759,9 +760,11 @@ def _table_rows(
 
 
 def _table_line(header: list[str], cells: list[str], row: bytes) -> Raw:
-    """A row's cells as its JSON record; b"" for a blank row; Unreadable if its bytes are not UTF-8."""
+    """A row's cells as its JSON record; b"" for a blank row (a line of white space, no delimiter: no input);
+    Unreadable if its bytes are not UTF-8, or if it has cells and every one is empty (``,,``: an input with
+    nothing in it, named as an error line rather than left out unseen)."""
     if not any(cell.strip() for cell in cells):
-        return b""
+        return Unreadable(EMPTY_ROW, row) if row.strip() else b""
     record: dict[str, Any] = dict(zip(header, cells, strict=False))
     for name in header[len(cells) :]:
         record[name] = None
