@@ -402,7 +402,18 @@ def test_an_interrupt_while_the_token_command_runs_kills_its_group(
     finally:
         running.kill()
     assert running.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
-    assert _group_left(pgid) == []
+    assert _group_left(pgid) == [], (_described(_group_alive(pgid)), err)
+
+
+def _described(pids: list[int]) -> list[str]:
+    """Each process's /proc stat line and command line: what a group left behind was, if a check fails."""
+    described = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text().strip()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            described.append(f"{stat} | {command!r}")
+    return described
 
 
 # -- SIGHUP ----------------------------------------------------------------------------------------------
