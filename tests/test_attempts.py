@@ -378,6 +378,50 @@ def test_a_line_refused_while_others_are_answered_is_that_line_s_failure_after_i
     run(test)
 
 
+def test_a_line_still_refused_after_every_other_line_was_answered_is_that_line_s_failure_not_the_endpoint_s() -> None:
+    """Its retries outlast the other lines: the refusals in a row are its own alone, but a request sent after its
+    first refusal was answered, so the key and the deployment work (a gateway's rule about its content)."""
+
+    async def test(clock: FakeClock) -> None:
+        only = route(clock, "a", [])
+        only.transport = MemoryTransport(
+            lambda body: error(403, "403") if body["messages"][0]["content"] == "bad" else answer()
+        )
+        carrier = attempts(clock, [only], max_attempts=AGREE + 2)
+        await carrier.carry(job(line_no=1))
+        bad = asyncio.create_task(carrier.carry(job("bad", line_no=2)))
+        while not sent(only)[1:]:  # its first refusal
+            await asyncio.sleep(0)
+        await clock.sleep(0.5)
+        assert isinstance(await carrier.carry(job(line_no=3)), Success)  # sent after it: answered
+        failed = await bad  # then it is asked alone, again and again
+        assert isinstance(failed, Failure) and isinstance(failed.error, Forbidden)
+        assert failed.record["attempts"] == AGREE + 2 and only.aside is None and only.refusals == 0  # counted for none
+
+    run(test)
+
+
+def test_a_key_refused_while_answers_to_requests_sent_before_arrive_still_stops_the_run() -> None:
+    """An answer to a request sent before the refusal says nothing of the key now: the refusals still agree."""
+
+    async def test(clock: FakeClock) -> None:
+        rotated = [False]
+
+        def server(body: dict[str, Any]) -> Answer:
+            return error(401, "401") if rotated[0] else answer()
+
+        only = route(clock, "a", [])
+        only.transport = MemoryTransport(server)
+        carrier = attempts(clock, [only], max_attempts=AGREE + 2)
+        await carrier.carry(job(line_no=1))
+        rotated[0] = True
+        with pytest.raises(FatalAPIError, match="the key was refused after"):
+            await carrier.carry(job(line_no=2))
+        assert only.refusals == AGREE
+
+    run(test)
+
+
 def test_a_refusal_after_a_stop_is_never_recorded() -> None:
     async def test(clock: FakeClock) -> None:
         stop = [False]

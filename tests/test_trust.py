@@ -158,3 +158,20 @@ def test_the_same_400_on_every_request_stops_within_the_first_requests_with_the_
     assert "the first 20 requests were all refused the same way" in err and "Simulated 400." in err
     assert simulator.requests <= 60
     assert _outputs(tmp_path) == ([], [])  # nothing recorded: fixed, the same command runs everything
+
+
+def test_a_line_a_gateway_refuses_for_its_content_is_that_lines_failure_even_when_its_retries_outlast_the_rest(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator]
+) -> None:
+    """A 403 for one prompt alone (a firewall rule in front of the deployment) while the others are answered:
+    its retries go on after every other line is done, and the run still ends with it recorded failed (exit 1),
+    not stopped for a key that works (exit 2, the same refusal again on every resume)."""
+    _, simulator = sim
+    simulator.config.latency = 0.01
+    simulator.config.script["prompt 2"] = ["403"] * 10  # after answers: before any, a 403 is the key's
+    _lines(tmp_path, 6)
+    args = [str(tmp_path / "in.jsonl"), "-q", "-c", "2", "--max-attempts", "5", "--backoff", "0.05"]
+    assert main(args) == 1
+    (error,) = _exactly_once(tmp_path, 6)
+    assert error["custom_id"] == "r2" and error["attempts"] == 5 and "403" in error["error"]["message"]
+    assert simulator.statuses["403"] == 5 and simulator.statuses["200"] == 5 and simulator.billed_twice() == 0

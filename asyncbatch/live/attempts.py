@@ -12,10 +12,12 @@ How the engine reacts to a failed attempt is its class (``errors.py``), decided 
   when admission lets it (another deployment, if one can take it now), using up no attempt;
 * ``Transient``, ``Malformed``, ``InvalidOutput``: counted, and asked again by tenacity (``retry.py``);
   in a pool, at once on another deployment (``retry.Failover``);
-* ``EndpointRefused``: never a line's failure. Before the deployment's first success it sets the deployment
-  aside at once (the run stops, when it was the last); after it (a key rotated, a deployment deleted), once
-  ``AGREE`` answers in a row agree, the line meanwhile asked again after a backoff. A 401 with Entra ID first
-  fetches a fresh token. ``Redirected`` sets it aside at once;
+* ``EndpointRefused``: the endpoint's, not a line's. Before the deployment's first success it sets the
+  deployment aside at once (the run stops, when it was the last); after it (a key rotated, a deployment
+  deleted), once ``AGREE`` answers in a row agree, the line meanwhile asked again after a backoff. A line
+  still refused once a request sent after its first refusal was answered is refused for itself (a gateway's
+  rule): its attempts used up, it is recorded failed. A 401 with Entra ID first fetches a fresh token.
+  ``Redirected`` sets the deployment aside at once;
 * ``Refused`` (``Rejected``, ``LineRefused``): recorded. The first failures' verdict is ``verdict.py``.
 """
 
@@ -74,6 +76,7 @@ class _Tally:
     avoid: Route | None = None  # where the next attempt should not go, if another can take it (it just failed there)
     failed: AttemptError | None = None  # the last counted failure
     reasked: bool = False  # asked the model again after invalid output
+    refused_at: float | None = None  # when the key or the deployment first refused this line (admission's clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +255,7 @@ class Attempts:
             self.budget.settle(reserved, estimate, spent)
         route = sent.route
         route.succeeded, route.refusals = route.succeeded + 1, 0  # an answer: the key and the deployment work
+        route.answered_sent_at = max(route.answered_sent_at, sent.ticket.sent_at)
         route.admission.on_reply(sent.reply.headers, sent.ticket)
         try:
             return sent, self.check.extract_for(job.api, sent.reply.body, job.body)
@@ -347,8 +351,15 @@ class Attempts:
 
         Before the deployment's first success, one refusal is the verdict. After it, one or two may be a
         moment's, or this line's: the line is asked again after a backoff (using up an attempt), and the
-        verdict comes once ``AGREE`` answers in a row (this line's or others') agree.
+        verdict comes once ``AGREE`` answers in a row (this line's or others') agree. Once a request sent after
+        this line was first refused has been answered, the key and the deployment work: its refusals are its
+        own (a gateway's rule about its content), counted for none, and its last attempt records it failed.
         """
+        if tally.refused_at is None:
+            tally.refused_at = route.admission.clock()
+        if route.any_success and route.answered_sent_at > tally.refused_at and not self.stopping():
+            tally.avoid = route
+            raise exc
         route.refusals += 1
         if route.any_success and route.refusals < min(AGREE, self.max_attempts) and not self.stopping():
             tally.avoid = route

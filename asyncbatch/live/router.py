@@ -45,6 +45,7 @@ class Route:
     throttled: int = 0
     failed: int = 0  # failed attempts
     refusals: int = 0  # refusals of the key or the deployment in a row, with no other answer between them
+    answered_sent_at: float = float("-inf")  # when the latest request answered was sent (admission's clock)
 
     @property
     def name(self) -> str:
