@@ -214,8 +214,8 @@ def _count_rows(path: Path) -> int:
                 cells = ["refused"]
             except _RowTooLong:
                 raise InputError(f"{path}: a row past the line limit") from None
-            consumed, own = lines.take()
-            count += any(cell.strip() for cell in cells) or bool(consumed[len(consumed) - own :].strip())
+            lines.take()
+            count += len(cells) > 1 or any(cell.strip() for cell in cells)  # as _table_line tells a blank row
 
 
 # The first bytes of Office files: a workbook saved as .xlsx (a ZIP) or .xls (OLE2)
@@ -760,11 +760,11 @@ def _table_rows(
 
 
 def _table_line(header: list[str], cells: list[str], row: bytes) -> Raw:
-    """A row's cells as its JSON record; b"" for a blank row (a line of white space, no delimiter: no input);
-    Unreadable if its bytes are not UTF-8, or if it has cells and every one is empty (``,,``: an input with
-    nothing in it, named as an error line rather than left out unseen)."""
+    """A row's cells as its JSON record; b"" for a blank row (at most one cell, of white space: no input);
+    Unreadable if its bytes are not UTF-8, or if it has two cells or more and every one is empty (``,,``: an
+    input with nothing in it, named as an error line rather than left out unseen)."""
     if not any(cell.strip() for cell in cells):
-        return Unreadable(EMPTY_ROW, row) if row.strip() else b""
+        return Unreadable(EMPTY_ROW, row) if len(cells) > 1 else b""
     record: dict[str, Any] = dict(zip(header, cells, strict=False))
     for name in header[len(cells) :]:
         record[name] = None

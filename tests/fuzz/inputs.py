@@ -507,9 +507,12 @@ def _csv_differs(path: Path, data: bytes, reading: Reading) -> str | None:
         if number > last:
             return None if reading.stopped else f"csv reads a row {number}, the reader stops at {last}"
         item = items.get(number)
-        blank = not any(cell.strip() for cell in cells)
+        empty = not any(cell.strip() for cell in cells)
+        blank = empty and len(cells) <= 1  # a row of delimiters alone (",,") is an input with nothing in it
         if blank != (item is None):
             return f"row {number}: csv reads {cells!r}, the reader {item!r}"[:300]
+        if empty and not blank and not (isinstance(item, BadLine) and item.reason == reader.EMPTY_ROW):
+            return f"row {number}: csv reads {cells!r} (every cell empty), the reader {item!r}"[:300]
         if isinstance(item, ParsedLine):
             expected: dict[str, Any] = dict(zip(header, cells, strict=False))
             expected |= {name: None for name in header[len(cells) :]}
@@ -734,4 +737,7 @@ EXAMPLES: list[Case] = [
     Case("in.csv", b"0,00\n,;;\r,;" + "\u20ac;".encode() * 683 + b"\n"),
     # 3 kB on which csv.Sniffer's regular expressions backtracked for minutes, several times a run.
     Case("in.csv", (Path(__file__).parent / "examples" / "sniffer-minutes.csv").read_bytes()),
+    # One quoted empty cell, no delimiter: a blank row as csv reads it ([""]), not a row of empty cells.
+    Case("in.tsv", b'J\r""\r'),
+    Case("in.csv", b"a,b\n,\n \n"),  # a row of delimiters alone: an error line; a line of spaces: blank
 ]
