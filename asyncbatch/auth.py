@@ -116,13 +116,7 @@ class TokenCommand:
 
     async def _run(self) -> str:
         self.runs += 1
-        proc = await asyncio.create_subprocess_shell(
-            self.command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: killed whole, and Ctrl-C at the terminal is ours
-        )
+        proc = await _spawned(self.command)
         assert proc.stdout is not None
         reading = asyncio.ensure_future(_read_most(proc.stdout, MAX_TOKEN_BYTES + 1))
         exiting = asyncio.ensure_future(proc.wait())
@@ -183,6 +177,29 @@ async def _read_most(stream: asyncio.StreamReader, most: int) -> bytes:
     while len(out) < most and (more := await stream.read(most - len(out))):
         out += more
     return out
+
+
+async def _spawned(command: str) -> asyncio.subprocess.Process:
+    """``command`` started in a shell of its own process group. Cancelled while it starts (a Ctrl-C), asyncio
+    kills the shell alone once it has been spawned: whatever the shell has started (``helper &``) would stay,
+    so its group is killed here too."""
+    spawning = asyncio.ensure_future(
+        asyncio.create_subprocess_shell(
+            command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: killed whole, and Ctrl-C at the terminal is ours
+        )
+    )
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            proc = await spawning
+            _kill_group(proc.pid)
+            await proc.wait()
+        raise
 
 
 def _kill_group(pid: int) -> None:

@@ -405,6 +405,37 @@ def test_an_interrupt_while_the_token_command_runs_kills_its_group(
     assert _group_left(pgid) == [], (_described(_group_alive(pgid)), err)
 
 
+CANCELLED_WHILE_STARTING = """
+import asyncio, contextlib, sys
+import uvloop
+from asyncbatch.auth import command_provider
+
+async def cancelled(steps, group):
+    started = asyncio.ensure_future(command_provider(f"echo $$ > {group}; sleep 1000 & wait").prime())
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    started.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await started
+
+for n, (run, steps) in enumerate((run, steps) for run in (asyncio.run, uvloop.run) for steps in range(8)):
+    run(cancelled(steps, f"{sys.argv[1]}/group-{n}"))
+"""
+
+
+def test_a_token_command_cancelled_at_any_step_of_its_start_leaves_nothing_of_its_group(tmp_path: Path) -> None:
+    """A Ctrl-C lands while the shell is being started: asyncio then kills the shell alone, and a helper it had
+    already started (``helper &``) would stay, and hold the output the cancelled start waits on. Cancelled after
+    each of the first loop steps in turn, on asyncio's loop and on uvloop's (the CLI's)."""
+    done = subprocess.run(
+        [sys.executable, "-c", CANCELLED_WHILE_STARTING, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    groups = [int(text) for path in tmp_path.glob("group-*") if (text := path.read_text().strip())]
+    assert groups  # the shell ran in some of them
+    assert [pid for group in groups for pid in _group_left(group)] == []
+
+
 def _described(pids: list[int]) -> list[str]:
     """Each process's /proc stat line and command line: what a group left behind was, if a check fails."""
     described = []
