@@ -98,6 +98,8 @@ def test_every_form_of_a_secret_is_masked_in_text_and_in_bytes(secret: str, kind
 @example(secret=":000000\\", kind="json", content="\\", where=1)  # the secret's \ then the record's closing quote
 @example(secret="r0000000", kind="json-twice", content="\\", where=1)  # \\\u0072: \r, or a loose \u0072
 @example(secret="0000000*", kind="raw", content="0000000", where=7)  # the mask beside what is left spelt it again
+@example(secret='00"%00/\\', kind="slash", content="", where=0)  # \/ decoded alone: the %00 is the secret's own
+@example(secret="b000/%00", kind="slash", content="\\", where=1)  # \\b: a JSON \b, or a \ then the secret
 def test_a_record_holding_a_secret_in_any_form_stays_valid_json_and_holds_it_in_no_decoded_form(
     secret: str, kind: str, content: str, where: int
 ) -> None:
