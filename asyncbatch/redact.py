@@ -187,7 +187,9 @@ class _Chain:
 
 
 LEVELS = 3  # decodings of decodings tried: a JSON string in a JSON string, written in a JSON line
-KINDS = (("json",), ("percent",), ("json", "percent"), ("loose", "percent"))
+# Each way with percent-decoding and without: a secret's own ``%00`` is no escape (``b000/%00`` JSON-escaped twice
+# with its / escaped is found only by the loose decoding alone, its %00 kept).
+KINDS = (("json",), ("loose",), ("percent",), ("json", "percent"), ("loose", "percent"))
 MAX_DECODINGS = 24  # a bound on the work for one text, however it is escaped
 
 
@@ -202,6 +204,8 @@ def _decodings(text: str, latin: bool) -> list[_Chain]:
         for steps in frontier:
             last = steps[-1].text if steps else text
             for kinds in KINDS:
+                if "percent" in kinds and "%" not in last:
+                    continue  # the same as the kinds without percent, if any
                 step = _Normalized(last, latin, kinds, quotes=not steps)
                 if step.changed and step.text not in seen:
                     seen.add(step.text)

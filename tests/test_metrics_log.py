@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from asyncbatch.batch.parts import BatchState, Part
@@ -431,6 +431,11 @@ def damage(draw: st.DrawFn) -> bytes:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(damage(), min_size=1, max_size=6), summary=st.none() | st.dictionaries(KEYS, JSON) | JSON)
+# a row 1e-261 s after the one before: a rate over that sliver overflowed the chart's JSON
+@example(
+    lines=[b"[5e-261,10,3,3,0,3,0,0,0,1,1,1,0.1,null,null,1.0,2.0,[[1,0,0,0,null,null],[1,0,0,0,null,null]]]"],
+    summary=None,
+)
 def test_report_never_raises_on_a_damaged_log_or_summary(
     tmp_path_factory: pytest.TempPathFactory, lines: list[bytes], summary: Any
 ) -> None:

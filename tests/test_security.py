@@ -98,15 +98,25 @@ def test_every_form_of_a_secret_is_masked_in_text_and_in_bytes(secret: str, kind
 @example(secret=":000000\\", kind="json", content="\\", where=1)  # the secret's \ then the record's closing quote
 @example(secret="r0000000", kind="json-twice", content="\\", where=1)  # \\\u0072: \r, or a loose \u0072
 @example(secret="0000000*", kind="raw", content="0000000", where=7)  # the mask beside what is left spelt it again
+@example(secret='00"%00/\\', kind="slash", content="", where=0)  # \/ decoded alone: the %00 is the secret's own
+@example(secret="b000/%00", kind="slash", content="\\", where=1)  # \\b: a JSON \b, or a \ then the secret
+@example(secret='0000000"', kind="raw", content="0000000", where=0)  # the record's closing quote spells it again
+@example(secret='\\\\00000"', kind="raw", content="\\00000\\", where=0)  # \\ then the record's quote: no \"
 def test_a_record_holding_a_secret_in_any_form_stays_valid_json_and_holds_it_in_no_decoded_form(
     secret: str, kind: str, content: str, where: int
 ) -> None:
+    """As the writer writes it (``Redactor.json``), and as any bytes are (an error body): no form of the secret
+    is left. Of the writer's line, its data is searched: a secret's raw ``"`` may be completed by the record's own
+    quote (``0000000"`` in ``{"c":"***0000000"}``), a secret's ``\\"`` be the escape of a quote of the data's:
+    JSON's, not the secret. The bytes stay JSON too (a mask never breaks an escape) unless the secret holds a raw
+    ``"``: bytes cannot tell it from the record's own, and mask both."""
     text = content[:where] + form(secret, kind) + content[where:]
-    record = {"custom_id": "a", "response": {"body": {"choices": [{"message": {"content": text}}]}}}
-    redacted = Redactor([secret]).bytes(orjson.dumps(record))
-    decoded = orjson.loads(redacted)  # the writer's line is still a record
-    inner = decoded["response"]["body"]["choices"][0]["message"]["content"]
-    assert leaked([secret], redacted, inner) == []
+    record = orjson.dumps({"custom_id": "a", "response": {"body": {"choices": [{"message": {"content": text}}]}}})
+    redactor = Redactor([secret])
+    masked = redactor.bytes(record)
+    kept = [orjson.loads(redactor.json(record))] + ([orjson.loads(masked)] if '"' not in secret else [])
+    data = [v for r in kept for v in (r["custom_id"], r["response"]["body"]["choices"][0]["message"]["content"])]
+    assert leaked([secret], masked, *data) == []
 
 
 @settings(max_examples=300, deadline=None)

@@ -19,6 +19,9 @@ from .metrics import Dropped, JobEvent, Session
 
 MAX_POINTS = 1000  # per session and series: a longer log is read every k-th row (rates stay exact)
 MAX_JOBS = 200  # Batch API jobs drawn in the timeline (the first ones); the caption says how many more
+# Rows' times are written to 0.1 s: two rows nearer than half that are a damaged log's, and a rate over so short
+# a slice unbounded (a counter over 1e-261 s overflowed the chart's JSON). No rate is taken over one.
+LEAST_SLICE = 0.05  # seconds
 Point = dict[str, Any]
 Row = dict[str, Any]
 
@@ -54,7 +57,7 @@ def slices(rows: list[Row]) -> list[tuple[Row, Row, float]]:
     last, cut short by its end) is joined to that one, so no rate is taken over a sliver of time."""
     found: list[tuple[Row, Row, float]] = []
     for before, after in itertools.pairwise(rows):
-        if (seconds := after["t"] - before["t"]) <= 0:
+        if (seconds := after["t"] - before["t"]) < LEAST_SLICE:
             continue
         if found and seconds < found[-1][2] / 2:
             before = found.pop()[0]

@@ -13,11 +13,15 @@ from collections.abc import Iterable
 from urllib.parse import unquote
 
 _JSON_ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})")
-_JSON_QUOTED = re.compile(r'\\+([/"])')
+# \/ after any run of backslashes (a careless encoder's); a quote only after an odd run: an escaped quote at any
+# depth (\", \\\"), where an even one is escaped backslashes, then a quote of the text's own (a record's closing one)
+_JSON_QUOTED = re.compile(r'\\+(/)|(?<!\\)(?:\\\\)*\\(")')
 
 
 def json_unescaped(text: str) -> str:
-    return _JSON_QUOTED.sub(r"\1", _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
+    return _JSON_QUOTED.sub(
+        lambda m: m.group(1) or m.group(2), _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+    )
 
 
 def decodings(text: str) -> set[str]:
