@@ -190,7 +190,7 @@ LEVELS = 3  # decodings of decodings tried: a JSON string in a JSON string, writ
 # Each way with percent-decoding and without: a secret's own ``%00`` is no escape (``b000/%00`` JSON-escaped twice
 # with its / escaped is found only by the loose decoding alone, its %00 kept).
 KINDS = (("json",), ("loose",), ("percent",), ("json", "percent"), ("loose", "percent"))
-MAX_DECODINGS = 24  # a bound on the work for one text, however it is escaped
+MAX_DECODINGS = 31  # a bound on the work for one text, however escaped: past the 5 + 25 of levels 1 and 2 only
 
 
 def _decodings(text: str, latin: bool) -> list[_Chain]:
