@@ -21,7 +21,7 @@ from asyncbatch.protocol import answer_problem, int_header, parse_retry_after
 from asyncbatch.simulator import SimConfig
 from asyncbatch.simulator.answers import completion, embeddings, response
 from asyncbatch.simulator.chaos import ABSURD_VALUES, CHAT_SHAPES, EMBEDDING_SHAPES, RAW_SHAPES, RESPONSES_SHAPES
-from asyncbatch.simulator.invariants import FAULT_MENU, KEY, Schedule, play, run_cli, violations
+from asyncbatch.simulator.invariants import FAULT_MENU, KEY, RESPONSES_ARGS, Schedule, play, run_cli, violations
 from asyncbatch.simulator.server import serve_in_thread
 
 from .helpers import read_jsonl, simulator_env, write_jsonl
@@ -29,7 +29,7 @@ from .helpers import read_jsonl, simulator_env, write_jsonl
 CHAT_REQUEST = {"messages": [{"role": "user", "content": "hi"}]}
 EMBED_REQUEST = {"input": ["a", "b"]}
 RESPONSES_REQUEST = {"input": "hi"}
-RESPONSES_VERSION = "2025-04-01-preview"  # the first classic api-version with a /responses route
+RESPONSES_VERSION = RESPONSES_ARGS[1]  # the first classic api-version with a /responses route
 
 
 def _line(i: int, api: str, content: str) -> dict[str, object]:
@@ -262,8 +262,7 @@ def test_a_broken_answer_whose_asking_again_a_stop_cut_short_is_excused_when_the
 # -- the property: random schedules of server behaviour and kill points --------------------------
 
 faults = st.dictionaries(st.sampled_from(FAULT_MENU), st.floats(0.01, 0.15), min_size=1, max_size=5)
-# Responses lines need an api-version with the route (on 2024-10-21 the whole file is refused at configuration)
-ON_RESPONSES = ("--api-version", RESPONSES_VERSION)
+ON_RESPONSES = RESPONSES_ARGS
 
 
 def _routed(schedule: Schedule) -> Schedule:

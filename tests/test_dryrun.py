@@ -4,7 +4,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from asyncbatch.cli.dryrun import dry_run, implied_seconds, pick_sample
@@ -65,22 +65,31 @@ def test_dry_run_with_bad_lines_exits_1_and_names_them(tmp_path: Path, capsys: p
 
 
 @settings(max_examples=60, deadline=None)
-@given(lines=st.integers(1, 120), wanted=st.integers(1, 120), bad=st.sets(st.integers(1, 120), max_size=10))
+@given(
+    lines=st.integers(1, 120),
+    wanted=st.integers(1, 120),
+    bad=st.sets(st.integers(1, 120), max_size=10),
+    blank=st.sets(st.integers(1, 120), max_size=10),
+)
+@example(lines=3, wanted=2, bad={3}, blank=set())  # a bad last line took the last pick with it: 1 line sent of 2
+@example(lines=10, wanted=5, bad=set(), blank={1, 2, 3, 4, 5, 6, 7, 8, 9})  # blank lines bunched the picks at the end
 def test_a_sample_takes_as_many_lines_as_asked_spread_over_the_file(
-    tmp_path_factory: pytest.TempPathFactory, lines: int, wanted: int, bad: set[int]
+    tmp_path_factory: pytest.TempPathFactory, lines: int, wanted: int, bad: set[int], blank: set[int]
 ) -> None:
     rows = ["not json" if i in bad else {"id": i, "name": f"n{i}"} for i in range(1, lines + 1)]
     path = write_jsonl(tmp_path_factory.mktemp("s") / "in.jsonl", rows)
+    path.write_bytes(
+        b"".join(b"\n" * (i in blank) + raw for i, raw in enumerate(path.read_bytes().splitlines(True), 1))
+    )
     defaults = RequestDefaults(template="Hi {name}")
     report = dry_run(path, defaults, "m")
     picked = [orjson.loads(raw)["id"] for raw in pick_sample(path, report, wanted, defaults, "m")]
-    good = lines - len({b for b in bad if b <= lines})
+    good = [i for i in range(1, lines + 1) if i not in bad]
     assert picked == sorted(set(picked)) and not set(picked) & bad
-    if not bad:  # every line is good: exactly as many as asked (or the whole file), from the first line on
-        assert len(picked) == min(wanted, lines) and picked[0] == 1
-    assert len(picked) <= min(wanted, good)
-    if wanted >= 2 and len(picked) == wanted and not bad:  # spread: the last pick is in the file's last step
-        assert picked[-1] > lines - lines / wanted - 1
+    assert len(picked) == min(wanted, len(good))  # as many as asked, or every good line
+    assert not good or picked[0] == good[0]
+    if wanted >= 2 and len(picked) == wanted:  # spread: the last pick is in the good lines' last step
+        assert good.index(picked[-1]) > len(good) - len(good) / wanted - 1
 
 
 def test_dry_run_sample_sends_as_many_lines_as_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

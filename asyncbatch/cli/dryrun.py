@@ -71,19 +71,22 @@ def dry_run(
 
 
 def pick_sample(path: Path, report: DryRunReport, n: int, defaults: RequestDefaults, model: str) -> list[bytes]:
-    """``n`` request lines spread evenly over the file (so one end of it does not stand for all of it)."""
-    step = max(1.0, report.lines / n)
+    """``n`` request lines spread evenly over the file's good ones (so one end of it does not stand for all of it);
+    as many as asked, or every good line where the file has fewer."""
+    step = max(1.0, report.requests / n)
     picked: list[bytes] = []
+    good = 0  # good lines seen before this one
     for line in read_lines(path):
         if len(picked) >= n:
             break
-        # The k-th pick is the first good line at or after 1 + k * step: a fixed grid, so that a step
-        # of 1.2 picks 20 of 24 lines (not every other one), and a bad line only delays the next pick.
-        if line.line_no < 1 + len(picked) * step:
-            continue
         if isinstance(line, BadLine) or isinstance(prepare(line, defaults, model), BadLine):
             continue
-        picked.append(orjson.dumps(line.obj))
+        # The k-th pick is the good line numbered k * step or next among the good ones: a fixed grid, so that a
+        # step of 1.2 picks 20 of 24 lines (not every other one). Counted over the good lines, not the file's
+        # line numbers: bad lines at the end took the last picks with them, and blank lines bunched the picks.
+        if good >= len(picked) * step:
+            picked.append(orjson.dumps(line.obj))
+        good += 1
     return picked
 
 
