@@ -433,8 +433,9 @@ class Redactor:
             _before_backslashes(text, decoded.start(len(decoded.text) - size))
             for whole, cut in readings
             for decoded in [_Chain([_Normalized(whole, latin=True, kinds=())]), *_decodings(whole, latin=True)]
+            for folded in [_fold(decoded.text)]  # once for every secret
             for secret in self._latin
-            if (size := _begun(_fold(decoded.text), secret, PARTIAL - cut))
+            if (size := _begun(folded, secret, PARTIAL - cut))
         ]
         return (text[: min(starts)] + MASK if starts else text).encode("latin-1")
 

@@ -357,11 +357,10 @@ class Attempts:
         """
         if tally.refused_at is None:
             tally.refused_at = route.admission.clock()
-        if route.any_success and route.answered_sent_at > tally.refused_at and not self.stopping():
-            tally.avoid = route
-            raise exc
-        route.refusals += 1
-        if route.any_success and route.refusals < min(AGREE, self.max_attempts) and not self.stopping():
+        own = route.answered_sent_at > tally.refused_at  # a request sent since was answered: this line's refusal
+        if not own:
+            route.refusals += 1
+        if route.any_success and (own or route.refusals < min(AGREE, self.max_attempts)) and not self.stopping():
             tally.avoid = route
             raise exc
         self.router.set_aside(route, endpoint_error(exc, route, tally.job.api))
