@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -187,6 +189,37 @@ def test_two_runs_at_once_on_overlapping_files_send_each_request_once_but_for_ra
     twice = sum(n - 1 for n in simulator.answered.values())
     raced = sum(s["cache"]["sent_by_another_run"] for s in summaries)  # type: ignore[index]
     assert len(simulator.answered) == 900 and twice == raced  # every duplicate is one the summaries name
+
+
+def _open_together(path: str, start: Any, outcome: Any, puts: int) -> None:
+    """One of several processes opening a new cache at once (a distributed job's workers on one state_dir)."""
+    start.wait()
+    try:
+        with ResponseCache(Path(path)) as cache:
+            for n in range(puts):
+                cache.put(cache_key("chat", ["w", str(os.getpid())], {"n": n}), b'{"id": "x"}', "req")
+            outcome.put(cache.problem or "ok")
+    except Exception as exc:
+        outcome.put(str(exc))
+
+
+def test_processes_opening_a_new_cache_at_once_all_open_it(tmp_path: Path) -> None:
+    """Each round, four processes open a new cache at the same instant, some writing and closing (their checkpoint
+    marks the file) while others still open it: SQLite refuses the switch to WAL at once while another process
+    opens the file, and a file read without locks as it is checkpointed looks damaged. Neither is a reason to
+    refuse the cache: every process opens it, every round."""
+    fork = multiprocessing.get_context("fork")  # the test's own process, its imports done: a fast start
+    for round_ in range(12):
+        path, start, outcome = str(tmp_path / f"{round_}.sqlite"), fork.Barrier(4), fork.Queue()
+        workers = [fork.Process(target=_open_together, args=(path, start, outcome, n * 5)) for n in range(4)]
+        for worker in workers:
+            worker.start()
+        said = [outcome.get(timeout=60) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=60)
+        assert said == ["ok"] * 4, f"round {round_}"
+        with ResponseCache(Path(path), mode="read") as cache:
+            assert cache.stats()["entries"] == 0 + 5 + 10 + 15
 
 
 def test_kill_9_while_the_cache_is_written_leaves_it_readable_and_the_run_exactly_once(

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from ..config import MODES, CacheMode
 from ..errors import ConfigError, option
@@ -47,6 +48,7 @@ APPLICATION_ID = int.from_bytes(b"aBch", "big")  # SQLite's header field for "wh
 SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is an unmarked cache made before the checksum column
 MAX_BODY = 256 * 1024 * 1024  # far above any answer the transport accepts: a longer one is damage
 COLUMNS = frozenset({"key", "body", "request_id", "stored", "hits"})  # an older version's table: ours
+BUSY_TIMEOUT = 30.0  # seconds a statement waits for another process's write to end
 SIDE_FILES = ("-wal", "-shm", "-journal")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -141,15 +143,31 @@ def check_cache(path: Path, mode: str = "read-write") -> bool:
     application_id = int.from_bytes(header[68:72], "big")
     if application_id not in (0, APPLICATION_ID):
         raise _foreign(path, f"another program's SQLite database: application_id {application_id:#010x}")
-    if application_id == 0:  # unmarked: an older version's cache, or not ours. Read as it is on disk: no side file
-        with closing(_connect(path, immutable=True)) as db:
-            _judge(path, db)
+    if application_id == 0:  # unmarked: an older version's cache, one being made, or not ours
+        _judge_unmarked(path, identity)
     if identity is not None and identity + _wal_identity(path) in _verified:
         return True
     with closing(_connect(path, immutable=False)) as db:
         _judge(path, db, whole=True)
     _verified.add((identity or ()) + _wal_identity(path))
     return True
+
+
+def _judge_unmarked(path: Path, identity: tuple[int, ...] | None) -> None:
+    """Judge an unmarked file as it is on disk, no side file made; through SQLite's locks if it is in use.
+
+    A live writer (its log beside the file, or the file changed while it was read: a cache being made, whose
+    first checkpoint marks it) is read as every user of it reads: a page read as it is being written is not damage.
+    """
+    live = os.path.lexists(f"{path}-wal")
+    try:
+        with closing(_connect(path, immutable=not live)) as db:
+            _judge(path, db)
+    except ConfigError:
+        if live or (_header(path)[1] == identity and not os.path.lexists(f"{path}-wal")):
+            raise
+        with closing(_connect(path, immutable=False)) as db:
+            _judge(path, db)
 
 
 def _header(path: Path) -> tuple[bytes, tuple[int, ...] | None]:
@@ -199,7 +217,7 @@ def _connect(path: Path, *, immutable: bool) -> sqlite3.Connection:
     """
     uri = f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return db
     except sqlite3.OperationalError as exc:
@@ -213,9 +231,31 @@ def _connect(path: Path, *, immutable: bool) -> sqlite3.Connection:
 def _open(path: Path) -> sqlite3.Connection:
     """The connection a run reads and writes through (autocommit: one transaction per statement)."""
     try:
-        return sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise _damaged(path, exc) from None
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _write_ahead(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode, once for all its users.
+
+    The switch needs the file to itself, and SQLite refuses it at once (it does not wait, lest two connections
+    wait on each other) while another process opens it too: runs or workers starting on a new cache together.
+    Asked again until the file is in WAL mode, for as long as a write waits for another.
+    """
+    for attempt in Retrying(
+        retry=retry_if_exception(_busy),
+        stop=stop_after_delay(BUSY_TIMEOUT),
+        wait=wait_random_exponential(multiplier=0.002, max=0.1),
+        reraise=True,
+    ):
+        with attempt:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
 
 
 def _judge(path: Path, db: sqlite3.Connection, *, whole: bool = False) -> None:
@@ -328,7 +368,7 @@ class ResponseCache:
 
     def _prepared(self, db: sqlite3.Connection) -> sqlite3.Connection:
         """Our schema, mark and journal on a file judged ours."""
-        db.execute("PRAGMA journal_mode=WAL")
+        _write_ahead(db)
         db.execute("PRAGMA synchronous=NORMAL")  # WAL: a crash loses at most the last writes, never the file
         db.execute("BEGIN IMMEDIATE")
         try:
