@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from jsonschema import Draft202012Validator
 
 from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
 from .display.reporters import PlainReporter, Reporter, default_reporter
@@ -56,6 +57,7 @@ RECORD = "rows.results.jsonl"  # each batch's results file, in its own directory
 SNAPSHOT_SECONDS = 2.0  # how often a worker rewrites its counters for the driver
 STALE_SECONDS = 30.0  # a snapshot not rewritten for this long is a dead attempt's: its requests are not in flight
 LATENCIES = 200  # latencies each snapshot carries (a sample of its run's), for the driver's p50/p95
+MAX_STATE_FILE = 1 << 20  # a marker or a snapshot is a few KB: a longer file under jobs/ is not one of ours
 OURS = ("line", "status", "custom_id")  # the columns before the input's, as ``asyncbatch export`` writes them
 _ROWS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # as ``asyncbatch.map`` writes rows
 # Options that name one run's files or phase: a distributed job decides those itself.
@@ -385,6 +387,26 @@ SUMMED = (
     "cost", "cache_hits", "shared_answers", "sampled_hits", "cache_saved", "cache_raced", "resent", "input_errors",
 )  # fmt: skip
 KEPT = ("total", "succeeded", "failed", "resumed")
+_COUNT = {"type": "integer", "minimum": 0}
+SNAPSHOT = Draft202012Validator(  # what the driver takes from a snapshot, as ``Snapshots.write`` writes it
+    {
+        "type": "object",
+        "required": [*SUMMED, *KEPT, "failure_reasons", "latencies", "latencies_seen", "final", "at", "in_flight"],
+        "properties": {
+            **{
+                f.name: _COUNT if f.type == "int" else {"type": "number", "minimum": 0}
+                for f in dataclasses.fields(RunStats)
+                if f.name in SUMMED + KEPT
+            },
+            "failure_reasons": {"type": "object", "additionalProperties": _COUNT},
+            "latencies": {"type": "array", "items": {"type": "number", "minimum": 0}, "maxItems": LATENCIES},
+            "latencies_seen": _COUNT,
+            "final": {"type": "boolean"},
+            "at": {"type": "number"},
+            "in_flight": _COUNT,
+        },
+    }
+)
 
 
 # -- the job's markers -----------------------------------------------------------------------------
@@ -409,14 +431,32 @@ def failed(job_dir: Path) -> None:
         raise error
 
 
+MARKER = Draft202012Validator(
+    {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "kind": {"type": ["string", "null"]},
+        },
+    }
+)
+
+
 def failure(job_dir: Path) -> AsyncBatchError | None:
-    """The error the job's marker records, if a worker left one."""
+    """The error the job's marker records, if a worker left one (a marker that cannot be read stops the job too)."""
+    path = job_dir / "fatal.json"
     try:
-        marker = orjson.loads((job_dir / "fatal.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        marker = _state_file(path)
+    except ValueError as exc:
+        return _unreadable(path, str(exc))
+    if marker is MISSING:
         return None
-    message, kind = str(marker.get("message")), str(marker.get("kind"))
-    error = marker.get("error")
+    if not MARKER.is_valid(marker):
+        return _unreadable(path, "not a marker asyncbatch writes")
+    message, kind = marker["message"], str(marker.get("kind"))
+    error = marker["error"]
     if error == "FatalAPIError":
         return FatalAPIError(kind, message)
     if error == "JobStopped":
@@ -424,6 +464,37 @@ def failure(job_dir: Path) -> AsyncBatchError | None:
     if error == "OutputError":
         return OutputError(message)
     return ConfigError(message)
+
+
+def _unreadable(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"a worker stopped the job, but its marker {path} cannot be read ({why}). "
+        "HINT: the workers' logs (Ray's or Spark's) say what it met; run the job again once it is fixed"
+    )
+
+
+MISSING = object()  # no such file
+
+
+def _state_file(path: Path) -> Any:
+    """The JSON a worker wrote at ``path`` (``MISSING`` if there is no file), read whole and judged here, as bytes from
+    disk: a shared file system may hold anything.
+
+    :raises ValueError: the file is too long, or not JSON, saying which.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATE_FILE + 1)
+    except FileNotFoundError:
+        return MISSING
+    except OSError as exc:
+        raise ValueError(exc.strerror) from None
+    if len(raw) > MAX_STATE_FILE:
+        raise ValueError(f"longer than {MAX_STATE_FILE} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ValueError("not JSON") from None
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -495,8 +566,9 @@ class Watch:
         """
         snapshots: dict[str, list[dict[str, Any]]] = {}
         for path in (self.spec.job_dir / "stats").glob("*.json"):
-            with contextlib.suppress(OSError, orjson.JSONDecodeError):
-                snapshots.setdefault(path.name.split(".")[0], []).append(orjson.loads(path.read_bytes()))
+            with contextlib.suppress(ValueError):  # a damaged file is left out: progress is not worth a traceback
+                if SNAPSHOT.is_valid(snapshot := _state_file(path)):
+                    snapshots.setdefault(path.name.split(".")[0], []).append(snapshot)
         stats = self.stats
         for name in (*SUMMED, *KEPT):
             setattr(stats, name, type(getattr(stats, name))(0))
@@ -515,9 +587,9 @@ class Watch:
             stats.total = self.total or 0  # 0: not known yet, which the status line shows as such
         everyone = [snapshot for attempts in snapshots.values() for snapshot in attempts]
         now = time.time()  # as the workers stamp their snapshots
-        live = [s for s in everyone if not s.get("final") and now - s.get("at", 0) < STALE_SECONDS]
-        stats.in_flight = 0 if final else sum(s.get("in_flight", 0) for s in live)
-        stats.merge_latencies((s.get("latencies", ()), s.get("latencies_seen", 0)) for s in everyone)
+        live = [s for s in everyone if not s["final"] and now - s["at"] < STALE_SECONDS]
+        stats.in_flight = 0 if final else sum(s["in_flight"] for s in live)
+        stats.merge_latencies((s["latencies"], s["latencies_seen"]) for s in everyone)
 
     def failure(self) -> AsyncBatchError | None:
         """After Ray's or Spark's error: the job's own, if a worker left its marker."""

@@ -23,9 +23,12 @@ from pydantic import BaseModel
 import asyncbatch
 from asyncbatch.display.status import look
 from asyncbatch.distributed import (
+    MARKER,
+    SNAPSHOT,
     Column,
     JobFailed,
     JobStopped,
+    Snapshots,
     Spec,
     Watch,
     arrow_type,
@@ -35,9 +38,10 @@ from asyncbatch.distributed import (
     result_columns,
     run_batch,
 )
+from asyncbatch.errors import AsyncBatchError
 from asyncbatch.export import flat
 from asyncbatch.simulator import SimConfig, serve_in_thread
-from asyncbatch.stats import Trend
+from asyncbatch.stats import RunStats, Trend
 
 
 class Sentiment(BaseModel):
@@ -198,6 +202,65 @@ def test_columns_follow_the_one_schema_a_pydantic_models_fields_included() -> No
     assert vectors[0] == Column(name="output", kind="vector")
 
 
+JSON = st.recursive(  # what an answer parsed from JSON may hold: no NaN, no infinity
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _written_snapshot(path: Path, **counts: int) -> dict[str, Any]:
+    """A snapshot as a worker writes it."""
+    Snapshots(path).write(RunStats(**counts), final=False)
+    written: dict[str, Any] = orjson.loads(path.read_bytes())
+    return written
+
+
+@st.composite
+def _damaged(draw: st.DrawFn, whole: dict[str, Any]) -> bytes:
+    """What a file under ``jobs/`` may hold on a shared file system: any bytes, any JSON, ours with a field changed."""
+    kind = draw(st.sampled_from(["bytes", "json", "field"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=64))
+    if kind == "json":
+        return json.dumps(draw(JSON)).encode()  # the stdlib writes any integer: orjson reads 64 bits
+    name = draw(st.sampled_from(sorted(whole)))
+    return json.dumps(whole | {name: draw(JSON)}).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+@example(data=None)
+def test_a_damaged_snapshot_or_marker_is_left_out_or_stops_the_job_saying_so_never_a_traceback(data: Any) -> None:
+    """The driver reads files workers wrote to a shared directory: bytes from disk, judged before they are used."""
+    spec = _spec("http://127.0.0.1:9", Path(tempfile.mkdtemp()) / "state")
+    stats_dir = spec.job_dir / "stats"
+    ours = _written_snapshot(stats_dir / "a.1.json", total=5, succeeded=3, failed=1, attempts=4)
+    if data is None:  # the shrunk case: a snapshot whose counter is a string; a marker of JSON null
+        damaged, marker = orjson.dumps(ours | {"succeeded": "3"}), b"null"
+    else:
+        damaged, marker = data.draw(_damaged(ours)), data.draw(_damaged({"error": "FatalAPIError", "message": "m"}))
+    (stats_dir / "b.1.json").write_bytes(damaged)
+    watch = Watch(spec, asyncbatch.Reporter())
+    watch.gather()
+    other = _loads(damaged)
+    counted = other if SNAPSHOT.is_valid(other) else {"succeeded": 0, "failed": 0}  # a whole one is another batch's
+    assert (watch.stats.succeeded, watch.stats.failed) == (3 + counted["succeeded"], 1 + counted["failed"])
+    assert failure(spec.job_dir) is None  # no marker: the job goes on
+    (spec.job_dir / "fatal.json").write_bytes(marker)
+    error = failure(spec.job_dir)
+    assert isinstance(error, AsyncBatchError)  # a marker is there: the job stops, with a message either way
+    if not MARKER.is_valid(_loads(marker)):
+        assert "cannot be read" in str(error) and "HINT:" in str(error)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def test_the_driver_adds_up_every_attempt_and_takes_each_batchs_furthest(tmp_path: Path) -> None:
     spec = _spec("http://127.0.0.1:9", tmp_path / "state")
     snapshot = {"total": 10, "resumed": 0, "attempts": 4, "throttled": 1, "prompt_tokens": 40, "cost": 0.5}
@@ -229,13 +292,6 @@ def test_the_driver_adds_up_every_attempt_and_takes_each_batchs_furthest(tmp_pat
     known = Watch(spec, asyncbatch.Reporter(), total=20)  # a Dataset that knows its rows
     known.gather()
     assert known.stats.total == 20 and look(known.stats, Trend(known.stats)).percent == 100
-
-
-JSON = st.recursive(  # what an answer parsed from JSON may hold: no NaN, no infinity
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8,
-)
 
 
 @given(kind=st.sampled_from(["int", "float", "bool", "str", "json", "vector"]), value=JSON)
