@@ -13,7 +13,7 @@ import pytest
 import asyncbatch
 from asyncbatch.auth import SCOPE, credential_provider, jwt_expiry
 from asyncbatch.cli.main import main
-from asyncbatch.live.tokens import Tokens
+from asyncbatch.live.tokens import RETRY_REFRESH, Tokens
 from asyncbatch.simulator import SimConfig, Simulator, tokens
 from asyncbatch.simulator.tokens import make_token
 from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
@@ -49,6 +49,28 @@ def test_tokens_are_refreshed_before_they_expire() -> None:
     assert asyncio.run(tokens.get()) == first
     clock.now = 1006.1  # a quarter left: a new one
     assert asyncio.run(tokens.get()) != first and len(issued) == 2
+
+
+def test_a_token_due_when_it_comes_is_used_a_while_not_fetched_again_for_every_request() -> None:
+    """This machine's clock ahead of the issuer's (or a provider's stale cache): every token's ``exp`` has passed
+    by our clock. The provider was asked again for every request (a token command run per request)."""
+    clock = FakeClock(5000.0)
+    issued: list[str] = []
+
+    def provider() -> str:
+        issued.append(make_token(3600, now=clock.now - 4000))  # an hour's token, expired 400 s ago by our clock
+        return issued[-1]
+
+    tokens = Tokens(provider, clock=clock)
+
+    async def requests(n: int) -> set[str]:
+        return set(await asyncio.gather(*(tokens.get() for _ in range(n))))
+
+    assert asyncio.run(requests(50)) == {issued[0]} and len(issued) == 1
+    clock.now += RETRY_REFRESH - 0.1
+    assert asyncio.run(requests(50)) == {issued[0]} and len(issued) == 1
+    clock.now += 0.2  # then asked again, as a refresh that failed is
+    assert asyncio.run(requests(50)) == {issued[1]} and len(issued) == 2
 
 
 def test_a_token_command_keeps_a_run_going_across_token_lifetimes(

@@ -15,7 +15,8 @@ from ..config import credential_problem
 from ..errors import ConfigError, FatalAPIError
 
 UNKNOWN_LIFETIME = 300.0  # a token with no readable expiry is fetched again this often
-RETRY_REFRESH = 30.0  # a refresh that failed while the current token still lives is tried again this much later
+RETRY_REFRESH = 30.0  # a refresh that failed while the current token still lives is tried again this much later,
+# and a token due for refresh when it comes (by its ``exp`` and our clock) is used this long before the next
 
 
 class Tokens:
@@ -82,7 +83,10 @@ class Tokens:
         now = self.clock()
         self._expires = jwt_expiry(token) or now + UNKNOWN_LIFETIME
         self.token, self.fetched_at = token, now
-        self._refresh_at = refresh_time(self._expires, now)
+        # One its expiry says is due already (this machine's clock ahead of the issuer's, a provider's stale cache)
+        # is used a while all the same, until a 401 says it is refused: not fetched again for every request.
+        due = refresh_time(self._expires, now)
+        self._refresh_at = due if due > now else now + RETRY_REFRESH
         self.refreshes += 1
         self.on_new(token)
 
