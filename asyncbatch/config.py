@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -157,6 +158,9 @@ class Endpoint:
     token_provider: Callable[[], str | Awaitable[str]] | None = field(default=None, repr=False, compare=False)
     api_version: str = DEFAULT_API_VERSION
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # sent with every request (a gateway's key)
+    # The HTTP proxy every request to this endpoint goes through (``http://[user:password@]host:port``), or None:
+    # straight to it. The live requests and the SDK's (the Batch API) alike; the environment's is the CLI's to read.
+    proxy: str | None = field(default=None, repr=False)
     simulated: bool = False
 
     @property
@@ -177,7 +181,7 @@ class Endpoint:
     def secrets(self) -> list[str]:
         """Everything that must never appear in an output, a message or a traceback."""
         headers = [secret for name, value in self.headers.items() for secret in header_secrets(f"{name}: {value}")]
-        return [self.api_key, *headers, *url_secrets(self.base_url)]
+        return [self.api_key, *headers, *url_secrets(self.base_url), *url_secrets(self.proxy or "")]
 
     def __post_init__(self) -> None:
         for name, value in self.headers.items():
@@ -193,6 +197,8 @@ class Endpoint:
             raise ConfigError("give the endpoint an api_key or a token_provider (Entra ID), exactly one")
         if self.api_key and (problem := credential_problem(self.api_key)):
             raise ConfigError(f"the endpoint's api_key {problem}")
+        if self.proxy is not None and (problem := proxy_problem(self.proxy)):
+            raise ConfigError(f"the endpoint's proxy {problem}")
         self._check_userinfo()
 
     def _check_userinfo(self) -> None:
@@ -210,6 +216,21 @@ class Endpoint:
                 f"the endpoint URL carries a user name and password (user:***@), which are sent as an Authorization "
                 f"header, and {taken} already takes that header. HINT: remove the user:password@ part of the URL"
             )
+
+
+def proxy_problem(url: str) -> str | None:
+    """What is wrong with a proxy's URL, if anything (never quoting it: it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a port that is not a number raises here)
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https"):
+        scheme = f"a {parts.scheme}:// URL" if parts.scheme.isalnum() else "not an http:// URL"
+        return f"is {scheme}: asyncbatch goes through HTTP proxies (http:// or https://), not SOCKS"
+    if not parts.hostname:
+        return "names no host"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)

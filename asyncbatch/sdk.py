@@ -27,10 +27,15 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
     # Imported here: the SDK takes over a second to import, and --help or --dry-run never need it.
     from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAsyncHttpxClient
 
+    # The endpoint's proxy or none, as the live requests go: never the environment's, which the HTTP client
+    # would read itself (``trust_env``, kept for its certificates) where no proxy is given; mounts say "direct".
+    route = (
+        {"proxy": endpoint.proxy} if endpoint.proxy else {"mounts": dict.fromkeys(("all://", "http://", "https://"))}
+    )
     common: dict[str, Any] = {
         "default_headers": dict(endpoint.headers),
         "max_retries": 0,
-        "http_client": DefaultAsyncHttpxClient(follow_redirects=False),
+        "http_client": DefaultAsyncHttpxClient(follow_redirects=False, **route),
     }
     if endpoint.is_azure_v1:  # the v1 API: OpenAI's routes under /openai/v1, no api-version, model in the body
         return AsyncOpenAI(base_url=f"{endpoint.base_url}/openai/v1/", api_key=endpoint.api_key, **common)

@@ -52,6 +52,8 @@ HINTS = {
     "HINT: restore it from a backup": "tests/test_batch_answers.py::test_the_hint_for_a_damaged_batches_file_runs",
     "HINT: point AZURE_OPENAI_ENDPOINT at the": ADVICE + " (the endpoint that made the job, or --restart)",
     "HINT: give a file of one name": ADVICE + " (a file to remove or rename)",
+    "HINT: the workers' logs (Ray's or Spark's)": ADVICE + " (logs to read)",
+    "HINT: set it to http://host:port, or unset it": ADVICE + " (the user's own proxy)",
     "HINT: something between you and the model": ADVICE + " (a gateway's owner to ask)",
     "if that endpoint is yours, set": (
         "tests/test_security_secrets.py::test_the_hint_for_an_endpoint_a_dotenv_file_alone_names_runs"

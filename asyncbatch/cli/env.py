@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
 
 from dotenv import dotenv_values
 
@@ -24,6 +25,7 @@ from ..config import (
     Deployment,
     Endpoint,
     credential_problem,
+    proxy_problem,
 )
 from ..errors import ConfigError
 from ..redact import header_secrets, url_secrets
@@ -34,6 +36,10 @@ OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 COMMANDS = ("ASYNCBATCH_TOKEN_COMMAND",)  # never taken from a .env file: cloning a repository must not run code
 KEYS = ("AZURE_OPENAI_API_KEY", "OPENAI_API_KEY")
 URLS = ("AZURE_OPENAI_ENDPOINT", "OPENAI_BASE_URL")
+# Where requests go through, as curl, Python and the openai SDK read it (any case, lower case first): from the
+# real environment only, as a command is: a .env file that comes with a folder never routes your requests.
+PROXIES = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")  # never through a proxy (as Go's HTTP client does): a local server
 
 
 def credential(value: str, name: str, notices: list[str]) -> str:
@@ -58,6 +64,7 @@ def secrets_in(environ: Mapping[str, str]) -> list[str]:
     Known before anything is read or checked, so that no message can show them."""
     keys = [environ.get(name) or "" for name in KEYS]
     urls = [secret for name in URLS for secret in url_secrets(environ.get(name) or "")]
+    urls += [secret for name, value in environ.items() if name.lower() in PROXIES for secret in url_secrets(value)]
     return [*keys, *(key.strip() for key in keys), *urls]
 
 
@@ -70,6 +77,7 @@ class Env:
     ignored: list[str]  # names in the file that only the real environment may set
     path: Path | None = None
     notices: list[str] = dataclasses.field(default_factory=list)  # credentials cleaned (``credential``)
+    proxies: dict[str, str] = dataclasses.field(default_factory=dict)  # ``proxies_in`` the real environment
 
     def credential(self, name: str) -> str | None:
         """The variable ``name``, a credential: by the one rule, cleaned in place (a notice if it was)."""
@@ -86,9 +94,41 @@ class Env:
         warnings = [
             f"{where} sets {name}, which is ignored: a command is run only from the real environment or "
             "--token-command, never from a .env file"
+            if name in COMMANDS
+            else f"{where} sets {name}, which is ignored: requests go through the proxy the real environment "
+            "names, never one a .env file names"
             for name in self.ignored
         ]
         return info, warnings
+
+    def proxy(self, url: str) -> str | None:
+        """The proxy requests to ``url`` go through, by the real environment's variables (see ``proxy_for``)."""
+        return proxy_for(url, self.proxies)
+
+
+def proxies_in(environ: Mapping[str, str]) -> dict[str, str]:
+    """The proxy variables set (an empty one is not), by lower-case name; ``https_proxy`` wins over ``HTTPS_PROXY``."""
+    given = {name: value.strip() for name, value in environ.items() if value.strip()}
+    found = {name.lower(): value for name, value in given.items() if name.isupper() and name.lower() in PROXIES}
+    return found | {name: value for name, value in given.items() if name in PROXIES}
+
+
+def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
+    """The proxy for ``url``: ``<scheme>_proxy``, else ``all_proxy``; none for a host ``no_proxy`` names (Python's
+    rule: a suffix, ``*`` for every host) or a loopback one. :raises ConfigError: naming a variable that is not
+    an HTTP proxy's URL (never its value: it may hold a password)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    name = f"{parts.scheme}_proxy" if proxies.get(f"{parts.scheme}_proxy") else "all_proxy"
+    proxy = proxies.get(name)
+    if not proxy or host in LOOPBACK or host.startswith("127."):
+        return None
+    at = f"{host}:{parts.port}" if parts.port else host
+    if proxy_bypass_environment(at, {"no": proxies.get("no_proxy", "")}):
+        return None
+    if problem := proxy_problem(proxy):
+        raise ConfigError(f"{name} (or {name.upper()}) {problem}. HINT: set it to http://host:port, or unset it")
+    return proxy
 
 
 def load_env(env_file: Path | None, environ: Mapping[str, str]) -> Env:
@@ -103,10 +143,11 @@ def load_env(env_file: Path | None, environ: Mapping[str, str]) -> Env:
         env = Env(dict(environ), [], [])
     else:
         values = {k: v for k, v in dotenv_values(path).items() if v is not None}
-        ignored = sorted(k for k in values if k in COMMANDS)
-        kept = {k: v for k, v in values.items() if k not in COMMANDS}
+        ignored = sorted(k for k in values if k in COMMANDS or k.lower() in PROXIES)
+        kept = {k: v for k, v in values.items() if k not in ignored}
         loaded = sorted(k for k in kept if k not in environ)
         env = Env({**kept, **environ}, loaded, ignored, path)
+    env.proxies = proxies_in(environ)
     for name in KEYS:
         env.credential(name)
     return env
@@ -139,6 +180,7 @@ def endpoint_from_env(environment: Env, args: argparse.Namespace) -> Endpoint:
         api_key=env["OPENAI_API_KEY"],
         deployment=str(model),
         headers=parse_headers(args.header, environment.notices),
+        proxy=environment.proxy(base_url),
     )
     return _credentials_from_its_source(endpoint, environment, "OPENAI_BASE_URL", "OPENAI_API_KEY")
 
@@ -237,6 +279,7 @@ def azure_endpoint(
         deployment=deployment,
         api_version=version,
         headers=parse_headers(args.header, env.notices),
+        proxy=env.proxy(base_url),
     )
 
 

@@ -191,6 +191,9 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
         return f"check {model} and {url}"
     if kind == "unreachable" and cause == "timeout":
         return f"check {url} and the network, or raise --timeout if the model is just slow"
+    if kind == "unreachable" and endpoint.proxy:
+        proxy = "the proxy the environment names (HTTPS_PROXY, HTTP_PROXY...)"
+        return f"nothing answers through {proxy}: check it, {url}, and NO_PROXY"
     if kind == "unreachable":
         return f"nothing answers at {endpoint.base_url}: check the host and port in {url}, and the network"
     if kind == "malformed":

@@ -69,7 +69,8 @@ input formats (detected line by line):
 configuration (environment or .env; real environment variables win):
   AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY (without it: Entra ID),
   AZURE_OPENAI_DEPLOYMENT_NAME, AZURE_OPENAI_API_VERSION (default @API_VERSION@);
-  or OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL
+  or OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL;
+  HTTPS_PROXY, HTTP_PROXY, NO_PROXY (from the real environment only)
 
 exit codes: 0 all succeeded; 1 some failed (see the errors file); 2 usage,
   configuration or fatal error; 75 stopped early, resumable; 130 interrupted

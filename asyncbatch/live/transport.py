@@ -72,8 +72,9 @@ class AiohttpTransport:
         *,
         tokens: Tokens | None = None,
         redactor: Redactor | None = None,
+        proxy: str | None = None,
     ) -> None:
-        self.urls, self.tokens, self.options = urls, tokens, options
+        self.urls, self.tokens, self.options, self.proxy = urls, tokens, options, proxy
         self.redactor = redactor or Redactor()
         self.headers = {**headers, "Accept-Encoding": ACCEPT_ENCODING}  # what ``protocol.BodyDecoder`` reads
         pool = options.pool_size or 100  # None: aiohttp's own default (a run sets it to its concurrency)
@@ -104,7 +105,7 @@ class AiohttpTransport:
             headers = request_target(sdk, endpoint)[1]
         finally:
             await sdk.close()
-        return cls(urls, headers, options, tokens=tokens, redactor=redactor)
+        return cls(urls, headers, options, tokens=tokens, redactor=redactor, proxy=endpoint.proxy)
 
     async def send(self, payload: bytes, api: Api, request: Mapping[str, Any]) -> Reply:
         """A redirect is not followed (``Redirected``). Once the status and headers are in, a failure
@@ -118,7 +119,7 @@ class AiohttpTransport:
                     token = await self.tokens.get()
                     sent = {**sent, "Authorization": f"Bearer {token}"}
                 async with self.session.post(
-                    self.urls[api], data=payload, headers=sent, allow_redirects=False
+                    self.urls[api], data=payload, headers=sent, allow_redirects=False, proxy=self.proxy
                 ) as response:
                     head = response.status, response.headers
                     raw = b"" if is_redirect(response.status) else await self._body(response)

@@ -1,0 +1,233 @@
+"""Behind a proxy: the live requests and the SDK's (the Batch API) go through the one the real environment names.
+
+The endpoint's host below has no address (``.invalid``): only the proxy, which forwards it to the simulator,
+can reach it, so an answer is proof the request went through the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+
+import asyncbatch
+from asyncbatch.cli.env import proxies_in, proxy_for
+from asyncbatch.cli.main import main
+from asyncbatch.sdk import sdk_client
+from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
+from tests.helpers import read_jsonl, write_jsonl
+
+KEY = "proxy-test-key-0123456789"
+PASSWORD = "pr0xy-pass-9876"
+RESOURCE = "http://my-resource.openai.invalid"  # no address: the proxy alone knows where it is
+HOP_BY_HOP = {"proxy-authorization", "host", "connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+class ForwardProxy:
+    """An HTTP forward proxy on 127.0.0.1 that sends every request for ``RESOURCE`` to ``upstream``, and keeps
+    what it received (the method, the path and the Proxy-Authorization header) for the test."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.received: list[tuple[str, str, str | None]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((request.method, request.path, request.headers.get("Proxy-Authorization")))
+        if request.url.host != "my-resource.openai.invalid":
+            return web.Response(status=502, text="unknown host")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method, self.upstream + request.path_qs, data=await request.read(), headers=headers
+            ) as answer,
+        ):
+            body = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            return web.Response(status=answer.status, body=body, headers=kept)
+
+    @property
+    def requests(self) -> list[str]:
+        return [f"{method} {path}" for method, path, _ in self.received]
+
+
+@pytest.fixture
+def proxy() -> Iterator[tuple[ForwardProxy, Simulator]]:
+    with serve_in_thread(SimConfig(api_key=KEY, batch_seconds=0.2)) as (url, sim):
+        forward = ForwardProxy(url)
+        started, stop = threading.Event(), threading.Event()
+
+        async def serve() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", forward.handle)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            forward.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            started.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.02)
+            await runner.cleanup()
+
+        thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+        thread.start()
+        assert started.wait(30)
+        yield forward, sim
+        stop.set()
+        thread.join(30)
+
+
+def _with_password(url: str) -> str:
+    return url.replace("http://", f"http://user:{PASSWORD}@")
+
+
+@pytest.fixture
+def azure(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AZURE_OPENAI_ENDPOINT": RESOURCE,
+        "AZURE_OPENAI_API_KEY": KEY,
+        "AZURE_OPENAI_DEPLOYMENT_NAME": "dep",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_every_request_goes_through_the_proxy_the_environment_names_and_its_password_is_never_shown(
+    tmp_path: Path,
+    proxy: tuple[ForwardProxy, Simulator],
+    azure: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    forward, sim = proxy
+    monkeypatch.setenv("HTTP_PROXY", _with_password(forward.url))
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
+                                        for i in range(20)])  # fmt: skip
+    assert main(["in.jsonl", "--no-progress", "--log-format", "json"]) == 0
+    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == sorted(
+        f"c{i}" for i in range(20)
+    )
+    basic = "Basic " + base64.b64encode(f"user:{PASSWORD}".encode()).decode()
+    assert len(forward.received) == sim.requests == 20
+    assert {auth for _, _, auth in forward.received} == {basic}
+    said = capsys.readouterr()
+    assert PASSWORD not in said.out + said.err and basic.split()[1] not in said.out + said.err
+    assert PASSWORD not in (tmp_path / "in.results.jsonl").read_text()
+
+
+def test_the_batch_api_goes_through_the_same_proxy(
+    tmp_path: Path, proxy: tuple[ForwardProxy, Simulator], azure: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward, sim = proxy
+    monkeypatch.setenv("http_proxy", forward.url)
+    write_jsonl(tmp_path / "in.jsonl", [{"company": f"Co{i}"} for i in range(6)])
+    argv = ["in.jsonl", "--batch-api", "--template", "About {company}", "--poll-interval", "0.05", "-q"]
+    assert main(argv) == 0
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 6 and sim.batches.created == 1
+    assert {"POST /openai/files", "POST /openai/batches"} <= set(forward.requests)
+
+
+def test_a_proxy_in_a_dotenv_file_is_ignored_and_said_so(
+    tmp_path: Path, azure: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .env file that comes with a folder never routes the user's requests (and their key) through its host."""
+    (tmp_path / ".env").write_text("HTTPS_PROXY=http://127.0.0.1:9\nhttp_proxy=http://127.0.0.1:9\n")
+    proxies: list[str | None] = []
+
+    async def go(config: Any) -> int:
+        proxies.append(config.routes[0].endpoint.proxy)
+        return 0
+
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}])
+    assert main(["in.jsonl", "--no-progress"], go=go) == 0 and proxies == [None]
+    err = capsys.readouterr().err
+    assert "sets HTTPS_PROXY, which is ignored" in err and "sets http_proxy, which is ignored" in err
+
+
+def test_a_socks_proxy_is_refused_naming_the_variable_never_its_password(
+    tmp_path: Path, azure: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ALL_PROXY", f"socks5h://user:{PASSWORD}@127.0.0.1:1080")
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}])
+    assert main(["in.jsonl", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "all_proxy (or ALL_PROXY) is a socks5h:// URL" in err and "HINT:" in err and PASSWORD not in err
+    assert not (tmp_path / "in.results.jsonl").exists()
+
+
+async def _batches(endpoint: asyncbatch.Endpoint) -> int:
+    client = sdk_client(endpoint)
+    try:
+        return len((await client.batches.list()).data)
+    finally:
+        await client.close()
+
+
+def test_the_sdk_goes_where_the_endpoint_says_never_where_the_environment_does(
+    proxy: tuple[ForwardProxy, Simulator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP client under the SDK reads proxies from the environment by itself: the library's decision holds."""
+    forward, _ = proxy
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+    direct = asyncbatch.Endpoint(kind="azure", base_url=sim_url(forward), api_key=KEY, deployment="dep")
+    assert asyncio.run(_batches(direct)) == 0 and forward.received == []
+    proxied = asyncbatch.Endpoint(kind="azure", base_url=RESOURCE, api_key=KEY, deployment="dep", proxy=forward.url)
+    assert asyncio.run(_batches(proxied)) == 0 and forward.requests == ["GET /openai/batches"]
+
+
+def sim_url(forward: ForwardProxy) -> str:
+    return forward.upstream
+
+
+NAMES = st.sampled_from(["https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"])
+
+
+@given(
+    set_=st.dictionaries(NAMES, st.sampled_from(["http://p1:1", "http://p2:2", ""]), max_size=4),
+    no_proxy=st.sampled_from(["", "*", ".example.com", "api.example.com", "other.org", "example.com:8443"]),
+    url=st.sampled_from(
+        [
+            *("https://api.example.com", "http://api.example.com", "https://x.example.com:8443"),
+            *("http://127.0.0.1:8000", "https://localhost", "https://res.openai.azure.com"),
+        ]
+    ),
+)
+def test_the_proxy_for_a_url_follows_the_variables_as_curl_and_python_read_them(
+    set_: dict[str, str], no_proxy: str, url: str
+) -> None:
+    proxies = proxies_in({**set_, "NO_PROXY": no_proxy})
+    chosen = proxy_for(url, proxies)
+    scheme, host = url.split("://")[0], url.split("://")[1]
+    lower = {n.lower(): v for n, v in set_.items() if n.isupper() and v} | {n: v for n, v in set_.items() if v}
+    wanted = lower.get(f"{scheme}_proxy") or lower.get("all_proxy")
+    name, hostonly = no_proxy.lstrip("."), host.split(":")[0]  # no_proxy: a host, a domain, with a port or not
+    named = bool(name) and (name in (host, hostonly) or host.endswith(f".{name}") or hostonly.endswith(f".{name}"))
+    skipped = host.startswith(("127.", "localhost")) or no_proxy == "*" or named
+    assert chosen == (None if skipped else wanted)
+
+
+def test_a_proxy_that_does_not_answer_stops_the_run_naming_the_proxy_variables(
+    tmp_path: Path, azure: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:{PASSWORD}@127.0.0.1:{port}")
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
+                                        for i in range(200)])  # fmt: skip
+    assert main(["in.jsonl", "-q", "--max-attempts", "2", "--max-outage", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "ClientProxyConnectionError" in err and "the proxy the environment names (HTTPS_PROXY" in err
+    assert PASSWORD not in err and read_jsonl(tmp_path / "in.results.errors.jsonl") == []
