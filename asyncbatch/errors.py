@@ -98,9 +98,10 @@ class FatalAPIError(AsyncBatchError):
     """The endpoint rejects the run as a whole.
 
     :param kind: ``authentication`` (401/403), ``not_found`` (404: deployment or URL),
-        ``unreachable`` (connection errors or timeouts on every attempt), ``redirect`` (a 3xx,
-        never followed), ``rejected`` (the same 4xx on every one of the first requests), or ``malformed``
-        (the Batch API answered with what is not a job object).
+        ``proxy_authentication`` (407: the proxy refuses the credentials in its URL), ``unreachable``
+        (connection errors or timeouts on every attempt), ``redirect`` (a 3xx, never followed), ``rejected``
+        (the same 4xx on every one of the first requests), or ``malformed`` (the Batch API answered with what
+        is not a job object).
     """
 
     def __init__(self, kind: str, message: str, *, cause: str | None = None) -> None:
@@ -243,6 +244,12 @@ class NotFound(EndpointRefused):
     """A 404: no such deployment, or a wrong endpoint URL."""
 
     KIND = "not_found"
+
+
+class ProxyRefused(EndpointRefused):
+    """A 407: the proxy between us and the endpoint wants credentials, or refuses those in its URL."""
+
+    KIND = "proxy_authentication"
 
 
 class Redirected(AttemptError):

@@ -42,6 +42,7 @@ from .errors import (
     Malformed,
     NotFound,
     Outage,
+    ProxyRefused,
     RateLimited,
     Redirected,
     Refused,
@@ -126,8 +127,15 @@ def batch_url(api: Api, v1: bool) -> str:
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 SHOULD_RETRY = "x-should-retry"  # the server's own word on whether to ask again, as openai-python honours it
-# The endpoint's refusals, not a line's: the credentials (401, 403) or the deployment (404). They end the run.
-ENDPOINT_REFUSALS: dict[int, type[EndpointRefused]] = {401: Unauthorized, 403: Forbidden, 404: NotFound}
+# The endpoint's refusals, not a line's: the credentials (401, 403), the deployment (404) or the proxy's
+# credentials (407, whether the proxy answers the request or its CONNECT). They end the run.
+ENDPOINT_REFUSALS: dict[int, type[EndpointRefused]] = {
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    407: ProxyRefused,
+}
+PROXY_AUTHENTICATION = 407
 # Error codes (or Azure's ``innererror.code``) that judge one line's content, whatever the status: the
 # content filter, a prompt past the context window, a prompt or image refused. Never the endpoint's.
 LINE_CODES = frozenset(
@@ -195,6 +203,11 @@ def error_class(
     if status in ENDPOINT_REFUSALS and not line_field:
         return ENDPOINT_REFUSALS[status]
     return Rejected if status < 500 else Refused
+
+
+def proxy_refused(status: int | None) -> bool:
+    """Whether the proxy answered a tunnel's CONNECT (an ``https://`` endpoint's) by refusing its credentials."""
+    return status == PROXY_AUTHENTICATION
 
 
 def is_redirect(status: int) -> bool:

@@ -41,10 +41,13 @@ class ForwardProxy:
         self.upstream = upstream
         self.received: list[tuple[str, str, str | None]] = []
         self.url = ""
+        self.wants: str | None = None  # the Proxy-Authorization it requires, if any
 
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append((request.method, request.path, request.headers.get("Proxy-Authorization")))
-        if request.url.host != "my-resource.openai.invalid":
+        if self.wants is not None and request.headers.get("Proxy-Authorization") != self.wants:
+            return web.Response(status=407, headers={"Proxy-Authenticate": 'Basic realm="corp"'}, text="who?")
+        if request.method == "CONNECT" or request.url.host != "my-resource.openai.invalid":
             return web.Response(status=502, text="unknown host")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         async with (
@@ -68,8 +71,15 @@ def proxy() -> Iterator[tuple[ForwardProxy, Simulator]]:
         forward = ForwardProxy(url)
         started, stop = threading.Event(), threading.Event()
 
+        @web.middleware
+        async def tunnel(request: web.Request, handler: Any) -> web.StreamResponse:
+            """A CONNECT (``host:443``, no path) matches no route: answered here. This proxy opens no tunnel."""
+            if request.method == "CONNECT":
+                return await forward.handle(request)
+            return await handler(request)
+
         async def serve() -> None:
-            app = web.Application()
+            app = web.Application(middlewares=[tunnel])
             app.router.add_route("*", "/{tail:.*}", forward.handle)
             runner = web.AppRunner(app)
             await runner.setup()
@@ -231,3 +241,27 @@ def test_a_proxy_that_does_not_answer_stops_the_run_naming_the_proxy_variables(
     err = capsys.readouterr().err
     assert "ClientProxyConnectionError" in err and "the proxy the environment names (HTTPS_PROXY" in err
     assert PASSWORD not in err and read_jsonl(tmp_path / "in.results.errors.jsonl") == []
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])  # the proxy refuses the request itself, or its tunnel
+def test_a_proxy_that_refuses_its_credentials_stops_the_run_at_once_and_records_nothing(
+    tmp_path: Path,
+    proxy: tuple[ForwardProxy, Simulator],
+    azure: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    scheme: str,
+) -> None:
+    forward, sim = proxy
+    forward.wants = "Basic " + base64.b64encode(b"user:the-right-one").decode()
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", RESOURCE.replace("http:", f"{scheme}:"))
+    monkeypatch.setenv(f"{scheme.upper()}_PROXY", _with_password(forward.url))
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
+                                        for i in range(200)])  # fmt: skip
+    assert main(["in.jsonl", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "the proxy refused its credentials" in err and "407" in err and PASSWORD not in err
+    assert "HINT: check the user name and password in the proxy's URL (HTTPS_PROXY" in err
+    assert sim.requests == 0 and read_jsonl(tmp_path / "in.results.errors.jsonl") == []
+    assert len(forward.received) < 50  # refused by the first answers: not every line asked
+    assert {method for method, _, _ in forward.received} == ({"CONNECT"} if scheme == "https" else {"POST"})

@@ -183,6 +183,9 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
     azure = endpoint.kind == "azure"
     key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
     model = "AZURE_OPENAI_DEPLOYMENT_NAME / --deployment" if azure else "OPENAI_MODEL / --deployment"
+    if kind == "proxy_authentication":
+        where = "the proxy's URL (HTTPS_PROXY, HTTP_PROXY...)"
+        return f"check the user name and password in {where}: http://user:password@host:port"
     if kind == "authentication" and endpoint.token_provider is not None:
         return "check that the Entra ID identity has the 'Cognitive Services OpenAI User' role on this resource"
     if kind == "authentication":

@@ -107,9 +107,13 @@ def endpoint_error(
     if not route.any_success:
         if kind == "not_found":
             return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
+        if kind == "proxy_authentication":
+            return FatalAPIError(kind, f"the proxy refused its credentials: {exc.message}")
         return FatalAPIError(kind, f"authentication failed: {exc.message}")
     after = f"after {route.succeeded:,} answers"
-    if kind == "not_found":
+    if kind == "proxy_authentication":
+        changed = f"the proxy refused its credentials {after}: did its password change? ({exc.message})"
+    elif kind == "not_found":
         changed = f"the deployment was not found {after}: was it deleted or renamed? ({exc.message}; URL tried: {url})"
     elif route.transport.tokens is not None:
         again = ", with a fresh token too" if fresh_token else ""

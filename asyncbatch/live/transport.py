@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from ..config import Endpoint, TransportOptions
-from ..errors import AttemptError, Malformed, NoAnswer, Outage
+from ..errors import AttemptError, Malformed, NoAnswer, Outage, ProxyRefused
 from ..protocol import (
     ACCEPT_ENCODING,
     APIS,
@@ -34,6 +34,7 @@ from ..protocol import (
     is_error,
     is_redirect,
     is_success,
+    proxy_refused,
     reply_or_error,
     request_id,
 )
@@ -129,6 +130,9 @@ class AiohttpTransport:
         except aiohttp.ClientError as exc:
             if head is None and _head_too_large(exc):
                 raise NoAnswer("header_too_large", HEADER_TOO_LARGE) from None
+            if head is None and isinstance(exc, aiohttp.ClientHttpProxyError) and proxy_refused(exc.status):
+                said = f"the proxy answered HTTP {exc.status} {exc.message} to the tunnel's CONNECT"
+                raise ProxyRefused("proxy_authentication", said, status=exc.status) from None
             failed = "connection failed" if head is None else f"the HTTP {head[0]} answer's body could not be read"
             raise _broken(head)("connection_error", f"{failed}: {_describe(exc)}", request_id=_id(head)) from None
         except Unreadable as exc:  # only an answer's (so after its head): an error's keeps what could be decoded
