@@ -15,6 +15,7 @@ Invariants, per case:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -75,6 +76,11 @@ good_versions = st.sampled_from(["2024-10-21", "v1", "2025-04-01-preview"])
 bad_versions = st.one_of(st.sampled_from(["", "latest", "V1", "2024-10-21 "]), st.text(max_size=12))
 good_files = st.sampled_from(["out.jsonl", "sub/x.jsonl", "o.jsonl"])
 bad_files = st.one_of(st.sampled_from(["", ".", "/", "in.jsonl", "~/x", "a\x00b", "-o", "x" * 300]), st.text())
+PROXY_NAMES = st.sampled_from(["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"])
+NO_PROXY = st.one_of(
+    st.sampled_from(["*", ".openai.azure.com", "res.openai.azure.com", "gw.example.com:443", "h,127.0.0.1", ""]),
+    st.text(max_size=20),
+)
 good_header_names = st.sampled_from(["Ocp-Apim-Subscription-Key", "X-Api-Key", "X-Gateway"])
 bad_header_names = st.one_of(
     st.sampled_from(["X Y", "", "é", "(x)", "Authorization", "api-key", "Content-Type"]), st.text(max_size=10)
@@ -200,9 +206,17 @@ def cases(draw: st.DrawFn) -> Case:
         else:
             environ["ASYNCBATCH_TOKEN_COMMAND"] = command
         argv += ["--token-timeout", "5"]
+    if draw(st.integers(0, 3)) == 0:  # a proxy (its URL drawn as an endpoint's: passwords, odd schemes and hosts)
+        environ[draw(PROXY_NAMES)] = (
+            d.url() if not d.flawed() else draw(st.sampled_from(["socks5://h:1", "h:3128", ""]))
+        )
+        if draw(st.booleans()):
+            environ[draw(st.sampled_from(["NO_PROXY", "no_proxy"]))] = draw(NO_PROXY)
     dotenv = None
     if draw(st.integers(0, 5)) == 0:
-        name = draw(st.sampled_from(["AZURE_OPENAI_API_KEY", "OPENAI_API_KEY", "ASYNCBATCH_TOKEN_COMMAND"]))
+        name = draw(
+            st.sampled_from(["AZURE_OPENAI_API_KEY", "OPENAI_API_KEY", "ASYNCBATCH_TOKEN_COMMAND", "HTTPS_PROXY"])
+        )
         environ.pop(name, None)
         dotenv = f"{name}={_toml(d.secret())}\n" + (draw(st.text(max_size=30)) if d.flawed() else "")
     deployments = _deployments(d, environ) if mode == "pool" else None
@@ -247,6 +261,8 @@ def usable(config: RunConfig) -> str | None:
         e = route.endpoint
         if problem := _opens(e.kind, e.base_url, e.deployment, e.api_version, tuple(e.headers.items()), e.api_key):
             return problem
+        if e.proxy is not None and (problem := _proxy_opens(e.proxy)):
+            return problem
     return None
 
 
@@ -275,6 +291,19 @@ def _opens(
                 return f"headers {bad} are not printable ASCII"
     except Exception as exc:  # the next step of the run would raise this
         return f"{type(exc).__name__} while opening the connection"
+    return None
+
+
+def _proxy_opens(proxy: str) -> str | None:
+    """What would stop aiohttp (the live requests) or the SDK's HTTP client (the Batch API) using ``proxy``."""
+    try:
+        parsed = yarl.URL(proxy)
+        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            return f"aiohttp cannot go through {parsed.scheme}:// or a proxy with no host"
+        endpoint = Endpoint(kind="azure", base_url="https://res.openai.azure.com", deployment="d", api_key="k" * 8)
+        sdk_client(dataclasses.replace(endpoint, proxy=proxy))
+    except Exception as exc:
+        return f"{type(exc).__name__} with the proxy"
     return None
 
 
