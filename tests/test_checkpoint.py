@@ -2,17 +2,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tracemalloc
 from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from asyncbatch.config import Outputs, StatePaths, fingerprint
 from asyncbatch.errors import ConfigError
 from asyncbatch.input.ids import line_digest
 from asyncbatch.store.checkpoint import (
+    MAX_LINE,
     Checkpoint,
     CheckpointUnreadable,
     DoneSet,
@@ -232,6 +234,23 @@ def test_a_changed_input_is_refused_but_an_appended_one_is_not(tmp_path: Path) -
         recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP)
 
 
+def test_a_record_past_the_inputs_end_sizes_nothing_when_a_changed_input_is_compared(tmp_path: Path) -> None:
+    """A damaged record's number (up to ``MAX_LINE``) sized the comparison's arrays: 9 bytes a line, 4.5 GB here."""
+    path, ckpt = tmp_path / "in.jsonl", tmp_path / "c"
+    path.write_text("line one\nline two\n")
+    digest = f"{line_digest(b'line one'):016x}"
+    far = {"id": "batch_req_2", "line": 500_000_000, "line_hash": digest, "error": {"code": "http_500"}}
+    (tmp_path / "e").write_bytes(orjson.dumps(far) + b"\n")
+    save_checkpoint(ckpt, _ckpt(input_offset=9, input_hash=_hash(b"line ONE\n")))  # the input changed since
+    tracemalloc.start()
+    try:
+        state = recover(path, _outputs(tmp_path / "r", tmp_path / "e", tmp_path), FP, retry_failed=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert state.prefix is None and peak < 100 * 2**20  # the bitmap of done lines alone: 62.5 MB
+
+
 def test_foreign_line_in_an_output_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "r").write_text('{"not": "ours"}\n')
     with pytest.raises(ConfigError, match="not an asyncbatch record"):
@@ -297,3 +316,40 @@ def test_cut_at_any_byte_then_recover(
     assert whole_r == r_lines[: len(whole_r)] and whole_e == e_lines[: len(whole_e)]  # only torn tails were cut
     assert sorted(n for n in range(200) if n in state.done) == sorted(whole_r + whole_e)
     assert (state.results_lines, state.errors_lines) == (len(whole_r), len(whole_e))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 12),
+    at=st.floats(0, 1),
+    damage=st.one_of(
+        st.binary(min_size=1, max_size=12),
+        st.sampled_from([b"{}", b"null", b'{"line": -1}', b'{"line": "7"}', b'{"line": true}', b'{"line": 2.5}']).map(
+            lambda b: b"\n" + b + b"\n"
+        ),
+        st.one_of(st.integers(-(10**30), 10**4), st.integers(MAX_LINE + 1, 10**30)).map(
+            lambda n: b'\n{"line": %d}\n' % n
+        ),  # a number a line may have (not up to MAX_LINE: a bitmap that long takes a while), or none may
+    ),
+)
+@example(n=9, at=0.9, damage=b'\n{"line": -1}\n')  # marked the bitmap's last byte: line 15 "done", never run
+@example(n=3, at=0.5, damage=b'\n{"line": 99999999999999999999}\n')  # OverflowError, a traceback at resume
+def test_damage_in_the_middle_of_an_output_is_refused_or_every_record_counts_exactly(
+    tmp_path_factory: pytest.TempPathFactory, n: int, at: float, damage: bytes
+) -> None:
+    """Bytes from disk: a damaged output is refused whole, naming it (nothing changed), or read exactly."""
+    d = tmp_path_factory.mktemp("damage")
+    results, errors = d / "r", d / "e"
+    data = _records(results, list(range(1, n + 1)))
+    whole = data.splitlines(keepends=True)
+    cut_at = len(b"".join(whole[: int(n * at)])) if damage.startswith(b"\n") else int(len(data) * at)
+    results.write_bytes(data[:cut_at] + damage.removeprefix(b"\n") + data[cut_at:])  # a line, or bytes anywhere
+    before = results.read_bytes()
+    try:
+        state = recover(INPUT, _outputs(results, errors, d), FP)
+    except ConfigError as refused:
+        assert str(results) in str(refused) and results.read_bytes() == before
+        return
+    lines = [orjson.loads(raw)["line"] for raw in results.read_bytes().splitlines()]
+    assert all(type(line) is int and 0 <= line <= MAX_LINE for line in lines)
+    assert all(line in state.done for line in lines) and len(state.done) == len(set(lines))  # no other line

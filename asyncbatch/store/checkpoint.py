@@ -42,6 +42,9 @@ from .files import cut, looks_like_record, open_private, replace_atomically, tor
 from .ids import DigestBag
 
 VERSION = 4
+# A record's line number is one our writer wrote: an int up to this. A larger one (or -1, "7", true, 1e400) is damage:
+# taken as it is, it marked another line done (-1: the bitmap's last byte) or sized a bitmap of many gigabytes.
+MAX_LINE = 10**9
 READABLE = frozenset({3, VERSION})  # version 3 (main's until the input's path was kept) has no ``input``
 
 
@@ -329,7 +332,8 @@ def scan(path: Path, offset: int, end: int) -> Iterator[dict[str, Any]]:
             at += len(raw)
             try:
                 record = orjson.loads(raw)
-                int(record[LINE])
+                if not (type(record[LINE]) is int and 0 <= record[LINE] <= MAX_LINE):
+                    raise ValueError("no input line has that number")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise ConfigError(
                     f"{path} holds a line that is not an asyncbatch record near byte {at}; it is left as it is. "
@@ -496,6 +500,17 @@ def _check_input(
     return _edited(input_path, outputs, sizes, retry_failed, lines, unit="line" if lines is None else "row")
 
 
+def _line_count(input_path: Path, lines: Lines | None) -> int:
+    """How many lines (or a table's rows) the input has: what bounds the line numbers worth comparing."""
+    if lines is not None:
+        return sum(1 for _ in lines(input_path))
+    count, last = 0, b"\n"
+    with input_path.open("rb") as f:
+        while block := f.read(1 << 20):
+            count, last = count + block.count(b"\n"), block
+    return count + (not last.endswith(b"\n"))
+
+
 def _edited(
     input_path: Path,
     outputs: tuple[Path, Path],
@@ -506,9 +521,12 @@ def _edited(
 ) -> set[int]:
     """The failed lines whose content changed; ConfigError if a line whose request was answered changed."""
     digests, kinds = array("Q"), bytearray()  # by line number: the record's digest; 1 answered, 2 failed, 3 bad input
+    most = _line_count(input_path, lines)  # a record past the input's end has no line to compare: not kept
     for path, size in zip(outputs, sizes, strict=True):
         for record in scan(path, 0, size):
             line_no, digest = int(record[LINE]), _line_hash(record)
+            if line_no > most:
+                continue
             if digest is None:  # a line too long to digest: its content cannot be compared
                 raise _changed(input_path, line_no, "its record has no digest to compare", unit=unit)
             if line_no >= len(kinds):
