@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import orjson
@@ -166,6 +168,18 @@ def test_garbage_checkpoint_means_rebuild(tmp_path: Path) -> None:
     ckpt.write_bytes(b"\x00garbage")
     state = recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), FP)
     assert state.source == "rebuilt" and sorted(n for n in range(10) if n in state.done) == [4, 6]
+
+
+def test_a_done_set_that_inflates_past_every_line_means_rebuild(tmp_path: Path) -> None:
+    """A checkpoint's done-set is zlib: a damaged (or crafted) one inflated without bound (1 kB to gigabytes)."""
+    results, ckpt = tmp_path / "r", tmp_path / "c"
+    _records(results, [4, 6])
+    bomb = zlib.compress(bytes(MAX_LINE // 8 + 2), 9)  # a done-set past MAX_LINE lines: none this version writes
+    saved = orjson.loads(_ckpt().to_bytes()) | {"done": base64.b64encode(bomb).decode()}
+    ckpt.write_bytes(orjson.dumps(saved))
+    state = recover(INPUT, _outputs(results, tmp_path / "e", tmp_path), FP)
+    assert state.source == "rebuilt" and sorted(n for n in range(10) if n in state.done) == [4, 6]
+    assert len(bomb) < MAX_LINE // 8 // 500
 
 
 def test_checkpoint_roundtrips_and_any_missing_or_unknown_field_means_rebuild(tmp_path: Path) -> None:

@@ -93,7 +93,12 @@ class DoneSet:
 
     @classmethod
     def decode(cls, text: str) -> DoneSet:
-        return cls(zlib.decompress(base64.b64decode(text)))
+        """:raises ValueError: not a done-set this version wrote (longer than ``MAX_LINE`` bits once inflated)."""
+        inflate = zlib.decompressobj()
+        bits = inflate.decompress(base64.b64decode(text), MAX_LINE // 8 + 1)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise ValueError("not a whole done-set of at most MAX_LINE lines")
+        return cls(bits)
 
 
 class PrefixHash:
