@@ -95,3 +95,34 @@ def test_simulate_serves_the_routes_of_the_api_version_given(
         ]
     else:
         assert "no route in api-version 2024-10-21" in capsys.readouterr().err
+
+
+def test_a_responses_line_whose_own_schema_cannot_be_checked_is_a_bad_line_never_sent(
+    tmp_path: Path, sim: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line's text.format or function tool schema is checked before it is sent: an invalid one, one nested past
+    what jsonschema can walk, one whose $ref points nowhere. They crashed the run (an internal error, exit 2)
+    once their answer had come back: paid, then paid again on every run."""
+    deep: dict = {"type": "string"}
+    for _ in range(100):
+        deep = {"type": "object", "properties": {"a": deep}}
+    schemas = {"invalid": {"type": 5}, "deep": deep, "nowhere": {"type": "object", "$ref": "#/$defs/gone"}}
+    rows = [_response(0)]
+    for name, schema in schemas.items():
+        body = {"input": "hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": schema}}}
+        rows.append({"custom_id": name, "method": "POST", "url": "/v1/responses", "body": body})
+    tool = {"type": "function", "name": "f", "parameters": deep, "strict": False}
+    rows.append(
+        {"custom_id": "tool", "method": "POST", "url": "/v1/responses", "body": {"input": "x", "tools": [tool]}}
+    )
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--api-version", "v1"]) == 1
+    errors = {e["custom_id"]: e for e in read_jsonl(tmp_path / "in.results.errors.jsonl")}
+    assert {name: e["error"]["code"] for name, e in errors.items()} == dict.fromkeys(
+        [*schemas, "tool"], "invalid_input"
+    )
+    assert "is not a valid JSON Schema" in errors["invalid"]["error"]["message"]
+    assert "nests deeper than 64 levels" in errors["deep"]["error"]["message"]
+    assert "refers to '#/$defs/gone', which is not in it" in errors["nowhere"]["error"]["message"]
+    assert [r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")] == ["r0"] and sim.requests == 1
+    assert "internal error" not in capsys.readouterr().err

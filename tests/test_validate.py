@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from asyncbatch.errors import AttemptError, ConfigError, InvalidOutput, LineRefused, Refused
 from asyncbatch.structured.schemas import strict_problems
 from asyncbatch.structured.validate import OutputCheck, compile_schema
+
+SCHEMA_WORDS = ["type", "properties", "items", "$ref", "anyOf", "allOf", "$defs", "required", "enum", "a"]
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -153,3 +158,53 @@ def test_a_responses_refusal_part_is_the_line_s_failure() -> None:
     body = {"status": "completed", "output": [{"type": "message", "content": [part]}]}
     with pytest.raises(LineRefused, match=r"the model refused to answer: 'No\.'"):
         OutputCheck(None, None).extract_for("responses", body, {"input": "x"})
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(SCHEMA_WORDS), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(schema=JSON_VALUES | st.integers(30, 300).map(_nested))
+@example(schema=_nested(100))  # jsonschema ran out of stack checking it: "internal error", exit 2, every run
+@example(schema={"$ref": "#/nope"})  # checked, then raised at the first answer checked: after it was paid
+@example(schema={"enum": [{"$ref": "x"}]})  # data, not a reference
+@example(schema={"$ref": "#"})  # a reference to itself: checking an answer never ends (a RecursionError)
+def test_any_schema_is_judged_never_a_traceback(schema: Any) -> None:
+    """A schema comes from outside (--tools, --response-format, a line's own): judged, whatever it holds."""
+    try:
+        compile_schema(schema, "the schema")
+    except ConfigError as refused:
+        assert str(refused).startswith("the schema ")
+        return
+    check = OutputCheck(None, {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    for answer in ({"a": [1, "x", None]}, [], "x", {"$ref": 1}):  # what a run does with each answer: no traceback
+        reply = {"choices": [{"message": {"content": json.dumps(answer)}, "finish_reason": "stop"}]}
+        with contextlib.suppress(InvalidOutput, Refused):  # a violation (asked again), or a schema it cannot check with
+            check.extract(reply)
+
+
+def test_an_answer_too_deep_to_check_against_a_recursive_schema_is_refused_and_kept() -> None:
+    """A recursive schema walks a few frames a level: an answer 126 levels deep (a record holds 128) ran out of
+    stack in the middle of a run, where the answer was paid for: an internal error, and paid again every run."""
+    node = {"anyOf": [{"type": "object", "properties": {"c": {"allOf": [{"$ref": "#/$defs/n"}]}}}, {"type": "null"}]}
+    schema = {"$defs": {"n": node}, "type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}}
+    check = OutputCheck(None, {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    answer: Any = None
+    for _ in range(126):
+        answer = {"c": answer}
+    reply = {"choices": [{"message": {"content": json.dumps(answer)}, "finish_reason": "stop"}]}
+    with pytest.raises(Refused) as refused:
+        check.extract(reply)
+    assert refused.value.code == "response_too_deep" and "the answer is kept" in str(refused.value)
+    shallow = {"choices": [{"message": {"content": json.dumps({"c": {"c": None}})}, "finish_reason": "stop"}]}
+    assert check.extract(shallow) == {"c": {"c": None}}

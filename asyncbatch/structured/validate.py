@@ -15,24 +15,78 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from ..errors import AttemptError, ConfigError, InvalidOutput, LineRefused, Refused, Transient
-from ..protocol import MAX_DEPTH, TooDeep, embedding_vectors, read_json
+from ..protocol import MAX_DEPTH, TooDeep, embedding_vectors, nests_deeper, read_json
+
+# JSON levels of a schema asyncbatch checks (strict structured outputs take 10 levels of schema: 20 of JSON); past
+# them, checking it (jsonschema recurses a few frames a level) ran out of stack: an internal error, on every run.
+MAX_SCHEMA_NESTING = 64
 
 
 def compile_schema(schema: Any, where: str) -> Draft202012Validator:
     """A validator for ``schema``; a schema that is not valid JSON Schema is a ConfigError naming ``where``."""
+    if problem := schema_problem(schema):
+        raise ConfigError(f"{where} {problem}")
+    return Draft202012Validator(schema)
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why ``schema`` is not one asyncbatch can check answers against, or None: the one judge of a schema."""
+    try:
+        return _judged(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+    except orjson.JSONEncodeError:  # orjson's own limit on nesting (255), or a value that is not JSON
+        return f"is not JSON nested at most {MAX_SCHEMA_NESTING} levels deep"
+
+
+@functools.lru_cache(maxsize=256)  # a file's lines often carry one schema: judged once
+def _judged(text: bytes) -> str | None:
+    if nests_deeper(text, MAX_SCHEMA_NESTING):
+        return f"nests deeper than {MAX_SCHEMA_NESTING} levels of JSON, which no service takes (strict mode: 10 levels)"
+    schema = orjson.loads(text)
     try:
         Draft202012Validator.check_schema(schema)
+        missing = _unresolved(schema)
     except SchemaError as exc:
-        raise ConfigError(f"{where} is not a valid JSON Schema: {exc.message}") from None
-    return Draft202012Validator(schema)
+        return f"is not a valid JSON Schema: {exc.message}"
+    except RecursionError:  # a schema jsonschema cannot walk (its own references, without end)
+        return "cannot be checked: walking it does not end"
+    if missing is not None:  # found only when an answer is checked: an internal error, once the answer was paid
+        return f"refers to {missing[:80]!r}, which is not in it (asyncbatch never fetches a schema)"
+    return None
+
+
+_DATA = frozenset({"enum", "const", "default", "examples"})  # keywords whose values are data, never schemas
+
+
+def _unresolved(schema: Any) -> str | None:
+    """The first ``$ref`` of ``schema`` that points at nothing in it (by its ``$id``s too), or None."""
+    resource = DRAFT202012.create_resource(schema)
+    resolver = Registry().with_resource("", resource).crawl().resolver_with_root(resource)
+    nodes = [schema]
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable:
+                    return ref
+            nodes.extend(value for key, value in node.items() if key not in _DATA)
+        elif isinstance(node, list):
+            nodes.extend(node)
+    return None
 
 
 class OutputCheck:
@@ -257,7 +311,21 @@ def _problem(raw: str, validator: Draft202012Validator, what: str, body: dict[st
             status=200,
             body=body,
         ) from None
-    error = best_match(validator.iter_errors(value))
+    try:
+        error = best_match(validator.iter_errors(value))
+    except Unresolvable as exc:  # a reference the schema's judge could not follow ahead (``_unresolved``)
+        raise Refused(
+            "schema_unresolvable", f"{what}: the schema refers to what is not in it ({exc})", status=200, body=body
+        ) from None
+    except RecursionError:  # a recursive schema walks a few frames a level: an answer of 100+ levels ran out of stack
+        raise Refused(
+            "response_too_deep",
+            f"{what}: too deep to check against the schema, or the schema refers to itself without end "
+            "(the answer is kept). "
+            "HINT: run again with --retry-failed to ask again",
+            status=200,
+            body=body,
+        ) from None
     if error is not None:
         return None, f"{what}: schema violation at {_json_path(error)}: {error.message}"
     return value, None
