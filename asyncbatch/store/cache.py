@@ -466,10 +466,12 @@ class ResponseCache:
 
     def stats(self) -> dict[str, Any]:
         """:raises ConfigError: the file fails while it is read."""
+        entries, hits, oldest, newest = 0, 0, None, None  # no table yet: a cache being made, or its maker killed
         try:
-            entries, hits, oldest, newest = self.db.execute(
-                "SELECT count(*), coalesce(sum(hits), 0), min(stored), max(stored) FROM answers"
-            ).fetchone()
+            if self.held:
+                entries, hits, oldest, newest = self.db.execute(
+                    "SELECT count(*), coalesce(sum(hits), 0), min(stored), max(stored) FROM answers"
+                ).fetchone()
         except sqlite3.Error as exc:
             raise _damaged(self.path, exc) from None
         size = 0
