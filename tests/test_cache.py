@@ -241,6 +241,49 @@ def test_processes_opening_a_new_cache_at_once_all_open_it(tmp_path: Path) -> No
             assert cache.stats()["entries"] == 0 + 5 + 10 + 15
 
 
+def _another_run(path: str, asked: Any, told: Any) -> None:
+    """A run in another process, forked before the test opens the cache (so it shares none of SQLite's memory of
+    it): ``write`` stores an answer and closes the cache; ``count`` says how many of the keys it is given it finds."""
+    for word, keys in iter(asked.get, None):
+        if word == "write":
+            with ResponseCache(Path(path)) as cache:
+                told.put(cache.put(cache_key("chat", ["another"], {}), b'{"b": 2}', "req"))
+        else:
+            with ResponseCache(Path(path), "read") as cache:
+                told.put(sum(cache.get(key) is not None for key in keys))
+
+
+def test_a_run_that_looks_at_the_cache_leaves_the_locks_of_another_run_in_its_process(tmp_path: Path) -> None:
+    """POSIX locks are the process's: a run that opened and closed the cache file (its look at the header) while
+    another run in the same process had it open dropped that one's lock. Another process closing then took itself
+    for the last user, checkpointed and deleted the log the first still wrote to: what it stored after that was
+    seen by no one (1 of 20 answers here), and lost when a third process wrote (300 of 805)."""
+    path = tmp_path / "c.sqlite"
+    fork = multiprocessing.get_context("fork")
+    asked, told = fork.Queue(), fork.Queue()
+    other = fork.Process(target=_another_run, args=(str(path), asked, told), daemon=True)
+    other.start()
+    keys = [cache_key("chat", ["first"], {"n": n}) for n in range(20)]
+    with ResponseCache(path) as first:
+        assert first.put(keys[0], b'{"a": 1}', "req")
+        descriptors = []
+        for _ in range(30):  # other runs in this process start and end while the first one goes on
+            with ResponseCache(path, "read") as second:
+                assert second.get(keys[0]) is not None
+            descriptors.append(len(os.listdir("/proc/self/fd")))
+        assert len(set(descriptors)) == 1  # none left open by each (SQLite keeps one of its own for the next)
+        asked.put(("write", []))
+        assert told.get(timeout=60) is True  # and closed: not the last user, it left the log to the first
+        for key in keys[1:]:
+            assert first.put(key, b'{"a": 1}', "req")
+        asked.put(("count", keys))
+        assert told.get(timeout=60) == 20
+    asked.put(None)
+    other.join(timeout=60)
+    with ResponseCache(path, "read") as cache:
+        assert cache.stats()["entries"] == 21
+
+
 def test_kill_9_while_the_cache_is_written_leaves_it_readable_and_the_run_exactly_once(
     tmp_path: Path, sim: tuple[dict[str, str], Simulator]
 ) -> None:
