@@ -27,9 +27,11 @@ import os
 import shlex
 import sqlite3
 import stat
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import closing, suppress
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 from ..config import MODES, CacheMode
 from ..errors import ConfigError, option
 from ..redact import Redactor
-from .files import open_private
+from .files import NOFOLLOW, open_private
 
 LEFT_OUT = ("user", "metadata")  # body fields that tag a request: not part of the key
 APPLICATION_ID = int.from_bytes(b"aBch", "big")  # SQLite's header field for "which program's file is this"
@@ -88,6 +90,99 @@ def checksum(key: bytes, body: bytes, request_id: str | None) -> bytes:
 class Entry:
     body: bytes
     request_id: str | None
+
+
+# -- this process's descriptors of a cache file ------------------------------------------------
+
+
+class _Users:
+    """Who in this process uses each cache file, so that no descriptor of one is closed under a connection to it.
+
+    POSIX locks belong to a process, not to a descriptor: closing any descriptor of a file drops every lock the
+    process holds on it, SQLite's included (sqlite.org/howtocorrupt.html, 2.2). A run that looked at the file while
+    another run in this process (``asyncio.gather`` of two ``asyncbatch.map``) had it open would leave that one's
+    connection unlocked: another process closing the cache would find itself its last user, checkpoint and delete
+    the log this one still writes to, and every answer stored after that would be lost. So a descriptor of a file in
+    use here is closed when its last user is done, as SQLite does with its own; and one kept so serves every later
+    look at that file, so runs that overlap without end keep one descriptor, not one each.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.count: Counter[tuple[int, int]] = Counter()  # (st_dev, st_ino) -> connections and lookers using it
+        self.kept: dict[tuple[int, int], list[int]] = {}  # descriptors closed when the file's last user is done
+
+    def came(self, key: tuple[int, int]) -> None:
+        with self.lock:
+            self.count[key] += 1
+
+    def left(self, key: tuple[int, int]) -> None:
+        with self.lock:
+            self.count[key] -= 1
+            if not self.count[key]:
+                del self.count[key]
+                for fd in self.kept.pop(key, []):
+                    os.close(fd)
+
+    @contextmanager
+    def descriptor(self, path: Path, open_: Callable[[], int]) -> Iterator[int]:
+        """A descriptor of the file ``path`` names: the one kept for it, else ``open_()``'s (closed, or kept, after)."""
+        kept = None
+        with self.lock, suppress(OSError):
+            info = os.lstat(path)  # not followed: a link at ``path`` is ``open_``'s to refuse
+            key = (info.st_dev, info.st_ino)
+            if stat.S_ISREG(info.st_mode) and key in self.kept:
+                kept, self.count[key] = self.kept[key][0], self.count[key] + 1
+        if kept is not None:
+            try:
+                yield kept
+            finally:
+                self.left(key)
+            return
+        fd = open_()
+        try:
+            yield fd
+        finally:
+            info = os.fstat(fd)
+            with self.lock:
+                if (key := (info.st_dev, info.st_ino)) in self.count:
+                    self.kept.setdefault(key, []).append(fd)
+                else:
+                    os.close(fd)
+
+
+_users = _Users()
+
+
+class _Connection(sqlite3.Connection):
+    """A connection counted among its file's users from before its first lock until it is closed."""
+
+    file: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if (key := self.file) is not None:
+                self.file = None
+                _users.left(key)
+
+
+def _sqlite(path: Path, uri: str | None = None) -> _Connection:
+    """A connection to ``path`` (through ``uri`` if given), counted among its users before it reads a byte."""
+    db = sqlite3.connect(
+        uri or path,
+        uri=uri is not None,
+        timeout=BUSY_TIMEOUT,
+        isolation_level=None,
+        check_same_thread=False,
+        factory=_Connection,
+    )
+    with suppress(OSError):  # no file: SQLite holds no lock on it
+        info = os.stat(path)
+        db.file = (info.st_dev, info.st_ino)
+        _users.came(db.file)
+    return db
 
 
 # -- the boundary: is this file a cache of ours, whole? ------------------------------------------
@@ -173,20 +268,17 @@ def _judge_unmarked(path: Path, identity: tuple[int, ...] | None) -> None:
 def _header(path: Path) -> tuple[bytes, tuple[int, ...] | None]:
     """The first 100 bytes of ``path`` (b"" if none) and what identifies it as it is now."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with _users.descriptor(path, lambda: os.open(path, os.O_RDONLY | NOFOLLOW | os.O_NONBLOCK)) as fd:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"--cache {path} is not a regular file. HINT: give --cache a file's path")
+            return os.pread(fd, 100, 0), (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
     except FileNotFoundError:
         return b"", None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _link(path) from None
         raise ConfigError(f"--cache {path}: cannot read it ({exc.strerror})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"--cache {path} is not a regular file. HINT: give --cache a file's path")
-        return os.pread(fd, 100, 0), (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    finally:
-        os.close(fd)
 
 
 def _wal_readable(path: Path) -> bool:
@@ -216,22 +308,27 @@ def _connect(path: Path, *, immutable: bool) -> sqlite3.Connection:
     A read-only directory leaves SQLite no room for the WAL's index: the file is then read as immutable.
     """
     uri = f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
+    db = None
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        db = _sqlite(path, uri)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return db
     except sqlite3.OperationalError as exc:
+        if db is not None:
+            db.close()
         if immutable or ("readonly" not in str(exc) and "unable to open" not in str(exc)):
             raise _damaged(path, exc) from None
         return _connect(path, immutable=True)
     except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
         raise _damaged(path, exc) from None
 
 
 def _open(path: Path) -> sqlite3.Connection:
     """The connection a run reads and writes through (autocommit: one transaction per statement)."""
     try:
-        return sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        return _sqlite(path)
     except sqlite3.Error as exc:
         raise _damaged(path, exc) from None
 
@@ -331,23 +428,22 @@ class ResponseCache:
         self.close()
 
     def _open_to_write(self, exists: bool) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = open_private(self.path, os.O_RDWR | os.O_CREAT)  # 0600, like every output; SQLite's side files follow
-        except OSError as exc:
-            raise ConfigError(
-                f"--cache {self.path}: cannot open it to write ({exc.strerror}). "
-                "HINT: --cache-mode read uses a cache it cannot write to"
-            ) from None
-        try:
+        with ExitStack() as stack:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                opened = _users.descriptor(self.path, lambda: open_private(self.path, os.O_RDWR | os.O_CREAT))
+                fd = stack.enter_context(opened)  # 0600, like every output; SQLite's side files follow
+            except OSError as exc:
+                raise ConfigError(
+                    f"--cache {self.path}: cannot open it to write ({exc.strerror}). "
+                    "HINT: --cache-mode read uses a cache it cannot write to"
+                ) from None
             if not exists and os.fstat(fd).st_size:
                 check_cache(self.path, self.mode)  # made by another process meanwhile: judged before it is used
             db = _open(self.path)
             if not self._same_file(fd):  # SQLite opens by name: a link swapped in meanwhile is not used
                 db.close()
                 raise ConfigError(f"--cache {self.path} was replaced while it was opened. HINT: run again")
-        finally:
-            os.close(fd)
         try:
             _judge(self.path, db)  # the file SQLite opened, with its WAL: before any write
             return self._prepared(db)
@@ -466,10 +562,12 @@ class ResponseCache:
 
     def stats(self) -> dict[str, Any]:
         """:raises ConfigError: the file fails while it is read."""
+        entries, hits, oldest, newest = 0, 0, None, None  # no table yet: a cache being made, or its maker killed
         try:
-            entries, hits, oldest, newest = self.db.execute(
-                "SELECT count(*), coalesce(sum(hits), 0), min(stored), max(stored) FROM answers"
-            ).fetchone()
+            if self.held:
+                entries, hits, oldest, newest = self.db.execute(
+                    "SELECT count(*), coalesce(sum(hits), 0), min(stored), max(stored) FROM answers"
+                ).fetchone()
         except sqlite3.Error as exc:
             raise _damaged(self.path, exc) from None
         size = 0
