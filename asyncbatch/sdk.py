@@ -49,16 +49,18 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
 
 
 def _route(proxy: str | None) -> dict[str, Any]:
-    """The endpoint's proxy or none, as the live requests go: never the environment's, which the HTTP client
-    would read itself (``trust_env``, kept for its certificates) where no proxy is given; mounts say "direct".
+    """The endpoint's proxy or none, as the live requests go: never the environment's. Given its transport, the
+    HTTP client reads no proxy variable (``trust_env``, kept for its certificates, made it build one for each,
+    even where it then went direct: a SOCKS one in ALL_PROXY raised ImportError, a malformed one ValueError).
     The proxy's credentials go as the live requests send them (``proxy_credentials``)."""
     import httpx2
+    from openai import DEFAULT_CONNECTION_LIMITS
 
-    if proxy is None:
-        return {"mounts": dict.fromkeys(("all://", "http://", "https://"))}
-    bare, _, authorization = proxy_credentials(proxy)
-    headers = {"Proxy-Authorization": authorization} if authorization is not None else None
-    return {"proxy": httpx2.Proxy(bare, headers=headers)}
+    route = None
+    if proxy is not None:
+        bare, _, authorization = proxy_credentials(proxy)
+        route = httpx2.Proxy(bare, headers={"Proxy-Authorization": authorization} if authorization else None)
+    return {"transport": httpx2.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS, proxy=route)}
 
 
 def tunnel_status(exc: BaseException) -> int | None:

@@ -33,7 +33,7 @@ from asyncbatch.live.transport import AiohttpTransport
 from asyncbatch.redact import Redactor
 from asyncbatch.sdk import sdk_client
 from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
-from tests.helpers import read_jsonl, write_jsonl
+from tests.helpers import read_jsonl, simulator_env, write_jsonl
 
 KEY = "proxy-test-key-0123456789"
 PASSWORD = "pr0xy-pass-9876"
@@ -274,7 +274,7 @@ def test_a_proxy_that_refuses_its_credentials_stops_the_run_at_once_and_records_
     assert main(["in.jsonl", "-q"]) == 2
     err = capsys.readouterr().err
     assert "the proxy refused its credentials" in err and "407" in err and PASSWORD not in err
-    assert "HINT: check the user name and password in the proxy's URL (HTTPS_PROXY" in err
+    assert "HINT: check the user name and password in the proxy's URL (HTTPS_PROXY" in err and "***" not in err
     assert sim.requests == 0 and read_jsonl(tmp_path / "in.results.errors.jsonl") == []
     assert len(forward.received) < 50  # refused by the first answers: not every line asked
     assert {method for method, _, _ in forward.received} == ({"CONNECT"} if scheme == "https" else {"POST"})
@@ -468,3 +468,19 @@ def test_a_proxy_no_client_could_use_is_refused_before_anything_is_sent_naming_t
     assert not (tmp_path / "in.results.jsonl").exists() and not (tmp_path / "in.results.jsonl.state").exists()
     with pytest.raises(AsyncBatchError, match="the endpoint's proxy"):  # the library refuses it alike
         asyncbatch.Endpoint(kind="azure", base_url=RESOURCE, api_key=KEY, deployment="dep", proxy=value)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_proxy_variable_the_run_does_not_use_is_never_read_by_the_sdks_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], batch: bool
+) -> None:
+    """A loopback endpoint goes straight to it: the SOCKS proxy in ALL_PROXY is not its. The SDK's client still
+    built a transport for it (ImportError: socksio), and every run, live or --batch-api, stopped with a traceback."""
+    monkeypatch.setenv("ALL_PROXY", f"socks5h://user:{PASSWORD}@127.0.0.1:1080")
+    monkeypatch.setenv("https_proxy", "ftp://nowhere")  # what the SDK's client cannot build either
+    with simulator_env(SimConfig(api_key=KEY, batch_seconds=0.2), monkeypatch) as (_, sim):
+        write_jsonl(tmp_path / "in.jsonl", [{"company": f"Co{i}"} for i in range(3)])
+        argv = ["in.jsonl", "--template", "About {company}", "-q"]
+        assert main([*argv, *(["--batch-api", "--poll-interval", "0.05"] if batch else [])]) == 0
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 3 and sim.batches.created == int(batch)
+    assert "Traceback" not in capsys.readouterr().err
