@@ -13,6 +13,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -76,11 +77,39 @@ class ForwardProxy:
         return [f"{method} {path}" for method, path, _ in self.received]
 
 
+@contextmanager
+def serve_app(app: web.Application) -> Iterator[str]:
+    """``app`` on 127.0.0.1, on its own event loop in a thread; its URL."""
+    started, box = threading.Event(), {}
+
+    async def serve() -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        box["url"], box["loop"], box["stop"] = (
+            f"http://127.0.0.1:{runner.addresses[0][1]}",
+            asyncio.get_running_loop(),
+            asyncio.Event(),
+        )
+        started.set()
+        await box["stop"].wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(30)
+    try:
+        yield box["url"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+
+
 @pytest.fixture
 def proxy() -> Iterator[tuple[ForwardProxy, Simulator]]:
     with serve_in_thread(SimConfig(api_key=KEY, batch_seconds=0.2)) as (url, sim):
         forward = ForwardProxy(url)
-        started, stop = threading.Event(), threading.Event()
 
         @web.middleware
         async def tunnel(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -89,25 +118,10 @@ def proxy() -> Iterator[tuple[ForwardProxy, Simulator]]:
                 return await forward.handle(request)
             return await handler(request)
 
-        async def serve() -> None:
-            app = web.Application(middlewares=[tunnel])
-            app.router.add_route("*", "/{tail:.*}", forward.handle)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            forward.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            started.set()
-            while not stop.is_set():
-                await asyncio.sleep(0.02)
-            await runner.cleanup()
-
-        thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-        thread.start()
-        assert started.wait(30)
-        yield forward, sim
-        stop.set()
-        thread.join(30)
+        app = web.Application(middlewares=[tunnel])
+        app.router.add_route("*", "/{tail:.*}", forward.handle)
+        with serve_app(app) as forward.url:
+            yield forward, sim
 
 
 def _with_password(url: str) -> str:
@@ -484,3 +498,24 @@ def test_a_proxy_variable_the_run_does_not_use_is_never_read_by_the_sdks_client(
         assert main([*argv, *(["--batch-api", "--poll-interval", "0.05"] if batch else [])]) == 0
     assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 3 and sim.batches.created == int(batch)
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_proxy_that_answers_every_request_with_its_own_page_stops_the_run_recording_nothing(
+    tmp_path: Path, azure: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A login page (HTTP 200, HTML) for every request: every line was asked 6 times (100 s for 50 lines), then
+    recorded failed (exit 1). The first lines agree, as for a 4xx: the run stops, and the same command runs all."""
+
+    async def login_page(request: web.Request) -> web.Response:
+        return web.Response(text="<html>Sign in to the corporate network</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", login_page)
+    with serve_app(app) as url:
+        monkeypatch.setenv("HTTP_PROXY", _with_password(url))
+        write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
+                                            for i in range(40)])  # fmt: skip
+        assert main(["in.jsonl", "-q", "--max-attempts", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "none of them the API's" in err and "Sign in to the corporate network" in err and "a proxy's page?" in err
+    assert PASSWORD not in err and read_jsonl(tmp_path / "in.results.errors.jsonl") == []

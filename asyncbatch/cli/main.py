@@ -204,7 +204,7 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
     if kind == "malformed":
         return (
             f"something other than the API answers at {url} (a proxy's page?): check it, then run the same "
-            "command again (jobs already created are kept, and resumed)"
+            "command again (what was answered is kept, and Batch API jobs already created are resumed)"
         )
     if kind == "invalid_output":
         return (
