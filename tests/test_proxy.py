@@ -519,3 +519,22 @@ def test_a_proxy_that_answers_every_request_with_its_own_page_stops_the_run_reco
     err = capsys.readouterr().err
     assert "none of them the API's" in err and "Sign in to the corporate network" in err and "a proxy's page?" in err
     assert PASSWORD not in err and read_jsonl(tmp_path / "in.results.errors.jsonl") == []
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "url", "direct"),
+    [
+        ("res.example.com:443", "https://res.example.com", True),  # the default port, named: it went through
+        ("res.example.com:80", "http://res.example.com", True),
+        ("res.example.com:8443", "https://res.example.com", False),
+        ("res.example.com", "https://res.example.com:8443", True),
+        (" .Example.COM , other.org", "https://RES.example.com", True),
+        ("fd00::1", "https://[fd00::1]", True),
+        ("", "https://127.example.com", False),  # a name, not a loopback address: it went straight there
+        ("", "http://127.0.0.2:8000", True),
+        ("", "https://[::1]:8443", True),
+    ],
+)
+def test_the_hosts_that_go_straight_to_the_endpoint(no_proxy: str, url: str, direct: bool) -> None:
+    proxies = proxies_in({"HTTPS_PROXY": "http://p:1", "HTTP_PROXY": "http://p:1", "NO_PROXY": no_proxy})
+    assert proxy_for(url, proxies) == (None if direct else "http://p:1")

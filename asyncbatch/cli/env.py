@@ -40,6 +40,7 @@ URLS = ("AZURE_OPENAI_ENDPOINT", "OPENAI_BASE_URL")
 # Where requests go through, as curl, Python and the openai SDK read it (any case, lower case first): from the
 # real environment only, as a command is: a .env file that comes with a folder never routes your requests.
 PROXIES = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 LOCALHOST = "localhost"  # with 127.0.0.0/8 and ::1, never through a proxy (as Go's HTTP client does): a local server
 
 
@@ -124,8 +125,8 @@ def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
     proxy = proxies.get(name)
     if not proxy or _loopback(host):
         return None
-    at = f"{host}:{parts.port}" if parts.port else host
-    if proxy_bypass_environment(at, {"no": proxies.get("no_proxy", "")}):
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme)  # ``host:443`` in no_proxy names https://host too
+    if proxy_bypass_environment(f"{host}:{port}" if port else host, {"no": proxies.get("no_proxy", "")}):
         return None
     if problem := proxy_problem(proxy):
         raise ConfigError(f"{name} (or {name.upper()}) {problem}. HINT: set it to http://host:port, or unset it")
