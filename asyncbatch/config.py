@@ -9,6 +9,7 @@ them the same way::
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import math
@@ -19,9 +20,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
+import yarl
 
 from .cost import Budget, Prices, lookup
 from .errors import ConfigError, close_to, option
@@ -218,19 +220,57 @@ class Endpoint:
             )
 
 
+_URL_CHARACTERS = re.compile(r"[!-~]+")  # no space, no control character, ASCII: a URL's, percent-encoded or not
+SOCKS = ("socks4", "socks4a", "socks5", "socks5h")
+
+
 def proxy_problem(url: str) -> str | None:
-    """What is wrong with a proxy's URL, if anything (never quoting it: it may hold a password)."""
+    """What is wrong with a proxy's URL, if anything, in words that quote none of it (it may hold a password):
+    what the HTTP clients could not send through, refused before anything is sent."""
+    if not url:
+        return "is empty"
+    if not _URL_CHARACTERS.fullmatch(url):
+        return (
+            "holds a space, a control character or a character outside ASCII (in a user name or password, "
+            "write those percent-encoded: %20 for a space, %C3%A9 for an e acute)"
+        )
+    if "://" not in url:
+        return "has no scheme: write it http://host:port"
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 (a port that is not a number raises here)
-    except ValueError:
-        return "is not a URL"
+        port = parts.port  # a port that is not a number, or past 65535, raises
+        yarl.URL(url)  # the live requests' reading: a host aiohttp could not read raises
+        user = proxy_credentials(url)[1]
+    except ValueError:  # UnicodeDecodeError too: a %-escape that is not UTF-8
+        return "is not a URL that can be read (its host, its port, or a %-escape in its user name or password)"
+    if parts.scheme in SOCKS:
+        return f"is a {parts.scheme}:// URL: asyncbatch goes through HTTP proxies (http:// or https://), not SOCKS"
     if parts.scheme not in ("http", "https"):
-        scheme = f"a {parts.scheme}:// URL" if parts.scheme.isalnum() else "not an http:// URL"
-        return f"is {scheme}: asyncbatch goes through HTTP proxies (http:// or https://), not SOCKS"
+        return "is not an http:// or https:// URL"
     if not parts.hostname:
         return "names no host"
+    if port == 0:
+        return "names port 0: give the proxy's port, 1 to 65535"
+    if ":" in user:
+        return "has a user name with a ':' in it (%3A), which Basic authentication cannot carry"
     return None
+
+
+def proxy_credentials(url: str) -> tuple[str, str, str | None]:
+    """A proxy's URL without its user name and password; the user name; and the ``Proxy-Authorization`` value
+    they make (``Basic``, of the percent-decoded ``user:password`` in UTF-8, as curl and httpx send it), or None.
+
+    Both HTTP clients send this one header (aiohttp would encode a URL's in Latin-1, and fail on what that cannot
+    hold). :raises ValueError: a %-escape that is not UTF-8.
+    """
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    bare = urlunsplit(parts._replace(netloc=host))
+    if not userinfo:
+        return bare, "", None
+    user, _, password = (unquote(part, errors="strict") for part in userinfo.partition(":"))
+    pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return bare, user, f"Basic {pair}"
 
 
 @dataclass(frozen=True, kw_only=True)

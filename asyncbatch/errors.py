@@ -23,7 +23,9 @@
         ├── EndpointRefused   the endpoint's refusal, never a line's: the run stops (a pool sets it aside)
         │   ├── Unauthorized  401: Entra ID first fetches a fresh token
         │   ├── Forbidden     403: the key or the identity lacks the right
-        │   └── NotFound      404: no such deployment (or a wrong URL)
+        │   ├── NotFound      404: no such deployment (or a wrong URL)
+        │   ├── ProxyRefused  407: the proxy refuses its credentials (answering the request or its tunnel)
+        │   └── ProxyForbidden  403 to the tunnel's CONNECT: the proxy does not let requests to that host through
         └── Redirected        a 3xx, never followed: the endpoint is wrong, and the run stops
 
 A status becomes one of these in ``protocol.py`` alone (``protocol.error_class``). A bad input line is
@@ -98,7 +100,8 @@ class FatalAPIError(AsyncBatchError):
     """The endpoint rejects the run as a whole.
 
     :param kind: ``authentication`` (401/403), ``not_found`` (404: deployment or URL),
-        ``proxy_authentication`` (407: the proxy refuses the credentials in its URL), ``unreachable``
+        ``proxy_authentication`` (407: the proxy refuses the credentials in its URL), ``proxy_forbidden`` (403 to
+        an ``https://`` endpoint's tunnel: the proxy does not let requests to its host through), ``unreachable``
         (connection errors or timeouts on every attempt), ``redirect`` (a 3xx, never followed), ``rejected``
         (the same 4xx on every one of the first requests), or ``malformed`` (the Batch API answered with what
         is not a job object).
@@ -250,6 +253,13 @@ class ProxyRefused(EndpointRefused):
     """A 407: the proxy between us and the endpoint wants credentials, or refuses those in its URL."""
 
     KIND = "proxy_authentication"
+
+
+class ProxyForbidden(EndpointRefused):
+    """A 403 to an ``https://`` endpoint's tunnel (its CONNECT): the proxy does not let requests to that host through,
+    whoever asks. (A 403 answering a request is the endpoint's, ``Forbidden``: a proxy's cannot be told apart.)"""
+
+    KIND = "proxy_forbidden"
 
 
 class Redirected(AttemptError):

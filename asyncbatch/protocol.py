@@ -42,6 +42,7 @@ from .errors import (
     Malformed,
     NotFound,
     Outage,
+    ProxyForbidden,
     ProxyRefused,
     RateLimited,
     Redirected,
@@ -135,7 +136,9 @@ ENDPOINT_REFUSALS: dict[int, type[EndpointRefused]] = {
     404: NotFound,
     407: ProxyRefused,
 }
-PROXY_AUTHENTICATION = 407
+# A proxy's refusal of an ``https://`` endpoint's tunnel (its CONNECT), whichever HTTP client asked: its credentials
+# (407), or the host (403: the proxy's policy). The path's, never a line's: they end the run too.
+TUNNEL_REFUSALS: dict[int, type[EndpointRefused]] = {403: ProxyForbidden, 407: ProxyRefused}
 # Error codes (or Azure's ``innererror.code``) that judge one line's content, whatever the status: the
 # content filter, a prompt past the context window, a prompt or image refused. Never the endpoint's.
 LINE_CODES = frozenset(
@@ -205,9 +208,10 @@ def error_class(
     return Rejected if status < 500 else Refused
 
 
-def proxy_refused(status: int | None) -> bool:
-    """Whether the proxy answered a tunnel's CONNECT (an ``https://`` endpoint's) by refusing its credentials."""
-    return status == PROXY_AUTHENTICATION
+def tunnel_refusal(status: int | None) -> type[EndpointRefused] | None:
+    """What a proxy's answer to a tunnel's CONNECT (an ``https://`` endpoint's) refuses, if the path: or None (a
+    502, a 503: the proxy could not reach the endpoint, as a connection that failed)."""
+    return TUNNEL_REFUSALS.get(status) if status is not None else None
 
 
 def is_redirect(status: int) -> bool:

@@ -302,6 +302,7 @@ class Redactor:
         forms = {_fold(form) for s in known for form in _variants(s)}
         # Found whatever the case of their ASCII letters (a server that quotes a key upper-cased), so kept folded
         self._text = sorted(forms, key=len, reverse=True)
+        self._suspects = [s.casefold() for s in self._text]  # what ``_suspect`` looks for
         self._latin = [s.encode().decode("latin-1") for s in self._text]  # bytes, one character per byte
         self._bytes = [s.encode() for s in self._text]
         # Escapes that may stand for a character of a secret: only those are worth decoding.
@@ -356,8 +357,11 @@ class Redactor:
 
     def _suspect(self, value: str) -> bool:
         """Whether ``value`` may hold anything to mask: substring tests only (every record passes here)."""
-        lowered = value.lower()  # may hold a little more ASCII than ``_fold`` would: then only the slow path runs
-        for secret in self._text:
+        # Folded as the secrets are here (``_index``), by a rule of one character at a time: a secret in ``value``
+        # is in it. (``lower()`` is not: a password's À lowered to à, and was never looked for.) It may fold more
+        # than ``_fold`` does: then only the slow path runs.
+        lowered = value.casefold()
+        for secret in self._suspects:
             if secret in lowered:
                 return True
         if self._text and ("%" in value or any(t in value for t in self._triggers)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from .config import Endpoint
+from .config import Endpoint, proxy_credentials
 from .protocol import Api, api_path
 
 if TYPE_CHECKING:
@@ -27,15 +27,10 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
     # Imported here: the SDK takes over a second to import, and --help or --dry-run never need it.
     from openai import AsyncAzureOpenAI, AsyncOpenAI, DefaultAsyncHttpxClient
 
-    # The endpoint's proxy or none, as the live requests go: never the environment's, which the HTTP client
-    # would read itself (``trust_env``, kept for its certificates) where no proxy is given; mounts say "direct".
-    route = (
-        {"proxy": endpoint.proxy} if endpoint.proxy else {"mounts": dict.fromkeys(("all://", "http://", "https://"))}
-    )
     common: dict[str, Any] = {
         "default_headers": dict(endpoint.headers),
         "max_retries": 0,
-        "http_client": DefaultAsyncHttpxClient(follow_redirects=False, **route),
+        "http_client": DefaultAsyncHttpxClient(follow_redirects=False, **_route(endpoint.proxy)),
     }
     if endpoint.is_azure_v1:  # the v1 API: OpenAI's routes under /openai/v1, no api-version, model in the body
         return AsyncOpenAI(base_url=f"{endpoint.base_url}/openai/v1/", api_key=endpoint.api_key, **common)
@@ -51,6 +46,33 @@ def sdk_client(endpoint: Endpoint) -> AsyncOpenAI:
             azure_endpoint=endpoint.base_url, api_key=endpoint.api_key, api_version=endpoint.api_version, **common
         )
     return AsyncOpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, **common)
+
+
+def _route(proxy: str | None) -> dict[str, Any]:
+    """The endpoint's proxy or none, as the live requests go: never the environment's. Given its transport, the
+    HTTP client reads no proxy variable (``trust_env``, kept for its certificates, made it build one for each,
+    even where it then went direct: a SOCKS one in ALL_PROXY raised ImportError, a malformed one ValueError).
+    The proxy's credentials go as the live requests send them (``proxy_credentials``)."""
+    import httpx2
+    from openai import DEFAULT_CONNECTION_LIMITS
+
+    route = None
+    if proxy is not None:
+        bare, _, authorization = proxy_credentials(proxy)
+        route = httpx2.Proxy(bare, headers={"Proxy-Authorization": authorization} if authorization else None)
+    return {"transport": httpx2.AsyncHTTPTransport(limits=DEFAULT_CONNECTION_LIMITS, proxy=route)}
+
+
+def tunnel_status(exc: BaseException) -> int | None:
+    """The status a proxy answered an ``https://`` tunnel's CONNECT with, where that is why the SDK's request failed
+    (its ``APIConnectionError``, caused by httpx's ``ProxyError``, whose message alone says it: "407 Proxy ...")."""
+    import httpx2
+
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, httpx2.ProxyError):
+        seen = seen.__cause__ or seen.__context__
+    status = str(seen).partition(" ")[0] if seen is not None else ""
+    return int(status) if len(status) == 3 and status.isdigit() else None
 
 
 def request_target(sdk: AsyncOpenAI, endpoint: Endpoint, api: Api = "chat") -> tuple[str, dict[str, str]]:

@@ -17,6 +17,8 @@ ENV_VARS = (
     "OPENAI_BASE_URL",
     "OPENAI_MODEL",
     "OPENAI_API_VERSION",
+    *(f"{name}_proxy" for name in ("https", "http", "all", "no")),  # a developer's own proxy routes no test
+    *(f"{name}_PROXY" for name in ("HTTPS", "HTTP", "ALL", "NO")),
 )
 
 

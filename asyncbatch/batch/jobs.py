@@ -71,10 +71,11 @@ from ..protocol import (
     redirect_message,
     should_retry,
     too_large,
+    tunnel_refusal,
     under_v1,
 )
 from ..records import failure_record, result_record
-from ..sdk import sdk_client
+from ..sdk import sdk_client, tunnel_status
 from ..stats import RunStats
 from ..store.files import create_private, naming
 from ..store.recorder import Recorder
@@ -102,7 +103,7 @@ def _transient(exc: BaseException) -> bool:
 
     if isinstance(exc, openai.APIStatusError):
         return should_retry(exc.status_code, exc.response.headers)
-    return isinstance(exc, openai.APIConnectionError)
+    return isinstance(exc, openai.APIConnectionError) and tunnel_refusal(tunnel_status(exc)) is None
 
 
 @dataclass
@@ -518,6 +519,9 @@ class BatchRunner:
                 fatal_kind(exc.status_code), f"the Batch API refused: HTTP {exc.status_code}: {exc.message}"
             ) from None
         except openai.APIConnectionError as exc:
+            if refusal := tunnel_refusal(status := tunnel_status(exc)):  # the proxy's, as the live requests say it
+                said = f"the proxy refused the Batch API's tunnel: it answered HTTP {status} to the CONNECT"
+                raise FatalAPIError(refusal.KIND, said) from None
             raise FatalAPIError("unreachable", f"cannot reach the Batch API: {exc}") from None
         except ValueError as exc:  # the SDK's JSON parse of a 200 that is not JSON (a proxy's page, say)
             raise _malformed(f"a body that is not JSON ({str(exc)[:80]})") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -39,7 +40,8 @@ URLS = ("AZURE_OPENAI_ENDPOINT", "OPENAI_BASE_URL")
 # Where requests go through, as curl, Python and the openai SDK read it (any case, lower case first): from the
 # real environment only, as a command is: a .env file that comes with a folder never routes your requests.
 PROXIES = ("https_proxy", "http_proxy", "all_proxy", "no_proxy")
-LOOPBACK = ("localhost", "127.0.0.1", "::1")  # never through a proxy (as Go's HTTP client does): a local server
+DEFAULT_PORTS = {"http": 80, "https": 443}
+LOCALHOST = "localhost"  # with 127.0.0.0/8 and ::1, never through a proxy (as Go's HTTP client does): a local server
 
 
 def credential(value: str, name: str, notices: list[str]) -> str:
@@ -121,14 +123,23 @@ def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
     host = (parts.hostname or "").lower()
     name = f"{parts.scheme}_proxy" if proxies.get(f"{parts.scheme}_proxy") else "all_proxy"
     proxy = proxies.get(name)
-    if not proxy or host in LOOPBACK or host.startswith("127."):
+    if not proxy or _loopback(host):
         return None
-    at = f"{host}:{parts.port}" if parts.port else host
-    if proxy_bypass_environment(at, {"no": proxies.get("no_proxy", "")}):
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme)  # ``host:443`` in no_proxy names https://host too
+    if proxy_bypass_environment(f"{host}:{port}" if port else host, {"no": proxies.get("no_proxy", "")}):
         return None
     if problem := proxy_problem(proxy):
         raise ConfigError(f"{name} (or {name.upper()}) {problem}. HINT: set it to http://host:port, or unset it")
     return proxy
+
+
+def _loopback(host: str) -> bool:
+    """``localhost``, or an address of this machine's own (127.0.0.0/8, ::1): a name such as ``127.example.com``
+    is not one."""
+    try:
+        return host == LOCALHOST or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return False
 
 
 def load_env(env_file: Path | None, environ: Mapping[str, str]) -> Env:

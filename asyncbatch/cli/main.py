@@ -183,9 +183,12 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
     azure = endpoint.kind == "azure"
     key, url = ("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT") if azure else ("OPENAI_API_KEY", "OPENAI_BASE_URL")
     model = "AZURE_OPENAI_DEPLOYMENT_NAME / --deployment" if azure else "OPENAI_MODEL / --deployment"
-    if kind == "proxy_authentication":
+    proxy = "the proxy the environment names (HTTPS_PROXY, HTTP_PROXY...)"
+    if kind == "proxy_authentication":  # the URL's form in words: one written out would be masked as a password
         where = "the proxy's URL (HTTPS_PROXY, HTTP_PROXY...)"
-        return f"check the user name and password in {where}: http://user:password@host:port"
+        return f"check the user name and password in {where}, written before an @ after http://"
+    if kind == "proxy_forbidden":
+        return f"ask the owner of {proxy} to let requests to {url}'s host through, or name that host in NO_PROXY"
     if kind == "authentication" and endpoint.token_provider is not None:
         return "check that the Entra ID identity has the 'Cognitive Services OpenAI User' role on this resource"
     if kind == "authentication":
@@ -195,14 +198,13 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
     if kind == "unreachable" and cause == "timeout":
         return f"check {url} and the network, or raise --timeout if the model is just slow"
     if kind == "unreachable" and endpoint.proxy:
-        proxy = "the proxy the environment names (HTTPS_PROXY, HTTP_PROXY...)"
         return f"nothing answers through {proxy}: check it, {url}, and NO_PROXY"
     if kind == "unreachable":
         return f"nothing answers at {endpoint.base_url}: check the host and port in {url}, and the network"
     if kind == "malformed":
         return (
             f"something other than the API answers at {url} (a proxy's page?): check it, then run the same "
-            "command again (jobs already created are kept, and resumed)"
+            "command again (what was answered is kept, and Batch API jobs already created are resumed)"
         )
     if kind == "invalid_output":
         return (

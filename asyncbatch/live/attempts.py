@@ -109,10 +109,14 @@ def endpoint_error(
             return FatalAPIError(kind, f"deployment or endpoint not found: {exc.message} (URL tried: {url})")
         if kind == "proxy_authentication":
             return FatalAPIError(kind, f"the proxy refused its credentials: {exc.message}")
+        if kind == "proxy_forbidden":
+            return FatalAPIError(kind, f"the proxy does not let requests to {url} through: {exc.message}")
         return FatalAPIError(kind, f"authentication failed: {exc.message}")
     after = f"after {route.succeeded:,} answers"
     if kind == "proxy_authentication":
         changed = f"the proxy refused its credentials {after}: did its password change? ({exc.message})"
+    elif kind == "proxy_forbidden":
+        changed = f"the proxy stopped letting requests to {url} through {after} ({exc.message})"
     elif kind == "not_found":
         changed = f"the deployment was not found {after}: was it deleted or renamed? ({exc.message}; URL tried: {url})"
     elif route.transport.tokens is not None:

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from ..config import Endpoint, TransportOptions
-from ..errors import AttemptError, Malformed, NoAnswer, Outage, ProxyRefused
+from ..config import Endpoint, TransportOptions, proxy_credentials
+from ..errors import AttemptError, Malformed, NoAnswer, Outage
 from ..protocol import (
     ACCEPT_ENCODING,
     APIS,
@@ -34,9 +34,9 @@ from ..protocol import (
     is_error,
     is_redirect,
     is_success,
-    proxy_refused,
     reply_or_error,
     request_id,
+    tunnel_refusal,
 )
 from ..redact import Redactor
 from ..sdk import request_target, sdk_client
@@ -75,9 +75,10 @@ class AiohttpTransport:
         redactor: Redactor | None = None,
         proxy: str | None = None,
     ) -> None:
-        self.urls, self.tokens, self.options, self.proxy = urls, tokens, options, proxy
+        self.urls, self.tokens, self.options = urls, tokens, options
         self.redactor = redactor or Redactor()
-        self.headers = {**headers, "Accept-Encoding": ACCEPT_ENCODING}  # what ``protocol.BodyDecoder`` reads
+        self.proxy, to_proxy, self.proxy_headers = _through(proxy, next(iter(urls.values()), ""))
+        self.headers = {**headers, **to_proxy, "Accept-Encoding": ACCEPT_ENCODING}  # what ``BodyDecoder`` reads
         pool = options.pool_size or 100  # None: aiohttp's own default (a run sets it to its concurrency)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool, limit_per_host=pool),
@@ -120,7 +121,12 @@ class AiohttpTransport:
                     token = await self.tokens.get()
                     sent = {**sent, "Authorization": f"Bearer {token}"}
                 async with self.session.post(
-                    self.urls[api], data=payload, headers=sent, allow_redirects=False, proxy=self.proxy
+                    self.urls[api],
+                    data=payload,
+                    headers=sent,
+                    allow_redirects=False,
+                    proxy=self.proxy,
+                    proxy_headers=self.proxy_headers,
                 ) as response:
                     head = response.status, response.headers
                     raw = b"" if is_redirect(response.status) else await self._body(response)
@@ -130,9 +136,13 @@ class AiohttpTransport:
         except aiohttp.ClientError as exc:
             if head is None and _head_too_large(exc):
                 raise NoAnswer("header_too_large", HEADER_TOO_LARGE) from None
-            if head is None and isinstance(exc, aiohttp.ClientHttpProxyError) and proxy_refused(exc.status):
+            if (
+                head is None
+                and isinstance(exc, aiohttp.ClientHttpProxyError)
+                and (refusal := tunnel_refusal(exc.status))
+            ):
                 said = f"the proxy answered HTTP {exc.status} {exc.message} to the tunnel's CONNECT"
-                raise ProxyRefused("proxy_authentication", said, status=exc.status) from None
+                raise refusal(refusal.KIND, said, status=exc.status) from None
             failed = "connection failed" if head is None else f"the HTTP {head[0]} answer's body could not be read"
             raise _broken(head)("connection_error", f"{failed}: {_describe(exc)}", request_id=_id(head)) from None
         except Unreadable as exc:  # only an answer's (so after its head): an error's keeps what could be decoded
@@ -233,6 +243,20 @@ HEADER_TOO_LARGE = (
     "max_field_size, 8190 bytes), so it cannot be read. HINT: something between you and the model (a gateway, a "
     "proxy) adds a header that large, often a cookie: ask its owner to trim it, or point the endpoint past it"
 )
+
+
+def _through(proxy: str | None, url: str) -> tuple[str | None, dict[str, str], dict[str, str] | None]:
+    """The proxy's URL for aiohttp (without its user name and password), and its ``Proxy-Authorization``: in the
+    headers of a plain ``http://`` request, which the proxy reads itself; for an ``https://`` one, on the tunnel's
+    CONNECT alone, never through the tunnel to the endpoint. (``proxy_credentials``: the SDK's client sends the
+    same header; aiohttp's own, from the URL, is Latin-1 and fails on what that cannot hold.)"""
+    if proxy is None:
+        return None, {}, None
+    bare, _, authorization = proxy_credentials(proxy)
+    if authorization is None:
+        return bare, {}, None
+    header = {"Proxy-Authorization": authorization}
+    return (bare, header, None) if url.startswith("http:") else (bare, {}, header)
 
 
 def _head_too_large(exc: aiohttp.ClientError) -> bool:

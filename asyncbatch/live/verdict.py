@@ -1,7 +1,8 @@
 """The first failures' verdict: are they every line's (a wrong schema, a parameter the server refuses), or a few lines'?
 
 Before the run's first success, failures that may be every line's are held, not recorded: a ``Rejected``
-(a 4xx of the request's own) and ``InvalidOutput`` that lasted every attempt. If the first ``SYSTEMATIC``
+(a 4xx of the request's own), ``InvalidOutput`` and ``Malformed`` (a 200 that is no answer: a proxy's login
+page, a URL that is not the API's) that lasted every attempt. If the first ``SYSTEMATIC``
 all fail the same way, the run stops with the server's message (or what the model answered instead) and
 records none of them, as for a wrong key: after the fix, the same command runs everything. Until a verdict
 only ``SYSTEMATIC`` lines ask the model again and no new line starts, so a schema the model never follows
@@ -16,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AttemptError, FatalAPIError, InvalidOutput, Rejected
+from ..errors import AttemptError, FatalAPIError, InvalidOutput, Malformed, Rejected
 from ..protocol import Reply
 from ..structured.validate import answered
 
 SYSTEMATIC = 20  # the first this many lines failing the same way (a 4xx, or invalid output) stop the run
-HELD = (Rejected, InvalidOutput)  # failures that may be every line's
+HELD = (Rejected, InvalidOutput, Malformed)  # failures that may be every line's
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ def _systematic(exc: AttemptError, lines: int) -> FatalAPIError:
             f"would: {exc.code}: {exc.message}. The model answered instead: {answered(exc.body)}. "
             "Nothing was recorded",
         )
+    if isinstance(exc, Malformed):  # every line was answered so: what answers is not the API
+        return FatalAPIError("malformed", f"the first {lines} answers were none of them the API's: {exc.message}")
     return FatalAPIError(
         "rejected",
         f"the first {lines} requests were all refused the same way, so every one would be: {exc.message}",
