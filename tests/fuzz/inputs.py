@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -175,6 +176,36 @@ _json_values = st.recursive(
 )
 
 
+_SCHEMA_WORDS = ["type", "properties", "items", "$ref", "anyOf", "required", "enum", "$defs", "a"]
+_schemas = st.one_of(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.sampled_from(["object", "string", "#", "#/$defs/a", "x"]),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_SCHEMA_WORDS), inner, max_size=3),
+        max_leaves=10,
+    ),
+    st.integers(30, 200).map(lambda n: functools.reduce(lambda s, _: {"type": "object", "properties": {"a": s}},
+                                                         range(n), {"type": "string"})),
+)  # fmt: skip
+
+
+@st.composite
+def _bodies(draw: st.DrawFn, url: str) -> dict[str, Any]:
+    """A request body as a line may give it: the fields each API reads, with values a user (or damage) may put."""
+    body: dict[str, Any] = {"input": draw(st.one_of(st.just("hi"), _json_values))}
+    if "chat" in url or draw(st.booleans()):
+        body["messages"] = draw(st.one_of(st.just([{"role": "user", "content": "hi"}]), _json_values))
+    for name in draw(st.lists(st.sampled_from(["max_tokens", "temperature", "top_p", "n", "stream"]), max_size=2)):
+        body[name] = draw(_json_values)
+    if draw(st.booleans()):
+        tool = {"type": "function", "name": "f", "parameters": draw(_schemas), "strict": draw(st.booleans())}
+        body["tools"] = [tool if "responses" in url else {"type": "function", "function": tool}]
+    if draw(st.booleans()):
+        body["text"] = {"format": {"type": "json_schema", "name": "x", "schema": draw(_schemas)}}
+    if draw(st.integers(0, 3)) == 0:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": draw(_schemas)}}
+    return body
+
+
 @st.composite
 def _jsonl_line(draw: st.DrawFn) -> bytes:
     kind = draw(st.sampled_from(["chat", "record", "batch", "value", "text", "huge", "deep", "blank"]))
@@ -185,7 +216,8 @@ def _jsonl_line(draw: st.DrawFn) -> bytes:
         obj = {"id": ident, "text": draw(_cell), "x": draw(_json_values)}
     elif kind == "batch":
         url = draw(st.sampled_from(["/chat/completions", "/v1/embeddings", "/responses", "/nope"]))
-        obj = {"custom_id": ident, "method": "POST", "url": url, "body": {"input": "hi", "messages": [{"x": 1}]}}
+        body = {"input": "hi", "messages": [{"x": 1}]} if draw(st.booleans()) else draw(_bodies(url))
+        obj = {"custom_id": ident, "method": "POST", "url": url, "body": body}
     elif kind == "value":
         obj = draw(_json_values)
     elif kind == "deep":
