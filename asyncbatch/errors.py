@@ -58,7 +58,7 @@ class InputError(ConfigError):
 
 
 # How the library's hints name a run option; the command line puts its flag in their place (``cli_words``).
-RESTART = "restart=True (or asyncbatch.restart(config))"
+RESTART = "run(config, restart=True) (or asyncbatch.restart(config))"  # restart is run's, not RunConfig's
 ACCEPT_CHANGES = "accept_changes=True"
 RETRY_FAILED = "retry_failed=True"
 OUTPUT_PATH = "output_path="  # followed by a file name

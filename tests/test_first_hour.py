@@ -132,7 +132,7 @@ def test_library_hints_name_library_options_and_the_cli_names_its_flags(
     )
     with pytest.raises(asyncbatch.ConfigError) as refused:
         asyncio.run(asyncbatch.run(config))
-    assert "restart=True (or asyncbatch.restart(config))" in str(refused.value) and "--restart" not in str(
+    assert "run(config, restart=True) (or asyncbatch.restart(config))" in str(refused.value) and "--restart" not in str(
         refused.value
     )
 
