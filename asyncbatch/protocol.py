@@ -29,6 +29,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any, Literal, get_args
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -740,7 +741,7 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
     read, body = _error_body(raw)
     err = _field(read, "error")
     given, named = err.get("message"), err.get("code")
-    message = clip(given if isinstance(given, str) and given else f"HTTP {status}")
+    message = clip(given if isinstance(given, str) and given else _phrase(status))
     code = clip(str(named), 100) if isinstance(named, str | int) and str(named) else f"http_{status}"
     if hint := HINTS.get(code):
         message = f"{message} {hint}"
@@ -755,6 +756,14 @@ def status_error(status: int, headers: Mapping[str, str], raw: bytes) -> Attempt
         retry_after=parse_retry_after(headers) if waits else None,
         request_id=request_id(headers),
     )
+
+
+def _phrase(status: int) -> str:
+    """What a status means, where the body says nothing ("HTTP 407: Proxy Authentication Required")."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "no message"
 
 
 def _field(value: Any, name: str) -> dict[str, Any]:

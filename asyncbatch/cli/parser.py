@@ -70,7 +70,7 @@ configuration (environment or .env; real environment variables win):
   AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY (without it: Entra ID),
   AZURE_OPENAI_DEPLOYMENT_NAME, AZURE_OPENAI_API_VERSION (default @API_VERSION@);
   or OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL;
-  HTTPS_PROXY, HTTP_PROXY, NO_PROXY (from the real environment only)
+  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY (the real environment's only)
 
 exit codes: 0 all succeeded; 1 some failed (see the errors file); 2 usage,
   configuration or fatal error; 75 stopped early, resumable; 130 interrupted
