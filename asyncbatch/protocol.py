@@ -24,6 +24,7 @@ A body is decoded by ``BodyDecoder`` alone, never producing more bytes than aske
 from __future__ import annotations
 
 import math
+import ssl
 import time
 import zlib
 from collections.abc import Mapping
@@ -213,6 +214,24 @@ def tunnel_refusal(status: int | None) -> type[EndpointRefused] | None:
     """What a proxy's answer to a tunnel's CONNECT (an ``https://`` endpoint's) refuses, if the path: or None (a
     502, a 503: the proxy could not reach the endpoint, as a connection that failed)."""
     return TUNNEL_REFUSALS.get(status) if status is not None else None
+
+
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """Why the server's TLS certificate was not trusted, if that is what ``exc`` (aiohttp's or the SDK's connection
+    failure) comes from: retrying never fixes it, and the fix is this machine's (a proxy inspecting TLS signs with a
+    CA only the organisation's bundle holds)."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a chain of causes; a loop in it ends here
+        if seen is None:
+            return None
+        found = getattr(seen, "certificate_error", None)  # aiohttp keeps it beside, not as the cause
+        if isinstance(found, BaseException):
+            seen = found
+        elif isinstance(seen, ssl.SSLCertVerificationError):
+            return getattr(seen, "verify_message", None) or str(seen)
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def is_redirect(status: int) -> bool:

@@ -73,6 +73,7 @@ from ..protocol import (
     too_large,
     tunnel_refusal,
     under_v1,
+    untrusted_certificate,
 )
 from ..records import failure_record, result_record
 from ..sdk import sdk_client, tunnel_status
@@ -103,7 +104,9 @@ def _transient(exc: BaseException) -> bool:
 
     if isinstance(exc, openai.APIStatusError):
         return should_retry(exc.status_code, exc.response.headers)
-    return isinstance(exc, openai.APIConnectionError) and tunnel_refusal(tunnel_status(exc)) is None
+    if not isinstance(exc, openai.APIConnectionError):
+        return False
+    return tunnel_refusal(tunnel_status(exc)) is None and untrusted_certificate(exc) is None  # neither heals
 
 
 @dataclass
@@ -522,6 +525,9 @@ class BatchRunner:
             if refusal := tunnel_refusal(status := tunnel_status(exc)):  # the proxy's, as the live requests say it
                 said = f"the proxy refused the Batch API's tunnel: it answered HTTP {status} to the CONNECT"
                 raise FatalAPIError(refusal.KIND, said) from None
+            if why := untrusted_certificate(exc):
+                said = f"cannot reach the Batch API: the server's TLS certificate is not trusted here ({why})"
+                raise FatalAPIError("unreachable", said, cause="certificate") from None
             raise FatalAPIError("unreachable", f"cannot reach the Batch API: {exc}") from None
         except ValueError as exc:  # the SDK's JSON parse of a 200 that is not JSON (a proxy's page, say)
             raise _malformed(f"a body that is not JSON ({str(exc)[:80]})") from None

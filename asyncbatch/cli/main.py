@@ -195,6 +195,11 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
         return f"check {key} and that it belongs to this endpoint"
     if kind == "not_found":
         return f"check {model} and {url}"
+    if kind == "unreachable" and cause == "certificate":
+        return (
+            "if a proxy or firewall inspects TLS, point SSL_CERT_FILE at your organisation's CA bundle (a PEM file "
+            "with its root certificate): export SSL_CERT_FILE=/path/to/ca-bundle.pem, then run the same command again"
+        )
     if kind == "unreachable" and cause == "timeout":
         return f"check {url} and the network, or raise --timeout if the model is just slow"
     if kind == "unreachable" and endpoint.proxy:

@@ -37,6 +37,7 @@ from ..protocol import (
     reply_or_error,
     request_id,
     tunnel_refusal,
+    untrusted_certificate,
 )
 from ..redact import Redactor
 from ..sdk import request_target, sdk_client
@@ -143,6 +144,9 @@ class AiohttpTransport:
             ):
                 said = f"the proxy answered HTTP {exc.status} {exc.message} to the tunnel's CONNECT"
                 raise refusal(refusal.KIND, said, status=exc.status) from None
+            if head is None and (why := untrusted_certificate(exc)):
+                said = f"the server's TLS certificate is not trusted here ({why})"
+                raise NoAnswer("certificate", said) from None
             failed = "connection failed" if head is None else f"the HTTP {head[0]} answer's body could not be read"
             raise _broken(head)("connection_error", f"{failed}: {_describe(exc)}", request_id=_id(head)) from None
         except Unreadable as exc:  # only an answer's (so after its head): an error's keeps what could be decoded
