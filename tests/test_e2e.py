@@ -271,7 +271,10 @@ def test_a_gateway_header_is_sent_with_every_request_and_never_appears_in_any_ou
     simulator.config.script.update({"p3": ["echo-key"]})  # a server that quotes what it was given
     write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(10)])
     assert main([str(tmp_path / "in.jsonl"), "-q"]) == 2  # without it, the gateway refuses everything
-    assert "authentication failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "authentication failed" in err and "missing subscription key" in err
+    assert "HINT: API Management wants its subscription key: give it with --header 'Ocp-Apim-Subscription-Key" in err
+    assert "check AZURE_OPENAI_API_KEY" not in err  # the key was right: the gateway's is what was missing
     code = main([str(tmp_path / "in.jsonl"), "--no-progress", "--header", f"Ocp-Apim-Subscription-Key: {secret}"])
     captured = capsys.readouterr()
     assert code == 1 and len(read_jsonl(tmp_path / "in.results.jsonl")) == 9  # one line was the echo

@@ -157,7 +157,7 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
             # --restart happens inside run, under the lock, once the configuration is known to be good
             stats = await run(config, restart=args.restart, reporter=reporter, interrupt=interrupt)
     except FatalAPIError as exc:
-        if (hint := fatal_hint(exc.kind, config.routes[0].endpoint, exc.cause)) is None:
+        if (hint := fatal_hint(exc.kind, config.routes[0].endpoint, exc.cause, str(exc))) is None:
             raise
         raise FatalAPIError(exc.kind, f"{exc} HINT: {hint}", cause=exc.cause) from None
     reporter.summary(stats)
@@ -172,8 +172,22 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
     return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
 
 
-def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str | None:
-    """What to check, in the words of the variables this mode reads; None where the message says it."""
+def _gateway_key(said: str, endpoint: Endpoint) -> str | None:
+    """API Management's 401 (its own words: "missing subscription key", or "invalid subscription key" without
+    Azure OpenAI's "or wrong API endpoint", which is the service refusing its api-key): what to do, or None."""
+    given = any(name.lower() == "ocp-apim-subscription-key" for name in endpoint.headers)
+    if "missing subscription key" in said:
+        return "give it with" if not given else "check the name and value given with"
+    if given and "invalid subscription key" in said and "wrong api endpoint" not in said:
+        return "check the value given with"
+    return None
+
+
+def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None, said: str = "") -> str | None:
+    """What to check, in the words of the variables this mode reads; None where the message says it.
+
+    :param said: the error's own words: API Management's 401 names its subscription key, not the service's.
+    """
     if kind in (
         "token",
         "redirect",
@@ -189,6 +203,8 @@ def fatal_hint(kind: str, endpoint: Endpoint, cause: str | None = None) -> str |
         return f"check the user name and password in {where}, written before an @ after http://"
     if kind == "proxy_forbidden":
         return f"ask the owner of {proxy} to let requests to {url}'s host through, or name that host in NO_PROXY"
+    if kind == "authentication" and (gateway := _gateway_key(said.lower(), endpoint)):
+        return f"API Management wants its subscription key: {gateway} --header 'Ocp-Apim-Subscription-Key: <key>'"
     if kind == "authentication" and endpoint.token_provider is not None:
         return "check that the Entra ID identity has the 'Cognitive Services OpenAI User' role on this resource"
     if kind == "authentication":
