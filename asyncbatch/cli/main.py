@@ -247,7 +247,9 @@ def _event_loop_run(coro: Coroutine[Any, Any, int]) -> int:
 def _dry_run(args: argparse.Namespace, environment: Env) -> int:
     env = environment.values
     limits = Limits(concurrency=args.concurrency, tpm=args.tpm, rpm=args.rpm)
-    model = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL") or "dry-run"
+    variable = "AZURE_OPENAI_DEPLOYMENT_NAME" if endpoint_kind(env) == "azure" else "OPENAI_MODEL"
+    named = args.deployment or env.get("AZURE_OPENAI_DEPLOYMENT_NAME") or env.get("OPENAI_MODEL")
+    model = named or f"no deployment named: set {variable} or --deployment"  # what its limits and prices would be
     if specs := args.deployment_specs:  # a pool: its quota is the sum of its deployments'
         tpm, rpm = pooled_quota([s.tpm for s in specs]), pooled_quota([s.rpm for s in specs])
         limits, model = Limits(concurrency=args.concurrency, tpm=tpm, rpm=rpm), specs[0].deployment
