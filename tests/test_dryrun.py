@@ -57,6 +57,16 @@ def test_dry_run_cli_needs_no_credentials_sends_nothing_and_prices(
     assert not (tmp_path / "in.results.jsonl").exists()
 
 
+def test_a_dry_run_with_no_deployment_named_says_which_variable_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "hi")])
+    assert main(["in.jsonl", "--dry-run", "--tpm", "1200000", "--rpm", "7200"]) == 0  # the README's first command
+    out = capsys.readouterr().out
+    assert "no cost: 'no deployment named: set AZURE_OPENAI_DEPLOYMENT_NAME or --deployment'" in out
+    assert "dry-run" not in out  # no model of that name
+
+
 def test_dry_run_with_bad_lines_exits_1_and_names_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x"), "{", batch_line("a", "dup")])
     assert main([str(path), "--dry-run"]) == 1
