@@ -213,7 +213,7 @@ def command_provider(command: str, *, source: str = "--token-command", timeout: 
     return TokenCommand(command, source=source, timeout=timeout)
 
 
-def credential_provider(credential: Any, scope: str = SCOPE) -> TokenProvider:
+def credential_provider(credential: Any, scope: str = SCOPE) -> Callable[[], Awaitable[str]]:
     """A provider over an azure-identity credential (sync or ``.aio``): ``credential.get_token(scope).token``."""
 
     async def provide() -> str:
@@ -225,7 +225,7 @@ def credential_provider(credential: Any, scope: str = SCOPE) -> TokenProvider:
     return provide
 
 
-def default_credential_provider() -> TokenProvider:
+def default_credential_provider() -> DefaultCredential:
     """``DefaultAzureCredential`` (environment, managed identity, Azure CLI, ...) for Azure OpenAI's scope."""
     try:
         from azure.identity.aio import DefaultAzureCredential
@@ -234,4 +234,32 @@ def default_credential_provider() -> TokenProvider:
             'no API key is set, and Entra ID sign-in needs azure-identity. HINT: pip install "asyncbatch[entra]", '
             "or set AZURE_OPENAI_API_KEY, or pass --token-command"
         ) from None
-    return credential_provider(DefaultAzureCredential())
+    return DefaultCredential(DefaultAzureCredential())
+
+
+class DefaultCredential:
+    """The command line's Entra ID sign-in when no key is set: an azure-identity credential, asked once before
+    anything is sent or written (``prime``), as a token command is, so that a machine with no identity at all is a
+    configuration error (exit 2) before a run restarts or shows anything."""
+
+    def __init__(self, credential: Any) -> None:
+        self.credential = credential
+        self._provide = credential_provider(credential)
+        self._primed: str | None = None
+
+    async def prime(self) -> None:
+        try:
+            self._primed = await self._provide()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.credential.close()  # its HTTP sessions: closed, not left to a warning at exit
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"no API key is set, and Entra ID found no identity to sign in with ({said[:300]}). HINT: sign in "
+                "with `az login` (or run where a managed identity is), set AZURE_OPENAI_API_KEY, or pass "
+                "--token-command"
+            ) from None
+
+    async def __call__(self) -> str:
+        primed, self._primed = self._primed, None
+        return primed if primed is not None else await self._provide()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 import asyncbatch
 from asyncbatch.auth import SCOPE, credential_provider, jwt_expiry
@@ -17,6 +20,7 @@ from asyncbatch.live.tokens import RETRY_REFRESH, Tokens
 from asyncbatch.simulator import SimConfig, Simulator, tokens
 from asyncbatch.simulator.tokens import make_token
 from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
+from tests.test_proxy import serve_app
 
 
 @pytest.fixture
@@ -170,3 +174,34 @@ def test_a_credential_that_cannot_sign_in_stops_the_run_with_its_message(
         asyncbatch.FatalAPIError, match="could not get an Entra ID token: DefaultAzureCredential failed"
     ):
         asyncbatch.run_sync(asyncbatch.RunConfig(input_path=tmp_path / "in.jsonl", endpoint=endpoint))
+
+
+def test_a_machine_with_no_identity_is_told_so_before_anything_is_written_or_restarted(tmp_path: Path) -> None:
+    """DefaultAzureCredential, for real, with every source failing here (a managed identity that answers 400 on
+    127.0.0.1, no Azure CLI): said before --restart moved the outputs aside or the display started, one line of
+    azure-identity's words, and no aiohttp warning about sessions left open."""
+    asked: list[str] = []
+
+    async def no_identity(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response({"error": "invalid_request", "error_description": "no identity here"}, status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", no_identity)
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("a", "x")])
+    (tmp_path / "in.results.jsonl").write_text("")  # outputs a --restart would move aside
+    with serve_app(app) as identity:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_", "IDENTITY_", "MSI_"))}
+        env |= {"AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9", "AZURE_OPENAI_DEPLOYMENT_NAME": "dep"}
+        env |= {"IDENTITY_ENDPOINT": f"{identity}/msi/token", "IDENTITY_HEADER": "header", "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncbatch", "in.jsonl", "--restart", "--no-progress"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2 and asked  # the managed identity was asked, on loopback
+    assert (
+        "Entra ID found no identity to sign in with" in done.stderr and "HINT: sign in with `az login`" in done.stderr
+    )
+    assert "Unclosed" not in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 3
+    assert (tmp_path / "in.results.jsonl").exists() and not list(tmp_path.glob("in.results.jsonl.*"))  # not moved

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ..auth import TokenCommand
+from ..auth import DefaultCredential, TokenCommand
 from ..config import (
     Deployment,
     Endpoint,
@@ -66,10 +66,11 @@ async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go
 
 
 async def _prime(config: RunConfig) -> None:
-    """Each token command runs once now: one that fails is a configuration error (exit 2) before anything
-    is sent or written, and its token is the first used. A signal meanwhile stops it (and its children)."""
+    """Each token command runs once now, and DefaultAzureCredential signs in: one that fails is a configuration
+    error (exit 2) before anything is sent or written, and its token is the first used. A signal meanwhile
+    stops it (and its children)."""
     for route in config.routes:
-        if isinstance(command := route.endpoint.token_provider, TokenCommand):
+        if isinstance(command := route.endpoint.token_provider, TokenCommand | DefaultCredential):
             await _interruptible(command.prime())
 
 
