@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
-from .display.reporters import Reporter
+from .display.reporters import Reporter, default_reporter
 from .export import Rows, flat
 from .store.files import replace_atomically
 
@@ -104,8 +104,9 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
         )
         from .runner import run
 
+        reporter = reporter or default_reporter()
         await run(config, reporter=reporter)
-        results = list(_results(config, defaults))
+        results = list(_results(config, defaults, reporter))
     if kind == "pandas":
         import pandas as pd
 
@@ -151,17 +152,42 @@ def map_sync(rows: Any, **arguments: Any) -> Any:
     return asyncio.run(map(rows, **arguments))
 
 
-def _results(config: RunConfig, request: RequestDefaults) -> Iterator[dict[str, Any]]:
-    """Every input's row, in input order, joined with the input, with ``parsed`` for a model's output."""
+def _results(config: RunConfig, request: RequestDefaults, reporter: Reporter) -> Iterator[dict[str, Any]]:
+    """Every input's row, in input order, joined with the input, with ``parsed`` for a model's output.
+
+    A row answered by an earlier call (resumed) was validated by the model as it was then: where the model
+    now refuses it (a validator added since, which changes no schema), ``parsed`` is None, and a warning says so.
+    """
+    from pydantic import ValidationError
+
     errors = config.errors_path if config.errors_path.exists() else None
-    model = _model(request)
+    model, refused = _model(request), 0
     for row in Rows(config.output_path, errors, config.input_path, ordered=True):
-        if model is not None and row.get("status") == "succeeded" and isinstance(row.get("output"), dict):
-            row["parsed"] = model.model_validate(row["output"])
+        if model is not None:
+            if "parsed" in row:  # a field of the row's own
+                row[_free("input_parsed", row)] = row.pop("parsed")
+            if row.get("status") == "succeeded":
+                try:
+                    row["parsed"] = model.model_validate(row.get("output"))
+                except ValidationError:
+                    row["parsed"], refused = None, refused + 1
         yield row
+    if refused:
+        reporter.warn(
+            f"{refused:,} rows answered by an earlier call are refused by the model {model.__name__} as it is now "
+            "(their 'parsed' is None). HINT: restart=True asks every row again"
+        )
+
+
+def _free(name: str, row: dict[str, Any]) -> str:
+    while name in row:
+        name = f"input_{name}"
+    return name
 
 
 def _model(request: RequestDefaults) -> Any:
-    """The one model every answer is validated by, if there is exactly one."""
-    models = list(request.models.values())
-    return models[0] if len(models) == 1 else None
+    """The model every answer is validated by: the response format's, or the one tool's. Of several tools, the
+    output does not say which one was called (and a tool that is no model has none)."""
+    if request.tools:
+        return request.models.get(request.tools[0]["function"]["name"]) if len(request.tools) == 1 else None
+    return request.models.get(None) if request.response_format else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
 from asyncbatch.structured.schemas import model_schema, strict_problems
 from tests.helpers import read_jsonl, simulator_env, write_jsonl
+from tests.scripted import Answer, Received, completion, serve
 
 KEY = "frames-key-0123456789"
 
@@ -186,3 +188,68 @@ def test_a_model_with_optional_fields_runs_strict_and_is_sent_as_the_sdks_tool(
     assert sim.bodies[-1]["tools"] == [pydantic_function_tool(company)]
     results = read_jsonl(tmp_path / "in.results.jsonl")
     assert len(results) == 5 and all(set(r["output"]) == {"name", "ceo", "address"} for r in results)
+
+
+def _label_model(picky: bool) -> type[BaseModel]:
+    """A model named ``Label`` (its tool's name), the same schema either way; ``picky`` adds a validator."""
+
+    class Label(BaseModel):
+        label: str
+
+        if picky:
+
+            @field_validator("label")
+            @classmethod
+            def short(cls, value: str) -> str:
+                if len(value) > 5:
+                    raise ValueError("at most 5 characters")
+                return value
+
+    return Label
+
+
+def test_rows_answered_before_a_validator_was_added_come_back_unparsed_with_a_warning_never_a_traceback(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A validator changes no schema, so a second call resumes; the rows answered before it are the model's no
+    longer: their ``parsed`` is None and a warning counts them, where ``map`` raised pydantic's ValidationError
+    once everything was paid for."""
+    rows, kept = [{"text": f"t{i}"} for i in range(3)], tmp_path / "kept.jsonl"
+    first = asyncbatch.map_sync(
+        rows, template="Say {text}", tools=_label_model(False), endpoint=_endpoint(), output_path=kept
+    )
+    assert [r["parsed"].label for r in first] == [f"label: Say t{i}" for i in range(3)]
+    said = io.StringIO()
+    again = asyncbatch.map_sync(
+        [*rows, {"text": "new"}],
+        template="Say {text}",
+        tools=_label_model(True),
+        endpoint=_endpoint(),
+        output_path=kept,
+        reporter=asyncbatch.Reporter(said),
+    )
+    assert [(r["status"], r.get("parsed")) for r in again[:3]] == [("succeeded", None)] * 3
+    assert again[3]["status"] == "failed" and "at most 5 characters" in again[3]["error_message"]
+    assert "3 rows answered by an earlier call are refused by the model Label as it is now" in said.getvalue()
+
+
+def test_parsed_is_never_another_tools_answer_validated_by_the_model() -> None:
+    """A model and a tool of its own: an answer calling the other tool is not the model's (``parsed`` raised
+    pydantic's ValidationError for it, after the run); nor is an input field named ``parsed`` overwritten."""
+    skip = {
+        "type": "function",
+        "function": {"name": "skip", "parameters": {"type": "object", "properties": {"why": {"type": "string"}}}},
+    }
+
+    def script(received: Received) -> Answer:
+        call = ("skip", '{"why": "off topic"}') if "t0" in received.prompt else ("Label", '{"label": "ok"}')
+        return Answer(body=completion(None, calls=(call,)), request_id="req")
+
+    with serve(script) as server:
+        endpoint = asyncbatch.Endpoint(kind="openai", base_url=server.url, api_key=KEY, deployment="m")
+        rows = [{"text": f"t{i}", "parsed": "mine"} for i in range(2)]
+        mixed = asyncbatch.map_sync(rows, template="Say {text}", tools=[_label_model(False), skip], endpoint=endpoint)
+        assert [r["output"] for r in mixed] == [{"why": "off topic"}, {"label": "ok"}]
+        assert all(r["parsed"] == "mine" for r in mixed)  # no model's: the row's own field
+        alone = asyncbatch.map_sync(rows[1:], template="Say {text}", tools=_label_model(False), endpoint=endpoint)
+        assert alone[0]["parsed"].label == "ok" and alone[0]["input_parsed"] == "mine"
