@@ -175,7 +175,7 @@ def _results(config: RunConfig, request: RequestDefaults, reporter: Reporter) ->
     if refused:
         reporter.warn(
             f"{refused:,} rows answered by an earlier call are refused by the model {model.__name__} as it is now "
-            "(their 'parsed' is None). HINT: restart=True asks every row again"
+            "(their 'parsed' is None). HINT: another output_path asks every row again"
         )
 
 

@@ -231,6 +231,18 @@ def test_rows_answered_before_a_validator_was_added_come_back_unparsed_with_a_wa
     assert [(r["status"], r.get("parsed")) for r in again[:3]] == [("succeeded", None)] * 3
     assert again[3]["status"] == "failed" and "at most 5 characters" in again[3]["error_message"]
     assert "3 rows answered by an earlier call are refused by the model Label as it is now" in said.getvalue()
+    hinted = io.StringIO()  # the hint: every row asked again, and judged by the model as it is
+    restarted = asyncbatch.map_sync(
+        rows,
+        template="Say {text}",
+        tools=_label_model(True),
+        endpoint=_endpoint(),
+        output_path=tmp_path / "again.jsonl",
+        reporter=asyncbatch.Reporter(hinted),
+    )
+    assert [r["error_code"] for r in restarted] == [
+        "invalid_tool_arguments"
+    ] * 3 and "refused by" not in hinted.getvalue()
 
 
 def test_parsed_is_never_another_tools_answer_validated_by_the_model() -> None:
