@@ -139,11 +139,13 @@ def request_defaults(
     so a mistake is said once, before any worker starts.
     """
     base = request or RequestDefaults()
-    return dataclasses.replace(  # a model given here joins base's models
+    given = tools is not None or response_format is not None  # then every schema is given here (never both)
+    return dataclasses.replace(
         base,
         template=template,
         tools=tools if tools is not None else base.tools,
         response_format=response_format if response_format is not None else base.response_format,
+        models={} if given else base.models,  # base's models were its own schemas': never a schema given here
     )
 
 

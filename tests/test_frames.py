@@ -265,3 +265,17 @@ def test_parsed_is_never_another_tools_answer_validated_by_the_model() -> None:
         assert all(r["parsed"] == "mine" for r in mixed)  # no model's: the row's own field
         alone = asyncbatch.map_sync(rows[1:], template="Say {text}", tools=_label_model(False), endpoint=endpoint)
         assert alone[0]["parsed"].label == "ok" and alone[0]["input_parsed"] == "mine"
+
+
+def test_a_schema_given_to_map_is_never_judged_by_the_model_of_the_request_it_replaces(sim: Simulator) -> None:
+    """``request=RequestDefaults(response_format=Sentiment)`` and a schema of its own given to ``map``: Sentiment,
+    the schema no longer sent, refused every answer to the schema that was (asked again, then failed)."""
+    schema = {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}
+    own = {"type": "json_schema", "json_schema": {"name": "word", "schema": schema}}
+    base = asyncbatch.RequestDefaults(response_format=Sentiment)
+    (row,) = asyncbatch.map_sync(
+        [{"text": "x"}], template="{text}", request=base, response_format=own, endpoint=_endpoint()
+    )
+    assert (row["status"], row["output"], row["attempts"]) == ("succeeded", {"word": "word: x"}, 1)
+    (kept,) = asyncbatch.map_sync([{"text": "y"}], template="{text}", request=base, endpoint=_endpoint())
+    assert kept["parsed"] == Sentiment(label="label: y", score=4.2)  # given no schema, the request's model stays
