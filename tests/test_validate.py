@@ -391,3 +391,43 @@ def test_an_output_is_exactly_what_the_model_wrote_or_asked_again(value: Any) ->
         assert past and f"the integer {past[0]} is past what can be kept exactly" in invalid.message
     else:
         assert not past and _same(output, value)
+
+
+CALLS = st.lists(
+    st.tuples(
+        st.sampled_from(["lookup", "other"]), st.sampled_from(['{"q": "a"}', '{"q": "b"}', "{}", '{"q": 1}', "{"])
+    ),
+    max_size=4,
+)
+
+
+@given(
+    calls=CALLS,
+    choice=st.sampled_from([None, "auto", "required", {"type": "function", "function": {"name": "lookup"}}]),
+    run=st.booleans(),
+)
+@example(calls=[("lookup", '{"q": "a"}'), ("lookup", '{"q": "b"}')], choice=None, run=True)  # the second was dropped
+@example(calls=[("lookup", '{"q": "a"}'), ("lookup", "{")], choice=None, run=True)  # unchecked, too
+def test_an_output_is_a_call_every_call_of_which_is_valid_and_which_none_contradicts(
+    calls: list[tuple[str, str]], choice: Any, run: bool
+) -> None:
+    """Whatever calls an answer makes: the output is the first call's arguments only if every call names an
+    offered tool with valid arguments and, where one call's arguments are the output, all agree; else it is
+    asked again. No call is an answer only where the request lets the model leave its tools."""
+    request: dict[str, Any] = {"tools": [CHAT_TOOL], **({"tool_choice": choice} if choice is not None else {})}
+    check = OutputCheck([CHAT_TOOL] if run else None, None)
+    valid = {'{"q": "a"}': {"q": "a"}, '{"q": "b"}': {"q": "b"}}
+    named = isinstance(choice, dict)
+    try:
+        output = check.extract_for("chat", _chat("text", *calls), request)
+    except InvalidOutput:
+        ok = all(name == "lookup" and raw in valid for name, raw in calls)
+        agree = len({raw for _, raw in calls}) <= 1 or not (named or run)
+        must = choice == "required" or named or (run and choice is None)
+        assert not (calls and ok and agree) and (calls or must)
+    else:
+        if calls:
+            assert output == valid[calls[0][1]] and all(name == "lookup" and raw in valid for name, raw in calls)
+            assert len({raw for _, raw in calls}) == 1 or not (named or run)
+        else:
+            assert output == "text" and choice in ("auto", None) and not (run and choice is None)
