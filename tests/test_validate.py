@@ -320,6 +320,9 @@ def test_several_calls_are_all_checked_and_never_one_silently_kept() -> None:
     check = OutputCheck(TOOLS, None)
     good, other = json.dumps(GOOD), json.dumps({**GOOD, "name": "other"})
     assert check.extract(_chat(None, ("f", good), ("f", good))) == GOOD  # the same call twice: one answer
+    backwards = json.dumps(dict(reversed(GOOD.items())))
+    twice = check.extract(_chat(None, ("f", backwards), ("f", good)))  # the same arguments, keys in another order
+    assert list(twice) == list(reversed(GOOD)) and twice == GOOD  # the first, as the model wrote it
     with pytest.raises(InvalidOutput, match=r"the model made 2 different calls \('f'\) where one answer holds one"):
         check.extract(_chat(None, ("f", good), ("f", other)))
     with pytest.raises(InvalidOutput, match=r"at \$.count") as caught:
@@ -364,11 +367,11 @@ def _integers(value: Any) -> list[int]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal, and of the same JSON kind all the way down (1 is not 1.0, True is not 1)."""
+    """Equal, and of the same JSON kind all the way down (1 is not 1.0, True is not 1), keys in the same order."""
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # keys in the same order too
     if isinstance(a, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)

@@ -302,7 +302,7 @@ class OutputCheck:
         asks for one call's arguments) the same in every call."""
         if not calls:
             raise invalid("no_tool_call", "the model answered without calling a tool", None, [])
-        values = []
+        values, first = [], None
         for name, raw in found:
             validator = asked.tools.get(name)
             if validator is None:
@@ -312,12 +312,13 @@ class OutputCheck:
                 reason = self._refused_by_model(name, value)
             if reason is not None:
                 raise invalid("invalid_tool_arguments", reason, raw, calls)
-            values.append(orjson.dumps([name, value], option=orjson.OPT_SORT_KEYS))
+            values.append(orjson.dumps([name, value], option=orjson.OPT_SORT_KEYS))  # compared whatever the key order
+            first = value if len(values) == 1 else first
         if asked.one and len(set(values)) > 1:
             names = ", ".join(dict.fromkeys(repr(name) for name, _ in found))
             reason = f"the model made {len(calls)} different calls ({names}) where one answer holds one: call it once"
             raise invalid("invalid_tool_arguments", reason, " ".join(str(raw) for _, raw in found), calls)
-        return orjson.loads(values[0])[1]
+        return first  # as the model wrote it, keys in its order
 
     def _asked(self, api: str, request: dict[str, Any] | None) -> _Asked:
         """What ``request`` asks for (None: the run's tools and response format, as every request has them)."""

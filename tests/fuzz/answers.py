@@ -340,11 +340,11 @@ def _outputs_problems(results: Path, tools: bool) -> list[str]:
 
 
 def _same(a: object, b: object) -> bool:
-    """Equal, and of the same JSON kind all the way down (1 is not 1.0)."""
+    """Equal, and of the same JSON kind all the way down (1 is not 1.0), keys in the same order."""
     if type(a) is not type(b):
         return False
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # keys in the same order too
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
