@@ -26,7 +26,7 @@ import heapq
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +119,7 @@ def row_of(tag: bytes, record: dict[str, Any], fields: dict[str, Any] | None) ->
     usage = usage if isinstance(usage, dict) else {}
     row: dict[str, Any] = {"line": record["line"], "status": STATUS[tag], "custom_id": record.get("custom_id")}
     for name, value in (fields or {}).items():
-        row[_input_column(name, row)] = value
+        row[input_column(name, row)] = value
     row.update(
         output=record.get("output"),
         error_code=error.get("code") if isinstance(error, dict) else None,
@@ -131,14 +131,15 @@ def row_of(tag: bytes, record: dict[str, Any], fields: dict[str, Any] | None) ->
     return row
 
 
-def _input_column(name: str, row: dict[str, Any]) -> str:
-    """An input field's column: its name, prefixed ``input_`` (again, until it is free) where a row field has it.
+def input_column(name: str, taken: Container[str]) -> str:
+    """An input field's column: its name, prefixed ``input_`` (again, until it is free) where a row field has it
+    (or a column ``taken`` before it).
 
     ``output.<key>`` is a row field's name too: an object output is spread over such columns, which would
     otherwise take the input's place (an exported table run again, its old answers in ``output.label``), and
     show a failed row's input as its answer.
     """
-    while name in row or name in RESULT_FIELDS or name.startswith("output."):
+    while name in taken or name in RESULT_FIELDS or name.startswith("output."):
         name = f"input_{name}"
     return name
 

@@ -303,3 +303,24 @@ def test_any_answer_value_fits_its_column_or_is_none(kind: str, value: Any) -> N
     pa.array([converted], arrow_type(kind))  # never raises: a bad value is never a failed task
     if value is not None and kind in ("str", "json"):
         assert converted == value if isinstance(value, str) else json.loads(converted) == value  # JSON text
+
+
+def test_input_columns_named_like_ours_are_renamed_as_map_renames_them_never_a_second_column_of_a_name(
+    tmp_path: Path,
+) -> None:
+    """A table exported before and run again holds ``output.label``: it was kept under its name, beside the
+    answer's ``output.label`` (two columns of one name), where ``asyncbatch.map`` renames it ``input_output.label``."""
+    table = pa.table(
+        {"id": ["a", "b"], "text": ["x", "y"], "output.label": ["old", "old"], "input_output.label": ["older"] * 2}
+    )
+    with serve_in_thread(SimConfig(latency=0.0)) as (url, _):
+        out = run_batch(_spec(url, tmp_path / "state"), table)
+        endpoint = asyncbatch.Endpoint(kind="azure", base_url=url, api_key="sim-key", deployment="dep", simulated=True)
+        expected = asyncbatch.map_sync(
+            table.to_pylist(), template="Classify: {text}", tools=Sentiment, endpoint=endpoint
+        )
+    assert out.column_names == [k for k in flat(expected[0]) if k != "parsed"]
+    assert len(set(out.column_names)) == len(out.column_names)
+    rows = out.to_pylist()
+    assert [(r["input_output.label"], r["input_input_output.label"]) for r in rows] == [("old", "older")] * 2
+    assert [r["output.label"] for r in rows] == ["label: Classify: x", "label: Classify: y"]
