@@ -27,7 +27,8 @@ import orjson
 
 from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
 from .display.reporters import Reporter, default_reporter
-from .export import Rows, flat
+from .export import Rows, flat, row_of
+from .input.reader import input_records, record_id
 from .store.files import replace_atomically
 
 
@@ -105,8 +106,9 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
         from .runner import run
 
         reporter = reporter or default_reporter()
-        await run(config, reporter=reporter)
-        results = list(_results(config, defaults, reporter))
+        stats = await run(config, reporter=reporter)
+        why = stats.stopped or ("interrupted" if stats.interrupted else "no answer was recorded for it")
+        results = list(_results(config, defaults, reporter, _not_run(why, kept=output_path is not None)))
     if kind == "pandas":
         import pandas as pd
 
@@ -154,8 +156,19 @@ def map_sync(rows: Any, **arguments: Any) -> Any:
     return asyncio.run(map(rows, **arguments))
 
 
-def _results(config: RunConfig, request: RequestDefaults, reporter: Reporter) -> Iterator[dict[str, Any]]:
+def _not_run(why: str, kept: bool) -> dict[str, str]:
+    """The error of a row the run stopped before answering (``--max-cost``, an outage, an interrupt)."""
+    again = "call map again with the same output_path" if kept else "call map again (with output_path, a call resumes)"
+    return {"code": "not_run", "message": f"not run: the run stopped early ({why}). HINT: {again} to run it"}
+
+
+def _results(
+    config: RunConfig, request: RequestDefaults, reporter: Reporter, not_run: dict[str, str]
+) -> Iterator[dict[str, Any]]:
     """Every input's row, in input order, joined with the input, with ``parsed`` for a model's output.
+
+    A row the run stopped before answering is there too, failed with ``not_run``'s error: the rows are the
+    input's, one for one (a DataFrame's index is the input's).
 
     A row answered by an earlier call (resumed) was validated by the model as it was then: where the model
     now refuses it (a validator added since, which changes no schema), ``parsed`` is None, and a warning says so.
@@ -164,7 +177,11 @@ def _results(config: RunConfig, request: RequestDefaults, reporter: Reporter) ->
 
     errors = config.errors_path if config.errors_path.exists() else None
     model, refused = _model(request), 0
-    for row in Rows(config.output_path, errors, config.input_path, ordered=True):
+    answered = {row["line"]: row for row in Rows(config.output_path, errors, config.input_path, ordered=True)}
+    for line_no, fields in input_records(config.input_path):
+        if (row := answered.get(line_no)) is None:
+            record = {"line": line_no, "custom_id": record_id(fields, line_no), "error": not_run}
+            row = row_of(b"e", record, fields)
         if model is not None:
             if "parsed" in row:  # a field of the row's own
                 row[_free("input_parsed", row)] = row.pop("parsed")

@@ -279,3 +279,24 @@ def test_a_schema_given_to_map_is_never_judged_by_the_model_of_the_request_it_re
     assert (row["status"], row["output"], row["attempts"]) == ("succeeded", {"word": "word: x"}, 1)
     (kept,) = asyncbatch.map_sync([{"text": "y"}], template="{text}", request=base, endpoint=_endpoint())
     assert kept["parsed"] == Sentiment(label="label: y", score=4.2)  # given no schema, the request's model stays
+
+
+def test_a_run_stopped_early_returns_every_row_in_input_order_and_the_hint_runs_the_rest(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """``max_cost`` reached: a DataFrame raised pandas' ValueError (a length mismatch: the answers paid for,
+    lost), and a list came back shorter than its input. Every row comes back, the unanswered ones failed
+    ``not_run``, saying how to run them; doing so sends those alone."""
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(12)]}, index=[f"row{i}" for i in range(12)])
+    kept, prices = tmp_path / "kept.jsonl", asyncbatch.Prices(input=1000, output=1000)
+    arguments = {"template": "{text}", "endpoint": _endpoint(), "output_path": kept, "prices": prices}
+    out = asyncbatch.map_sync(frame, **arguments, max_cost=0.02, limits=asyncbatch.Limits(concurrency=1))
+    assert list(out.index) == list(frame.index) and list(out["text"]) == list(frame["text"])
+    done = out["status"] == "succeeded"
+    assert 0 < done.sum() < 12 and sim.requests == done.sum()
+    (message,) = set(out.loc[~done, "error_message"])
+    assert set(out.loc[~done, "error_code"]) == {"not_run"} and "--max-cost" in message
+    assert "HINT: call map again with the same output_path to run it" in message
+    assert list(out.loc[~done, "custom_id"]) == [f"line-{i + 1}" for i in range(12) if not done.iloc[i]]
+    again = asyncbatch.map_sync(frame, **arguments)
+    assert list(again["status"]) == ["succeeded"] * 12 and sim.requests == 12  # each row asked once in all
