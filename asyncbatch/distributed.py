@@ -47,8 +47,8 @@ from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, ch
 from .display.reporters import PlainReporter, Reporter, default_reporter
 from .errors import AsyncBatchError, ConfigError, FatalAPIError, OutputError
 from .export import input_column
+from .frames import NOT_RUN, request_defaults
 from .frames import map as map_rows
-from .frames import request_defaults
 from .redact import Redactor
 from .stats import RunStats
 from .store.files import replace_atomically
@@ -315,7 +315,7 @@ def results_table(spec: Spec, table: Any, results: list[dict[str, Any]]) -> Any:
     """The input's columns with ours around them, as ``asyncbatch.map`` orders them."""
     import pyarrow as pa
 
-    by_line = {row["line"]: row for row in results}
+    by_line = {row["line"]: row for row in results if row.get("error_code") != NOT_RUN}  # unanswered, as missing
     ordered = [by_line.get(n) for n in range(1, table.num_rows + 1)]
     if any(row is None for row in ordered):  # a run that returned without answering every row: never silently
         missing = sum(row is None for row in ordered)

@@ -156,10 +156,13 @@ def map_sync(rows: Any, **arguments: Any) -> Any:
     return asyncio.run(map(rows, **arguments))
 
 
+NOT_RUN = "not_run"  # the error code of a row the run stopped before answering
+
+
 def _not_run(why: str, kept: bool) -> dict[str, str]:
     """The error of a row the run stopped before answering (``--max-cost``, an outage, an interrupt)."""
     again = "call map again with the same output_path" if kept else "call map again (with output_path, a call resumes)"
-    return {"code": "not_run", "message": f"not run: the run stopped early ({why}). HINT: {again} to run it"}
+    return {"code": NOT_RUN, "message": f"not run: the run stopped early ({why}). HINT: {again} to run it"}
 
 
 def _results(
