@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,9 @@ from jsonschema import Draft202012Validator
 from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
 from .display.reporters import PlainReporter, Reporter, default_reporter
 from .errors import AsyncBatchError, ConfigError, FatalAPIError, OutputError
-from .export import RESULT_FIELDS
+from .export import input_column
+from .frames import NOT_RUN, request_defaults
 from .frames import map as map_rows
-from .frames import request_defaults
 from .redact import Redactor
 from .stats import RunStats
 from .store.files import replace_atomically
@@ -262,9 +262,13 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def input_name(name: str) -> str:
-    """An input column's name in the results: renamed ``input_<name>`` where it would clash with ours."""
-    return f"input_{name}" if name in OURS or name in RESULT_FIELDS else name
+def input_names(names: Iterable[str]) -> list[str]:
+    """The input columns' names in the results, in order: renamed as ``asyncbatch export`` does
+    (``export.input_column``) where they would clash with ours (``output.<key>`` too) or each other's."""
+    taken: dict[str, None] = dict.fromkeys(OURS)
+    for name in names:
+        taken[input_column(name, taken)] = None
+    return list(taken)[len(OURS) :]
 
 
 def arrow_type(kind: str) -> Any:
@@ -311,7 +315,7 @@ def results_table(spec: Spec, table: Any, results: list[dict[str, Any]]) -> Any:
     """The input's columns with ours around them, as ``asyncbatch.map`` orders them."""
     import pyarrow as pa
 
-    by_line = {row["line"]: row for row in results}
+    by_line = {row["line"]: row for row in results if row.get("error_code") != NOT_RUN}  # unanswered, as missing
     ordered = [by_line.get(n) for n in range(1, table.num_rows + 1)]
     if any(row is None for row in ordered):  # a run that returned without answering every row: never silently
         missing = sum(row is None for row in ordered)
@@ -320,8 +324,8 @@ def results_table(spec: Spec, table: Any, results: list[dict[str, Any]]) -> Any:
     for column in spec.front:
         names.append(column.name)
         arrays.append(pa.array([cell(column.kind, row.get(column.name)) for row in ordered], arrow_type(column.kind)))  # type: ignore[union-attr]
-    for name, array in zip(table.column_names, table.columns, strict=True):
-        names.append(input_name(name))
+    for name, array in zip(input_names(table.column_names), table.columns, strict=True):
+        names.append(name)
         arrays.append(array)
     for column in spec.back:
         values = [_value(column, row) for row in ordered]  # type: ignore[arg-type]

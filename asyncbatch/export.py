@@ -26,7 +26,7 @@ import heapq
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +119,7 @@ def row_of(tag: bytes, record: dict[str, Any], fields: dict[str, Any] | None) ->
     usage = usage if isinstance(usage, dict) else {}
     row: dict[str, Any] = {"line": record["line"], "status": STATUS[tag], "custom_id": record.get("custom_id")}
     for name, value in (fields or {}).items():
-        row[name if name not in row and name not in RESULT_FIELDS else f"input_{name}"] = value
+        row[input_column(name, row)] = value
     row.update(
         output=record.get("output"),
         error_code=error.get("code") if isinstance(error, dict) else None,
@@ -129,6 +129,19 @@ def row_of(tag: bytes, record: dict[str, Any], fields: dict[str, Any] | None) ->
         completion_tokens=usage.get("completion_tokens", usage.get("output_tokens")),
     )
     return row
+
+
+def input_column(name: str, taken: Container[str]) -> str:
+    """An input field's column: its name, prefixed ``input_`` (again, until it is free) where a row field has it
+    (or a column ``taken`` before it).
+
+    ``output.<key>`` is a row field's name too: an object output is spread over such columns, which would
+    otherwise take the input's place (an exported table run again, its old answers in ``output.label``), and
+    show a failed row's input as its answer.
+    """
+    while name in taken or name in RESULT_FIELDS or name.startswith("output."):
+        name = f"input_{name}"
+    return name
 
 
 class Rows:
@@ -271,16 +284,30 @@ def _columns(rows: Rows, kinds: dict[str, set[str]] | None = None) -> list[str]:
     return [*HEAD, *fields, *outputs, *spread, *TAIL]
 
 
+INT64 = range(-(2**63), 2**63)  # Parquet's integers; JSON's (and orjson's, to 2**64 - 1) go further
+EXACT = range(-(2**53), 2**53 + 1)  # the integers a float64 holds exactly
+
+
 def _kind(value: Any) -> str:
+    """The JSON kind of a value, as Parquet can hold it exactly: ``wide``, an integer a float64 would round;
+    an integer past int64 is ``json`` (kept as text), and so is a list of numbers holding one a float64 would round.
+    """
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int | float):
-        return type(value).__name__
+    if isinstance(value, int):
+        return "int" if value in EXACT else "wide" if value in INT64 else "json"
+    if isinstance(value, float):
+        return "float"
     if isinstance(value, str):
         return "str"
-    if isinstance(value, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and all(_as_float(v) for v in value):
         return "vector"
     return "json"
+
+
+def _as_float(value: Any) -> bool:
+    """Whether a float64 holds ``value`` exactly."""
+    return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and value in EXACT)
 
 
 # What makes a spreadsheet read a cell as a formula: ``= + - @`` (OWASP), after anything spreadsheets skip (any
@@ -352,10 +379,11 @@ def _same(value: Any) -> Any:
 
 
 def _arrow_type(pa: Any, kinds: set[str]) -> Any:
-    """One column type for the kinds of values seen: numbers widen to float, anything mixed is JSON text."""
+    """One column type for the kinds of values seen: numbers widen to float (where no value would be rounded),
+    anything mixed is JSON text."""
     if kinds == {"bool"}:
         return pa.bool_()
-    if kinds == {"int"}:
+    if kinds and kinds <= {"int", "wide"}:
         return pa.int64()
     if kinds and kinds <= {"int", "float"}:
         return pa.float64()

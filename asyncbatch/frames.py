@@ -26,8 +26,9 @@ from typing import Any
 import orjson
 
 from .config import Deployment, Endpoint, Limits, RequestDefaults, RunConfig, check_options
-from .display.reporters import Reporter
-from .export import Rows, flat
+from .display.reporters import Reporter, default_reporter
+from .export import Rows, flat, row_of
+from .input.reader import input_records, record_id
 from .store.files import replace_atomically
 
 
@@ -104,8 +105,10 @@ async def map(  # asyncbatch.map, as the data world spells it: the builtin is no
         )
         from .runner import run
 
-        await run(config, reporter=reporter)
-        results = list(_results(config, defaults))
+        reporter = reporter or default_reporter()
+        stats = await run(config, reporter=reporter)
+        why = stats.stopped or ("interrupted" if stats.interrupted else "no answer was recorded for it")
+        results = list(_results(config, defaults, reporter, _not_run(why, kept=output_path is not None)))
     if kind == "pandas":
         import pandas as pd
 
@@ -138,11 +141,13 @@ def request_defaults(
     so a mistake is said once, before any worker starts.
     """
     base = request or RequestDefaults()
-    return dataclasses.replace(  # a model given here joins base's models
+    given = tools is not None or response_format is not None  # then every schema is given here (never both)
+    return dataclasses.replace(
         base,
         template=template,
         tools=tools if tools is not None else base.tools,
         response_format=response_format if response_format is not None else base.response_format,
+        models={} if given else base.models,  # base's models were its own schemas': never a schema given here
     )
 
 
@@ -151,17 +156,60 @@ def map_sync(rows: Any, **arguments: Any) -> Any:
     return asyncio.run(map(rows, **arguments))
 
 
-def _results(config: RunConfig, request: RequestDefaults) -> Iterator[dict[str, Any]]:
-    """Every input's row, in input order, joined with the input, with ``parsed`` for a model's output."""
+NOT_RUN = "not_run"  # the error code of a row the run stopped before answering
+
+
+def _not_run(why: str, kept: bool) -> dict[str, str]:
+    """The error of a row the run stopped before answering (``--max-cost``, an outage, an interrupt)."""
+    again = "call map again with the same output_path" if kept else "call map again (with output_path, a call resumes)"
+    return {"code": NOT_RUN, "message": f"not run: the run stopped early ({why}). HINT: {again} to run it"}
+
+
+def _results(
+    config: RunConfig, request: RequestDefaults, reporter: Reporter, not_run: dict[str, str]
+) -> Iterator[dict[str, Any]]:
+    """Every input's row, in input order, joined with the input, with ``parsed`` for a model's output.
+
+    A row the run stopped before answering is there too, failed with ``not_run``'s error: the rows are the
+    input's, one for one (a DataFrame's index is the input's).
+
+    A row answered by an earlier call (resumed) was validated by the model as it was then: where the model
+    now refuses it (a validator added since, which changes no schema), ``parsed`` is None, and a warning says so.
+    """
+    from pydantic import ValidationError
+
     errors = config.errors_path if config.errors_path.exists() else None
-    model = _model(request)
-    for row in Rows(config.output_path, errors, config.input_path, ordered=True):
-        if model is not None and row.get("status") == "succeeded" and isinstance(row.get("output"), dict):
-            row["parsed"] = model.model_validate(row["output"])
+    model, refused = _model(request), 0
+    answered = {row["line"]: row for row in Rows(config.output_path, errors, config.input_path, ordered=True)}
+    for line_no, fields in input_records(config.input_path):
+        if (row := answered.get(line_no)) is None:
+            record = {"line": line_no, "custom_id": record_id(fields, line_no), "error": not_run}
+            row = row_of(b"e", record, fields)
+        if model is not None:
+            if "parsed" in row:  # a field of the row's own
+                row[_free("input_parsed", row)] = row.pop("parsed")
+            if row.get("status") == "succeeded":
+                try:
+                    row["parsed"] = model.model_validate(row.get("output"))
+                except ValidationError:
+                    row["parsed"], refused = None, refused + 1
         yield row
+    if refused:
+        reporter.warn(
+            f"{refused:,} rows answered by an earlier call are refused by the model {model.__name__} as it is now "
+            "(their 'parsed' is None). HINT: another output_path asks every row again"
+        )
+
+
+def _free(name: str, row: dict[str, Any]) -> str:
+    while name in row:
+        name = f"input_{name}"
+    return name
 
 
 def _model(request: RequestDefaults) -> Any:
-    """The one model every answer is validated by, if there is exactly one."""
-    models = list(request.models.values())
-    return models[0] if len(models) == 1 else None
+    """The model every answer is validated by: the response format's, or the one tool's. Of several tools, the
+    output does not say which one was called (and a tool that is no model has none)."""
+    if request.tools:
+        return request.models.get(request.tools[0]["function"]["name"]) if len(request.tools) == 1 else None
+    return request.models.get(None) if request.response_format else None

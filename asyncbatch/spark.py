@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import Deployment, Endpoint, Limits, RequestDefaults
 from .display.reporters import Reporter
-from .distributed import Column, Spec, Watch, input_name, prepare, run_batch
+from .distributed import Column, Spec, Watch, input_names, prepare, run_batch
 from .errors import ConfigError
 
 
@@ -128,7 +128,8 @@ def schema(spec: Spec, given: Any) -> Any:
     def ours(columns: tuple[Column, ...]) -> list[Any]:
         return [StructField(c.name, _spark_type(c.kind), True) for c in columns]
 
-    inputs = [StructField(input_name(f.name), f.dataType, f.nullable) for f in given.fields]
+    names = input_names(f.name for f in given.fields)
+    inputs = [StructField(name, f.dataType, f.nullable) for name, f in zip(names, given.fields, strict=True)]
     return StructType([*ours(spec.front), *inputs, *ours(spec.back)])
 
 

@@ -209,16 +209,32 @@ def _run(loop: asyncio.AbstractEventLoop, main: object) -> None:
 # -- bodies -------------------------------------------------------------------------------------
 
 
-def completion(content: str | None = "ok", *, tool_arguments: str | None = None, extra: bytes = b"") -> bytes:
-    """A chat completion's bytes; ``extra`` is spliced in as more fields of the top object (``"k": v`` pairs)."""
+def completion(
+    content: str | None = "ok",
+    *,
+    tool_arguments: str | None = None,
+    extra: bytes = b"",
+    calls: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """A chat completion's bytes; ``extra`` is spliced in as more fields of the top object (``"k": v`` pairs).
+
+    :param tool_arguments: one call of the tool ``label`` with these arguments (the content then null).
+    :param calls: calls as (name, arguments), beside the content.
+    """
     message: dict[str, object] = {"role": "assistant", "content": content}
     if tool_arguments is not None:
         call = {"id": "call_1", "type": "function", "function": {"name": "label", "arguments": tool_arguments}}
         message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    if calls:
+        message["tool_calls"] = [
+            {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+            for i, (name, arguments) in enumerate(calls, 1)
+        ]
+    called = tool_arguments is not None or bool(calls)
     answer = {
         "id": "chatcmpl-x",
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_arguments else "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if called else "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
     }
     raw = orjson.dumps(answer)

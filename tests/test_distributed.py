@@ -36,6 +36,7 @@ from asyncbatch.distributed import (
     failure,
     prepare,
     result_columns,
+    results_table,
     run_batch,
 )
 from asyncbatch.errors import AsyncBatchError
@@ -303,3 +304,45 @@ def test_any_answer_value_fits_its_column_or_is_none(kind: str, value: Any) -> N
     pa.array([converted], arrow_type(kind))  # never raises: a bad value is never a failed task
     if value is not None and kind in ("str", "json"):
         assert converted == value if isinstance(value, str) else json.loads(converted) == value  # JSON text
+
+
+def test_input_columns_named_like_ours_are_renamed_as_map_renames_them_never_a_second_column_of_a_name(
+    tmp_path: Path,
+) -> None:
+    """A table exported before and run again holds ``output.label``: it was kept under its name, beside the
+    answer's ``output.label`` (two columns of one name), where ``asyncbatch.map`` renames it ``input_output.label``."""
+    table = pa.table(
+        {"id": ["a", "b"], "text": ["x", "y"], "output.label": ["old", "old"], "input_output.label": ["older"] * 2}
+    )
+    with serve_in_thread(SimConfig(latency=0.0)) as (url, _):
+        out = run_batch(_spec(url, tmp_path / "state"), table)
+        endpoint = asyncbatch.Endpoint(kind="azure", base_url=url, api_key="sim-key", deployment="dep", simulated=True)
+        expected = asyncbatch.map_sync(
+            table.to_pylist(), template="Classify: {text}", tools=Sentiment, endpoint=endpoint
+        )
+    assert out.column_names == [k for k in flat(expected[0]) if k != "parsed"]
+    assert len(set(out.column_names)) == len(out.column_names)
+    rows = out.to_pylist()
+    assert [(r["input_output.label"], r["input_input_output.label"]) for r in rows] == [("old", "older")] * 2
+    assert [r["output.label"] for r in rows] == ["label: Classify: x", "label: Classify: y"]
+
+
+def test_a_batch_whose_map_stopped_before_some_rows_fails_the_job_never_a_row_failed_not_run(tmp_path: Path) -> None:
+    """``asyncbatch.map`` returns a stopped run's unanswered rows as failed ``not_run`` (the user calls it again);
+    a batch's are unanswered still: the job stops, and running it again runs them."""
+    table = _table(2)
+    with serve_in_thread(SimConfig(latency=0.0)) as (url, _):
+        spec = _spec(url, tmp_path / "state")
+        rows = asyncbatch.map_sync(
+            table.to_pylist(),
+            template="Classify: {text}",
+            tools=Sentiment,
+            endpoint=asyncbatch.Endpoint(kind="azure", base_url=url, api_key="sim-key", deployment="dep"),
+            prices=asyncbatch.Prices(input=1000, output=1000),
+            max_cost=0.02,
+            limits=asyncbatch.Limits(concurrency=1),
+        )
+    unanswered = sum(r["error_code"] == "not_run" for r in rows)
+    assert unanswered and len(rows) == 2
+    with pytest.raises(JobFailed, match=f"a batch ended with {unanswered} rows unanswered"):
+        results_table(spec, table, rows)

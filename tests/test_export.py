@@ -12,9 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pandas as pd
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from asyncbatch.cli.main import main
 from asyncbatch.export import Rows, export
@@ -231,3 +235,63 @@ def test_a_killed_runs_unfinished_replace_is_removed_by_the_next_run_and_a_users
     with simulator_env(SimConfig(), monkeypatch):
         assert main(["in.jsonl", "-q", "--template", "{prompt}"]) == 0
     assert not any(p.exists() for p in stale) and users.read_bytes() == b"my notes"
+
+
+def test_an_input_column_named_like_a_spread_output_column_keeps_its_own_values(tmp_path: Path) -> None:
+    """An exported table run again carries its old answers in ``output.label``: they stay the input's, and a
+    failed row's old label never shows as its answer."""
+    results = write_jsonl(tmp_path / "r.jsonl", [{"custom_id": "a", "output": {"label": "positive"}, "line": 1}])
+    failure = {"custom_id": "b", "error": {"code": "content_filter", "message": "m"}, "line": 2}
+    errors = write_jsonl(tmp_path / "e.jsonl", [failure])
+    inputs = [
+        {"id": "a", "output.label": "negative", "input_output.label": "older", "output": "x"},
+        {"id": "b", "output.label": "negative", "input_output.label": "older", "output": "y"},
+    ]
+    write_jsonl(tmp_path / "in.jsonl", inputs)
+    for fmt in ("csv", "parquet"):
+        path = tmp_path / f"t.{fmt}"
+        export(Rows(results, errors, tmp_path / "in.jsonl", ordered=True), fmt, path, io.BytesIO())
+        frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        assert list(frame["output.label"].fillna("")) == ["positive", ""]  # the failed row has no answer
+        assert list(frame["input_output.label"]) == ["negative", "negative"]
+        assert list(frame["input_input_output.label"]) == ["older", "older"]
+        assert list(frame["input_output"]) == ["x", "y"]
+
+
+json_cells = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63) - 1, 2**64 - 1)  # what orjson reads as integers, and one past int64 below
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(outputs=st.lists(json_cells, min_size=1, max_size=4))
+@example(outputs=[{"n": 2**63}, {"n": 1}])  # an integer past Parquet's int64 crashed the writer
+@example(outputs=[[2**64 - 1, 1]])  # so did a list of numbers holding one
+@example(outputs=[2**53 + 1, 0.5])  # a float column would round it
+@example(outputs=[[2**53 + 1]])  # and so would a list of floats
+@example(outputs=[-(2**63) - 1])  # orjson reads it as a float: a float column
+def test_any_outputs_across_rows_export_to_parquet_with_every_value_kept_exactly(
+    tmp_path_factory: pytest.TempPathFactory, outputs: list[Any]
+) -> None:
+    import pyarrow.parquet as pq
+
+    folder = tmp_path_factory.mktemp("any")
+    results = [{"custom_id": str(i), "output": output, "line": i + 1} for i, output in enumerate(outputs)]
+    path = write_jsonl(folder / "r.jsonl", results)
+    export(Rows(path, None, None, ordered=True), "csv", folder / "t.csv", io.BytesIO())
+    assert len(pd.read_csv(folder / "t.csv")) == len(outputs)
+    export(Rows(path, None, None, ordered=True), "parquet", folder / "t.parquet", io.BytesIO())
+    table = pq.read_table(folder / "t.parquet").to_pylist()
+    for row, line in zip(table, path.read_text().splitlines(), strict=True):
+        output = orjson.loads(line)["output"]  # as asyncbatch reads the results file
+        for key, value in (output if isinstance(output, dict) else {None: output}).items():
+            cell = row["output" if key is None else f"output.{key}"]
+            if isinstance(cell, str) and not isinstance(value, str):
+                cell = json.loads(cell)
+            assert cell == value and (type(cell) is type(value) or isinstance(value, int | list))

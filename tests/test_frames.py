@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
 from asyncbatch.structured.schemas import model_schema, strict_problems
 from tests.helpers import read_jsonl, simulator_env, write_jsonl
+from tests.scripted import Answer, Received, completion, serve
 
 KEY = "frames-key-0123456789"
 
@@ -186,3 +188,115 @@ def test_a_model_with_optional_fields_runs_strict_and_is_sent_as_the_sdks_tool(
     assert sim.bodies[-1]["tools"] == [pydantic_function_tool(company)]
     results = read_jsonl(tmp_path / "in.results.jsonl")
     assert len(results) == 5 and all(set(r["output"]) == {"name", "ceo", "address"} for r in results)
+
+
+def _label_model(picky: bool) -> type[BaseModel]:
+    """A model named ``Label`` (its tool's name), the same schema either way; ``picky`` adds a validator."""
+
+    class Label(BaseModel):
+        label: str
+
+        if picky:
+
+            @field_validator("label")
+            @classmethod
+            def short(cls, value: str) -> str:
+                if len(value) > 5:
+                    raise ValueError("at most 5 characters")
+                return value
+
+    return Label
+
+
+def test_rows_answered_before_a_validator_was_added_come_back_unparsed_with_a_warning_never_a_traceback(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """A validator changes no schema, so a second call resumes; the rows answered before it are the model's no
+    longer: their ``parsed`` is None and a warning counts them, where ``map`` raised pydantic's ValidationError
+    once everything was paid for."""
+    rows, kept = [{"text": f"t{i}"} for i in range(3)], tmp_path / "kept.jsonl"
+    first = asyncbatch.map_sync(
+        rows, template="Say {text}", tools=_label_model(False), endpoint=_endpoint(), output_path=kept
+    )
+    assert [r["parsed"].label for r in first] == [f"label: Say t{i}" for i in range(3)]
+    said = io.StringIO()
+    again = asyncbatch.map_sync(
+        [*rows, {"text": "new"}],
+        template="Say {text}",
+        tools=_label_model(True),
+        endpoint=_endpoint(),
+        output_path=kept,
+        reporter=asyncbatch.Reporter(said),
+    )
+    assert [(r["status"], r.get("parsed")) for r in again[:3]] == [("succeeded", None)] * 3
+    assert again[3]["status"] == "failed" and "at most 5 characters" in again[3]["error_message"]
+    assert "3 rows answered by an earlier call are refused by the model Label as it is now" in said.getvalue()
+    hinted = io.StringIO()  # the hint: every row asked again, and judged by the model as it is
+    restarted = asyncbatch.map_sync(
+        rows,
+        template="Say {text}",
+        tools=_label_model(True),
+        endpoint=_endpoint(),
+        output_path=tmp_path / "again.jsonl",
+        reporter=asyncbatch.Reporter(hinted),
+    )
+    assert [r["error_code"] for r in restarted] == [
+        "invalid_tool_arguments"
+    ] * 3 and "refused by" not in hinted.getvalue()
+
+
+def test_parsed_is_never_another_tools_answer_validated_by_the_model() -> None:
+    """A model and a tool of its own: an answer calling the other tool is not the model's (``parsed`` raised
+    pydantic's ValidationError for it, after the run); nor is an input field named ``parsed`` overwritten."""
+    skip = {
+        "type": "function",
+        "function": {"name": "skip", "parameters": {"type": "object", "properties": {"why": {"type": "string"}}}},
+    }
+
+    def script(received: Received) -> Answer:
+        call = ("skip", '{"why": "off topic"}') if "t0" in received.prompt else ("Label", '{"label": "ok"}')
+        return Answer(body=completion(None, calls=(call,)), request_id="req")
+
+    with serve(script) as server:
+        endpoint = asyncbatch.Endpoint(kind="openai", base_url=server.url, api_key=KEY, deployment="m")
+        rows = [{"text": f"t{i}", "parsed": "mine"} for i in range(2)]
+        mixed = asyncbatch.map_sync(rows, template="Say {text}", tools=[_label_model(False), skip], endpoint=endpoint)
+        assert [r["output"] for r in mixed] == [{"why": "off topic"}, {"label": "ok"}]
+        assert all(r["parsed"] == "mine" for r in mixed)  # no model's: the row's own field
+        alone = asyncbatch.map_sync(rows[1:], template="Say {text}", tools=_label_model(False), endpoint=endpoint)
+        assert alone[0]["parsed"].label == "ok" and alone[0]["input_parsed"] == "mine"
+
+
+def test_a_schema_given_to_map_is_never_judged_by_the_model_of_the_request_it_replaces(sim: Simulator) -> None:
+    """``request=RequestDefaults(response_format=Sentiment)`` and a schema of its own given to ``map``: Sentiment,
+    the schema no longer sent, refused every answer to the schema that was (asked again, then failed)."""
+    schema = {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}
+    own = {"type": "json_schema", "json_schema": {"name": "word", "schema": schema}}
+    base = asyncbatch.RequestDefaults(response_format=Sentiment)
+    (row,) = asyncbatch.map_sync(
+        [{"text": "x"}], template="{text}", request=base, response_format=own, endpoint=_endpoint()
+    )
+    assert (row["status"], row["output"], row["attempts"]) == ("succeeded", {"word": "word: x"}, 1)
+    (kept,) = asyncbatch.map_sync([{"text": "y"}], template="{text}", request=base, endpoint=_endpoint())
+    assert kept["parsed"] == Sentiment(label="label: y", score=4.2)  # given no schema, the request's model stays
+
+
+def test_a_run_stopped_early_returns_every_row_in_input_order_and_the_hint_runs_the_rest(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """``max_cost`` reached: a DataFrame raised pandas' ValueError (a length mismatch: the answers paid for,
+    lost), and a list came back shorter than its input. Every row comes back, the unanswered ones failed
+    ``not_run``, saying how to run them; doing so sends those alone."""
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(12)]}, index=[f"row{i}" for i in range(12)])
+    kept, prices = tmp_path / "kept.jsonl", asyncbatch.Prices(input=1000, output=1000)
+    arguments = {"template": "{text}", "endpoint": _endpoint(), "output_path": kept, "prices": prices}
+    out = asyncbatch.map_sync(frame, **arguments, max_cost=0.02, limits=asyncbatch.Limits(concurrency=1))
+    assert list(out.index) == list(frame.index) and list(out["text"]) == list(frame["text"])
+    done = out["status"] == "succeeded"
+    assert 0 < done.sum() < 12 and sim.requests == done.sum()
+    (message,) = set(out.loc[~done, "error_message"])
+    assert set(out.loc[~done, "error_code"]) == {"not_run"} and "--max-cost" in message
+    assert "HINT: call map again with the same output_path to run it" in message
+    assert list(out.loc[~done, "custom_id"]) == [f"line-{i + 1}" for i in range(12) if not done.iloc[i]]
+    again = asyncbatch.map_sync(frame, **arguments)
+    assert list(again["status"]) == ["succeeded"] * 12 and sim.requests == 12  # each row asked once in all

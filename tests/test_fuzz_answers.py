@@ -37,6 +37,9 @@ KEPT = [
             ),
         ),
     ),
+    # Two calls that differ: the first was recorded, the second dropped unchecked. An integer past 64 bits:
+    # recorded rounded ({'label': 1.9426e+23} where the model said 194260000000000000000000).
+    Trial(tools=True, cases=((Reply(body="calls"),), (Reply(body="bigint", seed=19424),), (Reply(body="calls"),) * 3)),
 ]
 
 

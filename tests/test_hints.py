@@ -50,6 +50,12 @@ HINTS = {
         "tests/test_cache.py::test_a_cache_damaged_in_its_middle_is_named_with_what_to_do_by_a_run_and_by_cache_stats"
     ),
     "HINT: restore it from a backup": "tests/test_batch_answers.py::test_the_hint_for_a_damaged_batches_file_runs",
+    "call map again with the same output_path": (
+        "tests/test_frames.py::test_a_run_stopped_early_returns_every_row_in_input_order_and_the_hint_runs_the_rest"
+    ),
+    "HINT: another output_path asks every row again": (
+        "tests/test_frames.py::test_rows_answered_before_a_validator_was_added_come_back_unparsed_with_a_warning_never_a_traceback"
+    ),
     "HINT: point AZURE_OPENAI_ENDPOINT at the": ADVICE + " (the endpoint that made the job, or --restart)",
     "HINT: give a file of one name": ADVICE + " (a file to remove or rename)",
     "HINT: the workers' logs (Ray's or Spark's)": ADVICE + " (logs to read)",

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 
 from asyncbatch.cli.main import main
 from asyncbatch.simulator import SimConfig, Simulator
-from tests.helpers import read_jsonl, simulator_env, write_jsonl
+from tests.helpers import batch_line, read_jsonl, simulator_env, write_jsonl
+from tests.scripted import Answer, Received, completion, serve
 
 KEY = "structured-key-1"
 TOOL_FILE = Path(__file__).resolve().parent.parent / "examples" / "get_company_info.json"
@@ -154,3 +156,99 @@ def test_template_and_system_from_files_and_a_missing_field(tmp_path: Path, sim:
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Describe A (x)"},
     ]
+
+
+LOOKUP = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+CHAT_LOOKUP = [{"type": "function", "function": {"name": "lookup", "parameters": LOOKUP}}]
+OWN_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "y", "schema": {"required": ["b"], "properties": {"b": {"type": "integer"}}}},
+}
+
+
+def _own_requests() -> list[dict[str, Any]]:
+    """Lines carrying their own tools and response formats, in both APIs."""
+    chat = [
+        batch_line("forced", "hi", tools=CHAT_LOOKUP, tool_choice={"type": "function", "function": {"name": "lookup"}}),
+        batch_line("format", "hi", response_format=OWN_FORMAT),
+        batch_line("free", "hi", tools=CHAT_LOOKUP, tool_choice="auto"),
+    ]
+    flat = [{"type": "function", "name": "lookup", "parameters": LOOKUP, "strict": False}]
+    body = {"model": "m", "input": "hi", "tools": flat, "tool_choice": "auto"}
+    return [*chat, {"custom_id": "responses-free", "method": "POST", "url": "/v1/responses", "body": body}]
+
+
+@pytest.mark.parametrize("batch_api", [False, True])
+def test_a_lines_own_tools_and_format_are_what_its_answer_is_judged_by_live_and_in_batch_jobs(
+    tmp_path: Path, sim: Simulator, batch_api: bool
+) -> None:
+    """A chat line's own forced tool recorded a null output (its arguments unchecked) and its own response format
+    the raw text; a Responses line whose tools the model may leave was asked 6 times for a call, then failed.
+    Live and in Batch API jobs, each answer is now judged by what its own request asked, once."""
+    write_jsonl(tmp_path / "in.jsonl", _own_requests())
+    batch = ["--batch-api", "--poll-interval", "0.05"] if batch_api else []
+    assert main([str(tmp_path / "in.jsonl"), "-q", "--api-version", "v1", *batch]) == 0
+    results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "in.results.jsonl")}
+    assert {name: r["output"] for name, r in results.items()} == {
+        "forced": {"q": "q: hi"},
+        "format": {"b": 42},
+        "free": "Simulated answer to: hi",
+        "responses-free": "Simulated answer to: hi",
+    }
+    assert all(r["attempts"] == 1 for r in results.values())
+    answered = {"batch-200": sim.statuses["batch-200"], "200": sim.statuses["200"]}
+    assert answered == ({"batch-200": 4, "200": 0} if batch_api else {"batch-200": 0, "200": 4})  # each asked once
+    assert all(("batch_id" in r) is batch_api for r in results.values())
+
+
+def test_a_lines_own_schema_that_cannot_be_checked_is_a_bad_line_never_sent(tmp_path: Path, sim: Simulator) -> None:
+    """Its answers are checked against it: one that is no JSON Schema is refused before it is paid for."""
+    bad = {"type": "json_schema", "json_schema": {"name": "y", "schema": {"type": "objekt"}}}
+    tools = [{"type": "function", "function": {"name": "t", "parameters": {"type": "object", "required": "q"}}}]
+    write_jsonl(tmp_path / "in.jsonl", [batch_line("f", "hi", response_format=bad), batch_line("t", "hi", tools=tools)])
+    assert main([str(tmp_path / "in.jsonl"), "-q"]) == 1
+    errors = {e["custom_id"]: e["error"] for e in read_jsonl(tmp_path / "in.results.errors.jsonl")}
+    assert "the schema of response_format is not a valid JSON Schema" in errors["f"]["message"]
+    assert "the schema of tool 't' is not a valid JSON Schema" in errors["t"]["message"]
+    assert {e["code"] for e in errors.values()} == {"invalid_input"} and sim.requests == 0
+
+
+def test_answers_whose_output_would_not_be_what_the_model_wrote_are_asked_again_with_what_was_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a server that answers whatever it is scripted to: two different calls (the second was dropped,
+    unchecked) and an integer past 64 bits (recorded rounded, 1.2345678901234569e+23) are asked again, the
+    feedback answering each call made; the output recorded is the model's, exactly."""
+    tool = {"name": "label", "parameters": {"type": "object", "properties": {"n": {"type": "integer"}}}}
+    (tmp_path / "tool.json").write_text(json.dumps(tool))
+    first = {
+        "two": completion(None, calls=(("label", '{"n": 1}'), ("label", '{"n": 2}'))),
+        "big": completion(tool_arguments='{"n": 123456789012345678901234}'),
+        "exact": completion(tool_arguments='{"n": 18446744073709551615}'),  # orjson's last exact integer
+    }
+
+    def script(request: Received) -> Answer:
+        turns = len(orjson.loads(request.body)["messages"])
+        answer = first[request.prompt] if turns == 1 else completion(tool_arguments='{"n": 7}')
+        return Answer(body=answer, request_id=f"{request.prompt}-{turns}")
+
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": k, "messages": [{"role": "user", "content": k}]} for k in first])
+    args = [str(tmp_path / "in.jsonl"), "-q", "--tools", str(tmp_path / "tool.json"), "--backoff", "0"]
+    with serve(script) as server:
+        for name, value in {"AZURE_OPENAI_ENDPOINT": server.url, "AZURE_OPENAI_API_KEY": KEY}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
+        assert main(args) == 0
+        assert main(args) == 0 and len(server.received) == 5  # nothing is asked twice
+    results = {r["custom_id"]: r for r in read_jsonl(tmp_path / "in.results.jsonl")}
+    assert {k: (r["output"], r["attempts"]) for k, r in results.items()} == {
+        "two": ({"n": 7}, 2),
+        "big": ({"n": 7}, 2),
+        "exact": ({"n": 18446744073709551615}, 1),
+    }
+    assert {s.request_id for s in server.sent} == {"two-1", "two-4", "big-1", "big-3", "exact-1"}
+    again = {r.prompt: orjson.loads(r.body)["messages"] for r in server.received if r.prompt != "exact"}
+    replies = {k: [m for m in messages if m["role"] == "tool"] for k, messages in again.items() if len(messages) > 1}
+    assert [m["tool_call_id"] for m in replies["two"]] == ["call_1", "call_2"]  # the API wants one for each call
+    assert "2 different calls" in replies["two"][0]["content"]
+    assert "the integer 123456789012345678901234 is past what can be kept exactly" in replies["big"][0]["content"]

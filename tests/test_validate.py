@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from asyncbatch.errors import AttemptError, ConfigError, InvalidOutput, LineRefused, Refused
 from asyncbatch.structured.schemas import strict_problems
@@ -208,3 +209,228 @@ def test_an_answer_too_deep_to_check_against_a_recursive_schema_is_refused_and_k
     assert refused.value.code == "response_too_deep" and "the answer is kept" in str(refused.value)
     shallow = {"choices": [{"message": {"content": json.dumps({"c": {"c": None}})}, "finish_reason": "stop"}]}
     assert check.extract(shallow) == {"c": {"c": None}}
+
+
+# -- judged against the request as it was sent -------------------------------------------------
+
+LOOKUP = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+CHAT_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": LOOKUP}}
+FLAT_TOOL = {"type": "function", "name": "lookup", "parameters": LOOKUP, "strict": False}
+OWN = {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}
+RUN_FORMAT = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"required": ["a"]}}}
+
+
+def _chat(content: str | None = None, *calls: tuple[str, str]) -> dict[str, Any]:
+    tool_calls = [
+        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i, (name, arguments) in enumerate(calls, 1)
+    ]
+    message = {"role": "assistant", "content": content, **({"tool_calls": tool_calls} if tool_calls else {})}
+    return {"choices": [{"message": message, "finish_reason": "tool_calls" if calls else "stop"}]}
+
+
+def _responses(text: str | None = None, *calls: tuple[str, str]) -> dict[str, Any]:
+    output: list[dict[str, Any]] = [
+        {"type": "function_call", "call_id": f"call_{i}", "name": name, "arguments": arguments}
+        for i, (name, arguments) in enumerate(calls, 1)
+    ]
+    if text is not None:
+        output.append({"type": "message", "content": [{"type": "output_text", "text": text}]})
+    return {"status": "completed", "output": output}
+
+
+@pytest.mark.parametrize(
+    ("api", "request_", "answer", "output"),
+    [
+        # a line's own forced tool: its arguments, parsed (chat recorded the content, null)
+        ("chat", {"tools": [CHAT_TOOL], "tool_choice": "required"}, _chat(None, ("lookup", '{"q": "x"}')), {"q": "x"}),
+        # a line's own response format: the parsed content, checked against it (chat recorded the text)
+        (
+            "chat",
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": OWN}}},
+            _chat('{"b": 1}'),
+            {"b": 1},
+        ),
+        # tools the model may leave: a text answer is one (Responses asked 6 times, then failed the line)
+        ("chat", {"tools": [CHAT_TOOL], "tool_choice": "auto"}, _chat("no need"), "no need"),
+        ("responses", {"tools": [FLAT_TOOL], "tool_choice": "auto"}, _responses("no need"), "no need"),
+        ("responses", {"tools": [FLAT_TOOL]}, _responses(None, ("lookup", '{"q": "x"}')), {"q": "x"}),
+        # a tool the model may leave, and a JSON text asked for: the text is checked
+        (
+            "responses",
+            {"tools": [FLAT_TOOL], "text": {"format": {"type": "json_schema", "schema": OWN}}},
+            _responses('{"b": 2}'),
+            {"b": 2},
+        ),
+    ],
+)
+def test_an_answer_is_judged_against_its_own_request(
+    api: str, request_: dict[str, Any], answer: dict[str, Any], output: Any
+) -> None:
+    assert OutputCheck(None, None).extract_for(api, answer, request_) == output
+
+
+@pytest.mark.parametrize(
+    ("api", "request_", "answer", "expected"),
+    [
+        ("chat", {"tools": [CHAT_TOOL], "tool_choice": "required"}, _chat("no"), "without calling a tool"),
+        ("chat", {"tools": [CHAT_TOOL], "tool_choice": "auto"}, _chat(None, ("lookup", "{}")), "'q' is a required"),
+        ("chat", {"tools": [CHAT_TOOL]}, _chat(None, ("other", "{}")), "unknown tool 'other'"),
+        (
+            "chat",
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": OWN}}},
+            _chat('{"a": 1}'),
+            "'b'",
+        ),
+        (
+            "responses",
+            {"tools": [FLAT_TOOL], "tool_choice": {"type": "function", "name": "lookup"}},
+            _responses("no"),
+            "without calling",
+        ),
+        ("responses", {"tools": [FLAT_TOOL], "tool_choice": "required"}, _responses("no"), "without calling"),
+    ],
+)
+def test_an_answer_its_own_request_refuses_is_asked_again(
+    api: str, request_: dict[str, Any], answer: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(InvalidOutput, match=expected):
+        OutputCheck(None, None).extract_for(api, answer, request_)
+
+
+def test_a_lines_own_response_format_is_its_schema_not_the_runs() -> None:
+    """--response-format is set where a line has none: a line's own is what it asked for (every answer to it was
+    judged by the run's, asked again until its attempts ran out, and failed), and the run's model is not its."""
+    check = OutputCheck(None, RUN_FORMAT, {None: Never})
+    own = {"response_format": {"type": "json_schema", "json_schema": {"schema": OWN}}}
+    assert check.extract_for("chat", _chat('{"b": 3}'), own) == {"b": 3}
+    with pytest.raises(InvalidOutput, match="'a' is a required property"):
+        check.extract_for("chat", _chat('{"b": 3}'), {"response_format": RUN_FORMAT})
+    with pytest.raises(InvalidOutput, match="the model Never refuses it"):
+        check.extract_for("chat", _chat('{"a": "x"}'), {"response_format": RUN_FORMAT})
+
+
+class Never(BaseModel):
+    """A model no answer here passes: whether it was asked is what is seen."""
+
+    never: int
+
+
+def test_several_calls_are_all_checked_and_never_one_silently_kept() -> None:
+    check = OutputCheck(TOOLS, None)
+    good, other = json.dumps(GOOD), json.dumps({**GOOD, "name": "other"})
+    assert check.extract(_chat(None, ("f", good), ("f", good))) == GOOD  # the same call twice: one answer
+    backwards = json.dumps(dict(reversed(GOOD.items())))
+    twice = check.extract(_chat(None, ("f", backwards), ("f", good)))  # the same arguments, keys in another order
+    assert list(twice) == list(reversed(GOOD)) and twice == GOOD  # the first, as the model wrote it
+    with pytest.raises(InvalidOutput, match=r"the model made 2 different calls \('f'\) where one answer holds one"):
+        check.extract(_chat(None, ("f", good), ("f", other)))
+    with pytest.raises(InvalidOutput, match=r"at \$.count") as caught:
+        check.extract(_chat(None, ("f", good), ("f", json.dumps({**GOOD, "count": "x"}))))
+    assistant, *replies = caught.value.feedback or []
+    assert len(assistant["tool_calls"]) == 2 and [r["tool_call_id"] for r in replies] == ["call_1", "call_2"]
+    with pytest.raises(InvalidOutput, match="unknown tool 'g'"):
+        check.extract(_chat(None, ("f", good), ("g", "{}")))
+    # a line's own tools the model may call as it likes: each call checked, the first is the output
+    free = {"tools": [CHAT_TOOL], "tool_choice": "auto"}
+    two = _chat(None, ("lookup", '{"q": "a"}'), ("lookup", '{"q": "b"}'))
+    assert OutputCheck(None, None).extract_for("chat", two, free) == {"q": "a"}
+    forced = {"tools": [FLAT_TOOL], "tool_choice": {"type": "function", "name": "lookup"}}
+    with pytest.raises(InvalidOutput, match="2 different calls") as caught:
+        OutputCheck(None, None).extract_for(
+            "responses", _responses(None, ("lookup", '{"q": "a"}'), ("lookup", '{"q": "b"}')), forced
+        )
+    outputs = [item for item in caught.value.feedback or [] if item["type"] == "function_call_output"]
+    assert [o["call_id"] for o in outputs] == ["call_1", "call_2"]
+
+
+BIG_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(2**63 - 2, 2**64 + 2)
+    | st.integers(-(2**63) - 2, -(2**63) + 2)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet="0123456789-e.", max_size=25),  # digits in strings are no numbers
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+def _integers(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [i for child in children for i in _integers(child)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same JSON kind all the way down (1 is not 1.0, True is not 1), keys in the same order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # keys in the same order too
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@given(value=BIG_JSON)
+@example(value={"id": 123456789012345678901234})  # recorded as 1.2345678901234569e+23, a number nobody wrote
+@example(value=[2**64 - 1, -(2**63)])  # the ends orjson reads exactly
+@example(value=[2**64])
+@example(value=-(2**63) - 1)
+@example(value="12345678901234567890123")
+def test_an_output_is_exactly_what_the_model_wrote_or_asked_again(value: Any) -> None:
+    """JSON has no bound on integers; orjson reads one past 64 bits as a float, which passed ``integer`` and was
+    recorded rounded. Either the output is the model's value, kind for kind, or the answer is asked again."""
+    check = OutputCheck(None, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
+    past = [i for i in _integers(value) if not -(2**63) <= i < 2**64]
+    try:
+        output = check.extract(_chat(json.dumps(value)))
+    except InvalidOutput as invalid:
+        assert past and f"the integer {past[0]} is past what can be kept exactly" in invalid.message
+    else:
+        assert not past and _same(output, value)
+
+
+CALLS = st.lists(
+    st.tuples(
+        st.sampled_from(["lookup", "other"]), st.sampled_from(['{"q": "a"}', '{"q": "b"}', "{}", '{"q": 1}', "{"])
+    ),
+    max_size=4,
+)
+
+
+@given(
+    calls=CALLS,
+    choice=st.sampled_from([None, "auto", "required", {"type": "function", "function": {"name": "lookup"}}]),
+    run=st.booleans(),
+)
+@example(calls=[("lookup", '{"q": "a"}'), ("lookup", '{"q": "b"}')], choice=None, run=True)  # the second was dropped
+@example(calls=[("lookup", '{"q": "a"}'), ("lookup", "{")], choice=None, run=True)  # unchecked, too
+def test_an_output_is_a_call_every_call_of_which_is_valid_and_which_none_contradicts(
+    calls: list[tuple[str, str]], choice: Any, run: bool
+) -> None:
+    """Whatever calls an answer makes: the output is the first call's arguments only if every call names an
+    offered tool with valid arguments and, where one call's arguments are the output, all agree; else it is
+    asked again. No call is an answer only where the request lets the model leave its tools."""
+    request: dict[str, Any] = {"tools": [CHAT_TOOL], **({"tool_choice": choice} if choice is not None else {})}
+    check = OutputCheck([CHAT_TOOL] if run else None, None)
+    valid = {'{"q": "a"}': {"q": "a"}, '{"q": "b"}': {"q": "b"}}
+    named = isinstance(choice, dict)
+    try:
+        output = check.extract_for("chat", _chat("text", *calls), request)
+    except InvalidOutput:
+        ok = all(name == "lookup" and raw in valid for name, raw in calls)
+        agree = len({raw for _, raw in calls}) <= 1 or not (named or run)
+        must = choice == "required" or named or (run and choice is None)
+        assert not (calls and ok and agree) and (calls or must)
+    else:
+        if calls:
+            assert output == valid[calls[0][1]] and all(name == "lookup" and raw in valid for name, raw in calls)
+            assert len({raw for _, raw in calls}) == 1 or not (named or run)
+        else:
+            assert output == "text" and choice in ("auto", None) and not (run and choice is None)

@@ -884,6 +884,11 @@ def detect_kind(obj: dict[str, Any]) -> Kind:
     return "record"
 
 
+def record_id(obj: dict[str, Any], line_no: int) -> str:
+    """The custom_id a line of these fields is named by (``parse_line``'s rules); ``line-<n>`` if none is usable."""
+    return _custom_id(obj, detect_kind(obj)) or f"line-{line_no}"
+
+
 def _custom_id(obj: dict[str, Any], kind: Kind) -> str | None:
     """The line's id; "" when it has none; None when it has one that is unusable."""
     value = obj.get("custom_id")

@@ -22,7 +22,7 @@ from ..cost import Prices, lookup
 from ..errors import TEMPLATE, TEMPLATE_GIVEN
 from ..protocol import BATCH_URLS, Api, unsupported
 from ..structured.schemas import FUNCTION_NAME
-from ..structured.validate import schema_problem
+from ..structured.validate import schemas_problem
 from .reader import FIRST_LINES, BadLine, ParsedLine, is_parquet, is_table, table_header
 
 
@@ -255,7 +255,7 @@ def body_problem(body: dict[str, Any], api: Api = "chat") -> str | None:
         parameters = function.get("parameters") if isinstance(function, dict) else None
         if parameters is not None and (not isinstance(parameters, dict) or parameters.get("type") != "object"):
             return f"tool {tool_name!r}: 'parameters' must be an object schema"
-    return None
+    return schemas_problem(api, body)  # its answers are checked against them
 
 
 def _embeddings_problem(given: Any) -> str | None:
@@ -277,16 +277,6 @@ def _responses_problem(body: dict[str, Any]) -> str | None:
                 f"function tool {tool.get('name')!r} sets no 'strict', which the Responses API requires: "
                 'add "strict": true (the schema must qualify) or "strict": false'
             )
-        if (
-            isinstance(tool, dict)
-            and tool.get("type") == "function"
-            and (problem := schema_problem(tool.get("parameters") or {}))
-        ):
-            return f"the schema of function tool {tool.get('name')!r} {problem}"  # its answers are checked against it
-    text = body.get("text")
-    schema = ((text.get("format") or {}) if isinstance(text, dict) else {}).get("schema")
-    if isinstance(schema, dict) and (problem := schema_problem(schema)):
-        return f"the schema of text.format {problem}"
     return None
 
 

@@ -1,10 +1,14 @@
 """Structured output you can trust: check what the model returned before it reaches the results.
 
-* ``OutputCheck.extract`` turns a chat completion into the row's ``output``:
-  tool-call arguments (or, with ``--response-format``, the message content)
-  parsed and validated against their JSON Schema with ``jsonschema``. Invalid
-  output raises ``InvalidOutput`` (asked again) carrying feedback messages, so the
-  next attempt can tell the model what was wrong.
+* ``OutputCheck.extract_for`` turns an answer into the row's ``output``:
+  tool-call arguments (or, where a JSON schema is asked for, the text) parsed and
+  validated with ``jsonschema`` against what the request asked: its own tools and
+  schema (``request_tools``, ``answer_schema``), the run's or a line's own. Every call
+  is checked; calls that differ, where one call's arguments are the output, are invalid.
+  Invalid output raises ``InvalidOutput`` (asked again) carrying feedback messages, so
+  the next attempt can tell the model what was wrong.
+* The output is what the model wrote: an integer orjson would read rounded (past
+  64 bits) is invalid output, never a float nobody wrote.
 * ``finish_reason`` is checked first: ``length`` (truncated) and
   ``content_filter`` are errors that asking again will not fix; so is the
   model's own refusal (``message.refusal``, or a Responses ``refusal`` part),
@@ -16,7 +20,10 @@
 from __future__ import annotations
 
 import functools
+import json
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -89,11 +96,107 @@ def _unresolved(schema: Any) -> str | None:
     return None
 
 
-class OutputCheck:
-    """How a completion becomes a row's ``output``, and whether to trust it.
+def request_tools(api: str, request: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The function tools a request carries, as (name, parameters): chat's nested, the Responses API's flat."""
+    found = []
+    for tool in request.get("tools") or ():
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue  # the Responses API's own tools (web search...): answered as text
+        function = tool.get("function") if api == "chat" else tool
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            found.append((function["name"], function.get("parameters") or {}))
+    return found
 
-    :param tools: the tools sent with every request (validated by function name).
-    :param response_format: a json_schema response format; its content is validated.
+
+def answer_schema(api: str, request: dict[str, Any]) -> Any:
+    """The JSON Schema a request asks its answer's text to follow (chat's ``response_format``, the Responses
+    API's ``text.format``, of type ``json_schema``), or None."""
+    if api == "chat":
+        given = request.get("response_format")
+        spec = given.get("json_schema") if isinstance(given, dict) and given.get("type") == "json_schema" else None
+    else:
+        text = request.get("text")
+        spec = text.get("format") if isinstance(text, dict) else None
+        spec = spec if isinstance(spec, dict) and spec.get("type") == "json_schema" else None
+    if not isinstance(spec, dict):
+        return None
+    schema = spec.get("schema")
+    return {} if schema is None else schema
+
+
+def schemas_problem(api: str, request: dict[str, Any]) -> str | None:
+    """Why a schema of ``request`` is not one its answers can be checked against (``schema_problem``), or None:
+    judged before the request is sent, since its answer is checked against it."""
+    for name, schema in request_tools(api, request):
+        if problem := schema_problem(schema):
+            return f"the schema of tool {name!r} {problem}"
+    schema = answer_schema(api, request)
+    if schema is not None and (problem := schema_problem(schema)):
+        where = "response_format" if api == "chat" else "text.format"
+        return f"the schema of {where} {problem}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What one request asks its answer to be, as the check reads it.
+
+    :param tools: validators of the tools it offers, by name.
+    :param call: whether it must call one (``tool_choice`` forces it, or the tools are the run's ``--tools``).
+    :param one: whether its output is one call's arguments (``tool_choice`` names a function, or ``--tools``):
+        several calls that differ are then no answer to it.
+    :param content: the validator of its JSON text, if it asks for one.
+    :param run: whether the tools are the run's (their Pydantic models validate too).
+    :param run_content: whether the JSON text's schema is the run's ``--response-format`` (its model validates too).
+    """
+
+    tools: dict[str, Draft202012Validator]
+    call: bool
+    one: bool
+    content: Draft202012Validator | None
+    run: bool
+    run_content: bool
+
+
+# Integers orjson reads exactly; past them it reads a float, and the output would hold a number the model did not write.
+EXACT_INTEGERS = range(-(2**63), 2**64)
+_LONG_DIGITS = re.compile(r"\d{19}")  # no integer past them has fewer digits
+
+
+def inexact_integer(raw: str) -> str | None:
+    """The first integer literal of JSON text ``raw`` that orjson cannot read exactly, or None.
+
+    Found by Python's own parser (whose integers have no bound), only for a text with 19 digits in a row.
+    """
+    if not _LONG_DIGITS.search(raw):
+        return None
+    found: list[str] = []
+
+    def integer(text: str) -> int:
+        if not found and (len(text) > 20 or int(text) not in EXACT_INTEGERS):
+            found.append(text)
+        return 0
+
+    try:
+        json.loads(raw, parse_int=integer)
+    except ValueError:  # orjson read it: nothing else to find
+        return None
+    return found[0] if found else None
+
+
+Invalid = Callable[[str, str, "str | None", list[dict[str, Any]]], AttemptError]  # (code, reason, raw, calls)
+
+
+class OutputCheck:
+    """How an answer becomes a row's ``output``, and whether to trust it: judged against what its request asked.
+
+    The request's own tools and JSON schema are what is checked, chat's as the Responses API's: the run's
+    (``--tools``, ``--response-format``), or a line's own. A call is required where ``tool_choice`` forces one,
+    or the tools are the run's; otherwise text is an answer too. Every call is checked, and where the request
+    asks for one call's arguments, calls that differ are invalid (one row holds one output: none is dropped).
+
+    :param tools: the run's tools (``--tools``), sent with every request.
+    :param response_format: the run's json_schema response format; its content is validated.
     :param models: Pydantic models by tool name (the response format's under None): what passes the
         schema is validated by the model too, and what it refuses is asked again like a schema violation.
     """
@@ -112,9 +215,10 @@ class OutputCheck:
         }
         self._cache: dict[bytes, Draft202012Validator] = {}
         self.content: Draft202012Validator | None = None
+        self.schema: Any = None  # the run's response format's schema
         if response_format is not None:
-            schema = response_format["json_schema"].get("schema") or {}
-            self.content = compile_schema(schema, "the --response-format schema")
+            self.schema = response_format["json_schema"].get("schema") or {}
+            self.content = compile_schema(self.schema, "the --response-format schema")
 
     def extract_for(self, api: str, body: dict[str, Any], request: dict[str, Any]) -> Any:
         """The row's ``output`` for an answer of ``api`` to ``request``."""
@@ -123,7 +227,22 @@ class OutputCheck:
             return vectors[0] if len(vectors) == 1 and not isinstance(request.get("input"), list) else vectors
         if api == "responses":
             return self._response(body, request)
-        return self.extract(body)
+        return self.extract(body, request)
+
+    def extract(self, body: dict[str, Any], request: dict[str, Any] | None = None) -> Any:
+        """A chat completion's output; ``request`` None: a request of the run's own tools and response format."""
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+        _check_finish(choice.get("finish_reason"), body)
+        _check_refusal(message.get("refusal"), body)
+        calls = message.get("tool_calls") or []
+        found = [((c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments", "")) for c in calls]
+
+        def invalid(code: str, reason: str, raw: str | None, echoed: list[dict[str, Any]]) -> AttemptError:
+            return _invalid(code, reason, body, message, echoed, raw)
+
+        asked = self._asked("chat", request)
+        return self._output(asked, message.get("content"), calls, found, body, invalid)
 
     def _response(self, body: dict[str, Any], request: dict[str, Any]) -> Any:
         """The Responses API: a function call's validated arguments, validated JSON text, or the text."""
@@ -142,33 +261,92 @@ class OutputCheck:
             for part in item.get("content") or ()
             if isinstance(part, dict) and part.get("type") == "output_text"
         )
-        tools = self._request_tools(request)
-        if tools:
-            call = next((i for i in items if i.get("type") == "function_call"), None)
-            if call is None:
-                raise _invalid_response("no_tool_call", "the model answered without calling a tool", body, text, None)
-            name, raw = str(call.get("name")), str(call.get("arguments", ""))
-            validator = tools.get(name)
-            if validator is None:
-                raise _invalid_response(
-                    "invalid_tool_arguments", f"the model called an unknown tool {name!r}", body, text, call
-                )
-            value = _parse_response(raw, validator, f"the arguments for tool {name!r}", body, text, call)
-            return self._by_model(name, value, lambda why: _invalid_response(_code(call), why, body, text, call, raw))
-        schema = ((request.get("text") or {}).get("format") or {}).get("schema")
-        if isinstance(schema, dict):
-            validator = self._compiled(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS), schema, "text.format")
-            return _parse_response(text, validator, "the JSON text", body, text, None)
+        calls = [i for i in items if i.get("type") == "function_call"]
+        found = [(c.get("name"), c.get("arguments", "")) for c in calls]
+
+        def invalid(code: str, reason: str, raw: str | None, echoed: list[dict[str, Any]]) -> AttemptError:
+            return _invalid_response(code, reason, body, text, echoed, raw)
+
+        return self._output(self._asked("responses", request), text, calls, found, body, invalid)
+
+    def _output(
+        self,
+        asked: _Asked,
+        text: Any,
+        calls: list[dict[str, Any]],
+        found: list[tuple[Any, Any]],
+        body: dict[str, Any],
+        invalid: Invalid,
+    ) -> Any:
+        if asked.tools and (calls or asked.call):
+            return self._arguments(asked, calls, found, body, invalid)
+        if asked.content is not None:
+            raw = text or ""
+            value, reason = _problem(raw, asked.content, "the JSON content", body)
+            if reason is None and asked.run_content:
+                reason = self._refused_by_model(None, value)
+            if reason is not None:
+                raise invalid("invalid_output", reason, raw, [])
+            return value
         return text
 
-    def _request_tools(self, request: dict[str, Any]) -> dict[str, Draft202012Validator]:
-        """Validators for the function tools a Responses request carries (compiled once per schema)."""
+    def _arguments(
+        self,
+        asked: _Asked,
+        calls: list[dict[str, Any]],
+        found: list[tuple[Any, Any]],
+        body: dict[str, Any],
+        invalid: Invalid,
+    ) -> Any:
+        """The arguments of the answer's call, every call checked: what the request offered, valid, and (where it
+        asks for one call's arguments) the same in every call."""
+        if not calls:
+            raise invalid("no_tool_call", "the model answered without calling a tool", None, [])
+        values, first = [], None
+        for name, raw in found:
+            validator = asked.tools.get(name)
+            if validator is None:
+                raise invalid("invalid_tool_arguments", f"the model called an unknown tool {name!r}", None, calls)
+            value, reason = _problem(raw, validator, f"the arguments for tool {name!r}", body)
+            if reason is None and asked.run:
+                reason = self._refused_by_model(name, value)
+            if reason is not None:
+                raise invalid("invalid_tool_arguments", reason, raw, calls)
+            values.append(orjson.dumps([name, value], option=orjson.OPT_SORT_KEYS))  # compared whatever the key order
+            first = value if len(values) == 1 else first
+        if asked.one and len(set(values)) > 1:
+            names = ", ".join(dict.fromkeys(repr(name) for name, _ in found))
+            reason = f"the model made {len(calls)} different calls ({names}) where one answer holds one: call it once"
+            raise invalid("invalid_tool_arguments", reason, " ".join(str(raw) for _, raw in found), calls)
+        return first  # as the model wrote it, keys in its order
+
+    def _asked(self, api: str, request: dict[str, Any] | None) -> _Asked:
+        """What ``request`` asks for (None: the run's tools and response format, as every request has them)."""
+        if request is None:
+            run = bool(self.tools)
+            return _Asked(self.tools, run, run, self.content, run, self.content is not None)
+        choice = request.get("tool_choice")
+        named = isinstance(choice, dict) and choice.get("type") == "function"
+        run = bool(self.tools)  # the run's tools replace a line's own, in both APIs' requests
+        tools = self.tools if run else self._request_tools(api, request)
+        schema = answer_schema(api, request)
+        if schema is None:
+            content, run_content = None, False
+        elif self.content is not None and (schema is self.schema or schema == self.schema):
+            content, run_content = self.content, True
+        else:
+            where = "response_format" if api == "chat" else "text.format"
+            key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+            content, run_content = self._compiled(key, schema, f"the schema of {where}"), False
+        call = choice == "required" or named or (run and choice is None)
+        return _Asked(tools, call, named or run, content, run, run_content)
+
+    def _request_tools(self, api: str, request: dict[str, Any]) -> dict[str, Draft202012Validator]:
+        """Validators for the function tools a request carries (compiled once per schema)."""
         found = {}
-        for tool in request.get("tools") or ():
-            if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str):
-                schema = tool.get("parameters") or {}
-                key = orjson.dumps([tool["name"], schema], option=orjson.OPT_SORT_KEYS)
-                found[tool["name"]] = self._compiled(key, schema, f"the schema of tool {tool['name']!r}")
+        for name, schema in request_tools(api, request):
+            key = orjson.dumps([name, schema], option=orjson.OPT_SORT_KEYS)
+            found[name] = self._compiled(key, schema, f"the schema of tool {name!r}")
         return found
 
     def _compiled(self, key: bytes, schema: Any, where: str) -> Draft202012Validator:
@@ -176,40 +354,10 @@ class OutputCheck:
             validator = self._cache[key] = compile_schema(schema, where)
         return validator
 
-    def extract(self, body: dict[str, Any]) -> Any:
-        choice = body["choices"][0]
-        message = choice.get("message") or {}
-        _check_finish(choice.get("finish_reason"), body)
-        _check_refusal(message.get("refusal"), body)
-        if self.tools:
-            return self._tool_arguments(message, body)
-        if self.content is not None:
-            return self._content(message, body)
-        return message.get("content")
-
-    def _tool_arguments(self, message: dict[str, Any], body: dict[str, Any]) -> Any:
-        calls = message.get("tool_calls") or []
-        if not calls:
-            raise _invalid("no_tool_call", "the model answered without calling a tool", body, message, None)
-        call = calls[0]
-        function = call.get("function") or {}
-        name, raw = function.get("name"), function.get("arguments", "")
-        validator = self.tools.get(name)
-        if validator is None:
-            raise _invalid("invalid_tool_arguments", f"the model called an unknown tool {name!r}", body, message, call)
-        value = _parse_and_validate(raw, validator, f"the arguments for tool {name!r}", body, message, call)
-        return self._by_model(name, value, lambda reason: _invalid(_code(call), reason, body, message, call, raw))
-
-    def _content(self, message: dict[str, Any], body: dict[str, Any]) -> Any:
-        assert self.content is not None
-        raw = message.get("content") or ""
-        value = _parse_and_validate(raw, self.content, "the JSON content", body, message, None)
-        return self._by_model(None, value, lambda reason: _invalid(_code(None), reason, body, message, None, raw))
-
-    def _by_model(self, name: str | None, value: Any, invalid: Callable[[str], AttemptError]) -> Any:
-        """What the schema took, validated by its Pydantic model too (if it has one): the same JSON value."""
+    def _refused_by_model(self, name: str | None, value: Any) -> str | None:
+        """Why the Pydantic model of ``name`` (if it has one) refuses what the schema took, or None."""
         if (model := self.models.get(name)) is None:
-            return value
+            return None
         from pydantic import ValidationError
 
         try:
@@ -217,20 +365,22 @@ class OutputCheck:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "$"
-            raise invalid(f"the model {model.__name__} refuses it at {where}: {first.get('msg')}") from None
-        return value
+            return f"the model {model.__name__} refuses it at {where}: {first.get('msg')}"
+        return None
 
 
 def _invalid_response(
-    code: str, reason: str, body: dict[str, Any], text: str, call: Any, raw: str | None = None
+    code: str, reason: str, body: dict[str, Any], text: str, calls: list[dict[str, Any]], raw: str | None = None
 ) -> AttemptError:
-    """As ``_invalid``, in the Responses API's input items: the call and its output, or the text and a user turn."""
+    """As ``_invalid``, in the Responses API's input items: the calls and an output for each, or the text and a
+    user turn."""
     shown = f"{reason}; raw output: {_shown(raw)}" if raw is not None else reason
     instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
-    feedback: list[dict[str, Any]]
-    if call is not None and call.get("call_id"):
-        echoed = {k: call[k] for k in ("type", "call_id", "name", "arguments") if k in call}
-        feedback = [echoed, {"type": "function_call_output", "call_id": call["call_id"], "output": instruction}]
+    feedback: list[dict[str, Any]] = []
+    if calls and all(call.get("call_id") for call in calls):  # the API wants an output for every call echoed
+        for call in calls:
+            echoed: dict[str, Any] = {k: call[k] for k in ("type", "call_id", "name", "arguments") if k in call}
+            feedback += [echoed, {"type": "function_call_output", "call_id": call["call_id"], "output": instruction}]
     else:
         feedback = [{"role": "assistant", "content": text}, {"role": "user", "content": instruction}]
     return InvalidOutput(code, shown, status=200, body=body, retry_after=0.0, feedback=feedback)
@@ -311,6 +461,12 @@ def _problem(raw: str, validator: Draft202012Validator, what: str, body: dict[st
             status=200,
             body=body,
         ) from None
+    if (integer := inexact_integer(raw)) is not None:
+        shown = integer if len(integer) <= 40 else f"{integer[:20]}...({len(integer)} digits)"
+        return None, (
+            f"{what}: the integer {shown} is past what can be kept exactly (64 bits: -{2**63} to {2**64 - 1}); "
+            "as a number it would be rounded"
+        )
     try:
         error = best_match(validator.iter_errors(value))
     except Unresolvable as exc:  # a reference the schema's judge could not follow ahead (``_unresolved``)
@@ -331,43 +487,26 @@ def _problem(raw: str, validator: Draft202012Validator, what: str, body: dict[st
     return value, None
 
 
-def _parse_and_validate(
-    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], message: dict[str, Any], call: Any
-) -> Any:
-    value, reason = _problem(raw, validator, what, body)
-    if reason is not None:
-        raise _invalid(_code(call), reason, body, message, call, raw)
-    return value
-
-
-def _code(call: Any) -> str:
-    """A tool call's arguments, or a JSON answer (--response-format): each failure coded for what it is."""
-    return "invalid_tool_arguments" if call is not None else "invalid_output"
-
-
-def _parse_response(
-    raw: str, validator: Draft202012Validator, what: str, body: dict[str, Any], text: str, call: Any
-) -> Any:
-    value, reason = _problem(raw, validator, what, body)
-    if reason is not None:
-        raise _invalid_response(_code(call), reason, body, text, call, raw)
-    return value
-
-
 def _json_path(error: ValidationError) -> str:
     return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
 
 
 def _invalid(
-    code: str, reason: str, body: dict[str, Any], message: dict[str, Any], call: Any, raw: str | None = None
+    code: str,
+    reason: str,
+    body: dict[str, Any],
+    message: dict[str, Any],
+    calls: list[dict[str, Any]],
+    raw: str | None = None,
 ) -> AttemptError:
     """Invalid output, whose feedback shows the model its answer and what was wrong with it."""
     text = f"{reason}; raw output: {_shown(raw)}" if raw is not None else reason
     instruction = f"That was invalid: {reason}. Answer again, with output that is valid JSON and matches the schema."
-    if call is not None and call.get("id"):
-        # Only the call we answer: the API wants a tool reply for every call id in the message.
-        assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": [call]}
-        feedback = [assistant, {"role": "tool", "tool_call_id": call["id"], "content": instruction}]
+    if calls and all(call.get("id") for call in calls):
+        # The API wants a tool reply for every call id in the message: each gets the instruction.
+        assistant = {"role": "assistant", "content": message.get("content"), "tool_calls": calls}
+        replies = [{"role": "tool", "tool_call_id": call["id"], "content": instruction} for call in calls]
+        feedback = [assistant, *replies]
     else:
         assistant = {"role": "assistant", "content": message.get("content") or ""}
         feedback = [assistant, {"role": "user", "content": instruction}]

@@ -86,7 +86,10 @@ TOOL = {
 
 # -- what the server may send ---------------------------------------------------------------------------
 
-BODIES_200 = ("answer", "answer", "answer", "deep", "args", "args-bad", "huge", "utf8", "json", "empty", "text", "bomb")
+BODIES_200 = (
+    *("answer", "answer", "answer", "deep", "args", "args-bad", "huge", "utf8", "json", "empty", "text", "bomb"),
+    *("calls", "bigint"),  # two calls that differ; an integer past 64 bits
+)
 BODIES_ERROR = ("error", "error", "deep", "huge", "utf8", "json", "empty", "text", "bomb")
 DEPTHS = (1, 2, 20, 100, 126, 127, 128, 129, 200, 254, 255, 300, 1023, 1024, 1100)
 SIZES = (1_000, 64 * 1024, 300_000, 1_048_000, 1_048_577, 3_000_000)
@@ -193,6 +196,11 @@ def _body(reply: Reply, tools: bool) -> bytes:
         return completion("h" * reply.size + planted, tool_arguments=arguments if tools else None)
     if reply.body == "utf8":
         return completion("u", tool_arguments=arguments if tools else None).replace(b'"u"', b'"\xff\xfe\xc3("')
+    if reply.body == "calls":
+        return completion("c", calls=(("label", arguments), ("label", '{"label": "other"}')) if tools else ())
+    if reply.body == "bigint":
+        big = '{"label": ' + str(10**19 * (reply.seed + 2)) + "}"
+        return completion(big, tool_arguments=big if tools else None)
     return _other(reply, planted)
 
 
@@ -311,7 +319,35 @@ def _check(trial: Trial, work: Path, runs: list[Run], again: Run, more: int) -> 
     checked.saw("the same command sends nothing more", [f"{more} requests sent again"] if more else [])
     forms = [KEY, *(form(KEY) for form in SECRET_FORMS)]
     checked.saw("no secret", secrets_found(forms, [work], everything))
+    checked.saw("every output is what the model wrote", _outputs_problems(results, trial.tools))
     return checked
+
+
+def _outputs_problems(results: Path, tools: bool) -> list[str]:
+    """Each result's ``output`` against its own answer, read by Python's parser (integers unbounded): the tool
+    call's arguments, kind for kind, in every call (or the text)."""
+    problems = []
+    for line in results.read_text().splitlines() if results.exists() else ():
+        record = json.loads(line)
+        message = record["response"]["body"]["choices"][0]["message"]
+        said = [json.loads(c["function"]["arguments"]) for c in message.get("tool_calls") or ()] if tools else []
+        expected = said[0] if tools and said else message.get("content")
+        if not _same(record["output"], expected) or any(not _same(s, expected) for s in said):
+            problems.append(
+                f"line {record['line']}: output {record['output']!r} where the model said {said or expected!r}"
+            )
+    return problems
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, and of the same JSON kind all the way down (1 is not 1.0), keys in the same order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)  # keys in the same order too
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def shrink(trial: Trial, work: Path, implicated: set[int], budget: int = 24) -> Trial:
