@@ -59,6 +59,7 @@ HINTS = {
     "HINT: point AZURE_OPENAI_ENDPOINT at the": ADVICE + " (the endpoint that made the job, or --restart)",
     "HINT: give a file of one name": ADVICE + " (a file to remove or rename)",
     "HINT: the workers' logs (Ray's or Spark's)": ADVICE + " (logs to read)",
+    "HINT: sign in": ADVICE + " (az login: the user's own sign-in)",
     "HINT: set it to http://host:port, or unset it": ADVICE + " (the user's own proxy)",
     "HINT: something between you and the model": ADVICE + " (a gateway's owner to ask)",
     "if that endpoint is yours, set": (
