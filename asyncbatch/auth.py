@@ -251,8 +251,7 @@ class DefaultCredential:
         try:
             self._primed = await self._provide()
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                await self.credential.close()  # its HTTP sessions: closed, not left to a warning at exit
+            await self.close()
             said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(
                 f"no API key is set, and Entra ID found no identity to sign in with ({said[:300]}). HINT: sign in "
@@ -263,3 +262,8 @@ class DefaultCredential:
     async def __call__(self) -> str:
         primed, self._primed = self._primed, None
         return primed if primed is not None else await self._provide()
+
+    async def close(self) -> None:
+        """Its HTTP sessions, closed once the run is over (else aiohttp warns of them at exit)."""
+        with contextlib.suppress(Exception):
+            await self.credential.close()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,35 @@ def test_a_machine_with_no_identity_is_told_so_before_anything_is_written_or_res
     assert "Unclosed" not in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) <= 3
     assert (tmp_path / "in.results.jsonl").exists() and not list(tmp_path.glob("in.results.jsonl.*"))  # not moved
+
+
+def test_default_azure_credential_for_real_signs_in_runs_and_leaves_nothing_open(
+    tmp_path: Path, sim: tuple[str, Simulator]
+) -> None:
+    """The command line with no key: DefaultAzureCredential (azure-identity itself, not a stand-in) takes a token
+    from a managed identity on 127.0.0.1, the run goes with it, and its HTTP sessions are closed at the end
+    (aiohttp warned of them at exit: "Unclosed client session")."""
+    url, simulator = sim
+    issued: list[str] = []
+
+    async def managed_identity(request: web.Request) -> web.Response:
+        issued.append(make_token(3600))
+        expires = str(int(time.time()) + 3600)
+        answer = {"access_token": issued[-1], "expires_on": expires, "token_type": "Bearer", "resource": SCOPE[:-9]}
+        return web.json_response(answer)  # App Service's managed identity: the scope's resource, without /.default
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", managed_identity)
+    write_jsonl(tmp_path / "in.jsonl", [batch_line(f"r{i}", f"p{i}") for i in range(5)])
+    with serve_app(app) as identity:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "OPENAI_", "IDENTITY_", "MSI_"))}
+        env |= {"AZURE_OPENAI_ENDPOINT": url, "AZURE_OPENAI_DEPLOYMENT_NAME": "dep", "PATH": "/usr/bin:/bin"}
+        env |= {"IDENTITY_ENDPOINT": f"{identity}/msi/token", "IDENTITY_HEADER": "header"}
+        done = subprocess.run(
+            [sys.executable, "-m", "asyncbatch", "in.jsonl", "--no-progress"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    _exactly_once(tmp_path, 5)
+    assert issued and set(simulator.tokens_seen) <= {f"Bearer {token}" for token in issued}
+    assert "Unclosed" not in done.stderr and issued[0] not in done.stderr + done.stdout

@@ -59,8 +59,13 @@ async def execute(args: argparse.Namespace, env: Env, reporter: Reporter, go: Go
     run_it = go or (lambda config: _run(config, reporter, args))
 
     async def go_when_ready(config: RunConfig) -> int:
-        await _prime(config)
-        return await run_it(config)
+        try:
+            await _prime(config)
+            return await run_it(config)
+        finally:
+            for route in config.routes:  # the credentials this command line made: theirs to close, on this loop
+                if isinstance(credential := route.endpoint.token_provider, DefaultCredential):
+                    await credential.close()
 
     return await _execute(args, env, reporter, go_when_ready)
 
