@@ -40,7 +40,10 @@ def _start(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes
 
 
 def _lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+    try:  # not a look, then a read: a file moved aside between the two is none
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def _wait_for_progress(path: Path, at_least: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
