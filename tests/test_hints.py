@@ -455,6 +455,26 @@ def test_the_retry_failed_hint_asks_again(
     assert orjson.loads(server.received[-1].body)["messages"][0]["content"] == "prompt 0"
 
 
+def test_a_run_with_failed_lines_ends_with_the_command_that_asks_them_again_and_it_does(
+    tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 1 ended on the outputs' names alone: the way to ask the failed lines again was the user's to find."""
+    env, simulator = sim
+    write_jsonl(tmp_path / "in.jsonl", _rows(0, 30))
+    simulator.config.script.update({f"prompt {i}": ["400"] for i in range(3)})  # 3 failures, once each
+    assert main([str(tmp_path / "in.jsonl"), "--no-progress", "--max-tokens", "20"]) == 1
+    found = re.search(r"3 lines failed: why, in [^\n]*run:\n  (.+)", capsys.readouterr().err)
+    assert found is not None
+    asked = simulator.requests
+    path = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}  # `asyncbatch` on PATH
+    done = subprocess.run(found[1], shell=True, cwd=tmp_path, env=path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert _errors(tmp_path) == [] and sorted(r["line"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == list(
+        range(1, 31)
+    )
+    assert simulator.requests - asked == 3 and "lines failed" not in done.stderr  # the three alone, asked again
+
+
 def test_the_hint_for_a_failed_line_edited_in_place_runs_it_as_it_is_now(
     tmp_path: Path, sim: tuple[dict[str, str], Simulator], capsys: pytest.CaptureFixture[str]
 ) -> None:

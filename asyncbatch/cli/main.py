@@ -175,7 +175,14 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
     if stats.interrupted:
         reporter.warn(f"interrupted. Nothing is lost; {again}")
         return EXIT_INTERRUPTED
-    return EXIT_OK if stats.failed == 0 else EXIT_FAILURES
+    if stats.failed:
+        command = f"{resume_command(args.argv)} --retry-failed"  # the option acts once: never in a resume hint
+        reporter.info(
+            f"{stats.failed:,} lines failed: why, in {config.errors_path}. To ask them again (once what made them "
+            f"fail is fixed), run:\n  {command}"
+        )
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 def _gateway_key(said: str, endpoint: Endpoint) -> str | None:
