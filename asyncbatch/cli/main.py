@@ -176,10 +176,11 @@ async def _run(config: RunConfig, reporter: Reporter, args: argparse.Namespace) 
         reporter.warn(f"interrupted. Nothing is lost; {again}")
         return EXIT_INTERRUPTED
     if stats.failed:
-        command = f"{resume_command(args.argv)} --retry-failed"  # the option acts once: never in a resume hint
+        command, _, headers = _resume(args.argv)  # --retry-failed acts once: never in a resume hint, so added here
+        secret = f" (give the value of the {', '.join(headers)} header(s) again: it is not printed)" if headers else ""
         reporter.info(
             f"{stats.failed:,} lines failed: why, in {config.errors_path}. To ask them again (once what made them "
-            f"fail is fixed), run:\n  {command}"
+            f"fail is fixed), run{secret}:\n  {command} --retry-failed"
         )
         return EXIT_FAILURES
     return EXIT_OK
