@@ -349,3 +349,19 @@ def test_a_token_command_that_fails_is_named_by_its_program_as_written(
     assert main(["in.jsonl", "-q", "--token-command", command]) == 2
     err = capsys.readouterr().err
     assert shown in err and "sk-secret" not in err and "(false" not in err
+
+
+def test_a_copy_of_env_example_not_yet_filled_in_is_named_and_the_hint_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Copied, not filled in: the run went to https://your-resource.openai.azure.com, a host that does not
+    exist, and failed on the network. It names the variables; what its hint says to try runs."""
+    (tmp_path / ".env").write_text((Path(__file__).parents[1] / ".env.example").read_text())
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}])
+    assert main(["in.jsonl", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    variables = "AZURE_OPENAI_ENDPOINT, AZURE_OPENAI_API_KEY, AZURE_OPENAI_DEPLOYMENT_NAME"
+    assert f"{variables} still hold .env.example's placeholders" in err and "add --simulate" in err
+    assert not (tmp_path / "in.results.jsonl").exists()
+    assert main(["in.jsonl", "--no-progress", "-q", "--simulate"]) == 0  # the hint's way to try it first
+    assert len(read_jsonl(tmp_path / "in.results.jsonl")) == 1

@@ -60,6 +60,9 @@ HINTS = {
     "HINT: give a file of one name": ADVICE + " (a file to remove or rename)",
     "HINT: the workers' logs (Ray's or Spark's)": ADVICE + " (logs to read)",
     "HINT: sign in": ADVICE + " (az login: the user's own sign-in)",
+    "fill them in (the Azure portal": (
+        "tests/test_first_hour.py::test_a_copy_of_env_example_not_yet_filled_in_is_named_and_the_hint_runs"
+    ),
     "HINT: set it to http://host:port, or unset it": ADVICE + " (the user's own proxy)",
     "HINT: something between you and the model": ADVICE + " (a gateway's owner to ask)",
     "if that endpoint is yours, set": (

@@ -171,8 +171,28 @@ def endpoint_kind(env: Mapping[str, str]) -> Literal["azure", "openai"]:
     return "azure" if any(env.get(v) for v in azure_vars) or not openai else "openai"
 
 
+# .env.example's values, as a copy not yet filled in holds them: said as such, not sent to a host that does not exist
+PLACEHOLDERS = {
+    "AZURE_OPENAI_ENDPOINT": "https://your-resource.openai.azure.com",
+    "AZURE_OPENAI_API_KEY": "your-key-here",
+    "AZURE_OPENAI_DEPLOYMENT_NAME": "your-deployment",
+    "OPENAI_MODEL": "your-model",
+}
+
+
+def _placeholders(env: Mapping[str, str]) -> None:
+    """:raises ConfigError: naming the variables still at .env.example's placeholder, and how to go on."""
+    if unfilled := [name for name, value in PLACEHOLDERS.items() if env.get(name, "").strip().rstrip("/") == value]:
+        raise ConfigError(
+            f"{', '.join(unfilled)} still hold .env.example's placeholder{'s' if len(unfilled) > 1 else ''}. HINT: "
+            "fill them in (the Azure portal's 'Keys and Endpoint' page of your resource, and its deployment's "
+            "name), or add --simulate to try asyncbatch on its built-in simulator first"
+        )
+
+
 def endpoint_from_env(environment: Env, args: argparse.Namespace) -> Endpoint:
     env = environment.values
+    _placeholders(env)
     if endpoint_kind(env) == "azure":
         if pasted := env.get("AZURE_OPENAI_ENDPOINT"):
             check_base_url(pasted, "azure", "AZURE_OPENAI_ENDPOINT")  # a pasted request URL: its whole hint first
