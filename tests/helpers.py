@@ -6,12 +6,15 @@ import asyncio
 import json
 import os
 import selectors
+import ssl
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 
 from asyncbatch.admission.admission import Admission
 from asyncbatch.clock import Sleep
@@ -42,6 +45,36 @@ def batch_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
         "url": "/chat/completions",
         "body": {"model": "ignored", "messages": [{"role": "user", "content": content}], **body},
     }
+
+
+@contextmanager
+def serve_app(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> Iterator[str]:
+    """``app`` on 127.0.0.1 (over TLS with ``ssl_context``), on its own event loop in a thread; its URL."""
+    started, box = threading.Event(), {}
+
+    async def serve() -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        await site.start()
+        scheme = "https" if ssl_context is not None else "http"
+        box["url"], box["loop"], box["stop"] = (
+            f"{scheme}://127.0.0.1:{runner.addresses[0][1]}",
+            asyncio.get_running_loop(),
+            asyncio.Event(),
+        )
+        started.set()
+        await box["stop"].wait()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(30)
+    try:
+        yield box["url"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
 
 
 @contextmanager

@@ -20,8 +20,7 @@ from asyncbatch.cli.main import main
 from asyncbatch.live.tokens import RETRY_REFRESH, Tokens
 from asyncbatch.simulator import SimConfig, Simulator, tokens
 from asyncbatch.simulator.tokens import make_token
-from tests.helpers import FakeClock, batch_line, read_jsonl, simulator_env, write_jsonl
-from tests.test_proxy import serve_app
+from tests.helpers import FakeClock, batch_line, read_jsonl, serve_app, simulator_env, write_jsonl
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +33,7 @@ from asyncbatch.live.transport import AiohttpTransport
 from asyncbatch.redact import Redactor
 from asyncbatch.sdk import sdk_client
 from asyncbatch.simulator import SimConfig, Simulator, serve_in_thread
-from tests.helpers import read_jsonl, simulator_env, write_jsonl
+from tests.helpers import read_jsonl, serve_app, simulator_env, write_jsonl
 
 KEY = "proxy-test-key-0123456789"
 PASSWORD = "pr0xy-pass-9876"
@@ -77,35 +76,6 @@ class ForwardProxy:
         return [f"{method} {path}" for method, path, _ in self.received]
 
 
-@contextmanager
-def serve_app(app: web.Application) -> Iterator[str]:
-    """``app`` on 127.0.0.1, on its own event loop in a thread; its URL."""
-    started, box = threading.Event(), {}
-
-    async def serve() -> None:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["url"], box["loop"], box["stop"] = (
-            f"http://127.0.0.1:{runner.addresses[0][1]}",
-            asyncio.get_running_loop(),
-            asyncio.Event(),
-        )
-        started.set()
-        await box["stop"].wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(30)
-    try:
-        yield box["url"]
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
-
-
 @pytest.fixture
 def proxy() -> Iterator[tuple[ForwardProxy, Simulator]]:
     with serve_in_thread(SimConfig(api_key=KEY, batch_seconds=0.2)) as (url, sim):
@@ -122,6 +92,12 @@ def proxy() -> Iterator[tuple[ForwardProxy, Simulator]]:
         app.router.add_route("*", "/{tail:.*}", forward.handle)
         with serve_app(app) as forward.url:
             yield forward, sim
+
+
+def _chats(folder: Path, n: int) -> None:
+    """``n`` chat lines, c0 to c<n-1>, in ``folder / "in.jsonl"``."""
+    write_jsonl(folder / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
+                                      for i in range(n)])  # fmt: skip
 
 
 def _with_password(url: str) -> str:
@@ -147,8 +123,7 @@ def test_every_request_goes_through_the_proxy_the_environment_names_and_its_pass
 ) -> None:
     forward, sim = proxy
     monkeypatch.setenv("HTTP_PROXY", _with_password(forward.url))
-    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
-                                        for i in range(20)])  # fmt: skip
+    _chats(tmp_path, 20)
     assert main(["in.jsonl", "--no-progress", "--log-format", "json"]) == 0
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == sorted(
         f"c{i}" for i in range(20)
@@ -262,8 +237,7 @@ def test_a_proxy_that_does_not_answer_stops_the_run_naming_the_proxy_variables(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("HTTP_PROXY", f"http://user:{PASSWORD}@127.0.0.1:{port}")
-    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
-                                        for i in range(200)])  # fmt: skip
+    _chats(tmp_path, 200)
     assert main(["in.jsonl", "-q", "--max-attempts", "2", "--max-outage", "1"]) == 2
     err = capsys.readouterr().err
     assert "ClientProxyConnectionError" in err and "the proxy the environment names (HTTPS_PROXY" in err
@@ -283,8 +257,7 @@ def test_a_proxy_that_refuses_its_credentials_stops_the_run_at_once_and_records_
     forward.wants = "Basic " + base64.b64encode(b"user:the-right-one").decode()
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", RESOURCE.replace("http:", f"{scheme}:"))
     monkeypatch.setenv(f"{scheme.upper()}_PROXY", _with_password(forward.url))
-    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
-                                        for i in range(200)])  # fmt: skip
+    _chats(tmp_path, 200)
     assert main(["in.jsonl", "-q"]) == 2
     err = capsys.readouterr().err
     assert "the proxy refused its credentials" in err and "407" in err and PASSWORD not in err
@@ -390,8 +363,7 @@ def test_a_password_outside_latin_1_gets_through_live_and_to_the_batch_api(
     password = "\u20acuro-p\u00e4ss"
     forward.wants = "Basic " + base64.b64encode(f"user:{password}".encode()).decode()
     monkeypatch.setenv("HTTP_PROXY", forward.url.replace("http://", f"http://user:{quote(password)}@"))
-    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
-                                        for i in range(4)])  # fmt: skip
+    _chats(tmp_path, 4)
     argv = ["in.jsonl", "-q", *(["--batch-api", "--poll-interval", "0.05"] if batch else [])]
     assert main(argv) == 0
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "in.results.jsonl")) == ["c0", "c1", "c2", "c3"]
@@ -413,8 +385,7 @@ def test_a_proxy_that_will_not_tunnel_to_the_endpoints_host_stops_the_run_at_onc
     forward.tunnel = 403
     monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", RESOURCE.replace("http:", "https:"))
     monkeypatch.setenv("HTTPS_PROXY", _with_password(forward.url))
-    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
-                                        for i in range(200)])  # fmt: skip
+    _chats(tmp_path, 200)
     assert main(["in.jsonl", "-q"]) == 2
     err = capsys.readouterr().err
     assert "the proxy does not let requests to https://my-resource.openai.invalid" in err and "403" in err
@@ -513,8 +484,7 @@ def test_a_proxy_that_answers_every_request_with_its_own_page_stops_the_run_reco
     app.router.add_route("*", "/{tail:.*}", login_page)
     with serve_app(app) as url:
         monkeypatch.setenv("HTTP_PROXY", _with_password(url))
-        write_jsonl(tmp_path / "in.jsonl", [{"custom_id": f"c{i}", "messages": [{"role": "user", "content": "hi"}]}
-                                            for i in range(40)])  # fmt: skip
+        _chats(tmp_path, 40)
         assert main(["in.jsonl", "-q", "--max-attempts", "1"]) == 2
     err = capsys.readouterr().err
     assert "none of them the API's" in err and "Sign in to the corporate network" in err and "a proxy's page?" in err

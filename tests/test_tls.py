@@ -3,11 +3,9 @@ organisation's own CA): the run stops saying so and how to trust that CA, live a
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from asyncbatch.cli.main import main
-from tests.helpers import write_jsonl
+from tests.helpers import serve_app, write_jsonl
 
 KEY = "tls-test-key-0123456789"
 
@@ -53,34 +51,18 @@ def _self_signed(folder: Path) -> ssl.SSLContext:
 def untrusted(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """An HTTPS server on 127.0.0.1 with that certificate, named by the Azure variables; the requests it read."""
     context, received = _self_signed(tmp_path_factory.mktemp("tls")), []
-    started, box = threading.Event(), {}
 
     async def answer(request: web.Request) -> web.Response:
         received.append(request.path)
         return web.json_response({"error": {"message": "never reached"}}, status=500)
 
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-        box["port"], box["loop"], box["stop"] = runner.addresses[0][1], asyncio.get_running_loop(), asyncio.Event()
-        started.set()
-        await box["stop"].wait()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(30)
-    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", f"https://127.0.0.1:{box['port']}")
-    monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
-    monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
-    try:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    with serve_app(app, context) as url:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", url)
+        monkeypatch.setenv("AZURE_OPENAI_API_KEY", KEY)
+        monkeypatch.setenv("AZURE_OPENAI_DEPLOYMENT_NAME", "dep")
         yield received
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(30)
 
 
 @pytest.mark.parametrize("mode", ["live", "batch-api"])
